@@ -1,0 +1,1 @@
+//! waft-raft: placeholder, filled by the Raft core work.

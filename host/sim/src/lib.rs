@@ -1,0 +1,1 @@
+//! waft-sim: placeholder, filled by the Raft core work.

@@ -1,0 +1,1 @@
+//! waft-storage: placeholder, filled by the storage work.
