@@ -1,1 +1,244 @@
+//! Write waft state machines in Rust.
+//!
+//! A waft state machine is a WebAssembly component that every replica of a
+//! Raft group runs on the same committed entries. This crate is all an author
+//! depends on: implement [`StateMachine`] for a type with your own command and
+//! response types, call [`export!`] once, and build with
+//! `cargo build --release --target wasm32-wasip2`.
+//!
+//! # Example: a counter
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use serde::{Deserialize, Serialize};
+//! use waft_guest::{Position, StateMachine};
+//!
+//! #[derive(Default)]
+//! pub struct Counter {
+//!     value: i64,
+//! }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! #[serde(rename_all = "snake_case")]
+//! pub enum Command {
+//!     Incr(i64),
+//! }
+//!
+//! #[derive(Serialize, Deserialize)]
+//! #[serde(rename_all = "snake_case")]
+//! pub enum Query {
+//!     Get,
+//! }
+//!
+//! impl StateMachine for Counter {
+//!     type Command = Command;
+//!     type Response = i64;
+//!     type Query = Query;
+//!     type Answer = i64;
+//!
+//!     fn apply(&mut self, command: Command, _at: Position) -> Result<i64, String> {
+//!         let Command::Incr(delta) = command;
+//!         self.value = self.value.checked_add(delta).ok_or("counter overflow")?;
+//!         Ok(self.value)
+//!     }
+//!
+//!     fn query(&self, Query::Get: Query) -> Result<i64, String> {
+//!         Ok(self.value)
+//!     }
+//!
+//!     fn save(&self, mut out: impl Write) -> std::io::Result<()> {
+//!         out.write_all(&self.value.to_le_bytes())
+//!     }
+//!
+//!     fn load(&mut self, mut input: impl Read) -> std::io::Result<()> {
+//!         let mut bytes = [0u8; 8];
+//!         input.read_exact(&mut bytes)?;
+//!         self.value = i64::from_le_bytes(bytes);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! waft_guest::export!(Counter);
+//! # fn main() {}
+//! ```
+//!
+//! # Commands on the wire
+//!
+//! Commands, queries and their replies travel as bytes in one of two forms,
+//! told apart by the first byte (see [`codec`]):
+//! - binary: a `0x00` byte, then the value in `postcard` encoding. Compact and
+//!   fast; what Rust clients send.
+//! - JSON: anything else is read as JSON text, e.g. `{"incr":5}` for the
+//!   counter above. What the CLI and other tools send, so they can speak to
+//!   any module built with this crate without knowing its types.
+//!
+//! A reply is always encoded in the form of the request it answers.
+//!
+//! # What the host guarantees, and what it asks
+//!
+//! Entries arrive once, in log order. A trap (a panic, an out-of-bounds
+//! access), fuel exhaustion or a memory-limit hit while applying one entry
+//! makes that entry fail with an error on every replica, and the host restores
+//! the state as if it had never been applied; the other entries of the batch
+//! still apply. There is no clock, randomness, environment, filesystem or
+//! network: the host supplies fixed stand-ins where the Rust standard library
+//! asks for them (the clock reads the Unix epoch; random bytes are a fixed
+//! stream that restarts at every call). Make the state a pure function of the
+//! applied entries.
+//!
+//! One thing the host cannot fix for you: `std::collections::HashMap`'s
+//! default hasher takes fresh keys for every map the instance creates, so its
+//! iteration order depends on how many maps the instance made before — and a
+//! replica restored from a snapshot has made fewer. Two replicas that ran the
+//! same entries from the start agree; a restored one may not. Never let a std
+//! `HashMap`'s order reach a reply, the state or a snapshot: use `BTreeMap`,
+//! or [`HashMap`] from this crate, whose hasher has fixed keys.
 
+use std::io::{Read, Write};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub mod codec;
+mod glue;
+mod snapshot;
+
+pub use codec::Format;
+pub use snapshot::{SnapshotReader, SnapshotWriter};
+
+// The generated bindings refer to the runtime through this crate, so an
+// author's crate needs no dependency of its own on wit-bindgen.
+extern crate self as waft_guest;
+#[doc(hidden)]
+pub use wit_bindgen as __wit_bindgen;
+
+/// Bindings generated from `wit/waft-fsm.wit`. Hidden: authors use the trait.
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "state-machine",
+        pub_export_macro: true,
+        export_macro_name: "export_raw",
+        default_bindings_module: "waft_guest::bindings",
+        runtime_path: "::waft_guest::__wit_bindgen::rt",
+    });
+}
+
+/// A `HashMap` whose iteration order is the same in every instance, however
+/// long it has run: its hasher has fixed keys. Prefer it to
+/// `std::collections::HashMap` whenever iteration order can reach a reply,
+/// the state or a snapshot. (Fixed keys give up SipHash's defence against
+/// chosen-key collisions; for keys that clients choose freely, `BTreeMap`
+/// has no such weakness.)
+pub type HashMap<K, V> = std::collections::HashMap<K, V, std::hash::BuildHasherDefault<std::hash::DefaultHasher>>;
+
+/// Where an entry sits in the group's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    /// Log index of the entry.
+    pub index: u64,
+    /// Raft term in which it was proposed.
+    pub term: u64,
+}
+
+/// A replicated state machine.
+///
+/// Every method except [`StateMachine::query`] may change the state; every
+/// replica calls them with the same arguments in the same order, so the state
+/// must depend on nothing else.
+pub trait StateMachine: Default + 'static {
+    /// A command that changes the state, as proposed by a client.
+    type Command: DeserializeOwned;
+    /// What applying a command returns to the client that proposed it.
+    type Response: Serialize;
+    /// A read-only request.
+    type Query: DeserializeOwned;
+    /// What a query returns.
+    type Answer: Serialize;
+
+    /// Apply one committed command. Return `Err` to reject it; a rejected
+    /// command must leave the state unchanged.
+    fn apply(&mut self, command: Self::Command, at: Position) -> Result<Self::Response, String>;
+
+    /// Answer a query without changing the state.
+    fn query(&self, query: Self::Query) -> Result<Self::Answer, String>;
+
+    /// Write the whole state. The writer streams to the host in chunks, so
+    /// the state may be far larger than memory allows to copy at once.
+    fn save(&self, out: impl Write) -> std::io::Result<()>;
+
+    /// Replace the whole state with one written by [`StateMachine::save`].
+    fn load(&mut self, input: impl Read) -> std::io::Result<()>;
+
+    /// This replica became leader in `term`. The state must not depend on it.
+    fn on_leader_start(&mut self, term: u64) {
+        let _ = term;
+    }
+
+    /// This replica stopped being leader.
+    fn on_leader_stop(&mut self) {}
+
+    /// A membership change committed; `voters` and `learners` are node ids.
+    fn on_configuration_committed(&mut self, voters: &[u64], learners: &[u64]) {
+        let _ = (voters, learners);
+    }
+}
+
+/// Severity of a line written with [`log`].
+pub use bindings::waft::fsm::host::Level;
+
+/// Write a line to the host's log, tagged with the group and node.
+pub fn log(level: Level, message: &str) {
+    bindings::waft::fsm::host::log(level, message);
+}
+
+/// Export a type implementing [`StateMachine`] as this component's state
+/// machine. Call it once, at the crate's top level.
+#[macro_export]
+macro_rules! export {
+    ($ty:ty) => {
+        const _: () = {
+            struct WaftExport;
+
+            impl $crate::bindings::exports::waft::fsm::machine::Guest for WaftExport {
+                fn on_apply(
+                    entries: ::std::vec::Vec<$crate::bindings::waft::fsm::types::Entry>,
+                ) -> ::std::vec::Vec<::std::result::Result<::std::vec::Vec<u8>, ::std::string::String>> {
+                    $crate::__private::on_apply::<$ty>(entries)
+                }
+                fn query(
+                    request: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
+                    $crate::__private::query::<$ty>(request)
+                }
+                fn on_snapshot_save(
+                    writer: &$crate::bindings::exports::waft::fsm::machine::SnapshotWriter,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::save::<$ty>(writer)
+                }
+                fn on_snapshot_load(
+                    reader: &$crate::bindings::exports::waft::fsm::machine::SnapshotReader,
+                ) -> ::std::result::Result<(), ::std::string::String> {
+                    $crate::__private::load::<$ty>(reader)
+                }
+                fn on_leader_start(term: u64) {
+                    $crate::__private::with_state::<$ty, _>(|sm| sm.on_leader_start(term))
+                }
+                fn on_leader_stop() {
+                    $crate::__private::with_state::<$ty, _>(|sm| sm.on_leader_stop())
+                }
+                fn on_configuration_committed(voters: ::std::vec::Vec<u64>, learners: ::std::vec::Vec<u64>) {
+                    $crate::__private::with_state::<$ty, _>(|sm| sm.on_configuration_committed(&voters, &learners))
+                }
+            }
+
+            $crate::bindings::export_raw!(WaftExport with_types_in $crate::bindings);
+        };
+    };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::glue::{load, on_apply, query, save, with_state};
+}
