@@ -1,1 +1,27 @@
-//! waft-raft: placeholder, filled by the Raft core work.
+//! waft-raft: the Raft protocol (SOFAJRaft feature set, etcd/raft shape) as a
+//! pure, deterministic state machine. No I/O, no clock, no threads, no OS
+//! randomness: time arrives as `tick()`, work leaves as a [`Ready`] batch.
+//!
+//! ```
+//! use waft_raft::{Config, Configuration, RawNode};
+//! let mut node = RawNode::new(Config::new(1, 42), Configuration::new([1])).unwrap();
+//! for _ in 0..40 { node.tick(); }               // single voter: elects itself
+//! let rd = node.ready();                        // persist, send, apply ...
+//! if let Some(e) = rd.entries.last() { node.on_persisted(e.index, e.term); }
+//! let (index, _term) = node.propose(bytes::Bytes::from_static(b"cmd")).unwrap();
+//! let rd = node.ready();
+//! node.on_persisted(index, rd.entries.last().unwrap().term);
+//! assert_eq!(node.ready().committed_entries.last().unwrap().index, index);
+//! ```
+
+pub mod config;
+pub mod log;
+pub mod node;
+pub mod progress;
+pub mod quorum;
+pub mod read_only;
+pub mod types;
+
+pub use config::{Config, Priority, PRIORITY_DISABLED, PRIORITY_NEVER};
+pub use node::{Event, RawNode, ReadMode, ReadState, Ready, RestartState, Role, SnapshotInstall, SoftState, StartError};
+pub use types::*;
