@@ -325,6 +325,10 @@ impl RawNode {
     pub fn configuration(&self) -> &Configuration {
         &self.conf
     }
+    /// Term of the entry at `index` while it is in the log (or is the snapshot index).
+    pub fn term_at(&self, index: u64) -> Option<u64> {
+        self.log.term(index)
+    }
     pub fn log_entries(&self) -> &[Entry] {
         self.log.entries()
     }
@@ -357,6 +361,9 @@ impl RawNode {
         } else if self.election_elapsed >= self.randomized_election_ticks {
             self.election_elapsed = 0;
             self.reset_randomized_timeout();
+            if self.role == Role::Follower {
+                self.leader = NONE; // lost contact: stop pointing clients at it
+            }
             if self.promotable() && self.allow_launch_election() {
                 self.campaign(self.cfg.pre_vote, false);
             }
@@ -855,8 +862,15 @@ impl RawNode {
         self.conf.voters.iter().chain(&self.conf.voters_outgoing).map(|&v| self.cfg.priority_of(v)).max().unwrap_or(PRIORITY_DISABLED)
     }
 
+    /// Whether this node may stand for election. A node removed by a configuration
+    /// entry that is not committed yet still stands (Raft dissertation §4.2.2): it
+    /// may hold the only up-to-date log needed to commit its own removal.
     fn promotable(&self) -> bool {
-        self.conf.is_voter(self.id) && self.installing.is_none()
+        if self.installing.is_some() {
+            return false;
+        }
+        self.conf.is_voter(self.id)
+            || (self.conf_index > self.log.committed && self.history.at(self.log.committed).is_voter(self.id))
     }
 
     fn in_lease(&self) -> bool {
@@ -995,8 +1009,13 @@ impl RawNode {
                 if let Some(t) = tick {
                     p.acked_tick = p.acked_tick.max(t);
                 }
+                // Appends (or their acks) may have been lost: free a window slot so a
+                // stalled pipeline probes again (etcd does the same).
+                if p.state == ProgressState::Replicate && p.inflights.full() {
+                    p.inflights.free_first();
+                }
                 if p.match_index < last {
-                    self.send_append(from, false);
+                    self.send_append(from, true);
                 }
                 self.confirm_reads();
             }

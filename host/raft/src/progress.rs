@@ -42,6 +42,12 @@ impl Inflights {
         }
     }
 
+    pub fn free_first(&mut self) {
+        if let Some((_, b)) = self.queue.pop_front() {
+            self.bytes -= b;
+        }
+    }
+
     pub fn reset(&mut self) {
         self.queue.clear();
         self.bytes = 0;
