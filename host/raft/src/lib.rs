@@ -5,8 +5,10 @@
 //! ```
 //! use waft_raft::{Config, Configuration, RawNode};
 //! let mut node = RawNode::new(Config::new(1, 42), Configuration::new([1])).unwrap();
-//! for _ in 0..40 { node.tick(); }               // single voter: elects itself
-//! let rd = node.ready();                        // persist, send, apply ...
+//! for _ in 0..20 { node.tick(); }               // single voter: campaigns
+//! let rd = node.ready();                        // persist term and vote ...
+//! node.on_hard_state_persisted(rd.hard_state.unwrap()); // ... then it leads
+//! let rd = node.ready();                        // the leader's no-op entry
 //! if let Some(e) = rd.entries.last() { node.on_persisted(e.index, e.term); }
 //! let (index, _term) = node.propose(bytes::Bytes::from_static(b"cmd")).unwrap();
 //! let rd = node.ready();

@@ -71,7 +71,7 @@ pub enum Event {
 ///    conflicting suffix). Readies must be persisted in the order they were produced.
 /// 3. Only after step 2 completed, send `messages_after_persist` (vote requests
 ///    and grants, append and heartbeat acknowledgements) and report
-///    `on_persisted(last entry index, its term)`.
+///    `on_hard_state_persisted(hard_state)` and `on_persisted(last entry index, its term)`.
 /// 4. `messages` may be sent at once, even before step 2 (a leader's appends to
 ///    followers need not wait for its own disk; pre-votes change no state).
 /// 5. Apply `committed_entries` in order (they are already durable locally).
@@ -505,6 +505,14 @@ impl RawNode {
         }
     }
 
+    /// The runtime made the `hard_state` of a Ready durable (call it for every Ready
+    /// that carried one, in order, once the write completed).
+    pub fn on_hard_state_persisted(&mut self, hs: HardState) {
+        if self.role == Role::Candidate && hs.term == self.term && hs.vote == self.id && !self.votes.contains_key(&self.id) {
+            self.tally(self.id, true);
+        }
+    }
+
     /// The runtime saved the snapshot a Ready asked for.
     pub fn on_snapshot_saved(&mut self, meta: SnapshotMeta) {
         self.snapshot_in_progress = false;
@@ -786,10 +794,16 @@ impl RawNode {
             self.role = Role::Candidate;
             self.vote = self.id;
         }
-        self.votes.insert(self.id, true);
-        if quorum::joint_vote(&self.conf, |id| self.votes.get(&id).copied()) == VoteResult::Won {
-            return self.on_election_won();
+        if pre {
+            // A pre-vote changes no durable state: our own vote counts at once.
+            self.votes.insert(self.id, true);
+            if quorum::joint_vote(&self.conf, |id| self.votes.get(&id).copied()) == VoteResult::Won {
+                return self.on_election_won();
+            }
         }
+        // A real vote for ourselves counts only once term and vote are durable
+        // (`on_hard_state_persisted`); otherwise a crash could let us lead the same
+        // term twice with different entries (found by the simulator, single voter).
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let me = self.id;
         let voters: Vec<NodeId> = self.conf.members().into_iter().filter(|&v| v != me && self.conf.is_voter(v)).collect();

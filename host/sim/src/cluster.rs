@@ -342,8 +342,13 @@ impl Cluster {
             }
         }
         self.outbox.extend(w.after);
+        if let Some(hs) = w.hard_state {
+            node.raft.as_mut().expect("up").on_hard_state_persisted(hs);
+        }
         if let Some((i, t)) = last {
             node.raft.as_mut().expect("up").on_persisted(i, t);
+        }
+        if w.hard_state.is_some() || last.is_some() {
             self.process(id);
         }
         true

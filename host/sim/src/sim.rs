@@ -149,6 +149,8 @@ pub struct Sim {
     queue: BinaryHeap<Scheduled>,
     net: Net,
     tick_period: BTreeMap<NodeId, u64>,
+    /// Per-node disk latency bound (some disks are slow, widening crash windows).
+    disk_delay_max: BTreeMap<NodeId, u64>,
     syncs_scheduled: BTreeMap<NodeId, usize>,
     install_scheduled: BTreeMap<NodeId, bool>,
     clients: Vec<Client>,
@@ -217,6 +219,10 @@ impl Sim {
             let p = if cfg.faults && rng.chance(400) { rng.range(85, 100) } else { TICK_UNITS };
             tick_period.insert(id, p);
         }
+        let mut disk_delay_max = BTreeMap::new();
+        for &id in &ids {
+            disk_delay_max.insert(id, if rng.chance(300) { rng.range(50, 400) } else { 40 });
+        }
         let clients = (0..cfg.clients).map(|_| Client { seq: 0, waiting: None, leader_guess: 1 }).collect();
         let mut sim = Sim {
             cfg,
@@ -227,6 +233,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             net: Net { delay_max: 20, ..Default::default() },
             tick_period,
+            disk_delay_max,
             syncs_scheduled: BTreeMap::new(),
             install_scheduled: BTreeMap::new(),
             clients,
@@ -385,7 +392,7 @@ impl Sim {
             let scheduled = *self.syncs_scheduled.get(&id).unwrap_or(&0);
             let inc = self.cluster.nodes[&id].incarnation;
             for _ in scheduled..pending {
-                let d = self.rng.range(2, 40);
+                let d = self.rng.range(2, self.disk_delay_max[&id]);
                 self.schedule(d, Ev::Sync(id, inc));
             }
             self.syncs_scheduled.insert(id, pending.max(scheduled));
@@ -529,19 +536,22 @@ impl Sim {
         let n = ids.len() as u64;
         let roll = self.rng.range(0, 99);
         let leader = self.cluster.leader();
-        if self.cfg.faults && roll < 15 {
+        if self.cfg.faults && roll < 25 {
             let up: Vec<NodeId> = ids.iter().copied().filter(|&i| self.cluster.is_up(i)).collect();
             if (n - up.len() as u64) < n.div_ceil(2) {
-                if let Some(&victim) = self.rng.pick(&up) {
+                // Prefer a node with unsynced writes: that is where durability bugs hide.
+                let dirty: Vec<NodeId> = up.iter().copied().filter(|&i| self.cluster.pending_writes(i) > 0).collect();
+                let pool = if !dirty.is_empty() && self.rng.chance(600) { dirty } else { up.clone() };
+                if let Some(&victim) = self.rng.pick(&pool) {
                     self.trace(|| format!("chaos: crash {victim}"));
                     self.cluster.crash(victim);
                     self.stats.crashes += 1;
                     self.syncs_scheduled.insert(victim, 0);
-                    let d = self.rng.range(2 * TICK_UNITS, 40 * TICK_UNITS);
+                    let d = if self.rng.chance(500) { self.rng.range(10, 2 * TICK_UNITS) } else { self.rng.range(2 * TICK_UNITS, 40 * TICK_UNITS) };
                     self.schedule(d, Ev::Restart(victim));
                 }
             }
-        } else if self.cfg.faults && roll < 30 {
+        } else if self.cfg.faults && roll < 37 {
             self.stats.partitions += 1;
             let side: Vec<NodeId> = ids.iter().copied().filter(|_| self.rng.chance(400)).collect();
             let one_way = self.rng.chance(300);
@@ -556,10 +566,10 @@ impl Sim {
                 }
             }
             self.trace(|| format!("chaos: partition {side:?} one_way={one_way}"));
-        } else if self.cfg.faults && roll < 42 {
+        } else if self.cfg.faults && roll < 47 {
             self.net.blocked.clear();
             self.trace(|| "chaos: heal partitions".into());
-        } else if self.cfg.faults && roll < 52 {
+        } else if self.cfg.faults && roll < 55 {
             self.net.drop_pm = *self.rng.pick(&[0, 0, 20, 100, 250]).expect("non-empty");
             self.net.dup_pm = *self.rng.pick(&[0, 0, 20, 100]).expect("non-empty");
             self.net.delay_max = *self.rng.pick(&[5, 20, 60, 150]).expect("non-empty");
