@@ -229,7 +229,10 @@ impl RawNode {
     /// founding members; a node that will be added later passes an empty one.
     pub fn new(cfg: Config, bootstrap: Configuration) -> Result<RawNode, StartError> {
         let snapshot = SnapshotMeta { index: 0, term: 0, config: bootstrap };
-        RawNode::restart(cfg, RestartState { snapshot, ..Default::default() })
+        let mut node = RawNode::restart(cfg, RestartState { snapshot, ..Default::default() })?;
+        // A brand-new node never acknowledged any leader: no lease to protect.
+        node.ticks_since_leader = node.cfg.election_ticks;
+        Ok(node)
     }
 
     /// Rebuilds a node from what its storage holds.
@@ -438,6 +441,15 @@ impl RawNode {
         Ok(())
     }
 
+    /// Starts an election now (pre-vote first when enabled), as if the election
+    /// timeout fired. For operators and tests; ignored by leaders and non-voters.
+    pub fn campaign_now(&mut self) {
+        if self.role != Role::Leader && self.promotable() {
+            self.election_elapsed = 0;
+            self.campaign(self.cfg.pre_vote, false);
+        }
+    }
+
     /// Requests a linearizable read; its `ReadState` with the same `id` appears in
     /// a later Ready (on this node, also for follower reads). Lost on leader change.
     pub fn read_index(&mut self, id: u64, mode: ReadMode) -> Result<(), RaftError> {
@@ -595,6 +607,12 @@ impl RawNode {
         self.check_can_append()?;
         if self.pending_change.is_some() || self.conf_index > self.log.committed || self.conf.is_joint() || self.forced.is_some() {
             return Err(RaftError::ConfChangeInProgress);
+        }
+        if !self.committed_own_term() {
+            // A new leader may hold an uncommitted change of a previous leader that
+            // it does not know about yet; changing again before its own no-op commits
+            // is the single-server-change bug (Ongaro, raft-dev 2015).
+            return Err(RaftError::NotReady);
         }
         let mut target = Configuration { voters, voters_outgoing: Vec::new(), learners };
         target.normalize();

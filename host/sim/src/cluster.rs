@@ -40,6 +40,8 @@ pub struct SimNode {
     pub reads: Vec<(u64, u64)>,
     /// Persist every Ready at once (scenario tests); otherwise the driver calls `sync_one`.
     pub auto_sync: bool,
+    /// With `auto_sync`: leave snapshot installs pending until `complete_install`.
+    pub hold_install: bool,
     pub incarnation: u64,
 }
 
@@ -77,6 +79,8 @@ pub struct Cluster {
     pub outbox: Vec<Message>,
     pub notes: Vec<Note>,
     pub events: Vec<(NodeId, Event)>,
+    /// Every read state handed out, in order (drivers may clear it).
+    pub read_states: Vec<(NodeId, ReadState)>,
     /// Stable trace hash over everything nodes emitted.
     pub trace_hash: u64,
     pub trace: Option<Vec<String>>,
@@ -102,6 +106,7 @@ impl Cluster {
                 sm_applied: 0,
                 reads: Vec::new(),
                 auto_sync: true,
+                hold_install: false,
                 incarnation: 0,
             });
         }
@@ -112,6 +117,7 @@ impl Cluster {
             outbox: Vec::new(),
             notes: Vec::new(),
             events: Vec::new(),
+            read_states: Vec::new(),
             trace_hash: FNV_START,
             trace: None,
         }
@@ -241,12 +247,14 @@ impl Cluster {
         }
         self.apply(id, rd.committed_entries);
         for rs in rd.read_states {
+            self.read_states.push((id, rs));
             self.nodes.get_mut(&id).expect("node").reads.push((rs.id, rs.index));
         }
         if let Some(meta) = rd.snapshot_request {
             self.save_snapshot(id, meta);
         }
-        if self.nodes[&id].auto_sync && self.nodes[&id].install.is_some() {
+        let n = &self.nodes[&id];
+        if n.auto_sync && !n.hold_install && n.install.is_some() {
             self.complete_install(id);
         }
     }

@@ -8,3 +8,4 @@ pub mod lin;
 pub mod model;
 pub mod rng;
 pub mod sim;
+pub mod testkit;

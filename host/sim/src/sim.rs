@@ -423,6 +423,7 @@ impl Sim {
             self.on_note(n);
         }
         self.cluster.events.clear();
+        self.cluster.read_states.clear();
     }
 
     fn on_note(&mut self, n: Note) {
