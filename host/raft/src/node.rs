@@ -705,7 +705,9 @@ impl RawNode {
     /// Takes the accumulated batch of work. See [`Ready`] for the ordering rules.
     pub fn ready(&mut self) -> Ready {
         if self.role == Role::Leader {
-            if self.reads.needs_round() {
+            // Reads batch: all reads queued since the last round share the next one,
+            // and at most one read round is outstanding at a time.
+            if self.reads.needs_round() && !self.reads.round_in_flight() {
                 self.broadcast_heartbeat();
             }
             self.broadcast_append();

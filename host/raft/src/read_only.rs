@@ -48,6 +48,12 @@ impl ReadOnly {
         self.pending.back().is_some_and(|(_, _, r)| *r > self.last_round)
     }
 
+    /// True while a round carrying reads is sent but not yet confirmed; reads
+    /// arriving meanwhile wait for the next round instead of starting their own.
+    pub fn round_in_flight(&self) -> bool {
+        self.pending.front().is_some_and(|(_, _, r)| *r <= self.last_round)
+    }
+
     /// Starts a new round at `tick`; returns its number.
     pub fn start_round(&mut self, tick: u64) -> u64 {
         self.last_round += 1;

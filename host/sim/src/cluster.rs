@@ -239,12 +239,8 @@ impl Cluster {
             self.nodes.get_mut(&id).expect("node").install = Some(inst);
         }
         self.outbox.extend(rd.messages);
-        let w = PendingWrite { hard_state: rd.hard_state, entries: rd.entries, after: rd.messages_after_persist };
-        let node = self.nodes.get_mut(&id).expect("node");
-        node.writes.push_back(w);
-        if node.auto_sync {
-            self.sync_all(id);
-        }
+        // Apply before syncing: a sync re-enters `process`, whose later Readies
+        // must find this one's committed entries applied.
         self.apply(id, rd.committed_entries);
         for rs in rd.read_states {
             self.read_states.push((id, rs));
@@ -252,6 +248,12 @@ impl Cluster {
         }
         if let Some(meta) = rd.snapshot_request {
             self.save_snapshot(id, meta);
+        }
+        let w = PendingWrite { hard_state: rd.hard_state, entries: rd.entries, after: rd.messages_after_persist };
+        let node = self.nodes.get_mut(&id).expect("node");
+        node.writes.push_back(w);
+        if node.auto_sync {
+            self.sync_all(id);
         }
         let n = &self.nodes[&id];
         if n.auto_sync && !n.hold_install && n.install.is_some() {
@@ -275,7 +277,8 @@ impl Cluster {
     fn apply(&mut self, id: NodeId, entries: Vec<Entry>) {
         for e in entries {
             let node = self.nodes.get_mut(&id).expect("node");
-            assert_eq!(e.index, node.sm_applied + 1, "node {id} applies out of order");
+            assert_eq!(e.index, node.sm_applied + 1, "node {id} applies out of order (core applied {}, commit {}, persisted {})",
+                node.raft.as_ref().map_or(0, |r| r.applied()), node.raft.as_ref().map_or(0, |r| r.committed()), node.raft.as_ref().map_or(0, |r| r.persisted()));
             node.sm_applied = e.index;
             let fp = fingerprint(&e);
             match self.check.committed.get(&e.index) {
