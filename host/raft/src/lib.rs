@@ -24,6 +24,9 @@ pub mod quorum;
 pub mod read_only;
 pub mod types;
 
-pub use config::{Config, Priority, PRIORITY_DISABLED, PRIORITY_NEVER};
-pub use node::{Event, RawNode, ReadMode, ReadState, Ready, RestartState, Role, SnapshotInstall, SoftState, StartError};
+pub use config::{Config, PRIORITY_DISABLED, PRIORITY_NEVER, Priority};
+pub use node::{
+    Event, RawNode, ReadMode, ReadState, Ready, RestartState, Role, SnapshotInstall, SoftState,
+    StartError,
+};
 pub use types::*;

@@ -54,13 +54,23 @@ pub struct SnapshotInstall {
 /// Things that happened that a runtime may want to report to operators/clients.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
-    BecameLeader { term: u64 },
-    SteppedDown { term: u64 },
-    TransferAborted { target: NodeId },
+    BecameLeader {
+        term: u64,
+    },
+    SteppedDown {
+        term: u64,
+    },
+    TransferAborted {
+        target: NodeId,
+    },
     /// A configuration change was abandoned (new voters failed to catch up, or leadership lost).
-    ConfChangeFailed { reason: &'static str },
+    ConfChangeFailed {
+        reason: &'static str,
+    },
     /// A configuration entry could not be decoded and was ignored.
-    BadConfigEntry { index: u64 },
+    BadConfigEntry {
+        index: u64,
+    },
 }
 
 /// One batch of work for the runtime. The ordering rules, in one place:
@@ -139,10 +149,17 @@ struct ConfHistory {
 
 impl ConfHistory {
     fn current(&self) -> (u64, &Configuration) {
-        self.entries.last().map_or((0, &self.base), |(i, c)| (*i, c))
+        self.entries
+            .last()
+            .map_or((0, &self.base), |(i, c)| (*i, c))
     }
     fn at(&self, index: u64) -> Configuration {
-        self.entries.iter().rev().find(|(i, _)| *i <= index).map_or(&self.base, |(_, c)| c).clone()
+        self.entries
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or(&self.base, |(_, c)| c)
+            .clone()
     }
 }
 
@@ -228,8 +245,18 @@ impl RawNode {
     /// A brand-new node. `bootstrap` is the initial configuration for the
     /// founding members; a node that will be added later passes an empty one.
     pub fn new(cfg: Config, bootstrap: Configuration) -> Result<RawNode, StartError> {
-        let snapshot = SnapshotMeta { index: 0, term: 0, config: bootstrap };
-        let mut node = RawNode::restart(cfg, RestartState { snapshot, ..Default::default() })?;
+        let snapshot = SnapshotMeta {
+            index: 0,
+            term: 0,
+            config: bootstrap,
+        };
+        let mut node = RawNode::restart(
+            cfg,
+            RestartState {
+                snapshot,
+                ..Default::default()
+            },
+        )?;
         // A brand-new node never acknowledged any leader: no lease to protect.
         node.ticks_since_leader = node.cfg.election_ticks;
         Ok(node)
@@ -241,14 +268,27 @@ impl RawNode {
         let snap = st.snapshot;
         for (i, e) in st.entries.iter().enumerate() {
             if e.index != snap.index + 1 + i as u64 {
-                return Err(StartError::CorruptState(format!("entry {} where {} expected", e.index, snap.index + 1 + i as u64)));
+                return Err(StartError::CorruptState(format!(
+                    "entry {} where {} expected",
+                    e.index,
+                    snap.index + 1 + i as u64
+                )));
             }
         }
         let last = snap.index + st.entries.len() as u64;
         if st.hard_state.commit > last {
-            return Err(StartError::CorruptState(format!("commit {} beyond last index {last}", st.hard_state.commit)));
+            return Err(StartError::CorruptState(format!(
+                "commit {} beyond last index {last}",
+                st.hard_state.commit
+            )));
         }
-        let log = RaftLog::new(snap.index, snap.term, st.entries, st.hard_state.commit, st.applied);
+        let log = RaftLog::new(
+            snap.index,
+            snap.term,
+            st.entries,
+            st.hard_state.commit,
+            st.applied,
+        );
         let mut prng = cfg.seed ^ cfg.id.wrapping_mul(0x2545_F491_4F6C_DD1D);
         splitmix64(&mut prng);
         let prev_hard = st.hard_state;
@@ -259,7 +299,10 @@ impl RawNode {
             role: Role::Follower,
             leader: NONE,
             log,
-            history: ConfHistory { base: snap.config.clone(), entries: Vec::new() },
+            history: ConfHistory {
+                base: snap.config.clone(),
+                entries: Vec::new(),
+            },
             conf: Configuration::default(),
             conf_index: 0,
             forced: None,
@@ -288,7 +331,11 @@ impl RawNode {
             snapshot_install: None,
             snapshot_in_progress: false,
             prev_hard,
-            prev_soft: SoftState { role: Role::Follower, leader: NONE, term: prev_hard.term },
+            prev_soft: SoftState {
+                role: Role::Follower,
+                leader: NONE,
+                term: prev_hard.term,
+            },
             cfg,
         };
         node.rescan_conf_from(node.log.first_index());
@@ -339,13 +386,19 @@ impl RawNode {
         &self.snapshot
     }
     pub fn hard_state(&self) -> HardState {
-        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed,
+        }
     }
     pub fn is_transferring(&self) -> bool {
         self.transfer.is_some()
     }
     pub fn progress_of(&self, id: NodeId) -> Option<(u64, u64, ProgressState)> {
-        self.progress.get(&id).map(|p| (p.match_index, p.next_index, p.state))
+        self.progress
+            .get(&id)
+            .map(|p| (p.match_index, p.next_index, p.state))
     }
     /// Whether a lease read would be served without a heartbeat round right now.
     pub fn lease_valid(&self) -> bool {
@@ -379,7 +432,9 @@ impl RawNode {
             self.election_elapsed = 0;
             if self.cfg.check_quorum {
                 let me = self.id;
-                let active = quorum::is_quorum(&self.conf, |id| id == me || self.progress.get(&id).is_some_and(|p| p.recent_active));
+                let active = quorum::is_quorum(&self.conf, |id| {
+                    id == me || self.progress.get(&id).is_some_and(|p| p.recent_active)
+                });
                 if !active {
                     self.become_follower(self.term, NONE);
                     return;
@@ -400,7 +455,9 @@ impl RawNode {
         if let Some(pc) = &mut self.pending_change {
             pc.elapsed_ticks += 1;
             if pc.elapsed_ticks >= self.cfg.catchup_timeout_ticks {
-                self.abandon_pending_change("new voters did not catch up before the catch-up timeout");
+                self.abandon_pending_change(
+                    "new voters did not catch up before the catch-up timeout",
+                );
             }
         }
         let retry = self.cfg.snapshot_retry_ticks;
@@ -423,14 +480,19 @@ impl RawNode {
         self.check_can_append()?;
         let bytes = data.len() as u64;
         if bytes > self.cfg.proposal_bytes_max {
-            return Err(RaftError::ProposalTooLarge { bytes, max: self.cfg.proposal_bytes_max });
+            return Err(RaftError::ProposalTooLarge {
+                bytes,
+                max: self.cfg.proposal_bytes_max,
+            });
         }
         Ok(self.append_entry(EntryKind::Normal, data))
     }
 
     fn check_can_append(&self) -> Result<(), RaftError> {
         if self.role != Role::Leader {
-            return Err(RaftError::NotLeader { leader_hint: self.leader() });
+            return Err(RaftError::NotLeader {
+                leader_hint: self.leader(),
+            });
         }
         if self.transfer.is_some() {
             return Err(RaftError::TransferInProgress);
@@ -455,7 +517,11 @@ impl RawNode {
     pub fn read_index(&mut self, id: u64, mode: ReadMode) -> Result<(), RaftError> {
         let lease = mode == ReadMode::Lease;
         match self.role {
-            Role::Leader => self.leader_read(ReadRequest { id, from: self.id, lease }),
+            Role::Leader => self.leader_read(ReadRequest {
+                id,
+                from: self.id,
+                lease,
+            }),
             Role::Follower if self.leader != NONE => {
                 if self.forward_reads.len() >= self.cfg.pending_reads_max {
                     return Err(RaftError::Busy);
@@ -463,7 +529,9 @@ impl RawNode {
                 self.forward_reads.push((id, lease));
                 Ok(())
             }
-            _ => Err(RaftError::NotLeader { leader_hint: self.leader() }),
+            _ => Err(RaftError::NotLeader {
+                leader_hint: self.leader(),
+            }),
         }
     }
 
@@ -473,7 +541,10 @@ impl RawNode {
             return;
         }
         if m.term > self.term {
-            let is_vote = matches!(m.body, MessageBody::Vote { .. } | MessageBody::PreVote { .. });
+            let is_vote = matches!(
+                m.body,
+                MessageBody::Vote { .. } | MessageBody::PreVote { .. }
+            );
             let transfer = matches!(m.body, MessageBody::Vote { transfer: true, .. });
             if is_vote && !transfer && self.in_lease() {
                 return; // a leader may hold a lease: refuse to disturb it
@@ -481,25 +552,45 @@ impl RawNode {
             match m.body {
                 MessageBody::PreVote { .. } => {}
                 MessageBody::PreVoteResponse { reject: false } => {}
-                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
-                    self.become_follower(m.term, m.from)
-                }
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => self.become_follower(m.term, m.from),
                 _ => self.become_follower(m.term, NONE),
             }
         } else if m.term < self.term {
             match m.body {
-                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
                     // Tell the stale leader about our term so it steps down.
-                    self.send(m.from, MessageBody::AppendResponse { reject: true, index: 0, hint_index: 0, hint_term: 0 }, false);
+                    self.send(
+                        m.from,
+                        MessageBody::AppendResponse {
+                            reject: true,
+                            index: 0,
+                            hint_index: 0,
+                            hint_term: 0,
+                        },
+                        false,
+                    );
                 }
-                MessageBody::PreVote { .. } => self.send(m.from, MessageBody::PreVoteResponse { reject: true }, false),
+                MessageBody::PreVote { .. } => {
+                    self.send(m.from, MessageBody::PreVoteResponse { reject: true }, false)
+                }
                 _ => {}
             }
             return;
         }
         match m.body {
-            MessageBody::PreVote { last_index, last_term } => self.handle_vote_request(&m, last_index, last_term, true),
-            MessageBody::Vote { last_index, last_term, .. } => self.handle_vote_request(&m, last_index, last_term, false),
+            MessageBody::PreVote {
+                last_index,
+                last_term,
+            } => self.handle_vote_request(&m, last_index, last_term, true),
+            MessageBody::Vote {
+                last_index,
+                last_term,
+                ..
+            } => self.handle_vote_request(&m, last_index, last_term, false),
             _ => match self.role {
                 Role::Leader => self.step_leader(m),
                 Role::PreCandidate | Role::Candidate => self.step_candidate(m),
@@ -520,7 +611,11 @@ impl RawNode {
     /// The runtime made the `hard_state` of a Ready durable (call it for every Ready
     /// that carried one, in order, once the write completed).
     pub fn on_hard_state_persisted(&mut self, hs: HardState) {
-        if self.role == Role::Candidate && hs.term == self.term && hs.vote == self.id && !self.votes.contains_key(&self.id) {
+        if self.role == Role::Candidate
+            && hs.term == self.term
+            && hs.vote == self.id
+            && !self.votes.contains_key(&self.id)
+        {
             self.tally(self.id, true);
         }
     }
@@ -528,13 +623,21 @@ impl RawNode {
     /// The runtime saved the snapshot a Ready asked for.
     pub fn on_snapshot_saved(&mut self, meta: SnapshotMeta) {
         self.snapshot_in_progress = false;
-        if meta.index <= self.log.snap_index || meta.index > self.log.applied || !self.log.match_term(meta.index, meta.term) {
+        if meta.index <= self.log.snap_index
+            || meta.index > self.log.applied
+            || !self.log.match_term(meta.index, meta.term)
+        {
             return; // stale (an installed snapshot overtook it)
         }
         self.log.compact(meta.index, meta.term);
         self.history.base = self.history.at(meta.index);
         self.history.entries.retain(|(i, _)| *i > meta.index);
         self.snapshot = meta;
+    }
+
+    /// The runtime could not save the requested snapshot; a later Ready asks again.
+    pub fn on_snapshot_save_failed(&mut self) {
+        self.snapshot_in_progress = false;
     }
 
     /// The runtime loaded the snapshot a Ready handed out in `snapshot_install`.
@@ -545,13 +648,28 @@ impl RawNode {
         self.installing = None;
         if meta.index > self.log.committed {
             self.log.restore(meta.index, meta.term);
-            self.history = ConfHistory { base: meta.config.clone(), entries: Vec::new() };
+            self.history = ConfHistory {
+                base: meta.config.clone(),
+                entries: Vec::new(),
+            };
             self.rescan_conf_from(meta.index + 1);
             self.snapshot = meta;
         }
         if self.leader != NONE {
-            let index = self.log.last_index().min(self.log.committed.max(self.snapshot.index));
-            self.send(self.leader, MessageBody::AppendResponse { reject: false, index, hint_index: 0, hint_term: 0 }, true);
+            let index = self
+                .log
+                .last_index()
+                .min(self.log.committed.max(self.snapshot.index));
+            self.send(
+                self.leader,
+                MessageBody::AppendResponse {
+                    reject: false,
+                    index,
+                    hint_index: 0,
+                    hint_term: 0,
+                },
+                true,
+            );
         }
     }
 
@@ -579,7 +697,9 @@ impl RawNode {
 
     pub fn add_learner(&mut self, id: NodeId) -> Result<(), RaftError> {
         if self.conf.is_voter(id) {
-            return Err(RaftError::InvalidConfChange("node is a voter; remove it first"));
+            return Err(RaftError::InvalidConfChange(
+                "node is a voter; remove it first",
+            ));
         }
         let mut t = self.conf.clone();
         t.learners.push(id);
@@ -603,9 +723,17 @@ impl RawNode {
     /// Moves to the configuration with exactly these voters and learners. One voter
     /// changing is a single step; more use joint consensus. New voters first catch
     /// up (within `catchup_margin_entries`) or the change fails after `catchup_timeout_ticks`.
-    pub fn change_peers(&mut self, voters: Vec<NodeId>, learners: Vec<NodeId>) -> Result<(), RaftError> {
+    pub fn change_peers(
+        &mut self,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+    ) -> Result<(), RaftError> {
         self.check_can_append()?;
-        if self.pending_change.is_some() || self.conf_index > self.log.committed || self.conf.is_joint() || self.forced.is_some() {
+        if self.pending_change.is_some()
+            || self.conf_index > self.log.committed
+            || self.conf.is_joint()
+            || self.forced.is_some()
+        {
             return Err(RaftError::ConfChangeInProgress);
         }
         if !self.committed_own_term() {
@@ -614,26 +742,51 @@ impl RawNode {
             // is the single-server-change bug (Ongaro, raft-dev 2015).
             return Err(RaftError::NotReady);
         }
-        let mut target = Configuration { voters, voters_outgoing: Vec::new(), learners };
+        let mut target = Configuration {
+            voters,
+            voters_outgoing: Vec::new(),
+            learners,
+        };
         target.normalize();
         if target.voters.is_empty() {
-            return Err(RaftError::InvalidConfChange("a configuration needs at least one voter"));
+            return Err(RaftError::InvalidConfChange(
+                "a configuration needs at least one voter",
+            ));
         }
         if target.voters.contains(&NONE) || target.learners.contains(&NONE) {
             return Err(RaftError::InvalidConfChange("node id 0 is reserved"));
         }
         if target.learners.iter().any(|l| self.conf.voters.contains(l)) {
-            return Err(RaftError::InvalidConfChange("demoting a voter to learner: remove it first, then add it as a learner"));
+            return Err(RaftError::InvalidConfChange(
+                "demoting a voter to learner: remove it first, then add it as a learner",
+            ));
         }
         if target == self.conf {
-            return Err(RaftError::InvalidConfChange("the configuration is unchanged"));
+            return Err(RaftError::InvalidConfChange(
+                "the configuration is unchanged",
+            ));
         }
-        let catching: Vec<NodeId> = target.voters.iter().copied().filter(|v| !self.conf.voters.contains(v)).collect();
+        let catching: Vec<NodeId> = target
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| !self.conf.voters.contains(v))
+            .collect();
         let last = self.log.last_index();
         for &c in &catching {
-            self.progress.entry(c).or_insert_with(|| Progress::new(last + 1, self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max));
+            self.progress.entry(c).or_insert_with(|| {
+                Progress::new(
+                    last + 1,
+                    self.cfg.inflight_msgs_max,
+                    self.cfg.inflight_bytes_max,
+                )
+            });
         }
-        self.pending_change = Some(PendingChange { target, catching, elapsed_ticks: 0 });
+        self.pending_change = Some(PendingChange {
+            target,
+            catching,
+            elapsed_ticks: 0,
+        });
         self.check_catchup();
         Ok(())
     }
@@ -641,7 +794,9 @@ impl RawNode {
     /// Transfers leadership to `target`, or to the most up-to-date voter when None.
     pub fn transfer_leader(&mut self, target: Option<NodeId>) -> Result<(), RaftError> {
         if self.role != Role::Leader {
-            return Err(RaftError::NotLeader { leader_hint: self.leader() });
+            return Err(RaftError::NotLeader {
+                leader_hint: self.leader(),
+            });
         }
         if self.transfer.is_some() {
             return Err(RaftError::TransferInProgress);
@@ -650,19 +805,35 @@ impl RawNode {
             Some(t) => t,
             None => {
                 let me = self.id;
-                let best = self.conf.voters.iter().filter(|&&v| v != me).max_by_key(|&&v| {
-                    (self.progress.get(&v).map_or(0, |p| p.match_index), std::cmp::Reverse(v))
-                });
-                *best.ok_or(RaftError::InvalidConfChange("no other voter to transfer to"))?
+                let best = self
+                    .conf
+                    .voters
+                    .iter()
+                    .filter(|&&v| v != me)
+                    .max_by_key(|&&v| {
+                        (
+                            self.progress.get(&v).map_or(0, |p| p.match_index),
+                            std::cmp::Reverse(v),
+                        )
+                    });
+                *best.ok_or(RaftError::InvalidConfChange(
+                    "no other voter to transfer to",
+                ))?
             }
         };
         if target == self.id {
             return Ok(());
         }
         if !self.conf.voters.contains(&target) {
-            return Err(RaftError::InvalidConfChange("transfer target is not a voter"));
+            return Err(RaftError::InvalidConfChange(
+                "transfer target is not a voter",
+            ));
         }
-        self.transfer = Some(Transfer { target, elapsed_ticks: 0, timeout_now_sent: false });
+        self.transfer = Some(Transfer {
+            target,
+            elapsed_ticks: 0,
+            timeout_now_sent: false,
+        });
         self.maybe_send_timeout_now();
         Ok(())
     }
@@ -675,7 +846,9 @@ impl RawNode {
     pub fn reset_peers(&mut self, voters: Vec<NodeId>) -> Result<(), RaftError> {
         let c = Configuration::new(voters);
         if c.voters.is_empty() || c.voters.contains(&NONE) {
-            return Err(RaftError::InvalidConfChange("reset needs at least one valid voter"));
+            return Err(RaftError::InvalidConfChange(
+                "reset needs at least one valid voter",
+            ));
         }
         self.forced = Some((c, self.log.last_index()));
         self.refresh_conf();
@@ -714,7 +887,12 @@ impl RawNode {
         }
         if !self.forward_reads.is_empty() && self.leader != NONE && self.role == Role::Follower {
             for lease in [false, true] {
-                let ids: Vec<u64> = self.forward_reads.iter().filter(|r| r.1 == lease).map(|r| r.0).collect();
+                let ids: Vec<u64> = self
+                    .forward_reads
+                    .iter()
+                    .filter(|r| r.1 == lease)
+                    .map(|r| r.0)
+                    .collect();
                 if !ids.is_empty() {
                     self.send(self.leader, MessageBody::ReadIndex { ids }, false);
                 }
@@ -744,7 +922,11 @@ impl RawNode {
         {
             let index = self.log.applied;
             let term = self.log.term(index).expect("applied entry is in the log");
-            rd.snapshot_request = Some(SnapshotMeta { index, term, config: self.history.at(index) });
+            rd.snapshot_request = Some(SnapshotMeta {
+                index,
+                term,
+                config: self.history.at(index),
+            });
             self.snapshot_in_progress = true;
         }
         rd.events = std::mem::take(&mut self.events);
@@ -752,7 +934,11 @@ impl RawNode {
     }
 
     fn soft_state(&self) -> SoftState {
-        SoftState { role: self.role, leader: self.leader, term: self.term }
+        SoftState {
+            role: self.role,
+            leader: self.leader,
+            term: self.term,
+        }
     }
 
     // ------------------------------------------------------------ roles
@@ -777,7 +963,8 @@ impl RawNode {
         self.lease_disabled = false;
         self.commit_to_broadcast = false;
         if let Some(t) = self.transfer.take() {
-            self.events.push(Event::TransferAborted { target: t.target });
+            self.events
+                .push(Event::TransferAborted { target: t.target });
         }
         if self.pending_change.is_some() {
             self.abandon_pending_change("leadership lost during catch-up");
@@ -817,7 +1004,8 @@ impl RawNode {
         if pre {
             // A pre-vote changes no durable state: our own vote counts at once.
             self.votes.insert(self.id, true);
-            if quorum::joint_vote(&self.conf, |id| self.votes.get(&id).copied()) == VoteResult::Won {
+            if quorum::joint_vote(&self.conf, |id| self.votes.get(&id).copied()) == VoteResult::Won
+            {
                 return self.on_election_won();
             }
         }
@@ -826,13 +1014,34 @@ impl RawNode {
         // term twice with different entries (found by the simulator, single voter).
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let me = self.id;
-        let voters: Vec<NodeId> = self.conf.members().into_iter().filter(|&v| v != me && self.conf.is_voter(v)).collect();
+        let voters: Vec<NodeId> = self
+            .conf
+            .members()
+            .into_iter()
+            .filter(|&v| v != me && self.conf.is_voter(v))
+            .collect();
         for v in voters {
             if pre {
-                self.send_with_term(v, self.term + 1, MessageBody::PreVote { last_index, last_term }, false);
+                self.send_with_term(
+                    v,
+                    self.term + 1,
+                    MessageBody::PreVote {
+                        last_index,
+                        last_term,
+                    },
+                    false,
+                );
             } else {
                 // The vote for ourselves must be durable before anyone can count on it.
-                self.send(v, MessageBody::Vote { last_index, last_term, transfer }, true);
+                self.send(
+                    v,
+                    MessageBody::Vote {
+                        last_index,
+                        last_term,
+                        transfer,
+                    },
+                    true,
+                );
             }
         }
     }
@@ -893,7 +1102,13 @@ impl RawNode {
     }
 
     fn max_priority(&self) -> Priority {
-        self.conf.voters.iter().chain(&self.conf.voters_outgoing).map(|&v| self.cfg.priority_of(v)).max().unwrap_or(PRIORITY_DISABLED)
+        self.conf
+            .voters
+            .iter()
+            .chain(&self.conf.voters_outgoing)
+            .map(|&v| self.cfg.priority_of(v))
+            .max()
+            .unwrap_or(PRIORITY_DISABLED)
     }
 
     /// Whether this node may stand for election. A node removed by a configuration
@@ -904,21 +1119,30 @@ impl RawNode {
             return false;
         }
         self.conf.is_voter(self.id)
-            || (self.conf_index > self.log.committed && self.history.at(self.log.committed).is_voter(self.id))
+            || (self.conf_index > self.log.committed
+                && self.history.at(self.log.committed).is_voter(self.id))
     }
 
     fn in_lease(&self) -> bool {
-        self.cfg.check_quorum && (self.role == Role::Leader || self.ticks_since_leader < self.cfg.election_ticks)
+        self.cfg.check_quorum
+            && (self.role == Role::Leader || self.ticks_since_leader < self.cfg.election_ticks)
     }
 
     // ------------------------------------------------------------ votes
 
     fn handle_vote_request(&mut self, m: &Message, last_index: u64, last_term: u64, pre: bool) {
-        let can_vote = self.vote == m.from || (self.vote == NONE && self.leader == NONE) || (pre && m.term > self.term);
+        let can_vote = self.vote == m.from
+            || (self.vote == NONE && self.leader == NONE)
+            || (pre && m.term > self.term);
         let grant = can_vote && self.log.is_up_to_date(last_index, last_term);
         if pre {
             let term = if grant { m.term } else { self.term };
-            self.send_with_term(m.from, term, MessageBody::PreVoteResponse { reject: !grant }, false);
+            self.send_with_term(
+                m.from,
+                term,
+                MessageBody::PreVoteResponse { reject: !grant },
+                false,
+            );
         } else {
             if grant {
                 self.election_elapsed = 0;
@@ -930,12 +1154,18 @@ impl RawNode {
 
     fn step_candidate(&mut self, m: Message) {
         match m.body {
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => {
                 self.become_follower(m.term, m.from);
                 self.step_follower(m);
             }
-            MessageBody::PreVoteResponse { reject } if self.role == Role::PreCandidate => self.tally(m.from, !reject),
-            MessageBody::VoteResponse { reject } if self.role == Role::Candidate => self.tally(m.from, !reject),
+            MessageBody::PreVoteResponse { reject } if self.role == Role::PreCandidate => {
+                self.tally(m.from, !reject)
+            }
+            MessageBody::VoteResponse { reject } if self.role == Role::Candidate => {
+                self.tally(m.from, !reject)
+            }
             _ => {}
         }
     }
@@ -953,7 +1183,12 @@ impl RawNode {
 
     fn step_follower(&mut self, m: Message) {
         match m.body {
-            MessageBody::Append { prev_index, prev_term, entries, commit } => {
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
                 self.leader_contact(m.from);
                 self.handle_append(m.from, prev_index, prev_term, &entries, commit);
             }
@@ -968,25 +1203,40 @@ impl RawNode {
                 self.leader_contact(m.from);
                 self.handle_snapshot(m.from, meta);
             }
-            MessageBody::TimeoutNow => {
-                if self.promotable() {
-                    self.campaign(false, true);
-                }
+            MessageBody::TimeoutNow if self.promotable() => {
+                self.campaign(false, true);
             }
             MessageBody::ReadIndexResponse { ids, index } => {
-                self.read_states.extend(ids.into_iter().map(|id| ReadState { id, index }));
+                self.read_states
+                    .extend(ids.into_iter().map(|id| ReadState { id, index }));
             }
             _ => {}
         }
     }
 
-    fn handle_append(&mut self, from: NodeId, prev_index: u64, prev_term: u64, entries: &[Entry], commit: u64) {
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: u64,
+        prev_term: u64,
+        entries: &[Entry],
+        commit: u64,
+    ) {
         if self.installing.is_some() {
             return; // the snapshot supersedes this append; the leader resends after it
         }
         if prev_index < self.log.committed {
             let index = self.log.committed;
-            self.send(from, MessageBody::AppendResponse { reject: false, index, hint_index: 0, hint_term: 0 }, true);
+            self.send(
+                from,
+                MessageBody::AppendResponse {
+                    reject: false,
+                    index,
+                    hint_index: 0,
+                    hint_term: 0,
+                },
+                true,
+            );
             return;
         }
         match self.log.maybe_append(prev_index, prev_term, entries) {
@@ -995,11 +1245,31 @@ impl RawNode {
                     self.rescan_conf_from(first.index);
                 }
                 self.log.commit_to(commit.min(last_new));
-                self.send(from, MessageBody::AppendResponse { reject: false, index: last_new, hint_index: 0, hint_term: 0 }, true);
+                self.send(
+                    from,
+                    MessageBody::AppendResponse {
+                        reject: false,
+                        index: last_new,
+                        hint_index: 0,
+                        hint_term: 0,
+                    },
+                    true,
+                );
             }
             None => {
-                let (hint_index, hint_term) = self.log.find_conflict_by_term(prev_index.min(self.log.last_index()), prev_term);
-                self.send(from, MessageBody::AppendResponse { reject: true, index: prev_index, hint_index, hint_term }, true);
+                let (hint_index, hint_term) = self
+                    .log
+                    .find_conflict_by_term(prev_index.min(self.log.last_index()), prev_term);
+                self.send(
+                    from,
+                    MessageBody::AppendResponse {
+                        reject: true,
+                        index: prev_index,
+                        hint_index,
+                        hint_term,
+                    },
+                    true,
+                );
             }
         }
     }
@@ -1007,10 +1277,23 @@ impl RawNode {
     fn handle_snapshot(&mut self, from: NodeId, meta: SnapshotMeta) {
         if meta.index <= self.log.committed {
             let index = self.log.committed;
-            self.send(from, MessageBody::AppendResponse { reject: false, index, hint_index: 0, hint_term: 0 }, true);
+            self.send(
+                from,
+                MessageBody::AppendResponse {
+                    reject: false,
+                    index,
+                    hint_index: 0,
+                    hint_term: 0,
+                },
+                true,
+            );
             return;
         }
-        if self.installing.as_ref().is_some_and(|i| i.index >= meta.index) {
+        if self
+            .installing
+            .as_ref()
+            .is_some_and(|i| i.index >= meta.index)
+        {
             return; // already installing this or a newer one
         }
         self.installing = Some(meta.clone());
@@ -1028,13 +1311,18 @@ impl RawNode {
             }
         }
         match m.body {
-            MessageBody::AppendResponse { reject, index, hint_index, hint_term } => {
-                self.handle_append_response(from, reject, index, hint_index, hint_term)
-            }
+            MessageBody::AppendResponse {
+                reject,
+                index,
+                hint_index,
+                hint_term,
+            } => self.handle_append_response(from, reject, index, hint_index, hint_term),
             MessageBody::HeartbeatResponse { round } => {
                 let tick = self.reads.round_tick(round);
                 let last = self.log.last_index();
-                let Some(p) = self.progress.get_mut(&from) else { return };
+                let Some(p) = self.progress.get_mut(&from) else {
+                    return;
+                };
                 p.recent_active = true;
                 p.probe_sent = false;
                 if round > p.acked_round {
@@ -1057,18 +1345,38 @@ impl RawNode {
                 // Follower reads ride on the follower's mode via a separate message per mode;
                 // the leader treats them as safe reads unless its lease holds.
                 for id in ids {
-                    let _ = self.leader_read(ReadRequest { id, from, lease: false });
+                    let _ = self.leader_read(ReadRequest {
+                        id,
+                        from,
+                        lease: false,
+                    });
                 }
             }
             _ => {}
         }
     }
 
-    fn handle_append_response(&mut self, from: NodeId, reject: bool, index: u64, hint_index: u64, hint_term: u64) {
-        let Some(p) = self.progress.get_mut(&from) else { return };
+    fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        reject: bool,
+        index: u64,
+        hint_index: u64,
+        hint_term: u64,
+    ) {
+        if index > self.log.last_index() {
+            return; // cannot acknowledge what we never sent: a corrupt or foreign message
+        }
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
         p.recent_active = true;
         if reject {
-            let hint = if hint_term > 0 { self.log.find_conflict_by_term(hint_index, hint_term).0 } else { hint_index };
+            let hint = if hint_term > 0 {
+                self.log.find_conflict_by_term(hint_index, hint_term).0
+            } else {
+                hint_index
+            };
             if p.maybe_decr_to(index, hint) {
                 if p.state == ProgressState::Replicate {
                     p.become_probe();
@@ -1099,7 +1407,11 @@ impl RawNode {
     }
 
     fn acked_index(&self, id: NodeId) -> u64 {
-        if id == self.id { self.log.persisted } else { self.progress.get(&id).map_or(0, |p| p.match_index) }
+        if id == self.id {
+            self.log.persisted
+        } else {
+            self.progress.get(&id).map_or(0, |p| p.match_index)
+        }
     }
 
     fn maybe_commit(&mut self) {
@@ -1134,7 +1446,12 @@ impl RawNode {
     }
 
     fn append_entry(&mut self, kind: EntryKind, data: Bytes) -> (u64, u64) {
-        let e = Entry { index: self.log.last_index() + 1, term: self.term, kind, data };
+        let e = Entry {
+            index: self.log.last_index() + 1,
+            term: self.term,
+            kind,
+            data,
+        };
         let at = (e.index, e.term);
         self.log.append(std::slice::from_ref(&e));
         if kind == EntryKind::Config {
@@ -1146,7 +1463,12 @@ impl RawNode {
 
     /// Sends appends to every follower with something to send (batched per Ready).
     fn broadcast_append(&mut self) {
-        let ids: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
+        let ids: Vec<NodeId> = self
+            .progress
+            .keys()
+            .copied()
+            .filter(|&id| id != self.id)
+            .collect();
         let carry_commit = std::mem::take(&mut self.commit_to_broadcast);
         for id in ids {
             let mut sent = false;
@@ -1163,7 +1485,9 @@ impl RawNode {
     /// `allow_empty`: send even without entries (to carry the commit index).
     fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
         let last = self.log.last_index();
-        let Some(p) = self.progress.get_mut(&to) else { return false };
+        let Some(p) = self.progress.get_mut(&to) else {
+            return false;
+        };
         if p.is_paused() {
             return false;
         }
@@ -1184,7 +1508,12 @@ impl RawNode {
         if entries.is_empty() && !allow_empty && p.state == ProgressState::Replicate {
             return false;
         }
-        if entries.is_empty() && !allow_empty && p.state == ProgressState::Probe && p.match_index + 1 == p.next_index && p.next_index > last {
+        if entries.is_empty()
+            && !allow_empty
+            && p.state == ProgressState::Probe
+            && p.match_index + 1 == p.next_index
+            && p.next_index > last
+        {
             return false; // probe already matched and nothing new
         }
         let bytes = entries.iter().map(Entry::size_bytes).sum();
@@ -1193,13 +1522,27 @@ impl RawNode {
         p.sent_append(n, last_sent, bytes);
         let more = n > 0 && p.state == ProgressState::Replicate;
         let commit = self.log.committed;
-        self.send(to, MessageBody::Append { prev_index, prev_term, entries, commit }, false);
+        self.send(
+            to,
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            },
+            false,
+        );
         more
     }
 
     fn broadcast_heartbeat(&mut self) {
         let round = self.reads.start_round(self.now);
-        let ids: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
+        let ids: Vec<NodeId> = self
+            .progress
+            .keys()
+            .copied()
+            .filter(|&id| id != self.id)
+            .collect();
         for id in ids {
             let p = &self.progress[&id];
             // Never tell a follower to commit beyond what it is known to hold.
@@ -1215,7 +1558,13 @@ impl RawNode {
         }
         let me = self.id;
         let (now, lease) = (self.now, self.cfg.lease_ticks);
-        quorum::is_quorum(&self.conf, |id| id == me || self.progress.get(&id).is_some_and(|p| p.acked_round > 0 && p.acked_tick + lease > now))
+        quorum::is_quorum(&self.conf, |id| {
+            id == me
+                || self
+                    .progress
+                    .get(&id)
+                    .is_some_and(|p| p.acked_round > 0 && p.acked_tick + lease > now)
+        })
     }
 
     fn leader_read(&mut self, req: ReadRequest) -> Result<(), RaftError> {
@@ -1246,7 +1595,11 @@ impl RawNode {
         let me = self.id;
         let last_round = self.reads.last_round;
         let confirmed = quorum::joint_committed(&self.conf, |id| {
-            if id == me { last_round } else { self.progress.get(&id).map_or(0, |p| p.acked_round) }
+            if id == me {
+                last_round
+            } else {
+                self.progress.get(&id).map_or(0, |p| p.acked_round)
+            }
         });
         for (req, index) in self.reads.confirm(confirmed) {
             self.serve_read(req, index);
@@ -1257,7 +1610,14 @@ impl RawNode {
         if req.from == self.id {
             self.read_states.push(ReadState { id: req.id, index });
         } else {
-            self.send(req.from, MessageBody::ReadIndexResponse { ids: vec![req.id], index }, false);
+            self.send(
+                req.from,
+                MessageBody::ReadIndexResponse {
+                    ids: vec![req.id],
+                    index,
+                },
+                false,
+            );
         }
     }
 
@@ -1267,7 +1627,11 @@ impl RawNode {
             return;
         }
         let target = t.target;
-        if self.progress.get(&target).is_some_and(|p| p.match_index == self.log.last_index()) {
+        if self
+            .progress
+            .get(&target)
+            .is_some_and(|p| p.match_index == self.log.last_index())
+        {
             // From now on another node may win without waiting out our lease.
             self.lease_disabled = true;
             if let Some(t) = &mut self.transfer {
@@ -1280,28 +1644,47 @@ impl RawNode {
     }
 
     fn check_catchup(&mut self) {
-        let Some(pc) = &self.pending_change else { return };
+        let Some(pc) = &self.pending_change else {
+            return;
+        };
         let last = self.log.last_index();
         let margin = self.cfg.catchup_margin_entries;
-        let caught = pc.catching.iter().all(|id| self.progress.get(id).is_some_and(|p| p.match_index + margin >= last));
+        let caught = pc.catching.iter().all(|id| {
+            self.progress
+                .get(id)
+                .is_some_and(|p| p.match_index + margin >= last)
+        });
         if !caught {
             return;
         }
         let target = pc.target.clone();
         self.pending_change = None;
-        let changed: usize = target.voters.iter().filter(|v| !self.conf.voters.contains(v)).count()
-            + self.conf.voters.iter().filter(|v| !target.voters.contains(v)).count();
+        let changed: usize = target
+            .voters
+            .iter()
+            .filter(|v| !self.conf.voters.contains(v))
+            .count()
+            + self
+                .conf
+                .voters
+                .iter()
+                .filter(|v| !target.voters.contains(v))
+                .count();
         let entry = if changed > 1 {
-            Configuration { voters: target.voters, voters_outgoing: self.conf.voters.clone(), learners: target.learners }
+            Configuration {
+                voters: target.voters,
+                voters_outgoing: self.conf.voters.clone(),
+                learners: target.learners,
+            }
         } else {
             target
         };
-        if let Some(t) = &self.transfer {
-            if !entry.voters.contains(&t.target) {
-                let target = t.target;
-                self.transfer = None;
-                self.events.push(Event::TransferAborted { target });
-            }
+        if let Some(t) = &self.transfer
+            && !entry.voters.contains(&t.target)
+        {
+            let target = t.target;
+            self.transfer = None;
+            self.events.push(Event::TransferAborted { target });
         }
         self.append_entry(EntryKind::Config, entry.encode());
     }
@@ -1367,7 +1750,13 @@ impl RawNode {
         self.progress.retain(|id, _| want.contains(id));
         let last = self.log.last_index();
         for id in want {
-            self.progress.entry(id).or_insert_with(|| Progress::new(last + 1, self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max));
+            self.progress.entry(id).or_insert_with(|| {
+                Progress::new(
+                    last + 1,
+                    self.cfg.inflight_msgs_max,
+                    self.cfg.inflight_bytes_max,
+                )
+            });
         }
         if let Some(p) = self.progress.get_mut(&self.id) {
             p.match_index = self.log.persisted;
@@ -1382,7 +1771,16 @@ impl RawNode {
     }
 
     fn send_with_term(&mut self, to: NodeId, term: u64, body: MessageBody, after_persist: bool) {
-        let m = Message { from: self.id, to, term, body };
-        if after_persist { self.msgs_after_persist.push(m) } else { self.msgs.push(m) }
+        let m = Message {
+            from: self.id,
+            to,
+            term,
+            body,
+        };
+        if after_persist {
+            self.msgs_after_persist.push(m)
+        } else {
+            self.msgs.push(m)
+        }
     }
 }

@@ -5,7 +5,7 @@
 //! Must never use randomness of its own, so drivers stay reproducible.
 
 use crate::model::{Command, Kv};
-use crate::rng::{fnv, FNV_START};
+use crate::rng::{FNV_START, fnv};
 use std::collections::{BTreeMap, VecDeque};
 use waft_raft::*;
 
@@ -49,7 +49,12 @@ pub struct SimNode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Note {
     /// `node` applied the command with `op_id` at `index`, producing `output`.
-    Applied { node: NodeId, index: u64, op_id: u64, output: u64 },
+    Applied {
+        node: NodeId,
+        index: u64,
+        op_id: u64,
+        output: u64,
+    },
     /// A read with `id` completed on `node` with the register value.
     ReadDone { node: NodeId, id: u64, value_of: Kv },
 }
@@ -92,23 +97,37 @@ impl Cluster {
         let mut nodes = BTreeMap::new();
         for &id in ids {
             let cfg = mk_cfg(id);
-            let boot = if voters.contains(&id) { Configuration::new(voters.iter().copied()) } else { Configuration::default() };
-            let durable = Durable { snapshot: SnapshotMeta { index: 0, term: 0, config: boot.clone() }, ..Default::default() };
+            let boot = if voters.contains(&id) {
+                Configuration::new(voters.iter().copied())
+            } else {
+                Configuration::default()
+            };
+            let durable = Durable {
+                snapshot: SnapshotMeta {
+                    index: 0,
+                    term: 0,
+                    config: boot.clone(),
+                },
+                ..Default::default()
+            };
             let raft = RawNode::new(cfg.clone(), boot).expect("valid sim config");
-            nodes.insert(id, SimNode {
+            nodes.insert(
                 id,
-                cfg,
-                raft: Some(raft),
-                durable,
-                writes: VecDeque::new(),
-                install: None,
-                sm: Kv::default(),
-                sm_applied: 0,
-                reads: Vec::new(),
-                auto_sync: true,
-                hold_install: false,
-                incarnation: 0,
-            });
+                SimNode {
+                    id,
+                    cfg,
+                    raft: Some(raft),
+                    durable,
+                    writes: VecDeque::new(),
+                    install: None,
+                    sm: Kv::default(),
+                    sm_applied: 0,
+                    reads: Vec::new(),
+                    auto_sync: true,
+                    hold_install: false,
+                    incarnation: 0,
+                },
+            );
         }
         Cluster {
             nodes,
@@ -128,7 +147,10 @@ impl Cluster {
     }
 
     pub fn raft_mut(&mut self, id: NodeId) -> &mut RawNode {
-        self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()).expect("node is up")
+        self.nodes
+            .get_mut(&id)
+            .and_then(|n| n.raft.as_mut())
+            .expect("node is up")
     }
 
     pub fn is_up(&self, id: NodeId) -> bool {
@@ -178,7 +200,10 @@ impl Cluster {
         if !self.is_up(to) {
             return;
         }
-        self.trace_hash = fnv(self.trace_hash, &[m.from as u8, to as u8, m.term as u8, msg_kind(&m.body)]);
+        self.trace_hash = fnv(
+            self.trace_hash,
+            &[m.from as u8, to as u8, m.term as u8, msg_kind(&m.body)],
+        );
         if self.trace.is_some() {
             let line = format!("{} -> {} t{} {}", m.from, m.to, m.term, brief(&m.body));
             self.log(|| line);
@@ -203,7 +228,12 @@ impl Cluster {
     fn handle_ready(&mut self, id: NodeId, rd: Ready) {
         if let Some(ss) = rd.soft_state {
             self.trace_hash = fnv(self.trace_hash, &[id as u8, ss.role as u8, ss.term as u8]);
-            self.log(|| format!("node {id}: {:?} term {} leader {}", ss.role, ss.term, ss.leader));
+            self.log(|| {
+                format!(
+                    "node {id}: {:?} term {} leader {}",
+                    ss.role, ss.term, ss.leader
+                )
+            });
             if ss.role == Role::Leader {
                 self.on_new_leader(id, ss.term);
             }
@@ -224,9 +254,15 @@ impl Cluster {
             for (k, v) in seen {
                 match self.check.entries_seen.get(&k) {
                     Some(&(fp, pt)) => {
-                        assert_eq!(fp, v.0, "log matching: node {id} entry {k:?} differs from another node's");
+                        assert_eq!(
+                            fp, v.0,
+                            "log matching: node {id} entry {k:?} differs from another node's"
+                        );
                         if pt != u64::MAX && v.1 != u64::MAX {
-                            assert_eq!(pt, v.1, "log matching: node {id} entry {k:?} follows a different term");
+                            assert_eq!(
+                                pt, v.1,
+                                "log matching: node {id} entry {k:?} follows a different term"
+                            );
                         }
                     }
                     None => {
@@ -244,12 +280,20 @@ impl Cluster {
         self.apply(id, rd.committed_entries);
         for rs in rd.read_states {
             self.read_states.push((id, rs));
-            self.nodes.get_mut(&id).expect("node").reads.push((rs.id, rs.index));
+            self.nodes
+                .get_mut(&id)
+                .expect("node")
+                .reads
+                .push((rs.id, rs.index));
         }
         if let Some(meta) = rd.snapshot_request {
             self.save_snapshot(id, meta);
         }
-        let w = PendingWrite { hard_state: rd.hard_state, entries: rd.entries, after: rd.messages_after_persist };
+        let w = PendingWrite {
+            hard_state: rd.hard_state,
+            entries: rd.entries,
+            after: rd.messages_after_persist,
+        };
         let node = self.nodes.get_mut(&id).expect("node");
         node.writes.push_back(w);
         if node.auto_sync {
@@ -270,40 +314,65 @@ impl Cluster {
         let raft = self.raft(id);
         let snap = raft.snapshot_meta().index;
         for (&index, &(t, _)) in self.check.committed.range(snap + 1..) {
-            assert_eq!(raft.term_at(index), Some(t), "leader completeness: leader {id} of term {term} lacks committed entry {index}");
+            assert_eq!(
+                raft.term_at(index),
+                Some(t),
+                "leader completeness: leader {id} of term {term} lacks committed entry {index}"
+            );
         }
     }
 
     fn apply(&mut self, id: NodeId, entries: Vec<Entry>) {
         for e in entries {
             let node = self.nodes.get_mut(&id).expect("node");
-            assert_eq!(e.index, node.sm_applied + 1, "node {id} applies out of order (core applied {}, commit {}, persisted {})",
-                node.raft.as_ref().map_or(0, |r| r.applied()), node.raft.as_ref().map_or(0, |r| r.committed()), node.raft.as_ref().map_or(0, |r| r.persisted()));
+            assert_eq!(
+                e.index,
+                node.sm_applied + 1,
+                "node {id} applies out of order (core applied {}, commit {}, persisted {})",
+                node.raft.as_ref().map_or(0, |r| r.applied()),
+                node.raft.as_ref().map_or(0, |r| r.committed()),
+                node.raft.as_ref().map_or(0, |r| r.persisted())
+            );
             node.sm_applied = e.index;
             let fp = fingerprint(&e);
             match self.check.committed.get(&e.index) {
-                Some(&(t, f)) => assert!(t == e.term && f == fp, "state-machine safety: node {id} applied a different entry at {}", e.index),
+                Some(&(t, f)) => assert!(
+                    t == e.term && f == fp,
+                    "state-machine safety: node {id} applied a different entry at {}",
+                    e.index
+                ),
                 None => {
                     self.check.committed.insert(e.index, (e.term, fp));
                 }
             }
-            if e.kind == EntryKind::Normal {
-                if let Some(c) = Command::decode(&e.data) {
-                    let output = node.sm.apply(&c);
-                    self.notes.push(Note::Applied { node: id, index: e.index, op_id: c.op_id, output });
-                }
+            if e.kind == EntryKind::Normal
+                && let Some(c) = Command::decode(&e.data)
+            {
+                let output = node.sm.apply(&c);
+                self.notes.push(Note::Applied {
+                    node: id,
+                    index: e.index,
+                    op_id: c.op_id,
+                    output,
+                });
             }
         }
     }
 
     fn serve_reads(&mut self, id: NodeId) {
-        let Some(node) = self.nodes.get_mut(&id) else { return };
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return;
+        };
         let applied = node.sm_applied;
         let mut i = 0;
         while i < node.reads.len() {
             if node.reads[i].1 <= applied {
                 let (rid, _) = node.reads.remove(i);
-                self.notes.push(Note::ReadDone { node: id, id: rid, value_of: node.sm.clone() });
+                self.notes.push(Note::ReadDone {
+                    node: id,
+                    id: rid,
+                    value_of: node.sm.clone(),
+                });
             } else {
                 i += 1;
             }
@@ -312,11 +381,19 @@ impl Cluster {
 
     fn save_snapshot(&mut self, id: NodeId, meta: SnapshotMeta) {
         let node = self.nodes.get_mut(&id).expect("node");
-        assert_eq!(node.sm_applied, meta.index, "snapshot requested at an index the state machine is not at");
+        assert_eq!(
+            node.sm_applied, meta.index,
+            "snapshot requested at an index the state machine is not at"
+        );
         match self.snapshots.get(&meta.index) {
-            Some((t, kv)) => assert!(*t == meta.term && *kv == node.sm, "state-machine safety: snapshots at {} differ", meta.index),
+            Some((t, kv)) => assert!(
+                *t == meta.term && *kv == node.sm,
+                "state-machine safety: snapshots at {} differ",
+                meta.index
+            ),
             None => {
-                self.snapshots.insert(meta.index, (meta.term, node.sm.clone()));
+                self.snapshots
+                    .insert(meta.index, (meta.term, node.sm.clone()));
             }
         }
         // Snapshots are written straight to durable storage (their own files).
@@ -331,13 +408,23 @@ impl Cluster {
     /// Completes the oldest pending write of `id` (its data reaches the disk).
     pub fn sync_one(&mut self, id: NodeId) -> bool {
         let node = self.nodes.get_mut(&id).expect("node");
-        let Some(w) = node.writes.pop_front() else { return false };
+        let Some(w) = node.writes.pop_front() else {
+            return false;
+        };
         if let Some(hs) = w.hard_state {
-            assert!(hs.commit >= node.durable.hard_state.commit || hs.commit >= node.durable.snapshot.index,
-                "node {id}: durable commit went backwards");
+            assert!(
+                hs.commit >= node.durable.hard_state.commit
+                    || hs.commit >= node.durable.snapshot.index,
+                "node {id}: durable commit went backwards"
+            );
             node.durable.hard_state = hs;
             let m = self.check.max_durable_commit.entry(id).or_insert(0);
-            assert!(hs.commit >= *m || hs.commit <= node.durable.snapshot.index, "node {id}: durable commit went backwards {} < {}", hs.commit, *m);
+            assert!(
+                hs.commit >= *m || hs.commit <= node.durable.snapshot.index,
+                "node {id}: durable commit went backwards {} < {}",
+                hs.commit,
+                *m
+            );
             *m = (*m).max(hs.commit);
         }
         let last = w.entries.last().map(|e| (e.index, e.term));
@@ -347,7 +434,11 @@ impl Cluster {
             d.entries.truncate(keep);
             for e in w.entries {
                 if e.index > d.snapshot.index {
-                    assert_eq!(e.index, d.snapshot.index + 1 + d.entries.len() as u64, "node {id}: durable log gap");
+                    assert_eq!(
+                        e.index,
+                        d.snapshot.index + 1 + d.entries.len() as u64,
+                        "node {id}: durable log gap"
+                    );
                     d.entries.push(e);
                 }
             }
@@ -381,13 +472,19 @@ impl Cluster {
     pub fn complete_install(&mut self, id: NodeId) {
         self.sync_all(id);
         let node = self.nodes.get_mut(&id).expect("node");
-        let Some(inst) = node.install.take() else { return };
+        let Some(inst) = node.install.take() else {
+            return;
+        };
         let meta = inst.meta;
         let Some((t, kv)) = self.snapshots.get(&meta.index).cloned() else {
             node.raft.as_mut().expect("up").on_snapshot_install_failed();
             return;
         };
-        assert_eq!(t, meta.term, "snapshot store term mismatch at {}", meta.index);
+        assert_eq!(
+            t, meta.term,
+            "snapshot store term mismatch at {}",
+            meta.index
+        );
         if meta.index <= node.sm_applied {
             node.raft.as_mut().expect("up").on_snapshot_install_failed();
             return;
@@ -395,7 +492,10 @@ impl Cluster {
         node.sm = kv.clone();
         node.sm_applied = meta.index;
         let d = &mut node.durable;
-        let matching = d.entries.iter().any(|e| e.index == meta.index && e.term == meta.term);
+        let matching = d
+            .entries
+            .iter()
+            .any(|e| e.index == meta.index && e.term == meta.term);
         if matching {
             d.entries.retain(|e| e.index > meta.index);
         } else {
@@ -406,7 +506,10 @@ impl Cluster {
         d.hard_state.commit = d.hard_state.commit.max(meta.index);
         let prev = self.check.max_snapshot.insert(id, meta.index).unwrap_or(0);
         assert!(prev <= meta.index, "node {id} snapshot went backwards");
-        node.raft.as_mut().expect("up").on_snapshot_installed(meta.clone());
+        node.raft
+            .as_mut()
+            .expect("up")
+            .on_snapshot_installed(meta.clone());
         self.log(|| format!("node {id}: installed snapshot {}", meta.index));
         self.process(id);
     }
@@ -428,8 +531,14 @@ impl Cluster {
         let d = node.durable.clone();
         node.sm = d.snapshot_state.clone();
         node.sm_applied = d.snapshot.index;
-        let st = RestartState { hard_state: d.hard_state, snapshot: d.snapshot, entries: d.entries, applied: node.sm_applied };
-        node.raft = Some(RawNode::restart(node.cfg.clone(), st).expect("restart from durable state"));
+        let st = RestartState {
+            hard_state: d.hard_state,
+            snapshot: d.snapshot,
+            entries: d.entries,
+            applied: node.sm_applied,
+        };
+        node.raft =
+            Some(RawNode::restart(node.cfg.clone(), st).expect("restart from durable state"));
         node.incarnation += 1;
         self.log(|| format!("node {id}: restart"));
         self.process(id);
@@ -461,23 +570,58 @@ pub fn msg_kind(b: &MessageBody) -> u8 {
 /// A one-line rendering of a message body for traces.
 pub fn brief(b: &MessageBody) -> String {
     match b {
-        MessageBody::PreVote { last_index, last_term } => format!("PreVote last={last_index}/{last_term}"),
-        MessageBody::PreVoteResponse { reject } => format!("PreVoteResp{}", if *reject { " reject" } else { "" }),
-        MessageBody::Vote { last_index, last_term, transfer } => {
-            format!("Vote last={last_index}/{last_term}{}", if *transfer { " transfer" } else { "" })
+        MessageBody::PreVote {
+            last_index,
+            last_term,
+        } => format!("PreVote last={last_index}/{last_term}"),
+        MessageBody::PreVoteResponse { reject } => {
+            format!("PreVoteResp{}", if *reject { " reject" } else { "" })
         }
-        MessageBody::VoteResponse { reject } => format!("VoteResp{}", if *reject { " reject" } else { "" }),
-        MessageBody::Append { prev_index, prev_term, entries, commit } => {
-            format!("App prev={prev_index}/{prev_term} n={} commit={commit}", entries.len())
+        MessageBody::Vote {
+            last_index,
+            last_term,
+            transfer,
+        } => {
+            format!(
+                "Vote last={last_index}/{last_term}{}",
+                if *transfer { " transfer" } else { "" }
+            )
         }
-        MessageBody::AppendResponse { reject, index, hint_index, hint_term } => {
-            if *reject { format!("AppResp reject {index} hint={hint_index}/{hint_term}") } else { format!("AppResp {index}") }
+        MessageBody::VoteResponse { reject } => {
+            format!("VoteResp{}", if *reject { " reject" } else { "" })
         }
-        MessageBody::Heartbeat { commit, round } => format!("Heartbeat commit={commit} round={round}"),
+        MessageBody::Append {
+            prev_index,
+            prev_term,
+            entries,
+            commit,
+        } => {
+            format!(
+                "App prev={prev_index}/{prev_term} n={} commit={commit}",
+                entries.len()
+            )
+        }
+        MessageBody::AppendResponse {
+            reject,
+            index,
+            hint_index,
+            hint_term,
+        } => {
+            if *reject {
+                format!("AppResp reject {index} hint={hint_index}/{hint_term}")
+            } else {
+                format!("AppResp {index}")
+            }
+        }
+        MessageBody::Heartbeat { commit, round } => {
+            format!("Heartbeat commit={commit} round={round}")
+        }
         MessageBody::HeartbeatResponse { round } => format!("HeartbeatResp round={round}"),
         MessageBody::InstallSnapshot { meta } => format!("Snapshot {}/{}", meta.index, meta.term),
         MessageBody::TimeoutNow => "TimeoutNow".into(),
         MessageBody::ReadIndex { ids } => format!("ReadIndex {ids:?}"),
-        MessageBody::ReadIndexResponse { ids, index } => format!("ReadIndexResp {ids:?} at {index}"),
+        MessageBody::ReadIndexResponse { ids, index } => {
+            format!("ReadIndexResp {ids:?} at {index}")
+        }
     }
 }

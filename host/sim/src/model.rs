@@ -46,7 +46,11 @@ impl Command {
             3 => Op::Get,
             _ => return None,
         };
-        Some(Command { op_id, key: b[1], op })
+        Some(Command {
+            op_id,
+            key: b[1],
+            op,
+        })
     }
 }
 

@@ -8,7 +8,7 @@
 use crate::cluster::{Cluster, Note};
 use crate::lin::{self, HistOp};
 use crate::model::{Command, Op};
-use crate::rng::{fnv, Rng};
+use crate::rng::{Rng, fnv};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use waft_raft::*;
@@ -39,7 +39,12 @@ impl SimConfig {
     pub fn from_seed(seed: u64) -> SimConfig {
         let mut r = Rng::new(seed ^ 0xC0FF_EE00);
         let nodes = r.range(1, 7);
-        let voters = if nodes == 1 { 1 } else { r.range(1.min(nodes), nodes).max(if r.chance(800) { 3.min(nodes) } else { 1 }) };
+        let voters = if nodes == 1 {
+            1
+        } else {
+            r.range(1.min(nodes), nodes)
+                .max(if r.chance(800) { 3.min(nodes) } else { 1 })
+        };
         SimConfig {
             seed,
             nodes,
@@ -55,7 +60,10 @@ impl SimConfig {
     }
 
     pub fn replay_command(&self) -> String {
-        format!("cargo run --release -p waft-sim --bin sim -- --seed {} --trace", self.seed)
+        format!(
+            "cargo run --release -p waft-sim --bin sim -- --seed {} --trace",
+            self.seed
+        )
     }
 }
 
@@ -120,8 +128,15 @@ impl Ord for Scheduled {
 
 #[derive(Clone, Debug)]
 enum Waiting {
-    Write { node: NodeId, index: u64, op_id: u64 },
-    Read { node: NodeId, id: u64 },
+    Write {
+        node: NodeId,
+        index: u64,
+        op_id: u64,
+    },
+    Read {
+        node: NodeId,
+        id: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -167,7 +182,12 @@ const CLIENT_TIMEOUT_TICKS: u64 = 25;
 /// Safety valve: events processed per run.
 const STEPS_MAX: u64 = 5_000_000;
 
-pub fn node_config(id: NodeId, seed: u64, rng: &mut Rng, priorities: &BTreeMap<NodeId, Priority>) -> Config {
+pub fn node_config(
+    id: NodeId,
+    seed: u64,
+    rng: &mut Rng,
+    priorities: &BTreeMap<NodeId, Priority>,
+) -> Config {
     let mut c = Config::new(id, seed.wrapping_mul(31).wrapping_add(id));
     c.election_ticks = 10;
     c.heartbeat_ticks = rng.range(1, 3);
@@ -201,13 +221,16 @@ impl Sim {
         }
         let mut cfg_rng = rng.fork();
         let seed = cfg.seed;
-        let mut cluster = Cluster::new(&ids, &voters, |id| node_config(id, seed, &mut cfg_rng.clone().fork(), &priorities));
+        let mut cluster = Cluster::new(&ids, &voters, |id| {
+            node_config(id, seed, &mut cfg_rng.clone().fork(), &priorities)
+        });
         // Per-node knobs from one stream (the closure above must be Fn, so re-derive).
         for &id in &ids {
             let c = node_config(id, seed, &mut cfg_rng, &priorities);
             let node = cluster.nodes.get_mut(&id).expect("node");
             node.cfg = c.clone();
-            node.raft = Some(RawNode::new(c, node.durable.snapshot.config.clone()).expect("valid config"));
+            node.raft =
+                Some(RawNode::new(c, node.durable.snapshot.config.clone()).expect("valid config"));
             node.auto_sync = false;
         }
         if cfg.trace {
@@ -216,14 +239,31 @@ impl Sim {
         let mut tick_period = BTreeMap::new();
         for &id in &ids {
             // Clock drift: some nodes tick up to ~18% faster than nominal.
-            let p = if cfg.faults && rng.chance(400) { rng.range(85, 100) } else { TICK_UNITS };
+            let p = if cfg.faults && rng.chance(400) {
+                rng.range(85, 100)
+            } else {
+                TICK_UNITS
+            };
             tick_period.insert(id, p);
         }
         let mut disk_delay_max = BTreeMap::new();
         for &id in &ids {
-            disk_delay_max.insert(id, if rng.chance(300) { rng.range(50, 400) } else { 40 });
+            disk_delay_max.insert(
+                id,
+                if rng.chance(300) {
+                    rng.range(50, 400)
+                } else {
+                    40
+                },
+            );
         }
-        let clients = (0..cfg.clients).map(|_| Client { seq: 0, waiting: None, leader_guess: 1 }).collect();
+        let clients = (0..cfg.clients)
+            .map(|_| Client {
+                seq: 0,
+                waiting: None,
+                leader_guess: 1,
+            })
+            .collect();
         let mut sim = Sim {
             cfg,
             cluster,
@@ -231,7 +271,10 @@ impl Sim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
-            net: Net { delay_max: 20, ..Default::default() },
+            net: Net {
+                delay_max: 20,
+                ..Default::default()
+            },
             tick_period,
             disk_delay_max,
             syncs_scheduled: BTreeMap::new(),
@@ -262,7 +305,11 @@ impl Sim {
 
     fn schedule(&mut self, delay: u64, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Scheduled { at: self.now + delay, seq: self.seq, ev });
+        self.queue.push(Scheduled {
+            at: self.now + delay,
+            seq: self.seq,
+            ev,
+        });
     }
 
     fn trace(&mut self, f: impl FnOnce() -> String) {
@@ -286,16 +333,19 @@ impl Sim {
             self.after_step();
         }
         if !self.progressed_after_heal {
-            panic!("no progress: no write committed within {} ticks after faults stopped", self.cfg.settle_ticks);
+            panic!(
+                "no progress: no write committed within {} ticks after faults stopped",
+                self.cfg.settle_ticks
+            );
         }
         // Whatever is still waiting has an unknown outcome.
         for c in &mut self.clients {
-            if let Some((w, mut h)) = c.waiting.take() {
-                if let Waiting::Write { .. } = w {
-                    h.response = None;
-                    self.history.push(h);
-                    self.stats.writes_unknown += 1;
-                }
+            if let Some((w, mut h)) = c.waiting.take()
+                && let Waiting::Write { .. } = w
+            {
+                h.response = None;
+                self.history.push(h);
+                self.stats.writes_unknown += 1;
             }
         }
         if let Err(e) = lin::check(&self.history) {
@@ -303,13 +353,27 @@ impl Sim {
         }
         let mut h = self.cluster.trace_hash;
         for (id, n) in &self.cluster.nodes {
-            let r = n.raft.as_ref().map_or((0, 0), |r| (r.term(), r.committed()));
+            let r = n
+                .raft
+                .as_ref()
+                .map_or((0, 0), |r| (r.term(), r.committed()));
             h = fnv(h, &[*id as u8]);
             h = fnv(h, &r.0.to_le_bytes());
             h = fnv(h, &r.1.to_le_bytes());
         }
-        self.stats.max_commit = self.cluster.check.committed.keys().next_back().copied().unwrap_or(0);
-        Outcome { trace_hash: h, stats: self.stats.clone(), trace: self.cluster.trace.take().unwrap_or_default() }
+        self.stats.max_commit = self
+            .cluster
+            .check
+            .committed
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0);
+        Outcome {
+            trace_hash: h,
+            stats: self.stats.clone(),
+            trace: self.cluster.trace.take().unwrap_or_default(),
+        }
     }
 
     fn faults_active(&self) -> bool {
@@ -362,8 +426,17 @@ impl Sim {
     fn heal(&mut self) {
         self.trace(|| "heal: faults stop".into());
         self.healed_at = Some(self.now);
-        self.net = Net { delay_max: 20, ..Default::default() };
-        let down: Vec<NodeId> = self.cluster.nodes.keys().copied().filter(|&id| !self.cluster.is_up(id)).collect();
+        self.net = Net {
+            delay_max: 20,
+            ..Default::default()
+        };
+        let down: Vec<NodeId> = self
+            .cluster
+            .nodes
+            .keys()
+            .copied()
+            .filter(|&id| !self.cluster.is_up(id))
+            .collect();
         for id in down {
             self.schedule(1, Ev::Restart(id));
         }
@@ -377,9 +450,17 @@ impl Sim {
             if self.net.blocked.contains(&(m.from, m.to)) || self.rng.chance(self.net.drop_pm) {
                 continue;
             }
-            let copies = if self.rng.chance(self.net.dup_pm) { 2 } else { 1 };
+            let copies = if self.rng.chance(self.net.dup_pm) {
+                2
+            } else {
+                1
+            };
             for _ in 0..copies {
-                let d = if self.rng.chance(20) { self.rng.range(1, self.net.delay_max * 10 + 1) } else { self.rng.range(1, self.net.delay_max + 1) };
+                let d = if self.rng.chance(20) {
+                    self.rng.range(1, self.net.delay_max * 10 + 1)
+                } else {
+                    self.rng.range(1, self.net.delay_max + 1)
+                };
                 self.schedule(d, Ev::Deliver(m.clone()));
             }
         }
@@ -396,7 +477,9 @@ impl Sim {
                 self.schedule(d, Ev::Sync(id, inc));
             }
             self.syncs_scheduled.insert(id, pending.max(scheduled));
-            if self.cluster.nodes[&id].install.is_some() && !self.install_scheduled.get(&id).copied().unwrap_or(false) {
+            if self.cluster.nodes[&id].install.is_some()
+                && !self.install_scheduled.get(&id).copied().unwrap_or(false)
+            {
                 self.install_scheduled.insert(id, true);
                 let d = self.rng.range(20, 5 * TICK_UNITS);
                 self.schedule(d, Ev::Install(id, inc));
@@ -432,7 +515,19 @@ impl Sim {
             let c = &mut self.clients[ci];
             let Some((w, h)) = &c.waiting else { continue };
             match (&n, w) {
-                (Note::Applied { node, index, op_id, output }, Waiting::Write { node: wn, index: wi, op_id: wo }) if node == wn => {
+                (
+                    Note::Applied {
+                        node,
+                        index,
+                        op_id,
+                        output,
+                    },
+                    Waiting::Write {
+                        node: wn,
+                        index: wi,
+                        op_id: wo,
+                    },
+                ) if node == wn => {
                     if op_id == wo {
                         let mut h = *h;
                         h.response = Some(now);
@@ -452,7 +547,9 @@ impl Sim {
                         self.schedule(d, Ev::Client(ci as u64));
                     }
                 }
-                (Note::ReadDone { node, id, value_of }, Waiting::Read { node: wn, id: wid }) if node == wn && id == wid => {
+                (Note::ReadDone { node, id, value_of }, Waiting::Read { node: wn, id: wid })
+                    if node == wn && id == wid =>
+                {
                     let mut h = *h;
                     h.response = Some(now);
                     h.output = value_of.get(h.key);
@@ -471,9 +568,19 @@ impl Sim {
         if self.clients[ci as usize].waiting.is_some() {
             return;
         }
-        let up: Vec<NodeId> = self.cluster.nodes.keys().copied().filter(|&id| self.cluster.is_up(id)).collect();
+        let up: Vec<NodeId> = self
+            .cluster
+            .nodes
+            .keys()
+            .copied()
+            .filter(|&id| self.cluster.is_up(id))
+            .collect();
         let guess = self.clients[ci as usize].leader_guess;
-        let node = if self.cluster.is_up(guess) && self.rng.chance(700) { guess } else { *self.rng.pick(&up).unwrap_or(&1) };
+        let node = if self.cluster.is_up(guess) && self.rng.chance(700) {
+            guess
+        } else {
+            *self.rng.pick(&up).unwrap_or(&1)
+        };
         let retry = self.rng.range(TICK_UNITS / 2, 2 * TICK_UNITS);
         if !self.cluster.is_up(node) {
             self.schedule(retry, Ev::Client(ci));
@@ -483,16 +590,38 @@ impl Sim {
         let roll = self.rng.range(0, 99);
         let op_id = self.next_op_id;
         self.next_op_id += 1;
-        let op = if roll < 30 { Op::Put(op_id) } else if roll < 55 { Op::Incr } else { Op::Get };
-        let h = HistOp { key, op, invoke: self.now, response: None, output: 0 };
+        let op = if roll < 30 {
+            Op::Put(op_id)
+        } else if roll < 55 {
+            Op::Incr
+        } else {
+            Op::Get
+        };
+        let h = HistOp {
+            key,
+            op,
+            invoke: self.now,
+            response: None,
+            output: 0,
+        };
         let res = match op {
             Op::Get => {
-                let mode = if self.rng.chance(500) { ReadMode::Lease } else { ReadMode::Safe };
-                self.cluster.raft_mut(node).read_index(op_id, mode).map(|_| Waiting::Read { node, id: op_id })
+                let mode = if self.rng.chance(500) {
+                    ReadMode::Lease
+                } else {
+                    ReadMode::Safe
+                };
+                self.cluster
+                    .raft_mut(node)
+                    .read_index(op_id, mode)
+                    .map(|_| Waiting::Read { node, id: op_id })
             }
             _ => {
                 let cmd = Command { op_id, key, op };
-                self.cluster.raft_mut(node).propose(cmd.encode()).map(|(index, _)| Waiting::Write { node, index, op_id })
+                self.cluster
+                    .raft_mut(node)
+                    .propose(cmd.encode())
+                    .map(|(index, _)| Waiting::Write { node, index, op_id })
             }
         };
         self.cluster.process(node);
@@ -503,10 +632,16 @@ impl Sim {
                 c.seq += 1;
                 c.waiting = Some((w, h));
                 let seq = c.seq;
-                self.schedule(CLIENT_TIMEOUT_TICKS * TICK_UNITS, Ev::ClientTimeout(ci, seq));
+                self.schedule(
+                    CLIENT_TIMEOUT_TICKS * TICK_UNITS,
+                    Ev::ClientTimeout(ci, seq),
+                );
             }
             Err(e) => {
-                if let RaftError::NotLeader { leader_hint: Some(l) } = e {
+                if let RaftError::NotLeader {
+                    leader_hint: Some(l),
+                } = e
+                {
                     self.clients[ci as usize].leader_guess = l;
                 } else if let RaftError::NotLeader { leader_hint: None } = e {
                     self.clients[ci as usize].leader_guess = *self.rng.pick(&up).unwrap_or(&1);
@@ -521,13 +656,21 @@ impl Sim {
         if c.seq != seq {
             return;
         }
-        let Some((w, mut h)) = c.waiting.take() else { return };
+        let Some((w, mut h)) = c.waiting.take() else {
+            return;
+        };
         if let Waiting::Write { .. } = w {
             h.response = None;
             self.history.push(h);
             self.stats.writes_unknown += 1;
         }
-        let up: Vec<NodeId> = self.cluster.nodes.keys().copied().filter(|&id| self.cluster.is_up(id)).collect();
+        let up: Vec<NodeId> = self
+            .cluster
+            .nodes
+            .keys()
+            .copied()
+            .filter(|&id| self.cluster.is_up(id))
+            .collect();
         self.clients[ci as usize].leader_guess = *self.rng.pick(&up).unwrap_or(&1);
         self.schedule(1, Ev::Client(ci));
     }
@@ -538,23 +681,43 @@ impl Sim {
         let roll = self.rng.range(0, 99);
         let leader = self.cluster.leader();
         if self.cfg.faults && roll < 25 {
-            let up: Vec<NodeId> = ids.iter().copied().filter(|&i| self.cluster.is_up(i)).collect();
+            let up: Vec<NodeId> = ids
+                .iter()
+                .copied()
+                .filter(|&i| self.cluster.is_up(i))
+                .collect();
             if (n - up.len() as u64) < n.div_ceil(2) {
                 // Prefer a node with unsynced writes: that is where durability bugs hide.
-                let dirty: Vec<NodeId> = up.iter().copied().filter(|&i| self.cluster.pending_writes(i) > 0).collect();
-                let pool = if !dirty.is_empty() && self.rng.chance(600) { dirty } else { up.clone() };
+                let dirty: Vec<NodeId> = up
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.cluster.pending_writes(i) > 0)
+                    .collect();
+                let pool = if !dirty.is_empty() && self.rng.chance(600) {
+                    dirty
+                } else {
+                    up.clone()
+                };
                 if let Some(&victim) = self.rng.pick(&pool) {
                     self.trace(|| format!("chaos: crash {victim}"));
                     self.cluster.crash(victim);
                     self.stats.crashes += 1;
                     self.syncs_scheduled.insert(victim, 0);
-                    let d = if self.rng.chance(500) { self.rng.range(10, 2 * TICK_UNITS) } else { self.rng.range(2 * TICK_UNITS, 40 * TICK_UNITS) };
+                    let d = if self.rng.chance(500) {
+                        self.rng.range(10, 2 * TICK_UNITS)
+                    } else {
+                        self.rng.range(2 * TICK_UNITS, 40 * TICK_UNITS)
+                    };
                     self.schedule(d, Ev::Restart(victim));
                 }
             }
         } else if self.cfg.faults && roll < 37 {
             self.stats.partitions += 1;
-            let side: Vec<NodeId> = ids.iter().copied().filter(|_| self.rng.chance(400)).collect();
+            let side: Vec<NodeId> = ids
+                .iter()
+                .copied()
+                .filter(|_| self.rng.chance(400))
+                .collect();
             let one_way = self.rng.chance(300);
             for &a in &side {
                 for &b in &ids {
@@ -588,10 +751,23 @@ impl Sim {
                 3 => self.cluster.raft_mut(l).promote_learner(pick),
                 4 => self.cluster.raft_mut(l).remove_learner(pick),
                 _ => {
-                    let voters: Vec<NodeId> = ids.iter().copied().filter(|_| self.rng.chance(600)).collect();
-                    let learners: Vec<NodeId> =
-                        ids.iter().copied().filter(|i| !voters.contains(i) && !conf.voters.contains(i) && self.rng.chance(300)).collect();
-                    if voters.is_empty() { Err(RaftError::Busy) } else { self.cluster.raft_mut(l).change_peers(voters, learners) }
+                    let voters: Vec<NodeId> = ids
+                        .iter()
+                        .copied()
+                        .filter(|_| self.rng.chance(600))
+                        .collect();
+                    let learners: Vec<NodeId> = ids
+                        .iter()
+                        .copied()
+                        .filter(|i| {
+                            !voters.contains(i) && !conf.voters.contains(i) && self.rng.chance(300)
+                        })
+                        .collect();
+                    if voters.is_empty() {
+                        Err(RaftError::Busy)
+                    } else {
+                        self.cluster.raft_mut(l).change_peers(voters, learners)
+                    }
                 }
             };
             if r.is_ok() {
@@ -601,7 +777,11 @@ impl Sim {
             self.cluster.process(l);
         } else if self.cfg.churn {
             let Some(l) = leader else { return };
-            let target = if self.rng.chance(500) { None } else { Some(*self.rng.pick(&ids).expect("non-empty")) };
+            let target = if self.rng.chance(500) {
+                None
+            } else {
+                Some(*self.rng.pick(&ids).expect("non-empty"))
+            };
             let r = self.cluster.raft_mut(l).transfer_leader(target);
             if r.is_ok() {
                 self.stats.transfers += 1;
@@ -618,7 +798,11 @@ pub fn run_seed(cfg: SimConfig) -> Result<Outcome, String> {
     let seed = cfg.seed;
     let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Sim::new(cfg).run()));
     r.map_err(|e| {
-        let msg = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default();
+        let msg = e
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
         format!("seed {seed} failed: {msg}\nreplay: {replay}")
     })
 }

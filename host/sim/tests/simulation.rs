@@ -1,7 +1,7 @@
 //! Randomized simulation sweeps: many seeds with faults and churn, and the
 //! determinism of a seed. Failures print the one command that replays them.
 
-use waft_sim::sim::{run_seed, SimConfig};
+use waft_sim::sim::{SimConfig, run_seed};
 
 /// CI runs `cargo test --release`: 1,000 seeds there; a debug build runs fewer.
 const SEEDS_RELEASE: u64 = 1_000;
@@ -11,7 +11,11 @@ const THREADS: u64 = 2;
 
 #[test]
 fn thousand_seeds_with_faults_and_churn() {
-    let seeds = if cfg!(debug_assertions) { SEEDS_DEBUG } else { SEEDS_RELEASE };
+    let seeds = if cfg!(debug_assertions) {
+        SEEDS_DEBUG
+    } else {
+        SEEDS_RELEASE
+    };
     std::panic::set_hook(Box::new(|_| {}));
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -41,7 +45,12 @@ fn thousand_seeds_with_faults_and_churn() {
         total = (total.0 + s.0, total.1 + s.1, total.2 + s.2, total.3 + s.3);
     }
     let _ = std::panic::take_hook();
-    assert!(failures.is_empty(), "{} of {seeds} seeds failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     // The sweep must really exercise churn and faults.
     assert!(total.0 > seeds, "too few membership changes: {total:?}");
     assert!(total.1 > seeds, "too few crashes: {total:?}");
@@ -54,10 +63,16 @@ fn same_seed_same_trace() {
     for seed in [1, 42, 4242] {
         let a = run_seed(SimConfig::from_seed(seed)).expect("seed passes");
         let b = run_seed(SimConfig::from_seed(seed)).expect("seed passes");
-        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed} is not deterministic");
+        assert_eq!(
+            a.trace_hash, b.trace_hash,
+            "seed {seed} is not deterministic"
+        );
         assert_eq!(a.stats, b.stats);
     }
     let a = run_seed(SimConfig::from_seed(1)).expect("seed passes");
     let b = run_seed(SimConfig::from_seed(2)).expect("seed passes");
-    assert_ne!(a.trace_hash, b.trace_hash, "different seeds, different runs");
+    assert_ne!(
+        a.trace_hash, b.trace_hash,
+        "different seeds, different runs"
+    );
 }

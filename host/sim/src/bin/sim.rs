@@ -2,7 +2,7 @@
 //! --from S` soaks N seeds starting at S and reports seeds per second.
 
 use std::time::Instant;
-use waft_sim::sim::{run_seed, SimConfig};
+use waft_sim::sim::{SimConfig, run_seed};
 
 fn arg(args: &[String], name: &str) -> Option<u64> {
     let i = args.iter().position(|a| a == name)?;
@@ -56,13 +56,20 @@ fn main() {
             eprintln!("{e}");
         }
         let done = seed - from + 1;
-        if done % 1000 == 0 {
+        if done.is_multiple_of(1000) {
             let s = start.elapsed().as_secs_f64();
-            println!("{done} seeds, {failures} failures, {:.1} seeds/s", done as f64 / s);
+            println!(
+                "{done} seeds, {failures} failures, {:.1} seeds/s",
+                done as f64 / s
+            );
         }
     }
     let s = start.elapsed().as_secs_f64();
-    println!("seeds {from}..{}: {failures} failures in {s:.1}s, {:.1} seeds/s", from + n, n as f64 / s);
+    println!(
+        "seeds {from}..{}: {failures} failures in {s:.1}s, {:.1} seeds/s",
+        from + n,
+        n as f64 / s
+    );
     if failures > 0 {
         std::process::exit(1);
     }
