@@ -555,6 +555,17 @@ impl RawNode {
                 MessageBody::Append { .. }
                 | MessageBody::Heartbeat { .. }
                 | MessageBody::InstallSnapshot { .. } => self.become_follower(m.term, m.from),
+                MessageBody::Vote { .. } => {
+                    // Adopt the term but keep the election timer: only a granted vote
+                    // resets it (Raft §5.2). Otherwise a candidate with a stale log,
+                    // campaigning again and again, keeps every up-to-date node from
+                    // ever timing out (livelock the simulator found without pre-vote).
+                    let (elapsed, timeout) =
+                        (self.election_elapsed, self.randomized_election_ticks);
+                    self.become_follower(m.term, NONE);
+                    self.election_elapsed = elapsed;
+                    self.randomized_election_ticks = timeout;
+                }
                 _ => self.become_follower(m.term, NONE),
             }
         } else if m.term < self.term {
@@ -1553,7 +1564,12 @@ impl RawNode {
     }
 
     fn lease_is_valid(&self) -> bool {
-        if self.lease_disabled || self.transfer.is_some() || !self.committed_own_term() {
+        // Without check-quorum, voters do not honour a leader's lease.
+        if !self.cfg.check_quorum
+            || self.lease_disabled
+            || self.transfer.is_some()
+            || !self.committed_own_term()
+        {
             return false;
         }
         let me = self.id;

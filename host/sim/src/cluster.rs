@@ -464,6 +464,16 @@ impl Cluster {
         }
     }
 
+    /// Whether the newest unsynced write of `id` changes its term or vote.
+    pub fn newest_write_has_hard_state(&self, id: NodeId) -> bool {
+        self.nodes[&id].writes.back().is_some_and(|w| {
+            w.hard_state.is_some_and(|hs| {
+                let d = &self.nodes[&id].durable.hard_state;
+                hs.term != d.term || hs.vote != d.vote
+            })
+        })
+    }
+
     pub fn pending_writes(&self, id: NodeId) -> usize {
         self.nodes[&id].writes.len()
     }

@@ -98,6 +98,8 @@ enum Ev {
     Sync(NodeId, u64),
     Install(NodeId, u64),
     Restart(NodeId),
+    /// Crash `id` if still in incarnation `inc` (targeted: right after a vote).
+    Crash(NodeId, u64),
     Client(u64),
     ClientTimeout(u64, u64),
     Chaos,
@@ -205,6 +207,13 @@ pub fn node_config(
     c
 }
 
+/// Group-wide protocol switches drawn once per run (nodes must agree on them).
+fn protocol_switches(rng: &mut Rng) -> (bool, bool) {
+    let check_quorum = rng.chance(750);
+    let pre_vote = rng.chance(800);
+    (check_quorum, pre_vote)
+}
+
 impl Sim {
     pub fn new(cfg: SimConfig) -> Sim {
         let mut rng = Rng::new(cfg.seed);
@@ -219,6 +228,7 @@ impl Sim {
                 priorities.insert(id, *rng.pick(&[-1, 1, 5, 10, 40, 100]).expect("non-empty"));
             }
         }
+        let (check_quorum, pre_vote) = protocol_switches(&mut rng);
         let mut cfg_rng = rng.fork();
         let seed = cfg.seed;
         let mut cluster = Cluster::new(&ids, &voters, |id| {
@@ -226,7 +236,9 @@ impl Sim {
         });
         // Per-node knobs from one stream (the closure above must be Fn, so re-derive).
         for &id in &ids {
-            let c = node_config(id, seed, &mut cfg_rng, &priorities);
+            let mut c = node_config(id, seed, &mut cfg_rng, &priorities);
+            c.check_quorum = check_quorum;
+            c.pre_vote = pre_vote;
             let node = cluster.nodes.get_mut(&id).expect("node");
             node.cfg = c.clone();
             node.raft =
@@ -410,6 +422,27 @@ impl Sim {
                     self.last_commit.remove(&id);
                 }
             }
+            Ev::Crash(id, inc) => {
+                let down = self
+                    .cluster
+                    .nodes
+                    .keys()
+                    .filter(|&&i| !self.cluster.is_up(i))
+                    .count() as u64;
+                let n = self.cluster.nodes.len() as u64;
+                if self.faults_active()
+                    && self.cluster.nodes[&id].incarnation == inc
+                    && self.cluster.is_up(id)
+                    && down < n.div_ceil(2)
+                {
+                    self.trace(|| format!("chaos: crash {id} before its vote is durable"));
+                    self.cluster.crash(id);
+                    self.stats.crashes += 1;
+                    self.syncs_scheduled.insert(id, 0);
+                    let d = self.rng.range(10, 3 * TICK_UNITS);
+                    self.schedule(d, Ev::Restart(id));
+                }
+            }
             Ev::Client(c) => self.client_start(c),
             Ev::ClientTimeout(c, seq) => self.client_timeout(c, seq),
             Ev::Chaos => {
@@ -472,6 +505,17 @@ impl Sim {
             let pending = self.cluster.pending_writes(id);
             let scheduled = *self.syncs_scheduled.get(&id).unwrap_or(&0);
             let inc = self.cluster.nodes[&id].incarnation;
+            // Targeted fault: now and then crash a node between changing its term or
+            // vote and that change reaching its disk.
+            if pending > scheduled
+                && self.cfg.faults
+                && self.faults_active()
+                && self.cluster.newest_write_has_hard_state(id)
+                && self.rng.chance(40)
+            {
+                let d = self.rng.range(1, 5);
+                self.schedule(d, Ev::Crash(id, inc));
+            }
             for _ in scheduled..pending {
                 let d = self.rng.range(2, self.disk_delay_max[&id]);
                 self.schedule(d, Ev::Sync(id, inc));
