@@ -652,11 +652,12 @@ impl RawNode {
     }
 
     /// The runtime loaded the snapshot a Ready handed out in `snapshot_install`.
+    /// An older install the runtime finished after a newer one was handed out is
+    /// still honoured (the state machine now reflects it); the newer stays pending.
     pub fn on_snapshot_installed(&mut self, meta: SnapshotMeta) {
-        if self.installing.as_ref() != Some(&meta) {
-            return;
+        if self.installing.as_ref().is_some_and(|i| i.index <= meta.index) {
+            self.installing = None;
         }
-        self.installing = None;
         if meta.index > self.log.committed {
             self.log.restore(meta.index, meta.term);
             self.history = ConfHistory {
