@@ -757,11 +757,16 @@ impl Sim {
             }
         } else if self.cfg.faults && roll < 37 {
             self.stats.partitions += 1;
-            let side: Vec<NodeId> = ids
-                .iter()
-                .copied()
-                .filter(|_| self.rng.chance(400))
-                .collect();
+            // Half the time cut off the leader itself: clients keep talking to it,
+            // which is where stale reads (lease, ReadIndex) would surface.
+            let side: Vec<NodeId> = match leader {
+                Some(l) if self.rng.chance(500) => vec![l],
+                _ => ids
+                    .iter()
+                    .copied()
+                    .filter(|_| self.rng.chance(400))
+                    .collect(),
+            };
             let one_way = self.rng.chance(300);
             for &a in &side {
                 for &b in &ids {
