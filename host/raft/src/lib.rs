@@ -15,6 +15,27 @@
 //! node.on_persisted(index, rd.entries.last().unwrap().term);
 //! assert_eq!(node.ready().committed_entries.last().unwrap().index, index);
 //! ```
+//!
+//! # Shape
+//!
+//! * Build: [`RawNode::new`] (founding member or empty joiner) or
+//!   [`RawNode::restart`] from what storage holds ([`RestartState`]: hard
+//!   state, latest snapshot meta, entries after it, applied index).
+//! * Inputs: `tick`, `step(Message)`, `propose`, `read_index(id, ReadMode)`,
+//!   admin (`add_peer`, `remove_peer`, `change_peers`, `add_learner`,
+//!   `remove_learner`, `promote_learner`, `transfer_leader`, `reset_peers`,
+//!   `campaign_now`) and completion notices (`on_hard_state_persisted`,
+//!   `on_persisted`, `on_snapshot_saved`/`_save_failed`,
+//!   `on_snapshot_installed`/`_install_failed`).
+//! * Output: [`RawNode::ready`] drains a [`Ready`]; its doc holds the ordering rules.
+//! * The log since the last snapshot lives in memory (bounded by
+//!   `Config::snapshot_margin_entries` plus `uncommitted_entries_max`); storage
+//!   is write-behind and the storage crate owns its own record types.
+//! * Configuration changes take effect when their entry is appended (Raft
+//!   dissertation §4.1); entries carry the whole new configuration
+//!   ([`Configuration::encode`]).
+//!
+//! The crate is exercised by `waft-sim` (seeded simulator, scenario tests).
 
 pub mod config;
 pub mod log;
