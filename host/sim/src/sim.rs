@@ -791,8 +791,28 @@ impl Sim {
         } else if self.cfg.churn && roll < 85 {
             let Some(l) = leader else { return };
             let conf = self.cluster.raft(l).configuration().clone();
-            let pick = *self.rng.pick(&ids).expect("non-empty");
-            let kind = self.rng.range(0, 5);
+            let mut kind = self.rng.range(0, 5);
+            if (kind == 3 || kind == 4) && conf.learners.is_empty() && self.rng.chance(850) {
+                kind = 2; // no learner to promote or remove: make one
+            }
+            // Mostly pick a node the command makes sense for; sometimes any node,
+            // so refusals are exercised too.
+            let fitting: Vec<NodeId> = ids
+                .iter()
+                .copied()
+                .filter(|&i| match kind {
+                    0 | 2 => !conf.is_voter(i) && (kind == 0 || !conf.is_learner(i)),
+                    1 => conf.voters.contains(&i),
+                    3 | 4 => conf.is_learner(i),
+                    _ => true,
+                })
+                .collect();
+            let pool = if !fitting.is_empty() && self.rng.chance(850) {
+                fitting
+            } else {
+                ids.clone()
+            };
+            let pick = *self.rng.pick(&pool).expect("non-empty");
             let r = match kind {
                 0 => self.cluster.raft_mut(l).add_peer(pick),
                 1 if conf.voters.len() > 1 => self.cluster.raft_mut(l).remove_peer(pick),
@@ -826,8 +846,19 @@ impl Sim {
             self.cluster.process(l);
         } else if self.cfg.churn {
             let Some(l) = leader else { return };
-            let target = if self.rng.chance(500) {
+            let voters: Vec<NodeId> = self
+                .cluster
+                .raft(l)
+                .configuration()
+                .voters
+                .iter()
+                .copied()
+                .filter(|&v| v != l)
+                .collect();
+            let target = if self.rng.chance(400) || voters.is_empty() {
                 None
+            } else if self.rng.chance(900) {
+                Some(*self.rng.pick(&voters).expect("non-empty"))
             } else {
                 Some(*self.rng.pick(&ids).expect("non-empty"))
             };
