@@ -84,6 +84,8 @@ pub struct Cluster {
     pub outbox: Vec<Message>,
     pub notes: Vec<Note>,
     pub events: Vec<(NodeId, Event)>,
+    /// Nodes whose state may have changed since the driver last looked (drivers clear it).
+    pub touched: Vec<NodeId>,
     /// Every read state handed out, in order (drivers may clear it).
     pub read_states: Vec<(NodeId, ReadState)>,
     /// Stable trace hash over everything nodes emitted.
@@ -137,6 +139,7 @@ impl Cluster {
             notes: Vec::new(),
             events: Vec::new(),
             read_states: Vec::new(),
+            touched: Vec::new(),
             trace_hash: FNV_START,
             trace: None,
         }
@@ -214,6 +217,9 @@ impl Cluster {
 
     /// Drains and executes every Ready of node `id` (bounded).
     pub fn process(&mut self, id: NodeId) {
+        if self.touched.last() != Some(&id) {
+            self.touched.push(id);
+        }
         for _ in 0..READY_ROUNDS_MAX {
             let has = self.nodes[&id].raft.as_ref().is_some_and(|r| r.has_ready());
             if !has {

@@ -109,7 +109,8 @@ enum Ev {
 struct Scheduled {
     at: u64,
     seq: u64,
-    ev: Ev,
+    // Boxed: heap sifts move only (time, seq, pointer).
+    ev: Box<Ev>,
 }
 impl PartialEq for Scheduled {
     fn eq(&self, o: &Self) -> bool {
@@ -320,7 +321,7 @@ impl Sim {
         self.queue.push(Scheduled {
             at: self.now + delay,
             seq: self.seq,
-            ev,
+            ev: Box::new(ev),
         });
     }
 
@@ -340,9 +341,9 @@ impl Sim {
             self.now = s.at;
             self.stats.steps += 1;
             assert!(self.stats.steps < STEPS_MAX, "event budget exhausted");
-            self.handle(s.ev);
-            self.route();
-            self.after_step();
+            self.handle(*s.ev);
+            let touched = self.route();
+            self.after_step(&touched);
         }
         if !self.progressed_after_heal {
             panic!(
@@ -476,7 +477,7 @@ impl Sim {
     }
 
     /// Moves the cluster's outbox onto the simulated network; schedules disk and install work.
-    fn route(&mut self) {
+    fn route(&mut self) -> Vec<NodeId> {
         let out = std::mem::take(&mut self.cluster.outbox);
         for m in out {
             self.stats.messages += 1;
@@ -497,8 +498,10 @@ impl Sim {
                 self.schedule(d, Ev::Deliver(m.clone()));
             }
         }
-        let ids: Vec<NodeId> = self.cluster.nodes.keys().copied().collect();
-        for id in ids {
+        let mut ids = std::mem::take(&mut self.cluster.touched);
+        ids.sort_unstable();
+        ids.dedup();
+        for &id in &ids {
             if !self.cluster.is_up(id) {
                 continue;
             }
@@ -529,11 +532,13 @@ impl Sim {
                 self.schedule(d, Ev::Install(id, inc));
             }
         }
+        ids
     }
 
     /// Per-step checks that need the driver's view, then client notifications.
-    fn after_step(&mut self) {
-        for (&id, n) in &self.cluster.nodes {
+    fn after_step(&mut self, touched: &[NodeId]) {
+        for &id in touched {
+            let n = &self.cluster.nodes[&id];
             let Some(r) = &n.raft else { continue };
             let t = r.term();
             self.stats.max_term = self.stats.max_term.max(t);
