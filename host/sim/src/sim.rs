@@ -50,7 +50,9 @@ impl SimConfig {
             nodes,
             voters,
             fault_ticks: r.range(150, 400),
-            settle_ticks: 300,
+            // Generous: with priorities far apart, SOFAJRaft's target decay alone can
+            // take ~300 ticks when the top-priority node holds a stale log.
+            settle_ticks: 1000,
             faults: true,
             churn: true,
             clients: r.range(1, 4),
@@ -182,6 +184,8 @@ pub struct Sim {
 
 /// Client operations time out after this many ticks (outcome unknown).
 const CLIENT_TIMEOUT_TICKS: u64 = 25;
+/// Ticks a run continues after the first post-heal write committed.
+const SETTLE_AFTER_PROGRESS_TICKS: u64 = 50;
 /// Safety valve: events processed per run.
 const STEPS_MAX: u64 = 5_000_000;
 
@@ -333,8 +337,12 @@ impl Sim {
 
     /// Runs to the end; panics (with the replay command) on any violation.
     pub fn run(&mut self) -> Outcome {
-        let end = (self.cfg.fault_ticks + self.cfg.settle_ticks) * TICK_UNITS;
+        let mut end = (self.cfg.fault_ticks + self.cfg.settle_ticks) * TICK_UNITS;
         while let Some(s) = self.queue.pop() {
+            if self.progressed_after_heal {
+                // Progress shown: run a little longer for late replies, then stop.
+                end = end.min(self.now + SETTLE_AFTER_PROGRESS_TICKS * TICK_UNITS);
+            }
             if s.at > end {
                 break;
             }
