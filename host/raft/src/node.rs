@@ -655,7 +655,11 @@ impl RawNode {
     /// An older install the runtime finished after a newer one was handed out is
     /// still honoured (the state machine now reflects it); the newer stays pending.
     pub fn on_snapshot_installed(&mut self, meta: SnapshotMeta) {
-        if self.installing.as_ref().is_some_and(|i| i.index <= meta.index) {
+        if self
+            .installing
+            .as_ref()
+            .is_some_and(|i| i.index <= meta.index)
+        {
             self.installing = None;
         }
         if meta.index > self.log.committed {
@@ -1799,5 +1803,168 @@ impl RawNode {
         } else {
             self.msgs.push(m)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Normal,
+            data: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn restart_rejects_inconsistent_storage() {
+        let snapshot = SnapshotMeta {
+            index: 5,
+            term: 2,
+            config: Configuration::new([1, 2, 3]),
+        };
+        let gap = RestartState {
+            snapshot: snapshot.clone(),
+            entries: vec![entry(7, 2)],
+            ..Default::default()
+        };
+        assert!(matches!(
+            RawNode::restart(Config::new(1, 0), gap),
+            Err(StartError::CorruptState(_))
+        ));
+        let commit_beyond = RestartState {
+            snapshot: snapshot.clone(),
+            entries: vec![entry(6, 2)],
+            hard_state: HardState {
+                term: 2,
+                vote: 1,
+                commit: 9,
+            },
+            applied: 5,
+        };
+        assert!(matches!(
+            RawNode::restart(Config::new(1, 0), commit_beyond),
+            Err(StartError::CorruptState(_))
+        ));
+        let mut bad = Config::new(1, 0);
+        bad.lease_ticks = bad.election_ticks;
+        assert!(matches!(
+            RawNode::new(bad, Configuration::new([1])),
+            Err(StartError::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn restart_resumes_from_storage_and_replays_committed_entries() {
+        let config = Configuration::new([1, 2, 3]);
+        let st = RestartState {
+            hard_state: HardState {
+                term: 3,
+                vote: 2,
+                commit: 7,
+            },
+            snapshot: SnapshotMeta {
+                index: 5,
+                term: 2,
+                config: config.clone(),
+            },
+            entries: vec![entry(6, 3), entry(7, 3), entry(8, 3)],
+            applied: 5,
+        };
+        let mut n = RawNode::restart(Config::new(1, 0), st).unwrap();
+        assert_eq!(
+            (n.term(), n.committed(), n.last_index(), n.first_index()),
+            (3, 7, 8, 6)
+        );
+        assert_eq!(n.configuration(), &config);
+        let rd = n.ready();
+        assert_eq!(rd.hard_state, None, "nothing new to persist");
+        assert!(rd.entries.is_empty());
+        let applied: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
+        assert_eq!(
+            applied,
+            vec![6, 7],
+            "committed entries after the snapshot are replayed"
+        );
+    }
+
+    #[test]
+    fn messages_that_need_durability_wait_for_it() {
+        let mut n = RawNode::new(Config::new(1, 0), Configuration::new([1, 2, 3])).unwrap();
+        n.campaign_now();
+        let rd = n.ready();
+        assert!(
+            rd.messages
+                .iter()
+                .all(|m| matches!(m.body, MessageBody::PreVote { .. })),
+            "pre-votes change nothing durable"
+        );
+        for to in [2, 3] {
+            n.step(Message {
+                from: to,
+                to: 1,
+                term: 1,
+                body: MessageBody::PreVoteResponse { reject: false },
+            });
+        }
+        let rd = n.ready();
+        assert_eq!(
+            rd.hard_state,
+            Some(HardState {
+                term: 1,
+                vote: 1,
+                commit: 0
+            })
+        );
+        assert!(rd.messages.is_empty());
+        assert_eq!(
+            rd.messages_after_persist.len(),
+            2,
+            "vote requests only after term and vote are durable"
+        );
+        // Grants arriving before our own vote is durable do not make us leader...
+        n.step(Message {
+            from: 2,
+            to: 1,
+            term: 1,
+            body: MessageBody::VoteResponse { reject: false },
+        });
+        assert_eq!(n.role(), Role::Candidate);
+        // ... our durable self-vote completes the quorum.
+        n.on_hard_state_persisted(HardState {
+            term: 1,
+            vote: 1,
+            commit: 0,
+        });
+        assert_eq!(n.role(), Role::Leader);
+        // A follower's grant is likewise held until its vote is durable.
+        let mut f = RawNode::new(Config::new(2, 0), Configuration::new([1, 2, 3])).unwrap();
+        f.step(Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::Vote {
+                last_index: 0,
+                last_term: 0,
+                transfer: false,
+            },
+        });
+        let rd = f.ready();
+        assert_eq!(
+            rd.hard_state,
+            Some(HardState {
+                term: 1,
+                vote: 1,
+                commit: 0
+            })
+        );
+        assert!(rd.messages.is_empty());
+        assert_eq!(
+            rd.messages_after_persist[0].body,
+            MessageBody::VoteResponse { reject: false }
+        );
     }
 }
