@@ -385,3 +385,37 @@ fn transfer_to_lagging_peer_waits_then_times_out() {
     assert_eq!(t.raft(3).role(), Role::Leader);
     assert_eq!(t.raft(1).role(), Role::Follower);
 }
+
+/// The same story as a trace: the returning node's pre-votes are ignored by
+/// nodes that heard from the leader within an election timeout, and the
+/// leader's next heartbeat brings it back, in term 1.
+#[test]
+fn prevote_checkquorum_trace() {
+    let mut t = three();
+    t.isolate(3);
+    t.tick(3, 25); // times out on its own; its pre-votes go nowhere
+    t.drop_all();
+    t.tick_all(1);
+    t.heal();
+    t.take_trace();
+    t.raft_mut(3).campaign_now();
+    t.process(3);
+    t.deliver();
+    t.c.tick(1);
+    t.deliver();
+    assert_eq!(
+        t.take_trace(),
+        vec![
+            "3->1 PreVote last=1/1",
+            "3->2 PreVote last=1/1",
+            "1->2 Heartbeat commit=1 round=2",
+            "1->3 Heartbeat commit=1 round=2",
+            "2->1 HeartbeatResp round=2",
+            "3->1 HeartbeatResp round=2",
+        ]
+    );
+    assert_eq!(
+        (t.raft(3).role(), t.raft(3).leader(), t.raft(3).term()),
+        (Role::Follower, Some(1), 1)
+    );
+}
