@@ -175,6 +175,10 @@ pub struct Sim {
     install_scheduled: BTreeMap<NodeId, bool>,
     clients: Vec<Client>,
     history: Vec<HistOp>,
+    /// Writes whose client timed out: (op id, call), settled at the end.
+    unknown: Vec<(u64, HistOp)>,
+    /// op id -> (time, output) of its first application on any node.
+    first_applied: BTreeMap<u64, (u64, u64)>,
     next_op_id: u64,
     healed_at: Option<u64>,
     progressed_after_heal: bool,
@@ -298,6 +302,8 @@ impl Sim {
             install_scheduled: BTreeMap::new(),
             clients,
             history: Vec::new(),
+            unknown: Vec::new(),
+            first_applied: BTreeMap::new(),
             next_op_id: 1,
             healed_at: None,
             progressed_after_heal: false,
@@ -361,12 +367,23 @@ impl Sim {
         }
         // Whatever is still waiting has an unknown outcome.
         for c in &mut self.clients {
-            if let Some((w, mut h)) = c.waiting.take()
-                && let Waiting::Write { .. } = w
-            {
-                h.response = None;
-                self.history.push(h);
+            if let Some((Waiting::Write { op_id, .. }, h)) = c.waiting.take() {
+                self.unknown.push((op_id, h));
                 self.stats.writes_unknown += 1;
+            }
+        }
+        // Writes whose client gave up are "possibly applied". The simulator sees every
+        // node, so it settles most of them: a write some node applied took effect no
+        // later than that first apply (Raft applies only committed entries, which
+        // every later read must see) and produced the output the state machines
+        // computed; a write no node ever applied was observed by nobody, so the
+        // history is completed by removing it (a pending call may be dropped).
+        // Both keep the search small; the checker itself still handles unknowns.
+        for (op_id, mut h) in std::mem::take(&mut self.unknown) {
+            if let Some(&(t, out)) = self.first_applied.get(&op_id) {
+                h.response = Some(t.max(h.invoke));
+                h.output = out;
+                self.history.push(h);
             }
         }
         if let Err(e) = lin::check(&self.history) {
@@ -568,6 +585,9 @@ impl Sim {
 
     fn on_note(&mut self, n: Note) {
         let now = self.now;
+        if let Note::Applied { op_id, output, .. } = &n {
+            self.first_applied.entry(*op_id).or_insert((now, *output));
+        }
         for ci in 0..self.clients.len() {
             let c = &mut self.clients[ci];
             let Some((w, h)) = &c.waiting else { continue };
@@ -716,9 +736,9 @@ impl Sim {
         let Some((w, mut h)) = c.waiting.take() else {
             return;
         };
-        if let Waiting::Write { .. } = w {
+        if let Waiting::Write { op_id, .. } = w {
             h.response = None;
-            self.history.push(h);
+            self.unknown.push((op_id, h));
             self.stats.writes_unknown += 1;
         }
         let up: Vec<NodeId> = self
