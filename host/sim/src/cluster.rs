@@ -68,6 +68,11 @@ pub struct Checker {
     /// index -> (term, fingerprint) of every applied entry.
     pub committed: BTreeMap<u64, (u64, u64)>,
     pub max_durable_commit: BTreeMap<NodeId, u64>,
+    /// index -> a term by which the entry was surely committed (the lowest term
+    /// of any node when it learned a commit index covering it).
+    pub commit_term: BTreeMap<u64, u64>,
+    /// Last commit index each node reported (to record `commit_term` incrementally).
+    pub commit_seen: BTreeMap<NodeId, u64>,
     pub max_snapshot: BTreeMap<NodeId, u64>,
 }
 
@@ -232,6 +237,14 @@ impl Cluster {
     }
 
     fn handle_ready(&mut self, id: NodeId, rd: Ready) {
+        if let Some(hs) = rd.hard_state {
+            let seen = self.check.commit_seen.entry(id).or_insert(0);
+            for i in (*seen + 1)..=hs.commit {
+                let t = self.check.commit_term.entry(i).or_insert(hs.term);
+                *t = (*t).min(hs.term);
+            }
+            *seen = hs.commit;
+        }
         if let Some(ss) = rd.soft_state {
             self.trace_hash = fnv(self.trace_hash, &[id as u8, ss.role as u8, ss.term as u8]);
             self.log(|| {
@@ -316,10 +329,20 @@ impl Cluster {
             assert_eq!(other, id, "two leaders in term {term}: {other} and {id}");
         }
         self.check.leaders.insert(term, id);
-        // Leader completeness: the new leader holds every entry applied anywhere.
+        // Leader completeness: the new leader holds every entry committed in an
+        // earlier term. (A stale leader of a lower term, elected by a delayed vote,
+        // need not hold entries a newer term committed.)
         let raft = self.raft(id);
         let snap = raft.snapshot_meta().index;
         for (&index, &(t, _)) in self.check.committed.range(snap + 1..) {
+            if self
+                .check
+                .commit_term
+                .get(&index)
+                .is_none_or(|&ct| ct >= term)
+            {
+                continue;
+            }
             assert_eq!(
                 raft.term_at(index),
                 Some(t),
