@@ -1,9 +1,10 @@
 //! Synced append throughput of the RocksDB log store next to the physical limit:
 //! a raw `write` + `fdatasync` loop on the same disk, in the same run.
 //!
-//! For each batch size (1, 16, 256 entries of 256 bytes) and each round, one
-//! timed trial of the raw loop and one of the store, interleaved so drift hits
-//! both; the table reports medians over rounds. Every store call is one
+//! For each batch size (1, 16, 256 entries of 256 bytes) and each round, the
+//! raw loop and the store alternate in 50 ms slices until each has run for the
+//! trial time, so drift in the disk's speed hits both alike; the table reports
+//! medians over rounds. Every store call is one
 //! `LogStore::write` that returns after its sync, exactly as the daemon uses it.
 //!
 //!     cargo bench -p waft-storage --bench log_append
@@ -21,8 +22,8 @@ const ENTRY_BYTES: usize = 256;
 const BATCH_SIZES: [usize; 3] = [1, 16, 256];
 const ROUNDS_DEFAULT: usize = 5;
 const TRIAL_MS_DEFAULT: u64 = 1500;
-/// Stop a trial after this many syncs even if time remains (bounds disk use).
-const TRIAL_SYNCS_MAX: u64 = 200_000;
+/// Length of one alternation slice of raw or store writes.
+const SLICE: Duration = Duration::from_millis(50);
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -43,45 +44,100 @@ impl Trial {
     }
 }
 
-fn raw_trial(dir: &Path, batch: usize, trial: Duration) -> Trial {
-    let path = dir.join("raw.log");
-    let mut file = File::create(&path).expect("create raw file");
-    let buf = vec![0xABu8; batch * ENTRY_BYTES];
-    let start = Instant::now();
-    let mut syncs = 0u64;
-    while start.elapsed() < trial && syncs < TRIAL_SYNCS_MAX {
-        file.write_all(&buf).expect("write");
-        file.sync_data().expect("fdatasync");
-        syncs += 1;
-    }
-    let elapsed = start.elapsed();
-    drop(file);
-    std::fs::remove_file(&path).expect("remove raw file");
-    Trial { entries: syncs * batch as u64, elapsed }
+/// The physical limit: append a batch-sized buffer, fdatasync, repeat.
+struct RawSide {
+    file: File,
+    path: PathBuf,
+    buf: Vec<u8>,
 }
 
-fn store_trial(dir: &Path, batch: usize, trial: Duration) -> Trial {
-    let path = dir.join("db");
-    let mut store = RocksLogStore::open(&path).expect("open store");
-    let payload = Bytes::from(vec![0xCDu8; ENTRY_BYTES]);
-    let mut next = 1u64;
-    let start = Instant::now();
-    let mut syncs = 0u64;
-    while start.elapsed() < trial && syncs < TRIAL_SYNCS_MAX {
-        let entries = (next..next + batch as u64)
-            .map(|i| LogEntry::new(i, 1, EntryKind::Normal, payload.clone()))
-            .collect();
-        let mut set = WriteSet::new();
-        set.append(1, entries);
-        store.write(set).expect("synced write");
-        next += batch as u64;
-        syncs += 1;
+impl RawSide {
+    fn new(dir: &Path, batch: usize) -> RawSide {
+        let path = dir.join("raw.log");
+        let file = File::create(&path).expect("create raw file");
+        RawSide { file, path, buf: vec![0xABu8; batch * ENTRY_BYTES] }
     }
-    let elapsed = start.elapsed();
-    assert_eq!(store.last_index(1), next - 1);
-    drop(store);
-    std::fs::remove_dir_all(&path).expect("remove db");
-    Trial { entries: syncs * batch as u64, elapsed }
+
+    /// Runs synced appends for `slice`; returns syncs done.
+    fn run(&mut self, slice: Duration) -> u64 {
+        let start = Instant::now();
+        let mut syncs = 0;
+        while start.elapsed() < slice {
+            self.file.write_all(&self.buf).expect("write");
+            self.file.sync_data().expect("fdatasync");
+            syncs += 1;
+        }
+        syncs
+    }
+
+    fn finish(self) {
+        drop(self.file);
+        std::fs::remove_file(&self.path).expect("remove raw file");
+    }
+}
+
+/// The store, used exactly as the daemon uses it: one write per round, which
+/// returns after its sync.
+struct StoreSide {
+    store: RocksLogStore,
+    path: PathBuf,
+    payload: Bytes,
+    batch: u64,
+    next: u64,
+}
+
+impl StoreSide {
+    fn new(dir: &Path, batch: usize) -> StoreSide {
+        let path = dir.join("db");
+        let store = RocksLogStore::open(&path).expect("open store");
+        StoreSide { store, path, payload: Bytes::from(vec![0xCDu8; ENTRY_BYTES]), batch: batch as u64, next: 1 }
+    }
+
+    fn run(&mut self, slice: Duration) -> u64 {
+        let start = Instant::now();
+        let mut syncs = 0;
+        while start.elapsed() < slice {
+            let entries = (self.next..self.next + self.batch)
+                .map(|i| LogEntry::new(i, 1, EntryKind::Normal, self.payload.clone()))
+                .collect();
+            let mut set = WriteSet::new();
+            set.append(1, entries);
+            self.store.write(set).expect("synced write");
+            self.next += self.batch;
+            syncs += 1;
+        }
+        syncs
+    }
+
+    fn finish(self) {
+        assert_eq!(self.store.last_index(1), self.next - 1);
+        drop(self.store);
+        std::fs::remove_dir_all(&self.path).expect("remove db");
+    }
+}
+
+/// One round: raw and store alternate in short slices for `trial` each, so a
+/// change in the disk's speed (shared virtual disks drift by 10x within
+/// seconds) hits both sides alike.
+fn paired_round(dir: &Path, batch: usize, trial: Duration) -> (Trial, Trial) {
+    let mut raw = RawSide::new(dir, batch);
+    let mut store = StoreSide::new(dir, batch);
+    let (mut raw_syncs, mut store_syncs) = (0u64, 0u64);
+    let (mut raw_time, mut store_time) = (Duration::ZERO, Duration::ZERO);
+    while raw_time < trial || store_time < trial {
+        let t = Instant::now();
+        raw_syncs += raw.run(SLICE);
+        raw_time += t.elapsed();
+        let t = Instant::now();
+        store_syncs += store.run(SLICE);
+        store_time += t.elapsed();
+    }
+    raw.finish();
+    store.finish();
+    (
+        Trial { entries: raw_syncs * batch as u64, elapsed: raw_time },
+        Trial { entries: store_syncs * batch as u64, elapsed: store_time },
+    )
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -101,15 +157,15 @@ fn main() {
     println!("log_append: {rounds} rounds x {} ms per trial, entries of {ENTRY_BYTES} B, dir {}", trial.as_millis(), dir.display());
 
     // Warm the disk and the allocator once, unmeasured.
-    raw_trial(&dir, 16, Duration::from_millis(200));
-    store_trial(&dir, 16, Duration::from_millis(200));
+    paired_round(&dir, 16, Duration::from_millis(200));
 
+    // WAFT_BENCH_BATCH=256 measures one batch size only (for profiling).
+    let only = std::env::var("WAFT_BENCH_BATCH").ok().and_then(|v| v.parse::<usize>().ok());
     let mut rows = Vec::new();
-    for batch in BATCH_SIZES {
+    for batch in BATCH_SIZES.into_iter().filter(|b| only.is_none_or(|o| o == *b)) {
         let (mut raw, mut store) = (Vec::new(), Vec::new());
         for round in 0..rounds {
-            let r = raw_trial(&dir, batch, trial);
-            let s = store_trial(&dir, batch, trial);
+            let (r, s) = paired_round(&dir, batch, trial);
             eprintln!(
                 "  batch {batch:>3} round {round}: raw {:>9.0} entries/s {:>7.2} MB/s | store {:>9.0} entries/s {:>7.2} MB/s",
                 r.entries_per_s(),
