@@ -1,0 +1,1970 @@
+//! `RawNode`: the whole Raft protocol of one node as a deterministic state
+//! machine. Inputs are ticks, messages, proposals, reads, admin commands and
+//! completion notices; the output is a `Ready` batch. It must never do I/O,
+//! read a clock, spawn threads, use OS randomness or depend on hash order.
+
+use crate::config::{Config, PRIORITY_DISABLED, PRIORITY_NEVER, Priority};
+use crate::log::RaftLog;
+use crate::progress::{Progress, ProgressState};
+use crate::quorum::{self, VoteResult};
+use crate::read_only::{ReadOnly, ReadRequest};
+use crate::types::*;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Follower,
+    PreCandidate,
+    Candidate,
+    Leader,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// ReadIndex confirmed by a heartbeat round to a quorum.
+    Safe,
+    /// Served from the leader lease when valid, otherwise as `Safe`.
+    Lease,
+}
+
+/// Volatile state worth reporting when it changes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    pub role: Role,
+    pub leader: NodeId,
+    pub term: u64,
+}
+
+/// A read that may be served once the local applied index reaches `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    pub id: u64,
+    pub index: u64,
+}
+
+/// The runtime must fetch the snapshot described by `meta` from node `from`,
+/// load it, then call `on_snapshot_installed(meta)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInstall {
+    pub meta: SnapshotMeta,
+    pub from: NodeId,
+}
+
+/// Things that happened that a runtime may want to report to operators/clients.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    BecameLeader {
+        term: u64,
+    },
+    SteppedDown {
+        term: u64,
+    },
+    TransferAborted {
+        target: NodeId,
+    },
+    /// A configuration change was abandoned (new voters failed to catch up, or leadership lost).
+    ConfChangeFailed {
+        reason: &'static str,
+    },
+    /// A configuration entry could not be decoded and was ignored.
+    BadConfigEntry {
+        index: u64,
+    },
+}
+
+/// One batch of work for the runtime. The ordering rules, in one place:
+///
+/// 1. `snapshot_install`: fetch and load it, then call `on_snapshot_installed`.
+/// 2. Persist `hard_state` (if any) and `entries` durably. Writing `entries[0]`
+///    at index i discards every stored entry at index >= i first (a truncated
+///    conflicting suffix). Readies must be persisted in the order they were produced.
+/// 3. Only after step 2 completed, send `messages_after_persist` (vote requests
+///    and grants, append and heartbeat acknowledgements) and report
+///    `on_hard_state_persisted(hard_state)` and `on_persisted(last entry index, its term)`.
+/// 4. `messages` may be sent at once, even before step 2 (a leader's appends to
+///    followers need not wait for its own disk; pre-votes change no state).
+/// 5. Apply `committed_entries` in order (they are already durable locally).
+///    Serve each `read_states` entry once the applied index reaches its index.
+/// 6. `snapshot_request`: after applying `committed_entries`, snapshot the state
+///    machine at exactly `meta.index`, store `meta` with it, then call
+///    `on_snapshot_saved(meta)`; the core then compacts its log.
+///
+/// The runtime may call `ready()` again before earlier batches completed;
+/// completions arrive later through the `on_*` notices.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Ready {
+    pub soft_state: Option<SoftState>,
+    pub hard_state: Option<HardState>,
+    pub entries: Vec<Entry>,
+    pub messages: Vec<Message>,
+    pub messages_after_persist: Vec<Message>,
+    pub committed_entries: Vec<Entry>,
+    pub read_states: Vec<ReadState>,
+    pub snapshot_request: Option<SnapshotMeta>,
+    pub snapshot_install: Option<SnapshotInstall>,
+    pub events: Vec<Event>,
+}
+
+impl Ready {
+    pub fn is_empty(&self) -> bool {
+        *self == Ready::default()
+    }
+}
+
+/// What a restarted node reads back from its storage.
+#[derive(Clone, Debug, Default)]
+pub struct RestartState {
+    pub hard_state: HardState,
+    /// The latest durable snapshot (index 0 with the bootstrap configuration for a new node).
+    pub snapshot: SnapshotMeta,
+    /// Durable entries after the snapshot, consecutive.
+    pub entries: Vec<Entry>,
+    /// Index the state machine reflects after loading the snapshot (usually `snapshot.index`).
+    pub applied: u64,
+}
+
+/// A configuration change whose new voters are still catching up.
+#[derive(Clone, Debug)]
+struct PendingChange {
+    target: Configuration,
+    catching: Vec<NodeId>,
+    elapsed_ticks: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Transfer {
+    target: NodeId,
+    elapsed_ticks: u64,
+    timeout_now_sent: bool,
+}
+
+/// Configurations recorded in the log since the snapshot. Config takes effect
+/// when appended (Raft dissertation §4.1), so a truncation can revert it.
+#[derive(Clone, Debug, Default)]
+struct ConfHistory {
+    base: Configuration,
+    entries: Vec<(u64, Configuration)>,
+}
+
+impl ConfHistory {
+    fn current(&self) -> (u64, &Configuration) {
+        self.entries
+            .last()
+            .map_or((0, &self.base), |(i, c)| (*i, c))
+    }
+    fn at(&self, index: u64) -> Configuration {
+        self.entries
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .map_or(&self.base, |(_, c)| c)
+            .clone()
+    }
+}
+
+pub struct RawNode {
+    cfg: Config,
+    id: NodeId,
+    term: u64,
+    vote: NodeId,
+    role: Role,
+    leader: NodeId,
+    log: RaftLog,
+    history: ConfHistory,
+    /// Effective configuration (latest log config, or a forced reset).
+    conf: Configuration,
+    /// Index of the entry carrying `conf` (0: snapshot or bootstrap).
+    conf_index: u64,
+    /// Set by `reset_peers`: (configuration, last log index at reset). Wins over
+    /// log configurations up to that index.
+    forced: Option<(Configuration, u64)>,
+    snapshot: SnapshotMeta,
+    prng: u64,
+    /// Ticks since this node's own logical clock started.
+    now: u64,
+    election_elapsed: u64,
+    randomized_election_ticks: u64,
+    heartbeat_elapsed: u64,
+    /// Ticks since we last heard from a leader of our term (or since start).
+    /// While below election_ticks we refuse votes: the leader may hold a lease.
+    ticks_since_leader: u64,
+    target_priority: Priority,
+    election_timeout_count: u64,
+    votes: BTreeMap<NodeId, bool>,
+    // --- leader state ---
+    progress: BTreeMap<NodeId, Progress>,
+    reads: ReadOnly,
+    pending_change: Option<PendingChange>,
+    transfer: Option<Transfer>,
+    /// A TimeoutNow was sent this term: another node may win without waiting
+    /// out its lease, so lease reads are unsafe for the rest of the term.
+    lease_disabled: bool,
+    commit_to_broadcast: bool,
+    // --- follower state ---
+    installing: Option<SnapshotMeta>,
+    forward_reads: Vec<(u64, bool)>,
+    // --- output ---
+    msgs: Vec<Message>,
+    msgs_after_persist: Vec<Message>,
+    read_states: Vec<ReadState>,
+    events: Vec<Event>,
+    snapshot_install: Option<SnapshotInstall>,
+    snapshot_in_progress: bool,
+    prev_hard: HardState,
+    prev_soft: SoftState,
+}
+
+/// Why a node could not be built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StartError {
+    InvalidConfig(&'static str),
+    /// Stored state is inconsistent (gap in entries, commit beyond log, ...).
+    CorruptState(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::InvalidConfig(why) => write!(f, "invalid raft config: {why}"),
+            StartError::CorruptState(why) => write!(f, "stored raft state is inconsistent: {why}"),
+        }
+    }
+}
+impl std::error::Error for StartError {}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+impl RawNode {
+    /// A brand-new node. `bootstrap` is the initial configuration for the
+    /// founding members; a node that will be added later passes an empty one.
+    pub fn new(cfg: Config, bootstrap: Configuration) -> Result<RawNode, StartError> {
+        let snapshot = SnapshotMeta {
+            index: 0,
+            term: 0,
+            config: bootstrap,
+        };
+        let mut node = RawNode::restart(
+            cfg,
+            RestartState {
+                snapshot,
+                ..Default::default()
+            },
+        )?;
+        // A brand-new node never acknowledged any leader: no lease to protect.
+        node.ticks_since_leader = node.cfg.election_ticks;
+        Ok(node)
+    }
+
+    /// Rebuilds a node from what its storage holds.
+    pub fn restart(cfg: Config, st: RestartState) -> Result<RawNode, StartError> {
+        cfg.validate().map_err(StartError::InvalidConfig)?;
+        let snap = st.snapshot;
+        for (i, e) in st.entries.iter().enumerate() {
+            if e.index != snap.index + 1 + i as u64 {
+                return Err(StartError::CorruptState(format!(
+                    "entry {} where {} expected",
+                    e.index,
+                    snap.index + 1 + i as u64
+                )));
+            }
+        }
+        let last = snap.index + st.entries.len() as u64;
+        if st.hard_state.commit > last {
+            return Err(StartError::CorruptState(format!(
+                "commit {} beyond last index {last}",
+                st.hard_state.commit
+            )));
+        }
+        let log = RaftLog::new(
+            snap.index,
+            snap.term,
+            st.entries,
+            st.hard_state.commit,
+            st.applied,
+        );
+        let mut prng = cfg.seed ^ cfg.id.wrapping_mul(0x2545_F491_4F6C_DD1D);
+        splitmix64(&mut prng);
+        let prev_hard = st.hard_state;
+        let mut node = RawNode {
+            id: cfg.id,
+            term: st.hard_state.term,
+            vote: st.hard_state.vote,
+            role: Role::Follower,
+            leader: NONE,
+            log,
+            history: ConfHistory {
+                base: snap.config.clone(),
+                entries: Vec::new(),
+            },
+            conf: Configuration::default(),
+            conf_index: 0,
+            forced: None,
+            snapshot: snap,
+            prng,
+            now: 0,
+            election_elapsed: 0,
+            randomized_election_ticks: cfg.election_ticks,
+            heartbeat_elapsed: 0,
+            ticks_since_leader: 0,
+            target_priority: PRIORITY_DISABLED,
+            election_timeout_count: 0,
+            votes: BTreeMap::new(),
+            progress: BTreeMap::new(),
+            reads: ReadOnly::default(),
+            pending_change: None,
+            transfer: None,
+            lease_disabled: false,
+            commit_to_broadcast: false,
+            installing: None,
+            forward_reads: Vec::new(),
+            msgs: Vec::new(),
+            msgs_after_persist: Vec::new(),
+            read_states: Vec::new(),
+            events: Vec::new(),
+            snapshot_install: None,
+            snapshot_in_progress: false,
+            prev_hard,
+            prev_soft: SoftState {
+                role: Role::Follower,
+                leader: NONE,
+                term: prev_hard.term,
+            },
+            cfg,
+        };
+        node.rescan_conf_from(node.log.first_index());
+        node.reset_randomized_timeout();
+        Ok(node)
+    }
+
+    // ------------------------------------------------------------ accessors
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+    pub fn role(&self) -> Role {
+        self.role
+    }
+    pub fn leader(&self) -> Option<NodeId> {
+        (self.leader != NONE).then_some(self.leader)
+    }
+    pub fn committed(&self) -> u64 {
+        self.log.committed
+    }
+    pub fn applied(&self) -> u64 {
+        self.log.applied
+    }
+    pub fn last_index(&self) -> u64 {
+        self.log.last_index()
+    }
+    pub fn persisted(&self) -> u64 {
+        self.log.persisted
+    }
+    pub fn first_index(&self) -> u64 {
+        self.log.first_index()
+    }
+    pub fn configuration(&self) -> &Configuration {
+        &self.conf
+    }
+    /// Term of the entry at `index` while it is in the log (or is the snapshot index).
+    pub fn term_at(&self, index: u64) -> Option<u64> {
+        self.log.term(index)
+    }
+    pub fn log_entries(&self) -> &[Entry] {
+        self.log.entries()
+    }
+    pub fn snapshot_meta(&self) -> &SnapshotMeta {
+        &self.snapshot
+    }
+    pub fn hard_state(&self) -> HardState {
+        HardState {
+            term: self.term,
+            vote: self.vote,
+            commit: self.log.committed,
+        }
+    }
+    pub fn is_transferring(&self) -> bool {
+        self.transfer.is_some()
+    }
+    pub fn progress_of(&self, id: NodeId) -> Option<(u64, u64, ProgressState)> {
+        self.progress
+            .get(&id)
+            .map(|p| (p.match_index, p.next_index, p.state))
+    }
+    /// Whether a lease read would be served without a heartbeat round right now.
+    pub fn lease_valid(&self) -> bool {
+        self.role == Role::Leader && self.lease_is_valid()
+    }
+
+    // ------------------------------------------------------------ inputs
+
+    /// Advances the logical clock by one tick.
+    pub fn tick(&mut self) {
+        self.now += 1;
+        self.ticks_since_leader = self.ticks_since_leader.saturating_add(1);
+        self.election_elapsed += 1;
+        if self.role == Role::Leader {
+            self.tick_leader();
+        } else if self.election_elapsed >= self.randomized_election_ticks {
+            self.election_elapsed = 0;
+            self.reset_randomized_timeout();
+            if self.role == Role::Follower {
+                self.leader = NONE; // lost contact: stop pointing clients at it
+            }
+            if self.promotable() && self.allow_launch_election() {
+                self.campaign(self.cfg.pre_vote, false);
+            }
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum {
+                let me = self.id;
+                let active = quorum::is_quorum(&self.conf, |id| {
+                    id == me || self.progress.get(&id).is_some_and(|p| p.recent_active)
+                });
+                if !active {
+                    self.become_follower(self.term, NONE);
+                    return;
+                }
+                for p in self.progress.values_mut() {
+                    p.recent_active = false;
+                }
+            }
+        }
+        if let Some(t) = &mut self.transfer {
+            t.elapsed_ticks += 1;
+            if t.elapsed_ticks >= self.cfg.election_ticks {
+                let target = t.target;
+                self.transfer = None;
+                self.events.push(Event::TransferAborted { target });
+            }
+        }
+        if let Some(pc) = &mut self.pending_change {
+            pc.elapsed_ticks += 1;
+            if pc.elapsed_ticks >= self.cfg.catchup_timeout_ticks {
+                self.abandon_pending_change(
+                    "new voters did not catch up before the catch-up timeout",
+                );
+            }
+        }
+        let retry = self.cfg.snapshot_retry_ticks;
+        for p in self.progress.values_mut() {
+            if let ProgressState::Snapshot { .. } = p.state {
+                p.snapshot_ticks += 1;
+                if p.snapshot_ticks >= retry {
+                    p.become_probe();
+                }
+            }
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// Proposes a command. Returns the (index, term) it will be committed at, if ever.
+    pub fn propose(&mut self, data: Bytes) -> Result<(u64, u64), RaftError> {
+        self.check_can_append()?;
+        let bytes = data.len() as u64;
+        if bytes > self.cfg.proposal_bytes_max {
+            return Err(RaftError::ProposalTooLarge {
+                bytes,
+                max: self.cfg.proposal_bytes_max,
+            });
+        }
+        Ok(self.append_entry(EntryKind::Normal, data))
+    }
+
+    fn check_can_append(&self) -> Result<(), RaftError> {
+        if self.role != Role::Leader {
+            return Err(RaftError::NotLeader {
+                leader_hint: self.leader(),
+            });
+        }
+        if self.transfer.is_some() {
+            return Err(RaftError::TransferInProgress);
+        }
+        if self.log.last_index() - self.log.committed >= self.cfg.uncommitted_entries_max {
+            return Err(RaftError::Busy);
+        }
+        Ok(())
+    }
+
+    /// Starts an election now (pre-vote first when enabled), as if the election
+    /// timeout fired. For operators and tests; ignored by leaders and non-voters.
+    pub fn campaign_now(&mut self) {
+        if self.role != Role::Leader && self.promotable() {
+            self.election_elapsed = 0;
+            self.campaign(self.cfg.pre_vote, false);
+        }
+    }
+
+    /// Requests a linearizable read; its `ReadState` with the same `id` appears in
+    /// a later Ready (on this node, also for follower reads). Lost on leader change.
+    pub fn read_index(&mut self, id: u64, mode: ReadMode) -> Result<(), RaftError> {
+        let lease = mode == ReadMode::Lease;
+        match self.role {
+            Role::Leader => self.leader_read(ReadRequest {
+                id,
+                from: self.id,
+                lease,
+            }),
+            Role::Follower if self.leader != NONE => {
+                if self.forward_reads.len() >= self.cfg.pending_reads_max {
+                    return Err(RaftError::Busy);
+                }
+                self.forward_reads.push((id, lease));
+                Ok(())
+            }
+            _ => Err(RaftError::NotLeader {
+                leader_hint: self.leader(),
+            }),
+        }
+    }
+
+    /// Feeds a message from the network. Invalid or stale messages are dropped.
+    pub fn step(&mut self, m: Message) {
+        if m.to != self.id || m.from == self.id || m.from == NONE {
+            return;
+        }
+        if m.term > self.term {
+            let is_vote = matches!(
+                m.body,
+                MessageBody::Vote { .. } | MessageBody::PreVote { .. }
+            );
+            let transfer = matches!(m.body, MessageBody::Vote { transfer: true, .. });
+            if is_vote && !transfer && self.in_lease() {
+                return; // a leader may hold a lease: refuse to disturb it
+            }
+            match m.body {
+                MessageBody::PreVote { .. } => {}
+                MessageBody::PreVoteResponse { reject: false } => {}
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => self.become_follower(m.term, m.from),
+                MessageBody::Vote { .. } => {
+                    // Adopt the term but keep the election timer: only a granted vote
+                    // resets it (Raft §5.2). Otherwise a candidate with a stale log,
+                    // campaigning again and again, keeps every up-to-date node from
+                    // ever timing out (livelock the simulator found without pre-vote).
+                    let (elapsed, timeout) =
+                        (self.election_elapsed, self.randomized_election_ticks);
+                    self.become_follower(m.term, NONE);
+                    self.election_elapsed = elapsed;
+                    self.randomized_election_ticks = timeout;
+                }
+                _ => self.become_follower(m.term, NONE),
+            }
+        } else if m.term < self.term {
+            match m.body {
+                MessageBody::Append { .. }
+                | MessageBody::Heartbeat { .. }
+                | MessageBody::InstallSnapshot { .. } => {
+                    // Tell the stale leader about our term so it steps down.
+                    self.send(
+                        m.from,
+                        MessageBody::AppendResponse {
+                            reject: true,
+                            index: 0,
+                            hint_index: 0,
+                            hint_term: 0,
+                        },
+                        false,
+                    );
+                }
+                MessageBody::PreVote { .. } => {
+                    self.send(m.from, MessageBody::PreVoteResponse { reject: true }, false)
+                }
+                _ => {}
+            }
+            return;
+        }
+        match m.body {
+            MessageBody::PreVote {
+                last_index,
+                last_term,
+            } => self.handle_vote_request(&m, last_index, last_term, true),
+            MessageBody::Vote {
+                last_index,
+                last_term,
+                ..
+            } => self.handle_vote_request(&m, last_index, last_term, false),
+            _ => match self.role {
+                Role::Leader => self.step_leader(m),
+                Role::PreCandidate | Role::Candidate => self.step_candidate(m),
+                Role::Follower => self.step_follower(m),
+            },
+        }
+    }
+
+    // ------------------------------------------------------------ completion notices
+
+    /// The runtime made entries up to (index, term) and the matching hard state durable.
+    pub fn on_persisted(&mut self, index: u64, term: u64) {
+        if self.log.on_persisted(index, term) && self.role == Role::Leader {
+            self.maybe_commit();
+        }
+    }
+
+    /// The runtime made the `hard_state` of a Ready durable (call it for every Ready
+    /// that carried one, in order, once the write completed).
+    pub fn on_hard_state_persisted(&mut self, hs: HardState) {
+        if self.role == Role::Candidate
+            && hs.term == self.term
+            && hs.vote == self.id
+            && !self.votes.contains_key(&self.id)
+        {
+            self.tally(self.id, true);
+        }
+    }
+
+    /// The runtime saved the snapshot a Ready asked for.
+    pub fn on_snapshot_saved(&mut self, meta: SnapshotMeta) {
+        self.snapshot_in_progress = false;
+        if meta.index <= self.log.snap_index
+            || meta.index > self.log.applied
+            || !self.log.match_term(meta.index, meta.term)
+        {
+            return; // stale (an installed snapshot overtook it)
+        }
+        self.log.compact(meta.index, meta.term);
+        self.history.base = self.history.at(meta.index);
+        self.history.entries.retain(|(i, _)| *i > meta.index);
+        self.snapshot = meta;
+    }
+
+    /// The runtime could not save the requested snapshot; a later Ready asks again.
+    pub fn on_snapshot_save_failed(&mut self) {
+        self.snapshot_in_progress = false;
+    }
+
+    /// The runtime loaded the snapshot a Ready handed out in `snapshot_install`.
+    /// An older install the runtime finished after a newer one was handed out is
+    /// still honoured (the state machine now reflects it); the newer stays pending.
+    pub fn on_snapshot_installed(&mut self, meta: SnapshotMeta) {
+        if self
+            .installing
+            .as_ref()
+            .is_some_and(|i| i.index <= meta.index)
+        {
+            self.installing = None;
+        }
+        if meta.index > self.log.committed {
+            self.log.restore(meta.index, meta.term);
+            self.history = ConfHistory {
+                base: meta.config.clone(),
+                entries: Vec::new(),
+            };
+            self.rescan_conf_from(meta.index + 1);
+            self.snapshot = meta;
+        }
+        if self.leader != NONE {
+            let index = self
+                .log
+                .last_index()
+                .min(self.log.committed.max(self.snapshot.index));
+            self.send(
+                self.leader,
+                MessageBody::AppendResponse {
+                    reject: false,
+                    index,
+                    hint_index: 0,
+                    hint_term: 0,
+                },
+                true,
+            );
+        }
+    }
+
+    /// The runtime could not fetch or load the snapshot; the leader will resend it.
+    pub fn on_snapshot_install_failed(&mut self) {
+        self.installing = None;
+    }
+
+    // ------------------------------------------------------------ admin
+
+    /// Adds `id` as a voter (after a catch-up stage).
+    pub fn add_peer(&mut self, id: NodeId) -> Result<(), RaftError> {
+        let mut t = self.conf.clone();
+        t.learners.retain(|&l| l != id);
+        t.voters.push(id);
+        self.change_peers(t.voters, t.learners)
+    }
+
+    pub fn remove_peer(&mut self, id: NodeId) -> Result<(), RaftError> {
+        let mut t = self.conf.clone();
+        t.voters.retain(|&v| v != id);
+        t.learners.retain(|&l| l != id);
+        self.change_peers(t.voters, t.learners)
+    }
+
+    pub fn add_learner(&mut self, id: NodeId) -> Result<(), RaftError> {
+        if self.conf.is_voter(id) {
+            return Err(RaftError::InvalidConfChange(
+                "node is a voter; remove it first",
+            ));
+        }
+        let mut t = self.conf.clone();
+        t.learners.push(id);
+        self.change_peers(t.voters, t.learners)
+    }
+
+    pub fn remove_learner(&mut self, id: NodeId) -> Result<(), RaftError> {
+        if !self.conf.is_learner(id) {
+            return Err(RaftError::InvalidConfChange("node is not a learner"));
+        }
+        self.remove_peer(id)
+    }
+
+    pub fn promote_learner(&mut self, id: NodeId) -> Result<(), RaftError> {
+        if !self.conf.is_learner(id) {
+            return Err(RaftError::InvalidConfChange("node is not a learner"));
+        }
+        self.add_peer(id)
+    }
+
+    /// Moves to the configuration with exactly these voters and learners. One voter
+    /// changing is a single step; more use joint consensus. New voters first catch
+    /// up (within `catchup_margin_entries`) or the change fails after `catchup_timeout_ticks`.
+    pub fn change_peers(
+        &mut self,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+    ) -> Result<(), RaftError> {
+        self.check_can_append()?;
+        if self.pending_change.is_some()
+            || self.conf_index > self.log.committed
+            || self.conf.is_joint()
+            || self.forced.is_some()
+        {
+            return Err(RaftError::ConfChangeInProgress);
+        }
+        if !self.committed_own_term() {
+            // A new leader may hold an uncommitted change of a previous leader that
+            // it does not know about yet; changing again before its own no-op commits
+            // is the single-server-change bug (Ongaro, raft-dev 2015).
+            return Err(RaftError::NotReady);
+        }
+        let mut target = Configuration {
+            voters,
+            voters_outgoing: Vec::new(),
+            learners,
+        };
+        target.normalize();
+        if target.voters.is_empty() {
+            return Err(RaftError::InvalidConfChange(
+                "a configuration needs at least one voter",
+            ));
+        }
+        if target.voters.contains(&NONE) || target.learners.contains(&NONE) {
+            return Err(RaftError::InvalidConfChange("node id 0 is reserved"));
+        }
+        if target.learners.iter().any(|l| self.conf.voters.contains(l)) {
+            return Err(RaftError::InvalidConfChange(
+                "demoting a voter to learner: remove it first, then add it as a learner",
+            ));
+        }
+        if target == self.conf {
+            return Err(RaftError::InvalidConfChange(
+                "the configuration is unchanged",
+            ));
+        }
+        let catching: Vec<NodeId> = target
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| !self.conf.voters.contains(v))
+            .collect();
+        let last = self.log.last_index();
+        for &c in &catching {
+            self.progress.entry(c).or_insert_with(|| {
+                Progress::new(
+                    last + 1,
+                    self.cfg.inflight_msgs_max,
+                    self.cfg.inflight_bytes_max,
+                )
+            });
+        }
+        self.pending_change = Some(PendingChange {
+            target,
+            catching,
+            elapsed_ticks: 0,
+        });
+        self.check_catchup();
+        Ok(())
+    }
+
+    /// Transfers leadership to `target`, or to the most up-to-date voter when None.
+    pub fn transfer_leader(&mut self, target: Option<NodeId>) -> Result<(), RaftError> {
+        if self.role != Role::Leader {
+            return Err(RaftError::NotLeader {
+                leader_hint: self.leader(),
+            });
+        }
+        if self.transfer.is_some() {
+            return Err(RaftError::TransferInProgress);
+        }
+        let target = match target {
+            Some(t) => t,
+            None => {
+                let me = self.id;
+                let best = self
+                    .conf
+                    .voters
+                    .iter()
+                    .filter(|&&v| v != me)
+                    .max_by_key(|&&v| {
+                        (
+                            self.progress.get(&v).map_or(0, |p| p.match_index),
+                            std::cmp::Reverse(v),
+                        )
+                    });
+                *best.ok_or(RaftError::InvalidConfChange(
+                    "no other voter to transfer to",
+                ))?
+            }
+        };
+        if target == self.id {
+            return Ok(());
+        }
+        if !self.conf.voters.contains(&target) {
+            return Err(RaftError::InvalidConfChange(
+                "transfer target is not a voter",
+            ));
+        }
+        self.transfer = Some(Transfer {
+            target,
+            elapsed_ticks: 0,
+            timeout_now_sent: false,
+        });
+        self.maybe_send_timeout_now();
+        Ok(())
+    }
+
+    /// UNSAFE, for disaster recovery only: replaces this node's configuration
+    /// with `voters` without consensus (SOFAJRaft's resetPeers). If nodes disagree
+    /// about the configuration, two leaders may be elected in one term and
+    /// committed entries may be lost. Use only when a quorum is gone for good and
+    /// the operator resets every surviving node to the same set.
+    pub fn reset_peers(&mut self, voters: Vec<NodeId>) -> Result<(), RaftError> {
+        let c = Configuration::new(voters);
+        if c.voters.is_empty() || c.voters.contains(&NONE) {
+            return Err(RaftError::InvalidConfChange(
+                "reset needs at least one valid voter",
+            ));
+        }
+        self.forced = Some((c, self.log.last_index()));
+        self.refresh_conf();
+        self.become_follower(self.term, NONE);
+        // Allow an immediate election: the old configuration's leases are void anyway.
+        self.ticks_since_leader = self.cfg.election_ticks;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ output
+
+    pub fn has_ready(&self) -> bool {
+        !self.msgs.is_empty()
+            || !self.msgs_after_persist.is_empty()
+            || self.log.unstable_from <= self.log.last_index()
+            || self.hard_state() != self.prev_hard
+            || self.log.committed.min(self.log.persisted) > self.log.applied
+            || !self.read_states.is_empty()
+            || !self.events.is_empty()
+            || self.snapshot_install.is_some()
+            || !self.forward_reads.is_empty()
+            || self.reads.needs_round()
+            || self.commit_to_broadcast
+            || self.soft_state() != self.prev_soft
+    }
+
+    /// Takes the accumulated batch of work. See [`Ready`] for the ordering rules.
+    pub fn ready(&mut self) -> Ready {
+        if self.role == Role::Leader {
+            // Reads batch: all reads queued since the last round share the next one,
+            // and at most one read round is outstanding at a time.
+            if self.reads.needs_round() && !self.reads.round_in_flight() {
+                self.broadcast_heartbeat();
+            }
+            self.broadcast_append();
+        }
+        if !self.forward_reads.is_empty() && self.leader != NONE && self.role == Role::Follower {
+            for lease in [false, true] {
+                let ids: Vec<u64> = self
+                    .forward_reads
+                    .iter()
+                    .filter(|r| r.1 == lease)
+                    .map(|r| r.0)
+                    .collect();
+                if !ids.is_empty() {
+                    self.send(self.leader, MessageBody::ReadIndex { ids }, false);
+                }
+            }
+        }
+        self.forward_reads.clear();
+        let mut rd = Ready::default();
+        let soft = self.soft_state();
+        if soft != self.prev_soft {
+            rd.soft_state = Some(soft);
+            self.prev_soft = soft;
+        }
+        let hard = self.hard_state();
+        if hard != self.prev_hard {
+            rd.hard_state = Some(hard);
+            self.prev_hard = hard;
+        }
+        rd.entries = self.log.take_unstable();
+        rd.messages = std::mem::take(&mut self.msgs);
+        rd.messages_after_persist = std::mem::take(&mut self.msgs_after_persist);
+        rd.committed_entries = self.log.take_committed(self.cfg.apply_entries_max);
+        rd.read_states = std::mem::take(&mut self.read_states);
+        rd.snapshot_install = self.snapshot_install.take();
+        if !self.snapshot_in_progress
+            && self.installing.is_none()
+            && self.log.applied - self.log.snap_index >= self.cfg.snapshot_margin_entries
+        {
+            let index = self.log.applied;
+            let term = self.log.term(index).expect("applied entry is in the log");
+            rd.snapshot_request = Some(SnapshotMeta {
+                index,
+                term,
+                config: self.history.at(index),
+            });
+            self.snapshot_in_progress = true;
+        }
+        rd.events = std::mem::take(&mut self.events);
+        rd
+    }
+
+    fn soft_state(&self) -> SoftState {
+        SoftState {
+            role: self.role,
+            leader: self.leader,
+            term: self.term,
+        }
+    }
+
+    // ------------------------------------------------------------ roles
+
+    fn reset_randomized_timeout(&mut self) {
+        let t = self.cfg.election_ticks;
+        self.randomized_election_ticks = t + splitmix64(&mut self.prng) % t;
+    }
+
+    fn reset_role_state(&mut self, term: u64) {
+        if self.term != term {
+            self.term = term;
+            self.vote = NONE;
+        }
+        self.leader = NONE;
+        self.election_elapsed = 0;
+        self.heartbeat_elapsed = 0;
+        self.reset_randomized_timeout();
+        self.votes.clear();
+        self.progress.clear();
+        self.reads.reset();
+        self.lease_disabled = false;
+        self.commit_to_broadcast = false;
+        if let Some(t) = self.transfer.take() {
+            self.events
+                .push(Event::TransferAborted { target: t.target });
+        }
+        if self.pending_change.is_some() {
+            self.abandon_pending_change("leadership lost during catch-up");
+        }
+    }
+
+    fn become_follower(&mut self, term: u64, leader: NodeId) {
+        let was_leader = self.role == Role::Leader;
+        self.reset_role_state(term);
+        self.role = Role::Follower;
+        if was_leader {
+            self.events.push(Event::SteppedDown { term: self.term });
+        }
+        if leader != NONE {
+            self.leader_contact(leader);
+        }
+    }
+
+    fn leader_contact(&mut self, leader: NodeId) {
+        self.leader = leader;
+        self.election_elapsed = 0;
+        self.ticks_since_leader = 0;
+        self.election_timeout_count = 0;
+        self.target_priority = self.max_priority();
+    }
+
+    /// Starts a pre-vote (`pre`) or a real election (`transfer`: after TimeoutNow).
+    fn campaign(&mut self, pre: bool, transfer: bool) {
+        if pre {
+            self.reset_role_state(self.term);
+            self.role = Role::PreCandidate;
+        } else {
+            self.reset_role_state(self.term + 1);
+            self.role = Role::Candidate;
+            self.vote = self.id;
+        }
+        if pre {
+            // A pre-vote changes no durable state: our own vote counts at once.
+            self.votes.insert(self.id, true);
+            if quorum::joint_vote(&self.conf, |id| self.votes.get(&id).copied()) == VoteResult::Won
+            {
+                return self.on_election_won();
+            }
+        }
+        // A real vote for ourselves counts only once term and vote are durable
+        // (`on_hard_state_persisted`); otherwise a crash could let us lead the same
+        // term twice with different entries (found by the simulator, single voter).
+        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
+        let me = self.id;
+        let voters: Vec<NodeId> = self
+            .conf
+            .members()
+            .into_iter()
+            .filter(|&v| v != me && self.conf.is_voter(v))
+            .collect();
+        for v in voters {
+            if pre {
+                self.send_with_term(
+                    v,
+                    self.term + 1,
+                    MessageBody::PreVote {
+                        last_index,
+                        last_term,
+                    },
+                    false,
+                );
+            } else {
+                // The vote for ourselves must be durable before anyone can count on it.
+                self.send(
+                    v,
+                    MessageBody::Vote {
+                        last_index,
+                        last_term,
+                        transfer,
+                    },
+                    true,
+                );
+            }
+        }
+    }
+
+    fn on_election_won(&mut self) {
+        if self.role == Role::PreCandidate {
+            self.campaign(false, false);
+        } else {
+            self.become_leader();
+        }
+    }
+
+    fn become_leader(&mut self) {
+        assert_eq!(self.role, Role::Candidate);
+        assert_eq!(self.vote, self.id);
+        self.reset_role_state(self.term);
+        self.role = Role::Leader;
+        self.leader = self.id;
+        self.ticks_since_leader = 0;
+        self.sync_progress();
+        for p in self.progress.values_mut() {
+            p.recent_active = true;
+        }
+        self.events.push(Event::BecameLeader { term: self.term });
+        // A no-op of our term lets us commit (and learn) everything before it.
+        self.append_entry(EntryKind::Normal, Bytes::new());
+        if let Some((c, _)) = self.forced.clone() {
+            self.append_entry(EntryKind::Config, c.encode());
+        }
+    }
+
+    /// SOFAJRaft's allowLaunchElection: a node below the target priority waits
+    /// one election timeout; after a second the target decays and it may stand.
+    fn allow_launch_election(&mut self) -> bool {
+        let me = self.cfg.priority_of(self.id);
+        if me == PRIORITY_NEVER {
+            return false;
+        }
+        if me <= PRIORITY_DISABLED {
+            return true;
+        }
+        if me < self.target_priority {
+            self.election_timeout_count += 1;
+            if self.election_timeout_count > 1 {
+                self.decay_target_priority();
+                self.election_timeout_count = 0;
+            }
+            if self.election_timeout_count == 1 {
+                return false;
+            }
+        }
+        me >= self.target_priority
+    }
+
+    fn decay_target_priority(&mut self) {
+        let gap = 10.max(self.target_priority / 5);
+        self.target_priority = 1.max(self.target_priority - gap);
+    }
+
+    fn max_priority(&self) -> Priority {
+        self.conf
+            .voters
+            .iter()
+            .chain(&self.conf.voters_outgoing)
+            .map(|&v| self.cfg.priority_of(v))
+            .max()
+            .unwrap_or(PRIORITY_DISABLED)
+    }
+
+    /// Whether this node may stand for election. A node removed by a configuration
+    /// entry that is not committed yet still stands (Raft dissertation §4.2.2): it
+    /// may hold the only up-to-date log needed to commit its own removal.
+    fn promotable(&self) -> bool {
+        if self.installing.is_some() {
+            return false;
+        }
+        self.conf.is_voter(self.id)
+            || (self.conf_index > self.log.committed
+                && self.history.at(self.log.committed).is_voter(self.id))
+    }
+
+    fn in_lease(&self) -> bool {
+        self.cfg.check_quorum
+            && (self.role == Role::Leader || self.ticks_since_leader < self.cfg.election_ticks)
+    }
+
+    // ------------------------------------------------------------ votes
+
+    fn handle_vote_request(&mut self, m: &Message, last_index: u64, last_term: u64, pre: bool) {
+        let can_vote = self.vote == m.from
+            || (self.vote == NONE && self.leader == NONE)
+            || (pre && m.term > self.term);
+        let grant = can_vote && self.log.is_up_to_date(last_index, last_term);
+        if pre {
+            let term = if grant { m.term } else { self.term };
+            self.send_with_term(
+                m.from,
+                term,
+                MessageBody::PreVoteResponse { reject: !grant },
+                false,
+            );
+        } else {
+            if grant {
+                self.election_elapsed = 0;
+                self.vote = m.from;
+            }
+            self.send(m.from, MessageBody::VoteResponse { reject: !grant }, true);
+        }
+    }
+
+    fn step_candidate(&mut self, m: Message) {
+        match m.body {
+            MessageBody::Append { .. }
+            | MessageBody::Heartbeat { .. }
+            | MessageBody::InstallSnapshot { .. } => {
+                self.become_follower(m.term, m.from);
+                self.step_follower(m);
+            }
+            MessageBody::PreVoteResponse { reject } if self.role == Role::PreCandidate => {
+                self.tally(m.from, !reject)
+            }
+            MessageBody::VoteResponse { reject } if self.role == Role::Candidate => {
+                self.tally(m.from, !reject)
+            }
+            _ => {}
+        }
+    }
+
+    fn tally(&mut self, from: NodeId, granted: bool) {
+        self.votes.entry(from).or_insert(granted);
+        match quorum::joint_vote(&self.conf, |id| self.votes.get(&id).copied()) {
+            VoteResult::Won => self.on_election_won(),
+            VoteResult::Lost => self.become_follower(self.term, NONE),
+            VoteResult::Pending => {}
+        }
+    }
+
+    // ------------------------------------------------------------ follower
+
+    fn step_follower(&mut self, m: Message) {
+        match m.body {
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            } => {
+                self.leader_contact(m.from);
+                self.handle_append(m.from, prev_index, prev_term, &entries, commit);
+            }
+            MessageBody::Heartbeat { commit, round } => {
+                self.leader_contact(m.from);
+                if self.installing.is_none() {
+                    self.log.commit_to(commit.min(self.log.last_index()));
+                }
+                self.send(m.from, MessageBody::HeartbeatResponse { round }, true);
+            }
+            MessageBody::InstallSnapshot { meta } => {
+                self.leader_contact(m.from);
+                self.handle_snapshot(m.from, meta);
+            }
+            MessageBody::TimeoutNow if self.promotable() => {
+                self.campaign(false, true);
+            }
+            MessageBody::ReadIndexResponse { ids, index } => {
+                self.read_states
+                    .extend(ids.into_iter().map(|id| ReadState { id, index }));
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_append(
+        &mut self,
+        from: NodeId,
+        prev_index: u64,
+        prev_term: u64,
+        entries: &[Entry],
+        commit: u64,
+    ) {
+        if self.installing.is_some() {
+            return; // the snapshot supersedes this append; the leader resends after it
+        }
+        if prev_index < self.log.committed {
+            let index = self.log.committed;
+            self.send(
+                from,
+                MessageBody::AppendResponse {
+                    reject: false,
+                    index,
+                    hint_index: 0,
+                    hint_term: 0,
+                },
+                true,
+            );
+            return;
+        }
+        match self.log.maybe_append(prev_index, prev_term, entries) {
+            Some(last_new) => {
+                if let Some(first) = entries.first() {
+                    self.rescan_conf_from(first.index);
+                }
+                self.log.commit_to(commit.min(last_new));
+                self.send(
+                    from,
+                    MessageBody::AppendResponse {
+                        reject: false,
+                        index: last_new,
+                        hint_index: 0,
+                        hint_term: 0,
+                    },
+                    true,
+                );
+            }
+            None => {
+                let (hint_index, hint_term) = self
+                    .log
+                    .find_conflict_by_term(prev_index.min(self.log.last_index()), prev_term);
+                self.send(
+                    from,
+                    MessageBody::AppendResponse {
+                        reject: true,
+                        index: prev_index,
+                        hint_index,
+                        hint_term,
+                    },
+                    true,
+                );
+            }
+        }
+    }
+
+    fn handle_snapshot(&mut self, from: NodeId, meta: SnapshotMeta) {
+        if meta.index <= self.log.committed {
+            let index = self.log.committed;
+            self.send(
+                from,
+                MessageBody::AppendResponse {
+                    reject: false,
+                    index,
+                    hint_index: 0,
+                    hint_term: 0,
+                },
+                true,
+            );
+            return;
+        }
+        if self
+            .installing
+            .as_ref()
+            .is_some_and(|i| i.index >= meta.index)
+        {
+            return; // already installing this or a newer one
+        }
+        self.installing = Some(meta.clone());
+        self.snapshot_install = Some(SnapshotInstall { meta, from });
+    }
+
+    // ------------------------------------------------------------ leader
+
+    fn step_leader(&mut self, m: Message) {
+        let from = m.from;
+        if !self.progress.contains_key(&from) {
+            if let MessageBody::ReadIndex { .. } = m.body {
+            } else {
+                return;
+            }
+        }
+        match m.body {
+            MessageBody::AppendResponse {
+                reject,
+                index,
+                hint_index,
+                hint_term,
+            } => self.handle_append_response(from, reject, index, hint_index, hint_term),
+            MessageBody::HeartbeatResponse { round } => {
+                let tick = self.reads.round_tick(round);
+                let last = self.log.last_index();
+                let Some(p) = self.progress.get_mut(&from) else {
+                    return;
+                };
+                p.recent_active = true;
+                p.probe_sent = false;
+                if round > p.acked_round {
+                    p.acked_round = round;
+                }
+                if let Some(t) = tick {
+                    p.acked_tick = p.acked_tick.max(t);
+                }
+                // Appends (or their acks) may have been lost: free a window slot so a
+                // stalled pipeline probes again (etcd does the same).
+                if p.state == ProgressState::Replicate && p.inflights.full() {
+                    p.inflights.free_first();
+                }
+                if p.match_index < last {
+                    self.send_append(from, true);
+                }
+                self.confirm_reads();
+            }
+            MessageBody::ReadIndex { ids } => {
+                // Follower reads ride on the follower's mode via a separate message per mode;
+                // the leader treats them as safe reads unless its lease holds.
+                for id in ids {
+                    let _ = self.leader_read(ReadRequest {
+                        id,
+                        from,
+                        lease: false,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_append_response(
+        &mut self,
+        from: NodeId,
+        reject: bool,
+        index: u64,
+        hint_index: u64,
+        hint_term: u64,
+    ) {
+        if index > self.log.last_index() {
+            return; // cannot acknowledge what we never sent: a corrupt or foreign message
+        }
+        let Some(p) = self.progress.get_mut(&from) else {
+            return;
+        };
+        p.recent_active = true;
+        if reject {
+            let hint = if hint_term > 0 {
+                self.log.find_conflict_by_term(hint_index, hint_term).0
+            } else {
+                hint_index
+            };
+            if p.maybe_decr_to(index, hint) {
+                if p.state == ProgressState::Replicate {
+                    p.become_probe();
+                }
+                self.send_append(from, false);
+            }
+            return;
+        }
+        if !p.maybe_update(index) {
+            return;
+        }
+        match p.state {
+            ProgressState::Probe => p.become_replicate(),
+            ProgressState::Snapshot { pending } if p.match_index >= pending => {
+                p.become_probe();
+                p.become_replicate();
+            }
+            ProgressState::Replicate => p.inflights.free_le(index),
+            ProgressState::Snapshot { .. } => {}
+        }
+        self.maybe_commit();
+        if self.role != Role::Leader {
+            return;
+        }
+        while self.send_append(from, false) {}
+        self.maybe_send_timeout_now();
+        self.check_catchup();
+    }
+
+    fn acked_index(&self, id: NodeId) -> u64 {
+        if id == self.id {
+            self.log.persisted
+        } else {
+            self.progress.get(&id).map_or(0, |p| p.match_index)
+        }
+    }
+
+    fn maybe_commit(&mut self) {
+        let idx = quorum::joint_committed(&self.conf, |id| self.acked_index(id));
+        // Only an entry of our own term commits by counting replicas (Raft §5.4.2).
+        if idx <= self.log.committed || self.log.term(idx) != Some(self.term) {
+            return;
+        }
+        let first_own_commit = self.log.term(self.log.committed) != Some(self.term);
+        self.log.commit_to(idx);
+        self.commit_to_broadcast = true;
+        if first_own_commit {
+            for req in std::mem::take(&mut self.reads.waiting_commit) {
+                let _ = self.leader_read(req);
+            }
+        }
+        if self.conf_index <= self.log.committed {
+            if self.conf.is_joint() {
+                // The joint configuration committed: leave it automatically.
+                let mut next = self.conf.clone();
+                next.voters_outgoing.clear();
+                self.append_entry(EntryKind::Config, next.encode());
+            } else if !self.conf.is_voter(self.id) {
+                // We were removed and the removal committed: hand over by stepping down.
+                self.become_follower(self.term, NONE);
+            }
+        }
+    }
+
+    fn committed_own_term(&self) -> bool {
+        self.log.term(self.log.committed) == Some(self.term)
+    }
+
+    fn append_entry(&mut self, kind: EntryKind, data: Bytes) -> (u64, u64) {
+        let e = Entry {
+            index: self.log.last_index() + 1,
+            term: self.term,
+            kind,
+            data,
+        };
+        let at = (e.index, e.term);
+        self.log.append(std::slice::from_ref(&e));
+        if kind == EntryKind::Config {
+            self.rescan_conf_from(e.index);
+        }
+        // A single-voter group commits once its own write is durable (on_persisted).
+        at
+    }
+
+    /// Sends appends to every follower with something to send (batched per Ready).
+    fn broadcast_append(&mut self) {
+        let ids: Vec<NodeId> = self
+            .progress
+            .keys()
+            .copied()
+            .filter(|&id| id != self.id)
+            .collect();
+        let carry_commit = std::mem::take(&mut self.commit_to_broadcast);
+        for id in ids {
+            let mut sent = false;
+            while self.send_append(id, false) {
+                sent = true;
+            }
+            if !sent && carry_commit {
+                self.send_append(id, true);
+            }
+        }
+    }
+
+    /// Sends one append (or the snapshot) to `to` if its window allows.
+    /// `allow_empty`: send even without entries (to carry the commit index).
+    fn send_append(&mut self, to: NodeId, allow_empty: bool) -> bool {
+        let last = self.log.last_index();
+        let Some(p) = self.progress.get_mut(&to) else {
+            return false;
+        };
+        if p.is_paused() {
+            return false;
+        }
+        let prev_index = p.next_index - 1;
+        let Some(prev_term) = self.log.term(prev_index) else {
+            // The follower needs entries we compacted: send the snapshot instead.
+            let meta = self.snapshot.clone();
+            p.become_snapshot(meta.index);
+            self.send(to, MessageBody::InstallSnapshot { meta }, false);
+            return true;
+        };
+        let entries = if p.next_index <= last {
+            let hi = last.min(p.next_index + self.cfg.append_entries_max as u64 - 1);
+            self.log.slice(p.next_index, hi, self.cfg.append_bytes_max)
+        } else {
+            Vec::new()
+        };
+        if entries.is_empty() && !allow_empty && p.state == ProgressState::Replicate {
+            return false;
+        }
+        if entries.is_empty()
+            && !allow_empty
+            && p.state == ProgressState::Probe
+            && p.match_index + 1 == p.next_index
+            && p.next_index > last
+        {
+            return false; // probe already matched and nothing new
+        }
+        let bytes = entries.iter().map(Entry::size_bytes).sum();
+        let n = entries.len();
+        let last_sent = entries.last().map_or(prev_index, |e| e.index);
+        p.sent_append(n, last_sent, bytes);
+        let more = n > 0 && p.state == ProgressState::Replicate;
+        let commit = self.log.committed;
+        self.send(
+            to,
+            MessageBody::Append {
+                prev_index,
+                prev_term,
+                entries,
+                commit,
+            },
+            false,
+        );
+        more
+    }
+
+    fn broadcast_heartbeat(&mut self) {
+        let round = self.reads.start_round(self.now);
+        let ids: Vec<NodeId> = self
+            .progress
+            .keys()
+            .copied()
+            .filter(|&id| id != self.id)
+            .collect();
+        for id in ids {
+            let p = &self.progress[&id];
+            // Never tell a follower to commit beyond what it is known to hold.
+            let commit = self.log.committed.min(p.match_index);
+            self.send(id, MessageBody::Heartbeat { commit, round }, false);
+        }
+        self.confirm_reads(); // a single-voter group confirms at once
+    }
+
+    fn lease_is_valid(&self) -> bool {
+        // Without check-quorum, voters do not honour a leader's lease.
+        if !self.cfg.check_quorum
+            || self.lease_disabled
+            || self.transfer.is_some()
+            || !self.committed_own_term()
+        {
+            return false;
+        }
+        let me = self.id;
+        let (now, lease) = (self.now, self.cfg.lease_ticks);
+        quorum::is_quorum(&self.conf, |id| {
+            id == me
+                || self
+                    .progress
+                    .get(&id)
+                    .is_some_and(|p| p.acked_round > 0 && p.acked_tick + lease > now)
+        })
+    }
+
+    fn leader_read(&mut self, req: ReadRequest) -> Result<(), RaftError> {
+        if self.reads.len() >= self.cfg.pending_reads_max {
+            return Err(RaftError::Busy);
+        }
+        if !self.committed_own_term() {
+            // The commit index of a new leader may be stale until it commits its no-op.
+            self.reads.waiting_commit.push_back(req);
+            return Ok(());
+        }
+        let index = self.log.committed;
+        if req.lease && self.lease_is_valid() {
+            self.serve_read(req, index);
+            return Ok(());
+        }
+        self.reads.add_pending(req, index);
+        if self.conf.voters == [self.id] && !self.conf.is_joint() {
+            let round = self.reads.start_round(self.now);
+            for (r, i) in self.reads.confirm(round) {
+                self.serve_read(r, i);
+            }
+        }
+        Ok(())
+    }
+
+    fn confirm_reads(&mut self) {
+        let me = self.id;
+        let last_round = self.reads.last_round;
+        let confirmed = quorum::joint_committed(&self.conf, |id| {
+            if id == me {
+                last_round
+            } else {
+                self.progress.get(&id).map_or(0, |p| p.acked_round)
+            }
+        });
+        for (req, index) in self.reads.confirm(confirmed) {
+            self.serve_read(req, index);
+        }
+    }
+
+    fn serve_read(&mut self, req: ReadRequest, index: u64) {
+        if req.from == self.id {
+            self.read_states.push(ReadState { id: req.id, index });
+        } else {
+            self.send(
+                req.from,
+                MessageBody::ReadIndexResponse {
+                    ids: vec![req.id],
+                    index,
+                },
+                false,
+            );
+        }
+    }
+
+    fn maybe_send_timeout_now(&mut self) {
+        let Some(t) = &self.transfer else { return };
+        if t.timeout_now_sent {
+            return;
+        }
+        let target = t.target;
+        if self
+            .progress
+            .get(&target)
+            .is_some_and(|p| p.match_index == self.log.last_index())
+        {
+            // From now on another node may win without waiting out our lease.
+            self.lease_disabled = true;
+            if let Some(t) = &mut self.transfer {
+                t.timeout_now_sent = true;
+            }
+            self.send(target, MessageBody::TimeoutNow, false);
+        } else {
+            self.send_append(target, false);
+        }
+    }
+
+    fn check_catchup(&mut self) {
+        let Some(pc) = &self.pending_change else {
+            return;
+        };
+        let last = self.log.last_index();
+        let margin = self.cfg.catchup_margin_entries;
+        let caught = pc.catching.iter().all(|id| {
+            self.progress
+                .get(id)
+                .is_some_and(|p| p.match_index + margin >= last)
+        });
+        if !caught {
+            return;
+        }
+        let target = pc.target.clone();
+        self.pending_change = None;
+        let changed: usize = target
+            .voters
+            .iter()
+            .filter(|v| !self.conf.voters.contains(v))
+            .count()
+            + self
+                .conf
+                .voters
+                .iter()
+                .filter(|v| !target.voters.contains(v))
+                .count();
+        let entry = if changed > 1 {
+            Configuration {
+                voters: target.voters,
+                voters_outgoing: self.conf.voters.clone(),
+                learners: target.learners,
+            }
+        } else {
+            target
+        };
+        if let Some(t) = &self.transfer
+            && !entry.voters.contains(&t.target)
+        {
+            let target = t.target;
+            self.transfer = None;
+            self.events.push(Event::TransferAborted { target });
+        }
+        self.append_entry(EntryKind::Config, entry.encode());
+    }
+
+    fn abandon_pending_change(&mut self, reason: &'static str) {
+        self.pending_change = None;
+        self.events.push(Event::ConfChangeFailed { reason });
+        if self.role == Role::Leader {
+            self.sync_progress();
+        }
+    }
+
+    // ------------------------------------------------------------ configuration
+
+    /// Recomputes the configuration history from log index `from` on (after an
+    /// append or truncation there).
+    fn rescan_conf_from(&mut self, from: u64) {
+        self.history.entries.retain(|(i, _)| *i < from);
+        let start = from.max(self.log.first_index());
+        let mut bad = Vec::new();
+        for i in start..=self.log.last_index() {
+            let Some(e) = self.log.entry(i) else { break };
+            if e.kind == EntryKind::Config {
+                match Configuration::decode(&e.data) {
+                    Ok(c) => self.history.entries.push((i, c)),
+                    Err(_) => bad.push(i),
+                }
+            }
+        }
+        for index in bad {
+            self.events.push(Event::BadConfigEntry { index });
+        }
+        self.refresh_conf();
+    }
+
+    fn refresh_conf(&mut self) {
+        let (index, c) = self.history.current();
+        let (index, c) = match &self.forced {
+            Some((fc, at)) if index <= *at => (index, fc.clone()),
+            _ => (index, c.clone()),
+        };
+        if self.forced.as_ref().is_some_and(|(_, at)| index > *at) {
+            self.forced = None;
+        }
+        let changed = c != self.conf;
+        self.conf = c;
+        self.conf_index = index;
+        if changed {
+            self.target_priority = self.max_priority();
+            if self.role == Role::Leader {
+                self.sync_progress();
+            }
+        }
+    }
+
+    /// Leader: one progress per member, catching-up peer and ourselves.
+    fn sync_progress(&mut self) {
+        let mut want = self.conf.members();
+        want.push(self.id);
+        if let Some(pc) = &self.pending_change {
+            want.extend(pc.catching.iter().copied());
+        }
+        self.progress.retain(|id, _| want.contains(id));
+        let last = self.log.last_index();
+        for id in want {
+            self.progress.entry(id).or_insert_with(|| {
+                Progress::new(
+                    last + 1,
+                    self.cfg.inflight_msgs_max,
+                    self.cfg.inflight_bytes_max,
+                )
+            });
+        }
+        if let Some(p) = self.progress.get_mut(&self.id) {
+            p.match_index = self.log.persisted;
+            p.next_index = last + 1;
+        }
+    }
+
+    // ------------------------------------------------------------ sending
+
+    fn send(&mut self, to: NodeId, body: MessageBody, after_persist: bool) {
+        self.send_with_term(to, self.term, body, after_persist)
+    }
+
+    fn send_with_term(&mut self, to: NodeId, term: u64, body: MessageBody, after_persist: bool) {
+        let m = Message {
+            from: self.id,
+            to,
+            term,
+            body,
+        };
+        if after_persist {
+            self.msgs_after_persist.push(m)
+        } else {
+            self.msgs.push(m)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            kind: EntryKind::Normal,
+            data: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn restart_rejects_inconsistent_storage() {
+        let snapshot = SnapshotMeta {
+            index: 5,
+            term: 2,
+            config: Configuration::new([1, 2, 3]),
+        };
+        let gap = RestartState {
+            snapshot: snapshot.clone(),
+            entries: vec![entry(7, 2)],
+            ..Default::default()
+        };
+        assert!(matches!(
+            RawNode::restart(Config::new(1, 0), gap),
+            Err(StartError::CorruptState(_))
+        ));
+        let commit_beyond = RestartState {
+            snapshot: snapshot.clone(),
+            entries: vec![entry(6, 2)],
+            hard_state: HardState {
+                term: 2,
+                vote: 1,
+                commit: 9,
+            },
+            applied: 5,
+        };
+        assert!(matches!(
+            RawNode::restart(Config::new(1, 0), commit_beyond),
+            Err(StartError::CorruptState(_))
+        ));
+        let mut bad = Config::new(1, 0);
+        bad.lease_ticks = bad.election_ticks;
+        assert!(matches!(
+            RawNode::new(bad, Configuration::new([1])),
+            Err(StartError::InvalidConfig(_))
+        ));
+    }
+
+    #[test]
+    fn restart_resumes_from_storage_and_replays_committed_entries() {
+        let config = Configuration::new([1, 2, 3]);
+        let st = RestartState {
+            hard_state: HardState {
+                term: 3,
+                vote: 2,
+                commit: 7,
+            },
+            snapshot: SnapshotMeta {
+                index: 5,
+                term: 2,
+                config: config.clone(),
+            },
+            entries: vec![entry(6, 3), entry(7, 3), entry(8, 3)],
+            applied: 5,
+        };
+        let mut n = RawNode::restart(Config::new(1, 0), st).unwrap();
+        assert_eq!(
+            (n.term(), n.committed(), n.last_index(), n.first_index()),
+            (3, 7, 8, 6)
+        );
+        assert_eq!(n.configuration(), &config);
+        let rd = n.ready();
+        assert_eq!(rd.hard_state, None, "nothing new to persist");
+        assert!(rd.entries.is_empty());
+        let applied: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
+        assert_eq!(
+            applied,
+            vec![6, 7],
+            "committed entries after the snapshot are replayed"
+        );
+    }
+
+    #[test]
+    fn messages_that_need_durability_wait_for_it() {
+        let mut n = RawNode::new(Config::new(1, 0), Configuration::new([1, 2, 3])).unwrap();
+        n.campaign_now();
+        let rd = n.ready();
+        assert!(
+            rd.messages
+                .iter()
+                .all(|m| matches!(m.body, MessageBody::PreVote { .. })),
+            "pre-votes change nothing durable"
+        );
+        for to in [2, 3] {
+            n.step(Message {
+                from: to,
+                to: 1,
+                term: 1,
+                body: MessageBody::PreVoteResponse { reject: false },
+            });
+        }
+        let rd = n.ready();
+        assert_eq!(
+            rd.hard_state,
+            Some(HardState {
+                term: 1,
+                vote: 1,
+                commit: 0
+            })
+        );
+        assert!(rd.messages.is_empty());
+        assert_eq!(
+            rd.messages_after_persist.len(),
+            2,
+            "vote requests only after term and vote are durable"
+        );
+        // Grants arriving before our own vote is durable do not make us leader...
+        n.step(Message {
+            from: 2,
+            to: 1,
+            term: 1,
+            body: MessageBody::VoteResponse { reject: false },
+        });
+        assert_eq!(n.role(), Role::Candidate);
+        // ... our durable self-vote completes the quorum.
+        n.on_hard_state_persisted(HardState {
+            term: 1,
+            vote: 1,
+            commit: 0,
+        });
+        assert_eq!(n.role(), Role::Leader);
+        // A follower's grant is likewise held until its vote is durable.
+        let mut f = RawNode::new(Config::new(2, 0), Configuration::new([1, 2, 3])).unwrap();
+        f.step(Message {
+            from: 1,
+            to: 2,
+            term: 1,
+            body: MessageBody::Vote {
+                last_index: 0,
+                last_term: 0,
+                transfer: false,
+            },
+        });
+        let rd = f.ready();
+        assert_eq!(
+            rd.hard_state,
+            Some(HardState {
+                term: 1,
+                vote: 1,
+                commit: 0
+            })
+        );
+        assert!(rd.messages.is_empty());
+        assert_eq!(
+            rd.messages_after_persist[0].body,
+            MessageBody::VoteResponse { reject: false }
+        );
+    }
+}
