@@ -75,7 +75,10 @@ pub enum Event {
 
 /// One batch of work for the runtime. The ordering rules, in one place:
 ///
-/// 1. `snapshot_install`: fetch and load it, then call `on_snapshot_installed`.
+/// 1. `snapshot_install`: finish persisting earlier Readies, fetch and load it
+///    (entries at or below its index may then be dropped from storage), then call
+///    `on_snapshot_installed` (or `on_snapshot_install_failed`). A newer install
+///    supersedes an older one still in progress.
 /// 2. Persist `hard_state` (if any) and `entries` durably. Writing `entries[0]`
 ///    at index i discards every stored entry at index >= i first (a truncated
 ///    conflicting suffix). Readies must be persisted in the order they were produced.

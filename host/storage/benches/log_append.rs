@@ -26,7 +26,10 @@ const TRIAL_MS_DEFAULT: u64 = 1500;
 const SLICE: Duration = Duration::from_millis(50);
 
 fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Trial {
@@ -55,7 +58,11 @@ impl RawSide {
     fn new(dir: &Path, batch: usize) -> RawSide {
         let path = dir.join("raw.log");
         let file = File::create(&path).expect("create raw file");
-        RawSide { file, path, buf: vec![0xABu8; batch * ENTRY_BYTES] }
+        RawSide {
+            file,
+            path,
+            buf: vec![0xABu8; batch * ENTRY_BYTES],
+        }
     }
 
     /// Runs synced appends for `slice`; returns syncs done.
@@ -90,7 +97,13 @@ impl StoreSide {
     fn new(dir: &Path, batch: usize) -> StoreSide {
         let path = dir.join("db");
         let store = RocksLogStore::open(&path).expect("open store");
-        StoreSide { store, path, payload: Bytes::from(vec![0xCDu8; ENTRY_BYTES]), batch: batch as u64, next: 1 }
+        StoreSide {
+            store,
+            path,
+            payload: Bytes::from(vec![0xCDu8; ENTRY_BYTES]),
+            batch: batch as u64,
+            next: 1,
+        }
     }
 
     fn run(&mut self, slice: Duration) -> u64 {
@@ -135,15 +148,25 @@ fn paired_round(dir: &Path, batch: usize, trial: Duration) -> (Trial, Trial) {
     raw.finish();
     store.finish();
     (
-        Trial { entries: raw_syncs * batch as u64, elapsed: raw_time },
-        Trial { entries: store_syncs * batch as u64, elapsed: store_time },
+        Trial {
+            entries: raw_syncs * batch as u64,
+            elapsed: raw_time,
+        },
+        Trial {
+            entries: store_syncs * batch as u64,
+            elapsed: store_time,
+        },
     )
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     let n = xs.len();
-    if n % 2 == 1 { xs[n / 2] } else { (xs[n / 2 - 1] + xs[n / 2]) / 2.0 }
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
 }
 
 fn main() {
@@ -151,18 +174,28 @@ fn main() {
     // useful either way. Both run the full measurement.
     let rounds = env_or("WAFT_BENCH_ROUNDS", ROUNDS_DEFAULT as u64) as usize;
     let trial = Duration::from_millis(env_or("WAFT_BENCH_TRIAL_MS", TRIAL_MS_DEFAULT));
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("log_append-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("log_append-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("bench dir");
-    println!("log_append: {rounds} rounds x {} ms per trial, entries of {ENTRY_BYTES} B, dir {}", trial.as_millis(), dir.display());
+    println!(
+        "log_append: {rounds} rounds x {} ms per trial, entries of {ENTRY_BYTES} B, dir {}",
+        trial.as_millis(),
+        dir.display()
+    );
 
     // Warm the disk and the allocator once, unmeasured.
     paired_round(&dir, 16, Duration::from_millis(200));
 
     // WAFT_BENCH_BATCH=256 measures one batch size only (for profiling).
-    let only = std::env::var("WAFT_BENCH_BATCH").ok().and_then(|v| v.parse::<usize>().ok());
+    let only = std::env::var("WAFT_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok());
     let mut rows = Vec::new();
-    for batch in BATCH_SIZES.into_iter().filter(|b| only.is_none_or(|o| o == *b)) {
+    for batch in BATCH_SIZES
+        .into_iter()
+        .filter(|b| only.is_none_or(|o| o == *b))
+    {
         let (mut raw, mut store) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             let (r, s) = paired_round(&dir, batch, trial);
@@ -180,12 +213,28 @@ fn main() {
         let store_eps = median(store.iter().map(Trial::entries_per_s).collect());
         let raw_mbs = median(raw.iter().map(Trial::mb_per_s).collect());
         let store_mbs = median(store.iter().map(Trial::mb_per_s).collect());
-        let ratios: Vec<f64> = raw.iter().zip(&store).map(|(r, s)| s.mb_per_s() / r.mb_per_s()).collect();
-        rows.push((batch, raw_eps, raw_mbs, store_eps, store_mbs, store_mbs / raw_mbs, median(ratios)));
+        let ratios: Vec<f64> = raw
+            .iter()
+            .zip(&store)
+            .map(|(r, s)| s.mb_per_s() / r.mb_per_s())
+            .collect();
+        rows.push((
+            batch,
+            raw_eps,
+            raw_mbs,
+            store_eps,
+            store_mbs,
+            store_mbs / raw_mbs,
+            median(ratios),
+        ));
     }
     println!();
-    println!("| batch | raw entries/s | raw MB/s | store entries/s | store MB/s | store/raw (of medians) | store/raw (median of rounds) |");
-    println!("|------:|--------------:|---------:|----------------:|-----------:|-----------------------:|-----------------------------:|");
+    println!(
+        "| batch | raw entries/s | raw MB/s | store entries/s | store MB/s | store/raw (of medians) | store/raw (median of rounds) |"
+    );
+    println!(
+        "|------:|--------------:|---------:|----------------:|-----------:|-----------------------:|-----------------------------:|"
+    );
     for (batch, raw_eps, raw_mbs, store_eps, store_mbs, ratio, ratio_med) in rows {
         println!(
             "| {batch:>5} | {raw_eps:>13.0} | {raw_mbs:>8.2} | {store_eps:>15.0} | {store_mbs:>10.2} | {:>21.0}% | {:>27.0}% |",

@@ -86,7 +86,9 @@ fn unseal<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8], String> {
     let stored = u32::from_be_bytes([sum[0], sum[1], sum[2], sum[3]]);
     let actual = crc(key, body);
     if stored != actual {
-        return Err(format!("checksum mismatch (stored {stored:08x}, computed {actual:08x})"));
+        return Err(format!(
+            "checksum mismatch (stored {stored:08x}, computed {actual:08x})"
+        ));
     }
     if body[0] != VERSION {
         return Err(format!("unknown record version {}", body[0]));
@@ -100,16 +102,27 @@ fn be_u64(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(buf)
 }
 
+#[cfg(test)]
 pub(crate) fn encode_entry(key: &[u8], entry: &LogEntry) -> Vec<u8> {
-    let mut body = Vec::with_capacity(ENTRY_HEADER_LEN + entry.data.len() + CRC_LEN);
-    body.push(VERSION);
-    body.push(match entry.kind {
+    let mut out = Vec::new();
+    encode_entry_into(&mut out, key, entry);
+    out
+}
+
+/// Encodes into `out` (cleared first), so the write path reuses one buffer for
+/// a whole batch instead of allocating per entry.
+pub(crate) fn encode_entry_into(out: &mut Vec<u8>, key: &[u8], entry: &LogEntry) {
+    out.clear();
+    out.reserve(ENTRY_HEADER_LEN + entry.data.len() + CRC_LEN);
+    out.push(VERSION);
+    out.push(match entry.kind {
         EntryKind::Normal => 0,
         EntryKind::Config => 1,
     });
-    body.extend_from_slice(&entry.term.to_be_bytes());
-    body.extend_from_slice(&entry.data);
-    seal(key, body)
+    out.extend_from_slice(&entry.term.to_be_bytes());
+    out.extend_from_slice(&entry.data);
+    let sum = crc(key, out);
+    out.extend_from_slice(&sum.to_be_bytes());
 }
 
 pub(crate) fn decode_entry(key: &[u8], index: u64, value: &[u8]) -> Result<LogEntry, String> {
@@ -124,7 +137,12 @@ pub(crate) fn decode_entry(key: &[u8], index: u64, value: &[u8]) -> Result<LogEn
     };
     let term = be_u64(&body[2..10]);
     let data = Bytes::copy_from_slice(&body[ENTRY_HEADER_LEN..]);
-    Ok(LogEntry { index, term, kind, data })
+    Ok(LogEntry {
+        index,
+        term,
+        kind,
+        data,
+    })
 }
 
 pub(crate) fn encode_hard_state(key: &[u8], hs: &HardState) -> Vec<u8> {
@@ -140,7 +158,10 @@ pub(crate) fn encode_hard_state(key: &[u8], hs: &HardState) -> Vec<u8> {
 pub(crate) fn decode_hard_state(key: &[u8], value: &[u8]) -> Result<HardState, String> {
     let body = unseal(key, value)?;
     if body.len() != HARD_STATE_LEN {
-        return Err(format!("hard state body has {} bytes, expected {HARD_STATE_LEN}", body.len()));
+        return Err(format!(
+            "hard state body has {} bytes, expected {HARD_STATE_LEN}",
+            body.len()
+        ));
     }
     let term = be_u64(&body[1..9]);
     let vote = match body[9] {
@@ -164,7 +185,10 @@ pub(crate) fn encode_group_meta(key: &[u8], purged_index: u64, purged_term: u64)
 pub(crate) fn decode_group_meta(key: &[u8], value: &[u8]) -> Result<(u64, u64), String> {
     let body = unseal(key, value)?;
     if body.len() != GROUP_META_LEN {
-        return Err(format!("group record has {} bytes, expected {GROUP_META_LEN}", body.len()));
+        return Err(format!(
+            "group record has {} bytes, expected {GROUP_META_LEN}",
+            body.len()
+        ));
     }
     Ok((be_u64(&body[1..9]), be_u64(&body[9..17])))
 }
@@ -181,7 +205,10 @@ mod tests {
         assert!(a < b && b < c);
         assert!(c.as_slice() < group_end(TAG_ENTRY, 2).as_slice());
         assert!(group_end(TAG_ENTRY, 2).as_slice() < index_key(TAG_ENTRY, 3, 0).as_slice());
-        assert!(index_key(TAG_ENTRY, u64::MAX, u64::MAX).as_slice() < group_end(TAG_ENTRY, u64::MAX).as_slice());
+        assert!(
+            index_key(TAG_ENTRY, u64::MAX, u64::MAX).as_slice()
+                < group_end(TAG_ENTRY, u64::MAX).as_slice()
+        );
     }
 
     #[test]
@@ -193,10 +220,16 @@ mod tests {
         for i in 0..value.len() {
             let mut bad = value.clone();
             bad[i] ^= 0x40;
-            assert!(decode_entry(&key, 9, &bad).is_err(), "flip at byte {i} undetected");
+            assert!(
+                decode_entry(&key, 9, &bad).is_err(),
+                "flip at byte {i} undetected"
+            );
         }
         for len in 0..value.len() {
-            assert!(decode_entry(&key, 9, &value[..len]).is_err(), "torn at {len} undetected");
+            assert!(
+                decode_entry(&key, 9, &value[..len]).is_err(),
+                "torn at {len} undetected"
+            );
         }
         // The same value under another key is damage too.
         assert!(decode_entry(&index_key(TAG_ENTRY, 3, 10), 10, &value).is_err());
@@ -205,10 +238,23 @@ mod tests {
     #[test]
     fn hard_state_round_trip() {
         let key = group_key(TAG_HARD_STATE, 1);
-        for hs in [HardState::default(), HardState { term: 5, vote: Some(0), commit: 3 }] {
-            assert_eq!(decode_hard_state(&key, &encode_hard_state(&key, &hs)), Ok(hs));
+        for hs in [
+            HardState::default(),
+            HardState {
+                term: 5,
+                vote: Some(0),
+                commit: 3,
+            },
+        ] {
+            assert_eq!(
+                decode_hard_state(&key, &encode_hard_state(&key, &hs)),
+                Ok(hs)
+            );
         }
         let key = group_key(TAG_GROUP, 1);
-        assert_eq!(decode_group_meta(&key, &encode_group_meta(&key, 7, 2)), Ok((7, 2)));
+        assert_eq!(
+            decode_group_meta(&key, &encode_group_meta(&key, 7, 2)),
+            Ok((7, 2))
+        );
     }
 }

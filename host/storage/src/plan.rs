@@ -22,10 +22,18 @@ pub(crate) enum Effect {
     /// Entries were appended (the op carries them).
     Appended,
     /// Entries `from..=old_last` go.
-    Truncated { from: u64, old_last: u64 },
+    Truncated {
+        from: u64,
+        old_last: u64,
+    },
     /// Entries `old_first..=remove_last` go (none when `remove_last < old_first`)
     /// and the purge point moves to `upto`.
-    Purged { old_first: u64, remove_last: u64, upto: u64, term: u64 },
+    Purged {
+        old_first: u64,
+        remove_last: u64,
+        upto: u64,
+        term: u64,
+    },
     HardState(HardState),
     Dropped,
 }
@@ -69,7 +77,10 @@ fn step(group: u64, mut meta: GroupMeta, op: &Op) -> Result<(GroupMeta, Effect)>
                 if pair[1].index != pair[0].index + 1 {
                     return Err(refuse(
                         group,
-                        format!("appended entries jump from index {} to {}", pair[0].index, pair[1].index),
+                        format!(
+                            "appended entries jump from index {} to {}",
+                            pair[0].index, pair[1].index
+                        ),
                     ));
                 }
             }
@@ -85,14 +96,20 @@ fn step(group: u64, mut meta: GroupMeta, op: &Op) -> Result<(GroupMeta, Effect)>
             if from <= log.purged_index {
                 return Err(refuse(
                     group,
-                    format!("truncate from {from} reaches into the purged prefix (first index {})", log.first_index()),
+                    format!(
+                        "truncate from {from} reaches into the purged prefix (first index {})",
+                        log.first_index()
+                    ),
                 ));
             }
             if from > log.last_index {
                 Effect::Nothing
             } else {
                 meta.log.last_index = from - 1;
-                Effect::Truncated { from, old_last: log.last_index }
+                Effect::Truncated {
+                    from,
+                    old_last: log.last_index,
+                }
             }
         }
         Op::Purge { upto, term } => {
@@ -127,15 +144,30 @@ fn step(group: u64, mut meta: GroupMeta, op: &Op) -> Result<(GroupMeta, Effect)>
 
 fn check_hard_state(group: u64, old: &HardState, new: &HardState) -> Result<()> {
     if new.term < old.term {
-        return Err(refuse(group, format!("hard state term goes back from {} to {}", old.term, new.term)));
+        return Err(refuse(
+            group,
+            format!(
+                "hard state term goes back from {} to {}",
+                old.term, new.term
+            ),
+        ));
     }
     if new.commit < old.commit {
-        return Err(refuse(group, format!("commit index goes back from {} to {}", old.commit, new.commit)));
+        return Err(refuse(
+            group,
+            format!(
+                "commit index goes back from {} to {}",
+                old.commit, new.commit
+            ),
+        ));
     }
     if new.term == old.term && old.vote.is_some() && new.vote != old.vote {
         return Err(refuse(
             group,
-            format!("vote in term {} changes from {:?} to {:?}", new.term, old.vote, new.vote),
+            format!(
+                "vote in term {} changes from {:?} to {:?}",
+                new.term, old.vote, new.vote
+            ),
         ));
     }
     Ok(())

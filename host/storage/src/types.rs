@@ -28,7 +28,12 @@ pub struct LogEntry {
 
 impl LogEntry {
     pub fn new(index: u64, term: u64, kind: EntryKind, data: impl Into<Bytes>) -> LogEntry {
-        LogEntry { index, term, kind, data: data.into() }
+        LogEntry {
+            index,
+            term,
+            kind,
+            data: data.into(),
+        }
     }
 }
 
@@ -80,13 +85,18 @@ pub enum Op {
     Append(Vec<LogEntry>),
     /// Remove entries `from..`. `from` must be above the purged prefix; `from`
     /// beyond the last index is a no-op.
-    Truncate { from: u64 },
+    Truncate {
+        from: u64,
+    },
     /// Remove entries `..=upto` because a snapshot covers them; `term` is the
     /// term of entry `upto`. Purging past the last index empties the log and moves
     /// its start (snapshot install). Purging at or below the current purge point
     /// is a no-op. Config index entries `..=upto` go too: the snapshot's meta
     /// carries the configuration as of `upto`.
-    Purge { upto: u64, term: u64 },
+    Purge {
+        upto: u64,
+        term: u64,
+    },
     SetHardState(HardState),
     /// Forget the group entirely (log, config index, hard state).
     DropGroup,

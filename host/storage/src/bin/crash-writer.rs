@@ -34,7 +34,10 @@ fn run() -> Result<(), String> {
     let mut rng = Rng::new(seed);
     let mut out = std::io::stdout().lock();
     let mut say = |line: &str| -> Result<(), String> {
-        out.write_all(line.as_bytes()).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()).map_err(|e| e.to_string())
+        out.write_all(line.as_bytes())
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush())
+            .map_err(|e| e.to_string())
     };
     say("R")?;
     loop {
