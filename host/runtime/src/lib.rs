@@ -28,4 +28,4 @@ mod wasi;
 
 pub use engine::{Engine, EngineError, Limits};
 pub use machine::{ApplyError, ApplyResult, Entry, FaultKind, GuestFault, RuntimeError, StateMachine};
-pub use module::{LoadError, Module, WIT_PACKAGE, WIT_VERSION};
+pub use module::{LoadError, Module, REQUIRED_EXPORTS, WIT_PACKAGE, WIT_VERSION};

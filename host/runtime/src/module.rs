@@ -23,7 +23,7 @@ pub(crate) const TYPES_INTERFACE: &str = "waft:fsm/types@0.1.0";
 pub(crate) const MACHINE_INTERFACE: &str = "waft:fsm/machine@0.1.0";
 
 /// The functions `waft:fsm/machine` must export.
-pub(crate) const REQUIRED_EXPORTS: [&str; 7] = [
+pub const REQUIRED_EXPORTS: [&str; 7] = [
     "on-apply",
     "query",
     "on-snapshot-save",

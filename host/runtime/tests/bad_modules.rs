@@ -26,15 +26,7 @@ fn component_exporting(name: &str, funcs: &[&str]) -> Vec<u8> {
     ))
 }
 
-const ALL: [&str; 7] = [
-    "on-apply",
-    "query",
-    "on-snapshot-save",
-    "on-snapshot-load",
-    "on-leader-start",
-    "on-leader-stop",
-    "on-configuration-committed",
-];
+const ALL: [&str; 7] = waft_runtime::REQUIRED_EXPORTS;
 
 #[test]
 fn bytes_that_are_not_wasm() {
