@@ -160,8 +160,13 @@ fn guests() -> Result<()> {
 }
 
 fn demo(extra: &[String]) -> Result<()> {
-    let mut cmd = cargo();
-    cmd.args(["run", "--release", "-p", "waft", "--", "demo", "--modules"]).arg(guest_dir()).args(extra);
+    // Built exactly as `test` builds it (same packages, same features), so
+    // switching between the two never recompiles wasmtime or rocksdb.
+    let mut build = cargo();
+    build.args(["test", "--release", "--no-run"]);
+    run(build, "building waft")?;
+    let mut cmd = Command::new(target_dir().join("release").join("waft"));
+    cmd.current_dir(root()).arg("demo").arg("--modules").arg(guest_dir()).args(extra);
     run(cmd, "running the demo")
 }
 
