@@ -32,7 +32,9 @@
 //! The checkpoint moves forward (one `on-snapshot-save` into memory) once the
 //! log since it passes [`Limits::replay_entries_max`] entries or
 //! [`Limits::replay_bytes_max`] bytes, which bounds both the replay work
-//! after a fault and the memory the log holds. If a restore itself fails (a
+//! after a fault and the memory the log holds. The price is one in-memory
+//! save per that many entries, and a copy of the state in memory: cheap for
+//! small states, worth raising the bounds for large ones. If a restore itself fails (a
 //! replayed entry that succeeded before now faults, which only a guest whose
 //! behaviour depends on its heap layout can cause), the state machine is
 //! poisoned: every later call returns [`RuntimeError::Poisoned`] and the
@@ -419,7 +421,6 @@ impl StateMachine {
                     tracing::warn!(sm = &*self.label, index = entry.index, %fault, "entry rejected");
                     out.push(Err(ApplyError::Fault(fault)));
                 } else {
-                    self.batch_entries = 1.max(self.batch_entries / 2);
                     for entry in batch {
                         self.apply_batch(std::slice::from_ref(entry), out)?;
                     }
