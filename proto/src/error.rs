@@ -1,0 +1,103 @@
+//! The client service's structured [`Error`]: constructors for each code, a
+//! readable `Display`, and the mapping from the core's `RaftError`.
+//!
+//! Owns what a client is told when its request fails. Must never put a code
+//! and its details out of step (a NOT_LEADER without the leader's id when it is
+//! known, a BUSY without a retry hint).
+
+use std::fmt;
+
+use waft_raft as raft;
+
+use crate::client::{Error, ErrorCode};
+
+/// The retry hint a BUSY error carries when the caller has no better estimate.
+pub const RETRY_AFTER_MS_DEFAULT: u64 = 100;
+
+impl Error {
+    fn with(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error { code: code as i32, message: message.into(), ..Default::default() }
+    }
+
+    /// This node does not lead the group. `leader_id` 0 and an empty address
+    /// mean no leader is known (an election is running): retry after a pause.
+    pub fn not_leader(leader_id: u64, leader_address: impl Into<String>) -> Self {
+        let leader_address = leader_address.into();
+        let message = if leader_id == raft::NONE {
+            "this node is not the leader and knows of none; retry shortly".to_owned()
+        } else if leader_address.is_empty() {
+            format!("this node is not the leader; node {leader_id} is, address unknown")
+        } else {
+            format!("this node is not the leader; retry at node {leader_id} ({leader_address})")
+        };
+        Error { leader_id, leader_address, ..Error::with(ErrorCode::NotLeader, message) }
+    }
+
+    pub fn unknown_group(group: u64) -> Self {
+        Error::with(
+            ErrorCode::UnknownGroup,
+            format!("this node serves no group {group}; check the group id or ask another node"),
+        )
+    }
+
+    pub fn busy(retry_after_ms: u64, why: impl fmt::Display) -> Self {
+        Error { retry_after_ms, ..Error::with(ErrorCode::Busy, format!("{why}; retry after {retry_after_ms} ms")) }
+    }
+
+    pub fn too_large(size_bytes: u64, max_bytes: u64) -> Self {
+        Error {
+            size_bytes,
+            max_bytes,
+            ..Error::with(
+                ErrorCode::TooLarge,
+                format!("{size_bytes} bytes exceed the {max_bytes}-byte limit; send less per request"),
+            )
+        }
+    }
+
+    /// The state machine returned an error for this command.
+    pub fn rejected(why: impl Into<String>) -> Self {
+        Error::with(ErrorCode::Rejected, why)
+    }
+
+    /// The state machine trapped or hit a limit; the group keeps serving.
+    pub fn guest_fault(why: impl Into<String>) -> Self {
+        Error::with(ErrorCode::GuestFault, why)
+    }
+
+    pub fn timeout(waited_ms: u64) -> Self {
+        Error::with(
+            ErrorCode::Timeout,
+            format!("no answer after {waited_ms} ms; the command may still apply, so retry only if it is idempotent"),
+        )
+    }
+
+    pub fn internal(why: impl Into<String>) -> Self {
+        Error::with(ErrorCode::Internal, why)
+    }
+
+    pub fn invalid_request(why: impl Into<String>) -> Self {
+        Error::with(ErrorCode::InvalidRequest, why)
+    }
+
+    /// Maps a refusal from the core. Only NOT_LEADER and BUSY arise from a
+    /// proposal or a read; the leader's address is the daemon's to add.
+    pub fn from_raft(err: &raft::RaftError, leader_address: &str, retry_after_ms: u64) -> Self {
+        use raft::RaftError as R;
+        match err {
+            R::NotLeader { leader_hint } => Error::not_leader(leader_hint.unwrap_or(raft::NONE), leader_address),
+            R::ProposalTooLarge { bytes, max } => Error::too_large(*bytes, *max),
+            R::InvalidConfChange(_) => Error::invalid_request(err.to_string()),
+            R::TransferInProgress | R::ConfChangeInProgress | R::Busy | R::NotReady => Error::busy(retry_after_ms, err),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    /// `code()` is prost's getter: an unknown code reads as `Unspecified`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code().as_str_name(), self.message)
+    }
+}
+
+impl std::error::Error for Error {}
