@@ -101,3 +101,38 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_refusals_map_to_codes_with_their_details() {
+        let e = Error::from_raft(&raft::RaftError::NotLeader { leader_hint: Some(3) }, "10.0.0.3:7000", 50);
+        assert_eq!((e.code(), e.leader_id, e.leader_address.as_str()), (ErrorCode::NotLeader, 3, "10.0.0.3:7000"));
+        assert!(e.to_string().contains("10.0.0.3:7000"), "{e}");
+
+        let e = Error::from_raft(&raft::RaftError::NotLeader { leader_hint: None }, "", 50);
+        assert_eq!((e.code(), e.leader_id), (ErrorCode::NotLeader, raft::NONE));
+
+        for busy in [
+            raft::RaftError::Busy,
+            raft::RaftError::NotReady,
+            raft::RaftError::TransferInProgress,
+            raft::RaftError::ConfChangeInProgress,
+        ] {
+            let e = Error::from_raft(&busy, "", 250);
+            assert_eq!((e.code(), e.retry_after_ms), (ErrorCode::Busy, 250), "{busy:?}");
+        }
+
+        let e = Error::from_raft(&raft::RaftError::ProposalTooLarge { bytes: 9, max: 4 }, "", 0);
+        assert_eq!((e.code(), e.size_bytes, e.max_bytes), (ErrorCode::TooLarge, 9, 4));
+    }
+
+    #[test]
+    fn unknown_codes_read_as_unspecified() {
+        let e = Error { code: 999, message: "from a newer server".into(), ..Default::default() };
+        assert_eq!(e.code(), ErrorCode::Unspecified);
+        assert_eq!(e.to_string(), "ERROR_CODE_UNSPECIFIED: from a newer server");
+    }
+}
