@@ -249,7 +249,9 @@ impl Live {
         self.store.get_fuel().unwrap_or(0)
     }
 
-    fn call_apply(&mut self, entries: &[Entry]) -> Result<Vec<ApplyResult>, CallFault> {
+    /// The guest's own results, one per entry; mapped by the caller straight
+    /// into its output, so no intermediate vector is built.
+    fn call_apply(&mut self, entries: &[Entry]) -> Result<Vec<Result<Vec<u8>, String>>, CallFault> {
         let args: Vec<EntryArg<'_>> =
             entries.iter().map(|e| EntryArg { index: e.index, term: e.term, command: &e.command }).collect();
         self.begin_call(self.limits.fuel_per_entry)?;
@@ -264,7 +266,7 @@ impl Live {
                 },
             });
         }
-        Ok(results.into_iter().map(|r| r.map(Bytes::from).map_err(ApplyError::Rejected)).collect())
+        Ok(results)
     }
 
     fn call_query(&mut self, request: &[u8]) -> Result<Result<Vec<u8>, String>, CallFault> {
@@ -341,7 +343,8 @@ fn truncate(s: &mut String, max: usize) {
 /// growing buffer rather than an allocation.
 enum Replay {
     Entry { index: u64, term: u64, start: usize, end: usize },
-    Configuration { voters: Vec<u64>, learners: Vec<u64> },
+    // Boxed: rare, and it keeps the common variant's slot small.
+    Configuration(Box<(Vec<u64>, Vec<u64>)>),
 }
 
 /// A known-good state to rebuild from: the guest's snapshot bytes (or the
@@ -413,7 +416,7 @@ impl StateMachine {
                 for entry in batch {
                     self.record_entry(entry);
                 }
-                out.extend(results);
+                out.extend(results.into_iter().map(|r| r.map(Bytes::from).map_err(ApplyError::Rejected)));
             }
             Err(CallFault { fault }) => {
                 self.restore()?;
@@ -493,7 +496,8 @@ impl StateMachine {
                     let entry = Entry::new(*index, *term, arena.slice(*start..*end));
                     live.call_apply(std::slice::from_ref(&entry)).map_err(|f| failed("replay faulted", f.fault))?;
                 }
-                Replay::Configuration { voters, learners } => {
+                Replay::Configuration(members) => {
+                    let (voters, learners) = &**members;
                     live.call_config(voters, learners).map_err(|f| failed("replay faulted", f.fault))?;
                 }
             }
@@ -566,7 +570,7 @@ impl StateMachine {
     /// an entry.
     pub fn on_configuration_committed(&mut self, voters: &[u64], learners: &[u64]) -> Result<(), RuntimeError> {
         self.guarded(|live| live.call_config(voters, learners))?;
-        self.checkpoint.since.push(Replay::Configuration { voters: voters.to_vec(), learners: learners.to_vec() });
+        self.checkpoint.since.push(Replay::Configuration(Box::new((voters.to_vec(), learners.to_vec()))));
         Ok(())
     }
 }
