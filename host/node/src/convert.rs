@@ -22,48 +22,24 @@ pub fn kind_from_storage(kind: storage::EntryKind) -> raft::EntryKind {
 }
 
 pub fn entry_to_storage(e: &raft::Entry) -> storage::LogEntry {
-    storage::LogEntry {
-        index: e.index,
-        term: e.term,
-        kind: kind_to_storage(e.kind),
-        data: e.data.clone(),
-    }
+    storage::LogEntry { index: e.index, term: e.term, kind: kind_to_storage(e.kind), data: e.data.clone() }
 }
 
 pub fn entry_from_storage(e: storage::LogEntry) -> raft::Entry {
-    raft::Entry {
-        index: e.index,
-        term: e.term,
-        kind: kind_from_storage(e.kind),
-        data: e.data,
-    }
+    raft::Entry { index: e.index, term: e.term, kind: kind_from_storage(e.kind), data: e.data }
 }
 
 /// The core writes "no vote" as `NONE` (0); storage as `None`.
 pub fn hard_state_to_storage(hs: raft::HardState) -> storage::HardState {
-    storage::HardState {
-        term: hs.term,
-        vote: (hs.vote != raft::NONE).then_some(hs.vote),
-        commit: hs.commit,
-    }
+    storage::HardState { term: hs.term, vote: (hs.vote != raft::NONE).then_some(hs.vote), commit: hs.commit }
 }
 
 pub fn hard_state_from_storage(hs: storage::HardState) -> raft::HardState {
-    raft::HardState {
-        term: hs.term,
-        vote: hs.vote.unwrap_or(raft::NONE),
-        commit: hs.commit,
-    }
+    raft::HardState { term: hs.term, vote: hs.vote.unwrap_or(raft::NONE), commit: hs.commit }
 }
 
 /// The core's view of a stored snapshot. The configuration bytes came from
 /// disk or from a leader, so decoding may fail.
-pub fn snapshot_meta_from_storage(
-    meta: &storage::SnapshotMeta,
-) -> Result<raft::SnapshotMeta, raft::DecodeError> {
-    Ok(raft::SnapshotMeta {
-        index: meta.index,
-        term: meta.term,
-        config: raft::Configuration::decode(&meta.config)?,
-    })
+pub fn snapshot_meta_from_storage(meta: &storage::SnapshotMeta) -> Result<raft::SnapshotMeta, raft::DecodeError> {
+    Ok(raft::SnapshotMeta { index: meta.index, term: meta.term, config: raft::Configuration::decode(&meta.config)? })
 }

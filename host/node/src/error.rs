@@ -47,12 +47,7 @@ pub enum Error {
         "group {group}: snapshot {index} was made by module {snapshot_module}, \
          but this replica runs {running_module}; deploy the matching module"
     )]
-    ModuleMismatch {
-        group: u64,
-        index: u64,
-        snapshot_module: String,
-        running_module: String,
-    },
+    ModuleMismatch { group: u64, index: u64, snapshot_module: String, running_module: String },
 
     /// A snapshot install that does not match what the core asked for.
     #[error("group {group}: snapshot install refused: {reason}")]
@@ -72,8 +67,5 @@ impl Error {
 
 /// Whether a runtime error leaves the state machine unusable.
 pub(crate) fn runtime_is_fatal(e: &RuntimeError) -> bool {
-    matches!(
-        e,
-        RuntimeError::Poisoned | RuntimeError::Recovery(_) | RuntimeError::Instantiate(_)
-    )
+    matches!(e, RuntimeError::Poisoned | RuntimeError::Recovery(_) | RuntimeError::Instantiate(_))
 }

@@ -13,13 +13,13 @@ use std::io::Write;
 
 use bytes::Bytes;
 use waft_raft::{
-    Configuration, EntryKind, Event, Message, NodeId, RawNode, ReadMode, ReadState, Ready,
-    RestartState, SnapshotInstall, SoftState,
+    Configuration, EntryKind, Event, Message, NodeId, RawNode, ReadMode, ReadState, Ready, RestartState,
+    SnapshotInstall, SoftState,
 };
 use waft_runtime::{ApplyResult, Limits, Module, RuntimeError, StateMachine};
 use waft_storage::{
-    LogStore, ModuleHash, SNAPSHOT_CHUNK_BYTES_MAX, SnapshotFile, SnapshotId, SnapshotReader,
-    SnapshotStore, SnapshotWriter, WriteSet,
+    LogStore, ModuleHash, SNAPSHOT_CHUNK_BYTES_MAX, SnapshotFile, SnapshotId, SnapshotReader, SnapshotStore,
+    SnapshotWriter, WriteSet,
 };
 
 use crate::convert;
@@ -50,11 +50,7 @@ pub struct ReplicaConfig {
 
 impl ReplicaConfig {
     pub fn new(raft: waft_raft::Config) -> ReplicaConfig {
-        ReplicaConfig {
-            raft,
-            limits: Limits::default(),
-            apply_batch_entries_max: APPLY_BATCH_ENTRIES_MAX,
-        }
+        ReplicaConfig { raft, limits: Limits::default(), apply_batch_entries_max: APPLY_BATCH_ENTRIES_MAX }
     }
 }
 
@@ -83,6 +79,10 @@ pub struct Output {
     pub snapshot_install: Option<SnapshotInstall>,
     /// A local snapshot was saved and the log compacted up to its index.
     pub snapshot_saved: Option<waft_raft::SnapshotMeta>,
+    /// A requested snapshot could not be saved (guest refused, disk full); the
+    /// replica goes on and the core asks again later. Not an `Err` of
+    /// `process`, so the batch's applied results still reach their clients.
+    pub snapshot_failed: Option<Error>,
     pub events: Vec<Event>,
 }
 
@@ -112,10 +112,7 @@ impl Install {
 
     /// Whether every file has all its bytes.
     pub fn is_complete(&self) -> bool {
-        self.stored
-            .files
-            .iter()
-            .all(|f| self.writer.next_offset(&f.name) == f.size)
+        self.stored.files.iter().all(|f| self.writer.next_offset(&f.name) == f.size)
     }
 
     pub fn write_chunk(&mut self, name: &str, offset: u64, data: &[u8]) -> waft_storage::Result<()> {
@@ -172,26 +169,16 @@ impl Replica {
         let restart = if is_new {
             // Snapshot 0 records the founding configuration durably, so a
             // restart never depends on the caller passing the same peers again.
-            let base = waft_raft::SnapshotMeta {
-                index: 0,
-                term: 0,
-                config: bootstrap.clone(),
-            };
+            let base = waft_raft::SnapshotMeta { index: 0, term: 0, config: bootstrap.clone() };
             replica.save_local_snapshot(snapshots, &base)?;
             tracing::info!(group, node = id, voters = ?bootstrap.voters, "new group");
-            RestartState {
-                snapshot: base,
-                ..Default::default()
-            }
+            RestartState { snapshot: base, ..Default::default() }
         } else {
             replica.restart_state(store, snapshots, bootstrap)?
         };
-        replica.node = if is_new {
-            RawNode::new(cfg.raft, restart.snapshot.config)
-        } else {
-            RawNode::restart(cfg.raft, restart)
-        }
-        .map_err(|source| Error::Start { group, source })?;
+        replica.node =
+            if is_new { RawNode::new(cfg.raft, restart.snapshot.config) } else { RawNode::restart(cfg.raft, restart) }
+                .map_err(|source| Error::Start { group, source })?;
         Ok(replica)
     }
 
@@ -212,11 +199,7 @@ impl Replica {
                 self.align_log(store, &meta)?;
                 meta
             }
-            None => waft_raft::SnapshotMeta {
-                index: 0,
-                term: 0,
-                config: bootstrap,
-            },
+            None => waft_raft::SnapshotMeta { index: 0, term: 0, config: bootstrap },
         };
         let log = store.log_state(group);
         let entries = if log.last_index > snapshot.index {
@@ -240,12 +223,7 @@ impl Replica {
             term = hard_state.term,
             "restart from storage"
         );
-        Ok(RestartState {
-            hard_state,
-            applied: snapshot.index,
-            snapshot,
-            entries,
-        })
+        Ok(RestartState { hard_state, applied: snapshot.index, snapshot, entries })
     }
 
     // ------------------------------------------------------------ accessors
@@ -343,15 +321,11 @@ impl Replica {
     }
 
     pub fn change_peers(&mut self, voters: Vec<NodeId>, learners: Vec<NodeId>) -> Result<()> {
-        self.node
-            .change_peers(voters, learners)
-            .map_err(|e| self.raft_err(e))
+        self.node.change_peers(voters, learners).map_err(|e| self.raft_err(e))
     }
 
     pub fn transfer_leader(&mut self, target: Option<NodeId>) -> Result<()> {
-        self.node
-            .transfer_leader(target)
-            .map_err(|e| self.raft_err(e))
+        self.node.transfer_leader(target).map_err(|e| self.raft_err(e))
     }
 
     // ------------------------------------------------------------ ready
@@ -411,6 +385,7 @@ impl Replica {
         out.events.extend(rd.events);
         // Rule 6: the state machine is now exactly at the requested index.
         if let Some(meta) = rd.snapshot_request {
+            debug_assert_eq!(self.node.applied(), meta.index, "snapshot requested off the applied index");
             self.snapshot_and_compact(store, snapshots, meta, out)?;
         }
         Ok(())
@@ -464,8 +439,7 @@ impl Replica {
                         voters.extend(&conf.voters_outgoing);
                         voters.sort_unstable();
                         voters.dedup();
-                        if let Err(err) = self.sm.on_configuration_committed(&voters, &conf.learners)
-                        {
+                        if let Err(err) = self.sm.on_configuration_committed(&voters, &conf.learners) {
                             if runtime_is_fatal(&err) {
                                 return Err(self.stop(err));
                             }
@@ -481,11 +455,7 @@ impl Replica {
         self.apply_batch(&mut batch, out)
     }
 
-    fn apply_batch(
-        &mut self,
-        batch: &mut Vec<waft_runtime::Entry>,
-        out: &mut Output,
-    ) -> Result<()> {
+    fn apply_batch(&mut self, batch: &mut Vec<waft_runtime::Entry>, out: &mut Output) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -502,12 +472,11 @@ impl Replica {
                 batch.len()
             )));
         }
-        out.applied
-            .extend(batch.drain(..).zip(results).map(|(e, result)| Applied {
-                index: e.index,
-                term: e.term,
-                result,
-            }));
+        out.applied.extend(batch.drain(..).zip(results).map(|(e, result)| Applied {
+            index: e.index,
+            term: e.term,
+            result,
+        }));
         Ok(())
     }
 
@@ -521,8 +490,13 @@ impl Replica {
         out: &mut Output,
     ) -> Result<()> {
         if let Err(e) = self.save_local_snapshot(snapshots, &meta) {
+            if e.is_fatal() {
+                return Err(e);
+            }
+            tracing::warn!(group = self.group, index = meta.index, error = %e, "snapshot not saved");
             self.node.on_snapshot_save_failed();
-            return Err(e);
+            out.snapshot_failed = Some(e);
+            return Ok(());
         }
         let mut set = WriteSet::new();
         set.purge(self.group, meta.index, meta.term);
@@ -534,11 +508,7 @@ impl Replica {
     }
 
     /// Streams the guest's state into a new snapshot at `meta`.
-    fn save_local_snapshot(
-        &mut self,
-        snapshots: &SnapshotStore,
-        meta: &waft_raft::SnapshotMeta,
-    ) -> Result<()> {
+    fn save_local_snapshot(&mut self, snapshots: &SnapshotStore, meta: &waft_raft::SnapshotMeta) -> Result<()> {
         let group = self.group;
         let storage_err = |source| Error::Storage { group, source };
         let mut writer = snapshots
@@ -567,20 +537,12 @@ impl Replica {
                 running_module: self.module_hash.to_hex(),
             });
         }
-        let meta = convert::snapshot_meta_from_storage(stored).map_err(|e| Error::Install {
-            group,
-            reason: format!("snapshot {}/{}: {e}", stored.index, stored.term),
-        })?;
-        let path = reader
-            .file_path(STATE_FILE)
-            .map_err(|source| Error::Storage { group, source })?;
-        let file = std::fs::File::open(&path).map_err(|e| Error::Install {
-            group,
-            reason: format!("cannot open {}: {e}", path.display()),
-        })?;
-        self.sm
-            .load_snapshot(std::io::BufReader::new(file))
-            .map_err(|e| self.runtime_err(e))?;
+        let meta = convert::snapshot_meta_from_storage(stored)
+            .map_err(|e| Error::Install { group, reason: format!("snapshot {}/{}: {e}", stored.index, stored.term) })?;
+        let path = reader.file_path(STATE_FILE).map_err(|source| Error::Storage { group, source })?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| Error::Install { group, reason: format!("cannot open {}: {e}", path.display()) })?;
+        self.sm.load_snapshot(std::io::BufReader::new(file)).map_err(|e| self.runtime_err(e))?;
         Ok(meta)
     }
 
@@ -604,11 +566,7 @@ impl Replica {
 
     /// Starts receiving the snapshot the core asked for (`Output::snapshot_install`),
     /// given the storage meta the leader sent for it.
-    pub fn begin_install(
-        &mut self,
-        snapshots: &SnapshotStore,
-        stored: waft_storage::SnapshotMeta,
-    ) -> Result<Install> {
+    pub fn begin_install(&mut self, snapshots: &SnapshotStore, stored: waft_storage::SnapshotMeta) -> Result<Install> {
         self.check_running()?;
         let group = self.group;
         let refuse = |reason: String| Error::Install { group, reason };
@@ -631,14 +589,9 @@ impl Replica {
                 running_module: self.module_hash.to_hex(),
             });
         }
-        let writer = snapshots
-            .begin_install(group, stored.clone())
-            .map_err(|source| Error::Storage { group, source })?;
-        Ok(Install {
-            writer,
-            stored,
-            meta,
-        })
+        let writer =
+            snapshots.begin_install(group, stored.clone()).map_err(|source| Error::Storage { group, source })?;
+        Ok(Install { writer, stored, meta })
     }
 
     /// Gives up the pending install (transfer failed); the leader resends later.
@@ -669,6 +622,14 @@ impl Replica {
             });
         }
         let meta = install.meta;
+        if meta.index <= self.node.applied() {
+            // The log got us past the snapshot meanwhile (a new leader that
+            // still had the entries): loading it would roll the state back.
+            // The core only acknowledges a snapshot at or below its commit.
+            self.installing = None;
+            self.node.on_snapshot_installed(meta);
+            return Ok(());
+        }
         let loaded = install
             .writer
             .commit()
@@ -706,21 +667,11 @@ impl Replica {
     }
 
     fn runtime_err(&mut self, e: RuntimeError) -> Error {
-        if runtime_is_fatal(&e) {
-            self.stop(e)
-        } else {
-            Error::Runtime {
-                group: self.group,
-                source: e,
-            }
-        }
+        if runtime_is_fatal(&e) { self.stop(e) } else { Error::Runtime { group: self.group, source: e } }
     }
 
     fn raft_err(&self, source: waft_raft::RaftError) -> Error {
-        Error::Raft {
-            group: self.group,
-            source,
-        }
+        Error::Raft { group: self.group, source }
     }
 }
 
@@ -737,9 +688,7 @@ struct StateSink {
 impl Write for StateSink {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = buf.len().min(SNAPSHOT_CHUNK_BYTES_MAX);
-        self.writer
-            .append(STATE_FILE, &buf[..n])
-            .map_err(std::io::Error::other)?;
+        self.writer.append(STATE_FILE, &buf[..n]).map_err(std::io::Error::other)?;
         Ok(n)
     }
 

@@ -50,11 +50,13 @@ fn follower_restarts_from_storage_and_catches_up() {
     let mut c = Cluster::new("restart", 3, 10_000);
     c.elect(1);
     increments(&mut c, 50);
+    let before = c.replica(3).raft().hard_state();
     c.close(3);
     increments(&mut c, 100);
     assert_eq!(c.query(1), "150");
     c.open(3);
     // The reopened replica holds what it persisted before the close.
+    assert_eq!(c.replica(3).raft().hard_state(), before);
     assert!(c.replica(3).raft().last_index() >= 50);
     c.tick(5);
     assert_converged(&mut c, &[1, 2, 3], "150");
@@ -103,4 +105,23 @@ fn a_rejected_entry_fails_on_every_replica_and_the_group_goes_on() {
         assert_eq!(c.result_at(id, malformed.0 + 1), "6");
     }
     assert_converged(&mut c, &[1, 2, 3], "10");
+}
+
+#[test]
+fn a_snapshot_transfer_killed_midway_completes_after_restart() {
+    let mut c = Cluster::new("install-killed", 3, 50);
+    c.elect(1);
+    c.close(3);
+    increments(&mut c, 120);
+    c.interrupt_install_after_chunks = Some(1);
+    c.open(3);
+    c.tick(2);
+    assert_eq!((c.interrupted_installs, c.installs), (1, 0), "the first transfer stopped after one chunk");
+    // Kill the receiver mid-transfer and bring it back from its data dir.
+    c.close(3);
+    c.open(3);
+    // The leader resends the snapshot once its retry interval passes.
+    c.tick(80);
+    assert_eq!(c.installs, 1);
+    assert_converged(&mut c, &[1, 2, 3], "120");
 }

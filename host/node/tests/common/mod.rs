@@ -34,10 +34,7 @@ fn guest_dir() -> PathBuf {
 pub fn counter() -> (Module, ModuleHash) {
     let path = guest_dir().join("waft_counter.wasm");
     let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read {}: {e}; build the guests first with `cargo xtask guests`",
-            path.display()
-        )
+        panic!("cannot read {}: {e}; build the guests first with `cargo xtask guests`", path.display())
     });
     let engine = Engine::new().unwrap();
     (Module::load(&engine, &bytes).unwrap(), ModuleHash::of(&bytes))
@@ -69,6 +66,10 @@ pub struct Cluster {
     pub installs: usize,
     pub chunks: usize,
     pub snapshots_saved: usize,
+    /// Makes the next transfer stop after this many chunks, as if the receiver
+    /// crashed: the partial install is left for the test to kill and restart.
+    pub interrupt_install_after_chunks: Option<usize>,
+    pub interrupted_installs: usize,
 }
 
 impl Cluster {
@@ -78,12 +79,7 @@ impl Cluster {
         let (module, hash) = counter();
         let mut c = Cluster {
             nodes: (1..=voters)
-                .map(|id| Node {
-                    id,
-                    dir: root.join(format!("node-{id}")),
-                    up: None,
-                    applied: Default::default(),
-                })
+                .map(|id| Node { id, dir: root.join(format!("node-{id}")), up: None, applied: Default::default() })
                 .collect(),
             queue: VecDeque::new(),
             module,
@@ -93,6 +89,8 @@ impl Cluster {
             installs: 0,
             chunks: 0,
             snapshots_saved: 0,
+            interrupt_install_after_chunks: None,
+            interrupted_installs: 0,
         };
         for id in 1..=voters {
             c.open(id);
@@ -117,13 +115,8 @@ impl Cluster {
         let node = self.node(id);
         let mut store = RocksLogStore::open(node.dir.join("log")).unwrap();
         let snaps = SnapshotStore::open(node.dir.join("snapshots")).unwrap();
-        let replica =
-            Replica::open(GROUP, cfg, &mut store, &snaps, &module, hash, &voters).unwrap();
-        node.up = Some(Up {
-            store,
-            snaps,
-            replica,
-        });
+        let replica = Replica::open(GROUP, cfg, &mut store, &snaps, &module, hash, &voters).unwrap();
+        node.up = Some(Up { store, snaps, replica });
     }
 
     /// Drops the replica and closes its RocksDB, like a process exit.
@@ -132,11 +125,7 @@ impl Cluster {
     }
 
     pub fn up_ids(&self) -> Vec<u64> {
-        self.nodes
-            .iter()
-            .filter(|n| n.up.is_some())
-            .map(|n| n.id)
-            .collect()
+        self.nodes.iter().filter(|n| n.up.is_some()).map(|n| n.id).collect()
     }
 
     pub fn leader(&self) -> Option<u64> {
@@ -157,10 +146,7 @@ impl Cluster {
                 continue;
             }
             busy = true;
-            let out = up
-                .replica
-                .process(&mut up.store, &up.snaps, &mut |m| queue.push_back(m))
-                .unwrap();
+            let out = up.replica.process(&mut up.store, &up.snaps, &mut |m| queue.push_back(m)).unwrap();
             if out.snapshot_saved.is_some() {
                 self.snapshots_saved += 1;
             }
@@ -183,17 +169,25 @@ impl Cluster {
             self.replica(id).abandon_install();
             return;
         };
-        let snap_id = SnapshotId {
-            index: install.meta.index,
-            term: install.meta.term,
-        };
+        let snap_id = SnapshotId { index: install.meta.index, term: install.meta.term };
         let reader = source.snaps.open_snapshot(GROUP, snap_id).unwrap();
         let meta = reader.meta().clone();
         let chunk_bytes = self.chunk_bytes;
         let up = self.nodes[(id - 1) as usize].up.as_mut().unwrap();
         let mut writer = up.replica.begin_install(&up.snaps, meta.clone()).unwrap();
+        let mut moved = 0;
         for file in &meta.files {
             loop {
+                if self.interrupt_install_after_chunks == Some(moved) {
+                    // Dropping the writer mid-transfer leaves its temporary
+                    // directory behind, as a crash would; the replica still
+                    // waits for this install.
+                    self.interrupt_install_after_chunks = None;
+                    self.interrupted_installs += 1;
+                    std::mem::forget(writer);
+                    return;
+                }
+                moved += 1;
                 let offset = writer.next_offset(&file.name);
                 let chunk = reader.read_chunk(&file.name, offset, chunk_bytes).unwrap();
                 if chunk.is_empty() {
@@ -204,9 +198,7 @@ impl Cluster {
             }
         }
         assert!(writer.is_complete());
-        up.replica
-            .finish_install(&mut up.store, &up.snaps, writer)
-            .unwrap();
+        up.replica.finish_install(&mut up.store, &up.snaps, writer).unwrap();
         self.installs += 1;
     }
 
@@ -252,9 +244,7 @@ impl Cluster {
 
     pub fn propose(&mut self, command: &str) -> (u64, u64) {
         let leader = self.leader().expect("a leader");
-        self.replica(leader)
-            .propose(bytes::Bytes::copy_from_slice(command.as_bytes()))
-            .unwrap()
+        self.replica(leader).propose(bytes::Bytes::copy_from_slice(command.as_bytes())).unwrap()
     }
 
     pub fn query(&mut self, id: u64) -> String {
