@@ -13,7 +13,7 @@ use std::io::Write;
 
 use bytes::Bytes;
 use waft_raft::{
-    Configuration, EntryKind, Event, Message, NodeId, RawNode, ReadMode, ReadState, Ready, RestartState,
+    Configuration, EntryKind, Event, Message, NodeId, RawNode, ReadMode, ReadState, Ready, RestartState, Role,
     SnapshotInstall, SoftState,
 };
 use waft_runtime::{ApplyResult, Limits, Module, RuntimeError, StateMachine};
@@ -128,6 +128,8 @@ pub struct Replica {
     apply_batch_entries_max: usize,
     /// The install the core asked for last; a newer one supersedes it.
     installing: Option<SnapshotInstall>,
+    /// Whether the guest was last told this replica leads.
+    leading: bool,
     /// Set once the replica must stop; every later call fails with it.
     stopped: Option<String>,
 }
@@ -160,6 +162,7 @@ impl Replica {
             module_hash,
             apply_batch_entries_max: cfg.apply_batch_entries_max.max(1),
             installing: None,
+            leading: false,
             stopped: None,
         };
         let is_new = snapshots.latest(group).is_none()
@@ -341,6 +344,8 @@ impl Replica {
         send: &mut dyn FnMut(Message),
     ) -> Result<Output> {
         self.check_running()?;
+        let _span = tracing::debug_span!("replica", group = self.group, node = self.node.id(), term = self.node.term())
+            .entered();
         let mut out = Output::default();
         for _ in 0..READY_ROUNDS_MAX {
             if !self.node.has_ready() {
@@ -360,8 +365,9 @@ impl Replica {
         send: &mut dyn FnMut(Message),
         out: &mut Output,
     ) -> Result<()> {
-        if rd.soft_state.is_some() {
-            out.soft_state = rd.soft_state;
+        if let Some(soft) = rd.soft_state {
+            out.soft_state = Some(soft);
+            self.leader_hooks(soft)?;
         }
         // Rule 4: these need not wait for our disk (a leader's appends, pre-votes).
         rd.messages.into_iter().for_each(&mut *send);
@@ -478,6 +484,26 @@ impl Replica {
             result,
         }));
         Ok(())
+    }
+
+    /// Tells the guest when this replica starts or stops leading (SOFAJRaft's
+    /// onLeaderStart/onLeaderStop). Local news, not replicated: a failing hook
+    /// is logged, not fatal, unless the state machine itself is gone.
+    fn leader_hooks(&mut self, soft: SoftState) -> Result<()> {
+        let leading = soft.role == Role::Leader;
+        if leading == self.leading {
+            return Ok(());
+        }
+        self.leading = leading;
+        let called = if leading { self.sm.on_leader_start(soft.term) } else { self.sm.on_leader_stop() };
+        match called {
+            Ok(()) => Ok(()),
+            Err(e) if runtime_is_fatal(&e) => Err(self.stop(e)),
+            Err(e) => {
+                tracing::warn!(group = self.group, leading, error = %e, "leader hook failed");
+                Ok(())
+            }
+        }
     }
 
     // ------------------------------------------------------------ snapshots

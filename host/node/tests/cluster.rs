@@ -125,3 +125,34 @@ fn a_snapshot_transfer_killed_midway_completes_after_restart() {
     assert_eq!(c.installs, 1);
     assert_converged(&mut c, &[1, 2, 3], "120");
 }
+
+#[test]
+fn linearizable_reads_on_leader_and_follower() {
+    let mut c = Cluster::new("reads", 3, 10_000);
+    c.elect(1);
+    increments(&mut c, 30);
+    for (node, id) in [(1, 100), (2, 200)] {
+        c.replica(node).read_index(id, waft_raft::ReadMode::Safe).unwrap();
+        c.settle();
+        let read = c.reads.iter().find(|(n, r)| *n == node && r.id == id).map(|(_, r)| *r);
+        let read = read.unwrap_or_else(|| panic!("node {node} got no read state for {id}"));
+        assert!(c.applied_index(node) >= read.index, "node {node} applied up to the read index");
+        assert_eq!(c.query(node), "30");
+    }
+}
+
+#[test]
+fn the_group_survives_losing_its_leader_and_the_old_leader_rejoins() {
+    let mut c = Cluster::new("leader-loss", 3, 10_000);
+    c.elect(1);
+    increments(&mut c, 20);
+    c.close(1);
+    c.tick(60);
+    let leader = c.leader().expect("a new leader among 2 and 3");
+    assert_ne!(leader, 1);
+    increments(&mut c, 20);
+    c.open(1);
+    c.tick(5);
+    assert_eq!(c.leader(), Some(leader));
+    assert_converged(&mut c, &[1, 2, 3], "40");
+}

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use waft_node::{Applied, Replica, ReplicaConfig};
-use waft_raft::{Message, Role, SnapshotInstall};
+use waft_raft::{Message, ReadState, Role, SnapshotInstall};
 use waft_runtime::{Engine, Module};
 use waft_storage::{ModuleHash, RocksLogStore, SnapshotId, SnapshotStore};
 
@@ -70,6 +70,8 @@ pub struct Cluster {
     /// crashed: the partial install is left for the test to kill and restart.
     pub interrupt_install_after_chunks: Option<usize>,
     pub interrupted_installs: usize,
+    /// Every read state a replica reported: (node, read).
+    pub reads: Vec<(u64, ReadState)>,
 }
 
 impl Cluster {
@@ -91,6 +93,7 @@ impl Cluster {
             snapshots_saved: 0,
             interrupt_install_after_chunks: None,
             interrupted_installs: 0,
+            reads: Vec::new(),
         };
         for id in 1..=voters {
             c.open(id);
@@ -150,6 +153,7 @@ impl Cluster {
             if out.snapshot_saved.is_some() {
                 self.snapshots_saved += 1;
             }
+            self.reads.extend(out.read_states.iter().map(|r| (id, *r)));
             let node = &mut self.nodes[(id - 1) as usize];
             for a in out.applied {
                 node.applied.insert(a.index, a);
