@@ -156,3 +156,29 @@ fn the_group_survives_losing_its_leader_and_the_old_leader_rejoins() {
     assert_eq!(c.leader(), Some(leader));
     assert_converged(&mut c, &[1, 2, 3], "40");
 }
+
+#[test]
+fn a_trapping_entry_fails_on_every_replica_and_leaves_no_trace() {
+    // The probe guest panics or spins on command: real wasm faults, contained
+    // by the runtime to the one entry, identically on every replica.
+    let mut c = Cluster::with_guest("trap", 3, 10_000, "waft_probe");
+    c.elect(1);
+    let first = c.propose(r#"{"incr":5}"#);
+    let trap = c.propose(r#"{"incr_then_trap":100}"#);
+    let spin = c.propose(r#""spin""#);
+    let after = c.propose(r#"{"incr":1}"#);
+    c.settle();
+    c.tick(3);
+    for id in 1..=3 {
+        assert_eq!(c.result_at(id, first.0), "5", "node {id}");
+        for (index, _) in [trap, spin] {
+            let r = c.result_at(id, index);
+            assert!(r.starts_with("ERR: guest fault"), "node {id} index {index}: {r}");
+        }
+        assert_eq!(c.result_at(id, after.0), "6", "node {id}: the trapped increment left no trace");
+    }
+    let reference = c.state_bytes(1);
+    for id in 2..=3 {
+        assert_eq!(c.state_bytes(id), reference, "node {id} snapshot bytes");
+    }
+}

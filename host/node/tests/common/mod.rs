@@ -31,8 +31,9 @@ fn guest_dir() -> PathBuf {
     }
 }
 
-pub fn counter() -> (Module, ModuleHash) {
-    let path = guest_dir().join("waft_counter.wasm");
+/// Loads a guest component built by `cargo xtask guests` (e.g. "waft_counter").
+pub fn guest(name: &str) -> (Module, ModuleHash) {
+    let path = guest_dir().join(format!("{name}.wasm"));
     let bytes = std::fs::read(&path).unwrap_or_else(|e| {
         panic!("cannot read {}: {e}; build the guests first with `cargo xtask guests`", path.display())
     });
@@ -75,10 +76,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// A cluster running the counter.
     pub fn new(name: &str, voters: u64, snapshot_margin_entries: u64) -> Cluster {
+        Cluster::with_guest(name, voters, snapshot_margin_entries, "waft_counter")
+    }
+
+    pub fn with_guest(name: &str, voters: u64, snapshot_margin_entries: u64, guest_name: &str) -> Cluster {
         let root = target_dir().join("waft-node-tests").join(name);
         let _ = std::fs::remove_dir_all(&root);
-        let (module, hash) = counter();
+        let (module, hash) = guest(guest_name);
         let mut c = Cluster {
             nodes: (1..=voters)
                 .map(|id| Node { id, dir: root.join(format!("node-{id}")), up: None, applied: Default::default() })
