@@ -1,0 +1,71 @@
+//! The one error type of this crate.
+//!
+//! Owns the split every caller needs: [`Error::is_fatal`] says whether the
+//! replica must stop (and be reopened from storage) or only this call failed.
+//! Must never hide which group failed or why.
+
+use waft_raft::{RaftError, StartError};
+use waft_runtime::RuntimeError;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The replica stopped: a write whose outcome is unknown, a poisoned
+    /// state machine, or inconsistent storage. Every later call returns this
+    /// again; drop the replica and reopen it from storage.
+    #[error("group {group}: the replica stopped: {reason}; restart it from its data directory")]
+    Stopped { group: u64, reason: String },
+
+    /// Storage failed in a way that left this replica consistent (for example a
+    /// snapshot that could not be written); the call may be retried.
+    #[error("group {group}: storage: {source}")]
+    Storage {
+        group: u64,
+        #[source]
+        source: waft_storage::Error,
+    },
+
+    /// The guest refused or faulted in a query or snapshot call; its state was
+    /// restored and the replica goes on.
+    #[error("group {group}: state machine: {source}")]
+    Runtime {
+        group: u64,
+        #[source]
+        source: RuntimeError,
+    },
+
+    /// The core refused the request (not the leader, busy, ...); see its text.
+    #[error("group {group}: {source}")]
+    Raft { group: u64, source: RaftError },
+
+    #[error("group {group}: cannot start the raft node: {source}")]
+    Start { group: u64, source: StartError },
+
+    /// A snapshot names a different state-machine module than this replica runs.
+    #[error(
+        "group {group}: snapshot {index} was made by module {snapshot_module}, \
+         but this replica runs {running_module}; deploy the matching module"
+    )]
+    ModuleMismatch { group: u64, index: u64, snapshot_module: String, running_module: String },
+
+    /// A snapshot install that does not match what the core asked for.
+    #[error("group {group}: snapshot install refused: {reason}")]
+    Install { group: u64, reason: String },
+
+    /// Empty commands are reserved for the leader's no-op entry.
+    #[error("group {group}: empty commands are not allowed; send at least one byte")]
+    EmptyCommand { group: u64 },
+}
+
+impl Error {
+    /// Whether the replica must stop. Anything else failed only this call.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Error::Stopped { .. } | Error::Start { .. })
+    }
+}
+
+/// Whether a runtime error leaves the state machine unusable.
+pub(crate) fn runtime_is_fatal(e: &RuntimeError) -> bool {
+    matches!(e, RuntimeError::Poisoned | RuntimeError::Recovery(_) | RuntimeError::Instantiate(_))
+}

@@ -1,0 +1,32 @@
+//! waft-node: one Raft group's replica on one node, synchronous and
+//! transport-free. It wires the pure Raft core (`waft-raft`), the log and
+//! snapshot stores (`waft-storage`) and the wasm state machine
+//! (`waft-runtime`); the daemon wraps each [`Replica`] in a task and gives it
+//! a clock, a transport and clients.
+//!
+//! Owns the ordering rules of `waft_raft::Ready` in one place
+//! ([`Replica::process`]). Must never use tokio, sockets or a clock, so the same
+//! code runs under tests that pump messages by hand.
+//!
+//! ```text
+//! let mut r = Replica::open(group, cfg, &mut store, &snaps, &module, hash, &[1, 2, 3])?;
+//! loop {
+//!     r.tick();                                   // from the daemon's clock
+//!     r.step(msg);                                // from the network
+//!     let (index, term) = r.propose(cmd)?;        // from a client (leader only)
+//!     let out = r.process(&mut store, &snaps, &mut |m| transport.send(m))?;
+//!     // out.applied: answer clients waiting on (index, term)
+//!     // out.read_states: serve reads once r.applied_index() >= index
+//!     // out.snapshot_install: pull meta + chunks from out.snapshot_install.from,
+//!     //   then begin_install / Install::write_chunk / finish_install
+//! }
+//! ```
+
+mod convert;
+mod error;
+mod replica;
+
+pub use error::{Error, Result};
+pub use replica::{
+    APPLY_BATCH_ENTRIES_MAX, Applied, Install, Output, READY_ROUNDS_MAX, Replica, ReplicaConfig, STATE_FILE,
+};

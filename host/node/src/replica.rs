@@ -1,0 +1,724 @@
+//! `Replica`: one Raft group's replica on one node. Drives the core's `Ready`
+//! batches through the log store, the snapshot store and the wasm state machine,
+//! in the order `waft_raft::Ready` documents.
+//!
+//! Owns the core (`RawNode`), the state machine instance and the bookkeeping
+//! of a snapshot install in progress. Must never do networking, read a clock or
+//! block on anything but the disk and the guest: the caller owns time (ticks),
+//! the transport (the `send` callback and snapshot chunks) and client answers.
+//! Must never apply an entry before it is durable, nor report entries persisted
+//! before `LogStore::write` returned.
+
+use std::io::Write;
+
+use bytes::Bytes;
+use waft_raft::{
+    Configuration, EntryKind, Event, Message, NodeId, RawNode, ReadMode, ReadState, Ready, RestartState, Role,
+    SnapshotInstall, SoftState,
+};
+use waft_runtime::{ApplyResult, Limits, Module, RuntimeError, StateMachine};
+use waft_storage::{
+    LogStore, ModuleHash, SNAPSHOT_CHUNK_BYTES_MAX, SnapshotFile, SnapshotId, SnapshotReader, SnapshotStore,
+    SnapshotWriter, WriteSet,
+};
+
+use crate::convert;
+use crate::error::{Error, Result, runtime_is_fatal};
+
+/// The one file of a snapshot: the guest's `on-snapshot-save` stream.
+pub const STATE_FILE: &str = "state";
+
+/// Normal entries handed to the state machine in one `apply` call. The runtime
+/// splits further by fuel; this bounds the memory one call's results take.
+pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
+
+/// `Ready` batches one `process` call drains at most. Together with the core's
+/// `apply_entries_max` and message limits this bounds one `Output`; the caller
+/// calls `process` again while `has_ready()` holds.
+pub const READY_ROUNDS_MAX: usize = 64;
+
+/// Static settings of one replica.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// The core's knobs; `raft.id` is this node.
+    pub raft: waft_raft::Config,
+    /// Bounds of the wasm instance. Must be equal on every replica of the group.
+    pub limits: Limits,
+    /// Normal entries per state-machine `apply` call.
+    pub apply_batch_entries_max: usize,
+}
+
+impl ReplicaConfig {
+    pub fn new(raft: waft_raft::Config) -> ReplicaConfig {
+        ReplicaConfig { raft, limits: Limits::default(), apply_batch_entries_max: APPLY_BATCH_ENTRIES_MAX }
+    }
+}
+
+/// The outcome of one committed client command. The waiting client proposed at
+/// (`index`, `term`); a different term at its index means its entry was lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Applied {
+    pub index: u64,
+    pub term: u64,
+    pub result: ApplyResult,
+}
+
+/// What one `process` call produced for the caller (besides sent messages).
+#[derive(Debug, Default)]
+pub struct Output {
+    /// The latest role/leader/term change, if any.
+    pub soft_state: Option<SoftState>,
+    /// Client commands applied, in log order.
+    pub applied: Vec<Applied>,
+    /// Configurations committed (index and configuration), in log order.
+    pub configs_committed: Vec<(u64, Configuration)>,
+    /// Reads that may be served once `applied_index() >= index`.
+    pub read_states: Vec<ReadState>,
+    /// The core wants a snapshot from `from`: fetch its storage meta and chunks,
+    /// then `begin_install` / `Install::write_chunk` / `finish_install`.
+    pub snapshot_install: Option<SnapshotInstall>,
+    /// A local snapshot was saved and the log compacted up to its index.
+    pub snapshot_saved: Option<waft_raft::SnapshotMeta>,
+    /// A requested snapshot could not be saved (guest refused, disk full); the
+    /// replica goes on and the core asks again later. Not an `Err` of
+    /// `process`, so the batch's applied results still reach their clients.
+    pub snapshot_failed: Option<Error>,
+    pub events: Vec<Event>,
+}
+
+/// A snapshot being received from the leader. Files are written through the
+/// snapshot store's writer, which checks every chunk's offset and, at commit,
+/// every file's size and checksum against the leader's meta.
+pub struct Install {
+    writer: SnapshotWriter,
+    stored: waft_storage::SnapshotMeta,
+    meta: waft_raft::SnapshotMeta,
+}
+
+impl Install {
+    /// The files to pull, with the sizes and checksums they must end with.
+    pub fn files(&self) -> &[SnapshotFile] {
+        &self.stored.files
+    }
+
+    pub fn id(&self) -> SnapshotId {
+        self.stored.id()
+    }
+
+    /// Where the next chunk of `name` starts (resume here after a failure).
+    pub fn next_offset(&self, name: &str) -> u64 {
+        self.writer.next_offset(name)
+    }
+
+    /// Whether every file has all its bytes.
+    pub fn is_complete(&self) -> bool {
+        self.stored.files.iter().all(|f| self.writer.next_offset(&f.name) == f.size)
+    }
+
+    pub fn write_chunk(&mut self, name: &str, offset: u64, data: &[u8]) -> waft_storage::Result<()> {
+        self.writer.write_chunk(name, offset, data)
+    }
+}
+
+pub struct Replica {
+    group: u64,
+    node: RawNode,
+    sm: StateMachine,
+    module_hash: ModuleHash,
+    apply_batch_entries_max: usize,
+    /// The install the core asked for last; a newer one supersedes it.
+    installing: Option<SnapshotInstall>,
+    /// Whether the guest was last told this replica leads.
+    leading: bool,
+    /// Set once the replica must stop; every later call fails with it.
+    stopped: Option<String>,
+}
+
+impl Replica {
+    /// Opens the replica of `group` on this node: a brand-new group when
+    /// storage holds nothing for it (founded with `bootstrap` voters; empty for
+    /// a node that will be added later), otherwise a restart from the latest
+    /// snapshot plus the log after it.
+    pub fn open(
+        group: u64,
+        cfg: ReplicaConfig,
+        store: &mut dyn LogStore,
+        snapshots: &SnapshotStore,
+        module: &Module,
+        module_hash: ModuleHash,
+        bootstrap: &[NodeId],
+    ) -> Result<Replica> {
+        let id = cfg.raft.id;
+        let label = format!("group {group} node {id}");
+        let sm = StateMachine::new(module, cfg.limits.clone(), &label)
+            .map_err(|e| stopped(group, format!("cannot instantiate the state machine: {e}")))?;
+        let mut replica = Replica {
+            group,
+            // A placeholder until storage has been read (loading a snapshot
+            // needs the rest of the replica); replaced below.
+            node: RawNode::new(cfg.raft.clone(), Configuration::default())
+                .map_err(|source| Error::Start { group, source })?,
+            sm,
+            module_hash,
+            apply_batch_entries_max: cfg.apply_batch_entries_max.max(1),
+            installing: None,
+            leading: false,
+            stopped: None,
+        };
+        let is_new = snapshots.latest(group).is_none()
+            && store.log_state(group) == Default::default()
+            && store.hard_state(group) == Default::default();
+        let bootstrap = Configuration::new(bootstrap.iter().copied());
+        let restart = if is_new {
+            // Snapshot 0 records the founding configuration durably, so a
+            // restart never depends on the caller passing the same peers again.
+            let base = waft_raft::SnapshotMeta { index: 0, term: 0, config: bootstrap.clone() };
+            replica.save_local_snapshot(snapshots, &base)?;
+            tracing::info!(group, node = id, voters = ?bootstrap.voters, "new group");
+            RestartState { snapshot: base, ..Default::default() }
+        } else {
+            replica.restart_state(store, snapshots, bootstrap)?
+        };
+        replica.node =
+            if is_new { RawNode::new(cfg.raft, restart.snapshot.config) } else { RawNode::restart(cfg.raft, restart) }
+                .map_err(|source| Error::Start { group, source })?;
+        Ok(replica)
+    }
+
+    /// Loads the latest snapshot into the state machine and reads what the log
+    /// holds after it.
+    fn restart_state(
+        &mut self,
+        store: &mut dyn LogStore,
+        snapshots: &SnapshotStore,
+        bootstrap: Configuration,
+    ) -> Result<RestartState> {
+        let group = self.group;
+        let snapshot = match snapshots.open_latest(group).map_err(|e| self.stop(e))? {
+            Some(reader) => {
+                let meta = self.load_snapshot(&reader)?;
+                // A crash may have come between a snapshot's commit and the
+                // log purge that follows it: finish that purge now.
+                self.align_log(store, &meta)?;
+                meta
+            }
+            None => waft_raft::SnapshotMeta { index: 0, term: 0, config: bootstrap },
+        };
+        let log = store.log_state(group);
+        let entries = if log.last_index > snapshot.index {
+            store
+                .entries(group, snapshot.index + 1, log.last_index + 1, u64::MAX)
+                .map_err(|e| self.stop(e))?
+                .into_iter()
+                .map(convert::entry_from_storage)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut hard_state = convert::hard_state_from_storage(store.hard_state(group));
+        // The commit index is written after an installed snapshot's purge; a
+        // crash in between leaves it below the snapshot, which is committed.
+        hard_state.commit = hard_state.commit.max(snapshot.index);
+        tracing::info!(
+            group,
+            snapshot = snapshot.index,
+            entries = log.last_index.saturating_sub(snapshot.index),
+            term = hard_state.term,
+            "restart from storage"
+        );
+        Ok(RestartState { hard_state, applied: snapshot.index, snapshot, entries })
+    }
+
+    // ------------------------------------------------------------ accessors
+
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// The core, for reading its state (role, leader, term, indexes, progress).
+    pub fn raft(&self) -> &RawNode {
+        &self.node
+    }
+
+    /// Highest index whose entry the state machine reflects.
+    pub fn applied_index(&self) -> u64 {
+        self.node.applied()
+    }
+
+    pub fn module_hash(&self) -> ModuleHash {
+        self.module_hash
+    }
+
+    /// The install the core asked for and that has not finished yet.
+    pub fn pending_install(&self) -> Option<&SnapshotInstall> {
+        self.installing.as_ref()
+    }
+
+    /// Whether `process` has work to do.
+    pub fn has_ready(&self) -> bool {
+        self.node.has_ready()
+    }
+
+    /// Why the replica stopped, if it did.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.as_deref()
+    }
+
+    // ------------------------------------------------------------ inputs
+
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    pub fn step(&mut self, m: Message) {
+        self.node.step(m);
+    }
+
+    /// Proposes a client command; answer the client when `Output::applied`
+    /// carries this (index, term).
+    pub fn propose(&mut self, command: Bytes) -> Result<(u64, u64)> {
+        self.check_running()?;
+        if command.is_empty() {
+            return Err(Error::EmptyCommand { group: self.group });
+        }
+        self.node.propose(command).map_err(|e| self.raft_err(e))
+    }
+
+    /// Requests a linearizable read; its `ReadState` with `id` comes out of a
+    /// later `process`.
+    pub fn read_index(&mut self, id: u64, mode: ReadMode) -> Result<()> {
+        self.check_running()?;
+        self.node.read_index(id, mode).map_err(|e| self.raft_err(e))
+    }
+
+    /// Answers a read-only query from the local state (the caller decides
+    /// whether the applied index is recent enough).
+    pub fn query(&mut self, request: &[u8]) -> Result<Bytes> {
+        self.check_running()?;
+        self.sm.query(request).map_err(|e| self.runtime_err(e))
+    }
+
+    /// The state machine's snapshot bytes, for checking replicas agree.
+    pub fn state_bytes(&mut self) -> Result<Vec<u8>> {
+        self.check_running()?;
+        match self.sm.save_snapshot(Vec::new()) {
+            Ok((bytes, _)) => Ok(bytes),
+            Err(e) => Err(self.runtime_err(e)),
+        }
+    }
+
+    pub fn campaign_now(&mut self) {
+        self.node.campaign_now();
+    }
+
+    pub fn add_peer(&mut self, id: NodeId) -> Result<()> {
+        self.node.add_peer(id).map_err(|e| self.raft_err(e))
+    }
+
+    pub fn remove_peer(&mut self, id: NodeId) -> Result<()> {
+        self.node.remove_peer(id).map_err(|e| self.raft_err(e))
+    }
+
+    pub fn add_learner(&mut self, id: NodeId) -> Result<()> {
+        self.node.add_learner(id).map_err(|e| self.raft_err(e))
+    }
+
+    pub fn change_peers(&mut self, voters: Vec<NodeId>, learners: Vec<NodeId>) -> Result<()> {
+        self.node.change_peers(voters, learners).map_err(|e| self.raft_err(e))
+    }
+
+    pub fn transfer_leader(&mut self, target: Option<NodeId>) -> Result<()> {
+        self.node.transfer_leader(target).map_err(|e| self.raft_err(e))
+    }
+
+    // ------------------------------------------------------------ ready
+
+    /// Drains up to `READY_ROUNDS_MAX` Ready batches: messages go to `send`
+    /// as soon as they may, entries and hard state are made durable in one
+    /// write per batch, committed entries are applied, and requested snapshots
+    /// are saved. A fatal error stops the replica.
+    pub fn process(
+        &mut self,
+        store: &mut dyn LogStore,
+        snapshots: &SnapshotStore,
+        send: &mut dyn FnMut(Message),
+    ) -> Result<Output> {
+        self.check_running()?;
+        let _span = tracing::debug_span!("replica", group = self.group, node = self.node.id(), term = self.node.term())
+            .entered();
+        let mut out = Output::default();
+        for _ in 0..READY_ROUNDS_MAX {
+            if !self.node.has_ready() {
+                break;
+            }
+            let rd = self.node.ready();
+            self.handle_ready(rd, store, snapshots, send, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn handle_ready(
+        &mut self,
+        rd: Ready,
+        store: &mut dyn LogStore,
+        snapshots: &SnapshotStore,
+        send: &mut dyn FnMut(Message),
+        out: &mut Output,
+    ) -> Result<()> {
+        if let Some(soft) = rd.soft_state {
+            out.soft_state = Some(soft);
+            self.leader_hooks(soft)?;
+        }
+        // Rule 4: these need not wait for our disk (a leader's appends, pre-votes).
+        rd.messages.into_iter().for_each(&mut *send);
+        if let Some(install) = rd.snapshot_install {
+            self.installing = Some(install.clone());
+            out.snapshot_install = Some(install);
+        }
+        // Rules 2 and 3: one durable write, then tell the core, then the
+        // messages that promise durability (votes, append acknowledgements).
+        self.persist(store, rd.hard_state, &rd.entries)?;
+        if let Some(hs) = rd.hard_state {
+            self.node.on_hard_state_persisted(hs);
+        }
+        if let Some(last) = rd.entries.last() {
+            self.node.on_persisted(last.index, last.term);
+        }
+        rd.messages_after_persist.into_iter().for_each(&mut *send);
+        // Rule 5.
+        self.apply(&rd.committed_entries, out)?;
+        out.read_states.extend(rd.read_states);
+        out.events.extend(rd.events);
+        // Rule 6: the state machine is now exactly at the requested index.
+        if let Some(meta) = rd.snapshot_request {
+            debug_assert_eq!(self.node.applied(), meta.index, "snapshot requested off the applied index");
+            self.snapshot_and_compact(store, snapshots, meta, out)?;
+        }
+        Ok(())
+    }
+
+    fn persist(
+        &mut self,
+        store: &mut dyn LogStore,
+        hard_state: Option<waft_raft::HardState>,
+        entries: &[waft_raft::Entry],
+    ) -> Result<()> {
+        let group = self.group;
+        let mut set = WriteSet::new();
+        if let Some(first) = entries.first() {
+            // A leader overwrote our conflicting suffix: storage wants the
+            // truncation spelled out before the append.
+            if first.index <= store.last_index(group) {
+                set.truncate(group, first.index);
+            }
+            set.append(group, entries.iter().map(convert::entry_to_storage).collect());
+        }
+        if let Some(hs) = hard_state {
+            set.set_hard_state(group, convert::hard_state_to_storage(hs));
+        }
+        if set.is_empty() {
+            return Ok(());
+        }
+        // Whatever failed here, the core already handed these entries out:
+        // the replica cannot go on without knowing what reached the disk.
+        store.write(set).map_err(|e| self.stop(e))
+    }
+
+    /// Applies committed entries in order: client commands in batches, the
+    /// leader's empty no-ops skipped, configurations through their hook.
+    fn apply(&mut self, entries: &[waft_raft::Entry], out: &mut Output) -> Result<()> {
+        let mut batch: Vec<waft_runtime::Entry> = Vec::new();
+        for e in entries {
+            match e.kind {
+                EntryKind::Normal if e.data.is_empty() => {}
+                EntryKind::Normal => {
+                    batch.push(waft_runtime::Entry::new(e.index, e.term, e.data.clone()));
+                    if batch.len() >= self.apply_batch_entries_max {
+                        self.apply_batch(&mut batch, out)?;
+                    }
+                }
+                EntryKind::Config => {
+                    self.apply_batch(&mut batch, out)?;
+                    // The core reports an undecodable entry as an event and ignores it.
+                    if let Ok(conf) = Configuration::decode(&e.data) {
+                        let mut voters = conf.voters.clone();
+                        voters.extend(&conf.voters_outgoing);
+                        voters.sort_unstable();
+                        voters.dedup();
+                        if let Err(err) = self.sm.on_configuration_committed(&voters, &conf.learners) {
+                            if runtime_is_fatal(&err) {
+                                return Err(self.stop(err));
+                            }
+                            // The hook's fault is contained (state restored) and
+                            // happens identically on every replica.
+                            tracing::warn!(group = self.group, index = e.index, %err, "configuration hook failed");
+                        }
+                        out.configs_committed.push((e.index, conf));
+                    }
+                }
+            }
+        }
+        self.apply_batch(&mut batch, out)
+    }
+
+    fn apply_batch(&mut self, batch: &mut Vec<waft_runtime::Entry>, out: &mut Output) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // An outer error from `apply` means the state machine cannot continue
+        // (per-entry faults come back as results).
+        let results = match self.sm.apply(batch) {
+            Ok(results) => results,
+            Err(e) => return Err(self.stop(e)),
+        };
+        if results.len() != batch.len() {
+            return Err(self.stop(format!(
+                "the runtime returned {} results for {} entries",
+                results.len(),
+                batch.len()
+            )));
+        }
+        out.applied.extend(batch.drain(..).zip(results).map(|(e, result)| Applied {
+            index: e.index,
+            term: e.term,
+            result,
+        }));
+        Ok(())
+    }
+
+    /// Tells the guest when this replica starts or stops leading (SOFAJRaft's
+    /// onLeaderStart/onLeaderStop). Local news, not replicated: a failing hook
+    /// is logged, not fatal, unless the state machine itself is gone.
+    fn leader_hooks(&mut self, soft: SoftState) -> Result<()> {
+        let leading = soft.role == Role::Leader;
+        if leading == self.leading {
+            return Ok(());
+        }
+        self.leading = leading;
+        let called = if leading { self.sm.on_leader_start(soft.term) } else { self.sm.on_leader_stop() };
+        match called {
+            Ok(()) => Ok(()),
+            Err(e) if runtime_is_fatal(&e) => Err(self.stop(e)),
+            Err(e) => {
+                tracing::warn!(group = self.group, leading, error = %e, "leader hook failed");
+                Ok(())
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ snapshots
+
+    fn snapshot_and_compact(
+        &mut self,
+        store: &mut dyn LogStore,
+        snapshots: &SnapshotStore,
+        meta: waft_raft::SnapshotMeta,
+        out: &mut Output,
+    ) -> Result<()> {
+        if let Err(e) = self.save_local_snapshot(snapshots, &meta) {
+            if e.is_fatal() {
+                return Err(e);
+            }
+            tracing::warn!(group = self.group, index = meta.index, error = %e, "snapshot not saved");
+            self.node.on_snapshot_save_failed();
+            out.snapshot_failed = Some(e);
+            return Ok(());
+        }
+        let mut set = WriteSet::new();
+        set.purge(self.group, meta.index, meta.term);
+        store.write(set).map_err(|e| self.stop(e))?;
+        tracing::debug!(group = self.group, index = meta.index, "snapshot saved, log compacted");
+        self.node.on_snapshot_saved(meta.clone());
+        out.snapshot_saved = Some(meta);
+        Ok(())
+    }
+
+    /// Streams the guest's state into a new snapshot at `meta`.
+    fn save_local_snapshot(&mut self, snapshots: &SnapshotStore, meta: &waft_raft::SnapshotMeta) -> Result<()> {
+        let group = self.group;
+        let storage_err = |source| Error::Storage { group, source };
+        let mut writer = snapshots
+            .begin_save(group, meta.index, meta.term, meta.config.encode(), self.module_hash)
+            .map_err(storage_err)?;
+        // Created up front, so a guest whose state is empty still has its file.
+        writer.append(STATE_FILE, &[]).map_err(storage_err)?;
+        let sink = match self.sm.save_snapshot(StateSink { writer }) {
+            Ok((sink, _bytes)) => sink,
+            Err(e) => return Err(self.runtime_err(e)),
+        };
+        sink.writer.commit().map_err(storage_err)?;
+        Ok(())
+    }
+
+    /// Verifies the snapshot's module and configuration and loads its state
+    /// into the state machine.
+    fn load_snapshot(&mut self, reader: &SnapshotReader) -> Result<waft_raft::SnapshotMeta> {
+        let group = self.group;
+        let stored = reader.meta();
+        if stored.module_hash != self.module_hash {
+            return Err(Error::ModuleMismatch {
+                group,
+                index: stored.index,
+                snapshot_module: stored.module_hash.to_hex(),
+                running_module: self.module_hash.to_hex(),
+            });
+        }
+        let meta = convert::snapshot_meta_from_storage(stored)
+            .map_err(|e| Error::Install { group, reason: format!("snapshot {}/{}: {e}", stored.index, stored.term) })?;
+        let path = reader.file_path(STATE_FILE).map_err(|source| Error::Storage { group, source })?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| Error::Install { group, reason: format!("cannot open {}: {e}", path.display()) })?;
+        self.sm.load_snapshot(std::io::BufReader::new(file)).map_err(|e| self.runtime_err(e))?;
+        Ok(meta)
+    }
+
+    /// Makes the log agree with a snapshot now in force: entries after it stay
+    /// only if the log holds the snapshot's last entry with the same term
+    /// (as the core does), and everything up to it goes.
+    fn align_log(&mut self, store: &mut dyn LogStore, meta: &waft_raft::SnapshotMeta) -> Result<()> {
+        let group = self.group;
+        let log = store.log_state(group);
+        if log.purged_index >= meta.index {
+            return Ok(());
+        }
+        let mut set = WriteSet::new();
+        let suffix_matches = store.term(group, meta.index).ok() == Some(meta.term);
+        if log.last_index > meta.index && !suffix_matches {
+            set.truncate(group, meta.index + 1);
+        }
+        set.purge(group, meta.index, meta.term);
+        store.write(set).map_err(|e| self.stop(e))
+    }
+
+    /// Starts receiving the snapshot the core asked for (`Output::snapshot_install`),
+    /// given the storage meta the leader sent for it.
+    pub fn begin_install(&mut self, snapshots: &SnapshotStore, stored: waft_storage::SnapshotMeta) -> Result<Install> {
+        self.check_running()?;
+        let group = self.group;
+        let refuse = |reason: String| Error::Install { group, reason };
+        let Some(pending) = &self.installing else {
+            return Err(refuse("no snapshot install is pending".to_string()));
+        };
+        let meta = convert::snapshot_meta_from_storage(&stored)
+            .map_err(|e| refuse(format!("the leader's snapshot meta: {e}")))?;
+        if meta != pending.meta {
+            return Err(refuse(format!(
+                "the leader sent snapshot {}/{}, the core asked for {}/{}",
+                meta.index, meta.term, pending.meta.index, pending.meta.term
+            )));
+        }
+        if stored.module_hash != self.module_hash {
+            return Err(Error::ModuleMismatch {
+                group,
+                index: stored.index,
+                snapshot_module: stored.module_hash.to_hex(),
+                running_module: self.module_hash.to_hex(),
+            });
+        }
+        let writer =
+            snapshots.begin_install(group, stored.clone()).map_err(|source| Error::Storage { group, source })?;
+        Ok(Install { writer, stored, meta })
+    }
+
+    /// Gives up the pending install (transfer failed); the leader resends later.
+    pub fn abandon_install(&mut self) {
+        self.installing = None;
+        self.node.on_snapshot_install_failed();
+    }
+
+    /// Commits a fully received snapshot (checksums verified), loads it into
+    /// the state machine, aligns the log and tells the core. On a non-fatal
+    /// error the install is abandoned and the leader will send it again.
+    pub fn finish_install(
+        &mut self,
+        store: &mut dyn LogStore,
+        snapshots: &SnapshotStore,
+        install: Install,
+    ) -> Result<()> {
+        self.check_running()?;
+        let group = self.group;
+        if self.installing.as_ref().map(|i| &i.meta) != Some(&install.meta) {
+            // A newer install superseded this one; it stays pending.
+            return Err(Error::Install {
+                group,
+                reason: format!(
+                    "snapshot {}/{} is no longer the one the core waits for",
+                    install.meta.index, install.meta.term
+                ),
+            });
+        }
+        let meta = install.meta;
+        if meta.index <= self.node.applied() {
+            // The log got us past the snapshot meanwhile (a new leader that
+            // still had the entries): loading it would roll the state back.
+            // The core only acknowledges a snapshot at or below its commit.
+            self.installing = None;
+            self.node.on_snapshot_installed(meta);
+            return Ok(());
+        }
+        let loaded = install
+            .writer
+            .commit()
+            .and_then(|stored| snapshots.open_snapshot(group, stored.id()))
+            .map_err(|source| Error::Storage { group, source })
+            .and_then(|reader| self.load_snapshot(&reader));
+        if let Err(e) = loaded {
+            if !e.is_fatal() {
+                self.abandon_install();
+            }
+            return Err(e);
+        }
+        self.align_log(store, &meta)?;
+        self.installing = None;
+        tracing::info!(group, index = meta.index, term = meta.term, "snapshot installed");
+        self.node.on_snapshot_installed(meta);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ errors
+
+    fn check_running(&self) -> Result<()> {
+        match &self.stopped {
+            Some(reason) => Err(stopped(self.group, reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops the replica for good and returns the error saying why.
+    fn stop(&mut self, why: impl std::fmt::Display) -> Error {
+        let reason = why.to_string();
+        tracing::error!(group = self.group, %reason, "replica stopped");
+        self.stopped = Some(reason.clone());
+        stopped(self.group, reason)
+    }
+
+    fn runtime_err(&mut self, e: RuntimeError) -> Error {
+        if runtime_is_fatal(&e) { self.stop(e) } else { Error::Runtime { group: self.group, source: e } }
+    }
+
+    fn raft_err(&self, source: waft_raft::RaftError) -> Error {
+        Error::Raft { group: self.group, source }
+    }
+}
+
+fn stopped(group: u64, reason: String) -> Error {
+    Error::Stopped { group, reason }
+}
+
+/// The guest's snapshot stream, written into `STATE_FILE` of a snapshot
+/// writer. Owns the writer because the runtime wants a `'static` sink.
+struct StateSink {
+    writer: SnapshotWriter,
+}
+
+impl Write for StateSink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(SNAPSHOT_CHUNK_BYTES_MAX);
+        self.writer.append(STATE_FILE, &buf[..n]).map_err(std::io::Error::other)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,281 @@
+//! A deterministic in-process cluster for the replica tests: real RocksDB log
+//! stores and snapshot stores in scratch directories under the target dir, the
+//! real counter component, and one thread pumping messages and snapshot chunks
+//! between replicas. No sleeps, no clock: time is `tick()`.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+
+use waft_node::{Applied, Replica, ReplicaConfig};
+use waft_raft::{Message, ReadState, Role, SnapshotInstall};
+use waft_runtime::{Engine, Module};
+use waft_storage::{ModuleHash, RocksLogStore, SnapshotId, SnapshotStore};
+
+pub const GROUP: u64 = 7;
+/// Bound on pump rounds in one `settle`; a cluster that does not go quiet
+/// within it is a bug (a message storm).
+const SETTLE_ROUNDS_MAX: usize = 10_000;
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+fn guest_dir() -> PathBuf {
+    match std::env::var_os("WAFT_GUEST_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => target_dir().join("wasm32-wasip2/release"),
+    }
+}
+
+/// Loads a guest component built by `cargo xtask guests` (e.g. "waft_counter").
+pub fn guest(name: &str) -> (Module, ModuleHash) {
+    let path = guest_dir().join(format!("{name}.wasm"));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("cannot read {}: {e}; build the guests first with `cargo xtask guests`", path.display())
+    });
+    let engine = Engine::new().unwrap();
+    (Module::load(&engine, &bytes).unwrap(), ModuleHash::of(&bytes))
+}
+
+pub struct Node {
+    pub id: u64,
+    pub dir: PathBuf,
+    pub up: Option<Up>,
+    /// Every result this node applied, across restarts (a restarted node
+    /// re-applies entries after its snapshot: later ones overwrite).
+    pub applied: std::collections::BTreeMap<u64, Applied>,
+}
+
+pub struct Up {
+    pub store: RocksLogStore,
+    pub snaps: SnapshotStore,
+    pub replica: Replica,
+}
+
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    pub queue: VecDeque<Message>,
+    module: Module,
+    hash: ModuleHash,
+    snapshot_margin_entries: u64,
+    /// Bytes per pulled snapshot chunk (small, so even a tiny state moves in several).
+    pub chunk_bytes: usize,
+    pub installs: usize,
+    pub chunks: usize,
+    pub snapshots_saved: usize,
+    /// Makes the next transfer stop after this many chunks, as if the receiver
+    /// crashed: the partial install is left for the test to kill and restart.
+    pub interrupt_install_after_chunks: Option<usize>,
+    pub interrupted_installs: usize,
+    /// Every read state a replica reported: (node, read).
+    pub reads: Vec<(u64, ReadState)>,
+}
+
+impl Cluster {
+    /// A cluster running the counter.
+    pub fn new(name: &str, voters: u64, snapshot_margin_entries: u64) -> Cluster {
+        Cluster::with_guest(name, voters, snapshot_margin_entries, "waft_counter")
+    }
+
+    pub fn with_guest(name: &str, voters: u64, snapshot_margin_entries: u64, guest_name: &str) -> Cluster {
+        let root = target_dir().join("waft-node-tests").join(name);
+        let _ = std::fs::remove_dir_all(&root);
+        let (module, hash) = guest(guest_name);
+        let mut c = Cluster {
+            nodes: (1..=voters)
+                .map(|id| Node { id, dir: root.join(format!("node-{id}")), up: None, applied: Default::default() })
+                .collect(),
+            queue: VecDeque::new(),
+            module,
+            hash,
+            snapshot_margin_entries,
+            chunk_bytes: 3,
+            installs: 0,
+            chunks: 0,
+            snapshots_saved: 0,
+            interrupt_install_after_chunks: None,
+            interrupted_installs: 0,
+            reads: Vec::new(),
+        };
+        for id in 1..=voters {
+            c.open(id);
+        }
+        c
+    }
+
+    fn node(&mut self, id: u64) -> &mut Node {
+        &mut self.nodes[(id - 1) as usize]
+    }
+
+    pub fn replica(&mut self, id: u64) -> &mut Replica {
+        &mut self.node(id).up.as_mut().expect("node is up").replica
+    }
+
+    pub fn open(&mut self, id: u64) {
+        let voters: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        let mut raft = waft_raft::Config::new(id, 0x5eed + id);
+        raft.snapshot_margin_entries = self.snapshot_margin_entries;
+        let cfg = ReplicaConfig::new(raft);
+        let (module, hash) = (self.module.clone(), self.hash);
+        let node = self.node(id);
+        let mut store = RocksLogStore::open(node.dir.join("log")).unwrap();
+        let snaps = SnapshotStore::open(node.dir.join("snapshots")).unwrap();
+        let replica = Replica::open(GROUP, cfg, &mut store, &snaps, &module, hash, &voters).unwrap();
+        node.up = Some(Up { store, snaps, replica });
+    }
+
+    /// Drops the replica and closes its RocksDB, like a process exit.
+    pub fn close(&mut self, id: u64) {
+        self.node(id).up = None;
+    }
+
+    pub fn up_ids(&self) -> Vec<u64> {
+        self.nodes.iter().filter(|n| n.up.is_some()).map(|n| n.id).collect()
+    }
+
+    pub fn leader(&self) -> Option<u64> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.up.as_ref().map(|u| (n.id, &u.replica)))
+            .find(|(_, r)| r.raft().role() == Role::Leader)
+            .map(|(id, _)| id)
+    }
+
+    /// Runs every up replica's `process` once; returns whether anything happened.
+    fn process_all(&mut self) -> bool {
+        let mut busy = false;
+        for id in self.up_ids() {
+            let queue = &mut self.queue;
+            let up = self.nodes[(id - 1) as usize].up.as_mut().unwrap();
+            if !up.replica.has_ready() {
+                continue;
+            }
+            busy = true;
+            let out = up.replica.process(&mut up.store, &up.snaps, &mut |m| queue.push_back(m)).unwrap();
+            if out.snapshot_saved.is_some() {
+                self.snapshots_saved += 1;
+            }
+            self.reads.extend(out.read_states.iter().map(|r| (id, *r)));
+            let node = &mut self.nodes[(id - 1) as usize];
+            for a in out.applied {
+                node.applied.insert(a.index, a);
+            }
+            if let Some(install) = out.snapshot_install {
+                self.install(id, install);
+            }
+        }
+        busy
+    }
+
+    /// Moves a snapshot from `install.from` to `id` in chunks, through the
+    /// snapshot stores' reader and writer, as the daemon's transport will.
+    fn install(&mut self, id: u64, install: SnapshotInstall) {
+        let from = install.from;
+        let Some(source) = self.nodes[(from - 1) as usize].up.as_ref() else {
+            self.replica(id).abandon_install();
+            return;
+        };
+        let snap_id = SnapshotId { index: install.meta.index, term: install.meta.term };
+        let reader = source.snaps.open_snapshot(GROUP, snap_id).unwrap();
+        let meta = reader.meta().clone();
+        let chunk_bytes = self.chunk_bytes;
+        let up = self.nodes[(id - 1) as usize].up.as_mut().unwrap();
+        let mut writer = up.replica.begin_install(&up.snaps, meta.clone()).unwrap();
+        let mut moved = 0;
+        for file in &meta.files {
+            loop {
+                if self.interrupt_install_after_chunks == Some(moved) {
+                    // Dropping the writer mid-transfer leaves its temporary
+                    // directory behind, as a crash would; the replica still
+                    // waits for this install.
+                    self.interrupt_install_after_chunks = None;
+                    self.interrupted_installs += 1;
+                    std::mem::forget(writer);
+                    return;
+                }
+                moved += 1;
+                let offset = writer.next_offset(&file.name);
+                let chunk = reader.read_chunk(&file.name, offset, chunk_bytes).unwrap();
+                if chunk.is_empty() {
+                    break;
+                }
+                writer.write_chunk(&file.name, offset, &chunk).unwrap();
+                self.chunks += 1;
+            }
+        }
+        assert!(writer.is_complete());
+        up.replica.finish_install(&mut up.store, &up.snaps, writer).unwrap();
+        self.installs += 1;
+    }
+
+    /// Delivers every queued message (to down nodes: dropped).
+    fn deliver(&mut self) -> bool {
+        let busy = !self.queue.is_empty();
+        while let Some(m) = self.queue.pop_front() {
+            if let Some(up) = self.nodes[(m.to - 1) as usize].up.as_mut() {
+                up.replica.step(m);
+            }
+        }
+        busy
+    }
+
+    /// Pumps until no replica has work and no message is in flight.
+    pub fn settle(&mut self) {
+        for _ in 0..SETTLE_ROUNDS_MAX {
+            let processed = self.process_all();
+            let delivered = self.deliver();
+            if !processed && !delivered {
+                return;
+            }
+        }
+        panic!("cluster did not settle within {SETTLE_ROUNDS_MAX} rounds");
+    }
+
+    pub fn tick(&mut self, ticks: usize) {
+        for _ in 0..ticks {
+            for id in self.up_ids() {
+                self.replica(id).tick();
+            }
+            self.settle();
+        }
+    }
+
+    pub fn elect(&mut self, id: u64) {
+        self.replica(id).campaign_now();
+        self.settle();
+        assert_eq!(self.leader(), Some(id), "node {id} should lead");
+        // Its no-op must commit before it serves reads and configuration changes.
+        self.tick(2);
+    }
+
+    pub fn propose(&mut self, command: &str) -> (u64, u64) {
+        let leader = self.leader().expect("a leader");
+        self.replica(leader).propose(bytes::Bytes::copy_from_slice(command.as_bytes())).unwrap()
+    }
+
+    pub fn query(&mut self, id: u64) -> String {
+        let answer = self.replica(id).query(b"\"get\"").unwrap();
+        String::from_utf8(answer.to_vec()).unwrap()
+    }
+
+    pub fn state_bytes(&mut self, id: u64) -> Vec<u8> {
+        self.replica(id).state_bytes().unwrap()
+    }
+
+    pub fn applied_index(&mut self, id: u64) -> u64 {
+        self.replica(id).applied_index()
+    }
+
+    /// The result node `id` applied at `index`, as text ("ERR: ..." for errors).
+    pub fn result_at(&self, id: u64, index: u64) -> String {
+        match &self.nodes[(id - 1) as usize].applied.get(&index) {
+            Some(Applied { result: Ok(b), .. }) => String::from_utf8_lossy(b).into_owned(),
+            Some(Applied { result: Err(e), .. }) => format!("ERR: {e}"),
+            None => "MISSING".to_string(),
+        }
+    }
+}
