@@ -74,7 +74,7 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
-    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
     #[serde(rename_all = "snake_case")]
     enum Cmd {
         Incr(i64),
@@ -89,16 +89,8 @@ mod tests {
                 let bytes = encode(&cmd, format).unwrap();
                 assert_eq!(format_of(&bytes).unwrap(), format);
                 let (back, f): (Cmd, _) = decode(&bytes).unwrap();
-                assert_eq!((back, f), (cmd_clone(&cmd), format));
+                assert_eq!((back, f), (cmd.clone(), format));
             }
-        }
-    }
-
-    fn cmd_clone(c: &Cmd) -> Cmd {
-        match c {
-            Cmd::Incr(d) => Cmd::Incr(*d),
-            Cmd::Set { key, value } => Cmd::Set { key: key.clone(), value: *value },
-            Cmd::Get => Cmd::Get,
         }
     }
 
