@@ -28,5 +28,6 @@ mod replica;
 
 pub use error::{Error, Result};
 pub use replica::{
-    APPLY_BATCH_ENTRIES_MAX, Applied, Install, Output, READY_ROUNDS_MAX, Replica, ReplicaConfig, STATE_FILE,
+    APPLY_BATCH_ENTRIES_MAX, Applied, Install, Output, PendingReady, READY_ROUNDS_MAX, Replica, ReplicaConfig,
+    STATE_FILE, merge_write,
 };

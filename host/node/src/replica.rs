@@ -130,8 +130,40 @@ pub struct Replica {
     installing: Option<SnapshotInstall>,
     /// Whether the guest was last told this replica leads.
     leading: bool,
+    /// Last index of the log in storage, counting writes handed out by
+    /// `begin_ready` (they are durable before anything reads this again).
+    stored_last_index: u64,
     /// Set once the replica must stop; every later call fails with it.
     stopped: Option<String>,
+}
+
+/// A Ready taken by `begin_ready`, waiting for its write to become durable.
+pub struct PendingReady {
+    rd: Ready,
+    write: WriteSet,
+}
+
+/// Moves every operation of `src` to the end of `dst`, keeping their order, so
+/// several groups' Readies become one atomic write with one sync.
+pub fn merge_write(dst: &mut WriteSet, src: WriteSet) {
+    use waft_storage::Op;
+    for (group, op) in src.into_ops() {
+        match op {
+            Op::Append(entries) => dst.append(group, entries),
+            Op::Truncate { from } => dst.truncate(group, from),
+            Op::Purge { upto, term } => dst.purge(group, upto, term),
+            Op::SetHardState(hs) => dst.set_hard_state(group, hs),
+            Op::DropGroup => dst.drop_group(group),
+        };
+    }
+}
+
+impl PendingReady {
+    /// The entries and hard state to persist (empty if none), in one atomic
+    /// write. Take it once; `finish_ready` may run only after it is durable.
+    pub fn take_write(&mut self) -> WriteSet {
+        std::mem::take(&mut self.write)
+    }
 }
 
 impl Replica {
@@ -163,6 +195,7 @@ impl Replica {
             apply_batch_entries_max: cfg.apply_batch_entries_max.max(1),
             installing: None,
             leading: false,
+            stored_last_index: store.last_index(group),
             stopped: None,
         };
         let is_new = snapshots.latest(group).is_none()
@@ -336,48 +369,84 @@ impl Replica {
     /// Drains up to `READY_ROUNDS_MAX` Ready batches: messages go to `send`
     /// as soon as they may, entries and hard state are made durable in one
     /// write per batch, committed entries are applied, and requested snapshots
-    /// are saved. A fatal error stops the replica.
+    /// are saved. Returns `Err` only when the replica stopped.
+    ///
+    /// This is `begin_ready`, `store.write`, `finish_ready` in a loop; a daemon
+    /// that group-commits several groups in one write calls those itself.
     pub fn process(
         &mut self,
         store: &mut dyn LogStore,
         snapshots: &SnapshotStore,
         send: &mut dyn FnMut(Message),
     ) -> Result<Output> {
-        self.check_running()?;
         let _span = tracing::debug_span!("replica", group = self.group, node = self.node.id(), term = self.node.term())
             .entered();
         let mut out = Output::default();
         for _ in 0..READY_ROUNDS_MAX {
-            if !self.node.has_ready() {
+            let Some(mut pending) = self.begin_ready(send)? else {
                 break;
+            };
+            let set = pending.take_write();
+            if !set.is_empty() {
+                // Whatever failed here, the core already handed these entries
+                // out: the replica cannot go on without knowing what reached the disk.
+                store.write(set).map_err(|e| self.stop(e))?;
             }
-            let rd = self.node.ready();
-            self.handle_ready(rd, store, snapshots, send, &mut out)?;
+            self.finish_ready(pending, store, snapshots, send, &mut out)?;
         }
         Ok(out)
     }
 
-    fn handle_ready(
+    /// Takes the next Ready, if any: sends the messages that need not wait for
+    /// the disk (rule 4) and returns the rest with the write that must become
+    /// durable before `finish_ready`. The caller may merge that write with
+    /// other groups' into one `LogStore::write`; if the write fails, the
+    /// replica must be dropped and reopened from storage. Call `finish_ready`
+    /// for each pending batch, in order, before the next `begin_ready`.
+    pub fn begin_ready(&mut self, send: &mut dyn FnMut(Message)) -> Result<Option<PendingReady>> {
+        self.check_running()?;
+        if !self.node.has_ready() {
+            return Ok(None);
+        }
+        let mut rd = self.node.ready();
+        std::mem::take(&mut rd.messages).into_iter().for_each(&mut *send);
+        if let Some(install) = &rd.snapshot_install {
+            self.installing = Some(install.clone());
+        }
+        let group = self.group;
+        let mut write = WriteSet::new();
+        if let Some(first) = rd.entries.first() {
+            // A leader overwrote our conflicting suffix: storage wants the
+            // truncation spelled out before the append.
+            if first.index <= self.stored_last_index {
+                write.truncate(group, first.index);
+            }
+            write.append(group, rd.entries.iter().map(convert::entry_to_storage).collect());
+        }
+        if let Some(last) = rd.entries.last() {
+            self.stored_last_index = last.index;
+        }
+        if let Some(hs) = rd.hard_state {
+            write.set_hard_state(group, convert::hard_state_to_storage(hs));
+        }
+        Ok(Some(PendingReady { rd, write }))
+    }
+
+    /// Finishes a Ready whose write is durable: tells the core (rule 3), sends
+    /// the messages that promise durability (votes, append acknowledgements),
+    /// applies committed entries (rule 5) and saves a requested snapshot
+    /// (rule 6). Results, reads and notices go into `out`.
+    pub fn finish_ready(
         &mut self,
-        rd: Ready,
+        pending: PendingReady,
         store: &mut dyn LogStore,
         snapshots: &SnapshotStore,
         send: &mut dyn FnMut(Message),
         out: &mut Output,
     ) -> Result<()> {
-        if let Some(soft) = rd.soft_state {
-            out.soft_state = Some(soft);
-            self.leader_hooks(soft)?;
-        }
-        // Rule 4: these need not wait for our disk (a leader's appends, pre-votes).
-        rd.messages.into_iter().for_each(&mut *send);
-        if let Some(install) = rd.snapshot_install {
-            self.installing = Some(install.clone());
-            out.snapshot_install = Some(install);
-        }
-        // Rules 2 and 3: one durable write, then tell the core, then the
-        // messages that promise durability (votes, append acknowledgements).
-        self.persist(store, rd.hard_state, &rd.entries)?;
+        self.check_running()?;
+        debug_assert!(pending.write.is_empty(), "finish_ready before the write was taken");
+        let rd = pending.rd;
         if let Some(hs) = rd.hard_state {
             self.node.on_hard_state_persisted(hs);
         }
@@ -385,43 +454,22 @@ impl Replica {
             self.node.on_persisted(last.index, last.term);
         }
         rd.messages_after_persist.into_iter().for_each(&mut *send);
-        // Rule 5.
+        if let Some(soft) = rd.soft_state {
+            out.soft_state = Some(soft);
+            self.leader_hooks(soft)?;
+        }
+        if let Some(install) = rd.snapshot_install {
+            out.snapshot_install = Some(install);
+        }
         self.apply(&rd.committed_entries, out)?;
         out.read_states.extend(rd.read_states);
         out.events.extend(rd.events);
-        // Rule 6: the state machine is now exactly at the requested index.
+        // The state machine is now exactly at the requested index.
         if let Some(meta) = rd.snapshot_request {
             debug_assert_eq!(self.node.applied(), meta.index, "snapshot requested off the applied index");
             self.snapshot_and_compact(store, snapshots, meta, out)?;
         }
         Ok(())
-    }
-
-    fn persist(
-        &mut self,
-        store: &mut dyn LogStore,
-        hard_state: Option<waft_raft::HardState>,
-        entries: &[waft_raft::Entry],
-    ) -> Result<()> {
-        let group = self.group;
-        let mut set = WriteSet::new();
-        if let Some(first) = entries.first() {
-            // A leader overwrote our conflicting suffix: storage wants the
-            // truncation spelled out before the append.
-            if first.index <= store.last_index(group) {
-                set.truncate(group, first.index);
-            }
-            set.append(group, entries.iter().map(convert::entry_to_storage).collect());
-        }
-        if let Some(hs) = hard_state {
-            set.set_hard_state(group, convert::hard_state_to_storage(hs));
-        }
-        if set.is_empty() {
-            return Ok(());
-        }
-        // Whatever failed here, the core already handed these entries out:
-        // the replica cannot go on without knowing what reached the disk.
-        store.write(set).map_err(|e| self.stop(e))
     }
 
     /// Applies committed entries in order: client commands in batches, the
@@ -587,7 +635,9 @@ impl Replica {
             set.truncate(group, meta.index + 1);
         }
         set.purge(group, meta.index, meta.term);
-        store.write(set).map_err(|e| self.stop(e))
+        store.write(set).map_err(|e| self.stop(e))?;
+        self.stored_last_index = store.last_index(group);
+        Ok(())
     }
 
     /// Starts receiving the snapshot the core asked for (`Output::snapshot_install`),

@@ -31,6 +31,13 @@ fn guest_dir() -> PathBuf {
     }
 }
 
+/// A fresh scratch directory under the target dir for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = target_dir().join("waft-node-tests").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 /// Loads a guest component built by `cargo xtask guests` (e.g. "waft_counter").
 pub fn guest(name: &str) -> (Module, ModuleHash) {
     let path = guest_dir().join(format!("{name}.wasm"));
@@ -82,8 +89,7 @@ impl Cluster {
     }
 
     pub fn with_guest(name: &str, voters: u64, snapshot_margin_entries: u64, guest_name: &str) -> Cluster {
-        let root = target_dir().join("waft-node-tests").join(name);
-        let _ = std::fs::remove_dir_all(&root);
+        let root = scratch(name);
         let (module, hash) = guest(guest_name);
         let mut c = Cluster {
             nodes: (1..=voters)
