@@ -21,6 +21,11 @@
 //!     //   then begin_install / Install::write_chunk / finish_install
 //! }
 //! ```
+//!
+//! `process` is `begin_ready` → `LogStore::write` → `finish_ready` in a loop.
+//! A daemon serving many groups calls those itself and merges the groups'
+//! writes ([`merge_write`]) into one atomic write with one sync (group commit).
+//! Errors: [`Error::is_fatal`] means drop the replica and reopen it from storage.
 
 mod convert;
 mod error;
