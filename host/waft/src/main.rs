@@ -3,9 +3,12 @@
 //! Owns the command line. Today it runs the demo: SOFAJRaft's counter and
 //! atomic scenarios against the real example components, on three replicas
 //! fed the same entries, showing their states stay byte-identical and that a
-//! faulting entry is rejected alone. The daemon (`waft serve`) and its
-//! clients come with the daemon work.
+//! faulting entry is rejected alone. `waft serve` runs a daemon
+//! (waft-daemon); `waft propose`, `waft query` and `waft status` are its
+//! clients, built on `waft_daemon::client`.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -29,14 +32,185 @@ enum Cmd {
         #[arg(long, default_value = "target/wasm32-wasip2/release")]
         modules: PathBuf,
     },
+    /// Run a node: serve the given group with the given module, replicated
+    /// with the given peers.
+    Serve {
+        /// This node's id (1 or more, unique in the cluster).
+        #[arg(long)]
+        id: u64,
+        /// Address for both peers and clients, e.g. 127.0.0.1:7001.
+        #[arg(long)]
+        listen: SocketAddr,
+        /// Where this node keeps its log and snapshots.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Another member, as ID=ADDR (repeat for each peer).
+        #[arg(long = "peer", value_parser = parse_peer)]
+        peers: Vec<(u64, String)>,
+        /// The group this node serves.
+        #[arg(long)]
+        group: u64,
+        /// The state machine component the group runs.
+        #[arg(long)]
+        module: PathBuf,
+        /// Election timeout, in ticks.
+        #[arg(long, default_value_t = waft_daemon::ELECTION_TICKS_DEFAULT)]
+        election_ticks: u64,
+        /// Length of one tick, in ms.
+        #[arg(long, default_value_t = waft_daemon::TICK_MS_DEFAULT)]
+        tick_ms: u64,
+        /// Snapshot once this many applied entries follow the last snapshot.
+        #[arg(long, default_value_t = 10_000)]
+        snapshot_margin_entries: u64,
+    },
+    /// Propose a command (the module's JSON form) and print its result.
+    Propose {
+        /// Any node of the cluster; the client follows the leader hint.
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        group: u64,
+        command: String,
+    },
+    /// Run a read-only query (the module's JSON form) and print its result.
+    Query {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        group: u64,
+        #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
+        consistency: ConsistencyArg,
+        request: String,
+    },
+    /// Show what a node knows about its groups.
+    Status {
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        group: Option<u64>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ConsistencyArg {
+    Linearizable,
+    Lease,
+    Follower,
+    Stale,
+}
+
+impl From<ConsistencyArg> for waft_proto::client::Consistency {
+    fn from(c: ConsistencyArg) -> Self {
+        use waft_proto::client::Consistency as C;
+        match c {
+            ConsistencyArg::Linearizable => C::Linearizable,
+            ConsistencyArg::Lease => C::Lease,
+            ConsistencyArg::Follower => C::Follower,
+            ConsistencyArg::Stale => C::Stale,
+        }
+    }
+}
+
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected ID=ADDR, e.g. 2=127.0.0.1:7002"))?;
+    let id = id.parse::<u64>().map_err(|e| format!("{s:?}: peer id: {e}"))?;
+    Ok((id, addr.to_string()))
 }
 
 fn main() -> Result<()> {
+    let cli = Cli::parse();
+    // A daemon reports its elections and peers; a one-shot command stays quiet.
+    let default_filter = if matches!(cli.command, Cmd::Serve { .. }) { "info" } else { "warn" };
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
         .init();
-    match Cli::parse().command {
+    match cli.command {
         Cmd::Demo { modules } => demo(&modules),
+        Cmd::Serve { id, listen, data_dir, peers, group, module, election_ticks, tick_ms, snapshot_margin_entries } => {
+            let mut peer_map = BTreeMap::new();
+            for (peer, addr) in peers {
+                if peer_map.insert(peer, addr).is_some() {
+                    bail!("--peer {peer} is given twice");
+                }
+            }
+            let cfg = waft_daemon::ServeConfig {
+                node_id: id,
+                listen,
+                data_dir,
+                peers: peer_map,
+                groups: vec![waft_daemon::GroupSpec { group, module }],
+                tick_ms,
+                election_ticks,
+                snapshot_margin_entries,
+            };
+            runtime()?.block_on(waft_daemon::serve(cfg))?;
+            Ok(())
+        }
+        Cmd::Propose { addr, group, command } => {
+            let answer = runtime()?.block_on(waft_daemon::client::propose(&addr, group, command.into_bytes().into()))?;
+            println!("{}", String::from_utf8_lossy(&answer.result));
+            Ok(())
+        }
+        Cmd::Query { addr, group, consistency, request } => {
+            let answer = runtime()?.block_on(waft_daemon::client::query(
+                &addr,
+                group,
+                request.into_bytes().into(),
+                consistency.into(),
+            ))?;
+            println!("{}", String::from_utf8_lossy(&answer.result));
+            Ok(())
+        }
+        Cmd::Status { addr, group, json } => {
+            let status = runtime()?.block_on(waft_daemon::client::status(&addr, group))?;
+            print_status(&status, json);
+            Ok(())
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
+    use waft_proto::client::Role;
+    let role = |g: &waft_proto::client::GroupStatus| match g.role() {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::PreCandidate => "pre-candidate",
+        Role::Learner => "learner",
+        Role::Unspecified => "unknown",
+    };
+    if json {
+        let groups: Vec<serde_json::Value> = status
+            .groups
+            .iter()
+            .map(|g| {
+                let c = g.configuration.clone().unwrap_or_default();
+                serde_json::json!({
+                    "group": g.group, "role": role(g), "term": g.term,
+                    "leader_id": g.leader_id, "leader_address": g.leader_address,
+                    "commit_index": g.commit_index, "applied_index": g.applied_index,
+                    "voters": c.voters, "learners": c.learners,
+                    "module_hash": g.module_hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::json!({ "node_id": status.node_id, "groups": groups }));
+        return;
+    }
+    println!("node {}", status.node_id);
+    println!("{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8}", "group", "role", "term", "leader", "leader address", "commit", "applied");
+    for g in &status.groups {
+        println!(
+            "{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8}",
+            g.group, role(g), g.term, g.leader_id, g.leader_address, g.commit_index, g.applied_index
+        );
     }
 }
 

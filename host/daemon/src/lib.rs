@@ -1,0 +1,178 @@
+//! waft-daemon: what `waft serve` runs, and the client the `waft` CLI uses.
+//!
+//! Owns the asynchronous shell around `waft_node::Replica`: one tokio task per
+//! group ([`driver`]) feeding its replica from a monotonic clock, the network
+//! and clients; the gRPC peer transport ([`peer`]); the client service
+//! ([`service`]); and the client library ([`client`]). Must never hold Raft
+//! protocol logic (that is `waft-raft`) nor the ordering of a `Ready` (that is
+//! `waft-node`): the daemon only moves bytes, time and answers.
+//!
+//! ```text
+//!            client gRPC ──► service ──┐                   ┌──► peer senders ──► other daemons
+//!                                      ├─► group inbox ──► driver (Replica::process)
+//!   other daemons ──► peer service ────┘   (bounded)       └──► waiting clients (by index / read id)
+//! ```
+//!
+//! Every queue has a named bound; a full inbox answers BUSY, a full peer queue
+//! drops the message (Raft retransmits).
+//!
+//! Not yet here (issue 5): snapshot chunk pulls (a follower that falls behind
+//! a compacted log abandons the install and waits), group commit across
+//! groups, TOML configuration, run-time group creation.
+
+pub mod client;
+pub mod driver;
+pub mod peer;
+pub mod service;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use waft_raft::NodeId;
+use waft_storage::{ModuleHash, RocksLogStore, SnapshotStore};
+
+pub use driver::GroupHandle;
+
+/// Ticks of the Raft clock per election timeout unless told otherwise. At
+/// the default 10 ms tick this is 300 ms: generous for loaded test machines.
+pub const ELECTION_TICKS_DEFAULT: u64 = 30;
+/// Length of one Raft tick unless told otherwise.
+pub const TICK_MS_DEFAULT: u64 = 10;
+
+/// Everything `waft serve` needs to start.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub node_id: NodeId,
+    /// Serves both the peer and the client service.
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The other members: node id → address of their `waft serve`. This node
+    /// is not in it.
+    pub peers: BTreeMap<NodeId, String>,
+    /// The groups this node serves and the module file each runs.
+    pub groups: Vec<GroupSpec>,
+    pub tick_ms: u64,
+    pub election_ticks: u64,
+    /// Ask for a snapshot once this many applied entries follow the last one.
+    pub snapshot_margin_entries: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct GroupSpec {
+    pub group: u64,
+    pub module: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot read module {path}: {source}; build it or fix the path")]
+    ReadModule { path: PathBuf, source: std::io::Error },
+    #[error("module {path} refused: {source}")]
+    LoadModule { path: PathBuf, source: waft_runtime::LoadError },
+    #[error("cannot start the wasm engine: {0}")]
+    Engine(#[from] waft_runtime::EngineError),
+    #[error("storage under {dir}: {source}")]
+    Storage { dir: PathBuf, source: waft_storage::Error },
+    #[error("{0}")]
+    Replica(#[from] waft_node::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("gRPC server failed: {0}")]
+    Server(#[from] tonic::transport::Error),
+}
+
+impl ServeConfig {
+    fn raft_config(&self, group: u64) -> Result<waft_raft::Config, ServeError> {
+        let mut raft = waft_raft::Config::new(self.node_id, self.node_id.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ group);
+        raft.election_ticks = self.election_ticks;
+        // A heartbeat several times per election timeout, and a lease well
+        // inside it (the core requires lease < election timeout).
+        raft.heartbeat_ticks = (self.election_ticks / 6).max(1);
+        raft.lease_ticks = self.election_ticks / 2;
+        raft.snapshot_margin_entries = self.snapshot_margin_entries.max(1);
+        raft.validate().map_err(|e| ServeError::Config(format!("--election-ticks {}: {e}", self.election_ticks)))?;
+        Ok(raft)
+    }
+}
+
+/// Runs the daemon until the gRPC server stops (it normally never does: the
+/// process ends by a signal, and RocksDB's synced writes make that safe).
+pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+    if cfg.node_id == waft_raft::NONE {
+        return Err(ServeError::Config("--id 0 is reserved; use 1 or more".into()));
+    }
+    if cfg.peers.contains_key(&cfg.node_id) {
+        return Err(ServeError::Config(format!("--peer lists this node's own id {}", cfg.node_id)));
+    }
+    if cfg.groups.is_empty() {
+        return Err(ServeError::Config("no --group given; this node would serve nothing".into()));
+    }
+    let storage_err = |dir: PathBuf| move |source| ServeError::Storage { dir, source };
+    let log_dir = cfg.data_dir.join("log");
+    let snap_dir = cfg.data_dir.join("snapshots");
+    std::fs::create_dir_all(&cfg.data_dir)
+        .map_err(|e| ServeError::Config(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    // One RocksDB for every group of this node; the lock is per `process`
+    // call, which is where group commit across groups will go.
+    let store = Arc::new(Mutex::new(RocksLogStore::open(&log_dir).map_err(storage_err(log_dir.clone()))?));
+    let snapshots = Arc::new(SnapshotStore::open(&snap_dir).map_err(storage_err(snap_dir.clone()))?);
+    let engine = waft_runtime::Engine::new()?;
+
+    let mut addresses = cfg.peers.clone();
+    addresses.insert(cfg.node_id, cfg.listen.to_string());
+    let voters: Vec<NodeId> = addresses.keys().copied().collect();
+    let transport = peer::Transport::start(cfg.node_id, &cfg.peers);
+
+    let mut groups = BTreeMap::new();
+    for spec in &cfg.groups {
+        if spec.group == waft_proto::GROUP_NONE {
+            return Err(ServeError::Config("--group 0 is reserved; use 1 or more".into()));
+        }
+        let bytes = std::fs::read(&spec.module)
+            .map_err(|source| ServeError::ReadModule { path: spec.module.clone(), source })?;
+        let module = waft_runtime::Module::load(&engine, &bytes)
+            .map_err(|source| ServeError::LoadModule { path: spec.module.clone(), source })?;
+        let hash = ModuleHash::of(&bytes);
+        let raft = cfg.raft_config(spec.group)?;
+        let proposal_bytes_max = raft.proposal_bytes_max;
+        let replica = {
+            let mut store = store.lock().map_err(|_| ServeError::Config("storage lock poisoned".into()))?;
+            waft_node::Replica::open(
+                spec.group,
+                waft_node::ReplicaConfig::new(raft),
+                &mut *store,
+                &snapshots,
+                &module,
+                hash,
+                &voters,
+            )?
+        };
+        let handle = driver::spawn(driver::Driver::new(
+            replica,
+            store.clone(),
+            snapshots.clone(),
+            transport.clone(),
+            addresses.clone(),
+            Duration::from_millis(cfg.tick_ms.max(1)),
+            proposal_bytes_max,
+        ));
+        groups.insert(spec.group, handle);
+    }
+    let groups = Arc::new(groups);
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServeError::Listen { addr: cfg.listen, source })?;
+    tracing::info!(node = cfg.node_id, listen = %cfg.listen, groups = groups.len(), peers = cfg.peers.len(), "serving");
+    tonic::transport::Server::builder()
+        .add_service(waft_proto::peer_server(peer::PeerService::new(groups.clone())))
+        .add_service(waft_proto::client_server(service::ClientService::new(cfg.node_id, groups)))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,122 @@
+//! The client service: `Propose`, `Query` and `Status` over gRPC.
+//!
+//! Owns the checks a request passes before it costs a slot in a group's inbox
+//! (group id, size, consistency level) and the wait for the driver's answer,
+//! bounded by a timeout. Must never block on a full inbox: that is BUSY.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use waft_proto::client::{
+    self, Consistency, ProposeRequest, ProposeResponse, QueryRequest, QueryResponse, StatusRequest, StatusResponse,
+    propose_response, query_response,
+};
+
+use crate::driver::{BUSY_RETRY_AFTER_MS, GroupHandle, Input, Reply};
+
+/// How long a client request waits for its group's answer. A proposal that
+/// times out may still apply (TIMEOUT says so).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct ClientService {
+    node: u64,
+    groups: Arc<BTreeMap<u64, GroupHandle>>,
+}
+
+impl ClientService {
+    pub fn new(node: u64, groups: Arc<BTreeMap<u64, GroupHandle>>) -> ClientService {
+        ClientService { node, groups }
+    }
+
+    fn group(&self, group: u64) -> Result<&GroupHandle, client::Error> {
+        if group == waft_proto::GROUP_NONE {
+            return Err(client::Error::invalid_request("group 0 is reserved; name the group to use"));
+        }
+        self.groups.get(&group).ok_or_else(|| client::Error::unknown_group(group))
+    }
+
+    /// Puts `input` in the group's inbox and waits for its answer.
+    async fn ask(inbox: &mpsc::Sender<Input>, input: Input, rx: oneshot::Receiver<Reply>) -> Reply {
+        match inbox.try_send(input) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "the group's inbox is full"));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(client::Error::internal("the group stopped on this node; see its log"));
+            }
+        }
+        match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(client::Error::internal("the group dropped the request (it stopped); see its log")),
+            Err(_) => Err(client::Error::timeout(REQUEST_TIMEOUT.as_millis() as u64)),
+        }
+    }
+
+    async fn propose_inner(&self, req: ProposeRequest) -> Reply {
+        let group = self.group(req.group)?;
+        let size = req.command.len() as u64;
+        if size > group.proposal_bytes_max {
+            return Err(client::Error::too_large(size, group.proposal_bytes_max));
+        }
+        if size == 0 {
+            return Err(client::Error::invalid_request("the command is empty; send at least one byte"));
+        }
+        let (reply, rx) = oneshot::channel();
+        Self::ask(&group.inbox, Input::Propose { command: req.command, reply }, rx).await
+    }
+
+    async fn query_inner(&self, req: QueryRequest) -> Reply {
+        let group = self.group(req.group)?;
+        let size = req.request.len() as u64;
+        if size > group.proposal_bytes_max {
+            return Err(client::Error::too_large(size, group.proposal_bytes_max));
+        }
+        let consistency = Consistency::try_from(req.consistency).map_err(|_| {
+            client::Error::invalid_request(format!("unknown consistency level {}", req.consistency))
+        })?;
+        let (reply, rx) = oneshot::channel();
+        Self::ask(&group.inbox, Input::Query { request: req.request, consistency, reply }, rx).await
+    }
+}
+
+#[tonic::async_trait]
+impl client::client_server::Client for ClientService {
+    async fn propose(
+        &self,
+        request: tonic::Request<ProposeRequest>,
+    ) -> Result<tonic::Response<ProposeResponse>, tonic::Status> {
+        let response = match self.propose_inner(request.into_inner()).await {
+            Ok((result, index)) => ProposeResponse { outcome: Some(propose_response::Outcome::Result(result)), index },
+            Err(e) => ProposeResponse { outcome: Some(propose_response::Outcome::Error(e)), index: 0 },
+        };
+        Ok(tonic::Response::new(response))
+    }
+
+    async fn query(&self, request: tonic::Request<QueryRequest>) -> Result<tonic::Response<QueryResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let consistency = req.consistency;
+        let response = match self.query_inner(req).await {
+            Ok((result, applied_index)) => {
+                QueryResponse { outcome: Some(query_response::Outcome::Result(result)), applied_index, consistency }
+            }
+            Err(e) => QueryResponse { outcome: Some(query_response::Outcome::Error(e)), applied_index: 0, consistency },
+        };
+        Ok(tonic::Response::new(response))
+    }
+
+    async fn status(&self, request: tonic::Request<StatusRequest>) -> Result<tonic::Response<StatusResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let mut response = StatusResponse { node_id: self.node, ..Default::default() };
+        match req.group {
+            Some(group) => match self.group(group) {
+                Ok(handle) => response.groups.push(handle.status.borrow().clone()),
+                Err(e) => response.error = Some(e),
+            },
+            None => response.groups = self.groups.values().map(|h| h.status.borrow().clone()).collect(),
+        }
+        Ok(tonic::Response::new(response))
+    }
+}
