@@ -1245,17 +1245,7 @@ impl RawNode {
             return; // the snapshot supersedes this append; the leader resends after it
         }
         if prev_index < self.log.committed {
-            let index = self.log.committed;
-            self.send(
-                from,
-                MessageBody::AppendResponse {
-                    reject: false,
-                    index,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
-                true,
-            );
+            self.ack_committed(from);
             return;
         }
         match self.log.maybe_append(prev_index, prev_term, entries) {
@@ -1293,19 +1283,25 @@ impl RawNode {
         }
     }
 
+    /// Tell the leader everything up to our commit index is here: what it
+    /// sent (an append or a snapshot) is already covered by committed state.
+    fn ack_committed(&mut self, from: NodeId) {
+        let index = self.log.committed;
+        self.send(
+            from,
+            MessageBody::AppendResponse {
+                reject: false,
+                index,
+                hint_index: 0,
+                hint_term: 0,
+            },
+            true,
+        );
+    }
+
     fn handle_snapshot(&mut self, from: NodeId, meta: SnapshotMeta) {
         if meta.index <= self.log.committed {
-            let index = self.log.committed;
-            self.send(
-                from,
-                MessageBody::AppendResponse {
-                    reject: false,
-                    index,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
-                true,
-            );
+            self.ack_committed(from);
             return;
         }
         if self

@@ -716,16 +716,7 @@ impl SnapshotWriter {
             if self.files.len() >= SNAPSHOT_FILES_MAX {
                 return Err(refuse(format!("more than {SNAPSHOT_FILES_MAX} files")));
             }
-            let path = self.tmp_dir.join(name);
-            let file = File::create(&path).map_err(Error::io("creating", &path))?;
-            self.files.insert(
-                name.to_string(),
-                PartFile {
-                    file,
-                    len: 0,
-                    hasher: crc32fast::Hasher::new(),
-                },
-            );
+            self.create_part(name)?;
         }
         let Some(part) = self.files.get_mut(name) else {
             unreachable!("inserted above")
@@ -745,7 +736,8 @@ impl SnapshotWriter {
         Ok(())
     }
 
-    fn write_chunk_unchecked_create(&mut self, name: &str) -> Result<()> {
+    /// Create the temporary file behind `name`, empty.
+    fn create_part(&mut self, name: &str) -> Result<()> {
         let path = self.tmp_dir.join(name);
         let file = File::create(&path).map_err(Error::io("creating", &path))?;
         self.files.insert(
@@ -779,7 +771,7 @@ impl SnapshotWriter {
         for name in unwritten {
             // A file never written to is created empty; if the meta promised
             // bytes, the size check below refuses it.
-            self.write_chunk_unchecked_create(&name)?;
+            self.create_part(&name)?;
         }
         let mut files = Vec::with_capacity(self.files.len());
         for (name, part) in &self.files {
