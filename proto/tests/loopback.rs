@@ -70,6 +70,8 @@ impl client::client_server::Client for EchoClient {
             applied_index: 5,
             configuration: Some((&waft_raft::Configuration::new([1, 2, 3])).into()),
             module_hash: Bytes::from(vec![0u8; 32]),
+            snapshot_index: 4,
+            snapshot_install: None,
         };
         let mut resp = client::StatusResponse { node_id: 1, ..Default::default() };
         match req.group {

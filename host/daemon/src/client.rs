@@ -44,7 +44,8 @@ pub struct Answer {
 async fn connect(addr: &str) -> Result<ClientClient<tonic::transport::Channel>, ClientError> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?
-        .connect_timeout(CONNECT_TIMEOUT);
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
     let channel =
         endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
     Ok(waft_proto::client_client(channel))
@@ -67,96 +68,232 @@ fn next_step(e: &client::Error) -> Next {
     }
 }
 
-/// Runs `call` against `addr`, following hints, at most `ATTEMPTS_MAX` times.
-async fn with_retries<F, Fut>(addr: &str, mut call: F) -> Result<Answer, ClientError>
-where
-    F: FnMut(ClientClient<tonic::transport::Channel>, String) -> Fut,
-    Fut: std::future::Future<Output = Result<Answer, ClientError>>,
-{
-    let mut target = addr.to_string();
-    let mut last = None;
-    for _ in 0..ATTEMPTS_MAX {
-        let outcome = match connect(&target).await {
-            Ok(c) => call(c, target.clone()).await,
-            Err(e) => Err(e),
-        };
-        let e = match outcome {
-            Ok(answer) => return Ok(answer),
-            Err(e) => e,
-        };
-        let next = match &e {
-            ClientError::Refused(refusal) => next_step(refusal),
-            // The hinted leader may have just died: go back to the first address.
-            ClientError::Connect { .. } | ClientError::Rpc { .. } if target != addr => {
-                Next::Retry { addr: Some(addr.to_string()), pause: NO_LEADER_PAUSE }
-            }
-            _ => Next::Stop,
-        };
-        match next {
-            Next::Stop => return Err(e),
-            Next::Retry { addr: new, pause } => {
-                if let Some(new) = new {
-                    target = new;
-                }
-                tokio::time::sleep(pause).await;
-            }
-        }
-        last = Some(e);
+/// Addresses a client keeps a connection to at most; beyond it the oldest
+/// are dropped (a cluster's members, plus room for a few moves).
+pub const CONNECTIONS_MAX: usize = 16;
+
+/// A client of one cluster. Keeps one HTTP/2 connection per node it talked to
+/// (requests multiplex over it) and remembers each group's leader, so after
+/// the first redirect requests go straight there. Cheap to clone; clones share
+/// connections and leader hints.
+#[derive(Clone)]
+pub struct Client {
+    inner: std::sync::Arc<Shared>,
+}
+
+struct Shared {
+    /// Where to start when nothing better is known: the first node, then the
+    /// next one each time a node cannot be reached. Invariant: not empty.
+    seeds: Vec<String>,
+    next_seed: std::sync::atomic::AtomicUsize,
+    /// Open connections by address. Invariant: len() <= CONNECTIONS_MAX.
+    connections: std::sync::Mutex<Vec<(String, ClientClient<tonic::transport::Channel>)>>,
+    /// The leader's address last heard of, by group.
+    leaders: std::sync::Mutex<std::collections::BTreeMap<u64, String>>,
+}
+
+impl Client {
+    /// A client that starts at `addr` (any node of the cluster). Connects lazily.
+    pub fn new(addr: impl Into<String>) -> Client {
+        Client::with_nodes(vec![addr.into()])
     }
-    Err(ClientError::GaveUp {
-        attempts: ATTEMPTS_MAX,
-        last: Box::new(last.unwrap_or(ClientError::NoOutcome { addr: addr.to_string() })),
-    })
+
+    /// A client that knows several nodes of the cluster: when the one it uses
+    /// cannot be reached, it goes on with the next. Queries are asked at the
+    /// first (reads are served where they are asked). Panics if `addrs` is
+    /// empty.
+    pub fn with_nodes(addrs: Vec<String>) -> Client {
+        assert!(!addrs.is_empty(), "a client needs at least one node address");
+        Client {
+            inner: std::sync::Arc::new(Shared {
+                seeds: addrs,
+                next_seed: std::sync::atomic::AtomicUsize::new(0),
+                connections: std::sync::Mutex::new(Vec::new()),
+                leaders: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+            }),
+        }
+    }
+
+    async fn connection(&self, addr: &str) -> Result<ClientClient<tonic::transport::Channel>, ClientError> {
+        if let Ok(conns) = self.inner.connections.lock()
+            && let Some((_, c)) = conns.iter().find(|(a, _)| a == addr)
+        {
+            return Ok(c.clone());
+        }
+        let c = connect(addr).await?;
+        if let Ok(mut conns) = self.inner.connections.lock() {
+            if conns.len() >= CONNECTIONS_MAX {
+                conns.remove(0);
+            }
+            conns.push((addr.to_string(), c.clone()));
+        }
+        Ok(c)
+    }
+
+    /// Forgets a connection that failed, so the next attempt dials again.
+    fn forget(&self, addr: &str) {
+        if let Ok(mut conns) = self.inner.connections.lock() {
+            conns.retain(|(a, _)| a != addr);
+        }
+    }
+
+    /// The seed node in use now.
+    fn seed(&self) -> String {
+        let seeds = &self.inner.seeds;
+        seeds[self.inner.next_seed.load(std::sync::atomic::Ordering::Relaxed) % seeds.len()].clone()
+    }
+
+    /// Moves on to the next seed node (after `failed` could not be reached).
+    fn rotate_seed(&self, failed: &str) -> String {
+        let seeds = &self.inner.seeds;
+        let at = self.inner.next_seed.load(std::sync::atomic::Ordering::Relaxed) % seeds.len();
+        if seeds[at] == failed {
+            self.inner.next_seed.store((at + 1) % seeds.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+        self.seed()
+    }
+
+    fn start_for(&self, group: u64) -> String {
+        self.inner.leaders.lock().ok().and_then(|l| l.get(&group).cloned()).unwrap_or_else(|| self.seed())
+    }
+
+    fn forget_leader(&self, group: u64) {
+        if let Ok(mut leaders) = self.inner.leaders.lock() {
+            leaders.remove(&group);
+        }
+    }
+
+    fn remember_leader(&self, group: u64, addr: &str) {
+        if let Ok(mut leaders) = self.inner.leaders.lock() {
+            leaders.insert(group, addr.to_string());
+        }
+    }
+
+    /// Runs `call` for `group`, following hints, at most `ATTEMPTS_MAX` times.
+    /// `to_leader`: start at (and remember) the group's leader rather than the
+    /// seed node.
+    async fn with_retries<F, Fut>(&self, group: u64, to_leader: bool, mut call: F) -> Result<Answer, ClientError>
+    where
+        F: FnMut(ClientClient<tonic::transport::Channel>, String) -> Fut,
+        Fut: std::future::Future<Output = Result<Answer, ClientError>>,
+    {
+        let mut target = if to_leader { self.start_for(group) } else { self.inner.seeds[0].clone() };
+        let mut last = None;
+        for _ in 0..ATTEMPTS_MAX {
+            let outcome = match self.connection(&target).await {
+                Ok(c) => call(c, target.clone()).await,
+                Err(e) => Err(e),
+            };
+            let e = match outcome {
+                Ok(answer) => {
+                    if to_leader {
+                        self.remember_leader(group, &target);
+                    }
+                    return Ok(answer);
+                }
+                Err(e) => e,
+            };
+            let next = match &e {
+                ClientError::Refused(refusal) => next_step(refusal),
+                // The node may have just died: go on with the next known node
+                // (a proposal's outcome there was unknown, but a connection
+                // that failed before the call carried nothing).
+                ClientError::Connect { .. } if self.inner.seeds.len() > 1 || target != self.inner.seeds[0] => {
+                    self.forget(&target);
+                    self.forget_leader(group);
+                    Next::Retry { addr: Some(self.rotate_seed(&target)), pause: NO_LEADER_PAUSE }
+                }
+                ClientError::Rpc { .. } => {
+                    self.forget(&target);
+                    self.forget_leader(group);
+                    Next::Stop
+                }
+                _ => Next::Stop,
+            };
+            match next {
+                Next::Stop => return Err(e),
+                Next::Retry { addr: new, pause } => {
+                    if let Some(new) = new {
+                        target = new;
+                    }
+                    tokio::time::sleep(pause).await;
+                }
+            }
+            last = Some(e);
+        }
+        Err(ClientError::GaveUp {
+            attempts: ATTEMPTS_MAX,
+            last: Box::new(last.unwrap_or(ClientError::NoOutcome { addr: target })),
+        })
+    }
+
+    /// Proposes `command` to `group`, following the leader.
+    pub async fn propose(&self, group: u64, command: Bytes) -> Result<Answer, ClientError> {
+        self.with_retries(group, true, |mut c, at| {
+            let req = ProposeRequest { group, command: command.clone(), ..Default::default() };
+            async move {
+                let resp = c.propose(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
+                let resp = resp.into_inner();
+                match resp.outcome {
+                    Some(propose_response::Outcome::Result(result)) => Ok(Answer { result, index: resp.index }),
+                    Some(propose_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
+                    None => Err(ClientError::NoOutcome { addr: at }),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Queries `group` with `consistency` at the node this client starts at.
+    /// Reads are served where they are asked (a follower forwards the read
+    /// index itself), so only "no leader yet" and BUSY are retried here.
+    pub async fn query(&self, group: u64, request: Bytes, consistency: Consistency) -> Result<Answer, ClientError> {
+        self.with_retries(group, false, |mut c, at| {
+            let req = QueryRequest { group, request: request.clone(), consistency: consistency as i32 };
+            async move {
+                let resp = c.query(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
+                let resp = resp.into_inner();
+                match resp.outcome {
+                    Some(query_response::Outcome::Result(result)) => Ok(Answer { result, index: resp.applied_index }),
+                    Some(query_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
+                    None => Err(ClientError::NoOutcome { addr: at }),
+                }
+            }
+        })
+        .await
+    }
+
+    /// What the seed node knows of `group` (or of all its groups). One attempt.
+    pub async fn status(&self, group: Option<u64>) -> Result<StatusResponse, ClientError> {
+        let addr = self.inner.seeds[0].clone();
+        let mut c = self.connection(&addr).await?;
+        let resp = match c.status(StatusRequest { group }).await {
+            Ok(resp) => resp.into_inner(),
+            Err(status) => {
+                self.forget(&addr);
+                return Err(ClientError::Rpc { addr, status });
+            }
+        };
+        match resp.error {
+            Some(e) => Err(ClientError::Refused(e)),
+            None => Ok(resp),
+        }
+    }
 }
 
 /// Proposes `command` to `group`, starting at `addr` and following the leader.
 pub async fn propose(addr: &str, group: u64, command: Bytes) -> Result<Answer, ClientError> {
-    with_retries(addr, |mut c, at| {
-        let req = ProposeRequest { group, command: command.clone(), ..Default::default() };
-        async move {
-            let resp = c.propose(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
-            let resp = resp.into_inner();
-            match resp.outcome {
-                Some(propose_response::Outcome::Result(result)) => Ok(Answer { result, index: resp.index }),
-                Some(propose_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
-                None => Err(ClientError::NoOutcome { addr: at }),
-            }
-        }
-    })
-    .await
+    Client::new(addr).propose(group, command).await
 }
 
-/// Queries `group` at `addr` with `consistency`. Reads are served where they
-/// are asked (a follower forwards the read index itself), so only "no leader
-/// yet" and BUSY are retried here.
+/// Queries `group` at `addr` with `consistency` (see [`Client::query`]).
 pub async fn query(addr: &str, group: u64, request: Bytes, consistency: Consistency) -> Result<Answer, ClientError> {
-    with_retries(addr, |mut c, at| {
-        let req = QueryRequest { group, request: request.clone(), consistency: consistency as i32 };
-        async move {
-            let resp = c.query(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
-            let resp = resp.into_inner();
-            match resp.outcome {
-                Some(query_response::Outcome::Result(result)) => Ok(Answer { result, index: resp.applied_index }),
-                Some(query_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
-                None => Err(ClientError::NoOutcome { addr: at }),
-            }
-        }
-    })
-    .await
+    Client::new(addr).query(group, request, consistency).await
 }
 
 /// What the node at `addr` knows of `group` (or of all its groups). One attempt.
 pub async fn status(addr: &str, group: Option<u64>) -> Result<StatusResponse, ClientError> {
-    let mut c = connect(addr).await?;
-    let resp = c
-        .status(StatusRequest { group })
-        .await
-        .map_err(|status| ClientError::Rpc { addr: addr.to_string(), status })?
-        .into_inner();
-    match resp.error {
-        Some(e) => Err(ClientError::Refused(e)),
-        None => Ok(resp),
-    }
+    Client::new(addr).status(group).await
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! whose receivers may be gone.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,8 +20,10 @@ use waft_node::{Output, Replica};
 use waft_proto::client::{self, Consistency};
 use waft_raft::{Message, NodeId, ReadMode, Role};
 use waft_runtime::ApplyError;
-use waft_storage::{RocksLogStore, SnapshotStore};
+use waft_proto::peer::PeerMessage;
+use waft_storage::{RocksLogStore, SnapshotId, SnapshotStore};
 
+use crate::install::{self, Progress};
 use crate::peer::Transport;
 
 /// Peer messages and client requests queued for one group. A full inbox makes
@@ -44,7 +47,11 @@ pub type Reply = Result<(Bytes, u64), client::Error>;
 
 /// What the group's inbox carries.
 pub enum Input {
-    Peer(Message),
+    /// A Raft message; an `InstallSnapshot` carries the leader's manifest as
+    /// the storage meta to install from (`None` when it sent none).
+    Peer { message: Message, snapshot: Option<waft_storage::SnapshotMeta> },
+    /// A snapshot pull ended: the install, complete, or why it failed.
+    InstallPulled(Result<waft_node::Install, String>),
     Propose { command: Bytes, reply: oneshot::Sender<Reply> },
     Query { request: Bytes, consistency: Consistency, reply: oneshot::Sender<Reply> },
 }
@@ -76,6 +83,17 @@ pub struct Driver {
     reads_ready: Vec<(u64, PendingRead)>,
     next_read_id: u64,
     status: watch::Sender<client::GroupStatus>,
+    /// The latest snapshot offer from a leader: who sent it and what to pull.
+    offer: Option<(NodeId, waft_storage::SnapshotMeta)>,
+    /// The snapshot being pulled right now. Invariant: at most one per group.
+    transfer: Option<Arc<Progress>>,
+    /// Pull rate limit in bytes per second (0: none).
+    snapshot_bytes_per_sec: u64,
+    /// The last entry covered by this node's latest snapshot.
+    snapshot_index: u64,
+    /// Lets a pull task report back; weak, so the inbox still closes when
+    /// every service handle is gone.
+    inbox: Option<mpsc::WeakSender<Input>>,
 }
 
 struct PendingRead {
@@ -92,8 +110,10 @@ impl Driver {
         addresses: BTreeMap<NodeId, String>,
         tick: Duration,
         proposal_bytes_max: u64,
+        snapshot_bytes_per_sec: u64,
     ) -> Driver {
         let (status, _) = watch::channel(client::GroupStatus::default());
+        let snapshot_index = snapshots.latest(replica.group()).map_or(0, |id| id.index);
         Driver {
             replica,
             store,
@@ -107,6 +127,11 @@ impl Driver {
             reads_ready: Vec::new(),
             next_read_id: 1,
             status,
+            offer: None,
+            transfer: None,
+            snapshot_bytes_per_sec,
+            snapshot_index,
+            inbox: None,
         }
     }
 
@@ -131,7 +156,13 @@ impl Driver {
 
     fn on_input(&mut self, input: Input) {
         match input {
-            Input::Peer(m) => self.replica.step(m),
+            Input::Peer { message, snapshot } => {
+                if let Some(stored) = snapshot {
+                    self.offer = Some((message.from, stored));
+                }
+                self.replica.step(message);
+            }
+            Input::InstallPulled(pulled) => self.finish_install(pulled),
             Input::Propose { command, reply } => self.propose(command, reply),
             Input::Query { request, consistency, reply } => self.query(request, consistency, reply),
         }
@@ -192,6 +223,9 @@ impl Driver {
 
     /// Runs the replica until it has nothing ready (bounded), then answers.
     fn process(&mut self) -> Result<(), waft_node::Error> {
+        if let Some(reason) = self.replica.stopped() {
+            return Err(waft_node::Error::Stopped { group: self.group(), reason: reason.to_string() });
+        }
         for _ in 0..PROCESS_CALLS_MAX {
             if !self.replica.has_ready() {
                 break;
@@ -207,7 +241,8 @@ impl Driver {
                     self.replica.process(&mut *store, &self.snapshots, &mut |m| outbox.push(m))
                 })?
             };
-            self.transport.send(self.group(), outbox);
+            let wire = outbox.into_iter().map(|m| self.wire(m)).collect();
+            self.transport.send(self.group(), wire);
             self.settle(out);
         }
         self.serve_ready_reads();
@@ -245,13 +280,120 @@ impl Driver {
             }
         }
         if let Some(install) = out.snapshot_install {
-            // Chunk pulls are not implemented yet: give the install back so the
-            // core keeps going and the leader offers it again later.
-            tracing::warn!(group, from = install.from, index = install.meta.index, "snapshot install not supported yet; abandoned");
-            self.replica.abandon_install();
+            self.start_install(install);
+        }
+        if let Some(saved) = out.snapshot_saved {
+            self.snapshot_index = saved.index;
         }
         if let Some(e) = out.snapshot_failed {
             tracing::warn!(group, error = %e, "snapshot not saved");
+        }
+    }
+
+    /// The wire form of an outgoing message; an `InstallSnapshot` gets the
+    /// manifest of the snapshot it names, so the follower knows what to pull.
+    fn wire(&self, m: Message) -> PeerMessage {
+        let snapshot = match &m.body {
+            waft_raft::MessageBody::InstallSnapshot { meta } => Some(SnapshotId { index: meta.index, term: meta.term }),
+            _ => None,
+        };
+        let mut wire = PeerMessage::from_raft(self.group(), m);
+        if let Some(id) = snapshot
+            && let Some(manifest) = install::manifest(&self.snapshots, self.group(), id)
+        {
+            wire.set_snapshot_manifest(manifest);
+        }
+        wire
+    }
+
+    /// The core asked for the snapshot `install` names: pull it from the
+    /// leader that offered it, in a task of its own.
+    fn start_install(&mut self, install: waft_raft::SnapshotInstall) {
+        let group = self.group();
+        let (index, term) = (install.meta.index, install.meta.term);
+        if self.transfer.as_ref().is_some_and(|p| (p.index, p.term) == (index, term)) {
+            return;
+        }
+        if self.transfer.is_some() {
+            // A newer snapshot superseded the one in flight; that pull's
+            // install will be refused when it ends, and this one offered again.
+            tracing::info!(group, index, term, "snapshot offer while another pull runs; waiting for it to end");
+            return;
+        }
+        let offered = match &self.offer {
+            Some((from, stored)) if *from == install.from && (stored.index, stored.term) == (index, term) => {
+                stored.clone()
+            }
+            _ => {
+                tracing::warn!(group, from = install.from, index, "snapshot offer came without a manifest; waiting for the next");
+                self.replica.abandon_install();
+                return;
+            }
+        };
+        let Some(addr) = self.addresses.get(&install.from).cloned() else {
+            tracing::warn!(group, from = install.from, "no address for the snapshot's sender");
+            self.replica.abandon_install();
+            return;
+        };
+        let pending = match self.replica.begin_install(&self.snapshots, offered) {
+            Ok(pending) => pending,
+            Err(e) => {
+                tracing::warn!(group, index, term, error = %e, "cannot start snapshot install");
+                if !e.is_fatal() {
+                    self.replica.abandon_install();
+                }
+                return;
+            }
+        };
+        let Some(inbox) = self.inbox.as_ref().and_then(|w| w.upgrade()) else { return };
+        let progress = Arc::new(Progress {
+            index,
+            term,
+            bytes_total: pending.files().iter().map(|f| f.size).sum(),
+            bytes_done: AtomicU64::new(0),
+        });
+        self.transfer = Some(progress.clone());
+        tracing::info!(group, from = install.from, index, term, bytes = progress.bytes_total, "pulling snapshot");
+        let rate = self.snapshot_bytes_per_sec;
+        tokio::spawn(async move {
+            let pulled = install::pull(addr, group, pending, rate, progress).await;
+            // Waits for room rather than drop the outcome: the driver must
+            // hear of every pull it started.
+            let _ = inbox.send(Input::InstallPulled(pulled)).await;
+        });
+    }
+
+    fn finish_install(&mut self, pulled: Result<waft_node::Install, String>) {
+        let group = self.group();
+        let Some(progress) = self.transfer.take() else { return };
+        let result = match pulled {
+            Ok(done) => {
+                let finished = match self.store.lock() {
+                    Ok(mut store) => tokio::task::block_in_place(|| {
+                        self.replica.finish_install(&mut *store, &self.snapshots, done)
+                    }),
+                    Err(_) => Err(waft_node::Error::Stopped {
+                        group,
+                        reason: "the storage lock is poisoned (another group panicked mid-write)".into(),
+                    }),
+                };
+                finished.map_err(|e| e.to_string())
+            }
+            Err(why) => {
+                self.replica.abandon_install();
+                Err(why)
+            }
+        };
+        match result {
+            Ok(()) => {
+                self.snapshot_index = self.snapshot_index.max(progress.index);
+                tracing::info!(group, index = progress.index, term = progress.term, bytes = progress.bytes_total, "snapshot installed");
+            }
+            Err(why) => tracing::warn!(group, index = progress.index, term = progress.term, %why, "snapshot install failed; the leader will offer it again"),
+        }
+        // A newer snapshot the core asked for while this pull ran.
+        if let Some(next) = self.replica.pending_install().cloned() {
+            self.start_install(next);
         }
     }
 
@@ -293,6 +435,13 @@ impl Driver {
             applied_index: self.replica.applied_index(),
             configuration: Some(raft.configuration().into()),
             module_hash: Bytes::copy_from_slice(&self.replica.module_hash().0),
+            snapshot_index: self.snapshot_index,
+            snapshot_install: self.transfer.as_ref().map(|p| client::SnapshotTransfer {
+                index: p.index,
+                term: p.term,
+                bytes_done: p.bytes_done.load(Ordering::Relaxed),
+                bytes_total: p.bytes_total,
+            }),
         };
         self.status.send_if_modified(|old| {
             let changed = *old != status;
@@ -301,7 +450,7 @@ impl Driver {
         });
     }
 
-    async fn run(mut self, mut inbox: mpsc::Receiver<Input>) {
+    async fn run(mut self, mut inbox: mpsc::Receiver<Input>, mut stop: watch::Receiver<bool>) {
         let mut ticker = tokio::time::interval(self.tick);
         // After a stall, tick once rather than in a burst: a burst of ticks
         // would expire election timers the network had no chance to reset.
@@ -309,6 +458,12 @@ impl Driver {
         let mut ticks: u64 = 0;
         loop {
             tokio::select! {
+                _ = stop.changed() => {
+                    tracing::info!(group = self.group(), "stopping");
+                    let e = self.shutting_down();
+                    self.fail_all(&e);
+                    break;
+                }
                 _ = ticker.tick() => {
                     self.replica.tick();
                     ticks += 1;
@@ -332,7 +487,7 @@ impl Driver {
                 // The replica stopped (disk failure, poisoned guest): it must be
                 // reopened from storage, which needs a restart of the daemon.
                 tracing::error!(group = self.group(), node = self.replica.raft().id(), error = %e, "group stopped");
-                self.fail_all(&e);
+                self.fail_all(&client::Error::internal(e.to_string()));
                 break;
             }
             self.publish_status();
@@ -342,15 +497,28 @@ impl Driver {
         while let Some(input) = inbox.recv().await {
             match input {
                 Input::Propose { reply, .. } | Input::Query { reply, .. } => {
-                    let _ = reply.send(Err(client::Error::internal("the group stopped on this node")));
+                    let _ = reply.send(Err(self.shutting_down()));
                 }
-                Input::Peer(_) => {}
+                Input::Peer { .. } | Input::InstallPulled(_) => {}
             }
         }
     }
 
-    fn fail_all(&mut self, e: &waft_node::Error) {
-        let err = || client::Error::internal(e.to_string());
+    /// What a client waiting on a group that stops hears: the leader to go
+    /// to, when another node leads.
+    fn shutting_down(&self) -> client::Error {
+        let (id, addr) = self.leader_hint();
+        let mut e = if id == self.replica.raft().id() {
+            client::Error::not_leader(waft_raft::NONE, "")
+        } else {
+            client::Error::not_leader(id, addr)
+        };
+        e.message = "this node stopped serving the group (shutting down, or the group failed; see its log); retry at another node".into();
+        e
+    }
+
+    fn fail_all(&mut self, e: &client::Error) {
+        let err = || e.clone();
         for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
             let _ = reply.send(Err(err()));
         }
@@ -381,9 +549,12 @@ fn query_error(e: &waft_node::Error) -> client::Error {
     }
 }
 
-/// Starts the driver's task and returns the handle the services use.
-pub fn spawn(driver: Driver) -> GroupHandle {
+/// Starts the driver's task and returns the handle the services use and the
+/// task's join handle. The task ends when `stop` changes (or its sender is
+/// dropped), or when the replica stops.
+pub fn spawn(mut driver: Driver, stop: watch::Receiver<bool>) -> (GroupHandle, tokio::task::JoinHandle<()>) {
     let (inbox, rx) = mpsc::channel(INBOX_CAPACITY);
+    driver.inbox = Some(inbox.downgrade());
     driver.publish_status();
     let handle = GroupHandle {
         inbox,
@@ -391,6 +562,6 @@ pub fn spawn(driver: Driver) -> GroupHandle {
         proposal_bytes_max: driver.proposal_bytes_max,
     };
     let span = tracing::info_span!("group", group = driver.group(), node = driver.replica.raft().id());
-    tokio::spawn(tracing::Instrument::instrument(driver.run(rx), span));
-    handle
+    let task = tokio::spawn(tracing::Instrument::instrument(driver.run(rx, stop), span));
+    (handle, task)
 }

@@ -16,12 +16,16 @@
 //! Every queue has a named bound; a full inbox answers BUSY, a full peer queue
 //! drops the message (Raft retransmits).
 //!
-//! Not yet here (issue 5): snapshot chunk pulls (a follower that falls behind
-//! a compacted log abandons the install and waits), group commit across
-//! groups, TOML configuration, run-time group creation.
+//! A follower behind the leader's compacted log installs a snapshot: the
+//! leader attaches the snapshot's manifest to `InstallSnapshot`, the follower
+//! pulls the files in chunks over `PullSnapshotChunk` ([`install`]).
+//!
+//! Not yet here: group commit across groups, run-time group creation.
 
 pub mod client;
+pub mod config;
 pub mod driver;
+pub mod install;
 pub mod peer;
 pub mod service;
 
@@ -58,6 +62,9 @@ pub struct ServeConfig {
     pub election_ticks: u64,
     /// Ask for a snapshot once this many applied entries follow the last one.
     pub snapshot_margin_entries: u64,
+    /// Most bytes per second this node pulls when installing a snapshot from
+    /// its leader (0: as fast as the network and disk go).
+    pub snapshot_pull_bytes_per_sec: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -100,9 +107,18 @@ impl ServeConfig {
     }
 }
 
-/// Runs the daemon until the gRPC server stops (it normally never does: the
-/// process ends by a signal, and RocksDB's synced writes make that safe).
-pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+/// How long a clean shutdown waits for open client and peer connections to
+/// finish before it closes them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs the daemon until `shutdown` completes, then stops cleanly: stops
+/// accepting connections, tells every group's driver to stop (waiting
+/// clients hear where else to go), waits for them, and closes RocksDB. A
+/// crash instead is safe too: every acknowledged write was synced.
+pub async fn serve(
+    cfg: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     if cfg.node_id == waft_raft::NONE {
         return Err(ServeError::Config("--id 0 is reserved; use 1 or more".into()));
     }
@@ -128,6 +144,8 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let voters: Vec<NodeId> = addresses.keys().copied().collect();
     let transport = peer::Transport::start(cfg.node_id, &cfg.peers);
 
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut drivers = Vec::new();
     let mut groups = BTreeMap::new();
     for spec in &cfg.groups {
         if spec.group == waft_proto::GROUP_NONE {
@@ -152,7 +170,7 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
                 &voters,
             )?
         };
-        let handle = driver::spawn(driver::Driver::new(
+        let (handle, task) = driver::spawn(driver::Driver::new(
             replica,
             store.clone(),
             snapshots.clone(),
@@ -160,8 +178,10 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             addresses.clone(),
             Duration::from_millis(cfg.tick_ms.max(1)),
             proposal_bytes_max,
-        ));
+            cfg.snapshot_pull_bytes_per_sec,
+        ), stopped.clone());
         groups.insert(spec.group, handle);
+        drivers.push(task);
     }
     let groups = Arc::new(groups);
 
@@ -169,10 +189,40 @@ pub async fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         .await
         .map_err(|source| ServeError::Listen { addr: cfg.listen, source })?;
     tracing::info!(node = cfg.node_id, listen = %cfg.listen, groups = groups.len(), peers = cfg.peers.len(), "serving");
-    tonic::transport::Server::builder()
-        .add_service(waft_proto::peer_server(peer::PeerService::new(groups.clone())))
-        .add_service(waft_proto::client_server(service::ClientService::new(cfg.node_id, groups)))
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-        .await?;
+    let (shutdown_begun, begun) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(waft_proto::peer_server(peer::PeerService::new(groups.clone(), snapshots.clone())))
+            .add_service(waft_proto::client_server(service::ClientService::new(cfg.node_id, groups)))
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
+                let _ = begun.await;
+            }),
+    );
+    tokio::pin!(server);
+    tokio::select! {
+        () = shutdown => {}
+        ended = &mut server => {
+            // The server stopped on its own: an error to report.
+            let _ = stop.send(true);
+            return match ended {
+                Ok(result) => result.map_err(ServeError::from),
+                Err(e) => Err(ServeError::Config(format!("the gRPC server task failed: {e}"))),
+            };
+        }
+    }
+    tracing::info!(node = cfg.node_id, "shutting down");
+    let _ = shutdown_begun.send(());
+    // Drivers first: waiting clients hear where to go while connections are
+    // still open; then give the connections a bounded grace period.
+    let _ = stop.send(true);
+    for task in drivers {
+        let _ = task.await;
+    }
+    if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {
+        tracing::info!(node = cfg.node_id, "connections still open after the grace period; closing them");
+        server.abort();
+    }
+    drop(store);
+    tracing::info!(node = cfg.node_id, "stopped");
     Ok(())
 }

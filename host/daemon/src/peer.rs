@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use waft_proto::peer::{self, PeerBatch, PeerMessage, RaftDone};
-use waft_raft::{Message, NodeId};
+use waft_raft::NodeId;
+use waft_storage::SnapshotStore;
 
 use crate::driver::{GroupHandle, Input};
 
@@ -52,16 +53,14 @@ impl Transport {
     }
 
     /// Queues `messages` of `group` for their peers; drops what does not fit.
-    pub fn send(&self, group: u64, messages: Vec<Message>) {
+    pub fn send(&self, group: u64, messages: Vec<PeerMessage>) {
         for m in messages {
             let to = m.to;
             let Some(queue) = self.queues.get(&to) else {
                 tracing::debug!(group, node = self.node, to, "message for an unknown peer dropped");
                 continue;
             };
-            // Snapshot manifests are not attached yet (no chunk pulls): the
-            // receiver abandons such an install and the leader offers it again.
-            if queue.try_send(PeerMessage::from_raft(group, m)).is_err() {
+            if queue.try_send(m).is_err() {
                 tracing::trace!(group, node = self.node, to, "peer queue full or closed; message dropped");
             }
         }
@@ -152,12 +151,34 @@ async fn stream(
 /// The server side of the peer service.
 pub struct PeerService {
     groups: Arc<BTreeMap<u64, GroupHandle>>,
+    snapshots: Arc<SnapshotStore>,
 }
 
 impl PeerService {
-    pub fn new(groups: Arc<BTreeMap<u64, GroupHandle>>) -> PeerService {
-        PeerService { groups }
+    pub fn new(groups: Arc<BTreeMap<u64, GroupHandle>>, snapshots: Arc<SnapshotStore>) -> PeerService {
+        PeerService { groups, snapshots }
     }
+}
+
+/// Checks and unwraps one wire message: its group, the core message, and for
+/// an `InstallSnapshot` the storage meta its manifest describes.
+fn unwrap_wire(wire: PeerMessage) -> Result<(u64, Input), String> {
+    let manifest = match wire.snapshot_manifest() {
+        Some(Ok(m)) => Some(m.clone()),
+        Some(Err(e)) => return Err(e.to_string()),
+        None => None,
+    };
+    let (group, message) = wire.into_raft().map_err(|e| e.to_string())?;
+    let snapshot = match (&message.body, manifest) {
+        (waft_raft::MessageBody::InstallSnapshot { meta }, Some(manifest)) => Some(crate::install::stored_meta(
+            meta.index,
+            meta.term,
+            meta.config.encode().into(),
+            &manifest,
+        )?),
+        _ => None,
+    };
+    Ok((group, Input::Peer { message, snapshot }))
 }
 
 #[tonic::async_trait]
@@ -170,7 +191,7 @@ impl peer::peer_server::Peer for PeerService {
         let (mut delivered, mut dropped) = (0u64, 0u64);
         while let Some(batch) = stream.message().await? {
             for wire in batch.messages {
-                let (group, m) = match wire.into_raft() {
+                let (group, input) = match unwrap_wire(wire) {
                     Ok(converted) => converted,
                     Err(e) => {
                         tracing::debug!(error = %e, "malformed peer message dropped");
@@ -178,7 +199,7 @@ impl peer::peer_server::Peer for PeerService {
                         continue;
                     }
                 };
-                match self.groups.get(&group).map(|g| g.inbox.try_send(Input::Peer(m))) {
+                match self.groups.get(&group).map(|g| g.inbox.try_send(input)) {
                     Some(Ok(())) => delivered += 1,
                     _ => dropped += 1,
                 }
@@ -189,8 +210,12 @@ impl peer::peer_server::Peer for PeerService {
 
     async fn pull_snapshot_chunk(
         &self,
-        _request: tonic::Request<peer::SnapshotChunkRequest>,
+        request: tonic::Request<peer::SnapshotChunkRequest>,
     ) -> Result<tonic::Response<peer::SnapshotChunk>, tonic::Status> {
-        Err(tonic::Status::unimplemented("snapshot chunk pulls are not implemented by this daemon yet"))
+        let req = request.into_inner();
+        if !self.groups.contains_key(&req.group) {
+            return Err(tonic::Status::not_found(format!("this node serves no group {}", req.group)));
+        }
+        crate::install::serve_chunk(self.snapshots.clone(), req).await.map(tonic::Response::new)
     }
 }

@@ -7,7 +7,6 @@
 //! (waft-daemon); `waft propose`, `waft query` and `waft status` are its
 //! clients, built on `waft_daemon::client`.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -32,47 +31,58 @@ enum Cmd {
         #[arg(long, default_value = "target/wasm32-wasip2/release")]
         modules: PathBuf,
     },
-    /// Run a node: serve the given group with the given module, replicated
-    /// with the given peers.
+    /// Run a node: serve the given groups, each with its module, replicated
+    /// with the given peers. Flags win over the --config file. Stops cleanly
+    /// on SIGINT or SIGTERM.
     Serve {
+        /// A TOML configuration file (every key is documented in
+        /// docs/serve.toml); flags given here override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
         /// This node's id (1 or more, unique in the cluster).
         #[arg(long)]
-        id: u64,
+        id: Option<u64>,
         /// Address for both peers and clients, e.g. 127.0.0.1:7001.
         #[arg(long)]
-        listen: SocketAddr,
+        listen: Option<SocketAddr>,
         /// Where this node keeps its log and snapshots.
         #[arg(long)]
-        data_dir: PathBuf,
+        data_dir: Option<PathBuf>,
         /// Another member, as ID=ADDR (repeat for each peer).
         #[arg(long = "peer", value_parser = parse_peer)]
         peers: Vec<(u64, String)>,
-        /// The group this node serves.
+        /// A group this node serves and its state machine, as ID=MODULE.wasm
+        /// (repeat for each group).
+        #[arg(long = "group", value_parser = parse_group)]
+        groups: Vec<(u64, PathBuf)>,
+        /// Election timeout, in ticks [default: 30].
         #[arg(long)]
-        group: u64,
-        /// The state machine component the group runs.
+        election_ticks: Option<u64>,
+        /// Length of one tick, in ms [default: 10].
         #[arg(long)]
-        module: PathBuf,
-        /// Election timeout, in ticks.
-        #[arg(long, default_value_t = waft_daemon::ELECTION_TICKS_DEFAULT)]
-        election_ticks: u64,
-        /// Length of one tick, in ms.
-        #[arg(long, default_value_t = waft_daemon::TICK_MS_DEFAULT)]
-        tick_ms: u64,
-        /// Snapshot once this many applied entries follow the last snapshot.
-        #[arg(long, default_value_t = 10_000)]
-        snapshot_margin_entries: u64,
+        tick_ms: Option<u64>,
+        /// Snapshot once this many applied entries follow the last snapshot
+        /// [default: 10000].
+        #[arg(long)]
+        snapshot_margin_entries: Option<u64>,
+        /// Most bytes per second to pull when installing a snapshot from the
+        /// leader [default: 0, unlimited].
+        #[arg(long)]
+        snapshot_pull_bytes_per_sec: Option<u64>,
     },
-    /// Propose a command (the module's JSON form) and print its result.
+    /// Propose a command and print its result.
     Propose {
         /// Any node of the cluster; the client follows the leader hint.
         #[arg(long)]
         addr: String,
         #[arg(long)]
         group: u64,
-        command: String,
+        #[command(flatten)]
+        input: Input,
+        #[arg(long, value_enum, default_value_t = OutputForm::Auto)]
+        output: OutputForm,
     },
-    /// Run a read-only query (the module's JSON form) and print its result.
+    /// Run a read-only query and print its result.
     Query {
         #[arg(long)]
         addr: String,
@@ -80,7 +90,10 @@ enum Cmd {
         group: u64,
         #[arg(long, value_enum, default_value_t = ConsistencyArg::Linearizable)]
         consistency: ConsistencyArg,
-        request: String,
+        #[command(flatten)]
+        input: Input,
+        #[arg(long, value_enum, default_value_t = OutputForm::Auto)]
+        output: OutputForm,
     },
     /// Show what a node knows about its groups.
     Status {
@@ -92,6 +105,70 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The bytes of a command or query: text (an SDK-built module's JSON form),
+/// hex, or a file's contents (for any other module).
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct Input {
+    /// The command as text, e.g. '{"incr":5}' for the counter.
+    text: Option<String>,
+    /// The command as hex bytes, e.g. 00a1ff.
+    #[arg(long)]
+    hex: Option<String>,
+    /// Read the command's bytes from this file.
+    #[arg(long)]
+    file: Option<PathBuf>,
+}
+
+impl Input {
+    fn bytes(self) -> Result<Vec<u8>> {
+        if let Some(text) = self.text {
+            return Ok(text.into_bytes());
+        }
+        if let Some(hex) = self.hex {
+            return decode_hex(&hex);
+        }
+        if let Some(path) = self.file {
+            return std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()));
+        }
+        bail!("give the command as text, --hex or --file")
+    }
+}
+
+fn decode_hex(hex: &str) -> Result<Vec<u8>> {
+    let hex = hex.trim().trim_start_matches("0x");
+    if hex.len() % 2 != 0 {
+        bail!("--hex: {} digits; bytes take two hex digits each", hex.len());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            u8::from_str_radix(&hex[i..i + 2], 16).with_context(|| format!("--hex: {:?} is not a hex byte", &hex[i..i + 2]))
+        })
+        .collect()
+}
+
+/// How to print a result.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum OutputForm {
+    /// Text when the bytes are printable UTF-8, hex otherwise.
+    Auto,
+    Text,
+    Hex,
+}
+
+fn print_result(bytes: &[u8], form: OutputForm) {
+    let hex = || bytes.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    match form {
+        OutputForm::Hex => println!("{}", hex()),
+        OutputForm::Text => println!("{}", String::from_utf8_lossy(bytes)),
+        OutputForm::Auto => match std::str::from_utf8(bytes) {
+            Ok(text) if !text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => println!("{text}"),
+            _ => println!("{}", hex()),
+        },
+    }
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -114,6 +191,13 @@ impl From<ConsistencyArg> for waft_proto::client::Consistency {
     }
 }
 
+fn parse_group(s: &str) -> Result<(u64, PathBuf), String> {
+    let (id, module) =
+        s.split_once('=').ok_or_else(|| format!("{s:?}: expected ID=MODULE, e.g. 1=target/wasm32-wasip2/release/waft_counter.wasm"))?;
+    let id = id.parse::<u64>().map_err(|e| format!("{s:?}: group id: {e}"))?;
+    Ok((id, PathBuf::from(module)))
+}
+
 fn parse_peer(s: &str) -> Result<(u64, String), String> {
     let (id, addr) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected ID=ADDR, e.g. 2=127.0.0.1:7002"))?;
     let id = id.parse::<u64>().map_err(|e| format!("{s:?}: peer id: {e}"))?;
@@ -124,44 +208,53 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     // A daemon reports its elections and peers; a one-shot command stays quiet.
     let default_filter = if matches!(cli.command, Cmd::Serve { .. }) { "info" } else { "warn" };
+    // Logs go to stderr (stdout carries results), coloured only on a terminal.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
         Cmd::Demo { modules } => demo(&modules),
-        Cmd::Serve { id, listen, data_dir, peers, group, module, election_ticks, tick_ms, snapshot_margin_entries } => {
-            let mut peer_map = BTreeMap::new();
-            for (peer, addr) in peers {
-                if peer_map.insert(peer, addr).is_some() {
-                    bail!("--peer {peer} is given twice");
-                }
-            }
-            let cfg = waft_daemon::ServeConfig {
-                node_id: id,
+        Cmd::Serve {
+            config,
+            id,
+            listen,
+            data_dir,
+            peers,
+            groups,
+            election_ticks,
+            tick_ms,
+            snapshot_margin_entries,
+            snapshot_pull_bytes_per_sec,
+        } => {
+            let cfg = waft_daemon::config::Flags {
+                config,
+                id,
                 listen,
                 data_dir,
-                peers: peer_map,
-                groups: vec![waft_daemon::GroupSpec { group, module }],
+                peers,
+                groups,
                 tick_ms,
                 election_ticks,
                 snapshot_margin_entries,
-            };
-            runtime()?.block_on(waft_daemon::serve(cfg))?;
+                snapshot_pull_bytes_per_sec,
+            }
+            .resolve()?;
+            runtime()?.block_on(waft_daemon::serve(cfg, shutdown_signal()))?;
             Ok(())
         }
-        Cmd::Propose { addr, group, command } => {
-            let answer = runtime()?.block_on(waft_daemon::client::propose(&addr, group, command.into_bytes().into()))?;
-            println!("{}", String::from_utf8_lossy(&answer.result));
+        Cmd::Propose { addr, group, input, output } => {
+            let command = input.bytes()?;
+            let answer = runtime()?.block_on(waft_daemon::client::propose(&addr, group, command.into()))?;
+            print_result(&answer.result, output);
             Ok(())
         }
-        Cmd::Query { addr, group, consistency, request } => {
-            let answer = runtime()?.block_on(waft_daemon::client::query(
-                &addr,
-                group,
-                request.into_bytes().into(),
-                consistency.into(),
-            ))?;
-            println!("{}", String::from_utf8_lossy(&answer.result));
+        Cmd::Query { addr, group, consistency, input, output } => {
+            let request = input.bytes()?;
+            let answer =
+                runtime()?.block_on(waft_daemon::client::query(&addr, group, request.into(), consistency.into()))?;
+            print_result(&answer.result, output);
             Ok(())
         }
         Cmd::Status { addr, group, json } => {
@@ -169,6 +262,25 @@ fn main() -> Result<()> {
             print_status(&status, json);
             Ok(())
         }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops cleanly");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
     }
 }
 

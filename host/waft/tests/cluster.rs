@@ -1,169 +1,164 @@
-//! Three real `waft serve` processes on loopback, running the counter
-//! component: elect a leader, write through the leader and through a
-//! follower, read back linearizably from every node.
+//! Three real `waft serve` processes on loopback serving two groups (the
+//! counter, and the test-only probe guest that traps on request): writes
+//! through the leader and a follower apply exactly once, every read
+//! consistency returns what it promises, and bad input gets a clear error
+//! while the cluster keeps serving.
 //!
 //! Lives in the `waft` crate so cargo builds the binary and names it
-//! (`CARGO_BIN_EXE_waft`). Every child is owned by a guard that kills and
-//! reaps it on drop, so a failing assertion leaves no daemon behind.
+//! (`CARGO_BIN_EXE_waft`); `common::Cluster` kills every child on drop.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Command;
 
 use bytes::Bytes;
-use waft_daemon::client;
-use waft_proto::client::{Consistency, Role};
+use common::{Cluster, Spec, module, text};
+use waft_daemon::client::{self, ClientError};
+use waft_proto::client::{Consistency, ErrorCode, ProposeRequest, QueryRequest, propose_response, query_response};
 
-const GROUP: u64 = 1;
-/// Bound on waiting for an elected leader everyone agrees on.
-const LEADER_DEADLINE: Duration = Duration::from_secs(30);
-const POLL_PAUSE: Duration = Duration::from_millis(50);
+const COUNTER: u64 = 1;
+const PROBE: u64 = 2;
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-}
-
-fn counter_module() -> PathBuf {
-    let dir = match std::env::var_os("WAFT_GUEST_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => target_dir().join("wasm32-wasip2/release"),
-    };
-    let path = dir.join("waft_counter.wasm");
-    assert!(path.exists(), "{} is missing; build the guests first with `cargo xtask guests`", path.display());
-    path
-}
-
-/// A port nothing listens on right now (the OS picks; we release it at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Kills and reaps every child on drop, even when the test panics.
-struct Cluster {
-    children: Vec<Child>,
-    addrs: Vec<String>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+fn refusal(e: ClientError) -> waft_proto::client::Error {
+    match e {
+        ClientError::Refused(r) => r,
+        ClientError::GaveUp { last, .. } => refusal(*last),
+        other => panic!("expected a refusal from the server, got {other}"),
     }
 }
 
-impl Cluster {
-    fn start(name: &str, nodes: u64) -> Cluster {
-        let root = target_dir().join("waft-daemon-tests").join(name);
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(&root).unwrap();
-        let module = counter_module();
-        let addrs: Vec<String> = (0..nodes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let mut cluster = Cluster { children: Vec::new(), addrs: addrs.clone() };
-        for id in 1..=nodes {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_waft"));
-            cmd.arg("serve")
-                .args(["--id", &id.to_string()])
-                .args(["--listen", &addrs[(id - 1) as usize]])
-                .arg("--data-dir")
-                .arg(root.join(format!("node-{id}")))
-                .args(["--group", &GROUP.to_string()])
-                .arg("--module")
-                .arg(&module);
-            for peer in (1..=nodes).filter(|p| *p != id) {
-                cmd.args(["--peer", &format!("{peer}={}", addrs[(peer - 1) as usize])]);
-            }
-            let log = std::fs::File::create(root.join(format!("node-{id}.log"))).unwrap();
-            cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
-            cluster.children.push(cmd.spawn().expect("cannot start `waft serve`"));
-        }
-        cluster
-    }
-
-    /// Polls every node's Status until all agree on one leader; returns its index.
-    async fn wait_for_leader(&mut self) -> usize {
-        let deadline = Instant::now() + LEADER_DEADLINE;
-        loop {
-            for (i, child) in self.children.iter_mut().enumerate() {
-                if let Ok(Some(exit)) = child.try_wait() {
-                    panic!("node {} exited early: {exit}", i + 1);
-                }
-            }
-            let mut leaders = Vec::new();
-            let mut leader_index = None;
-            for (i, addr) in self.addrs.iter().enumerate() {
-                if let Ok(status) = client::status(addr, Some(GROUP)).await
-                    && let Some(g) = status.groups.first()
-                {
-                    leaders.push(g.leader_id);
-                    if g.role() == Role::Leader {
-                        leader_index = Some(i);
-                    }
-                }
-            }
-            if let Some(i) = leader_index
-                && leaders.len() == self.addrs.len()
-                && leaders.iter().all(|l| *l == (i + 1) as u64)
-            {
-                return i;
-            }
-            assert!(Instant::now() < deadline, "no agreed leader within {LEADER_DEADLINE:?}; saw {leaders:?}");
-            tokio::time::sleep(POLL_PAUSE).await;
-        }
-    }
-}
-
-fn text(answer: &client::Answer) -> String {
-    String::from_utf8_lossy(&answer.result).into_owned()
+fn get() -> Bytes {
+    Bytes::from_static(br#""get""#)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_daemons_replicate_and_read_linearizably() {
-    let mut cluster = Cluster::start("three-daemons", 3);
-    let leader = cluster.wait_for_leader().await;
+async fn three_daemons_replicate_read_and_refuse_bad_input() {
+    let spec = Spec {
+        groups: vec![(COUNTER, module("waft_counter")), (PROBE, module("waft_probe"))],
+        args: Vec::new(),
+    };
+    let mut cluster = Cluster::start("three-daemons", 3, spec);
+    let leader = cluster.wait_for_leader(COUNTER).await;
     let follower = (leader + 1) % 3;
     let (leader_addr, follower_addr) = (cluster.addrs[leader].clone(), cluster.addrs[follower].clone());
 
-    let answer = client::propose(&leader_addr, GROUP, Bytes::from_static(br#"{"incr":5}"#)).await.unwrap();
+    // Exactly once: each increment moves the counter by its own delta.
+    let answer = client::propose(&leader_addr, COUNTER, Bytes::from_static(br#"{"incr":5}"#)).await.unwrap();
     assert_eq!(text(&answer), "5");
     // Through a follower: the client follows its NOT_LEADER hint to the leader.
-    let answer = client::propose(&follower_addr, GROUP, Bytes::from_static(br#"{"incr":2}"#)).await.unwrap();
+    let answer = client::propose(&follower_addr, COUNTER, Bytes::from_static(br#"{"incr":2}"#)).await.unwrap();
     assert_eq!(text(&answer), "7");
+    // The CLI does the same, as a user would type it; hex input too.
+    let waft = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_waft")).args(args).output().unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, out, err) = waft(&["propose", "--addr", &follower_addr, "--group", "1", r#"{"incr":3}"#]);
+    assert!(ok, "waft propose failed: {err}");
+    assert_eq!(out, "10");
+    let hex: String = br#"{"incr":1}"#.iter().map(|b| format!("{b:02x}")).collect();
+    let (ok, out, err) = waft(&["propose", "--addr", &leader_addr, "--group", "1", "--hex", &hex, "--output", "hex"]);
+    assert!(ok, "waft propose --hex failed: {err}");
+    assert_eq!(out, "3131", "11 as hex bytes");
 
-    // The CLI does the same, as a user would type it.
-    let out = Command::new(env!("CARGO_BIN_EXE_waft"))
-        .args(["propose", "--addr", &follower_addr, "--group", "1", r#"{"incr":3}"#])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "waft propose failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "10");
-
-    // Linearizable reads see every acknowledged write, on every node (a
-    // follower asks the leader for the read index and waits to apply it).
+    // Linearizable and follower reads see every acknowledged write on every
+    // node (a follower asks the leader for a read index and waits to apply
+    // it); a lease read on the leader too, without a quorum round.
     for addr in &cluster.addrs {
-        let answer = client::query(addr, GROUP, Bytes::from_static(br#""get""#), Consistency::Linearizable)
-            .await
-            .unwrap();
-        assert_eq!(text(&answer), "10", "linearizable read at {addr}");
+        for consistency in [Consistency::Linearizable, Consistency::Follower] {
+            let answer = client::query(addr, COUNTER, get(), consistency).await.unwrap();
+            assert_eq!(text(&answer), "11", "{consistency:?} read at {addr}");
+            assert!(answer.index >= 4, "the answer reflects the index it was read at");
+        }
     }
-    // A stale read answers from local state without any check.
-    let answer = client::query(&leader_addr, GROUP, Bytes::from_static(br#""get""#), Consistency::Stale).await.unwrap();
-    assert_eq!(text(&answer), "10");
+    let answer = client::query(&leader_addr, COUNTER, get(), Consistency::Lease).await.unwrap();
+    assert_eq!(text(&answer), "11");
+    // A stale read answers from local state without any check: on the leader
+    // that includes every acknowledged write; on a follower some prefix.
+    let answer = client::query(&leader_addr, COUNTER, get(), Consistency::Stale).await.unwrap();
+    assert_eq!(text(&answer), "11");
+    let answer = client::query(&follower_addr, COUNTER, get(), Consistency::Stale).await.unwrap();
+    assert!(["0", "5", "7", "10", "11"].contains(&text(&answer).as_str()), "a prefix: {}", text(&answer));
 
-    // Bad input gets a clear error and the cluster keeps serving.
-    let err = client::propose(&leader_addr, 99, Bytes::from_static(b"{}")).await.unwrap_err();
-    assert!(err.to_string().contains("no group 99"), "{err}");
+    // Bad input gets a clear error ...
+    let e = refusal(client::propose(&leader_addr, 99, Bytes::from_static(b"{}")).await.unwrap_err());
+    assert_eq!(e.code(), ErrorCode::UnknownGroup, "{e}");
+    assert!(e.to_string().contains("no group 99"), "{e}");
+    let big = Bytes::from(vec![b'x'; 2 * 1024 * 1024]);
+    let e = refusal(client::propose(&leader_addr, COUNTER, big).await.unwrap_err());
+    assert_eq!(e.code(), ErrorCode::TooLarge, "{e}");
+    let e = refusal(client::propose(&leader_addr, COUNTER, Bytes::new()).await.unwrap_err());
+    assert_eq!(e.code(), ErrorCode::InvalidRequest, "{e}");
+    let e = refusal(client::propose(&leader_addr, COUNTER, Bytes::from_static(b"{\"incr\":")).await.unwrap_err());
+    assert_eq!(e.code(), ErrorCode::Rejected, "malformed JSON is the guest's to refuse: {e}");
+    let e = refusal(client::query(&leader_addr, COUNTER, Bytes::from_static(b"nonsense"), Consistency::Linearizable).await.unwrap_err());
+    assert_eq!(e.code(), ErrorCode::Rejected, "{e}");
+    // Requests no client library would send, straight over gRPC.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader_addr}")).unwrap().connect().await.unwrap();
+    let mut raw = waft_proto::client_client(channel);
+    let resp = raw.propose(ProposeRequest { group: 0, command: Bytes::from_static(b"1"), ..Default::default() }).await.unwrap();
+    match resp.into_inner().outcome {
+        Some(propose_response::Outcome::Error(e)) => assert_eq!(e.code(), ErrorCode::InvalidRequest, "{e}"),
+        other => panic!("group 0 accepted: {other:?}"),
+    }
+    let resp = raw.query(QueryRequest { group: COUNTER, request: get(), consistency: 42 }).await.unwrap();
+    match resp.into_inner().outcome {
+        Some(query_response::Outcome::Error(e)) => {
+            assert_eq!(e.code(), ErrorCode::InvalidRequest, "{e}");
+            assert!(e.to_string().contains("consistency"), "{e}");
+        }
+        other => panic!("consistency 42 accepted: {other:?}"),
+    }
+    // Bytes that are not HTTP/2 at all: the connection is dropped, nothing else.
+    let mut junk = std::net::TcpStream::connect(&leader_addr).unwrap();
+    junk.write_all(b"GET / HTTP/1.0\r\n\r\n\x00\xff\x00\xff garbage").unwrap();
+    let mut sink = Vec::new();
+    let _ = junk.read_to_end(&mut sink);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_waft"))
-        .args(["status", "--addr", &leader_addr, "--json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "waft status failed: {}", String::from_utf8_lossy(&out.stderr));
-    let json = String::from_utf8_lossy(&out.stdout);
+    // ... and a guest that traps on one command loses only that command.
+    let probe_leader = cluster.wait_for_leader(PROBE).await;
+    let probe_addr = cluster.addrs[probe_leader].clone();
+    let answer = client::propose(&probe_addr, PROBE, Bytes::from_static(br#"{"incr":5}"#)).await.unwrap();
+    assert_eq!(text(&answer), "5");
+    let e = refusal(client::propose(&probe_addr, PROBE, Bytes::from_static(br#"{"incr_then_trap":100}"#)).await.unwrap_err());
+    assert_eq!(e.code(), ErrorCode::GuestFault, "{e}");
+    let answer = client::propose(&probe_addr, PROBE, Bytes::from_static(br#"{"incr":1}"#)).await.unwrap();
+    assert_eq!(text(&answer), "6", "the trapped entry's addition did not survive");
+    for addr in &cluster.addrs {
+        let answer =
+            client::query(addr, PROBE, Bytes::from_static(br#""value""#), Consistency::Linearizable).await.unwrap();
+        assert_eq!(text(&answer), r#"{"value":6}"#, "every replica skipped the same entry ({addr})");
+    }
+
+    // The cluster still serves, and reports itself.
+    let answer = client::propose(&follower_addr, COUNTER, Bytes::from_static(br#"{"incr":1}"#)).await.unwrap();
+    assert_eq!(text(&answer), "12");
+    let (ok, json, err) = waft(&["status", "--addr", &leader_addr, "--json"]);
+    assert!(ok, "waft status failed: {err}");
     assert!(json.contains(r#""role":"leader""#), "{json}");
-    drop(cluster);
+    cluster.check_alive();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_node_cleanly_and_it_restarts_from_its_data() {
+    let mut cluster = Cluster::start("sigterm", 3, Spec::one(COUNTER, "waft_counter"));
+    let leader = cluster.wait_for_leader(COUNTER).await;
+    let client = cluster.client(leader);
+    for _ in 0..10 {
+        client.propose(COUNTER, Bytes::from_static(br#"{"incr":1}"#)).await.unwrap();
+    }
+    // Stop the leader itself: it must exit 0, and the others elect a new one.
+    assert!(cluster.terminate(leader, std::time::Duration::from_secs(20)), "node exits 0 on SIGTERM");
+    let log = std::fs::read_to_string(cluster.log_path(leader)).unwrap();
+    assert!(log.contains("stopped"), "the node logs its clean stop");
+    let new_leader = cluster.wait_for_leader(COUNTER).await;
+    assert_ne!(new_leader, leader);
+    let answer = cluster.client(new_leader).propose(COUNTER, Bytes::from_static(br#"{"incr":1}"#)).await.unwrap();
+    assert_eq!(text(&answer), "11");
+    cluster.start_node(leader);
+    let commit = cluster.status(new_leader, COUNTER).await.unwrap().commit_index;
+    cluster.wait_applied(leader, COUNTER, commit).await;
+    let answer = client::query(&cluster.addrs[leader], COUNTER, get(), Consistency::Stale).await.unwrap();
+    assert_eq!(text(&answer), "11", "restarted from its data directory and caught up");
 }

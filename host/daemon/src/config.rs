@@ -1,0 +1,260 @@
+//! The `waft serve` configuration file (TOML) and how it meets the flags.
+//!
+//! Owns the file's schema, its defaults and the rule that a flag given on
+//! the command line wins over the file. Must never start anything: it only
+//! turns text into a checked [`ServeConfig`].
+//!
+//! Every key, with its default (`docs/serve.toml` explains each one):
+//!
+//! ```toml
+//! id = 1                              # required: this node's id, 1 or more
+//! listen = "127.0.0.1:7001"           # required: peers and clients connect here
+//! data_dir = "/var/lib/waft/1"        # required: log, snapshots (relative: to this file)
+//! tick_ms = 10                        # one Raft tick
+//! election_ticks = 30                 # election timeout, in ticks
+//! snapshot_margin_entries = 10000     # snapshot once this many entries follow the last
+//! snapshot_pull_bytes_per_sec = 0     # snapshot install rate limit; 0 = none
+//!
+//! [peers]                             # the other members: id = "address"
+//! 2 = "127.0.0.1:7002"
+//! 3 = "127.0.0.1:7003"
+//!
+//! [[groups]]                          # one table per group this node serves
+//! id = 1
+//! module = "counter.wasm"             # relative paths: to this file
+//! ```
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{ELECTION_TICKS_DEFAULT, GroupSpec, ServeConfig, ServeError, TICK_MS_DEFAULT};
+
+/// Entries applied after the last snapshot before a new one is taken.
+pub const SNAPSHOT_MARGIN_ENTRIES_DEFAULT: u64 = 10_000;
+/// A configuration file larger than this is refused (it is a few lines).
+pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// The file, as written. Every key is optional here; what is required is
+/// checked once the flags are merged in.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub id: Option<u64>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub tick_ms: Option<u64>,
+    pub election_ticks: Option<u64>,
+    pub snapshot_margin_entries: Option<u64>,
+    pub snapshot_pull_bytes_per_sec: Option<u64>,
+    /// Node id (a TOML key, so a string) → address.
+    #[serde(default)]
+    pub peers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub groups: Vec<FileGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGroup {
+    pub id: u64,
+    pub module: PathBuf,
+}
+
+/// What the command line said; `None` / empty where it said nothing.
+#[derive(Debug, Default)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub id: Option<u64>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    /// `--peer ID=ADDR`, in order.
+    pub peers: Vec<(u64, String)>,
+    /// `--group ID=MODULE`, in order.
+    pub groups: Vec<(u64, PathBuf)>,
+    pub tick_ms: Option<u64>,
+    pub election_ticks: Option<u64>,
+    pub snapshot_margin_entries: Option<u64>,
+    pub snapshot_pull_bytes_per_sec: Option<u64>,
+}
+
+fn config_err(msg: impl Into<String>) -> ServeError {
+    ServeError::Config(msg.into())
+}
+
+impl FileConfig {
+    /// Reads and parses `path`; relative paths in it become relative to the
+    /// file's directory.
+    pub fn load(path: &Path) -> Result<FileConfig, ServeError> {
+        let len = std::fs::metadata(path).map_err(|e| config_err(format!("cannot read {}: {e}", path.display())))?.len();
+        if len > CONFIG_FILE_BYTES_MAX {
+            return Err(config_err(format!(
+                "{} has {len} bytes, more than the {CONFIG_FILE_BYTES_MAX} a configuration file may have",
+                path.display()
+            )));
+        }
+        let text =
+            std::fs::read_to_string(path).map_err(|e| config_err(format!("cannot read {}: {e}", path.display())))?;
+        let mut file = FileConfig::parse(&text).map_err(|e| config_err(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if let Some(dir) = &mut file.data_dir {
+            *dir = base.join(&*dir);
+        }
+        for g in &mut file.groups {
+            g.module = base.join(&g.module);
+        }
+        Ok(file)
+    }
+
+    /// Parses TOML text (paths left as written).
+    pub fn parse(text: &str) -> Result<FileConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+impl Flags {
+    /// The configuration to serve with: the file (if `--config`) with every
+    /// flag given on the command line put over it. `--peer` and `--group`
+    /// flags replace the file's lists rather than add to them.
+    pub fn resolve(self) -> Result<ServeConfig, ServeError> {
+        let file = match &self.config {
+            Some(path) => FileConfig::load(path)?,
+            None => FileConfig::default(),
+        };
+        let missing = |flag: &str, key: &str| {
+            config_err(format!("no {flag} given (or `{key}` in the configuration file given with --config)"))
+        };
+        let node_id = self.id.or(file.id).ok_or_else(|| missing("--id", "id"))?;
+        let listen = self.listen.or(file.listen).ok_or_else(|| missing("--listen", "listen"))?;
+        let data_dir = self.data_dir.or(file.data_dir).ok_or_else(|| missing("--data-dir", "data_dir"))?;
+        let peers_given: Vec<(u64, String)> = if self.peers.is_empty() {
+            let mut parsed = Vec::new();
+            for (id, addr) in file.peers {
+                let id = id.parse::<u64>().map_err(|e| config_err(format!("[peers] key {id:?} is not a node id: {e}")))?;
+                parsed.push((id, addr));
+            }
+            parsed
+        } else {
+            self.peers
+        };
+        let mut peers = BTreeMap::new();
+        for (id, addr) in peers_given {
+            if peers.insert(id, addr).is_some() {
+                return Err(config_err(format!("peer {id} is given twice")));
+            }
+        }
+        let groups_given: Vec<(u64, PathBuf)> = if self.groups.is_empty() {
+            file.groups.into_iter().map(|g| (g.id, g.module)).collect()
+        } else {
+            self.groups
+        };
+        let mut groups: Vec<GroupSpec> = Vec::new();
+        for (group, module) in groups_given {
+            if groups.iter().any(|g| g.group == group) {
+                return Err(config_err(format!("group {group} is given twice")));
+            }
+            groups.push(GroupSpec { group, module });
+        }
+        Ok(ServeConfig {
+            node_id,
+            listen,
+            data_dir,
+            peers,
+            groups,
+            tick_ms: self.tick_ms.or(file.tick_ms).unwrap_or(TICK_MS_DEFAULT),
+            election_ticks: self.election_ticks.or(file.election_ticks).unwrap_or(ELECTION_TICKS_DEFAULT),
+            snapshot_margin_entries: self
+                .snapshot_margin_entries
+                .or(file.snapshot_margin_entries)
+                .unwrap_or(SNAPSHOT_MARGIN_ENTRIES_DEFAULT),
+            snapshot_pull_bytes_per_sec: self.snapshot_pull_bytes_per_sec.or(file.snapshot_pull_bytes_per_sec).unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example in this module's docs parses, and means what it says.
+    #[test]
+    fn the_documented_example_parses() {
+        let docs = include_str!("config.rs");
+        let example: String = docs
+            .lines()
+            .skip_while(|l| !l.starts_with("//! ```toml"))
+            .skip(1)
+            .take_while(|l| !l.starts_with("//! ```"))
+            .map(|l| l.trim_start_matches("//!").trim_start_matches(' '))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let file = FileConfig::parse(&example).unwrap();
+        assert_eq!(file.id, Some(1));
+        assert_eq!(file.peers.len(), 2);
+        assert_eq!(file.groups.len(), 1);
+        assert_eq!(file.groups[0].module, PathBuf::from("counter.wasm"));
+        assert_eq!(file.tick_ms, Some(TICK_MS_DEFAULT));
+        assert_eq!(file.election_ticks, Some(ELECTION_TICKS_DEFAULT));
+        assert_eq!(file.snapshot_margin_entries, Some(SNAPSHOT_MARGIN_ENTRIES_DEFAULT));
+    }
+
+    /// docs/serve.toml, the file operators copy, parses and names real keys.
+    #[test]
+    fn the_documented_file_parses() {
+        let file = FileConfig::parse(include_str!("../../../docs/serve.toml")).unwrap();
+        assert_eq!((file.id, file.tick_ms, file.election_ticks), (Some(1), Some(TICK_MS_DEFAULT), Some(ELECTION_TICKS_DEFAULT)));
+        assert_eq!(file.snapshot_margin_entries, Some(SNAPSHOT_MARGIN_ENTRIES_DEFAULT));
+        assert_eq!(file.snapshot_pull_bytes_per_sec, Some(0));
+        assert_eq!(file.groups.len(), 2);
+    }
+
+    #[test]
+    fn flags_win_and_lists_replace() {
+        let dir = std::env::temp_dir().join(format!("waft-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("serve.toml");
+        std::fs::write(
+            &path,
+            "id = 1\nlisten = \"127.0.0.1:7001\"\ndata_dir = \"data\"\ntick_ms = 20\n\
+             [peers]\n2 = \"127.0.0.1:7002\"\n[[groups]]\nid = 1\nmodule = \"m.wasm\"\n",
+        )
+        .unwrap();
+        let cfg = Flags { config: Some(path.clone()), tick_ms: Some(5), ..Flags::default() }.resolve().unwrap();
+        assert_eq!((cfg.node_id, cfg.tick_ms, cfg.election_ticks), (1, 5, ELECTION_TICKS_DEFAULT));
+        assert_eq!(cfg.data_dir, dir.join("data"), "relative to the file");
+        assert_eq!(cfg.groups[0].module, dir.join("m.wasm"));
+        assert_eq!(cfg.peers.get(&2).map(String::as_str), Some("127.0.0.1:7002"));
+
+        let cfg = Flags {
+            config: Some(path),
+            peers: vec![(3, "127.0.0.1:7003".into())],
+            groups: vec![(7, "x.wasm".into()), (8, "y.wasm".into())],
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(cfg.peers.keys().copied().collect::<Vec<_>>(), vec![3]);
+        assert_eq!(cfg.groups.iter().map(|g| g.group).collect::<Vec<_>>(), vec![7, 8]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let err = FileConfig::parse("id = 1\nelection_tiks = 3\n").unwrap_err();
+        assert!(err.contains("election_tiks"), "{err}");
+        let err = Flags { listen: Some("127.0.0.1:1".parse().unwrap()), ..Flags::default() }.resolve().unwrap_err();
+        assert!(err.to_string().contains("--id"), "{err}");
+        let err = Flags {
+            id: Some(1),
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            data_dir: Some("d".into()),
+            groups: vec![(1, "a".into()), (1, "b".into())],
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("group 1 is given twice"), "{err}");
+    }
+}

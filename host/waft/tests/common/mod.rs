@@ -1,0 +1,257 @@
+//! A cluster of real `waft serve` processes on loopback, for the tests of
+//! this crate.
+//!
+//! Owns the children: each is killed (SIGKILL) and reaped when the cluster
+//! drops, even when a test panics, so no test leaves a daemon behind. Nodes
+//! can be killed and restarted with the same data directory and flags. Waits
+//! are polls of `Status` with a deadline, never bare sleeps.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use waft_daemon::client::{self, Client};
+use waft_proto::client::{GroupStatus, Role};
+
+/// Bound on waiting for an elected leader everyone agrees on.
+pub const LEADER_DEADLINE: Duration = Duration::from_secs(30);
+/// Bound on waiting for a node to catch up.
+pub const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
+pub const POLL_PAUSE: Duration = Duration::from_millis(50);
+
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+}
+
+/// A guest component built by `cargo xtask guests`, e.g. "waft_counter".
+pub fn module(name: &str) -> PathBuf {
+    let dir = match std::env::var_os("WAFT_GUEST_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => target_dir().join("wasm32-wasip2/release"),
+    };
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.exists(), "{} is missing; build the guests first with `cargo xtask guests`", path.display());
+    path
+}
+
+/// A port nothing listens on right now (the OS picks; we release it at once).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The groups every node serves, and flags added to every node's command line.
+pub struct Spec {
+    pub groups: Vec<(u64, PathBuf)>,
+    pub args: Vec<String>,
+}
+
+impl Spec {
+    pub fn one(group: u64, module_name: &str) -> Spec {
+        Spec { groups: vec![(group, module(module_name))], args: Vec::new() }
+    }
+
+    pub fn arg(mut self, flag: &str, value: impl ToString) -> Spec {
+        self.args.push(flag.to_string());
+        self.args.push(value.to_string());
+        self
+    }
+}
+
+pub struct Cluster {
+    pub root: PathBuf,
+    pub addrs: Vec<String>,
+    spec: Spec,
+    /// Flags only for one node (by index), e.g. a throttle.
+    extra: Vec<Vec<String>>,
+    children: Vec<Option<Child>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts `nodes` daemons, each a member of every group in `spec`.
+    pub fn start(name: &str, nodes: usize, spec: Spec) -> Cluster {
+        let root = target_dir().join("waft-daemon-tests").join(name);
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let addrs: Vec<String> = (0..nodes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
+        let mut cluster =
+            Cluster { root, addrs, spec, extra: vec![Vec::new(); nodes], children: (0..nodes).map(|_| None).collect() };
+        for i in 0..nodes {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.root.join(format!("node-{}", i + 1))
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.root.join(format!("node-{}.log", i + 1))
+    }
+
+    /// Flags for node `i` only, used from its next start on.
+    pub fn set_extra_args(&mut self, i: usize, args: &[&str]) {
+        self.extra[i] = args.iter().map(|a| a.to_string()).collect();
+    }
+
+    fn command(&self, i: usize) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_waft"));
+        cmd.arg("serve").args(["--id", &(i + 1).to_string()]).args(["--listen", &self.addrs[i]]);
+        cmd.arg("--data-dir").arg(self.data_dir(i));
+        for (group, module) in &self.spec.groups {
+            cmd.arg("--group").arg(format!("{group}={}", module.display()));
+        }
+        for (p, addr) in self.addrs.iter().enumerate().filter(|(p, _)| *p != i) {
+            cmd.args(["--peer", &format!("{}={addr}", p + 1)]);
+        }
+        cmd.args(&self.spec.args).args(&self.extra[i]);
+        cmd
+    }
+
+    /// Starts (or restarts, on its data directory) node `i`.
+    pub fn start_node(&mut self, i: usize) {
+        assert!(self.children[i].is_none(), "node {} is running", i + 1);
+        let mut cmd = self.command(i);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path(i)).unwrap();
+        cmd.stdin(Stdio::null()).stdout(log.try_clone().unwrap()).stderr(log);
+        self.children[i] = Some(cmd.spawn().expect("cannot start `waft serve`"));
+    }
+
+    /// SIGKILLs node `i` and reaps it: no chance to flush or say goodbye.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGTERM to node `i` and waits (bounded) for it to exit; returns
+    /// whether it exited successfully.
+    pub fn terminate(&mut self, i: usize, deadline: Duration) -> bool {
+        let Some(mut child) = self.children[i].take() else { return false };
+        let pid = child.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status().map(|s| s.success()).unwrap_or(false);
+        assert!(sent, "cannot send SIGTERM to node {}", i + 1);
+        let until = Instant::now() + deadline;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) if Instant::now() < until => std::thread::sleep(POLL_PAUSE),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return false;
+                }
+            }
+        }
+    }
+
+    pub fn is_running(&self, i: usize) -> bool {
+        self.children[i].is_some()
+    }
+
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.addrs.len()).filter(|i| self.is_running(*i)).collect()
+    }
+
+    /// A client that starts at node `i`.
+    pub fn client(&self, i: usize) -> Client {
+        Client::new(self.addrs[i].clone())
+    }
+
+    /// A client that knows every node, starting at node `i`.
+    pub fn client_of_all(&self, i: usize) -> Client {
+        let n = self.addrs.len();
+        Client::with_nodes((0..n).map(|k| self.addrs[(i + k) % n].clone()).collect())
+    }
+
+    /// Panics if a node the cluster believes running has exited.
+    pub fn check_alive(&mut self) {
+        for (i, child) in self.children.iter_mut().enumerate() {
+            if let Some(c) = child
+                && let Ok(Some(exit)) = c.try_wait()
+            {
+                let log = std::fs::read_to_string(self.root.join(format!("node-{}.log", i + 1))).unwrap_or_default();
+                let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                panic!("node {} exited early: {exit}\n--- its log, last lines ---\n{tail}", i + 1);
+            }
+        }
+    }
+
+    /// Node `i`'s view of `group`, if it answers.
+    pub async fn status(&self, i: usize, group: u64) -> Option<GroupStatus> {
+        client::status(&self.addrs[i], Some(group)).await.ok().and_then(|s| s.groups.into_iter().next())
+    }
+
+    /// Waits until every running node agrees on one leader of `group`;
+    /// returns its index.
+    pub async fn wait_for_leader(&mut self, group: u64) -> usize {
+        let deadline = Instant::now() + LEADER_DEADLINE;
+        loop {
+            self.check_alive();
+            let running = self.running();
+            let mut leaders = Vec::new();
+            let mut leader_index = None;
+            for &i in &running {
+                if let Some(g) = self.status(i, group).await {
+                    leaders.push(g.leader_id);
+                    if g.role() == Role::Leader {
+                        leader_index = Some(i);
+                    }
+                }
+            }
+            if let Some(i) = leader_index
+                && leaders.len() == running.len()
+                && leaders.iter().all(|l| *l == (i + 1) as u64)
+            {
+                return i;
+            }
+            assert!(Instant::now() < deadline, "no agreed leader of group {group} within {LEADER_DEADLINE:?}; saw {leaders:?}");
+            tokio::time::sleep(POLL_PAUSE).await;
+        }
+    }
+
+    /// Waits until node `i` has applied at least `index` of `group`.
+    pub async fn wait_applied(&mut self, i: usize, group: u64, index: u64) -> GroupStatus {
+        let deadline = Instant::now() + CATCH_UP_DEADLINE;
+        loop {
+            self.check_alive();
+            if let Some(g) = self.status(i, group).await
+                && g.applied_index >= index
+            {
+                return g;
+            }
+            assert!(Instant::now() < deadline, "node {} did not apply index {index} within {CATCH_UP_DEADLINE:?}", i + 1);
+            tokio::time::sleep(POLL_PAUSE).await;
+        }
+    }
+}
+
+/// A result's bytes as text.
+pub fn text(answer: &client::Answer) -> String {
+    String::from_utf8_lossy(&answer.result).into_owned()
+}
+
+/// Whether `path` holds a directory whose name starts with `prefix`, anywhere
+/// below it (used to find a snapshot install's temporary directory).
+pub fn has_dir_named(path: &Path, prefix: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir(path) else { return false };
+    entries.flatten().any(|e| {
+        let p = e.path();
+        p.is_dir() && (e.file_name().to_string_lossy().starts_with(prefix) || has_dir_named(&p, prefix))
+    })
+}

@@ -1,0 +1,213 @@
+//! Failures of real daemons under load: the leader SIGKILLed while clients
+//! write, and the whole cluster killed and restarted. Nothing acknowledged
+//! may be lost, and the group must serve again within a few election
+//! timeouts.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Cluster, Spec, text};
+use waft_proto::client::Consistency;
+
+const GROUP: u64 = 1;
+const WRITERS: usize = 8;
+/// The daemons' election timeout: 30 ticks of 10 ms (the defaults).
+const ELECTION_TIMEOUT: Duration = Duration::from_millis(300);
+/// "Within a few election timeouts": pre-vote, a randomized timeout of up to
+/// two, a vote round, and the clients' own retry pause, with room for a
+/// loaded 2-core machine.
+const FAILOVER_MAX: Duration = Duration::from_millis(300 * 10);
+const LOAD_DEADLINE: Duration = Duration::from_secs(60);
+
+fn set(key: &str, value: u64) -> Bytes {
+    Bytes::from(format!(r#"{{"set":{{"key":"{key}","value":{value}}}}}"#))
+}
+
+fn get(key: &str) -> Bytes {
+    Bytes::from(format!(r#"{{"get":{{"key":"{key}"}}}}"#))
+}
+
+/// Writers that set distinct keys until stopped, remembering which writes
+/// were acknowledged and when the last one was.
+struct Load {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(String, Instant)>>>,
+    failed: Arc<Mutex<u64>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(cluster: &Cluster) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(Mutex::new(0));
+        let mut tasks = Vec::new();
+        for w in 0..WRITERS {
+            // Writers start at different nodes, so some start at the one
+            // killed; each knows all three, as a production client would.
+            let client = cluster.client_of_all(w % cluster.addrs.len());
+            let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("w{w}-{n}");
+                    match client.propose(GROUP, set(&key, n)).await {
+                        Ok(answer) => {
+                            assert_eq!(text(&answer), r#"{"success":true}"#);
+                            acked.lock().unwrap().push((key, Instant::now()));
+                        }
+                        // Outcome unknown (it may still apply): only
+                        // acknowledged writes are checked. Try the next key.
+                        Err(_) => {
+                            *failed.lock().unwrap() += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    n += 1;
+                }
+            }));
+        }
+        Load { stop, acked, failed, tasks }
+    }
+
+    fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `n` writes in all were acknowledged.
+    async fn wait_acked(&self, cluster: &mut Cluster, n: usize) {
+        let deadline = Instant::now() + LOAD_DEADLINE;
+        while self.acked_count() < n {
+            cluster.check_alive();
+            assert!(Instant::now() < deadline, "only {} of {n} writes acknowledged", self.acked_count());
+            tokio::time::sleep(common::POLL_PAUSE).await;
+        }
+    }
+
+    async fn stop(self) -> (Vec<(String, Instant)>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let failed = *self.failed.lock().unwrap();
+        (Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap(), failed)
+    }
+}
+
+/// Reads every key on node `i` (after it applied everything): each
+/// acknowledged write must be there with its value.
+async fn assert_all_present(cluster: &Cluster, i: usize, acked: &[(String, Instant)]) {
+    let client = cluster.client(i);
+    let keys: Vec<String> = acked.iter().map(|(k, _)| k.clone()).collect();
+    let mut tasks = Vec::new();
+    for chunk in keys.chunks(keys.len().div_ceil(8).max(1)) {
+        let (client, chunk) = (client.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for key in chunk {
+                let value = key.rsplit('-').next().unwrap().to_string();
+                let answer = client.query(GROUP, get(&key), Consistency::Stale).await.unwrap();
+                assert_eq!(text(&answer), value, "acknowledged write {key} is missing or wrong");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_the_leader_under_load_loses_no_acknowledged_write() {
+    let spec = Spec::one(GROUP, "waft_atomic").arg("--snapshot-margin-entries", 500);
+    let mut c = Cluster::start("sigkill-leader", 3, spec);
+    let leader = c.wait_for_leader(GROUP).await;
+    let load = Load::start(&c);
+    load.wait_acked(&mut c, 300).await;
+
+    c.kill(leader);
+    let killed_at = Instant::now();
+    let before = load.acked_count();
+    let new_leader = c.wait_for_leader(GROUP).await;
+    assert_ne!(new_leader, leader);
+    load.wait_acked(&mut c, before + 1).await;
+    let first_after = load
+        .acked
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, at)| *at)
+        .filter(|at| *at > killed_at)
+        .min()
+        .expect("a write acknowledged after the kill");
+    let failover = first_after - killed_at;
+    eprintln!("leader killed; first write acknowledged by the new leader after {failover:?}");
+    assert!(
+        failover < FAILOVER_MAX,
+        "writes resumed after {failover:?}, more than {FAILOVER_MAX:?} ({} election timeouts)",
+        FAILOVER_MAX.as_millis() / ELECTION_TIMEOUT.as_millis()
+    );
+    load.wait_acked(&mut c, before + 300).await;
+
+    // The killed node restarts from its data directory while the load runs.
+    c.start_node(leader);
+    load.wait_acked(&mut c, before + 600).await;
+    let (acked, failed) = load.stop().await;
+    eprintln!("{} writes acknowledged, {failed} failed or unknown", acked.len());
+    let distinct: BTreeSet<&str> = acked.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(distinct.len(), acked.len());
+
+    let commit = c.status(new_leader, GROUP).await.expect("leader status").commit_index;
+    for i in 0..3 {
+        c.wait_applied(i, GROUP, commit).await;
+        assert_all_present(&c, i, &acked).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_whole_cluster_restarts_from_disk() {
+    let spec = Spec::one(GROUP, "waft_atomic").arg("--snapshot-margin-entries", 100);
+    let mut c = Cluster::start("whole-restart", 3, spec);
+    let leader = c.wait_for_leader(GROUP).await;
+    let load = Load::start(&c);
+    load.wait_acked(&mut c, 250).await;
+    let (acked, _) = load.stop().await;
+
+    let commit = c.status(leader, GROUP).await.expect("leader status").commit_index;
+    let mut before = Vec::new();
+    for i in 0..3 {
+        before.push(c.wait_applied(i, GROUP, commit).await);
+    }
+    for i in 0..3 {
+        c.kill(i);
+    }
+    for i in 0..3 {
+        c.start_node(i);
+    }
+    // Before any election: what each node read back from its own disk.
+    for (i, old) in before.iter().enumerate() {
+        let deadline = Instant::now() + common::LEADER_DEADLINE;
+        let now = loop {
+            c.check_alive();
+            if let Some(g) = c.status(i, GROUP).await {
+                break g;
+            }
+            assert!(Instant::now() < deadline, "node {} does not answer after restart", i + 1);
+            tokio::time::sleep(common::POLL_PAUSE).await;
+        };
+        assert!(now.term >= old.term, "node {}: term {} came back below {}", i + 1, now.term, old.term);
+        assert!(now.snapshot_index > 0 && now.snapshot_index <= old.applied_index, "node {}: its snapshot", i + 1);
+    }
+    let leader = c.wait_for_leader(GROUP).await;
+    for (i, old) in before.iter().enumerate() {
+        let now = c.wait_applied(i, GROUP, old.applied_index).await;
+        assert!(now.term > old.term, "a new election after the restart");
+        assert_all_present(&c, i, &acked).await;
+    }
+    // And it takes writes again.
+    let answer = c.client(leader).propose(GROUP, set("after-restart", 1)).await.unwrap();
+    assert_eq!(text(&answer), r#"{"success":true}"#);
+}
