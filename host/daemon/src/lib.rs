@@ -192,7 +192,7 @@ pub async fn serve(
     let (shutdown_begun, begun) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(waft_proto::peer_server(peer::PeerService::new(groups.clone(), snapshots.clone())))
+            .add_service(waft_proto::peer_server(peer::PeerService::new(groups.clone(), snapshots.clone(), stopped.clone())))
             .add_service(waft_proto::client_server(service::ClientService::new(cfg.node_id, groups)))
             .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
                 let _ = begun.await;

@@ -152,11 +152,19 @@ async fn stream(
 pub struct PeerService {
     groups: Arc<BTreeMap<u64, GroupHandle>>,
     snapshots: Arc<SnapshotStore>,
+    /// Becomes true when the node shuts down: every inbound stream then ends,
+    /// so peers reconnect to whatever serves this address next instead of
+    /// streaming into a node that no longer reads.
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 impl PeerService {
-    pub fn new(groups: Arc<BTreeMap<u64, GroupHandle>>, snapshots: Arc<SnapshotStore>) -> PeerService {
-        PeerService { groups, snapshots }
+    pub fn new(
+        groups: Arc<BTreeMap<u64, GroupHandle>>,
+        snapshots: Arc<SnapshotStore>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> PeerService {
+        PeerService { groups, snapshots, stop }
     }
 }
 
@@ -188,8 +196,16 @@ impl peer::peer_server::Peer for PeerService {
         request: tonic::Request<tonic::Streaming<PeerBatch>>,
     ) -> Result<tonic::Response<RaftDone>, tonic::Status> {
         let mut stream = request.into_inner();
+        let mut stop = self.stop.clone();
         let (mut delivered, mut dropped) = (0u64, 0u64);
-        while let Some(batch) = stream.message().await? {
+        loop {
+            let batch = tokio::select! {
+                _ = stop.wait_for(|stopping| *stopping) => {
+                    return Err(tonic::Status::unavailable("this node is shutting down"));
+                }
+                batch = stream.message() => batch?,
+            };
+            let Some(batch) = batch else { break };
             for wire in batch.messages {
                 let (group, input) = match unwrap_wire(wire) {
                     Ok(converted) => converted,
