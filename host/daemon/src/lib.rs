@@ -3,7 +3,7 @@
 //! Owns the asynchronous shell around `waft_node::Replica`: one tokio task per
 //! group ([`driver`]) feeding its replica from a monotonic clock, the network
 //! and clients; the gRPC peer transport ([`peer`]); the client service
-//! ([`service`]); and the client library ([`client`]). Must never hold Raft
+//! ([`service`]); the client library is `waft-client` ([`client`]). Must never hold Raft
 //! protocol logic (that is `waft-raft`) nor the ordering of a `Ready` (that is
 //! `waft-node`): the daemon only moves bytes, time and answers.
 //!
@@ -22,7 +22,9 @@
 //!
 //! Not yet here: group commit across groups, run-time group creation.
 
-pub mod client;
+/// The client library lives in its own crate (no RocksDB or wasmtime in its
+/// build); re-exported here for the daemon's users.
+pub use waft_client as client;
 pub mod config;
 pub mod driver;
 pub mod install;

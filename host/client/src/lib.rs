@@ -1,4 +1,4 @@
-//! The Rust client of a waft cluster; the `waft` CLI is built on it.
+//! waft-client: the Rust client of a waft cluster; the `waft` CLI is built on it.
 //!
 //! Owns the retry policy a client needs: follow a NOT_LEADER hint to the
 //! leader's address, wait out BUSY and "no leader yet", all within a bounded
