@@ -40,7 +40,8 @@
 //!
 //! * **Propose** (leader): wrap the client's request in an [`Envelope`] with
 //!   the leader's wall clock in ms ([`Envelope::encode`]) and propose the bytes.
-//!   Stamp `max(clock, table.now_ms())` so time stays monotonic across leaders.
+//!   A command's payload may be at most the proposal limit minus
+//!   [`ENVELOPE_OVERHEAD_BYTES_MAX`].
 //! * **Apply** (every replica, in log order): skip the leader's empty no-op;
 //!   [`Envelope::decode`] each client entry (a decode error is the entry's
 //!   result, identical everywhere); call [`SessionTable::apply`] with the entry's
@@ -49,8 +50,11 @@
 //!   the encoded outcome (success or the guest's error, so a retry sees the same
 //!   outcome); `Duplicate` → the saved reply; `DuplicateInFlight` → the reply of
 //!   the entry at `original_index` in the same batch; `Registered`, `Done`,
-//!   `Refused` → answer directly. Record every reply of a batch before the
-//!   next snapshot.
+//!   `Refused` → answer directly. Hand in every ticket of a batch (any order)
+//!   before applying the next batch; a snapshot is refused while one is out.
+//!   Replicas that batch differently may answer a duplicate differently
+//!   (`DuplicateInFlight` here, `Duplicate` there), but always with the same
+//!   reply, and their tables are equal after every batch.
 //! * **Snapshot**: save [`SessionTable::encode_snapshot`] as its own section
 //!   beside the guest's stream; on install, [`SessionTable::decode_snapshot`]
 //!   with the group's [`SessionConfig`] and replace the table with it.
@@ -68,7 +72,10 @@
 //! * **Reply bytes**: `reply_bytes_per_session_max` and `reply_bytes_total_max`
 //!   bound what is saved. A reply that would cross either is not kept; the
 //!   command still applied exactly once, and a retry gets
-//!   [`SessionError::ReplyDiscarded`] instead of a second application.
+//!   [`SessionError::ReplyDiscarded`] instead of a second application. The
+//!   decision is taken at the command's place in the log, as if its reply
+//!   were recorded the moment it applied, so every replica keeps the same
+//!   replies however it batches the guest's calls.
 //! * **Expiry**: table time is the largest leader timestamp applied so far
 //!   (never a local clock). Before each entry applies, every session idle for
 //!   more than `session_idle_timeout_ms` of table time is removed; its client

@@ -82,11 +82,11 @@ impl SessionTable {
     /// Encodes the table for a snapshot. Take it between apply batches: a
     /// command accepted but without a recorded reply cannot be saved.
     pub fn encode_snapshot(&self) -> Result<Bytes, SnapshotError> {
-        if self.pending > 0 {
-            return Err(SnapshotError::RepliesPending(self.pending));
+        if self.replies_pending() > 0 {
+            return Err(SnapshotError::RepliesPending(self.replies_pending()));
         }
         let mut out = Vec::with_capacity(
-            (HEADER_BYTES + self.reply_bytes) as usize + self.sessions.len() * SESSION_FIXED_BYTES_MAX as usize,
+            (HEADER_BYTES + self.reply_bytes()) as usize + self.sessions.len() * SESSION_FIXED_BYTES_MAX as usize,
         );
         out.extend_from_slice(MAGIC);
         out.push(SNAPSHOT_VERSION);
@@ -192,12 +192,12 @@ impl SessionTable {
                 return Err(SnapshotError::Invalid("two sessions share a nonce"));
             }
             t.by_activity.insert((s.last_active_ms, id));
-            t.reply_bytes = t.reply_bytes.saturating_add(s.reply_bytes);
             t.sessions.insert(id, s);
         }
         if r.remaining() > 0 {
             return Err(SnapshotError::Invalid("bytes after the last session"));
         }
+        t.rebuild_ledger();
         t.check_invariants().map_err(SnapshotError::Invalid)?;
         Ok(t)
     }
@@ -239,7 +239,7 @@ fn decode_session(r: &mut Reader, cfg: &SessionConfig) -> Result<(u64, Session),
         };
         applied.insert(seq, saved);
     }
-    let s = Session { last_active_ms, nonce, lowest_unacked_seq, applied, reply_bytes };
+    let s = Session { last_active_ms, nonce, lowest_unacked_seq, applied };
     Ok((id, s))
 }
 

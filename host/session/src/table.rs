@@ -9,7 +9,7 @@
 
 use crate::envelope::{Body, Envelope};
 use bytes::Bytes;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Limits of one group's session table. Must be equal on every replica of
 /// the group (a snapshot carries them, and a replica with other limits refuses it).
@@ -160,7 +160,7 @@ impl Ticket {
 /// What a duplicate of an applied command gets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Saved {
-    /// Accepted at `index`; the guest's reply is not recorded yet.
+    /// Accepted at `index`; its reply is not settled yet (see [`Ledger`]).
     Pending {
         index: u64,
     },
@@ -179,14 +179,46 @@ pub(crate) struct Session {
     /// Applied commands still inside the window. Invariant: every key is in
     /// `lowest_unacked_seq .. lowest_unacked_seq + window_commands_max`.
     pub(crate) applied: BTreeMap<u64, Saved>,
-    /// Invariant: the sum of the `Saved::Reply` lengths in `applied`.
-    pub(crate) reply_bytes: u64,
 }
 
 impl Session {
     pub(crate) fn new(now_ms: u64, nonce: Option<u128>) -> Session {
-        Session { last_active_ms: now_ms, nonce, lowest_unacked_seq: 1, applied: BTreeMap::new(), reply_bytes: 0 }
+        Session { last_active_ms: now_ms, nonce, lowest_unacked_seq: 1, applied: BTreeMap::new() }
     }
+}
+
+/// A change to the saved-reply bytes, in log order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    /// A command was accepted; its reply is kept if it fits at this point.
+    Accepted { session_id: u64, seq: u64 },
+    /// A slot left the table (acknowledged, or its session closed or expired).
+    Dropped { session_id: u64, seq: u64 },
+}
+
+/// The saved-reply byte accounting. Whether a reply fits under the bounds
+/// depends on which other replies are saved at that point of the log, and a
+/// host records replies only after the guest ran its batch, by which time
+/// later entries of the batch may already have dropped slots. Replicas batch
+/// differently, so deciding at record time would make them keep different
+/// replies. The ledger therefore replays acceptances and drops in log order
+/// and decides each reply at its acceptance, as if every reply were recorded
+/// the moment its command applied: the same on every replica, whatever the batches.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Ledger {
+    /// Events not settled yet, oldest first: from the oldest acceptance whose
+    /// reply is missing. Empty whenever no reply is pending; bounded by one
+    /// apply batch (an entry adds at most one acceptance and a window of drops).
+    journal: VecDeque<Event>,
+    /// Accepted commands whose reply is not recorded yet.
+    pending: u64,
+    /// Replies recorded while an earlier one is still missing.
+    recorded: BTreeMap<(u64, u64), Bytes>,
+    /// Saved reply sizes, per slot and per session, as of the settled point.
+    /// Invariant (when settled): they match the `Saved::Reply` slots.
+    sizes: BTreeMap<(u64, u64), u64>,
+    per_session: BTreeMap<u64, u64>,
+    total: u64,
 }
 
 /// The session table of one group. See the crate docs for the apply protocol.
@@ -204,10 +236,7 @@ pub struct SessionTable {
     pub(crate) by_activity: BTreeSet<(u64, u64)>,
     /// Nonce -> id of the open session registered with it.
     pub(crate) nonces: BTreeMap<u128, u64>,
-    /// Invariant: the sum of every session's `reply_bytes`.
-    pub(crate) reply_bytes: u64,
-    /// `Saved::Pending` slots across all sessions (replies not yet recorded).
-    pub(crate) pending: u64,
+    pub(crate) ledger: Ledger,
 }
 
 impl SessionTable {
@@ -220,8 +249,7 @@ impl SessionTable {
             sessions: BTreeMap::new(),
             by_activity: BTreeSet::new(),
             nonces: BTreeMap::new(),
-            reply_bytes: 0,
-            pending: 0,
+            ledger: Ledger::default(),
         })
     }
 
@@ -247,13 +275,14 @@ impl SessionTable {
         self.sessions.contains_key(&session_id)
     }
 
+    /// Saved reply bytes (as of the last settled reply).
     pub fn reply_bytes(&self) -> u64 {
-        self.reply_bytes
+        self.ledger.total
     }
 
     /// Commands accepted whose replies are not recorded yet.
     pub fn replies_pending(&self) -> u64 {
-        self.pending
+        self.ledger.pending
     }
 
     /// Applies the session side of the envelope committed at `index`. Call it
@@ -267,7 +296,7 @@ impl SessionTable {
         assert!(index > self.last_index, "session table: entry {index} applied after entry {}", self.last_index);
         self.last_index = index;
         self.advance_clock(envelope.timestamp_ms);
-        match envelope.body {
+        let verdict = match envelope.body {
             Body::Plain { payload } => Verdict::Apply { payload, ticket: None },
             Body::Register { nonce } => self.register(index, nonce),
             Body::Command { session_id, seq, lowest_unacked_seq, payload } => {
@@ -287,37 +316,68 @@ impl SessionTable {
                     Verdict::Done
                 }
             },
-        }
+        };
+        self.settle();
+        verdict
     }
 
-    /// Saves the guest's reply to an accepted command, for its retries. A
-    /// command whose session closed, or whose client acknowledged it, in the
-    /// same batch has nothing left to save.
+    /// Hands in the guest's reply to an accepted command (success or error,
+    /// encoded by the host, so a retry sees the same outcome). Every ticket of
+    /// a batch must come back before the next batch applies; any order works.
+    /// Whether the reply is kept is decided at the command's place in the log.
     pub fn record_reply(&mut self, ticket: Ticket, reply: Bytes) {
-        let Some(s) = self.sessions.get_mut(&ticket.session_id) else {
-            return;
-        };
-        let Some(slot) = s.applied.get_mut(&ticket.seq) else {
-            return;
-        };
-        assert_eq!(
-            *slot,
-            Saved::Pending { index: ticket.index },
-            "session {} command {}: reply recorded twice",
-            ticket.session_id,
-            ticket.seq
-        );
-        self.pending -= 1;
-        let len = reply.len() as u64;
-        let fits = s.reply_bytes + len <= self.cfg.reply_bytes_per_session_max
-            && self.reply_bytes + len <= self.cfg.reply_bytes_total_max;
-        if fits {
-            *slot = Saved::Reply(reply);
-            s.reply_bytes += len;
-            self.reply_bytes += len;
-        } else {
-            *slot = Saved::Discarded;
+        let key = (ticket.session_id, ticket.seq);
+        let l = &mut self.ledger;
+        assert!(l.pending > 0, "session {} command {}: a reply nobody waits for", key.0, key.1);
+        let prev = l.recorded.insert(key, reply);
+        assert!(prev.is_none(), "session {} command {}: reply recorded twice", key.0, key.1);
+        l.pending -= 1;
+        self.settle();
+    }
+
+    /// Replays the journal up to the first acceptance whose reply is missing.
+    fn settle(&mut self) {
+        let l = &mut self.ledger;
+        while let Some(&event) = l.journal.front() {
+            match event {
+                Event::Dropped { session_id, seq } => {
+                    if let Some(n) = l.sizes.remove(&(session_id, seq)) {
+                        l.total -= n;
+                        let s = l.per_session.get_mut(&session_id).expect("sized slots are counted");
+                        *s -= n;
+                        if *s == 0 {
+                            l.per_session.remove(&session_id);
+                        }
+                    }
+                }
+                Event::Accepted { session_id, seq } => {
+                    let Some(reply) = l.recorded.remove(&(session_id, seq)) else {
+                        break;
+                    };
+                    let n = reply.len() as u64;
+                    let session_bytes = l.per_session.get(&session_id).copied().unwrap_or(0);
+                    let fits = session_bytes + n <= self.cfg.reply_bytes_per_session_max
+                        && l.total + n <= self.cfg.reply_bytes_total_max;
+                    let saved = if fits {
+                        if n > 0 {
+                            l.sizes.insert((session_id, seq), n);
+                            *l.per_session.entry(session_id).or_insert(0) += n;
+                            l.total += n;
+                        }
+                        Saved::Reply(reply)
+                    } else {
+                        Saved::Discarded
+                    };
+                    // The slot may be gone already; its drop follows in the journal.
+                    if let Some(slot) = self.sessions.get_mut(&session_id).and_then(|s| s.applied.get_mut(&seq)) {
+                        debug_assert!(matches!(slot, Saved::Pending { .. }));
+                        *slot = saved;
+                    }
+                }
+            }
+            l.journal.pop_front();
         }
+        debug_assert!(l.pending > 0 || (l.journal.is_empty() && l.recorded.is_empty()));
     }
 
     fn advance_clock(&mut self, timestamp_ms: u64) {
@@ -361,15 +421,9 @@ impl SessionTable {
             return Verdict::Refused(SessionError::Stale { session_id, seq, lowest_unacked_seq: s.lowest_unacked_seq });
         }
         match s.applied.get(&seq) {
-            Some(Saved::Reply(reply)) => {
-                return Verdict::Duplicate { reply: reply.clone() };
-            }
-            Some(&Saved::Pending { index }) => {
-                return Verdict::DuplicateInFlight { original_index: index };
-            }
-            Some(Saved::Discarded) => {
-                return Verdict::Refused(SessionError::ReplyDiscarded { session_id, seq });
-            }
+            Some(Saved::Reply(reply)) => return Verdict::Duplicate { reply: reply.clone() },
+            Some(&Saved::Pending { index }) => return Verdict::DuplicateInFlight { original_index: index },
+            Some(Saved::Discarded) => return Verdict::Refused(SessionError::ReplyDiscarded { session_id, seq }),
             None => {}
         }
         if seq - s.lowest_unacked_seq >= window_commands_max {
@@ -381,7 +435,8 @@ impl SessionTable {
             });
         }
         s.applied.insert(seq, Saved::Pending { index });
-        self.pending += 1;
+        self.ledger.journal.push_back(Event::Accepted { session_id, seq });
+        self.ledger.pending += 1;
         Verdict::Apply { payload, ticket: Some(Ticket { session_id, seq, index }) }
     }
 
@@ -406,11 +461,9 @@ impl SessionTable {
         s.lowest_unacked_seq = lowest_unacked_seq;
         let kept = s.applied.split_off(&lowest_unacked_seq);
         let dropped = std::mem::replace(&mut s.applied, kept);
-        for saved in dropped.values() {
-            self.forget(saved);
+        for &seq in dropped.keys() {
+            self.ledger.journal.push_back(Event::Dropped { session_id, seq });
         }
-        let s = self.sessions.get_mut(&session_id).expect("open session");
-        s.reply_bytes = s.applied.values().map(saved_bytes).sum();
     }
 
     fn remove(&mut self, session_id: u64) {
@@ -421,25 +474,32 @@ impl SessionTable {
         if let Some(n) = s.nonce {
             self.nonces.remove(&n);
         }
-        for saved in s.applied.values() {
-            self.forget(saved);
+        for &seq in s.applied.keys() {
+            self.ledger.journal.push_back(Event::Dropped { session_id, seq });
         }
     }
 
-    /// Takes a dropped slot out of the table-wide counters.
-    fn forget(&mut self, saved: &Saved) {
-        match saved {
-            Saved::Pending { .. } => self.pending -= 1,
-            Saved::Reply(r) => self.reply_bytes -= r.len() as u64,
-            Saved::Discarded => {}
+    /// Rebuilds the byte ledger from saved replies (after a snapshot decode).
+    pub(crate) fn rebuild_ledger(&mut self) {
+        let mut l = Ledger::default();
+        for (&id, s) in &self.sessions {
+            for (&seq, saved) in &s.applied {
+                if let Saved::Reply(r) = saved
+                    && !r.is_empty()
+                {
+                    let n = r.len() as u64;
+                    l.sizes.insert((id, seq), n);
+                    *l.per_session.entry(id).or_insert(0) += n;
+                    l.total = l.total.saturating_add(n);
+                }
+            }
         }
+        self.ledger = l;
     }
 
     /// Checks every structural invariant; for tests, simulators and snapshot
     /// decoding. Costs a walk over every session and saved reply.
     pub fn check_invariants(&self) -> Result<(), &'static str> {
-        let mut reply_bytes = 0u64;
-        let mut pending = 0u64;
         if self.by_activity.len() != self.sessions.len() {
             return Err("activity index out of step with the sessions");
         }
@@ -447,6 +507,7 @@ impl SessionTable {
             return Err("more open sessions than sessions_open_max");
         }
         let mut nonces = 0;
+        let mut pending = 0u64;
         for (&id, s) in &self.sessions {
             if id == 0 || id > self.last_index {
                 return Err("session id is not an applied index");
@@ -473,30 +534,30 @@ impl SessionTable {
             if s.applied.keys().any(|&q| q < s.lowest_unacked_seq || q >= window_end) {
                 return Err("a saved reply outside its session's window");
             }
-            let bytes: u64 = s.applied.values().map(saved_bytes).sum();
-            if bytes != s.reply_bytes || bytes > self.cfg.reply_bytes_per_session_max {
-                return Err("session reply bytes miscounted or over their bound");
-            }
-            reply_bytes += bytes;
             pending += s.applied.values().filter(|v| matches!(v, Saved::Pending { .. })).count() as u64;
         }
         if nonces != self.nonces.len() {
             return Err("nonce index out of step with the sessions");
         }
-        if reply_bytes != self.reply_bytes || reply_bytes > self.cfg.reply_bytes_total_max {
-            return Err("total reply bytes miscounted or over their bound");
+        let l = &self.ledger;
+        if l.total > self.cfg.reply_bytes_total_max
+            || l.per_session.values().any(|&n| n > self.cfg.reply_bytes_per_session_max)
+        {
+            return Err("saved reply bytes over their bound");
         }
-        if pending != self.pending {
-            return Err("pending replies miscounted");
+        if l.pending > 0 {
+            // Mid-batch: the ledger lags the slots until the missing replies arrive.
+            return Ok(());
+        }
+        if pending > 0 || !l.journal.is_empty() || !l.recorded.is_empty() {
+            return Err("replies pending with none expected");
+        }
+        let mut settled = self.clone();
+        settled.rebuild_ledger();
+        if settled.ledger != *l {
+            return Err("saved reply bytes miscounted");
         }
         Ok(())
-    }
-}
-
-fn saved_bytes(s: &Saved) -> u64 {
-    match s {
-        Saved::Reply(r) => r.len() as u64,
-        _ => 0,
     }
 }
 
@@ -700,13 +761,45 @@ mod tests {
         let Verdict::Apply { ticket: Some(a), .. } = cmd(&mut t, 2, 0, 1, 1, 1) else { panic!("fresh") };
         let Verdict::Apply { ticket: Some(b), .. } = cmd(&mut t, 3, 0, 1, 2, 2) else { panic!("fresh") };
         // Seq 2 acknowledged seq 1 while its reply was pending; then the session closes.
-        assert_eq!(t.replies_pending(), 1);
         t.apply(4, env(0, Body::Unregister { session_id: 1 }));
-        assert_eq!(t.replies_pending(), 0);
-        t.record_reply(a, Bytes::from_static(b"x"));
-        t.record_reply(b, Bytes::from_static(b"y"));
-        assert_eq!(t.reply_bytes(), 0);
+        assert_eq!(t.replies_pending(), 2);
         t.check_invariants().unwrap();
+        // Out of order is fine: nothing settles until the first reply is in.
+        t.record_reply(b, Bytes::from_static(b"y"));
+        assert_eq!(t.replies_pending(), 1);
+        t.record_reply(a, Bytes::from_static(b"x"));
+        assert_eq!((t.replies_pending(), t.reply_bytes()), (0, 0));
+        t.check_invariants().unwrap();
+    }
+
+    /// Two replicas apply the same entries but batch them differently (one
+    /// records each reply at once, the other at the end): the byte bounds must
+    /// still keep and discard the same replies, or their snapshots differ.
+    #[test]
+    fn byte_bounds_decide_alike_whatever_the_batches() {
+        let cfg = SessionConfig { reply_bytes_per_session_max: 8, ..cfg() };
+        let entries = [(1, 1, 1), (2, 2, 1), (3, 3, 2), (4, 3, 2)]; // (index, seq, lowest unacked)
+        let reply = |seq: u64| Bytes::from(vec![seq as u8; 8]);
+        let mut each = SessionTable::new(cfg.clone()).unwrap();
+        let mut end = SessionTable::new(cfg).unwrap();
+        for t in [&mut each, &mut end] {
+            t.apply(10, env(0, Body::Register { nonce: None }));
+        }
+        let mut held = Vec::new();
+        for (i, seq, low) in entries {
+            let v = cmd(&mut each, 10 + i, 0, 10, seq, low);
+            if let Verdict::Apply { ticket: Some(t), .. } = v {
+                each.record_reply(t, reply(seq));
+            }
+            if let Verdict::Apply { ticket: Some(t), .. } = cmd(&mut end, 10 + i, 0, 10, seq, low) {
+                held.push((t, reply(seq)));
+            }
+        }
+        for (t, r) in held {
+            end.record_reply(t, r);
+        }
+        end.check_invariants().unwrap();
+        assert_eq!(each.encode_snapshot().unwrap(), end.encode_snapshot().unwrap());
     }
 
     #[test]
