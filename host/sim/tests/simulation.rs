@@ -1,7 +1,7 @@
 //! Randomized simulation sweeps: many seeds with faults and churn, and the
 //! determinism of a seed. Failures print the one command that replays them.
 
-use waft_sim::sim::{SimConfig, run_seed};
+use waft_sim::sim::{SimConfig, Stats, run_seed};
 
 /// CI runs `cargo test --release`: 1,000 seeds there; a debug build runs fewer.
 const SEEDS_RELEASE: u64 = 1_000;
@@ -21,15 +21,10 @@ fn thousand_seeds_with_faults_and_churn() {
         .map(|t| {
             std::thread::spawn(move || {
                 let mut failures = Vec::new();
-                let mut stats = (0u64, 0u64, 0u64, 0u64);
+                let mut stats = Stats::default();
                 for seed in (t..seeds).step_by(THREADS as usize) {
                     match run_seed(SimConfig::from_seed(seed)) {
-                        Ok(o) => {
-                            stats.0 += o.stats.conf_changes;
-                            stats.1 += o.stats.crashes;
-                            stats.2 += o.stats.writes_ok + o.stats.reads_ok;
-                            stats.3 += o.stats.snapshots_installed;
-                        }
+                        Ok(o) => stats.add(&o.stats),
                         Err(e) => failures.push(e),
                     }
                 }
@@ -38,11 +33,11 @@ fn thousand_seeds_with_faults_and_churn() {
         })
         .collect();
     let mut failures = Vec::new();
-    let mut total = (0, 0, 0, 0);
+    let mut total = Stats::default();
     for h in handles {
         let (f, s) = h.join().expect("worker");
         failures.extend(f);
-        total = (total.0 + s.0, total.1 + s.1, total.2 + s.2, total.3 + s.3);
+        total.add(&s);
     }
     let _ = std::panic::take_hook();
     assert!(
@@ -51,11 +46,39 @@ fn thousand_seeds_with_faults_and_churn() {
         failures.len(),
         failures.join("\n")
     );
-    // The sweep must really exercise churn and faults.
-    assert!(total.0 > seeds, "too few membership changes: {total:?}");
-    assert!(total.1 > seeds, "too few crashes: {total:?}");
-    assert!(total.3 > seeds / 10, "too few snapshot installs: {total:?}");
-    assert!(total.2 > seeds * 20, "too few client operations: {total:?}");
+    // The sweep must really exercise churn and faults ...
+    assert!(
+        total.conf_changes > seeds,
+        "too few membership changes: {total:?}"
+    );
+    assert!(total.crashes > seeds, "too few crashes: {total:?}");
+    assert!(
+        total.snapshots_installed > seeds / 10,
+        "too few snapshot installs: {total:?}"
+    );
+    assert!(
+        total.writes_ok + total.reads_ok > seeds * 20,
+        "too few client operations: {total:?}"
+    );
+    // ... and sessions: retried writes, copies committed twice and answered from
+    // the table, sessions expiring and registrations waiting for room.
+    assert!(total.resends > seeds * 10, "too few resends: {total:?}");
+    assert!(
+        total.copies_deduplicated > seeds,
+        "too few deduplicated copies: {total:?}"
+    );
+    assert!(
+        total.replies_saved > seeds / 10,
+        "too few answers from saved replies: {total:?}"
+    );
+    assert!(
+        total.sessions_expired > seeds / 10,
+        "too few expired sessions: {total:?}"
+    );
+    assert!(
+        total.registrations_refused > seeds / 10,
+        "too few refused registrations: {total:?}"
+    );
 }
 
 #[test]
