@@ -8,6 +8,8 @@ const SEEDS_RELEASE: u64 = 1_000;
 const SEEDS_DEBUG: u64 = 100;
 /// Worker threads for the sweep (the CI machine has 2 cores).
 const THREADS: u64 = 2;
+/// Seeds the negative control tries at most (about half fail without deduplication).
+const NEGATIVE_SEEDS_MAX: u64 = 100;
 
 #[test]
 fn thousand_seeds_with_faults_and_churn() {
@@ -79,6 +81,30 @@ fn thousand_seeds_with_faults_and_churn() {
         total.registrations_refused > seeds / 10,
         "too few refused registrations: {total:?}"
     );
+}
+
+/// The negative control: with the same clients, retries and network but the
+/// session table's deduplication off, some seed applies a retried increment
+/// twice and the checker says so. Without this, a checker that accepts
+/// everything would pass the sweep above.
+#[test]
+fn without_deduplication_the_checker_catches_a_double_apply() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let caught = (0..NEGATIVE_SEEDS_MAX).find_map(|seed| {
+        let cfg = SimConfig {
+            dedup: false,
+            ..SimConfig::from_seed(seed)
+        };
+        run_seed(cfg).err().map(|e| (seed, e))
+    });
+    let _ = std::panic::take_hook();
+    let (seed, e) = caught.expect("no seed caught a double apply with deduplication off");
+    assert!(
+        e.contains("linearizability violated") && e.contains("--no-dedup"),
+        "seed {seed} failed for another reason: {e}"
+    );
+    // The same seed with sessions on is correct (the sweep runs it too).
+    run_seed(SimConfig::from_seed(seed)).expect("the same seed passes with deduplication");
 }
 
 #[test]
