@@ -125,9 +125,9 @@ pub enum Verdict {
     Registered { session_id: u64 },
     /// The command applied before: answer with its saved reply, skip the guest.
     Duplicate { reply: Bytes },
-    /// The command applied earlier in the batch the host is building and its
-    /// reply is not recorded yet: answer with the reply the guest gives the
-    /// entry at `original_index`, and skip the guest for this one.
+    /// The command applied earlier in the current batch and its reply is not
+    /// settled yet: answer with the reply the guest gives (or gave) the entry
+    /// at `original_index`, and skip the guest for this one.
     DuplicateInFlight { original_index: u64 },
     /// A keep-alive or close took effect; answer with success.
     Done,
