@@ -107,6 +107,9 @@ fn envelopes_round_trip_and_damaged_ones_never_panic() {
 /// A client of the model: numbers commands, retries copies, acknowledges replies.
 #[derive(Default)]
 struct Client {
+    /// Bumped when the client starts over: answers to an older generation's
+    /// registration are not its own (a real client matches them by request).
+    generation: u64,
     nonce: Option<u128>,
     session: Option<u64>,
     registering: bool,
@@ -116,6 +119,16 @@ struct Client {
 }
 
 impl Client {
+    /// Forgets the session and starts over with a fresh nonce (or none).
+    fn start_over(&mut self, r: &mut Rng) {
+        *self = Client {
+            generation: self.generation + 1,
+            nonce: r.chance(700).then(|| r.next() as u128),
+            next_seq: 1,
+            ..Default::default()
+        };
+    }
+
     fn lowest_unacked(&self) -> u64 {
         self.outstanding.first().copied().unwrap_or(self.next_seq)
     }
@@ -176,8 +189,8 @@ fn retried_commands_apply_once_and_a_restored_twin_agrees() {
         let mut clients: Vec<Client> = (0..r.range(1, 5))
             .map(|_| Client { nonce: r.chance(700).then(|| r.next() as u128), next_seq: 1, ..Default::default() })
             .collect();
-        // Copies in the network: (client, envelope body) waiting to be appended.
-        let mut net: Vec<(usize, Body)> = Vec::new();
+        // Copies in the network: (client, its generation, envelope body) waiting to be appended.
+        let mut net: Vec<(usize, u64, Body)> = Vec::new();
         // Replies in flight back to clients: (client, session, seq, reply).
         let mut replies: Vec<(usize, u64, u64, Bytes)> = Vec::new();
         // Ground truth: (session, seq) -> (index applied at, reply the guest gave).
@@ -190,10 +203,11 @@ fn retried_commands_apply_once_and_a_restored_twin_agrees() {
             // Clients act.
             let ci = r.range(0, clients.len() as u64 - 1) as usize;
             let c = &mut clients[ci];
+            let g = c.generation;
             match c.session {
                 None if !c.registering || r.chance(100) => {
                     c.registering = true;
-                    net.push((ci, Body::Register { nonce: c.nonce }));
+                    net.push((ci, g, Body::Register { nonce: c.nonce }));
                 }
                 None => {}
                 Some(sid) => {
@@ -203,21 +217,17 @@ fn retried_commands_apply_once_and_a_restored_twin_agrees() {
                         let seq = c.next_seq;
                         c.next_seq += 1;
                         c.outstanding.insert(seq);
-                        net.push((ci, command(sid, seq, lowest_unacked_seq)));
+                        net.push((ci, g, command(sid, seq, lowest_unacked_seq)));
                     } else if roll < 75 && !c.outstanding.is_empty() {
                         // Retry an outstanding command with the same seq.
                         let n = c.outstanding.len() as u64;
                         let seq = *c.outstanding.iter().nth(r.range(0, n - 1) as usize).expect("n > 0");
-                        net.push((ci, command(sid, seq, lowest_unacked_seq.min(seq))));
+                        net.push((ci, g, command(sid, seq, lowest_unacked_seq.min(seq))));
                     } else if roll < 85 {
-                        net.push((ci, Body::KeepAlive { session_id: sid, lowest_unacked_seq }));
+                        net.push((ci, g, Body::KeepAlive { session_id: sid, lowest_unacked_seq }));
                     } else if roll < 87 && c.outstanding.is_empty() {
-                        net.push((ci, Body::Unregister { session_id: sid }));
-                        *c = Client {
-                            nonce: r.chance(700).then(|| r.next() as u128),
-                            next_seq: 1,
-                            ..Default::default()
-                        };
+                        net.push((ci, g, Body::Unregister { session_id: sid }));
+                        c.start_over(&mut r);
                     }
                 }
             }
@@ -251,7 +261,7 @@ fn retried_commands_apply_once_and_a_restored_twin_agrees() {
             }
             for _ in 0..r.range(1, 6).min(net.len() as u64) {
                 let i = r.range(0, net.len() as u64 - 1) as usize;
-                let (ci, body) = net.swap_remove(i);
+                let (ci, g, body) = net.swap_remove(i);
                 index += r.range(1, 3); // no-ops and configuration entries take indexes too
                 let e = Envelope::new(clock_ms, body.clone());
                 let e = Envelope::decode(&e.encode().expect("valid")).expect("round trip");
@@ -269,7 +279,7 @@ fn retried_commands_apply_once_and_a_restored_twin_agrees() {
                 let c = &mut clients[ci];
                 match (v, body) {
                     (Verdict::Registered { session_id }, Body::Register { .. }) => {
-                        if c.registering && c.session.is_none() {
+                        if c.registering && c.session.is_none() && c.generation == g {
                             c.session = Some(session_id);
                             c.registering = false;
                         }
@@ -295,11 +305,7 @@ fn retried_commands_apply_once_and_a_restored_twin_agrees() {
                     (Verdict::Refused(SessionError::UnknownOrExpired { session_id }), _) => {
                         if c.session == Some(session_id) {
                             // The client starts over; its unanswered commands stay unknown.
-                            *c = Client {
-                                nonce: r.chance(700).then(|| r.next() as u128),
-                                next_seq: 1,
-                                ..Default::default()
-                            };
+                            c.start_over(&mut r);
                         }
                     }
                     (Verdict::Refused(SessionError::ReplyDiscarded { session_id, seq }), _) => {
@@ -312,7 +318,9 @@ fn retried_commands_apply_once_and_a_restored_twin_agrees() {
                         );
                     }
                     (Verdict::Refused(SessionError::TableFull { .. }), Body::Register { .. }) => {
-                        c.registering = false;
+                        if c.generation == g {
+                            c.registering = false;
+                        }
                     }
                     (Verdict::Refused(SessionError::WindowFull { .. }), Body::Command { .. }) => {}
                     (Verdict::Done, Body::KeepAlive { .. } | Body::Unregister { .. }) => {}
