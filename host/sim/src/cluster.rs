@@ -1,20 +1,21 @@
 //! A cluster of waft-raft nodes with a model runtime each: durable storage
-//! that keeps only what was synced, a model state machine, a snapshot store,
-//! and the safety checks run on every Ready. It owns no network and no clock:
+//! that keeps only what was synced, a model state machine under the session
+//! table (`model::Machine`), a snapshot store, and the safety checks run on
+//! every Ready. It owns no network and no clock:
 //! drivers (the random simulator, scenario tests) route `outbox` and call tick.
 //! Must never use randomness of its own, so drivers stay reproducible.
 
-use crate::model::{Command, Kv};
+use crate::model::{Kv, Machine, MachineConfig, MachineSnapshot, Outcome};
 use crate::rng::{FNV_START, fnv};
 use std::collections::{BTreeMap, VecDeque};
 use waft_raft::*;
 
 /// What a node keeps across a crash.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Durable {
     pub hard_state: HardState,
     pub snapshot: SnapshotMeta,
-    pub snapshot_state: Kv,
+    pub snapshot_state: MachineSnapshot,
     /// Entries after the snapshot, consecutive.
     pub entries: Vec<Entry>,
 }
@@ -34,7 +35,7 @@ pub struct SimNode {
     pub durable: Durable,
     writes: VecDeque<PendingWrite>,
     pub install: Option<SnapshotInstall>,
-    pub sm: Kv,
+    pub sm: Machine,
     pub sm_applied: u64,
     /// Reads confirmed by Raft, waiting for the local apply index: (id, index).
     pub reads: Vec<(u64, u64)>,
@@ -48,12 +49,12 @@ pub struct SimNode {
 /// A client-visible outcome the driver consumes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Note {
-    /// `node` applied the command with `op_id` at `index`, producing `output`.
+    /// `node` applied the client entry at (`index`, `term`) with `outcome`.
     Applied {
         node: NodeId,
         index: u64,
-        op_id: u64,
-        output: u64,
+        term: u64,
+        outcome: Outcome,
     },
     /// A read with `id` completed on `node` with the register value.
     ReadDone { node: NodeId, id: u64, value_of: Kv },
@@ -84,8 +85,11 @@ pub struct Cluster {
     pub nodes: BTreeMap<NodeId, SimNode>,
     pub check: Checker,
     /// Snapshot store shared by all nodes: index -> (term, state). By state-machine
-    /// safety every node's snapshot at an index is identical (checked on insert).
-    pub snapshots: BTreeMap<u64, (u64, Kv)>,
+    /// safety every node's snapshot at an index is identical, session section
+    /// bytes included (checked on insert).
+    pub snapshots: BTreeMap<u64, (u64, MachineSnapshot)>,
+    /// The replicated machine's settings; equal on every node.
+    pub machine_cfg: MachineConfig,
     pub outbox: Vec<Message>,
     pub notes: Vec<Note>,
     pub events: Vec<(NodeId, Event)>,
@@ -101,6 +105,7 @@ pub struct Cluster {
 impl Cluster {
     /// Nodes `ids`, the first `voters` of which form the bootstrap configuration.
     pub fn new(ids: &[NodeId], voters: &[NodeId], mk_cfg: impl Fn(NodeId) -> Config) -> Cluster {
+        let machine_cfg = MachineConfig::default();
         let mut nodes = BTreeMap::new();
         for &id in ids {
             let cfg = mk_cfg(id);
@@ -109,13 +114,16 @@ impl Cluster {
             } else {
                 Configuration::default()
             };
+            let sm = Machine::new(&machine_cfg);
             let durable = Durable {
+                hard_state: HardState::default(),
                 snapshot: SnapshotMeta {
                     index: 0,
                     term: 0,
                     config: boot.clone(),
                 },
-                ..Default::default()
+                snapshot_state: sm.snapshot(),
+                entries: Vec::new(),
             };
             let raft = RawNode::new(cfg.clone(), boot).expect("valid sim config");
             nodes.insert(
@@ -127,7 +135,7 @@ impl Cluster {
                     durable,
                     writes: VecDeque::new(),
                     install: None,
-                    sm: Kv::default(),
+                    sm,
                     sm_applied: 0,
                     reads: Vec::new(),
                     auto_sync: true,
@@ -140,6 +148,7 @@ impl Cluster {
             nodes,
             check: Checker::default(),
             snapshots: BTreeMap::new(),
+            machine_cfg,
             outbox: Vec::new(),
             notes: Vec::new(),
             events: Vec::new(),
@@ -148,6 +157,20 @@ impl Cluster {
             trace_hash: FNV_START,
             trace: None,
         }
+    }
+
+    /// Sets the replicated machine's settings on every node; only before
+    /// anything was applied, as a group's limits are fixed at its creation.
+    pub fn set_machine_config(&mut self, cfg: MachineConfig) {
+        for n in self.nodes.values_mut() {
+            assert_eq!(
+                n.sm_applied, 0,
+                "machine settings change only before the first apply"
+            );
+            n.sm = Machine::new(&cfg);
+            n.durable.snapshot_state = n.sm.snapshot();
+        }
+        self.machine_cfg = cfg;
     }
 
     pub fn raft(&self, id: NodeId) -> &RawNode {
@@ -352,7 +375,7 @@ impl Cluster {
     }
 
     fn apply(&mut self, id: NodeId, entries: Vec<Entry>) {
-        for e in entries {
+        for e in &entries {
             let node = self.nodes.get_mut(&id).expect("node");
             assert_eq!(
                 e.index,
@@ -363,7 +386,7 @@ impl Cluster {
                 node.raft.as_ref().map_or(0, |r| r.persisted())
             );
             node.sm_applied = e.index;
-            let fp = fingerprint(&e);
+            let fp = fingerprint(e);
             match self.check.committed.get(&e.index) {
                 Some(&(t, f)) => assert!(
                     t == e.term && f == fp,
@@ -374,15 +397,15 @@ impl Cluster {
                     self.check.committed.insert(e.index, (e.term, fp));
                 }
             }
-            if e.kind == EntryKind::Normal
-                && let Some(c) = Command::decode(&e.data)
-            {
-                let output = node.sm.apply(&c);
+        }
+        let node = self.nodes.get_mut(&id).expect("node");
+        for (index, term, outcome) in node.sm.apply_batch(&entries) {
+            if outcome != Outcome::NotClient {
                 self.notes.push(Note::Applied {
                     node: id,
-                    index: e.index,
-                    op_id: c.op_id,
-                    output,
+                    index,
+                    term,
+                    outcome,
                 });
             }
         }
@@ -400,7 +423,7 @@ impl Cluster {
                 self.notes.push(Note::ReadDone {
                     node: id,
                     id: rid,
-                    value_of: node.sm.clone(),
+                    value_of: node.sm.kv.clone(),
                 });
             } else {
                 i += 1;
@@ -414,20 +437,21 @@ impl Cluster {
             node.sm_applied, meta.index,
             "snapshot requested at an index the state machine is not at"
         );
+        let state = node.sm.snapshot();
         match self.snapshots.get(&meta.index) {
-            Some((t, kv)) => assert!(
-                *t == meta.term && *kv == node.sm,
-                "state-machine safety: snapshots at {} differ",
+            Some((t, other)) => assert!(
+                *t == meta.term && *other == state,
+                "state-machine safety: snapshots at {} differ (registers or session table)",
                 meta.index
             ),
             None => {
                 self.snapshots
-                    .insert(meta.index, (meta.term, node.sm.clone()));
+                    .insert(meta.index, (meta.term, state.clone()));
             }
         }
         // Snapshots are written straight to durable storage (their own files).
         node.durable.snapshot = meta.clone();
-        node.durable.snapshot_state = node.sm.clone();
+        node.durable.snapshot_state = state;
         node.durable.entries.retain(|e| e.index > meta.index);
         let prev = self.check.max_snapshot.insert(id, meta.index).unwrap_or(0);
         assert!(prev <= meta.index, "node {id} snapshot went backwards");
@@ -511,7 +535,7 @@ impl Cluster {
             return;
         };
         let meta = inst.meta;
-        let Some((t, kv)) = self.snapshots.get(&meta.index).cloned() else {
+        let Some((t, state)) = self.snapshots.get(&meta.index).cloned() else {
             node.raft.as_mut().expect("up").on_snapshot_install_failed();
             return;
         };
@@ -524,7 +548,7 @@ impl Cluster {
             node.raft.as_mut().expect("up").on_snapshot_install_failed();
             return;
         }
-        node.sm = kv.clone();
+        node.sm = Machine::restore(&self.machine_cfg, &state);
         node.sm_applied = meta.index;
         let d = &mut node.durable;
         let matching = d
@@ -537,7 +561,7 @@ impl Cluster {
             d.entries.clear();
         }
         d.snapshot = meta.clone();
-        d.snapshot_state = kv;
+        d.snapshot_state = state;
         d.hard_state.commit = d.hard_state.commit.max(meta.index);
         let prev = self.check.max_snapshot.insert(id, meta.index).unwrap_or(0);
         assert!(prev <= meta.index, "node {id} snapshot went backwards");
@@ -564,7 +588,7 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).expect("node");
         assert!(node.raft.is_none());
         let d = node.durable.clone();
-        node.sm = d.snapshot_state.clone();
+        node.sm = Machine::restore(&self.machine_cfg, &d.snapshot_state);
         node.sm_applied = d.snapshot.index;
         let st = RestartState {
             hard_state: d.hard_state,

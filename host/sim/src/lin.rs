@@ -1,7 +1,10 @@
 //! Linearizability checker (Wing & Gong search with Lowe's memoization),
 //! partitioned by key, over the per-key register model of `model.rs`.
 //! Operations whose outcome is unknown (timed out) may be linearized anywhere
-//! after their invocation, or not at all. Must never consult wall-clock time.
+//! after their invocation, or not at all. A command a session client sent
+//! several times is one operation: invoked at its first send, returning with
+//! the one answer the client accepted (any copy may be the one that applied).
+//! Must never consult wall-clock time.
 
 use crate::model::Op;
 use std::collections::HashSet;
@@ -171,5 +174,20 @@ mod tests {
         // A double-applied increment is caught.
         let dup = [op(Op::Incr, 0, Some(1), 1), op(Op::Get, 2, Some(3), 2)];
         assert!(check(&dup).is_err());
+    }
+
+    #[test]
+    fn a_retried_command_is_one_operation_from_its_first_send() {
+        // An increment sent at 0, applied at once, its answer lost; sent again at
+        // 10 and answered (from the saved reply) at 20. A read at 5 sees it.
+        let read = op(Op::Get, 5, Some(6), 1);
+        let whole = [op(Op::Incr, 0, Some(20), 1), read];
+        assert!(check(&whole).is_ok());
+        // Dating the operation from its last send would call the read a lie.
+        let last_send = [op(Op::Incr, 10, Some(20), 1), read];
+        assert!(check(&last_send).is_err());
+        // Had the retry applied again, its answer (2) betrays the second apply.
+        let twice = [op(Op::Incr, 0, Some(20), 2), read];
+        assert!(check(&twice).is_err());
     }
 }

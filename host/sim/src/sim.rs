@@ -1,17 +1,22 @@
 //! The randomized simulator: one seed decides the cluster size, the network
 //! faults (loss, duplication, reordering, delay, partitions), crashes and
-//! restarts, clock drift, membership churn, leader transfers and the client
-//! workload. Safety is checked after every step (by `cluster`), liveness after
-//! faults stop, and linearizability of the client history at the end.
+//! restarts, clock drift and skew, membership churn, leader transfers and the
+//! client workload (exactly-once sessions with retries, in `clients`). Safety
+//! is checked after every step (by `cluster`), liveness after faults stop,
+//! and linearizability of the client history at the end.
 //! Must never read the wall clock or OS randomness.
+
+mod clients;
 
 use crate::cluster::{Cluster, Note};
 use crate::lin::{self, HistOp};
-use crate::model::{Command, Op};
+use crate::model::MachineConfig;
 use crate::rng::{Rng, fnv};
+use clients::{Client, ReqId, Request, Serving};
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use waft_raft::*;
+use waft_session::SessionConfig;
 
 /// Simulated time units per nominal tick.
 pub const TICK_UNITS: u64 = 100;
@@ -31,6 +36,11 @@ pub struct SimConfig {
     pub churn: bool,
     pub clients: u64,
     pub keys: u8,
+    /// The replicated session table's limits (small, so the sweep reaches them).
+    pub sessions: SessionConfig,
+    /// Off: the machine applies every committed copy of a command, as a host
+    /// without sessions would (the checker must then catch double applies).
+    pub dedup: bool,
     pub trace: bool,
 }
 
@@ -45,26 +55,51 @@ impl SimConfig {
             r.range(1.min(nodes), nodes)
                 .max(if r.chance(800) { 3.min(nodes) } else { 1 })
         };
+        let fault_ticks = r.range(150, 400);
+        let clients = r.range(1, 4);
+        let keys = r.range(1, 3) as u8;
+        let window_commands_max = r.range(1, 6);
         SimConfig {
             seed,
             nodes,
             voters,
-            fault_ticks: r.range(150, 400),
+            fault_ticks,
             // Generous: with priorities far apart, SOFAJRaft's target decay alone can
             // take ~300 ticks when the top-priority node holds a stale log.
             settle_ticks: 1000,
             faults: true,
             churn: true,
-            clients: r.range(1, 4),
-            keys: r.range(1, 3) as u8,
+            clients,
+            keys,
+            sessions: SessionConfig {
+                // Sometimes fewer than the clients: a registration waits for room.
+                sessions_open_max: r.range(clients.saturating_sub(1).max(1), clients + 2),
+                window_commands_max,
+                // Mostly longer than any run; sometimes short enough that idle
+                // clients (and clients cut off by faults) lose their session.
+                session_idle_timeout_ms: if r.chance(300) {
+                    r.range(20, 80) * TICK_UNITS
+                } else {
+                    3_600_000
+                },
+                // Replies are 8 bytes; sometimes only one fits per session.
+                reply_bytes_per_session_max: if r.chance(200) {
+                    8
+                } else {
+                    8 * window_commands_max
+                },
+                reply_bytes_total_max: 8 * window_commands_max * (clients + 2),
+            },
+            dedup: true,
             trace: false,
         }
     }
 
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run --release -p waft-sim --bin sim -- --seed {} --trace",
-            self.seed
+            "cargo run --release -p waft-sim --bin sim -- --seed {}{} --trace",
+            self.seed,
+            if self.dedup { "" } else { " --no-dedup" }
         )
     }
 }
@@ -77,6 +112,18 @@ pub struct Stats {
     pub leaders: u64,
     pub writes_ok: u64,
     pub writes_unknown: u64,
+    /// Session registrations that committed.
+    pub registrations: u64,
+    /// Requests sent again with the same sequence number (after a timeout,
+    /// a not-leader or busy answer, or an entry lost to a new leader).
+    pub resends: u64,
+    /// Accepted replies that a saved reply answered (the command had applied before).
+    pub replies_saved: u64,
+    /// Committed copies the session table kept from applying again (all nodes).
+    pub copies_deduplicated: u64,
+    /// Sessions a client found expired or unknown.
+    pub sessions_expired: u64,
+    pub registrations_refused: u64,
     pub reads_ok: u64,
     pub crashes: u64,
     pub partitions: u64,
@@ -84,6 +131,31 @@ pub struct Stats {
     pub transfers: u64,
     pub snapshots_installed: u64,
     pub max_commit: u64,
+}
+
+impl Stats {
+    /// Adds another run's counts (maxima stay maxima).
+    pub fn add(&mut self, o: &Stats) {
+        self.steps += o.steps;
+        self.messages += o.messages;
+        self.max_term = self.max_term.max(o.max_term);
+        self.leaders += o.leaders;
+        self.writes_ok += o.writes_ok;
+        self.writes_unknown += o.writes_unknown;
+        self.registrations += o.registrations;
+        self.resends += o.resends;
+        self.replies_saved += o.replies_saved;
+        self.copies_deduplicated += o.copies_deduplicated;
+        self.sessions_expired += o.sessions_expired;
+        self.registrations_refused += o.registrations_refused;
+        self.reads_ok += o.reads_ok;
+        self.crashes += o.crashes;
+        self.partitions += o.partitions;
+        self.conf_changes += o.conf_changes;
+        self.transfers += o.transfers;
+        self.snapshots_installed += o.snapshots_installed;
+        self.max_commit = self.max_commit.max(o.max_commit);
+    }
 }
 
 #[derive(Debug)]
@@ -102,8 +174,30 @@ enum Ev {
     Restart(NodeId),
     /// Crash `id` if still in incarnation `inc` (targeted: right after a vote).
     Crash(NodeId, u64),
+    /// Client `ci` may start an operation.
     Client(u64),
-    ClientTimeout(u64, u64),
+    /// A client request arrives at a node.
+    ClientRequest {
+        ci: u64,
+        node: NodeId,
+        req: Request,
+    },
+    /// A node's answer arrives at a client.
+    ClientReply {
+        ci: u64,
+        req: ReqId,
+        attempt: u64,
+        answer: clients::Answer,
+    },
+    /// Send `req` again if attempt `attempt` is still the latest; `timed_out`
+    /// when no answer came (the outcome is unknown).
+    Resend {
+        ci: u64,
+        req: ReqId,
+        attempt: u64,
+        timed_out: bool,
+    },
+    ReadTimeout(u64, u64),
     Chaos,
     Heal,
 }
@@ -131,26 +225,6 @@ impl Ord for Scheduled {
     }
 }
 
-#[derive(Clone, Debug)]
-enum Waiting {
-    Write {
-        node: NodeId,
-        index: u64,
-        op_id: u64,
-    },
-    Read {
-        node: NodeId,
-        id: u64,
-    },
-}
-
-#[derive(Clone, Debug)]
-struct Client {
-    seq: u64,
-    waiting: Option<(Waiting, HistOp)>,
-    leader_guess: NodeId,
-}
-
 /// Network fault knobs, changed by chaos events.
 #[derive(Clone, Debug, Default)]
 struct Net {
@@ -174,8 +248,17 @@ pub struct Sim {
     syncs_scheduled: BTreeMap<NodeId, usize>,
     install_scheduled: BTreeMap<NodeId, bool>,
     clients: Vec<Client>,
+    /// Proposals a node accepted for a client, by (node, index): the node
+    /// answers once it applies that index (with a "lost" answer when another
+    /// term's entry took the index). A crash drops its node's.
+    serving: BTreeMap<(NodeId, u64), Serving>,
+    /// Per-node wall-clock skew in ms: a leader stamps client entries with
+    /// now + skew (one simulated time unit reads as one millisecond).
+    clock_skew_ms: BTreeMap<NodeId, i64>,
     history: Vec<HistOp>,
-    /// Writes whose client timed out: (op id, call), settled at the end.
+    /// Writes whose outcome the client never learned (a session-less timeout,
+    /// an expired session, a discarded reply, the run's end): (op id, call),
+    /// settled at the end.
     unknown: Vec<(u64, HistOp)>,
     /// op id -> (time, output) of its first application on any node.
     first_applied: BTreeMap<u64, (u64, u64)>,
@@ -186,8 +269,6 @@ pub struct Sim {
     pub stats: Stats,
 }
 
-/// Client operations time out after this many ticks (outcome unknown).
-const CLIENT_TIMEOUT_TICKS: u64 = 25;
 /// Ticks a run continues after the first post-heal write committed.
 const SETTLE_AFTER_PROGRESS_TICKS: u64 = 50;
 /// Safety valve: events processed per run.
@@ -254,6 +335,10 @@ impl Sim {
                 Some(RawNode::new(c, node.durable.snapshot.config.clone()).expect("valid config"));
             node.auto_sync = false;
         }
+        cluster.set_machine_config(MachineConfig {
+            sessions: cfg.sessions.clone(),
+            dedup: cfg.dedup,
+        });
         if cfg.trace {
             cluster.trace = Some(Vec::new());
         }
@@ -278,12 +363,18 @@ impl Sim {
                 },
             );
         }
+        let mut clock_skew_ms = BTreeMap::new();
+        for &id in &ids {
+            // Some leaders' clocks run behind or ahead of others'.
+            let skew = if cfg.faults && rng.chance(300) {
+                rng.range(0, 6_000) as i64 - 3_000
+            } else {
+                0
+            };
+            clock_skew_ms.insert(id, skew);
+        }
         let clients = (0..cfg.clients)
-            .map(|_| Client {
-                seq: 0,
-                waiting: None,
-                leader_guess: 1,
-            })
+            .map(|_| Client::new(&mut rng, cfg.sessions.window_commands_max))
             .collect();
         let mut sim = Sim {
             cfg,
@@ -301,6 +392,8 @@ impl Sim {
             syncs_scheduled: BTreeMap::new(),
             install_scheduled: BTreeMap::new(),
             clients,
+            serving: BTreeMap::new(),
+            clock_skew_ms,
             history: Vec::new(),
             unknown: Vec::new(),
             first_applied: BTreeMap::new(),
@@ -366,11 +459,8 @@ impl Sim {
             );
         }
         // Whatever is still waiting has an unknown outcome.
-        for c in &mut self.clients {
-            if let Some((Waiting::Write { op_id, .. }, h)) = c.waiting.take() {
-                self.unknown.push((op_id, h));
-                self.stats.writes_unknown += 1;
-            }
+        for ci in 0..self.clients.len() {
+            self.abandon_writes(ci);
         }
         // Writes whose client gave up are "possibly applied". The simulator sees every
         // node, so it settles most of them: a write some node applied took effect no
@@ -462,15 +552,28 @@ impl Sim {
                     && down < n.div_ceil(2)
                 {
                     self.trace(|| format!("chaos: crash {id} before its vote is durable"));
-                    self.cluster.crash(id);
+                    self.crash(id);
                     self.stats.crashes += 1;
                     self.syncs_scheduled.insert(id, 0);
                     let d = self.rng.range(10, 3 * TICK_UNITS);
                     self.schedule(d, Ev::Restart(id));
                 }
             }
-            Ev::Client(c) => self.client_start(c),
-            Ev::ClientTimeout(c, seq) => self.client_timeout(c, seq),
+            Ev::Client(ci) => self.client_step(ci as usize),
+            Ev::ClientRequest { ci, node, req } => self.serve(ci, node, req),
+            Ev::ClientReply {
+                ci,
+                req,
+                attempt,
+                answer,
+            } => self.on_reply(ci as usize, req, attempt, answer),
+            Ev::Resend {
+                ci,
+                req,
+                attempt,
+                timed_out,
+            } => self.resend(ci as usize, req, attempt, timed_out),
+            Ev::ReadTimeout(ci, id) => self.read_timeout(ci as usize, id),
             Ev::Chaos => {
                 if self.faults_active() {
                     self.chaos();
@@ -583,175 +686,6 @@ impl Sim {
         self.cluster.read_states.clear();
     }
 
-    fn on_note(&mut self, n: Note) {
-        let now = self.now;
-        if let Note::Applied { op_id, output, .. } = &n {
-            self.first_applied.entry(*op_id).or_insert((now, *output));
-        }
-        for ci in 0..self.clients.len() {
-            let c = &mut self.clients[ci];
-            let Some((w, h)) = &c.waiting else { continue };
-            match (&n, w) {
-                (
-                    Note::Applied {
-                        node,
-                        index,
-                        op_id,
-                        output,
-                    },
-                    Waiting::Write {
-                        node: wn,
-                        index: wi,
-                        op_id: wo,
-                    },
-                ) if node == wn => {
-                    if op_id == wo {
-                        let mut h = *h;
-                        h.response = Some(now);
-                        h.output = *output;
-                        self.history.push(h);
-                        self.stats.writes_ok += 1;
-                        if self.healed_at.is_some_and(|t| h.invoke >= t) {
-                            self.progressed_after_heal = true;
-                        }
-                        c.waiting = None;
-                        let d = self.rng.range(1, 3 * TICK_UNITS);
-                        self.schedule(d, Ev::Client(ci as u64));
-                    } else if index == wi {
-                        // Another entry committed at our index: ours never will.
-                        c.waiting = None;
-                        let d = self.rng.range(1, 3 * TICK_UNITS);
-                        self.schedule(d, Ev::Client(ci as u64));
-                    }
-                }
-                (Note::ReadDone { node, id, value_of }, Waiting::Read { node: wn, id: wid })
-                    if node == wn && id == wid =>
-                {
-                    let mut h = *h;
-                    h.response = Some(now);
-                    h.output = value_of.get(h.key);
-                    self.history.push(h);
-                    self.stats.reads_ok += 1;
-                    c.waiting = None;
-                    let d = self.rng.range(1, 3 * TICK_UNITS);
-                    self.schedule(d, Ev::Client(ci as u64));
-                }
-                _ => {}
-            }
-        }
-    }
-
-    fn client_start(&mut self, ci: u64) {
-        if self.clients[ci as usize].waiting.is_some() {
-            return;
-        }
-        let up: Vec<NodeId> = self
-            .cluster
-            .nodes
-            .keys()
-            .copied()
-            .filter(|&id| self.cluster.is_up(id))
-            .collect();
-        let guess = self.clients[ci as usize].leader_guess;
-        let node = if self.cluster.is_up(guess) && self.rng.chance(700) {
-            guess
-        } else {
-            *self.rng.pick(&up).unwrap_or(&1)
-        };
-        let retry = self.rng.range(TICK_UNITS / 2, 2 * TICK_UNITS);
-        if !self.cluster.is_up(node) {
-            self.schedule(retry, Ev::Client(ci));
-            return;
-        }
-        let key = self.rng.range(0, self.cfg.keys as u64 - 1) as u8;
-        let roll = self.rng.range(0, 99);
-        let op_id = self.next_op_id;
-        self.next_op_id += 1;
-        let op = if roll < 30 {
-            Op::Put(op_id)
-        } else if roll < 55 {
-            Op::Incr
-        } else {
-            Op::Get
-        };
-        let h = HistOp {
-            key,
-            op,
-            invoke: self.now,
-            response: None,
-            output: 0,
-        };
-        let res = match op {
-            Op::Get => {
-                let mode = if self.rng.chance(500) {
-                    ReadMode::Lease
-                } else {
-                    ReadMode::Safe
-                };
-                self.cluster
-                    .raft_mut(node)
-                    .read_index(op_id, mode)
-                    .map(|_| Waiting::Read { node, id: op_id })
-            }
-            _ => {
-                let cmd = Command { op_id, key, op };
-                self.cluster
-                    .raft_mut(node)
-                    .propose(cmd.encode())
-                    .map(|(index, _)| Waiting::Write { node, index, op_id })
-            }
-        };
-        self.cluster.process(node);
-        self.trace(|| format!("client {ci}: {op:?} key {key} at node {node}: {res:?}"));
-        match res {
-            Ok(w) => {
-                let c = &mut self.clients[ci as usize];
-                c.seq += 1;
-                c.waiting = Some((w, h));
-                let seq = c.seq;
-                self.schedule(
-                    CLIENT_TIMEOUT_TICKS * TICK_UNITS,
-                    Ev::ClientTimeout(ci, seq),
-                );
-            }
-            Err(e) => {
-                if let RaftError::NotLeader {
-                    leader_hint: Some(l),
-                } = e
-                {
-                    self.clients[ci as usize].leader_guess = l;
-                } else if let RaftError::NotLeader { leader_hint: None } = e {
-                    self.clients[ci as usize].leader_guess = *self.rng.pick(&up).unwrap_or(&1);
-                }
-                self.schedule(retry, Ev::Client(ci));
-            }
-        }
-    }
-
-    fn client_timeout(&mut self, ci: u64, seq: u64) {
-        let c = &mut self.clients[ci as usize];
-        if c.seq != seq {
-            return;
-        }
-        let Some((w, mut h)) = c.waiting.take() else {
-            return;
-        };
-        if let Waiting::Write { op_id, .. } = w {
-            h.response = None;
-            self.unknown.push((op_id, h));
-            self.stats.writes_unknown += 1;
-        }
-        let up: Vec<NodeId> = self
-            .cluster
-            .nodes
-            .keys()
-            .copied()
-            .filter(|&id| self.cluster.is_up(id))
-            .collect();
-        self.clients[ci as usize].leader_guess = *self.rng.pick(&up).unwrap_or(&1);
-        self.schedule(1, Ev::Client(ci));
-    }
-
     fn chaos(&mut self) {
         let ids: Vec<NodeId> = self.cluster.nodes.keys().copied().collect();
         let n = ids.len() as u64;
@@ -777,7 +711,7 @@ impl Sim {
                 };
                 if let Some(&victim) = self.rng.pick(&pool) {
                     self.trace(|| format!("chaos: crash {victim}"));
-                    self.cluster.crash(victim);
+                    self.crash(victim);
                     self.stats.crashes += 1;
                     self.syncs_scheduled.insert(victim, 0);
                     let d = if self.rng.chance(500) {

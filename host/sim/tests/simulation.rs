@@ -1,13 +1,15 @@
 //! Randomized simulation sweeps: many seeds with faults and churn, and the
 //! determinism of a seed. Failures print the one command that replays them.
 
-use waft_sim::sim::{SimConfig, run_seed};
+use waft_sim::sim::{SimConfig, Stats, run_seed};
 
 /// CI runs `cargo test --release`: 1,000 seeds there; a debug build runs fewer.
 const SEEDS_RELEASE: u64 = 1_000;
 const SEEDS_DEBUG: u64 = 100;
 /// Worker threads for the sweep (the CI machine has 2 cores).
 const THREADS: u64 = 2;
+/// Seeds the negative control tries at most (about half fail without deduplication).
+const NEGATIVE_SEEDS_MAX: u64 = 100;
 
 #[test]
 fn thousand_seeds_with_faults_and_churn() {
@@ -21,15 +23,10 @@ fn thousand_seeds_with_faults_and_churn() {
         .map(|t| {
             std::thread::spawn(move || {
                 let mut failures = Vec::new();
-                let mut stats = (0u64, 0u64, 0u64, 0u64);
+                let mut stats = Stats::default();
                 for seed in (t..seeds).step_by(THREADS as usize) {
                     match run_seed(SimConfig::from_seed(seed)) {
-                        Ok(o) => {
-                            stats.0 += o.stats.conf_changes;
-                            stats.1 += o.stats.crashes;
-                            stats.2 += o.stats.writes_ok + o.stats.reads_ok;
-                            stats.3 += o.stats.snapshots_installed;
-                        }
+                        Ok(o) => stats.add(&o.stats),
                         Err(e) => failures.push(e),
                     }
                 }
@@ -38,11 +35,11 @@ fn thousand_seeds_with_faults_and_churn() {
         })
         .collect();
     let mut failures = Vec::new();
-    let mut total = (0, 0, 0, 0);
+    let mut total = Stats::default();
     for h in handles {
         let (f, s) = h.join().expect("worker");
         failures.extend(f);
-        total = (total.0 + s.0, total.1 + s.1, total.2 + s.2, total.3 + s.3);
+        total.add(&s);
     }
     let _ = std::panic::take_hook();
     assert!(
@@ -51,11 +48,63 @@ fn thousand_seeds_with_faults_and_churn() {
         failures.len(),
         failures.join("\n")
     );
-    // The sweep must really exercise churn and faults.
-    assert!(total.0 > seeds, "too few membership changes: {total:?}");
-    assert!(total.1 > seeds, "too few crashes: {total:?}");
-    assert!(total.3 > seeds / 10, "too few snapshot installs: {total:?}");
-    assert!(total.2 > seeds * 20, "too few client operations: {total:?}");
+    // The sweep must really exercise churn and faults ...
+    assert!(
+        total.conf_changes > seeds,
+        "too few membership changes: {total:?}"
+    );
+    assert!(total.crashes > seeds, "too few crashes: {total:?}");
+    assert!(
+        total.snapshots_installed > seeds / 10,
+        "too few snapshot installs: {total:?}"
+    );
+    assert!(
+        total.writes_ok + total.reads_ok > seeds * 20,
+        "too few client operations: {total:?}"
+    );
+    // ... and sessions: retried writes, copies committed twice and answered from
+    // the table, sessions expiring and registrations waiting for room.
+    assert!(total.resends > seeds * 10, "too few resends: {total:?}");
+    assert!(
+        total.copies_deduplicated > seeds,
+        "too few deduplicated copies: {total:?}"
+    );
+    assert!(
+        total.replies_saved > seeds / 10,
+        "too few answers from saved replies: {total:?}"
+    );
+    assert!(
+        total.sessions_expired > seeds / 10,
+        "too few expired sessions: {total:?}"
+    );
+    assert!(
+        total.registrations_refused > seeds / 10,
+        "too few refused registrations: {total:?}"
+    );
+}
+
+/// The negative control: with the same clients, retries and network but the
+/// session table's deduplication off, some seed applies a retried increment
+/// twice and the checker says so. Without this, a checker that accepts
+/// everything would pass the sweep above.
+#[test]
+fn without_deduplication_the_checker_catches_a_double_apply() {
+    std::panic::set_hook(Box::new(|_| {}));
+    let caught = (0..NEGATIVE_SEEDS_MAX).find_map(|seed| {
+        let cfg = SimConfig {
+            dedup: false,
+            ..SimConfig::from_seed(seed)
+        };
+        run_seed(cfg).err().map(|e| (seed, e))
+    });
+    let _ = std::panic::take_hook();
+    let (seed, e) = caught.expect("no seed caught a double apply with deduplication off");
+    assert!(
+        e.contains("linearizability violated") && e.contains("--no-dedup"),
+        "seed {seed} failed for another reason: {e}"
+    );
+    // The same seed with sessions on is correct (the sweep runs it too).
+    run_seed(SimConfig::from_seed(seed)).expect("the same seed passes with deduplication");
 }
 
 #[test]

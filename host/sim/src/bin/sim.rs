@@ -1,8 +1,10 @@
 //! Runs simulator seeds. `--seed N [--trace]` replays one seed; `--seeds N
-//! --from S` soaks N seeds starting at S and reports seeds per second.
+//! --from S` soaks N seeds starting at S and reports seeds per second and
+//! what the session clients met. `--no-dedup` runs the machine without
+//! session deduplication (the checker should then fail some seeds).
 
 use std::time::Instant;
-use waft_sim::sim::{SimConfig, run_seed};
+use waft_sim::sim::{SimConfig, Stats, run_seed};
 
 fn arg(args: &[String], name: &str) -> Option<u64> {
     let i = args.iter().position(|a| a == name)?;
@@ -12,8 +14,13 @@ fn arg(args: &[String], name: &str) -> Option<u64> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let trace = args.iter().any(|a| a == "--trace");
+    let dedup = !args.iter().any(|a| a == "--no-dedup");
+    let config = |seed| SimConfig {
+        dedup,
+        ..SimConfig::from_seed(seed)
+    };
     if let Some(seed) = arg(&args, "--seed") {
-        let mut cfg = SimConfig::from_seed(seed);
+        let mut cfg = config(seed);
         cfg.trace = trace;
         println!("seed {seed}: {cfg:?}");
         let mut c2 = cfg.clone();
@@ -50,10 +57,14 @@ fn main() {
     let from = arg(&args, "--from").unwrap_or(0);
     let start = Instant::now();
     let mut failures = 0u64;
+    let mut total = Stats::default();
     for seed in from..from + n {
-        if let Err(e) = run_seed(SimConfig::from_seed(seed)) {
-            failures += 1;
-            eprintln!("{e}");
+        match run_seed(config(seed)) {
+            Ok(o) => total.add(&o.stats),
+            Err(e) => {
+                failures += 1;
+                eprintln!("{e}");
+            }
         }
         let done = seed - from + 1;
         if done.is_multiple_of(1000) {
@@ -69,6 +80,19 @@ fn main() {
         "seeds {from}..{}: {failures} failures in {s:.1}s, {:.1} seeds/s",
         from + n,
         n as f64 / s
+    );
+    println!(
+        "clients: {} writes ok, {} unknown, {} reads; sessions: {} registered, {} refused (table full), {} expired; \
+         {} resends, {} answers from saved replies, {} committed copies deduplicated",
+        total.writes_ok,
+        total.writes_unknown,
+        total.reads_ok,
+        total.registrations,
+        total.registrations_refused,
+        total.sessions_expired,
+        total.resends,
+        total.replies_saved,
+        total.copies_deduplicated
     );
     if failures > 0 {
         std::process::exit(1);
