@@ -591,6 +591,13 @@ impl RawNode {
                 MessageBody::PreVote { .. } => {
                     self.send(m.from, MessageBody::PreVoteResponse { reject: true }, false)
                 }
+                // Answer a stale candidate too, so it learns our term: a node
+                // that alone can win (the others' logs are behind) but sits
+                // at a lower term otherwise campaigns forever unanswered
+                // (sim seed 104457, after membership churn).
+                MessageBody::Vote { .. } => {
+                    self.send(m.from, MessageBody::VoteResponse { reject: true }, false)
+                }
                 _ => {}
             }
             return;

@@ -125,3 +125,16 @@ fn same_seed_same_trace() {
         "different seeds, different runs"
     );
 }
+
+/// Seeds the soak once failed, kept so their bugs stay fixed.
+#[test]
+fn seeds_that_once_failed() {
+    // 104457: after membership churn the only node able to win sat at a
+    // lower term and campaigned unanswered (stale Vote requests were dropped
+    // without a reply).
+    for seed in [104457] {
+        if let Err(e) = run_seed(SimConfig::from_seed(seed)) {
+            panic!("seed {seed} failed again: {e}\nreplay: cargo run --release -p waft-sim --bin sim -- --seed {seed} --trace");
+        }
+    }
+}
