@@ -16,10 +16,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use waft_node::{Output, Replica};
+use waft_node::{Outcome, Output, Replica};
 use waft_proto::client::{self, Consistency};
 use waft_raft::{Message, NodeId, ReadMode, Role};
 use waft_runtime::ApplyError;
+use waft_session::{Body, Envelope};
 use waft_proto::peer::PeerMessage;
 use waft_storage::{RocksLogStore, SnapshotId, SnapshotStore};
 
@@ -62,7 +63,9 @@ pub enum Input {
 pub struct GroupHandle {
     pub inbox: mpsc::Sender<Input>,
     pub status: watch::Receiver<client::GroupStatus>,
-    pub proposal_bytes_max: u64,
+    /// The largest command (or query) a client may send: the core's proposal
+    /// limit less the envelope around a command.
+    pub command_bytes_max: u64,
 }
 
 pub struct Driver {
@@ -73,7 +76,7 @@ pub struct Driver {
     /// Every member's address (this node included), for NOT_LEADER hints.
     addresses: BTreeMap<NodeId, String>,
     tick: Duration,
-    proposal_bytes_max: u64,
+    command_bytes_max: u64,
     /// Proposals by log index: the (term, answer) of the entry proposed there.
     /// Invariant: len() <= PROPOSALS_PENDING_MAX.
     proposals: BTreeMap<u64, (u64, oneshot::Sender<Reply>)>,
@@ -91,6 +94,9 @@ pub struct Driver {
     snapshot_bytes_per_sec: u64,
     /// The last entry covered by this node's latest snapshot.
     snapshot_index: u64,
+    /// The timestamp this node last stamped into an envelope: the leader's
+    /// clock as the session table sees it. Invariant: never decreases.
+    last_stamp_ms: u64,
     /// Lets a pull task report back; weak, so the inbox still closes when
     /// every service handle is gone.
     inbox: Option<mpsc::WeakSender<Input>>,
@@ -109,7 +115,7 @@ impl Driver {
         transport: Transport,
         addresses: BTreeMap<NodeId, String>,
         tick: Duration,
-        proposal_bytes_max: u64,
+        command_bytes_max: u64,
         snapshot_bytes_per_sec: u64,
     ) -> Driver {
         let (status, _) = watch::channel(client::GroupStatus::default());
@@ -121,7 +127,7 @@ impl Driver {
             transport,
             addresses,
             tick,
-            proposal_bytes_max,
+            command_bytes_max,
             proposals: BTreeMap::new(),
             reads: HashMap::new(),
             reads_ready: Vec::new(),
@@ -131,6 +137,7 @@ impl Driver {
             transfer: None,
             snapshot_bytes_per_sec,
             snapshot_index,
+            last_stamp_ms: 0,
             inbox: None,
         }
     }
@@ -178,7 +185,8 @@ impl Driver {
             let _ = reply.send(Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "too many proposals wait to apply")));
             return;
         }
-        match self.replica.propose(command) {
+        let envelope = Envelope::new(self.stamp_ms(), Body::Plain { payload: command });
+        match self.replica.propose(&envelope) {
             Ok((index, term)) => {
                 // A leader never proposes twice at one index in one term; an
                 // older waiter there lost its entry to a new leader.
@@ -190,6 +198,18 @@ impl Driver {
                 let _ = reply.send(Err(self.refusal(&e)));
             }
         }
+    }
+
+    /// The leader's clock for a new envelope, in ms since the Unix epoch:
+    /// the wall clock, held back from running backwards (a clock step, or a
+    /// new leader whose clock lags the time the log already reached). Every
+    /// replica expires sessions by these stamps alone.
+    fn stamp_ms(&mut self) -> u64 {
+        let wall_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.last_stamp_ms = wall_ms.max(self.last_stamp_ms).max(self.replica.sessions().now_ms());
+        self.last_stamp_ms
     }
 
     fn query(&mut self, request: Bytes, consistency: Consistency, reply: oneshot::Sender<Reply>) {
@@ -266,10 +286,15 @@ impl Driver {
             let answer = if term != a.term {
                 Err(lost(a.index))
             } else {
-                match a.result {
-                    Ok(bytes) => Ok((bytes, a.index)),
-                    Err(ApplyError::Rejected(why)) => Err(client::Error::rejected(why)),
-                    Err(ApplyError::Fault(fault)) => Err(client::Error::guest_fault(fault.to_string())),
+                match a.outcome {
+                    Outcome::Guest(result) | Outcome::Saved(result) => match result {
+                        Ok(bytes) => Ok((bytes, a.index)),
+                        Err(ApplyError::Rejected(why)) => Err(client::Error::rejected(why)),
+                        Err(ApplyError::Fault(fault)) => Err(client::Error::guest_fault(fault.to_string())),
+                    },
+                    Outcome::Registered { .. } | Outcome::Done => Ok((Bytes::new(), a.index)),
+                    Outcome::Refused(e) => Err(client::Error::internal(e.to_string())),
+                    Outcome::Unreadable(why) => Err(client::Error::internal(why)),
                 }
             };
             let _ = reply.send(answer);
@@ -559,7 +584,7 @@ pub fn spawn(mut driver: Driver, stop: watch::Receiver<bool>) -> (GroupHandle, t
     let handle = GroupHandle {
         inbox,
         status: driver.status.subscribe(),
-        proposal_bytes_max: driver.proposal_bytes_max,
+        command_bytes_max: driver.command_bytes_max,
     };
     let span = tracing::info_span!("group", group = driver.group(), node = driver.replica.raft().id());
     let task = tokio::spawn(tracing::Instrument::instrument(driver.run(rx, stop), span));

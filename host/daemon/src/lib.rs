@@ -159,7 +159,9 @@ pub async fn serve(
             .map_err(|source| ServeError::LoadModule { path: spec.module.clone(), source })?;
         let hash = ModuleHash::of(&bytes);
         let raft = cfg.raft_config(spec.group)?;
-        let proposal_bytes_max = raft.proposal_bytes_max;
+        // A command travels in an envelope, which must fit the core's limit.
+        let command_bytes_max =
+            raft.proposal_bytes_max.saturating_sub(waft_session::ENVELOPE_OVERHEAD_BYTES_MAX as u64);
         let replica = {
             let mut store = store.lock().map_err(|_| ServeError::Config("storage lock poisoned".into()))?;
             waft_node::Replica::open(
@@ -179,7 +181,7 @@ pub async fn serve(
             transport.clone(),
             addresses.clone(),
             Duration::from_millis(cfg.tick_ms.max(1)),
-            proposal_bytes_max,
+            command_bytes_max,
             cfg.snapshot_pull_bytes_per_sec,
         ), stopped.clone());
         groups.insert(spec.group, handle);

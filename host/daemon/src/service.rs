@@ -58,8 +58,8 @@ impl ClientService {
     async fn propose_inner(&self, req: ProposeRequest) -> Reply {
         let group = self.group(req.group)?;
         let size = req.command.len() as u64;
-        if size > group.proposal_bytes_max {
-            return Err(client::Error::too_large(size, group.proposal_bytes_max));
+        if size > group.command_bytes_max {
+            return Err(client::Error::too_large(size, group.command_bytes_max));
         }
         if size == 0 {
             return Err(client::Error::invalid_request("the command is empty; send at least one byte"));
@@ -71,8 +71,8 @@ impl ClientService {
     async fn query_inner(&self, req: QueryRequest) -> Reply {
         let group = self.group(req.group)?;
         let size = req.request.len() as u64;
-        if size > group.proposal_bytes_max {
-            return Err(client::Error::too_large(size, group.proposal_bytes_max));
+        if size > group.command_bytes_max {
+            return Err(client::Error::too_large(size, group.command_bytes_max));
         }
         let consistency = Consistency::try_from(req.consistency).map_err(|_| {
             client::Error::invalid_request(format!("unknown consistency level {}", req.consistency))

@@ -56,12 +56,38 @@ pub enum Error {
     /// Empty commands are reserved for the leader's no-op entry.
     #[error("group {group}: empty commands are not allowed; send at least one byte")]
     EmptyCommand { group: u64 },
+
+    /// A client request that breaks the envelope's rules (a sequence number
+    /// 0, a session id 0, ...): refused before it reaches the log.
+    #[error("group {group}: invalid request: {source}")]
+    Envelope {
+        group: u64,
+        #[source]
+        source: waft_session::EnvelopeError,
+    },
+
+    /// The session limits make no sense; fix them (equal on every replica).
+    #[error("group {group}: {source}")]
+    SessionConfig {
+        group: u64,
+        #[source]
+        source: waft_session::ConfigError,
+    },
+
+    /// A snapshot's session table could not be written or read.
+    #[error("group {group}: snapshot {index}: session table: {source}")]
+    Sessions {
+        group: u64,
+        index: u64,
+        #[source]
+        source: waft_session::SnapshotError,
+    },
 }
 
 impl Error {
     /// Whether the replica must stop. Anything else failed only this call.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Error::Stopped { .. } | Error::Start { .. })
+        matches!(self, Error::Stopped { .. } | Error::Start { .. } | Error::SessionConfig { .. })
     }
 }
 

@@ -13,14 +13,22 @@
 //! loop {
 //!     r.tick();                                   // from the daemon's clock
 //!     r.step(msg);                                // from the network
-//!     let (index, term) = r.propose(cmd)?;        // from a client (leader only)
+//!     let (index, term) = r.propose(&Envelope::new(now_ms, body))?; // from a client (leader only)
 //!     let out = r.process(&mut store, &snaps, &mut |m| transport.send(m))?;
-//!     // out.applied: answer clients waiting on (index, term)
+//!     // out.applied: answer clients waiting on (index, term) with its Outcome
 //!     // out.read_states: serve reads once r.applied_index() >= index
 //!     // out.snapshot_install: pull meta + chunks from out.snapshot_install.from,
 //!     //   then begin_install / Install::write_chunk / finish_install
 //! }
 //! ```
+//!
+//! Every client entry is a `waft_session::Envelope`: a session-less command,
+//! a session's registration, keep-alive or close, or a numbered session
+//! command, stamped with the leader's clock. The replica runs each through
+//! its session table (`waft-session`) before the guest sees it, so a retried
+//! command applies once and its retries get the saved result
+//! ([`Outcome::Saved`]); the table is saved in every snapshot as
+//! [`SESSIONS_FILE`], beside the guest's [`STATE_FILE`].
 //!
 //! `process` is `begin_ready` → `LogStore::write` → `finish_ready` in a loop.
 //! A daemon serving many groups calls those itself and merges the groups'
@@ -29,10 +37,12 @@
 
 mod convert;
 mod error;
+mod outcome;
 mod replica;
 
 pub use error::{Error, Result};
+pub use outcome::Outcome;
 pub use replica::{
     APPLY_BATCH_ENTRIES_MAX, Applied, Install, Output, PendingReady, READY_ROUNDS_MAX, Replica, ReplicaConfig,
-    STATE_FILE, merge_write,
+    SESSIONS_FILE, STATE_FILE, merge_write,
 };

@@ -2,14 +2,16 @@
 //! batches through the log store, the snapshot store and the wasm state machine,
 //! in the order `waft_raft::Ready` documents.
 //!
-//! Owns the core (`RawNode`), the state machine instance and the bookkeeping
-//! of a snapshot install in progress. Must never do networking, read a clock or
+//! Owns the core (`RawNode`), the state machine instance, the session table
+//! (the host's share of the replicated state) and the bookkeeping of a
+//! snapshot install in progress. Must never do networking, read a clock or
 //! block on anything but the disk and the guest: the caller owns time (ticks),
 //! the transport (the `send` callback and snapshot chunks) and client answers.
 //! Must never apply an entry before it is durable, nor report entries persisted
 //! before `LogStore::write` returned.
 
-use std::io::Write;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
 
 use bytes::Bytes;
 use waft_raft::{
@@ -17,6 +19,7 @@ use waft_raft::{
     SnapshotInstall, SoftState,
 };
 use waft_runtime::{ApplyResult, Limits, Module, RuntimeError, StateMachine};
+use waft_session::{Body, Envelope, SessionConfig, SessionTable, Ticket, Verdict};
 use waft_storage::{
     LogStore, ModuleHash, SNAPSHOT_CHUNK_BYTES_MAX, SnapshotFile, SnapshotId, SnapshotReader, SnapshotStore,
     SnapshotWriter, WriteSet,
@@ -24,9 +27,14 @@ use waft_storage::{
 
 use crate::convert;
 use crate::error::{Error, Result, runtime_is_fatal};
+use crate::outcome::{Outcome, decode_reply, encode_reply};
 
-/// The one file of a snapshot: the guest's `on-snapshot-save` stream.
+/// The guest's file of a snapshot: its `on-snapshot-save` stream.
 pub const STATE_FILE: &str = "state";
+/// The host's file of a snapshot: the session table
+/// (`SessionTable::encode_snapshot`), so a replica restored from the snapshot
+/// deduplicates exactly as the replicas that applied the log.
+pub const SESSIONS_FILE: &str = "sessions";
 
 /// Normal entries handed to the state machine in one `apply` call. The runtime
 /// splits further by fuel; this bounds the memory one call's results take.
@@ -46,21 +54,36 @@ pub struct ReplicaConfig {
     pub limits: Limits,
     /// Normal entries per state-machine `apply` call.
     pub apply_batch_entries_max: usize,
+    /// Limits of the session table. Must be equal on every replica of the
+    /// group (a snapshot carries them, and a replica with others refuses it).
+    pub sessions: SessionConfig,
 }
 
 impl ReplicaConfig {
     pub fn new(raft: waft_raft::Config) -> ReplicaConfig {
-        ReplicaConfig { raft, limits: Limits::default(), apply_batch_entries_max: APPLY_BATCH_ENTRIES_MAX }
+        ReplicaConfig {
+            raft,
+            limits: Limits::default(),
+            apply_batch_entries_max: APPLY_BATCH_ENTRIES_MAX,
+            sessions: SessionConfig::default(),
+        }
     }
 }
 
-/// The outcome of one committed client command. The waiting client proposed at
+/// The outcome of one committed client entry. The waiting client proposed at
 /// (`index`, `term`); a different term at its index means its entry was lost.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Applied {
     pub index: u64,
     pub term: u64,
-    pub result: ApplyResult,
+    pub outcome: Outcome,
+}
+
+impl Applied {
+    /// The guest's result (fresh or saved), for entries that carried a command.
+    pub fn result(&self) -> Option<&ApplyResult> {
+        self.outcome.result()
+    }
 }
 
 /// What one `process` call produced for the caller (besides sent messages).
@@ -68,7 +91,7 @@ pub struct Applied {
 pub struct Output {
     /// The latest role/leader/term change, if any.
     pub soft_state: Option<SoftState>,
-    /// Client commands applied, in log order.
+    /// Client entries applied, in log order, with what their client is told.
     pub applied: Vec<Applied>,
     /// Configurations committed (index and configuration), in log order.
     pub configs_committed: Vec<(u64, Configuration)>,
@@ -124,6 +147,10 @@ pub struct Replica {
     group: u64,
     node: RawNode,
     sm: StateMachine,
+    /// The host's half of the replicated state: client sessions. Every
+    /// client entry passes through it, in log order, before the guest sees it.
+    /// Invariant: no reply is pending between `apply` calls.
+    sessions: SessionTable,
     module_hash: ModuleHash,
     apply_batch_entries_max: usize,
     /// The install the core asked for last; a newer one supersedes it.
@@ -184,6 +211,8 @@ impl Replica {
         let label = format!("group {group} node {id}");
         let sm = StateMachine::new(module, cfg.limits.clone(), &label)
             .map_err(|e| stopped(group, format!("cannot instantiate the state machine: {e}")))?;
+        let sessions =
+            SessionTable::new(cfg.sessions.clone()).map_err(|source| Error::SessionConfig { group, source })?;
         let mut replica = Replica {
             group,
             // A placeholder until storage has been read (loading a snapshot
@@ -191,6 +220,7 @@ impl Replica {
             node: RawNode::new(cfg.raft.clone(), Configuration::default())
                 .map_err(|source| Error::Start { group, source })?,
             sm,
+            sessions,
             module_hash,
             apply_batch_entries_max: cfg.apply_batch_entries_max.max(1),
             installing: None,
@@ -307,14 +337,23 @@ impl Replica {
         self.node.step(m);
     }
 
-    /// Proposes a client command; answer the client when `Output::applied`
-    /// carries this (index, term).
-    pub fn propose(&mut self, command: Bytes) -> Result<(u64, u64)> {
+    /// Proposes a client request in its envelope; answer the client when
+    /// `Output::applied` carries this (index, term). The caller stamps the
+    /// envelope with the leader's clock (this crate has none); every replica
+    /// expires sessions by those stamps. A command's payload must not be
+    /// empty (the empty entry is the leader's no-op), and the encoded envelope
+    /// must fit the core's proposal limit: payloads up to that limit minus
+    /// `waft_session::ENVELOPE_OVERHEAD_BYTES_MAX` always do.
+    pub fn propose(&mut self, envelope: &Envelope) -> Result<(u64, u64)> {
         self.check_running()?;
-        if command.is_empty() {
-            return Err(Error::EmptyCommand { group: self.group });
+        let group = self.group;
+        if let Body::Plain { payload } | Body::Command { payload, .. } = &envelope.body
+            && payload.is_empty()
+        {
+            return Err(Error::EmptyCommand { group });
         }
-        self.node.propose(command).map_err(|e| self.raft_err(e))
+        let data = envelope.encode().map_err(|source| Error::Envelope { group, source })?;
+        self.node.propose(data).map_err(|e| self.raft_err(e))
     }
 
     /// Requests a linearizable read; its `ReadState` with `id` comes out of a
@@ -329,6 +368,12 @@ impl Replica {
     pub fn query(&mut self, request: &[u8]) -> Result<Bytes> {
         self.check_running()?;
         self.sm.query(request).map_err(|e| self.runtime_err(e))
+    }
+
+    /// The session table, as applied so far (between `process` calls no reply
+    /// is pending, so `encode_snapshot` works on it).
+    pub fn sessions(&self) -> &SessionTable {
+        &self.sessions
     }
 
     /// The state machine's snapshot bytes, for checking replicas agree.
@@ -472,16 +517,17 @@ impl Replica {
         Ok(())
     }
 
-    /// Applies committed entries in order: client commands in batches, the
-    /// leader's empty no-ops skipped, configurations through their hook.
+    /// Applies committed entries in order: client entries through the session
+    /// table and then, in batches, the guest; the leader's empty no-ops
+    /// skipped; configurations through their hook.
     fn apply(&mut self, entries: &[waft_raft::Entry], out: &mut Output) -> Result<()> {
-        let mut batch: Vec<waft_runtime::Entry> = Vec::new();
+        let mut batch = Batch::default();
         for e in entries {
             match e.kind {
                 EntryKind::Normal if e.data.is_empty() => {}
                 EntryKind::Normal => {
-                    batch.push(waft_runtime::Entry::new(e.index, e.term, e.data.clone()));
-                    if batch.len() >= self.apply_batch_entries_max {
+                    self.admit(e, &mut batch);
+                    if batch.slots.len() >= self.apply_batch_entries_max {
                         self.apply_batch(&mut batch, out)?;
                     }
                 }
@@ -509,28 +555,94 @@ impl Replica {
         self.apply_batch(&mut batch, out)
     }
 
-    fn apply_batch(&mut self, batch: &mut Vec<waft_runtime::Entry>, out: &mut Output) -> Result<()> {
-        if batch.is_empty() {
+    /// Passes one client entry through the session table and files it in
+    /// the batch: for the guest, or with its answer already known.
+    fn admit(&mut self, e: &waft_raft::Entry, batch: &mut Batch) {
+        let (index, term) = (e.index, e.term);
+        let answer = |outcome| Slot::Answer { index, term, outcome };
+        let envelope = match Envelope::decode(&e.data) {
+            Ok(envelope) => envelope,
+            Err(err) => {
+                // Every replica of this build reads the same bytes the same way.
+                let why = format!("entry {index} is not a client envelope this build reads: {err}");
+                batch.slots.push(answer(Outcome::Unreadable(why)));
+                return;
+            }
+        };
+        let slot = match self.sessions.apply(index, envelope) {
+            Verdict::Apply { payload, ticket } => {
+                batch.entries.push(waft_runtime::Entry::new(index, term, payload));
+                Slot::Guest { index, term, at: batch.entries.len() - 1, ticket }
+            }
+            Verdict::Duplicate { reply } => answer(match decode_reply(&reply) {
+                Ok(result) => Outcome::Saved(result),
+                Err(why) => Outcome::Unreadable(format!("entry {index}: {why}")),
+            }),
+            Verdict::DuplicateInFlight { original_index } => Slot::Copy { index, term, original_index },
+            Verdict::Registered { session_id } => answer(Outcome::Registered { session_id }),
+            Verdict::Done => answer(Outcome::Done),
+            Verdict::Refused(err) => answer(Outcome::Refused(err)),
+        };
+        batch.slots.push(slot);
+    }
+
+    /// Runs the batch's commands in the guest, hands every reply to the
+    /// session table (errors and faults too, so a retry meets the same
+    /// outcome), and reports every entry of the batch in log order.
+    fn apply_batch(&mut self, batch: &mut Batch, out: &mut Output) -> Result<()> {
+        if batch.slots.is_empty() {
             return Ok(());
         }
-        // An outer error from `apply` means the state machine cannot continue
-        // (per-entry faults come back as results).
-        let results = match self.sm.apply(batch) {
-            Ok(results) => results,
-            Err(e) => return Err(self.stop(e)),
+        let mut results = if batch.entries.is_empty() {
+            Vec::new()
+        } else {
+            // An outer error from `apply` means the state machine cannot
+            // continue (per-entry faults come back as results).
+            match self.sm.apply(&batch.entries) {
+                Ok(results) => results,
+                Err(e) => return Err(self.stop(e)),
+            }
         };
-        if results.len() != batch.len() {
+        if results.len() != batch.entries.len() {
             return Err(self.stop(format!(
                 "the runtime returned {} results for {} entries",
                 results.len(),
-                batch.len()
+                batch.entries.len()
             )));
         }
-        out.applied.extend(batch.drain(..).zip(results).map(|(e, result)| Applied {
-            index: e.index,
-            term: e.term,
-            result,
-        }));
+        batch.entries.clear();
+        // Results of this batch by index, for copies that point at them.
+        let mut fresh: BTreeMap<u64, ApplyResult> = BTreeMap::new();
+        let mut applied = Vec::with_capacity(batch.slots.len());
+        for slot in batch.slots.drain(..) {
+            let (index, term, outcome) = match slot {
+                Slot::Guest { index, term, at, ticket } => {
+                    let result = std::mem::replace(&mut results[at], Ok(Bytes::new()));
+                    if let Some(ticket) = ticket {
+                        debug_assert_eq!(ticket.index(), index);
+                        self.sessions.record_reply(ticket, encode_reply(&result));
+                        fresh.insert(index, result.clone());
+                    }
+                    (index, term, Outcome::Guest(result))
+                }
+                Slot::Copy { index, term, original_index } => {
+                    let outcome = match fresh.get(&original_index) {
+                        Some(result) => Outcome::Saved(result.clone()),
+                        // The table points only into the batch it is applying.
+                        None => {
+                            return Err(self.stop(format!(
+                                "entry {index} copies entry {original_index}, which is not in its apply batch"
+                            )));
+                        }
+                    };
+                    (index, term, outcome)
+                }
+                Slot::Answer { index, term, outcome } => (index, term, outcome),
+            };
+            applied.push(Applied { index, term, outcome });
+        }
+        debug_assert_eq!(self.sessions.replies_pending(), 0, "every ticket of the batch came back");
+        out.applied.extend(applied);
         Ok(())
     }
 
@@ -588,13 +700,20 @@ impl Replica {
         let mut writer = snapshots
             .begin_save(group, meta.index, meta.term, meta.config.encode(), self.module_hash)
             .map_err(storage_err)?;
+        // Taken between apply batches, so no reply is pending.
+        let sessions =
+            self.sessions.encode_snapshot().map_err(|source| Error::Sessions { group, index: meta.index, source })?;
         // Created up front, so a guest whose state is empty still has its file.
         writer.append(STATE_FILE, &[]).map_err(storage_err)?;
         let sink = match self.sm.save_snapshot(StateSink { writer }) {
             Ok((sink, _bytes)) => sink,
             Err(e) => return Err(self.runtime_err(e)),
         };
-        sink.writer.commit().map_err(storage_err)?;
+        let mut writer = sink.writer;
+        for chunk in sessions.chunks(SNAPSHOT_CHUNK_BYTES_MAX) {
+            writer.append(SESSIONS_FILE, chunk).map_err(storage_err)?;
+        }
+        writer.commit().map_err(storage_err)?;
         Ok(())
     }
 
@@ -613,11 +732,41 @@ impl Replica {
         }
         let meta = convert::snapshot_meta_from_storage(stored)
             .map_err(|e| Error::Install { group, reason: format!("snapshot {}/{}: {e}", stored.index, stored.term) })?;
+        // The table first: reading it changes nothing, so a bad one leaves
+        // both halves of the state as they were.
+        let sessions = self.read_sessions(reader, meta.index)?;
         let path = reader.file_path(STATE_FILE).map_err(|source| Error::Storage { group, source })?;
         let file = std::fs::File::open(&path)
             .map_err(|e| Error::Install { group, reason: format!("cannot open {}: {e}", path.display()) })?;
         self.sm.load_snapshot(std::io::BufReader::new(file)).map_err(|e| self.runtime_err(e))?;
+        self.sessions = sessions;
         Ok(meta)
+    }
+
+    /// Reads and checks the session table of the snapshot at `index`.
+    fn read_sessions(&self, reader: &SnapshotReader, index: u64) -> Result<SessionTable> {
+        let group = self.group;
+        let cfg = self.sessions.config().clone();
+        let bytes_max = waft_session::snapshot_bytes_max(&cfg);
+        let path = reader.file_path(SESSIONS_FILE).map_err(|source| Error::Storage { group, source })?;
+        let io_err =
+            |e: std::io::Error| Error::Install { group, reason: format!("cannot read {}: {e}", path.display()) };
+        let file = std::fs::File::open(&path).map_err(io_err)?;
+        // One byte past the bound is enough for the decoder to refuse it.
+        let mut bytes = Vec::new();
+        file.take(bytes_max.saturating_add(1)).read_to_end(&mut bytes).map_err(io_err)?;
+        let table =
+            SessionTable::decode_snapshot(cfg, &bytes).map_err(|source| Error::Sessions { group, index, source })?;
+        if table.last_index() > index {
+            return Err(Error::Install {
+                group,
+                reason: format!(
+                    "snapshot {index} holds a session table applied up to entry {}, past the snapshot",
+                    table.last_index()
+                ),
+            });
+        }
+        Ok(table)
     }
 
     /// Makes the log agree with a snapshot now in force: entries after it stay
@@ -753,6 +902,28 @@ impl Replica {
 
 fn stopped(group: u64, reason: String) -> Error {
     Error::Stopped { group, reason }
+}
+
+/// Client entries on their way through one apply batch.
+#[derive(Default)]
+struct Batch {
+    /// The commands the guest runs, in log order.
+    entries: Vec<waft_runtime::Entry>,
+    /// Every client entry of the batch, in log order.
+    /// Invariant: `len() <= apply_batch_entries_max`.
+    slots: Vec<Slot>,
+}
+
+/// One client entry of a batch.
+enum Slot {
+    /// The guest runs `entries[at]`; a session command's reply goes back to
+    /// the table with `ticket`.
+    Guest { index: u64, term: u64, at: usize, ticket: Option<Ticket> },
+    /// A copy of the session command at `original_index`, earlier in this
+    /// batch: it gets that entry's result.
+    Copy { index: u64, term: u64, original_index: u64 },
+    /// The session table answered already; the guest never sees it.
+    Answer { index: u64, term: u64, outcome: Outcome },
 }
 
 /// The guest's snapshot stream, written into `STATE_FILE` of a snapshot

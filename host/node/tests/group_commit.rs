@@ -53,7 +53,7 @@ fn settle(replicas: &mut [Replica], store: &mut RocksLogStore, snaps: &SnapshotS
         }
         for (i, out) in round(replicas, store, snaps).into_iter().enumerate() {
             for a in out.applied {
-                last[i] = String::from_utf8(a.result.unwrap().to_vec()).unwrap();
+                last[i] = String::from_utf8(a.result().unwrap().clone().unwrap().to_vec()).unwrap();
             }
         }
     }
@@ -72,7 +72,8 @@ fn two_groups_share_one_synced_write_per_round() {
     settle(&mut replicas, &mut store, &snaps);
     for (i, r) in replicas.iter_mut().enumerate() {
         for _ in 0..=i {
-            r.propose(bytes::Bytes::from_static(br#"{"incr":10}"#)).unwrap();
+            let payload = bytes::Bytes::from_static(br#"{"incr":10}"#);
+            r.propose(&waft_session::Envelope::new(0, waft_session::Body::Plain { payload })).unwrap();
         }
     }
     assert_eq!(settle(&mut replicas, &mut store, &snaps), ["10", "20"]);

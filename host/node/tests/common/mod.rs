@@ -8,9 +8,11 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 
-use waft_node::{Applied, Replica, ReplicaConfig};
+use bytes::Bytes;
+use waft_node::{Applied, Outcome, Replica, ReplicaConfig};
 use waft_raft::{Message, ReadState, Role, SnapshotInstall};
 use waft_runtime::{Engine, Module};
+use waft_session::{Body, Envelope, SessionConfig};
 use waft_storage::{ModuleHash, RocksLogStore, SnapshotId, SnapshotStore};
 
 pub const GROUP: u64 = 7;
@@ -80,6 +82,10 @@ pub struct Cluster {
     pub interrupted_installs: usize,
     /// Every read state a replica reported: (node, read).
     pub reads: Vec<(u64, ReadState)>,
+    /// Session limits of every replica (equal on all, or snapshots are refused).
+    pub sessions: SessionConfig,
+    /// The leader's clock, stamped into every proposal (tests move it by hand).
+    pub now_ms: u64,
 }
 
 impl Cluster {
@@ -89,6 +95,17 @@ impl Cluster {
     }
 
     pub fn with_guest(name: &str, voters: u64, snapshot_margin_entries: u64, guest_name: &str) -> Cluster {
+        Cluster::with_sessions(name, voters, snapshot_margin_entries, guest_name, SessionConfig::default())
+    }
+
+    /// A cluster whose replicas run with these session limits.
+    pub fn with_sessions(
+        name: &str,
+        voters: u64,
+        snapshot_margin_entries: u64,
+        guest_name: &str,
+        sessions: SessionConfig,
+    ) -> Cluster {
         let root = scratch(name);
         let (module, hash) = guest(guest_name);
         let mut c = Cluster {
@@ -106,6 +123,8 @@ impl Cluster {
             interrupt_install_after_chunks: None,
             interrupted_installs: 0,
             reads: Vec::new(),
+            sessions,
+            now_ms: 0,
         };
         for id in 1..=voters {
             c.open(id);
@@ -125,7 +144,7 @@ impl Cluster {
         let voters: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
         let mut raft = waft_raft::Config::new(id, 0x5eed + id);
         raft.snapshot_margin_entries = self.snapshot_margin_entries;
-        let cfg = ReplicaConfig::new(raft);
+        let cfg = ReplicaConfig { sessions: self.sessions.clone(), ..ReplicaConfig::new(raft) };
         let (module, hash) = (self.module.clone(), self.hash);
         let node = self.node(id);
         let mut store = RocksLogStore::open(node.dir.join("log")).unwrap();
@@ -258,9 +277,31 @@ impl Cluster {
         self.tick(2);
     }
 
-    pub fn propose(&mut self, command: &str) -> (u64, u64) {
+    /// Hands leadership to `id` (TimeoutNow once it has caught up).
+    pub fn transfer(&mut self, id: u64) {
         let leader = self.leader().expect("a leader");
-        self.replica(leader).propose(bytes::Bytes::copy_from_slice(command.as_bytes())).unwrap()
+        self.replica(leader).transfer_leader(Some(id)).unwrap();
+        for _ in 0..50 {
+            self.tick(1);
+            if self.leader() == Some(id) {
+                // Its no-op must commit before it serves.
+                self.tick(2);
+                return;
+            }
+        }
+        panic!("leadership did not move to node {id}");
+    }
+
+    /// Proposes a session-less command on the leader.
+    pub fn propose(&mut self, command: &str) -> (u64, u64) {
+        self.propose_body(Body::Plain { payload: Bytes::copy_from_slice(command.as_bytes()) })
+    }
+
+    /// Proposes any client request on the leader, stamped with `now_ms`.
+    pub fn propose_body(&mut self, body: Body) -> (u64, u64) {
+        let leader = self.leader().expect("a leader");
+        let envelope = Envelope::new(self.now_ms, body);
+        self.replica(leader).propose(&envelope).unwrap()
     }
 
     pub fn query(&mut self, id: u64) -> String {
@@ -276,12 +317,23 @@ impl Cluster {
         self.replica(id).applied_index()
     }
 
-    /// The result node `id` applied at `index`, as text ("ERR: ..." for errors).
+    /// The result node `id` applied at `index`, as text ("ERR: ..." for
+    /// errors; a saved result reads "SAVED: " and the result).
     pub fn result_at(&self, id: u64, index: u64) -> String {
-        match &self.nodes[(id - 1) as usize].applied.get(&index) {
-            Some(Applied { result: Ok(b), .. }) => String::from_utf8_lossy(b).into_owned(),
-            Some(Applied { result: Err(e), .. }) => format!("ERR: {e}"),
+        let text = |r: &waft_runtime::ApplyResult| match r {
+            Ok(b) => String::from_utf8_lossy(b).into_owned(),
+            Err(e) => format!("ERR: {e}"),
+        };
+        match self.nodes[(id - 1) as usize].applied.get(&index).map(|a| &a.outcome) {
+            Some(Outcome::Guest(r)) => text(r),
+            Some(Outcome::Saved(r)) => format!("SAVED: {}", text(r)),
+            Some(other) => format!("{other:?}"),
             None => "MISSING".to_string(),
         }
+    }
+
+    /// What node `id` applied at `index`.
+    pub fn outcome_at(&self, id: u64, index: u64) -> Option<&Outcome> {
+        self.nodes[(id - 1) as usize].applied.get(&index).map(|a: &Applied| &a.outcome)
     }
 }
