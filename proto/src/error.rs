@@ -8,6 +8,7 @@
 use std::fmt;
 
 use waft_raft as raft;
+use waft_session::SessionError;
 
 use crate::client::{Error, ErrorCode};
 
@@ -68,7 +69,10 @@ impl Error {
     pub fn timeout(waited_ms: u64) -> Self {
         Error::with(
             ErrorCode::Timeout,
-            format!("no answer after {waited_ms} ms; the command may still apply, so retry only if it is idempotent"),
+            format!(
+                "no answer after {waited_ms} ms; the command may still apply: retry it with the same session and \
+                 sequence number (it applies at most once), or without a session only if it is idempotent"
+            ),
         )
     }
 
@@ -89,6 +93,19 @@ impl Error {
             R::ProposalTooLarge { bytes, max } => Error::too_large(*bytes, *max),
             R::InvalidConfChange(_) => Error::invalid_request(err.to_string()),
             R::TransferInProgress | R::ConfChangeInProgress | R::Busy | R::NotReady => Error::busy(retry_after_ms, err),
+        }
+    }
+
+    /// The session table refused the request; the message is the table's,
+    /// which says what to do. A full table is BUSY-like: it carries a retry hint.
+    pub fn from_session(err: &SessionError, retry_after_ms: u64) -> Self {
+        use SessionError as S;
+        match err {
+            S::UnknownOrExpired { .. } => Error::with(ErrorCode::SessionExpired, err.to_string()),
+            S::TableFull { .. } => Error { retry_after_ms, ..Error::with(ErrorCode::SessionLimit, err.to_string()) },
+            S::WindowFull { .. } => Error::with(ErrorCode::SessionWindowFull, err.to_string()),
+            S::Stale { .. } => Error::with(ErrorCode::SessionStale, err.to_string()),
+            S::ReplyDiscarded { .. } => Error::with(ErrorCode::ResultDiscarded, err.to_string()),
         }
     }
 }
@@ -127,6 +144,27 @@ mod tests {
 
         let e = Error::from_raft(&raft::RaftError::ProposalTooLarge { bytes: 9, max: 4 }, "", 0);
         assert_eq!((e.code(), e.size_bytes, e.max_bytes), (ErrorCode::TooLarge, 9, 4));
+    }
+
+    #[test]
+    fn session_refusals_map_to_their_codes() {
+        let cases = [
+            (SessionError::UnknownOrExpired { session_id: 4 }, ErrorCode::SessionExpired),
+            (SessionError::TableFull { sessions_open_max: 9 }, ErrorCode::SessionLimit),
+            (
+                SessionError::WindowFull { session_id: 4, seq: 9, lowest_unacked_seq: 1, window_commands_max: 8 },
+                ErrorCode::SessionWindowFull,
+            ),
+            (SessionError::Stale { session_id: 4, seq: 1, lowest_unacked_seq: 3 }, ErrorCode::SessionStale),
+            (SessionError::ReplyDiscarded { session_id: 4, seq: 2 }, ErrorCode::ResultDiscarded),
+        ];
+        for (refusal, code) in &cases {
+            let e = Error::from_session(refusal, 70);
+            assert_eq!(e.code(), *code, "{refusal}");
+            assert_eq!(e.message, refusal.to_string());
+            assert_eq!(e.retry_after_ms, if *code == ErrorCode::SessionLimit { 70 } else { 0 });
+        }
+        assert!(Error::from_session(&cases[0].0, 0).to_string().contains("open a new session"));
     }
 
     #[test]

@@ -20,9 +20,11 @@
 //!   * `PullSnapshotChunk(SnapshotChunkRequest) returns (SnapshotChunk)`: a
 //!     follower pulls a snapshot file by (group, snapshot index/term, file,
 //!     offset, max_len).
-//! * [`client`] (`waft.client.v1.Client`): `Propose`, `Query` with a
-//!   [`client::Consistency`], `Status`. Failures a client can act on come back
-//!   in-band as a structured [`client::Error`] (see [`error`]).
+//! * [`client`] (`waft.client.v1.Client`): `Propose` (a command, inside an
+//!   exactly-once session when it names one), `OpenSession`, `KeepAlive`,
+//!   `CloseSession`, `Query` with a [`client::Consistency`], `Status`.
+//!   Failures a client can act on come back in-band as a structured
+//!   [`client::Error`] (see [`error`]).
 //!
 //! # Why the peer transport is one client-streaming RPC
 //!

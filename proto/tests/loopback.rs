@@ -35,7 +35,29 @@ impl client::client_server::Client for EchoClient {
             r.reverse();
             propose_response::Outcome::Result(Bytes::from(r))
         };
-        Ok(Response::new(client::ProposeResponse { outcome: Some(outcome), index: 1 }))
+        Ok(Response::new(client::ProposeResponse { outcome: Some(outcome), index: 1, duplicate: false }))
+    }
+
+    /// Every session opens at index 2; keep-alive and close always succeed.
+    async fn open_session(
+        &self,
+        _request: Request<client::OpenSessionRequest>,
+    ) -> Result<Response<client::SessionResponse>, Status> {
+        Ok(Response::new(client::SessionResponse { error: None, session_id: 2, index: 2 }))
+    }
+
+    async fn keep_alive(
+        &self,
+        _request: Request<client::KeepAliveRequest>,
+    ) -> Result<Response<client::SessionResponse>, Status> {
+        Ok(Response::new(client::SessionResponse { error: None, session_id: 0, index: 3 }))
+    }
+
+    async fn close_session(
+        &self,
+        _request: Request<client::CloseSessionRequest>,
+    ) -> Result<Response<client::SessionResponse>, Status> {
+        Ok(Response::new(client::SessionResponse { error: None, session_id: 0, index: 4 }))
     }
 
     async fn query(&self, request: Request<client::QueryRequest>) -> Result<Response<client::QueryResponse>, Status> {
@@ -72,6 +94,8 @@ impl client::client_server::Client for EchoClient {
             module_hash: Bytes::from(vec![0u8; 32]),
             snapshot_index: 4,
             snapshot_install: None,
+            sessions_open: 0,
+            session_reply_bytes: 0,
         };
         let mut resp = client::StatusResponse { node_id: 1, ..Default::default() };
         match req.group {

@@ -15,6 +15,13 @@
 //! snapshot_margin_entries = 10000     # snapshot once this many entries follow the last
 //! snapshot_pull_bytes_per_sec = 0     # snapshot install rate limit; 0 = none
 //!
+//! [sessions]                          # exactly-once client sessions; equal on every node
+//! open_max = 10000                    # open sessions per group; more are refused
+//! window_commands_max = 128           # outstanding commands per session
+//! idle_timeout_ms = 600000            # a session idle this long expires
+//! reply_bytes_per_session_max = 1048576   # results kept for retries, per session
+//! reply_bytes_total_max = 67108864        # and per group
+//!
 //! [peers]                             # the other members: id = "address"
 //! 2 = "127.0.0.1:7002"
 //! 3 = "127.0.0.1:7003"
@@ -29,6 +36,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use waft_session::SessionConfig;
 
 use crate::{ELECTION_TICKS_DEFAULT, GroupSpec, ServeConfig, ServeError, TICK_MS_DEFAULT};
 
@@ -54,6 +62,19 @@ pub struct FileConfig {
     pub peers: BTreeMap<String, String>,
     #[serde(default)]
     pub groups: Vec<FileGroup>,
+    #[serde(default)]
+    pub sessions: FileSessions,
+}
+
+/// The `[sessions]` table: `waft_session::SessionConfig`'s limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSessions {
+    pub open_max: Option<u64>,
+    pub window_commands_max: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
+    pub reply_bytes_per_session_max: Option<u64>,
+    pub reply_bytes_total_max: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -78,6 +99,9 @@ pub struct Flags {
     pub election_ticks: Option<u64>,
     pub snapshot_margin_entries: Option<u64>,
     pub snapshot_pull_bytes_per_sec: Option<u64>,
+    pub sessions_open_max: Option<u64>,
+    pub session_window_commands_max: Option<u64>,
+    pub session_idle_timeout_ms: Option<u64>,
 }
 
 fn config_err(msg: impl Into<String>) -> ServeError {
@@ -150,6 +174,22 @@ impl Flags {
         } else {
             self.groups
         };
+        let d = SessionConfig::default();
+        let f = &file.sessions;
+        let sessions = SessionConfig {
+            sessions_open_max: self.sessions_open_max.or(f.open_max).unwrap_or(d.sessions_open_max),
+            window_commands_max: self
+                .session_window_commands_max
+                .or(f.window_commands_max)
+                .unwrap_or(d.window_commands_max),
+            session_idle_timeout_ms: self
+                .session_idle_timeout_ms
+                .or(f.idle_timeout_ms)
+                .unwrap_or(d.session_idle_timeout_ms),
+            reply_bytes_per_session_max: f.reply_bytes_per_session_max.unwrap_or(d.reply_bytes_per_session_max),
+            reply_bytes_total_max: f.reply_bytes_total_max.unwrap_or(d.reply_bytes_total_max),
+        };
+        sessions.validate().map_err(|e| config_err(format!("{e} (the [sessions] table or --session* flags)")))?;
         let mut groups: Vec<GroupSpec> = Vec::new();
         for (group, module) in groups_given {
             if groups.iter().any(|g| g.group == group) {
@@ -170,6 +210,7 @@ impl Flags {
                 .or(file.snapshot_margin_entries)
                 .unwrap_or(SNAPSHOT_MARGIN_ENTRIES_DEFAULT),
             snapshot_pull_bytes_per_sec: self.snapshot_pull_bytes_per_sec.or(file.snapshot_pull_bytes_per_sec).unwrap_or(0),
+            sessions,
         })
     }
 }
@@ -198,6 +239,16 @@ mod tests {
         assert_eq!(file.tick_ms, Some(TICK_MS_DEFAULT));
         assert_eq!(file.election_ticks, Some(ELECTION_TICKS_DEFAULT));
         assert_eq!(file.snapshot_margin_entries, Some(SNAPSHOT_MARGIN_ENTRIES_DEFAULT));
+        assert_sessions_are_the_defaults(&file.sessions);
+    }
+
+    fn assert_sessions_are_the_defaults(f: &FileSessions) {
+        let d = SessionConfig::default();
+        assert_eq!(f.open_max, Some(d.sessions_open_max));
+        assert_eq!(f.window_commands_max, Some(d.window_commands_max));
+        assert_eq!(f.idle_timeout_ms, Some(d.session_idle_timeout_ms));
+        assert_eq!(f.reply_bytes_per_session_max, Some(d.reply_bytes_per_session_max));
+        assert_eq!(f.reply_bytes_total_max, Some(d.reply_bytes_total_max));
     }
 
     /// docs/serve.toml, the file operators copy, parses and names real keys.
@@ -208,6 +259,7 @@ mod tests {
         assert_eq!(file.snapshot_margin_entries, Some(SNAPSHOT_MARGIN_ENTRIES_DEFAULT));
         assert_eq!(file.snapshot_pull_bytes_per_sec, Some(0));
         assert_eq!(file.groups.len(), 2);
+        assert_sessions_are_the_defaults(&file.sessions);
     }
 
     #[test]
@@ -223,6 +275,7 @@ mod tests {
         .unwrap();
         let cfg = Flags { config: Some(path.clone()), tick_ms: Some(5), ..Flags::default() }.resolve().unwrap();
         assert_eq!((cfg.node_id, cfg.tick_ms, cfg.election_ticks), (1, 5, ELECTION_TICKS_DEFAULT));
+        assert_eq!(cfg.sessions, SessionConfig::default());
         assert_eq!(cfg.data_dir, dir.join("data"), "relative to the file");
         assert_eq!(cfg.groups[0].module, dir.join("m.wasm"));
         assert_eq!(cfg.peers.get(&2).map(String::as_str), Some("127.0.0.1:7002"));
@@ -256,5 +309,17 @@ mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("group 1 is given twice"), "{err}");
+        let err = Flags {
+            id: Some(1),
+            listen: Some("127.0.0.1:1".parse().unwrap()),
+            data_dir: Some("d".into()),
+            sessions_open_max: Some(0),
+            ..Flags::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("sessions_open_max"), "{err}");
+        let file = FileConfig::parse("[sessions]\nopen_max = 3\nidle_timeout = 5\n").unwrap_err();
+        assert!(file.contains("idle_timeout"), "{file}");
     }
 }

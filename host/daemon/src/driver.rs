@@ -5,9 +5,11 @@
 //! messages and client requests, bounded), and the clients waiting on it
 //! (proposals by log index, reads by read id, both bounded). After every
 //! event it runs `Replica::process`, hands outgoing messages to the
-//! transport, and answers whoever the output settles. Must never block on the
-//! network or on a client: sends are `try_send`, answers go through oneshots
-//! whose receivers may be gone.
+//! transport, and answers whoever the output settles. As leader it stamps
+//! every client request's envelope with its wall clock (never running
+//! backwards): the only clock the replicated session table knows. Must never
+//! block on the network or on a client: sends are `try_send`, answers go
+//! through oneshots whose receivers may be gone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,9 +44,28 @@ pub const READS_PENDING_MAX: usize = 10_000;
 pub const PROCESS_CALLS_MAX: usize = 8;
 /// What a BUSY answer suggests waiting, in ms.
 pub const BUSY_RETRY_AFTER_MS: u64 = 50;
+/// What a full session table suggests waiting, in ms: sessions leave only by
+/// a close or by idle expiry, so the table does not drain in a heartbeat.
+pub const SESSION_LIMIT_RETRY_AFTER_MS: u64 = 1_000;
 
-/// A client's answer: the result bytes and the index they reflect, or why not.
+/// A read's answer: the result bytes and the applied index they reflect, or why not.
 pub type Reply = Result<(Bytes, u64), client::Error>;
+
+/// A committed client request's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// The state machine's result (empty for a session's open, keep-alive or close).
+    pub result: Bytes,
+    /// The log index this copy of the request applied at.
+    pub index: u64,
+    /// The command had applied before: `result` is the one it gave then.
+    pub duplicate: bool,
+    /// For a session's registration: the session's id (0 otherwise).
+    pub session_id: u64,
+}
+
+/// A proposal's answer, or why there is none.
+pub type ProposeReply = Result<Committed, client::Error>;
 
 /// What the group's inbox carries.
 pub enum Input {
@@ -53,7 +74,9 @@ pub enum Input {
     Peer { message: Message, snapshot: Option<waft_storage::SnapshotMeta> },
     /// A snapshot pull ended: the install, complete, or why it failed.
     InstallPulled(Result<waft_node::Install, String>),
-    Propose { command: Bytes, reply: oneshot::Sender<Reply> },
+    /// A client request for the log: a command (in a session or not), or a
+    /// session's registration, keep-alive or close. The leader stamps it.
+    Propose { body: Body, reply: oneshot::Sender<ProposeReply> },
     Query { request: Bytes, consistency: Consistency, reply: oneshot::Sender<Reply> },
 }
 
@@ -79,7 +102,7 @@ pub struct Driver {
     command_bytes_max: u64,
     /// Proposals by log index: the (term, answer) of the entry proposed there.
     /// Invariant: len() <= PROPOSALS_PENDING_MAX.
-    proposals: BTreeMap<u64, (u64, oneshot::Sender<Reply>)>,
+    proposals: BTreeMap<u64, (u64, oneshot::Sender<ProposeReply>)>,
     /// Reads whose read index has not come back yet, by read id.
     reads: HashMap<u64, PendingRead>,
     /// Reads whose read index is known, waiting for `applied >= index`.
@@ -156,7 +179,9 @@ impl Driver {
             waft_node::Error::Raft { source, .. } => {
                 client::Error::from_raft(source, &self.leader_hint().1, BUSY_RETRY_AFTER_MS)
             }
-            waft_node::Error::EmptyCommand { .. } => client::Error::invalid_request(e.to_string()),
+            waft_node::Error::EmptyCommand { .. } | waft_node::Error::Envelope { .. } => {
+                client::Error::invalid_request(e.to_string())
+            }
             _ => client::Error::internal(e.to_string()),
         }
     }
@@ -170,12 +195,12 @@ impl Driver {
                 self.replica.step(message);
             }
             Input::InstallPulled(pulled) => self.finish_install(pulled),
-            Input::Propose { command, reply } => self.propose(command, reply),
+            Input::Propose { body, reply } => self.propose(body, reply),
             Input::Query { request, consistency, reply } => self.query(request, consistency, reply),
         }
     }
 
-    fn propose(&mut self, command: Bytes, reply: oneshot::Sender<Reply>) {
+    fn propose(&mut self, body: Body, reply: oneshot::Sender<ProposeReply>) {
         if self.replica.raft().role() != Role::Leader {
             let (id, addr) = self.leader_hint();
             let _ = reply.send(Err(client::Error::not_leader(id, addr)));
@@ -185,7 +210,7 @@ impl Driver {
             let _ = reply.send(Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "too many proposals wait to apply")));
             return;
         }
-        let envelope = Envelope::new(self.stamp_ms(), Body::Plain { payload: command });
+        let envelope = Envelope::new(self.stamp_ms(), body);
         match self.replica.propose(&envelope) {
             Ok((index, term)) => {
                 // A leader never proposes twice at one index in one term; an
@@ -283,20 +308,7 @@ impl Driver {
         }
         for a in out.applied {
             let Some((term, reply)) = self.proposals.remove(&a.index) else { continue };
-            let answer = if term != a.term {
-                Err(lost(a.index))
-            } else {
-                match a.outcome {
-                    Outcome::Guest(result) | Outcome::Saved(result) => match result {
-                        Ok(bytes) => Ok((bytes, a.index)),
-                        Err(ApplyError::Rejected(why)) => Err(client::Error::rejected(why)),
-                        Err(ApplyError::Fault(fault)) => Err(client::Error::guest_fault(fault.to_string())),
-                    },
-                    Outcome::Registered { .. } | Outcome::Done => Ok((Bytes::new(), a.index)),
-                    Outcome::Refused(e) => Err(client::Error::internal(e.to_string())),
-                    Outcome::Unreadable(why) => Err(client::Error::internal(why)),
-                }
-            };
+            let answer = if term != a.term { Err(lost(a.index)) } else { answer(a.index, a.outcome) };
             let _ = reply.send(answer);
         }
         for rs in out.read_states {
@@ -461,6 +473,8 @@ impl Driver {
             configuration: Some(raft.configuration().into()),
             module_hash: Bytes::copy_from_slice(&self.replica.module_hash().0),
             snapshot_index: self.snapshot_index,
+            sessions_open: self.replica.sessions().sessions_open(),
+            session_reply_bytes: self.replica.sessions().reply_bytes(),
             snapshot_install: self.transfer.as_ref().map(|p| client::SnapshotTransfer {
                 index: p.index,
                 term: p.term,
@@ -521,7 +535,10 @@ impl Driver {
         inbox.close();
         while let Some(input) = inbox.recv().await {
             match input {
-                Input::Propose { reply, .. } | Input::Query { reply, .. } => {
+                Input::Propose { reply, .. } => {
+                    let _ = reply.send(Err(self.shutting_down()));
+                }
+                Input::Query { reply, .. } => {
                     let _ = reply.send(Err(self.shutting_down()));
                 }
                 Input::Peer { .. } | Input::InstallPulled(_) => {}
@@ -553,6 +570,26 @@ impl Driver {
         for (_, read) in self.reads_ready.drain(..) {
             let _ = read.reply.send(Err(err()));
         }
+    }
+}
+
+/// What the client whose entry applied at `index` is told.
+fn answer(index: u64, outcome: Outcome) -> ProposeReply {
+    let committed = |result, duplicate, session_id| Committed { result, index, duplicate, session_id };
+    let (result, duplicate) = match outcome {
+        Outcome::Guest(result) => (result, false),
+        Outcome::Saved(result) => (result, true),
+        Outcome::Registered { session_id } => return Ok(committed(Bytes::new(), false, session_id)),
+        Outcome::Done => return Ok(committed(Bytes::new(), false, 0)),
+        Outcome::Refused(e) => return Err(client::Error::from_session(&e, SESSION_LIMIT_RETRY_AFTER_MS)),
+        Outcome::Unreadable(why) => return Err(client::Error::internal(why)),
+    };
+    // A saved refusal or fault reads as the first one did: a retry learns
+    // the same outcome, not that it was a retry.
+    match result {
+        Ok(bytes) => Ok(committed(bytes, duplicate, 0)),
+        Err(ApplyError::Rejected(why)) => Err(client::Error::rejected(why)),
+        Err(ApplyError::Fault(fault)) => Err(client::Error::guest_fault(fault.to_string())),
     }
 }
 

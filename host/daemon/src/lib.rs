@@ -16,6 +16,14 @@
 //! Every queue has a named bound; a full inbox answers BUSY, a full peer queue
 //! drops the message (Raft retransmits).
 //!
+//! Exactly-once sessions: a client opens a session (`OpenSession`, which goes
+//! through the log), numbers its commands and retries a command with the
+//! same number wherever it likes; the replica's session table applies each
+//! number once and answers copies with the saved result. The daemon's part
+//! is small: the service turns requests into envelope bodies, the leader's
+//! driver stamps them with its clock, and refusals become error codes
+//! (`SESSION_EXPIRED`, `SESSION_LIMIT`, ...). Limits: [`ServeConfig::sessions`].
+//!
 //! A follower behind the leader's compacted log installs a snapshot: the
 //! leader attaches the snapshot's manifest to `InstallSnapshot`, the follower
 //! pulls the files in chunks over `PullSnapshotChunk` ([`install`]).
@@ -67,6 +75,9 @@ pub struct ServeConfig {
     /// Most bytes per second this node pulls when installing a snapshot from
     /// its leader (0: as fast as the network and disk go).
     pub snapshot_pull_bytes_per_sec: u64,
+    /// Limits of every group's exactly-once session table. Must be equal on
+    /// every node (a snapshot carries them; a node with others refuses it).
+    pub sessions: waft_session::SessionConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -130,6 +141,7 @@ pub async fn serve(
     if cfg.groups.is_empty() {
         return Err(ServeError::Config("no --group given; this node would serve nothing".into()));
     }
+    cfg.sessions.validate().map_err(|e| ServeError::Config(e.to_string()))?;
     let storage_err = |dir: PathBuf| move |source| ServeError::Storage { dir, source };
     let log_dir = cfg.data_dir.join("log");
     let snap_dir = cfg.data_dir.join("snapshots");
@@ -166,7 +178,7 @@ pub async fn serve(
             let mut store = store.lock().map_err(|_| ServeError::Config("storage lock poisoned".into()))?;
             waft_node::Replica::open(
                 spec.group,
-                waft_node::ReplicaConfig::new(raft),
+                waft_node::ReplicaConfig { sessions: cfg.sessions.clone(), ..waft_node::ReplicaConfig::new(raft) },
                 &mut *store,
                 &snapshots,
                 &module,

@@ -1,8 +1,11 @@
-//! The client service: `Propose`, `Query` and `Status` over gRPC.
+//! The client service: `Propose`, the session calls (`OpenSession`,
+//! `KeepAlive`, `CloseSession`), `Query` and `Status` over gRPC.
 //!
 //! Owns the checks a request passes before it costs a slot in a group's inbox
-//! (group id, size, consistency level) and the wait for the driver's answer,
-//! bounded by a timeout. Must never block on a full inbox: that is BUSY.
+//! (group id, size, consistency level, session fields) and the wait for the
+//! driver's answer, bounded by a timeout. Must never block on a full inbox:
+//! that is BUSY. Sessions themselves live in the replicated table (waft-node);
+//! this layer only turns requests into envelope bodies.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,11 +13,15 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use waft_proto::client::{
-    self, Consistency, ProposeRequest, ProposeResponse, QueryRequest, QueryResponse, StatusRequest, StatusResponse,
-    propose_response, query_response,
+    self, CloseSessionRequest, Consistency, KeepAliveRequest, OpenSessionRequest, ProposeRequest, ProposeResponse,
+    QueryRequest, QueryResponse, SessionResponse, StatusRequest, StatusResponse, propose_response, query_response,
 };
+use waft_session::Body;
 
-use crate::driver::{BUSY_RETRY_AFTER_MS, GroupHandle, Input, Reply};
+use crate::driver::{BUSY_RETRY_AFTER_MS, Committed, GroupHandle, Input, ProposeReply, Reply};
+
+/// Bytes of a session registration's nonce (a `u128`).
+pub const NONCE_BYTES: usize = 16;
 
 /// How long a client request waits for its group's answer. A proposal that
 /// times out may still apply (TIMEOUT says so).
@@ -38,7 +45,11 @@ impl ClientService {
     }
 
     /// Puts `input` in the group's inbox and waits for its answer.
-    async fn ask(inbox: &mpsc::Sender<Input>, input: Input, rx: oneshot::Receiver<Reply>) -> Reply {
+    async fn ask<T>(
+        inbox: &mpsc::Sender<Input>,
+        input: Input,
+        rx: oneshot::Receiver<Result<T, client::Error>>,
+    ) -> Result<T, client::Error> {
         match inbox.try_send(input) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -55,7 +66,7 @@ impl ClientService {
         }
     }
 
-    async fn propose_inner(&self, req: ProposeRequest) -> Reply {
+    async fn propose_inner(&self, req: ProposeRequest) -> ProposeReply {
         let group = self.group(req.group)?;
         let size = req.command.len() as u64;
         if size > group.command_bytes_max {
@@ -64,8 +75,59 @@ impl ClientService {
         if size == 0 {
             return Err(client::Error::invalid_request("the command is empty; send at least one byte"));
         }
+        let body = if req.session_id == 0 {
+            if req.sequence != 0 || req.lowest_unacked_sequence != 0 {
+                return Err(client::Error::invalid_request(
+                    "sequence numbers without a session; open one with OpenSession, or leave them 0",
+                ));
+            }
+            Body::Plain { payload: req.command }
+        } else {
+            // The envelope checks the numbers (from 1, lowest <= sequence)
+            // before anything reaches the log.
+            Body::Command {
+                session_id: req.session_id,
+                seq: req.sequence,
+                lowest_unacked_seq: req.lowest_unacked_sequence,
+                payload: req.command,
+            }
+        };
+        self.submit(group, body).await
+    }
+
+    /// Hands a request for the log to the group and waits for its answer.
+    async fn submit(&self, group: &GroupHandle, body: Body) -> ProposeReply {
         let (reply, rx) = oneshot::channel();
-        Self::ask(&group.inbox, Input::Propose { command: req.command, reply }, rx).await
+        Self::ask(&group.inbox, Input::Propose { body, reply }, rx).await
+    }
+
+    async fn open_session_inner(&self, req: OpenSessionRequest) -> ProposeReply {
+        let group = self.group(req.group)?;
+        let nonce = match req.nonce.len() {
+            0 => None,
+            NONCE_BYTES => {
+                let mut b = [0u8; NONCE_BYTES];
+                b.copy_from_slice(&req.nonce);
+                Some(u128::from_le_bytes(b))
+            }
+            n => {
+                return Err(client::Error::invalid_request(format!(
+                    "a session nonce has {NONCE_BYTES} bytes (or none), not {n}"
+                )));
+            }
+        };
+        self.submit(group, Body::Register { nonce }).await
+    }
+
+    async fn keep_alive_inner(&self, req: KeepAliveRequest) -> ProposeReply {
+        let group = self.group(req.group)?;
+        let body = Body::KeepAlive { session_id: req.session_id, lowest_unacked_seq: req.lowest_unacked_sequence };
+        self.submit(group, body).await
+    }
+
+    async fn close_session_inner(&self, req: CloseSessionRequest) -> ProposeReply {
+        let group = self.group(req.group)?;
+        self.submit(group, Body::Unregister { session_id: req.session_id }).await
     }
 
     async fn query_inner(&self, req: QueryRequest) -> Reply {
@@ -89,10 +151,35 @@ impl client::client_server::Client for ClientService {
         request: tonic::Request<ProposeRequest>,
     ) -> Result<tonic::Response<ProposeResponse>, tonic::Status> {
         let response = match self.propose_inner(request.into_inner()).await {
-            Ok((result, index)) => ProposeResponse { outcome: Some(propose_response::Outcome::Result(result)), index },
-            Err(e) => ProposeResponse { outcome: Some(propose_response::Outcome::Error(e)), index: 0 },
+            Ok(Committed { result, index, duplicate, .. }) => {
+                ProposeResponse { outcome: Some(propose_response::Outcome::Result(result)), index, duplicate }
+            }
+            Err(e) => {
+                ProposeResponse { outcome: Some(propose_response::Outcome::Error(e)), index: 0, duplicate: false }
+            }
         };
         Ok(tonic::Response::new(response))
+    }
+
+    async fn open_session(
+        &self,
+        request: tonic::Request<OpenSessionRequest>,
+    ) -> Result<tonic::Response<SessionResponse>, tonic::Status> {
+        Ok(tonic::Response::new(session_response(self.open_session_inner(request.into_inner()).await)))
+    }
+
+    async fn keep_alive(
+        &self,
+        request: tonic::Request<KeepAliveRequest>,
+    ) -> Result<tonic::Response<SessionResponse>, tonic::Status> {
+        Ok(tonic::Response::new(session_response(self.keep_alive_inner(request.into_inner()).await)))
+    }
+
+    async fn close_session(
+        &self,
+        request: tonic::Request<CloseSessionRequest>,
+    ) -> Result<tonic::Response<SessionResponse>, tonic::Status> {
+        Ok(tonic::Response::new(session_response(self.close_session_inner(request.into_inner()).await)))
     }
 
     async fn query(&self, request: tonic::Request<QueryRequest>) -> Result<tonic::Response<QueryResponse>, tonic::Status> {
@@ -118,5 +205,12 @@ impl client::client_server::Client for ClientService {
             None => response.groups = self.groups.values().map(|h| h.status.borrow().clone()).collect(),
         }
         Ok(tonic::Response::new(response))
+    }
+}
+
+fn session_response(reply: ProposeReply) -> SessionResponse {
+    match reply {
+        Ok(Committed { session_id, index, .. }) => SessionResponse { error: None, session_id, index },
+        Err(e) => SessionResponse { error: Some(e), session_id: 0, index: 0 },
     }
 }

@@ -69,6 +69,18 @@ enum Cmd {
         /// leader [default: 0, unlimited].
         #[arg(long)]
         snapshot_pull_bytes_per_sec: Option<u64>,
+        /// Open exactly-once sessions per group at most; must be equal on
+        /// every node [default: 10000].
+        #[arg(long)]
+        sessions_open_max: Option<u64>,
+        /// Commands a session may have outstanding; must be equal on every
+        /// node [default: 128].
+        #[arg(long)]
+        session_window_commands_max: Option<u64>,
+        /// A session idle this long (by the leader's clock) expires; must be
+        /// equal on every node [default: 600000].
+        #[arg(long)]
+        session_idle_timeout_ms: Option<u64>,
     },
     /// Propose a command and print its result.
     Propose {
@@ -227,6 +239,9 @@ fn main() -> Result<()> {
             tick_ms,
             snapshot_margin_entries,
             snapshot_pull_bytes_per_sec,
+            sessions_open_max,
+            session_window_commands_max,
+            session_idle_timeout_ms,
         } => {
             let cfg = waft_daemon::config::Flags {
                 config,
@@ -239,6 +254,9 @@ fn main() -> Result<()> {
                 election_ticks,
                 snapshot_margin_entries,
                 snapshot_pull_bytes_per_sec,
+                sessions_open_max,
+                session_window_commands_max,
+                session_idle_timeout_ms,
             }
             .resolve()?;
             runtime()?.block_on(waft_daemon::serve(cfg, shutdown_signal()))?;
