@@ -1,23 +1,62 @@
 //! waft-client: the Rust client of a waft cluster; the `waft` CLI is built on it.
 //!
 //! Owns the retry policy a client needs: follow a NOT_LEADER hint to the
-//! leader's address, wait out BUSY and "no leader yet", all within a bounded
-//! number of attempts. Must never retry a TIMEOUT on its own (the command may
-//! have applied) nor loop without a bound.
+//! leader's address, wait out BUSY and "no leader yet" with bounded back-off,
+//! and move on to another node when one cannot be reached, all within a
+//! bounded number of attempts. Commands go inside exactly-once sessions by
+//! default: a session command is retried with the same sequence number after
+//! a timeout, a NOT_LEADER answer or a lost connection, and the group applies
+//! it at most once, answering every copy with the first result. Must never
+//! retry a session-less command whose outcome is unknown (it could apply
+//! twice), nor loop or wait without a bound.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), waft_client::ClientError> {
+//! use bytes::Bytes;
+//! let client = waft_client::Client::with_nodes(vec!["127.0.0.1:7001".into(), "127.0.0.1:7002".into()]);
+//! // In this client's session for group 1 (opened on first use): exactly once.
+//! let answer = client.propose(1, Bytes::from_static(br#"{"incr":5}"#)).await?;
+//! // A session of its own, numbered by the caller's order of calls.
+//! let session = client.open_session(1).await?;
+//! session.propose(Bytes::from_static(br#"{"incr":1}"#)).await?;
+//! session.close().await?;
+//! # Ok(()) }
+//! ```
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use waft_proto::client::{
-    self, Consistency, ErrorCode, ProposeRequest, QueryRequest, StatusRequest, StatusResponse,
-    client_client::ClientClient, propose_response, query_response,
+    self, CloseSessionRequest, Consistency, ErrorCode, KeepAliveRequest, OpenSessionRequest, ProposeRequest,
+    QueryRequest, SessionResponse, StatusRequest, StatusResponse, client_client::ClientClient, propose_response,
+    query_response,
 };
 
 /// Attempts of one request, counting redirects and waits for a leader.
 pub const ATTEMPTS_MAX: usize = 20;
 /// Pause before retrying when no leader is known yet (an election runs).
 pub const NO_LEADER_PAUSE: Duration = Duration::from_millis(100);
+/// Back-off between retries that wait (not redirects): it starts here and
+/// doubles with every wait of one request, up to `BACKOFF_MAX`; a server's
+/// own hint (BUSY's retry_after_ms) wins when longer, up to `PAUSE_MAX`.
+pub const BACKOFF_MIN: Duration = Duration::from_millis(25);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(1);
+pub const PAUSE_MAX: Duration = Duration::from_secs(5);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one attempt may wait for its answer: a little longer than the
+/// server's own request timeout, so the server's TIMEOUT normally arrives first.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(12);
+/// Commands one session may have outstanding unless told otherwise: the
+/// servers' default window (`waft serve --session-window-commands-max`).
+pub const SESSION_WINDOW_DEFAULT: u64 = 128;
+/// Groups whose default session a client keeps at most; beyond it the
+/// lowest group's is forgotten (it expires on the servers).
+pub const DEFAULT_SESSIONS_MAX: usize = 1024;
+/// Bytes of a registration nonce.
+const NONCE_BYTES: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -25,13 +64,34 @@ pub enum ClientError {
     Connect { addr: String, source: tonic::transport::Error },
     #[error("{addr}: {status}")]
     Rpc { addr: String, status: tonic::Status },
+    #[error("{addr} did not answer within {waited_ms} ms")]
+    AttemptTimeout { addr: String, waited_ms: u64 },
     /// The server refused the request; `.0.code()` says why.
     #[error("{0}")]
     Refused(client::Error),
     #[error("{addr} sent a response without an outcome; client and server versions may differ")]
     NoOutcome { addr: String },
+    #[error("cannot draw a random session nonce: {0}")]
+    Random(String),
     #[error("gave up after {attempts} attempts; last error: {last}")]
     GaveUp { attempts: usize, last: Box<ClientError> },
+}
+
+impl ClientError {
+    /// The server's refusal behind this error, if it is one (also the last
+    /// one before giving up).
+    pub fn refusal(&self) -> Option<&client::Error> {
+        match self {
+            ClientError::Refused(e) => Some(e),
+            ClientError::GaveUp { last, .. } => last.refusal(),
+            _ => None,
+        }
+    }
+
+    /// The refusal's code, if the server refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        self.refusal().map(|e| e.code())
+    }
 }
 
 /// A successful answer and the log index it reflects.
@@ -39,6 +99,9 @@ pub enum ClientError {
 pub struct Answer {
     pub result: Bytes,
     pub index: u64,
+    /// The command had applied before (an earlier copy of it committed): this
+    /// is its first result, and it did not apply again.
+    pub duplicate: bool,
 }
 
 async fn connect(addr: &str) -> Result<ClientClient<tonic::transport::Channel>, ClientError> {
@@ -46,26 +109,49 @@ async fn connect(addr: &str) -> Result<ClientClient<tonic::transport::Channel>, 
         .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
-    let channel =
-        endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
+    let channel = endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
     Ok(waft_proto::client_client(channel))
 }
 
+/// Which retries a request allows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Retry {
+    /// Only after answers that prove the request did nothing (NOT_LEADER,
+    /// BUSY, a node that could not be reached): session-less commands and reads.
+    IfUnsent,
+    /// Also when the outcome is unknown (a timeout, a lost connection) and
+    /// while a session's window is full: requests the group applies at most
+    /// once (session commands, registrations with a nonce, keep-alives, closes).
+    AtMostOnce,
+}
+
 /// What to do after a refused attempt.
+#[derive(Debug)]
 enum Next {
     Retry { addr: Option<String>, pause: Duration },
     Stop,
 }
 
-fn next_step(e: &client::Error) -> Next {
+fn next_step(e: &client::Error, retry: Retry) -> Next {
+    let at_most_once = retry == Retry::AtMostOnce;
     match e.code() {
         ErrorCode::NotLeader if !e.leader_address.is_empty() => {
             Next::Retry { addr: Some(e.leader_address.clone()), pause: Duration::ZERO }
         }
         ErrorCode::NotLeader => Next::Retry { addr: None, pause: NO_LEADER_PAUSE },
         ErrorCode::Busy => Next::Retry { addr: None, pause: Duration::from_millis(e.retry_after_ms.max(1)) },
+        // The same number again: it applies at most once.
+        ErrorCode::Timeout | ErrorCode::SessionWindowFull if at_most_once => {
+            Next::Retry { addr: None, pause: NO_LEADER_PAUSE }
+        }
         _ => Next::Stop,
     }
+}
+
+/// The pause before the next attempt: the hint, or the back-off when
+/// longer, never more than `PAUSE_MAX`.
+fn pause_for(hint: Duration, backoff: Duration) -> Duration {
+    hint.max(backoff).min(PAUSE_MAX)
 }
 
 /// Addresses a client keeps a connection to at most; beyond it the oldest
@@ -73,23 +159,28 @@ fn next_step(e: &client::Error) -> Next {
 pub const CONNECTIONS_MAX: usize = 16;
 
 /// A client of one cluster. Keeps one HTTP/2 connection per node it talked to
-/// (requests multiplex over it) and remembers each group's leader, so after
-/// the first redirect requests go straight there. Cheap to clone; clones share
-/// connections and leader hints.
+/// (requests multiplex over it), remembers each group's leader, so after the
+/// first redirect requests go straight there, and keeps one exactly-once
+/// session per group for [`Client::propose`]. Cheap to clone; clones share
+/// connections, leader hints and sessions.
 #[derive(Clone)]
 pub struct Client {
-    inner: std::sync::Arc<Shared>,
+    inner: Arc<Shared>,
 }
 
 struct Shared {
     /// Where to start when nothing better is known: the first node, then the
     /// next one each time a node cannot be reached. Invariant: not empty.
     seeds: Vec<String>,
-    next_seed: std::sync::atomic::AtomicUsize,
+    next_seed: AtomicUsize,
     /// Open connections by address. Invariant: len() <= CONNECTIONS_MAX.
     connections: std::sync::Mutex<Vec<(String, ClientClient<tonic::transport::Channel>)>>,
     /// The leader's address last heard of, by group.
-    leaders: std::sync::Mutex<std::collections::BTreeMap<u64, String>>,
+    leaders: std::sync::Mutex<BTreeMap<u64, String>>,
+    /// The session `propose` uses, by group, each behind a lock held while
+    /// it opens (so concurrent first calls open one session, not several).
+    /// Invariant: len() <= DEFAULT_SESSIONS_MAX.
+    sessions: std::sync::Mutex<BTreeMap<u64, Arc<tokio::sync::Mutex<Option<Arc<SessionState>>>>>>,
 }
 
 impl Client {
@@ -105,11 +196,12 @@ impl Client {
     pub fn with_nodes(addrs: Vec<String>) -> Client {
         assert!(!addrs.is_empty(), "a client needs at least one node address");
         Client {
-            inner: std::sync::Arc::new(Shared {
+            inner: Arc::new(Shared {
                 seeds: addrs,
-                next_seed: std::sync::atomic::AtomicUsize::new(0),
+                next_seed: AtomicUsize::new(0),
                 connections: std::sync::Mutex::new(Vec::new()),
-                leaders: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+                leaders: std::sync::Mutex::new(BTreeMap::new()),
+                sessions: std::sync::Mutex::new(BTreeMap::new()),
             }),
         }
     }
@@ -140,15 +232,15 @@ impl Client {
     /// The seed node in use now.
     fn seed(&self) -> String {
         let seeds = &self.inner.seeds;
-        seeds[self.inner.next_seed.load(std::sync::atomic::Ordering::Relaxed) % seeds.len()].clone()
+        seeds[self.inner.next_seed.load(Ordering::Relaxed) % seeds.len()].clone()
     }
 
     /// Moves on to the next seed node (after `failed` could not be reached).
     fn rotate_seed(&self, failed: &str) -> String {
         let seeds = &self.inner.seeds;
-        let at = self.inner.next_seed.load(std::sync::atomic::Ordering::Relaxed) % seeds.len();
+        let at = self.inner.next_seed.load(Ordering::Relaxed) % seeds.len();
         if seeds[at] == failed {
-            self.inner.next_seed.store((at + 1) % seeds.len(), std::sync::atomic::Ordering::Relaxed);
+            self.inner.next_seed.store((at + 1) % seeds.len(), Ordering::Relaxed);
         }
         self.seed()
     }
@@ -169,19 +261,32 @@ impl Client {
         }
     }
 
-    /// Runs `call` for `group`, following hints, at most `ATTEMPTS_MAX` times.
-    /// `to_leader`: start at (and remember) the group's leader rather than the
-    /// seed node.
-    async fn with_retries<F, Fut>(&self, group: u64, to_leader: bool, mut call: F) -> Result<Answer, ClientError>
+    /// Runs `call` for `group`, following hints, at most `ATTEMPTS_MAX` times,
+    /// each bounded by `ATTEMPT_TIMEOUT`. `to_leader`: start at (and
+    /// remember) the group's leader rather than the seed node.
+    async fn with_retries<T, F, Fut>(
+        &self,
+        group: u64,
+        to_leader: bool,
+        retry: Retry,
+        mut call: F,
+    ) -> Result<T, ClientError>
     where
         F: FnMut(ClientClient<tonic::transport::Channel>, String) -> Fut,
-        Fut: std::future::Future<Output = Result<Answer, ClientError>>,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         let mut target = if to_leader { self.start_for(group) } else { self.inner.seeds[0].clone() };
         let mut last = None;
+        let mut backoff = BACKOFF_MIN;
         for _ in 0..ATTEMPTS_MAX {
             let outcome = match self.connection(&target).await {
-                Ok(c) => call(c, target.clone()).await,
+                Ok(c) => match tokio::time::timeout(ATTEMPT_TIMEOUT, call(c, target.clone())).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => Err(ClientError::AttemptTimeout {
+                        addr: target.clone(),
+                        waited_ms: ATTEMPT_TIMEOUT.as_millis() as u64,
+                    }),
+                },
                 Err(e) => Err(e),
             };
             let e = match outcome {
@@ -193,20 +298,26 @@ impl Client {
                 }
                 Err(e) => e,
             };
+            let elsewhere = self.inner.seeds.len() > 1 || target != self.inner.seeds[0];
             let next = match &e {
-                ClientError::Refused(refusal) => next_step(refusal),
+                ClientError::Refused(refusal) => next_step(refusal, retry),
                 // The node may have just died: go on with the next known node
-                // (a proposal's outcome there was unknown, but a connection
-                // that failed before the call carried nothing).
-                ClientError::Connect { .. } if self.inner.seeds.len() > 1 || target != self.inner.seeds[0] => {
+                // (a connection that failed before the call carried nothing).
+                ClientError::Connect { .. } if elsewhere => {
                     self.forget(&target);
                     self.forget_leader(group);
                     Next::Retry { addr: Some(self.rotate_seed(&target)), pause: NO_LEADER_PAUSE }
                 }
-                ClientError::Rpc { .. } => {
+                // The call may or may not have reached the group.
+                ClientError::Rpc { .. } | ClientError::AttemptTimeout { .. } => {
                     self.forget(&target);
                     self.forget_leader(group);
-                    Next::Stop
+                    match retry {
+                        Retry::AtMostOnce => {
+                            Next::Retry { addr: Some(self.rotate_seed(&target)), pause: NO_LEADER_PAUSE }
+                        }
+                        Retry::IfUnsent => Next::Stop,
+                    }
                 }
                 _ => Next::Stop,
             };
@@ -216,7 +327,11 @@ impl Client {
                     if let Some(new) = new {
                         target = new;
                     }
-                    tokio::time::sleep(pause).await;
+                    // A redirect goes at once; a wait backs off.
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause_for(pause, backoff)).await;
+                        backoff = (backoff * 2).min(BACKOFF_MAX);
+                    }
                 }
             }
             last = Some(e);
@@ -227,34 +342,133 @@ impl Client {
         })
     }
 
-    /// Proposes `command` to `group`, following the leader.
+    /// Proposes `command` to `group` inside this client's session for the
+    /// group (opened on first use), following the leader. After a timeout, a
+    /// NOT_LEADER answer or a lost connection it retries with the same
+    /// sequence number, so the command applies at most once; `Ok` means it
+    /// applied exactly once. If the session expired (idle longer than the
+    /// group's timeout) and this command never reached the group before, a new
+    /// session is opened and the command sent in it; otherwise the caller gets
+    /// SESSION_EXPIRED (the command may or may not have applied) and the next
+    /// call opens a new session.
     pub async fn propose(&self, group: u64, command: Bytes) -> Result<Answer, ClientError> {
-        self.with_retries(group, true, |mut c, at| {
-            let req = ProposeRequest { group, command: command.clone(), ..Default::default() };
-            async move {
-                let resp = c.propose(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
-                let resp = resp.into_inner();
-                match resp.outcome {
-                    Some(propose_response::Outcome::Result(result)) => Ok(Answer { result, index: resp.index }),
-                    Some(propose_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
-                    None => Err(ClientError::NoOutcome { addr: at }),
+        let mut reopened = false;
+        loop {
+            let session = self.default_session(group).await?;
+            let (result, sent) = session.propose_counted(command.clone()).await;
+            match result {
+                Err(e) if e.code() == Some(ErrorCode::SessionExpired) => {
+                    session.state.mark_expired();
+                    // The one copy sent was refused: the command did not apply.
+                    if sent == 1 && !reopened {
+                        reopened = true;
+                        continue;
+                    }
+                    return Err(e);
                 }
+                result => return result,
             }
+        }
+    }
+
+    /// Proposes `command` in a session of its own: opens it, sends the
+    /// command as number 1 (retried like [`Client::propose`]), closes it.
+    /// For one-shot callers such as the CLI, which would otherwise leave a
+    /// session open until it expires. Costs three log entries.
+    pub async fn propose_once(&self, group: u64, command: Bytes) -> Result<Answer, ClientError> {
+        let session = self.open_session(group).await?;
+        let answer = session.propose(command).await;
+        // The session expires anyway if the close is lost.
+        let _ = session.close().await;
+        answer
+    }
+
+    /// Proposes `command` outside any session. It applies every time it
+    /// commits, so it is retried only when the group surely did not get it
+    /// (NOT_LEADER, BUSY, a node that could not be reached); after a timeout
+    /// or a lost connection the caller gets the error and the outcome is
+    /// unknown. Fit for idempotent commands.
+    pub async fn propose_plain(&self, group: u64, command: Bytes) -> Result<Answer, ClientError> {
+        self.with_retries(group, true, Retry::IfUnsent, |mut c, at| {
+            let req = ProposeRequest { group, command: command.clone(), ..Default::default() };
+            async move { propose_call(&mut c, at, req).await }
         })
         .await
+    }
+
+    /// Opens an exactly-once session on `group`. The registration carries a
+    /// random nonce, so retrying it after a timeout or a lost connection
+    /// opens one session, not two. A full table is refused with SESSION_LIMIT.
+    pub async fn open_session(&self, group: u64) -> Result<Session, ClientError> {
+        let mut nonce = [0u8; NONCE_BYTES];
+        getrandom::fill(&mut nonce).map_err(|e| ClientError::Random(e.to_string()))?;
+        let nonce = Bytes::copy_from_slice(&nonce);
+        let answer = self
+            .with_retries(group, true, Retry::AtMostOnce, |mut c, at| {
+                let req = OpenSessionRequest { group, nonce: nonce.clone() };
+                async move { session_call(at.clone(), c.open_session(req).await).await }
+            })
+            .await?;
+        if answer.session_id == 0 {
+            return Err(ClientError::NoOutcome { addr: self.start_for(group) });
+        }
+        Ok(Session { client: self.clone(), state: Arc::new(SessionState::new(group, answer.session_id)) })
+    }
+
+    /// The session `propose` uses for `group`, opened if there is none or
+    /// the last one expired.
+    async fn default_session(&self, group: u64) -> Result<Session, ClientError> {
+        let slot = {
+            let mut sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            if !sessions.contains_key(&group) && sessions.len() >= DEFAULT_SESSIONS_MAX {
+                sessions.pop_first();
+            }
+            sessions.entry(group).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        if let Some(state) = slot.as_ref()
+            && !state.is_expired()
+        {
+            return Ok(Session { client: self.clone(), state: state.clone() });
+        }
+        let session = self.open_session(group).await?;
+        *slot = Some(session.state.clone());
+        Ok(session)
+    }
+
+    /// Closes the sessions `propose` opened (best effort: a session whose
+    /// close is lost expires on its own). Returns the first error.
+    pub async fn close_sessions(&self) -> Result<(), ClientError> {
+        let slots: Vec<_> = {
+            let mut sessions = self.inner.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *sessions).into_values().collect()
+        };
+        let mut first_err = None;
+        for slot in slots {
+            if let Some(state) = slot.lock().await.take() {
+                let session = Session { client: self.clone(), state };
+                if let Err(e) = session.close().await {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Queries `group` with `consistency` at the node this client starts at.
     /// Reads are served where they are asked (a follower forwards the read
     /// index itself), so only "no leader yet" and BUSY are retried here.
+    /// Queries are not part of any session: they change nothing.
     pub async fn query(&self, group: u64, request: Bytes, consistency: Consistency) -> Result<Answer, ClientError> {
-        self.with_retries(group, false, |mut c, at| {
+        self.with_retries(group, false, Retry::IfUnsent, |mut c, at| {
             let req = QueryRequest { group, request: request.clone(), consistency: consistency as i32 };
             async move {
                 let resp = c.query(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
                 let resp = resp.into_inner();
                 match resp.outcome {
-                    Some(query_response::Outcome::Result(result)) => Ok(Answer { result, index: resp.applied_index }),
+                    Some(query_response::Outcome::Result(result)) => {
+                        Ok(Answer { result, index: resp.applied_index, duplicate: false })
+                    }
                     Some(query_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
                     None => Err(ClientError::NoOutcome { addr: at }),
                 }
@@ -281,9 +495,220 @@ impl Client {
     }
 }
 
-/// Proposes `command` to `group`, starting at `addr` and following the leader.
+async fn propose_call(
+    c: &mut ClientClient<tonic::transport::Channel>,
+    at: String,
+    req: ProposeRequest,
+) -> Result<Answer, ClientError> {
+    let resp = c.propose(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
+    let resp = resp.into_inner();
+    match resp.outcome {
+        Some(propose_response::Outcome::Result(result)) => {
+            Ok(Answer { result, index: resp.index, duplicate: resp.duplicate })
+        }
+        Some(propose_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
+        None => Err(ClientError::NoOutcome { addr: at }),
+    }
+}
+
+async fn session_call(
+    at: String,
+    resp: Result<tonic::Response<SessionResponse>, tonic::Status>,
+) -> Result<SessionResponse, ClientError> {
+    let resp = resp.map_err(|status| ClientError::Rpc { addr: at, status })?.into_inner();
+    match resp.error {
+        Some(e) => Err(ClientError::Refused(e)),
+        None => Ok(resp),
+    }
+}
+
+/// An exactly-once session on one group. Commands are numbered in the order
+/// `propose` is called; concurrent calls are fine (each waits, if it must,
+/// until its number fits the session's window). Cheap to clone; clones share
+/// the numbering.
+#[derive(Clone)]
+pub struct Session {
+    client: Client,
+    state: Arc<SessionState>,
+}
+
+/// A session's numbering, shared by its clones.
+struct SessionState {
+    group: u64,
+    id: u64,
+    /// Commands outstanding at most, by number span (the server's window).
+    window: u64,
+    numbers: std::sync::Mutex<Numbers>,
+    /// Woken whenever a command leaves `outstanding`.
+    moved: tokio::sync::Notify,
+}
+
+struct Numbers {
+    /// The number the next command gets. Invariant: >= 1.
+    next_seq: u64,
+    /// Numbers handed out whose caller has not settled yet (answered, or
+    /// given up on). Invariant: every element < next_seq, and
+    /// next_seq - min < window.
+    outstanding: BTreeSet<u64>,
+    /// The group said the session is unknown or expired.
+    expired: bool,
+}
+
+impl SessionState {
+    fn new(group: u64, id: u64) -> SessionState {
+        SessionState {
+            group,
+            id,
+            window: SESSION_WINDOW_DEFAULT,
+            numbers: std::sync::Mutex::new(Numbers { next_seq: 1, outstanding: BTreeSet::new(), expired: false }),
+            moved: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn numbers(&self) -> std::sync::MutexGuard<'_, Numbers> {
+        // Only this module's short critical sections hold it; none can
+        // leave the numbers half-changed.
+        self.numbers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The lowest number without a reply yet: every reply below it arrived
+    /// (or was given up on), so the group may drop them.
+    fn lowest_unacked(&self) -> u64 {
+        let n = self.numbers();
+        n.outstanding.first().copied().unwrap_or(n.next_seq)
+    }
+
+    /// The next number, once it fits the window.
+    async fn take_number(&self) -> u64 {
+        loop {
+            // Registered before the check, so a settle in between still wakes us.
+            let moved = self.moved.notified();
+            {
+                let mut n = self.numbers();
+                let lowest = n.outstanding.first().copied().unwrap_or(n.next_seq);
+                if n.next_seq < lowest.saturating_add(self.window) {
+                    let seq = n.next_seq;
+                    n.next_seq += 1;
+                    n.outstanding.insert(seq);
+                    return seq;
+                }
+            }
+            moved.await;
+        }
+    }
+
+    /// The caller is done with `seq`: answered, or given up on (a late copy
+    /// of it is then refused as stale rather than applied).
+    fn settle(&self, seq: u64) {
+        self.numbers().outstanding.remove(&seq);
+        self.moved.notify_waiters();
+    }
+
+    fn mark_expired(&self) {
+        self.numbers().expired = true;
+    }
+
+    fn is_expired(&self) -> bool {
+        self.numbers().expired
+    }
+}
+
+impl Session {
+    /// The session's id: the log index its registration committed at.
+    pub fn id(&self) -> u64 {
+        self.state.id
+    }
+
+    pub fn group(&self) -> u64 {
+        self.state.group
+    }
+
+    /// The number the next `propose` will use. A caller that sends a copy of
+    /// its own (over raw gRPC, say) can use it to know which number to send.
+    pub fn next_sequence(&self) -> u64 {
+        self.state.numbers().next_seq
+    }
+
+    /// Proposes `command` as the session's next numbered command, following
+    /// the leader; retries with the same number after a timeout, a NOT_LEADER
+    /// answer, a lost connection or a full window, with bounded back-off.
+    /// `Ok` means the command applied exactly once (`duplicate` when an
+    /// earlier copy did). An error other than a refusal of the command itself
+    /// (REJECTED, GUEST_FAULT, ...) leaves the outcome unknown: the number is
+    /// given up, and a late copy of it is refused rather than applied.
+    pub async fn propose(&self, command: Bytes) -> Result<Answer, ClientError> {
+        let (result, _) = self.propose_counted(command).await;
+        if result.as_ref().err().and_then(ClientError::code) == Some(ErrorCode::SessionExpired) {
+            self.state.mark_expired();
+        }
+        result
+    }
+
+    /// `propose`, and how many attempts reached a server.
+    async fn propose_counted(&self, command: Bytes) -> (Result<Answer, ClientError>, usize) {
+        let seq = self.state.take_number().await;
+        let sent = AtomicUsize::new(0);
+        let (group, session_id) = (self.state.group, self.state.id);
+        let state = &self.state;
+        let result = self
+            .client
+            .with_retries(group, true, Retry::AtMostOnce, |mut c, at| {
+                sent.fetch_add(1, Ordering::Relaxed);
+                let req = ProposeRequest {
+                    group,
+                    command: command.clone(),
+                    session_id,
+                    sequence: seq,
+                    lowest_unacked_sequence: state.lowest_unacked(),
+                };
+                async move { propose_call(&mut c, at, req).await }
+            })
+            .await;
+        self.state.settle(seq);
+        (result, sent.load(Ordering::Relaxed))
+    }
+
+    /// Keeps the session from expiring while idle, and acknowledges replies.
+    pub async fn keep_alive(&self) -> Result<(), ClientError> {
+        let (group, session_id) = (self.state.group, self.state.id);
+        let state = &self.state;
+        let result = self
+            .client
+            .with_retries(group, true, Retry::AtMostOnce, |mut c, at| {
+                let req = KeepAliveRequest { group, session_id, lowest_unacked_sequence: state.lowest_unacked() };
+                async move { session_call(at, c.keep_alive(req).await).await }
+            })
+            .await;
+        if result.as_ref().err().and_then(ClientError::code) == Some(ErrorCode::SessionExpired) {
+            self.state.mark_expired();
+        }
+        result.map(|_| ())
+    }
+
+    /// Closes the session: the group forgets it and its saved results. A
+    /// session already gone (closed by a retried close, or expired) counts
+    /// as closed.
+    pub async fn close(&self) -> Result<(), ClientError> {
+        let (group, session_id) = (self.state.group, self.state.id);
+        self.state.mark_expired();
+        let result = self
+            .client
+            .with_retries(group, true, Retry::AtMostOnce, |mut c, at| {
+                let req = CloseSessionRequest { group, session_id };
+                async move { session_call(at, c.close_session(req).await).await }
+            })
+            .await;
+        match result {
+            Err(e) if e.code() == Some(ErrorCode::SessionExpired) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+}
+
+/// Proposes `command` to `group`, starting at `addr` and following the
+/// leader, in a session of its own (see [`Client::propose_once`]).
 pub async fn propose(addr: &str, group: u64, command: Bytes) -> Result<Answer, ClientError> {
-    Client::new(addr).propose(group, command).await
+    Client::new(addr).propose_once(group, command).await
 }
 
 /// Queries `group` at `addr` with `consistency` (see [`Client::query`]).
@@ -302,17 +727,79 @@ mod tests {
 
     #[test]
     fn hints_are_followed_and_final_errors_stop() {
-        match next_step(&client::Error::not_leader(2, "127.0.0.1:7002")) {
-            Next::Retry { addr: Some(a), pause } => assert_eq!((a.as_str(), pause), ("127.0.0.1:7002", Duration::ZERO)),
-            _ => panic!("a NOT_LEADER with an address must redirect"),
+        for retry in [Retry::IfUnsent, Retry::AtMostOnce] {
+            match next_step(&client::Error::not_leader(2, "127.0.0.1:7002"), retry) {
+                Next::Retry { addr: Some(a), pause } => {
+                    assert_eq!((a.as_str(), pause), ("127.0.0.1:7002", Duration::ZERO))
+                }
+                other => panic!("a NOT_LEADER with an address must redirect: {other:?}"),
+            }
+            assert!(matches!(next_step(&client::Error::not_leader(0, ""), retry), Next::Retry { addr: None, .. }));
+            match next_step(&client::Error::busy(30, "full"), retry) {
+                Next::Retry { addr: None, pause } => assert_eq!(pause, Duration::from_millis(30)),
+                other => panic!("BUSY must wait and retry in place: {other:?}"),
+            }
+            for e in [client::Error::rejected("no"), client::Error::too_large(9, 4)] {
+                assert!(matches!(next_step(&e, retry), Next::Stop), "{e}");
+            }
         }
-        assert!(matches!(next_step(&client::Error::not_leader(0, "")), Next::Retry { addr: None, .. }));
-        match next_step(&client::Error::busy(30, "full")) {
-            Next::Retry { addr: None, pause } => assert_eq!(pause, Duration::from_millis(30)),
-            _ => panic!("BUSY must wait and retry in place"),
+    }
+
+    #[test]
+    fn only_at_most_once_requests_retry_when_the_outcome_is_unknown() {
+        let window = client::Error::from_session(
+            &waft_session::SessionError::WindowFull {
+                session_id: 1,
+                seq: 9,
+                lowest_unacked_seq: 1,
+                window_commands_max: 8,
+            },
+            0,
+        );
+        for e in [client::Error::timeout(10), window] {
+            assert!(matches!(next_step(&e, Retry::IfUnsent), Next::Stop), "{e}");
+            assert!(matches!(next_step(&e, Retry::AtMostOnce), Next::Retry { addr: None, .. }), "{e}");
         }
-        for e in [client::Error::timeout(10), client::Error::rejected("no"), client::Error::too_large(9, 4)] {
-            assert!(matches!(next_step(&e), Next::Stop), "{e}");
+        // Expiry and limits reach the caller: they need a decision, not a wait.
+        for e in [
+            client::Error::from_session(&waft_session::SessionError::UnknownOrExpired { session_id: 3 }, 0),
+            client::Error::from_session(&waft_session::SessionError::TableFull { sessions_open_max: 2 }, 1000),
+        ] {
+            assert!(matches!(next_step(&e, Retry::AtMostOnce), Next::Stop), "{e}");
         }
+    }
+
+    #[test]
+    fn back_off_grows_to_its_bound_and_never_beyond_the_pause_limit() {
+        let mut backoff = BACKOFF_MIN;
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            waits.push(pause_for(NO_LEADER_PAUSE, backoff));
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        assert_eq!(waits[0], NO_LEADER_PAUSE);
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(*waits.last().unwrap(), BACKOFF_MAX);
+        assert_eq!(pause_for(Duration::from_secs(60), BACKOFF_MIN), PAUSE_MAX);
+    }
+
+    #[tokio::test]
+    async fn a_session_numbers_commands_and_keeps_them_inside_its_window() {
+        let s = Arc::new(SessionState { window: 3, ..SessionState::new(1, 5) });
+        let (a, b, c) = (s.take_number().await, s.take_number().await, s.take_number().await);
+        assert_eq!((a, b, c, s.lowest_unacked()), (1, 2, 3, 1));
+        // 4 would be 3 past the lowest outstanding (1): it waits for 1 to settle,
+        // even though 2 and 3 settle first.
+        let waiter = tokio::spawn({
+            let s = s.clone();
+            async move { s.take_number().await }
+        });
+        s.settle(2);
+        s.settle(3);
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        s.settle(1);
+        assert_eq!(waiter.await.unwrap(), 4);
+        assert_eq!(s.lowest_unacked(), 4);
     }
 }

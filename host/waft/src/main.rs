@@ -82,13 +82,20 @@ enum Cmd {
         #[arg(long)]
         session_idle_timeout_ms: Option<u64>,
     },
-    /// Propose a command and print its result.
+    /// Propose a command and print its result. The command goes in an
+    /// exactly-once session of its own (opened, used for this command, closed),
+    /// so retries after a timeout, a leader change or a lost connection apply
+    /// it once.
     Propose {
         /// Any node of the cluster; the client follows the leader hint.
         #[arg(long)]
         addr: String,
         #[arg(long)]
         group: u64,
+        /// Send the command outside any session: it applies every time it
+        /// commits, so it is not retried once its outcome is unknown.
+        #[arg(long)]
+        no_session: bool,
         #[command(flatten)]
         input: Input,
         #[arg(long, value_enum, default_value_t = OutputForm::Auto)]
@@ -262,9 +269,16 @@ fn main() -> Result<()> {
             runtime()?.block_on(waft_daemon::serve(cfg, shutdown_signal()))?;
             Ok(())
         }
-        Cmd::Propose { addr, group, input, output } => {
+        Cmd::Propose { addr, group, no_session, input, output } => {
             let command = input.bytes()?;
-            let answer = runtime()?.block_on(waft_daemon::client::propose(&addr, group, command.into()))?;
+            let client = waft_daemon::client::Client::new(addr);
+            let answer = runtime()?.block_on(async {
+                if no_session {
+                    client.propose_plain(group, command.into()).await
+                } else {
+                    client.propose_once(group, command.into()).await
+                }
+            })?;
             print_result(&answer.result, output);
             Ok(())
         }
