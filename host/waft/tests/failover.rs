@@ -49,7 +49,8 @@ impl Load {
         let mut tasks = Vec::new();
         for w in 0..WRITERS {
             // Writers start at different nodes, so some start at the one
-            // killed; each knows all three, as a production client would.
+            // killed; each knows all three, as a production client would,
+            // and writes in a session, so a retried write applies once.
             let client = cluster.client_of_all(w % cluster.addrs.len());
             let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
             tasks.push(tokio::spawn(async move {

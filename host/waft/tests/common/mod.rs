@@ -160,6 +160,11 @@ impl Cluster {
         }
     }
 
+    /// The process id of node `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.children[i].as_ref().map(Child::id)
+    }
+
     pub fn is_running(&self, i: usize) -> bool {
         self.children[i].is_some()
     }
@@ -254,4 +259,26 @@ pub fn has_dir_named(path: &Path, prefix: &str) -> bool {
         let p = e.path();
         p.is_dir() && (e.file_name().to_string_lossy().starts_with(prefix) || has_dir_named(&p, prefix))
     })
+}
+
+/// Every file named `name` anywhere below `path`.
+pub fn files_named(path: &Path, name: &str) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(path) else { return Vec::new() };
+    let mut found = Vec::new();
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            found.extend(files_named(&p, name));
+        } else if e.file_name() == name {
+            found.push(p);
+        }
+    }
+    found
+}
+
+/// Resident memory of process `pid`, in KiB (Linux: /proc/PID/status).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
