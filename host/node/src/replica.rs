@@ -297,6 +297,13 @@ impl Replica {
         self.stopped.as_deref()
     }
 
+    /// Tells the replica that the write of a batch taken by `begin_ready`
+    /// failed: it stops for good (it cannot know what reached the disk) and
+    /// returns the error saying why. Reopen it from storage to go on.
+    pub fn write_failed(&mut self, why: impl std::fmt::Display) -> Error {
+        self.stop(format!("writing to the log failed: {why}"))
+    }
+
     // ------------------------------------------------------------ inputs
 
     pub fn tick(&mut self) {
