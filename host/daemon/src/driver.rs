@@ -92,6 +92,8 @@ pub struct Driver {
     transfer: Option<Arc<Progress>>,
     /// Pull rate limit in bytes per second (0: none).
     snapshot_bytes_per_sec: u64,
+    /// Ask for a snapshot every this many ticks (0: never; the margin rules).
+    snapshot_interval_ticks: u64,
     /// The last entry covered by this node's latest snapshot.
     snapshot_index: u64,
     /// Lets a pull task report back; weak, so the inbox still closes when
@@ -115,7 +117,9 @@ impl Driver {
         tick: Duration,
         proposal_bytes_max: u64,
         snapshot_bytes_per_sec: u64,
+        snapshot_interval_secs: u64,
     ) -> Driver {
+        let snapshot_interval_ticks = (snapshot_interval_secs * 1000).div_ceil(tick.as_millis().max(1) as u64);
         let (status, _) = watch::channel(client::GroupStatus::default());
         let snapshot_index = snapshots.latest(replica.group()).map_or(0, |id| id.index);
         Driver {
@@ -135,6 +139,7 @@ impl Driver {
             offer: None,
             transfer: None,
             snapshot_bytes_per_sec,
+            snapshot_interval_ticks,
             snapshot_index,
             inbox: None,
         }
@@ -478,6 +483,9 @@ impl Driver {
                     // Pruning walks every waiter; once per 100 ticks is plenty.
                     if ticks % 100 == 0 {
                         self.prune();
+                    }
+                    if self.snapshot_interval_ticks > 0 && ticks % self.snapshot_interval_ticks == 0 {
+                        self.replica.request_snapshot();
                     }
                 }
                 input = inbox.recv() => {

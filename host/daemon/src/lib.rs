@@ -71,6 +71,10 @@ pub struct ServeConfig {
     /// Most bytes per second this node pulls when installing a snapshot from
     /// its leader (0: as fast as the network and disk go).
     pub snapshot_pull_bytes_per_sec: u64,
+    /// Also snapshot every this many seconds when anything was applied since
+    /// the last snapshot (0: only by margin), as SOFAJRaft's
+    /// snapshotIntervalSecs.
+    pub snapshot_interval_secs: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -188,6 +192,7 @@ pub async fn serve(
             Duration::from_millis(cfg.tick_ms.max(1)),
             proposal_bytes_max,
             cfg.snapshot_pull_bytes_per_sec,
+            cfg.snapshot_interval_secs,
         ), stopped.clone());
         groups.insert(spec.group, handle);
         drivers.push(task);

@@ -347,6 +347,12 @@ impl Replica {
         }
     }
 
+    /// Asks for a snapshot at the applied index soon, before the margin is
+    /// reached (see `RawNode::request_snapshot`).
+    pub fn request_snapshot(&mut self) {
+        self.node.request_snapshot();
+    }
+
     pub fn campaign_now(&mut self) {
         self.node.campaign_now();
     }

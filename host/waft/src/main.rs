@@ -69,6 +69,10 @@ enum Cmd {
         /// leader [default: 0, unlimited].
         #[arg(long)]
         snapshot_pull_bytes_per_sec: Option<u64>,
+        /// Also snapshot every this many seconds when anything was applied
+        /// since the last one [default: 3600; 0: off].
+        #[arg(long)]
+        snapshot_interval_secs: Option<u64>,
     },
     /// Propose a command and print its result.
     Propose {
@@ -227,6 +231,7 @@ fn main() -> Result<()> {
             tick_ms,
             snapshot_margin_entries,
             snapshot_pull_bytes_per_sec,
+            snapshot_interval_secs,
         } => {
             let cfg = waft_daemon::config::Flags {
                 config,
@@ -239,6 +244,7 @@ fn main() -> Result<()> {
                 election_ticks,
                 snapshot_margin_entries,
                 snapshot_pull_bytes_per_sec,
+                snapshot_interval_secs,
             }
             .resolve()?;
             runtime()?.block_on(waft_daemon::serve(cfg, shutdown_signal()))?;
