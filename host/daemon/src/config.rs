@@ -14,6 +14,7 @@
 //! election_ticks = 30                 # election timeout, in ticks
 //! snapshot_margin_entries = 10000     # snapshot once this many entries follow the last
 //! snapshot_pull_bytes_per_sec = 0     # snapshot install rate limit; 0 = none
+//! snapshot_interval_secs = 3600       # also snapshot this often if anything applied; 0 = off
 //!
 //! [sessions]                          # exactly-once client sessions; equal on every node
 //! open_max = 10000                    # open sessions per group; more are refused
@@ -42,6 +43,8 @@ use crate::{ELECTION_TICKS_DEFAULT, GroupSpec, ServeConfig, ServeError, TICK_MS_
 
 /// Entries applied after the last snapshot before a new one is taken.
 pub const SNAPSHOT_MARGIN_ENTRIES_DEFAULT: u64 = 10_000;
+/// Seconds between time-based snapshots (SOFAJRaft's default interval).
+pub const SNAPSHOT_INTERVAL_SECS_DEFAULT: u64 = 3600;
 /// A configuration file larger than this is refused (it is a few lines).
 pub const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
 
@@ -57,6 +60,7 @@ pub struct FileConfig {
     pub election_ticks: Option<u64>,
     pub snapshot_margin_entries: Option<u64>,
     pub snapshot_pull_bytes_per_sec: Option<u64>,
+    pub snapshot_interval_secs: Option<u64>,
     /// Node id (a TOML key, so a string) → address.
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
@@ -99,6 +103,7 @@ pub struct Flags {
     pub election_ticks: Option<u64>,
     pub snapshot_margin_entries: Option<u64>,
     pub snapshot_pull_bytes_per_sec: Option<u64>,
+    pub snapshot_interval_secs: Option<u64>,
     pub sessions_open_max: Option<u64>,
     pub session_window_commands_max: Option<u64>,
     pub session_idle_timeout_ms: Option<u64>,
@@ -210,6 +215,10 @@ impl Flags {
                 .or(file.snapshot_margin_entries)
                 .unwrap_or(SNAPSHOT_MARGIN_ENTRIES_DEFAULT),
             snapshot_pull_bytes_per_sec: self.snapshot_pull_bytes_per_sec.or(file.snapshot_pull_bytes_per_sec).unwrap_or(0),
+            snapshot_interval_secs: self
+                .snapshot_interval_secs
+                .or(file.snapshot_interval_secs)
+                .unwrap_or(SNAPSHOT_INTERVAL_SECS_DEFAULT),
             sessions,
         })
     }
@@ -258,6 +267,7 @@ mod tests {
         assert_eq!((file.id, file.tick_ms, file.election_ticks), (Some(1), Some(TICK_MS_DEFAULT), Some(ELECTION_TICKS_DEFAULT)));
         assert_eq!(file.snapshot_margin_entries, Some(SNAPSHOT_MARGIN_ENTRIES_DEFAULT));
         assert_eq!(file.snapshot_pull_bytes_per_sec, Some(0));
+        assert_eq!(file.snapshot_interval_secs, Some(SNAPSHOT_INTERVAL_SECS_DEFAULT));
         assert_eq!(file.groups.len(), 2);
         assert_sessions_are_the_defaults(&file.sessions);
     }

@@ -26,6 +26,7 @@ use waft_session::{Body, Envelope};
 use waft_proto::peer::PeerMessage;
 use waft_storage::{RocksLogStore, SnapshotId, SnapshotStore};
 
+use crate::commit::{Committer, SharedStore};
 use crate::install::{self, Progress};
 use crate::peer::Transport;
 
@@ -39,9 +40,9 @@ pub const INBOX_DRAIN_MAX: usize = 256;
 pub const PROPOSALS_PENDING_MAX: usize = 10_000;
 /// Reads waiting for a read index or for it to be applied.
 pub const READS_PENDING_MAX: usize = 10_000;
-/// `process` calls after one event, each draining up to the node crate's
-/// `READY_ROUNDS_MAX`; the rest waits for the next tick.
-pub const PROCESS_CALLS_MAX: usize = 8;
+/// Readies handled after one event; the rest waits for the next event or
+/// tick, so the inbox and the clock are never starved.
+pub const PROCESS_READIES_MAX: usize = 64;
 /// What a BUSY answer suggests waiting, in ms.
 pub const BUSY_RETRY_AFTER_MS: u64 = 50;
 /// What a full session table suggests waiting, in ms: sessions leave only by
@@ -94,6 +95,8 @@ pub struct GroupHandle {
 pub struct Driver {
     replica: Replica,
     store: Arc<Mutex<RocksLogStore>>,
+    /// Makes this group's log writes durable, merged with other groups'.
+    committer: Committer,
     snapshots: Arc<SnapshotStore>,
     transport: Transport,
     /// Every member's address (this node included), for NOT_LEADER hints.
@@ -115,6 +118,8 @@ pub struct Driver {
     transfer: Option<Arc<Progress>>,
     /// Pull rate limit in bytes per second (0: none).
     snapshot_bytes_per_sec: u64,
+    /// Ask for a snapshot every this many ticks (0: never; the margin rules).
+    snapshot_interval_ticks: u64,
     /// The last entry covered by this node's latest snapshot.
     snapshot_index: u64,
     /// The timestamp this node last stamped into an envelope: the leader's
@@ -134,18 +139,22 @@ impl Driver {
     pub fn new(
         replica: Replica,
         store: Arc<Mutex<RocksLogStore>>,
+        committer: Committer,
         snapshots: Arc<SnapshotStore>,
         transport: Transport,
         addresses: BTreeMap<NodeId, String>,
         tick: Duration,
         command_bytes_max: u64,
         snapshot_bytes_per_sec: u64,
+        snapshot_interval_secs: u64,
     ) -> Driver {
+        let snapshot_interval_ticks = (snapshot_interval_secs * 1000).div_ceil(tick.as_millis().max(1) as u64);
         let (status, _) = watch::channel(client::GroupStatus::default());
         let snapshot_index = snapshots.latest(replica.group()).map_or(0, |id| id.index);
         Driver {
             replica,
             store,
+            committer,
             snapshots,
             transport,
             addresses,
@@ -159,6 +168,7 @@ impl Driver {
             offer: None,
             transfer: None,
             snapshot_bytes_per_sec,
+            snapshot_interval_ticks,
             snapshot_index,
             last_stamp_ms: 0,
             inbox: None,
@@ -267,31 +277,41 @@ impl Driver {
     }
 
     /// Runs the replica until it has nothing ready (bounded), then answers.
-    fn process(&mut self) -> Result<(), waft_node::Error> {
+    async fn process(&mut self) -> Result<(), waft_node::Error> {
         if let Some(reason) = self.replica.stopped() {
             return Err(waft_node::Error::Stopped { group: self.group(), reason: reason.to_string() });
         }
-        for _ in 0..PROCESS_CALLS_MAX {
-            if !self.replica.has_ready() {
-                break;
-            }
+        for _ in 0..PROCESS_READIES_MAX {
             let mut outbox = Vec::new();
-            let out = {
-                let mut store = self.store.lock().map_err(|_| waft_node::Error::Stopped {
-                    group: self.group(),
-                    reason: "the storage lock is poisoned (another group panicked mid-write)".into(),
-                })?;
-                // The process call syncs to disk: tell tokio this worker blocks.
-                tokio::task::block_in_place(|| {
-                    self.replica.process(&mut *store, &self.snapshots, &mut |m| outbox.push(m))
-                })?
-            };
-            let wire = outbox.into_iter().map(|m| self.wire(m)).collect();
-            self.transport.send(self.group(), wire);
+            // Messages that need not wait for the disk leave now, so followers
+            // write their copy while the leader writes its own.
+            let Some(mut pending) = self.replica.begin_ready(&mut |m| outbox.push(m))? else { break };
+            self.send(std::mem::take(&mut outbox));
+            let write = pending.take_write();
+            if !write.is_empty()
+                && let Err(e) = self.committer.write(write).await
+            {
+                return Err(self.replica.write_failed(e));
+            }
+            let mut out = Output::default();
+            let mut store = SharedStore(self.store.clone());
+            // Applying entries runs the guest and a snapshot writes files:
+            // tell tokio this worker is busy.
+            tokio::task::block_in_place(|| {
+                self.replica.finish_ready(pending, &mut store, &self.snapshots, &mut |m| outbox.push(m), &mut out)
+            })?;
+            self.send(outbox);
             self.settle(out);
         }
         self.serve_ready_reads();
         Ok(())
+    }
+
+    fn send(&self, messages: Vec<Message>) {
+        if !messages.is_empty() {
+            let wire = messages.into_iter().map(|m| self.wire(m)).collect();
+            self.transport.send(self.group(), wire);
+        }
     }
 
     fn settle(&mut self, out: Output) {
@@ -405,16 +425,9 @@ impl Driver {
         let Some(progress) = self.transfer.take() else { return };
         let result = match pulled {
             Ok(done) => {
-                let finished = match self.store.lock() {
-                    Ok(mut store) => tokio::task::block_in_place(|| {
-                        self.replica.finish_install(&mut *store, &self.snapshots, done)
-                    }),
-                    Err(_) => Err(waft_node::Error::Stopped {
-                        group,
-                        reason: "the storage lock is poisoned (another group panicked mid-write)".into(),
-                    }),
-                };
-                finished.map_err(|e| e.to_string())
+                let mut store = SharedStore(self.store.clone());
+                tokio::task::block_in_place(|| self.replica.finish_install(&mut store, &self.snapshots, done))
+                    .map_err(|e| e.to_string())
             }
             Err(why) => {
                 self.replica.abandon_install();
@@ -510,6 +523,9 @@ impl Driver {
                     if ticks % 100 == 0 {
                         self.prune();
                     }
+                    if self.snapshot_interval_ticks > 0 && ticks % self.snapshot_interval_ticks == 0 {
+                        self.replica.request_snapshot();
+                    }
                 }
                 input = inbox.recv() => {
                     let Some(input) = input else { break };
@@ -522,7 +538,7 @@ impl Driver {
                     }
                 }
             }
-            if let Err(e) = self.process() {
+            if let Err(e) = self.process().await {
                 // The replica stopped (disk failure, poisoned guest): it must be
                 // reopened from storage, which needs a restart of the daemon.
                 tracing::error!(group = self.group(), node = self.replica.raft().id(), error = %e, "group stopped");

@@ -28,11 +28,15 @@
 //! leader attaches the snapshot's manifest to `InstallSnapshot`, the follower
 //! pulls the files in chunks over `PullSnapshotChunk` ([`install`]).
 //!
-//! Not yet here: group commit across groups, run-time group creation.
+//! Log writes of every group on the node go through one commit thread that
+//! merges whatever is waiting into one synced RocksDB write ([`commit`]).
+//!
+//! Not yet here: run-time group creation.
 
 /// The client library lives in its own crate (no RocksDB or wasmtime in its
 /// build); re-exported here for the daemon's users.
 pub use waft_client as client;
+pub mod commit;
 pub mod config;
 pub mod driver;
 pub mod install;
@@ -75,6 +79,10 @@ pub struct ServeConfig {
     /// Most bytes per second this node pulls when installing a snapshot from
     /// its leader (0: as fast as the network and disk go).
     pub snapshot_pull_bytes_per_sec: u64,
+    /// Also snapshot every this many seconds when anything was applied since
+    /// the last snapshot (0: only by margin), as SOFAJRaft's
+    /// snapshotIntervalSecs.
+    pub snapshot_interval_secs: u64,
     /// Limits of every group's exactly-once session table. Must be equal on
     /// every node (a snapshot carries them; a node with others refuses it).
     pub sessions: waft_session::SessionConfig,
@@ -152,6 +160,8 @@ pub async fn serve(
     let store = Arc::new(Mutex::new(RocksLogStore::open(&log_dir).map_err(storage_err(log_dir.clone()))?));
     let snapshots = Arc::new(SnapshotStore::open(&snap_dir).map_err(storage_err(snap_dir.clone()))?);
     let engine = waft_runtime::Engine::new()?;
+    let (committer, commit_thread) = commit::Committer::start(store.clone())
+        .map_err(|e| ServeError::Config(format!("cannot start the log commit thread: {e}")))?;
 
     let mut addresses = cfg.peers.clone();
     addresses.insert(cfg.node_id, cfg.listen.to_string());
@@ -189,12 +199,14 @@ pub async fn serve(
         let (handle, task) = driver::spawn(driver::Driver::new(
             replica,
             store.clone(),
+            committer.clone(),
             snapshots.clone(),
             transport.clone(),
             addresses.clone(),
             Duration::from_millis(cfg.tick_ms.max(1)),
             command_bytes_max,
             cfg.snapshot_pull_bytes_per_sec,
+            cfg.snapshot_interval_secs,
         ), stopped.clone());
         groups.insert(spec.group, handle);
         drivers.push(task);
@@ -238,7 +250,11 @@ pub async fn serve(
         tracing::info!(node = cfg.node_id, "connections still open after the grace period; closing them");
         server.abort();
     }
+    // The drivers are gone; with the last handle the commit thread ends and
+    // RocksDB closes.
+    drop(committer);
     drop(store);
+    let _ = tokio::task::spawn_blocking(move || commit_thread.join()).await;
     tracing::info!(node = cfg.node_id, "stopped");
     Ok(())
 }

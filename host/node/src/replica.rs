@@ -327,6 +327,13 @@ impl Replica {
         self.stopped.as_deref()
     }
 
+    /// Tells the replica that the write of a batch taken by `begin_ready`
+    /// failed: it stops for good (it cannot know what reached the disk) and
+    /// returns the error saying why. Reopen it from storage to go on.
+    pub fn write_failed(&mut self, why: impl std::fmt::Display) -> Error {
+        self.stop(format!("writing to the log failed: {why}"))
+    }
+
     // ------------------------------------------------------------ inputs
 
     pub fn tick(&mut self) {
@@ -383,6 +390,12 @@ impl Replica {
             Ok((bytes, _)) => Ok(bytes),
             Err(e) => Err(self.runtime_err(e)),
         }
+    }
+
+    /// Asks for a snapshot at the applied index soon, before the margin is
+    /// reached (see `RawNode::request_snapshot`).
+    pub fn request_snapshot(&mut self) {
+        self.node.request_snapshot();
     }
 
     pub fn campaign_now(&mut self) {

@@ -214,6 +214,9 @@ pub struct RawNode {
     events: Vec<Event>,
     snapshot_install: Option<SnapshotInstall>,
     snapshot_in_progress: bool,
+    /// The caller asked for a snapshot now (`request_snapshot`), whatever the
+    /// margin; cleared when the request goes out.
+    snapshot_asked: bool,
     prev_hard: HardState,
     prev_soft: SoftState,
 }
@@ -333,6 +336,7 @@ impl RawNode {
             events: Vec::new(),
             snapshot_install: None,
             snapshot_in_progress: false,
+            snapshot_asked: false,
             prev_hard,
             prev_soft: SoftState {
                 role: Role::Follower,
@@ -899,6 +903,20 @@ impl RawNode {
             || self.reads.needs_round()
             || self.commit_to_broadcast
             || self.soft_state() != self.prev_soft
+            || (self.snapshot_asked && self.snapshot_allowed() && self.log.applied > self.log.snap_index)
+    }
+
+    /// Asks for a snapshot at the applied index as soon as none is being
+    /// saved or installed, even before `snapshot_margin_entries` is reached
+    /// (an operator's "snapshot now", or a time-based interval). If nothing
+    /// was applied since the last snapshot, the request waits for the next
+    /// applied entry.
+    pub fn request_snapshot(&mut self) {
+        self.snapshot_asked = true;
+    }
+
+    fn snapshot_allowed(&self) -> bool {
+        !self.snapshot_in_progress && self.installing.is_none()
     }
 
     /// Takes the accumulated batch of work. See [`Ready`] for the ordering rules.
@@ -942,10 +960,11 @@ impl RawNode {
         rd.committed_entries = self.log.take_committed(self.cfg.apply_entries_max);
         rd.read_states = std::mem::take(&mut self.read_states);
         rd.snapshot_install = self.snapshot_install.take();
-        if !self.snapshot_in_progress
-            && self.installing.is_none()
-            && self.log.applied - self.log.snap_index >= self.cfg.snapshot_margin_entries
+        let margin = self.log.applied - self.log.snap_index;
+        if self.snapshot_allowed()
+            && (margin >= self.cfg.snapshot_margin_entries || (self.snapshot_asked && margin > 0))
         {
+            self.snapshot_asked = false;
             let index = self.log.applied;
             let term = self.log.term(index).expect("applied entry is in the log");
             rd.snapshot_request = Some(SnapshotMeta {

@@ -430,6 +430,28 @@ fn snapshot_requested_past_margin_and_log_compacted() {
 }
 
 #[test]
+fn snapshot_on_request_before_the_margin_and_only_when_something_applied() {
+    let mut t = Manual::new(3, &[1, 2, 3], |c| c.snapshot_margin_entries = 1000);
+    t.elect(1);
+    for _ in 0..5 {
+        t.propose(1, b"s").unwrap();
+        t.deliver();
+    }
+    let applied = t.raft(1).applied();
+    assert_eq!(t.raft(1).snapshot_meta().index, 0, "far below the margin");
+    t.raft_mut(1).request_snapshot();
+    t.process(1);
+    assert_eq!(t.raft(1).snapshot_meta().index, applied, "snapshot at the applied index on request");
+    // Asked again with nothing applied since: nothing to do until an entry applies.
+    t.raft_mut(1).request_snapshot();
+    assert!(!t.raft(1).has_ready(), "no snapshot of an unchanged state");
+    t.propose(1, b"s").unwrap();
+    t.deliver();
+    assert!(t.raft(1).snapshot_meta().index > applied, "the standing request is served once an entry applies");
+    assert_eq!(t.raft(2).snapshot_meta().index, 0, "only the node asked snapshots");
+}
+
+#[test]
 fn undecodable_config_entry_is_reported_not_panicked() {
     let mut t = three();
     let bad = Entry {

@@ -94,6 +94,7 @@ impl Cluster {
                 election_ticks: waft_daemon::ELECTION_TICKS_DEFAULT,
                 snapshot_margin_entries: waft_daemon::config::SNAPSHOT_MARGIN_ENTRIES_DEFAULT,
                 snapshot_pull_bytes_per_sec: 0,
+                snapshot_interval_secs: waft_daemon::config::SNAPSHOT_INTERVAL_SECS_DEFAULT,
                 sessions: Default::default(),
             };
             let mut node = Node { cfg, stop: None, task: None };

@@ -69,6 +69,10 @@ enum Cmd {
         /// leader [default: 0, unlimited].
         #[arg(long)]
         snapshot_pull_bytes_per_sec: Option<u64>,
+        /// Also snapshot every this many seconds when anything was applied
+        /// since the last one [default: 3600; 0: off].
+        #[arg(long)]
+        snapshot_interval_secs: Option<u64>,
         /// Open exactly-once sessions per group at most; must be equal on
         /// every node [default: 10000].
         #[arg(long)]
@@ -246,6 +250,7 @@ fn main() -> Result<()> {
             tick_ms,
             snapshot_margin_entries,
             snapshot_pull_bytes_per_sec,
+            snapshot_interval_secs,
             sessions_open_max,
             session_window_commands_max,
             session_idle_timeout_ms,
@@ -261,6 +266,7 @@ fn main() -> Result<()> {
                 election_ticks,
                 snapshot_margin_entries,
                 snapshot_pull_bytes_per_sec,
+                snapshot_interval_secs,
                 sessions_open_max,
                 session_window_commands_max,
                 session_idle_timeout_ms,

@@ -142,11 +142,20 @@ async fn three_daemons_replicate_read_and_refuse_bad_input() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_a_node_cleanly_and_it_restarts_from_its_data() {
-    let mut cluster = Cluster::start("sigterm", 3, Spec::one(COUNTER, "waft_counter"));
+    // Snapshots by time only (the margin is out of reach), once a second.
+    let spec = Spec::one(COUNTER, "waft_counter")
+        .arg("--snapshot-margin-entries", 1_000_000)
+        .arg("--snapshot-interval-secs", 1);
+    let mut cluster = Cluster::start("sigterm", 3, spec);
     let leader = cluster.wait_for_leader(COUNTER).await;
     let client = cluster.client(leader);
     for _ in 0..10 {
         client.propose(COUNTER, Bytes::from_static(br#"{"incr":1}"#)).await.unwrap();
+    }
+    let deadline = std::time::Instant::now() + common::CATCH_UP_DEADLINE;
+    while cluster.status(leader, COUNTER).await.is_none_or(|g| g.snapshot_index < 11) {
+        assert!(std::time::Instant::now() < deadline, "no time-based snapshot");
+        tokio::time::sleep(common::POLL_PAUSE).await;
     }
     // Stop the leader itself: it must exit 0, and the others elect a new one.
     assert!(cluster.terminate(leader, std::time::Duration::from_secs(20)), "node exits 0 on SIGTERM");
