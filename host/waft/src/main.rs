@@ -346,6 +346,7 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
                     "group": g.group, "role": role(g), "term": g.term,
                     "leader_id": g.leader_id, "leader_address": g.leader_address,
                     "commit_index": g.commit_index, "applied_index": g.applied_index,
+                    "sessions_open": g.sessions_open, "session_reply_bytes": g.session_reply_bytes,
                     "voters": c.voters, "learners": c.learners,
                     "module_hash": g.module_hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
                 })
@@ -355,11 +356,21 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
         return;
     }
     println!("node {}", status.node_id);
-    println!("{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8}", "group", "role", "term", "leader", "leader address", "commit", "applied");
+    println!(
+        "{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8} {:>8}",
+        "group", "role", "term", "leader", "leader address", "commit", "applied", "sessions"
+    );
     for g in &status.groups {
         println!(
-            "{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8}",
-            g.group, role(g), g.term, g.leader_id, g.leader_address, g.commit_index, g.applied_index
+            "{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8} {:>8}",
+            g.group,
+            role(g),
+            g.term,
+            g.leader_id,
+            g.leader_address,
+            g.commit_index,
+            g.applied_index,
+            g.sessions_open
         );
     }
 }

@@ -217,6 +217,8 @@ async fn session_limits_and_expiry_reach_clients_as_clear_errors() {
         c.wait_applied(i, GROUP, commit).await;
         assert_eq!(c.status(i, GROUP).await.unwrap().sessions_open, 3, "node {}", i + 1);
     }
+    let (ok, json, err) = waft(&["status", "--addr", &addr, "--json"]);
+    assert!(ok && json.contains(r#""sessions_open":3"#), "waft status shows the open sessions: {json} {err}");
 
     // Closing one makes room; the CLI's session comes and goes.
     b.close().await.unwrap();
