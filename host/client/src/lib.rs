@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use waft_proto::admin::{AdminOp, AdminRequest, AdminResult, admin_response};
 use waft_proto::client::{
-    self, Consistency, ErrorCode, ProposeRequest, QueryRequest, StatusRequest, StatusResponse,
-    client_client::ClientClient, propose_response, query_response,
+    self, Consistency, ErrorCode, ProposeRequest, QueryRequest, StatusRequest, StatusResponse, propose_response,
+    query_response,
 };
 
 /// Attempts of one request, counting redirects and waits for a leader.
@@ -41,14 +42,12 @@ pub struct Answer {
     pub index: u64,
 }
 
-async fn connect(addr: &str) -> Result<ClientClient<tonic::transport::Channel>, ClientError> {
+async fn connect(addr: &str) -> Result<tonic::transport::Channel, ClientError> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
-    let channel =
-        endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
-    Ok(waft_proto::client_client(channel))
+    endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })
 }
 
 /// What to do after a refused attempt.
@@ -87,7 +86,7 @@ struct Shared {
     seeds: Vec<String>,
     next_seed: std::sync::atomic::AtomicUsize,
     /// Open connections by address. Invariant: len() <= CONNECTIONS_MAX.
-    connections: std::sync::Mutex<Vec<(String, ClientClient<tonic::transport::Channel>)>>,
+    connections: std::sync::Mutex<Vec<(String, tonic::transport::Channel)>>,
     /// The leader's address last heard of, by group.
     leaders: std::sync::Mutex<std::collections::BTreeMap<u64, String>>,
 }
@@ -114,7 +113,7 @@ impl Client {
         }
     }
 
-    async fn connection(&self, addr: &str) -> Result<ClientClient<tonic::transport::Channel>, ClientError> {
+    async fn connection(&self, addr: &str) -> Result<tonic::transport::Channel, ClientError> {
         if let Ok(conns) = self.inner.connections.lock()
             && let Some((_, c)) = conns.iter().find(|(a, _)| a == addr)
         {
@@ -172,10 +171,10 @@ impl Client {
     /// Runs `call` for `group`, following hints, at most `ATTEMPTS_MAX` times.
     /// `to_leader`: start at (and remember) the group's leader rather than the
     /// seed node.
-    async fn with_retries<F, Fut>(&self, group: u64, to_leader: bool, mut call: F) -> Result<Answer, ClientError>
+    async fn with_retries<T, F, Fut>(&self, group: u64, to_leader: bool, mut call: F) -> Result<T, ClientError>
     where
-        F: FnMut(ClientClient<tonic::transport::Channel>, String) -> Fut,
-        Fut: std::future::Future<Output = Result<Answer, ClientError>>,
+        F: FnMut(tonic::transport::Channel, String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         let mut target = if to_leader { self.start_for(group) } else { self.inner.seeds[0].clone() };
         let mut last = None;
@@ -213,8 +212,16 @@ impl Client {
             match next {
                 Next::Stop => return Err(e),
                 Next::Retry { addr: new, pause } => {
-                    if let Some(new) = new {
-                        target = new;
+                    match new {
+                        Some(new) => target = new,
+                        // This node knows no leader (an election runs, or it
+                        // was removed from the group and will never hear of
+                        // one): ask the next node for a leader instead.
+                        None if to_leader && matches!(&e, ClientError::Refused(r) if r.code() == ErrorCode::NotLeader) => {
+                            self.forget_leader(group);
+                            target = self.rotate_seed(&target);
+                        }
+                        None => {}
                     }
                     tokio::time::sleep(pause).await;
                 }
@@ -229,7 +236,8 @@ impl Client {
 
     /// Proposes `command` to `group`, following the leader.
     pub async fn propose(&self, group: u64, command: Bytes) -> Result<Answer, ClientError> {
-        self.with_retries(group, true, |mut c, at| {
+        self.with_retries(group, true, |channel, at| {
+            let mut c = waft_proto::client_client(channel);
             let req = ProposeRequest { group, command: command.clone(), ..Default::default() };
             async move {
                 let resp = c.propose(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
@@ -248,7 +256,8 @@ impl Client {
     /// Reads are served where they are asked (a follower forwards the read
     /// index itself), so only "no leader yet" and BUSY are retried here.
     pub async fn query(&self, group: u64, request: Bytes, consistency: Consistency) -> Result<Answer, ClientError> {
-        self.with_retries(group, false, |mut c, at| {
+        self.with_retries(group, false, |channel, at| {
+            let mut c = waft_proto::client_client(channel);
             let req = QueryRequest { group, request: request.clone(), consistency: consistency as i32 };
             async move {
                 let resp = c.query(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
@@ -266,7 +275,7 @@ impl Client {
     /// What the seed node knows of `group` (or of all its groups). One attempt.
     pub async fn status(&self, group: Option<u64>) -> Result<StatusResponse, ClientError> {
         let addr = self.inner.seeds[0].clone();
-        let mut c = self.connection(&addr).await?;
+        let mut c = waft_proto::client_client(self.connection(&addr).await?);
         let resp = match c.status(StatusRequest { group }).await {
             Ok(resp) => resp.into_inner(),
             Err(status) => {
@@ -278,6 +287,35 @@ impl Client {
             Some(e) => Err(ClientError::Refused(e)),
             None => Ok(resp),
         }
+    }
+}
+
+impl Client {
+    /// Runs an admin operation on `group` (see waft.admin.v1) and returns
+    /// the outcome once it took effect. Membership changes and transfers go
+    /// to the leader; a snapshot or an (unsafe) reset of the voters acts on
+    /// the first node this client knows.
+    pub async fn admin(
+        &self,
+        group: u64,
+        op: AdminOp,
+        ids: Vec<u64>,
+        learners: Vec<u64>,
+    ) -> Result<AdminResult, ClientError> {
+        let to_leader = !matches!(op, AdminOp::Snapshot | AdminOp::ResetPeers);
+        self.with_retries(group, to_leader, |channel, at| {
+            let mut c = waft_proto::admin_client(channel);
+            let req = AdminRequest { group, op: op as i32, ids: ids.clone(), learners: learners.clone() };
+            async move {
+                let resp = c.change(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
+                match resp.into_inner().outcome {
+                    Some(admin_response::Outcome::Result(result)) => Ok(result),
+                    Some(admin_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
+                    None => Err(ClientError::NoOutcome { addr: at }),
+                }
+            }
+        })
+        .await
     }
 }
 

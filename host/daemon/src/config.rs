@@ -15,6 +15,7 @@
 //! snapshot_margin_entries = 10000     # snapshot once this many entries follow the last
 //! snapshot_pull_bytes_per_sec = 0     # snapshot install rate limit; 0 = none
 //! snapshot_interval_secs = 3600       # also snapshot this often if anything applied; 0 = off
+//! initial_voters = [1, 2, 3]          # a new group's voters; default: this node and every peer
 //!
 //! [peers]                             # the other members: id = "address"
 //! 2 = "127.0.0.1:7002"
@@ -53,6 +54,7 @@ pub struct FileConfig {
     pub snapshot_margin_entries: Option<u64>,
     pub snapshot_pull_bytes_per_sec: Option<u64>,
     pub snapshot_interval_secs: Option<u64>,
+    pub initial_voters: Option<Vec<u64>>,
     /// Node id (a TOML key, so a string) → address.
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
@@ -83,6 +85,8 @@ pub struct Flags {
     pub snapshot_margin_entries: Option<u64>,
     pub snapshot_pull_bytes_per_sec: Option<u64>,
     pub snapshot_interval_secs: Option<u64>,
+    /// `--initial-voters 1,2,3`.
+    pub initial_voters: Option<Vec<u64>>,
 }
 
 fn config_err(msg: impl Into<String>) -> ServeError {
@@ -168,6 +172,7 @@ impl Flags {
             data_dir,
             peers,
             groups,
+            initial_voters: self.initial_voters.or(file.initial_voters),
             tick_ms: self.tick_ms.or(file.tick_ms).unwrap_or(TICK_MS_DEFAULT),
             election_ticks: self.election_ticks.or(file.election_ticks).unwrap_or(ELECTION_TICKS_DEFAULT),
             snapshot_margin_entries: self
