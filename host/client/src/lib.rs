@@ -67,6 +67,27 @@ fn next_step(e: &client::Error) -> Next {
     }
 }
 
+/// Whether a failed call certainly never reached the server: the connection
+/// could not be made (a cached channel dials again lazily, and reports a
+/// refused dial as an UNAVAILABLE status). Only then is retrying elsewhere
+/// safe for a command that may not be idempotent.
+fn never_sent(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { .. } => true,
+        ClientError::Rpc { status, .. } => {
+            let mut source = std::error::Error::source(status);
+            while let Some(err) = source {
+                if format!("{err:?}").starts_with("ConnectError") {
+                    return true;
+                }
+                source = err.source();
+            }
+            status.code() == tonic::Code::Unavailable && status.message() == "tcp connect error"
+        }
+        _ => false,
+    }
+}
+
 /// Addresses a client keeps a connection to at most; beyond it the oldest
 /// are dropped (a cluster's members, plus room for a few moves).
 pub const CONNECTIONS_MAX: usize = 16;
@@ -197,7 +218,9 @@ impl Client {
                 // The node may have just died: go on with the next known node
                 // (a proposal's outcome there was unknown, but a connection
                 // that failed before the call carried nothing).
-                ClientError::Connect { .. } if self.inner.seeds.len() > 1 || target != self.inner.seeds[0] => {
+                ClientError::Connect { .. } | ClientError::Rpc { .. }
+                    if never_sent(&e) && (self.inner.seeds.len() > 1 || target != self.inner.seeds[0]) =>
+                {
                     self.forget(&target);
                     self.forget_leader(group);
                     Next::Retry { addr: Some(self.rotate_seed(&target)), pause: NO_LEADER_PAUSE }

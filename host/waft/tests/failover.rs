@@ -108,3 +108,49 @@ async fn the_whole_cluster_restarts_from_disk() {
     let answer = c.client(leader).propose(GROUP, set("after-restart", 1)).await.unwrap();
     assert_eq!(text(&answer), r#"{"success":true}"#);
 }
+
+/// Two groups, one running the counter and one the atomic module, on the
+/// same three daemons: killing a daemon affects both, and both recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_on_three_daemons_both_survive_a_kill() {
+    const COUNTER: u64 = 7;
+    const ATOMIC: u64 = 8;
+    let spec = Spec {
+        groups: vec![(COUNTER, common::module("waft_counter")), (ATOMIC, common::module("waft_atomic"))],
+        args: Vec::new(),
+    };
+    let mut c = Cluster::start("two-groups", 3, spec);
+    c.wait_for_leader(COUNTER).await;
+    c.wait_for_leader(ATOMIC).await;
+    let client = c.client_of_all(0);
+    let incr = || bytes::Bytes::from_static(br#"{"incr":1}"#);
+    for i in 0..20u64 {
+        client.propose(COUNTER, incr()).await.unwrap();
+        client.propose(ATOMIC, set(&format!("k{i}"), i)).await.unwrap();
+    }
+    // Kill the counter's leader: the atomic group loses a member (perhaps its
+    // leader) at the same moment.
+    let victim = c.wait_for_leader(COUNTER).await;
+    c.kill(victim);
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    c.wait_for_leader_among(COUNTER, &survivors).await;
+    c.wait_for_leader_among(ATOMIC, &survivors).await;
+    for i in 20..40u64 {
+        client.propose(COUNTER, incr()).await.unwrap();
+        client.propose(ATOMIC, set(&format!("k{i}"), i)).await.unwrap();
+    }
+    c.start_node(victim);
+    for group in [COUNTER, ATOMIC] {
+        let leader = c.wait_for_leader(group).await;
+        let commit = c.status(leader, group).await.unwrap().commit_index;
+        c.wait_applied(victim, group, commit).await;
+    }
+    let at_victim = c.client(victim);
+    let stale = waft_proto::client::Consistency::Stale;
+    let answer = at_victim.query(COUNTER, bytes::Bytes::from_static(br#""get""#), stale).await.unwrap();
+    assert_eq!(text(&answer), "40", "the counter caught up on the restarted node");
+    for i in [0u64, 19, 20, 39] {
+        let answer = at_victim.query(ATOMIC, common::get(&format!("k{i}")), stale).await.unwrap();
+        assert_eq!(text(&answer), i.to_string(), "atomic key k{i} on the restarted node");
+    }
+}
