@@ -7,10 +7,10 @@
 #   WORKLOADS="write-64 read-64" SYSTEMS=etcd bench/etcd-vs-waft.sh
 #
 # Both systems fsync before acknowledging (etcd's WAL by default; waft's
-# RocksDB log always), keep their data under one root on the same disk, and
-# are loaded one at a time: one system's cluster runs all its workloads, then
-# stops before the other's starts, so neither idles in the background of the
-# other's numbers. The bench client runs on the same machine as the servers.
+# RocksDB log always) and keep their data under one root on the same disk.
+# Every run starts a fresh cluster and stops it after, one system at a time,
+# the two taking turns workload by workload. The bench client runs on the
+# same machine as the servers and shares its cores with them.
 #
 # Workloads (256-byte payloads, 1000 keys, every client spread over the three
 # members round-robin):
@@ -154,7 +154,7 @@ start_etcd() {
             --listen-client-urls "http://${ETCD_CLIENT[i - 1]}" --advertise-client-urls "http://${ETCD_CLIENT[i - 1]}" \
             --listen-peer-urls "http://${ETCD_PEER[i - 1]}" --initial-advertise-peer-urls "http://${ETCD_PEER[i - 1]}" \
             --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token waft-bench \
-            >"$BENCH_ROOT/results/etcd-$i.log" 2>&1 &
+            >"$LOGS-$i.log" 2>&1 &
         PIDS+=($!)
     done
 }
@@ -167,7 +167,7 @@ start_waft() {
         for j in 1 2 3; do [ "$j" = "$i" ] || peers+=(--peer "$j=${WAFT_ADDR[j - 1]}"); done
         mkdir -p "$BENCH_ROOT/waft"
         "$WAFT_BIN" serve --id "$i" --listen "${WAFT_ADDR[i - 1]}" --data-dir "$BENCH_ROOT/waft/$i" \
-            --group "$WAFT_GROUP=$WAFT_ATOMIC" "${peers[@]}" >"$BENCH_ROOT/results/waft-$i.log" 2>&1 &
+            --group "$WAFT_GROUP=$WAFT_ATOMIC" "${peers[@]}" >"$LOGS-$i.log" 2>&1 &
         PIDS+=($!)
     done
 }
@@ -187,8 +187,8 @@ wait_ready() {
     for _ in $(seq 60); do
         for pid in "${PIDS[@]}"; do
             if ! kill -0 "$pid" 2>/dev/null; then
-                head -n 3 "$BENCH_ROOT"/results/"$system"-*.log >&2
-                die "a $system server exited at start; see $BENCH_ROOT/results/$system-*.log"
+                head -n 3 "$LOGS"-*.log >&2
+                die "a $system server exited at start; see $LOGS-*.log"
             fi
         done
         if run_child /dev/null /dev/null "$BENCH_BIN" --target "$system" --endpoints "$(endpoints "$system")" \
@@ -197,7 +197,7 @@ wait_ready() {
         fi
         sleep 0.5
     done
-    die "$system did not become ready in 30 s; see $BENCH_ROOT/results/$system-*.log"
+    die "$system did not become ready in 30 s; see $LOGS-*.log"
 }
 
 workload_args() {
@@ -221,22 +221,33 @@ for w in $WORKLOADS; do workload_args "$w" >/dev/null; done
 
 for system in $SYSTEMS; do
     case "$system" in
-        etcd) say "etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}'): starting 3 members"; start_etcd ;;
-        waft) say "waft ($WAFT_BIN): starting 3 nodes, group $WAFT_GROUP = $(basename "$WAFT_ATOMIC")"; start_waft ;;
+        etcd) say "etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}') (etcd-server)" ;;
+        waft) say "waft $WAFT_BIN, group $WAFT_GROUP = $WAFT_ATOMIC" ;;
         *) die "unknown system $system (etcd, waft)" ;;
     esac
-    wait_ready "$system"
-    for w in $WORKLOADS; do
-        say "$w on $system: ${BENCH_SECS}s after ${WARMUP_SECS}s warmup"
+done
+
+# Each run gets a fresh cluster, and the systems take turns workload by
+# workload: the two runs of a pair are minutes apart at most, so a slow drift
+# in the machine's other load (a build next door) tilts a ratio less, and no
+# run inherits the log, snapshots or compaction debt of the one before.
+for w in $WORKLOADS; do
+    for system in $SYSTEMS; do
+        LOGS="$BENCH_ROOT/results/$w-$system"
+        rm -rf "${BENCH_ROOT:?}/$system"
+        "start_$system"
+        wait_ready "$system"
+        say "$w on $system: ${BENCH_SECS}s after ${WARMUP_SECS}s warmup (load average $(cut -d' ' -f1 /proc/loadavg))"
+        cut -d' ' -f1 /proc/loadavg >"$LOGS.load"
         # shellcheck disable=SC2046 # workload_args is a list of words on purpose
-        run_child - "$BENCH_ROOT/results/$w-$system.progress" \
+        run_child - "$LOGS.progress" \
             "$BENCH_BIN" --target "$system" --endpoints "$(endpoints "$system")" --group "$WAFT_GROUP" \
             $(workload_args "$w") --value-bytes "$VALUE_BYTES" --keys "$KEYS" \
             --duration-secs "$BENCH_SECS" --warmup-secs "$WARMUP_SECS" \
-            --label "$w" --json-out "$BENCH_ROOT/results/$w-$system.json" ||
-            say "$w on $system failed; see $BENCH_ROOT/results/$w-$system.progress"
+            --label "$w" --json-out "$LOGS.json" ||
+            say "$w on $system failed; see $LOGS.progress"
+        stop_all
     done
-    stop_all
 done
 
 # --- the table ----------------------------------------------------------------
@@ -247,7 +258,7 @@ row() { # workload system -> "ops p50_ms p99_ms errors" or nothing
 }
 
 {
-    printf '%-9s %-6s %10s %9s %9s %7s %10s\n' workload system ops/s "p50 ms" "p99 ms" errors waft/etcd
+    printf '%-9s %-6s %10s %9s %9s %7s %10s %6s\n' workload system ops/s "p50 ms" "p99 ms" errors waft/etcd load
     for w in $WORKLOADS; do
         etcd_ops=""
         for system in $SYSTEMS; do
@@ -262,7 +273,8 @@ row() { # workload system -> "ops p50_ms p99_ms errors" or nothing
             if [ "$system" = waft ] && [ -n "$etcd_ops" ]; then
                 ratio=$(awk -v a="$ops" -v b="$etcd_ops" 'BEGIN { if (b > 0) printf "%.2f", a / b }')
             fi
-            printf '%-9s %-6s %10.0f %9.2f %9.2f %7d %10s\n' "$w" "$system" "$ops" "$p50" "$p99" "$errors" "$ratio"
+            load=$(cat "$BENCH_ROOT/results/$w-$system.load" 2>/dev/null || true)
+            printf '%-9s %-6s %10.0f %9.2f %9.2f %7d %10s %6s\n' "$w" "$system" "$ops" "$p50" "$p99" "$errors" "$ratio" "$load"
         done
     done
 } | tee "$BENCH_ROOT/results/table.txt"
@@ -272,4 +284,5 @@ for system in $SYSTEMS; do
         break
     done
 done
+say "load: the 1-minute load average as each run began (the run before it counts too); well above $(nproc), the cores, means something else was running"
 say "results (JSON per run, progress, server logs): $BENCH_ROOT/results"
