@@ -46,22 +46,19 @@ impl Driver {
                 client.status(Some(plan.group)).await.map_err(|e| BenchError::Connect {
                     target: "waft",
                     addr: addr.clone(),
-                    message: format!(
-                        "{e}; is `waft serve` running there with --group {}=…waft_atomic.wasm?",
-                        plan.group
-                    ),
+                    message: format!("{} (group {} must run waft_atomic.wasm)", chain(&e), plan.group),
                 })?;
                 Ok(Driver::Waft { client, group: plan.group, consistency, value_bytes: plan.value_bytes })
             }
             (Target::Etcd, Consistency::Etcd { serializable }) => {
                 let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .map_err(|e| BenchError::Connect { target: "etcd", addr: addr.clone(), message: e.to_string() })?
+                    .map_err(|e| BenchError::Connect { target: "etcd", addr: addr.clone(), message: chain(&e) })?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true);
                 let channel = endpoint.connect().await.map_err(|e| BenchError::Connect {
                     target: "etcd",
                     addr: addr.clone(),
-                    message: format!("{e}; is etcd listening there (--listen-client-urls http://{addr})?"),
+                    message: format!("{}; is etcd listening there (--listen-client-urls http://{addr})?", chain(&e)),
                 })?;
                 // Each connection writes its own value; all of one length.
                 let mut rng = workload::Rng::for_client(plan.seed, conn);
@@ -114,7 +111,24 @@ fn waft_kind(e: &ClientError) -> String {
 }
 
 fn waft_error(e: ClientError) -> OpError {
-    OpError { kind: waft_kind(&e), message: e.to_string() }
+    OpError { kind: waft_kind(&e), message: chain(&e) }
+}
+
+/// An error and its causes, e.g. "transport error: tcp connect error:
+/// Connection refused (os error 111)": tonic's transport errors say little
+/// on their own.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out += ": ";
+            out += &text;
+        }
+        cause = c.source();
+    }
+    out
 }
 
 fn etcd_error(status: tonic::Status) -> OpError {

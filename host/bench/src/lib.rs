@@ -58,7 +58,7 @@ pub mod etcd {
 pub enum BenchError {
     #[error("{0}")]
     InvalidOption(String),
-    #[error("cannot reach {target} at {addr}: {message}")]
+    #[error("cannot start on {target} at {addr}: {message}")]
     Connect { target: &'static str, addr: String, message: String },
     #[error(
         "prefill: {failed} of {keys} writes failed, e.g. {example}; is the cluster healthy? (--no-prefill skips it)"
