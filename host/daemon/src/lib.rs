@@ -216,13 +216,17 @@ pub async fn serve(
         .await
         .map_err(|source| ServeError::Listen { addr: cfg.listen, source })?;
     tracing::info!(node = cfg.node_id, listen = %cfg.listen, groups = groups.len(), peers = cfg.peers.len(), "serving");
+    // Replies and Raft messages are small writes: without TCP_NODELAY a reply
+    // can wait ~40 ms for the peer's delayed ACK (Nagle). tonic's builder
+    // option does not reach a listener we pass in, so set it here.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (shutdown_begun, begun) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(waft_proto::peer_server(peer::PeerService::new(groups.clone(), snapshots.clone(), stopped.clone())))
             .add_service(waft_proto::admin_server(admin::AdminService::new(groups.clone())))
             .add_service(waft_proto::client_server(service::ClientService::new(cfg.node_id, groups)))
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = begun.await;
             }),
     );

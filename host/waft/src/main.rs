@@ -114,6 +114,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Load a waft (or etcd) cluster with concurrent clients; print
+    /// throughput and latency percentiles and write them as JSON.
+    Bench(waft_bench::Args),
     /// Change a group on a live cluster: membership, leadership, snapshots.
     /// Each change waits until it took effect and prints the configuration.
     Admin {
@@ -325,6 +328,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Admin { addr, group, op } => runtime()?.block_on(admin(&addr, group, op)),
+        Cmd::Bench(args) => {
+            runtime()?.block_on(waft_bench::run(args))?;
+            Ok(())
+        }
     }
 }
 
