@@ -122,6 +122,8 @@ pub mod bindings {
         export_macro_name: "export_raw",
         default_bindings_module: "waft_guest::bindings",
         runtime_path: "::waft_guest::__wit_bindgen::rt",
+        // Hand-written in `glue::on_apply`: the hot path.
+        skip: ["on-apply"],
     });
 }
 
@@ -201,12 +203,20 @@ macro_rules! export {
         const _: () = {
             struct WaftExport;
 
+            // `on-apply` is exported by hand (see the SDK's `glue::on_apply`);
+            // the names are the component model's for this export.
+            #[unsafe(export_name = "waft:fsm/machine@0.1.0#on-apply")]
+            unsafe extern "C" fn waft_on_apply(entries: *mut u8, len: usize) -> *mut u8 {
+                // SAFETY: called only by the canonical ABI, as `on-apply`.
+                unsafe { $crate::__private::on_apply::<$ty>(entries, len) }
+            }
+
+            #[unsafe(export_name = "cabi_post_waft:fsm/machine@0.1.0#on-apply")]
+            unsafe extern "C" fn waft_on_apply_post_return(_results: *mut u8) {
+                $crate::__private::on_apply_post_return()
+            }
+
             impl $crate::bindings::exports::waft::fsm::machine::Guest for WaftExport {
-                fn on_apply(
-                    entries: ::std::vec::Vec<$crate::bindings::waft::fsm::types::Entry>,
-                ) -> ::std::vec::Vec<::std::result::Result<::std::vec::Vec<u8>, ::std::string::String>> {
-                    $crate::__private::on_apply::<$ty>(entries)
-                }
                 fn query(
                     request: ::std::vec::Vec<u8>,
                 ) -> ::std::result::Result<::std::vec::Vec<u8>, ::std::string::String> {
@@ -240,5 +250,5 @@ macro_rules! export {
 
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::glue::{load, on_apply, query, save, with_state};
+    pub use crate::glue::{load, on_apply, on_apply_post_return, query, save, with_state};
 }
