@@ -93,6 +93,17 @@
 //! same entries from the start agree; a restored one may not. Never let a std
 //! `HashMap`'s order reach a reply, the state or a snapshot: use `BTreeMap`,
 //! or [`HashMap`] from this crate, whose hasher has fixed keys.
+//!
+//! # Memory
+//!
+//! With its `allocator` feature (on by default) the SDK installs the
+//! guest's global allocator: blocks of up to 256 bytes are recycled through
+//! per-size free lists, larger ones come from the standard allocator. Every
+//! entry's command and most small values (keys, short strings, replies) are
+//! such blocks, and recycling them costs a fraction of a malloc and free.
+//! Freed small blocks stay cached (at most 4 MiB in all), which counts
+//! toward the host's memory limit. To use an allocator of your own, depend
+//! on this crate with `default-features = false`.
 
 use std::io::{Read, Write};
 
@@ -101,7 +112,14 @@ use serde::de::DeserializeOwned;
 
 pub mod codec;
 mod glue;
+#[cfg(any(test, all(target_family = "wasm", not(target_feature = "atomics"))))]
+mod small_alloc;
 mod snapshot;
+
+/// The guest's global allocator (see the crate docs, "Memory").
+#[cfg(all(feature = "allocator", target_family = "wasm", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: small_alloc::SmallBlockCache = small_alloc::SmallBlockCache::new();
 
 pub use codec::Format;
 pub use snapshot::{SnapshotReader, SnapshotWriter};
