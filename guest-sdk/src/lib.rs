@@ -4,7 +4,10 @@
 //! Raft group runs on the same committed entries. This crate is all an author
 //! depends on: implement [`StateMachine`] for a type with your own command and
 //! response types, call [`export!`] once, and build with
-//! `cargo build --release --target wasm32-wasip2`.
+//! `cargo build --release --target wasm32-wasip2`. For speed, give the
+//! state machine's crate one codegen unit (`codegen-units = 1` in its
+//! release profile): the SDK's glue is generic, compiled into your crate, and
+//! inlines into your code only within a unit.
 //!
 //! # Example: a counter
 //!
