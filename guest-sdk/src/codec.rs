@@ -36,6 +36,7 @@ impl std::fmt::Display for CodecError {
 impl std::error::Error for CodecError {}
 
 /// Which form `bytes` is in. Empty input is an error: it is neither form.
+#[inline]
 pub fn format_of(bytes: &[u8]) -> Result<Format, CodecError> {
     match bytes.first() {
         None => Err(CodecError("empty message: expected JSON text or 0x00 followed by postcard".into())),
@@ -84,16 +85,19 @@ struct Append<'a>(&'a mut Vec<u8>);
 impl postcard::ser_flavors::Flavor for Append<'_> {
     type Output = ();
 
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         self.0.extend_from_slice(data);
         Ok(())
     }
 
+    #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         self.0.push(data);
         Ok(())
     }
 
+    #[inline]
     fn finalize(self) -> postcard::Result<()> {
         Ok(())
     }
