@@ -4,7 +4,7 @@
 //! between WIT calls and trait calls. Must never let a malformed command
 //! panic: it becomes that entry's error result.
 
-use std::alloc::{Layout, dealloc};
+use std::alloc::Layout;
 use std::cell::RefCell;
 use std::io::{BufReader, BufWriter, Write};
 use std::slice;
@@ -107,7 +107,7 @@ pub unsafe fn on_apply<T: StateMachine>(entries: *mut u8, len: usize) -> *mut u8
                     // allocation is this call's to free.
                     unsafe {
                         let ok = apply_into(sm, slice::from_raw_parts(command, command_len), at, &mut buffers.replies);
-                        dealloc(command, Layout::from_size_align_unchecked(command_len, 1));
+                        free(command, Layout::from_size_align_unchecked(command_len, 1));
                         ok
                     }
                 };
@@ -117,7 +117,7 @@ pub unsafe fn on_apply<T: StateMachine>(entries: *mut u8, len: usize) -> *mut u8
         });
         if len != 0 {
             // SAFETY: the record array is this call's, allocated with this layout.
-            unsafe { dealloc(entries, Layout::from_size_align_unchecked(len * ENTRY_SIZE, ENTRY_ALIGN)) };
+            unsafe { free(entries, Layout::from_size_align_unchecked(len * ENTRY_SIZE, ENTRY_ALIGN)) };
         }
         let base = buffers.replies.as_ptr();
         for result in &mut buffers.results {
@@ -158,6 +158,26 @@ fn apply_into<T: StateMachine>(sm: &mut T, command: &[u8], at: Position, out: &m
             out.extend_from_slice(message.as_bytes());
             false
         }
+    }
+}
+
+/// Free what the canonical ABI allocated for this call: straight into the
+/// allocator when it is the SDK's, else through `std::alloc`.
+///
+/// # Safety
+///
+/// As `std::alloc::dealloc`.
+#[inline]
+pub(crate) unsafe fn free(block: *mut u8, layout: Layout) {
+    #[cfg(all(feature = "allocator", target_family = "wasm", not(target_feature = "atomics")))]
+    // SAFETY: the caller's contract; ALLOCATOR is the global allocator.
+    unsafe {
+        std::alloc::GlobalAlloc::dealloc(&crate::ALLOCATOR, block, layout)
+    }
+    #[cfg(not(all(feature = "allocator", target_family = "wasm", not(target_feature = "atomics"))))]
+    // SAFETY: the caller's contract.
+    unsafe {
+        std::alloc::dealloc(block, layout)
     }
 }
 

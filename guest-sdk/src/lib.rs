@@ -115,7 +115,7 @@ use serde::de::DeserializeOwned;
 
 pub mod codec;
 mod glue;
-#[cfg(any(test, all(target_family = "wasm", not(target_feature = "atomics"))))]
+#[cfg(any(test, all(feature = "allocator", target_family = "wasm", not(target_feature = "atomics"))))]
 mod small_alloc;
 mod snapshot;
 

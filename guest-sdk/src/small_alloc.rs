@@ -149,6 +149,33 @@ unsafe impl GlobalAlloc for SmallBlockCache {
     }
 }
 
+/// The canonical ABI's allocation entry point, which the host calls for
+/// every list it passes in (one per entry's command). Defined here, when
+/// this allocator is the global one, so that it reaches it in one call:
+/// std's (weak) definition goes through `alloc::alloc` and two shims. Same
+/// contract as std's: a zero-sized request gets a dangling, aligned pointer;
+/// a failed allocation traps.
+#[cfg(all(feature = "allocator", target_family = "wasm", not(target_feature = "atomics")))]
+#[unsafe(no_mangle)]
+unsafe extern "C" fn cabi_realloc(old: *mut u8, old_len: usize, align: usize, new_len: usize) -> *mut u8 {
+    // SAFETY: the canonical ABI passes a power-of-two `align`, and `old`
+    // was allocated with (`old_len`, `align`) when `old_len` is non-zero.
+    let block = unsafe {
+        if old_len == 0 {
+            if new_len == 0 {
+                return align as *mut u8;
+            }
+            crate::ALLOCATOR.alloc(Layout::from_size_align_unchecked(new_len, align))
+        } else {
+            crate::ALLOCATOR.realloc(old, Layout::from_size_align_unchecked(old_len, align), new_len)
+        }
+    };
+    if block.is_null() {
+        core::arch::wasm32::unreachable();
+    }
+    block
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
