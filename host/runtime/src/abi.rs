@@ -338,6 +338,15 @@ mod tests {
         );
     }
 
+    /// More than 1 MiB of replies in one call: the guest releases its reply
+    /// buffer after the call instead of keeping it, and the next call still
+    /// works.
+    #[test]
+    fn a_batch_past_the_guests_retained_buffer_size() {
+        let big: &[u8] = br#"{"incr":1000000000000}"#;
+        same_as_generic("waft_counter", &[batch(&vec![big; 70_000]), batch(&[big, b"{nope"])]);
+    }
+
     #[test]
     fn atomic_results_and_fuel_match_wasmtimes_own_abi() {
         let long_key = format!(r#"{{"set":{{"key":"{}","value":1}}}}"#, "k".repeat(5000));
