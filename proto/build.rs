@@ -4,10 +4,14 @@
 use std::path::Path;
 
 const PROTOS: &[&str] = &["waft/peer.proto", "waft/client.proto"];
+/// Generated in a second pass: it imports client.proto, whose types it must
+/// name as `crate::client::...` (the modules here are flat, not nested by
+/// package), and must not generate again.
+const ADMIN_PROTO: &str = "waft/admin.proto";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for proto in PROTOS {
+    for proto in PROTOS.iter().chain([&ADMIN_PROTO]) {
         println!("cargo:rerun-if-changed={}", root.join(proto).display());
     }
     let fds = protox::compile(PROTOS, [root])?;
@@ -17,5 +21,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .bytes(".")
         .emit_rerun_if_changed(false)
         .compile_fds(fds)?;
+    let admin = protox::compile([ADMIN_PROTO], [root])?;
+    // Its own directory, so this pass's (empty) output for the imported
+    // package never replaces the first pass's.
+    let admin_out = Path::new(&std::env::var("OUT_DIR")?).join("admin");
+    std::fs::create_dir_all(&admin_out)?;
+    tonic_prost_build::configure()
+        .bytes(".")
+        .out_dir(admin_out)
+        .extern_path(".waft.client.v1", "crate::client")
+        .emit_rerun_if_changed(false)
+        .compile_fds(admin)?;
     Ok(())
 }

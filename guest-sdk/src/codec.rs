@@ -36,6 +36,7 @@ impl std::fmt::Display for CodecError {
 impl std::error::Error for CodecError {}
 
 /// Which form `bytes` is in. Empty input is an error: it is neither form.
+#[inline]
 pub fn format_of(bytes: &[u8]) -> Result<Format, CodecError> {
     match bytes.first() {
         None => Err(CodecError("empty message: expected JSON text or 0x00 followed by postcard".into())),
@@ -58,14 +59,47 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Format), CodecErr
 
 /// Encode `value` in `format`.
 pub fn encode<T: Serialize + ?Sized>(value: &T, format: Format) -> Result<Vec<u8>, CodecError> {
+    // Room for a typical small reply, so encoding rarely reallocates.
+    let mut out = Vec::with_capacity(32);
+    encode_into(value, format, &mut out)?;
+    Ok(out)
+}
+
+/// Encode `value` in `format`, appending to `out`. On an error `out` may
+/// hold part of the encoding; the caller truncates it.
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, format: Format, out: &mut Vec<u8>) -> Result<(), CodecError> {
     match format {
         Format::Binary => {
-            // Room for a typical small reply, so encoding rarely reallocates.
-            let mut out = Vec::with_capacity(32);
             out.push(BINARY_TAG);
-            postcard::to_extend(value, out).map_err(|e| CodecError(format!("cannot encode reply: {e}")))
+            postcard::serialize_with_flavor(value, Append(out))
+                .map_err(|e| CodecError(format!("cannot encode reply: {e}")))
         }
-        Format::Json => serde_json::to_vec(value).map_err(|e| CodecError(format!("cannot encode reply: {e}"))),
+        Format::Json => serde_json::to_writer(out, value).map_err(|e| CodecError(format!("cannot encode reply: {e}"))),
+    }
+}
+
+/// A postcard output that appends to a borrowed `Vec`, a slice at a time
+/// (postcard's own `to_extend` pushes byte by byte).
+struct Append<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    #[inline]
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -90,6 +124,18 @@ mod tests {
                 assert_eq!(format_of(&bytes).unwrap(), format);
                 let (back, f): (Cmd, _) = decode(&bytes).unwrap();
                 assert_eq!((back, f), (cmd.clone(), format));
+            }
+        }
+    }
+
+    #[test]
+    fn encode_into_appends_the_same_bytes_as_encode() {
+        for cmd in [Cmd::Incr(-5), Cmd::Set { key: "k".into(), value: 7 }, Cmd::Get] {
+            for format in [Format::Binary, Format::Json] {
+                let mut out = b"prefix".to_vec();
+                encode_into(&cmd, format, &mut out).unwrap();
+                assert_eq!(&out[..6], b"prefix");
+                assert_eq!(out[6..], encode(&cmd, format).unwrap()[..]);
             }
         }
     }

@@ -81,6 +81,26 @@ pub mod client {
     tonic::include_proto!("waft.client.v1");
 }
 
+/// The operator's service: membership, leadership and snapshots of a group.
+pub mod admin {
+    #![allow(clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/admin/waft.admin.v1.rs"));
+}
+
+/// An admin server with the client service's message limits applied.
+pub fn admin_server<T: admin::admin_server::Admin>(service: T) -> admin::admin_server::AdminServer<T> {
+    admin::admin_server::AdminServer::new(service)
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+}
+
+/// An admin client over `channel`.
+pub fn admin_client(channel: tonic::transport::Channel) -> admin::admin_client::AdminClient<tonic::transport::Channel> {
+    admin::admin_client::AdminClient::new(channel)
+        .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
+}
+
 /// Largest gRPC message (one decoded frame) on the peer service. A batch may
 /// hold appends for many groups; each append is bounded by the core's
 /// `append_bytes_max` (1 MiB by default) and one entry by `proposal_bytes_max`,

@@ -29,6 +29,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tonic::transport::Channel;
+use waft_proto::admin::{AdminOp, AdminRequest, AdminResult, admin_response};
 use waft_proto::client::{
     self, CloseSessionRequest, Consistency, ErrorCode, KeepAliveRequest, OpenSessionRequest, ProposeRequest,
     QueryRequest, SessionResponse, StatusRequest, StatusResponse, client_client::ClientClient, propose_response,
@@ -104,13 +106,33 @@ pub struct Answer {
     pub duplicate: bool,
 }
 
-async fn connect(addr: &str) -> Result<ClientClient<tonic::transport::Channel>, ClientError> {
+async fn connect(addr: &str) -> Result<Channel, ClientError> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
-    let channel = endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
-    Ok(waft_proto::client_client(channel))
+    endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })
+}
+
+/// Whether a failed call certainly never reached the server: the connection
+/// could not be made (a cached channel dials again lazily, and reports a
+/// refused dial as an UNAVAILABLE status). Only then is retrying elsewhere
+/// safe for a command that may not be idempotent.
+fn never_sent(e: &ClientError) -> bool {
+    match e {
+        ClientError::Connect { .. } => true,
+        ClientError::Rpc { status, .. } => {
+            let mut source = std::error::Error::source(status);
+            while let Some(err) = source {
+                if format!("{err:?}").starts_with("ConnectError") {
+                    return true;
+                }
+                source = err.source();
+            }
+            status.code() == tonic::Code::Unavailable && status.message() == "tcp connect error"
+        }
+        _ => false,
+    }
 }
 
 /// Which retries a request allows.
@@ -174,7 +196,7 @@ struct Shared {
     seeds: Vec<String>,
     next_seed: AtomicUsize,
     /// Open connections by address. Invariant: len() <= CONNECTIONS_MAX.
-    connections: std::sync::Mutex<Vec<(String, ClientClient<tonic::transport::Channel>)>>,
+    connections: std::sync::Mutex<Vec<(String, Channel)>>,
     /// The leader's address last heard of, by group.
     leaders: std::sync::Mutex<BTreeMap<u64, String>>,
     /// The session `propose` uses, by group, each behind a lock held while
@@ -206,7 +228,7 @@ impl Client {
         }
     }
 
-    async fn connection(&self, addr: &str) -> Result<ClientClient<tonic::transport::Channel>, ClientError> {
+    async fn connection(&self, addr: &str) -> Result<Channel, ClientError> {
         if let Ok(conns) = self.inner.connections.lock()
             && let Some((_, c)) = conns.iter().find(|(a, _)| a == addr)
         {
@@ -272,7 +294,7 @@ impl Client {
         mut call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(ClientClient<tonic::transport::Channel>, String) -> Fut,
+        F: FnMut(Channel, String) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         let mut target = if to_leader { self.start_for(group) } else { self.inner.seeds[0].clone() };
@@ -303,7 +325,7 @@ impl Client {
                 ClientError::Refused(refusal) => next_step(refusal, retry),
                 // The node may have just died: go on with the next known node
                 // (a connection that failed before the call carried nothing).
-                ClientError::Connect { .. } if elsewhere => {
+                ClientError::Connect { .. } | ClientError::Rpc { .. } if never_sent(&e) && elsewhere => {
                     self.forget(&target);
                     self.forget_leader(group);
                     Next::Retry { addr: Some(self.rotate_seed(&target)), pause: NO_LEADER_PAUSE }
@@ -324,8 +346,18 @@ impl Client {
             match next {
                 Next::Stop => return Err(e),
                 Next::Retry { addr: new, pause } => {
-                    if let Some(new) = new {
-                        target = new;
+                    match new {
+                        Some(new) => target = new,
+                        // This node knows no leader (an election runs, or it
+                        // was removed from the group and will never hear of
+                        // one): ask the next node for a leader instead.
+                        None if to_leader
+                            && matches!(&e, ClientError::Refused(r) if r.code() == ErrorCode::NotLeader) =>
+                        {
+                            self.forget_leader(group);
+                            target = self.rotate_seed(&target);
+                        }
+                        None => {}
                     }
                     // A redirect goes at once; a wait backs off.
                     if !pause.is_zero() {
@@ -389,7 +421,8 @@ impl Client {
     /// or a lost connection the caller gets the error and the outcome is
     /// unknown. Fit for idempotent commands.
     pub async fn propose_plain(&self, group: u64, command: Bytes) -> Result<Answer, ClientError> {
-        self.with_retries(group, true, Retry::IfUnsent, |mut c, at| {
+        self.with_retries(group, true, Retry::IfUnsent, |channel, at| {
+            let mut c = waft_proto::client_client(channel);
             let req = ProposeRequest { group, command: command.clone(), ..Default::default() };
             async move { propose_call(&mut c, at, req).await }
         })
@@ -404,7 +437,8 @@ impl Client {
         getrandom::fill(&mut nonce).map_err(|e| ClientError::Random(e.to_string()))?;
         let nonce = Bytes::copy_from_slice(&nonce);
         let answer = self
-            .with_retries(group, true, Retry::AtMostOnce, |mut c, at| {
+            .with_retries(group, true, Retry::AtMostOnce, |channel, at| {
+                let mut c = waft_proto::client_client(channel);
                 let req = OpenSessionRequest { group, nonce: nonce.clone() };
                 async move { session_call(at.clone(), c.open_session(req).await).await }
             })
@@ -460,7 +494,8 @@ impl Client {
     /// index itself), so only "no leader yet" and BUSY are retried here.
     /// Queries are not part of any session: they change nothing.
     pub async fn query(&self, group: u64, request: Bytes, consistency: Consistency) -> Result<Answer, ClientError> {
-        self.with_retries(group, false, Retry::IfUnsent, |mut c, at| {
+        self.with_retries(group, false, Retry::IfUnsent, |channel, at| {
+            let mut c = waft_proto::client_client(channel);
             let req = QueryRequest { group, request: request.clone(), consistency: consistency as i32 };
             async move {
                 let resp = c.query(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
@@ -480,7 +515,7 @@ impl Client {
     /// What the seed node knows of `group` (or of all its groups). One attempt.
     pub async fn status(&self, group: Option<u64>) -> Result<StatusResponse, ClientError> {
         let addr = self.inner.seeds[0].clone();
-        let mut c = self.connection(&addr).await?;
+        let mut c = waft_proto::client_client(self.connection(&addr).await?);
         let resp = match c.status(StatusRequest { group }).await {
             Ok(resp) => resp.into_inner(),
             Err(status) => {
@@ -495,11 +530,37 @@ impl Client {
     }
 }
 
-async fn propose_call(
-    c: &mut ClientClient<tonic::transport::Channel>,
-    at: String,
-    req: ProposeRequest,
-) -> Result<Answer, ClientError> {
+impl Client {
+    /// Runs an admin operation on `group` (see waft.admin.v1) and returns
+    /// the outcome once it took effect. Membership changes and transfers go
+    /// to the leader; a snapshot or an (unsafe) reset of the voters acts on
+    /// the first node this client knows. Retried only when the node surely
+    /// did not get it (an operation is not numbered like a session command).
+    pub async fn admin(
+        &self,
+        group: u64,
+        op: AdminOp,
+        ids: Vec<u64>,
+        learners: Vec<u64>,
+    ) -> Result<AdminResult, ClientError> {
+        let to_leader = !matches!(op, AdminOp::Snapshot | AdminOp::ResetPeers);
+        self.with_retries(group, to_leader, Retry::IfUnsent, |channel, at| {
+            let mut c = waft_proto::admin_client(channel);
+            let req = AdminRequest { group, op: op as i32, ids: ids.clone(), learners: learners.clone() };
+            async move {
+                let resp = c.change(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
+                match resp.into_inner().outcome {
+                    Some(admin_response::Outcome::Result(result)) => Ok(result),
+                    Some(admin_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
+                    None => Err(ClientError::NoOutcome { addr: at }),
+                }
+            }
+        })
+        .await
+    }
+}
+
+async fn propose_call(c: &mut ClientClient<Channel>, at: String, req: ProposeRequest) -> Result<Answer, ClientError> {
     let resp = c.propose(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
     let resp = resp.into_inner();
     match resp.outcome {
@@ -652,7 +713,8 @@ impl Session {
         let state = &self.state;
         let result = self
             .client
-            .with_retries(group, true, Retry::AtMostOnce, |mut c, at| {
+            .with_retries(group, true, Retry::AtMostOnce, |channel, at| {
+                let mut c = waft_proto::client_client(channel);
                 sent.fetch_add(1, Ordering::Relaxed);
                 let req = ProposeRequest {
                     group,
@@ -674,7 +736,8 @@ impl Session {
         let state = &self.state;
         let result = self
             .client
-            .with_retries(group, true, Retry::AtMostOnce, |mut c, at| {
+            .with_retries(group, true, Retry::AtMostOnce, |channel, at| {
+                let mut c = waft_proto::client_client(channel);
                 let req = KeepAliveRequest { group, session_id, lowest_unacked_sequence: state.lowest_unacked() };
                 async move { session_call(at, c.keep_alive(req).await).await }
             })
@@ -693,7 +756,8 @@ impl Session {
         self.state.mark_expired();
         let result = self
             .client
-            .with_retries(group, true, Retry::AtMostOnce, |mut c, at| {
+            .with_retries(group, true, Retry::AtMostOnce, |channel, at| {
+                let mut c = waft_proto::client_client(channel);
                 let req = CloseSessionRequest { group, session_id };
                 async move { session_call(at, c.close_session(req).await).await }
             })

@@ -26,6 +26,7 @@ use waft_session::{Body, Envelope};
 use waft_proto::peer::PeerMessage;
 use waft_storage::{RocksLogStore, SnapshotId, SnapshotStore};
 
+use crate::admin;
 use crate::commit::{Committer, SharedStore};
 use crate::install::{self, Progress};
 use crate::peer::Transport;
@@ -75,6 +76,8 @@ pub enum Input {
     Peer { message: Message, snapshot: Option<waft_storage::SnapshotMeta> },
     /// A snapshot pull ended: the install, complete, or why it failed.
     InstallPulled(Result<waft_node::Install, String>),
+    /// An operator's change (membership, transfer, snapshot).
+    Admin { op: admin::Op, reply: oneshot::Sender<admin::AdminReply> },
     /// A client request for the log: a command (in a session or not), or a
     /// session's registration, keep-alive or close. The leader stamps it.
     Propose { body: Body, reply: oneshot::Sender<ProposeReply> },
@@ -128,6 +131,23 @@ pub struct Driver {
     /// Lets a pull task report back; weak, so the inbox still closes when
     /// every service handle is gone.
     inbox: Option<mpsc::WeakSender<Input>>,
+    /// The admin change under way, if any. Invariant: at most one per group.
+    admin: Option<PendingAdmin>,
+}
+
+/// An admin change that started and waits to take effect.
+struct PendingAdmin {
+    waiting: AdminWait,
+    reply: oneshot::Sender<admin::AdminReply>,
+}
+
+enum AdminWait {
+    /// A configuration proposed after log index `after`: done when a
+    /// committed configuration past it is no longer joint.
+    Config { after: u64 },
+    /// Done when `target` (or, for `None`, any other node) leads.
+    Transfer(Option<NodeId>),
+    Snapshot,
 }
 
 struct PendingRead {
@@ -172,6 +192,7 @@ impl Driver {
             snapshot_index,
             last_stamp_ms: 0,
             inbox: None,
+            admin: None,
         }
     }
 
@@ -205,6 +226,7 @@ impl Driver {
                 self.replica.step(message);
             }
             Input::InstallPulled(pulled) => self.finish_install(pulled),
+            Input::Admin { op, reply } => self.start_admin(op, reply),
             Input::Propose { body, reply } => self.propose(body, reply),
             Input::Query { request, consistency, reply } => self.query(request, consistency, reply),
         }
@@ -316,6 +338,10 @@ impl Driver {
 
     fn settle(&mut self, out: Output) {
         let group = self.group();
+        if let Some(saved) = &out.snapshot_saved {
+            self.snapshot_index = saved.index;
+        }
+        self.settle_admin(&out);
         if let Some(soft) = out.soft_state {
             tracing::info!(group, node = self.replica.raft().id(), term = soft.term, role = ?soft.role, leader = soft.leader, "role");
             if soft.role != Role::Leader {
@@ -339,11 +365,141 @@ impl Driver {
         if let Some(install) = out.snapshot_install {
             self.start_install(install);
         }
-        if let Some(saved) = out.snapshot_saved {
-            self.snapshot_index = saved.index;
-        }
         if let Some(e) = out.snapshot_failed {
             tracing::warn!(group, error = %e, "snapshot not saved");
+        }
+    }
+
+    fn admin_result(&self) -> waft_proto::admin::AdminResult {
+        let raft = self.replica.raft();
+        waft_proto::admin::AdminResult {
+            configuration: Some(raft.configuration().into()),
+            leader_id: raft.leader().unwrap_or(waft_raft::NONE),
+            snapshot_index: self.snapshot_index,
+        }
+    }
+
+    /// Starts an operator's change; its answer waits in `self.admin` until
+    /// the change took effect (`settle_admin`), or goes out now if it failed
+    /// to start.
+    fn start_admin(&mut self, op: admin::Op, reply: oneshot::Sender<admin::AdminReply>) {
+        use admin::Op;
+        if self.admin.is_some() {
+            let e = client::Error::busy(BUSY_RETRY_AFTER_MS, "another admin change is in progress on this group");
+            let _ = reply.send(Err(e));
+            return;
+        }
+        if op.needs_leader() && self.replica.raft().role() != Role::Leader {
+            let (id, addr) = self.leader_hint();
+            let _ = reply.send(Err(client::Error::not_leader(id, addr)));
+            return;
+        }
+        let after = self.replica.raft().last_index();
+        let config = self.replica.raft().configuration().clone();
+        let started = match &op {
+            Op::AddPeer(id) => self.replica.add_peer(*id),
+            Op::RemovePeer(id) => self.replica.remove_peer(*id),
+            Op::ChangePeers { voters, learners } => self.replica.change_peers(voters.clone(), learners.clone()),
+            Op::AddLearners(ids) if ids.len() == 1 => self.replica.add_learner(ids[0]),
+            Op::AddLearners(ids) => {
+                let mut learners = config.learners.clone();
+                learners.extend(ids.iter().filter(|id| !config.learners.contains(id)));
+                self.replica.change_peers(config.voters.clone(), learners)
+            }
+            Op::RemoveLearners(ids) if ids.len() == 1 => self.replica.remove_learner(ids[0]),
+            Op::RemoveLearners(ids) => {
+                let learners = config.learners.iter().copied().filter(|l| !ids.contains(l)).collect();
+                self.replica.change_peers(config.voters.clone(), learners)
+            }
+            Op::PromoteLearner(id) => self.replica.promote_learner(*id),
+            Op::TransferLeader(target) => {
+                if *target == Some(self.replica.raft().id()) {
+                    let _ = reply.send(Ok(self.admin_result()));
+                    return;
+                }
+                self.replica.transfer_leader(*target)
+            }
+            Op::Snapshot => {
+                self.replica.request_snapshot();
+                Ok(())
+            }
+            Op::ResetPeers(voters) => self.replica.reset_peers(voters.clone()),
+        };
+        if let Err(e) = started {
+            let _ = reply.send(Err(self.refusal(&e)));
+            return;
+        }
+        tracing::info!(group = self.group(), node = self.replica.raft().id(), ?op, "admin change started");
+        let waiting = match op {
+            Op::TransferLeader(target) => AdminWait::Transfer(target),
+            Op::Snapshot => AdminWait::Snapshot,
+            Op::ResetPeers(_) => {
+                let _ = reply.send(Ok(self.admin_result()));
+                return;
+            }
+            _ => AdminWait::Config { after },
+        };
+        self.admin = Some(PendingAdmin { waiting, reply });
+    }
+
+    /// Answers the pending admin change if `out` shows it took effect (or
+    /// failed).
+    fn settle_admin(&mut self, out: &Output) {
+        let Some(pending) = &self.admin else { return };
+        let me = self.replica.raft().id();
+        let outcome: Option<admin::AdminReply> = match pending.waiting {
+            AdminWait::Config { after } => {
+                let done = out.configs_committed.iter().any(|(i, c)| *i > after && c.voters_outgoing.is_empty());
+                let failed = out.events.iter().find_map(|e| match e {
+                    waft_raft::Event::ConfChangeFailed { reason } => Some(*reason),
+                    _ => None,
+                });
+                if done {
+                    Some(Ok(self.admin_result()))
+                } else if let Some(reason) = failed {
+                    Some(Err(client::Error::rejected(format!("the membership change was abandoned: {reason}"))))
+                } else if out.soft_state.is_some_and(|s| s.role != Role::Leader) {
+                    let (id, addr) = self.leader_hint();
+                    let mut e = client::Error::not_leader(id, addr);
+                    e.message = "leadership changed before the change committed; it may or may not take effect: check `waft admin peers`".into();
+                    Some(Err(e))
+                } else {
+                    None
+                }
+            }
+            AdminWait::Transfer(target) => {
+                // Stepping down for the target's election also ends the
+                // transfer in the core; only an abort while still leading is
+                // a failure. Otherwise wait until a new leader is known.
+                let aborted = out.events.iter().any(|e| matches!(e, waft_raft::Event::TransferAborted { .. }))
+                    && self.replica.raft().role() == Role::Leader;
+                match out.soft_state {
+                    Some(s) if s.leader != waft_raft::NONE && s.leader != me => {
+                        if target.is_none_or(|t| t == s.leader) {
+                            Some(Ok(self.admin_result()))
+                        } else {
+                            Some(Err(client::Error::rejected(format!(
+                                "node {} won the election instead of the transfer's target",
+                                s.leader
+                            ))))
+                        }
+                    }
+                    _ if aborted => Some(Err(client::Error::rejected(
+                        "the leader transfer was abandoned (the target did not catch up or win within an election timeout)",
+                    ))),
+                    _ => None,
+                }
+            }
+            AdminWait::Snapshot => match (&out.snapshot_saved, &out.snapshot_failed) {
+                (Some(_), _) => Some(Ok(self.admin_result())),
+                (None, Some(e)) => Some(Err(client::Error::internal(format!("the snapshot failed: {e}")))),
+                _ => None,
+            },
+        };
+        if let Some(outcome) = outcome
+            && let Some(pending) = self.admin.take()
+        {
+            let _ = pending.reply.send(outcome);
         }
     }
 
@@ -466,6 +622,10 @@ impl Driver {
     /// Forgets waiters whose client gave up (timed out or disconnected), so
     /// entries that never apply do not hold slots forever.
     fn prune(&mut self) {
+        if self.admin.as_ref().is_some_and(|a| a.reply.is_closed()) {
+            // Its caller gave up waiting; let the next change start.
+            self.admin = None;
+        }
         self.proposals.retain(|_, (_, reply)| !reply.is_closed());
         self.reads.retain(|_, read| !read.reply.is_closed());
         self.reads_ready.retain(|(_, read)| !read.reply.is_closed());
@@ -557,6 +717,9 @@ impl Driver {
                 Input::Query { reply, .. } => {
                     let _ = reply.send(Err(self.shutting_down()));
                 }
+                Input::Admin { reply, .. } => {
+                    let _ = reply.send(Err(self.shutting_down()));
+                }
                 Input::Peer { .. } | Input::InstallPulled(_) => {}
             }
         }
@@ -577,6 +740,9 @@ impl Driver {
 
     fn fail_all(&mut self, e: &client::Error) {
         let err = || e.clone();
+        if let Some(a) = self.admin.take() {
+            let _ = a.reply.send(Err(err()));
+        }
         for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
             let _ = reply.send(Err(err()));
         }

@@ -36,6 +36,7 @@
 /// The client library lives in its own crate (no RocksDB or wasmtime in its
 /// build); re-exported here for the daemon's users.
 pub use waft_client as client;
+pub mod admin;
 pub mod commit;
 pub mod config;
 pub mod driver;
@@ -72,6 +73,10 @@ pub struct ServeConfig {
     pub peers: BTreeMap<NodeId, String>,
     /// The groups this node serves and the module file each runs.
     pub groups: Vec<GroupSpec>,
+    /// The voters a brand-new group starts with (`None`: this node and every
+    /// peer). A node not among them starts empty and waits to be added with
+    /// `waft admin add-peer` / `change-peers` / `add-learners`.
+    pub initial_voters: Option<Vec<NodeId>>,
     pub tick_ms: u64,
     pub election_ticks: u64,
     /// Ask for a snapshot once this many applied entries follow the last one.
@@ -165,7 +170,15 @@ pub async fn serve(
 
     let mut addresses = cfg.peers.clone();
     addresses.insert(cfg.node_id, cfg.listen.to_string());
-    let voters: Vec<NodeId> = addresses.keys().copied().collect();
+    let voters: Vec<NodeId> = match &cfg.initial_voters {
+        Some(v) => {
+            if let Some(unknown) = v.iter().find(|id| !addresses.contains_key(id)) {
+                return Err(ServeError::Config(format!("initial voter {unknown} is neither this node nor a --peer")));
+            }
+            if v.contains(&cfg.node_id) { v.clone() } else { Vec::new() }
+        }
+        None => addresses.keys().copied().collect(),
+    };
     let transport = peer::Transport::start(cfg.node_id, &cfg.peers);
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -217,12 +230,17 @@ pub async fn serve(
         .await
         .map_err(|source| ServeError::Listen { addr: cfg.listen, source })?;
     tracing::info!(node = cfg.node_id, listen = %cfg.listen, groups = groups.len(), peers = cfg.peers.len(), "serving");
+    // Replies and Raft messages are small writes: without TCP_NODELAY a reply
+    // can wait ~40 ms for the peer's delayed ACK (Nagle). tonic's builder
+    // option does not reach a listener we pass in, so set it here.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (shutdown_begun, begun) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(waft_proto::peer_server(peer::PeerService::new(groups.clone(), snapshots.clone(), stopped.clone())))
+            .add_service(waft_proto::admin_server(admin::AdminService::new(groups.clone())))
             .add_service(waft_proto::client_server(service::ClientService::new(cfg.node_id, groups)))
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
+            .serve_with_incoming_shutdown(incoming, async {
                 let _ = begun.await;
             }),
     );

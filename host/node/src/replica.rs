@@ -418,6 +418,20 @@ impl Replica {
         self.node.change_peers(voters, learners).map_err(|e| self.raft_err(e))
     }
 
+    pub fn remove_learner(&mut self, id: NodeId) -> Result<()> {
+        self.node.remove_learner(id).map_err(|e| self.raft_err(e))
+    }
+
+    pub fn promote_learner(&mut self, id: NodeId) -> Result<()> {
+        self.node.promote_learner(id).map_err(|e| self.raft_err(e))
+    }
+
+    /// UNSAFE recovery of a group that lost its majority: see
+    /// `RawNode::reset_peers`.
+    pub fn reset_peers(&mut self, voters: Vec<NodeId>) -> Result<()> {
+        self.node.reset_peers(voters).map_err(|e| self.raft_err(e))
+    }
+
     pub fn transfer_leader(&mut self, target: Option<NodeId>) -> Result<()> {
         self.node.transfer_leader(target).map_err(|e| self.raft_err(e))
     }

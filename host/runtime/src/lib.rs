@@ -20,6 +20,7 @@
 //! # Ok(()) }
 //! ```
 
+mod abi;
 mod engine;
 mod host;
 pub mod machine;

@@ -50,9 +50,10 @@ use std::io::{Cursor, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use wasmtime::component::{ComponentType, Func, Lower, Resource, TypedFunc};
+use wasmtime::component::{Func, Resource, TypedFunc};
 use wasmtime::{Store, Trap};
 
+use crate::abi::{Entries, Replies};
 use crate::engine::Limits;
 use crate::host::{HostState, ReaderRes, SharedWrite, WriterRes};
 use crate::module::Module;
@@ -134,16 +135,7 @@ pub enum RuntimeError {
 /// Longest fault message kept; traps can carry long backtraces.
 const FAULT_MESSAGE_BYTES_MAX: usize = 512;
 
-/// `waft:fsm/types.entry`, borrowing the command bytes.
-#[derive(ComponentType, Lower)]
-#[component(record)]
-struct EntryArg<'a> {
-    index: u64,
-    term: u64,
-    command: &'a [u8],
-}
-
-type ApplyFn<'a> = TypedFunc<(&'a [EntryArg<'a>],), (Vec<Result<Vec<u8>, String>>,)>;
+type ApplyFn<'a> = TypedFunc<(Entries<'a>,), (Replies,)>;
 type QueryFn<'a> = TypedFunc<(&'a [u8],), (Result<Vec<u8>, String>,)>;
 type SaveFn = TypedFunc<(Resource<WriterRes>,), (Result<(), String>,)>;
 type LoadFn = TypedFunc<(Resource<ReaderRes>,), (Result<(), String>,)>;
@@ -194,9 +186,7 @@ impl Live {
         };
         // Check every signature once; calls below then use unchecked typed
         // views of the same functions (they differ only in lifetimes).
-        on_apply
-            .typed::<(&[EntryArg<'_>],), (Vec<Result<Vec<u8>, String>>,)>(&store)
-            .map_err(|e| sig("on-apply", e))?;
+        on_apply.typed::<(Entries<'_>,), (Replies,)>(&store).map_err(|e| sig("on-apply", e))?;
         query.typed::<(&[u8],), (Result<Vec<u8>, String>,)>(&store).map_err(|e| sig("query", e))?;
         let _: SaveFn = save.typed(&store).map_err(|e| sig("on-snapshot-save", e))?;
         let _: LoadFn = load.typed(&store).map_err(|e| sig("on-snapshot-load", e))?;
@@ -249,15 +239,13 @@ impl Live {
         self.store.get_fuel().unwrap_or(0)
     }
 
-    /// The guest's own results, one per entry; mapped by the caller straight
-    /// into its output, so no intermediate vector is built.
-    fn call_apply(&mut self, entries: &[Entry]) -> Result<Vec<Result<Vec<u8>, String>>, CallFault> {
-        let args: Vec<EntryArg<'_>> =
-            entries.iter().map(|e| EntryArg { index: e.index, term: e.term, command: &e.command }).collect();
+    /// The guest's own results, one per entry, lifted by `abi::Replies`;
+    /// mapped by the caller straight into its output.
+    fn call_apply(&mut self, entries: &[Entry]) -> Result<Replies, CallFault> {
         self.begin_call(self.limits.fuel_per_entry)?;
         // SAFETY: the signature was checked in `instantiate`.
         let f: ApplyFn<'_> = unsafe { TypedFunc::new_unchecked(self.on_apply) };
-        let (results,) = f.call(&mut self.store, (&args,)).map_err(|e| self.fault(e))?;
+        let (results,) = f.call(&mut self.store, (Entries(entries),)).map_err(|e| self.fault(e))?;
         if results.len() != entries.len() {
             return Err(CallFault {
                 fault: GuestFault {
@@ -324,6 +312,16 @@ impl Live {
 
     fn protocol(&self, message: &str) -> CallFault {
         CallFault { fault: GuestFault { kind: FaultKind::Protocol, message: message.to_string() } }
+    }
+}
+
+#[cfg(test)]
+impl Live {
+    /// The store, its fuel set as for an `on-apply` call, and the raw
+    /// `on-apply` export: for checking `abi` against wasmtime's own lifting.
+    pub(crate) fn on_apply_for_test(&mut self, fuel: u64) -> (&mut Store<HostState>, Func) {
+        self.store.set_fuel(fuel).expect("fuel metering is on");
+        (&mut self.store, self.on_apply)
     }
 }
 
@@ -416,7 +414,7 @@ impl StateMachine {
                 for entry in batch {
                     self.record_entry(entry);
                 }
-                out.extend(results.into_iter().map(|r| r.map(Bytes::from).map_err(ApplyError::Rejected)));
+                out.extend(results.into_results().map(|r| r.map_err(ApplyError::Rejected)));
             }
             Err(CallFault { fault }) => {
                 self.restore()?;

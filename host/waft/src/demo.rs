@@ -90,6 +90,7 @@ impl Cluster {
                 data_dir: dir.join(format!("node-{id}")),
                 peers,
                 groups: groups.clone(),
+                initial_voters: None,
                 tick_ms: waft_daemon::TICK_MS_DEFAULT,
                 election_ticks: waft_daemon::ELECTION_TICKS_DEFAULT,
                 snapshot_margin_entries: waft_daemon::config::SNAPSHOT_MARGIN_ENTRIES_DEFAULT,

@@ -73,6 +73,11 @@ enum Cmd {
         /// since the last one [default: 3600; 0: off].
         #[arg(long)]
         snapshot_interval_secs: Option<u64>,
+        /// The voters a brand-new group starts with, e.g. 1,2,3; a node not
+        /// listed starts empty and waits to be added [default: this node and
+        /// every --peer].
+        #[arg(long, value_delimiter = ',')]
+        initial_voters: Option<Vec<u64>>,
         /// Open exactly-once sessions per group at most; must be equal on
         /// every node [default: 10000].
         #[arg(long)]
@@ -128,6 +133,58 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Load a waft (or etcd) cluster with concurrent clients; print
+    /// throughput and latency percentiles and write them as JSON.
+    Bench(waft_bench::Args),
+    /// Change a group on a live cluster: membership, leadership, snapshots.
+    /// Each change waits until it took effect and prints the configuration.
+    Admin {
+        /// Any node of the cluster; changes go to the group's leader.
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        group: u64,
+        #[command(subcommand)]
+        op: AdminCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Add a voter (it catches up first).
+    AddPeer { id: u64 },
+    /// Remove a voter; removing the leader makes it step down.
+    RemovePeer { id: u64 },
+    /// Set the voters (and learners) exactly; joint consensus when more than
+    /// one voter changes.
+    ChangePeers {
+        #[arg(long, value_delimiter = ',', required = true)]
+        voters: Vec<u64>,
+        #[arg(long, value_delimiter = ',')]
+        learners: Vec<u64>,
+    },
+    /// Add non-voting members that replicate the log.
+    AddLearners { #[arg(required = true)] ids: Vec<u64> },
+    RemoveLearners { #[arg(required = true)] ids: Vec<u64> },
+    /// Make a learner a voter.
+    PromoteLearner { id: u64 },
+    /// Hand leadership to a voter, or without an id to the most up-to-date.
+    TransferLeader { id: Option<u64> },
+    /// Snapshot the node at --addr now.
+    Snapshot,
+    /// UNSAFE: force the voters on the node at --addr, without a quorum, to
+    /// recover a group that lost its majority. Run it on every survivor.
+    ResetPeers {
+        #[arg(long, value_delimiter = ',', required = true)]
+        voters: Vec<u64>,
+        /// Required: says you know this can lose acknowledged writes.
+        #[arg(long = "unsafe", required = true)]
+        i_know_it_is_unsafe: bool,
+    },
+    /// Print the group's configuration as the node at --addr knows it.
+    Peers,
+    /// Print the group's leader as the node at --addr knows it.
+    Leader,
 }
 
 /// The bytes of a command or query: text (an SDK-built module's JSON form),
@@ -251,6 +308,7 @@ fn main() -> Result<()> {
             snapshot_margin_entries,
             snapshot_pull_bytes_per_sec,
             snapshot_interval_secs,
+            initial_voters,
             sessions_open_max,
             session_window_commands_max,
             session_idle_timeout_ms,
@@ -267,6 +325,7 @@ fn main() -> Result<()> {
                 snapshot_margin_entries,
                 snapshot_pull_bytes_per_sec,
                 snapshot_interval_secs,
+                initial_voters,
                 sessions_open_max,
                 session_window_commands_max,
                 session_idle_timeout_ms,
@@ -300,7 +359,53 @@ fn main() -> Result<()> {
             print_status(&status, json);
             Ok(())
         }
+        Cmd::Admin { addr, group, op } => runtime()?.block_on(admin(&addr, group, op)),
+        Cmd::Bench(args) => {
+            runtime()?.block_on(waft_bench::run(args))?;
+            Ok(())
+        }
     }
+}
+
+fn print_configuration(c: &waft_proto::client::Configuration, leader_id: u64) {
+    let list = |ids: &[u64]| ids.iter().map(u64::to_string).collect::<Vec<_>>().join(",");
+    print!("voters {}", list(&c.voters));
+    if !c.voters_outgoing.is_empty() {
+        print!(" (joint with {})", list(&c.voters_outgoing));
+    }
+    println!("  learners {}  leader {leader_id}", if c.learners.is_empty() { "-".into() } else { list(&c.learners) });
+}
+
+async fn admin(addr: &str, group: u64, op: AdminCmd) -> Result<()> {
+    use waft_proto::admin::AdminOp;
+    let client = waft_daemon::client::Client::new(addr);
+    let (op, ids, learners) = match op {
+        AdminCmd::Peers | AdminCmd::Leader => {
+            let status = client.status(Some(group)).await?;
+            let g = status.groups.first().context("the node sent no status for the group")?;
+            if matches!(op, AdminCmd::Leader) {
+                println!("{} {}", g.leader_id, g.leader_address);
+            } else {
+                print_configuration(&g.configuration.clone().unwrap_or_default(), g.leader_id);
+            }
+            return Ok(());
+        }
+        AdminCmd::AddPeer { id } => (AdminOp::AddPeer, vec![id], vec![]),
+        AdminCmd::RemovePeer { id } => (AdminOp::RemovePeer, vec![id], vec![]),
+        AdminCmd::ChangePeers { voters, learners } => (AdminOp::ChangePeers, voters, learners),
+        AdminCmd::AddLearners { ids } => (AdminOp::AddLearners, ids, vec![]),
+        AdminCmd::RemoveLearners { ids } => (AdminOp::RemoveLearners, ids, vec![]),
+        AdminCmd::PromoteLearner { id } => (AdminOp::PromoteLearner, vec![id], vec![]),
+        AdminCmd::TransferLeader { id } => (AdminOp::TransferLeader, id.into_iter().collect(), vec![]),
+        AdminCmd::Snapshot => (AdminOp::Snapshot, vec![], vec![]),
+        AdminCmd::ResetPeers { voters, .. } => (AdminOp::ResetPeers, voters, vec![]),
+    };
+    let result = client.admin(group, op, ids, learners).await?;
+    if op == AdminOp::Snapshot {
+        println!("snapshot at index {}", result.snapshot_index);
+    }
+    print_configuration(&result.configuration.unwrap_or_default(), result.leader_id);
+    Ok(())
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.

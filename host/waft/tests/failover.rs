@@ -6,127 +6,23 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{Cluster, Spec, text};
-use waft_proto::client::Consistency;
+use common::{Cluster, Load, Spec, assert_all_present, set, text};
 
 const GROUP: u64 = 1;
-const WRITERS: usize = 8;
 /// The daemons' election timeout: 30 ticks of 10 ms (the defaults).
 const ELECTION_TIMEOUT: Duration = Duration::from_millis(300);
 /// "Within a few election timeouts": pre-vote, a randomized timeout of up to
 /// two, a vote round, and the clients' own retry pause, with room for a
 /// loaded 2-core machine.
 const FAILOVER_MAX: Duration = Duration::from_millis(300 * 10);
-const LOAD_DEADLINE: Duration = Duration::from_secs(60);
-
-fn set(key: &str, value: u64) -> Bytes {
-    Bytes::from(format!(r#"{{"set":{{"key":"{key}","value":{value}}}}}"#))
-}
-
-fn get(key: &str) -> Bytes {
-    Bytes::from(format!(r#"{{"get":{{"key":"{key}"}}}}"#))
-}
-
-/// Writers that set distinct keys until stopped, remembering which writes
-/// were acknowledged and when the last one was.
-struct Load {
-    stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(String, Instant)>>>,
-    failed: Arc<Mutex<u64>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(cluster: &Cluster) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let acked = Arc::new(Mutex::new(Vec::new()));
-        let failed = Arc::new(Mutex::new(0));
-        let mut tasks = Vec::new();
-        for w in 0..WRITERS {
-            // Writers start at different nodes, so some start at the one
-            // killed; each knows all three, as a production client would,
-            // and writes in a session, so a retried write applies once.
-            let client = cluster.client_of_all(w % cluster.addrs.len());
-            let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let key = format!("w{w}-{n}");
-                    match client.propose(GROUP, set(&key, n)).await {
-                        Ok(answer) => {
-                            assert_eq!(text(&answer), r#"{"success":true}"#);
-                            acked.lock().unwrap().push((key, Instant::now()));
-                        }
-                        // Outcome unknown (it may still apply): only
-                        // acknowledged writes are checked. Try the next key.
-                        Err(_) => {
-                            *failed.lock().unwrap() += 1;
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                    }
-                    n += 1;
-                }
-            }));
-        }
-        Load { stop, acked, failed, tasks }
-    }
-
-    fn acked_count(&self) -> usize {
-        self.acked.lock().unwrap().len()
-    }
-
-    /// Waits until `n` writes in all were acknowledged.
-    async fn wait_acked(&self, cluster: &mut Cluster, n: usize) {
-        let deadline = Instant::now() + LOAD_DEADLINE;
-        while self.acked_count() < n {
-            cluster.check_alive();
-            assert!(Instant::now() < deadline, "only {} of {n} writes acknowledged", self.acked_count());
-            tokio::time::sleep(common::POLL_PAUSE).await;
-        }
-    }
-
-    async fn stop(self) -> (Vec<(String, Instant)>, u64) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            t.await.unwrap();
-        }
-        let failed = *self.failed.lock().unwrap();
-        (Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap(), failed)
-    }
-}
-
-/// Reads every key on node `i` (after it applied everything): each
-/// acknowledged write must be there with its value.
-async fn assert_all_present(cluster: &Cluster, i: usize, acked: &[(String, Instant)]) {
-    let client = cluster.client(i);
-    let keys: Vec<String> = acked.iter().map(|(k, _)| k.clone()).collect();
-    let mut tasks = Vec::new();
-    for chunk in keys.chunks(keys.len().div_ceil(8).max(1)) {
-        let (client, chunk) = (client.clone(), chunk.to_vec());
-        tasks.push(tokio::spawn(async move {
-            for key in chunk {
-                let value = key.rsplit('-').next().unwrap().to_string();
-                let answer = client.query(GROUP, get(&key), Consistency::Stale).await.unwrap();
-                assert_eq!(text(&answer), value, "acknowledged write {key} is missing or wrong");
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_the_leader_under_load_loses_no_acknowledged_write() {
     let spec = Spec::one(GROUP, "waft_atomic").arg("--snapshot-margin-entries", 500);
     let mut c = Cluster::start("sigkill-leader", 3, spec);
     let leader = c.wait_for_leader(GROUP).await;
-    let load = Load::start(&c);
+    let load = Load::start(&c, GROUP, &[0, 1, 2]);
     load.wait_acked(&mut c, 300).await;
 
     c.kill(leader);
@@ -164,7 +60,7 @@ async fn sigkill_the_leader_under_load_loses_no_acknowledged_write() {
     let commit = c.status(new_leader, GROUP).await.expect("leader status").commit_index;
     for i in 0..3 {
         c.wait_applied(i, GROUP, commit).await;
-        assert_all_present(&c, i, &acked).await;
+        assert_all_present(&c, i, GROUP, &acked).await;
     }
 }
 
@@ -173,7 +69,7 @@ async fn the_whole_cluster_restarts_from_disk() {
     let spec = Spec::one(GROUP, "waft_atomic").arg("--snapshot-margin-entries", 100);
     let mut c = Cluster::start("whole-restart", 3, spec);
     let leader = c.wait_for_leader(GROUP).await;
-    let load = Load::start(&c);
+    let load = Load::start(&c, GROUP, &[0, 1, 2]);
     load.wait_acked(&mut c, 250).await;
     let (acked, _) = load.stop().await;
 
@@ -206,9 +102,55 @@ async fn the_whole_cluster_restarts_from_disk() {
     for (i, old) in before.iter().enumerate() {
         let now = c.wait_applied(i, GROUP, old.applied_index).await;
         assert!(now.term > old.term, "a new election after the restart");
-        assert_all_present(&c, i, &acked).await;
+        assert_all_present(&c, i, GROUP, &acked).await;
     }
     // And it takes writes again.
     let answer = c.client(leader).propose(GROUP, set("after-restart", 1)).await.unwrap();
     assert_eq!(text(&answer), r#"{"success":true}"#);
+}
+
+/// Two groups, one running the counter and one the atomic module, on the
+/// same three daemons: killing a daemon affects both, and both recover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_on_three_daemons_both_survive_a_kill() {
+    const COUNTER: u64 = 7;
+    const ATOMIC: u64 = 8;
+    let spec = Spec {
+        groups: vec![(COUNTER, common::module("waft_counter")), (ATOMIC, common::module("waft_atomic"))],
+        args: Vec::new(),
+    };
+    let mut c = Cluster::start("two-groups", 3, spec);
+    c.wait_for_leader(COUNTER).await;
+    c.wait_for_leader(ATOMIC).await;
+    let client = c.client_of_all(0);
+    let incr = || bytes::Bytes::from_static(br#"{"incr":1}"#);
+    for i in 0..20u64 {
+        client.propose(COUNTER, incr()).await.unwrap();
+        client.propose(ATOMIC, set(&format!("k{i}"), i)).await.unwrap();
+    }
+    // Kill the counter's leader: the atomic group loses a member (perhaps its
+    // leader) at the same moment.
+    let victim = c.wait_for_leader(COUNTER).await;
+    c.kill(victim);
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    c.wait_for_leader_among(COUNTER, &survivors).await;
+    c.wait_for_leader_among(ATOMIC, &survivors).await;
+    for i in 20..40u64 {
+        client.propose(COUNTER, incr()).await.unwrap();
+        client.propose(ATOMIC, set(&format!("k{i}"), i)).await.unwrap();
+    }
+    c.start_node(victim);
+    for group in [COUNTER, ATOMIC] {
+        let leader = c.wait_for_leader(group).await;
+        let commit = c.status(leader, group).await.unwrap().commit_index;
+        c.wait_applied(victim, group, commit).await;
+    }
+    let at_victim = c.client(victim);
+    let stale = waft_proto::client::Consistency::Stale;
+    let answer = at_victim.query(COUNTER, bytes::Bytes::from_static(br#""get""#), stale).await.unwrap();
+    assert_eq!(text(&answer), "40", "the counter caught up on the restarted node");
+    for i in [0u64, 19, 20, 39] {
+        let answer = at_victim.query(ATOMIC, common::get(&format!("k{i}")), stale).await.unwrap();
+        assert_eq!(text(&answer), i.to_string(), "atomic key k{i} on the restarted node");
+    }
 }

@@ -11,16 +11,33 @@
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use waft_daemon::client::{self, Client};
-use waft_proto::client::{GroupStatus, Role};
+use waft_proto::client::{Consistency, GroupStatus, Role};
 
 /// Bound on waiting for an elected leader everyone agrees on.
 pub const LEADER_DEADLINE: Duration = Duration::from_secs(30);
 /// Bound on waiting for a node to catch up.
 pub const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
 pub const POLL_PAUSE: Duration = Duration::from_millis(50);
+/// Concurrent writers of a `Load`.
+pub const LOAD_WRITERS: usize = 8;
+/// Bound on waiting for a load to reach a number of acknowledged writes.
+pub const LOAD_DEADLINE: Duration = Duration::from_secs(60);
+
+/// The atomic module's `set` command.
+pub fn set(key: &str, value: u64) -> Bytes {
+    Bytes::from(format!(r#"{{"set":{{"key":"{key}","value":{value}}}}}"#))
+}
+
+/// The atomic module's `get` query.
+pub fn get(key: &str) -> Bytes {
+    Bytes::from(format!(r#"{{"get":{{"key":"{key}"}}}}"#))
+}
 
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -205,10 +222,17 @@ impl Cluster {
     /// Waits until every running node agrees on one leader of `group`;
     /// returns its index.
     pub async fn wait_for_leader(&mut self, group: u64) -> usize {
+        let running = self.running();
+        self.wait_for_leader_among(group, &running).await
+    }
+
+    /// Waits until the nodes `among` (indexes; all running) agree on one
+    /// leader of `group`, one of them; returns its index.
+    pub async fn wait_for_leader_among(&mut self, group: u64, among: &[usize]) -> usize {
         let deadline = Instant::now() + LEADER_DEADLINE;
         loop {
             self.check_alive();
-            let running = self.running();
+            let running: Vec<usize> = among.to_vec();
             let mut leaders = Vec::new();
             let mut leader_index = None;
             for &i in &running {
@@ -259,6 +283,98 @@ pub fn has_dir_named(path: &Path, prefix: &str) -> bool {
         let p = e.path();
         p.is_dir() && (e.file_name().to_string_lossy().starts_with(prefix) || has_dir_named(&p, prefix))
     })
+}
+
+/// Writers that set distinct keys until stopped, remembering which writes
+/// were acknowledged and when the last one was.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    pub acked: Arc<Mutex<Vec<(String, Instant)>>>,
+    failed: Arc<Mutex<u64>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `LOAD_WRITERS` writers on `group` of the atomic module, each
+    /// knowing the nodes `seeds` (by index) and starting at a different one.
+    pub fn start(cluster: &Cluster, group: u64, seeds: &[usize]) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let failed = Arc::new(Mutex::new(0));
+        let mut tasks = Vec::new();
+        for w in 0..LOAD_WRITERS {
+            // Writers start at different nodes, so some start at one that
+            // fails; each knows them all, as a production client would, and
+            // writes in a session, so a write it retries applies once.
+            let addrs = (0..seeds.len()).map(|k| cluster.addrs[seeds[(w + k) % seeds.len()]].clone()).collect();
+            let client = Client::with_nodes(addrs);
+            let (stop, acked, failed) = (stop.clone(), acked.clone(), failed.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = format!("w{w}-{n}");
+                    match client.propose(group, set(&key, n)).await {
+                        Ok(answer) => {
+                            assert_eq!(text(&answer), r#"{"success":true}"#);
+                            acked.lock().unwrap().push((key, Instant::now()));
+                        }
+                        // Outcome unknown (it may still apply): only
+                        // acknowledged writes are checked. Try the next key.
+                        Err(_) => {
+                            *failed.lock().unwrap() += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                    n += 1;
+                }
+            }));
+        }
+        Load { stop, acked, failed, tasks }
+    }
+
+    pub fn acked_count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    /// Waits until `n` writes in all were acknowledged.
+    pub async fn wait_acked(&self, cluster: &mut Cluster, n: usize) {
+        let deadline = Instant::now() + LOAD_DEADLINE;
+        while self.acked_count() < n {
+            cluster.check_alive();
+            assert!(Instant::now() < deadline, "only {} of {n} writes acknowledged", self.acked_count());
+            tokio::time::sleep(POLL_PAUSE).await;
+        }
+    }
+
+    pub async fn stop(self) -> (Vec<(String, Instant)>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        let failed = *self.failed.lock().unwrap();
+        (Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap(), failed)
+    }
+}
+
+/// Reads every key on node `i` (after it applied everything): each
+/// acknowledged write must be there with its value.
+pub async fn assert_all_present(cluster: &Cluster, i: usize, group: u64, acked: &[(String, Instant)]) {
+    let client = cluster.client(i);
+    let keys: Vec<String> = acked.iter().map(|(k, _)| k.clone()).collect();
+    let mut tasks = Vec::new();
+    for chunk in keys.chunks(keys.len().div_ceil(8).max(1)) {
+        let (client, chunk) = (client.clone(), chunk.to_vec());
+        tasks.push(tokio::spawn(async move {
+            for key in chunk {
+                let value = key.rsplit('-').next().unwrap().to_string();
+                let answer = client.query(group, get(&key), Consistency::Stale).await.unwrap();
+                assert_eq!(text(&answer), value, "acknowledged write {key} is missing or wrong");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
 }
 
 /// Every file named `name` anywhere below `path`.

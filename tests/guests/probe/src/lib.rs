@@ -40,6 +40,8 @@ pub enum Command {
     HashOrder,
     /// Reject the command without changing state.
     Reject,
+    /// Reply with where the entry sits in the log: index × 1000 + term.
+    Position,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -87,8 +89,9 @@ impl StateMachine for Probe {
     type Query = Query;
     type Answer = Answer;
 
-    fn apply(&mut self, command: Command, _at: Position) -> Result<i64, String> {
+    fn apply(&mut self, command: Command, at: Position) -> Result<i64, String> {
         match command {
+            Command::Position => return Ok((at.index * 1000 + at.term) as i64),
             Command::Incr(delta) => self.value = self.value.wrapping_add(delta),
             Command::IncrThenTrap(delta) => {
                 self.value = self.value.wrapping_add(delta);

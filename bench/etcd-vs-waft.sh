@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# etcd-vs-waft.sh: the same load, by the same code (waft-bench), against a
+# 3-member etcd cluster and a 3-node waft cluster on loopback; prints one table.
+#
+#   bench/etcd-vs-waft.sh                 # every workload, 10 s each
+#   BENCH_SECS=60 bench/etcd-vs-waft.sh   # longer runs
+#   WORKLOADS="write-64 read-64" SYSTEMS=etcd bench/etcd-vs-waft.sh
+#
+# Both systems fsync before acknowledging (etcd's WAL by default; waft's
+# RocksDB log always) and keep their data under one root on the same disk.
+# Every run starts a fresh cluster and stops it after, one system at a time,
+# the two taking turns workload by workload. The bench client runs on the
+# same machine as the servers and shares its cores with them.
+#
+# Workloads (256-byte payloads, 1000 keys, every client spread over the three
+# members round-robin):
+#   write-1, write-16, write-64   100% writes at 1, 16, 64 clients
+#                                 (etcd: put; waft: atomic set, payload in the key)
+#   read-64                       100% linearizable reads at 64 clients
+#   mix-64                        90% linearizable reads / 10% writes at 64 clients
+#
+# Environment (defaults in brackets):
+#   BENCH_SECS [10] measured seconds per run; WARMUP_SECS [2]
+#   WORKLOADS ["write-1 write-16 write-64 read-64 mix-64"]; SYSTEMS ["etcd waft"]
+#   WAFT_BIN [target/release/waft]; BENCH_BIN [target/release/waft-bench]
+#   WAFT_ATOMIC [target/wasm32-wasip2/release/waft_atomic.wasm]
+#   BENCH_ROOT [a new directory under ${TMPDIR:-/var/tmp}]: data and results
+#   PORT_BASE [23700]: etcd clients +1..3, etcd peers +11..13, waft +21..23
+#   KEEP_DATA [0]: 1 keeps the data directories (results are always kept)
+#
+# Installs etcd (Debian's etcd-server) and jq with apt-get when missing, and
+# builds waft and waft-bench (cargo build --release) and the atomic module
+# (cargo xtask guests) when missing. Every process it starts is stopped on
+# exit, failure and Ctrl-C included.
+
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+BENCH_SECS=${BENCH_SECS:-10}
+WARMUP_SECS=${WARMUP_SECS:-2}
+WORKLOADS=${WORKLOADS:-"write-1 write-16 write-64 read-64 mix-64"}
+SYSTEMS=${SYSTEMS:-"etcd waft"}
+WAFT_BIN=${WAFT_BIN:-$TARGET_DIR/release/waft}
+BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/waft-bench}
+WAFT_ATOMIC=${WAFT_ATOMIC:-$TARGET_DIR/wasm32-wasip2/release/waft_atomic.wasm}
+PORT_BASE=${PORT_BASE:-23700}
+KEEP_DATA=${KEEP_DATA:-0}
+KEYS=1000
+VALUE_BYTES=256
+WAFT_GROUP=1
+
+say() { printf '== %s\n' "$*" >&2; }
+die() { printf 'etcd-vs-waft: %s\n' "$*" >&2; exit 1; }
+
+# --- what the run needs -------------------------------------------------------
+
+apt_install() {
+    [ "$(id -u)" = 0 ] || die "$1 is missing; install it with: sudo apt-get install -y $2"
+    say "installing $2 (apt-get)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+command -v jq >/dev/null || apt_install jq jq
+if [[ " $SYSTEMS " == *" etcd "* ]]; then
+    # Debian installs the server as /usr/bin/etcd.
+    command -v etcd >/dev/null || apt_install etcd etcd-server
+fi
+if [ ! -x "$BENCH_BIN" ] || { [[ " $SYSTEMS " == *" waft "* ]] && [ ! -x "$WAFT_BIN" ]; }; then
+    say "building waft and waft-bench: cargo build --release -p waft -p waft-bench (a cold build takes ~25 min on two cores)"
+    cargo build --release -p waft -p waft-bench
+fi
+if [[ " $SYSTEMS " == *" waft "* ]] && [ ! -f "$WAFT_ATOMIC" ]; then
+    say "building the guest modules: cargo xtask guests"
+    cargo xtask guests
+fi
+[ -x "$BENCH_BIN" ] || die "no waft-bench at $BENCH_BIN"
+
+# --- processes, and stopping them whatever happens ----------------------------
+
+BENCH_ROOT=${BENCH_ROOT:-$(mktemp -d "${TMPDIR:-/var/tmp}/waft-bench.XXXXXX")}
+mkdir -p "$BENCH_ROOT/results"
+PIDS=()
+
+stop_all() {
+    local pid alive
+    [ "${#PIDS[@]}" = 0 ] && return 0
+    for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    # A clean stop first (waft syncs and closes RocksDB on SIGTERM); after 5 s, KILL.
+    for _ in $(seq 50); do
+        alive=0
+        for pid in "${PIDS[@]}"; do
+            if kill -0 "$pid" 2>/dev/null; then alive=1; fi
+        done
+        if [ "$alive" = 0 ]; then break; fi
+        sleep 0.1
+    done
+    for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    PIDS=()
+}
+
+on_exit() {
+    local rc=$?
+    # Whatever fails from here on, every step still runs.
+    set +e
+    stop_all
+    if [ "$KEEP_DATA" != 1 ]; then rm -rf "$BENCH_ROOT/etcd" "$BENCH_ROOT/waft"; fi
+    [ "$rc" = 0 ] || say "failed (exit $rc); logs and results in $BENCH_ROOT"
+}
+trap on_exit EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# run_child OUT ERR CMD...: runs CMD in the background, its stdout to OUT
+# (- for the script's own) and stderr to ERR, and waits for it. bash runs a trap only once the foreground
+# command ends, but interrupts `wait` at once, so a TERM stops the bench
+# mid-run too (on_exit stops the child with the servers). The redirections
+# are the child's alone: on the call they would also swallow on_exit's words.
+run_child() {
+    local out=$1 err=$2
+    shift 2
+    if [ "$out" = - ]; then "$@" 2>"$err" & else "$@" >"$out" 2>"$err" & fi
+    local pid=$! rc=0 p kept=()
+    PIDS+=("$pid")
+    wait "$pid" || rc=$?
+    for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
+    PIDS=("${kept[@]}")
+    return "$rc"
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+need_ports() {
+    local p
+    for p in "$@"; do port_free "$p" || die "port $p on 127.0.0.1 is in use; set PORT_BASE to another range"; done
+}
+
+ETCD_CLIENT=("127.0.0.1:$((PORT_BASE + 1))" "127.0.0.1:$((PORT_BASE + 2))" "127.0.0.1:$((PORT_BASE + 3))")
+ETCD_PEER=("127.0.0.1:$((PORT_BASE + 11))" "127.0.0.1:$((PORT_BASE + 12))" "127.0.0.1:$((PORT_BASE + 13))")
+WAFT_ADDR=("127.0.0.1:$((PORT_BASE + 21))" "127.0.0.1:$((PORT_BASE + 22))" "127.0.0.1:$((PORT_BASE + 23))")
+
+start_etcd() {
+    need_ports "${ETCD_CLIENT[@]##*:}" "${ETCD_PEER[@]##*:}"
+    local cluster="" i
+    for i in 1 2 3; do cluster+="${cluster:+,}e$i=http://${ETCD_PEER[i - 1]}"; done
+    for i in 1 2 3; do
+        mkdir -p "$BENCH_ROOT/etcd"
+        # fsync stays on: etcd syncs its WAL before acknowledging unless told
+        # --unsafe-no-fsync, which is not given here.
+        etcd --name "e$i" --data-dir "$BENCH_ROOT/etcd/$i" \
+            --listen-client-urls "http://${ETCD_CLIENT[i - 1]}" --advertise-client-urls "http://${ETCD_CLIENT[i - 1]}" \
+            --listen-peer-urls "http://${ETCD_PEER[i - 1]}" --initial-advertise-peer-urls "http://${ETCD_PEER[i - 1]}" \
+            --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token waft-bench \
+            >"$LOGS-$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+}
+
+start_waft() {
+    need_ports "${WAFT_ADDR[@]##*:}"
+    local i j
+    for i in 1 2 3; do
+        local peers=()
+        for j in 1 2 3; do [ "$j" = "$i" ] || peers+=(--peer "$j=${WAFT_ADDR[j - 1]}"); done
+        mkdir -p "$BENCH_ROOT/waft"
+        "$WAFT_BIN" serve --id "$i" --listen "${WAFT_ADDR[i - 1]}" --data-dir "$BENCH_ROOT/waft/$i" \
+            --group "$WAFT_GROUP=$WAFT_ATOMIC" "${peers[@]}" >"$LOGS-$i.log" 2>&1 &
+        PIDS+=($!)
+    done
+}
+
+endpoints() {
+    local IFS=,
+    case "$1" in
+        etcd) echo "${ETCD_CLIENT[*]}" ;;
+        waft) echo "${WAFT_ADDR[*]}" ;;
+    esac
+}
+
+# One write through the bench itself: the cluster is up, has a leader, and
+# takes the bench's requests.
+wait_ready() {
+    local system=$1 pid
+    for _ in $(seq 60); do
+        for pid in "${PIDS[@]}"; do
+            if ! kill -0 "$pid" 2>/dev/null; then
+                head -n 3 "$LOGS"-*.log >&2
+                die "a $system server exited at start; see $LOGS-*.log"
+            fi
+        done
+        if run_child /dev/null /dev/null "$BENCH_BIN" --target "$system" --endpoints "$(endpoints "$system")" \
+            --group "$WAFT_GROUP" --clients 1 --ops 1 --warmup-secs 0 --quiet; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    die "$system did not become ready in 30 s; see $LOGS-*.log"
+}
+
+workload_args() {
+    case "$1" in
+        write-1) echo "--clients 1 --read-ratio 0" ;;
+        write-16) echo "--clients 16 --read-ratio 0" ;;
+        write-64) echo "--clients 64 --read-ratio 0" ;;
+        read-64) echo "--clients 64 --read-ratio 1 --consistency linearizable" ;;
+        mix-64) echo "--clients 64 --read-ratio 0.9 --consistency linearizable" ;;
+        *) die "unknown workload $1 (write-1 write-16 write-64 read-64 mix-64)" ;;
+    esac
+}
+
+# --- the runs -----------------------------------------------------------------
+
+say "root $BENCH_ROOT on $(df --output=source,fstype "$BENCH_ROOT" | tail -1 | tr -s ' '); $(nproc) cores"
+if [ "$(df --output=fstype "$BENCH_ROOT" | tail -1)" = tmpfs ]; then
+    say "warning: $BENCH_ROOT is tmpfs, where fsync costs nothing; set TMPDIR to a disk for real numbers"
+fi
+for w in $WORKLOADS; do workload_args "$w" >/dev/null; done
+
+for system in $SYSTEMS; do
+    case "$system" in
+        etcd) say "etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}') (etcd-server)" ;;
+        waft) say "waft $WAFT_BIN, group $WAFT_GROUP = $WAFT_ATOMIC" ;;
+        *) die "unknown system $system (etcd, waft)" ;;
+    esac
+done
+
+# Each run gets a fresh cluster, and the systems take turns workload by
+# workload: the two runs of a pair are minutes apart at most, so a slow drift
+# in the machine's other load (a build next door) tilts a ratio less, and no
+# run inherits the log, snapshots or compaction debt of the one before.
+for w in $WORKLOADS; do
+    for system in $SYSTEMS; do
+        LOGS="$BENCH_ROOT/results/$w-$system"
+        rm -rf "${BENCH_ROOT:?}/$system"
+        "start_$system"
+        wait_ready "$system"
+        say "$w on $system: ${BENCH_SECS}s after ${WARMUP_SECS}s warmup (load average $(cut -d' ' -f1 /proc/loadavg))"
+        cut -d' ' -f1 /proc/loadavg >"$LOGS.load"
+        # shellcheck disable=SC2046 # workload_args is a list of words on purpose
+        run_child - "$LOGS.progress" \
+            "$BENCH_BIN" --target "$system" --endpoints "$(endpoints "$system")" --group "$WAFT_GROUP" \
+            $(workload_args "$w") --value-bytes "$VALUE_BYTES" --keys "$KEYS" \
+            --duration-secs "$BENCH_SECS" --warmup-secs "$WARMUP_SECS" \
+            --label "$w" --json-out "$LOGS.json" ||
+            say "$w on $system failed; see $LOGS.progress"
+        stop_all
+    done
+done
+
+# --- the table ----------------------------------------------------------------
+
+row() { # workload system -> "ops p50_ms p99_ms errors" or nothing
+    local f="$BENCH_ROOT/results/$1-$2.json"
+    [ -f "$f" ] && jq -r '"\(.ops_per_sec) \(.latency_us.all.p50_us / 1000) \(.latency_us.all.p99_us / 1000) \(.errors)"' "$f"
+}
+
+{
+    printf '%-9s %-6s %10s %9s %9s %7s %10s %6s\n' workload system ops/s "p50 ms" "p99 ms" errors waft/etcd load
+    for w in $WORKLOADS; do
+        etcd_ops=""
+        for system in $SYSTEMS; do
+            r=$(row "$w" "$system" || true)
+            if [ -z "$r" ]; then
+                printf '%-9s %-6s %10s\n' "$w" "$system" failed
+                continue
+            fi
+            read -r ops p50 p99 errors <<<"$r"
+            ratio=""
+            [ "$system" = etcd ] && etcd_ops=$ops
+            if [ "$system" = waft ] && [ -n "$etcd_ops" ]; then
+                ratio=$(awk -v a="$ops" -v b="$etcd_ops" 'BEGIN { if (b > 0) printf "%.2f", a / b }')
+            fi
+            load=$(cat "$BENCH_ROOT/results/$w-$system.load" 2>/dev/null || true)
+            printf '%-9s %-6s %10.0f %9.2f %9.2f %7d %10s %6s\n' "$w" "$system" "$ops" "$p50" "$p99" "$errors" "$ratio" "$load"
+        done
+    done
+} | tee "$BENCH_ROOT/results/table.txt"
+for system in $SYSTEMS; do
+    for f in "$BENCH_ROOT"/results/*-"$system".json; do
+        [ -f "$f" ] && say "payload, $(jq -r .payload "$f")"
+        break
+    done
+done
+say "load: the 1-minute load average as each run began (the run before it counts too); well above $(nproc), the cores, means something else was running"
+say "results (JSON per run, progress, server logs): $BENCH_ROOT/results"
