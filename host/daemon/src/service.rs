@@ -38,10 +38,11 @@ impl ClientService {
     }
 
     /// Puts `input` in the group's inbox and waits for its answer.
-    async fn ask(inbox: &mpsc::Sender<Input>, input: Input, rx: oneshot::Receiver<Reply>) -> Reply {
-        match inbox.try_send(input) {
+    async fn ask(group: &GroupHandle, input: Input, rx: oneshot::Receiver<Reply>) -> Reply {
+        match group.inbox.try_send(input) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
+                crate::metrics::GroupMetrics::count(&group.metrics.busy_rejections);
                 return Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "the group's inbox is full"));
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -65,7 +66,7 @@ impl ClientService {
             return Err(client::Error::invalid_request("the command is empty; send at least one byte"));
         }
         let (reply, rx) = oneshot::channel();
-        Self::ask(&group.inbox, Input::Propose { command: req.command, reply }, rx).await
+        Self::ask(group, Input::Propose { command: req.command, reply }, rx).await
     }
 
     async fn query_inner(&self, req: QueryRequest) -> Reply {
@@ -78,7 +79,7 @@ impl ClientService {
             client::Error::invalid_request(format!("unknown consistency level {}", req.consistency))
         })?;
         let (reply, rx) = oneshot::channel();
-        Self::ask(&group.inbox, Input::Query { request: req.request, consistency, reply }, rx).await
+        Self::ask(group, Input::Query { request: req.request, consistency, reply }, rx).await
     }
 }
 

@@ -78,6 +78,10 @@ enum Cmd {
         /// every --peer].
         #[arg(long, value_delimiter = ',')]
         initial_voters: Option<Vec<u64>>,
+        /// Serve Prometheus metrics (GET /metrics) on this address, e.g.
+        /// 127.0.0.1:9101 [default: off].
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Propose a command and print its result.
     Propose {
@@ -290,6 +294,7 @@ fn main() -> Result<()> {
             snapshot_pull_bytes_per_sec,
             snapshot_interval_secs,
             initial_voters,
+            metrics_listen,
         } => {
             let cfg = waft_daemon::config::Flags {
                 config,
@@ -304,6 +309,7 @@ fn main() -> Result<()> {
                 snapshot_pull_bytes_per_sec,
                 snapshot_interval_secs,
                 initial_voters,
+                metrics_listen,
             }
             .resolve()?;
             runtime()?.block_on(waft_daemon::serve(cfg, shutdown_signal()))?;
