@@ -16,6 +16,7 @@
 //! snapshot_pull_bytes_per_sec = 0     # snapshot install rate limit; 0 = none
 //! snapshot_interval_secs = 3600       # also snapshot this often if anything applied; 0 = off
 //! initial_voters = [1, 2, 3]          # a new group's voters; default: this node and every peer
+//! metrics_listen = "127.0.0.1:9101"   # Prometheus GET /metrics; default: off
 //!
 //! [sessions]                          # exactly-once client sessions; equal on every node
 //! open_max = 10000                    # open sessions per group; more are refused
@@ -63,6 +64,7 @@ pub struct FileConfig {
     pub snapshot_pull_bytes_per_sec: Option<u64>,
     pub snapshot_interval_secs: Option<u64>,
     pub initial_voters: Option<Vec<u64>>,
+    pub metrics_listen: Option<SocketAddr>,
     /// Node id (a TOML key, so a string) → address.
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
@@ -108,6 +110,7 @@ pub struct Flags {
     pub snapshot_interval_secs: Option<u64>,
     /// `--initial-voters 1,2,3`.
     pub initial_voters: Option<Vec<u64>>,
+    pub metrics_listen: Option<SocketAddr>,
     pub sessions_open_max: Option<u64>,
     pub session_window_commands_max: Option<u64>,
     pub session_idle_timeout_ms: Option<u64>,
@@ -213,6 +216,7 @@ impl Flags {
             peers,
             groups,
             initial_voters: self.initial_voters.or(file.initial_voters),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
             tick_ms: self.tick_ms.or(file.tick_ms).unwrap_or(TICK_MS_DEFAULT),
             election_ticks: self.election_ticks.or(file.election_ticks).unwrap_or(ELECTION_TICKS_DEFAULT),
             snapshot_margin_entries: self

@@ -27,6 +27,7 @@ use waft_proto::peer::PeerMessage;
 use waft_storage::{RocksLogStore, SnapshotId, SnapshotStore};
 
 use crate::admin;
+use crate::metrics::GroupMetrics;
 use crate::commit::{Committer, SharedStore};
 use crate::install::{self, Progress};
 use crate::peer::Transport;
@@ -93,6 +94,7 @@ pub struct GroupHandle {
     /// The largest command (or query) a client may send: the core's proposal
     /// limit less the envelope around a command.
     pub command_bytes_max: u64,
+    pub metrics: Arc<GroupMetrics>,
 }
 
 pub struct Driver {
@@ -133,6 +135,7 @@ pub struct Driver {
     inbox: Option<mpsc::WeakSender<Input>>,
     /// The admin change under way, if any. Invariant: at most one per group.
     admin: Option<PendingAdmin>,
+    metrics: Arc<GroupMetrics>,
 }
 
 /// An admin change that started and waits to take effect.
@@ -193,6 +196,7 @@ impl Driver {
             last_stamp_ms: 0,
             inbox: None,
             admin: None,
+            metrics: Arc::new(GroupMetrics::default()),
         }
     }
 
@@ -239,12 +243,14 @@ impl Driver {
             return;
         }
         if self.proposals.len() >= PROPOSALS_PENDING_MAX {
+            GroupMetrics::count(&self.metrics.busy_rejections);
             let _ = reply.send(Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "too many proposals wait to apply")));
             return;
         }
         let envelope = Envelope::new(self.stamp_ms(), body);
         match self.replica.propose(&envelope) {
             Ok((index, term)) => {
+                GroupMetrics::count(&self.metrics.proposals);
                 // A leader never proposes twice at one index in one term; an
                 // older waiter there lost its entry to a new leader.
                 if let Some((_, old)) = self.proposals.insert(index, (term, reply)) {
@@ -270,6 +276,7 @@ impl Driver {
     }
 
     fn query(&mut self, request: Bytes, consistency: Consistency, reply: oneshot::Sender<Reply>) {
+        GroupMetrics::count(&self.metrics.reads);
         let mode = match consistency {
             Consistency::Stale => {
                 let applied = self.replica.applied_index();
@@ -283,6 +290,7 @@ impl Driver {
             Consistency::Linearizable | Consistency::Follower => ReadMode::Safe,
         };
         if self.reads.len() + self.reads_ready.len() >= READS_PENDING_MAX {
+            GroupMetrics::count(&self.metrics.busy_rejections);
             let _ = reply.send(Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "too many reads wait on this group")));
             return;
         }
@@ -319,9 +327,16 @@ impl Driver {
             let mut store = SharedStore(self.store.clone());
             // Applying entries runs the guest and a snapshot writes files:
             // tell tokio this worker is busy.
+            let started = std::time::Instant::now();
             tokio::task::block_in_place(|| {
                 self.replica.finish_ready(pending, &mut store, &self.snapshots, &mut |m| outbox.push(m), &mut out)
             })?;
+            if !out.applied.is_empty() {
+                let m = &self.metrics;
+                m.apply_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                m.apply_batches.fetch_add(1, Ordering::Relaxed);
+                m.applied_entries.fetch_add(out.applied.len() as u64, Ordering::Relaxed);
+            }
             self.send(outbox);
             self.settle(out);
         }
@@ -655,6 +670,19 @@ impl Driver {
                 bytes_total: p.bytes_total,
             }),
         };
+        if let Ok(mut lag) = self.metrics.lag.lock() {
+            lag.clear();
+            if raft.role() == Role::Leader {
+                let c = raft.configuration();
+                for &peer in c.voters.iter().chain(&c.voters_outgoing).chain(&c.learners) {
+                    if peer != raft.id()
+                        && let Some((matched, _, _)) = raft.progress_of(peer)
+                    {
+                        lag.insert(peer, raft.last_index().saturating_sub(matched));
+                    }
+                }
+            }
+        }
         self.status.send_if_modified(|old| {
             let changed = *old != status;
             *old = status;
@@ -804,6 +832,7 @@ pub fn spawn(mut driver: Driver, stop: watch::Receiver<bool>) -> (GroupHandle, t
         inbox,
         status: driver.status.subscribe(),
         command_bytes_max: driver.command_bytes_max,
+        metrics: driver.metrics.clone(),
     };
     let span = tracing::info_span!("group", group = driver.group(), node = driver.replica.raft().id());
     let task = tokio::spawn(tracing::Instrument::instrument(driver.run(rx, stop), span));

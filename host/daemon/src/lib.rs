@@ -41,6 +41,7 @@ pub mod commit;
 pub mod config;
 pub mod driver;
 pub mod install;
+pub mod metrics;
 pub mod peer;
 pub mod service;
 
@@ -77,6 +78,8 @@ pub struct ServeConfig {
     /// peer). A node not among them starts empty and waits to be added with
     /// `waft admin add-peer` / `change-peers` / `add-learners`.
     pub initial_voters: Option<Vec<NodeId>>,
+    /// Serve Prometheus metrics (`GET /metrics`) here; `None`: not at all.
+    pub metrics_listen: Option<SocketAddr>,
     pub tick_ms: u64,
     pub election_ticks: u64,
     /// Ask for a snapshot once this many applied entries follow the last one.
@@ -226,6 +229,13 @@ pub async fn serve(
     }
     let groups = Arc::new(groups);
 
+    if let Some(addr) = cfg.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen { addr, source })?;
+        tracing::info!(node = cfg.node_id, metrics = %metrics::describe(addr), "serving metrics");
+        tokio::spawn(metrics::serve(listener, cfg.node_id, groups.clone(), committer.clone(), stopped.clone()));
+    }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|source| ServeError::Listen { addr: cfg.listen, source })?;

@@ -46,13 +46,14 @@ impl ClientService {
 
     /// Puts `input` in the group's inbox and waits for its answer.
     async fn ask<T>(
-        inbox: &mpsc::Sender<Input>,
+        group: &GroupHandle,
         input: Input,
         rx: oneshot::Receiver<Result<T, client::Error>>,
     ) -> Result<T, client::Error> {
-        match inbox.try_send(input) {
+        match group.inbox.try_send(input) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
+                crate::metrics::GroupMetrics::count(&group.metrics.busy_rejections);
                 return Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "the group's inbox is full"));
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
@@ -98,7 +99,7 @@ impl ClientService {
     /// Hands a request for the log to the group and waits for its answer.
     async fn submit(&self, group: &GroupHandle, body: Body) -> ProposeReply {
         let (reply, rx) = oneshot::channel();
-        Self::ask(&group.inbox, Input::Propose { body, reply }, rx).await
+        Self::ask(group, Input::Propose { body, reply }, rx).await
     }
 
     async fn open_session_inner(&self, req: OpenSessionRequest) -> ProposeReply {
@@ -140,7 +141,7 @@ impl ClientService {
             client::Error::invalid_request(format!("unknown consistency level {}", req.consistency))
         })?;
         let (reply, rx) = oneshot::channel();
-        Self::ask(&group.inbox, Input::Query { request: req.request, consistency, reply }, rx).await
+        Self::ask(group, Input::Query { request: req.request, consistency, reply }, rx).await
     }
 }
 

@@ -74,11 +74,11 @@ impl Cluster {
         ];
         let dir = std::env::temp_dir().join(format!("waft-demo-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let mut listen = Vec::new();
-        for _ in 0..NODES {
-            // The OS picks a free port; it is released at once for the node.
-            listen.push(TcpListener::bind("127.0.0.1:0")?.local_addr()?);
-        }
+        // The OS picks free ports while all are held (so none twice), then
+        // they are released for the nodes to bind.
+        let held = (0..NODES).map(|_| TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+        let listen = held.iter().map(TcpListener::local_addr).collect::<Result<Vec<_>, _>>()?;
+        drop(held);
         let addrs: Vec<String> = listen.iter().map(SocketAddr::to_string).collect();
         let mut nodes = Vec::new();
         for (i, addr) in listen.iter().enumerate() {
@@ -91,6 +91,7 @@ impl Cluster {
                 peers,
                 groups: groups.clone(),
                 initial_voters: None,
+                metrics_listen: None,
                 tick_ms: waft_daemon::TICK_MS_DEFAULT,
                 election_ticks: waft_daemon::ELECTION_TICKS_DEFAULT,
                 snapshot_margin_entries: waft_daemon::config::SNAPSHOT_MARGIN_ENTRIES_DEFAULT,

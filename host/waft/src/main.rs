@@ -78,6 +78,10 @@ enum Cmd {
         /// every --peer].
         #[arg(long, value_delimiter = ',')]
         initial_voters: Option<Vec<u64>>,
+        /// Serve Prometheus metrics (GET /metrics) on this address, e.g.
+        /// 127.0.0.1:9101 [default: off].
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
         /// Open exactly-once sessions per group at most; must be equal on
         /// every node [default: 10000].
         #[arg(long)]
@@ -309,6 +313,7 @@ fn main() -> Result<()> {
             snapshot_pull_bytes_per_sec,
             snapshot_interval_secs,
             initial_voters,
+            metrics_listen,
             sessions_open_max,
             session_window_commands_max,
             session_idle_timeout_ms,
@@ -326,6 +331,7 @@ fn main() -> Result<()> {
                 snapshot_pull_bytes_per_sec,
                 snapshot_interval_secs,
                 initial_voters,
+                metrics_listen,
                 sessions_open_max,
                 session_window_commands_max,
                 session_idle_timeout_ms,

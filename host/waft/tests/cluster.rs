@@ -171,3 +171,40 @@ async fn sigterm_stops_a_node_cleanly_and_it_restarts_from_its_data() {
     let answer = client::query(&cluster.addrs[leader], COUNTER, get(), Consistency::Stale).await.unwrap();
     assert_eq!(text(&answer), "11", "restarted from its data directory and caught up");
 }
+
+/// The Prometheus endpoint, scraped while the cluster works: the applied
+/// index and proposal counters grow with writes, and a leader transfer moves
+/// the role gauges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_writes_and_a_transfer() {
+    let mut cluster = Cluster::start("metrics", 3, Spec::one(COUNTER, "waft_counter"));
+    let leader = cluster.wait_for_leader(COUNTER).await;
+    let before = cluster.scrape(leader).await;
+    let applied_before = common::metric(&before, "waft_group_applied_index", COUNTER, "").unwrap();
+    assert_eq!(common::metric(&before, "waft_group_is_leader", COUNTER, ""), Some(1));
+    let client = cluster.client(leader);
+    for _ in 0..20 {
+        client.propose(COUNTER, Bytes::from_static(br#"{"incr":1}"#)).await.unwrap();
+    }
+    let after = cluster.scrape(leader).await;
+    let applied_after = common::metric(&after, "waft_group_applied_index", COUNTER, "").unwrap();
+    assert!(applied_after >= applied_before + 20, "applied index {applied_before} -> {applied_after}");
+    assert!(common::metric(&after, "waft_group_proposals_total", COUNTER, "").unwrap() >= 20);
+    assert!(common::metric(&after, "waft_group_applied_entries_total", COUNTER, "").unwrap() >= 20);
+    assert!(common::metric(&after, "waft_group_apply_nanoseconds_total", COUNTER, "").unwrap() > 0);
+    assert!(after.contains("waft_node_log_syncs_total{"), "{after}");
+    assert!(after.contains("waft_group_replication_lag_entries{"), "the leader reports its peers' lag");
+
+    let target = (leader + 1) % 3;
+    let admin = cluster.client(leader);
+    let r = admin.admin(COUNTER, waft_proto::admin::AdminOp::TransferLeader, vec![target as u64 + 1], vec![]).await.unwrap();
+    assert_eq!(r.leader_id, target as u64 + 1);
+    cluster.wait_for_leader(COUNTER).await;
+    let old = cluster.scrape(leader).await;
+    assert_eq!(common::metric(&old, "waft_group_is_leader", COUNTER, ""), Some(0));
+    assert_eq!(common::metric(&old, "waft_group_role", COUNTER, "role=\"follower\""), Some(1));
+    let new = cluster.scrape(target).await;
+    assert_eq!(common::metric(&new, "waft_group_is_leader", COUNTER, ""), Some(1));
+    assert_eq!(common::metric(&new, "waft_group_role", COUNTER, "role=\"leader\""), Some(1));
+    cluster.check_alive();
+}

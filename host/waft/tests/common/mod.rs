@@ -56,9 +56,12 @@ pub fn module(name: &str) -> PathBuf {
     path
 }
 
-/// A port nothing listens on right now (the OS picks; we release it at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// `n` distinct ports nothing listens on right now: the OS picks them while
+/// all are held (so none is picked twice), then they are released for the
+/// daemons to bind.
+fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    held.iter().map(|l| l.local_addr().unwrap().port()).collect()
 }
 
 /// The groups every node serves, and flags added to every node's command line.
@@ -82,6 +85,8 @@ impl Spec {
 pub struct Cluster {
     pub root: PathBuf,
     pub addrs: Vec<String>,
+    /// Each node's Prometheus endpoint (`--metrics-listen`).
+    pub metrics_addrs: Vec<String>,
     spec: Spec,
     /// Flags only for one node (by index), e.g. a throttle.
     extra: Vec<Vec<String>>,
@@ -103,9 +108,17 @@ impl Cluster {
         let root = target_dir().join("waft-daemon-tests").join(name);
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
-        let addrs: Vec<String> = (0..nodes).map(|_| format!("127.0.0.1:{}", free_port())).collect();
-        let mut cluster =
-            Cluster { root, addrs, spec, extra: vec![Vec::new(); nodes], children: (0..nodes).map(|_| None).collect() };
+        let ports = free_ports(2 * nodes);
+        let addrs: Vec<String> = ports[..nodes].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let metrics_addrs: Vec<String> = ports[nodes..].iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut cluster = Cluster {
+            root,
+            addrs,
+            metrics_addrs,
+            spec,
+            extra: vec![Vec::new(); nodes],
+            children: (0..nodes).map(|_| None).collect(),
+        };
         for i in 0..nodes {
             cluster.start_node(i);
         }
@@ -128,6 +141,7 @@ impl Cluster {
     fn command(&self, i: usize) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_waft"));
         cmd.arg("serve").args(["--id", &(i + 1).to_string()]).args(["--listen", &self.addrs[i]]);
+        cmd.args(["--metrics-listen", &self.metrics_addrs[i]]);
         cmd.arg("--data-dir").arg(self.data_dir(i));
         for (group, module) in &self.spec.groups {
             cmd.arg("--group").arg(format!("{group}={}", module.display()));
@@ -268,6 +282,29 @@ impl Cluster {
             tokio::time::sleep(POLL_PAUSE).await;
         }
     }
+}
+
+impl Cluster {
+    /// Node `i`'s Prometheus page (`GET /metrics`).
+    pub async fn scrape(&self, i: usize) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(&self.metrics_addrs[i]).await.expect("metrics endpoint");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: waft\r\n\r\n").await.unwrap();
+        let mut page = String::new();
+        conn.read_to_string(&mut page).await.unwrap();
+        assert!(page.starts_with("HTTP/1.1 200 OK"), "{page}");
+        page
+    }
+}
+
+/// The value of metric `name` for `group` in a scraped page (labels after
+/// `group` are matched by `extra`, e.g. `role="leader"`).
+pub fn metric(page: &str, name: &str, group: u64, extra: &str) -> Option<u64> {
+    page.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?.strip_prefix('{')?;
+        let (labels, value) = rest.split_once("} ")?;
+        (labels.contains(&format!("group=\"{group}\"")) && labels.contains(extra)).then(|| value.trim().parse().ok())?
+    })
 }
 
 /// A result's bytes as text.

@@ -1,0 +1,206 @@
+//! Prometheus metrics over HTTP: `GET /metrics` on `--metrics-listen`.
+//!
+//! Owns the counters a group's driver bumps ([`GroupMetrics`]), the text
+//! exposition format, and a deliberately tiny HTTP/1.1 responder (one request
+//! per connection, a bounded request head, a timeout) — a scrape endpoint
+//! needs nothing more, and it keeps an HTTP server stack out of the daemon.
+//! Must never block a driver: drivers only touch atomics, and the page is
+//! rendered from the published status and those atomics.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use waft_proto::client::Role;
+
+use crate::GroupHandle;
+use crate::commit::Stats as CommitStats;
+
+/// Bytes of a request head read at most; a longer one gets 431.
+pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
+/// How long a scraper may take to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Scrapes served at once; more wait in the accept queue.
+pub const CONNECTIONS_MAX: usize = 16;
+
+/// Counters of one group, bumped by its driver.
+#[derive(Debug, Default)]
+pub struct GroupMetrics {
+    pub proposals: AtomicU64,
+    pub reads: AtomicU64,
+    /// Requests answered BUSY (a full inbox or too many waiting).
+    pub busy_rejections: AtomicU64,
+    pub applied_entries: AtomicU64,
+    /// Time spent applying committed entries (and saving snapshots), and
+    /// the number of batches it was spent on.
+    pub apply_nanos: AtomicU64,
+    pub apply_batches: AtomicU64,
+    /// On the leader: entries each peer lacks (last index − its match index).
+    pub lag: Mutex<BTreeMap<u64, u64>>,
+}
+
+impl GroupMetrics {
+    pub fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Renders every group's metrics and the node's commit counters.
+pub fn render(node: u64, groups: &BTreeMap<u64, GroupHandle>, commit: &CommitStats) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &mut dyn FnMut(&mut String)| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        samples(&mut out);
+    };
+    let per_group = |value: &dyn Fn(&GroupHandle, &waft_proto::client::GroupStatus) -> u64, name: &str| {
+        let mut s = String::new();
+        for (g, h) in groups {
+            let status = h.status.borrow();
+            let _ = writeln!(s, "{name}{{node=\"{node}\",group=\"{g}\"}} {}", value(h, &status));
+        }
+        s
+    };
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let gauges: [(&str, &str, &dyn Fn(&GroupHandle, &waft_proto::client::GroupStatus) -> u64); 7] = [
+        ("waft_group_term", "Current Raft term.", &|_, s| s.term),
+        ("waft_group_commit_index", "Highest log index known committed.", &|_, s| s.commit_index),
+        ("waft_group_applied_index", "Highest log index applied to the state machine.", &|_, s| s.applied_index),
+        ("waft_group_snapshot_index", "Last index covered by this node's latest snapshot.", &|_, s| s.snapshot_index),
+        ("waft_group_is_leader", "1 while this node leads the group.", &|_, s| u64::from(s.role() == Role::Leader)),
+        (
+            "waft_group_snapshot_install_bytes_done",
+            "Bytes of the snapshot being received (0 when none).",
+            &|_, s| s.snapshot_install.as_ref().map_or(0, |t| t.bytes_done),
+        ),
+        (
+            "waft_group_snapshot_install_bytes_total",
+            "Size of the snapshot being received (0 when none).",
+            &|_, s| s.snapshot_install.as_ref().map_or(0, |t| t.bytes_total),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        let samples = per_group(value, name);
+        family(name, "gauge", help, &mut |o| o.push_str(&samples));
+    }
+    let counters: [(&str, &str, &dyn Fn(&GroupHandle, &waft_proto::client::GroupStatus) -> u64); 6] = [
+        ("waft_group_proposals_total", "Proposals this node accepted as leader.", &|h, _| load(&h.metrics.proposals)),
+        ("waft_group_reads_total", "Reads this node took in.", &|h, _| load(&h.metrics.reads)),
+        ("waft_group_busy_rejections_total", "Requests answered BUSY.", &|h, _| load(&h.metrics.busy_rejections)),
+        ("waft_group_applied_entries_total", "Entries applied to the state machine.", &|h, _| {
+            load(&h.metrics.applied_entries)
+        }),
+        ("waft_group_apply_batches_total", "Batches of committed entries applied.", &|h, _| {
+            load(&h.metrics.apply_batches)
+        }),
+        ("waft_group_apply_nanoseconds_total", "Time spent applying batches (divide by batches for latency).", &|h, _| {
+            load(&h.metrics.apply_nanos)
+        }),
+    ];
+    for (name, help, value) in counters {
+        let samples = per_group(value, name);
+        family(name, "counter", help, &mut |o| o.push_str(&samples));
+    }
+    let mut roles = String::new();
+    for (g, h) in groups {
+        let role = h.status.borrow().role().as_str_name().trim_start_matches("ROLE_").to_lowercase();
+        let _ = writeln!(roles, "waft_group_role{{node=\"{node}\",group=\"{g}\",role=\"{role}\"}} 1");
+    }
+    family("waft_group_role", "gauge", "The node's role in the group (one sample, value 1).", &mut |o| {
+        o.push_str(&roles)
+    });
+    let mut lag = String::new();
+    for (g, h) in groups {
+        if let Ok(peers) = h.metrics.lag.lock() {
+            for (peer, entries) in peers.iter() {
+                let _ = writeln!(lag, "waft_group_replication_lag_entries{{node=\"{node}\",group=\"{g}\",peer=\"{peer}\"}} {entries}");
+            }
+        }
+    }
+    family("waft_group_replication_lag_entries", "gauge", "On the leader: entries a peer lacks.", &mut |o| {
+        o.push_str(&lag)
+    });
+    let syncs = format!("waft_node_log_syncs_total{{node=\"{node}\"}} {}\n", load(&commit.syncs));
+    family("waft_node_log_syncs_total", "counter", "Synced RocksDB writes (group commits).", &mut |o| {
+        o.push_str(&syncs)
+    });
+    let writes = format!("waft_node_log_writes_total{{node=\"{node}\"}} {}\n", load(&commit.writes_done));
+    family("waft_node_log_writes_total", "counter", "Group log writes made durable (writes/syncs = merge factor).", &mut |o| {
+        o.push_str(&writes)
+    });
+    out
+}
+
+/// Serves `GET /metrics` on `listener` until `stop` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    node: u64,
+    groups: Arc<BTreeMap<u64, GroupHandle>>,
+    commit: crate::commit::Committer,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((mut conn, _)) = accepted else { continue };
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let (groups, commit) = (groups.clone(), commit.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let response = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut conn)).await {
+                Ok(Ok(head)) if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") => {
+                    let body = render(node, &groups, commit.stats());
+                    reply(200, "OK", "text/plain; version=0.0.4", &body)
+                }
+                Ok(Ok(head)) if head.starts_with(b"GET ") => reply(404, "Not Found", "text/plain", "try /metrics\n"),
+                Ok(Ok(_)) => reply(405, "Method Not Allowed", "text/plain", "GET /metrics only\n"),
+                Ok(Err(HeadError::TooLarge)) => reply(431, "Request Header Fields Too Large", "text/plain", ""),
+                Ok(Err(HeadError::Io)) | Err(_) => return,
+            };
+            let _ = conn.write_all(response.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}
+
+enum HeadError {
+    TooLarge,
+    Io,
+}
+
+/// Reads up to the blank line that ends a request head, bounded.
+async fn read_head(conn: &mut tokio::net::TcpStream) -> Result<Vec<u8>, HeadError> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = conn.read(&mut buf).await.map_err(|_| HeadError::Io)?;
+        if n == 0 {
+            return if head.is_empty() { Err(HeadError::Io) } else { Ok(head) };
+        }
+        head.extend_from_slice(&buf[..n]);
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
+            return Ok(head);
+        }
+        if head.len() > REQUEST_HEAD_BYTES_MAX {
+            return Err(HeadError::TooLarge);
+        }
+    }
+}
+
+fn reply(code: u16, reason: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Where the metrics endpoint listens, for logs.
+pub fn describe(addr: SocketAddr) -> String {
+    format!("http://{addr}/metrics")
+}
