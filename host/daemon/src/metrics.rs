@@ -65,12 +65,18 @@ pub fn render(node: u64, groups: &BTreeMap<u64, GroupHandle>, commit: &CommitSta
         s
     };
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let gauges: [(&str, &str, &dyn Fn(&GroupHandle, &waft_proto::client::GroupStatus) -> u64); 7] = [
+    let gauges: [(&str, &str, &dyn Fn(&GroupHandle, &waft_proto::client::GroupStatus) -> u64); 9] = [
         ("waft_group_term", "Current Raft term.", &|_, s| s.term),
         ("waft_group_commit_index", "Highest log index known committed.", &|_, s| s.commit_index),
         ("waft_group_applied_index", "Highest log index applied to the state machine.", &|_, s| s.applied_index),
         ("waft_group_snapshot_index", "Last index covered by this node's latest snapshot.", &|_, s| s.snapshot_index),
         ("waft_group_is_leader", "1 while this node leads the group.", &|_, s| u64::from(s.role() == Role::Leader)),
+        ("waft_group_sessions_open", "Exactly-once client sessions open in the group.", &|_, s| s.sessions_open),
+        (
+            "waft_group_session_reply_bytes",
+            "Bytes of command results kept for the retries of session clients.",
+            &|_, s| s.session_reply_bytes,
+        ),
         (
             "waft_group_snapshot_install_bytes_done",
             "Bytes of the snapshot being received (0 when none).",

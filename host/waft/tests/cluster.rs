@@ -193,6 +193,9 @@ async fn metrics_move_with_writes_and_a_transfer() {
     assert!(common::metric(&after, "waft_group_applied_entries_total", COUNTER, "").unwrap() >= 20);
     assert!(common::metric(&after, "waft_group_apply_nanoseconds_total", COUNTER, "").unwrap() > 0);
     assert!(after.contains("waft_node_log_syncs_total{"), "{after}");
+    // The client wrote in one session, whose last result is kept for a retry.
+    assert_eq!(common::metric(&after, "waft_group_sessions_open", COUNTER, ""), Some(1));
+    assert!(common::metric(&after, "waft_group_session_reply_bytes", COUNTER, "").unwrap() > 0);
     assert!(after.contains("waft_group_replication_lag_entries{"), "the leader reports its peers' lag");
 
     let target = (leader + 1) % 3;
