@@ -162,16 +162,25 @@ async fn a_follower_restarted_from_a_snapshot_with_the_session_open_deduplicates
     assert!(status.snapshot_index >= at, "restarted from a snapshot covering the command");
     assert_eq!(status.sessions_open, 1, "the snapshot holds the open session");
 
-    // Its leader dies; the restarted follower and the other one carry on.
+    // Its leader dies; the restarted follower and the other one carry on,
+    // and the restarted one is made the leader that answers the retry (by a
+    // transfer when the other won the election), so the retry is settled
+    // from the session table it restored from its snapshot.
     c.kill(leader);
+    let mut new_leader = c.wait_for_leader(GROUP).await;
+    if new_leader != restarted {
+        let admin = c.client(new_leader);
+        let r = admin.admin(GROUP, waft_proto::admin::AdminOp::TransferLeader, vec![restarted as u64 + 1], vec![]).await;
+        assert_eq!(r.unwrap().leader_id, restarted as u64 + 1);
+        new_leader = c.wait_for_leader(GROUP).await;
+    }
+    assert_eq!(new_leader, restarted, "the node restored from the snapshot leads");
     let answer = session.propose(incr(100)).await.unwrap();
     assert_eq!((text(&answer).as_str(), answer.duplicate), ("101", true));
-    let new_leader = c.wait_for_leader(GROUP).await;
     eprintln!(
-        "node {} restarted from snapshot {} (command at <= {at}); node {} answered the retry",
+        "node {} restarted from snapshot {} (command at <= {at}) and, leading, answered the retry from its table",
         restarted + 1,
         status.snapshot_index,
-        new_leader + 1
     );
     // Both survivors applied the retried entry and skipped it alike: the
     // one restored from a snapshot deduplicated exactly as the other.
