@@ -708,6 +708,15 @@ impl Session {
     /// `propose`, and how many attempts reached a server.
     async fn propose_counted(&self, command: Bytes) -> (Result<Answer, ClientError>, usize) {
         let seq = self.state.take_number().await;
+        // Settles the number however this future ends, dropped mid-call
+        // included: a number left outstanding would pin the window for good.
+        struct SettleOnDrop<'a>(&'a SessionState, u64);
+        impl Drop for SettleOnDrop<'_> {
+            fn drop(&mut self) {
+                self.0.settle(self.1);
+            }
+        }
+        let _settle = SettleOnDrop(&self.state, seq);
         let sent = AtomicUsize::new(0);
         let (group, session_id) = (self.state.group, self.state.id);
         let state = &self.state;
@@ -726,7 +735,6 @@ impl Session {
                 async move { propose_call(&mut c, at, req).await }
             })
             .await;
-        self.state.settle(seq);
         (result, sent.load(Ordering::Relaxed))
     }
 

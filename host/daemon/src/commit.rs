@@ -64,6 +64,12 @@ impl Committer {
         &self.stats
     }
 
+    /// The counters alone, for a reader that must not keep the commit thread
+    /// (and so RocksDB) alive, such as the metrics endpoint.
+    pub fn stats_handle(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
     /// Makes `write` durable, together with whatever other groups wrote
     /// meanwhile. An error means the disk write failed: the caller's replica
     /// must stop.

@@ -434,6 +434,11 @@ impl Driver {
                 }
                 self.replica.transfer_leader(*target)
             }
+            Op::Snapshot if self.replica.applied_index() <= self.snapshot_index => {
+                // Nothing applied since the last snapshot: it is current.
+                let _ = reply.send(Ok(self.admin_result()));
+                return;
+            }
             Op::Snapshot => {
                 self.replica.request_snapshot();
                 Ok(())
@@ -771,8 +776,16 @@ impl Driver {
         if let Some(a) = self.admin.take() {
             let _ = a.reply.send(Err(err()));
         }
+        // These entries are in the log and may still commit on the other
+        // nodes: their outcome is unknown, which a NOT_LEADER would deny
+        // (clients re-send a plain command after NOT_LEADER).
+        let mut unknown = client::Error::timeout(0);
+        unknown.message = format!(
+            "{}; the command was already in the log and may still apply: retry it only in a session",
+            e.message
+        );
         for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
-            let _ = reply.send(Err(err()));
+            let _ = reply.send(Err(unknown.clone()));
         }
         for (_, read) in self.reads.drain() {
             let _ = read.reply.send(Err(err()));

@@ -234,7 +234,7 @@ pub async fn serve(
             .await
             .map_err(|source| ServeError::Listen { addr, source })?;
         tracing::info!(node = cfg.node_id, metrics = %metrics::describe(addr), "serving metrics");
-        tokio::spawn(metrics::serve(listener, cfg.node_id, groups.clone(), committer.clone(), stopped.clone()));
+        tokio::spawn(metrics::serve(listener, cfg.node_id, groups.clone(), committer.stats_handle(), stopped.clone()));
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await

@@ -145,23 +145,29 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     node: u64,
     groups: Arc<BTreeMap<u64, GroupHandle>>,
-    commit: crate::commit::Committer,
+    commit: Arc<CommitStats>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
     loop {
+        let permit = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
         let accepted = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
             accepted = listener.accept() => accepted,
         };
         let Ok((mut conn, _)) = accepted else { continue };
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let (groups, commit) = (groups.clone(), commit.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let response = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut conn)).await {
                 Ok(Ok(head)) if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") => {
-                    let body = render(node, &groups, commit.stats());
+                    let body = render(node, &groups, &commit);
                     reply(200, "OK", "text/plain; version=0.0.4", &body)
                 }
                 Ok(Ok(head)) if head.starts_with(b"GET ") => reply(404, "Not Found", "text/plain", "try /metrics\n"),
@@ -169,8 +175,12 @@ pub async fn serve(
                 Ok(Err(HeadError::TooLarge)) => reply(431, "Request Header Fields Too Large", "text/plain", ""),
                 Ok(Err(HeadError::Io)) | Err(_) => return,
             };
-            let _ = conn.write_all(response.as_bytes()).await;
-            let _ = conn.shutdown().await;
+            // A scraper that does not read its answer is dropped, not waited on.
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, async {
+                let _ = conn.write_all(response.as_bytes()).await;
+                let _ = conn.shutdown().await;
+            })
+            .await;
         });
     }
 }
