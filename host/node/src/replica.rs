@@ -40,6 +40,11 @@ pub const SESSIONS_FILE: &str = "sessions";
 /// splits further by fuel; this bounds the memory one call's results take.
 pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
 
+/// Committed entries a Ready may carry and still count as quick to finish
+/// (see `PendingReady::may_block`): a few hundred microseconds of guest work
+/// at most for a light state machine.
+pub const FINISH_QUICK_ENTRIES_MAX: usize = 64;
+
 /// `Ready` batches one `process` call drains at most. Together with the core's
 /// `apply_entries_max` and message limits this bounds one `Output`; the caller
 /// calls `process` again while `has_ready()` holds.
@@ -190,6 +195,13 @@ impl PendingReady {
     /// write. Take it once; `finish_ready` may run only after it is durable.
     pub fn take_write(&mut self) -> WriteSet {
         std::mem::take(&mut self.write)
+    }
+
+    /// Whether `finish_ready` may run long: it saves a snapshot or applies
+    /// more than [`FINISH_QUICK_ENTRIES_MAX`] entries. A caller on an async
+    /// runtime moves such a call off its worker, and runs the rest in place.
+    pub fn may_block(&self) -> bool {
+        self.rd.snapshot_request.is_some() || self.rd.committed_entries.len() > FINISH_QUICK_ENTRIES_MAX
     }
 }
 
