@@ -142,6 +142,19 @@ enum Cmd {
     Bench(waft_bench::Args),
     /// Change a group on a live cluster: membership, leadership, snapshots.
     /// Each change waits until it took effect and prints the configuration.
+    /// Replace a group's state machine on the live cluster, through its log:
+    /// the leader validates the module (refusing a bad one before anything
+    /// changes), replicates it, and every replica switches at the same index
+    /// (the old module saves its state, the new one loads it).
+    Deploy {
+        /// Any node of the cluster; the deploy goes to the group's leader.
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        group: u64,
+        /// The component, e.g. target/wasm32-wasip2/release/my_machine.wasm.
+        module: PathBuf,
+    },
     Admin {
         /// Any node of the cluster; changes go to the group's leader.
         #[arg(long)]
@@ -366,6 +379,13 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Admin { addr, group, op } => runtime()?.block_on(admin(&addr, group, op)),
+        Cmd::Deploy { addr, group, module } => {
+            let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
+            let client = waft_daemon::client::Client::new(addr);
+            let result = runtime()?.block_on(client.deploy(group, bytes.into()))?;
+            println!("group {group} runs module {} since index {}", hex(&result.module_hash), result.index);
+            Ok(())
+        }
         Cmd::Bench(args) => {
             runtime()?.block_on(waft_bench::run(args))?;
             Ok(())
@@ -437,6 +457,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
     use waft_proto::client::Role;
     let role = |g: &waft_proto::client::GroupStatus| match g.role() {
@@ -459,7 +483,8 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
                     "commit_index": g.commit_index, "applied_index": g.applied_index,
                     "sessions_open": g.sessions_open, "session_reply_bytes": g.session_reply_bytes,
                     "voters": c.voters, "learners": c.learners,
-                    "module_hash": g.module_hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                    "module_hash": hex(&g.module_hash), "module_index": g.module_index,
+                    "snapshot_index": g.snapshot_index,
                 })
             })
             .collect();
@@ -468,12 +493,12 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
     }
     println!("node {}", status.node_id);
     println!(
-        "{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8} {:>8}",
-        "group", "role", "term", "leader", "leader address", "commit", "applied", "sessions"
+        "{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8} {:>8}  {:<12} {:>8}",
+        "group", "role", "term", "leader", "leader address", "commit", "applied", "sessions", "module", "since"
     );
     for g in &status.groups {
         println!(
-            "{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8} {:>8}",
+            "{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8} {:>8}  {:<12} {:>8}",
             g.group,
             role(g),
             g.term,
@@ -481,7 +506,9 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
             g.leader_address,
             g.commit_index,
             g.applied_index,
-            g.sessions_open
+            g.sessions_open,
+            hex(g.module_hash.get(..6).unwrap_or(&g.module_hash)),
+            g.module_index
         );
     }
 }
