@@ -9,6 +9,7 @@ mod common;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{Cluster, Spec, module, text};
@@ -27,6 +28,8 @@ const GET: &[u8] = br#""get""#;
 struct Writers {
     stop: Arc<AtomicBool>,
     acked: Arc<Mutex<Vec<(u64, i64)>>>,
+    /// When each write was acknowledged, in order.
+    times: Arc<Mutex<Vec<Instant>>>,
     tasks: Vec<tokio::task::JoinHandle<u64>>,
 }
 
@@ -34,11 +37,12 @@ impl Writers {
     fn start(c: &Cluster, nodes: &[usize]) -> Writers {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(Mutex::new(Vec::new()));
+        let times = Arc::new(Mutex::new(Vec::new()));
         let tasks = (0..WRITERS)
             .map(|w| {
                 let addrs = (0..nodes.len()).map(|k| c.addrs[nodes[(w + k) % nodes.len()]].clone()).collect();
                 let client = Client::with_nodes(addrs);
-                let (stop, acked) = (stop.clone(), acked.clone());
+                let (stop, acked, times) = (stop.clone(), acked.clone(), times.clone());
                 tokio::spawn(async move {
                     let mut failed = 0;
                     while !stop.load(Ordering::Relaxed) {
@@ -46,6 +50,7 @@ impl Writers {
                             Ok(a) => {
                                 assert!(!a.duplicate, "no retries expected without faults");
                                 acked.lock().unwrap().push((a.index, text(&a).parse::<i64>().unwrap()));
+                                times.lock().unwrap().push(Instant::now());
                             }
                             Err(_) => failed += 1,
                         }
@@ -54,7 +59,14 @@ impl Writers {
                 })
             })
             .collect();
-        Writers { stop, acked, tasks }
+        Writers { stop, acked, times, tasks }
+    }
+
+    /// The longest pause between two acknowledgements within `from..to`.
+    fn longest_pause(&self, from: Instant, to: Instant) -> Duration {
+        let times = self.times.lock().unwrap();
+        let inside: Vec<Instant> = times.iter().copied().filter(|t| *t >= from && *t <= to).collect();
+        inside.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
     }
 
     fn count(&self) -> usize {
@@ -149,6 +161,7 @@ async fn a_new_module_version_takes_over_at_one_index_on_every_replica() {
 
     // The operator's deploy, through the CLI at a follower (it finds the leader).
     let doubling = module("waft_counter_doubling");
+    let deploy_began = Instant::now();
     let out = waft(&["deploy", "--addr", &c.addrs[restored_by_restart], "--group", "1", doubling.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "deploy failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -156,6 +169,7 @@ async fn a_new_module_version_takes_over_at_one_index_on_every_replica() {
     assert!(stdout.starts_with(&format!("group 1 runs module {hex} since index ")), "{stdout}");
     let at: u64 = stdout.trim().rsplit(' ').next().unwrap().parse().unwrap();
     writers.wait_for(&mut c, 200).await;
+    let deploy_pause = writers.longest_pause(deploy_began, Instant::now());
 
     // Snapshot past the deploy: the leader compacts (node `restored_by_install`
     // will need the snapshot), and `restored_by_restart` restarts from its own.
@@ -172,7 +186,10 @@ async fn a_new_module_version_takes_over_at_one_index_on_every_replica() {
     c.start_node(restored_by_install);
     writers.wait_for(&mut c, 200).await;
     let (acked, failed) = writers.stop().await;
-    println!("{} writes acknowledged, {failed} failed, deploy at index {at}", acked.len());
+    println!(
+        "{} writes acknowledged, {failed} failed, deploy at index {at}, longest pause between writes around it {deploy_pause:?}",
+        acked.len()
+    );
 
     // The replies: +1 per write before the deploy's index, +2 after it.
     let mut expected = 0;
