@@ -80,6 +80,11 @@ impl Error {
         Error::with(ErrorCode::Internal, why)
     }
 
+    /// A deploy's module was refused; nothing changed.
+    pub fn bad_module(why: impl Into<String>) -> Self {
+        Error::with(ErrorCode::BadModule, why)
+    }
+
     pub fn invalid_request(why: impl Into<String>) -> Self {
         Error::with(ErrorCode::InvalidRequest, why)
     }

@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tonic::transport::Channel;
-use waft_proto::admin::{AdminOp, AdminRequest, AdminResult, admin_response};
+use waft_proto::admin::{AdminOp, AdminRequest, AdminResult, DeployRequest, DeployResult, admin_response, deploy_response};
 use waft_proto::client::{
     self, CloseSessionRequest, Consistency, ErrorCode, KeepAliveRequest, OpenSessionRequest, ProposeRequest,
     QueryRequest, SessionResponse, StatusRequest, StatusResponse, client_client::ClientClient, propose_response,
@@ -552,6 +552,29 @@ impl Client {
                 match resp.into_inner().outcome {
                     Some(admin_response::Outcome::Result(result)) => Ok(result),
                     Some(admin_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
+                    None => Err(ClientError::NoOutcome { addr: at }),
+                }
+            }
+        })
+        .await
+    }
+}
+
+impl Client {
+    /// Replaces `group`'s state machine with `module` through the group's log
+    /// (see waft.admin.v1 Deploy) and returns the module in force and the
+    /// index it took effect at. Goes to the leader. Deploying the module that
+    /// runs already changes nothing, so a deploy whose outcome is unknown
+    /// (timeout, lost connection) is retried like a session command.
+    pub async fn deploy(&self, group: u64, module: Bytes) -> Result<DeployResult, ClientError> {
+        self.with_retries(group, true, Retry::AtMostOnce, |channel, at| {
+            let mut c = waft_proto::admin_client(channel);
+            let req = DeployRequest { group, module: module.clone() };
+            async move {
+                let resp = c.deploy(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
+                match resp.into_inner().outcome {
+                    Some(deploy_response::Outcome::Result(result)) => Ok(result),
+                    Some(deploy_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
                     None => Err(ClientError::NoOutcome { addr: at }),
                 }
             }

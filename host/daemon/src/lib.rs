@@ -31,6 +31,11 @@
 //! Log writes of every group on the node go through one commit thread that
 //! merges whatever is waiting into one synced RocksDB write ([`commit`]).
 //!
+//! Deploys ([`admin`]): the admin service validates and compiles a module
+//! off the async threads, stores it by hash (`data_dir/modules`) and hands
+//! it to the group's driver, which proposes it as a `Body::Deploy` entry;
+//! every replica switches modules when that entry applies (`waft-node`).
+//!
 //! Not yet here: run-time group creation.
 
 /// The client library lives in its own crate (no RocksDB or wasmtime in its
@@ -52,7 +57,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use waft_raft::NodeId;
-use waft_storage::{ModuleHash, RocksLogStore, SnapshotStore};
+use waft_storage::{ModuleStore, RocksLogStore, SnapshotStore};
 
 pub use driver::GroupHandle;
 
@@ -161,12 +166,14 @@ pub async fn serve(
     let storage_err = |dir: PathBuf| move |source| ServeError::Storage { dir, source };
     let log_dir = cfg.data_dir.join("log");
     let snap_dir = cfg.data_dir.join("snapshots");
+    let module_dir = cfg.data_dir.join("modules");
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| ServeError::Config(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
     // One RocksDB for every group of this node; the lock is per `process`
     // call, which is where group commit across groups will go.
     let store = Arc::new(Mutex::new(RocksLogStore::open(&log_dir).map_err(storage_err(log_dir.clone()))?));
     let snapshots = Arc::new(SnapshotStore::open(&snap_dir).map_err(storage_err(snap_dir.clone()))?);
+    let modules = Arc::new(ModuleStore::open(&module_dir).map_err(storage_err(module_dir.clone()))?);
     let engine = waft_runtime::Engine::new()?;
     let (committer, commit_thread) = commit::Committer::start(store.clone())
         .map_err(|e| ServeError::Config(format!("cannot start the log commit thread: {e}")))?;
@@ -193,9 +200,10 @@ pub async fn serve(
         }
         let bytes = std::fs::read(&spec.module)
             .map_err(|source| ServeError::ReadModule { path: spec.module.clone(), source })?;
-        let module = waft_runtime::Module::load(&engine, &bytes)
+        // The founding module of a new group; a restarting replica runs the
+        // module its snapshot carries (deploys change it through the log).
+        let module = waft_node::GuestModule::load(&engine, bytes)
             .map_err(|source| ServeError::LoadModule { path: spec.module.clone(), source })?;
-        let hash = ModuleHash::of(&bytes);
         let raft = cfg.raft_config(spec.group)?;
         // A command travels in an envelope, which must fit the core's limit.
         let command_bytes_max =
@@ -208,7 +216,6 @@ pub async fn serve(
                 &mut *store,
                 &snapshots,
                 &module,
-                hash,
                 &voters,
             )?
         };
@@ -248,7 +255,7 @@ pub async fn serve(
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(waft_proto::peer_server(peer::PeerService::new(groups.clone(), snapshots.clone(), stopped.clone())))
-            .add_service(waft_proto::admin_server(admin::AdminService::new(groups.clone())))
+            .add_service(waft_proto::admin_server(admin::AdminService::new(groups.clone(), engine.clone(), modules)))
             .add_service(waft_proto::client_server(service::ClientService::new(cfg.node_id, groups)))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = begun.await;
