@@ -207,11 +207,20 @@ impl PendingReady {
         std::mem::take(&mut self.write)
     }
 
-    /// Whether `finish_ready` may run long: it saves a snapshot or applies
-    /// more than [`FINISH_QUICK_ENTRIES_MAX`] entries. A caller on an async
+    /// Whether `finish_ready` may run long: it saves a snapshot, applies
+    /// more than [`FINISH_QUICK_ENTRIES_MAX`] entries, or applies a deploy
+    /// (which compiles a module and moves the state). A caller on an async
     /// runtime moves such a call off its worker, and runs the rest in place.
+    /// (A guest fault's restore, which replays the entries since the last
+    /// checkpoint, is rare enough to run where it happens.)
     pub fn may_block(&self) -> bool {
-        self.rd.snapshot_request.is_some() || self.rd.committed_entries.len() > FINISH_QUICK_ENTRIES_MAX
+        self.rd.snapshot_request.is_some()
+            || self.rd.committed_entries.len() > FINISH_QUICK_ENTRIES_MAX
+            || self
+                .rd
+                .committed_entries
+                .iter()
+                .any(|e| e.kind == EntryKind::Normal && Envelope::is_deploy(&e.data))
     }
 }
 
