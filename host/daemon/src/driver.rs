@@ -339,11 +339,11 @@ impl Driver {
             }
             let mut out = Output::default();
             let mut store = SharedStore(self.store.clone());
-            // Applying many entries runs the guest for long, and a snapshot
-            // writes files: then tell tokio this worker is busy. Not for a
-            // quick Ready: handing the worker's core to another thread costs
-            // a thread wake-up and two context switches, more than applying
-            // a few entries.
+            // Running the guest (which may block on WASI, see `may_block`)
+            // and saving a snapshot must tell tokio this worker is busy. A
+            // Ready that does neither runs in place: handing the worker's
+            // core to another thread costs a thread wake-up and two context
+            // switches, more than the Ready's own work.
             let started = std::time::Instant::now();
             let mut finish = |pending| {
                 self.replica.finish_ready(pending, &mut store, &self.snapshots, &mut |m| outbox.push(m), &mut out)

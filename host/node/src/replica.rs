@@ -41,11 +41,6 @@ pub const SESSIONS_FILE: &str = "sessions";
 /// splits further by fuel; this bounds the memory one call's results take.
 pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
 
-/// Committed entries a Ready may carry and still count as quick to finish
-/// (see `PendingReady::may_block`): a few hundred microseconds of guest work
-/// at most for a light state machine.
-pub const FINISH_QUICK_ENTRIES_MAX: usize = 64;
-
 /// `Ready` batches one `process` call drains at most. Together with the core's
 /// `apply_entries_max` and message limits this bounds one `Output`; the caller
 /// calls `process` again while `has_ready()` holds.
@@ -207,20 +202,16 @@ impl PendingReady {
         std::mem::take(&mut self.write)
     }
 
-    /// Whether `finish_ready` may run long: it saves a snapshot, applies
-    /// more than [`FINISH_QUICK_ENTRIES_MAX`] entries, or applies a deploy
-    /// (which compiles a module and moves the state). A caller on an async
-    /// runtime moves such a call off its worker, and runs the rest in place.
-    /// (A guest fault's restore, which replays the entries since the last
-    /// checkpoint, is rare enough to run where it happens.)
+    /// Whether `finish_ready` may block its thread: it runs the guest
+    /// (committed entries to apply, or a role change's hook), or saves a
+    /// snapshot. Besides running long, a guest may call WASI's blocking
+    /// stream functions (a panic message to stderr), which wasmtime-wasi
+    /// serves by blocking on the ambient tokio runtime: on an async worker
+    /// that panics. A caller on an async runtime moves such a call off its
+    /// worker (`block_in_place`), and runs the rest (a Ready that only
+    /// persists, sends and reports reads) in place.
     pub fn may_block(&self) -> bool {
-        self.rd.snapshot_request.is_some()
-            || self.rd.committed_entries.len() > FINISH_QUICK_ENTRIES_MAX
-            || self
-                .rd
-                .committed_entries
-                .iter()
-                .any(|e| e.kind == EntryKind::Normal && Envelope::is_deploy(&e.data))
+        self.rd.snapshot_request.is_some() || self.rd.soft_state.is_some() || !self.rd.committed_entries.is_empty()
     }
 }
 

@@ -192,13 +192,6 @@ impl Envelope {
         Ok(Bytes::from(out))
     }
 
-    /// Whether `data` is a deploy's envelope, from its first two bytes
-    /// alone: for a caller that must know before applying that an entry will
-    /// compile a module (which takes long), without decoding every entry.
-    pub fn is_deploy(data: &[u8]) -> bool {
-        matches!(data, [ENVELOPE_VERSION, KIND_DEPLOY, ..])
-    }
-
     /// Decodes an entry's data. The payload shares `data`'s buffer (no copy).
     pub fn decode(data: &Bytes) -> Result<Envelope, EnvelopeError> {
         let mut r = Reader::new(data);
@@ -263,7 +256,6 @@ mod tests {
             let b = e.encode().unwrap();
             assert!(b.len() <= ENVELOPE_OVERHEAD_BYTES_MAX + 4, "{e:?}");
             assert_eq!(Envelope::decode(&b), Ok(e.clone()));
-            assert_eq!(Envelope::is_deploy(&b), matches!(e.body, Body::Deploy { .. }), "{e:?}");
             let payload_len = match &e.body {
                 Body::Plain { payload } | Body::Command { payload, .. } | Body::Deploy { module: payload } => {
                     payload.len()
