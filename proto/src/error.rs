@@ -80,6 +80,11 @@ impl Error {
         Error::with(ErrorCode::Internal, why)
     }
 
+    /// A create named a group that exists with another module or voters.
+    pub fn group_exists(why: impl Into<String>) -> Self {
+        Error::with(ErrorCode::GroupExists, why)
+    }
+
     pub fn invalid_request(why: impl Into<String>) -> Self {
         Error::with(ErrorCode::InvalidRequest, why)
     }

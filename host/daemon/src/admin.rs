@@ -1,25 +1,43 @@
 //! The admin service: membership changes, leader transfer, snapshot now and
-//! the unsafe reset of a group's voters, each answered once it took effect.
+//! the unsafe reset of a group's voters, each answered once it took effect;
+//! and the creation of a group at run time.
 //!
 //! Owns the checks an admin request passes before it reaches the group's
 //! driver and the (longer) wait for the outcome; the driver owns starting the
 //! change and recognising when it is done ([`crate::driver`]). Must never
 //! block on a full inbox: that is BUSY.
+//!
+//! `CreateGroup` runs in two rounds from the daemon asked: it checks the
+//! request and loads the module (nothing is created if either fails), asks
+//! every voter whether it could create the group (a refusal anywhere, or a
+//! voter out of reach, stops it there, having created nothing), then tells
+//! every voter to create it ([`crate::groups::Host::create_local`] on each)
+//! and answers with each node's outcome. Voters start in any order: peer
+//! messages for a group a node does not serve yet are dropped and resent.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::oneshot;
-use waft_proto::admin::{AdminOp, AdminRequest, AdminResponse, AdminResult, admin_response};
+use waft_proto::admin::{
+    AdminOp, AdminRequest, AdminResponse, AdminResult, CreateGroupRequest, CreateGroupResponse, CreateOutcome,
+    NodeCreateOutcome, admin_response,
+};
 use waft_proto::client;
 use waft_raft::NodeId;
+use waft_storage::ModuleHash;
 
-use crate::driver::{BUSY_RETRY_AFTER_MS, GroupHandle, Input};
+use crate::driver::{BUSY_RETRY_AFTER_MS, Input};
+use crate::groups::{CREATE_MODULE_BYTES_MAX, CREATE_VOTERS_MAX, Founding, Host};
 
 /// How long an admin request waits for its change to take effect. Longer
 /// than a client request: a new voter may have a snapshot to catch up on.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node waits for another voter's daemon to check or create a
+/// group (it compiles the module first).
+pub const CREATE_FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long connecting to another voter's daemon may take.
+pub const CREATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One admin operation, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,19 +96,19 @@ impl Op {
 }
 
 pub struct AdminService {
-    groups: Arc<BTreeMap<u64, GroupHandle>>,
+    host: Arc<Host>,
 }
 
 impl AdminService {
-    pub fn new(groups: Arc<BTreeMap<u64, GroupHandle>>) -> AdminService {
-        AdminService { groups }
+    pub fn new(host: Arc<Host>) -> AdminService {
+        AdminService { host }
     }
 
     async fn change(&self, req: AdminRequest) -> AdminReply {
         if req.group == waft_proto::GROUP_NONE {
             return Err(client::Error::invalid_request("group 0 is reserved; name the group to change"));
         }
-        let group = self.groups.get(&req.group).ok_or_else(|| client::Error::unknown_group(req.group))?;
+        let group = self.host.groups().get(req.group).ok_or_else(|| client::Error::unknown_group(req.group))?;
         let op = Op::from_request(&req)?;
         let (reply, rx) = oneshot::channel();
         match group.inbox.try_send(Input::Admin { op, reply }) {
@@ -110,8 +128,241 @@ impl AdminService {
     }
 }
 
+/// A create request, checked: the group, its founding voters (sorted, no
+/// duplicates) and the module's bytes.
+#[derive(Debug)]
+struct Create {
+    group: u64,
+    voters: Vec<NodeId>,
+    module: bytes::Bytes,
+}
+
+impl Create {
+    /// The request's fields, or why they cannot found a group. `known`:
+    /// whether this daemon knows a node's address.
+    fn check(req: &CreateGroupRequest, known: impl Fn(NodeId) -> bool) -> Result<Create, client::Error> {
+        let bad = |why: String| Err(client::Error::invalid_request(why));
+        if req.group == waft_proto::GROUP_NONE {
+            return bad("group 0 is reserved; create group 1 or more".into());
+        }
+        let mut voters = req.voters.clone();
+        voters.sort_unstable();
+        voters.dedup();
+        if voters.is_empty() {
+            return bad("name the group's voters (node ids), e.g. --peers 1,2,3".into());
+        }
+        if voters.len() > CREATE_VOTERS_MAX {
+            return bad(format!("{} voters; a group starts with {CREATE_VOTERS_MAX} at most", voters.len()));
+        }
+        if voters.contains(&waft_raft::NONE) {
+            return bad("node id 0 is reserved; node ids are 1 or more".into());
+        }
+        if let Some(unknown) = voters.iter().find(|id| !known(**id)) {
+            return bad(format!(
+                "node {unknown} is neither this node nor one of its --peer entries, so its daemon cannot be \
+                 reached; name known nodes, or add `--peer {unknown}=ADDR` to every daemon"
+            ));
+        }
+        if req.module.is_empty() {
+            return bad("the module is empty; send the .wasm file's bytes".into());
+        }
+        if req.module.len() > CREATE_MODULE_BYTES_MAX {
+            return Err(client::Error::too_large(req.module.len() as u64, CREATE_MODULE_BYTES_MAX as u64));
+        }
+        Ok(Create { group: req.group, voters, module: req.module.clone() })
+    }
+}
+
+impl AdminService {
+    async fn create_group(&self, req: CreateGroupRequest) -> CreateGroupResponse {
+        let node = self.host.node_id();
+        let hash = ModuleHash::of(&req.module);
+        let mut response = CreateGroupResponse { module_hash: bytes::Bytes::copy_from_slice(&hash.0), ..Default::default() };
+        let create = match Create::check(&req, |id| self.host.addresses().contains_key(&id)) {
+            Ok(create) => create,
+            Err(e) => {
+                response.error = Some(e);
+                return response;
+            }
+        };
+        let founding = Founding::new(hash, &create.voters);
+        if req.local_only {
+            let outcome = self.create_here(&create, &founding, req.check_only).await;
+            response.error = outcome.error.clone();
+            response.nodes.push(outcome);
+            return response;
+        }
+        // The module is compiled here once before anything is asked of the
+        // voters: a bad one is refused having created nothing.
+        let engine = self.host.engine().clone();
+        let bytes = create.module.clone();
+        match tokio::task::spawn_blocking(move || waft_runtime::Module::load(&engine, &bytes)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                response.error = Some(client::Error::invalid_request(format!("module {hash} refused: {e}")));
+                return response;
+            }
+            Err(e) => {
+                response.error = Some(client::Error::internal(format!("loading the module failed: {e}")));
+                return response;
+            }
+        }
+        tracing::info!(node, group = create.group, voters = ?create.voters, module = %hash, "creating group");
+        let checks = self.on_every_voter(&create, &founding, true).await;
+        if checks.iter().any(|o| o.error.is_some()) {
+            response.error = Some(summary(create.group, &checks, "was not created (nothing changed)"));
+            response.nodes = checks;
+            return response;
+        }
+        let outcomes = self.on_every_voter(&create, &founding, false).await;
+        if outcomes.iter().any(|o| o.error.is_some()) {
+            response.error = Some(summary(
+                create.group,
+                &outcomes,
+                "was created on some voters only; fix what failed and send the same create again (it is idempotent)",
+            ));
+        }
+        response.nodes = outcomes;
+        response
+    }
+
+    /// Checks (`check_only`) or creates the group on every voter at once;
+    /// outcomes in voter order.
+    async fn on_every_voter(&self, create: &Create, founding: &Founding, check_only: bool) -> Vec<NodeCreateOutcome> {
+        let node = self.host.node_id();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (at, &voter) in create.voters.iter().enumerate() {
+            if voter == node {
+                continue;
+            }
+            let addr = self.host.addresses().get(&voter).cloned().unwrap_or_default();
+            let req = CreateGroupRequest {
+                group: create.group,
+                voters: create.voters.clone(),
+                module: create.module.clone(),
+                local_only: true,
+                check_only,
+            };
+            tasks.spawn(async move { (at, forward(voter, addr, req).await) });
+        }
+        let mut outcomes: Vec<Option<NodeCreateOutcome>> = vec![None; create.voters.len()];
+        if let Some(at) = create.voters.iter().position(|v| *v == node) {
+            outcomes[at] = Some(self.create_here(create, founding, check_only).await);
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((at, outcome)) = joined {
+                outcomes[at] = Some(outcome);
+            }
+        }
+        create
+            .voters
+            .iter()
+            .zip(outcomes)
+            .map(|(&voter, o)| {
+                o.unwrap_or_else(|| failed(voter, client::Error::internal("the forwarding task failed; see this node's log")))
+            })
+            .collect()
+    }
+
+    /// Checks or creates the group on this node, off the async threads.
+    async fn create_here(&self, create: &Create, founding: &Founding, check_only: bool) -> NodeCreateOutcome {
+        let node = self.host.node_id();
+        let (host, group, founding, bytes) = (self.host.clone(), create.group, founding.clone(), create.module.clone());
+        let run = move || -> Result<CreateOutcome, client::Error> {
+            if check_only {
+                // Only the registry: the daemon that forwarded this compiled
+                // the module already, and the create round compiles it here.
+                return host.create_local(group, founding, &bytes, None);
+            }
+            let module = waft_runtime::Module::load(host.engine(), &bytes)
+                .map_err(|e| client::Error::invalid_request(format!("node {}: module refused: {e}", host.node_id())))?;
+            host.create_local(group, founding, &bytes, Some(&module))
+        };
+        match tokio::task::spawn_blocking(run).await {
+            Ok(Ok(outcome)) => NodeCreateOutcome { node_id: node, outcome: outcome as i32, error: None },
+            Ok(Err(e)) => failed(node, e),
+            Err(e) => failed(node, client::Error::internal(format!("creating the group failed: {e}"))),
+        }
+    }
+}
+
+fn failed(node_id: NodeId, e: client::Error) -> NodeCreateOutcome {
+    NodeCreateOutcome { node_id, outcome: CreateOutcome::Failed as i32, error: Some(e) }
+}
+
+/// Asks the daemon of `voter` at `addr` to check or create the group locally.
+async fn forward(voter: NodeId, addr: String, req: CreateGroupRequest) -> NodeCreateOutcome {
+    let unreachable = |why: String| {
+        failed(voter, client::Error::internal(format!("cannot reach node {voter} at {addr}: {why}; is it running?")))
+    };
+    let call = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CREATE_CONNECT_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let response = waft_proto::admin_client(channel).create_group(req).await.map_err(|s| s.to_string())?;
+        Ok::<_, String>(response.into_inner())
+    };
+    let response = match tokio::time::timeout(CREATE_FORWARD_TIMEOUT, call).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(why)) => return unreachable(why),
+        Err(_) => return unreachable(format!("no answer within {CREATE_FORWARD_TIMEOUT:?}")),
+    };
+    match response.nodes.into_iter().find(|o| o.node_id == voter) {
+        Some(outcome) => outcome,
+        // Refused before it reached the node's groups (the request, or the
+        // module), or the address is another node's.
+        None => failed(
+            voter,
+            response.error.unwrap_or_else(|| {
+                client::Error::internal(format!("{addr} answered without an outcome for node {voter}; is it node {voter}?"))
+            }),
+        ),
+    }
+}
+
+/// The error a create that failed somewhere answers with: GROUP_EXISTS if
+/// that is why, else the first failure's code; the message names every
+/// node's outcome.
+fn summary(group: u64, outcomes: &[NodeCreateOutcome], what: &str) -> client::Error {
+    let errors: Vec<&client::Error> = outcomes.iter().filter_map(|o| o.error.as_ref()).collect();
+    let code = if errors.iter().any(|e| e.code() == client::ErrorCode::GroupExists) {
+        client::ErrorCode::GroupExists
+    } else {
+        errors.first().map_or(client::ErrorCode::Internal, |e| e.code())
+    };
+    let each: Vec<String> = outcomes
+        .iter()
+        .map(|o| match &o.error {
+            Some(e) => format!("node {}: {e}", o.node_id),
+            None => format!("node {}: {}", o.node_id, describe(o.outcome())),
+        })
+        .collect();
+    client::Error { code: code as i32, message: format!("group {group} {what}: {}", each.join("; ")), ..Default::default() }
+}
+
+/// An outcome in words, as the CLI prints it.
+pub fn describe(outcome: CreateOutcome) -> &'static str {
+    match outcome {
+        CreateOutcome::Created => "created",
+        CreateOutcome::AlreadyThere => "already there (same module and voters)",
+        CreateOutcome::Checked => "could create it",
+        CreateOutcome::Failed => "failed",
+        CreateOutcome::Unspecified => "unknown",
+    }
+}
+
 #[tonic::async_trait]
 impl waft_proto::admin::admin_server::Admin for AdminService {
+    async fn create_group(
+        &self,
+        request: tonic::Request<CreateGroupRequest>,
+    ) -> Result<tonic::Response<CreateGroupResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.create_group(request.into_inner()).await))
+    }
+
     async fn change(&self, request: tonic::Request<AdminRequest>) -> Result<tonic::Response<AdminResponse>, tonic::Status> {
         let outcome = match self.change(request.into_inner()).await {
             Ok(result) => admin_response::Outcome::Result(result),
