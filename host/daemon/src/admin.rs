@@ -381,6 +381,45 @@ mod tests {
     }
 
     #[test]
+    fn creates_are_checked_before_anything_is_asked_of_a_voter() {
+        let known = |id: NodeId| (1..=3).contains(&id);
+        let req = |group: u64, voters: &[u64], module: &'static [u8]| CreateGroupRequest {
+            group,
+            voters: voters.to_vec(),
+            module: bytes::Bytes::from_static(module),
+            ..Default::default()
+        };
+        let ok = Create::check(&req(2, &[3, 1, 2, 1], b"\0asm"), known).unwrap();
+        assert_eq!((ok.group, ok.voters), (2, vec![1, 2, 3]));
+        for (r, says) in [
+            (req(0, &[1], b"\0asm"), "group 0"),
+            (req(2, &[], b"\0asm"), "voters"),
+            (req(2, &[0, 1], b"\0asm"), "node id 0"),
+            (req(2, &[1, 4], b"\0asm"), "node 4"),
+            (req(2, &[1], b""), "empty"),
+        ] {
+            let e = Create::check(&r, known).unwrap_err();
+            assert_eq!(e.code(), client::ErrorCode::InvalidRequest, "{e}");
+            assert!(e.message.contains(says), "{e}");
+        }
+        let mut big = req(2, &[1], b"");
+        big.module = vec![0u8; CREATE_MODULE_BYTES_MAX + 1].into();
+        assert_eq!(Create::check(&big, known).unwrap_err().code(), client::ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn a_failed_create_names_every_node_and_prefers_group_exists() {
+        let ok = NodeCreateOutcome { node_id: 1, outcome: CreateOutcome::Checked as i32, error: None };
+        let down = failed(2, client::Error::internal("cannot reach node 2"));
+        let exists = failed(3, client::Error::group_exists("node 3 serves group 5 already"));
+        let e = summary(5, &[ok, down, exists], "was not created (nothing changed)");
+        assert_eq!(e.code(), client::ErrorCode::GroupExists);
+        for part in ["group 5 was not created", "node 1: could create it", "node 2: ERROR_CODE_INTERNAL", "node 3: ERROR_CODE_GROUP_EXISTS"] {
+            assert!(e.message.contains(part), "{part}: {e}");
+        }
+    }
+
+    #[test]
     fn requests_are_checked_before_they_reach_a_group() {
         assert_eq!(Op::from_request(&req(AdminOp::AddPeer, &[4])).unwrap(), Op::AddPeer(4));
         assert_eq!(Op::from_request(&req(AdminOp::TransferLeader, &[])).unwrap(), Op::TransferLeader(None));
