@@ -218,9 +218,11 @@ impl peer::peer_server::Peer for PeerService {
                 };
                 // A group this node does not serve (yet: a create may reach
                 // the voters in any order) drops the message; Raft resends.
-                match self.groups.get(group).map(|g| g.inbox.try_send(input)) {
-                    Some(Ok(())) => delivered += 1,
-                    _ => dropped += 1,
+                let taken = self.groups.get(group).is_some_and(|g| g.inbox.try_send(input).is_ok());
+                if taken {
+                    delivered += 1;
+                } else {
+                    dropped += 1;
                 }
             }
         }
