@@ -29,7 +29,7 @@
 //! 2 = "127.0.0.1:7002"
 //! 3 = "127.0.0.1:7003"
 //!
-//! [[groups]]                          # one table per group this node serves
+//! [[groups]]                          # one table per group named at start (created ones: data_dir)
 //! id = 1
 //! module = "counter.wasm"             # relative paths: to this file
 //! ```

@@ -31,7 +31,13 @@
 //! Log writes of every group on the node go through one commit thread that
 //! merges whatever is waiting into one synced RocksDB write ([`commit`]).
 //!
-//! Not yet here: run-time group creation.
+//! Groups: the services find a group in the node's registry ([`Groups`]),
+//! which grows at run time. `--group` names groups at start;
+//! `CreateGroup` (`waft admin create-group`, [`admin`]) creates one on its
+//! voters' daemons while the node runs, stores its module and a catalogue
+//! entry under the data directory, and every start opens the catalogue's
+//! groups too ([`groups`]). Every group's driver, static or created, is
+//! joined when the node stops.
 
 /// The client library lives in its own crate (no RocksDB or wasmtime in its
 /// build); re-exported here for the daemon's users.
@@ -74,7 +80,8 @@ pub struct ServeConfig {
     /// The other members: node id → address of their `waft serve`. This node
     /// is not in it.
     pub peers: BTreeMap<NodeId, String>,
-    /// The groups this node serves and the module file each runs.
+    /// The groups named at start and the module file each runs (groups
+    /// created at run time come from the data directory's catalogue).
     pub groups: Vec<GroupSpec>,
     /// The voters a brand-new group starts with (`None`: this node and every
     /// peer). A node not among them starts empty and waits to be added with

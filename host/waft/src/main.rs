@@ -33,8 +33,9 @@ enum Cmd {
         modules: PathBuf,
     },
     /// Run a node: serve the given groups, each with its module, replicated
-    /// with the given peers. Flags win over the --config file. Stops cleanly
-    /// on SIGINT or SIGTERM.
+    /// with the given peers, and the groups created on it at run time
+    /// (`waft admin create-group`, kept in --data-dir). Flags win over the
+    /// --config file. Stops cleanly on SIGINT or SIGTERM.
     Serve {
         /// A TOML configuration file (every key is documented in
         /// docs/serve.toml); flags given here override it.
