@@ -36,6 +36,8 @@ pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a node waits for another voter's daemon to check or create a
 /// group (it compiles the module first).
 pub const CREATE_FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+/// What a BUSY answer to a create suggests waiting, in ms.
+pub const CREATE_BUSY_RETRY_AFTER_MS: u64 = 1_000;
 /// How long connecting to another voter's daemon may take.
 pub const CREATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -95,13 +97,20 @@ impl Op {
     }
 }
 
+/// Creates this node works on at once (its own and forwarded ones); more
+/// are answered BUSY. Each holds a module of up to `CREATE_MODULE_BYTES_MAX`.
+pub const CREATES_IN_FLIGHT_MAX: usize = 8;
+
 pub struct AdminService {
     host: Arc<Host>,
+    /// Permits for creates. Taken without waiting, so two daemons that
+    /// forward creates to each other can never wait on one another.
+    creates: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminService {
     pub fn new(host: Arc<Host>) -> AdminService {
-        AdminService { host }
+        AdminService { host, creates: Arc::new(tokio::sync::Semaphore::new(CREATES_IN_FLIGHT_MAX)) }
     }
 
     async fn change(&self, req: AdminRequest) -> AdminReply {
@@ -185,9 +194,16 @@ impl AdminService {
                 return response;
             }
         };
+        let Ok(_permit) = self.creates.clone().try_acquire_owned() else {
+            response.error = Some(client::Error::busy(
+                CREATE_BUSY_RETRY_AFTER_MS,
+                format!("node {node} works on {CREATES_IN_FLIGHT_MAX} creates already"),
+            ));
+            return response;
+        };
         let founding = Founding::new(hash, &create.voters);
         if req.local_only {
-            let outcome = self.create_here(&create, &founding, req.check_only).await;
+            let outcome = self.create_here(&create, &founding, req.check_only, None).await;
             response.error = outcome.error.clone();
             response.nodes.push(outcome);
             return response;
@@ -196,8 +212,8 @@ impl AdminService {
         // voters: a bad one is refused having created nothing.
         let engine = self.host.engine().clone();
         let bytes = create.module.clone();
-        match tokio::task::spawn_blocking(move || waft_runtime::Module::load(&engine, &bytes)).await {
-            Ok(Ok(_)) => {}
+        let module = match tokio::task::spawn_blocking(move || waft_runtime::Module::load(&engine, &bytes)).await {
+            Ok(Ok(module)) => module,
             Ok(Err(e)) => {
                 response.error = Some(client::Error::invalid_request(format!("module {hash} refused: {e}")));
                 return response;
@@ -206,15 +222,15 @@ impl AdminService {
                 response.error = Some(client::Error::internal(format!("loading the module failed: {e}")));
                 return response;
             }
-        }
+        };
         tracing::info!(node, group = create.group, voters = ?create.voters, module = %hash, "creating group");
-        let checks = self.on_every_voter(&create, &founding, true).await;
+        let checks = self.on_every_voter(&create, &founding, None).await;
         if checks.iter().any(|o| o.error.is_some()) {
             response.error = Some(summary(create.group, &checks, "was not created (nothing changed)"));
             response.nodes = checks;
             return response;
         }
-        let outcomes = self.on_every_voter(&create, &founding, false).await;
+        let outcomes = self.on_every_voter(&create, &founding, Some(&module)).await;
         if outcomes.iter().any(|o| o.error.is_some()) {
             response.error = Some(summary(
                 create.group,
@@ -226,10 +242,17 @@ impl AdminService {
         response
     }
 
-    /// Checks (`check_only`) or creates the group on every voter at once;
+    /// Creates the group on every voter at once (`module`: the module,
+    /// loaded here already) or, without a module, checks that each could;
     /// outcomes in voter order.
-    async fn on_every_voter(&self, create: &Create, founding: &Founding, check_only: bool) -> Vec<NodeCreateOutcome> {
+    async fn on_every_voter(
+        &self,
+        create: &Create,
+        founding: &Founding,
+        module: Option<&waft_runtime::Module>,
+    ) -> Vec<NodeCreateOutcome> {
         let node = self.host.node_id();
+        let check_only = module.is_none();
         let mut tasks = tokio::task::JoinSet::new();
         for (at, &voter) in create.voters.iter().enumerate() {
             if voter == node {
@@ -247,7 +270,7 @@ impl AdminService {
         }
         let mut outcomes: Vec<Option<NodeCreateOutcome>> = vec![None; create.voters.len()];
         if let Some(at) = create.voters.iter().position(|v| *v == node) {
-            outcomes[at] = Some(self.create_here(create, founding, check_only).await);
+            outcomes[at] = Some(self.create_here(create, founding, check_only, module.cloned()).await);
         }
         while let Some(joined) = tasks.join_next().await {
             if let Ok((at, outcome)) = joined {
@@ -264,8 +287,15 @@ impl AdminService {
             .collect()
     }
 
-    /// Checks or creates the group on this node, off the async threads.
-    async fn create_here(&self, create: &Create, founding: &Founding, check_only: bool) -> NodeCreateOutcome {
+    /// Checks or creates the group on this node, off the async threads;
+    /// `loaded`: the module, if this node compiled it already.
+    async fn create_here(
+        &self,
+        create: &Create,
+        founding: &Founding,
+        check_only: bool,
+        loaded: Option<waft_runtime::Module>,
+    ) -> NodeCreateOutcome {
         let node = self.host.node_id();
         let (host, group, founding, bytes) = (self.host.clone(), create.group, founding.clone(), create.module.clone());
         let run = move || -> Result<CreateOutcome, client::Error> {
@@ -274,8 +304,12 @@ impl AdminService {
                 // the module already, and the create round compiles it here.
                 return host.create_local(group, founding, &bytes, None);
             }
-            let module = waft_runtime::Module::load(host.engine(), &bytes)
-                .map_err(|e| client::Error::invalid_request(format!("node {}: module refused: {e}", host.node_id())))?;
+            let module = match loaded {
+                Some(module) => module,
+                None => waft_runtime::Module::load(host.engine(), &bytes).map_err(|e| {
+                    client::Error::invalid_request(format!("node {}: module refused: {e}", host.node_id()))
+                })?,
+            };
             host.create_local(group, founding, &bytes, Some(&module))
         };
         match tokio::task::spawn_blocking(run).await {
