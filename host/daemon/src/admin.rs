@@ -185,8 +185,7 @@ impl Create {
 impl AdminService {
     async fn create_group(&self, req: CreateGroupRequest) -> CreateGroupResponse {
         let node = self.host.node_id();
-        let hash = ModuleHash::of(&req.module);
-        let mut response = CreateGroupResponse { module_hash: bytes::Bytes::copy_from_slice(&hash.0), ..Default::default() };
+        let mut response = CreateGroupResponse::default();
         let create = match Create::check(&req, |id| self.host.addresses().contains_key(&id)) {
             Ok(create) => create,
             Err(e) => {
@@ -201,6 +200,16 @@ impl AdminService {
             ));
             return response;
         };
+        // Megabytes to hash: not on an async thread.
+        let bytes = create.module.clone();
+        let hash = match tokio::task::spawn_blocking(move || ModuleHash::of(&bytes)).await {
+            Ok(hash) => hash,
+            Err(e) => {
+                response.error = Some(client::Error::internal(format!("hashing the module failed: {e}")));
+                return response;
+            }
+        };
+        response.module_hash = bytes::Bytes::copy_from_slice(&hash.0);
         let founding = Founding::new(hash, &create.voters);
         if req.local_only {
             let outcome = self.create_here(&create, &founding, req.check_only, None).await;
