@@ -170,6 +170,18 @@ async fn a_group_created_at_run_time_serves_and_survives_a_restart() {
             assert_eq!(text(&answer), (10 * k + 1).to_string(), "key k{k} read at node {}", i + 1);
         }
     }
+    // `waft status` lists it, with its module.
+    let (ok, json, err) = run_waft(&["status", "--addr", &c.addrs[2], "--json"]).await;
+    assert!(ok, "waft status failed: {err}");
+    let status: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let listed: Vec<(u64, String)> = status["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["group"].as_u64().unwrap(), g["module_hash"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(listed.len(), 2, "{json}");
+    assert_eq!(listed[1], (ATOMIC, module_hash.clone()), "{json}");
     // Metrics name the new group on every node.
     for i in 0..3 {
         let page = c.scrape(i).await;
