@@ -96,6 +96,7 @@ impl client::client_server::Client for EchoClient {
             snapshot_install: None,
             sessions_open: 0,
             session_reply_bytes: 0,
+            module_index: 0,
         };
         let mut resp = client::StatusResponse { node_id: 1, ..Default::default() };
         match req.group {

@@ -19,7 +19,7 @@ tasks:
   prereqs  install or check the prerequisites only";
 
 /// The guest crates, built as components for wasm32-wasip2.
-const GUESTS: [&str; 3] = ["waft-counter", "waft-atomic", "waft-probe"];
+const GUESTS: [&str; 4] = ["waft-counter", "waft-atomic", "waft-probe", "waft-counter-doubling"];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -46,8 +46,13 @@ fn main() -> ExitCode {
 type Result<T> = std::result::Result<T, String>;
 
 fn root() -> PathBuf {
-    // xtask/ sits at the workspace root.
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+    // xtask/ sits at the workspace root. `cargo run` names it when xtask
+    // runs; the path baked in at compile time is stale when a target
+    // directory is reused by a clone at another path (cargo reuses the binary).
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    manifest_dir.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn cargo() -> Command {

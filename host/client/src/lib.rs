@@ -30,7 +30,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tonic::transport::Channel;
-use waft_proto::admin::{AdminOp, AdminRequest, AdminResult, CreateGroupRequest, CreateGroupResponse, admin_response};
+use waft_proto::admin::{
+    AdminOp, AdminRequest, AdminResult, CreateGroupRequest, CreateGroupResponse, DeployRequest, DeployResult,
+    admin_response, deploy_response,
+};
 use waft_proto::client::{
     self, CloseSessionRequest, Consistency, ErrorCode, KeepAliveRequest, OpenSessionRequest, ProposeRequest,
     QueryRequest, SessionResponse, StatusRequest, StatusResponse, client_client::ClientClient, propose_response,
@@ -570,8 +573,8 @@ impl Client {
     /// serves it (`nodes` says which were created now and which had it
     /// already: a repeat of the same create is OK). A refusal names each
     /// node's outcome: GROUP_EXISTS when the group runs somewhere with
-    /// another module or voters, INVALID_REQUEST for a bad module or an
-    /// unknown node. One attempt (bounded by `CREATE_GROUP_TIMEOUT`); the
+    /// another module or voters, BAD_MODULE for a module that is not a
+    /// state machine for this host, INVALID_REQUEST for an unknown node. One attempt (bounded by `CREATE_GROUP_TIMEOUT`); the
     /// create is idempotent, so sending it again is always safe.
     pub async fn create_group(
         &self,
@@ -596,6 +599,27 @@ impl Client {
             Some(e) => Err(ClientError::Refused(e)),
             None => Ok(resp),
         }
+    }
+
+    /// Replaces `group`'s state machine with `module` through the group's log
+    /// (see waft.admin.v1 Deploy) and returns the module in force and the
+    /// index it took effect at. Goes to the leader. Deploying the module that
+    /// runs already changes nothing, so a deploy whose outcome is unknown
+    /// (timeout, lost connection) is retried like a session command.
+    pub async fn deploy(&self, group: u64, module: Bytes) -> Result<DeployResult, ClientError> {
+        self.with_retries(group, true, Retry::AtMostOnce, |channel, at| {
+            let mut c = waft_proto::admin_client(channel);
+            let req = DeployRequest { group, module: module.clone() };
+            async move {
+                let resp = c.deploy(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
+                match resp.into_inner().outcome {
+                    Some(deploy_response::Outcome::Result(result)) => Ok(result),
+                    Some(deploy_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
+                    None => Err(ClientError::NoOutcome { addr: at }),
+                }
+            }
+        })
+        .await
     }
 }
 

@@ -18,16 +18,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 use waft_proto::admin::{
     AdminOp, AdminRequest, AdminResponse, AdminResult, CreateGroupRequest, CreateGroupResponse, CreateOutcome,
-    NodeCreateOutcome, admin_response,
+    DeployRequest, DeployResponse, DeployResult, NodeCreateOutcome, admin_response, deploy_response,
 };
 use waft_proto::client;
 use waft_raft::NodeId;
 use waft_storage::ModuleHash;
 
-use crate::driver::{BUSY_RETRY_AFTER_MS, Input};
+use crate::driver::{BUSY_RETRY_AFTER_MS, GroupHandle, Input};
 use crate::groups::{CREATE_MODULE_BYTES_MAX, CREATE_VOTERS_MAX, Founding, Host};
 
 /// How long an admin request waits for its change to take effect. Longer
@@ -40,6 +40,9 @@ pub const CREATE_FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 pub const CREATE_BUSY_RETRY_AFTER_MS: u64 = 1_000;
 /// How long connecting to another voter's daemon may take.
 pub const CREATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deploys validated (compiled) at once on this node; more get BUSY. A
+/// compile takes a core for a few hundred milliseconds.
+pub const DEPLOY_VALIDATIONS_MAX: usize = 1;
 
 /// One admin operation, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,12 +108,63 @@ pub struct AdminService {
     host: Arc<Host>,
     /// Permits for creates. Taken without waiting, so two daemons that
     /// forward creates to each other can never wait on one another.
-    creates: Arc<tokio::sync::Semaphore>,
+    creates: Arc<Semaphore>,
+    validations: Arc<Semaphore>,
 }
 
 impl AdminService {
     pub fn new(host: Arc<Host>) -> AdminService {
-        AdminService { host, creates: Arc::new(tokio::sync::Semaphore::new(CREATES_IN_FLIGHT_MAX)) }
+        AdminService {
+            host,
+            creates: Arc::new(Semaphore::new(CREATES_IN_FLIGHT_MAX)),
+            validations: Arc::new(Semaphore::new(DEPLOY_VALIDATIONS_MAX)),
+        }
+    }
+
+    /// Validates the module here (the leader), stores it by hash and has the
+    /// group's driver propose it; answers once the entry applied here.
+    async fn deploy(&self, req: DeployRequest) -> Result<DeployResult, client::Error> {
+        if req.group == waft_proto::GROUP_NONE {
+            return Err(client::Error::invalid_request("group 0 is reserved; name the group to deploy to"));
+        }
+        let group = self.host.groups().get(req.group).ok_or_else(|| client::Error::unknown_group(req.group))?;
+        if req.module.is_empty() {
+            return Err(client::Error::invalid_request("empty module; send the component's bytes"));
+        }
+        let size = req.module.len() as u64;
+        // The entry carries the module and a small envelope header.
+        if size > group.command_bytes_max {
+            return Err(client::Error::too_large(size, group.command_bytes_max));
+        }
+        {
+            // Only the leader proposes; spare a compile on the others.
+            let status = group.status.borrow();
+            if status.role() != client::Role::Leader {
+                return Err(client::Error::not_leader(status.leader_id, status.leader_address.clone()));
+            }
+        }
+        let Ok(_permit) = self.validations.clone().try_acquire_owned() else {
+            return Err(client::Error::busy(BUSY_RETRY_AFTER_MS * 10, "another deploy is being validated on this node"));
+        };
+        let (engine, modules, bytes) = (self.host.engine().clone(), self.host.modules().clone(), req.module);
+        let group_id = req.group;
+        let module = tokio::task::spawn_blocking(move || {
+            let module = waft_node::GuestModule::load(&engine, bytes)
+                .map_err(|e| client::Error::bad_module(format!("module refused, nothing changed: {e}")))?;
+            modules.put(module.bytes()).map_err(|e| client::Error::internal(format!("cannot store the module: {e}")))?;
+            tracing::info!(group = group_id, module = %module.hash().to_hex(), bytes = module.bytes().len(), "deploy validated and stored");
+            Ok::<_, client::Error>(module)
+        })
+        .await
+        .map_err(|e| client::Error::internal(format!("the module validation task failed: {e}")))??;
+        let (reply, rx) = oneshot::channel();
+        send(&group, Input::Deploy { module, reply })?;
+        let committed = match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
+            Ok(Ok(reply)) => reply?,
+            Ok(Err(_)) => return Err(client::Error::internal("the group dropped the request (it stopped); see its log")),
+            Err(_) => return Err(client::Error::timeout(ADMIN_TIMEOUT.as_millis() as u64)),
+        };
+        Ok(DeployResult { module_hash: committed.result, index: committed.index })
     }
 
     async fn change(&self, req: AdminRequest) -> AdminReply {
@@ -120,15 +174,7 @@ impl AdminService {
         let group = self.host.groups().get(req.group).ok_or_else(|| client::Error::unknown_group(req.group))?;
         let op = Op::from_request(&req)?;
         let (reply, rx) = oneshot::channel();
-        match group.inbox.try_send(Input::Admin { op, reply }) {
-            Ok(()) => {}
-            Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-                return Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "the group's inbox is full"));
-            }
-            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-                return Err(client::Error::internal("the group stopped on this node; see its log"));
-            }
-        }
+        send(&group, Input::Admin { op, reply })?;
         match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(client::Error::internal("the group dropped the request (it stopped); see its log")),
@@ -200,31 +246,32 @@ impl AdminService {
             ));
             return response;
         };
-        // Megabytes to hash: not on an async thread.
-        let bytes = create.module.clone();
-        let hash = match tokio::task::spawn_blocking(move || ModuleHash::of(&bytes)).await {
-            Ok(hash) => hash,
-            Err(e) => {
-                response.error = Some(client::Error::internal(format!("hashing the module failed: {e}")));
-                return response;
-            }
-        };
-        response.module_hash = bytes::Bytes::copy_from_slice(&hash.0);
-        let founding = Founding::new(hash, &create.voters);
-        if req.local_only {
-            let outcome = self.create_here(&create, &founding, req.check_only, None).await;
+        if req.local_only && req.check_only {
+            // Only the registry: the daemon that forwarded this compiled the
+            // module already, and the create round compiles it here. The
+            // hash, megabytes of hashing, stays off the async threads.
+            let bytes = create.module.clone();
+            let hash = match tokio::task::spawn_blocking(move || ModuleHash::of(&bytes)).await {
+                Ok(hash) => hash,
+                Err(e) => {
+                    response.error = Some(client::Error::internal(format!("hashing the module failed: {e}")));
+                    return response;
+                }
+            };
+            response.module_hash = bytes::Bytes::copy_from_slice(&hash.0);
+            let outcome = self.create_here(create.group, Founding::new(hash, &create.voters), None).await;
             response.error = outcome.error.clone();
             response.nodes.push(outcome);
             return response;
         }
-        // The module is compiled here once before anything is asked of the
-        // voters: a bad one is refused having created nothing.
-        let engine = self.host.engine().clone();
-        let bytes = create.module.clone();
-        let module = match tokio::task::spawn_blocking(move || waft_runtime::Module::load(&engine, &bytes)).await {
+        // Compiled (and hashed) once here, off the async threads, before
+        // anything is asked of the voters: a bad module creates nothing.
+        let (engine, bytes) = (self.host.engine().clone(), create.module.clone());
+        let module = match tokio::task::spawn_blocking(move || waft_node::GuestModule::load(&engine, bytes)).await {
             Ok(Ok(module)) => module,
             Ok(Err(e)) => {
-                response.error = Some(client::Error::invalid_request(format!("module {hash} refused: {e}")));
+                response.error =
+                    Some(client::Error::bad_module(format!("node {node}: module refused, nothing created: {e}")));
                 return response;
             }
             Err(e) => {
@@ -232,6 +279,15 @@ impl AdminService {
                 return response;
             }
         };
+        let hash = module.hash();
+        response.module_hash = bytes::Bytes::copy_from_slice(&hash.0);
+        let founding = Founding::new(hash, &create.voters);
+        if req.local_only {
+            let outcome = self.create_here(create.group, founding, Some(module)).await;
+            response.error = outcome.error.clone();
+            response.nodes.push(outcome);
+            return response;
+        }
         tracing::info!(node, group = create.group, voters = ?create.voters, module = %hash, "creating group");
         let checks = self.on_every_voter(&create, &founding, None).await;
         if checks.iter().any(|o| o.error.is_some()) {
@@ -258,7 +314,7 @@ impl AdminService {
         &self,
         create: &Create,
         founding: &Founding,
-        module: Option<&waft_runtime::Module>,
+        module: Option<&waft_node::GuestModule>,
     ) -> Vec<NodeCreateOutcome> {
         let node = self.host.node_id();
         let check_only = module.is_none();
@@ -279,7 +335,7 @@ impl AdminService {
         }
         let mut outcomes: Vec<Option<NodeCreateOutcome>> = vec![None; create.voters.len()];
         if let Some(at) = create.voters.iter().position(|v| *v == node) {
-            outcomes[at] = Some(self.create_here(create, founding, check_only, module.cloned()).await);
+            outcomes[at] = Some(self.create_here(create.group, founding.clone(), module.cloned()).await);
         }
         while let Some(joined) = tasks.join_next().await {
             if let Ok((at, outcome)) = joined {
@@ -296,35 +352,33 @@ impl AdminService {
             .collect()
     }
 
-    /// Checks or creates the group on this node, off the async threads;
-    /// `loaded`: the module, if this node compiled it already.
+    /// Creates the group on this node running `module` or, without one,
+    /// checks that it could; off the async threads.
     async fn create_here(
         &self,
-        create: &Create,
-        founding: &Founding,
-        check_only: bool,
-        loaded: Option<waft_runtime::Module>,
+        group: u64,
+        founding: Founding,
+        module: Option<waft_node::GuestModule>,
     ) -> NodeCreateOutcome {
         let node = self.host.node_id();
-        let (host, group, founding, bytes) = (self.host.clone(), create.group, founding.clone(), create.module.clone());
-        let run = move || -> Result<CreateOutcome, client::Error> {
-            if check_only {
-                // Only the registry: the daemon that forwarded this compiled
-                // the module already, and the create round compiles it here.
-                return host.create_local(group, founding, &bytes, None);
-            }
-            let module = match loaded {
-                Some(module) => module,
-                None => waft_runtime::Module::load(host.engine(), &bytes).map_err(|e| {
-                    client::Error::invalid_request(format!("node {}: module refused: {e}", host.node_id()))
-                })?,
-            };
-            host.create_local(group, founding, &bytes, Some(&module))
-        };
-        match tokio::task::spawn_blocking(run).await {
+        let host = self.host.clone();
+        match tokio::task::spawn_blocking(move || host.create_local(group, founding, module.as_ref())).await {
             Ok(Ok(outcome)) => NodeCreateOutcome { node_id: node, outcome: outcome as i32, error: None },
             Ok(Err(e)) => failed(node, e),
             Err(e) => failed(node, client::Error::internal(format!("creating the group failed: {e}"))),
+        }
+    }
+}
+
+/// Queues `input` for the group's driver; never waits on a full inbox.
+fn send(group: &GroupHandle, input: Input) -> Result<(), client::Error> {
+    match group.inbox.try_send(input) {
+        Ok(()) => Ok(()),
+        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+            Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "the group's inbox is full"))
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+            Err(client::Error::internal("the group stopped on this node; see its log"))
         }
     }
 }
@@ -404,6 +458,17 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
         request: tonic::Request<CreateGroupRequest>,
     ) -> Result<tonic::Response<CreateGroupResponse>, tonic::Status> {
         Ok(tonic::Response::new(self.create_group(request.into_inner()).await))
+    }
+
+    async fn deploy(
+        &self,
+        request: tonic::Request<DeployRequest>,
+    ) -> Result<tonic::Response<DeployResponse>, tonic::Status> {
+        let outcome = match self.deploy(request.into_inner()).await {
+            Ok(result) => deploy_response::Outcome::Result(result),
+            Err(e) => deploy_response::Outcome::Error(e),
+        };
+        Ok(tonic::Response::new(DeployResponse { outcome: Some(outcome) }))
     }
 
     async fn change(&self, request: tonic::Request<AdminRequest>) -> Result<tonic::Response<AdminResponse>, tonic::Status> {

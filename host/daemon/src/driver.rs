@@ -57,9 +57,11 @@ pub type Reply = Result<(Bytes, u64), client::Error>;
 /// A committed client request's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Committed {
-    /// The state machine's result (empty for a session's open, keep-alive or close).
+    /// The state machine's result (empty for a session's open, keep-alive or
+    /// close; for a deploy, the hash of the module in force).
     pub result: Bytes,
-    /// The log index this copy of the request applied at.
+    /// The log index this copy of the request applied at (for a deploy: the
+    /// index the module in force took effect at).
     pub index: u64,
     /// The command had applied before: `result` is the one it gave then.
     pub duplicate: bool,
@@ -83,6 +85,10 @@ pub enum Input {
     /// session's registration, keep-alive or close. The leader stamps it.
     Propose { body: Body, reply: oneshot::Sender<ProposeReply> },
     Query { request: Bytes, consistency: Consistency, reply: oneshot::Sender<Reply> },
+    /// An operator's deploy of a module the admin service validated and
+    /// compiled: proposed like a command; its answer's `result` is the hash
+    /// of the module in force and its `index` where that module took effect.
+    Deploy { module: waft_node::GuestModule, reply: oneshot::Sender<ProposeReply> },
 }
 
 /// How the rest of the daemon reaches one group: its inbox, its published
@@ -232,6 +238,14 @@ impl Driver {
             Input::InstallPulled(pulled) => self.finish_install(pulled),
             Input::Admin { op, reply } => self.start_admin(op, reply),
             Input::Propose { body, reply } => self.propose(body, reply),
+            Input::Deploy { module, reply } => {
+                let body = Body::Deploy { module: module.bytes().clone() };
+                if self.replica.raft().role() == Role::Leader {
+                    // Applying the entry then switches without compiling again.
+                    self.replica.prepare_module(module);
+                }
+                self.propose(body, reply);
+            }
             Input::Query { request, consistency, reply } => self.query(request, consistency, reply),
         }
     }
@@ -665,6 +679,7 @@ impl Driver {
             applied_index: self.replica.applied_index(),
             configuration: Some(raft.configuration().into()),
             module_hash: Bytes::copy_from_slice(&self.replica.module_hash().0),
+            module_index: self.replica.module_index(),
             snapshot_index: self.snapshot_index,
             sessions_open: self.replica.sessions().sessions_open(),
             session_reply_bytes: self.replica.sessions().reply_bytes(),
@@ -701,50 +716,26 @@ impl Driver {
         // would expire election timers the network had no chance to reset.
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
+        // Every line logged while handling an event names the term it was
+        // handled in (the task's span names the group and node). One span
+        // per term, made when the term changes: entering it costs nothing.
+        let mut term_span = (u64::MAX, tracing::Span::none());
         loop {
-            tokio::select! {
-                _ = stop.changed() => {
-                    tracing::info!(group = self.group(), "stopping");
-                    let e = self.shutting_down();
-                    self.fail_all(&e);
-                    break;
-                }
-                _ = ticker.tick() => {
-                    self.replica.tick();
-                    ticks += 1;
-                    // Pruning walks every waiter; once per 100 ticks is plenty.
-                    if ticks % 100 == 0 {
-                        self.prune();
-                    }
-                    if self.snapshot_interval_ticks > 0 && ticks % self.snapshot_interval_ticks == 0 {
-                        self.replica.request_snapshot();
-                    }
-                }
-                input = inbox.recv() => {
-                    let Some(input) = input else { break };
-                    self.on_input(input);
-                    for _ in 1..INBOX_DRAIN_MAX {
-                        match inbox.try_recv() {
-                            Ok(input) => self.on_input(input),
-                            Err(_) => break,
-                        }
-                    }
-                }
+            let term = self.replica.raft().term();
+            if term_span.0 != term {
+                term_span = (term, tracing::info_span!("raft", term));
             }
-            if let Err(e) = self.process().await {
-                // The replica stopped (disk failure, poisoned guest): it must be
-                // reopened from storage, which needs a restart of the daemon.
-                tracing::error!(group = self.group(), node = self.replica.raft().id(), error = %e, "group stopped");
-                self.fail_all(&client::Error::internal(e.to_string()));
+            let span = term_span.1.clone();
+            let step = self.step(&mut inbox, &mut stop, &mut ticker, &mut ticks);
+            if tracing::Instrument::instrument(step, span).await.is_break() {
                 break;
             }
-            self.publish_status();
         }
         // Drain what arrived so clients hear why rather than time out.
         inbox.close();
         while let Some(input) = inbox.recv().await {
             match input {
-                Input::Propose { reply, .. } => {
+                Input::Propose { reply, .. } | Input::Deploy { reply, .. } => {
                     let _ = reply.send(Err(self.shutting_down()));
                 }
                 Input::Query { reply, .. } => {
@@ -756,6 +747,58 @@ impl Driver {
                 Input::Peer { .. } | Input::InstallPulled(_) => {}
             }
         }
+    }
+
+    /// Waits for the next event (stop, tick or inbox), handles it, and runs
+    /// the replica. Breaks when the driver must end.
+    async fn step(
+        &mut self,
+        inbox: &mut mpsc::Receiver<Input>,
+        stop: &mut watch::Receiver<bool>,
+        ticker: &mut tokio::time::Interval,
+        ticks: &mut u64,
+    ) -> std::ops::ControlFlow<()> {
+        use std::ops::ControlFlow::{Break, Continue};
+        {
+            tokio::select! {
+                _ = stop.changed() => {
+                    tracing::info!("stopping");
+                    let e = self.shutting_down();
+                    self.fail_all(&e);
+                    return Break(());
+                }
+                _ = ticker.tick() => {
+                    self.replica.tick();
+                    *ticks += 1;
+                    // Pruning walks every waiter; once per 100 ticks is plenty.
+                    if *ticks % 100 == 0 {
+                        self.prune();
+                    }
+                    if self.snapshot_interval_ticks > 0 && *ticks % self.snapshot_interval_ticks == 0 {
+                        self.replica.request_snapshot();
+                    }
+                }
+                input = inbox.recv() => {
+                    let Some(input) = input else { return Break(()) };
+                    self.on_input(input);
+                    for _ in 1..INBOX_DRAIN_MAX {
+                        match inbox.try_recv() {
+                            Ok(input) => self.on_input(input),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.process().await {
+            // The replica stopped (disk failure, poisoned guest): it must be
+            // reopened from storage, which needs a restart of the daemon.
+            tracing::error!(error = %e, "group stopped");
+            self.fail_all(&client::Error::internal(e.to_string()));
+            return Break(());
+        }
+        self.publish_status();
+        Continue(())
     }
 
     /// What a client waiting on a group that stops hears: the leader to go
@@ -806,6 +849,10 @@ fn answer(index: u64, outcome: Outcome) -> ProposeReply {
         Outcome::Done => return Ok(committed(Bytes::new(), false, 0)),
         Outcome::Refused(e) => return Err(client::Error::from_session(&e, SESSION_LIMIT_RETRY_AFTER_MS)),
         Outcome::Unreadable(why) => return Err(client::Error::internal(why)),
+        Outcome::Deployed { hash, index: since } => {
+            return Ok(Committed { result: Bytes::copy_from_slice(&hash.0), index: since, duplicate: false, session_id: 0 });
+        }
+        Outcome::DeployRefused(why) => return Err(client::Error::bad_module(why)),
     };
     // A saved refusal or fault reads as the first one did: a retry learns
     // the same outcome, not that it was a retry.

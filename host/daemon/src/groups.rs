@@ -14,7 +14,10 @@
 //! catalogue (`data_dir/groups/catalogue`, written atomically) names it, and
 //! only then does its driver start. A crash before the catalogue write
 //! leaves storage a retry of the same create reopens; after it, the restart
-//! opens the group from the catalogue without any `--group` flag.
+//! opens the group from the catalogue without any `--group` flag. The
+//! catalogue's module, like a `--group` file, only founds the group: deploys
+//! replace it through the log, and a restarting replica runs the module its
+//! snapshot or log says (waft-node).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -45,8 +48,6 @@ pub const CATALOGUE_BYTES_MAX: u64 = 1024 * 1024;
 /// Where the catalogue lives under the data directory, and its file name.
 pub const CATALOGUE_DIR: &str = "groups";
 pub const CATALOGUE_FILE: &str = "catalogue";
-/// Where created groups' modules are kept under the data directory.
-pub const MODULES_DIR: &str = "modules";
 
 /// The groups this node serves, by id. Cheap to read from any task.
 #[derive(Default)]
@@ -232,7 +233,9 @@ struct Opened {
 pub struct Host {
     cfg: ServeConfig,
     snapshots: Arc<SnapshotStore>,
-    modules: ModuleStore,
+    /// Modules by hash (`data_dir/modules`): created groups' founding
+    /// modules and deployed ones.
+    modules: Arc<ModuleStore>,
     engine: waft_runtime::Engine,
     transport: Transport,
     /// Every member's address, this node included.
@@ -250,14 +253,12 @@ impl Host {
         store: Arc<Mutex<RocksLogStore>>,
         committer: Committer,
         snapshots: Arc<SnapshotStore>,
+        modules: Arc<ModuleStore>,
         engine: waft_runtime::Engine,
         transport: Transport,
         addresses: BTreeMap<NodeId, String>,
         stop: watch::Receiver<bool>,
     ) -> Result<Host, ServeError> {
-        let modules_dir = cfg.data_dir.join(MODULES_DIR);
-        let modules = ModuleStore::open(&modules_dir)
-            .map_err(|source| ServeError::Storage { dir: modules_dir.clone(), source })?;
         let catalogue = Catalogue::open(&cfg.data_dir).map_err(|e| ServeError::Config(format!("group catalogue: {e}")))?;
         Ok(Host {
             cfg,
@@ -289,6 +290,10 @@ impl Host {
         &self.engine
     }
 
+    pub fn modules(&self) -> &Arc<ModuleStore> {
+        &self.modules
+    }
+
     /// Every member's address (this node's included), by node id.
     pub fn addresses(&self) -> &BTreeMap<NodeId, String> {
         &self.addresses
@@ -310,9 +315,11 @@ impl Host {
             }
             let bytes = std::fs::read(&spec.module)
                 .map_err(|source| ServeError::ReadModule { path: spec.module.clone(), source })?;
-            let module = waft_runtime::Module::load(&self.engine, &bytes)
+            // The founding module of a new group; a restarting replica runs
+            // the module its snapshot carries (deploys change it in the log).
+            let module = waft_node::GuestModule::load(&self.engine, bytes)
                 .map_err(|source| ServeError::LoadModule { path: spec.module.clone(), source })?;
-            let founding = Founding::new(ModuleHash::of(&bytes), voters);
+            let founding = Founding::new(module.hash(), voters);
             let mut state = self.state();
             let driver = self.open(&mut state, spec.group, &module, founding)?;
             state.drivers.push(driver);
@@ -329,7 +336,7 @@ impl Host {
                 dir: path.clone(),
                 source,
             })?;
-            let module = waft_runtime::Module::load(&self.engine, &bytes)
+            let module = waft_node::GuestModule::load(&self.engine, bytes)
                 .map_err(|source| ServeError::LoadModule { path, source })?;
             let mut state = self.state();
             let driver = self.open(&mut state, group, &module, founding)?;
@@ -345,7 +352,7 @@ impl Host {
         &self,
         state: &mut HostState,
         group: u64,
-        module: &waft_runtime::Module,
+        module: &waft_node::GuestModule,
         founding: Founding,
     ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
         let replica = self.open_replica(state, group, module, &founding)?;
@@ -356,7 +363,7 @@ impl Host {
         &self,
         state: &HostState,
         group: u64,
-        module: &waft_runtime::Module,
+        module: &waft_node::GuestModule,
         founding: &Founding,
     ) -> Result<Opened, ServeError> {
         let Some(shared) = &state.shared else {
@@ -376,7 +383,6 @@ impl Host {
                 &mut *store,
                 &self.snapshots,
                 module,
-                founding.module_hash,
                 bootstrap,
             )?
         };
@@ -407,14 +413,14 @@ impl Host {
     }
 
     /// Creates `group` on this node (blocking: it writes files and opens a
-    /// replica; run it off the async threads). `module` is `bytes`, loaded;
-    /// `None` only checks whether this node could create the group.
+    /// replica; run it off the async threads) running `module`, the founding
+    /// module `founding` names; `None` only checks whether this node could
+    /// create the group.
     pub fn create_local(
         &self,
         group: u64,
         founding: Founding,
-        bytes: &[u8],
-        module: Option<&waft_runtime::Module>,
+        module: Option<&waft_node::GuestModule>,
     ) -> Result<CreateOutcome, client::Error> {
         let node = self.cfg.node_id;
         let mut state = self.state();
@@ -447,8 +453,8 @@ impl Host {
         let failed = |what: &str, e: &dyn std::fmt::Display| {
             client::Error::internal(format!("node {node} could not {what} for group {group}: {e}"))
         };
-        let hash = self.modules.put(bytes).map_err(|e| failed("store the module", &e))?;
-        debug_assert_eq!(hash, founding.module_hash);
+        debug_assert_eq!(module.hash(), founding.module_hash);
+        self.modules.put(module.bytes()).map_err(|e| failed("store the module", &e))?;
         let replica = self.open_replica(&state, group, module, &founding).map_err(|e| failed("open the replica", &e))?;
         // Durable before it serves: a group that answered a client must come
         // back after a restart.

@@ -31,6 +31,11 @@
 //! Log writes of every group on the node go through one commit thread that
 //! merges whatever is waiting into one synced RocksDB write ([`commit`]).
 //!
+//! Deploys ([`admin`]): the admin service validates and compiles a module
+//! off the async threads, stores it by hash (`data_dir/modules`) and hands
+//! it to the group's driver, which proposes it as a `Body::Deploy` entry;
+//! every replica switches modules when that entry applies (`waft-node`).
+//!
 //! Groups: the services find a group in the node's registry ([`Groups`]),
 //! which grows at run time. `--group` names groups at start;
 //! `CreateGroup` (`waft admin create-group`, [`admin`]) creates one on its
@@ -59,7 +64,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use waft_raft::NodeId;
-use waft_storage::{RocksLogStore, SnapshotStore};
+use waft_storage::{ModuleStore, RocksLogStore, SnapshotStore};
 
 pub use driver::GroupHandle;
 pub use groups::Groups;
@@ -167,12 +172,14 @@ pub async fn serve(
     let storage_err = |dir: PathBuf| move |source| ServeError::Storage { dir, source };
     let log_dir = cfg.data_dir.join("log");
     let snap_dir = cfg.data_dir.join("snapshots");
+    let module_dir = cfg.data_dir.join("modules");
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| ServeError::Config(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
     // One RocksDB for every group of this node; the lock is per `process`
     // call, which is where group commit across groups will go.
     let store = Arc::new(Mutex::new(RocksLogStore::open(&log_dir).map_err(storage_err(log_dir.clone()))?));
     let snapshots = Arc::new(SnapshotStore::open(&snap_dir).map_err(storage_err(snap_dir.clone()))?);
+    let modules = Arc::new(ModuleStore::open(&module_dir).map_err(storage_err(module_dir.clone()))?);
     let engine = waft_runtime::Engine::new()?;
     let (committer, commit_thread) = commit::Committer::start(store.clone())
         .map_err(|e| ServeError::Config(format!("cannot start the log commit thread: {e}")))?;
@@ -197,6 +204,7 @@ pub async fn serve(
         store.clone(),
         committer.clone(),
         snapshots.clone(),
+        modules,
         engine,
         transport,
         addresses,

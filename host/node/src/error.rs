@@ -42,10 +42,12 @@ pub enum Error {
     #[error("group {group}: cannot start the raft node: {source}")]
     Start { group: u64, source: StartError },
 
-    /// A snapshot names a different state-machine module than this replica runs.
+    /// A snapshot names a different state-machine module than this replica
+    /// runs and does not carry it (made by a build from before snapshots
+    /// carried their module).
     #[error(
         "group {group}: snapshot {index} was made by module {snapshot_module}, \
-         but this replica runs {running_module}; deploy the matching module"
+         which it does not carry, but this replica runs {running_module}"
     )]
     ModuleMismatch { group: u64, index: u64, snapshot_module: String, running_module: String },
 

@@ -9,7 +9,8 @@
 //! code runs under tests that pump messages by hand.
 //!
 //! ```text
-//! let mut r = Replica::open(group, cfg, &mut store, &snaps, &module, hash, &[1, 2, 3])?;
+//! let module = GuestModule::load(&engine, bytes)?;    // the founding module
+//! let mut r = Replica::open(group, cfg, &mut store, &snaps, &module, &[1, 2, 3])?;
 //! loop {
 //!     r.tick();                                   // from the daemon's clock
 //!     r.step(msg);                                // from the network
@@ -30,6 +31,11 @@
 //! ([`Outcome::Saved`]); the table is saved in every snapshot as
 //! [`SESSIONS_FILE`], beside the guest's [`STATE_FILE`].
 //!
+//! A group's module changes through its log: a `Body::Deploy` entry makes
+//! every replica switch at that index (the old module saves its state, the
+//! new one loads it). Every snapshot carries its module ([`MODULE_FILE`]),
+//! so a replica restored from one runs the module the state was made by.
+//!
 //! `process` is `begin_ready` → `LogStore::write` → `finish_ready` in a loop.
 //! A daemon serving many groups calls those itself and merges the groups'
 //! writes ([`merge_write`]) into one atomic write with one sync (group commit).
@@ -37,10 +43,12 @@
 
 mod convert;
 mod error;
+mod module;
 mod outcome;
 mod replica;
 
 pub use error::{Error, Result};
+pub use module::{GuestModule, MODULE_BYTES_MAX, MODULE_FILE};
 pub use outcome::Outcome;
 pub use replica::{
     APPLY_BATCH_ENTRIES_MAX, Applied, Install, Output, PendingReady, READY_ROUNDS_MAX, Replica, ReplicaConfig,

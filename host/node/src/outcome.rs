@@ -34,6 +34,13 @@ pub enum Outcome {
     Done,
     /// The session table refused the entry; the guest never saw it.
     Refused(SessionError),
+    /// A deploy took effect: the group runs module `hash` since entry
+    /// `index` (an earlier index when that module was running already).
+    Deployed { hash: waft_storage::ModuleHash, index: u64 },
+    /// A deploy was refused at apply, identically on every replica (the
+    /// module does not load, or cannot read the running module's state);
+    /// the running module stays.
+    DeployRefused(String),
     /// The entry cannot be read by this build (an envelope of a newer
     /// version, or a saved reply that does not decode). Identical on every
     /// replica that runs the same build; the message says what to do.

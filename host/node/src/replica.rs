@@ -18,8 +18,8 @@ use waft_raft::{
     Configuration, EntryKind, Event, Message, NodeId, RawNode, ReadMode, ReadState, Ready, RestartState, Role,
     SnapshotInstall, SoftState,
 };
-use waft_runtime::{ApplyResult, Limits, Module, RuntimeError, StateMachine};
-use waft_session::{Body, Envelope, SessionConfig, SessionTable, Ticket, Verdict};
+use waft_runtime::{ApplyResult, Limits, RuntimeError, StateMachine};
+use waft_session::{Body, Envelope, EnvelopeError, SessionConfig, SessionTable, Ticket, Verdict};
 use waft_storage::{
     LogStore, ModuleHash, SNAPSHOT_CHUNK_BYTES_MAX, SnapshotFile, SnapshotId, SnapshotReader, SnapshotStore,
     SnapshotWriter, WriteSet,
@@ -27,6 +27,7 @@ use waft_storage::{
 
 use crate::convert;
 use crate::error::{Error, Result, runtime_is_fatal};
+use crate::module::{self as module_file, GuestModule, MODULE_FILE};
 use crate::outcome::{Outcome, decode_reply, encode_reply};
 
 /// The guest's file of a snapshot: its `on-snapshot-save` stream.
@@ -151,7 +152,16 @@ pub struct Replica {
     /// client entry passes through it, in log order, before the guest sees it.
     /// Invariant: no reply is pending between `apply` calls.
     sessions: SessionTable,
-    module_hash: ModuleHash,
+    /// The module `sm` runs, and the entry it took effect at (0: the group
+    /// was founded with it). Changes only by a deploy entry or a snapshot.
+    module: GuestModule,
+    module_index: u64,
+    /// A module validated and compiled ahead of its deploy entry (by the
+    /// leader that proposed it), so applying the entry need not compile.
+    prepared: Option<GuestModule>,
+    limits: Limits,
+    /// Tags the guest's log lines.
+    label: String,
     apply_batch_entries_max: usize,
     /// The install the core asked for last; a newer one supersedes it.
     installing: Option<SnapshotInstall>,
@@ -198,18 +208,21 @@ impl Replica {
     /// storage holds nothing for it (founded with `bootstrap` voters; empty for
     /// a node that will be added later), otherwise a restart from the latest
     /// snapshot plus the log after it.
+    ///
+    /// `founding` is the module a brand-new group starts with. A restarting
+    /// replica runs the module its latest snapshot carries (deploys change it
+    /// through the log), whatever `founding` is.
     pub fn open(
         group: u64,
         cfg: ReplicaConfig,
         store: &mut dyn LogStore,
         snapshots: &SnapshotStore,
-        module: &Module,
-        module_hash: ModuleHash,
+        founding: &GuestModule,
         bootstrap: &[NodeId],
     ) -> Result<Replica> {
         let id = cfg.raft.id;
         let label = format!("group {group} node {id}");
-        let sm = StateMachine::new(module, cfg.limits.clone(), &label)
+        let sm = StateMachine::new(founding.module(), cfg.limits.clone(), &label)
             .map_err(|e| stopped(group, format!("cannot instantiate the state machine: {e}")))?;
         let sessions =
             SessionTable::new(cfg.sessions.clone()).map_err(|source| Error::SessionConfig { group, source })?;
@@ -221,7 +234,11 @@ impl Replica {
                 .map_err(|source| Error::Start { group, source })?,
             sm,
             sessions,
-            module_hash,
+            module: founding.clone(),
+            module_index: 0,
+            prepared: None,
+            limits: cfg.limits.clone(),
+            label,
             apply_batch_entries_max: cfg.apply_batch_entries_max.max(1),
             installing: None,
             leading: false,
@@ -240,7 +257,17 @@ impl Replica {
             tracing::info!(group, node = id, voters = ?bootstrap.voters, "new group");
             RestartState { snapshot: base, ..Default::default() }
         } else {
-            replica.restart_state(store, snapshots, bootstrap)?
+            let restart = replica.restart_state(store, snapshots, bootstrap)?;
+            if replica.module.hash() != founding.hash() {
+                tracing::info!(
+                    group,
+                    node = id,
+                    module = %replica.module.hash().to_hex(),
+                    since = replica.module_index,
+                    "running the module deployed through the log, not the one named at start"
+                );
+            }
+            restart
         };
         replica.node =
             if is_new { RawNode::new(cfg.raft, restart.snapshot.config) } else { RawNode::restart(cfg.raft, restart) }
@@ -308,8 +335,22 @@ impl Replica {
         self.node.applied()
     }
 
+    /// The hash of the module the state machine runs.
     pub fn module_hash(&self) -> ModuleHash {
-        self.module_hash
+        self.module.hash()
+    }
+
+    /// The log index the running module took effect at (0: the group was
+    /// founded with it).
+    pub fn module_index(&self) -> u64 {
+        self.module_index
+    }
+
+    /// Hands in a module validated and compiled ahead of the deploy entry
+    /// that names it (by its hash), so applying that entry does not compile
+    /// it again. Only the latest is kept.
+    pub fn prepare_module(&mut self, module: GuestModule) {
+        self.prepared = Some(module);
     }
 
     /// The install the core asked for and that has not finished yet.
@@ -354,7 +395,7 @@ impl Replica {
     pub fn propose(&mut self, envelope: &Envelope) -> Result<(u64, u64)> {
         self.check_running()?;
         let group = self.group;
-        if let Body::Plain { payload } | Body::Command { payload, .. } = &envelope.body
+        if let Body::Plain { payload } | Body::Command { payload, .. } | Body::Deploy { module: payload } = &envelope.body
             && payload.is_empty()
         {
             return Err(Error::EmptyCommand { group });
@@ -553,7 +594,15 @@ impl Replica {
             match e.kind {
                 EntryKind::Normal if e.data.is_empty() => {}
                 EntryKind::Normal => {
-                    self.admit(e, &mut batch);
+                    let decoded = Envelope::decode(&e.data);
+                    if let Ok(Envelope { body: Body::Deploy { module }, .. }) = decoded {
+                        // The module switches between the entries before and after.
+                        self.apply_batch(&mut batch, out)?;
+                        let outcome = self.deploy(e.index, module)?;
+                        out.applied.push(Applied { index: e.index, term: e.term, outcome });
+                        continue;
+                    }
+                    self.admit(e, decoded, &mut batch);
                     if batch.slots.len() >= self.apply_batch_entries_max {
                         self.apply_batch(&mut batch, out)?;
                     }
@@ -584,10 +633,10 @@ impl Replica {
 
     /// Passes one client entry through the session table and files it in
     /// the batch: for the guest, or with its answer already known.
-    fn admit(&mut self, e: &waft_raft::Entry, batch: &mut Batch) {
+    fn admit(&mut self, e: &waft_raft::Entry, decoded: Result<Envelope, EnvelopeError>, batch: &mut Batch) {
         let (index, term) = (e.index, e.term);
         let answer = |outcome| Slot::Answer { index, term, outcome };
-        let envelope = match Envelope::decode(&e.data) {
+        let envelope = match decoded {
             Ok(envelope) => envelope,
             Err(err) => {
                 // Every replica of this build reads the same bytes the same way.
@@ -673,6 +722,55 @@ impl Replica {
         Ok(())
     }
 
+    /// Applies a deploy entry: the running module saves its state, the new
+    /// one loads it, and from the next entry on the new one runs. A module
+    /// that does not load, or cannot read the old state, is refused the same
+    /// way on every replica and changes nothing.
+    fn deploy(&mut self, index: u64, bytes: Bytes) -> Result<Outcome> {
+        let group = self.group;
+        let hash = ModuleHash::of(&bytes);
+        if hash == self.module.hash() {
+            tracing::info!(group, index, module = %hash.to_hex(), "deploy of the running module: nothing changes");
+            return Ok(Outcome::Deployed { hash, index: self.module_index });
+        }
+        let refuse = |why: String| {
+            tracing::warn!(group, index, module = %hash.to_hex(), %why, "deploy refused");
+            Ok(Outcome::DeployRefused(why))
+        };
+        let module = match self.prepared.take() {
+            Some(prepared) if prepared.hash() == hash => prepared,
+            _ => match GuestModule::load(self.module.engine(), bytes) {
+                Ok(m) => m,
+                Err(e) => return refuse(format!("module {}: {e}", hash.to_hex())),
+            },
+        };
+        let mut sm = match StateMachine::new(module.module(), self.limits.clone(), &self.label) {
+            Ok(sm) => sm,
+            Err(e) => return refuse(format!("module {} cannot start: {e}", hash.to_hex())),
+        };
+        let state = match self.sm.save_snapshot(Vec::new()) {
+            Ok((state, _)) => state,
+            Err(e) if runtime_is_fatal(&e) => return Err(self.stop(e)),
+            Err(e) => return refuse(format!("the running module could not save its state: {e}")),
+        };
+        if let Err(e) = sm.load_snapshot(std::io::Cursor::new(state)) {
+            return refuse(format!("module {} could not load the running module's state: {e}", hash.to_hex()));
+        }
+        self.sm = sm;
+        self.module = module;
+        self.module_index = index;
+        tracing::info!(group, index, term = self.node.term(), module = %hash.to_hex(), "state machine module switched");
+        if self.leading {
+            // The new instance has not heard that this replica leads.
+            match self.sm.on_leader_start(self.node.term()) {
+                Err(e) if runtime_is_fatal(&e) => return Err(self.stop(e)),
+                Err(e) => tracing::warn!(group, error = %e, "leader hook failed"),
+                Ok(()) => {}
+            }
+        }
+        Ok(Outcome::Deployed { hash, index })
+    }
+
     /// Tells the guest when this replica starts or stops leading (SOFAJRaft's
     /// onLeaderStart/onLeaderStop). Local news, not replicated: a failing hook
     /// is logged, not fatal, unless the state machine itself is gone.
@@ -725,8 +823,12 @@ impl Replica {
         let group = self.group;
         let storage_err = |source| Error::Storage { group, source };
         let mut writer = snapshots
-            .begin_save(group, meta.index, meta.term, meta.config.encode(), self.module_hash)
+            .begin_save(group, meta.index, meta.term, meta.config.encode(), self.module.hash())
             .map_err(storage_err)?;
+        writer.append(MODULE_FILE, &module_file::file_header(self.module_index)).map_err(storage_err)?;
+        for chunk in self.module.bytes().chunks(SNAPSHOT_CHUNK_BYTES_MAX) {
+            writer.append(MODULE_FILE, chunk).map_err(storage_err)?;
+        }
         // Taken between apply batches, so no reply is pending.
         let sessions =
             self.sessions.encode_snapshot().map_err(|source| Error::Sessions { group, index: meta.index, source })?;
@@ -749,25 +851,67 @@ impl Replica {
     fn load_snapshot(&mut self, reader: &SnapshotReader) -> Result<waft_raft::SnapshotMeta> {
         let group = self.group;
         let stored = reader.meta();
-        if stored.module_hash != self.module_hash {
+        let meta = convert::snapshot_meta_from_storage(stored)
+            .map_err(|e| Error::Install { group, reason: format!("snapshot {}/{}: {e}", stored.index, stored.term) })?;
+        // The table and the module first: reading them changes nothing, so a
+        // bad one leaves the state as it was.
+        let sessions = self.read_sessions(reader, meta.index)?;
+        let (module_index, switch_to) = self.snapshot_module(reader)?;
+        let path = reader.file_path(STATE_FILE).map_err(|source| Error::Storage { group, source })?;
+        let file = std::fs::File::open(&path)
+            .map_err(|e| Error::Install { group, reason: format!("cannot open {}: {e}", path.display()) })?;
+        let state = std::io::BufReader::new(file);
+        match switch_to {
+            None => self.sm.load_snapshot(state).map_err(|e| self.runtime_err(e))?,
+            Some(module) => {
+                let hash = module.hash().to_hex();
+                let refuse = |what: &str, e: RuntimeError| Error::Install {
+                    group,
+                    reason: format!("snapshot {}: its module {hash} {what}: {e}", meta.index),
+                };
+                let mut sm = StateMachine::new(module.module(), self.limits.clone(), &self.label)
+                    .map_err(|e| refuse("cannot start", e))?;
+                sm.load_snapshot(state).map_err(|e| refuse("cannot load the snapshot's state", e))?;
+                tracing::info!(group, index = meta.index, module = %hash, since = module_index, "module switched by a snapshot");
+                self.sm = sm;
+                self.module = module;
+            }
+        }
+        self.module_index = module_index;
+        self.sessions = sessions;
+        Ok(meta)
+    }
+
+    /// The module a snapshot was made by: the index it took effect at, and
+    /// the module itself when it is not the one running (loaded and checked).
+    fn snapshot_module(&self, reader: &SnapshotReader) -> Result<(u64, Option<GuestModule>)> {
+        let group = self.group;
+        let stored = reader.meta();
+        let running = stored.module_hash == self.module.hash();
+        if !stored.files.iter().any(|f| f.name == MODULE_FILE) {
+            // Only a snapshot of the running module may come without it.
+            if running {
+                return Ok((self.module_index, None));
+            }
             return Err(Error::ModuleMismatch {
                 group,
                 index: stored.index,
                 snapshot_module: stored.module_hash.to_hex(),
-                running_module: self.module_hash.to_hex(),
+                running_module: self.module.hash().to_hex(),
             });
         }
-        let meta = convert::snapshot_meta_from_storage(stored)
-            .map_err(|e| Error::Install { group, reason: format!("snapshot {}/{}: {e}", stored.index, stored.term) })?;
-        // The table first: reading it changes nothing, so a bad one leaves
-        // both halves of the state as they were.
-        let sessions = self.read_sessions(reader, meta.index)?;
-        let path = reader.file_path(STATE_FILE).map_err(|source| Error::Storage { group, source })?;
-        let file = std::fs::File::open(&path)
-            .map_err(|e| Error::Install { group, reason: format!("cannot open {}: {e}", path.display()) })?;
-        self.sm.load_snapshot(std::io::BufReader::new(file)).map_err(|e| self.runtime_err(e))?;
-        self.sessions = sessions;
-        Ok(meta)
+        let path = reader.file_path(MODULE_FILE).map_err(|source| Error::Storage { group, source })?;
+        let bad = |reason: String| Error::Install { group, reason: format!("snapshot {}: {reason}", stored.index) };
+        let file = module_file::read_file(&path, &stored.module_hash, !running).map_err(bad)?;
+        let Some(bytes) = file.bytes else {
+            return Ok((file.index, None));
+        };
+        let module = match self.prepared.as_ref() {
+            Some(prepared) if prepared.hash() == stored.module_hash => prepared.clone(),
+            _ => GuestModule::load(self.module.engine(), bytes)
+                .map_err(|e| bad(format!("its module {}: {e}", stored.module_hash.to_hex())))?,
+        };
+        Ok((file.index, Some(module)))
     }
 
     /// Reads and checks the session table of the snapshot at `index`.
@@ -833,14 +977,7 @@ impl Replica {
                 meta.index, meta.term, pending.meta.index, pending.meta.term
             )));
         }
-        if stored.module_hash != self.module_hash {
-            return Err(Error::ModuleMismatch {
-                group,
-                index: stored.index,
-                snapshot_module: stored.module_hash.to_hex(),
-                running_module: self.module_hash.to_hex(),
-            });
-        }
+        // The snapshot carries its module; `finish_install` loads it.
         let writer =
             snapshots.begin_install(group, stored.clone()).map_err(|source| Error::Storage { group, source })?;
         Ok(Install { writer, stored, meta })

@@ -9,12 +9,12 @@ use waft_storage::{RocksLogStore, SnapshotStore, WriteSet};
 const GROUPS: [u64; 2] = [11, 12];
 
 fn open_all(store: &mut RocksLogStore, snaps: &SnapshotStore) -> Vec<Replica> {
-    let (module, hash) = common::guest("waft_counter");
+    let module = common::guest("waft_counter");
     GROUPS
         .iter()
         .map(|&g| {
             let cfg = ReplicaConfig::new(waft_raft::Config::new(1, g));
-            Replica::open(g, cfg, store, snaps, &module, hash, &[1]).unwrap()
+            Replica::open(g, cfg, store, snaps, &module, &[1]).unwrap()
         })
         .collect()
 }

@@ -17,6 +17,7 @@
 //!   3 Command     session_id u64 | seq u64 | lowest_unacked_seq u64 | payload (the rest)
 //!   4 KeepAlive   session_id u64 | lowest_unacked_seq u64
 //!   5 Unregister  session_id u64
+//!   6 Deploy      module (the rest): a state machine component every replica switches to
 //! ```
 
 use crate::wire::{Reader, put_u64, put_u128};
@@ -37,6 +38,7 @@ const KIND_REGISTER: u8 = 2;
 const KIND_COMMAND: u8 = 3;
 const KIND_KEEP_ALIVE: u8 = 4;
 const KIND_UNREGISTER: u8 = 5;
+const KIND_DEPLOY: u8 = 6;
 
 /// One client entry as it travels in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +69,11 @@ pub enum Body {
     KeepAlive { session_id: u64, lowest_unacked_seq: u64 },
     /// Closes a session and frees its saved replies.
     Unregister { session_id: u64 },
+    /// An operator's deploy: every replica switches the group's state machine
+    /// to this component at this entry's index (the old module saves its
+    /// state, the new one loads it). Not a session entry: the host applies it
+    /// itself and the session table never sees it.
+    Deploy { module: Bytes },
 }
 
 /// Why bytes are not a valid envelope (or why one cannot be encoded).
@@ -120,6 +127,7 @@ impl Body {
                 return Ok(());
             }
             Body::Unregister { session_id } => return check_session_id(*session_id),
+            Body::Deploy { module } => module,
         };
         if payload.len() > PAYLOAD_BYTES_MAX {
             return Err(EnvelopeError::PayloadTooLarge { bytes: payload.len(), max: PAYLOAD_BYTES_MAX });
@@ -146,7 +154,7 @@ impl Envelope {
     pub fn encode(&self) -> Result<Bytes, EnvelopeError> {
         self.body.validate()?;
         let payload_len = match &self.body {
-            Body::Plain { payload } | Body::Command { payload, .. } => payload.len(),
+            Body::Plain { payload } | Body::Command { payload, .. } | Body::Deploy { module: payload } => payload.len(),
             _ => 0,
         };
         let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD_BYTES_MAX + payload_len);
@@ -157,6 +165,7 @@ impl Envelope {
             Body::Command { .. } => KIND_COMMAND,
             Body::KeepAlive { .. } => KIND_KEEP_ALIVE,
             Body::Unregister { .. } => KIND_UNREGISTER,
+            Body::Deploy { .. } => KIND_DEPLOY,
         };
         out.push(kind);
         put_u64(&mut out, self.timestamp_ms);
@@ -178,6 +187,7 @@ impl Envelope {
                 put_u64(&mut out, *lowest_unacked_seq);
             }
             Body::Unregister { session_id } => put_u64(&mut out, *session_id),
+            Body::Deploy { module } => out.extend_from_slice(module),
         }
         Ok(Bytes::from(out))
     }
@@ -207,9 +217,10 @@ impl Envelope {
             }
             KIND_KEEP_ALIVE => Body::KeepAlive { session_id: r.u64()?, lowest_unacked_seq: r.u64()? },
             KIND_UNREGISTER => Body::Unregister { session_id: r.u64()? },
+            KIND_DEPLOY => Body::Deploy { module: rest(&r) },
             k => return Err(EnvelopeError::UnknownKind(k)),
         };
-        let has_payload = matches!(body, Body::Plain { .. } | Body::Command { .. });
+        let has_payload = matches!(body, Body::Plain { .. } | Body::Command { .. } | Body::Deploy { .. });
         if !has_payload && r.remaining() > 0 {
             return Err(EnvelopeError::TrailingBytes(r.remaining()));
         }
@@ -232,6 +243,7 @@ mod tests {
             Body::Command { session_id: 9, seq: 4, lowest_unacked_seq: 2, payload: p },
             Body::KeepAlive { session_id: 9, lowest_unacked_seq: 5 },
             Body::Unregister { session_id: 9 },
+            Body::Deploy { module: Bytes::from_static(b"\0asm") },
         ]
         .into_iter()
         .map(|b| Envelope::new(1_700_000_000_123, b))
@@ -245,7 +257,9 @@ mod tests {
             assert!(b.len() <= ENVELOPE_OVERHEAD_BYTES_MAX + 4, "{e:?}");
             assert_eq!(Envelope::decode(&b), Ok(e.clone()));
             let payload_len = match &e.body {
-                Body::Plain { payload } | Body::Command { payload, .. } => payload.len(),
+                Body::Plain { payload } | Body::Command { payload, .. } | Body::Deploy { module: payload } => {
+                    payload.len()
+                }
                 _ => 0,
             };
             // Any cut into the header fails; a cut into a payload only shortens it.

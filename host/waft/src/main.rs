@@ -142,6 +142,19 @@ enum Cmd {
     /// Load a waft (or etcd) cluster with concurrent clients; print
     /// throughput and latency percentiles and write them as JSON.
     Bench(waft_bench::Args),
+    /// Replace a group's state machine on the live cluster, through its log:
+    /// the leader validates the module (refusing a bad one before anything
+    /// changes), replicates it, and every replica switches at the same index
+    /// (the old module saves its state, the new one loads it).
+    Deploy {
+        /// Any node of the cluster; the deploy goes to the group's leader.
+        #[arg(long)]
+        addr: String,
+        #[arg(long)]
+        group: u64,
+        /// The component, e.g. target/wasm32-wasip2/release/my_machine.wasm.
+        module: PathBuf,
+    },
     /// Change a group on a live cluster: membership, leadership, snapshots;
     /// or create a new group. Each change waits until it took effect and
     /// prints the configuration. --addr and --group go before or after the
@@ -387,6 +400,13 @@ fn main() -> Result<()> {
             let group = group.context("no --group given: name the group, e.g. --group 1")?;
             runtime()?.block_on(admin(&addr, group, op))
         }
+        Cmd::Deploy { addr, group, module } => {
+            let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
+            let client = waft_daemon::client::Client::new(addr);
+            let result = runtime()?.block_on(client.deploy(group, bytes.into()))?;
+            println!("group {group} runs module {} since index {}", hex(&result.module_hash), result.index);
+            Ok(())
+        }
         Cmd::Bench(args) => {
             runtime()?.block_on(waft_bench::run(args))?;
             Ok(())
@@ -449,8 +469,7 @@ async fn create_group(
     }
     let bytes = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
     let created = client.create_group(group, voters, bytes.into()).await?;
-    let hash: String = created.module_hash.iter().map(|b| format!("{b:02x}")).collect();
-    println!("group {group}  module {hash}");
+    println!("group {group}  module {}", hex(&created.module_hash));
     for node in &created.nodes {
         println!("node {}: {}", node.node_id, waft_daemon::admin::describe(node.outcome()));
     }
@@ -480,6 +499,10 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
     use waft_proto::client::Role;
     let role = |g: &waft_proto::client::GroupStatus| match g.role() {
@@ -502,7 +525,8 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
                     "commit_index": g.commit_index, "applied_index": g.applied_index,
                     "sessions_open": g.sessions_open, "session_reply_bytes": g.session_reply_bytes,
                     "voters": c.voters, "learners": c.learners,
-                    "module_hash": g.module_hash.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                    "module_hash": hex(&g.module_hash), "module_index": g.module_index,
+                    "snapshot_index": g.snapshot_index,
                 })
             })
             .collect();
@@ -511,12 +535,12 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
     }
     println!("node {}", status.node_id);
     println!(
-        "{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8} {:>8}",
-        "group", "role", "term", "leader", "leader address", "commit", "applied", "sessions"
+        "{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8} {:>8}  {:<12} {:>8}",
+        "group", "role", "term", "leader", "leader address", "commit", "applied", "sessions", "module", "since"
     );
     for g in &status.groups {
         println!(
-            "{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8} {:>8}",
+            "{:>6}  {:<13} {:>6} {:>7} {:<22} {:>8} {:>8} {:>8}  {:<12} {:>8}",
             g.group,
             role(g),
             g.term,
@@ -524,7 +548,9 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
             g.leader_address,
             g.commit_index,
             g.applied_index,
-            g.sessions_open
+            g.sessions_open,
+            hex(g.module_hash.get(..6).unwrap_or(&g.module_hash)),
+            g.module_index
         );
     }
 }

@@ -4,8 +4,9 @@
 //! writes. Group 2 then takes writes and linearizable reads through every
 //! node; a repeat of the create is OK; a create with another module, garbage,
 //! a core module or a component of another world is refused and changes
-//! nothing. Finally a node is SIGKILLed and restarted without naming group 2
-//! on its command line: it serves group 2 again, with its data.
+//! nothing. Then a node is SIGKILLed and restarted without naming group 2
+//! on its command line: it serves group 2 again, with its data. Finally the
+//! created group takes a deploy, and a node that created it stops cleanly.
 
 mod common;
 
@@ -212,7 +213,7 @@ async fn a_group_created_at_run_time_serves_and_survives_a_restart() {
     // Other voters for it: refused too.
     let e = refusal(admin.create_group(ATOMIC, vec![1, 2], big.clone().into()).await.unwrap_err());
     assert_eq!(e.code(), ErrorCode::GroupExists, "{e}");
-    // Garbage, a core module and a component of another world: refused
+    // Garbage, a core module and a component of another world: BAD_MODULE,
     // before anything is asked of the voters.
     let core_module = wat::parse_str("(module (func (export \"on-apply\")))").unwrap();
     for (group, bytes, says) in [
@@ -222,8 +223,8 @@ async fn a_group_created_at_run_time_serves_and_survives_a_restart() {
         (NEVER, component_of_another_world(), "does not implement"),
     ] {
         let e = refusal(admin.create_group(group, vec![1, 2, 3], bytes.into()).await.unwrap_err());
-        assert_eq!(e.code(), ErrorCode::InvalidRequest, "{e}");
-        assert!(e.message.contains(says), "{e}");
+        assert_eq!(e.code(), ErrorCode::BadModule, "{e}");
+        assert!(e.message.contains(says) && e.message.contains("nothing created"), "{e}");
     }
     // Group 0 and a node nobody knows: refused.
     let e = refusal(admin.create_group(0, vec![1, 2, 3], atomic.clone().into()).await.unwrap_err());
@@ -268,6 +269,15 @@ async fn a_group_created_at_run_time_serves_and_survives_a_restart() {
     let value: u64 = text(&value).parse().unwrap();
     eprintln!("group 1: {acked} increments acknowledged, counter at {value}; node {} restarted", victim + 1);
     assert!(value >= acked, "the counter ({value}) lost acknowledged increments ({acked})");
+
+    // A created group takes deploys like any other; its founding module is
+    // unchanged, so the original create still reads as a repeat.
+    let deployed = c.client_of_all(0).deploy(ATOMIC, atomic.clone().into()).await.unwrap();
+    assert_ne!(hex(&deployed.module_hash), module_hash);
+    let answer = c.client(victim).query(ATOMIC, get("before-kill"), Consistency::Linearizable).await.unwrap();
+    assert_eq!(text(&answer), "77", "the deployed module reads the state the founding one left");
+    let again = c.client(victim).create_group(ATOMIC, vec![1, 2, 3], big.clone().into()).await.unwrap();
+    assert!(again.nodes.iter().all(|n| n.outcome() == waft_proto::admin::CreateOutcome::AlreadyThere), "{again:?}");
 
     // A node that created group 2 at run time stops cleanly on SIGTERM: its
     // driver is joined like the others, and its storage closes.

@@ -9,11 +9,11 @@ use std::collections::VecDeque;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use waft_node::{Applied, Outcome, Replica, ReplicaConfig};
+use waft_node::{Applied, GuestModule, Outcome, Replica, ReplicaConfig};
 use waft_raft::{Message, ReadState, Role, SnapshotInstall};
-use waft_runtime::{Engine, Module};
+use waft_runtime::Engine;
 use waft_session::{Body, Envelope, SessionConfig};
-use waft_storage::{ModuleHash, RocksLogStore, SnapshotId, SnapshotStore};
+use waft_storage::{RocksLogStore, SnapshotId, SnapshotStore};
 
 pub const GROUP: u64 = 7;
 /// Bound on pump rounds in one `settle`; a cluster that does not go quiet
@@ -41,13 +41,17 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 /// Loads a guest component built by `cargo xtask guests` (e.g. "waft_counter").
-pub fn guest(name: &str) -> (Module, ModuleHash) {
-    let path = guest_dir().join(format!("{name}.wasm"));
-    let bytes = std::fs::read(&path).unwrap_or_else(|e| {
-        panic!("cannot read {}: {e}; build the guests first with `cargo xtask guests`", path.display())
-    });
+pub fn guest(name: &str) -> GuestModule {
     let engine = Engine::new().unwrap();
-    (Module::load(&engine, &bytes).unwrap(), ModuleHash::of(&bytes))
+    GuestModule::load(&engine, guest_bytes(name)).unwrap()
+}
+
+/// The bytes of a guest component built by `cargo xtask guests`.
+pub fn guest_bytes(name: &str) -> Vec<u8> {
+    let path = guest_dir().join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!("cannot read {}: {e}; build the guests first with `cargo xtask guests`", path.display())
+    })
 }
 
 pub struct Node {
@@ -68,8 +72,7 @@ pub struct Up {
 pub struct Cluster {
     pub nodes: Vec<Node>,
     pub queue: VecDeque<Message>,
-    module: Module,
-    hash: ModuleHash,
+    module: GuestModule,
     snapshot_margin_entries: u64,
     /// Bytes per pulled snapshot chunk (small, so even a tiny state moves in several).
     pub chunk_bytes: usize,
@@ -107,14 +110,13 @@ impl Cluster {
         sessions: SessionConfig,
     ) -> Cluster {
         let root = scratch(name);
-        let (module, hash) = guest(guest_name);
+        let module = guest(guest_name);
         let mut c = Cluster {
             nodes: (1..=voters)
                 .map(|id| Node { id, dir: root.join(format!("node-{id}")), up: None, applied: Default::default() })
                 .collect(),
             queue: VecDeque::new(),
             module,
-            hash,
             snapshot_margin_entries,
             chunk_bytes: 3,
             installs: 0,
@@ -145,11 +147,11 @@ impl Cluster {
         let mut raft = waft_raft::Config::new(id, 0x5eed + id);
         raft.snapshot_margin_entries = self.snapshot_margin_entries;
         let cfg = ReplicaConfig { sessions: self.sessions.clone(), ..ReplicaConfig::new(raft) };
-        let (module, hash) = (self.module.clone(), self.hash);
+        let module = self.module.clone();
         let node = self.node(id);
         let mut store = RocksLogStore::open(node.dir.join("log")).unwrap();
         let snaps = SnapshotStore::open(node.dir.join("snapshots")).unwrap();
-        let replica = Replica::open(GROUP, cfg, &mut store, &snaps, &module, hash, &voters).unwrap();
+        let replica = Replica::open(GROUP, cfg, &mut store, &snaps, &module, &voters).unwrap();
         node.up = Some(Up { store, snaps, replica });
     }
 
@@ -224,6 +226,9 @@ impl Cluster {
                 }
                 moved += 1;
                 let offset = writer.next_offset(&file.name);
+                // The module file is a whole component: tiny chunks are for the
+                // small files, where they exercise resumption.
+                let chunk_bytes = if file.name == waft_node::MODULE_FILE { 64 << 10 } else { chunk_bytes };
                 let chunk = reader.read_chunk(&file.name, offset, chunk_bytes).unwrap();
                 if chunk.is_empty() {
                     break;

@@ -1,0 +1,225 @@
+//! Deploying a new module version to a live group of real daemons, under
+//! write load: every replica switches at the deploy entry's index, a node
+//! restored from a snapshot taken after the deploy runs the new module, and
+//! a bad module (garbage, a core module, a component of another world) is
+//! refused before it reaches the log and changes nothing.
+
+mod common;
+
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{Cluster, Spec, module, text};
+use waft_daemon::client::{Client, ClientError};
+use waft_proto::admin::AdminOp;
+use waft_proto::client::{Consistency, ErrorCode, GroupStatus};
+use waft_storage::ModuleHash;
+
+const GROUP: u64 = 1;
+const WRITERS: usize = 4;
+const INCR: &[u8] = br#"{"incr":1}"#;
+const GET: &[u8] = br#""get""#;
+
+/// Counter writers, each adding 1 in its own session, remembering every
+/// acknowledged write's log index and the value it returned.
+struct Writers {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<(u64, i64)>>>,
+    /// When each write was acknowledged, in order.
+    times: Arc<Mutex<Vec<Instant>>>,
+    tasks: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+impl Writers {
+    fn start(c: &Cluster, nodes: &[usize]) -> Writers {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let tasks = (0..WRITERS)
+            .map(|w| {
+                let addrs = (0..nodes.len()).map(|k| c.addrs[nodes[(w + k) % nodes.len()]].clone()).collect();
+                let client = Client::with_nodes(addrs);
+                let (stop, acked, times) = (stop.clone(), acked.clone(), times.clone());
+                tokio::spawn(async move {
+                    let mut failed = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        match client.propose(GROUP, Bytes::from_static(INCR)).await {
+                            Ok(a) => {
+                                assert!(!a.duplicate, "no retries expected without faults");
+                                acked.lock().unwrap().push((a.index, text(&a).parse::<i64>().unwrap()));
+                                times.lock().unwrap().push(Instant::now());
+                            }
+                            Err(_) => failed += 1,
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        Writers { stop, acked, times, tasks }
+    }
+
+    /// The longest pause between two acknowledgements within `from..to`.
+    fn longest_pause(&self, from: Instant, to: Instant) -> Duration {
+        let times = self.times.lock().unwrap();
+        let inside: Vec<Instant> = times.iter().copied().filter(|t| *t >= from && *t <= to).collect();
+        inside.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_default()
+    }
+
+    fn count(&self) -> usize {
+        self.acked.lock().unwrap().len()
+    }
+
+    async fn wait_for(&self, c: &mut Cluster, more: usize) {
+        let target = self.count() + more;
+        let deadline = std::time::Instant::now() + common::LOAD_DEADLINE;
+        while self.count() < target {
+            c.check_alive();
+            assert!(std::time::Instant::now() < deadline, "writes stalled at {}", self.count());
+            tokio::time::sleep(common::POLL_PAUSE).await;
+        }
+    }
+
+    async fn stop(self) -> (Vec<(u64, i64)>, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut failed = 0;
+        for t in self.tasks {
+            failed += t.await.unwrap();
+        }
+        let mut acked = Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap();
+        acked.sort_unstable();
+        (acked, failed)
+    }
+}
+
+fn hash_of(name: &str) -> Vec<u8> {
+    ModuleHash::of(&std::fs::read(module(name)).unwrap()).0.to_vec()
+}
+
+fn waft(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_waft")).args(args).output().unwrap()
+}
+
+async fn status(c: &Cluster, i: usize) -> GroupStatus {
+    c.status(i, GROUP).await.expect("status")
+}
+
+async fn value(client: &Client) -> i64 {
+    text(&client.query(GROUP, Bytes::from_static(GET), Consistency::Stale).await.unwrap()).parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_module_version_takes_over_at_one_index_on_every_replica() {
+    let mut c = Cluster::start("deploy", 3, Spec::one(GROUP, "waft_counter"));
+    let leader = c.wait_for_leader(GROUP).await;
+    let others: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    let (restored_by_install, restored_by_restart) = (others[0], others[1]);
+    let admin = Client::with_nodes(c.addrs.clone());
+    let (old, new) = (hash_of("waft_counter"), hash_of("waft_counter_doubling"));
+
+    // Bad modules are refused before anything enters the log.
+    let before = status(&c, leader).await;
+    let core_module = wat::parse_str("(module (func (export \"on-apply\")))").unwrap();
+    let other_world = wat::parse_str(
+        r#"(component
+             (core module $m (func (export "f")))
+             (core instance $i (instantiate $m))
+             (func $f (canon lift (core func $i "f")))
+             (instance $x (export "run" (func $f)))
+             (export "wasi:cli/run@0.2.0" (instance $x)))"#,
+    )
+    .unwrap();
+    for (what, bytes, says) in [
+        ("garbage", b"#!/bin/sh\necho hello\n".to_vec(), "not a WebAssembly binary"),
+        ("a core module", core_module, "core WebAssembly module"),
+        ("another world", other_world, "does not implement"),
+    ] {
+        match admin.deploy(GROUP, bytes.into()).await {
+            Err(ClientError::Refused(e)) => {
+                assert_eq!(e.code(), ErrorCode::BadModule, "{what}: {e}");
+                assert!(e.message.contains(says), "{what}: {}", e.message);
+            }
+            other => panic!("{what} should be refused: {other:?}"),
+        }
+    }
+    let path = module("waft_atomic").with_extension("txt");
+    std::fs::write(&path, b"not wasm").unwrap();
+    let out = waft(&["deploy", "--addr", &c.addrs[0], "--group", "1", path.to_str().unwrap()]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("not a WebAssembly binary"));
+    let after = status(&c, leader).await;
+    assert_eq!((after.module_hash.to_vec(), after.module_index), (old.clone(), 0), "nothing changed");
+    assert_eq!(after.commit_index, before.commit_index, "no entry was proposed");
+
+    // Writes run throughout; one follower is down during the deploy.
+    let writers = Writers::start(&c, &[leader, restored_by_restart]);
+    writers.wait_for(&mut c, 200).await;
+    c.kill(restored_by_install);
+    writers.wait_for(&mut c, 100).await;
+
+    // The operator's deploy, through the CLI at a follower (it finds the leader).
+    let doubling = module("waft_counter_doubling");
+    let deploy_began = Instant::now();
+    let out = waft(&["deploy", "--addr", &c.addrs[restored_by_restart], "--group", "1", doubling.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "deploy failed: {}", String::from_utf8_lossy(&out.stderr));
+    let hex: String = new.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(stdout.starts_with(&format!("group 1 runs module {hex} since index ")), "{stdout}");
+    let at: u64 = stdout.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    writers.wait_for(&mut c, 200).await;
+    let deploy_pause = writers.longest_pause(deploy_began, Instant::now());
+
+    // Snapshot past the deploy: the leader compacts (node `restored_by_install`
+    // will need the snapshot), and `restored_by_restart` restarts from its own.
+    let leader = c.wait_for_leader_among(GROUP, &[leader, restored_by_restart]).await;
+    let snap = Client::new(c.addrs[leader].clone()).admin(GROUP, AdminOp::Snapshot, vec![], vec![]).await.unwrap();
+    assert!(snap.snapshot_index > at);
+    let snap = Client::new(c.addrs[restored_by_restart].clone())
+        .admin(GROUP, AdminOp::Snapshot, vec![], vec![])
+        .await
+        .unwrap();
+    assert!(snap.snapshot_index > at);
+    c.kill(restored_by_restart);
+    c.start_node(restored_by_restart);
+    c.start_node(restored_by_install);
+    writers.wait_for(&mut c, 200).await;
+    let (acked, failed) = writers.stop().await;
+    println!(
+        "{} writes acknowledged, {failed} failed, deploy at index {at}, longest pause between writes around it {deploy_pause:?}",
+        acked.len()
+    );
+
+    // The replies: +1 per write before the deploy's index, +2 after it.
+    let mut expected = 0;
+    for &(index, got) in &acked {
+        assert_ne!(index, at);
+        expected += if index < at { 1 } else { 2 };
+        assert_eq!(got, expected, "the write at index {index} (deploy at {at})");
+    }
+    assert!(acked.iter().filter(|(i, _)| *i > at).count() >= 200, "writes after the deploy");
+
+    // Every replica, including the one that installed a snapshot and the one
+    // restarted from its own, runs the new module since the same index and
+    // holds the same value.
+    let last = status(&c, leader).await.commit_index;
+    for i in 0..3 {
+        let s = c.wait_applied(i, GROUP, last).await;
+        assert_eq!((s.module_hash.to_vec(), s.module_index), (new.clone(), at), "node {}", i + 1);
+        assert_eq!(value(&c.client(i)).await, expected, "node {}", i + 1);
+    }
+    let installed = std::fs::read_to_string(c.log_path(restored_by_install)).unwrap();
+    assert!(installed.contains("module switched by a snapshot"), "node {} installed a snapshot", restored_by_install + 1);
+
+    // New writes apply the new logic on whichever node leads.
+    let client = c.client_of_all(restored_by_install);
+    let r = client.propose(GROUP, Bytes::from_static(INCR)).await.unwrap();
+    assert_eq!(text(&r), (expected + 2).to_string());
+
+    // `waft status` shows the module and the index it took effect at.
+    let out = waft(&["status", "--addr", &c.addrs[restored_by_install], "--group", "1", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["groups"][0]["module_hash"], serde_json::Value::String(hex));
+    assert_eq!(json["groups"][0]["module_index"], serde_json::json!(at));
+}

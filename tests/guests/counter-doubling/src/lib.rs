@@ -1,0 +1,59 @@
+//! The counter's "next version" for deploy tests: the same commands, query
+//! and snapshot format as `examples/counter`, but `{"incr": delta}` adds
+//! `2 * delta`. Deployed over a running counter, it takes the counter's
+//! state and changes only what later entries do.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+use waft_guest::{Position, StateMachine};
+
+#[derive(Default)]
+pub struct DoublingCounter {
+    value: i64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Command {
+    Incr(i64),
+    Get,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Query {
+    Get,
+}
+
+impl StateMachine for DoublingCounter {
+    type Command = Command;
+    type Response = i64;
+    type Query = Query;
+    type Answer = i64;
+
+    fn apply(&mut self, command: Command, _at: Position) -> Result<i64, String> {
+        if let Command::Incr(delta) = command {
+            let doubled = delta.checked_mul(2).ok_or("counter overflow")?;
+            self.value = self.value.checked_add(doubled).ok_or("counter overflow")?;
+        }
+        Ok(self.value)
+    }
+
+    fn query(&self, Query::Get: Query) -> Result<i64, String> {
+        Ok(self.value)
+    }
+
+    fn save(&self, mut out: impl Write) -> std::io::Result<()> {
+        out.write_all(&self.value.to_le_bytes())
+    }
+
+    fn load(&mut self, mut input: impl Read) -> std::io::Result<()> {
+        let mut bytes = [0u8; 8];
+        input.read_exact(&mut bytes)?;
+        self.value = i64::from_le_bytes(bytes);
+        Ok(())
+    }
+}
+
+waft_guest::export!(DoublingCounter);
