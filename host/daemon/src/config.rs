@@ -92,28 +92,84 @@ pub struct FileGroup {
     pub module: PathBuf,
 }
 
-/// What the command line said; `None` / empty where it said nothing.
-#[derive(Debug, Default)]
+/// What the command line said; `None` / empty where it said nothing. These
+/// are `waft serve`'s flags (clap), so the CLI and this crate share one list.
+#[derive(Debug, Default, clap::Args)]
 pub struct Flags {
+    /// A TOML configuration file (every key is documented in
+    /// docs/serve.toml); flags given here override it.
+    #[arg(long)]
     pub config: Option<PathBuf>,
+    /// This node's id (1 or more, unique in the cluster).
+    #[arg(long)]
     pub id: Option<u64>,
+    /// Address for both peers and clients, e.g. 127.0.0.1:7001.
+    #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Where this node keeps its log and snapshots.
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// `--peer ID=ADDR`, in order.
+    /// Another member, as ID=ADDR (repeat for each peer).
+    #[arg(long = "peer", value_parser = parse_peer)]
     pub peers: Vec<(u64, String)>,
-    /// `--group ID=MODULE`, in order.
+    /// A group this node serves and its state machine, as ID=MODULE.wasm
+    /// (repeat for each group). Groups created at run time (`waft admin
+    /// create-group`) need no flag: the node keeps them in --data-dir.
+    #[arg(long = "group", value_parser = parse_group)]
     pub groups: Vec<(u64, PathBuf)>,
-    pub tick_ms: Option<u64>,
+    /// Election timeout, in ticks [default: 30].
+    #[arg(long)]
     pub election_ticks: Option<u64>,
+    /// Length of one tick, in ms [default: 10].
+    #[arg(long)]
+    pub tick_ms: Option<u64>,
+    /// Snapshot once this many applied entries follow the last snapshot
+    /// [default: 10000].
+    #[arg(long)]
     pub snapshot_margin_entries: Option<u64>,
+    /// Most bytes per second to pull when installing a snapshot from the
+    /// leader [default: 0, unlimited].
+    #[arg(long)]
     pub snapshot_pull_bytes_per_sec: Option<u64>,
+    /// Also snapshot every this many seconds when anything was applied
+    /// since the last one [default: 3600; 0: off].
+    #[arg(long)]
     pub snapshot_interval_secs: Option<u64>,
-    /// `--initial-voters 1,2,3`.
+    /// The voters a brand-new group starts with, e.g. 1,2,3; a node not
+    /// listed starts empty and waits to be added [default: this node and
+    /// every --peer].
+    #[arg(long, value_delimiter = ',')]
     pub initial_voters: Option<Vec<u64>>,
+    /// Serve Prometheus metrics (GET /metrics) on this address, e.g.
+    /// 127.0.0.1:9101 [default: off].
+    #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// Open exactly-once sessions per group at most; must be equal on
+    /// every node [default: 10000].
+    #[arg(long)]
     pub sessions_open_max: Option<u64>,
+    /// Commands a session may have outstanding; must be equal on every
+    /// node [default: 128].
+    #[arg(long)]
     pub session_window_commands_max: Option<u64>,
+    /// A session idle this long (by the leader's clock) expires; must be
+    /// equal on every node [default: 600000].
+    #[arg(long)]
     pub session_idle_timeout_ms: Option<u64>,
+}
+
+fn parse_group(s: &str) -> Result<(u64, PathBuf), String> {
+    let (id, module) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected ID=MODULE, e.g. 1=target/wasm32-wasip2/release/waft_counter.wasm"))?;
+    let id = id.parse::<u64>().map_err(|e| format!("{s:?}: group id: {e}"))?;
+    Ok((id, PathBuf::from(module)))
+}
+
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected ID=ADDR, e.g. 2=127.0.0.1:7002"))?;
+    let id = id.parse::<u64>().map_err(|e| format!("{s:?}: peer id: {e}"))?;
+    Ok((id, addr.to_string()))
 }
 
 fn config_err(msg: impl Into<String>) -> ServeError {

@@ -8,7 +8,6 @@
 
 mod demo;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
@@ -36,67 +35,7 @@ enum Cmd {
     /// with the given peers, and the groups created on it at run time
     /// (`waft admin create-group`, kept in --data-dir). Flags win over the
     /// --config file. Stops cleanly on SIGINT or SIGTERM.
-    Serve {
-        /// A TOML configuration file (every key is documented in
-        /// docs/serve.toml); flags given here override it.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// This node's id (1 or more, unique in the cluster).
-        #[arg(long)]
-        id: Option<u64>,
-        /// Address for both peers and clients, e.g. 127.0.0.1:7001.
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Where this node keeps its log and snapshots.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Another member, as ID=ADDR (repeat for each peer).
-        #[arg(long = "peer", value_parser = parse_peer)]
-        peers: Vec<(u64, String)>,
-        /// A group this node serves and its state machine, as ID=MODULE.wasm
-        /// (repeat for each group).
-        #[arg(long = "group", value_parser = parse_group)]
-        groups: Vec<(u64, PathBuf)>,
-        /// Election timeout, in ticks [default: 30].
-        #[arg(long)]
-        election_ticks: Option<u64>,
-        /// Length of one tick, in ms [default: 10].
-        #[arg(long)]
-        tick_ms: Option<u64>,
-        /// Snapshot once this many applied entries follow the last snapshot
-        /// [default: 10000].
-        #[arg(long)]
-        snapshot_margin_entries: Option<u64>,
-        /// Most bytes per second to pull when installing a snapshot from the
-        /// leader [default: 0, unlimited].
-        #[arg(long)]
-        snapshot_pull_bytes_per_sec: Option<u64>,
-        /// Also snapshot every this many seconds when anything was applied
-        /// since the last one [default: 3600; 0: off].
-        #[arg(long)]
-        snapshot_interval_secs: Option<u64>,
-        /// The voters a brand-new group starts with, e.g. 1,2,3; a node not
-        /// listed starts empty and waits to be added [default: this node and
-        /// every --peer].
-        #[arg(long, value_delimiter = ',')]
-        initial_voters: Option<Vec<u64>>,
-        /// Serve Prometheus metrics (GET /metrics) on this address, e.g.
-        /// 127.0.0.1:9101 [default: off].
-        #[arg(long)]
-        metrics_listen: Option<SocketAddr>,
-        /// Open exactly-once sessions per group at most; must be equal on
-        /// every node [default: 10000].
-        #[arg(long)]
-        sessions_open_max: Option<u64>,
-        /// Commands a session may have outstanding; must be equal on every
-        /// node [default: 128].
-        #[arg(long)]
-        session_window_commands_max: Option<u64>,
-        /// A session idle this long (by the leader's clock) expires; must be
-        /// equal on every node [default: 600000].
-        #[arg(long)]
-        session_idle_timeout_ms: Option<u64>,
-    },
+    Serve(waft_daemon::config::Flags),
     /// Propose a command and print its result. The command goes in an
     /// exactly-once session of its own (opened, used for this command, closed),
     /// so retries after a timeout, a leader change or a lost connection apply
@@ -305,23 +244,10 @@ impl From<ConsistencyArg> for waft_proto::client::Consistency {
     }
 }
 
-fn parse_group(s: &str) -> Result<(u64, PathBuf), String> {
-    let (id, module) =
-        s.split_once('=').ok_or_else(|| format!("{s:?}: expected ID=MODULE, e.g. 1=target/wasm32-wasip2/release/waft_counter.wasm"))?;
-    let id = id.parse::<u64>().map_err(|e| format!("{s:?}: group id: {e}"))?;
-    Ok((id, PathBuf::from(module)))
-}
-
-fn parse_peer(s: &str) -> Result<(u64, String), String> {
-    let (id, addr) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected ID=ADDR, e.g. 2=127.0.0.1:7002"))?;
-    let id = id.parse::<u64>().map_err(|e| format!("{s:?}: peer id: {e}"))?;
-    Ok((id, addr.to_string()))
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     // A daemon reports its elections and peers; a one-shot command stays quiet.
-    let default_filter = if matches!(cli.command, Cmd::Serve { .. }) { "info" } else { "warn" };
+    let default_filter = if matches!(cli.command, Cmd::Serve(_)) { "info" } else { "warn" };
     // Logs go to stderr (stdout carries results), coloured only on a terminal.
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
@@ -330,43 +256,8 @@ fn main() -> Result<()> {
         .init();
     match cli.command {
         Cmd::Demo { modules } => runtime()?.block_on(demo::run(&modules)),
-        Cmd::Serve {
-            config,
-            id,
-            listen,
-            data_dir,
-            peers,
-            groups,
-            election_ticks,
-            tick_ms,
-            snapshot_margin_entries,
-            snapshot_pull_bytes_per_sec,
-            snapshot_interval_secs,
-            initial_voters,
-            metrics_listen,
-            sessions_open_max,
-            session_window_commands_max,
-            session_idle_timeout_ms,
-        } => {
-            let cfg = waft_daemon::config::Flags {
-                config,
-                id,
-                listen,
-                data_dir,
-                peers,
-                groups,
-                tick_ms,
-                election_ticks,
-                snapshot_margin_entries,
-                snapshot_pull_bytes_per_sec,
-                snapshot_interval_secs,
-                initial_voters,
-                metrics_listen,
-                sessions_open_max,
-                session_window_commands_max,
-                session_idle_timeout_ms,
-            }
-            .resolve()?;
+        Cmd::Serve(flags) => {
+            let cfg = flags.resolve()?;
             runtime()?.block_on(waft_daemon::serve(cfg, shutdown_signal()))?;
             Ok(())
         }
