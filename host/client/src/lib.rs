@@ -580,11 +580,12 @@ impl Client {
         &self,
         group: u64,
         voters: Vec<u64>,
+        members: Vec<u64>,
         module: Bytes,
     ) -> Result<CreateGroupResponse, ClientError> {
         let addr = self.inner.seeds[0].clone();
         let mut c = waft_proto::admin_client(self.connection(&addr).await?);
-        let req = CreateGroupRequest { group, voters, module, local_only: false, check_only: false };
+        let req = CreateGroupRequest { group, voters, members, module, local_only: false, check_only: false };
         let resp = match tokio::time::timeout(CREATE_GROUP_TIMEOUT, c.create_group(req)).await {
             Ok(Ok(resp)) => resp.into_inner(),
             Ok(Err(status)) => {

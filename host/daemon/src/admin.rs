@@ -189,7 +189,16 @@ impl AdminService {
 struct Create {
     group: u64,
     voters: Vec<NodeId>,
+    /// Nodes besides the voters that open an empty replica (sorted, none a voter).
+    members: Vec<NodeId>,
     module: bytes::Bytes,
+}
+
+impl Create {
+    /// Every node the create goes to: the voters, then the members.
+    fn targets(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(&self.members).copied()
+    }
 }
 
 impl Create {
@@ -212,7 +221,16 @@ impl Create {
         if voters.contains(&waft_raft::NONE) {
             return bad("node id 0 is reserved; node ids are 1 or more".into());
         }
-        if let Some(unknown) = voters.iter().find(|id| !known(**id)) {
+        let mut members: Vec<NodeId> = req.members.iter().copied().filter(|id| !voters.contains(id)).collect();
+        members.sort_unstable();
+        members.dedup();
+        if members.len() > CREATE_VOTERS_MAX {
+            return bad(format!("{} members; name {CREATE_VOTERS_MAX} at most in one create", members.len()));
+        }
+        if members.contains(&waft_raft::NONE) {
+            return bad("node id 0 is reserved; node ids are 1 or more".into());
+        }
+        if let Some(unknown) = voters.iter().chain(&members).find(|id| !known(**id)) {
             return bad(format!(
                 "node {unknown} is neither this node nor one of its --peer entries, so its daemon cannot be \
                  reached; name known nodes, or add `--peer {unknown}=ADDR` to every daemon"
@@ -224,7 +242,7 @@ impl Create {
         if req.module.len() > CREATE_MODULE_BYTES_MAX {
             return Err(client::Error::too_large(req.module.len() as u64, CREATE_MODULE_BYTES_MAX as u64));
         }
-        Ok(Create { group: req.group, voters, module: req.module.clone() })
+        Ok(Create { group: req.group, voters, members, module: req.module.clone() })
     }
 }
 
@@ -259,7 +277,7 @@ impl AdminService {
                 }
             };
             response.module_hash = bytes::Bytes::copy_from_slice(&hash.0);
-            let outcome = self.create_here(create.group, Founding::new(hash, &create.voters), None).await;
+            let outcome = self.create_here(create.group, Founding::new(hash, &create.voters), None, create.members.clone()).await;
             response.error = outcome.error.clone();
             response.nodes.push(outcome);
             return response;
@@ -283,12 +301,12 @@ impl AdminService {
         response.module_hash = bytes::Bytes::copy_from_slice(&hash.0);
         let founding = Founding::new(hash, &create.voters);
         if req.local_only {
-            let outcome = self.create_here(create.group, founding, Some(module)).await;
+            let outcome = self.create_here(create.group, founding, Some(module), create.members.clone()).await;
             response.error = outcome.error.clone();
             response.nodes.push(outcome);
             return response;
         }
-        tracing::info!(node, group = create.group, voters = ?create.voters, module = %hash, "creating group");
+        tracing::info!(node, group = create.group, voters = ?create.voters, members = ?create.members, module = %hash, "creating group");
         let checks = self.on_every_voter(&create, &founding, None).await;
         if checks.iter().any(|o| o.error.is_some()) {
             response.error = Some(summary(create.group, &checks, "was not created (nothing changed)"));
@@ -319,7 +337,7 @@ impl AdminService {
         let node = self.host.node_id();
         let check_only = module.is_none();
         let mut tasks = tokio::task::JoinSet::new();
-        for (at, &voter) in create.voters.iter().enumerate() {
+        for (at, voter) in create.targets().enumerate() {
             if voter == node {
                 continue;
             }
@@ -330,12 +348,14 @@ impl AdminService {
                 module: create.module.clone(),
                 local_only: true,
                 check_only,
+                members: create.members.clone(),
             };
             tasks.spawn(async move { (at, forward(voter, addr, req).await) });
         }
-        let mut outcomes: Vec<Option<NodeCreateOutcome>> = vec![None; create.voters.len()];
-        if let Some(at) = create.voters.iter().position(|v| *v == node) {
-            outcomes[at] = Some(self.create_here(create.group, founding.clone(), module.cloned()).await);
+        let mut outcomes: Vec<Option<NodeCreateOutcome>> = vec![None; create.targets().count()];
+        if let Some(at) = create.targets().position(|v| v == node) {
+            outcomes[at] =
+                Some(self.create_here(create.group, founding.clone(), module.cloned(), create.members.clone()).await);
         }
         while let Some(joined) = tasks.join_next().await {
             if let Ok((at, outcome)) = joined {
@@ -343,10 +363,9 @@ impl AdminService {
             }
         }
         create
-            .voters
-            .iter()
+            .targets()
             .zip(outcomes)
-            .map(|(&voter, o)| {
+            .map(|(voter, o)| {
                 o.unwrap_or_else(|| failed(voter, client::Error::internal("the forwarding task failed; see this node's log")))
             })
             .collect()
@@ -359,10 +378,11 @@ impl AdminService {
         group: u64,
         founding: Founding,
         module: Option<waft_node::GuestModule>,
+        members: Vec<NodeId>,
     ) -> NodeCreateOutcome {
         let node = self.host.node_id();
         let host = self.host.clone();
-        match tokio::task::spawn_blocking(move || host.create_local(group, founding, module.as_ref())).await {
+        match tokio::task::spawn_blocking(move || host.create_local(group, founding, &members, module.as_ref())).await {
             Ok(Ok(outcome)) => NodeCreateOutcome { node_id: node, outcome: outcome as i32, error: None },
             Ok(Err(e)) => failed(node, e),
             Err(e) => failed(node, client::Error::internal(format!("creating the group failed: {e}"))),
@@ -499,6 +519,10 @@ mod tests {
         };
         let ok = Create::check(&req(2, &[3, 1, 2, 1], b"\0asm"), known).unwrap();
         assert_eq!((ok.group, ok.voters), (2, vec![1, 2, 3]));
+        let with_members = CreateGroupRequest { members: vec![3, 2, 3], ..req(2, &[1, 2], b"\0asm") };
+        assert_eq!(Create::check(&with_members, known).unwrap().members, vec![3], "voters are not members too");
+        let unknown_member = CreateGroupRequest { members: vec![4], ..req(2, &[1, 2], b"\0asm") };
+        assert!(Create::check(&unknown_member, known).unwrap_err().message.contains("node 4"));
         for (r, says) in [
             (req(0, &[1], b"\0asm"), "group 0"),
             (req(2, &[], b"\0asm"), "voters"),

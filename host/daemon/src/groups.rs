@@ -415,11 +415,13 @@ impl Host {
     /// Creates `group` on this node (blocking: it writes files and opens a
     /// replica; run it off the async threads) running `module`, the founding
     /// module `founding` names; `None` only checks whether this node could
-    /// create the group.
+    /// create the group. A node among `members` but not the voters opens an
+    /// empty replica that waits to be added.
     pub fn create_local(
         &self,
         group: u64,
         founding: Founding,
+        members: &[NodeId],
         module: Option<&waft_node::GuestModule>,
     ) -> Result<CreateOutcome, client::Error> {
         let node = self.cfg.node_id;
@@ -436,10 +438,11 @@ impl Host {
                  pick another group id, or create it as it was"
             )));
         }
-        if !founding.voters.contains(&node) {
+        if !founding.voters.contains(&node) && !members.contains(&node) {
             return Err(client::Error::invalid_request(format!(
-                "node {node} is not among the voters {}; a create goes to the voters only",
-                list(&founding.voters)
+                "node {node} is neither among the voters {} nor the members {}; a create goes to those only",
+                list(&founding.voters),
+                list(members)
             )));
         }
         if state.founding.len() >= GROUPS_MAX {

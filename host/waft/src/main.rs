@@ -154,6 +154,11 @@ enum AdminCmd {
         /// The founding voters (node ids known to the node at --addr), e.g. 1,2,3.
         #[arg(long = "peers", visible_alias = "voters", value_delimiter = ',', required = true)]
         peers: Vec<u64>,
+        /// Nodes besides the voters that open an empty replica, to be added
+        /// later with add-peer, add-learners or change-peers, e.g. 4,5. Send
+        /// the same create again with more members to prepare more nodes.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<u64>,
         /// The state machine: a .wasm component built for wasm32-wasip2.
         #[arg(long)]
         module: PathBuf,
@@ -328,7 +333,9 @@ async fn admin(addr: &str, group: u64, op: AdminCmd) -> Result<()> {
             }
             return Ok(());
         }
-        AdminCmd::CreateGroup { peers, module } => return create_group(&client, group, peers, &module).await,
+        AdminCmd::CreateGroup { peers, members, module } => {
+            return create_group(&client, group, peers, members, &module).await;
+        }
         AdminCmd::AddPeer { id } => (AdminOp::AddPeer, vec![id], vec![]),
         AdminCmd::RemovePeer { id } => (AdminOp::RemovePeer, vec![id], vec![]),
         AdminCmd::ChangePeers { voters, learners } => (AdminOp::ChangePeers, voters, learners),
@@ -351,6 +358,7 @@ async fn create_group(
     client: &waft_daemon::client::Client,
     group: u64,
     voters: Vec<u64>,
+    members: Vec<u64>,
     module: &std::path::Path,
 ) -> Result<()> {
     let len = std::fs::metadata(module).with_context(|| format!("cannot read {}", module.display()))?.len();
@@ -359,7 +367,7 @@ async fn create_group(
         bail!("{} has {len} bytes; a module sent with create-group may have {max} at most", module.display());
     }
     let bytes = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
-    let created = client.create_group(group, voters, bytes.into()).await?;
+    let created = client.create_group(group, voters, members, bytes.into()).await?;
     println!("group {group}  module {}", hex(&created.module_hash));
     for node in &created.nodes {
         println!("node {}: {}", node.node_id, waft_daemon::admin::describe(node.outcome()));

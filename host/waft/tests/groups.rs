@@ -207,11 +207,11 @@ async fn a_group_created_at_run_time_serves_and_survives_a_restart() {
     .await;
     assert!(!ok && err.contains("GROUP_EXISTS"), "{err}");
     let admin = c.client(2);
-    let e = refusal(admin.create_group(ATOMIC, vec![1, 2, 3], atomic.clone().into()).await.unwrap_err());
+    let e = refusal(admin.create_group(ATOMIC, vec![1, 2, 3], vec![], atomic.clone().into()).await.unwrap_err());
     assert_eq!(e.code(), ErrorCode::GroupExists, "{e}");
     assert!(e.message.contains("node 1") && e.message.contains("nothing changed"), "{e}");
     // Other voters for it: refused too.
-    let e = refusal(admin.create_group(ATOMIC, vec![1, 2], big.clone().into()).await.unwrap_err());
+    let e = refusal(admin.create_group(ATOMIC, vec![1, 2], vec![], big.clone().into()).await.unwrap_err());
     assert_eq!(e.code(), ErrorCode::GroupExists, "{e}");
     // Garbage, a core module and a component of another world: BAD_MODULE,
     // before anything is asked of the voters.
@@ -222,14 +222,14 @@ async fn a_group_created_at_run_time_serves_and_survives_a_restart() {
         (NEVER, core_module, "core WebAssembly module"),
         (NEVER, component_of_another_world(), "does not implement"),
     ] {
-        let e = refusal(admin.create_group(group, vec![1, 2, 3], bytes.into()).await.unwrap_err());
+        let e = refusal(admin.create_group(group, vec![1, 2, 3], vec![], bytes.into()).await.unwrap_err());
         assert_eq!(e.code(), ErrorCode::BadModule, "{e}");
         assert!(e.message.contains(says) && e.message.contains("nothing created"), "{e}");
     }
     // Group 0 and a node nobody knows: refused.
-    let e = refusal(admin.create_group(0, vec![1, 2, 3], atomic.clone().into()).await.unwrap_err());
+    let e = refusal(admin.create_group(0, vec![1, 2, 3], vec![], atomic.clone().into()).await.unwrap_err());
     assert_eq!(e.code(), ErrorCode::InvalidRequest, "{e}");
-    let e = refusal(admin.create_group(NEVER, vec![1, 2, 9], atomic.clone().into()).await.unwrap_err());
+    let e = refusal(admin.create_group(NEVER, vec![1, 2, 9], vec![], atomic.clone().into()).await.unwrap_err());
     assert!(e.code() == ErrorCode::InvalidRequest && e.message.contains("node 9"), "{e}");
     assert_unchanged(&c, &module_hash).await;
 
@@ -276,11 +276,60 @@ async fn a_group_created_at_run_time_serves_and_survives_a_restart() {
     assert_ne!(hex(&deployed.module_hash), module_hash);
     let answer = c.client(victim).query(ATOMIC, get("before-kill"), Consistency::Linearizable).await.unwrap();
     assert_eq!(text(&answer), "77", "the deployed module reads the state the founding one left");
-    let again = c.client(victim).create_group(ATOMIC, vec![1, 2, 3], big.clone().into()).await.unwrap();
+    let again = c.client(victim).create_group(ATOMIC, vec![1, 2, 3], vec![], big.clone().into()).await.unwrap();
     assert!(again.nodes.iter().all(|n| n.outcome() == waft_proto::admin::CreateOutcome::AlreadyThere), "{again:?}");
 
     // A node that created group 2 at run time stops cleanly on SIGTERM: its
     // driver is joined like the others, and its storage closes.
     let creator = (victim + 1) % 3;
     assert!(c.terminate(creator, Duration::from_secs(20)), "node {} did not stop cleanly", creator + 1);
+}
+
+/// A created group can grow: a node named as a member (not a voter) opens an
+/// empty replica, which `add-peer` then makes a voter that catches up; a
+/// repeat of the create naming it changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_a_created_group_is_added_later() {
+    const GROWN: u64 = 4;
+    let mut c = Cluster::start("groups-members", 3, Spec::one(COUNTER, "waft_counter"));
+    c.wait_for_leader(COUNTER).await;
+    let atomic_path = module("waft_atomic").to_string_lossy().into_owned();
+    let (ok, out, err) = run_waft(&[
+        "admin", "--addr", &c.addrs[0], "--group", "4", "create-group", "--peers", "1,2", "--members", "3", "--module",
+        &atomic_path,
+    ])
+    .await;
+    assert!(ok, "create with a member: {err}");
+    for node in 1..=3 {
+        assert!(out.contains(&format!("node {node}: created")), "{out}");
+    }
+    let leader = c.wait_for_leader_among(GROWN, &[0, 1]).await;
+    let voters = c.status(2, GROWN).await.expect("node 3 serves the group").configuration.unwrap_or_default().voters;
+    assert!(voters.is_empty(), "node 3 starts empty, waiting to be added: voters {voters:?}");
+    let writer = c.client_of_all(0);
+    for n in 0..50 {
+        writer.propose(GROWN, set(&format!("k{n}"), n)).await.unwrap();
+    }
+
+    // The operator adds it; it catches up and serves what was written.
+    let (ok, out, err) =
+        run_waft(&["admin", "--addr", &c.addrs[leader], "--group", "4", "add-peer", "3"]).await;
+    assert!(ok && out.starts_with("voters 1,2,3"), "add-peer: {out} {err}");
+    let commit = c.status(leader, GROWN).await.unwrap().commit_index;
+    c.wait_applied(2, GROWN, commit).await;
+    for n in [0u64, 49] {
+        let answer = c.client(2).query(GROWN, get(&format!("k{n}")), Consistency::Stale).await.unwrap();
+        assert_eq!(text(&answer), n.to_string());
+    }
+
+    // The same create again, naming the member, is a repeat everywhere.
+    let (ok, out, err) = run_waft(&[
+        "admin", "--addr", &c.addrs[2], "--group", "4", "create-group", "--peers", "2,1", "--members", "3", "--module",
+        &atomic_path,
+    ])
+    .await;
+    assert!(ok, "repeat: {err}");
+    for node in 1..=3 {
+        assert!(out.contains(&format!("node {node}: already there")), "{out}");
+    }
 }
