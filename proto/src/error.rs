@@ -80,9 +80,14 @@ impl Error {
         Error::with(ErrorCode::Internal, why)
     }
 
-    /// A deploy's module was refused; nothing changed.
+    /// A module was refused (by a deploy or a create); nothing changed.
     pub fn bad_module(why: impl Into<String>) -> Self {
         Error::with(ErrorCode::BadModule, why)
+    }
+
+    /// A create named a group that exists with another module or voters.
+    pub fn group_exists(why: impl Into<String>) -> Self {
+        Error::with(ErrorCode::GroupExists, why)
     }
 
     pub fn invalid_request(why: impl Into<String>) -> Self {

@@ -30,7 +30,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tonic::transport::Channel;
-use waft_proto::admin::{AdminOp, AdminRequest, AdminResult, DeployRequest, DeployResult, admin_response, deploy_response};
+use waft_proto::admin::{
+    AdminOp, AdminRequest, AdminResult, CreateGroupRequest, CreateGroupResponse, DeployRequest, DeployResult,
+    admin_response, deploy_response,
+};
 use waft_proto::client::{
     self, CloseSessionRequest, Consistency, ErrorCode, KeepAliveRequest, OpenSessionRequest, ProposeRequest,
     QueryRequest, SessionResponse, StatusRequest, StatusResponse, client_client::ClientClient, propose_response,
@@ -57,6 +60,9 @@ pub const SESSION_WINDOW_DEFAULT: u64 = 128;
 /// Groups whose default session a client keeps at most; beyond it the
 /// lowest group's is forgotten (it expires on the servers).
 pub const DEFAULT_SESSIONS_MAX: usize = 1024;
+/// How long a group's creation may take: the daemon asked compiles the
+/// module, then every voter does, and each writes and syncs its files.
+pub const CREATE_GROUP_TIMEOUT: Duration = Duration::from_secs(150);
 /// Bytes of a registration nonce.
 const NONCE_BYTES: usize = 16;
 
@@ -561,6 +567,41 @@ impl Client {
 }
 
 impl Client {
+    /// Creates `group` running `module` (a .wasm component's bytes) on
+    /// `voters`: the first node this client knows checks the module and
+    /// creates the group on every voter's daemon. `Ok` means every voter
+    /// serves it (`nodes` says which were created now and which had it
+    /// already: a repeat of the same create is OK). A refusal names each
+    /// node's outcome: GROUP_EXISTS when the group runs somewhere with
+    /// another module or voters, BAD_MODULE for a module that is not a
+    /// state machine for this host, INVALID_REQUEST for an unknown node. One attempt (bounded by `CREATE_GROUP_TIMEOUT`); the
+    /// create is idempotent, so sending it again is always safe.
+    pub async fn create_group(
+        &self,
+        group: u64,
+        voters: Vec<u64>,
+        members: Vec<u64>,
+        module: Bytes,
+    ) -> Result<CreateGroupResponse, ClientError> {
+        let addr = self.inner.seeds[0].clone();
+        let mut c = waft_proto::admin_client(self.connection(&addr).await?);
+        let req = CreateGroupRequest { group, voters, members, module, local_only: false, check_only: false };
+        let resp = match tokio::time::timeout(CREATE_GROUP_TIMEOUT, c.create_group(req)).await {
+            Ok(Ok(resp)) => resp.into_inner(),
+            Ok(Err(status)) => {
+                self.forget(&addr);
+                return Err(ClientError::Rpc { addr, status });
+            }
+            Err(_) => {
+                return Err(ClientError::AttemptTimeout { addr, waited_ms: CREATE_GROUP_TIMEOUT.as_millis() as u64 });
+            }
+        };
+        match resp.error {
+            Some(e) => Err(ClientError::Refused(e)),
+            None => Ok(resp),
+        }
+    }
+
     /// Replaces `group`'s state machine with `module` through the group's log
     /// (see waft.admin.v1 Deploy) and returns the module in force and the
     /// index it took effect at. Goes to the leader. Deploying the module that

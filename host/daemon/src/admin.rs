@@ -1,28 +1,45 @@
 //! The admin service: membership changes, leader transfer, snapshot now and
-//! the unsafe reset of a group's voters, each answered once it took effect.
+//! the unsafe reset of a group's voters, each answered once it took effect;
+//! and the creation of a group at run time.
 //!
 //! Owns the checks an admin request passes before it reaches the group's
 //! driver and the (longer) wait for the outcome; the driver owns starting the
 //! change and recognising when it is done ([`crate::driver`]). Must never
 //! block on a full inbox: that is BUSY.
+//!
+//! `CreateGroup` runs in two rounds from the daemon asked: it checks the
+//! request and loads the module (nothing is created if either fails), asks
+//! every voter whether it could create the group (a refusal anywhere, or a
+//! voter out of reach, stops it there, having created nothing), then tells
+//! every voter to create it ([`crate::groups::Host::create_local`] on each)
+//! and answers with each node's outcome. Voters start in any order: peer
+//! messages for a group a node does not serve yet are dropped and resent.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Semaphore, oneshot};
 use waft_proto::admin::{
-    AdminOp, AdminRequest, AdminResponse, AdminResult, DeployRequest, DeployResponse, DeployResult, admin_response,
-    deploy_response,
+    AdminOp, AdminRequest, AdminResponse, AdminResult, CreateGroupRequest, CreateGroupResponse, CreateOutcome,
+    DeployRequest, DeployResponse, DeployResult, NodeCreateOutcome, admin_response, deploy_response,
 };
 use waft_proto::client;
 use waft_raft::NodeId;
+use waft_storage::ModuleHash;
 
 use crate::driver::{BUSY_RETRY_AFTER_MS, GroupHandle, Input};
+use crate::groups::{CREATE_MODULE_BYTES_MAX, CREATE_VOTERS_MAX, Founding, Host};
 
 /// How long an admin request waits for its change to take effect. Longer
 /// than a client request: a new voter may have a snapshot to catch up on.
 pub const ADMIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a node waits for another voter's daemon to check or create a
+/// group (it compiles the module first).
+pub const CREATE_FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+/// What a BUSY answer to a create suggests waiting, in ms.
+pub const CREATE_BUSY_RETRY_AFTER_MS: u64 = 1_000;
+/// How long connecting to another voter's daemon may take.
+pub const CREATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deploys validated (compiled) at once on this node; more get BUSY. A
 /// compile takes a core for a few hundred milliseconds.
 pub const DEPLOY_VALIDATIONS_MAX: usize = 1;
@@ -83,21 +100,25 @@ impl Op {
     }
 }
 
+/// Creates this node works on at once (its own and forwarded ones); more
+/// are answered BUSY. Each holds a module of up to `CREATE_MODULE_BYTES_MAX`.
+pub const CREATES_IN_FLIGHT_MAX: usize = 8;
+
 pub struct AdminService {
-    groups: Arc<BTreeMap<u64, GroupHandle>>,
-    engine: waft_runtime::Engine,
-    /// Deployed modules by hash (`data_dir/modules`).
-    modules: Arc<waft_storage::ModuleStore>,
+    host: Arc<Host>,
+    /// Permits for creates. Taken without waiting, so two daemons that
+    /// forward creates to each other can never wait on one another.
+    creates: Arc<Semaphore>,
     validations: Arc<Semaphore>,
 }
 
 impl AdminService {
-    pub fn new(
-        groups: Arc<BTreeMap<u64, GroupHandle>>,
-        engine: waft_runtime::Engine,
-        modules: Arc<waft_storage::ModuleStore>,
-    ) -> AdminService {
-        AdminService { groups, engine, modules, validations: Arc::new(Semaphore::new(DEPLOY_VALIDATIONS_MAX)) }
+    pub fn new(host: Arc<Host>) -> AdminService {
+        AdminService {
+            host,
+            creates: Arc::new(Semaphore::new(CREATES_IN_FLIGHT_MAX)),
+            validations: Arc::new(Semaphore::new(DEPLOY_VALIDATIONS_MAX)),
+        }
     }
 
     /// Validates the module here (the leader), stores it by hash and has the
@@ -106,7 +127,7 @@ impl AdminService {
         if req.group == waft_proto::GROUP_NONE {
             return Err(client::Error::invalid_request("group 0 is reserved; name the group to deploy to"));
         }
-        let group = self.groups.get(&req.group).ok_or_else(|| client::Error::unknown_group(req.group))?;
+        let group = self.host.groups().get(req.group).ok_or_else(|| client::Error::unknown_group(req.group))?;
         if req.module.is_empty() {
             return Err(client::Error::invalid_request("empty module; send the component's bytes"));
         }
@@ -125,7 +146,7 @@ impl AdminService {
         let Ok(_permit) = self.validations.clone().try_acquire_owned() else {
             return Err(client::Error::busy(BUSY_RETRY_AFTER_MS * 10, "another deploy is being validated on this node"));
         };
-        let (engine, modules, bytes) = (self.engine.clone(), self.modules.clone(), req.module);
+        let (engine, modules, bytes) = (self.host.engine().clone(), self.host.modules().clone(), req.module);
         let group_id = req.group;
         let module = tokio::task::spawn_blocking(move || {
             let module = waft_node::GuestModule::load(&engine, bytes)
@@ -137,7 +158,7 @@ impl AdminService {
         .await
         .map_err(|e| client::Error::internal(format!("the module validation task failed: {e}")))??;
         let (reply, rx) = oneshot::channel();
-        send(group, Input::Deploy { module, reply })?;
+        send(&group, Input::Deploy { module, reply })?;
         let committed = match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
             Ok(Ok(reply)) => reply?,
             Ok(Err(_)) => return Err(client::Error::internal("the group dropped the request (it stopped); see its log")),
@@ -150,14 +171,221 @@ impl AdminService {
         if req.group == waft_proto::GROUP_NONE {
             return Err(client::Error::invalid_request("group 0 is reserved; name the group to change"));
         }
-        let group = self.groups.get(&req.group).ok_or_else(|| client::Error::unknown_group(req.group))?;
+        let group = self.host.groups().get(req.group).ok_or_else(|| client::Error::unknown_group(req.group))?;
         let op = Op::from_request(&req)?;
         let (reply, rx) = oneshot::channel();
-        send(group, Input::Admin { op, reply })?;
+        send(&group, Input::Admin { op, reply })?;
         match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(client::Error::internal("the group dropped the request (it stopped); see its log")),
             Err(_) => Err(client::Error::timeout(ADMIN_TIMEOUT.as_millis() as u64)),
+        }
+    }
+}
+
+/// A create request, checked: the group, its founding voters (sorted, no
+/// duplicates) and the module's bytes.
+#[derive(Debug)]
+struct Create {
+    group: u64,
+    voters: Vec<NodeId>,
+    /// Nodes besides the voters that open an empty replica (sorted, none a voter).
+    members: Vec<NodeId>,
+    module: bytes::Bytes,
+}
+
+impl Create {
+    /// Every node the create goes to: the voters, then the members.
+    fn targets(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.voters.iter().chain(&self.members).copied()
+    }
+}
+
+impl Create {
+    /// The request's fields, or why they cannot found a group. `known`:
+    /// whether this daemon knows a node's address.
+    fn check(req: &CreateGroupRequest, known: impl Fn(NodeId) -> bool) -> Result<Create, client::Error> {
+        let bad = |why: String| Err(client::Error::invalid_request(why));
+        if req.group == waft_proto::GROUP_NONE {
+            return bad("group 0 is reserved; create group 1 or more".into());
+        }
+        let mut voters = req.voters.clone();
+        voters.sort_unstable();
+        voters.dedup();
+        if voters.is_empty() {
+            return bad("name the group's voters (node ids), e.g. --peers 1,2,3".into());
+        }
+        if voters.len() > CREATE_VOTERS_MAX {
+            return bad(format!("{} voters; a group starts with {CREATE_VOTERS_MAX} at most", voters.len()));
+        }
+        if voters.contains(&waft_raft::NONE) {
+            return bad("node id 0 is reserved; node ids are 1 or more".into());
+        }
+        let mut members: Vec<NodeId> = req.members.iter().copied().filter(|id| !voters.contains(id)).collect();
+        members.sort_unstable();
+        members.dedup();
+        if members.len() > CREATE_VOTERS_MAX {
+            return bad(format!("{} members; name {CREATE_VOTERS_MAX} at most in one create", members.len()));
+        }
+        if members.contains(&waft_raft::NONE) {
+            return bad("node id 0 is reserved; node ids are 1 or more".into());
+        }
+        if let Some(unknown) = voters.iter().chain(&members).find(|id| !known(**id)) {
+            return bad(format!(
+                "node {unknown} is neither this node nor one of its --peer entries, so its daemon cannot be \
+                 reached; name known nodes, or add `--peer {unknown}=ADDR` to every daemon"
+            ));
+        }
+        if req.module.is_empty() {
+            return bad("the module is empty; send the .wasm file's bytes".into());
+        }
+        if req.module.len() > CREATE_MODULE_BYTES_MAX {
+            return Err(client::Error::too_large(req.module.len() as u64, CREATE_MODULE_BYTES_MAX as u64));
+        }
+        Ok(Create { group: req.group, voters, members, module: req.module.clone() })
+    }
+}
+
+impl AdminService {
+    async fn create_group(&self, req: CreateGroupRequest) -> CreateGroupResponse {
+        let node = self.host.node_id();
+        let mut response = CreateGroupResponse::default();
+        let create = match Create::check(&req, |id| self.host.addresses().contains_key(&id)) {
+            Ok(create) => create,
+            Err(e) => {
+                response.error = Some(e);
+                return response;
+            }
+        };
+        let Ok(_permit) = self.creates.clone().try_acquire_owned() else {
+            response.error = Some(client::Error::busy(
+                CREATE_BUSY_RETRY_AFTER_MS,
+                format!("node {node} works on {CREATES_IN_FLIGHT_MAX} creates already"),
+            ));
+            return response;
+        };
+        if req.local_only && req.check_only {
+            // Only the registry: the daemon that forwarded this compiled the
+            // module already, and the create round compiles it here. The
+            // hash, megabytes of hashing, stays off the async threads.
+            let bytes = create.module.clone();
+            let hash = match tokio::task::spawn_blocking(move || ModuleHash::of(&bytes)).await {
+                Ok(hash) => hash,
+                Err(e) => {
+                    response.error = Some(client::Error::internal(format!("hashing the module failed: {e}")));
+                    return response;
+                }
+            };
+            response.module_hash = bytes::Bytes::copy_from_slice(&hash.0);
+            let outcome = self.create_here(create.group, Founding::new(hash, &create.voters), None, create.members.clone()).await;
+            response.error = outcome.error.clone();
+            response.nodes.push(outcome);
+            return response;
+        }
+        // Compiled (and hashed) once here, off the async threads, before
+        // anything is asked of the voters: a bad module creates nothing.
+        let (engine, bytes) = (self.host.engine().clone(), create.module.clone());
+        let module = match tokio::task::spawn_blocking(move || waft_node::GuestModule::load(&engine, bytes)).await {
+            Ok(Ok(module)) => module,
+            Ok(Err(e)) => {
+                response.error =
+                    Some(client::Error::bad_module(format!("node {node}: module refused, nothing created: {e}")));
+                return response;
+            }
+            Err(e) => {
+                response.error = Some(client::Error::internal(format!("loading the module failed: {e}")));
+                return response;
+            }
+        };
+        let hash = module.hash();
+        response.module_hash = bytes::Bytes::copy_from_slice(&hash.0);
+        let founding = Founding::new(hash, &create.voters);
+        if req.local_only {
+            let outcome = self.create_here(create.group, founding, Some(module), create.members.clone()).await;
+            response.error = outcome.error.clone();
+            response.nodes.push(outcome);
+            return response;
+        }
+        tracing::info!(node, group = create.group, voters = ?create.voters, members = ?create.members, module = %hash, "creating group");
+        let checks = self.on_every_voter(&create, &founding, None).await;
+        if checks.iter().any(|o| o.error.is_some()) {
+            response.error = Some(summary(create.group, &checks, "was not created (nothing changed)"));
+            response.nodes = checks;
+            return response;
+        }
+        let outcomes = self.on_every_voter(&create, &founding, Some(&module)).await;
+        if outcomes.iter().any(|o| o.error.is_some()) {
+            response.error = Some(summary(
+                create.group,
+                &outcomes,
+                "was created on some voters only; fix what failed and send the same create again (it is idempotent)",
+            ));
+        }
+        response.nodes = outcomes;
+        response
+    }
+
+    /// Creates the group on every voter at once (`module`: the module,
+    /// loaded here already) or, without a module, checks that each could;
+    /// outcomes in voter order.
+    async fn on_every_voter(
+        &self,
+        create: &Create,
+        founding: &Founding,
+        module: Option<&waft_node::GuestModule>,
+    ) -> Vec<NodeCreateOutcome> {
+        let node = self.host.node_id();
+        let check_only = module.is_none();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (at, voter) in create.targets().enumerate() {
+            if voter == node {
+                continue;
+            }
+            let addr = self.host.addresses().get(&voter).cloned().unwrap_or_default();
+            let req = CreateGroupRequest {
+                group: create.group,
+                voters: create.voters.clone(),
+                module: create.module.clone(),
+                local_only: true,
+                check_only,
+                members: create.members.clone(),
+            };
+            tasks.spawn(async move { (at, forward(voter, addr, req).await) });
+        }
+        let mut outcomes: Vec<Option<NodeCreateOutcome>> = vec![None; create.targets().count()];
+        if let Some(at) = create.targets().position(|v| v == node) {
+            outcomes[at] =
+                Some(self.create_here(create.group, founding.clone(), module.cloned(), create.members.clone()).await);
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok((at, outcome)) = joined {
+                outcomes[at] = Some(outcome);
+            }
+        }
+        create
+            .targets()
+            .zip(outcomes)
+            .map(|(voter, o)| {
+                o.unwrap_or_else(|| failed(voter, client::Error::internal("the forwarding task failed; see this node's log")))
+            })
+            .collect()
+    }
+
+    /// Creates the group on this node running `module` or, without one,
+    /// checks that it could; off the async threads.
+    async fn create_here(
+        &self,
+        group: u64,
+        founding: Founding,
+        module: Option<waft_node::GuestModule>,
+        members: Vec<NodeId>,
+    ) -> NodeCreateOutcome {
+        let node = self.host.node_id();
+        let host = self.host.clone();
+        match tokio::task::spawn_blocking(move || host.create_local(group, founding, &members, module.as_ref())).await {
+            Ok(Ok(outcome)) => NodeCreateOutcome { node_id: node, outcome: outcome as i32, error: None },
+            Ok(Err(e)) => failed(node, e),
+            Err(e) => failed(node, client::Error::internal(format!("creating the group failed: {e}"))),
         }
     }
 }
@@ -175,8 +403,83 @@ fn send(group: &GroupHandle, input: Input) -> Result<(), client::Error> {
     }
 }
 
+fn failed(node_id: NodeId, e: client::Error) -> NodeCreateOutcome {
+    NodeCreateOutcome { node_id, outcome: CreateOutcome::Failed as i32, error: Some(e) }
+}
+
+/// Asks the daemon of `voter` at `addr` to check or create the group locally.
+async fn forward(voter: NodeId, addr: String, req: CreateGroupRequest) -> NodeCreateOutcome {
+    let unreachable = |why: String| {
+        failed(voter, client::Error::internal(format!("cannot reach node {voter} at {addr}: {why}; is it running?")))
+    };
+    let call = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(CREATE_CONNECT_TIMEOUT)
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        let response = waft_proto::admin_client(channel).create_group(req).await.map_err(|s| s.to_string())?;
+        Ok::<_, String>(response.into_inner())
+    };
+    let response = match tokio::time::timeout(CREATE_FORWARD_TIMEOUT, call).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(why)) => return unreachable(why),
+        Err(_) => return unreachable(format!("no answer within {CREATE_FORWARD_TIMEOUT:?}")),
+    };
+    match response.nodes.into_iter().find(|o| o.node_id == voter) {
+        Some(outcome) => outcome,
+        // Refused before it reached the node's groups (the request, or the
+        // module), or the address is another node's.
+        None => failed(
+            voter,
+            response.error.unwrap_or_else(|| {
+                client::Error::internal(format!("{addr} answered without an outcome for node {voter}; is it node {voter}?"))
+            }),
+        ),
+    }
+}
+
+/// The error a create that failed somewhere answers with: GROUP_EXISTS if
+/// that is why, else the first failure's code; the message names every
+/// node's outcome.
+fn summary(group: u64, outcomes: &[NodeCreateOutcome], what: &str) -> client::Error {
+    let errors: Vec<&client::Error> = outcomes.iter().filter_map(|o| o.error.as_ref()).collect();
+    let code = if errors.iter().any(|e| e.code() == client::ErrorCode::GroupExists) {
+        client::ErrorCode::GroupExists
+    } else {
+        errors.first().map_or(client::ErrorCode::Internal, |e| e.code())
+    };
+    let each: Vec<String> = outcomes
+        .iter()
+        .map(|o| match &o.error {
+            Some(e) => format!("node {}: {e}", o.node_id),
+            None => format!("node {}: {}", o.node_id, describe(o.outcome())),
+        })
+        .collect();
+    client::Error { code: code as i32, message: format!("group {group} {what}: {}", each.join("; ")), ..Default::default() }
+}
+
+/// An outcome in words, as the CLI prints it.
+pub fn describe(outcome: CreateOutcome) -> &'static str {
+    match outcome {
+        CreateOutcome::Created => "created",
+        CreateOutcome::AlreadyThere => "already there (same module and voters)",
+        CreateOutcome::Checked => "could create it",
+        CreateOutcome::Failed => "failed",
+        CreateOutcome::Unspecified => "unknown",
+    }
+}
+
 #[tonic::async_trait]
 impl waft_proto::admin::admin_server::Admin for AdminService {
+    async fn create_group(
+        &self,
+        request: tonic::Request<CreateGroupRequest>,
+    ) -> Result<tonic::Response<CreateGroupResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.create_group(request.into_inner()).await))
+    }
+
     async fn deploy(
         &self,
         request: tonic::Request<DeployRequest>,
@@ -203,6 +506,49 @@ mod tests {
 
     fn req(op: AdminOp, ids: &[u64]) -> AdminRequest {
         AdminRequest { group: 1, op: op as i32, ids: ids.to_vec(), learners: Vec::new() }
+    }
+
+    #[test]
+    fn creates_are_checked_before_anything_is_asked_of_a_voter() {
+        let known = |id: NodeId| (1..=3).contains(&id);
+        let req = |group: u64, voters: &[u64], module: &'static [u8]| CreateGroupRequest {
+            group,
+            voters: voters.to_vec(),
+            module: bytes::Bytes::from_static(module),
+            ..Default::default()
+        };
+        let ok = Create::check(&req(2, &[3, 1, 2, 1], b"\0asm"), known).unwrap();
+        assert_eq!((ok.group, ok.voters), (2, vec![1, 2, 3]));
+        let with_members = CreateGroupRequest { members: vec![3, 2, 3], ..req(2, &[1, 2], b"\0asm") };
+        assert_eq!(Create::check(&with_members, known).unwrap().members, vec![3], "voters are not members too");
+        let unknown_member = CreateGroupRequest { members: vec![4], ..req(2, &[1, 2], b"\0asm") };
+        assert!(Create::check(&unknown_member, known).unwrap_err().message.contains("node 4"));
+        for (r, says) in [
+            (req(0, &[1], b"\0asm"), "group 0"),
+            (req(2, &[], b"\0asm"), "voters"),
+            (req(2, &[0, 1], b"\0asm"), "node id 0"),
+            (req(2, &[1, 4], b"\0asm"), "node 4"),
+            (req(2, &[1], b""), "empty"),
+        ] {
+            let e = Create::check(&r, known).unwrap_err();
+            assert_eq!(e.code(), client::ErrorCode::InvalidRequest, "{e}");
+            assert!(e.message.contains(says), "{e}");
+        }
+        let mut big = req(2, &[1], b"");
+        big.module = vec![0u8; CREATE_MODULE_BYTES_MAX + 1].into();
+        assert_eq!(Create::check(&big, known).unwrap_err().code(), client::ErrorCode::TooLarge);
+    }
+
+    #[test]
+    fn a_failed_create_names_every_node_and_prefers_group_exists() {
+        let ok = NodeCreateOutcome { node_id: 1, outcome: CreateOutcome::Checked as i32, error: None };
+        let down = failed(2, client::Error::internal("cannot reach node 2"));
+        let exists = failed(3, client::Error::group_exists("node 3 serves group 5 already"));
+        let e = summary(5, &[ok, down, exists], "was not created (nothing changed)");
+        assert_eq!(e.code(), client::ErrorCode::GroupExists);
+        for part in ["group 5 was not created", "node 1: could create it", "node 2: ERROR_CODE_INTERNAL", "node 3: ERROR_CODE_GROUP_EXISTS"] {
+            assert!(e.message.contains(part), "{part}: {e}");
+        }
     }
 
     #[test]

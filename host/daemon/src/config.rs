@@ -29,7 +29,7 @@
 //! 2 = "127.0.0.1:7002"
 //! 3 = "127.0.0.1:7003"
 //!
-//! [[groups]]                          # one table per group this node serves
+//! [[groups]]                          # one table per group named at start (created ones: data_dir)
 //! id = 1
 //! module = "counter.wasm"             # relative paths: to this file
 //! ```
@@ -113,7 +113,8 @@ pub struct Flags {
     #[arg(long = "peer", value_parser = parse_peer)]
     pub peers: Vec<(u64, String)>,
     /// A group this node serves and its state machine, as ID=MODULE.wasm
-    /// (repeat for each group).
+    /// (repeat for each group). Groups created at run time (`waft admin
+    /// create-group`) need no flag: the node keeps them in --data-dir.
     #[arg(long = "group", value_parser = parse_group)]
     pub groups: Vec<(u64, PathBuf)>,
     /// Election timeout, in ticks [default: 30].

@@ -36,7 +36,13 @@
 //! it to the group's driver, which proposes it as a `Body::Deploy` entry;
 //! every replica switches modules when that entry applies (`waft-node`).
 //!
-//! Not yet here: run-time group creation.
+//! Groups: the services find a group in the node's registry ([`Groups`]),
+//! which grows at run time. `--group` names groups at start;
+//! `CreateGroup` (`waft admin create-group`, [`admin`]) creates one on its
+//! voters' daemons while the node runs, stores its module and a catalogue
+//! entry under the data directory, and every start opens the catalogue's
+//! groups too ([`groups`]). Every group's driver, static or created, is
+//! joined when the node stops.
 
 /// The client library lives in its own crate (no RocksDB or wasmtime in its
 /// build); re-exported here for the daemon's users.
@@ -45,6 +51,7 @@ pub mod admin;
 pub mod commit;
 pub mod config;
 pub mod driver;
+pub mod groups;
 pub mod install;
 pub mod metrics;
 pub mod peer;
@@ -60,6 +67,7 @@ use waft_raft::NodeId;
 use waft_storage::{ModuleStore, RocksLogStore, SnapshotStore};
 
 pub use driver::GroupHandle;
+pub use groups::Groups;
 
 /// Ticks of the Raft clock per election timeout unless told otherwise. At
 /// the default 10 ms tick this is 300 ms: generous for loaded test machines.
@@ -77,7 +85,8 @@ pub struct ServeConfig {
     /// The other members: node id → address of their `waft serve`. This node
     /// is not in it.
     pub peers: BTreeMap<NodeId, String>,
-    /// The groups this node serves and the module file each runs.
+    /// The groups named at start and the module file each runs (groups
+    /// created at run time come from the data directory's catalogue).
     pub groups: Vec<GroupSpec>,
     /// The voters a brand-new group starts with (`None`: this node and every
     /// peer). A node not among them starts empty and waits to be added with
@@ -159,9 +168,6 @@ pub async fn serve(
     if cfg.peers.contains_key(&cfg.node_id) {
         return Err(ServeError::Config(format!("--peer lists this node's own id {}", cfg.node_id)));
     }
-    if cfg.groups.is_empty() {
-        return Err(ServeError::Config("no --group given; this node would serve nothing".into()));
-    }
     cfg.sessions.validate().map_err(|e| ServeError::Config(e.to_string()))?;
     let storage_err = |dir: PathBuf| move |source| ServeError::Storage { dir, source };
     let log_dir = cfg.data_dir.join("log");
@@ -180,61 +186,36 @@ pub async fn serve(
 
     let mut addresses = cfg.peers.clone();
     addresses.insert(cfg.node_id, cfg.listen.to_string());
+    // The founding voters of the groups named by --group.
     let voters: Vec<NodeId> = match &cfg.initial_voters {
         Some(v) => {
             if let Some(unknown) = v.iter().find(|id| !addresses.contains_key(id)) {
                 return Err(ServeError::Config(format!("initial voter {unknown} is neither this node nor a --peer")));
             }
-            if v.contains(&cfg.node_id) { v.clone() } else { Vec::new() }
+            v.clone()
         }
         None => addresses.keys().copied().collect(),
     };
     let transport = peer::Transport::start(cfg.node_id, &cfg.peers);
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut drivers = Vec::new();
-    let mut groups = BTreeMap::new();
-    for spec in &cfg.groups {
-        if spec.group == waft_proto::GROUP_NONE {
-            return Err(ServeError::Config("--group 0 is reserved; use 1 or more".into()));
-        }
-        let bytes = std::fs::read(&spec.module)
-            .map_err(|source| ServeError::ReadModule { path: spec.module.clone(), source })?;
-        // The founding module of a new group; a restarting replica runs the
-        // module its snapshot carries (deploys change it through the log).
-        let module = waft_node::GuestModule::load(&engine, bytes)
-            .map_err(|source| ServeError::LoadModule { path: spec.module.clone(), source })?;
-        let raft = cfg.raft_config(spec.group)?;
-        // A command travels in an envelope, which must fit the core's limit.
-        let command_bytes_max =
-            raft.proposal_bytes_max.saturating_sub(waft_session::ENVELOPE_OVERHEAD_BYTES_MAX as u64);
-        let replica = {
-            let mut store = store.lock().map_err(|_| ServeError::Config("storage lock poisoned".into()))?;
-            waft_node::Replica::open(
-                spec.group,
-                waft_node::ReplicaConfig { sessions: cfg.sessions.clone(), ..waft_node::ReplicaConfig::new(raft) },
-                &mut *store,
-                &snapshots,
-                &module,
-                &voters,
-            )?
-        };
-        let (handle, task) = driver::spawn(driver::Driver::new(
-            replica,
-            store.clone(),
-            committer.clone(),
-            snapshots.clone(),
-            transport.clone(),
-            addresses.clone(),
-            Duration::from_millis(cfg.tick_ms.max(1)),
-            command_bytes_max,
-            cfg.snapshot_pull_bytes_per_sec,
-            cfg.snapshot_interval_secs,
-        ), stopped.clone());
-        groups.insert(spec.group, handle);
-        drivers.push(task);
+    let host = Arc::new(groups::Host::new(
+        cfg.clone(),
+        store.clone(),
+        committer.clone(),
+        snapshots.clone(),
+        modules,
+        engine,
+        transport,
+        addresses,
+        stopped.clone(),
+    )?);
+    // Drivers that started before a failure here stop with the runtime.
+    host.open_at_start(&voters)?;
+    let groups = host.groups().clone();
+    if groups.is_empty() {
+        tracing::info!(node = cfg.node_id, "serving no group yet; create one with `waft admin create-group`");
     }
-    let groups = Arc::new(groups);
 
     if let Some(addr) = cfg.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -255,7 +236,7 @@ pub async fn serve(
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(waft_proto::peer_server(peer::PeerService::new(groups.clone(), snapshots.clone(), stopped.clone())))
-            .add_service(waft_proto::admin_server(admin::AdminService::new(groups.clone(), engine.clone(), modules)))
+            .add_service(waft_proto::admin_server(admin::AdminService::new(host.clone())))
             .add_service(waft_proto::client_server(service::ClientService::new(cfg.node_id, groups)))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = begun.await;
@@ -278,7 +259,8 @@ pub async fn serve(
     // Drivers first: waiting clients hear where to go while connections are
     // still open; then give the connections a bounded grace period.
     let _ = stop.send(true);
-    for task in drivers {
+    // No group opens from here on; created ones are joined like the rest.
+    for task in host.close() {
         let _ = task.await;
     }
     if tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err() {

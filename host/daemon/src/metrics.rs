@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use waft_proto::client::Role;
 
-use crate::GroupHandle;
+use crate::{GroupHandle, Groups};
 use crate::commit::Stats as CommitStats;
 
 /// Bytes of a request head read at most; a longer one gets 431.
@@ -50,7 +50,7 @@ impl GroupMetrics {
 }
 
 /// Renders every group's metrics and the node's commit counters.
-pub fn render(node: u64, groups: &BTreeMap<u64, GroupHandle>, commit: &CommitStats) -> String {
+pub fn render(node: u64, groups: &[(u64, Arc<GroupHandle>)], commit: &CommitStats) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: &mut dyn FnMut(&mut String)| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -144,7 +144,7 @@ pub fn render(node: u64, groups: &BTreeMap<u64, GroupHandle>, commit: &CommitSta
 pub async fn serve(
     listener: tokio::net::TcpListener,
     node: u64,
-    groups: Arc<BTreeMap<u64, GroupHandle>>,
+    groups: Arc<Groups>,
     commit: Arc<CommitStats>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -167,7 +167,8 @@ pub async fn serve(
             let _permit = permit;
             let response = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut conn)).await {
                 Ok(Ok(head)) if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") => {
-                    let body = render(node, &groups, &commit);
+                    // The groups of the moment: created ones appear at the next scrape.
+                    let body = render(node, &groups.all(), &commit);
                     reply(200, "OK", "text/plain; version=0.0.4", &body)
                 }
                 Ok(Ok(head)) if head.starts_with(b"GET ") => reply(404, "Not Found", "text/plain", "try /metrics\n"),

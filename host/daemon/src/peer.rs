@@ -16,7 +16,8 @@ use waft_proto::peer::{self, PeerBatch, PeerMessage, RaftDone};
 use waft_raft::NodeId;
 use waft_storage::SnapshotStore;
 
-use crate::driver::{GroupHandle, Input};
+use crate::Groups;
+use crate::driver::Input;
 
 /// Messages queued for one peer before its stream takes them. Full means the
 /// peer is slow or unreachable: new messages are dropped.
@@ -150,7 +151,7 @@ async fn stream(
 
 /// The server side of the peer service.
 pub struct PeerService {
-    groups: Arc<BTreeMap<u64, GroupHandle>>,
+    groups: Arc<Groups>,
     snapshots: Arc<SnapshotStore>,
     /// Becomes true when the node shuts down: every inbound stream then ends,
     /// so peers reconnect to whatever serves this address next instead of
@@ -160,7 +161,7 @@ pub struct PeerService {
 
 impl PeerService {
     pub fn new(
-        groups: Arc<BTreeMap<u64, GroupHandle>>,
+        groups: Arc<Groups>,
         snapshots: Arc<SnapshotStore>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> PeerService {
@@ -215,9 +216,13 @@ impl peer::peer_server::Peer for PeerService {
                         continue;
                     }
                 };
-                match self.groups.get(&group).map(|g| g.inbox.try_send(input)) {
-                    Some(Ok(())) => delivered += 1,
-                    _ => dropped += 1,
+                // A group this node does not serve (yet: a create may reach
+                // the voters in any order) drops the message; Raft resends.
+                let taken = self.groups.get(group).is_some_and(|g| g.inbox.try_send(input).is_ok());
+                if taken {
+                    delivered += 1;
+                } else {
+                    dropped += 1;
                 }
             }
         }
@@ -229,7 +234,7 @@ impl peer::peer_server::Peer for PeerService {
         request: tonic::Request<peer::SnapshotChunkRequest>,
     ) -> Result<tonic::Response<peer::SnapshotChunk>, tonic::Status> {
         let req = request.into_inner();
-        if !self.groups.contains_key(&req.group) {
+        if !self.groups.contains(req.group) {
             return Err(tonic::Status::not_found(format!("this node serves no group {}", req.group)));
         }
         crate::install::serve_chunk(self.snapshots.clone(), req).await.map(tonic::Response::new)

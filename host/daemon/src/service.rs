@@ -7,7 +7,6 @@
 //! that is BUSY. Sessions themselves live in the replicated table (waft-node);
 //! this layer only turns requests into envelope bodies.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +17,7 @@ use waft_proto::client::{
 };
 use waft_session::Body;
 
+use crate::Groups;
 use crate::driver::{BUSY_RETRY_AFTER_MS, Committed, GroupHandle, Input, ProposeReply, Reply};
 
 /// Bytes of a session registration's nonce (a `u128`).
@@ -29,19 +29,19 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ClientService {
     node: u64,
-    groups: Arc<BTreeMap<u64, GroupHandle>>,
+    groups: Arc<Groups>,
 }
 
 impl ClientService {
-    pub fn new(node: u64, groups: Arc<BTreeMap<u64, GroupHandle>>) -> ClientService {
+    pub fn new(node: u64, groups: Arc<Groups>) -> ClientService {
         ClientService { node, groups }
     }
 
-    fn group(&self, group: u64) -> Result<&GroupHandle, client::Error> {
+    fn group(&self, group: u64) -> Result<Arc<GroupHandle>, client::Error> {
         if group == waft_proto::GROUP_NONE {
             return Err(client::Error::invalid_request("group 0 is reserved; name the group to use"));
         }
-        self.groups.get(&group).ok_or_else(|| client::Error::unknown_group(group))
+        self.groups.get(group).ok_or_else(|| client::Error::unknown_group(group))
     }
 
     /// Puts `input` in the group's inbox and waits for its answer.
@@ -93,7 +93,7 @@ impl ClientService {
                 payload: req.command,
             }
         };
-        self.submit(group, body).await
+        self.submit(&group, body).await
     }
 
     /// Hands a request for the log to the group and waits for its answer.
@@ -117,18 +117,18 @@ impl ClientService {
                 )));
             }
         };
-        self.submit(group, Body::Register { nonce }).await
+        self.submit(&group, Body::Register { nonce }).await
     }
 
     async fn keep_alive_inner(&self, req: KeepAliveRequest) -> ProposeReply {
         let group = self.group(req.group)?;
         let body = Body::KeepAlive { session_id: req.session_id, lowest_unacked_seq: req.lowest_unacked_sequence };
-        self.submit(group, body).await
+        self.submit(&group, body).await
     }
 
     async fn close_session_inner(&self, req: CloseSessionRequest) -> ProposeReply {
         let group = self.group(req.group)?;
-        self.submit(group, Body::Unregister { session_id: req.session_id }).await
+        self.submit(&group, Body::Unregister { session_id: req.session_id }).await
     }
 
     async fn query_inner(&self, req: QueryRequest) -> Reply {
@@ -141,7 +141,7 @@ impl ClientService {
             client::Error::invalid_request(format!("unknown consistency level {}", req.consistency))
         })?;
         let (reply, rx) = oneshot::channel();
-        Self::ask(group, Input::Query { request: req.request, consistency, reply }, rx).await
+        Self::ask(&group, Input::Query { request: req.request, consistency, reply }, rx).await
     }
 }
 
@@ -203,7 +203,7 @@ impl client::client_server::Client for ClientService {
                 Ok(handle) => response.groups.push(handle.status.borrow().clone()),
                 Err(e) => response.error = Some(e),
             },
-            None => response.groups = self.groups.values().map(|h| h.status.borrow().clone()).collect(),
+            None => response.groups = self.groups.all().iter().map(|(_, h)| h.status.borrow().clone()).collect(),
         }
         Ok(tonic::Response::new(response))
     }

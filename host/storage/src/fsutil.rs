@@ -1,4 +1,5 @@
-//! File-system durability helpers shared by the snapshot and module stores.
+//! File-system durability helpers shared by the snapshot and module stores
+//! (and the daemon's catalogue of groups).
 //!
 //! Owns the one recipe for making a new file or directory durable: write under a
 //! temporary name, fsync it, fsync its directory, rename, fsync the directory
@@ -16,7 +17,7 @@ use crate::error::{Error, Result};
 pub(crate) const TMP_PREFIX: &str = "tmp-";
 
 /// fsync a directory so the names created, renamed or removed in it are durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     let handle = File::open(dir).map_err(Error::io("opening directory for fsync", dir))?;
     handle
         .sync_all()
@@ -36,7 +37,7 @@ pub(crate) fn tmp_name(label: &str) -> String {
 }
 
 /// Creates `dir` (and parents) and makes its own name durable in its parent.
-pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
+pub fn create_dir_durable(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
@@ -48,7 +49,7 @@ pub(crate) fn create_dir_durable(dir: &Path) -> Result<()> {
 }
 
 /// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync dir.
-pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let tmp = dir.join(tmp_name(name));
     let result = (|| {
         let mut file = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
@@ -68,7 +69,7 @@ pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathB
 
 /// Removes every entry of `dir` whose name starts with `TMP_PREFIX`: the
 /// remains of writes a crash interrupted.
-pub(crate) fn remove_tmp_entries(dir: &Path) -> Result<usize> {
+pub fn remove_tmp_entries(dir: &Path) -> Result<usize> {
     let mut removed = 0;
     for entry in std::fs::read_dir(dir).map_err(Error::io("listing", dir))? {
         let entry = entry.map_err(Error::io("listing", dir))?;

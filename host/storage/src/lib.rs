@@ -41,7 +41,7 @@
 mod codec;
 pub mod conformance;
 mod error;
-mod fsutil;
+pub mod fsutil;
 mod mem;
 mod module;
 mod plan;

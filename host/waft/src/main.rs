@@ -2,7 +2,8 @@
 //!
 //! Owns the command line. `waft serve` runs a daemon (waft-daemon);
 //! `waft propose`, `waft query` and `waft status` are its clients, built on
-//! `waft_daemon::client`; `waft demo` ([`demo`]) starts a local three-node
+//! `waft_daemon::client`, and so is `waft admin` (which also creates groups
+//! at run time: `waft admin create-group`); `waft demo` ([`demo`]) starts a local three-node
 //! cluster and runs SOFAJRaft's counter and atomic scenarios through it.
 
 mod demo;
@@ -31,8 +32,9 @@ enum Cmd {
         modules: PathBuf,
     },
     /// Run a node: serve the given groups, each with its module, replicated
-    /// with the given peers. Flags win over the --config file. Stops cleanly
-    /// on SIGINT or SIGTERM.
+    /// with the given peers, and the groups created on it at run time
+    /// (`waft admin create-group`, kept in --data-dir). Flags win over the
+    /// --config file. Stops cleanly on SIGINT or SIGTERM.
     Serve(waft_daemon::config::Flags),
     /// Propose a command and print its result. The command goes in an
     /// exactly-once session of its own (opened, used for this command, closed),
@@ -79,8 +81,6 @@ enum Cmd {
     /// Load a waft (or etcd) cluster with concurrent clients; print
     /// throughput and latency percentiles and write them as JSON.
     Bench(waft_bench::Args),
-    /// Change a group on a live cluster: membership, leadership, snapshots.
-    /// Each change waits until it took effect and prints the configuration.
     /// Replace a group's state machine on the live cluster, through its log:
     /// the leader validates the module (refusing a bad one before anything
     /// changes), replicates it, and every replica switches at the same index
@@ -94,12 +94,16 @@ enum Cmd {
         /// The component, e.g. target/wasm32-wasip2/release/my_machine.wasm.
         module: PathBuf,
     },
+    /// Change a group on a live cluster: membership, leadership, snapshots;
+    /// or create a new group. Each change waits until it took effect and
+    /// prints the configuration. --addr and --group go before or after the
+    /// operation.
     Admin {
         /// Any node of the cluster; changes go to the group's leader.
-        #[arg(long)]
-        addr: String,
-        #[arg(long)]
-        group: u64,
+        #[arg(long, global = true)]
+        addr: Option<String>,
+        #[arg(long, global = true)]
+        group: Option<u64>,
         #[command(subcommand)]
         op: AdminCmd,
     },
@@ -141,6 +145,24 @@ enum AdminCmd {
     Peers,
     /// Print the group's leader as the node at --addr knows it.
     Leader,
+    /// Create a new group on a running cluster: its voters run the module.
+    /// The node at --addr checks the module, creates the group on every
+    /// voter's daemon and prints each one's outcome. Sending the same create
+    /// again is safe; another module or other voters for an existing group
+    /// is refused.
+    CreateGroup {
+        /// The founding voters (node ids known to the node at --addr), e.g. 1,2,3.
+        #[arg(long = "peers", visible_alias = "voters", value_delimiter = ',', required = true)]
+        peers: Vec<u64>,
+        /// Nodes besides the voters that open an empty replica, to be added
+        /// later with add-peer, add-learners or change-peers, e.g. 4,5. Send
+        /// the same create again with more members to prepare more nodes.
+        #[arg(long, value_delimiter = ',')]
+        members: Vec<u64>,
+        /// The state machine: a .wasm component built for wasm32-wasip2.
+        #[arg(long)]
+        module: PathBuf,
+    },
 }
 
 /// The bytes of a command or query: text (an SDK-built module's JSON form),
@@ -269,7 +291,11 @@ fn main() -> Result<()> {
             print_status(&status, json);
             Ok(())
         }
-        Cmd::Admin { addr, group, op } => runtime()?.block_on(admin(&addr, group, op)),
+        Cmd::Admin { addr, group, op } => {
+            let addr = addr.context("no --addr given: name any node of the cluster, e.g. --addr 127.0.0.1:7001")?;
+            let group = group.context("no --group given: name the group, e.g. --group 1")?;
+            runtime()?.block_on(admin(&addr, group, op))
+        }
         Cmd::Deploy { addr, group, module } => {
             let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
             let client = waft_daemon::client::Client::new(addr);
@@ -307,6 +333,9 @@ async fn admin(addr: &str, group: u64, op: AdminCmd) -> Result<()> {
             }
             return Ok(());
         }
+        AdminCmd::CreateGroup { peers, members, module } => {
+            return create_group(&client, group, peers, members, &module).await;
+        }
         AdminCmd::AddPeer { id } => (AdminOp::AddPeer, vec![id], vec![]),
         AdminCmd::RemovePeer { id } => (AdminOp::RemovePeer, vec![id], vec![]),
         AdminCmd::ChangePeers { voters, learners } => (AdminOp::ChangePeers, voters, learners),
@@ -322,6 +351,27 @@ async fn admin(addr: &str, group: u64, op: AdminCmd) -> Result<()> {
         println!("snapshot at index {}", result.snapshot_index);
     }
     print_configuration(&result.configuration.unwrap_or_default(), result.leader_id);
+    Ok(())
+}
+
+async fn create_group(
+    client: &waft_daemon::client::Client,
+    group: u64,
+    voters: Vec<u64>,
+    members: Vec<u64>,
+    module: &std::path::Path,
+) -> Result<()> {
+    let len = std::fs::metadata(module).with_context(|| format!("cannot read {}", module.display()))?.len();
+    let max = waft_daemon::groups::CREATE_MODULE_BYTES_MAX;
+    if len > max as u64 {
+        bail!("{} has {len} bytes; a module sent with create-group may have {max} at most", module.display());
+    }
+    let bytes = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
+    let created = client.create_group(group, voters, members, bytes.into()).await?;
+    println!("group {group}  module {}", hex(&created.module_hash));
+    for node in &created.nodes {
+        println!("node {}: {}", node.node_id, waft_daemon::admin::describe(node.outcome()));
+    }
     Ok(())
 }
 

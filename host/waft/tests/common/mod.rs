@@ -435,3 +435,23 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// Runs the `waft` binary with `args` (off the async threads) and returns
+/// whether it succeeded, its stdout and its stderr.
+pub async fn run_waft(args: &[&str]) -> (bool, String, String) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_waft")).args(&args).output())
+        .await
+        .unwrap()
+        .expect("cannot run the waft binary");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+/// The groups node `i` serves, by its status.
+pub async fn groups_of(cluster: &Cluster, i: usize) -> Vec<u64> {
+    match client::status(&cluster.addrs[i], None).await {
+        Ok(s) => s.groups.iter().map(|g| g.group).collect(),
+        Err(e) => panic!("node {} did not answer its status: {e}", i + 1),
+    }
+}
