@@ -5,6 +5,8 @@
 #   bench/etcd-vs-waft.sh                 # every workload, 10 s each
 #   BENCH_SECS=60 bench/etcd-vs-waft.sh   # longer runs
 #   WORKLOADS="write-64 read-64" SYSTEMS=etcd bench/etcd-vs-waft.sh
+#   SYSTEMS="etcd waft waft-native" WORKLOADS="write-16 write-64" bench/etcd-vs-waft.sh
+#   ROUNDS=3 bench/etcd-vs-waft.sh        # every pair three times; the table shows medians
 #
 # Both systems fsync before acknowledging (etcd's WAL by default; waft's
 # RocksDB log always) and keep their data under one root on the same disk.
@@ -19,9 +21,17 @@
 #   read-64                       100% linearizable reads at 64 clients
 #   mix-64                        90% linearizable reads / 10% writes at 64 clients
 #
+# Systems: etcd; waft (the atomic example as a wasm component); waft-native
+# (the same logic built into the host, bench-only: a module file reading
+# `waft-bench-native:atomic`, which only a waft built with `--features
+# bench-native` accepts). waft-native shows what the wasm sandbox costs in
+# the whole write path; with it in SYSTEMS, waft is built with that feature
+# and both waft systems run that one binary.
+#
 # Environment (defaults in brackets):
 #   BENCH_SECS [10] measured seconds per run; WARMUP_SECS [2]
 #   WORKLOADS ["write-1 write-16 write-64 read-64 mix-64"]; SYSTEMS ["etcd waft"]
+#   ROUNDS [1]: runs of every (workload, system); the table shows each one's median
 #   WAFT_BIN [target/release/waft]; BENCH_BIN [target/release/waft-bench]
 #   WAFT_ATOMIC [target/wasm32-wasip2/release/waft_atomic.wasm]
 #   BENCH_ROOT [a new directory under ${TMPDIR:-/var/tmp}]: data and results
@@ -42,6 +52,7 @@ BENCH_SECS=${BENCH_SECS:-10}
 WARMUP_SECS=${WARMUP_SECS:-2}
 WORKLOADS=${WORKLOADS:-"write-1 write-16 write-64 read-64 mix-64"}
 SYSTEMS=${SYSTEMS:-"etcd waft"}
+ROUNDS=${ROUNDS:-1}
 WAFT_BIN=${WAFT_BIN:-$TARGET_DIR/release/waft}
 BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/waft-bench}
 WAFT_ATOMIC=${WAFT_ATOMIC:-$TARGET_DIR/wasm32-wasip2/release/waft_atomic.wasm}
@@ -68,7 +79,14 @@ if [[ " $SYSTEMS " == *" etcd "* ]]; then
     # Debian installs the server as /usr/bin/etcd.
     command -v etcd >/dev/null || apt_install etcd etcd-server
 fi
-if [ ! -x "$BENCH_BIN" ] || { [[ " $SYSTEMS " == *" waft "* ]] && [ ! -x "$WAFT_BIN" ]; }; then
+WANTS_WAFT=0
+[[ " $SYSTEMS " == *" waft "* || " $SYSTEMS " == *" waft-native "* ]] && WANTS_WAFT=1
+if [[ " $SYSTEMS " == *" waft-native "* ]]; then
+    # Always: a waft built without the feature refuses the native module
+    # file, and cargo rebuilds only what changed.
+    say "building waft with bench-native modules: cargo build --release -p waft -p waft-bench --features waft/bench-native"
+    cargo build --release -p waft -p waft-bench --features waft/bench-native
+elif [ ! -x "$BENCH_BIN" ] || { [ "$WANTS_WAFT" = 1 ] && [ ! -x "$WAFT_BIN" ]; }; then
     say "building waft and waft-bench: cargo build --release -p waft -p waft-bench (a cold build takes ~25 min on two cores)"
     cargo build --release -p waft -p waft-bench
 fi
@@ -107,7 +125,7 @@ on_exit() {
     # Whatever fails from here on, every step still runs.
     set +e
     stop_all
-    if [ "$KEEP_DATA" != 1 ]; then rm -rf "$BENCH_ROOT/etcd" "$BENCH_ROOT/waft"; fi
+    if [ "$KEEP_DATA" != 1 ]; then rm -rf "$BENCH_ROOT/etcd" "$BENCH_ROOT/waft" "$BENCH_ROOT/atomic.native"; fi
     [ "$rc" = 0 ] || say "failed (exit $rc); logs and results in $BENCH_ROOT"
 }
 trap on_exit EXIT
@@ -160,6 +178,17 @@ start_etcd() {
 }
 
 start_waft() {
+    start_waft_with "$WAFT_ATOMIC"
+}
+
+# The atomic example's logic built into the host (see host/runtime/src/native.rs).
+start_waft-native() {
+    printf 'waft-bench-native:atomic\n' >"$BENCH_ROOT/atomic.native"
+    start_waft_with "$BENCH_ROOT/atomic.native"
+}
+
+start_waft_with() {
+    local module=$1
     need_ports "${WAFT_ADDR[@]##*:}"
     local i j
     for i in 1 2 3; do
@@ -167,7 +196,7 @@ start_waft() {
         for j in 1 2 3; do [ "$j" = "$i" ] || peers+=(--peer "$j=${WAFT_ADDR[j - 1]}"); done
         mkdir -p "$BENCH_ROOT/waft"
         "$WAFT_BIN" serve --id "$i" --listen "${WAFT_ADDR[i - 1]}" --data-dir "$BENCH_ROOT/waft/$i" \
-            --group "$WAFT_GROUP=$WAFT_ATOMIC" "${peers[@]}" >"$LOGS-$i.log" 2>&1 &
+            --group "$WAFT_GROUP=$module" "${peers[@]}" >"$LOGS-$i.log" 2>&1 &
         PIDS+=($!)
     done
 }
@@ -176,7 +205,15 @@ endpoints() {
     local IFS=,
     case "$1" in
         etcd) echo "${ETCD_CLIENT[*]}" ;;
-        waft) echo "${WAFT_ADDR[*]}" ;;
+        waft | waft-native) echo "${WAFT_ADDR[*]}" ;;
+    esac
+}
+
+# The bench client's --target: waft-native speaks waft's API.
+target_of() {
+    case "$1" in
+        waft-native) echo waft ;;
+        *) echo "$1" ;;
     esac
 }
 
@@ -191,7 +228,7 @@ wait_ready() {
                 die "a $system server exited at start; see $LOGS-*.log"
             fi
         done
-        if run_child /dev/null /dev/null "$BENCH_BIN" --target "$system" --endpoints "$(endpoints "$system")" \
+        if run_child /dev/null /dev/null "$BENCH_BIN" --target "$(target_of "$system")" --endpoints "$(endpoints "$system")" \
             --group "$WAFT_GROUP" --clients 1 --ops 1 --warmup-secs 0 --quiet; then
             return 0
         fi
@@ -223,7 +260,8 @@ for system in $SYSTEMS; do
     case "$system" in
         etcd) say "etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}') (etcd-server)" ;;
         waft) say "waft $WAFT_BIN, group $WAFT_GROUP = $WAFT_ATOMIC" ;;
-        *) die "unknown system $system (etcd, waft)" ;;
+        waft-native) say "waft-native $WAFT_BIN, group $WAFT_GROUP = the atomic logic built in (bench-native)" ;;
+        *) die "unknown system $system (etcd, waft, waft-native)" ;;
     esac
 done
 
@@ -231,17 +269,20 @@ done
 # workload: the two runs of a pair are minutes apart at most, so a slow drift
 # in the machine's other load (a build next door) tilts a ratio less, and no
 # run inherits the log, snapshots or compaction debt of the one before.
+# With ROUNDS > 1, every round runs every pair again, so the rounds of one
+# pair spread over the whole run and its median shrugs off a noisy minute.
+for round in $(seq "$ROUNDS"); do
 for w in $WORKLOADS; do
     for system in $SYSTEMS; do
-        LOGS="$BENCH_ROOT/results/$w-$system"
-        rm -rf "${BENCH_ROOT:?}/$system"
+        LOGS="$BENCH_ROOT/results/$w-$system.r$round"
+        rm -rf "${BENCH_ROOT:?}/${system%-native}"
         "start_$system"
-        wait_ready "$system"
-        say "$w on $system: ${BENCH_SECS}s after ${WARMUP_SECS}s warmup (load average $(cut -d' ' -f1 /proc/loadavg))"
+        wait_ready "$(target_of "$system")"
+        say "round $round/$ROUNDS, $w on $system: ${BENCH_SECS}s after ${WARMUP_SECS}s warmup (load average $(cut -d' ' -f1 /proc/loadavg))"
         cut -d' ' -f1 /proc/loadavg >"$LOGS.load"
         # shellcheck disable=SC2046 # workload_args is a list of words on purpose
         run_child - "$LOGS.progress" \
-            "$BENCH_BIN" --target "$system" --endpoints "$(endpoints "$system")" --group "$WAFT_GROUP" \
+            "$BENCH_BIN" --target "$(target_of "$system")" --endpoints "$(endpoints "$system")" --group "$WAFT_GROUP" \
             $(workload_args "$w") --value-bytes "$VALUE_BYTES" --keys "$KEYS" \
             --duration-secs "$BENCH_SECS" --warmup-secs "$WARMUP_SECS" \
             --label "$w" --json-out "$LOGS.json" ||
@@ -249,40 +290,58 @@ for w in $WORKLOADS; do
         stop_all
     done
 done
+done
 
 # --- the table ----------------------------------------------------------------
 
-row() { # workload system -> "ops p50_ms p99_ms errors" or nothing
-    local f="$BENCH_ROOT/results/$1-$2.json"
-    [ -f "$f" ] && jq -r '"\(.ops_per_sec) \(.latency_us.all.p50_us / 1000) \(.latency_us.all.p99_us / 1000) \(.errors)"' "$f"
+# median of the numbers on stdin, one a line
+median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+# row workload system -> "ops p50_ms p99_ms errors load runs" (medians over
+# the rounds; errors summed; runs: each round's ops/s) or nothing
+row() {
+    local f fs=() ops p50 p99 errors load runs
+    for f in "$BENCH_ROOT/results/$1-$2".r*.json; do [ -f "$f" ] && fs+=("$f"); done
+    [ "${#fs[@]}" -gt 0 ] || return 1
+    ops=$(jq -r .ops_per_sec "${fs[@]}" | median)
+    p50=$(jq -r '.latency_us.all.p50_us / 1000' "${fs[@]}" | median)
+    p99=$(jq -r '.latency_us.all.p99_us / 1000' "${fs[@]}" | median)
+    errors=$(jq -r .errors "${fs[@]}" | awk '{ s += $1 } END { print s + 0 }')
+    load=$(cat "${fs[@]/%.json/.load}" 2>/dev/null | median || echo -)
+    runs=$(jq -r '.ops_per_sec | floor' "${fs[@]}" | paste -sd/ -)
+    echo "$ops $p50 $p99 $errors $load $runs"
 }
 
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b }'; }
+
 {
-    printf '%-9s %-6s %10s %9s %9s %7s %10s %6s\n' workload system ops/s "p50 ms" "p99 ms" errors waft/etcd load
+    printf '%-9s %-11s %10s %9s %9s %7s %8s %11s %6s  %s\n' workload system ops/s "p50 ms" "p99 ms" errors "x etcd" "wasm/native" load "runs ops/s"
     for w in $WORKLOADS; do
-        etcd_ops=""
+        etcd_ops="" native_ops=""
+        r=$(row "$w" etcd || true)
+        [ -n "$r" ] && etcd_ops=${r%% *}
+        r=$(row "$w" waft-native || true)
+        [ -n "$r" ] && native_ops=${r%% *}
         for system in $SYSTEMS; do
             r=$(row "$w" "$system" || true)
             if [ -z "$r" ]; then
-                printf '%-9s %-6s %10s\n' "$w" "$system" failed
+                printf '%-9s %-11s %10s\n' "$w" "$system" failed
                 continue
             fi
-            read -r ops p50 p99 errors <<<"$r"
-            ratio=""
-            [ "$system" = etcd ] && etcd_ops=$ops
-            if [ "$system" = waft ] && [ -n "$etcd_ops" ]; then
-                ratio=$(awk -v a="$ops" -v b="$etcd_ops" 'BEGIN { if (b > 0) printf "%.2f", a / b }')
-            fi
-            load=$(cat "$BENCH_ROOT/results/$w-$system.load" 2>/dev/null || true)
-            printf '%-9s %-6s %10.0f %9.2f %9.2f %7d %10s %6s\n' "$w" "$system" "$ops" "$p50" "$p99" "$errors" "$ratio" "$load"
+            read -r ops p50 p99 errors load runs <<<"$r"
+            x_etcd="" wasm_native=""
+            if [ "$system" != etcd ] && [ -n "$etcd_ops" ]; then x_etcd=$(ratio "$ops" "$etcd_ops"); fi
+            if [ "$system" = waft ] && [ -n "$native_ops" ]; then wasm_native=$(ratio "$ops" "$native_ops"); fi
+            printf '%-9s %-11s %10.0f %9.2f %9.2f %7d %8s %11s %6s  %s\n' "$w" "$system" "$ops" "$p50" "$p99" "$errors" "$x_etcd" "$wasm_native" "$load" "$runs"
         done
     done
 } | tee "$BENCH_ROOT/results/table.txt"
 for system in $SYSTEMS; do
-    for f in "$BENCH_ROOT"/results/*-"$system".json; do
+    for f in "$BENCH_ROOT"/results/*-"$system".r*.json; do
         [ -f "$f" ] && say "payload, $(jq -r .payload "$f")"
         break
     done
 done
+say "medians over $ROUNDS round(s); x etcd: ops/s over etcd's; wasm/native: waft's ops/s over waft-native's"
 say "load: the 1-minute load average as each run began (the run before it counts too); well above $(nproc), the cores, means something else was running"
 say "results (JSON per run, progress, server logs): $BENCH_ROOT/results"

@@ -66,10 +66,32 @@ pub fn key_id(key: u64) -> String {
 /// `.` to exactly `value_bytes` (JSON needs no escape for either).
 /// `value_bytes` must be at least [`KEY_ID_BYTES`].
 pub fn waft_key(key: u64, value_bytes: usize) -> String {
-    let mut k = key_id(key);
-    debug_assert!(value_bytes >= k.len());
-    k.extend(std::iter::repeat_n('.', value_bytes.saturating_sub(k.len())));
-    k
+    let mut k = Vec::with_capacity(value_bytes.max(KEY_ID_BYTES));
+    push_waft_key(&mut k, key, value_bytes);
+    // Only ASCII digits, `k` and `.` went in.
+    String::from_utf8(k).unwrap_or_default()
+}
+
+/// Appends [`waft_key`]'s bytes to `out` without a `String` of its own: the
+/// bench builds one command per operation, and at 64 clients the client's
+/// formatting shares the cores with the servers it measures.
+fn push_waft_key(out: &mut Vec<u8>, key: u64, value_bytes: usize) {
+    debug_assert!(key < crate::cli::KEYS_MAX);
+    let start = out.len();
+    out.push(b'k');
+    push_digits(out, key, 10);
+    let pad = value_bytes.saturating_sub(out.len() - start);
+    out.resize(out.len() + pad, b'.');
+}
+
+/// Appends `n`'s last `width` decimal digits, zero-padded.
+fn push_digits(out: &mut Vec<u8>, mut n: u64, width: usize) {
+    let at = out.len();
+    out.resize(at + width, b'0');
+    for slot in out[at..].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
 }
 
 /// Written values have 10 digits, so every set command has the same length.
@@ -78,13 +100,24 @@ const WAFT_VALUE_BASE: i64 = 1_000_000_000;
 /// waft: the atomic example's set command for `key`, as JSON. `seq` varies
 /// the value so every write changes state.
 pub fn waft_set(key: u64, seq: u64, value_bytes: usize) -> Bytes {
-    let value = WAFT_VALUE_BASE + (seq % WAFT_VALUE_BASE as u64) as i64;
-    Bytes::from(format!(r#"{{"set":{{"key":"{}","value":{value}}}}}"#, waft_key(key, value_bytes)))
+    let value = WAFT_VALUE_BASE as u64 + seq % WAFT_VALUE_BASE as u64;
+    let mut out = Vec::with_capacity(value_bytes + 40);
+    out.extend_from_slice(br#"{"set":{"key":""#);
+    push_waft_key(&mut out, key, value_bytes);
+    out.extend_from_slice(br#"","value":"#);
+    // 10 digits: WAFT_VALUE_BASE .. 2 * WAFT_VALUE_BASE.
+    push_digits(&mut out, value, 10);
+    out.extend_from_slice(b"}}");
+    Bytes::from(out)
 }
 
 /// waft: the atomic example's query for `key`, as JSON.
 pub fn waft_get(key: u64, value_bytes: usize) -> Bytes {
-    Bytes::from(format!(r#"{{"get":{{"key":"{}"}}}}"#, waft_key(key, value_bytes)))
+    let mut out = Vec::with_capacity(value_bytes + 24);
+    out.extend_from_slice(br#"{"get":{"key":""#);
+    push_waft_key(&mut out, key, value_bytes);
+    out.extend_from_slice(br#""}}"#);
+    Bytes::from(out)
 }
 
 /// etcd: the key of a put or range.
@@ -171,6 +204,14 @@ mod tests {
         // Every set has one length, whatever its value.
         assert_eq!(waft_set(0, 0, 256).len(), waft_set(999, u64::MAX, 256).len());
         assert_eq!(waft_key(1, KEY_ID_BYTES), "k0000000001");
+        // Byte for byte what the plain formatting gives.
+        for (k, seq) in [(0, 0), (42, 7), (999, 999_999_999), (7, u64::MAX)] {
+            let key = format!("k{k:010}{}", ".".repeat(245));
+            let value = 1_000_000_000 + seq % 1_000_000_000;
+            assert_eq!(waft_set(k, seq, 256), format!(r#"{{"set":{{"key":"{key}","value":{value}}}}}"#));
+            assert_eq!(waft_get(k, 256), format!(r#"{{"get":{{"key":"{key}"}}}}"#));
+        }
+        assert_eq!(waft_key(3, 4), "k0000000003");
     }
 
     #[test]

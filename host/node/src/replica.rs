@@ -201,6 +201,18 @@ impl PendingReady {
     pub fn take_write(&mut self) -> WriteSet {
         std::mem::take(&mut self.write)
     }
+
+    /// Whether `finish_ready` may block its thread: it runs the guest
+    /// (committed entries to apply, or a role change's hook), or saves a
+    /// snapshot. Besides running long, a guest may call WASI's blocking
+    /// stream functions (a panic message to stderr), which wasmtime-wasi
+    /// serves by blocking on the ambient tokio runtime: on an async worker
+    /// that panics. A caller on an async runtime moves such a call off its
+    /// worker (`block_in_place`), and runs the rest (a Ready that only
+    /// persists, sends and reports reads) in place.
+    pub fn may_block(&self) -> bool {
+        self.rd.snapshot_request.is_some() || self.rd.soft_state.is_some() || !self.rd.committed_entries.is_empty()
+    }
 }
 
 impl Replica {

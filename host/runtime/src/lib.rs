@@ -25,6 +25,7 @@ mod engine;
 mod host;
 pub mod machine;
 mod module;
+pub mod native;
 mod wasi;
 
 pub use engine::{Engine, EngineError, Limits};

@@ -56,7 +56,8 @@ use wasmtime::{Store, Trap};
 use crate::abi::{Entries, Replies};
 use crate::engine::Limits;
 use crate::host::{HostState, ReaderRes, SharedWrite, WriterRes};
-use crate::module::Module;
+use crate::module::{Module, ModuleKind};
+use crate::native::Native;
 
 /// One committed entry, as the host hands it to the state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,7 +164,9 @@ struct CallFault {
 
 impl Live {
     pub(crate) fn instantiate(module: &Module, limits: &Limits, label: Arc<str>) -> Result<Live, RuntimeError> {
-        let inner = &module.inner;
+        let ModuleKind::Wasm(inner) = &module.kind else {
+            return Err(RuntimeError::Instantiate("a native machine has no wasm instance".into()));
+        };
         let mut store = Store::new(&inner.engine.inner, HostState::new(limits.memory_bytes_max, label));
         store.limiter(|state| &mut state.limiter);
         let err = |e: wasmtime::Error| RuntimeError::Instantiate(format!("{e:#}"));
@@ -356,7 +359,12 @@ struct Checkpoint {
 }
 
 /// A running state machine. See the module docs for its fault model.
+///
+/// A bench-only native machine (see [`crate::native`]) runs in `native`
+/// instead, with no instance, checkpoint or fault containment: every public
+/// method hands it the call first.
 pub struct StateMachine {
+    native: Option<Native>,
     module: Module,
     limits: Limits,
     label: Arc<str>,
@@ -374,9 +382,22 @@ impl StateMachine {
     pub fn new(module: &Module, limits: Limits, label: &str) -> Result<Self, RuntimeError> {
         assert!(limits.apply_batch_entries_max > 0, "apply_batch_entries_max must be positive");
         let label: Arc<str> = label.into();
-        let live = Live::instantiate(module, &limits, label.clone())?;
         let batch_entries = limits.apply_batch_entries_max;
+        if let ModuleKind::Native(kind) = module.kind {
+            tracing::warn!(sm = &*label, ?kind, "running a bench-only native state machine: no sandbox, fuel or fault containment");
+            return Ok(Self {
+                native: Some(kind.instantiate()),
+                module: module.clone(),
+                limits,
+                label,
+                live: None,
+                checkpoint: Checkpoint::default(),
+                batch_entries,
+            });
+        }
+        let live = Live::instantiate(module, &limits, label.clone())?;
         Ok(Self {
+            native: None,
             module: module.clone(),
             limits,
             label,
@@ -393,6 +414,12 @@ impl StateMachine {
     /// Apply committed entries in order; one result per entry. The outer
     /// error means the runtime itself can no longer continue.
     pub fn apply(&mut self, entries: &[Entry]) -> Result<Vec<ApplyResult>, RuntimeError> {
+        if let Some(native) = &mut self.native {
+            return Ok(entries
+                .iter()
+                .map(|e| native.apply(&e.command).map(Bytes::from).map_err(ApplyError::Rejected))
+                .collect());
+        }
         let mut out = Vec::with_capacity(entries.len());
         let mut rest = entries;
         while !rest.is_empty() {
@@ -519,11 +546,18 @@ impl StateMachine {
 
     /// Answer a read-only query.
     pub fn query(&mut self, request: &[u8]) -> Result<Bytes, RuntimeError> {
+        if let Some(native) = &self.native {
+            return native.query(request).map(Bytes::from).map_err(RuntimeError::Guest);
+        }
         self.guarded(|live| live.call_query(request))?.map(Bytes::from).map_err(RuntimeError::Guest)
     }
 
     /// Stream the state into `out`; returns `out` and the bytes written.
-    pub fn save_snapshot<W: Write + Send + 'static>(&mut self, out: W) -> Result<(W, u64), RuntimeError> {
+    pub fn save_snapshot<W: Write + Send + 'static>(&mut self, mut out: W) -> Result<(W, u64), RuntimeError> {
+        if let Some(native) = &self.native {
+            let bytes = native.save(&mut out).map_err(RuntimeError::Guest)?;
+            return Ok((out, bytes));
+        }
         let (result, out, bytes) = self.guarded(|live| live.call_save(out))?;
         result.map_err(RuntimeError::Guest)?;
         Ok((out, bytes))
@@ -532,7 +566,10 @@ impl StateMachine {
     /// Replace the state with a snapshot read from `input`. Loads into a
     /// fresh instance, so a refused or faulting load leaves the current state
     /// untouched; on success the snapshot also becomes the checkpoint.
-    pub fn load_snapshot<R: Read + Send + 'static>(&mut self, input: R) -> Result<(), RuntimeError> {
+    pub fn load_snapshot<R: Read + Send + 'static>(&mut self, mut input: R) -> Result<(), RuntimeError> {
+        if let Some(native) = &mut self.native {
+            return native.load(&mut input).map_err(RuntimeError::Guest);
+        }
         let mut fresh = Live::instantiate(&self.module, &self.limits, self.label.clone())?;
         match fresh.call_load(input) {
             Ok(Ok(())) => {}
@@ -548,6 +585,9 @@ impl StateMachine {
 
     /// Tell the guest this replica leads in `term`.
     pub fn on_leader_start(&mut self, term: u64) -> Result<(), RuntimeError> {
+        if self.native.is_some() {
+            return Ok(());
+        }
         let fuel = self.limits.fuel_per_query;
         self.guarded(|live| {
             live.begin_call(fuel)?;
@@ -557,6 +597,9 @@ impl StateMachine {
 
     /// Tell the guest this replica no longer leads.
     pub fn on_leader_stop(&mut self) -> Result<(), RuntimeError> {
+        if self.native.is_some() {
+            return Ok(());
+        }
         let fuel = self.limits.fuel_per_query;
         self.guarded(|live| {
             live.begin_call(fuel)?;
@@ -567,6 +610,9 @@ impl StateMachine {
     /// Tell the guest a configuration committed. Replayed after a fault, like
     /// an entry.
     pub fn on_configuration_committed(&mut self, voters: &[u64], learners: &[u64]) -> Result<(), RuntimeError> {
+        if self.native.is_some() {
+            return Ok(());
+        }
         self.guarded(|live| live.call_config(voters, learners))?;
         self.checkpoint.since.push(Replay::Configuration(Box::new((voters.to_vec(), learners.to_vec()))));
         Ok(())

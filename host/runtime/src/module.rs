@@ -13,6 +13,7 @@ use wasmtime::component::{Component, ComponentExportIndex, InstancePre};
 
 use crate::engine::Engine;
 use crate::host::{HostState, linker};
+use crate::native::{NATIVE_MAGIC, NativeKind};
 
 /// The WIT package state machines are built against.
 pub const WIT_PACKAGE: &str = "waft:fsm";
@@ -91,12 +92,27 @@ pub enum LoadError {
     ImportNotAllowed { name: String },
     #[error("the component does not match the host's interfaces: {0}")]
     Incompatible(String),
+    #[error(
+        "this file names a bench-only native state machine ({name}); this waft was built without them. They \
+         exist to measure the wasm sandbox's cost: build with `cargo build --release -p waft --features \
+         bench-native`, or deploy the state machine's .wasm"
+    )]
+    NativeNotBuilt { name: String },
+    #[error("no bench-only native state machine is called `{name}`; the one there is: atomic")]
+    UnknownNative { name: String },
 }
 
-/// A validated component, ready to instantiate any number of times.
+/// A validated component, ready to instantiate any number of times (or,
+/// in bench builds, a native machine: see [`crate::native`]).
 #[derive(Clone)]
 pub struct Module {
-    pub(crate) inner: Arc<ModuleInner>,
+    pub(crate) kind: ModuleKind,
+}
+
+#[derive(Clone)]
+pub(crate) enum ModuleKind {
+    Wasm(Arc<ModuleInner>),
+    Native(NativeKind),
 }
 
 pub(crate) struct ModuleInner {
@@ -119,18 +135,42 @@ pub(crate) struct ExportIndexes {
 impl Module {
     /// Validate and compile `bytes`. Instantiates it once, so a module that
     /// loads also runs.
+    ///
+    /// A file that starts with [`NATIVE_MAGIC`] names a bench-only native
+    /// machine instead; it loads only in a build with the `bench-native`
+    /// feature and is refused, saying so, in any other.
     pub fn load(engine: &Engine, bytes: &[u8]) -> Result<Module, LoadError> {
+        if let Some(named) = NativeKind::parse(bytes) {
+            let kind = named.map_err(|name| LoadError::UnknownNative { name })?;
+            if !cfg!(feature = "bench-native") {
+                let name = String::from_utf8_lossy(&bytes[NATIVE_MAGIC.len()..]).trim_end().to_string();
+                return Err(LoadError::NativeNotBuilt { name });
+            }
+            return Ok(Module::native(kind));
+        }
         check_header(bytes)?;
         let component = Component::new(&engine.inner, bytes).map_err(|e| LoadError::Malformed(format!("{e:#}")))?;
         check_imports(engine, &component)?;
         let exports = check_exports(engine, &component)?;
         let linker = linker(&engine.inner).map_err(|e| LoadError::Incompatible(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Incompatible(format!("{e:#}")))?;
-        let module = Module { inner: Arc::new(ModuleInner { engine: engine.clone(), pre, exports }) };
+        let module = Module { kind: ModuleKind::Wasm(Arc::new(ModuleInner { engine: engine.clone(), pre, exports })) };
         // Typecheck every export against the host's expectations.
         crate::machine::Live::instantiate(&module, &crate::Limits::default(), "validate".into())
             .map_err(|e| LoadError::Incompatible(e.to_string()))?;
         Ok(module)
+    }
+
+    /// A native machine, whatever the build's features: for tests and
+    /// benches that compare it with its guest. Not for serving groups: it
+    /// has no fuel, memory limit or fault containment (see [`crate::native`]).
+    pub fn native(kind: NativeKind) -> Module {
+        Module { kind: ModuleKind::Native(kind) }
+    }
+
+    /// Whether this is a bench-only native machine.
+    pub fn is_native(&self) -> bool {
+        matches!(self.kind, ModuleKind::Native(_))
     }
 }
 

@@ -146,3 +146,78 @@ fn a_corrupt_snapshot_is_refused_and_the_state_kept() {
     assert!(err.to_string().contains("snapshot load failed"), "{err}");
     assert_eq!(&sm.query(br#"{"get":{"key":"k"}}"#).unwrap()[..], b"5");
 }
+
+/// The bench-only native atomic machine is the guest's logic and formats to
+/// the byte: the same replies (binary and JSON forms, rejections included),
+/// query answers and snapshots, and each loads the other's snapshot.
+#[test]
+fn the_native_atomic_machine_matches_the_guest_byte_for_byte() {
+    #[derive(Serialize)]
+    #[serde(rename_all = "snake_case")]
+    enum AtomicCommand {
+        Cas { key: String, expect: i64, new: i64 },
+    }
+    let binary_cas = codec::encode(&AtomicCommand::Cas { key: "a".into(), expect: 7, new: 8 }, Format::Binary).unwrap();
+    let long_key = format!(r#"{{"set":{{"key":"{}","value":1}}}}"#, "k".repeat(5000));
+    let mut commands: Vec<Vec<u8>> = [
+        r#"{"set":{"key":"a","value":1}}"#,
+        r#"{"cas":{"key":"a","expect":1,"new":2}}"#,
+        r#"{"cas":{"key":"a","expect":1,"new":3}}"#,
+        r#"{"incr":{"key":"a","delta":5}}"#,
+        r#"{"incr":{"key":"line\nbreak \\ key","delta":-4}}"#,
+        r#"{"get":{"key":"missing"}}"#,
+        r#"{"decr":{"key":"a"}}"#,
+        "not json",
+        r#"{"set":{"key":"max","value":9223372036854775807}}"#,
+        r#"{"incr":{"key":"max","delta":1}}"#,
+    ]
+    .iter()
+    .map(|c| c.as_bytes().to_vec())
+    .collect();
+    commands.push(binary_cas);
+    commands.push(long_key.into_bytes());
+    let entries: Vec<waft_runtime::Entry> =
+        commands.into_iter().enumerate().map(|(i, c)| waft_runtime::Entry::new(1 + i as u64, 1, c)).collect();
+
+    let mut wasm = machine("waft_atomic", Limits::default());
+    let native_module = waft_runtime::Module::native(waft_runtime::native::NativeKind::Atomic);
+    assert!(native_module.is_native());
+    let mut native = waft_runtime::StateMachine::new(&native_module, Limits::default(), "native").unwrap();
+    let from_wasm = wasm.apply(&entries).unwrap();
+    let from_native = native.apply(&entries).unwrap();
+    assert_eq!(from_native, from_wasm);
+    assert_eq!(texts(&from_native)[..4], [r#"{"success":true}"#, r#"{"success":true}"#, r#"{"success":false}"#, r#"{"value":7}"#]);
+    assert!(from_native.iter().filter(|r| r.is_err()).count() >= 4, "{from_native:?}");
+    for q in [&br#"{"get":{"key":"a"}}"#[..], br#"{"get":{"key":"line\nbreak \\ key"}}"#, b"{bad", b""] {
+        assert_eq!(
+            native.query(q).map_err(|e| e.to_string()),
+            wasm.query(q).map_err(|e| e.to_string()),
+            "{}",
+            String::from_utf8_lossy(q)
+        );
+    }
+    let bytes = snapshot(&mut wasm);
+    assert_eq!(snapshot(&mut native), bytes);
+    let mut restored = waft_runtime::StateMachine::new(&native_module, Limits::default(), "restored").unwrap();
+    restored.load_snapshot(std::io::Cursor::new(bytes.clone())).unwrap();
+    assert_eq!(&restored.query(br#"{"get":{"key":"a"}}"#).unwrap()[..], b"7");
+    let mut back = machine("waft_atomic", Limits::default());
+    back.load_snapshot(std::io::Cursor::new(snapshot(&mut restored))).unwrap();
+    assert_eq!(snapshot(&mut back), bytes);
+}
+
+/// A module file naming a native machine loads only in a bench-native
+/// build, and names what to do otherwise.
+#[test]
+fn a_native_module_file_needs_the_bench_native_feature() {
+    let engine = waft_runtime::Engine::new().unwrap();
+    let loaded = waft_runtime::Module::load(&engine, b"waft-bench-native:atomic\n");
+    if cfg!(feature = "bench-native") {
+        assert!(loaded.is_ok_and(|m| m.is_native()));
+    } else {
+        let err = loaded.err().expect("refused without the feature").to_string();
+        assert!(err.contains("--features bench-native"), "{err}");
+    }
+    let unknown = waft_runtime::Module::load(&engine, b"waft-bench-native:counter").err().expect("unknown name");
+    assert!(unknown.to_string().contains("`counter`"), "{unknown}");
+}
