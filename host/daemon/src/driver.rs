@@ -119,7 +119,8 @@ pub struct Driver {
     proposals: BTreeMap<u64, (u64, oneshot::Sender<ProposeReply>)>,
     /// Reads whose read index has not come back yet, by read id.
     reads: HashMap<u64, PendingRead>,
-    /// Reads whose read index is known, waiting for `applied >= index`.
+    /// Reads whose read index is known, waiting for `applied >= index`
+    /// (stale reads: index 0, served at the end of the round).
     reads_ready: Vec<(u64, PendingRead)>,
     next_read_id: u64,
     status: watch::Sender<client::GroupStatus>,
@@ -291,11 +292,17 @@ impl Driver {
 
     fn query(&mut self, request: Bytes, consistency: Consistency, reply: oneshot::Sender<Reply>) {
         GroupMetrics::count(&self.metrics.reads);
+        if self.reads.len() + self.reads_ready.len() >= READS_PENDING_MAX {
+            GroupMetrics::count(&self.metrics.busy_rejections);
+            let _ = reply.send(Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "too many reads wait on this group")));
+            return;
+        }
         let mode = match consistency {
             Consistency::Stale => {
-                let applied = self.replica.applied_index();
-                let answer = self.replica.query(&request).map(|b| (b, applied)).map_err(|e| query_error(&e));
-                let _ = reply.send(answer);
+                // Served with the reads that are ready after this round, so
+                // that they all run the guest in one hand-off (see
+                // `serve_ready_reads`).
+                self.reads_ready.push((0, PendingRead { request, reply }));
                 return;
             }
             Consistency::Lease => ReadMode::Lease,
@@ -303,11 +310,6 @@ impl Driver {
             // leader (a follower read); on the leader it confirms with a quorum.
             Consistency::Linearizable | Consistency::Follower => ReadMode::Safe,
         };
-        if self.reads.len() + self.reads_ready.len() >= READS_PENDING_MAX {
-            GroupMetrics::count(&self.metrics.busy_rejections);
-            let _ = reply.send(Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "too many reads wait on this group")));
-            return;
-        }
         let id = self.next_read_id;
         self.next_read_id += 1;
         match self.replica.read_index(id, mode) {
@@ -647,18 +649,26 @@ impl Driver {
 
     fn serve_ready_reads(&mut self) {
         let applied = self.replica.applied_index();
-        let waiting = std::mem::take(&mut self.reads_ready);
-        for (index, read) in waiting {
-            if index > applied {
-                self.reads_ready.push((index, read));
-                continue;
-            }
-            if read.reply.is_closed() {
-                continue;
-            }
-            let answer = self.replica.query(&read.request).map(|b| (b, applied)).map_err(|e| query_error(&e));
-            let _ = read.reply.send(answer);
+        if !self.reads_ready.iter().any(|(index, _)| *index <= applied) {
+            return;
         }
+        // A query runs the guest, which may block on WASI (a panic message
+        // to stderr: see `PendingReady::may_block`), and that must not
+        // happen on an async worker: one hand-off for the whole batch.
+        tokio::task::block_in_place(|| {
+            let waiting = std::mem::take(&mut self.reads_ready);
+            for (index, read) in waiting {
+                if index > applied {
+                    self.reads_ready.push((index, read));
+                    continue;
+                }
+                if read.reply.is_closed() {
+                    continue;
+                }
+                let answer = self.replica.query(&read.request).map(|b| (b, applied)).map_err(|e| query_error(&e));
+                let _ = read.reply.send(answer);
+            }
+        });
     }
 
     /// Forgets waiters whose client gave up (timed out or disconnected), so

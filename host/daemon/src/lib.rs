@@ -211,7 +211,9 @@ pub async fn serve(
         stopped.clone(),
     )?);
     // Drivers that started before a failure here stop with the runtime.
-    host.open_at_start(&voters)?;
+    // Opening loads snapshots into guests, which may block on WASI (see
+    // `PendingReady::may_block`): not on an async thread.
+    tokio::task::block_in_place(|| host.open_at_start(&voters))?;
     let groups = host.groups().clone();
     if groups.is_empty() {
         tracing::info!(node = cfg.node_id, "serving no group yet; create one with `waft admin create-group`");

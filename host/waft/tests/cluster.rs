@@ -130,6 +130,17 @@ async fn three_daemons_replicate_read_and_refuse_bad_input() {
             client::query(addr, PROBE, Bytes::from_static(br#""value""#), Consistency::Linearizable).await.unwrap();
         assert_eq!(text(&answer), r#"{"value":6}"#, "every replica skipped the same entry ({addr})");
     }
+    // A query that panics (its message written to stderr through WASI) is a
+    // fault of that query alone, whatever the consistency.
+    for consistency in [Consistency::Stale, Consistency::Linearizable] {
+        let e = refusal(
+            client::query(&probe_addr, PROBE, Bytes::from_static(br#""panic""#), consistency).await.unwrap_err(),
+        );
+        assert_eq!(e.code(), ErrorCode::GuestFault, "{consistency:?}: {e}");
+    }
+    let answer =
+        client::query(&probe_addr, PROBE, Bytes::from_static(br#""value""#), Consistency::Linearizable).await.unwrap();
+    assert_eq!(text(&answer), r#"{"value":6}"#, "the group serves on after a panicking query");
 
     // The cluster still serves, and reports itself.
     let answer = client::propose(&follower_addr, COUNTER, Bytes::from_static(br#"{"incr":1}"#)).await.unwrap();

@@ -50,6 +50,8 @@ pub enum Query {
     Value,
     Observations,
     Spin,
+    /// Panic (the panic message goes to stderr, through WASI).
+    Panic,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -129,6 +131,7 @@ impl StateMachine for Probe {
             Query::Spin => loop {
                 std::hint::black_box(());
             },
+            Query::Panic => panic!("the probe was asked to panic in a query"),
         })
     }
 
