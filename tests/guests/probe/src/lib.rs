@@ -42,6 +42,13 @@ pub enum Command {
     Reject,
     /// Reply with where the entry sits in the log: index × 1000 + term.
     Position,
+    /// Print a line to stdout and to stderr (through WASI), then add to the
+    /// counter.
+    Print(i64),
+    /// Sleep this many milliseconds (a WASI clock pollable), then add 1.
+    Sleep(u64),
+    /// Read stdin to its end, then add 1 plus the bytes read.
+    ReadStdin,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -52,6 +59,8 @@ pub enum Query {
     Spin,
     /// Panic (the panic message goes to stderr, through WASI).
     Panic,
+    /// Print a line to stdout and to stderr, then answer the value.
+    Print,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -120,6 +129,20 @@ impl StateMachine for Probe {
             Command::Observe => self.observations.push(observe()),
             Command::HashOrder => self.observations.push(hash_order()),
             Command::Reject => return Err("probe: rejected on request".into()),
+            Command::Print(delta) => {
+                println!("probe: adding {delta} (stdout)");
+                eprintln!("probe: adding {delta} (stderr)");
+                self.value = self.value.wrapping_add(delta);
+            }
+            Command::ReadStdin => {
+                let mut input = Vec::new();
+                let read = std::io::stdin().read_to_end(&mut input).map_err(|e| format!("stdin: {e}"))?;
+                self.value = self.value.wrapping_add(1 + read as i64);
+            }
+            Command::Sleep(ms) => {
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                self.value = self.value.wrapping_add(1);
+            }
         }
         Ok(self.value)
     }
@@ -132,6 +155,11 @@ impl StateMachine for Probe {
                 std::hint::black_box(());
             },
             Query::Panic => panic!("the probe was asked to panic in a query"),
+            Query::Print => {
+                println!("probe: value {} (stdout)", self.value);
+                eprintln!("probe: value {} (stderr)", self.value);
+                Answer::Value(self.value)
+            }
         })
     }
 
