@@ -226,7 +226,9 @@ impl Live {
             _ => match err.downcast_ref::<Trap>() {
                 Some(Trap::UnreachableCodeReached) => "wasm trap: unreachable executed (a panic, in Rust)".to_string(),
                 Some(trap) => format!("wasm trap: {trap}"),
-                None => format!("{err}"),
+                // A host function's error (an exit, a WASI call that would
+                // wait): its own words, not the wasm backtrace wrapped round it.
+                None => err.root_cause().to_string(),
             },
         };
         truncate(&mut message, FAULT_MESSAGE_BYTES_MAX);
