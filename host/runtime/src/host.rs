@@ -151,7 +151,7 @@ impl<W: Write> Write for SharedWrite<W> {
 /// Build the linker: deterministic WASI, then waft's own imports.
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::<HostState>::new(engine);
-    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+    crate::wasi_link::add_to_linker(&mut linker)?;
 
     let mut host = linker.instance(HOST_INTERFACE)?;
     host.func_wrap("log", |mut store: StoreContextMut<'_, HostState>, (level, message): (Level, String)| {

@@ -27,6 +27,7 @@ pub mod machine;
 mod module;
 pub mod native;
 mod wasi;
+mod wasi_link;
 
 pub use engine::{Engine, EngineError, Limits};
 pub use machine::{ApplyError, ApplyResult, Entry, FaultKind, GuestFault, RuntimeError, StateMachine};

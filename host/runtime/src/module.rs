@@ -35,10 +35,11 @@ pub const REQUIRED_EXPORTS: [&str; 7] = [
 ];
 
 /// WASI interfaces a guest may import (any 0.2.x version). The host answers
-/// each with a fixed stand-in (see `wasi.rs`). Filesystem is allowed because
+/// each with a fixed stand-in (see `wasi.rs`), linked by `wasi_link.rs`
+/// (which must link every one of them). Filesystem is allowed because
 /// the Rust standard library may import it; with no preopened directories a
 /// guest can never open anything, on any replica.
-const WASI_ALLOWED: [&str; 20] = [
+pub(crate) const WASI_ALLOWED: [&str; 20] = [
     "wasi:io/error",
     "wasi:io/poll",
     "wasi:io/streams",

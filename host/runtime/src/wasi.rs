@@ -9,7 +9,8 @@
 //! every call into the guest, so the bytes a guest draws depend only on what
 //! it does within that call, never on how long the instance has lived (a
 //! replica restored from a snapshot draws the same bytes as one that ran from
-//! the start).
+//! the start). `wasi_link.rs` links these so that no call ever waits: with
+//! nothing here ever becoming ready later, a call that would wait traps.
 
 use std::convert::Infallible;
 use std::sync::Arc;
