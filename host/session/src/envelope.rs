@@ -192,6 +192,13 @@ impl Envelope {
         Ok(Bytes::from(out))
     }
 
+    /// Whether an entry's data is a deploy, read from its header alone (no
+    /// decoding, no check of the rest): for a caller that must know ahead
+    /// of applying it that the entry compiles a module.
+    pub fn is_deploy(data: &[u8]) -> bool {
+        matches!(data, [ENVELOPE_VERSION, KIND_DEPLOY, ..])
+    }
+
     /// Decodes an entry's data. The payload shares `data`'s buffer (no copy).
     pub fn decode(data: &Bytes) -> Result<Envelope, EnvelopeError> {
         let mut r = Reader::new(data);
@@ -248,6 +255,17 @@ mod tests {
         .into_iter()
         .map(|b| Envelope::new(1_700_000_000_123, b))
         .collect()
+    }
+
+    #[test]
+    fn is_deploy_says_what_decode_says() {
+        for e in all_kinds() {
+            let Ok(b) = e.encode() else { continue };
+            assert_eq!(Envelope::is_deploy(&b), matches!(e.body, Body::Deploy { .. }), "{e:?}");
+        }
+        assert!(!Envelope::is_deploy(&[]));
+        assert!(!Envelope::is_deploy(&[ENVELOPE_VERSION]));
+        assert!(!Envelope::is_deploy(&[ENVELOPE_VERSION + 1, KIND_DEPLOY]));
     }
 
     #[test]
