@@ -476,6 +476,18 @@ impl StateMachine {
         cp.since.push(Replay::Entry { index: entry.index, term: entry.term, start, end: cp.arena.len() });
     }
 
+    /// Whether applying `entries` more entries, of at most `command_bytes`
+    /// command bytes in all, may move the checkpoint: one `on-snapshot-save`
+    /// into memory, a call as long as the guest's state is large.
+    pub fn may_checkpoint_after(&self, entries: usize, command_bytes: usize) -> bool {
+        if self.native.is_some() {
+            return false;
+        }
+        let cp = &self.checkpoint;
+        cp.since.len().saturating_add(entries) > self.limits.replay_entries_max
+            || cp.arena.len().saturating_add(command_bytes) > self.limits.replay_bytes_max
+    }
+
     /// Move the checkpoint forward when the replay log is past its bounds.
     fn maybe_checkpoint(&mut self) -> Result<(), RuntimeError> {
         let cp = &self.checkpoint;
