@@ -51,6 +51,6 @@ pub use error::{Error, Result};
 pub use module::{GuestModule, MODULE_BYTES_MAX, MODULE_FILE};
 pub use outcome::Outcome;
 pub use replica::{
-    APPLY_BATCH_ENTRIES_MAX, Applied, Install, Output, PendingReady, READY_ROUNDS_MAX, Replica, ReplicaConfig,
-    SESSIONS_FILE, STATE_FILE, merge_write,
+    APPLY_BATCH_ENTRIES_MAX, APPLY_IN_PLACE_BYTES_MAX, APPLY_IN_PLACE_ENTRIES_MAX, Applied, Install, Output,
+    PendingReady, READY_ROUNDS_MAX, Replica, ReplicaConfig, SESSIONS_FILE, STATE_FILE, merge_write,
 };

@@ -41,6 +41,15 @@ pub const SESSIONS_FILE: &str = "sessions";
 /// splits further by fuel; this bounds the memory one call's results take.
 pub const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
 
+/// Committed entries a Ready may carry and still count as quick
+/// (`PendingReady::may_block`). A guest applies such a batch in tens of
+/// microseconds (fuel bounds a single entry), less than moving it off an
+/// async worker costs.
+pub const APPLY_IN_PLACE_ENTRIES_MAX: usize = 64;
+/// Bytes of committed entries (their log data) a Ready may carry and still
+/// count as quick.
+pub const APPLY_IN_PLACE_BYTES_MAX: usize = 64 * 1024;
+
 /// `Ready` batches one `process` call drains at most. Together with the core's
 /// `apply_entries_max` and message limits this bounds one `Output`; the caller
 /// calls `process` again while `has_ready()` holds.
@@ -178,6 +187,8 @@ pub struct Replica {
 pub struct PendingReady {
     rd: Ready,
     write: WriteSet,
+    /// See `may_block`; decided when the Ready is taken.
+    may_block: bool,
 }
 
 /// Moves every operation of `src` to the end of `dst`, keeping their order, so
@@ -202,16 +213,21 @@ impl PendingReady {
         std::mem::take(&mut self.write)
     }
 
-    /// Whether `finish_ready` may block its thread: it runs the guest
-    /// (committed entries to apply, or a role change's hook), or saves a
-    /// snapshot. Besides running long, a guest may call WASI's blocking
-    /// stream functions (a panic message to stderr), which wasmtime-wasi
-    /// serves by blocking on the ambient tokio runtime: on an async worker
-    /// that panics. A caller on an async runtime moves such a call off its
-    /// worker (`block_in_place`), and runs the rest (a Ready that only
-    /// persists, sends and reports reads) in place.
+    /// Whether `finish_ready` may run long enough that a caller on an async
+    /// runtime should move it off its worker (`block_in_place`): it saves a
+    /// snapshot, runs a role change's hooks, applies more than
+    /// `APPLY_IN_PLACE_ENTRIES_MAX` entries or `APPLY_IN_PLACE_BYTES_MAX`
+    /// bytes, a deploy (which may compile a module) or a configuration, or
+    /// its entries move the state machine's in-memory checkpoint (a save of
+    /// the whole state). Every guest call is safe on any thread (the
+    /// runtime's WASI never waits, nor touches tokio), so the rest (a Ready
+    /// that persists, sends, reports reads, applies a few entries) finishes
+    /// in place: a hand-off costs a thread wake-up and two context switches,
+    /// more than such a Ready's own work. One case stays unforeseen: an
+    /// entry that faults makes the runtime restore its instance (a load and
+    /// a replay within its replay limits) on the caller's thread.
     pub fn may_block(&self) -> bool {
-        self.rd.snapshot_request.is_some() || self.rd.soft_state.is_some() || !self.rd.committed_entries.is_empty()
+        self.may_block
     }
 }
 
@@ -554,7 +570,24 @@ impl Replica {
         if let Some(hs) = rd.hard_state {
             write.set_hard_state(group, convert::hard_state_to_storage(hs));
         }
-        Ok(Some(PendingReady { rd, write }))
+        let may_block = self.ready_may_block(&rd);
+        Ok(Some(PendingReady { rd, write, may_block }))
+    }
+
+    /// `PendingReady::may_block` for `rd`.
+    fn ready_may_block(&self, rd: &Ready) -> bool {
+        if rd.snapshot_request.is_some() || rd.soft_state.is_some() {
+            return true;
+        }
+        let entries = &rd.committed_entries;
+        if entries.len() > APPLY_IN_PLACE_ENTRIES_MAX {
+            return true;
+        }
+        let bytes: usize = entries.iter().map(|e| e.data.len()).sum();
+        bytes > APPLY_IN_PLACE_BYTES_MAX
+            || entries.iter().any(|e| e.kind == EntryKind::Config || Envelope::is_deploy(&e.data))
+            // A command is never longer than its entry's data.
+            || self.sm.may_checkpoint_after(entries.len(), bytes)
     }
 
     /// Finishes a Ready whose write is durable: tells the core (rule 3), sends
