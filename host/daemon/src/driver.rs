@@ -45,6 +45,12 @@ pub const READS_PENDING_MAX: usize = 10_000;
 /// Readies handled after one event; the rest waits for the next event or
 /// tick, so the inbox and the clock are never starved.
 pub const PROCESS_READIES_MAX: usize = 64;
+/// Reads whose queries one round runs in place on the driver's worker; a
+/// round with more runs them all off it (`block_in_place`). Fuel bounds
+/// each query; a few cost less than the hand-off.
+pub const QUERIES_IN_PLACE_MAX: usize = 64;
+/// Request bytes of the reads one round runs in place, in all.
+pub const QUERIES_IN_PLACE_BYTES_MAX: usize = 64 * 1024;
 /// What a BUSY answer suggests waiting, in ms.
 pub const BUSY_RETRY_AFTER_MS: u64 = 50;
 /// What a full session table suggests waiting, in ms: sessions leave only by
@@ -300,7 +306,7 @@ impl Driver {
         let mode = match consistency {
             Consistency::Stale => {
                 // Served with the reads that are ready after this round, so
-                // that they all run the guest in one hand-off (see
+                // that a crowd of them runs the guest in one hand-off (see
                 // `serve_ready_reads`).
                 self.reads_ready.push((0, PendingRead { request, reply }));
                 return;
@@ -341,11 +347,11 @@ impl Driver {
             }
             let mut out = Output::default();
             let mut store = SharedStore(self.store.clone());
-            // Running the guest (which may block on WASI, see `may_block`)
-            // and saving a snapshot must tell tokio this worker is busy. A
-            // Ready that does neither runs in place: handing the worker's
-            // core to another thread costs a thread wake-up and two context
-            // switches, more than the Ready's own work.
+            // A Ready that may run long (a big batch, a snapshot save, a
+            // deploy: see `may_block`) must tell tokio this worker is busy.
+            // The rest, a few entries through the guest included, runs in
+            // place: handing the worker's core to another thread costs a
+            // thread wake-up and two context switches, more than its work.
             let started = std::time::Instant::now();
             let mut finish = |pending| {
                 self.replica.finish_ready(pending, &mut store, &self.snapshots, &mut |m| outbox.push(m), &mut out)
@@ -647,28 +653,41 @@ impl Driver {
         }
     }
 
+    /// Answers the reads whose index is applied: in place when they are
+    /// few and small, otherwise off the async worker in one hand-off.
     fn serve_ready_reads(&mut self) {
         let applied = self.replica.applied_index();
-        if !self.reads_ready.iter().any(|(index, _)| *index <= applied) {
+        let (mut count, mut bytes) = (0usize, 0usize);
+        for (index, read) in &self.reads_ready {
+            if *index <= applied {
+                count += 1;
+                bytes += read.request.len();
+            }
+        }
+        if count == 0 {
             return;
         }
-        // A query runs the guest, which may block on WASI (a panic message
-        // to stderr: see `PendingReady::may_block`), and that must not
-        // happen on an async worker: one hand-off for the whole batch.
-        tokio::task::block_in_place(|| {
-            let waiting = std::mem::take(&mut self.reads_ready);
-            for (index, read) in waiting {
-                if index > applied {
-                    self.reads_ready.push((index, read));
-                    continue;
-                }
-                if read.reply.is_closed() {
-                    continue;
-                }
-                let answer = self.replica.query(&read.request).map(|b| (b, applied)).map_err(|e| query_error(&e));
-                let _ = read.reply.send(answer);
+        if count <= QUERIES_IN_PLACE_MAX && bytes <= QUERIES_IN_PLACE_BYTES_MAX {
+            self.answer_reads(applied);
+        } else {
+            tokio::task::block_in_place(|| self.answer_reads(applied));
+        }
+    }
+
+    /// Runs the query of every read whose index is at most `applied`.
+    fn answer_reads(&mut self, applied: u64) {
+        let waiting = std::mem::take(&mut self.reads_ready);
+        for (index, read) in waiting {
+            if index > applied {
+                self.reads_ready.push((index, read));
+                continue;
             }
-        });
+            if read.reply.is_closed() {
+                continue;
+            }
+            let answer = self.replica.query(&read.request).map(|b| (b, applied)).map_err(|e| query_error(&e));
+            let _ = read.reply.send(answer);
+        }
     }
 
     /// Forgets waiters whose client gave up (timed out or disconnected), so

@@ -211,8 +211,8 @@ pub async fn serve(
         stopped.clone(),
     )?);
     // Drivers that started before a failure here stop with the runtime.
-    // Opening loads snapshots into guests, which may block on WASI (see
-    // `PendingReady::may_block`): not on an async thread.
+    // Opening loads each group's latest snapshot into its guest, which can
+    // take long: off the async worker.
     tokio::task::block_in_place(|| host.open_at_start(&voters))?;
     let groups = host.groups().clone();
     if groups.is_empty() {
