@@ -86,8 +86,10 @@
 //! still apply. There is no clock, randomness, environment, filesystem or
 //! network: the host supplies fixed stand-ins where the Rust standard library
 //! asks for them (the clock reads the Unix epoch; random bytes are a fixed
-//! stream that restarts at every call). Make the state a pure function of the
-//! applied entries.
+//! stream that restarts at every call; stdin is empty and what you print is
+//! discarded). Time never passes inside a state machine, so a wait for it
+//! (`std::thread::sleep` of more than zero) traps, on every replica alike.
+//! Make the state a pure function of the applied entries.
 //!
 //! One thing the host cannot fix for you: `std::collections::HashMap`'s
 //! default hasher takes fresh keys for every map the instance creates, so its
