@@ -239,7 +239,7 @@ pub async fn serve(
         tonic::transport::Server::builder()
             .add_service(waft_proto::peer_server(peer::PeerService::new(groups.clone(), snapshots.clone(), stopped.clone())))
             .add_service(waft_proto::admin_server(admin::AdminService::new(host.clone())))
-            .add_service(waft_proto::client_server(service::ClientService::new(cfg.node_id, groups)))
+            .add_service(waft_proto::client_server(service::ClientService::new(cfg.node_id, groups, stopped.clone())))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = begun.await;
             }),
