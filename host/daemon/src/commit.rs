@@ -74,11 +74,27 @@ impl Committer {
     /// meanwhile. An error means the disk write failed: the caller's replica
     /// must stop.
     pub async fn write(&self, write: WriteSet) -> Result<(), String> {
+        durable(&mut self.submit(write).await?).await
+    }
+
+    /// Hands `write` to the commit thread (waiting while its queue is full)
+    /// and returns what says when it is durable (see [`durable`]), so the
+    /// caller can work while the disk syncs. Writes become durable in the
+    /// order submitted.
+    pub async fn submit(&self, write: WriteSet) -> Result<Durable, String> {
         let (done, rx) = oneshot::channel();
         self.queue.send(Request { write, done }).await.map_err(|_| "the commit thread has stopped".to_string())?;
         self.stats.writes_submitted.fetch_add(1, Ordering::Relaxed);
-        rx.await.map_err(|_| "the commit thread stopped before the write was durable".to_string())?
+        Ok(rx)
     }
+}
+
+/// A submitted write's outcome, to come.
+pub type Durable = oneshot::Receiver<Result<(), String>>;
+
+/// Waits for a submitted write: `Ok` once it is durable.
+pub async fn durable(rx: &mut Durable) -> Result<(), String> {
+    rx.await.map_err(|_| "the commit thread stopped before the write was durable".to_string())?
 }
 
 fn run(store: Arc<Mutex<RocksLogStore>>, mut rx: mpsc::Receiver<Request>, stats: &Stats) {

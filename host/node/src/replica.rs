@@ -178,6 +178,8 @@ pub struct Replica {
 pub struct PendingReady {
     rd: Ready,
     write: WriteSet,
+    /// `apply_ready` ran: what remains waits for the write.
+    applied: bool,
 }
 
 /// Moves every operation of `src` to the end of `dst`, keeping their order, so
@@ -211,7 +213,10 @@ impl PendingReady {
     /// worker (`block_in_place`), and runs the rest (a Ready that only
     /// persists, sends and reports reads) in place.
     pub fn may_block(&self) -> bool {
-        self.rd.snapshot_request.is_some() || self.rd.soft_state.is_some() || !self.rd.committed_entries.is_empty()
+        !self.applied
+            && (self.rd.snapshot_request.is_some()
+                || self.rd.soft_state.is_some()
+                || !self.rd.committed_entries.is_empty())
     }
 }
 
@@ -526,8 +531,11 @@ impl Replica {
     /// the disk (rule 4) and returns the rest with the write that must become
     /// durable before `finish_ready`. The caller may merge that write with
     /// other groups' into one `LogStore::write`; if the write fails, the
-    /// replica must be dropped and reopened from storage. Call `finish_ready`
-    /// for each pending batch, in order, before the next `begin_ready`.
+    /// replica must be dropped and reopened from storage. Writes must become
+    /// durable in the order their Readies were taken, and `finish_ready` run
+    /// for each in that order; later Readies may begin (and `apply_ready`
+    /// run) while earlier writes are still on their way, as long as nothing
+    /// else writes the group's log meanwhile (an install waits for them).
     pub fn begin_ready(&mut self, send: &mut dyn FnMut(Message)) -> Result<Option<PendingReady>> {
         self.check_running()?;
         if !self.node.has_ready() {
@@ -554,16 +562,51 @@ impl Replica {
         if let Some(hs) = rd.hard_state {
             write.set_hard_state(group, convert::hard_state_to_storage(hs));
         }
-        Ok(Some(PendingReady { rd, write }))
+        Ok(Some(PendingReady { rd, write, applied: false }))
+    }
+
+    /// Runs the part of a Ready that does not wait for its own write: the
+    /// role-change hooks, applying the committed entries (durable locally
+    /// already: rule 5), the read states and events, and a requested snapshot
+    /// (rule 6). A caller may run it before, or while, the Ready's write is
+    /// made durable, so entries committed earlier answer their clients
+    /// without waiting one more disk sync; `finish_ready` runs it if the
+    /// caller did not. Results, reads and notices go into `out`.
+    pub fn apply_ready(
+        &mut self,
+        pending: &mut PendingReady,
+        store: &mut dyn LogStore,
+        snapshots: &SnapshotStore,
+        out: &mut Output,
+    ) -> Result<()> {
+        self.check_running()?;
+        if std::mem::replace(&mut pending.applied, true) {
+            return Ok(());
+        }
+        let rd = &mut pending.rd;
+        if let Some(soft) = rd.soft_state.take() {
+            out.soft_state = Some(soft);
+            self.leader_hooks(soft)?;
+        }
+        let committed = std::mem::take(&mut rd.committed_entries);
+        self.apply(&committed, out)?;
+        out.read_states.append(&mut rd.read_states);
+        out.events.append(&mut rd.events);
+        // The state machine is now exactly at the requested index.
+        if let Some(meta) = rd.snapshot_request.take() {
+            debug_assert_eq!(self.node.applied(), meta.index, "snapshot requested off the applied index");
+            self.snapshot_and_compact(store, snapshots, meta, out)?;
+        }
+        Ok(())
     }
 
     /// Finishes a Ready whose write is durable: tells the core (rule 3), sends
     /// the messages that promise durability (votes, append acknowledgements),
-    /// applies committed entries (rule 5) and saves a requested snapshot
-    /// (rule 6). Results, reads and notices go into `out`.
+    /// and runs `apply_ready` if the caller did not. Results, reads and
+    /// notices go into `out`.
     pub fn finish_ready(
         &mut self,
-        pending: PendingReady,
+        mut pending: PendingReady,
         store: &mut dyn LogStore,
         snapshots: &SnapshotStore,
         send: &mut dyn FnMut(Message),
@@ -571,6 +614,8 @@ impl Replica {
     ) -> Result<()> {
         self.check_running()?;
         debug_assert!(pending.write.is_empty(), "finish_ready before the write was taken");
+        // Before the notices, as the core ordered it when it handed the Ready out.
+        self.apply_ready(&mut pending, store, snapshots, out)?;
         let rd = pending.rd;
         if let Some(hs) = rd.hard_state {
             self.node.on_hard_state_persisted(hs);
@@ -579,20 +624,8 @@ impl Replica {
             self.node.on_persisted(last.index, last.term);
         }
         rd.messages_after_persist.into_iter().for_each(&mut *send);
-        if let Some(soft) = rd.soft_state {
-            out.soft_state = Some(soft);
-            self.leader_hooks(soft)?;
-        }
         if let Some(install) = rd.snapshot_install {
             out.snapshot_install = Some(install);
-        }
-        self.apply(&rd.committed_entries, out)?;
-        out.read_states.extend(rd.read_states);
-        out.events.extend(rd.events);
-        // The state machine is now exactly at the requested index.
-        if let Some(meta) = rd.snapshot_request {
-            debug_assert_eq!(self.node.applied(), meta.index, "snapshot requested off the applied index");
-            self.snapshot_and_compact(store, snapshots, meta, out)?;
         }
         Ok(())
     }
