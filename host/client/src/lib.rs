@@ -160,6 +160,19 @@ enum Retry {
     AtMostOnce,
 }
 
+/// Where a request starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// At the group's leader as last heard of (else the seed node); the node
+    /// that answers is remembered as the leader. For what only a leader does.
+    Leader,
+    /// At the leader as last heard of, else the seed node, which serves it
+    /// too (a follower forwards a read index itself); nothing is remembered.
+    LeaderIfKnown,
+    /// At the first node this client knows.
+    Seed,
+}
+
 /// What to do after a refused attempt.
 #[derive(Debug)]
 enum Next {
@@ -302,12 +315,11 @@ impl Client {
     }
 
     /// Runs `call` for `group`, following hints, at most `ATTEMPTS_MAX` times,
-    /// each bounded by `ATTEMPT_TIMEOUT`. `to_leader`: start at (and
-    /// remember) the group's leader rather than the seed node.
+    /// each bounded by `ATTEMPT_TIMEOUT`, starting where `route` says.
     async fn with_retries<T, F, Fut>(
         &self,
         group: u64,
-        to_leader: bool,
+        route: Route,
         retry: Retry,
         mut call: F,
     ) -> Result<T, ClientError>
@@ -315,6 +327,7 @@ impl Client {
         F: FnMut(Conn, String) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
+        let to_leader = route != Route::Seed;
         let mut target = if to_leader { self.start_for(group) } else { self.inner.seeds[0].clone() };
         let mut last = None;
         let mut backoff = BACKOFF_MIN;
@@ -331,7 +344,7 @@ impl Client {
             };
             let e = match outcome {
                 Ok(answer) => {
-                    if to_leader {
+                    if route == Route::Leader {
                         self.remember_leader(group, &target);
                     }
                     return Ok(answer);
@@ -441,7 +454,7 @@ impl Client {
     /// or a lost connection the caller gets the error and the outcome is
     /// unknown. Fit for idempotent commands.
     pub async fn propose_plain(&self, group: u64, command: Bytes) -> Result<Answer, ClientError> {
-        self.with_retries(group, true, Retry::IfUnsent, |conn, at| {
+        self.with_retries(group, Route::Leader, Retry::IfUnsent, |conn, at| {
             let req = ProposeRequest { group, command: command.clone(), ..Default::default() };
             async move { propose_call(&conn, at, req).await }
         })
@@ -456,7 +469,7 @@ impl Client {
         getrandom::fill(&mut nonce).map_err(|e| ClientError::Random(e.to_string()))?;
         let nonce = Bytes::copy_from_slice(&nonce);
         let answer = self
-            .with_retries(group, true, Retry::AtMostOnce, |conn, at| {
+            .with_retries(group, Route::Leader, Retry::AtMostOnce, |conn, at| {
                 let mut c = waft_proto::client_client(conn.channel);
                 let req = OpenSessionRequest { group, nonce: nonce.clone() };
                 async move { session_call(at.clone(), c.open_session(req).await).await }
@@ -508,12 +521,21 @@ impl Client {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Queries `group` with `consistency` at the node this client starts at.
-    /// Reads are served where they are asked (a follower forwards the read
-    /// index itself), so only "no leader yet" and BUSY are retried here.
-    /// Queries are not part of any session: they change nothing.
+    /// Queries `group` with `consistency`. Reads are served where they are
+    /// asked (a follower asks the leader for a read index itself), so only
+    /// "no leader yet" and BUSY are retried here. A linearizable or lease read
+    /// goes to the group's leader when this client knows it (from a write, a
+    /// redirect or a status answer): the leader confirms its read index
+    /// without the follower's extra hops and serves it as soon as it has
+    /// applied that far. Otherwise, and at the follower and stale levels, it
+    /// goes to the first node this client knows. Queries are not part of any
+    /// session: they change nothing.
     pub async fn query(&self, group: u64, request: Bytes, consistency: Consistency) -> Result<Answer, ClientError> {
-        self.with_retries(group, false, Retry::IfUnsent, |conn, at| {
+        let route = match consistency {
+            Consistency::Linearizable | Consistency::Lease => Route::LeaderIfKnown,
+            Consistency::Follower | Consistency::Stale => Route::Seed,
+        };
+        self.with_retries(group, route, Retry::IfUnsent, |conn, at| {
             let req = QueryRequest { group, request: request.clone(), consistency: consistency as i32 };
             async move {
                 let resp = match conn.pipe.call(&at, call::Request::Query(req)).await? {
@@ -532,7 +554,8 @@ impl Client {
         .await
     }
 
-    /// What the seed node knows of `group` (or of all its groups). One attempt.
+    /// What the seed node knows of `group` (or of all its groups). One
+    /// attempt. The leaders it names are remembered for later requests.
     pub async fn status(&self, group: Option<u64>) -> Result<StatusResponse, ClientError> {
         let addr = self.inner.seeds[0].clone();
         let mut c = waft_proto::client_client(self.connection(&addr).await?.channel);
@@ -543,6 +566,11 @@ impl Client {
                 return Err(ClientError::Rpc { addr, status });
             }
         };
+        for g in &resp.groups {
+            if !g.leader_address.is_empty() {
+                self.remember_leader(g.group, &g.leader_address);
+            }
+        }
         match resp.error {
             Some(e) => Err(ClientError::Refused(e)),
             None => Ok(resp),
@@ -563,8 +591,8 @@ impl Client {
         ids: Vec<u64>,
         learners: Vec<u64>,
     ) -> Result<AdminResult, ClientError> {
-        let to_leader = !matches!(op, AdminOp::Snapshot | AdminOp::ResetPeers);
-        self.with_retries(group, to_leader, Retry::IfUnsent, |conn, at| {
+        let route = if matches!(op, AdminOp::Snapshot | AdminOp::ResetPeers) { Route::Seed } else { Route::Leader };
+        self.with_retries(group, route, Retry::IfUnsent, |conn, at| {
             let mut c = waft_proto::admin_client(conn.channel);
             let req = AdminRequest { group, op: op as i32, ids: ids.clone(), learners: learners.clone() };
             async move {
@@ -622,7 +650,7 @@ impl Client {
     /// runs already changes nothing, so a deploy whose outcome is unknown
     /// (timeout, lost connection) is retried like a session command.
     pub async fn deploy(&self, group: u64, module: Bytes) -> Result<DeployResult, ClientError> {
-        self.with_retries(group, true, Retry::AtMostOnce, |conn, at| {
+        self.with_retries(group, Route::Leader, Retry::AtMostOnce, |conn, at| {
             let mut c = waft_proto::admin_client(conn.channel);
             let req = DeployRequest { group, module: module.clone() };
             async move {
@@ -818,7 +846,7 @@ impl Session {
         let state = &self.state;
         let result = self
             .client
-            .with_retries(group, true, Retry::AtMostOnce, |conn, at| {
+            .with_retries(group, Route::Leader, Retry::AtMostOnce, |conn, at| {
                 sent.fetch_add(1, Ordering::Relaxed);
                 let req = ProposeRequest {
                     group,
@@ -839,7 +867,7 @@ impl Session {
         let state = &self.state;
         let result = self
             .client
-            .with_retries(group, true, Retry::AtMostOnce, |conn, at| {
+            .with_retries(group, Route::Leader, Retry::AtMostOnce, |conn, at| {
                 let mut c = waft_proto::client_client(conn.channel);
                 let req = KeepAliveRequest { group, session_id, lowest_unacked_sequence: state.lowest_unacked() };
                 async move { session_call(at, c.keep_alive(req).await).await }
@@ -859,7 +887,7 @@ impl Session {
         self.state.mark_expired();
         let result = self
             .client
-            .with_retries(group, true, Retry::AtMostOnce, |conn, at| {
+            .with_retries(group, Route::Leader, Retry::AtMostOnce, |conn, at| {
                 let mut c = waft_proto::client_client(conn.channel);
                 let req = CloseSessionRequest { group, session_id };
                 async move { session_call(at, c.close_session(req).await).await }

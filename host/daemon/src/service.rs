@@ -8,6 +8,7 @@
 //! this layer only turns requests into envelope bodies.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
@@ -41,17 +42,34 @@ pub const PIPELINE_REPLY_BATCH_MAX: usize = 1024;
 /// waits (a client that does not read its replies stops its own calls).
 pub const PIPELINE_REPLY_QUEUE_MAX: usize = 64;
 
+/// What the node's pipelines did, for metrics.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Pipelines open now.
+    pub open: AtomicU64,
+    /// Call batches received: `calls / batches` is how many calls shared a message.
+    pub batches: AtomicU64,
+    /// Calls received.
+    pub calls: AtomicU64,
+}
+
 #[derive(Clone)]
 pub struct ClientService {
     node: u64,
     groups: Arc<Groups>,
     /// Set when the daemon shuts down: pipelines stop taking calls.
     stop: watch::Receiver<bool>,
+    pipelines: Arc<PipelineStats>,
 }
 
 impl ClientService {
-    pub fn new(node: u64, groups: Arc<Groups>, stop: watch::Receiver<bool>) -> ClientService {
-        ClientService { node, groups, stop }
+    pub fn new(
+        node: u64,
+        groups: Arc<Groups>,
+        stop: watch::Receiver<bool>,
+        pipelines: Arc<PipelineStats>,
+    ) -> ClientService {
+        ClientService { node, groups, stop, pipelines }
     }
 
     fn group(&self, group: u64) -> Result<Arc<GroupHandle>, client::Error> {
@@ -203,6 +221,16 @@ impl ClientService {
         mut inbound: tonic::Streaming<CallBatch>,
         out: mpsc::Sender<Result<ReplyBatch, tonic::Status>>,
     ) {
+        let stats = self.pipelines.clone();
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        // Counts the stream closed however this task ends.
+        struct Open(Arc<PipelineStats>);
+        impl Drop for Open {
+            fn drop(&mut self) {
+                self.0.open.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _open = Open(stats);
         let mut running = FuturesUnordered::new();
         let mut reading = true;
         let mut stop = self.stop.clone();
@@ -238,6 +266,8 @@ impl ClientService {
                                 )))).await;
                                 return;
                             }
+                            self.pipelines.batches.fetch_add(1, Ordering::Relaxed);
+                            self.pipelines.calls.fetch_add(batch.calls.len() as u64, Ordering::Relaxed);
                             for call in batch.calls {
                                 running.push(self.run_call(call));
                             }

@@ -49,6 +49,17 @@ async fn pipelined_calls_get_their_own_replies_and_bad_calls_clear_errors() {
         assert!(written.insert(answer.index), "two writes answered with one log index {}", answer.index);
     }
     assert_eq!(written.len() as u64, KEYS);
+    // They shared messages: the leader received fewer batches than calls.
+    let page = cluster.scrape(leader).await;
+    let node_metric = |name: &str| {
+        page.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('{')?.split_once("} ")?.1.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing from the metrics page"))
+    };
+    let (calls, batches) = (node_metric("waft_node_pipeline_calls_total"), node_metric("waft_node_pipeline_batches_total"));
+    assert!(calls >= KEYS, "{calls} calls counted for {KEYS} writes");
+    assert!(batches * 2 <= calls, "{calls} calls came in {batches} batches: hardly batched");
+    assert!(node_metric("waft_node_pipelines_open") >= 1);
 
     // Reads of every key at once, at the leader and at a follower: each
     // reply is its own key's value, so no reply went to another call.
