@@ -122,11 +122,14 @@ fn run(store: Arc<Mutex<RocksLogStore>>, mut rx: mpsc::Receiver<Request>, stats:
             waiting.push(next.done);
             waft_node::merge_write(&mut merged, next.write);
         }
+        let synced = merged.must_sync();
         let outcome = SharedStore(store.clone()).write(merged).map_err(|e| e.to_string());
         if let Err(e) = &outcome {
             tracing::error!(error = %e, writes = waiting.len(), "log write failed; the groups in it stop");
         }
-        stats.syncs.fetch_add(1, Ordering::Relaxed);
+        if synced {
+            stats.syncs.fetch_add(1, Ordering::Relaxed);
+        }
         stats.writes_done.fetch_add(waiting.len() as u64, Ordering::Relaxed);
         for done in waiting {
             let _ = done.send(outcome.clone());

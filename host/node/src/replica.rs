@@ -170,6 +170,9 @@ pub struct Replica {
     /// Last index of the log in storage, counting writes handed out by
     /// `begin_ready` (they are durable before anything reads this again).
     stored_last_index: u64,
+    /// Term and vote of the hard state last handed to storage: a hard state
+    /// that changes neither (only the commit index) needs no sync of its own.
+    stored_term_vote: (u64, Option<u64>),
     /// Set once the replica must stop; every later call fails with it.
     stopped: Option<String>,
 }
@@ -185,16 +188,7 @@ pub struct PendingReady {
 /// Moves every operation of `src` to the end of `dst`, keeping their order, so
 /// several groups' Readies become one atomic write with one sync.
 pub fn merge_write(dst: &mut WriteSet, src: WriteSet) {
-    use waft_storage::Op;
-    for (group, op) in src.into_ops() {
-        match op {
-            Op::Append(entries) => dst.append(group, entries),
-            Op::Truncate { from } => dst.truncate(group, from),
-            Op::Purge { upto, term } => dst.purge(group, upto, term),
-            Op::SetHardState(hs) => dst.set_hard_state(group, hs),
-            Op::DropGroup => dst.drop_group(group),
-        };
-    }
+    dst.extend(src);
 }
 
 impl PendingReady {
@@ -260,6 +254,10 @@ impl Replica {
             installing: None,
             leading: false,
             stored_last_index: store.last_index(group),
+            stored_term_vote: {
+                let hs = store.hard_state(group);
+                (hs.term, hs.vote)
+            },
             stopped: None,
         };
         let is_new = snapshots.latest(group).is_none()
@@ -560,7 +558,16 @@ impl Replica {
             self.stored_last_index = last.index;
         }
         if let Some(hs) = rd.hard_state {
-            write.set_hard_state(group, convert::hard_state_to_storage(hs));
+            let hs = convert::hard_state_to_storage(hs);
+            // A new commit index alone need not cost a disk sync: a restart
+            // that lost it learns it again (and never below a snapshot). A
+            // term or vote must be durable before anything promises it.
+            if (hs.term, hs.vote) == self.stored_term_vote {
+                write.set_hard_state_lazily(group, hs);
+            } else {
+                self.stored_term_vote = (hs.term, hs.vote);
+                write.set_hard_state(group, hs);
+            }
         }
         Ok(Some(PendingReady { rd, write, applied: false }))
     }
