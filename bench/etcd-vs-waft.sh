@@ -32,6 +32,11 @@
 #   BENCH_SECS [10] measured seconds per run; WARMUP_SECS [2]
 #   WORKLOADS ["write-1 write-16 write-64 read-64 mix-64"]; SYSTEMS ["etcd waft"]
 #   ROUNDS [1]: runs of every (workload, system); the table shows each one's median
+#   CONNS [one per client]: gRPC connections a run's clients share, the same
+#     for both systems (capped at the run's clients). waft's client multiplexes
+#     the proposes and queries of the clients sharing a connection onto one
+#     pipeline stream, many to a message; etcd's clients share the HTTP/2
+#     connection, one stream per request.
 #   WAFT_BIN [target/release/waft]; BENCH_BIN [target/release/waft-bench]
 #   WAFT_ATOMIC [target/wasm32-wasip2/release/waft_atomic.wasm]
 #   BENCH_ROOT [a new directory under ${TMPDIR:-/var/tmp}]: data and results
@@ -58,6 +63,7 @@ BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/waft-bench}
 WAFT_ATOMIC=${WAFT_ATOMIC:-$TARGET_DIR/wasm32-wasip2/release/waft_atomic.wasm}
 PORT_BASE=${PORT_BASE:-23700}
 KEEP_DATA=${KEEP_DATA:-0}
+CONNS=${CONNS:-}
 KEYS=1000
 VALUE_BYTES=256
 WAFT_GROUP=1
@@ -238,14 +244,17 @@ wait_ready() {
 }
 
 workload_args() {
+    local clients
     case "$1" in
-        write-1) echo "--clients 1 --read-ratio 0" ;;
-        write-16) echo "--clients 16 --read-ratio 0" ;;
-        write-64) echo "--clients 64 --read-ratio 0" ;;
-        read-64) echo "--clients 64 --read-ratio 1 --consistency linearizable" ;;
-        mix-64) echo "--clients 64 --read-ratio 0.9 --consistency linearizable" ;;
+        write-1) clients=1 && echo "--read-ratio 0" ;;
+        write-16) clients=16 && echo "--read-ratio 0" ;;
+        write-64) clients=64 && echo "--read-ratio 0" ;;
+        read-64) clients=64 && echo "--read-ratio 1 --consistency linearizable" ;;
+        mix-64) clients=64 && echo "--read-ratio 0.9 --consistency linearizable" ;;
         *) die "unknown workload $1 (write-1 write-16 write-64 read-64 mix-64)" ;;
     esac
+    echo "--clients $clients"
+    if [ -n "$CONNS" ]; then echo "--conns $((CONNS < clients ? CONNS : clients))"; fi
 }
 
 # --- the runs -----------------------------------------------------------------

@@ -77,6 +77,15 @@ impl client::client_server::Client for EchoClient {
         }))
     }
 
+    type PipelineStream = tokio_stream::Empty<Result<client::ReplyBatch, Status>>;
+
+    async fn pipeline(
+        &self,
+        _request: Request<Streaming<client::CallBatch>>,
+    ) -> Result<Response<Self::PipelineStream>, Status> {
+        Err(Status::unimplemented("the echo service has no pipeline"))
+    }
+
     async fn status(
         &self,
         request: Request<client::StatusRequest>,

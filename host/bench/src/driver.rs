@@ -106,6 +106,7 @@ impl Driver {
 fn waft_kind(e: &ClientError) -> String {
     match e {
         ClientError::Connect { .. } => "connect".into(),
+        ClientError::NotSent { .. } => "not sent".into(),
         ClientError::Rpc { status, .. } => format!("rpc {:?}", status.code()),
         ClientError::Refused(refusal) => format!("refused {}", refusal.code().as_str_name()),
         ClientError::NoOutcome { .. } => "no outcome".into(),

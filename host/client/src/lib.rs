@@ -23,6 +23,10 @@
 //! # Ok(()) }
 //! ```
 
+mod pipe;
+
+pub use pipe::{PIPELINE_BATCH_BYTES_MAX, PIPELINE_BATCH_CALLS_MAX, PIPELINE_IN_FLIGHT_MAX, PIPELINE_QUEUE_MAX};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -36,9 +40,9 @@ use waft_proto::admin::{
 };
 use waft_proto::client::{
     self, CloseSessionRequest, Consistency, ErrorCode, KeepAliveRequest, OpenSessionRequest, ProposeRequest,
-    QueryRequest, SessionResponse, StatusRequest, StatusResponse, client_client::ClientClient, propose_response,
-    query_response,
+    QueryRequest, SessionResponse, StatusRequest, StatusResponse, call, call_reply, propose_response, query_response,
 };
+use pipe::Pipe;
 
 /// Attempts of one request, counting redirects and waits for a leader.
 pub const ATTEMPTS_MAX: usize = 20;
@@ -72,6 +76,9 @@ pub enum ClientError {
     Connect { addr: String, source: tonic::transport::Error },
     #[error("{addr}: {status}")]
     Rpc { addr: String, status: tonic::Status },
+    /// The request surely never left this client: retrying it is safe.
+    #[error("{addr}: not sent: {why}")]
+    NotSent { addr: String, why: String },
     #[error("{addr} did not answer within {waited_ms} ms")]
     AttemptTimeout { addr: String, waited_ms: u64 },
     /// The server refused the request; `.0.code()` says why.
@@ -126,7 +133,7 @@ async fn connect(addr: &str) -> Result<Channel, ClientError> {
 /// safe for a command that may not be idempotent.
 fn never_sent(e: &ClientError) -> bool {
     match e {
-        ClientError::Connect { .. } => true,
+        ClientError::Connect { .. } | ClientError::NotSent { .. } => true,
         ClientError::Rpc { status, .. } => {
             let mut source = std::error::Error::source(status);
             while let Some(err) = source {
@@ -151,6 +158,19 @@ enum Retry {
     /// while a session's window is full: requests the group applies at most
     /// once (session commands, registrations with a nonce, keep-alives, closes).
     AtMostOnce,
+}
+
+/// Where a request starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Route {
+    /// At the group's leader as last heard of (else the seed node); the node
+    /// that answers is remembered as the leader. For what only a leader does.
+    Leader,
+    /// At the leader as last heard of, else the seed node, which serves it
+    /// too (a follower forwards a read index itself); nothing is remembered.
+    LeaderIfKnown,
+    /// At the first node this client knows.
+    Seed,
 }
 
 /// What to do after a refused attempt.
@@ -202,7 +222,7 @@ struct Shared {
     seeds: Vec<String>,
     next_seed: AtomicUsize,
     /// Open connections by address. Invariant: len() <= CONNECTIONS_MAX.
-    connections: std::sync::Mutex<Vec<(String, Channel)>>,
+    connections: std::sync::Mutex<Vec<(String, Conn)>>,
     /// The leader's address last heard of, by group.
     leaders: std::sync::Mutex<BTreeMap<u64, String>>,
     /// The session `propose` uses, by group, each behind a lock held while
@@ -234,13 +254,18 @@ impl Client {
         }
     }
 
-    async fn connection(&self, addr: &str) -> Result<Channel, ClientError> {
-        if let Ok(conns) = self.inner.connections.lock()
-            && let Some((_, c)) = conns.iter().find(|(a, _)| a == addr)
+    async fn connection(&self, addr: &str) -> Result<Conn, ClientError> {
+        if let Ok(mut conns) = self.inner.connections.lock()
+            && let Some((_, c)) = conns.iter_mut().find(|(a, _)| a == addr)
         {
+            // A broken pipeline is opened again on the same connection.
+            if c.pipe.is_closed() {
+                c.pipe = Pipe::start(c.channel.clone(), addr.to_string());
+            }
             return Ok(c.clone());
         }
-        let c = connect(addr).await?;
+        let channel = connect(addr).await?;
+        let c = Conn { pipe: Pipe::start(channel.clone(), addr.to_string()), channel };
         if let Ok(mut conns) = self.inner.connections.lock() {
             if conns.len() >= CONNECTIONS_MAX {
                 conns.remove(0);
@@ -290,19 +315,19 @@ impl Client {
     }
 
     /// Runs `call` for `group`, following hints, at most `ATTEMPTS_MAX` times,
-    /// each bounded by `ATTEMPT_TIMEOUT`. `to_leader`: start at (and
-    /// remember) the group's leader rather than the seed node.
+    /// each bounded by `ATTEMPT_TIMEOUT`, starting where `route` says.
     async fn with_retries<T, F, Fut>(
         &self,
         group: u64,
-        to_leader: bool,
+        route: Route,
         retry: Retry,
         mut call: F,
     ) -> Result<T, ClientError>
     where
-        F: FnMut(Channel, String) -> Fut,
+        F: FnMut(Conn, String) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
+        let to_leader = route != Route::Seed;
         let mut target = if to_leader { self.start_for(group) } else { self.inner.seeds[0].clone() };
         let mut last = None;
         let mut backoff = BACKOFF_MIN;
@@ -319,7 +344,7 @@ impl Client {
             };
             let e = match outcome {
                 Ok(answer) => {
-                    if to_leader {
+                    if route == Route::Leader {
                         self.remember_leader(group, &target);
                     }
                     return Ok(answer);
@@ -331,7 +356,9 @@ impl Client {
                 ClientError::Refused(refusal) => next_step(refusal, retry),
                 // The node may have just died: go on with the next known node
                 // (a connection that failed before the call carried nothing).
-                ClientError::Connect { .. } | ClientError::Rpc { .. } if never_sent(&e) && elsewhere => {
+                ClientError::Connect { .. } | ClientError::Rpc { .. } | ClientError::NotSent { .. }
+                    if never_sent(&e) && elsewhere =>
+                {
                     self.forget(&target);
                     self.forget_leader(group);
                     Next::Retry { addr: Some(self.rotate_seed(&target)), pause: NO_LEADER_PAUSE }
@@ -427,10 +454,9 @@ impl Client {
     /// or a lost connection the caller gets the error and the outcome is
     /// unknown. Fit for idempotent commands.
     pub async fn propose_plain(&self, group: u64, command: Bytes) -> Result<Answer, ClientError> {
-        self.with_retries(group, true, Retry::IfUnsent, |channel, at| {
-            let mut c = waft_proto::client_client(channel);
+        self.with_retries(group, Route::Leader, Retry::IfUnsent, |conn, at| {
             let req = ProposeRequest { group, command: command.clone(), ..Default::default() };
-            async move { propose_call(&mut c, at, req).await }
+            async move { propose_call(&conn, at, req).await }
         })
         .await
     }
@@ -443,8 +469,8 @@ impl Client {
         getrandom::fill(&mut nonce).map_err(|e| ClientError::Random(e.to_string()))?;
         let nonce = Bytes::copy_from_slice(&nonce);
         let answer = self
-            .with_retries(group, true, Retry::AtMostOnce, |channel, at| {
-                let mut c = waft_proto::client_client(channel);
+            .with_retries(group, Route::Leader, Retry::AtMostOnce, |conn, at| {
+                let mut c = waft_proto::client_client(conn.channel);
                 let req = OpenSessionRequest { group, nonce: nonce.clone() };
                 async move { session_call(at.clone(), c.open_session(req).await).await }
             })
@@ -495,17 +521,27 @@ impl Client {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Queries `group` with `consistency` at the node this client starts at.
-    /// Reads are served where they are asked (a follower forwards the read
-    /// index itself), so only "no leader yet" and BUSY are retried here.
-    /// Queries are not part of any session: they change nothing.
+    /// Queries `group` with `consistency`. Reads are served where they are
+    /// asked (a follower asks the leader for a read index itself), so only
+    /// "no leader yet" and BUSY are retried here. A linearizable or lease read
+    /// goes to the group's leader when this client knows it (from a write, a
+    /// redirect or a status answer): the leader confirms its read index
+    /// without the follower's extra hops and serves it as soon as it has
+    /// applied that far. Otherwise, and at the follower and stale levels, it
+    /// goes to the first node this client knows. Queries are not part of any
+    /// session: they change nothing.
     pub async fn query(&self, group: u64, request: Bytes, consistency: Consistency) -> Result<Answer, ClientError> {
-        self.with_retries(group, false, Retry::IfUnsent, |channel, at| {
-            let mut c = waft_proto::client_client(channel);
+        let route = match consistency {
+            Consistency::Linearizable | Consistency::Lease => Route::LeaderIfKnown,
+            Consistency::Follower | Consistency::Stale => Route::Seed,
+        };
+        self.with_retries(group, route, Retry::IfUnsent, |conn, at| {
             let req = QueryRequest { group, request: request.clone(), consistency: consistency as i32 };
             async move {
-                let resp = c.query(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
-                let resp = resp.into_inner();
+                let resp = match conn.pipe.call(&at, call::Request::Query(req)).await? {
+                    call_reply::Response::Query(resp) => resp,
+                    other => return Err(unexpected_reply(at, other)),
+                };
                 match resp.outcome {
                     Some(query_response::Outcome::Result(result)) => {
                         Ok(Answer { result, index: resp.applied_index, duplicate: false })
@@ -518,10 +554,11 @@ impl Client {
         .await
     }
 
-    /// What the seed node knows of `group` (or of all its groups). One attempt.
+    /// What the seed node knows of `group` (or of all its groups). One
+    /// attempt. The leaders it names are remembered for later requests.
     pub async fn status(&self, group: Option<u64>) -> Result<StatusResponse, ClientError> {
         let addr = self.inner.seeds[0].clone();
-        let mut c = waft_proto::client_client(self.connection(&addr).await?);
+        let mut c = waft_proto::client_client(self.connection(&addr).await?.channel);
         let resp = match c.status(StatusRequest { group }).await {
             Ok(resp) => resp.into_inner(),
             Err(status) => {
@@ -529,6 +566,11 @@ impl Client {
                 return Err(ClientError::Rpc { addr, status });
             }
         };
+        for g in &resp.groups {
+            if !g.leader_address.is_empty() {
+                self.remember_leader(g.group, &g.leader_address);
+            }
+        }
         match resp.error {
             Some(e) => Err(ClientError::Refused(e)),
             None => Ok(resp),
@@ -549,9 +591,9 @@ impl Client {
         ids: Vec<u64>,
         learners: Vec<u64>,
     ) -> Result<AdminResult, ClientError> {
-        let to_leader = !matches!(op, AdminOp::Snapshot | AdminOp::ResetPeers);
-        self.with_retries(group, to_leader, Retry::IfUnsent, |channel, at| {
-            let mut c = waft_proto::admin_client(channel);
+        let route = if matches!(op, AdminOp::Snapshot | AdminOp::ResetPeers) { Route::Seed } else { Route::Leader };
+        self.with_retries(group, route, Retry::IfUnsent, |conn, at| {
+            let mut c = waft_proto::admin_client(conn.channel);
             let req = AdminRequest { group, op: op as i32, ids: ids.clone(), learners: learners.clone() };
             async move {
                 let resp = c.change(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
@@ -584,7 +626,7 @@ impl Client {
         module: Bytes,
     ) -> Result<CreateGroupResponse, ClientError> {
         let addr = self.inner.seeds[0].clone();
-        let mut c = waft_proto::admin_client(self.connection(&addr).await?);
+        let mut c = waft_proto::admin_client(self.connection(&addr).await?.channel);
         let req = CreateGroupRequest { group, voters, members, module, local_only: false, check_only: false };
         let resp = match tokio::time::timeout(CREATE_GROUP_TIMEOUT, c.create_group(req)).await {
             Ok(Ok(resp)) => resp.into_inner(),
@@ -608,8 +650,8 @@ impl Client {
     /// runs already changes nothing, so a deploy whose outcome is unknown
     /// (timeout, lost connection) is retried like a session command.
     pub async fn deploy(&self, group: u64, module: Bytes) -> Result<DeployResult, ClientError> {
-        self.with_retries(group, true, Retry::AtMostOnce, |channel, at| {
-            let mut c = waft_proto::admin_client(channel);
+        self.with_retries(group, Route::Leader, Retry::AtMostOnce, |conn, at| {
+            let mut c = waft_proto::admin_client(conn.channel);
             let req = DeployRequest { group, module: module.clone() };
             async move {
                 let resp = c.deploy(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
@@ -624,15 +666,33 @@ impl Client {
     }
 }
 
-async fn propose_call(c: &mut ClientClient<Channel>, at: String, req: ProposeRequest) -> Result<Answer, ClientError> {
-    let resp = c.propose(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
-    let resp = resp.into_inner();
+/// One connection to a node: unary calls go over `channel`, proposes and
+/// queries over its pipeline.
+#[derive(Clone)]
+struct Conn {
+    channel: Channel,
+    pipe: Pipe,
+}
+
+async fn propose_call(conn: &Conn, at: String, req: ProposeRequest) -> Result<Answer, ClientError> {
+    let resp = match conn.pipe.call(&at, call::Request::Propose(req)).await? {
+        call_reply::Response::Propose(resp) => resp,
+        other => return Err(unexpected_reply(at, other)),
+    };
     match resp.outcome {
         Some(propose_response::Outcome::Result(result)) => {
             Ok(Answer { result, index: resp.index, duplicate: resp.duplicate })
         }
         Some(propose_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
         None => Err(ClientError::NoOutcome { addr: at }),
+    }
+}
+
+/// A pipeline reply of the wrong kind: the server's refusal, if it is one.
+fn unexpected_reply(at: String, reply: call_reply::Response) -> ClientError {
+    match reply {
+        call_reply::Response::Error(e) => ClientError::Refused(e),
+        _ => ClientError::NoOutcome { addr: at },
     }
 }
 
@@ -786,8 +846,7 @@ impl Session {
         let state = &self.state;
         let result = self
             .client
-            .with_retries(group, true, Retry::AtMostOnce, |channel, at| {
-                let mut c = waft_proto::client_client(channel);
+            .with_retries(group, Route::Leader, Retry::AtMostOnce, |conn, at| {
                 sent.fetch_add(1, Ordering::Relaxed);
                 let req = ProposeRequest {
                     group,
@@ -796,7 +855,7 @@ impl Session {
                     sequence: seq,
                     lowest_unacked_sequence: state.lowest_unacked(),
                 };
-                async move { propose_call(&mut c, at, req).await }
+                async move { propose_call(&conn, at, req).await }
             })
             .await;
         (result, sent.load(Ordering::Relaxed))
@@ -808,8 +867,8 @@ impl Session {
         let state = &self.state;
         let result = self
             .client
-            .with_retries(group, true, Retry::AtMostOnce, |channel, at| {
-                let mut c = waft_proto::client_client(channel);
+            .with_retries(group, Route::Leader, Retry::AtMostOnce, |conn, at| {
+                let mut c = waft_proto::client_client(conn.channel);
                 let req = KeepAliveRequest { group, session_id, lowest_unacked_sequence: state.lowest_unacked() };
                 async move { session_call(at, c.keep_alive(req).await).await }
             })
@@ -828,8 +887,8 @@ impl Session {
         self.state.mark_expired();
         let result = self
             .client
-            .with_retries(group, true, Retry::AtMostOnce, |channel, at| {
-                let mut c = waft_proto::client_client(channel);
+            .with_retries(group, Route::Leader, Retry::AtMostOnce, |conn, at| {
+                let mut c = waft_proto::client_client(conn.channel);
                 let req = CloseSessionRequest { group, session_id };
                 async move { session_call(at, c.close_session(req).await).await }
             })

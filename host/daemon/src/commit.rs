@@ -74,11 +74,27 @@ impl Committer {
     /// meanwhile. An error means the disk write failed: the caller's replica
     /// must stop.
     pub async fn write(&self, write: WriteSet) -> Result<(), String> {
+        durable(&mut self.submit(write).await?).await
+    }
+
+    /// Hands `write` to the commit thread (waiting while its queue is full)
+    /// and returns what says when it is durable (see [`durable`]), so the
+    /// caller can work while the disk syncs. Writes become durable in the
+    /// order submitted.
+    pub async fn submit(&self, write: WriteSet) -> Result<Durable, String> {
         let (done, rx) = oneshot::channel();
         self.queue.send(Request { write, done }).await.map_err(|_| "the commit thread has stopped".to_string())?;
         self.stats.writes_submitted.fetch_add(1, Ordering::Relaxed);
-        rx.await.map_err(|_| "the commit thread stopped before the write was durable".to_string())?
+        Ok(rx)
     }
+}
+
+/// A submitted write's outcome, to come.
+pub type Durable = oneshot::Receiver<Result<(), String>>;
+
+/// Waits for a submitted write: `Ok` once it is durable.
+pub async fn durable(rx: &mut Durable) -> Result<(), String> {
+    rx.await.map_err(|_| "the commit thread stopped before the write was durable".to_string())?
 }
 
 fn run(store: Arc<Mutex<RocksLogStore>>, mut rx: mpsc::Receiver<Request>, stats: &Stats) {
@@ -106,11 +122,14 @@ fn run(store: Arc<Mutex<RocksLogStore>>, mut rx: mpsc::Receiver<Request>, stats:
             waiting.push(next.done);
             waft_node::merge_write(&mut merged, next.write);
         }
+        let synced = merged.must_sync();
         let outcome = SharedStore(store.clone()).write(merged).map_err(|e| e.to_string());
         if let Err(e) = &outcome {
             tracing::error!(error = %e, writes = waiting.len(), "log write failed; the groups in it stop");
         }
-        stats.syncs.fetch_add(1, Ordering::Relaxed);
+        if synced {
+            stats.syncs.fetch_add(1, Ordering::Relaxed);
+        }
         stats.writes_done.fetch_add(waiting.len() as u64, Ordering::Relaxed);
         for done in waiting {
             let _ = done.send(outcome.clone());

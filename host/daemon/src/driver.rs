@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use waft_node::{Outcome, Output, Replica};
+use waft_node::{Outcome, Output, PendingReady, Replica};
 use waft_proto::client::{self, Consistency};
 use waft_raft::{Message, NodeId, ReadMode, Role};
 use waft_runtime::ApplyError;
@@ -51,6 +51,11 @@ pub const PROCESS_READIES_MAX: usize = 64;
 pub const QUERIES_IN_PLACE_MAX: usize = 64;
 /// Request bytes of the reads one round runs in place, in all.
 pub const QUERIES_IN_PLACE_BYTES_MAX: usize = 64 * 1024;
+/// Readies whose writes are on their way to disk at once. While they sync the
+/// driver goes on: it takes acknowledgements and proposals, and entries
+/// committed meanwhile (durable already) apply and answer. Beyond it the
+/// driver waits for the oldest write.
+pub const WRITES_IN_FLIGHT_MAX: usize = 8;
 /// What a BUSY answer suggests waiting, in ms.
 pub const BUSY_RETRY_AFTER_MS: u64 = 50;
 /// What a full session table suggests waiting, in ms: sessions leave only by
@@ -77,6 +82,18 @@ pub struct Committed {
 
 /// A proposal's answer, or why there is none.
 pub type ProposeReply = Result<Committed, client::Error>;
+
+/// Waits for the oldest in-flight Ready's write to be durable (at once for
+/// a Ready without one).
+async fn oldest_write(
+    in_flight: &mut std::collections::VecDeque<(PendingReady, Option<crate::commit::Durable>)>,
+) -> Result<(), String> {
+    match in_flight.front_mut() {
+        Some((_, Some(rx))) => crate::commit::durable(rx).await,
+        Some((_, None)) => Ok(()),
+        None => std::future::pending().await,
+    }
+}
 
 /// What the group's inbox carries.
 pub enum Input {
@@ -128,6 +145,14 @@ pub struct Driver {
     /// Reads whose read index is known, waiting for `applied >= index`
     /// (stale reads: index 0, served at the end of the round).
     reads_ready: Vec<(u64, PendingRead)>,
+    /// Readies applied, waiting for their writes (`None`: nothing to write)
+    /// to finish, oldest first: they finish in order. Invariant: len() <=
+    /// WRITES_IN_FLIGHT_MAX.
+    in_flight: std::collections::VecDeque<(PendingReady, Option<crate::commit::Durable>)>,
+    /// A pulled snapshot waiting for the writes in flight: installing it
+    /// rewrites the group's log, which must not race an earlier append.
+    /// While it waits no new Ready begins.
+    install_waiting: Option<Result<waft_node::Install, String>>,
     next_read_id: u64,
     status: watch::Sender<client::GroupStatus>,
     /// The latest snapshot offer from a leader: who sent it and what to pull.
@@ -199,6 +224,8 @@ impl Driver {
             proposals: BTreeMap::new(),
             reads: HashMap::new(),
             reads_ready: Vec::new(),
+            in_flight: std::collections::VecDeque::new(),
+            install_waiting: None,
             next_read_id: 1,
             status,
             offer: None,
@@ -242,7 +269,13 @@ impl Driver {
                 }
                 self.replica.step(message);
             }
-            Input::InstallPulled(pulled) => self.finish_install(pulled),
+            Input::InstallPulled(pulled) => {
+                if self.in_flight.is_empty() {
+                    self.finish_install(pulled);
+                } else {
+                    self.install_waiting = Some(pulled);
+                }
+            }
             Input::Admin { op, reply } => self.start_admin(op, reply),
             Input::Propose { body, reply } => self.propose(body, reply),
             Input::Deploy { module, reply } => {
@@ -334,17 +367,26 @@ impl Driver {
             return Err(waft_node::Error::Stopped { group: self.group(), reason: reason.to_string() });
         }
         for _ in 0..PROCESS_READIES_MAX {
+            if self.in_flight.len() >= WRITES_IN_FLIGHT_MAX || self.install_waiting.is_some() {
+                break; // `step` waits for the oldest write.
+            }
             let mut outbox = Vec::new();
             // Messages that need not wait for the disk leave now, so followers
             // write their copy while the leader writes its own.
             let Some(mut pending) = self.replica.begin_ready(&mut |m| outbox.push(m))? else { break };
-            self.send(std::mem::take(&mut outbox));
+            self.send(outbox);
             let write = pending.take_write();
-            if !write.is_empty()
-                && let Err(e) = self.committer.write(write).await
-            {
-                return Err(self.replica.write_failed(e));
-            }
+            // The write syncs on the commit thread while the entries
+            // committed earlier (durable already) apply and answer: they
+            // need not wait for this sync.
+            let durable = if write.is_empty() {
+                None
+            } else {
+                match self.committer.submit(write).await {
+                    Ok(durable) => Some(durable),
+                    Err(e) => return Err(self.replica.write_failed(e)),
+                }
+            };
             let mut out = Output::default();
             let mut store = SharedStore(self.store.clone());
             // A Ready that may run long (a big batch, a snapshot save, a
@@ -353,13 +395,13 @@ impl Driver {
             // place: handing the worker's core to another thread costs a
             // thread wake-up and two context switches, more than its work.
             let started = std::time::Instant::now();
-            let mut finish = |pending| {
-                self.replica.finish_ready(pending, &mut store, &self.snapshots, &mut |m| outbox.push(m), &mut out)
+            let mut apply = |pending: &mut PendingReady| {
+                self.replica.apply_ready(pending, &mut store, &self.snapshots, &mut out)
             };
             if pending.may_block() {
-                tokio::task::block_in_place(|| finish(pending))?;
+                tokio::task::block_in_place(|| apply(&mut pending))?;
             } else {
-                finish(pending)?;
+                apply(&mut pending)?;
             }
             if !out.applied.is_empty() {
                 let m = &self.metrics;
@@ -367,10 +409,42 @@ impl Driver {
                 m.apply_batches.fetch_add(1, Ordering::Relaxed);
                 m.applied_entries.fetch_add(out.applied.len() as u64, Ordering::Relaxed);
             }
+            self.settle(out);
+            self.in_flight.push_back((pending, durable));
+            self.finish_durable()?;
+        }
+        self.serve_ready_reads();
+        Ok(())
+    }
+
+    /// Finishes the oldest Readies whose writes are durable, in order: the
+    /// core hears of them, and the messages that promise durability leave.
+    fn finish_durable(&mut self) -> Result<(), waft_node::Error> {
+        while let Some((_, durable)) = self.in_flight.front_mut() {
+            if let Some(rx) = durable {
+                match rx.try_recv() {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(self.replica.write_failed(e)),
+                    Err(oneshot::error::TryRecvError::Empty) => return Ok(()),
+                    Err(oneshot::error::TryRecvError::Closed) => {
+                        return Err(self.replica.write_failed("the commit thread stopped before the write was durable"));
+                    }
+                }
+            }
+            let Some((pending, _)) = self.in_flight.pop_front() else { break };
+            let mut outbox = Vec::new();
+            let mut out = Output::default();
+            let mut store = SharedStore(self.store.clone());
+            // Applied already: what is left runs no guest.
+            self.replica.finish_ready(pending, &mut store, &self.snapshots, &mut |m| outbox.push(m), &mut out)?;
             self.send(outbox);
             self.settle(out);
         }
-        self.serve_ready_reads();
+        if self.in_flight.is_empty()
+            && let Some(pulled) = self.install_waiting.take()
+        {
+            self.finish_install(pulled);
+        }
         Ok(())
     }
 
@@ -813,6 +887,23 @@ impl Driver {
                     }
                     if self.snapshot_interval_ticks > 0 && *ticks % self.snapshot_interval_ticks == 0 {
                         self.replica.request_snapshot();
+                    }
+                }
+                written = oldest_write(&mut self.in_flight), if !self.in_flight.is_empty() => {
+                    let finished = match written {
+                        // The receiver gave its outcome: mark the write done.
+                        Ok(()) => {
+                            if let Some(front) = self.in_flight.front_mut() {
+                                front.1 = None;
+                            }
+                            self.finish_durable()
+                        }
+                        Err(e) => Err(self.replica.write_failed(e)),
+                    };
+                    if let Err(e) = finished {
+                        tracing::error!(error = %e, "group stopped");
+                        self.fail_all(&client::Error::internal(e.to_string()));
+                        return Break(());
                     }
                 }
                 input = inbox.recv() => {

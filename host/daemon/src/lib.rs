@@ -219,12 +219,20 @@ pub async fn serve(
         tracing::info!(node = cfg.node_id, "serving no group yet; create one with `waft admin create-group`");
     }
 
+    let pipelines = Arc::new(service::PipelineStats::default());
     if let Some(addr) = cfg.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ServeError::Listen { addr, source })?;
         tracing::info!(node = cfg.node_id, metrics = %metrics::describe(addr), "serving metrics");
-        tokio::spawn(metrics::serve(listener, cfg.node_id, groups.clone(), committer.stats_handle(), stopped.clone()));
+        tokio::spawn(metrics::serve(
+            listener,
+            cfg.node_id,
+            groups.clone(),
+            committer.stats_handle(),
+            pipelines.clone(),
+            stopped.clone(),
+        ));
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -239,7 +247,7 @@ pub async fn serve(
         tonic::transport::Server::builder()
             .add_service(waft_proto::peer_server(peer::PeerService::new(groups.clone(), snapshots.clone(), stopped.clone())))
             .add_service(waft_proto::admin_server(admin::AdminService::new(host.clone())))
-            .add_service(waft_proto::client_server(service::ClientService::new(cfg.node_id, groups)))
+            .add_service(waft_proto::client_server(service::ClientService::new(cfg.node_id, groups, stopped.clone(), pipelines)))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = begun.await;
             }),

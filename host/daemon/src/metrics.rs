@@ -50,7 +50,12 @@ impl GroupMetrics {
 }
 
 /// Renders every group's metrics and the node's commit counters.
-pub fn render(node: u64, groups: &[(u64, Arc<GroupHandle>)], commit: &CommitStats) -> String {
+pub fn render(
+    node: u64,
+    groups: &[(u64, Arc<GroupHandle>)],
+    commit: &CommitStats,
+    pipelines: &crate::service::PipelineStats,
+) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: &mut dyn FnMut(&mut String)| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -137,6 +142,20 @@ pub fn render(node: u64, groups: &[(u64, Arc<GroupHandle>)], commit: &CommitStat
     family("waft_node_log_writes_total", "counter", "Group log writes made durable (writes/syncs = merge factor).", &mut |o| {
         o.push_str(&writes)
     });
+    let node_counters: [(&str, &str, &str, &AtomicU64); 3] = [
+        ("waft_node_pipelines_open", "gauge", "Client Pipeline streams open.", &pipelines.open),
+        ("waft_node_pipeline_batches_total", "counter", "Call batches received on Pipeline streams.", &pipelines.batches),
+        (
+            "waft_node_pipeline_calls_total",
+            "counter",
+            "Calls received on Pipeline streams (calls/batches = calls a message carried).",
+            &pipelines.calls,
+        ),
+    ];
+    for (name, kind, help, value) in node_counters {
+        let sample = format!("{name}{{node=\"{node}\"}} {}\n", load(value));
+        family(name, kind, help, &mut |o| o.push_str(&sample));
+    }
     out
 }
 
@@ -146,6 +165,7 @@ pub async fn serve(
     node: u64,
     groups: Arc<Groups>,
     commit: Arc<CommitStats>,
+    pipelines: Arc<crate::service::PipelineStats>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
@@ -162,13 +182,13 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         let Ok((mut conn, _)) = accepted else { continue };
-        let (groups, commit) = (groups.clone(), commit.clone());
+        let (groups, commit, pipelines) = (groups.clone(), commit.clone(), pipelines.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let response = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut conn)).await {
                 Ok(Ok(head)) if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") => {
                     // The groups of the moment: created ones appear at the next scrape.
-                    let body = render(node, &groups.all(), &commit);
+                    let body = render(node, &groups.all(), &commit, &pipelines);
                     reply(200, "OK", "text/plain; version=0.0.4", &body)
                 }
                 Ok(Ok(head)) if head.starts_with(b"GET ") => reply(404, "Not Found", "text/plain", "try /metrics\n"),

@@ -8,12 +8,15 @@
 //! this layer only turns requests into envelope bodies.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
+use tokio::sync::{mpsc, oneshot, watch};
 use waft_proto::client::{
-    self, CloseSessionRequest, Consistency, KeepAliveRequest, OpenSessionRequest, ProposeRequest, ProposeResponse,
-    QueryRequest, QueryResponse, SessionResponse, StatusRequest, StatusResponse, propose_response, query_response,
+    self, Call, CallBatch, CallReply, CloseSessionRequest, Consistency, KeepAliveRequest, OpenSessionRequest,
+    ProposeRequest, ProposeResponse, QueryRequest, QueryResponse, ReplyBatch, SessionResponse, StatusRequest,
+    StatusResponse, call, call_reply, propose_response, query_response,
 };
 use waft_session::Body;
 
@@ -27,14 +30,46 @@ pub const NONCE_BYTES: usize = 16;
 /// times out may still apply (TIMEOUT says so).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Calls of one `Pipeline` stream running at once. At the bound the stream is
+/// not read until some finish, so HTTP/2 flow control holds the client back.
+pub const PIPELINE_CALLS_IN_FLIGHT_MAX: usize = 4096;
+/// Calls one `CallBatch` may hold; a larger batch ends the stream with
+/// INVALID_ARGUMENT (waft-client sends at most `waft_client::PIPELINE_BATCH_CALLS_MAX`).
+pub const PIPELINE_BATCH_CALLS_MAX: usize = 1024;
+/// Replies one `ReplyBatch` holds at most.
+pub const PIPELINE_REPLY_BATCH_MAX: usize = 1024;
+/// Reply batches queued for one stream's sender. When full, the stream's task
+/// waits (a client that does not read its replies stops its own calls).
+pub const PIPELINE_REPLY_QUEUE_MAX: usize = 64;
+
+/// What the node's pipelines did, for metrics.
+#[derive(Debug, Default)]
+pub struct PipelineStats {
+    /// Pipelines open now.
+    pub open: AtomicU64,
+    /// Call batches received: `calls / batches` is how many calls shared a message.
+    pub batches: AtomicU64,
+    /// Calls received.
+    pub calls: AtomicU64,
+}
+
+#[derive(Clone)]
 pub struct ClientService {
     node: u64,
     groups: Arc<Groups>,
+    /// Set when the daemon shuts down: pipelines stop taking calls.
+    stop: watch::Receiver<bool>,
+    pipelines: Arc<PipelineStats>,
 }
 
 impl ClientService {
-    pub fn new(node: u64, groups: Arc<Groups>) -> ClientService {
-        ClientService { node, groups }
+    pub fn new(
+        node: u64,
+        groups: Arc<Groups>,
+        stop: watch::Receiver<bool>,
+        pipelines: Arc<PipelineStats>,
+    ) -> ClientService {
+        ClientService { node, groups, stop, pipelines }
     }
 
     fn group(&self, group: u64) -> Result<Arc<GroupHandle>, client::Error> {
@@ -145,21 +180,130 @@ impl ClientService {
     }
 }
 
-#[tonic::async_trait]
-impl client::client_server::Client for ClientService {
-    async fn propose(
-        &self,
-        request: tonic::Request<ProposeRequest>,
-    ) -> Result<tonic::Response<ProposeResponse>, tonic::Status> {
-        let response = match self.propose_inner(request.into_inner()).await {
+impl ClientService {
+    async fn propose_response(&self, req: ProposeRequest) -> ProposeResponse {
+        match self.propose_inner(req).await {
             Ok(Committed { result, index, duplicate, .. }) => {
                 ProposeResponse { outcome: Some(propose_response::Outcome::Result(result)), index, duplicate }
             }
             Err(e) => {
                 ProposeResponse { outcome: Some(propose_response::Outcome::Error(e)), index: 0, duplicate: false }
             }
+        }
+    }
+
+    async fn query_response(&self, req: QueryRequest) -> QueryResponse {
+        let consistency = req.consistency;
+        match self.query_inner(req).await {
+            Ok((result, applied_index)) => {
+                QueryResponse { outcome: Some(query_response::Outcome::Result(result)), applied_index, consistency }
+            }
+            Err(e) => QueryResponse { outcome: Some(query_response::Outcome::Error(e)), applied_index: 0, consistency },
+        }
+    }
+
+    /// One call of a pipeline, run as its unary twin would run.
+    async fn run_call(&self, call: Call) -> CallReply {
+        let response = match call.request {
+            Some(call::Request::Propose(req)) => call_reply::Response::Propose(self.propose_response(req).await),
+            Some(call::Request::Query(req)) => call_reply::Response::Query(self.query_response(req).await),
+            None => call_reply::Response::Error(client::Error::invalid_request(
+                "a call carries neither a propose nor a query; client and server versions may differ",
+            )),
         };
-        Ok(tonic::Response::new(response))
+        CallReply { id: call.id, response: Some(response) }
+    }
+
+    /// Serves one pipeline until the client closes its side and every call
+    /// has its reply, the client stops reading, or the daemon stops.
+    async fn serve_pipeline(
+        self,
+        mut inbound: tonic::Streaming<CallBatch>,
+        out: mpsc::Sender<Result<ReplyBatch, tonic::Status>>,
+    ) {
+        let stats = self.pipelines.clone();
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        // Counts the stream closed however this task ends.
+        struct Open(Arc<PipelineStats>);
+        impl Drop for Open {
+            fn drop(&mut self) {
+                self.0.open.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        let _open = Open(stats);
+        let mut running = FuturesUnordered::new();
+        let mut reading = true;
+        let mut stop = self.stop.clone();
+        loop {
+            tokio::select! {
+                // Replies first: they free room for more calls.
+                biased;
+                Some(first) = running.next(), if !running.is_empty() => {
+                    let mut replies = Vec::with_capacity(running.len().min(PIPELINE_REPLY_BATCH_MAX) + 1);
+                    replies.push(first);
+                    while replies.len() < PIPELINE_REPLY_BATCH_MAX {
+                        match running.next().now_or_never() {
+                            Some(Some(reply)) => replies.push(reply),
+                            _ => break,
+                        }
+                    }
+                    if out.send(Ok(ReplyBatch { replies })).await.is_err() {
+                        return; // The client went away.
+                    }
+                }
+                () = async { drop(stop.wait_for(|stopping| *stopping).await) }, if reading => {
+                    // Take no more calls; those running hear from their
+                    // groups (which stop too), then the stream ends.
+                    reading = false;
+                }
+                batch = inbound.message(), if reading && running.len() < PIPELINE_CALLS_IN_FLIGHT_MAX => {
+                    match batch {
+                        Ok(Some(batch)) => {
+                            if batch.calls.len() > PIPELINE_BATCH_CALLS_MAX {
+                                let _ = out.send(Err(tonic::Status::invalid_argument(format!(
+                                    "a call batch holds at most {PIPELINE_BATCH_CALLS_MAX} calls, not {}",
+                                    batch.calls.len()
+                                )))).await;
+                                return;
+                            }
+                            self.pipelines.batches.fetch_add(1, Ordering::Relaxed);
+                            self.pipelines.calls.fetch_add(batch.calls.len() as u64, Ordering::Relaxed);
+                            for call in batch.calls {
+                                running.push(self.run_call(call));
+                            }
+                        }
+                        Ok(None) => reading = false,
+                        // The stream broke: nobody is left to answer.
+                        Err(_) => return,
+                    }
+                }
+                else => return,
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl client::client_server::Client for ClientService {
+    async fn propose(
+        &self,
+        request: tonic::Request<ProposeRequest>,
+    ) -> Result<tonic::Response<ProposeResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.propose_response(request.into_inner()).await))
+    }
+
+    type PipelineStream = tokio_stream::wrappers::ReceiverStream<Result<ReplyBatch, tonic::Status>>;
+
+    async fn pipeline(
+        &self,
+        request: tonic::Request<tonic::Streaming<CallBatch>>,
+    ) -> Result<tonic::Response<Self::PipelineStream>, tonic::Status> {
+        if *self.stop.borrow() {
+            return Err(tonic::Status::unavailable("this node is shutting down; retry at another node"));
+        }
+        let (out, replies) = mpsc::channel(PIPELINE_REPLY_QUEUE_MAX);
+        tokio::spawn(self.clone().serve_pipeline(request.into_inner(), out));
+        Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(replies)))
     }
 
     async fn open_session(
@@ -184,15 +328,7 @@ impl client::client_server::Client for ClientService {
     }
 
     async fn query(&self, request: tonic::Request<QueryRequest>) -> Result<tonic::Response<QueryResponse>, tonic::Status> {
-        let req = request.into_inner();
-        let consistency = req.consistency;
-        let response = match self.query_inner(req).await {
-            Ok((result, applied_index)) => {
-                QueryResponse { outcome: Some(query_response::Outcome::Result(result)), applied_index, consistency }
-            }
-            Err(e) => QueryResponse { outcome: Some(query_response::Outcome::Error(e)), applied_index: 0, consistency },
-        };
-        Ok(tonic::Response::new(response))
+        Ok(tonic::Response::new(self.query_response(request.into_inner()).await))
     }
 
     async fn status(&self, request: tonic::Request<StatusRequest>) -> Result<tonic::Response<StatusResponse>, tonic::Status> {

@@ -179,6 +179,9 @@ pub struct Replica {
     /// Last index of the log in storage, counting writes handed out by
     /// `begin_ready` (they are durable before anything reads this again).
     stored_last_index: u64,
+    /// Term and vote of the hard state last handed to storage: a hard state
+    /// that changes neither (only the commit index) needs no sync of its own.
+    stored_term_vote: (u64, Option<u64>),
     /// Set once the replica must stop; every later call fails with it.
     stopped: Option<String>,
 }
@@ -189,21 +192,14 @@ pub struct PendingReady {
     write: WriteSet,
     /// See `may_block`; decided when the Ready is taken.
     may_block: bool,
+    /// `apply_ready` ran: what remains waits for the write.
+    applied: bool,
 }
 
 /// Moves every operation of `src` to the end of `dst`, keeping their order, so
 /// several groups' Readies become one atomic write with one sync.
 pub fn merge_write(dst: &mut WriteSet, src: WriteSet) {
-    use waft_storage::Op;
-    for (group, op) in src.into_ops() {
-        match op {
-            Op::Append(entries) => dst.append(group, entries),
-            Op::Truncate { from } => dst.truncate(group, from),
-            Op::Purge { upto, term } => dst.purge(group, upto, term),
-            Op::SetHardState(hs) => dst.set_hard_state(group, hs),
-            Op::DropGroup => dst.drop_group(group),
-        };
-    }
+    dst.extend(src);
 }
 
 impl PendingReady {
@@ -213,9 +209,9 @@ impl PendingReady {
         std::mem::take(&mut self.write)
     }
 
-    /// Whether `finish_ready` may run long enough that a caller on an async
-    /// runtime should move it off its worker (`block_in_place`): it saves a
-    /// snapshot, runs a role change's hooks, applies more than
+    /// Whether `apply_ready` (or `finish_ready`, for a Ready not applied
+    /// before) may run long enough that a caller on an async runtime should
+    /// move it off its worker (`block_in_place`): it saves a snapshot, runs a role change's hooks, applies more than
     /// `APPLY_IN_PLACE_ENTRIES_MAX` entries or `APPLY_IN_PLACE_BYTES_MAX`
     /// bytes, a deploy (which may compile a module) or a configuration, or
     /// its entries move the state machine's in-memory checkpoint (a save of
@@ -223,11 +219,14 @@ impl PendingReady {
     /// runtime's WASI never waits, nor touches tokio), so the rest (a Ready
     /// that persists, sends, reports reads, applies a few entries) finishes
     /// in place: a hand-off costs a thread wake-up and two context switches,
-    /// more than such a Ready's own work. One case stays unforeseen: an
+    /// more than such a Ready's own work. Decided when the Ready is taken,
+    /// from the state machine as it is then (exact when each Ready is
+    /// applied before the next is taken). One case stays unforeseen: an
     /// entry that faults makes the runtime restore its instance (a load and
-    /// a replay within its replay limits) on the caller's thread.
+    /// a replay within its replay limits) on the caller's thread. False once
+    /// the Ready is applied: what is left never runs long.
     pub fn may_block(&self) -> bool {
-        self.may_block
+        !self.applied && self.may_block
     }
 }
 
@@ -271,6 +270,10 @@ impl Replica {
             installing: None,
             leading: false,
             stored_last_index: store.last_index(group),
+            stored_term_vote: {
+                let hs = store.hard_state(group);
+                (hs.term, hs.vote)
+            },
             stopped: None,
         };
         let is_new = snapshots.latest(group).is_none()
@@ -542,8 +545,11 @@ impl Replica {
     /// the disk (rule 4) and returns the rest with the write that must become
     /// durable before `finish_ready`. The caller may merge that write with
     /// other groups' into one `LogStore::write`; if the write fails, the
-    /// replica must be dropped and reopened from storage. Call `finish_ready`
-    /// for each pending batch, in order, before the next `begin_ready`.
+    /// replica must be dropped and reopened from storage. Writes must become
+    /// durable in the order their Readies were taken, and `finish_ready` run
+    /// for each in that order; later Readies may begin (and `apply_ready`
+    /// run) while earlier writes are still on their way, as long as nothing
+    /// else writes the group's log meanwhile (an install waits for them).
     pub fn begin_ready(&mut self, send: &mut dyn FnMut(Message)) -> Result<Option<PendingReady>> {
         self.check_running()?;
         if !self.node.has_ready() {
@@ -568,10 +574,19 @@ impl Replica {
             self.stored_last_index = last.index;
         }
         if let Some(hs) = rd.hard_state {
-            write.set_hard_state(group, convert::hard_state_to_storage(hs));
+            let hs = convert::hard_state_to_storage(hs);
+            // A new commit index alone need not cost a disk sync: a restart
+            // that lost it learns it again (and never below a snapshot). A
+            // term or vote must be durable before anything promises it.
+            if (hs.term, hs.vote) == self.stored_term_vote {
+                write.set_hard_state_lazily(group, hs);
+            } else {
+                self.stored_term_vote = (hs.term, hs.vote);
+                write.set_hard_state(group, hs);
+            }
         }
         let may_block = self.ready_may_block(&rd);
-        Ok(Some(PendingReady { rd, write, may_block }))
+        Ok(Some(PendingReady { rd, write, may_block, applied: false }))
     }
 
     /// `PendingReady::may_block` for `rd`.
@@ -590,13 +605,48 @@ impl Replica {
             || self.sm.may_checkpoint_after(entries.len(), bytes)
     }
 
+    /// Runs the part of a Ready that does not wait for its own write: the
+    /// role-change hooks, applying the committed entries (durable locally
+    /// already: rule 5), the read states and events, and a requested snapshot
+    /// (rule 6). A caller may run it before, or while, the Ready's write is
+    /// made durable, so entries committed earlier answer their clients
+    /// without waiting one more disk sync; `finish_ready` runs it if the
+    /// caller did not. Results, reads and notices go into `out`.
+    pub fn apply_ready(
+        &mut self,
+        pending: &mut PendingReady,
+        store: &mut dyn LogStore,
+        snapshots: &SnapshotStore,
+        out: &mut Output,
+    ) -> Result<()> {
+        self.check_running()?;
+        if std::mem::replace(&mut pending.applied, true) {
+            return Ok(());
+        }
+        let rd = &mut pending.rd;
+        if let Some(soft) = rd.soft_state.take() {
+            out.soft_state = Some(soft);
+            self.leader_hooks(soft)?;
+        }
+        let committed = std::mem::take(&mut rd.committed_entries);
+        self.apply(&committed, out)?;
+        out.read_states.append(&mut rd.read_states);
+        out.events.append(&mut rd.events);
+        // The state machine is now exactly at the requested index.
+        if let Some(meta) = rd.snapshot_request.take() {
+            debug_assert_eq!(self.node.applied(), meta.index, "snapshot requested off the applied index");
+            self.snapshot_and_compact(store, snapshots, meta, out)?;
+        }
+        Ok(())
+    }
+
     /// Finishes a Ready whose write is durable: tells the core (rule 3), sends
     /// the messages that promise durability (votes, append acknowledgements),
-    /// applies committed entries (rule 5) and saves a requested snapshot
-    /// (rule 6). Results, reads and notices go into `out`.
+    /// and runs `apply_ready` if the caller did not. Results, reads and
+    /// notices go into `out`.
     pub fn finish_ready(
         &mut self,
-        pending: PendingReady,
+        mut pending: PendingReady,
         store: &mut dyn LogStore,
         snapshots: &SnapshotStore,
         send: &mut dyn FnMut(Message),
@@ -604,6 +654,8 @@ impl Replica {
     ) -> Result<()> {
         self.check_running()?;
         debug_assert!(pending.write.is_empty(), "finish_ready before the write was taken");
+        // Before the notices, as the core ordered it when it handed the Ready out.
+        self.apply_ready(&mut pending, store, snapshots, out)?;
         let rd = pending.rd;
         if let Some(hs) = rd.hard_state {
             self.node.on_hard_state_persisted(hs);
@@ -612,20 +664,8 @@ impl Replica {
             self.node.on_persisted(last.index, last.term);
         }
         rd.messages_after_persist.into_iter().for_each(&mut *send);
-        if let Some(soft) = rd.soft_state {
-            out.soft_state = Some(soft);
-            self.leader_hooks(soft)?;
-        }
         if let Some(install) = rd.snapshot_install {
             out.snapshot_install = Some(install);
-        }
-        self.apply(&rd.committed_entries, out)?;
-        out.read_states.extend(rd.read_states);
-        out.events.extend(rd.events);
-        // The state machine is now exactly at the requested index.
-        if let Some(meta) = rd.snapshot_request {
-            debug_assert_eq!(self.node.applied(), meta.index, "snapshot requested off the applied index");
-            self.snapshot_and_compact(store, snapshots, meta, out)?;
         }
         Ok(())
     }

@@ -219,6 +219,9 @@ pub struct RawNode {
     snapshot_asked: bool,
     prev_hard: HardState,
     prev_soft: SoftState,
+    /// The highest term the runtime reported durable (`on_hard_state_persisted`,
+    /// or read back at restart).
+    persisted_term: u64,
 }
 
 /// Why a node could not be built.
@@ -343,6 +346,7 @@ impl RawNode {
                 leader: NONE,
                 term: prev_hard.term,
             },
+            persisted_term: prev_hard.term,
             cfg,
         };
         node.rescan_conf_from(node.log.first_index());
@@ -636,6 +640,7 @@ impl RawNode {
     /// The runtime made the `hard_state` of a Ready durable (call it for every Ready
     /// that carried one, in order, once the write completed).
     pub fn on_hard_state_persisted(&mut self, hs: HardState) {
+        self.persisted_term = self.persisted_term.max(hs.term);
         if self.role == Role::Candidate
             && hs.term == self.term
             && hs.vote == self.id
@@ -1242,7 +1247,13 @@ impl RawNode {
                 if self.installing.is_none() {
                     self.log.commit_to(commit.min(self.log.last_index()));
                 }
-                self.send(m.from, MessageBody::HeartbeatResponse { round }, true);
+                // It promises nothing about the log, only that we follow
+                // this leader in this term: it waits for the disk only
+                // while that term is not durable yet. Waiting for the log
+                // writes in flight would add a disk sync to every read
+                // round under write load.
+                let term_durable = self.persisted_term == self.term;
+                self.send(m.from, MessageBody::HeartbeatResponse { round }, !term_durable);
             }
             MessageBody::InstallSnapshot { meta } => {
                 self.leader_contact(m.from);

@@ -328,7 +328,7 @@ impl LogStore for RocksLogStore {
         }
         if !batch.is_empty() {
             let mut sync = WriteOptions::default();
-            sync.set_sync(true);
+            sync.set_sync(set.must_sync());
             if let Err(source) = self.db.write_opt(batch, &sync) {
                 self.poisoned = true;
                 return Err(Error::Rocks {

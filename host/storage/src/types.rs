@@ -103,11 +103,14 @@ pub enum Op {
 }
 
 /// Everything one group-commit round persists, across any number of groups,
-/// written as one atomic batch with one sync.
+/// written as one atomic batch with one sync (none when only lazy hard
+/// states are in it: see [`WriteSet::set_hard_state_lazily`]).
 #[derive(Clone, Debug, Default)]
 pub struct WriteSet {
     ops: Vec<(u64, Op)>,
     data_bytes: usize,
+    /// Some op must be durable when the write returns.
+    must_sync: bool,
 }
 
 impl WriteSet {
@@ -121,31 +124,59 @@ impl WriteSet {
         }
         self.data_bytes += entries.iter().map(|e| e.data.len()).sum::<usize>();
         self.ops.push((group, Op::Append(entries)));
+        self.must_sync = true;
         self
     }
 
     pub fn truncate(&mut self, group: u64, from: u64) -> &mut WriteSet {
         self.ops.push((group, Op::Truncate { from }));
+        self.must_sync = true;
         self
     }
 
     pub fn purge(&mut self, group: u64, upto: u64, term: u64) -> &mut WriteSet {
         self.ops.push((group, Op::Purge { upto, term }));
+        self.must_sync = true;
         self
     }
 
     pub fn set_hard_state(&mut self, group: u64, hard_state: HardState) -> &mut WriteSet {
+        self.ops.push((group, Op::SetHardState(hard_state)));
+        self.must_sync = true;
+        self
+    }
+
+    /// Sets the hard state without asking for a sync of its own: for a
+    /// change of the commit index alone, which a restart may lose (the
+    /// index is learned again from the leader) as long as it never goes
+    /// back past an earlier durable one. RocksDB's log is sequential, so
+    /// the next synced write makes it durable too.
+    pub fn set_hard_state_lazily(&mut self, group: u64, hard_state: HardState) -> &mut WriteSet {
         self.ops.push((group, Op::SetHardState(hard_state)));
         self
     }
 
     pub fn drop_group(&mut self, group: u64) -> &mut WriteSet {
         self.ops.push((group, Op::DropGroup));
+        self.must_sync = true;
         self
     }
 
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// Whether the write must be durable when it returns (false only when it
+    /// holds nothing but lazy hard states).
+    pub fn must_sync(&self) -> bool {
+        self.must_sync
+    }
+
+    /// Moves every op of `other` to the end of this set, keeping their order.
+    pub fn extend(&mut self, other: WriteSet) {
+        self.ops.extend(other.ops);
+        self.data_bytes += other.data_bytes;
+        self.must_sync |= other.must_sync;
     }
 
     /// Payload bytes of all appended entries.
