@@ -905,7 +905,9 @@ impl RawNode {
             || !self.events.is_empty()
             || self.snapshot_install.is_some()
             || !self.forward_reads.is_empty()
-            || self.reads.needs_round()
+            // A round waiting behind one in flight starts when that one is
+            // confirmed: until then `ready` has nothing to do for it.
+            || (self.reads.needs_round() && !self.reads.round_in_flight())
             || self.commit_to_broadcast
             || self.soft_state() != self.prev_soft
             || (self.snapshot_asked && self.snapshot_allowed() && self.log.applied > self.log.snap_index)
