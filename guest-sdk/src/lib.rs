@@ -83,13 +83,26 @@
 //! access), fuel exhaustion or a memory-limit hit while applying one entry
 //! makes that entry fail with an error on every replica, and the host restores
 //! the state as if it had never been applied; the other entries of the batch
-//! still apply. There is no clock, randomness, environment, filesystem or
-//! network: the host supplies fixed stand-ins where the Rust standard library
-//! asks for them (the clock reads the Unix epoch; random bytes are a fixed
-//! stream that restarts at every call; stdin is empty and what you print is
-//! discarded). Time never passes inside a state machine, so a wait for it
+//! still apply. There is no clock, environment, filesystem or network: the
+//! host supplies fixed stand-ins where the Rust standard library asks for
+//! them (the clock reads the Unix epoch; stdin is empty and what you print is
+//! discarded). Randomness is a pure function of the entry: while applying an
+//! entry, random bytes (`getrandom`, `wasi:random`) come from a stream seeded
+//! by the group and the entry's index, the same on every replica whatever
+//! the batching, restarts or queries. A module that imports randomness is
+//! handed one entry per call, which costs it some apply throughput. Time
+//! never passes inside a state machine, so a wait for it
 //! (`std::thread::sleep` of more than zero) traps, on every replica alike.
 //! Make the state a pure function of the applied entries.
+//!
+//! Queries and the leader hooks run on a second instance holding the same
+//! state, never on the one entries are applied to: a query cannot change the
+//! replicated state even through a `Cell` or the allocator, and what it
+//! changes is not kept (the host may rebuild that instance at any time).
+//! Every call is bounded by fuel (50,000,000 units an entry by default, host
+//! work such as logging and printing included), memory (256 MiB an
+//! instance), a result size (1 MiB) and a snapshot size (256 MiB); see
+//! `wit/waft-fsm.wit` for every limit and what hitting it does.
 //!
 //! One thing the host cannot fix for you: `std::collections::HashMap`'s
 //! default hasher takes fresh keys for every map the instance creates, so its
@@ -186,7 +199,9 @@ pub trait StateMachine: Default + 'static {
     /// command must leave the state unchanged.
     fn apply(&mut self, command: Self::Command, at: Position) -> Result<Self::Response, String>;
 
-    /// Answer a query without changing the state.
+    /// Answer a query. Runs on the query instance (see the crate docs):
+    /// changes it makes through interior mutability are not replicated and
+    /// may vanish at any time.
     fn query(&self, query: Self::Query) -> Result<Self::Answer, String>;
 
     /// Write the whole state. The writer streams to the host in chunks, so
@@ -196,7 +211,9 @@ pub trait StateMachine: Default + 'static {
     /// Replace the whole state with one written by [`StateMachine::save`].
     fn load(&mut self, input: impl Read) -> std::io::Result<()>;
 
-    /// This replica became leader in `term`. The state must not depend on it.
+    /// This replica became leader in `term`. Runs on the query instance, so
+    /// what it changes is seen by this replica's queries only (until the
+    /// host rebuilds that instance), never by entries or snapshots.
     fn on_leader_start(&mut self, term: u64) {
         let _ = term;
     }

@@ -101,6 +101,10 @@ fn fault_kind_code(kind: FaultKind) -> u8 {
         FaultKind::MemoryLimit => 3,
         FaultKind::Exit => 4,
         FaultKind::Protocol => 5,
+        FaultKind::ResultTooLarge => 6,
+        // Never an entry's outcome (the group stops instead); coded so a
+        // reply could still be kept if it ever were.
+        FaultKind::Backstop => 7,
     }
 }
 
@@ -111,6 +115,8 @@ fn fault_kind_from_code(code: u8) -> Option<FaultKind> {
         3 => FaultKind::MemoryLimit,
         4 => FaultKind::Exit,
         5 => FaultKind::Protocol,
+        6 => FaultKind::ResultTooLarge,
+        7 => FaultKind::Backstop,
         _ => return None,
     })
 }
@@ -131,6 +137,7 @@ mod tests {
             Err(ApplyError::Fault(GuestFault { kind: FaultKind::MemoryLimit, message: "m".into() })),
             Err(ApplyError::Fault(GuestFault { kind: FaultKind::Exit, message: "e".into() })),
             Err(ApplyError::Fault(GuestFault { kind: FaultKind::Protocol, message: "p".into() })),
+            Err(ApplyError::Fault(GuestFault { kind: FaultKind::ResultTooLarge, message: "r".into() })),
         ];
         for r in results {
             assert_eq!(decode_reply(&encode_reply(&r)), Ok(r));

@@ -18,6 +18,7 @@ use waft_raft::{
     Configuration, EntryKind, Event, Message, NodeId, RawNode, ReadMode, ReadState, Ready, RestartState, Role,
     SnapshotInstall, SoftState,
 };
+use waft_runtime::machine::Offload;
 use waft_runtime::{ApplyResult, Limits, RuntimeError, StateMachine};
 use waft_session::{Body, Envelope, EnvelopeError, SessionConfig, SessionTable, Ticket, Verdict};
 use waft_storage::{
@@ -184,6 +185,10 @@ pub struct Replica {
     stored_term_vote: (u64, Option<u64>),
     /// Set once the replica must stop; every later call fails with it.
     stopped: Option<String>,
+    /// Where the state machine sends guest work that may run long (see
+    /// `set_offload`); kept here so a module switched by a deploy or a
+    /// snapshot gets it too.
+    offload: Option<Offload>,
 }
 
 /// A Ready taken by `begin_ready`, waiting for its write to become durable.
@@ -221,10 +226,12 @@ impl PendingReady {
     /// in place: a hand-off costs a thread wake-up and two context switches,
     /// more than such a Ready's own work. Decided when the Ready is taken,
     /// from the state machine as it is then (exact when each Ready is
-    /// applied before the next is taken). One case stays unforeseen: an
-    /// entry that faults makes the runtime restore its instance (a load and
-    /// a replay within its replay limits) on the caller's thread. False once
-    /// the Ready is applied: what is left never runs long.
+    /// applied before the next is taken). What it cannot foresee (an entry
+    /// that burns its fuel, one that faults and makes the runtime restore
+    /// its instance, a query instance to rebuild) the state machine moves
+    /// off the worker itself, through the offload hook (`set_offload`), once
+    /// its in-place fuel slice is spent. False once the Ready is applied:
+    /// what is left never runs long.
     pub fn may_block(&self) -> bool {
         !self.applied && self.may_block
     }
@@ -249,7 +256,7 @@ impl Replica {
     ) -> Result<Replica> {
         let id = cfg.raft.id;
         let label = format!("group {group} node {id}");
-        let sm = StateMachine::new(founding.module(), cfg.limits.clone(), &label)
+        let sm = StateMachine::for_group(founding.module(), cfg.limits.clone(), group, &label)
             .map_err(|e| stopped(group, format!("cannot instantiate the state machine: {e}")))?;
         let sessions =
             SessionTable::new(cfg.sessions.clone()).map_err(|source| Error::SessionConfig { group, source })?;
@@ -275,6 +282,7 @@ impl Replica {
                 (hs.term, hs.vote)
             },
             stopped: None,
+            offload: None,
         };
         let is_new = snapshots.latest(group).is_none()
             && store.log_state(group) == Default::default()
@@ -440,6 +448,14 @@ impl Replica {
     pub fn read_index(&mut self, id: u64, mode: ReadMode) -> Result<()> {
         self.check_running()?;
         self.node.read_index(id, mode).map_err(|e| self.raft_err(e))
+    }
+
+    /// Where the state machine runs guest work past a small in-place fuel
+    /// slice: a caller on an async worker passes `block_in_place`, so no
+    /// guest call runs long on the worker whatever `may_block` foresaw.
+    pub fn set_offload(&mut self, offload: Option<Offload>) {
+        self.sm.set_offload(offload.clone());
+        self.offload = offload;
     }
 
     /// Answers a read-only query from the local state (the caller decides
@@ -829,7 +845,7 @@ impl Replica {
                 Err(e) => return refuse(format!("module {}: {e}", hash.to_hex())),
             },
         };
-        let mut sm = match StateMachine::new(module.module(), self.limits.clone(), &self.label) {
+        let mut sm = match StateMachine::for_group(module.module(), self.limits.clone(), self.group, &self.label) {
             Ok(sm) => sm,
             Err(e) => return refuse(format!("module {} cannot start: {e}", hash.to_hex())),
         };
@@ -841,6 +857,7 @@ impl Replica {
         if let Err(e) = sm.load_snapshot(std::io::Cursor::new(state)) {
             return refuse(format!("module {} could not load the running module's state: {e}", hash.to_hex()));
         }
+        sm.set_offload(self.offload.clone());
         self.sm = sm;
         self.module = module;
         self.module_index = index;
@@ -954,10 +971,11 @@ impl Replica {
                     group,
                     reason: format!("snapshot {}: its module {hash} {what}: {e}", meta.index),
                 };
-                let mut sm = StateMachine::new(module.module(), self.limits.clone(), &self.label)
+                let mut sm = StateMachine::for_group(module.module(), self.limits.clone(), self.group, &self.label)
                     .map_err(|e| refuse("cannot start", e))?;
                 sm.load_snapshot(state).map_err(|e| refuse("cannot load the snapshot's state", e))?;
                 tracing::info!(group, index = meta.index, module = %hash, since = module_index, "module switched by a snapshot");
+                sm.set_offload(self.offload.clone());
                 self.sm = sm;
                 self.module = module;
             }

@@ -22,6 +22,7 @@
 //! wasmtime to one exact version; an upgrade must re-read this file against
 //! `wasmtime::component::func::typed` (the Vec/list and Result impls).
 
+use std::cell::Cell;
 use std::mem::MaybeUninit;
 
 use bytes::Bytes;
@@ -162,6 +163,30 @@ impl<const SHARED_MAX: usize> Replies<SHARED_MAX> {
     }
 }
 
+thread_local! {
+    /// Largest reply (ok bytes or error string) the `on-apply` call running
+    /// on this thread may return: `Limits::result_bytes_max`, set around the
+    /// call by `with_result_cap` (lifting has no way to the store's data).
+    static RESULT_CAP: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Runs `call` with replies capped at `cap` bytes.
+pub(crate) fn with_result_cap<T>(cap: usize, call: impl FnOnce() -> T) -> T {
+    let before = RESULT_CAP.with(|c| c.replace(cap));
+    let out = call();
+    RESULT_CAP.with(|c| c.set(before));
+    out
+}
+
+/// A reply longer than `Limits::result_bytes_max`: the entry is rejected,
+/// checked before a byte of it is copied.
+#[derive(Debug, thiserror::Error)]
+#[error("the result of {len} bytes exceeds the result limit of {max} bytes; the entry was not applied")]
+pub struct ResultTooLarge {
+    pub len: usize,
+    pub max: usize,
+}
+
 /// Size and alignment of one `result<list<u8>, string>`: a discriminant
 /// byte, then at offset 4 the payload's pointer and length.
 const RESULT_SIZE: usize = 12;
@@ -228,16 +253,23 @@ impl<const SHARED_MAX: usize> Replies<SHARED_MAX> {
             .map(|item| u32::from_le_bytes([item[8], item[9], item[10], item[11]]) as usize)
             .filter(|&reply_len| reply_len <= SHARED_MAX)
             .sum();
+        let cap = RESULT_CAP.with(Cell::get);
         let mut shared = Vec::with_capacity(total);
         let mut replies = Vec::with_capacity(len);
         for item in items.chunks_exact(RESULT_SIZE) {
             let payload = &item[RESULT_PAYLOAD..RESULT_SIZE];
+            // Both cases keep their length at payload offset 4 (bytes for
+            // a list<u8>; code units for a string, bytes in UTF-8).
+            let reply_len = u32::from_le_bytes([payload[4], payload[5], payload[6], payload[7]]) as usize;
+            if reply_len > cap {
+                return Err(ResultTooLarge { len: reply_len, max: cap }.into());
+            }
             match item[0] {
                 0 => {
                     let word = |at: usize| {
                         u32::from_le_bytes([payload[at], payload[at + 1], payload[at + 2], payload[at + 3]])
                     };
-                    let (reply, reply_len) = (usize::try_from(word(0))?, usize::try_from(word(4))?);
+                    let reply = usize::try_from(word(0))?;
                     match reply.checked_add(reply_len) {
                         Some(end) if end <= memory.len() => cx.consume_fuel_array(reply_len, 1)?,
                         _ => wasmtime::bail!("list pointer/length out of bounds of memory"),

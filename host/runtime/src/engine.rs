@@ -19,7 +19,13 @@ impl Engine {
     ///   instructions, so it trips at the same point on every replica);
     /// - NaN canonicalization, so float results have one bit pattern;
     /// - no threads, no relaxed SIMD, no GC or stack switching;
-    /// - a bounded wasm stack.
+    /// - a bounded wasm stack;
+    /// - epoch interruption, the wall-clock backstop: a thread ticks the
+    ///   engine's epoch every [`EPOCH_TICK`], and a call that outlives its
+    ///   deadline ([`Limits::call_wall_ms_max`]) is stopped. Where it stops
+    ///   depends on the machine's speed, so a backstop stop is never an
+    ///   entry's outcome: the runtime stops the group on that replica
+    ///   instead (see `machine`).
     pub fn new() -> Result<Self, EngineError> {
         let mut config = Config::new();
         config
@@ -33,10 +39,33 @@ impl Engine {
             // `component-model-async` features, so neither can be enabled.
             .wasm_shared_everything_threads(false)
             .wasm_stack_switching(false)
-            .max_wasm_stack(STACK_BYTES_MAX);
+            .max_wasm_stack(STACK_BYTES_MAX)
+            .epoch_interruption(true);
         let inner = wasmtime::Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))?;
+        spawn_epoch_ticker(&inner)?;
         Ok(Self { inner })
     }
+}
+
+/// How often the engine's epoch moves: the backstop's resolution.
+pub const EPOCH_TICK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Ticks the engine's epoch until the engine is dropped.
+fn spawn_epoch_ticker(engine: &wasmtime::Engine) -> Result<(), EngineError> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("waft-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| EngineError(format!("cannot start the epoch thread: {e}")))
 }
 
 /// The engine could not be configured (e.g. the CPU lacks a feature the
@@ -75,6 +104,18 @@ pub struct Limits {
     pub replay_bytes_max: usize,
     /// Log lines a guest may write per call; the rest are dropped.
     pub log_lines_per_call_max: u32,
+    /// Largest result one entry or query may return. A larger one rejects
+    /// the entry (`FaultKind::ResultTooLarge`), its changes undone.
+    pub result_bytes_max: usize,
+    /// Largest snapshot the guest may write; a larger save fails.
+    pub snapshot_bytes_max: u64,
+    /// Wall-clock backstop for one call into the guest, in milliseconds.
+    /// Fuel bounds a call's work; this catches a host too slow for the fuel
+    /// budget or host work fuel does not see. A call that hits it stops the
+    /// group on this replica (never a different result).
+    pub call_wall_ms_max: u64,
+    /// Wall-clock backstop for one snapshot save or load, in milliseconds.
+    pub snapshot_wall_ms_max: u64,
 }
 
 impl Default for Limits {
@@ -88,6 +129,10 @@ impl Default for Limits {
             replay_entries_max: 8192,
             replay_bytes_max: 8 * 1024 * 1024,
             log_lines_per_call_max: 64,
+            result_bytes_max: 1024 * 1024,
+            snapshot_bytes_max: 256 * 1024 * 1024,
+            call_wall_ms_max: 30_000,
+            snapshot_wall_ms_max: 600_000,
         }
     }
 }

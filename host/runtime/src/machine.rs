@@ -1,9 +1,51 @@
 //! A running state machine: apply, query, snapshot, with guest faults
-//! contained to the entry that caused them.
+//! contained to the entry that caused them, and every replica kept
+//! byte-identical whatever its own history.
 //!
-//! Owns one live instance of a module plus an in-memory checkpoint. Must
-//! never let a fault change what any other entry returns, and never report a
-//! state that differs from "every successful entry applied, in order".
+//! Owns the *apply instance* (the replicated state), an in-memory
+//! checkpoint, and a *query instance*. Must never let a fault change what any
+//! other entry returns, never report a state that differs from "every
+//! successful entry applied, in order", and never let anything that runs on
+//! one replica only (a query, a leader hook, a snapshot save, a fault's
+//! recovery) change what a later entry sees.
+//!
+//! # Determinism rules
+//!
+//! - **Randomness per entry.** Before every call the random stream is
+//!   reseeded: for `on-apply`, from the group and the first entry's index
+//!   (`wasi::entry_seed`). A guest that imports `wasi:random` is handed one
+//!   entry per call, so each entry draws from its own stream, whatever the
+//!   batching, restarts or re-runs. Other calls (load, save, configuration,
+//!   query) get fixed per-group seeds.
+//! - **Queries and leader hooks never touch the apply instance.** They run on
+//!   a second instance of the same module that replays the entries the apply
+//!   instance applied (from the checkpoint and its replay log), caught up
+//!   lazily before each query. A query may scribble on it; the replicated
+//!   state, and what later entries see, cannot change. The price: a second
+//!   copy of the guest's memory, and the entries applied since the last
+//!   query applied once more, in batches, before the next one.
+//! - **Limits whose outcome depends on heap history are decided on a fresh
+//!   instance.** An entry that hits the memory limit or runs out of fuel on
+//!   the apply instance is not rejected for it straight away: the state
+//!   before it is saved and loaded into a fresh instance, which runs the
+//!   entry alone with twice the memory and fuel (`CANONICAL_FACTOR`). The
+//!   entry is rejected only if it exceeds those there, and the fresh instance
+//!   depends only on the state's bytes, not on any replica's history. A
+//!   replica whose apply instance did not hit the limit accepted an entry
+//!   that, run anywhere else, needed at most a bit over the limit on top of
+//!   the state's own load; the doubled bounds cover that, so every replica
+//!   accepts it too.
+//! - **Host work is paid from fuel** (`host`), and a wall-clock backstop
+//!   (epoch interruption, [`Limits::call_wall_ms_max`]) stops a call the fuel
+//!   did not. Where a backstop stops a call depends on the machine, so it is
+//!   never an entry's outcome: the runtime reports
+//!   [`RuntimeError::Backstop`] and the caller stops the group on this
+//!   replica.
+//! - **A call that may run long never runs on an async worker**: with an
+//!   offload hook set ([`StateMachine::set_offload`]), apply and query calls
+//!   run in place only within a small fuel slice ([`IN_PLACE_FUEL_MAX`]);
+//!   past it the work is re-run through the hook (the daemon's
+//!   `block_in_place`), its partial run discarded.
 //!
 //! # How a fault on one entry is contained
 //!
@@ -17,34 +59,27 @@
 //!    results of a call that faulted are lost with it);
 //! 2. if the call carried several entries, they are run again one entry per
 //!    call;
-//! 3. an entry that faults on its own gets an error result and is *not*
-//!    added to the log, so the state is as if it never ran; the instance is
-//!    restored again and the rest of the batch goes on.
+//! 3. an entry that faults on its own gets an error result (after the fresh-
+//!    instance check above for the memory and fuel limits) and is *not*
+//!    added to the log, so the state is as if it never ran; the rest of the
+//!    batch goes on.
 //!
 //! Fuel: every `on-apply` call gets [`Limits::fuel_per_entry`], however many
 //! entries it carries. A batch that fits succeeds entry by entry, and each of
 //! its entries would also fit alone; a batch that does not is re-run one
-//! entry per call. So an entry fails exactly when it alone exceeds the
-//! budget, whatever the batching, and replicas that batch differently agree.
-//! To keep heavy entries off that slow path, the runtime sizes batches from
-//! the fuel recent entries used, aiming at a quarter of the budget per call.
+//! entry per call. To keep heavy entries off that slow path, the runtime
+//! sizes batches from the fuel recent entries used, aiming at a quarter of
+//! the budget per call.
 //!
 //! The checkpoint moves forward (one `on-snapshot-save` into memory) once the
 //! log since it passes [`Limits::replay_entries_max`] entries or
-//! [`Limits::replay_bytes_max`] bytes, which bounds both the replay work
-//! after a fault and the memory the log holds. The price is one in-memory
-//! save per that many entries, and a copy of the state in memory: cheap for
-//! small states, worth raising the bounds for large ones. If a restore itself fails (a
-//! replayed entry that succeeded before now faults, which only a guest whose
-//! behaviour depends on its heap layout can cause), the state machine is
+//! [`Limits::replay_bytes_max`] bytes. A save larger than
+//! [`Limits::snapshot_bytes_max`] fails; the log then keeps growing up to
+//! [`REPLAY_GROWTH_MAX`] times its bounds, past which the group stops with a
+//! clear error rather than hold unbounded memory. If a restore itself fails
+//! (a replayed entry that succeeded before now faults), the state machine is
 //! poisoned: every later call returns [`RuntimeError::Poisoned`] and the
 //! caller must stop the group rather than diverge.
-//!
-//! Known limit: fuel use and memory growth depend on the guest's heap as well
-//! as on the entry. A replica restored from a snapshot has a fresher heap than
-//! one that ran from the start, so an entry within a hair of a limit could
-//! fault on one and not the other. Limits are meant as guards against runaway
-//! entries, far above what well-behaved entries use.
 
 use std::io::{Cursor, Read, Write};
 use std::sync::{Arc, Mutex};
@@ -53,11 +88,38 @@ use bytes::Bytes;
 use wasmtime::component::{Func, Resource, TypedFunc};
 use wasmtime::{Store, Trap};
 
-use crate::abi::{Entries, Replies};
-use crate::engine::Limits;
+use crate::abi::{Entries, Replies, ResultTooLarge, with_result_cap};
+use crate::engine::{EPOCH_TICK, Limits};
 use crate::host::{HostState, ReaderRes, SharedWrite, WriterRes};
 use crate::module::{Module, ModuleKind};
 use crate::native::Native;
+use crate::wasi::{call_seed, entry_seed};
+
+/// Fuel the apply and query calls of one public call may spend in place on
+/// the caller's thread (an async worker, in the daemon) before the rest is
+/// handed to the offload hook: a few milliseconds of guest work.
+pub const IN_PLACE_FUEL_MAX: u64 = 2_000_000;
+/// How much more memory and fuel the fresh instance that decides a limit hit
+/// gets (see the module docs).
+pub const CANONICAL_FACTOR: u64 = 2;
+/// Extra memory the fresh instance gets beyond `CANONICAL_FACTOR` times the
+/// limit, for the allocator's own rounding.
+const CANONICAL_MEMORY_SLACK_BYTES: usize = 4 * 1024 * 1024;
+/// How far past its bounds the replay log may grow while checkpoints fail
+/// (a state too large to save) before the group stops.
+pub const REPLAY_GROWTH_MAX: usize = 8;
+/// Entries a query instance may be behind when the checkpoint moves and
+/// still be caught up rather than dropped (and rebuilt by the next query).
+const QUERY_CATCH_UP_MAX: usize = 1024;
+
+/// Kinds of calls that belong to no entry, for their random seeds.
+const SEED_SAVE: u64 = 1;
+const SEED_LOAD: u64 = 2;
+const SEED_CONFIG: u64 = 3;
+const SEED_QUERY: u64 = 4;
+
+/// Runs a closure where it may block for long (the daemon: `block_in_place`).
+pub type Offload = Arc<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
 
 /// One committed entry, as the host hands it to the state machine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -88,6 +150,10 @@ pub enum FaultKind {
     /// The guest broke the interface contract (e.g. returned the wrong
     /// number of results).
     Protocol,
+    /// The entry's result was larger than [`Limits::result_bytes_max`].
+    ResultTooLarge,
+    /// The wall-clock backstop stopped the call. Never an entry's outcome.
+    Backstop,
 }
 
 /// A guest fault, with a message for the client whose entry caused it.
@@ -131,6 +197,11 @@ pub enum RuntimeError {
     /// An earlier restore failed; the state machine can no longer be trusted.
     #[error("the state machine is unusable after a failed restore; the group must stop")]
     Poisoned,
+    /// The wall-clock backstop stopped an apply call. How far it got depends
+    /// on this machine's speed, so no outcome can be reported for its
+    /// entries: the group must stop on this replica.
+    #[error("the wall-clock backstop stopped the state machine: {0}; the group must stop on this replica")]
+    Backstop(String),
 }
 
 /// Longest fault message kept; traps can carry long backtraces.
@@ -155,6 +226,9 @@ pub(crate) struct Live {
     leader_stop: LeaderStopFn,
     config: Func,
     limits: Limits,
+    group: u64,
+    /// Fuel the last call was given.
+    fuel_given: u64,
 }
 
 /// A fault in one call.
@@ -162,15 +236,36 @@ struct CallFault {
     fault: GuestFault,
 }
 
+impl CallFault {
+    /// Whether the call ran out of a fuel slice smaller than its budget: not
+    /// an outcome, only a sign it must be run again elsewhere.
+    fn out_of_slice(&self, budget: u64, given: u64) -> bool {
+        self.fault.kind == FaultKind::OutOfFuel && given < budget
+    }
+}
+
+/// Ticks of the epoch that make up `ms` milliseconds, rounded up.
+fn epoch_ticks(ms: u64) -> u64 {
+    ms.div_ceil(EPOCH_TICK.as_millis().max(1) as u64).max(1)
+}
+
 impl Live {
     pub(crate) fn instantiate(module: &Module, limits: &Limits, label: Arc<str>) -> Result<Live, RuntimeError> {
+        Live::instantiate_for(module, limits, 0, label)
+    }
+
+    fn instantiate_for(module: &Module, limits: &Limits, group: u64, label: Arc<str>) -> Result<Live, RuntimeError> {
         let ModuleKind::Wasm(inner) = &module.kind else {
             return Err(RuntimeError::Instantiate("a native machine has no wasm instance".into()));
         };
         let mut store = Store::new(&inner.engine.inner, HostState::new(limits.memory_bytes_max, label));
         store.limiter(|state| &mut state.limiter);
+        store.call_hook(crate::host::call_hook);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(epoch_ticks(limits.call_wall_ms_max));
         let err = |e: wasmtime::Error| RuntimeError::Instantiate(format!("{e:#}"));
         store.set_fuel(limits.fuel_per_query).map_err(err)?;
+        store.data().random.reseed(call_seed(group, SEED_LOAD));
         let instance = inner.pre.instantiate(&mut store).map_err(err)?;
         let mut func = |index, name: &str| {
             instance
@@ -196,34 +291,66 @@ impl Live {
         let leader_start = leader_start.typed(&store).map_err(|e| sig("on-leader-start", e))?;
         let leader_stop = leader_stop.typed(&store).map_err(|e| sig("on-leader-stop", e))?;
         config.typed::<(&[u64], &[u64]), ()>(&store).map_err(|e| sig("on-configuration-committed", e))?;
-        Ok(Live { store, on_apply, query, save, load, leader_start, leader_stop, config, limits: limits.clone() })
+        Ok(Live {
+            store,
+            on_apply,
+            query,
+            save,
+            load,
+            leader_start,
+            leader_stop,
+            config,
+            limits: limits.clone(),
+            group,
+            fuel_given: 0,
+        })
     }
 
-    /// Reset per-call state: fuel, log budget, memory flag, randomness.
-    fn begin_call(&mut self, fuel: u64) -> Result<(), CallFault> {
+    /// Sets the memory limit from now on (all memories together).
+    fn set_memory_limit(&mut self, bytes: usize) {
+        self.store.data_mut().limiter.memory_bytes_max = bytes;
+    }
+
+    /// Reset per-call state: fuel, log budget, memory flag, randomness,
+    /// the backstop's deadline.
+    fn begin_call(&mut self, fuel: u64, seed: u64, wall_ms: u64) -> Result<(), CallFault> {
         let log_budget = self.limits.log_lines_per_call_max;
         let state = self.store.data_mut();
         state.log_budget = log_budget;
         state.limiter.memory_limit_hit = false;
-        state.random.rewind();
+        state.random.reseed(seed);
+        self.store.set_epoch_deadline(epoch_ticks(wall_ms));
+        self.fuel_given = fuel;
         self.store.set_fuel(fuel).map_err(|e| self.fault(e))
     }
 
     fn classify(&self, err: wasmtime::Error) -> GuestFault {
+        let trap = err.downcast_ref::<Trap>().copied();
         let kind = if self.store.data().limiter.memory_limit_hit {
             FaultKind::MemoryLimit
-        } else if let Some(trap) = err.downcast_ref::<Trap>() {
-            if *trap == Trap::OutOfFuel { FaultKind::OutOfFuel } else { FaultKind::Trap }
+        } else if trap == Some(Trap::OutOfFuel) {
+            FaultKind::OutOfFuel
+        } else if trap == Some(Trap::Interrupt) {
+            FaultKind::Backstop
+        } else if err.downcast_ref::<ResultTooLarge>().is_some() {
+            FaultKind::ResultTooLarge
         } else if err.downcast_ref::<wasmtime_wasi::I32Exit>().is_some() {
             FaultKind::Exit
         } else {
             FaultKind::Trap
         };
         let mut message = match kind {
-            FaultKind::OutOfFuel => "the call used its whole fuel budget".to_string(),
-            FaultKind::MemoryLimit => format!("the guest hit the {}-byte memory limit", self.limits.memory_bytes_max),
+            FaultKind::OutOfFuel => format!("the call used its whole fuel budget ({} units)", self.fuel_given),
+            FaultKind::MemoryLimit => {
+                format!("the guest hit the {}-byte memory limit", self.store.data().limiter.memory_bytes_max)
+            }
+            FaultKind::Backstop => format!(
+                "a call into the guest ran past the wall-clock backstop ({} ms for a call, {} ms for a snapshot)",
+                self.limits.call_wall_ms_max, self.limits.snapshot_wall_ms_max
+            ),
+            FaultKind::ResultTooLarge => err.root_cause().to_string(),
             // A Rust panic reaches the host as `unreachable`.
-            _ => match err.downcast_ref::<Trap>() {
+            _ => match trap {
                 Some(Trap::UnreachableCodeReached) => "wasm trap: unreachable executed (a panic, in Rust)".to_string(),
                 Some(trap) => format!("wasm trap: {trap}"),
                 // A host function's error (an exit, a WASI call that would
@@ -239,18 +366,22 @@ impl Live {
         CallFault { fault: self.classify(err) }
     }
 
-    /// Fuel the last call left unspent.
-    fn fuel_left(&self) -> u64 {
-        self.store.get_fuel().unwrap_or(0)
+    /// Fuel the last call spent.
+    fn fuel_used(&self) -> u64 {
+        self.fuel_given.saturating_sub(self.store.get_fuel().unwrap_or(0))
     }
 
     /// The guest's own results, one per entry, lifted by `abi::Replies`;
-    /// mapped by the caller straight into its output.
-    fn call_apply(&mut self, entries: &[Entry]) -> Result<Replies, CallFault> {
-        self.begin_call(self.limits.fuel_per_entry)?;
+    /// mapped by the caller straight into its output. The random stream is
+    /// the first entry's (the only one's, for a guest that draws).
+    fn call_apply(&mut self, entries: &[Entry], fuel: u64) -> Result<Replies, CallFault> {
+        let seed = entries.first().map_or(0, |e| entry_seed(self.group, e.index));
+        self.begin_call(fuel, seed, self.limits.call_wall_ms_max)?;
         // SAFETY: the signature was checked in `instantiate`.
         let f: ApplyFn<'_> = unsafe { TypedFunc::new_unchecked(self.on_apply) };
-        let (results,) = f.call(&mut self.store, (Entries(entries),)).map_err(|e| self.fault(e))?;
+        let cap = self.limits.result_bytes_max;
+        let (results,) =
+            with_result_cap(cap, || f.call(&mut self.store, (Entries(entries),))).map_err(|e| self.fault(e))?;
         if results.len() != entries.len() {
             return Err(CallFault {
                 fault: GuestFault {
@@ -262,34 +393,67 @@ impl Live {
         Ok(results)
     }
 
-    fn call_query(&mut self, request: &[u8]) -> Result<Result<Vec<u8>, String>, CallFault> {
-        self.begin_call(self.limits.fuel_per_query)?;
+    fn call_query(&mut self, request: &[u8], fuel: u64) -> Result<Result<Vec<u8>, String>, CallFault> {
+        self.begin_call(fuel, call_seed(self.group, SEED_QUERY), self.limits.call_wall_ms_max)?;
         // SAFETY: the signature was checked in `instantiate`.
         let f: QueryFn<'_> = unsafe { TypedFunc::new_unchecked(self.query) };
         let (result,) = f.call(&mut self.store, (request,)).map_err(|e| self.fault(e))?;
+        let len = match &result {
+            Ok(bytes) => bytes.len(),
+            Err(message) => message.len(),
+        };
+        if len > self.limits.result_bytes_max {
+            return Err(CallFault {
+                fault: GuestFault {
+                    kind: FaultKind::ResultTooLarge,
+                    message: ResultTooLarge { len, max: self.limits.result_bytes_max }.to_string(),
+                },
+            });
+        }
         Ok(result)
     }
 
     fn call_config(&mut self, voters: &[u64], learners: &[u64]) -> Result<(), CallFault> {
-        self.begin_call(self.limits.fuel_per_query)?;
+        self.begin_call(self.limits.fuel_per_query, call_seed(self.group, SEED_CONFIG), self.limits.call_wall_ms_max)?;
         // SAFETY: the signature was checked in `instantiate`.
         let f: ConfigFn<'_> = unsafe { TypedFunc::new_unchecked(self.config) };
         f.call(&mut self.store, (voters, learners)).map_err(|e| self.fault(e))
     }
 
+    fn call_leader_hook(&mut self, term: Option<u64>) -> Result<(), CallFault> {
+        self.begin_call(self.limits.fuel_per_query, call_seed(self.group, SEED_QUERY), self.limits.call_wall_ms_max)?;
+        match term {
+            Some(term) => self.leader_start.call(&mut self.store, (term,)).map_err(|e| self.fault(e)),
+            None => self.leader_stop.call(&mut self.store, ()).map_err(|e| self.fault(e)),
+        }
+    }
+
     fn call_save<W: Write + Send + 'static>(&mut self, out: W) -> Result<(Result<(), String>, W, u64), CallFault> {
-        self.begin_call(self.limits.fuel_per_snapshot)?;
+        self.begin_call(
+            self.limits.fuel_per_snapshot,
+            call_seed(self.group, SEED_SAVE),
+            self.limits.snapshot_wall_ms_max,
+        )?;
         let shared = Arc::new(Mutex::new(out));
         let sink = Box::new(SharedWrite(shared.clone()));
-        let res = self.store.data_mut().table().push(WriterRes { sink, bytes: 0 }).map_err(|e| self.fault(e.into()))?;
+        let writer = WriterRes { sink, bytes: 0, bytes_max: self.limits.snapshot_bytes_max, over_limit: false };
+        let res = self.store.data_mut().table().push(writer).map_err(|e| self.fault(e.into()))?;
         let rep = Resource::<WriterRes>::new_borrow(res.rep());
         // SAFETY: the signature was checked in `instantiate`.
         let f: SaveFn = unsafe { TypedFunc::new_unchecked(self.save) };
         let called = f.call(&mut self.store, (rep,));
         let writer = self.store.data_mut().table().delete(res);
-        let (result,) = called.map_err(|e| self.fault(e))?;
+        let (mut result,) = called.map_err(|e| self.fault(e))?;
         let writer = writer.map_err(|e| self.fault(e.into()))?;
         let bytes = writer.bytes;
+        if writer.over_limit && result.is_ok() {
+            // The guest went on after its write was refused: the snapshot
+            // is incomplete whatever it says.
+            result = Err(format!(
+                "the snapshot would exceed its limit of {} bytes; this state machine's state is too large to save",
+                writer.bytes_max
+            ));
+        }
         drop(writer);
         let out = match Arc::try_unwrap(shared) {
             Ok(mutex) => mutex.into_inner().map_err(|_| self.protocol("snapshot sink poisoned"))?,
@@ -299,7 +463,11 @@ impl Live {
     }
 
     fn call_load<R: Read + Send + 'static>(&mut self, input: R) -> Result<Result<(), String>, CallFault> {
-        self.begin_call(self.limits.fuel_per_snapshot)?;
+        self.begin_call(
+            self.limits.fuel_per_snapshot,
+            call_seed(self.group, SEED_LOAD),
+            self.limits.snapshot_wall_ms_max,
+        )?;
         let res = self
             .store
             .data_mut()
@@ -360,6 +528,15 @@ struct Checkpoint {
     arena: Vec<u8>,
 }
 
+/// The instance queries and leader hooks run on: the apply instance's
+/// state, as rebuilt from the checkpoint `epoch` and the first `applied`
+/// items of its replay log.
+struct QueryInstance {
+    live: Live,
+    epoch: u64,
+    applied: usize,
+}
+
 /// A running state machine. See the module docs for its fault model.
 ///
 /// A bench-only native machine (see [`crate::native`]) runs in `native`
@@ -369,44 +546,118 @@ pub struct StateMachine {
     native: Option<Native>,
     module: Module,
     limits: Limits,
+    /// The group, for the random seeds; equal on every replica.
+    group: u64,
     label: Arc<str>,
-    /// `None` once a restore failed: nothing may run any more.
+    /// The apply instance. `None` once a restore failed: nothing may run
+    /// any more.
     live: Option<Live>,
     checkpoint: Checkpoint,
+    /// Counts checkpoint replacements, so a query instance knows what it
+    /// was built from.
+    checkpoint_epoch: u64,
+    /// Built by the first query or leader hook, dropped when it faults or
+    /// falls far behind.
+    query: Option<QueryInstance>,
     /// Entries per `on-apply` call, adapted to the fuel entries use so a
-    /// call stays well inside its budget. 1 ..= apply_batch_entries_max.
+    /// call stays well inside its budget. 1 ..= apply_batch_entries_max;
+    /// always 1 for a guest that draws randomness.
     batch_entries: usize,
+    /// Where long work goes; `None` runs everything in place.
+    offload: Option<Offload>,
+    /// Set while the offload hook runs, so nothing offloads twice.
+    offloaded: bool,
+    /// A recent call needed more than the in-place slice: offload at once
+    /// until the next checkpoint.
+    heavy: bool,
+}
+
+/// How one `apply_batch` went.
+enum BatchRun {
+    Done,
+    /// The batch ran out of the in-place fuel slice: nothing of it applied,
+    /// and the apply instance must be restored before anything else runs.
+    OutOfSlice,
 }
 
 impl StateMachine {
-    /// Instantiate `module` in its initial state. `label` tags the guest's
-    /// log lines (e.g. "group 7 node 2").
+    /// Instantiate `module` in its initial state, for a machine outside any
+    /// group (tests, benches, validation). `label` tags the guest's log lines.
     pub fn new(module: &Module, limits: Limits, label: &str) -> Result<Self, RuntimeError> {
+        Self::for_group(module, limits, 0, label)
+    }
+
+    /// Instantiate `module` in its initial state as `group`'s state
+    /// machine: `group` keys the random streams, so it must be the same on
+    /// every replica. `label` tags the guest's log lines (e.g. "group 7 node 2").
+    pub fn for_group(module: &Module, limits: Limits, group: u64, label: &str) -> Result<Self, RuntimeError> {
         assert!(limits.apply_batch_entries_max > 0, "apply_batch_entries_max must be positive");
         let label: Arc<str> = label.into();
-        let batch_entries = limits.apply_batch_entries_max;
-        if let ModuleKind::Native(kind) = module.kind {
-            tracing::warn!(sm = &*label, ?kind, "running a bench-only native state machine: no sandbox, fuel or fault containment");
-            return Ok(Self {
-                native: Some(kind.instantiate()),
-                module: module.clone(),
-                limits,
-                label,
-                live: None,
-                checkpoint: Checkpoint::default(),
-                batch_entries,
-            });
-        }
-        let live = Live::instantiate(module, &limits, label.clone())?;
-        Ok(Self {
+        let batch_entries = if module.draws_randomness() { 1 } else { limits.apply_batch_entries_max };
+        let mut sm = Self {
             native: None,
             module: module.clone(),
             limits,
+            group,
             label,
-            live: Some(live),
+            live: None,
             checkpoint: Checkpoint::default(),
+            checkpoint_epoch: 0,
+            query: None,
             batch_entries,
-        })
+            offload: None,
+            offloaded: false,
+            heavy: false,
+        };
+        if let ModuleKind::Native(kind) = module.kind {
+            tracing::warn!(
+                sm = &*sm.label,
+                ?kind,
+                "running a bench-only native state machine: no sandbox, fuel or fault containment"
+            );
+            sm.native = Some(kind.instantiate());
+            return Ok(sm);
+        }
+        sm.live = Some(Live::instantiate_for(module, &sm.limits, group, sm.label.clone())?);
+        Ok(sm)
+    }
+
+    /// Where calls that may run long go (the daemon: `block_in_place`).
+    /// Without it everything runs in place.
+    pub fn set_offload(&mut self, offload: Option<Offload>) {
+        self.offload = offload;
+    }
+
+    /// Runs `work` through the offload hook if there is one and it is not
+    /// running already; in place otherwise.
+    fn offloaded<T>(&mut self, work: impl FnOnce(&mut Self) -> T) -> T {
+        match self.offload.clone() {
+            Some(offload) if !self.offloaded => {
+                self.offloaded = true;
+                let mut work = Some(work);
+                let mut result = None;
+                offload(&mut || {
+                    if let Some(work) = work.take() {
+                        result = Some(work(self));
+                    }
+                });
+                self.offloaded = false;
+                match result {
+                    Some(result) => result,
+                    // An offload hook that did not run its closure: run here.
+                    None => match work.take() {
+                        Some(work) => work(self),
+                        None => unreachable!("the closure ran but left no result"),
+                    },
+                }
+            }
+            _ => work(self),
+        }
+    }
+
+    /// Whether calls now run within the in-place fuel slice.
+    fn in_place(&self) -> bool {
+        self.offload.is_some() && !self.offloaded && !self.heavy
     }
 
     fn live(&mut self) -> Result<&mut Live, RuntimeError> {
@@ -423,20 +674,69 @@ impl StateMachine {
                 .collect());
         }
         let mut out = Vec::with_capacity(entries.len());
-        let mut rest = entries;
-        while !rest.is_empty() {
-            let n = rest.len().min(self.batch_entries);
-            self.apply_batch(&rest[..n], &mut out)?;
-            rest = &rest[n..];
+        let mut spent = 0u64;
+        let mut at = 0;
+        while at < entries.len() {
+            let n = (entries.len() - at).min(self.batch_entries);
+            let batch = &entries[at..at + n];
+            let slice = if self.in_place() { Some(IN_PLACE_FUEL_MAX.saturating_sub(spent)) } else { None };
+            match slice {
+                Some(0) => {
+                    // The slice is spent: the rest goes off this thread.
+                    return self.offloaded(|sm| sm.apply_rest(entries, at, out));
+                }
+                _ => {}
+            }
+            match self.apply_batch(batch, &mut out, slice)? {
+                BatchRun::Done => {
+                    spent = spent.saturating_add(self.live.as_ref().map_or(0, Live::fuel_used));
+                    at += n;
+                }
+                BatchRun::OutOfSlice => {
+                    self.heavy = true;
+                    return self.offloaded(|sm| {
+                        sm.restore()?;
+                        sm.apply_rest(entries, at, out)
+                    });
+                }
+            }
+        }
+        if self.checkpoint_due() {
+            self.offloaded(|sm| sm.maybe_checkpoint())?;
+        }
+        debug_assert_eq!(out.len(), entries.len());
+        Ok(out)
+    }
+
+    /// Applies `entries[at..]` with full budgets (off the async worker),
+    /// then moves the checkpoint if due.
+    fn apply_rest(
+        &mut self,
+        entries: &[Entry],
+        mut at: usize,
+        mut out: Vec<ApplyResult>,
+    ) -> Result<Vec<ApplyResult>, RuntimeError> {
+        while at < entries.len() {
+            let n = (entries.len() - at).min(self.batch_entries);
+            self.apply_batch(&entries[at..at + n], &mut out, None)?;
+            at += n;
         }
         self.maybe_checkpoint()?;
         debug_assert_eq!(out.len(), entries.len());
         Ok(out)
     }
 
-    /// One `on-apply` call; on a fault, restore and go one entry per call.
-    fn apply_batch(&mut self, batch: &[Entry], out: &mut Vec<ApplyResult>) -> Result<(), RuntimeError> {
-        let call = self.live()?.call_apply(batch);
+    /// One `on-apply` call with the full budget, or with `slice` fuel when
+    /// it is smaller; on a fault, restore and go one entry per call.
+    fn apply_batch(
+        &mut self,
+        batch: &[Entry],
+        out: &mut Vec<ApplyResult>,
+        slice: Option<u64>,
+    ) -> Result<BatchRun, RuntimeError> {
+        let budget = self.limits.fuel_per_entry;
+        let fuel = slice.map_or(budget, |s| s.min(budget));
+        let call = self.live()?.call_apply(batch, fuel);
         match call {
             Ok(results) => {
                 self.adapt_batch(batch.len());
@@ -445,26 +745,113 @@ impl StateMachine {
                 }
                 out.extend(results.into_results().map(|r| r.map_err(ApplyError::Rejected)));
             }
+            Err(f) if f.out_of_slice(budget, fuel) => return Ok(BatchRun::OutOfSlice),
+            Err(CallFault { fault }) if fault.kind == FaultKind::Backstop => {
+                self.live = None;
+                return Err(RuntimeError::Backstop(fault.message));
+            }
             Err(CallFault { fault }) => {
-                self.restore()?;
-                if let [entry] = batch {
-                    tracing::warn!(sm = &*self.label, index = entry.index, %fault, "entry rejected");
-                    out.push(Err(ApplyError::Fault(fault)));
-                } else {
-                    for entry in batch {
-                        self.apply_batch(std::slice::from_ref(entry), out)?;
-                    }
-                }
+                // A restore and re-runs with full budgets: off the worker.
+                self.offloaded(|sm| sm.contain_fault(batch, fault, out))?;
+            }
+        }
+        Ok(BatchRun::Done)
+    }
+
+    /// After `batch` faulted: restores the apply instance to before it, then
+    /// decides its only entry, or re-runs its entries one per call.
+    fn contain_fault(
+        &mut self,
+        batch: &[Entry],
+        fault: GuestFault,
+        out: &mut Vec<ApplyResult>,
+    ) -> Result<(), RuntimeError> {
+        self.restore()?;
+        if let [entry] = batch {
+            let verdict = match fault.kind {
+                FaultKind::MemoryLimit | FaultKind::OutOfFuel => self.decide_on_fresh_instance(entry, fault)?,
+                _ => Err(ApplyError::Fault(fault)),
+            };
+            if let Err(ApplyError::Fault(fault)) = &verdict {
+                tracing::warn!(sm = &*self.label, index = entry.index, %fault, "entry rejected");
+            }
+            out.push(verdict);
+        } else {
+            for entry in batch {
+                self.apply_batch(std::slice::from_ref(entry), out, None)?;
             }
         }
         Ok(())
     }
 
+    /// Decides an entry that hit the memory limit or ran out of fuel on the
+    /// apply instance (restored to just before it): the state's bytes are
+    /// loaded into a fresh instance (within the normal memory limit), which
+    /// runs the entry alone with `CANONICAL_FACTOR` times the memory and
+    /// fuel. On success that instance becomes the apply instance; otherwise
+    /// the entry is rejected with the fresh instance's fault. Either way the
+    /// verdict depends only on the state's bytes and the entry.
+    fn decide_on_fresh_instance(&mut self, entry: &Entry, first: GuestFault) -> Result<ApplyResult, RuntimeError> {
+        let state = match self.save_live_to_memory() {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Without the state's bytes there is no fresh instance to
+                // ask; the apply instance's verdict stands.
+                tracing::warn!(sm = &*self.label, index = entry.index, error = %e, "cannot save the state to re-check a limit hit");
+                return Ok(Err(ApplyError::Fault(first)));
+            }
+        };
+        let mut fresh = Live::instantiate_for(&self.module, &self.limits, self.group, self.label.clone())?;
+        match fresh.call_load(Cursor::new(state.clone())) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Err(RuntimeError::Recovery(format!("the state does not load into a fresh instance: {e}")));
+            }
+            Err(f) => {
+                return Err(RuntimeError::Recovery(format!(
+                    "the state does not load into a fresh instance: {}",
+                    f.fault
+                )));
+            }
+        }
+        let memory_max = self.canonical_memory_max();
+        fresh.set_memory_limit(memory_max);
+        let fuel = self.limits.fuel_per_entry.saturating_mul(CANONICAL_FACTOR);
+        match fresh.call_apply(std::slice::from_ref(entry), fuel) {
+            Ok(results) => {
+                fresh.set_memory_limit(self.limits.memory_bytes_max);
+                let Some(result) = results.into_results().next() else {
+                    return Err(RuntimeError::Recovery("on-apply returned no result for one entry".into()));
+                };
+                tracing::info!(sm = &*self.label, index = entry.index, %first, "a limit hit on the apply instance fits on a fresh one: applied");
+                self.live = Some(fresh);
+                self.replace_checkpoint(Some(state.into()));
+                self.record_entry(entry);
+                Ok(result.map_err(ApplyError::Rejected))
+            }
+            Err(CallFault { fault }) if fault.kind == FaultKind::Backstop => Err(RuntimeError::Backstop(fault.message)),
+            Err(CallFault { mut fault }) => {
+                fault.message.push_str(" (decided on a fresh instance with twice the limit)");
+                Ok(Err(ApplyError::Fault(fault)))
+            }
+        }
+    }
+
+    /// The memory a fresh instance gets to decide a limit hit.
+    fn canonical_memory_max(&self) -> usize {
+        self.limits
+            .memory_bytes_max
+            .saturating_mul(CANONICAL_FACTOR as usize)
+            .saturating_add(CANONICAL_MEMORY_SLACK_BYTES)
+    }
+
     /// Size the next batches so a call spends about a quarter of its budget.
     fn adapt_batch(&mut self, entries: usize) {
+        if self.module.draws_randomness() {
+            return;
+        }
         let Some(live) = self.live.as_ref() else { return };
-        let used = self.limits.fuel_per_entry.saturating_sub(live.fuel_left());
-        let per_entry = (used / entries as u64).max(1);
+        let per_entry = (live.fuel_used() / entries as u64).max(1);
         let fit = (self.limits.fuel_per_entry / 4 / per_entry).max(1);
         self.batch_entries = usize::try_from(fit).unwrap_or(usize::MAX).min(self.limits.apply_batch_entries_max);
     }
@@ -488,20 +875,47 @@ impl StateMachine {
             || cp.arena.len().saturating_add(command_bytes) > self.limits.replay_bytes_max
     }
 
+    fn checkpoint_due(&self) -> bool {
+        let cp = &self.checkpoint;
+        cp.since.len() > self.limits.replay_entries_max || cp.arena.len() > self.limits.replay_bytes_max
+    }
+
     /// Move the checkpoint forward when the replay log is past its bounds.
     fn maybe_checkpoint(&mut self) -> Result<(), RuntimeError> {
-        let cp = &self.checkpoint;
-        if cp.since.len() <= self.limits.replay_entries_max && cp.arena.len() <= self.limits.replay_bytes_max {
+        if !self.checkpoint_due() {
             return Ok(());
         }
-        match self.save_to_memory() {
+        match self.save_live_to_memory() {
             Ok(bytes) => {
-                self.checkpoint = Checkpoint { snapshot: Some(bytes.into()), ..Checkpoint::default() };
+                // A query instance close behind follows the checkpoint rather
+                // than being rebuilt from it.
+                self.catch_up_query(QUERY_CATCH_UP_MAX);
+                let caught_up = self
+                    .query
+                    .as_ref()
+                    .is_some_and(|q| q.epoch == self.checkpoint_epoch && q.applied == self.checkpoint.since.len());
+                self.replace_checkpoint(Some(bytes.into()));
+                if caught_up && let Some(q) = &mut self.query {
+                    q.epoch = self.checkpoint_epoch;
+                    q.applied = 0;
+                }
+                self.heavy = false;
                 Ok(())
             }
             Err(RuntimeError::Guest(e)) | Err(RuntimeError::Fault(GuestFault { message: e, .. })) => {
                 // The state is intact (restored if it faulted); only the
-                // checkpoint could not move. Keep the longer replay log.
+                // checkpoint could not move. Keep the longer replay log, up
+                // to a bound.
+                let cp = &self.checkpoint;
+                if cp.since.len() > self.limits.replay_entries_max.saturating_mul(REPLAY_GROWTH_MAX)
+                    || cp.arena.len() > self.limits.replay_bytes_max.saturating_mul(REPLAY_GROWTH_MAX)
+                {
+                    self.live = None;
+                    return Err(RuntimeError::Recovery(format!(
+                        "no checkpoint could be saved for {} entries ({e}); the replay log is at its bound",
+                        cp.since.len()
+                    )));
+                }
                 tracing::warn!(sm = &*self.label, error = %e, "checkpoint failed; replay log keeps growing");
                 Ok(())
             }
@@ -509,15 +923,24 @@ impl StateMachine {
         }
     }
 
-    fn save_to_memory(&mut self) -> Result<Vec<u8>, RuntimeError> {
-        let (bytes, _) = self.save_snapshot(Vec::new())?;
+    /// Makes `snapshot` the checkpoint, with an empty replay log.
+    fn replace_checkpoint(&mut self, snapshot: Option<Arc<[u8]>>) {
+        self.checkpoint = Checkpoint { snapshot, ..Checkpoint::default() };
+        self.checkpoint_epoch += 1;
+    }
+
+    /// The apply instance's state, saved into memory.
+    fn save_live_to_memory(&mut self) -> Result<Vec<u8>, RuntimeError> {
+        let (result, bytes, _) = self.guarded(|live| live.call_save(Vec::new()))?;
+        result.map_err(RuntimeError::Guest)?;
         Ok(bytes)
     }
 
-    /// Rebuild the live instance at the checkpoint plus the replay log.
-    fn restore(&mut self) -> Result<(), RuntimeError> {
-        self.live = None;
-        let mut live = Live::instantiate(&self.module, &self.limits, self.label.clone())?;
+    /// A fresh instance at the checkpoint plus the replay log (its first
+    /// `upto` items), replayed one entry per call with the doubled bounds:
+    /// every one of them succeeded before, maybe on a fresh instance.
+    fn rebuild(&self, upto: usize) -> Result<Live, RuntimeError> {
+        let mut live = Live::instantiate_for(&self.module, &self.limits, self.group, self.label.clone())?;
         let failed = |what: &str, fault: GuestFault| RuntimeError::Recovery(format!("{what}: {fault}"));
         if let Some(snapshot) = &self.checkpoint.snapshot {
             match live.call_load(Cursor::new(snapshot.clone())) {
@@ -526,27 +949,44 @@ impl StateMachine {
                 Err(f) => return Err(failed("checkpoint load faulted", f.fault)),
             }
         }
-        // One entry per call: each of these entries is known to fit the
-        // budget alone, not necessarily together with its neighbours.
-        let arena = Bytes::copy_from_slice(&self.checkpoint.arena);
-        for item in &self.checkpoint.since {
+        live.set_memory_limit(self.canonical_memory_max());
+        let fuel = self.limits.fuel_per_entry.saturating_mul(CANONICAL_FACTOR);
+        self.replay_into(&mut live, 0, upto, fuel)?;
+        live.set_memory_limit(self.limits.memory_bytes_max);
+        Ok(live)
+    }
+
+    /// Replays items `from..upto` of the replay log into `live`, one entry
+    /// per call (each is known to fit the budget alone, not necessarily with
+    /// its neighbours).
+    fn replay_into(&self, live: &mut Live, from: usize, upto: usize, fuel: u64) -> Result<(), RuntimeError> {
+        let failed = |fault: GuestFault| RuntimeError::Recovery(format!("replay faulted: {fault}"));
+        let arena = &self.checkpoint.arena;
+        for item in &self.checkpoint.since[from..upto] {
             match item {
                 Replay::Entry { index, term, start, end } => {
-                    let entry = Entry::new(*index, *term, arena.slice(*start..*end));
-                    live.call_apply(std::slice::from_ref(&entry)).map_err(|f| failed("replay faulted", f.fault))?;
+                    let entry = Entry::new(*index, *term, Bytes::copy_from_slice(&arena[*start..*end]));
+                    live.call_apply(std::slice::from_ref(&entry), fuel).map_err(|f| failed(f.fault))?;
                 }
                 Replay::Configuration(members) => {
                     let (voters, learners) = &**members;
-                    live.call_config(voters, learners).map_err(|f| failed("replay faulted", f.fault))?;
+                    live.call_config(voters, learners).map_err(|f| failed(f.fault))?;
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Rebuild the apply instance at the checkpoint plus the replay log.
+    fn restore(&mut self) -> Result<(), RuntimeError> {
+        self.live = None;
+        let live = self.rebuild(self.checkpoint.since.len())?;
         self.live = Some(live);
         Ok(())
     }
 
-    /// Run a guest call that must not change state (query, hooks, save);
-    /// restore the instance if it faults.
+    /// Run a guest call on the apply instance that must not change state
+    /// (a save); restore the instance if it faults.
     fn guarded<T>(&mut self, call: impl FnOnce(&mut Live) -> Result<T, CallFault>) -> Result<T, RuntimeError> {
         let result = call(self.live()?);
         match result {
@@ -558,12 +998,126 @@ impl StateMachine {
         }
     }
 
-    /// Answer a read-only query.
+    /// Brings the query instance up to the apply instance's state if it is
+    /// at most `max_behind` items behind; drops it if it falls further
+    /// behind or faults.
+    fn catch_up_query(&mut self, max_behind: usize) {
+        let Some(q) = self.query.as_mut() else { return };
+        let total = self.checkpoint.since.len();
+        if q.epoch != self.checkpoint_epoch || total - q.applied.min(total) > max_behind {
+            self.query = None;
+            return;
+        }
+        let Some(mut q) = self.query.take() else { return };
+        let from = q.applied;
+        if self.replay_batched(&mut q.live, from, total).is_ok() {
+            q.applied = total;
+            self.query = Some(q);
+        }
+    }
+
+    /// Replays items `from..upto` into a query instance, in batches where
+    /// the guest draws no randomness (its heap need not match anyone's).
+    fn replay_batched(&self, live: &mut Live, from: usize, upto: usize) -> Result<(), RuntimeError> {
+        if self.module.draws_randomness() {
+            return self.replay_into(live, from, upto, self.limits.fuel_per_entry.saturating_mul(CANONICAL_FACTOR));
+        }
+        let failed = |fault: GuestFault| RuntimeError::Recovery(format!("query instance replay faulted: {fault}"));
+        let arena = &self.checkpoint.arena;
+        let mut batch: Vec<Entry> = Vec::new();
+        let flush = |live: &mut Live, batch: &mut Vec<Entry>| -> Result<(), RuntimeError> {
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let fuel = self.limits.fuel_per_entry.saturating_mul(CANONICAL_FACTOR).saturating_mul(batch.len() as u64);
+            live.call_apply(batch, fuel).map_err(|f| failed(f.fault))?;
+            batch.clear();
+            Ok(())
+        };
+        for item in &self.checkpoint.since[from..upto] {
+            match item {
+                Replay::Entry { index, term, start, end } => {
+                    batch.push(Entry::new(*index, *term, Bytes::copy_from_slice(&arena[*start..*end])));
+                    if batch.len() >= self.limits.apply_batch_entries_max {
+                        flush(live, &mut batch)?;
+                    }
+                }
+                Replay::Configuration(members) => {
+                    flush(live, &mut batch)?;
+                    let (voters, learners) = &**members;
+                    live.call_config(voters, learners).map_err(|f| failed(f.fault))?;
+                }
+            }
+        }
+        flush(live, &mut batch)
+    }
+
+    /// The query instance, at the apply instance's state. Builds it when
+    /// missing (a load and a replay: off the async worker).
+    fn sync_query(&mut self) -> Result<(), RuntimeError> {
+        let total = self.checkpoint.since.len();
+        let current = self.query.as_ref().is_some_and(|q| q.epoch == self.checkpoint_epoch);
+        let behind = self.query.as_ref().map_or(usize::MAX, |q| total.saturating_sub(q.applied));
+        if current && behind == 0 {
+            return Ok(());
+        }
+        let in_place = self.in_place() && current && behind <= QUERY_CATCH_UP_IN_PLACE_MAX;
+        let work = |sm: &mut Self| -> Result<(), RuntimeError> {
+            if sm.query.as_ref().is_some_and(|q| q.epoch == sm.checkpoint_epoch) {
+                sm.catch_up_query(usize::MAX);
+                if sm.query.is_some() {
+                    return Ok(());
+                }
+            }
+            sm.query = None;
+            let mut live = Live::instantiate_for(&sm.module, &sm.limits, sm.group, sm.label.clone())?;
+            if let Some(snapshot) = &sm.checkpoint.snapshot {
+                match live.call_load(Cursor::new(snapshot.clone())) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(RuntimeError::Guest(format!("the query instance cannot load the state: {e}")));
+                    }
+                    Err(f) => return Err(RuntimeError::Fault(f.fault)),
+                }
+            }
+            live.set_memory_limit(sm.canonical_memory_max());
+            sm.replay_batched(&mut live, 0, total)?;
+            live.set_memory_limit(sm.limits.memory_bytes_max);
+            sm.query = Some(QueryInstance { live, epoch: sm.checkpoint_epoch, applied: total });
+            Ok(())
+        };
+        if in_place { work(self) } else { self.offloaded(work) }
+    }
+
+    /// Answer a read-only query, on the query instance: whatever the guest
+    /// does in it, the replicated state does not change.
     pub fn query(&mut self, request: &[u8]) -> Result<Bytes, RuntimeError> {
         if let Some(native) = &self.native {
             return native.query(request).map(Bytes::from).map_err(RuntimeError::Guest);
         }
-        self.guarded(|live| live.call_query(request))?.map(Bytes::from).map_err(RuntimeError::Guest)
+        self.check_usable()?;
+        self.sync_query()?;
+        let budget = self.limits.fuel_per_query;
+        let fuel = if self.in_place() { budget.min(IN_PLACE_FUEL_MAX) } else { budget };
+        let Some(q) = self.query.as_mut() else {
+            return Err(RuntimeError::Instantiate("the query instance is missing".into()));
+        };
+        match q.live.call_query(request, fuel) {
+            Ok(result) => result.map(Bytes::from).map_err(RuntimeError::Guest),
+            Err(f) => {
+                // Whatever the guest left half done goes with the instance.
+                self.query = None;
+                if f.out_of_slice(budget, fuel) {
+                    self.heavy = true;
+                    return self.offloaded(|sm| sm.query(request));
+                }
+                Err(RuntimeError::Fault(f.fault))
+            }
+        }
+    }
+
+    fn check_usable(&self) -> Result<(), RuntimeError> {
+        if self.live.is_none() { Err(RuntimeError::Poisoned) } else { Ok(()) }
     }
 
     /// Stream the state into `out`; returns `out` and the bytes written.
@@ -584,41 +1138,45 @@ impl StateMachine {
         if let Some(native) = &mut self.native {
             return native.load(&mut input).map_err(RuntimeError::Guest);
         }
-        let mut fresh = Live::instantiate(&self.module, &self.limits, self.label.clone())?;
+        let mut fresh = Live::instantiate_for(&self.module, &self.limits, self.group, self.label.clone())?;
         match fresh.call_load(input) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(RuntimeError::Guest(e)),
             Err(f) => return Err(RuntimeError::Fault(f.fault)),
         }
         self.live = Some(fresh);
-        self.checkpoint = Checkpoint::default();
-        let bytes = self.save_to_memory()?;
+        self.query = None;
+        self.replace_checkpoint(None);
+        let bytes = self.save_live_to_memory()?;
         self.checkpoint.snapshot = Some(bytes.into());
         Ok(())
     }
 
-    /// Tell the guest this replica leads in `term`.
+    /// Tell the guest this replica leads in `term`: on the query instance,
+    /// so the replicated state cannot depend on it.
     pub fn on_leader_start(&mut self, term: u64) -> Result<(), RuntimeError> {
-        if self.native.is_some() {
-            return Ok(());
-        }
-        let fuel = self.limits.fuel_per_query;
-        self.guarded(|live| {
-            live.begin_call(fuel)?;
-            live.leader_start.call(&mut live.store, (term,)).map_err(|e| live.fault(e))
-        })
+        self.leader_hook(Some(term))
     }
 
-    /// Tell the guest this replica no longer leads.
+    /// Tell the guest this replica no longer leads (on the query instance).
     pub fn on_leader_stop(&mut self) -> Result<(), RuntimeError> {
+        self.leader_hook(None)
+    }
+
+    fn leader_hook(&mut self, term: Option<u64>) -> Result<(), RuntimeError> {
         if self.native.is_some() {
             return Ok(());
         }
-        let fuel = self.limits.fuel_per_query;
-        self.guarded(|live| {
-            live.begin_call(fuel)?;
-            live.leader_stop.call(&mut live.store, ()).map_err(|e| live.fault(e))
-        })
+        self.check_usable()?;
+        self.sync_query()?;
+        let Some(q) = self.query.as_mut() else { return Ok(()) };
+        match q.live.call_leader_hook(term) {
+            Ok(()) => Ok(()),
+            Err(f) => {
+                self.query = None;
+                Err(RuntimeError::Fault(f.fault))
+            }
+        }
     }
 
     /// Tell the guest a configuration committed. Replayed after a fault, like
@@ -627,8 +1185,26 @@ impl StateMachine {
         if self.native.is_some() {
             return Ok(());
         }
-        self.guarded(|live| live.call_config(voters, learners))?;
+        match self.guarded(|live| live.call_config(voters, learners)) {
+            // Where a backstop stops a call depends on the machine: this
+            // replica cannot know what the others made of the hook.
+            Err(RuntimeError::Fault(f)) if f.kind == FaultKind::Backstop => {
+                self.live = None;
+                return Err(RuntimeError::Backstop(f.message));
+            }
+            other => other?,
+        }
         self.checkpoint.since.push(Replay::Configuration(Box::new((voters.to_vec(), learners.to_vec()))));
         Ok(())
     }
+
+    /// Bytes of linear memory the apply instance holds, all memories
+    /// together (0 for a native machine or a poisoned one).
+    pub fn memory_bytes(&self) -> usize {
+        self.live.as_ref().map_or(0, |l| l.store.data().limiter.memory_bytes())
+    }
 }
+
+/// Entries a query instance may be behind and still catch up in place on
+/// the caller's thread.
+const QUERY_CATCH_UP_IN_PLACE_MAX: usize = 64;

@@ -120,6 +120,10 @@ pub(crate) struct ModuleInner {
     pub(crate) engine: Engine,
     pub(crate) pre: InstancePre<HostState>,
     pub(crate) exports: ExportIndexes,
+    /// Whether the component imports any `wasi:random` interface. Such a
+    /// guest is handed one entry per `on-apply` call, so the random stream
+    /// can restart at every entry (see `machine`).
+    pub(crate) draws_randomness: bool,
 }
 
 /// Where each export lives, looked up once.
@@ -151,11 +155,13 @@ impl Module {
         }
         check_header(bytes)?;
         let component = Component::new(&engine.inner, bytes).map_err(|e| LoadError::Malformed(format!("{e:#}")))?;
-        check_imports(engine, &component)?;
+        let draws_randomness = check_imports(engine, &component)?;
         let exports = check_exports(engine, &component)?;
         let linker = linker(&engine.inner).map_err(|e| LoadError::Incompatible(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Incompatible(format!("{e:#}")))?;
-        let module = Module { kind: ModuleKind::Wasm(Arc::new(ModuleInner { engine: engine.clone(), pre, exports })) };
+        let module = Module {
+            kind: ModuleKind::Wasm(Arc::new(ModuleInner { engine: engine.clone(), pre, exports, draws_randomness })),
+        };
         // Typecheck every export against the host's expectations.
         crate::machine::Live::instantiate(&module, &crate::Limits::default(), "validate".into())
             .map_err(|e| LoadError::Incompatible(e.to_string()))?;
@@ -172,6 +178,12 @@ impl Module {
     /// Whether this is a bench-only native machine.
     pub fn is_native(&self) -> bool {
         matches!(self.kind, ModuleKind::Native(_))
+    }
+
+    /// Whether the guest imports randomness, and so applies one entry per
+    /// call (a determinism rule, at some cost in apply throughput).
+    pub fn draws_randomness(&self) -> bool {
+        matches!(&self.kind, ModuleKind::Wasm(inner) if inner.draws_randomness)
     }
 }
 
@@ -198,8 +210,10 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
     }
 }
 
-fn check_imports(engine: &Engine, component: &Component) -> Result<(), LoadError> {
+/// Checks every import is allowed; returns whether any is `wasi:random`.
+fn check_imports(engine: &Engine, component: &Component) -> Result<bool, LoadError> {
     let ty = component.component_type();
+    let mut draws_randomness = false;
     for (name, _) in ty.imports(&engine.inner) {
         let (base, version) = split_version(name);
         if base.starts_with(&format!("{WIT_PACKAGE}/")) {
@@ -215,8 +229,9 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<(), LoadError
         if !wasi_ok {
             return Err(LoadError::ImportNotAllowed { name: name.to_string() });
         }
+        draws_randomness |= base.starts_with("wasi:random/");
     }
-    Ok(())
+    Ok(draws_randomness)
 }
 
 fn check_exports(engine: &Engine, component: &Component) -> Result<ExportIndexes, LoadError> {

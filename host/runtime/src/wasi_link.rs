@@ -44,19 +44,20 @@ use wasmtime_wasi::p2::{DynInputStream, DynOutputStream, DynPollable, Pollable, 
 use wasmtime_wasi::random::{WasiRandom, WasiRandomView};
 
 use crate::host::HostState;
+use crate::wasi::FixedRandom;
 
 /// Adds every WASI interface a guest may import to `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     type T = HostState;
     let l = linker;
     async_io::error::add_to_linker::<T, Table>(l, |s| s.table())?;
-    poll::add_to_linker::<T, NoWait>(l, |s| NoWaitIo(s.table()))?;
-    streams::add_to_linker::<T, NoWait>(l, |s| NoWaitIo(s.table()))?;
+    poll::add_to_linker::<T, NoWait>(l, HostState::no_wait_io)?;
+    streams::add_to_linker::<T, NoWait>(l, HostState::no_wait_io)?;
     monotonic_clock::add_to_linker::<T, StillClock>(l, |s| StillClockView(s.clocks()))?;
     clocks::wall_clock::add_to_linker::<T, WasiClocks>(l, T::clocks)?;
     random::random::add_to_linker::<T, WasiRandom>(l, T::random)?;
     random::insecure::add_to_linker::<T, WasiRandom>(l, T::random)?;
-    random::insecure_seed::add_to_linker::<T, WasiRandom>(l, T::random)?;
+    random::insecure_seed::add_to_linker::<T, Seed>(l, |s| SeedView(&s.random))?;
     cli::exit::add_to_linker::<T, WasiCli>(l, T::cli)?;
     cli::environment::add_to_linker::<T, WasiCli>(l, T::cli)?;
     cli::stdin::add_to_linker::<T, WasiCli>(l, T::cli)?;
@@ -87,7 +88,28 @@ impl HasData for NoWait {
     type Data<'a> = NoWaitIo<'a>;
 }
 
-struct NoWaitIo<'a>(&'a mut ResourceTable);
+pub(crate) struct NoWaitIo<'a> {
+    pub(crate) table: &'a mut ResourceTable,
+    /// Bytes the guest wrote to its streams since the host last charged
+    /// fuel for them (`HostState::charge_host_work`).
+    pub(crate) written: &'a mut u64,
+}
+
+/// `wasi:random/insecure-seed` from the store's seeded stream, not the fixed
+/// value of wasmtime-wasi's context: it changes with the entry like the rest.
+struct Seed;
+
+impl HasData for Seed {
+    type Data<'a> = SeedView<'a>;
+}
+
+struct SeedView<'a>(&'a FixedRandom);
+
+impl random::insecure_seed::Host for SeedView<'_> {
+    fn insecure_seed(&mut self) -> wasmtime::Result<(u64, u64)> {
+        Ok(self.0.insecure_seed())
+    }
+}
 
 /// The outcome of `future` if it is settled at its first poll. Polled on this
 /// thread, with a waker that does nothing: never waits, never needs a runtime.
@@ -113,7 +135,7 @@ fn stream_settled<T>(function: &str, future: impl Future<Output = StreamResult<T
 
 impl streams::Host for NoWaitIo<'_> {
     fn convert_stream_error(&mut self, err: StreamError) -> wasmtime::Result<streams::StreamError> {
-        streams::Host::convert_stream_error(self.0, err)
+        streams::Host::convert_stream_error(self.table, err)
     }
 }
 
@@ -122,52 +144,56 @@ impl streams::HostOutputStream for NoWaitIo<'_> {
         // The stream is out of the table whatever its wind-down does; one
         // that would wait is dropped without waiting, which the guest
         // cannot tell from a wait that ended.
-        settled(async_io::streams::HostOutputStream::drop(self.0, stream)).unwrap_or(Ok(()))
+        settled(async_io::streams::HostOutputStream::drop(self.table, stream)).unwrap_or(Ok(()))
     }
 
     fn check_write(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<u64> {
-        streams::HostOutputStream::check_write(self.0, stream)
+        streams::HostOutputStream::check_write(self.table, stream)
     }
 
     fn write(&mut self, stream: Resource<DynOutputStream>, bytes: Vec<u8>) -> StreamResult<()> {
-        streams::HostOutputStream::write(self.0, stream, bytes)
+        *self.written += bytes.len() as u64;
+        streams::HostOutputStream::write(self.table, stream, bytes)
     }
 
     fn blocking_write_and_flush(&mut self, stream: Resource<DynOutputStream>, bytes: Vec<u8>) -> StreamResult<()> {
+        *self.written += bytes.len() as u64;
         stream_settled(
             "output-stream.blocking-write-and-flush",
-            async_io::streams::HostOutputStream::blocking_write_and_flush(self.0, stream, bytes),
+            async_io::streams::HostOutputStream::blocking_write_and_flush(self.table, stream, bytes),
         )
     }
 
     fn blocking_write_zeroes_and_flush(&mut self, stream: Resource<DynOutputStream>, len: u64) -> StreamResult<()> {
+        *self.written = self.written.saturating_add(len);
         stream_settled(
             "output-stream.blocking-write-zeroes-and-flush",
-            async_io::streams::HostOutputStream::blocking_write_zeroes_and_flush(self.0, stream, len),
+            async_io::streams::HostOutputStream::blocking_write_zeroes_and_flush(self.table, stream, len),
         )
     }
 
     fn subscribe(&mut self, stream: Resource<DynOutputStream>) -> wasmtime::Result<Resource<DynPollable>> {
-        streams::HostOutputStream::subscribe(self.0, stream)
+        streams::HostOutputStream::subscribe(self.table, stream)
     }
 
     fn write_zeroes(&mut self, stream: Resource<DynOutputStream>, len: u64) -> StreamResult<()> {
-        streams::HostOutputStream::write_zeroes(self.0, stream, len)
+        *self.written = self.written.saturating_add(len);
+        streams::HostOutputStream::write_zeroes(self.table, stream, len)
     }
 
     fn flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
-        streams::HostOutputStream::flush(self.0, stream)
+        streams::HostOutputStream::flush(self.table, stream)
     }
 
     fn blocking_flush(&mut self, stream: Resource<DynOutputStream>) -> StreamResult<()> {
         stream_settled(
             "output-stream.blocking-flush",
-            async_io::streams::HostOutputStream::blocking_flush(self.0, stream),
+            async_io::streams::HostOutputStream::blocking_flush(self.table, stream),
         )
     }
 
     fn splice(&mut self, dst: Resource<DynOutputStream>, src: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
-        streams::HostOutputStream::splice(self.0, dst, src, len)
+        streams::HostOutputStream::splice(self.table, dst, src, len)
     }
 
     fn blocking_splice(
@@ -178,7 +204,7 @@ impl streams::HostOutputStream for NoWaitIo<'_> {
     ) -> StreamResult<u64> {
         stream_settled(
             "output-stream.blocking-splice",
-            async_io::streams::HostOutputStream::blocking_splice(self.0, dst, src, len),
+            async_io::streams::HostOutputStream::blocking_splice(self.table, dst, src, len),
         )
     }
 }
@@ -186,33 +212,33 @@ impl streams::HostOutputStream for NoWaitIo<'_> {
 impl streams::HostInputStream for NoWaitIo<'_> {
     fn drop(&mut self, stream: Resource<DynInputStream>) -> wasmtime::Result<()> {
         // As for an output stream: out of the table, wound down or not.
-        settled(async_io::streams::HostInputStream::drop(self.0, stream)).unwrap_or(Ok(()))
+        settled(async_io::streams::HostInputStream::drop(self.table, stream)).unwrap_or(Ok(()))
     }
 
     fn read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
-        streams::HostInputStream::read(self.0, stream, len)
+        streams::HostInputStream::read(self.table, stream, len)
     }
 
     fn blocking_read(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<Vec<u8>> {
         stream_settled(
             "input-stream.blocking-read",
-            async_io::streams::HostInputStream::blocking_read(self.0, stream, len),
+            async_io::streams::HostInputStream::blocking_read(self.table, stream, len),
         )
     }
 
     fn skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
-        streams::HostInputStream::skip(self.0, stream, len)
+        streams::HostInputStream::skip(self.table, stream, len)
     }
 
     fn blocking_skip(&mut self, stream: Resource<DynInputStream>, len: u64) -> StreamResult<u64> {
         stream_settled(
             "input-stream.blocking-skip",
-            async_io::streams::HostInputStream::blocking_skip(self.0, stream, len),
+            async_io::streams::HostInputStream::blocking_skip(self.table, stream, len),
         )
     }
 
     fn subscribe(&mut self, stream: Resource<DynInputStream>) -> wasmtime::Result<Resource<DynPollable>> {
-        streams::HostInputStream::subscribe(self.0, stream)
+        streams::HostInputStream::subscribe(self.table, stream)
     }
 }
 
@@ -220,7 +246,7 @@ impl poll::Host for NoWaitIo<'_> {
     /// The ready ones among `pollables`; traps if none is, since none ever
     /// would be.
     fn poll(&mut self, pollables: Vec<Resource<DynPollable>>) -> wasmtime::Result<Vec<u32>> {
-        settled(async_io::poll::Host::poll(self.0, pollables)).unwrap_or_else(|| Err(would_wait("poll")))
+        settled(async_io::poll::Host::poll(self.table, pollables)).unwrap_or_else(|| Err(would_wait("poll")))
     }
 }
 
@@ -228,17 +254,17 @@ impl poll::HostPollable for NoWaitIo<'_> {
     fn ready(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<bool> {
         // wasmtime-wasi's `ready` polls the pollable once itself: it is
         // settled at its first poll whatever the answer.
-        settled(async_io::poll::HostPollable::ready(self.0, pollable))
+        settled(async_io::poll::HostPollable::ready(self.table, pollable))
             .unwrap_or_else(|| Err(would_wait("pollable.ready")))
     }
 
     fn block(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
-        settled(async_io::poll::HostPollable::block(self.0, pollable))
+        settled(async_io::poll::HostPollable::block(self.table, pollable))
             .unwrap_or_else(|| Err(would_wait("pollable.block")))
     }
 
     fn drop(&mut self, pollable: Resource<DynPollable>) -> wasmtime::Result<()> {
-        poll::HostPollable::drop(self.0, pollable)
+        poll::HostPollable::drop(self.table, pollable)
     }
 }
 
@@ -346,7 +372,7 @@ mod tests {
         let mut s = state();
         let out = cli::stdout::Host::get_stdout(&mut s.cli()).unwrap();
         let err = cli::stderr::Host::get_stderr(&mut s.cli()).unwrap();
-        let mut io = NoWaitIo(s.table());
+        let mut io = s.no_wait_io();
         for stream in [&out, &err] {
             io.blocking_write_and_flush(borrow(stream), b"hello\n".to_vec()).unwrap();
             io.blocking_write_zeroes_and_flush(borrow(stream), 16).unwrap();
@@ -362,7 +388,7 @@ mod tests {
     fn stdin_is_closed_at_once() {
         let mut s = state();
         let stdin = cli::stdin::Host::get_stdin(&mut s.cli()).unwrap();
-        let mut io = NoWaitIo(s.table());
+        let mut io = s.no_wait_io();
         assert!(matches!(io.blocking_read(borrow(&stdin), 10), Err(StreamError::Closed)));
         assert!(matches!(io.blocking_skip(borrow(&stdin), 10), Err(StreamError::Closed)));
         let ready = streams::HostInputStream::subscribe(&mut io, borrow(&stdin)).unwrap();
@@ -376,7 +402,7 @@ mod tests {
     fn a_stream_that_would_wait_traps_instead() {
         let mut s = state();
         let stuck: Resource<DynOutputStream> = s.table().push(Box::new(Stuck) as DynOutputStream).unwrap();
-        let mut io = NoWaitIo(s.table());
+        let mut io = s.no_wait_io();
         assert_eq!(io.check_write(borrow(&stuck)).unwrap(), 0);
         for result in [
             io.blocking_write_and_flush(borrow(&stuck), b"x".to_vec()),
@@ -403,7 +429,7 @@ mod tests {
         assert_eq!(clock.now().unwrap(), 0);
         let reached = [clock.subscribe_duration(0).unwrap(), clock.subscribe_instant(0).unwrap()];
         let never = [clock.subscribe_duration(1).unwrap(), clock.subscribe_instant(1).unwrap()];
-        let mut io = NoWaitIo(s.table());
+        let mut io = s.no_wait_io();
         for p in &reached {
             assert!(io.ready(borrow(p)).unwrap());
             io.block(borrow(p)).unwrap();
