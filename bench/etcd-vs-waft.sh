@@ -38,6 +38,9 @@
 #     pipeline stream, many to a message; etcd's clients share the HTTP/2
 #     connection, one stream per request.
 #   WAFT_BIN [target/release/waft]; BENCH_BIN [target/release/waft-bench]
+#   WAFT_BASE_BIN: the waft binary of system waft-base, another build (say,
+#     main before a change) run with the same module, for a paired
+#     before/after table: SYSTEMS="etcd waft-base waft"
 #   WAFT_ATOMIC [target/wasm32-wasip2/release/waft_atomic.wasm]
 #   BENCH_ROOT [a new directory under ${TMPDIR:-/var/tmp}]: data and results
 #   PORT_BASE [23700]: etcd clients +1..3, etcd peers +11..13, waft +21..23
@@ -59,6 +62,7 @@ WORKLOADS=${WORKLOADS:-"write-1 write-16 write-64 read-64 mix-64"}
 SYSTEMS=${SYSTEMS:-"etcd waft"}
 ROUNDS=${ROUNDS:-1}
 WAFT_BIN=${WAFT_BIN:-$TARGET_DIR/release/waft}
+WAFT_BASE_BIN=${WAFT_BASE_BIN:-}
 BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/waft-bench}
 WAFT_ATOMIC=${WAFT_ATOMIC:-$TARGET_DIR/wasm32-wasip2/release/waft_atomic.wasm}
 PORT_BASE=${PORT_BASE:-23700}
@@ -86,7 +90,7 @@ if [[ " $SYSTEMS " == *" etcd "* ]]; then
     command -v etcd >/dev/null || apt_install etcd etcd-server
 fi
 WANTS_WAFT=0
-[[ " $SYSTEMS " == *" waft "* || " $SYSTEMS " == *" waft-native "* ]] && WANTS_WAFT=1
+[[ " $SYSTEMS " == *" waft "* || " $SYSTEMS " == *" waft-native "* || " $SYSTEMS " == *" waft-base "* ]] && WANTS_WAFT=1
 if [[ " $SYSTEMS " == *" waft-native "* ]]; then
     # Always: a waft built without the feature refuses the native module
     # file, and cargo rebuilds only what changed.
@@ -96,7 +100,7 @@ elif [ ! -x "$BENCH_BIN" ] || { [ "$WANTS_WAFT" = 1 ] && [ ! -x "$WAFT_BIN" ]; }
     say "building waft and waft-bench: cargo build --release -p waft -p waft-bench (a cold build takes ~25 min on two cores)"
     cargo build --release -p waft -p waft-bench
 fi
-if [[ " $SYSTEMS " == *" waft "* ]] && [ ! -f "$WAFT_ATOMIC" ]; then
+if [[ " $SYSTEMS " == *" waft"* ]] && [ ! -f "$WAFT_ATOMIC" ]; then
     say "building the guest modules: cargo xtask guests"
     cargo xtask guests
 fi
@@ -193,6 +197,13 @@ start_waft-native() {
     start_waft_with "$BENCH_ROOT/atomic.native"
 }
 
+# Another waft build (WAFT_BASE_BIN, e.g. main before a change) with the
+# same module: a paired before/after run in one table.
+start_waft-base() {
+    [ -x "$WAFT_BASE_BIN" ] || die "waft-base needs WAFT_BASE_BIN, a waft binary to compare with"
+    WAFT_BIN=$WAFT_BASE_BIN start_waft_with "$WAFT_ATOMIC"
+}
+
 start_waft_with() {
     local module=$1
     need_ports "${WAFT_ADDR[@]##*:}"
@@ -211,14 +222,14 @@ endpoints() {
     local IFS=,
     case "$1" in
         etcd) echo "${ETCD_CLIENT[*]}" ;;
-        waft | waft-native) echo "${WAFT_ADDR[*]}" ;;
+        waft | waft-native | waft-base) echo "${WAFT_ADDR[*]}" ;;
     esac
 }
 
 # The bench client's --target: waft-native speaks waft's API.
 target_of() {
     case "$1" in
-        waft-native) echo waft ;;
+        waft-native | waft-base) echo waft ;;
         *) echo "$1" ;;
     esac
 }
@@ -270,7 +281,8 @@ for system in $SYSTEMS; do
         etcd) say "etcd $(etcd --version 2>/dev/null | head -1 | awk '{print $3}') (etcd-server)" ;;
         waft) say "waft $WAFT_BIN, group $WAFT_GROUP = $WAFT_ATOMIC" ;;
         waft-native) say "waft-native $WAFT_BIN, group $WAFT_GROUP = the atomic logic built in (bench-native)" ;;
-        *) die "unknown system $system (etcd, waft, waft-native)" ;;
+        waft-base) say "waft-base $WAFT_BASE_BIN, group $WAFT_GROUP = $WAFT_ATOMIC" ;;
+        *) die "unknown system $system (etcd, waft, waft-native, waft-base)" ;;
     esac
 done
 
@@ -284,7 +296,7 @@ for round in $(seq "$ROUNDS"); do
 for w in $WORKLOADS; do
     for system in $SYSTEMS; do
         LOGS="$BENCH_ROOT/results/$w-$system.r$round"
-        rm -rf "${BENCH_ROOT:?}/${system%-native}"
+        rm -rf "${BENCH_ROOT:?}/waft" "${BENCH_ROOT:?}/etcd"
         "start_$system"
         wait_ready "$(target_of "$system")"
         say "round $round/$ROUNDS, $w on $system: ${BENCH_SECS}s after ${WARMUP_SECS}s warmup (load average $(cut -d' ' -f1 /proc/loadavg))"
@@ -340,7 +352,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b }'; }
             read -r ops p50 p99 errors load runs <<<"$r"
             x_etcd="" wasm_native=""
             if [ "$system" != etcd ] && [ -n "$etcd_ops" ]; then x_etcd=$(ratio "$ops" "$etcd_ops"); fi
-            if [ "$system" = waft ] && [ -n "$native_ops" ]; then wasm_native=$(ratio "$ops" "$native_ops"); fi
+            if [ "$system" != etcd ] && [ "$system" != waft-native ] && [ -n "$native_ops" ]; then wasm_native=$(ratio "$ops" "$native_ops"); fi
             printf '%-9s %-11s %10.0f %9.2f %9.2f %7d %8s %11s %6s  %s\n' "$w" "$system" "$ops" "$p50" "$p99" "$errors" "$x_etcd" "$wasm_native" "$load" "$runs"
         done
     done

@@ -20,6 +20,13 @@ enum Command {
     Get,
 }
 
+/// The counter's query.
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Query {
+    Get,
+}
+
 const ROUNDS: usize = 7;
 const BATCHES: [usize; 3] = [1, 64, 1024];
 
@@ -67,6 +74,28 @@ fn native_run(entries: &[Entry], batch: usize) -> f64 {
     entries.len() as f64 / start.elapsed().as_secs_f64()
 }
 
+/// Queries per second: `reads` queries after each `writes`-entry apply, so
+/// the query path's catching up with new entries is in the figure too.
+fn query_run(module: &Module, rounds: usize, writes: usize, reads: usize) -> f64 {
+    let mut sm = StateMachine::new(module, Limits::default(), "bench").unwrap();
+    let get = codec::encode(&Query::Get, Format::Binary).unwrap();
+    let mut index = 0u64;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        let entries: Vec<Entry> = (0..writes)
+            .map(|_| {
+                index += 1;
+                Entry::new(index, 1, codec::encode(&Command::Incr(1), Format::Binary).unwrap())
+            })
+            .collect();
+        black_box(sm.apply(&entries).unwrap());
+        for _ in 0..reads {
+            black_box(sm.query(&get).unwrap());
+        }
+    }
+    (rounds * reads) as f64 / start.elapsed().as_secs_f64()
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(|a, b| a.total_cmp(b));
     xs[xs.len() / 2]
@@ -92,5 +121,15 @@ fn main() {
         }
         let (w, n) = (median(wasm), median(native));
         println!("{batch:>6} {w:>16.0} {n:>16.0} {:>11.1}%", 100.0 * w / n);
+    }
+
+    // Reads: only queries (the fast read path), then a mix of one write per
+    // nine reads, then one write per read.
+    println!("counter queries, median of {ROUNDS} rounds");
+    println!("{:>22} {:>12}", "writes:reads a round", "queries/s");
+    for (writes, reads) in [(0, 100), (1, 9), (1, 1)] {
+        let rounds = 200_000 / reads;
+        let q: Vec<f64> = (0..ROUNDS).map(|_| query_run(&module, rounds, writes, reads)).collect();
+        println!("{:>22} {:>12.0}", format!("{writes}:{reads}"), median(q));
     }
 }

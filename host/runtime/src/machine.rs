@@ -570,6 +570,9 @@ pub struct StateMachine {
     /// A recent call needed more than the in-place slice: offload at once
     /// until the next checkpoint.
     heavy: bool,
+    /// Fuel an entry of the last successful `on-apply` call used, on
+    /// average: sizes batches that run in place.
+    fuel_per_entry_recent: u64,
 }
 
 /// How one `apply_batch` went.
@@ -608,6 +611,7 @@ impl StateMachine {
             offload: None,
             offloaded: false,
             heavy: false,
+            fuel_per_entry_recent: 1,
         };
         if let ModuleKind::Native(kind) = module.kind {
             tracing::warn!(
@@ -677,16 +681,21 @@ impl StateMachine {
         let mut spent = 0u64;
         let mut at = 0;
         while at < entries.len() {
-            let n = (entries.len() - at).min(self.batch_entries);
-            let batch = &entries[at..at + n];
+            let mut n = (entries.len() - at).min(self.batch_entries);
             let slice = if self.in_place() { Some(IN_PLACE_FUEL_MAX.saturating_sub(spent)) } else { None };
-            match slice {
-                Some(0) => {
-                    // The slice is spent: the rest goes off this thread.
+            if let Some(slice) = slice {
+                // In place, a batch is cut to what the slice pays for at
+                // twice the recent fuel an entry, so running out of it (and
+                // the restore that follows) takes an entry far heavier than
+                // its predecessors. None fits: the rest goes off this thread
+                // before anything of it ran.
+                let fit = slice / self.fuel_per_entry_recent.saturating_mul(2).max(1);
+                n = n.min(usize::try_from(fit).unwrap_or(usize::MAX));
+                if n == 0 {
                     return self.offloaded(|sm| sm.apply_rest(entries, at, out));
                 }
-                _ => {}
             }
+            let batch = &entries[at..at + n];
             match self.apply_batch(batch, &mut out, slice)? {
                 BatchRun::Done => {
                     spent = spent.saturating_add(self.live.as_ref().map_or(0, Live::fuel_used));
@@ -847,11 +856,12 @@ impl StateMachine {
 
     /// Size the next batches so a call spends about a quarter of its budget.
     fn adapt_batch(&mut self, entries: usize) {
+        let Some(live) = self.live.as_ref() else { return };
+        let per_entry = (live.fuel_used() / entries as u64).max(1);
+        self.fuel_per_entry_recent = per_entry;
         if self.module.draws_randomness() {
             return;
         }
-        let Some(live) = self.live.as_ref() else { return };
-        let per_entry = (live.fuel_used() / entries as u64).max(1);
         let fit = (self.limits.fuel_per_entry / 4 / per_entry).max(1);
         self.batch_entries = usize::try_from(fit).unwrap_or(usize::MAX).min(self.limits.apply_batch_entries_max);
     }
