@@ -720,8 +720,11 @@ impl Replica {
                             if runtime_is_fatal(&err) {
                                 return Err(self.stop(err));
                             }
-                            // The hook's fault is contained (state restored) and
-                            // happens identically on every replica.
+                            // The hook's fault is contained (state restored). A
+                            // trap happens identically on every replica; a fuel or
+                            // memory limit hit is decided on this replica's heap
+                            // (the runtime re-decides entries, not hooks, on a
+                            // fresh instance).
                             tracing::warn!(group = self.group, index = e.index, %err, "configuration hook failed");
                         }
                         out.configs_committed.push((e.index, conf));

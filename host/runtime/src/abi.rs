@@ -254,7 +254,11 @@ impl<const SHARED_MAX: usize> Replies<SHARED_MAX> {
             .filter(|&reply_len| reply_len <= SHARED_MAX)
             .sum();
         let cap = RESULT_CAP.with(Cell::get);
-        let mut shared = Vec::with_capacity(total);
+        // Claimed lengths may overlap in memory and add up to far more than
+        // the copying below is allowed (hostcall fuel bounds that): size the
+        // buffer by at most memory's length, and let it grow past that only
+        // as real bytes are copied.
+        let mut shared = Vec::with_capacity(total.min(memory.len()));
         let mut replies = Vec::with_capacity(len);
         for item in items.chunks_exact(RESULT_SIZE) {
             let payload = &item[RESULT_PAYLOAD..RESULT_SIZE];

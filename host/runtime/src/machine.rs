@@ -34,7 +34,13 @@
 //!   replica whose apply instance did not hit the limit accepted an entry
 //!   that, run anywhere else, needed at most a bit over the limit on top of
 //!   the state's own load; the doubled bounds cover that, so every replica
-//!   accepts it too.
+//!   accepts it too. A state that grew past the limit that way is saved and
+//!   loaded with the doubled memory wherever it is rebuilt, and its instance
+//!   keeps the memory it holds as its limit. If the state cannot be saved to
+//!   decide an entry, the group stops on that replica: a verdict from the
+//!   apply instance alone could differ from the others'. (Configuration
+//!   hooks are not re-decided this way yet: a hook that hits a limit is
+//!   decided on the apply instance.)
 //! - **Host work is paid from fuel** (`host`), and a wall-clock backstop
 //!   (epoch interruption, [`Limits::call_wall_ms_max`]) stops a call the fuel
 //!   did not. Where a backstop stops a call depends on the machine, so it is
@@ -677,6 +683,11 @@ impl StateMachine {
                 .map(|e| native.apply(&e.command).map(Bytes::from).map_err(ApplyError::Rejected))
                 .collect());
         }
+        if self.offload.is_some() && !self.offloaded && self.heavy {
+            // A recent call outgrew the slice: all of this goes off the
+            // caller's thread at once.
+            return self.offloaded(|sm| sm.apply_rest(entries, 0, Vec::with_capacity(entries.len())));
+        }
         let mut out = Vec::with_capacity(entries.len());
         let mut spent = 0u64;
         let mut at = 0;
@@ -692,6 +703,7 @@ impl StateMachine {
                 let fit = slice / self.fuel_per_entry_recent.saturating_mul(2).max(1);
                 n = n.min(usize::try_from(fit).unwrap_or(usize::MAX));
                 if n == 0 {
+                    self.heavy = true;
                     return self.offloaded(|sm| sm.apply_rest(entries, at, out));
                 }
             }
@@ -801,44 +813,40 @@ impl StateMachine {
     /// the entry is rejected with the fresh instance's fault. Either way the
     /// verdict depends only on the state's bytes and the entry.
     fn decide_on_fresh_instance(&mut self, entry: &Entry, first: GuestFault) -> Result<ApplyResult, RuntimeError> {
-        let state = match self.save_live_to_memory() {
-            Ok(bytes) => bytes,
+        // The save runs with the doubled memory too: without the state's
+        // bytes there is no verdict that ignores heap history, so a save
+        // that fails stops the group here rather than decide the entry.
+        let memory_max = self.canonical_memory_max();
+        self.live()?.set_memory_limit(memory_max);
+        let saved = self.save_live_to_memory();
+        self.reset_memory_limit();
+        let state: Arc<[u8]> = match saved {
+            Ok(bytes) => bytes.into(),
+            Err(RuntimeError::Fault(f)) if f.kind == FaultKind::Backstop => return Err(self.backstop(f.message)),
             Err(e) => {
-                // Without the state's bytes there is no fresh instance to
-                // ask; the apply instance's verdict stands.
-                tracing::warn!(sm = &*self.label, index = entry.index, error = %e, "cannot save the state to re-check a limit hit");
-                return Ok(Err(ApplyError::Fault(first)));
-            }
-        };
-        let mut fresh = Live::instantiate_for(&self.module, &self.limits, self.group, self.label.clone())?;
-        match fresh.call_load(Cursor::new(state.clone())) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                return Err(RuntimeError::Recovery(format!("the state does not load into a fresh instance: {e}")));
-            }
-            Err(f) => {
+                self.live = None;
                 return Err(RuntimeError::Recovery(format!(
-                    "the state does not load into a fresh instance: {}",
-                    f.fault
+                    "entry {} hit a limit ({first}), and the state could not be saved to decide it on a fresh \
+                     instance: {e}",
+                    entry.index
                 )));
             }
-        }
-        let memory_max = self.canonical_memory_max();
-        fresh.set_memory_limit(memory_max);
+        };
+        let mut fresh = self.fresh_loaded(Some(&state))?;
         let fuel = self.limits.fuel_per_entry.saturating_mul(CANONICAL_FACTOR);
         match fresh.call_apply(std::slice::from_ref(entry), fuel) {
             Ok(results) => {
-                fresh.set_memory_limit(self.limits.memory_bytes_max);
+                fresh.set_memory_limit(self.memory_limit_for(&fresh));
                 let Some(result) = results.into_results().next() else {
                     return Err(RuntimeError::Recovery("on-apply returned no result for one entry".into()));
                 };
                 tracing::info!(sm = &*self.label, index = entry.index, %first, "a limit hit on the apply instance fits on a fresh one: applied");
                 self.live = Some(fresh);
-                self.replace_checkpoint(Some(state.into()));
+                self.replace_checkpoint(Some(state));
                 self.record_entry(entry);
                 Ok(result.map_err(ApplyError::Rejected))
             }
-            Err(CallFault { fault }) if fault.kind == FaultKind::Backstop => Err(RuntimeError::Backstop(fault.message)),
+            Err(CallFault { fault }) if fault.kind == FaultKind::Backstop => Err(self.backstop(fault.message)),
             Err(CallFault { mut fault }) => {
                 fault.message.push_str(" (decided on a fresh instance with twice the limit)");
                 Ok(Err(ApplyError::Fault(fault)))
@@ -852,6 +860,51 @@ impl StateMachine {
             .memory_bytes_max
             .saturating_mul(CANONICAL_FACTOR as usize)
             .saturating_add(CANONICAL_MEMORY_SLACK_BYTES)
+    }
+
+    /// The memory limit an instance gets for entries: the configured one,
+    /// or what it already holds when an entry accepted on a fresh instance
+    /// left it above that (so it is never refused all growth for good).
+    fn memory_limit_for(&self, live: &Live) -> usize {
+        self.limits.memory_bytes_max.max(live.store.data().limiter.memory_bytes())
+    }
+
+    fn reset_memory_limit(&mut self) {
+        if let Some(live) = &self.live {
+            let limit = self.memory_limit_for(live);
+            if let Some(live) = &mut self.live {
+                live.set_memory_limit(limit);
+            }
+        }
+    }
+
+    /// Poisons the machine for a backstop stop.
+    fn backstop(&mut self, message: String) -> RuntimeError {
+        self.live = None;
+        RuntimeError::Backstop(message)
+    }
+
+    /// A fresh instance holding `state` (the initial state for `None`),
+    /// loaded with the doubled memory: a state accepted through the doubled
+    /// bound must load again wherever it is rebuilt.
+    fn fresh_loaded(&self, state: Option<&Arc<[u8]>>) -> Result<Live, RuntimeError> {
+        let mut live = Live::instantiate_for(&self.module, &self.limits, self.group, self.label.clone())?;
+        live.set_memory_limit(self.canonical_memory_max());
+        if let Some(state) = state {
+            match live.call_load(Cursor::new(state.clone())) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(RuntimeError::Recovery(format!("the state does not load into a fresh instance: {e}")));
+                }
+                Err(f) => {
+                    return Err(RuntimeError::Recovery(format!(
+                        "the state does not load into a fresh instance: {}",
+                        f.fault
+                    )));
+                }
+            }
+        }
+        Ok(live)
     }
 
     /// Size the next batches so a call spends about a quarter of its budget.
@@ -950,19 +1003,10 @@ impl StateMachine {
     /// `upto` items), replayed one entry per call with the doubled bounds:
     /// every one of them succeeded before, maybe on a fresh instance.
     fn rebuild(&self, upto: usize) -> Result<Live, RuntimeError> {
-        let mut live = Live::instantiate_for(&self.module, &self.limits, self.group, self.label.clone())?;
-        let failed = |what: &str, fault: GuestFault| RuntimeError::Recovery(format!("{what}: {fault}"));
-        if let Some(snapshot) = &self.checkpoint.snapshot {
-            match live.call_load(Cursor::new(snapshot.clone())) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => return Err(RuntimeError::Recovery(format!("checkpoint load refused: {e}"))),
-                Err(f) => return Err(failed("checkpoint load faulted", f.fault)),
-            }
-        }
-        live.set_memory_limit(self.canonical_memory_max());
+        let mut live = self.fresh_loaded(self.checkpoint.snapshot.as_ref())?;
         let fuel = self.limits.fuel_per_entry.saturating_mul(CANONICAL_FACTOR);
         self.replay_into(&mut live, 0, upto, fuel)?;
-        live.set_memory_limit(self.limits.memory_bytes_max);
+        live.set_memory_limit(self.memory_limit_for(&live));
         Ok(live)
     }
 
@@ -1020,7 +1064,10 @@ impl StateMachine {
         }
         let Some(mut q) = self.query.take() else { return };
         let from = q.applied;
+        q.live.set_memory_limit(self.canonical_memory_max());
         if self.replay_batched(&mut q.live, from, total).is_ok() {
+            let limit = self.memory_limit_for(&q.live);
+            q.live.set_memory_limit(limit);
             q.applied = total;
             self.query = Some(q);
         }
@@ -1080,23 +1127,33 @@ impl StateMachine {
                 }
             }
             sm.query = None;
-            let mut live = Live::instantiate_for(&sm.module, &sm.limits, sm.group, sm.label.clone())?;
-            if let Some(snapshot) = &sm.checkpoint.snapshot {
-                match live.call_load(Cursor::new(snapshot.clone())) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        return Err(RuntimeError::Guest(format!("the query instance cannot load the state: {e}")));
-                    }
-                    Err(f) => return Err(RuntimeError::Fault(f.fault)),
-                }
-            }
-            live.set_memory_limit(sm.canonical_memory_max());
-            sm.replay_batched(&mut live, 0, total)?;
-            live.set_memory_limit(sm.limits.memory_bytes_max);
+            // Batched first; a batch can fail where its entries one by one
+            // did not (the host's copy bound on a call's results), so then
+            // one entry per call. A query instance that cannot be built
+            // fails the query, never the group.
+            let live = match sm.build_query_instance(total, true) {
+                Ok(live) => live,
+                Err(_) => sm
+                    .build_query_instance(total, false)
+                    .map_err(|e| RuntimeError::Guest(format!("the query instance cannot be built: {e}")))?,
+            };
             sm.query = Some(QueryInstance { live, epoch: sm.checkpoint_epoch, applied: total });
             Ok(())
         };
         if in_place { work(self) } else { self.offloaded(work) }
+    }
+
+    /// A query instance at the checkpoint plus the first `upto` items of the
+    /// replay log, replayed in batches or one entry per call.
+    fn build_query_instance(&self, upto: usize, batched: bool) -> Result<Live, RuntimeError> {
+        let mut live = self.fresh_loaded(self.checkpoint.snapshot.as_ref())?;
+        if batched {
+            self.replay_batched(&mut live, 0, upto)?;
+        } else {
+            self.replay_into(&mut live, 0, upto, self.limits.fuel_per_entry.saturating_mul(CANONICAL_FACTOR))?;
+        }
+        live.set_memory_limit(self.memory_limit_for(&live));
+        Ok(live)
     }
 
     /// Answer a read-only query, on the query instance: whatever the guest
@@ -1106,6 +1163,9 @@ impl StateMachine {
             return native.query(request).map(Bytes::from).map_err(RuntimeError::Guest);
         }
         self.check_usable()?;
+        if self.offload.is_some() && !self.offloaded && self.heavy {
+            return self.offloaded(|sm| sm.query(request));
+        }
         self.sync_query()?;
         let budget = self.limits.fuel_per_query;
         let fuel = if self.in_place() { budget.min(IN_PLACE_FUEL_MAX) } else { budget };
@@ -1154,11 +1214,18 @@ impl StateMachine {
             Ok(Err(e)) => return Err(RuntimeError::Guest(e)),
             Err(f) => return Err(RuntimeError::Fault(f.fault)),
         }
+        // The checkpoint is taken from the loaded instance before anything
+        // changes, so a save that fails leaves the machine as it was.
+        let bytes = match fresh.call_save(Vec::new()) {
+            Ok((Ok(()), bytes, _)) => bytes,
+            Ok((Err(e), _, _)) => {
+                return Err(RuntimeError::Guest(format!("the loaded state cannot be saved again: {e}")));
+            }
+            Err(f) => return Err(RuntimeError::Fault(f.fault)),
+        };
         self.live = Some(fresh);
         self.query = None;
-        self.replace_checkpoint(None);
-        let bytes = self.save_live_to_memory()?;
-        self.checkpoint.snapshot = Some(bytes.into());
+        self.replace_checkpoint(Some(bytes.into()));
         Ok(())
     }
 

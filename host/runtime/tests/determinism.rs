@@ -273,3 +273,39 @@ fn work_past_the_in_place_slice_goes_through_the_offload_hook() {
     assert_eq!((cheap, heavy), (cheap2, heavy2), "offloading changes no outcome");
     assert!(state == state2);
 }
+
+#[test]
+fn a_snapshot_whose_state_cannot_be_saved_again_is_refused_and_changes_nothing() {
+    let module = hostile_module();
+    let mut big = group_machine(&module, Limits::default());
+    big.apply(&entries(1, &[r#"{"incr":5}"#, r#"{"pad_snapshot":2}"#])).unwrap();
+    let bytes = snapshot(&mut big);
+    // A machine whose snapshot limit the loaded state would break.
+    let mut small = group_machine(&module, Limits { snapshot_bytes_max: 1 << 20, ..Limits::default() });
+    small.apply(&entries(1, &[r#"{"incr":1}"#])).unwrap();
+    assert!(small.load_snapshot(std::io::Cursor::new(bytes)).is_err(), "its checkpoint could not be taken");
+    assert_eq!(small.query(br#""value""#).unwrap(), &b"1"[..], "the state before the refused load");
+    let r = small.apply(&entries(2, &[r#"{"incr":1}"#])).unwrap();
+    assert_eq!(texts(&r), ["2"]);
+}
+
+#[test]
+fn after_a_heavy_entry_the_next_calls_go_off_the_thread_at_once() {
+    let engine = Engine::new().unwrap();
+    let probe = load(&engine, "waft_probe");
+    let mut sm = StateMachine::for_group(&probe, Limits::default(), GROUP, "test").unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    sm.set_offload(Some(Arc::new(move |work: &mut dyn FnMut()| {
+        counted.fetch_add(1, Ordering::Relaxed);
+        work()
+    })));
+    sm.apply(&entries(1, &[r#"{"burn":3000000}"#])).unwrap();
+    let after_heavy = calls.load(Ordering::Relaxed);
+    assert!(after_heavy >= 1);
+    let r = sm.apply(&entries(2, &[r#"{"incr":1}"#])).unwrap();
+    assert_eq!(texts(&r), ["2"]);
+    assert_eq!(calls.load(Ordering::Relaxed), after_heavy + 1, "the cheap entry after it went through the hook");
+    sm.query(br#""value""#).unwrap();
+    assert_eq!(calls.load(Ordering::Relaxed), after_heavy + 2, "and so did the query");
+}
