@@ -720,11 +720,10 @@ impl Replica {
                             if runtime_is_fatal(&err) {
                                 return Err(self.stop(err));
                             }
-                            // The hook's fault is contained (state restored). A
-                            // trap happens identically on every replica; a fuel or
-                            // memory limit hit is decided on this replica's heap
-                            // (the runtime re-decides entries, not hooks, on a
-                            // fresh instance).
+                            // The hook's fault is contained (state restored) and
+                            // happens identically on every replica: a fuel or
+                            // memory limit hit is decided on a fresh instance, as
+                            // for an entry.
                             tracing::warn!(group = self.group, index = e.index, %err, "configuration hook failed");
                         }
                         out.configs_committed.push((e.index, conf));

@@ -38,9 +38,8 @@
 //!   loaded with the doubled memory wherever it is rebuilt, and its instance
 //!   keeps the memory it holds as its limit. If the state cannot be saved to
 //!   decide an entry, the group stops on that replica: a verdict from the
-//!   apply instance alone could differ from the others'. (Configuration
-//!   hooks are not re-decided this way yet: a hook that hits a limit is
-//!   decided on the apply instance.)
+//!   apply instance alone could differ from the others'. Configuration
+//!   hooks are decided the same way.
 //! - **Host work is paid from fuel** (`host`), and a wall-clock backstop
 //!   (epoch interruption, [`Limits::call_wall_ms_max`]) stops a call the fuel
 //!   did not. Where a backstop stops a call depends on the machine, so it is
@@ -419,8 +418,8 @@ impl Live {
         Ok(result)
     }
 
-    fn call_config(&mut self, voters: &[u64], learners: &[u64]) -> Result<(), CallFault> {
-        self.begin_call(self.limits.fuel_per_query, call_seed(self.group, SEED_CONFIG), self.limits.call_wall_ms_max)?;
+    fn call_config(&mut self, voters: &[u64], learners: &[u64], fuel: u64) -> Result<(), CallFault> {
+        self.begin_call(fuel, call_seed(self.group, SEED_CONFIG), self.limits.call_wall_ms_max)?;
         // SAFETY: the signature was checked in `instantiate`.
         let f: ConfigFn<'_> = unsafe { TypedFunc::new_unchecked(self.config) };
         f.call(&mut self.store, (voters, learners)).map_err(|e| self.fault(e))
@@ -813,25 +812,7 @@ impl StateMachine {
     /// the entry is rejected with the fresh instance's fault. Either way the
     /// verdict depends only on the state's bytes and the entry.
     fn decide_on_fresh_instance(&mut self, entry: &Entry, first: GuestFault) -> Result<ApplyResult, RuntimeError> {
-        // The save runs with the doubled memory too: without the state's
-        // bytes there is no verdict that ignores heap history, so a save
-        // that fails stops the group here rather than decide the entry.
-        let memory_max = self.canonical_memory_max();
-        self.live()?.set_memory_limit(memory_max);
-        let saved = self.save_live_to_memory();
-        self.reset_memory_limit();
-        let state: Arc<[u8]> = match saved {
-            Ok(bytes) => bytes.into(),
-            Err(RuntimeError::Fault(f)) if f.kind == FaultKind::Backstop => return Err(self.backstop(f.message)),
-            Err(e) => {
-                self.live = None;
-                return Err(RuntimeError::Recovery(format!(
-                    "entry {} hit a limit ({first}), and the state could not be saved to decide it on a fresh \
-                     instance: {e}",
-                    entry.index
-                )));
-            }
-        };
+        let state = self.save_for_decision(&format!("entry {}", entry.index), &first)?;
         let mut fresh = self.fresh_loaded(Some(&state))?;
         let fuel = self.limits.fuel_per_entry.saturating_mul(CANONICAL_FACTOR);
         match fresh.call_apply(std::slice::from_ref(entry), fuel) {
@@ -850,6 +831,27 @@ impl StateMachine {
             Err(CallFault { mut fault }) => {
                 fault.message.push_str(" (decided on a fresh instance with twice the limit)");
                 Ok(Err(ApplyError::Fault(fault)))
+            }
+        }
+    }
+
+    /// The state's bytes, saved (with the doubled memory) to decide a limit
+    /// hit of `what` on a fresh instance. Without them there is no verdict
+    /// that ignores heap history, so a save that fails stops the group here
+    /// rather than decide from this replica's heap.
+    fn save_for_decision(&mut self, what: &str, first: &GuestFault) -> Result<Arc<[u8]>, RuntimeError> {
+        let memory_max = self.canonical_memory_max();
+        self.live()?.set_memory_limit(memory_max);
+        let saved = self.save_live_to_memory();
+        self.reset_memory_limit();
+        match saved {
+            Ok(bytes) => Ok(bytes.into()),
+            Err(RuntimeError::Fault(f)) if f.kind == FaultKind::Backstop => Err(self.backstop(f.message)),
+            Err(e) => {
+                self.live = None;
+                Err(RuntimeError::Recovery(format!(
+                    "{what} hit a limit ({first}), and the state could not be saved to decide it on a fresh instance: {e}"
+                )))
             }
         }
     }
@@ -1024,7 +1026,8 @@ impl StateMachine {
                 }
                 Replay::Configuration(members) => {
                     let (voters, learners) = &**members;
-                    live.call_config(voters, learners).map_err(|f| failed(f.fault))?;
+                    live.call_config(voters, learners, self.limits.fuel_per_query.saturating_mul(CANONICAL_FACTOR))
+                        .map_err(|f| failed(f.fault))?;
                 }
             }
         }
@@ -1102,7 +1105,8 @@ impl StateMachine {
                 Replay::Configuration(members) => {
                     flush(live, &mut batch)?;
                     let (voters, learners) = &**members;
-                    live.call_config(voters, learners).map_err(|f| failed(f.fault))?;
+                    live.call_config(voters, learners, self.limits.fuel_per_query.saturating_mul(CANONICAL_FACTOR))
+                        .map_err(|f| failed(f.fault))?;
                 }
             }
         }
@@ -1262,17 +1266,49 @@ impl StateMachine {
         if self.native.is_some() {
             return Ok(());
         }
-        match self.guarded(|live| live.call_config(voters, learners)) {
+        let fuel = self.limits.fuel_per_query;
+        match self.guarded(|live| live.call_config(voters, learners, fuel)) {
+            Ok(()) => {}
             // Where a backstop stops a call depends on the machine: this
             // replica cannot know what the others made of the hook.
-            Err(RuntimeError::Fault(f)) if f.kind == FaultKind::Backstop => {
-                self.live = None;
-                return Err(RuntimeError::Backstop(f.message));
+            Err(RuntimeError::Fault(f)) if f.kind == FaultKind::Backstop => return Err(self.backstop(f.message)),
+            // As for an entry: decided on a fresh instance, not this heap.
+            Err(RuntimeError::Fault(f)) if matches!(f.kind, FaultKind::MemoryLimit | FaultKind::OutOfFuel) => {
+                return self.decide_hook_on_fresh_instance(voters, learners, f);
             }
-            other => other?,
+            Err(e) => return Err(e),
         }
         self.checkpoint.since.push(Replay::Configuration(Box::new((voters.to_vec(), learners.to_vec()))));
         Ok(())
+    }
+
+    /// `decide_on_fresh_instance` for a configuration hook that hit a limit
+    /// (the apply instance already restored to before it): on success the
+    /// fresh instance, hook applied, becomes the apply instance; otherwise
+    /// the hook's fault, with nothing of it kept, on every replica alike.
+    fn decide_hook_on_fresh_instance(
+        &mut self,
+        voters: &[u64],
+        learners: &[u64],
+        first: GuestFault,
+    ) -> Result<(), RuntimeError> {
+        let state = self.save_for_decision("a configuration hook", &first)?;
+        let mut fresh = self.fresh_loaded(Some(&state))?;
+        let fuel = self.limits.fuel_per_query.saturating_mul(CANONICAL_FACTOR);
+        match fresh.call_config(voters, learners, fuel) {
+            Ok(()) => {
+                fresh.set_memory_limit(self.memory_limit_for(&fresh));
+                self.live = Some(fresh);
+                self.replace_checkpoint(Some(state));
+                self.checkpoint.since.push(Replay::Configuration(Box::new((voters.to_vec(), learners.to_vec()))));
+                Ok(())
+            }
+            Err(CallFault { fault }) if fault.kind == FaultKind::Backstop => Err(self.backstop(fault.message)),
+            Err(CallFault { mut fault }) => {
+                fault.message.push_str(" (decided on a fresh instance with twice the limit)");
+                Err(RuntimeError::Fault(fault))
+            }
+        }
     }
 
     /// Bytes of linear memory the apply instance holds, all memories
