@@ -57,15 +57,9 @@ pub(crate) struct HostState {
 impl HostState {
     pub(crate) fn new(memory_bytes_max: usize, label: Arc<str>) -> Self {
         let (wasi, random) = deterministic_ctx();
-        Self {
-            wasi,
-            table: ResourceTable::new(),
-            limiter: Limiter::new(memory_bytes_max),
-            random,
-            log_budget: 0,
-            label,
-            written: 0,
-        }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(HOST_RESOURCES_MAX);
+        Self { wasi, table, limiter: Limiter::new(memory_bytes_max), random, log_budget: 0, label, written: 0 }
     }
 
     pub(crate) fn table(&mut self) -> &mut ResourceTable {
@@ -122,6 +116,14 @@ impl WasiView for HostState {
 const INSTANCES_MAX: usize = 64;
 const TABLES_MAX: usize = 64;
 const MEMORIES_MAX: usize = 16;
+/// Most host resources (WASI streams, pollables, snapshot streams) one
+/// instance may hold at once. A Rust guest holds a handful; the bound stops
+/// a guest that leaks them from holding host memory the memory limit does
+/// not count. Reaching it counts as a memory-limit hit (decided on a fresh
+/// instance, like one), since how many a long-lived instance holds depends
+/// on its history.
+pub const HOST_RESOURCES_MAX: usize = 4096;
+
 /// Most table elements one instance may hold, over all its tables.
 pub const TABLE_ELEMENTS_MAX: usize = 1 << 20;
 
@@ -373,6 +375,16 @@ impl LogLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instance_holds_a_bounded_number_of_host_resources() {
+        let mut state = HostState::new(1 << 20, Arc::from("test"));
+        for _ in 0..HOST_RESOURCES_MAX {
+            state.table().push(0u32).unwrap();
+        }
+        let full = state.table().push(0u32).unwrap_err();
+        assert!(matches!(full, wasmtime::component::ResourceTableError::Full), "{full}");
+    }
 
     /// The bound is on the instance: a second memory or table cannot add
     /// its own allowance to the first's.

@@ -90,7 +90,7 @@ use std::io::{Cursor, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use wasmtime::component::{Func, Resource, TypedFunc};
+use wasmtime::component::{Func, Resource, ResourceTableError, TypedFunc};
 use wasmtime::{Store, Trap};
 
 use crate::abi::{Entries, Replies, ResultTooLarge, with_result_cap};
@@ -331,7 +331,8 @@ impl Live {
 
     fn classify(&self, err: wasmtime::Error) -> GuestFault {
         let trap = err.downcast_ref::<Trap>().copied();
-        let kind = if self.store.data().limiter.memory_limit_hit {
+        let resources_full = matches!(err.downcast_ref::<ResourceTableError>(), Some(ResourceTableError::Full));
+        let kind = if self.store.data().limiter.memory_limit_hit || resources_full {
             FaultKind::MemoryLimit
         } else if trap == Some(Trap::OutOfFuel) {
             FaultKind::OutOfFuel
