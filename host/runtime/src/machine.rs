@@ -116,6 +116,9 @@ pub const REPLAY_GROWTH_MAX: usize = 8;
 /// Entries a query instance may be behind when the checkpoint moves and
 /// still be caught up rather than dropped (and rebuilt by the next query).
 const QUERY_CATCH_UP_MAX: usize = 1024;
+/// Entries a query instance may be behind and still catch up in place on
+/// the caller's thread.
+const QUERY_CATCH_UP_IN_PLACE_MAX: usize = 64;
 
 /// Kinds of calls that belong to no entry, for their random seeds.
 const SEED_SAVE: u64 = 1;
@@ -1311,14 +1314,4 @@ impl StateMachine {
             }
         }
     }
-
-    /// Bytes of linear memory the apply instance holds, all memories
-    /// together (0 for a native machine or a poisoned one).
-    pub fn memory_bytes(&self) -> usize {
-        self.live.as_ref().map_or(0, |l| l.store.data().limiter.memory_bytes())
-    }
 }
-
-/// Entries a query instance may be behind and still catch up in place on
-/// the caller's thread.
-const QUERY_CATCH_UP_IN_PLACE_MAX: usize = 64;
