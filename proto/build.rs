@@ -12,7 +12,8 @@ const ADMIN_PROTO: &str = "waft/admin.proto";
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Read when the script runs, not baked in when it compiled: a target
     // directory reused by a clone at another path reuses this script too.
-    let root = std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").ok_or("cargo did not set CARGO_MANIFEST_DIR")?);
+    let root =
+        std::path::PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").ok_or("cargo did not set CARGO_MANIFEST_DIR")?);
     let root = root.as_path();
     for proto in PROTOS.iter().chain([&ADMIN_PROTO]) {
         println!("cargo:rerun-if-changed={}", root.join(proto).display());

@@ -283,7 +283,7 @@ macro_rules! export {
                 }
             }
 
-            $crate::bindings::export_raw!(WaftExport with_types_in $crate::bindings);
+    $crate::bindings::export_raw!(WaftExport with_types_in $crate::bindings);
         };
     };
 }

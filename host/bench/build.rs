@@ -9,7 +9,8 @@ const PROTOS: &[&str] = &["etcdserverpb/rpc.proto", "mvccpb/kv.proto"];
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Read when the script runs, not baked in when it compiled: a target
     // directory reused by a clone at another path reuses this script too.
-    let root = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").ok_or("cargo did not set CARGO_MANIFEST_DIR")?).join("proto");
+    let root =
+        Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").ok_or("cargo did not set CARGO_MANIFEST_DIR")?).join("proto");
     for proto in PROTOS {
         println!("cargo:rerun-if-changed={}", root.join(proto).display());
     }

@@ -33,6 +33,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use pipe::Pipe;
 use tonic::transport::Channel;
 use waft_proto::admin::{
     AdminOp, AdminRequest, AdminResult, CreateGroupRequest, CreateGroupResponse, DeployRequest, DeployResult,
@@ -42,7 +43,6 @@ use waft_proto::client::{
     self, CloseSessionRequest, Consistency, ErrorCode, KeepAliveRequest, OpenSessionRequest, ProposeRequest,
     QueryRequest, SessionResponse, StatusRequest, StatusResponse, call, call_reply, propose_response, query_response,
 };
-use pipe::Pipe;
 
 /// Attempts of one request, counting redirects and waits for a leader.
 pub const ATTEMPTS_MAX: usize = 20;

@@ -49,7 +49,10 @@ pub const DEPLOY_VALIDATIONS_MAX: usize = 1;
 pub enum Op {
     AddPeer(NodeId),
     RemovePeer(NodeId),
-    ChangePeers { voters: Vec<NodeId>, learners: Vec<NodeId> },
+    ChangePeers {
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+    },
     AddLearners(Vec<NodeId>),
     RemoveLearners(Vec<NodeId>),
     PromoteLearner(NodeId),
@@ -144,7 +147,10 @@ impl AdminService {
             }
         }
         let Ok(_permit) = self.validations.clone().try_acquire_owned() else {
-            return Err(client::Error::busy(BUSY_RETRY_AFTER_MS * 10, "another deploy is being validated on this node"));
+            return Err(client::Error::busy(
+                BUSY_RETRY_AFTER_MS * 10,
+                "another deploy is being validated on this node",
+            ));
         };
         let (engine, modules, bytes) = (self.host.engine().clone(), self.host.modules().clone(), req.module);
         let group_id = req.group;
@@ -161,7 +167,9 @@ impl AdminService {
         send(&group, Input::Deploy { module, reply })?;
         let committed = match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
             Ok(Ok(reply)) => reply?,
-            Ok(Err(_)) => return Err(client::Error::internal("the group dropped the request (it stopped); see its log")),
+            Ok(Err(_)) => {
+                return Err(client::Error::internal("the group dropped the request (it stopped); see its log"));
+            }
             Err(_) => return Err(client::Error::timeout(ADMIN_TIMEOUT.as_millis() as u64)),
         };
         Ok(DeployResult { module_hash: committed.result, index: committed.index })
@@ -277,7 +285,8 @@ impl AdminService {
                 }
             };
             response.module_hash = bytes::Bytes::copy_from_slice(&hash.0);
-            let outcome = self.create_here(create.group, Founding::new(hash, &create.voters), None, create.members.clone()).await;
+            let outcome =
+                self.create_here(create.group, Founding::new(hash, &create.voters), None, create.members.clone()).await;
             response.error = outcome.error.clone();
             response.nodes.push(outcome);
             return response;
@@ -366,7 +375,9 @@ impl AdminService {
             .targets()
             .zip(outcomes)
             .map(|(voter, o)| {
-                o.unwrap_or_else(|| failed(voter, client::Error::internal("the forwarding task failed; see this node's log")))
+                o.unwrap_or_else(|| {
+                    failed(voter, client::Error::internal("the forwarding task failed; see this node's log"))
+                })
             })
             .collect()
     }
@@ -434,7 +445,9 @@ async fn forward(voter: NodeId, addr: String, req: CreateGroupRequest) -> NodeCr
         None => failed(
             voter,
             response.error.unwrap_or_else(|| {
-                client::Error::internal(format!("{addr} answered without an outcome for node {voter}; is it node {voter}?"))
+                client::Error::internal(format!(
+                    "{addr} answered without an outcome for node {voter}; is it node {voter}?"
+                ))
             }),
         ),
     }
@@ -457,7 +470,11 @@ fn summary(group: u64, outcomes: &[NodeCreateOutcome], what: &str) -> client::Er
             None => format!("node {}: {}", o.node_id, describe(o.outcome())),
         })
         .collect();
-    client::Error { code: code as i32, message: format!("group {group} {what}: {}", each.join("; ")), ..Default::default() }
+    client::Error {
+        code: code as i32,
+        message: format!("group {group} {what}: {}", each.join("; ")),
+        ..Default::default()
+    }
 }
 
 /// An outcome in words, as the CLI prints it.
@@ -491,7 +508,10 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
         Ok(tonic::Response::new(DeployResponse { outcome: Some(outcome) }))
     }
 
-    async fn change(&self, request: tonic::Request<AdminRequest>) -> Result<tonic::Response<AdminResponse>, tonic::Status> {
+    async fn change(
+        &self,
+        request: tonic::Request<AdminRequest>,
+    ) -> Result<tonic::Response<AdminResponse>, tonic::Status> {
         let outcome = match self.change(request.into_inner()).await {
             Ok(result) => admin_response::Outcome::Result(result),
             Err(e) => admin_response::Outcome::Error(e),
@@ -546,7 +566,12 @@ mod tests {
         let exists = failed(3, client::Error::group_exists("node 3 serves group 5 already"));
         let e = summary(5, &[ok, down, exists], "was not created (nothing changed)");
         assert_eq!(e.code(), client::ErrorCode::GroupExists);
-        for part in ["group 5 was not created", "node 1: could create it", "node 2: ERROR_CODE_INTERNAL", "node 3: ERROR_CODE_GROUP_EXISTS"] {
+        for part in [
+            "group 5 was not created",
+            "node 1: could create it",
+            "node 2: ERROR_CODE_INTERNAL",
+            "node 3: ERROR_CODE_GROUP_EXISTS",
+        ] {
             assert!(e.message.contains(part), "{part}: {e}");
         }
     }

@@ -163,7 +163,13 @@ impl LogStore for SharedStore {
         self.lock().term(group, index)
     }
 
-    fn entries(&self, group: u64, lo: u64, hi: u64, max_bytes: u64) -> waft_storage::Result<Vec<waft_storage::LogEntry>> {
+    fn entries(
+        &self,
+        group: u64,
+        lo: u64,
+        hi: u64,
+        max_bytes: u64,
+    ) -> waft_storage::Result<Vec<waft_storage::LogEntry>> {
         self.lock().entries(group, lo, hi, max_bytes)
     }
 

@@ -180,7 +180,8 @@ impl FileConfig {
     /// Reads and parses `path`; relative paths in it become relative to the
     /// file's directory.
     pub fn load(path: &Path) -> Result<FileConfig, ServeError> {
-        let len = std::fs::metadata(path).map_err(|e| config_err(format!("cannot read {}: {e}", path.display())))?.len();
+        let len =
+            std::fs::metadata(path).map_err(|e| config_err(format!("cannot read {}: {e}", path.display())))?.len();
         if len > CONFIG_FILE_BYTES_MAX {
             return Err(config_err(format!(
                 "{} has {len} bytes, more than the {CONFIG_FILE_BYTES_MAX} a configuration file may have",
@@ -224,7 +225,8 @@ impl Flags {
         let peers_given: Vec<(u64, String)> = if self.peers.is_empty() {
             let mut parsed = Vec::new();
             for (id, addr) in file.peers {
-                let id = id.parse::<u64>().map_err(|e| config_err(format!("[peers] key {id:?} is not a node id: {e}")))?;
+                let id =
+                    id.parse::<u64>().map_err(|e| config_err(format!("[peers] key {id:?} is not a node id: {e}")))?;
                 parsed.push((id, addr));
             }
             parsed
@@ -279,7 +281,10 @@ impl Flags {
                 .snapshot_margin_entries
                 .or(file.snapshot_margin_entries)
                 .unwrap_or(SNAPSHOT_MARGIN_ENTRIES_DEFAULT),
-            snapshot_pull_bytes_per_sec: self.snapshot_pull_bytes_per_sec.or(file.snapshot_pull_bytes_per_sec).unwrap_or(0),
+            snapshot_pull_bytes_per_sec: self
+                .snapshot_pull_bytes_per_sec
+                .or(file.snapshot_pull_bytes_per_sec)
+                .unwrap_or(0),
             snapshot_interval_secs: self
                 .snapshot_interval_secs
                 .or(file.snapshot_interval_secs)
@@ -329,7 +334,10 @@ mod tests {
     #[test]
     fn the_documented_file_parses() {
         let file = FileConfig::parse(include_str!("../../../docs/serve.toml")).unwrap();
-        assert_eq!((file.id, file.tick_ms, file.election_ticks), (Some(1), Some(TICK_MS_DEFAULT), Some(ELECTION_TICKS_DEFAULT)));
+        assert_eq!(
+            (file.id, file.tick_ms, file.election_ticks),
+            (Some(1), Some(TICK_MS_DEFAULT), Some(ELECTION_TICKS_DEFAULT))
+        );
         assert_eq!(file.snapshot_margin_entries, Some(SNAPSHOT_MARGIN_ENTRIES_DEFAULT));
         assert_eq!(file.snapshot_pull_bytes_per_sec, Some(0));
         assert_eq!(file.snapshot_interval_secs, Some(SNAPSHOT_INTERVAL_SECS_DEFAULT));

@@ -20,16 +20,16 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use waft_node::{Outcome, Output, PendingReady, Replica};
 use waft_proto::client::{self, Consistency};
+use waft_proto::peer::PeerMessage;
 use waft_raft::{Message, NodeId, ReadMode, Role};
 use waft_runtime::ApplyError;
 use waft_session::{Body, Envelope};
-use waft_proto::peer::PeerMessage;
 use waft_storage::{RocksLogStore, SnapshotId, SnapshotStore};
 
 use crate::admin;
-use crate::metrics::GroupMetrics;
 use crate::commit::{Committer, SharedStore};
 use crate::install::{self, Progress};
+use crate::metrics::GroupMetrics;
 use crate::peer::Transport;
 
 /// Peer messages and client requests queued for one group. A full inbox makes
@@ -99,19 +99,35 @@ async fn oldest_write(
 pub enum Input {
     /// A Raft message; an `InstallSnapshot` carries the leader's manifest as
     /// the storage meta to install from (`None` when it sent none).
-    Peer { message: Message, snapshot: Option<waft_storage::SnapshotMeta> },
+    Peer {
+        message: Message,
+        snapshot: Option<waft_storage::SnapshotMeta>,
+    },
     /// A snapshot pull ended: the install, complete, or why it failed.
     InstallPulled(Result<waft_node::Install, String>),
     /// An operator's change (membership, transfer, snapshot).
-    Admin { op: admin::Op, reply: oneshot::Sender<admin::AdminReply> },
+    Admin {
+        op: admin::Op,
+        reply: oneshot::Sender<admin::AdminReply>,
+    },
     /// A client request for the log: a command (in a session or not), or a
     /// session's registration, keep-alive or close. The leader stamps it.
-    Propose { body: Body, reply: oneshot::Sender<ProposeReply> },
-    Query { request: Bytes, consistency: Consistency, reply: oneshot::Sender<Reply> },
+    Propose {
+        body: Body,
+        reply: oneshot::Sender<ProposeReply>,
+    },
+    Query {
+        request: Bytes,
+        consistency: Consistency,
+        reply: oneshot::Sender<Reply>,
+    },
     /// An operator's deploy of a module the admin service validated and
     /// compiled: proposed like a command; its answer's `result` is the hash
     /// of the module in force and its `index` where that module took effect.
-    Deploy { module: waft_node::GuestModule, reply: oneshot::Sender<ProposeReply> },
+    Deploy {
+        module: waft_node::GuestModule,
+        reply: oneshot::Sender<ProposeReply>,
+    },
 }
 
 /// How the rest of the daemon reaches one group: its inbox, its published
@@ -185,7 +201,9 @@ struct PendingAdmin {
 enum AdminWait {
     /// A configuration proposed after log index `after`: done when a
     /// committed configuration past it is no longer joint.
-    Config { after: u64 },
+    Config {
+        after: u64,
+    },
     /// Done when `target` (or, for `None`, any other node) leads.
     Transfer(Option<NodeId>),
     Snapshot,
@@ -395,9 +413,8 @@ impl Driver {
             // place: handing the worker's core to another thread costs a
             // thread wake-up and two context switches, more than its work.
             let started = std::time::Instant::now();
-            let mut apply = |pending: &mut PendingReady| {
-                self.replica.apply_ready(pending, &mut store, &self.snapshots, &mut out)
-            };
+            let mut apply =
+                |pending: &mut PendingReady| self.replica.apply_ready(pending, &mut store, &self.snapshots, &mut out);
             if pending.may_block() {
                 tokio::task::block_in_place(|| apply(&mut pending))?;
             } else {
@@ -427,7 +444,9 @@ impl Driver {
                     Ok(Err(e)) => return Err(self.replica.write_failed(e)),
                     Err(oneshot::error::TryRecvError::Empty) => return Ok(()),
                     Err(oneshot::error::TryRecvError::Closed) => {
-                        return Err(self.replica.write_failed("the commit thread stopped before the write was durable"));
+                        return Err(self
+                            .replica
+                            .write_failed("the commit thread stopped before the write was durable"));
                     }
                 }
             }
@@ -662,7 +681,12 @@ impl Driver {
                 stored.clone()
             }
             _ => {
-                tracing::warn!(group, from = install.from, index, "snapshot offer came without a manifest; waiting for the next");
+                tracing::warn!(
+                    group,
+                    from = install.from,
+                    index,
+                    "snapshot offer came without a manifest; waiting for the next"
+                );
                 self.replica.abandon_install();
                 return;
             }
@@ -717,9 +741,17 @@ impl Driver {
         match result {
             Ok(()) => {
                 self.snapshot_index = self.snapshot_index.max(progress.index);
-                tracing::info!(group, index = progress.index, term = progress.term, bytes = progress.bytes_total, "snapshot installed");
+                tracing::info!(
+                    group,
+                    index = progress.index,
+                    term = progress.term,
+                    bytes = progress.bytes_total,
+                    "snapshot installed"
+                );
             }
-            Err(why) => tracing::warn!(group, index = progress.index, term = progress.term, %why, "snapshot install failed; the leader will offer it again"),
+            Err(why) => {
+                tracing::warn!(group, index = progress.index, term = progress.term, %why, "snapshot install failed; the leader will offer it again")
+            }
         }
         // A newer snapshot the core asked for while this pull ran.
         if let Some(next) = self.replica.pending_install().cloned() {
@@ -978,7 +1010,12 @@ fn answer(index: u64, outcome: Outcome) -> ProposeReply {
         Outcome::Refused(e) => return Err(client::Error::from_session(&e, SESSION_LIMIT_RETRY_AFTER_MS)),
         Outcome::Unreadable(why) => return Err(client::Error::internal(why)),
         Outcome::Deployed { hash, index: since } => {
-            return Ok(Committed { result: Bytes::copy_from_slice(&hash.0), index: since, duplicate: false, session_id: 0 });
+            return Ok(Committed {
+                result: Bytes::copy_from_slice(&hash.0),
+                index: since,
+                duplicate: false,
+                session_id: 0,
+            });
         }
         Outcome::DeployRefused(why) => return Err(client::Error::bad_module(why)),
     };
@@ -995,7 +1032,8 @@ fn answer(index: u64, outcome: Outcome) -> ProposeReply {
 /// command did not apply, and the client may find the new leader and retry.
 fn lost(index: u64) -> client::Error {
     let mut e = client::Error::not_leader(waft_raft::NONE, "");
-    e.message = format!("leadership changed and the entry at index {index} was replaced; the command did not apply, retry it");
+    e.message =
+        format!("leadership changed and the entry at index {index} was replaced; the command did not apply, retry it");
     e
 }
 

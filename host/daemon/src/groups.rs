@@ -259,7 +259,8 @@ impl Host {
         addresses: BTreeMap<NodeId, String>,
         stop: watch::Receiver<bool>,
     ) -> Result<Host, ServeError> {
-        let catalogue = Catalogue::open(&cfg.data_dir).map_err(|e| ServeError::Config(format!("group catalogue: {e}")))?;
+        let catalogue =
+            Catalogue::open(&cfg.data_dir).map_err(|e| ServeError::Config(format!("group catalogue: {e}")))?;
         Ok(Host {
             cfg,
             snapshots,
@@ -332,10 +333,10 @@ impl Host {
                 continue;
             }
             let path = self.modules.path_of(&founding.module_hash);
-            let bytes = self.modules.get(&founding.module_hash).map_err(|source| ServeError::Storage {
-                dir: path.clone(),
-                source,
-            })?;
+            let bytes = self
+                .modules
+                .get(&founding.module_hash)
+                .map_err(|source| ServeError::Storage { dir: path.clone(), source })?;
             let module = waft_node::GuestModule::load(&self.engine, bytes)
                 .map_err(|source| ServeError::LoadModule { path, source })?;
             let mut state = self.state();
@@ -373,8 +374,7 @@ impl Host {
         // A command travels in an envelope, which must fit the core's limit.
         let command_bytes_max =
             raft.proposal_bytes_max.saturating_sub(waft_session::ENVELOPE_OVERHEAD_BYTES_MAX as u64);
-        let bootstrap: &[NodeId] =
-            if founding.voters.contains(&self.cfg.node_id) { &founding.voters } else { &[] };
+        let bootstrap: &[NodeId] = if founding.voters.contains(&self.cfg.node_id) { &founding.voters } else { &[] };
         let replica = {
             let mut store = shared.store.lock().map_err(|_| ServeError::Config("storage lock poisoned".into()))?;
             waft_node::Replica::open(
@@ -429,7 +429,9 @@ impl Host {
         let node = self.cfg.node_id;
         let mut state = self.state();
         if state.shared.is_none() {
-            return Err(client::Error::internal(format!("node {node} is shutting down; retry the create once it is back")));
+            return Err(client::Error::internal(format!(
+                "node {node} is shutting down; retry the create once it is back"
+            )));
         }
         if let Some(have) = state.founding.get(&group) {
             if *have == founding {
@@ -460,7 +462,8 @@ impl Host {
         };
         debug_assert_eq!(module.hash(), founding.module_hash);
         self.modules.put(module.bytes()).map_err(|e| failed("store the module", &e))?;
-        let replica = self.open_replica(&state, group, module, &founding).map_err(|e| failed("open the replica", &e))?;
+        let replica =
+            self.open_replica(&state, group, module, &founding).map_err(|e| failed("open the replica", &e))?;
         // Durable before it serves: a group that answered a client must come
         // back after a restart.
         state.catalogue.add(group, founding.clone()).map_err(|e| failed("write the group catalogue", &e))?;

@@ -69,7 +69,11 @@ pub fn stored_meta(
         term,
         config: configuration,
         module_hash: ModuleHash(hash),
-        files: manifest.files.iter().map(|f| SnapshotFile { name: f.name.clone(), size: f.size, crc32: f.crc32 }).collect(),
+        files: manifest
+            .files
+            .iter()
+            .map(|f| SnapshotFile { name: f.name.clone(), size: f.size, crc32: f.crc32 })
+            .collect(),
     })
 }
 
@@ -88,7 +92,10 @@ pub async fn serve_chunk(
             ))
         })?;
         let Some(file) = reader.meta().files.iter().find(|f| f.name == req.file) else {
-            return Err(tonic::Status::not_found(format!("snapshot {}/{} has no file {:?}", id.index, id.term, req.file)));
+            return Err(tonic::Status::not_found(format!(
+                "snapshot {}/{} has no file {:?}",
+                id.index, id.term, req.file
+            )));
         };
         let file_size = file.size;
         if req.offset > file_size {
@@ -158,7 +165,12 @@ pub async fn pull(
             let chunk = match tokio::time::timeout(PULL_CHUNK_TIMEOUT, client.pull_snapshot_chunk(req)).await {
                 Ok(Ok(chunk)) => chunk.into_inner(),
                 Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
-                    return Err(format!("the leader no longer has snapshot {}/{}: {}", id.index, id.term, status.message()));
+                    return Err(format!(
+                        "the leader no longer has snapshot {}/{}: {}",
+                        id.index,
+                        id.term,
+                        status.message()
+                    ));
                 }
                 Ok(Err(status)) => {
                     failures += 1;

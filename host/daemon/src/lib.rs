@@ -221,9 +221,8 @@ pub async fn serve(
 
     let pipelines = Arc::new(service::PipelineStats::default());
     if let Some(addr) = cfg.metrics_listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Listen { addr, source })?;
+        let listener =
+            tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Listen { addr, source })?;
         tracing::info!(node = cfg.node_id, metrics = %metrics::describe(addr), "serving metrics");
         tokio::spawn(metrics::serve(
             listener,
@@ -245,9 +244,18 @@ pub async fn serve(
     let (shutdown_begun, begun) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(waft_proto::peer_server(peer::PeerService::new(groups.clone(), snapshots.clone(), stopped.clone())))
+            .add_service(waft_proto::peer_server(peer::PeerService::new(
+                groups.clone(),
+                snapshots.clone(),
+                stopped.clone(),
+            )))
             .add_service(waft_proto::admin_server(admin::AdminService::new(host.clone())))
-            .add_service(waft_proto::client_server(service::ClientService::new(cfg.node_id, groups, stopped.clone(), pipelines)))
+            .add_service(waft_proto::client_server(service::ClientService::new(
+                cfg.node_id,
+                groups,
+                stopped.clone(),
+                pipelines,
+            )))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = begun.await;
             }),

@@ -17,8 +17,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use waft_proto::client::Role;
 
-use crate::{GroupHandle, Groups};
 use crate::commit::Stats as CommitStats;
+use crate::{GroupHandle, Groups};
 
 /// Bytes of a request head read at most; a longer one gets 431.
 pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
@@ -82,16 +82,12 @@ pub fn render(
             "Bytes of command results kept for the retries of session clients.",
             &|_, s| s.session_reply_bytes,
         ),
-        (
-            "waft_group_snapshot_install_bytes_done",
-            "Bytes of the snapshot being received (0 when none).",
-            &|_, s| s.snapshot_install.as_ref().map_or(0, |t| t.bytes_done),
-        ),
-        (
-            "waft_group_snapshot_install_bytes_total",
-            "Size of the snapshot being received (0 when none).",
-            &|_, s| s.snapshot_install.as_ref().map_or(0, |t| t.bytes_total),
-        ),
+        ("waft_group_snapshot_install_bytes_done", "Bytes of the snapshot being received (0 when none).", &|_, s| {
+            s.snapshot_install.as_ref().map_or(0, |t| t.bytes_done)
+        }),
+        ("waft_group_snapshot_install_bytes_total", "Size of the snapshot being received (0 when none).", &|_, s| {
+            s.snapshot_install.as_ref().map_or(0, |t| t.bytes_total)
+        }),
     ];
     for (name, help, value) in gauges {
         let samples = per_group(value, name);
@@ -107,9 +103,11 @@ pub fn render(
         ("waft_group_apply_batches_total", "Batches of committed entries applied.", &|h, _| {
             load(&h.metrics.apply_batches)
         }),
-        ("waft_group_apply_nanoseconds_total", "Time spent applying batches (divide by batches for latency).", &|h, _| {
-            load(&h.metrics.apply_nanos)
-        }),
+        (
+            "waft_group_apply_nanoseconds_total",
+            "Time spent applying batches (divide by batches for latency).",
+            &|h, _| load(&h.metrics.apply_nanos),
+        ),
     ];
     for (name, help, value) in counters {
         let samples = per_group(value, name);
@@ -127,7 +125,10 @@ pub fn render(
     for (g, h) in groups {
         if let Ok(peers) = h.metrics.lag.lock() {
             for (peer, entries) in peers.iter() {
-                let _ = writeln!(lag, "waft_group_replication_lag_entries{{node=\"{node}\",group=\"{g}\",peer=\"{peer}\"}} {entries}");
+                let _ = writeln!(
+                    lag,
+                    "waft_group_replication_lag_entries{{node=\"{node}\",group=\"{g}\",peer=\"{peer}\"}} {entries}"
+                );
             }
         }
     }
@@ -139,12 +140,20 @@ pub fn render(
         o.push_str(&syncs)
     });
     let writes = format!("waft_node_log_writes_total{{node=\"{node}\"}} {}\n", load(&commit.writes_done));
-    family("waft_node_log_writes_total", "counter", "Group log writes made durable (writes/syncs = merge factor).", &mut |o| {
-        o.push_str(&writes)
-    });
+    family(
+        "waft_node_log_writes_total",
+        "counter",
+        "Group log writes made durable (writes/syncs = merge factor).",
+        &mut |o| o.push_str(&writes),
+    );
     let node_counters: [(&str, &str, &str, &AtomicU64); 3] = [
         ("waft_node_pipelines_open", "gauge", "Client Pipeline streams open.", &pipelines.open),
-        ("waft_node_pipeline_batches_total", "counter", "Call batches received on Pipeline streams.", &pipelines.batches),
+        (
+            "waft_node_pipeline_batches_total",
+            "counter",
+            "Call batches received on Pipeline streams.",
+            &pipelines.batches,
+        ),
         (
             "waft_node_pipeline_calls_total",
             "counter",

@@ -94,7 +94,9 @@ async fn sender(addr: String, mut queue: mpsc::Receiver<PeerMessage>) {
     }
 }
 
-async fn connect(addr: &str) -> Result<peer::peer_client::PeerClient<tonic::transport::Channel>, tonic::transport::Error> {
+async fn connect(
+    addr: &str,
+) -> Result<peer::peer_client::PeerClient<tonic::transport::Channel>, tonic::transport::Error> {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
@@ -179,12 +181,9 @@ fn unwrap_wire(wire: PeerMessage) -> Result<(u64, Input), String> {
     };
     let (group, message) = wire.into_raft().map_err(|e| e.to_string())?;
     let snapshot = match (&message.body, manifest) {
-        (waft_raft::MessageBody::InstallSnapshot { meta }, Some(manifest)) => Some(crate::install::stored_meta(
-            meta.index,
-            meta.term,
-            meta.config.encode().into(),
-            &manifest,
-        )?),
+        (waft_raft::MessageBody::InstallSnapshot { meta }, Some(manifest)) => {
+            Some(crate::install::stored_meta(meta.index, meta.term, meta.config.encode().into(), &manifest)?)
+        }
         _ => None,
     };
     Ok((group, Input::Peer { message, snapshot }))

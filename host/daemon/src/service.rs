@@ -172,9 +172,8 @@ impl ClientService {
         if size > group.command_bytes_max {
             return Err(client::Error::too_large(size, group.command_bytes_max));
         }
-        let consistency = Consistency::try_from(req.consistency).map_err(|_| {
-            client::Error::invalid_request(format!("unknown consistency level {}", req.consistency))
-        })?;
+        let consistency = Consistency::try_from(req.consistency)
+            .map_err(|_| client::Error::invalid_request(format!("unknown consistency level {}", req.consistency)))?;
         let (reply, rx) = oneshot::channel();
         Self::ask(&group, Input::Query { request: req.request, consistency, reply }, rx).await
     }
@@ -327,11 +326,17 @@ impl client::client_server::Client for ClientService {
         Ok(tonic::Response::new(session_response(self.close_session_inner(request.into_inner()).await)))
     }
 
-    async fn query(&self, request: tonic::Request<QueryRequest>) -> Result<tonic::Response<QueryResponse>, tonic::Status> {
+    async fn query(
+        &self,
+        request: tonic::Request<QueryRequest>,
+    ) -> Result<tonic::Response<QueryResponse>, tonic::Status> {
         Ok(tonic::Response::new(self.query_response(request.into_inner()).await))
     }
 
-    async fn status(&self, request: tonic::Request<StatusRequest>) -> Result<tonic::Response<StatusResponse>, tonic::Status> {
+    async fn status(
+        &self,
+        request: tonic::Request<StatusRequest>,
+    ) -> Result<tonic::Response<StatusResponse>, tonic::Status> {
         let req = request.into_inner();
         let mut response = StatusResponse { node_id: self.node, ..Default::default() };
         match req.group {

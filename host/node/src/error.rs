@@ -95,5 +95,8 @@ impl Error {
 
 /// Whether a runtime error leaves the state machine unusable.
 pub(crate) fn runtime_is_fatal(e: &RuntimeError) -> bool {
-    matches!(e, RuntimeError::Poisoned | RuntimeError::Recovery(_) | RuntimeError::Instantiate(_) | RuntimeError::Backstop(_))
+    matches!(
+        e,
+        RuntimeError::Poisoned | RuntimeError::Recovery(_) | RuntimeError::Instantiate(_) | RuntimeError::Backstop(_)
+    )
 }

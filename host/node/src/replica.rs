@@ -434,7 +434,8 @@ impl Replica {
     pub fn propose(&mut self, envelope: &Envelope) -> Result<(u64, u64)> {
         self.check_running()?;
         let group = self.group;
-        if let Body::Plain { payload } | Body::Command { payload, .. } | Body::Deploy { module: payload } = &envelope.body
+        if let Body::Plain { payload } | Body::Command { payload, .. } | Body::Deploy { module: payload } =
+            &envelope.body
             && payload.is_empty()
         {
             return Err(Error::EmptyCommand { group });

@@ -76,10 +76,7 @@ impl Config {
     }
 
     pub fn priority_of(&self, id: NodeId) -> Priority {
-        self.priorities
-            .get(&id)
-            .copied()
-            .unwrap_or(PRIORITY_DISABLED)
+        self.priorities.get(&id).copied().unwrap_or(PRIORITY_DISABLED)
     }
 
     pub fn validate(&self) -> Result<(), &'static str> {
@@ -92,10 +89,7 @@ impl Config {
         if self.lease_ticks >= self.election_ticks {
             return Err("lease_ticks must be shorter than election_ticks");
         }
-        if self.append_entries_max == 0
-            || self.inflight_msgs_max == 0
-            || self.apply_entries_max == 0
-        {
+        if self.append_entries_max == 0 || self.inflight_msgs_max == 0 || self.apply_entries_max == 0 {
             return Err("message, window and apply bounds must be > 0");
         }
         if self.snapshot_margin_entries == 0 || self.uncommitted_entries_max == 0 {

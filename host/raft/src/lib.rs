@@ -47,7 +47,6 @@ pub mod types;
 
 pub use config::{Config, PRIORITY_DISABLED, PRIORITY_NEVER, Priority};
 pub use node::{
-    Event, RawNode, ReadMode, ReadState, Ready, RestartState, Role, SnapshotInstall, SoftState,
-    StartError,
+    Event, RawNode, ReadMode, ReadState, Ready, RestartState, Role, SnapshotInstall, SoftState, StartError,
 };
 pub use types::*;

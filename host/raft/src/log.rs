@@ -23,32 +23,14 @@ pub struct RaftLog {
 }
 
 impl RaftLog {
-    pub fn new(
-        snap_index: u64,
-        snap_term: u64,
-        entries: Vec<Entry>,
-        committed: u64,
-        applied: u64,
-    ) -> Self {
+    pub fn new(snap_index: u64, snap_term: u64, entries: Vec<Entry>, committed: u64, applied: u64) -> Self {
         for (i, e) in entries.iter().enumerate() {
-            assert_eq!(
-                e.index,
-                snap_index + 1 + i as u64,
-                "restart entries must be consecutive after the snapshot"
-            );
+            assert_eq!(e.index, snap_index + 1 + i as u64, "restart entries must be consecutive after the snapshot");
         }
         let last = snap_index + entries.len() as u64;
         let committed = committed.clamp(snap_index, last);
         let applied = applied.clamp(snap_index, committed);
-        RaftLog {
-            snap_index,
-            snap_term,
-            entries,
-            committed,
-            applied,
-            persisted: last,
-            unstable_from: last + 1,
-        }
+        RaftLog { snap_index, snap_term, entries, committed, applied, persisted: last, unstable_from: last + 1 }
     }
 
     pub fn last_index(&self) -> u64 {
@@ -87,8 +69,7 @@ impl RaftLog {
 
     /// Raft's "at least as up to date" comparison for votes.
     pub fn is_up_to_date(&self, last_index: u64, last_term: u64) -> bool {
-        last_term > self.last_term()
-            || (last_term == self.last_term() && last_index >= self.last_index())
+        last_term > self.last_term() || (last_term == self.last_term() && last_index >= self.last_index())
     }
 
     /// Leader-side append of fresh entries at the end.
@@ -102,12 +83,7 @@ impl RaftLog {
     /// Follower-side append after a matching (prev_index, prev_term). Returns the
     /// index of the last entry now known to match the leader, or None on mismatch.
     /// Only a conflicting suffix is truncated; entries already present are kept.
-    pub fn maybe_append(
-        &mut self,
-        prev_index: u64,
-        prev_term: u64,
-        entries: &[Entry],
-    ) -> Option<u64> {
+    pub fn maybe_append(&mut self, prev_index: u64, prev_term: u64, entries: &[Entry]) -> Option<u64> {
         if !self.match_term(prev_index, prev_term) {
             return None;
         }
@@ -143,11 +119,7 @@ impl RaftLog {
 
     pub fn commit_to(&mut self, i: u64) -> bool {
         if i > self.committed {
-            assert!(
-                i <= self.last_index(),
-                "commit {i} beyond last index {}",
-                self.last_index()
-            );
+            assert!(i <= self.last_index(), "commit {i} beyond last index {}", self.last_index());
             self.committed = i;
             return true;
         }
@@ -189,11 +161,7 @@ impl RaftLog {
     /// Entries not yet handed out for persistence; marks them handed out.
     pub fn take_unstable(&mut self) -> Vec<Entry> {
         let from = self.unstable_from.max(self.first_index());
-        let out = if from <= self.last_index() {
-            self.slice(from, self.last_index(), u64::MAX)
-        } else {
-            Vec::new()
-        };
+        let out = if from <= self.last_index() { self.slice(from, self.last_index(), u64::MAX) } else { Vec::new() };
         self.unstable_from = self.last_index() + 1;
         out
     }
@@ -234,10 +202,7 @@ impl RaftLog {
 
     /// Resets to an installed snapshot beyond our commit index. Keeps a suffix that matches it.
     pub fn restore(&mut self, index: u64, term: u64) {
-        assert!(
-            index > self.committed,
-            "installing a snapshot at or below commit"
-        );
+        assert!(index > self.committed, "installing a snapshot at or below commit");
         if self.match_term(index, term) {
             self.entries.drain(..(index - self.snap_index) as usize);
         } else {
@@ -263,12 +228,7 @@ mod tests {
     use bytes::Bytes;
 
     fn e(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            kind: EntryKind::Normal,
-            data: Bytes::new(),
-        }
+        Entry { index, term, kind: EntryKind::Normal, data: Bytes::new() }
     }
 
     #[test]
@@ -285,13 +245,7 @@ mod tests {
 
     #[test]
     fn conflict_hint() {
-        let l = RaftLog::new(
-            0,
-            0,
-            vec![e(1, 1), e(2, 1), e(3, 2), e(4, 2), e(5, 4)],
-            0,
-            0,
-        );
+        let l = RaftLog::new(0, 0, vec![e(1, 1), e(2, 1), e(3, 2), e(4, 2), e(5, 4)], 0, 0);
         assert_eq!(l.find_conflict_by_term(7, 3), (4, 2));
         assert_eq!(l.find_conflict_by_term(5, 1), (2, 1));
         assert_eq!(l.find_conflict_by_term(5, 0), (0, 0));
@@ -301,22 +255,12 @@ mod tests {
     fn compact_and_restore() {
         let mut l = RaftLog::new(0, 0, vec![e(1, 1), e(2, 1), e(3, 2)], 3, 3);
         l.compact(2, 1);
-        assert_eq!(
-            (l.first_index(), l.last_index(), l.term(2), l.term(1)),
-            (3, 3, Some(1), None)
-        );
+        assert_eq!((l.first_index(), l.last_index(), l.term(2), l.term(1)), (3, 3, Some(1), None));
         let mut m = RaftLog::new(0, 0, vec![e(1, 1), e(2, 1), e(3, 2)], 1, 1);
         m.restore(2, 1);
-        assert_eq!(
-            (m.first_index(), m.last_index()),
-            (3, 3),
-            "matching suffix kept"
-        );
+        assert_eq!((m.first_index(), m.last_index()), (3, 3), "matching suffix kept");
         l.restore(10, 5);
-        assert_eq!(
-            (l.last_index(), l.committed, l.applied, l.persisted),
-            (10, 10, 10, 10)
-        );
+        assert_eq!((l.last_index(), l.committed, l.applied, l.persisted), (10, 10, 10, 10));
     }
 
     #[test]

@@ -152,17 +152,10 @@ struct ConfHistory {
 
 impl ConfHistory {
     fn current(&self) -> (u64, &Configuration) {
-        self.entries
-            .last()
-            .map_or((0, &self.base), |(i, c)| (*i, c))
+        self.entries.last().map_or((0, &self.base), |(i, c)| (*i, c))
     }
     fn at(&self, index: u64) -> Configuration {
-        self.entries
-            .iter()
-            .rev()
-            .find(|(i, _)| *i <= index)
-            .map_or(&self.base, |(_, c)| c)
-            .clone()
+        self.entries.iter().rev().find(|(i, _)| *i <= index).map_or(&self.base, |(_, c)| c).clone()
     }
 }
 
@@ -254,18 +247,8 @@ impl RawNode {
     /// A brand-new node. `bootstrap` is the initial configuration for the
     /// founding members; a node that will be added later passes an empty one.
     pub fn new(cfg: Config, bootstrap: Configuration) -> Result<RawNode, StartError> {
-        let snapshot = SnapshotMeta {
-            index: 0,
-            term: 0,
-            config: bootstrap,
-        };
-        let mut node = RawNode::restart(
-            cfg,
-            RestartState {
-                snapshot,
-                ..Default::default()
-            },
-        )?;
+        let snapshot = SnapshotMeta { index: 0, term: 0, config: bootstrap };
+        let mut node = RawNode::restart(cfg, RestartState { snapshot, ..Default::default() })?;
         // A brand-new node never acknowledged any leader: no lease to protect.
         node.ticks_since_leader = node.cfg.election_ticks;
         Ok(node)
@@ -286,18 +269,9 @@ impl RawNode {
         }
         let last = snap.index + st.entries.len() as u64;
         if st.hard_state.commit > last {
-            return Err(StartError::CorruptState(format!(
-                "commit {} beyond last index {last}",
-                st.hard_state.commit
-            )));
+            return Err(StartError::CorruptState(format!("commit {} beyond last index {last}", st.hard_state.commit)));
         }
-        let log = RaftLog::new(
-            snap.index,
-            snap.term,
-            st.entries,
-            st.hard_state.commit,
-            st.applied,
-        );
+        let log = RaftLog::new(snap.index, snap.term, st.entries, st.hard_state.commit, st.applied);
         let mut prng = cfg.seed ^ cfg.id.wrapping_mul(0x2545_F491_4F6C_DD1D);
         splitmix64(&mut prng);
         let prev_hard = st.hard_state;
@@ -308,10 +282,7 @@ impl RawNode {
             role: Role::Follower,
             leader: NONE,
             log,
-            history: ConfHistory {
-                base: snap.config.clone(),
-                entries: Vec::new(),
-            },
+            history: ConfHistory { base: snap.config.clone(), entries: Vec::new() },
             conf: Configuration::default(),
             conf_index: 0,
             forced: None,
@@ -341,11 +312,7 @@ impl RawNode {
             snapshot_in_progress: false,
             snapshot_asked: false,
             prev_hard,
-            prev_soft: SoftState {
-                role: Role::Follower,
-                leader: NONE,
-                term: prev_hard.term,
-            },
+            prev_soft: SoftState { role: Role::Follower, leader: NONE, term: prev_hard.term },
             persisted_term: prev_hard.term,
             cfg,
         };
@@ -397,19 +364,13 @@ impl RawNode {
         &self.snapshot
     }
     pub fn hard_state(&self) -> HardState {
-        HardState {
-            term: self.term,
-            vote: self.vote,
-            commit: self.log.committed,
-        }
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed }
     }
     pub fn is_transferring(&self) -> bool {
         self.transfer.is_some()
     }
     pub fn progress_of(&self, id: NodeId) -> Option<(u64, u64, ProgressState)> {
-        self.progress
-            .get(&id)
-            .map(|p| (p.match_index, p.next_index, p.state))
+        self.progress.get(&id).map(|p| (p.match_index, p.next_index, p.state))
     }
     /// Whether a lease read would be served without a heartbeat round right now.
     pub fn lease_valid(&self) -> bool {
@@ -466,9 +427,7 @@ impl RawNode {
         if let Some(pc) = &mut self.pending_change {
             pc.elapsed_ticks += 1;
             if pc.elapsed_ticks >= self.cfg.catchup_timeout_ticks {
-                self.abandon_pending_change(
-                    "new voters did not catch up before the catch-up timeout",
-                );
+                self.abandon_pending_change("new voters did not catch up before the catch-up timeout");
             }
         }
         let retry = self.cfg.snapshot_retry_ticks;
@@ -491,19 +450,14 @@ impl RawNode {
         self.check_can_append()?;
         let bytes = data.len() as u64;
         if bytes > self.cfg.proposal_bytes_max {
-            return Err(RaftError::ProposalTooLarge {
-                bytes,
-                max: self.cfg.proposal_bytes_max,
-            });
+            return Err(RaftError::ProposalTooLarge { bytes, max: self.cfg.proposal_bytes_max });
         }
         Ok(self.append_entry(EntryKind::Normal, data))
     }
 
     fn check_can_append(&self) -> Result<(), RaftError> {
         if self.role != Role::Leader {
-            return Err(RaftError::NotLeader {
-                leader_hint: self.leader(),
-            });
+            return Err(RaftError::NotLeader { leader_hint: self.leader() });
         }
         if self.transfer.is_some() {
             return Err(RaftError::TransferInProgress);
@@ -528,11 +482,7 @@ impl RawNode {
     pub fn read_index(&mut self, id: u64, mode: ReadMode) -> Result<(), RaftError> {
         let lease = mode == ReadMode::Lease;
         match self.role {
-            Role::Leader => self.leader_read(ReadRequest {
-                id,
-                from: self.id,
-                lease,
-            }),
+            Role::Leader => self.leader_read(ReadRequest { id, from: self.id, lease }),
             Role::Follower if self.leader != NONE => {
                 if self.forward_reads.len() >= self.cfg.pending_reads_max {
                     return Err(RaftError::Busy);
@@ -540,9 +490,7 @@ impl RawNode {
                 self.forward_reads.push((id, lease));
                 Ok(())
             }
-            _ => Err(RaftError::NotLeader {
-                leader_hint: self.leader(),
-            }),
+            _ => Err(RaftError::NotLeader { leader_hint: self.leader() }),
         }
     }
 
@@ -552,10 +500,7 @@ impl RawNode {
             return;
         }
         if m.term > self.term {
-            let is_vote = matches!(
-                m.body,
-                MessageBody::Vote { .. } | MessageBody::PreVote { .. }
-            );
+            let is_vote = matches!(m.body, MessageBody::Vote { .. } | MessageBody::PreVote { .. });
             let transfer = matches!(m.body, MessageBody::Vote { transfer: true, .. });
             if is_vote && !transfer && self.in_lease() {
                 return; // a leader may hold a lease: refuse to disturb it
@@ -563,16 +508,15 @@ impl RawNode {
             match m.body {
                 MessageBody::PreVote { .. } => {}
                 MessageBody::PreVoteResponse { reject: false } => {}
-                MessageBody::Append { .. }
-                | MessageBody::Heartbeat { .. }
-                | MessageBody::InstallSnapshot { .. } => self.become_follower(m.term, m.from),
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
+                    self.become_follower(m.term, m.from)
+                }
                 MessageBody::Vote { .. } => {
                     // Adopt the term but keep the election timer: only a granted vote
                     // resets it (Raft §5.2). Otherwise a candidate with a stale log,
                     // campaigning again and again, keeps every up-to-date node from
                     // ever timing out (livelock the simulator found without pre-vote).
-                    let (elapsed, timeout) =
-                        (self.election_elapsed, self.randomized_election_ticks);
+                    let (elapsed, timeout) = (self.election_elapsed, self.randomized_election_ticks);
                     self.become_follower(m.term, NONE);
                     self.election_elapsed = elapsed;
                     self.randomized_election_ticks = timeout;
@@ -581,45 +525,29 @@ impl RawNode {
             }
         } else if m.term < self.term {
             match m.body {
-                MessageBody::Append { .. }
-                | MessageBody::Heartbeat { .. }
-                | MessageBody::InstallSnapshot { .. } => {
+                MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
                     // Tell the stale leader about our term so it steps down.
                     self.send(
                         m.from,
-                        MessageBody::AppendResponse {
-                            reject: true,
-                            index: 0,
-                            hint_index: 0,
-                            hint_term: 0,
-                        },
+                        MessageBody::AppendResponse { reject: true, index: 0, hint_index: 0, hint_term: 0 },
                         false,
                     );
                 }
-                MessageBody::PreVote { .. } => {
-                    self.send(m.from, MessageBody::PreVoteResponse { reject: true }, false)
-                }
+                MessageBody::PreVote { .. } => self.send(m.from, MessageBody::PreVoteResponse { reject: true }, false),
                 // Answer a stale candidate too, so it learns our term: a node
                 // that alone can win (the others' logs are behind) but sits
                 // at a lower term otherwise campaigns forever unanswered
                 // (sim seed 104457, after membership churn).
-                MessageBody::Vote { .. } => {
-                    self.send(m.from, MessageBody::VoteResponse { reject: true }, false)
-                }
+                MessageBody::Vote { .. } => self.send(m.from, MessageBody::VoteResponse { reject: true }, false),
                 _ => {}
             }
             return;
         }
         match m.body {
-            MessageBody::PreVote {
-                last_index,
-                last_term,
-            } => self.handle_vote_request(&m, last_index, last_term, true),
-            MessageBody::Vote {
-                last_index,
-                last_term,
-                ..
-            } => self.handle_vote_request(&m, last_index, last_term, false),
+            MessageBody::PreVote { last_index, last_term } => self.handle_vote_request(&m, last_index, last_term, true),
+            MessageBody::Vote { last_index, last_term, .. } => {
+                self.handle_vote_request(&m, last_index, last_term, false)
+            }
             _ => match self.role {
                 Role::Leader => self.step_leader(m),
                 Role::PreCandidate | Role::Candidate => self.step_candidate(m),
@@ -674,35 +602,20 @@ impl RawNode {
     /// An older install the runtime finished after a newer one was handed out is
     /// still honoured (the state machine now reflects it); the newer stays pending.
     pub fn on_snapshot_installed(&mut self, meta: SnapshotMeta) {
-        if self
-            .installing
-            .as_ref()
-            .is_some_and(|i| i.index <= meta.index)
-        {
+        if self.installing.as_ref().is_some_and(|i| i.index <= meta.index) {
             self.installing = None;
         }
         if meta.index > self.log.committed {
             self.log.restore(meta.index, meta.term);
-            self.history = ConfHistory {
-                base: meta.config.clone(),
-                entries: Vec::new(),
-            };
+            self.history = ConfHistory { base: meta.config.clone(), entries: Vec::new() };
             self.rescan_conf_from(meta.index + 1);
             self.snapshot = meta;
         }
         if self.leader != NONE {
-            let index = self
-                .log
-                .last_index()
-                .min(self.log.committed.max(self.snapshot.index));
+            let index = self.log.last_index().min(self.log.committed.max(self.snapshot.index));
             self.send(
                 self.leader,
-                MessageBody::AppendResponse {
-                    reject: false,
-                    index,
-                    hint_index: 0,
-                    hint_term: 0,
-                },
+                MessageBody::AppendResponse { reject: false, index, hint_index: 0, hint_term: 0 },
                 true,
             );
         }
@@ -732,9 +645,7 @@ impl RawNode {
 
     pub fn add_learner(&mut self, id: NodeId) -> Result<(), RaftError> {
         if self.conf.is_voter(id) {
-            return Err(RaftError::InvalidConfChange(
-                "node is a voter; remove it first",
-            ));
+            return Err(RaftError::InvalidConfChange("node is a voter; remove it first"));
         }
         let mut t = self.conf.clone();
         t.learners.push(id);
@@ -758,11 +669,7 @@ impl RawNode {
     /// Moves to the configuration with exactly these voters and learners. One voter
     /// changing is a single step; more use joint consensus. New voters first catch
     /// up (within `catchup_margin_entries`) or the change fails after `catchup_timeout_ticks`.
-    pub fn change_peers(
-        &mut self,
-        voters: Vec<NodeId>,
-        learners: Vec<NodeId>,
-    ) -> Result<(), RaftError> {
+    pub fn change_peers(&mut self, voters: Vec<NodeId>, learners: Vec<NodeId>) -> Result<(), RaftError> {
         self.check_can_append()?;
         if self.pending_change.is_some()
             || self.conf_index > self.log.committed
@@ -777,16 +684,10 @@ impl RawNode {
             // is the single-server-change bug (Ongaro, raft-dev 2015).
             return Err(RaftError::NotReady);
         }
-        let mut target = Configuration {
-            voters,
-            voters_outgoing: Vec::new(),
-            learners,
-        };
+        let mut target = Configuration { voters, voters_outgoing: Vec::new(), learners };
         target.normalize();
         if target.voters.is_empty() {
-            return Err(RaftError::InvalidConfChange(
-                "a configuration needs at least one voter",
-            ));
+            return Err(RaftError::InvalidConfChange("a configuration needs at least one voter"));
         }
         if target.voters.contains(&NONE) || target.learners.contains(&NONE) {
             return Err(RaftError::InvalidConfChange("node id 0 is reserved"));
@@ -797,31 +698,16 @@ impl RawNode {
             ));
         }
         if target == self.conf {
-            return Err(RaftError::InvalidConfChange(
-                "the configuration is unchanged",
-            ));
+            return Err(RaftError::InvalidConfChange("the configuration is unchanged"));
         }
-        let catching: Vec<NodeId> = target
-            .voters
-            .iter()
-            .copied()
-            .filter(|v| !self.conf.voters.contains(v))
-            .collect();
+        let catching: Vec<NodeId> = target.voters.iter().copied().filter(|v| !self.conf.voters.contains(v)).collect();
         let last = self.log.last_index();
         for &c in &catching {
-            self.progress.entry(c).or_insert_with(|| {
-                Progress::new(
-                    last + 1,
-                    self.cfg.inflight_msgs_max,
-                    self.cfg.inflight_bytes_max,
-                )
-            });
+            self.progress
+                .entry(c)
+                .or_insert_with(|| Progress::new(last + 1, self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max));
         }
-        self.pending_change = Some(PendingChange {
-            target,
-            catching,
-            elapsed_ticks: 0,
-        });
+        self.pending_change = Some(PendingChange { target, catching, elapsed_ticks: 0 });
         self.check_catchup();
         Ok(())
     }
@@ -829,46 +715,30 @@ impl RawNode {
     /// Transfers leadership to `target`, or to the most up-to-date voter when None.
     pub fn transfer_leader(&mut self, target: Option<NodeId>) -> Result<(), RaftError> {
         if self.role != Role::Leader {
-            return Err(RaftError::NotLeader {
-                leader_hint: self.leader(),
-            });
+            return Err(RaftError::NotLeader { leader_hint: self.leader() });
         }
         if self.transfer.is_some() {
             return Err(RaftError::TransferInProgress);
         }
-        let target = match target {
-            Some(t) => t,
-            None => {
-                let me = self.id;
-                let best = self
-                    .conf
-                    .voters
-                    .iter()
-                    .filter(|&&v| v != me)
-                    .max_by_key(|&&v| {
-                        (
-                            self.progress.get(&v).map_or(0, |p| p.match_index),
-                            std::cmp::Reverse(v),
-                        )
-                    });
-                *best.ok_or(RaftError::InvalidConfChange(
-                    "no other voter to transfer to",
-                ))?
-            }
-        };
+        let target =
+            match target {
+                Some(t) => t,
+                None => {
+                    let me = self.id;
+                    let best =
+                        self.conf.voters.iter().filter(|&&v| v != me).max_by_key(|&&v| {
+                            (self.progress.get(&v).map_or(0, |p| p.match_index), std::cmp::Reverse(v))
+                        });
+                    *best.ok_or(RaftError::InvalidConfChange("no other voter to transfer to"))?
+                }
+            };
         if target == self.id {
             return Ok(());
         }
         if !self.conf.voters.contains(&target) {
-            return Err(RaftError::InvalidConfChange(
-                "transfer target is not a voter",
-            ));
+            return Err(RaftError::InvalidConfChange("transfer target is not a voter"));
         }
-        self.transfer = Some(Transfer {
-            target,
-            elapsed_ticks: 0,
-            timeout_now_sent: false,
-        });
+        self.transfer = Some(Transfer { target, elapsed_ticks: 0, timeout_now_sent: false });
         self.maybe_send_timeout_now();
         Ok(())
     }
@@ -881,9 +751,7 @@ impl RawNode {
     pub fn reset_peers(&mut self, voters: Vec<NodeId>) -> Result<(), RaftError> {
         let c = Configuration::new(voters);
         if c.voters.is_empty() || c.voters.contains(&NONE) {
-            return Err(RaftError::InvalidConfChange(
-                "reset needs at least one valid voter",
-            ));
+            return Err(RaftError::InvalidConfChange("reset needs at least one valid voter"));
         }
         self.forced = Some((c, self.log.last_index()));
         self.refresh_conf();
@@ -938,12 +806,7 @@ impl RawNode {
         }
         if !self.forward_reads.is_empty() && self.leader != NONE && self.role == Role::Follower {
             for lease in [false, true] {
-                let ids: Vec<u64> = self
-                    .forward_reads
-                    .iter()
-                    .filter(|r| r.1 == lease)
-                    .map(|r| r.0)
-                    .collect();
+                let ids: Vec<u64> = self.forward_reads.iter().filter(|r| r.1 == lease).map(|r| r.0).collect();
                 if !ids.is_empty() {
                     self.send(self.leader, MessageBody::ReadIndex { ids }, false);
                 }
@@ -974,11 +837,7 @@ impl RawNode {
             self.snapshot_asked = false;
             let index = self.log.applied;
             let term = self.log.term(index).expect("applied entry is in the log");
-            rd.snapshot_request = Some(SnapshotMeta {
-                index,
-                term,
-                config: self.history.at(index),
-            });
+            rd.snapshot_request = Some(SnapshotMeta { index, term, config: self.history.at(index) });
             self.snapshot_in_progress = true;
         }
         rd.events = std::mem::take(&mut self.events);
@@ -986,11 +845,7 @@ impl RawNode {
     }
 
     fn soft_state(&self) -> SoftState {
-        SoftState {
-            role: self.role,
-            leader: self.leader,
-            term: self.term,
-        }
+        SoftState { role: self.role, leader: self.leader, term: self.term }
     }
 
     // ------------------------------------------------------------ roles
@@ -1015,8 +870,7 @@ impl RawNode {
         self.lease_disabled = false;
         self.commit_to_broadcast = false;
         if let Some(t) = self.transfer.take() {
-            self.events
-                .push(Event::TransferAborted { target: t.target });
+            self.events.push(Event::TransferAborted { target: t.target });
         }
         if self.pending_change.is_some() {
             self.abandon_pending_change("leadership lost during catch-up");
@@ -1056,8 +910,7 @@ impl RawNode {
         if pre {
             // A pre-vote changes no durable state: our own vote counts at once.
             self.votes.insert(self.id, true);
-            if quorum::joint_vote(&self.conf, |id| self.votes.get(&id).copied()) == VoteResult::Won
-            {
+            if quorum::joint_vote(&self.conf, |id| self.votes.get(&id).copied()) == VoteResult::Won {
                 return self.on_election_won();
             }
         }
@@ -1066,34 +919,14 @@ impl RawNode {
         // term twice with different entries (found by the simulator, single voter).
         let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
         let me = self.id;
-        let voters: Vec<NodeId> = self
-            .conf
-            .members()
-            .into_iter()
-            .filter(|&v| v != me && self.conf.is_voter(v))
-            .collect();
+        let voters: Vec<NodeId> =
+            self.conf.members().into_iter().filter(|&v| v != me && self.conf.is_voter(v)).collect();
         for v in voters {
             if pre {
-                self.send_with_term(
-                    v,
-                    self.term + 1,
-                    MessageBody::PreVote {
-                        last_index,
-                        last_term,
-                    },
-                    false,
-                );
+                self.send_with_term(v, self.term + 1, MessageBody::PreVote { last_index, last_term }, false);
             } else {
                 // The vote for ourselves must be durable before anyone can count on it.
-                self.send(
-                    v,
-                    MessageBody::Vote {
-                        last_index,
-                        last_term,
-                        transfer,
-                    },
-                    true,
-                );
+                self.send(v, MessageBody::Vote { last_index, last_term, transfer }, true);
             }
         }
     }
@@ -1171,30 +1004,21 @@ impl RawNode {
             return false;
         }
         self.conf.is_voter(self.id)
-            || (self.conf_index > self.log.committed
-                && self.history.at(self.log.committed).is_voter(self.id))
+            || (self.conf_index > self.log.committed && self.history.at(self.log.committed).is_voter(self.id))
     }
 
     fn in_lease(&self) -> bool {
-        self.cfg.check_quorum
-            && (self.role == Role::Leader || self.ticks_since_leader < self.cfg.election_ticks)
+        self.cfg.check_quorum && (self.role == Role::Leader || self.ticks_since_leader < self.cfg.election_ticks)
     }
 
     // ------------------------------------------------------------ votes
 
     fn handle_vote_request(&mut self, m: &Message, last_index: u64, last_term: u64, pre: bool) {
-        let can_vote = self.vote == m.from
-            || (self.vote == NONE && self.leader == NONE)
-            || (pre && m.term > self.term);
+        let can_vote = self.vote == m.from || (self.vote == NONE && self.leader == NONE) || (pre && m.term > self.term);
         let grant = can_vote && self.log.is_up_to_date(last_index, last_term);
         if pre {
             let term = if grant { m.term } else { self.term };
-            self.send_with_term(
-                m.from,
-                term,
-                MessageBody::PreVoteResponse { reject: !grant },
-                false,
-            );
+            self.send_with_term(m.from, term, MessageBody::PreVoteResponse { reject: !grant }, false);
         } else {
             if grant {
                 self.election_elapsed = 0;
@@ -1206,18 +1030,12 @@ impl RawNode {
 
     fn step_candidate(&mut self, m: Message) {
         match m.body {
-            MessageBody::Append { .. }
-            | MessageBody::Heartbeat { .. }
-            | MessageBody::InstallSnapshot { .. } => {
+            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
                 self.become_follower(m.term, m.from);
                 self.step_follower(m);
             }
-            MessageBody::PreVoteResponse { reject } if self.role == Role::PreCandidate => {
-                self.tally(m.from, !reject)
-            }
-            MessageBody::VoteResponse { reject } if self.role == Role::Candidate => {
-                self.tally(m.from, !reject)
-            }
+            MessageBody::PreVoteResponse { reject } if self.role == Role::PreCandidate => self.tally(m.from, !reject),
+            MessageBody::VoteResponse { reject } if self.role == Role::Candidate => self.tally(m.from, !reject),
             _ => {}
         }
     }
@@ -1235,12 +1053,7 @@ impl RawNode {
 
     fn step_follower(&mut self, m: Message) {
         match m.body {
-            MessageBody::Append {
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-            } => {
+            MessageBody::Append { prev_index, prev_term, entries, commit } => {
                 self.leader_contact(m.from);
                 self.handle_append(m.from, prev_index, prev_term, &entries, commit);
             }
@@ -1265,21 +1078,13 @@ impl RawNode {
                 self.campaign(false, true);
             }
             MessageBody::ReadIndexResponse { ids, index } => {
-                self.read_states
-                    .extend(ids.into_iter().map(|id| ReadState { id, index }));
+                self.read_states.extend(ids.into_iter().map(|id| ReadState { id, index }));
             }
             _ => {}
         }
     }
 
-    fn handle_append(
-        &mut self,
-        from: NodeId,
-        prev_index: u64,
-        prev_term: u64,
-        entries: &[Entry],
-        commit: u64,
-    ) {
+    fn handle_append(&mut self, from: NodeId, prev_index: u64, prev_term: u64, entries: &[Entry], commit: u64) {
         if self.installing.is_some() {
             return; // the snapshot supersedes this append; the leader resends after it
         }
@@ -1295,27 +1100,16 @@ impl RawNode {
                 self.log.commit_to(commit.min(last_new));
                 self.send(
                     from,
-                    MessageBody::AppendResponse {
-                        reject: false,
-                        index: last_new,
-                        hint_index: 0,
-                        hint_term: 0,
-                    },
+                    MessageBody::AppendResponse { reject: false, index: last_new, hint_index: 0, hint_term: 0 },
                     true,
                 );
             }
             None => {
-                let (hint_index, hint_term) = self
-                    .log
-                    .find_conflict_by_term(prev_index.min(self.log.last_index()), prev_term);
+                let (hint_index, hint_term) =
+                    self.log.find_conflict_by_term(prev_index.min(self.log.last_index()), prev_term);
                 self.send(
                     from,
-                    MessageBody::AppendResponse {
-                        reject: true,
-                        index: prev_index,
-                        hint_index,
-                        hint_term,
-                    },
+                    MessageBody::AppendResponse { reject: true, index: prev_index, hint_index, hint_term },
                     true,
                 );
             }
@@ -1326,16 +1120,7 @@ impl RawNode {
     /// sent (an append or a snapshot) is already covered by committed state.
     fn ack_committed(&mut self, from: NodeId) {
         let index = self.log.committed;
-        self.send(
-            from,
-            MessageBody::AppendResponse {
-                reject: false,
-                index,
-                hint_index: 0,
-                hint_term: 0,
-            },
-            true,
-        );
+        self.send(from, MessageBody::AppendResponse { reject: false, index, hint_index: 0, hint_term: 0 }, true);
     }
 
     fn handle_snapshot(&mut self, from: NodeId, meta: SnapshotMeta) {
@@ -1343,11 +1128,7 @@ impl RawNode {
             self.ack_committed(from);
             return;
         }
-        if self
-            .installing
-            .as_ref()
-            .is_some_and(|i| i.index >= meta.index)
-        {
+        if self.installing.as_ref().is_some_and(|i| i.index >= meta.index) {
             return; // already installing this or a newer one
         }
         self.installing = Some(meta.clone());
@@ -1365,12 +1146,9 @@ impl RawNode {
             }
         }
         match m.body {
-            MessageBody::AppendResponse {
-                reject,
-                index,
-                hint_index,
-                hint_term,
-            } => self.handle_append_response(from, reject, index, hint_index, hint_term),
+            MessageBody::AppendResponse { reject, index, hint_index, hint_term } => {
+                self.handle_append_response(from, reject, index, hint_index, hint_term)
+            }
             MessageBody::HeartbeatResponse { round } => {
                 let tick = self.reads.round_tick(round);
                 let last = self.log.last_index();
@@ -1399,25 +1177,14 @@ impl RawNode {
                 // Follower reads ride on the follower's mode via a separate message per mode;
                 // the leader treats them as safe reads unless its lease holds.
                 for id in ids {
-                    let _ = self.leader_read(ReadRequest {
-                        id,
-                        from,
-                        lease: false,
-                    });
+                    let _ = self.leader_read(ReadRequest { id, from, lease: false });
                 }
             }
             _ => {}
         }
     }
 
-    fn handle_append_response(
-        &mut self,
-        from: NodeId,
-        reject: bool,
-        index: u64,
-        hint_index: u64,
-        hint_term: u64,
-    ) {
+    fn handle_append_response(&mut self, from: NodeId, reject: bool, index: u64, hint_index: u64, hint_term: u64) {
         if index > self.log.last_index() {
             return; // cannot acknowledge what we never sent: a corrupt or foreign message
         }
@@ -1426,11 +1193,7 @@ impl RawNode {
         };
         p.recent_active = true;
         if reject {
-            let hint = if hint_term > 0 {
-                self.log.find_conflict_by_term(hint_index, hint_term).0
-            } else {
-                hint_index
-            };
+            let hint = if hint_term > 0 { self.log.find_conflict_by_term(hint_index, hint_term).0 } else { hint_index };
             if p.maybe_decr_to(index, hint) {
                 if p.state == ProgressState::Replicate {
                     p.become_probe();
@@ -1461,11 +1224,7 @@ impl RawNode {
     }
 
     fn acked_index(&self, id: NodeId) -> u64 {
-        if id == self.id {
-            self.log.persisted
-        } else {
-            self.progress.get(&id).map_or(0, |p| p.match_index)
-        }
+        if id == self.id { self.log.persisted } else { self.progress.get(&id).map_or(0, |p| p.match_index) }
     }
 
     fn maybe_commit(&mut self) {
@@ -1500,12 +1259,7 @@ impl RawNode {
     }
 
     fn append_entry(&mut self, kind: EntryKind, data: Bytes) -> (u64, u64) {
-        let e = Entry {
-            index: self.log.last_index() + 1,
-            term: self.term,
-            kind,
-            data,
-        };
+        let e = Entry { index: self.log.last_index() + 1, term: self.term, kind, data };
         let at = (e.index, e.term);
         self.log.append(std::slice::from_ref(&e));
         if kind == EntryKind::Config {
@@ -1517,12 +1271,7 @@ impl RawNode {
 
     /// Sends appends to every follower with something to send (batched per Ready).
     fn broadcast_append(&mut self) {
-        let ids: Vec<NodeId> = self
-            .progress
-            .keys()
-            .copied()
-            .filter(|&id| id != self.id)
-            .collect();
+        let ids: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
         let carry_commit = std::mem::take(&mut self.commit_to_broadcast);
         for id in ids {
             let mut sent = false;
@@ -1576,27 +1325,13 @@ impl RawNode {
         p.sent_append(n, last_sent, bytes);
         let more = n > 0 && p.state == ProgressState::Replicate;
         let commit = self.log.committed;
-        self.send(
-            to,
-            MessageBody::Append {
-                prev_index,
-                prev_term,
-                entries,
-                commit,
-            },
-            false,
-        );
+        self.send(to, MessageBody::Append { prev_index, prev_term, entries, commit }, false);
         more
     }
 
     fn broadcast_heartbeat(&mut self) {
         let round = self.reads.start_round(self.now);
-        let ids: Vec<NodeId> = self
-            .progress
-            .keys()
-            .copied()
-            .filter(|&id| id != self.id)
-            .collect();
+        let ids: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
         for id in ids {
             let p = &self.progress[&id];
             // Never tell a follower to commit beyond what it is known to hold.
@@ -1608,21 +1343,13 @@ impl RawNode {
 
     fn lease_is_valid(&self) -> bool {
         // Without check-quorum, voters do not honour a leader's lease.
-        if !self.cfg.check_quorum
-            || self.lease_disabled
-            || self.transfer.is_some()
-            || !self.committed_own_term()
-        {
+        if !self.cfg.check_quorum || self.lease_disabled || self.transfer.is_some() || !self.committed_own_term() {
             return false;
         }
         let me = self.id;
         let (now, lease) = (self.now, self.cfg.lease_ticks);
         quorum::is_quorum(&self.conf, |id| {
-            id == me
-                || self
-                    .progress
-                    .get(&id)
-                    .is_some_and(|p| p.acked_round > 0 && p.acked_tick + lease > now)
+            id == me || self.progress.get(&id).is_some_and(|p| p.acked_round > 0 && p.acked_tick + lease > now)
         })
     }
 
@@ -1654,11 +1381,7 @@ impl RawNode {
         let me = self.id;
         let last_round = self.reads.last_round;
         let confirmed = quorum::joint_committed(&self.conf, |id| {
-            if id == me {
-                last_round
-            } else {
-                self.progress.get(&id).map_or(0, |p| p.acked_round)
-            }
+            if id == me { last_round } else { self.progress.get(&id).map_or(0, |p| p.acked_round) }
         });
         for (req, index) in self.reads.confirm(confirmed) {
             self.serve_read(req, index);
@@ -1669,14 +1392,7 @@ impl RawNode {
         if req.from == self.id {
             self.read_states.push(ReadState { id: req.id, index });
         } else {
-            self.send(
-                req.from,
-                MessageBody::ReadIndexResponse {
-                    ids: vec![req.id],
-                    index,
-                },
-                false,
-            );
+            self.send(req.from, MessageBody::ReadIndexResponse { ids: vec![req.id], index }, false);
         }
     }
 
@@ -1686,11 +1402,7 @@ impl RawNode {
             return;
         }
         let target = t.target;
-        if self
-            .progress
-            .get(&target)
-            .is_some_and(|p| p.match_index == self.log.last_index())
-        {
+        if self.progress.get(&target).is_some_and(|p| p.match_index == self.log.last_index()) {
             // From now on another node may win without waiting out our lease.
             self.lease_disabled = true;
             if let Some(t) = &mut self.transfer {
@@ -1708,27 +1420,14 @@ impl RawNode {
         };
         let last = self.log.last_index();
         let margin = self.cfg.catchup_margin_entries;
-        let caught = pc.catching.iter().all(|id| {
-            self.progress
-                .get(id)
-                .is_some_and(|p| p.match_index + margin >= last)
-        });
+        let caught = pc.catching.iter().all(|id| self.progress.get(id).is_some_and(|p| p.match_index + margin >= last));
         if !caught {
             return;
         }
         let target = pc.target.clone();
         self.pending_change = None;
-        let changed: usize = target
-            .voters
-            .iter()
-            .filter(|v| !self.conf.voters.contains(v))
-            .count()
-            + self
-                .conf
-                .voters
-                .iter()
-                .filter(|v| !target.voters.contains(v))
-                .count();
+        let changed: usize = target.voters.iter().filter(|v| !self.conf.voters.contains(v)).count()
+            + self.conf.voters.iter().filter(|v| !target.voters.contains(v)).count();
         let entry = if changed > 1 {
             Configuration {
                 voters: target.voters,
@@ -1809,13 +1508,9 @@ impl RawNode {
         self.progress.retain(|id, _| want.contains(id));
         let last = self.log.last_index();
         for id in want {
-            self.progress.entry(id).or_insert_with(|| {
-                Progress::new(
-                    last + 1,
-                    self.cfg.inflight_msgs_max,
-                    self.cfg.inflight_bytes_max,
-                )
-            });
+            self.progress
+                .entry(id)
+                .or_insert_with(|| Progress::new(last + 1, self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max));
         }
         if let Some(p) = self.progress.get_mut(&self.id) {
             p.match_index = self.log.persisted;
@@ -1830,17 +1525,8 @@ impl RawNode {
     }
 
     fn send_with_term(&mut self, to: NodeId, term: u64, body: MessageBody, after_persist: bool) {
-        let m = Message {
-            from: self.id,
-            to,
-            term,
-            body,
-        };
-        if after_persist {
-            self.msgs_after_persist.push(m)
-        } else {
-            self.msgs.push(m)
-        }
+        let m = Message { from: self.id, to, term, body };
+        if after_persist { self.msgs_after_persist.push(m) } else { self.msgs.push(m) }
     }
 }
 
@@ -1849,84 +1535,43 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64) -> Entry {
-        Entry {
-            index,
-            term,
-            kind: EntryKind::Normal,
-            data: Bytes::new(),
-        }
+        Entry { index, term, kind: EntryKind::Normal, data: Bytes::new() }
     }
 
     #[test]
     fn restart_rejects_inconsistent_storage() {
-        let snapshot = SnapshotMeta {
-            index: 5,
-            term: 2,
-            config: Configuration::new([1, 2, 3]),
-        };
-        let gap = RestartState {
-            snapshot: snapshot.clone(),
-            entries: vec![entry(7, 2)],
-            ..Default::default()
-        };
-        assert!(matches!(
-            RawNode::restart(Config::new(1, 0), gap),
-            Err(StartError::CorruptState(_))
-        ));
+        let snapshot = SnapshotMeta { index: 5, term: 2, config: Configuration::new([1, 2, 3]) };
+        let gap = RestartState { snapshot: snapshot.clone(), entries: vec![entry(7, 2)], ..Default::default() };
+        assert!(matches!(RawNode::restart(Config::new(1, 0), gap), Err(StartError::CorruptState(_))));
         let commit_beyond = RestartState {
             snapshot: snapshot.clone(),
             entries: vec![entry(6, 2)],
-            hard_state: HardState {
-                term: 2,
-                vote: 1,
-                commit: 9,
-            },
+            hard_state: HardState { term: 2, vote: 1, commit: 9 },
             applied: 5,
         };
-        assert!(matches!(
-            RawNode::restart(Config::new(1, 0), commit_beyond),
-            Err(StartError::CorruptState(_))
-        ));
+        assert!(matches!(RawNode::restart(Config::new(1, 0), commit_beyond), Err(StartError::CorruptState(_))));
         let mut bad = Config::new(1, 0);
         bad.lease_ticks = bad.election_ticks;
-        assert!(matches!(
-            RawNode::new(bad, Configuration::new([1])),
-            Err(StartError::InvalidConfig(_))
-        ));
+        assert!(matches!(RawNode::new(bad, Configuration::new([1])), Err(StartError::InvalidConfig(_))));
     }
 
     #[test]
     fn restart_resumes_from_storage_and_replays_committed_entries() {
         let config = Configuration::new([1, 2, 3]);
         let st = RestartState {
-            hard_state: HardState {
-                term: 3,
-                vote: 2,
-                commit: 7,
-            },
-            snapshot: SnapshotMeta {
-                index: 5,
-                term: 2,
-                config: config.clone(),
-            },
+            hard_state: HardState { term: 3, vote: 2, commit: 7 },
+            snapshot: SnapshotMeta { index: 5, term: 2, config: config.clone() },
             entries: vec![entry(6, 3), entry(7, 3), entry(8, 3)],
             applied: 5,
         };
         let mut n = RawNode::restart(Config::new(1, 0), st).unwrap();
-        assert_eq!(
-            (n.term(), n.committed(), n.last_index(), n.first_index()),
-            (3, 7, 8, 6)
-        );
+        assert_eq!((n.term(), n.committed(), n.last_index(), n.first_index()), (3, 7, 8, 6));
         assert_eq!(n.configuration(), &config);
         let rd = n.ready();
         assert_eq!(rd.hard_state, None, "nothing new to persist");
         assert!(rd.entries.is_empty());
         let applied: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
-        assert_eq!(
-            applied,
-            vec![6, 7],
-            "committed entries after the snapshot are replayed"
-        );
+        assert_eq!(applied, vec![6, 7], "committed entries after the snapshot are replayed");
     }
 
     #[test]
@@ -1935,48 +1580,21 @@ mod tests {
         n.campaign_now();
         let rd = n.ready();
         assert!(
-            rd.messages
-                .iter()
-                .all(|m| matches!(m.body, MessageBody::PreVote { .. })),
+            rd.messages.iter().all(|m| matches!(m.body, MessageBody::PreVote { .. })),
             "pre-votes change nothing durable"
         );
         for to in [2, 3] {
-            n.step(Message {
-                from: to,
-                to: 1,
-                term: 1,
-                body: MessageBody::PreVoteResponse { reject: false },
-            });
+            n.step(Message { from: to, to: 1, term: 1, body: MessageBody::PreVoteResponse { reject: false } });
         }
         let rd = n.ready();
-        assert_eq!(
-            rd.hard_state,
-            Some(HardState {
-                term: 1,
-                vote: 1,
-                commit: 0
-            })
-        );
+        assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: 1, commit: 0 }));
         assert!(rd.messages.is_empty());
-        assert_eq!(
-            rd.messages_after_persist.len(),
-            2,
-            "vote requests only after term and vote are durable"
-        );
+        assert_eq!(rd.messages_after_persist.len(), 2, "vote requests only after term and vote are durable");
         // Grants arriving before our own vote is durable do not make us leader...
-        n.step(Message {
-            from: 2,
-            to: 1,
-            term: 1,
-            body: MessageBody::VoteResponse { reject: false },
-        });
+        n.step(Message { from: 2, to: 1, term: 1, body: MessageBody::VoteResponse { reject: false } });
         assert_eq!(n.role(), Role::Candidate);
         // ... our durable self-vote completes the quorum.
-        n.on_hard_state_persisted(HardState {
-            term: 1,
-            vote: 1,
-            commit: 0,
-        });
+        n.on_hard_state_persisted(HardState { term: 1, vote: 1, commit: 0 });
         assert_eq!(n.role(), Role::Leader);
         // A follower's grant is likewise held until its vote is durable.
         let mut f = RawNode::new(Config::new(2, 0), Configuration::new([1, 2, 3])).unwrap();
@@ -1984,25 +1602,11 @@ mod tests {
             from: 1,
             to: 2,
             term: 1,
-            body: MessageBody::Vote {
-                last_index: 0,
-                last_term: 0,
-                transfer: false,
-            },
+            body: MessageBody::Vote { last_index: 0, last_term: 0, transfer: false },
         });
         let rd = f.ready();
-        assert_eq!(
-            rd.hard_state,
-            Some(HardState {
-                term: 1,
-                vote: 1,
-                commit: 0
-            })
-        );
+        assert_eq!(rd.hard_state, Some(HardState { term: 1, vote: 1, commit: 0 }));
         assert!(rd.messages.is_empty());
-        assert_eq!(
-            rd.messages_after_persist[0].body,
-            MessageBody::VoteResponse { reject: false }
-        );
+        assert_eq!(rd.messages_after_persist[0].body, MessageBody::VoteResponse { reject: false });
     }
 }

@@ -17,12 +17,7 @@ pub struct Inflights {
 impl Inflights {
     pub fn new(msgs_max: usize, bytes_max: u64) -> Self {
         assert!(msgs_max > 0);
-        Inflights {
-            queue: VecDeque::with_capacity(msgs_max),
-            bytes: 0,
-            msgs_max,
-            bytes_max,
-        }
+        Inflights { queue: VecDeque::with_capacity(msgs_max), bytes: 0, msgs_max, bytes_max }
     }
 
     pub fn full(&self) -> bool {

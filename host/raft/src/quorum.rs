@@ -80,73 +80,30 @@ mod tests {
     fn majority_index() {
         assert_eq!(majority_committed(&[1], acked(&[(1, 5)])), 5);
         assert_eq!(majority_committed(&[1, 2], acked(&[(1, 5), (2, 3)])), 3);
-        assert_eq!(
-            majority_committed(&[1, 2, 3], acked(&[(1, 5), (2, 3), (3, 9)])),
-            5
-        );
-        assert_eq!(
-            majority_committed(&[1, 2, 3, 4], acked(&[(1, 5), (2, 3), (3, 9), (4, 1)])),
-            3
-        );
-        assert_eq!(
-            majority_committed(&[1, 2, 3, 4, 5], acked(&[(1, 5), (2, 3), (3, 9)])),
-            3
-        );
+        assert_eq!(majority_committed(&[1, 2, 3], acked(&[(1, 5), (2, 3), (3, 9)])), 5);
+        assert_eq!(majority_committed(&[1, 2, 3, 4], acked(&[(1, 5), (2, 3), (3, 9), (4, 1)])), 3);
+        assert_eq!(majority_committed(&[1, 2, 3, 4, 5], acked(&[(1, 5), (2, 3), (3, 9)])), 3);
     }
 
     #[test]
     fn joint_index_takes_the_minimum() {
-        let c = Configuration {
-            voters: vec![1, 2, 3],
-            voters_outgoing: vec![3, 4, 5],
-            learners: vec![],
-        };
+        let c = Configuration { voters: vec![1, 2, 3], voters_outgoing: vec![3, 4, 5], learners: vec![] };
         let m = [(1, 10), (2, 10), (3, 10), (4, 2), (5, 1)];
         assert_eq!(joint_committed(&c, acked(&m)), 2);
-        assert_eq!(
-            joint_committed(&Configuration::new([1, 2, 3]), acked(&m)),
-            10
-        );
+        assert_eq!(joint_committed(&Configuration::new([1, 2, 3]), acked(&m)), 10);
         assert_eq!(joint_committed(&Configuration::default(), acked(&m)), 0);
     }
 
     #[test]
     fn votes() {
-        let v = |m: &'static [(NodeId, bool)]| {
-            move |id| m.iter().find(|(i, _)| *i == id).map(|(_, g)| *g)
-        };
-        assert_eq!(
-            majority_vote(&[1, 2, 3], v(&[(1, true)])),
-            VoteResult::Pending
-        );
-        assert_eq!(
-            majority_vote(&[1, 2, 3], v(&[(1, true), (2, true)])),
-            VoteResult::Won
-        );
-        assert_eq!(
-            majority_vote(&[1, 2, 3], v(&[(1, true), (2, false), (3, false)])),
-            VoteResult::Lost
-        );
-        assert_eq!(
-            majority_vote(&[1, 2, 3, 4], v(&[(1, true), (2, true), (3, false)])),
-            VoteResult::Pending
-        );
-        let c = Configuration {
-            voters: vec![1, 2, 3],
-            voters_outgoing: vec![1, 4, 5],
-            learners: vec![],
-        };
-        assert_eq!(
-            joint_vote(&c, v(&[(1, true), (2, true), (4, false), (5, false)])),
-            VoteResult::Lost
-        );
-        assert_eq!(
-            joint_vote(&c, v(&[(1, true), (2, true), (4, true)])),
-            VoteResult::Won
-        );
-        assert_eq!(
-            joint_vote(&c, v(&[(1, true), (2, true)])),
-            VoteResult::Pending
-        );
+        let v = |m: &'static [(NodeId, bool)]| move |id| m.iter().find(|(i, _)| *i == id).map(|(_, g)| *g);
+        assert_eq!(majority_vote(&[1, 2, 3], v(&[(1, true)])), VoteResult::Pending);
+        assert_eq!(majority_vote(&[1, 2, 3], v(&[(1, true), (2, true)])), VoteResult::Won);
+        assert_eq!(majority_vote(&[1, 2, 3], v(&[(1, true), (2, false), (3, false)])), VoteResult::Lost);
+        assert_eq!(majority_vote(&[1, 2, 3, 4], v(&[(1, true), (2, true), (3, false)])), VoteResult::Pending);
+        let c = Configuration { voters: vec![1, 2, 3], voters_outgoing: vec![1, 4, 5], learners: vec![] };
+        assert_eq!(joint_vote(&c, v(&[(1, true), (2, true), (4, false), (5, false)])), VoteResult::Lost);
+        assert_eq!(joint_vote(&c, v(&[(1, true), (2, true), (4, true)])), VoteResult::Won);
+        assert_eq!(joint_vote(&c, v(&[(1, true), (2, true)])), VoteResult::Pending);
     }
 }

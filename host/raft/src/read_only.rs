@@ -45,17 +45,13 @@ impl ReadOnly {
 
     /// True when some read waits for a round not yet sent.
     pub fn needs_round(&self) -> bool {
-        self.pending
-            .back()
-            .is_some_and(|(_, _, r)| *r > self.last_round)
+        self.pending.back().is_some_and(|(_, _, r)| *r > self.last_round)
     }
 
     /// True while a round carrying reads is sent but not yet confirmed; reads
     /// arriving meanwhile wait for the next round instead of starting their own.
     pub fn round_in_flight(&self) -> bool {
-        self.pending
-            .front()
-            .is_some_and(|(_, _, r)| *r <= self.last_round)
+        self.pending.front().is_some_and(|(_, _, r)| *r <= self.last_round)
     }
 
     /// Starts a new round at `tick`; returns its number.
@@ -98,11 +94,7 @@ mod tests {
     use super::*;
 
     fn req(id: u64) -> ReadRequest {
-        ReadRequest {
-            id,
-            from: 1,
-            lease: false,
-        }
+        ReadRequest { id, from: 1, lease: false }
     }
 
     #[test]
@@ -130,9 +122,6 @@ mod tests {
             q.start_round(t);
         }
         assert_eq!(q.round_tick(1), None);
-        assert_eq!(
-            q.round_tick(q.last_round),
-            Some(ROUNDS_REMEMBERED_MAX as u64 + 9)
-        );
+        assert_eq!(q.round_tick(q.last_round), Some(ROUNDS_REMEMBERED_MAX as u64 + 9));
     }
 }

@@ -58,20 +58,13 @@ pub struct Configuration {
 
 impl Configuration {
     pub fn new(voters: impl IntoIterator<Item = NodeId>) -> Self {
-        let mut c = Configuration {
-            voters: voters.into_iter().collect(),
-            ..Default::default()
-        };
+        let mut c = Configuration { voters: voters.into_iter().collect(), ..Default::default() };
         c.normalize();
         c
     }
 
     pub fn normalize(&mut self) {
-        for l in [
-            &mut self.voters,
-            &mut self.voters_outgoing,
-            &mut self.learners,
-        ] {
+        for l in [&mut self.voters, &mut self.voters_outgoing, &mut self.learners] {
             l.sort_unstable();
             l.dedup();
         }
@@ -97,13 +90,8 @@ impl Configuration {
 
     /// Every member (voters of both halves and learners), sorted, once.
     pub fn members(&self) -> Vec<NodeId> {
-        let mut all: Vec<NodeId> = self
-            .voters
-            .iter()
-            .chain(&self.voters_outgoing)
-            .chain(&self.learners)
-            .copied()
-            .collect();
+        let mut all: Vec<NodeId> =
+            self.voters.iter().chain(&self.voters_outgoing).chain(&self.learners).copied().collect();
         all.sort_unstable();
         all.dedup();
         all
@@ -147,11 +135,7 @@ impl Configuration {
             return Err(DecodeError::TrailingBytes(bytes.len()));
         }
         let [voters, voters_outgoing, learners] = lists;
-        let mut c = Configuration {
-            voters,
-            voters_outgoing,
-            learners,
-        };
+        let mut c = Configuration { voters, voters_outgoing, learners };
         let before = c.clone();
         c.normalize();
         if c != before {
@@ -295,28 +279,20 @@ pub enum RaftError {
 impl std::fmt::Display for RaftError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            RaftError::NotLeader {
-                leader_hint: Some(l),
-            } => write!(f, "not the leader; try node {l}"),
+            RaftError::NotLeader { leader_hint: Some(l) } => write!(f, "not the leader; try node {l}"),
             RaftError::NotLeader { leader_hint: None } => {
                 write!(f, "not the leader and no leader known; retry later")
             }
             RaftError::TransferInProgress => {
                 write!(f, "leader transfer in progress; retry after it finishes")
             }
-            RaftError::ConfChangeInProgress => write!(
-                f,
-                "a configuration change is in flight; retry after it commits"
-            ),
+            RaftError::ConfChangeInProgress => write!(f, "a configuration change is in flight; retry after it commits"),
             RaftError::ProposalTooLarge { bytes, max } => {
                 write!(f, "proposal of {bytes} bytes exceeds the {max}-byte limit")
             }
             RaftError::Busy => write!(f, "too many uncommitted entries; retry later"),
             RaftError::InvalidConfChange(why) => write!(f, "invalid configuration change: {why}"),
-            RaftError::NotReady => write!(
-                f,
-                "leader has not committed an entry of its term yet; retry shortly"
-            ),
+            RaftError::NotReady => write!(f, "leader has not committed an entry of its term yet; retry shortly"),
         }
     }
 }
@@ -328,11 +304,7 @@ mod tests {
 
     #[test]
     fn config_roundtrip_and_errors() {
-        let c = Configuration {
-            voters: vec![1, 2, 3],
-            voters_outgoing: vec![1, 4],
-            learners: vec![9],
-        };
+        let c = Configuration { voters: vec![1, 2, 3], voters_outgoing: vec![1, 4], learners: vec![9] };
         let b = c.encode();
         assert_eq!(Configuration::decode(&b), Ok(c));
         for cut in 0..b.len() {
@@ -340,29 +312,13 @@ mod tests {
         }
         let mut extra = b.to_vec();
         extra.push(0);
-        assert_eq!(
-            Configuration::decode(&extra),
-            Err(DecodeError::TrailingBytes(1))
-        );
+        assert_eq!(Configuration::decode(&extra), Err(DecodeError::TrailingBytes(1)));
         let mut bad = b.to_vec();
         bad[0] = 7;
-        assert_eq!(
-            Configuration::decode(&bad),
-            Err(DecodeError::UnknownVersion(7))
-        );
-        let unsorted = Configuration {
-            voters: vec![3, 1],
-            ..Default::default()
-        }
-        .encode();
-        assert_eq!(
-            Configuration::decode(&unsorted),
-            Err(DecodeError::NotCanonical)
-        );
+        assert_eq!(Configuration::decode(&bad), Err(DecodeError::UnknownVersion(7)));
+        let unsorted = Configuration { voters: vec![3, 1], ..Default::default() }.encode();
+        assert_eq!(Configuration::decode(&unsorted), Err(DecodeError::NotCanonical));
         let huge = [1u8, 255, 255, 255, 255];
-        assert!(matches!(
-            Configuration::decode(&huge),
-            Err(DecodeError::TooManyMembers(_))
-        ));
+        assert!(matches!(Configuration::decode(&huge), Err(DecodeError::TooManyMembers(_))));
     }
 }

@@ -122,9 +122,9 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<(T, Format), S
         Some(&BINARY_TAG) => postcard::from_bytes(&bytes[1..])
             .map(|v| (v, Format::Binary))
             .map_err(|e| format!("malformed binary message: {e}")),
-        Some(_) => serde_json::from_slice(bytes)
-            .map(|v| (v, Format::Json))
-            .map_err(|e| format!("malformed JSON message: {e}")),
+        Some(_) => {
+            serde_json::from_slice(bytes).map(|v| (v, Format::Json)).map_err(|e| format!("malformed JSON message: {e}"))
+        }
     }
 }
 

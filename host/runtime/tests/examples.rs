@@ -186,7 +186,10 @@ fn the_native_atomic_machine_matches_the_guest_byte_for_byte() {
     let from_wasm = wasm.apply(&entries).unwrap();
     let from_native = native.apply(&entries).unwrap();
     assert_eq!(from_native, from_wasm);
-    assert_eq!(texts(&from_native)[..4], [r#"{"success":true}"#, r#"{"success":true}"#, r#"{"success":false}"#, r#"{"value":7}"#]);
+    assert_eq!(
+        texts(&from_native)[..4],
+        [r#"{"success":true}"#, r#"{"success":true}"#, r#"{"success":false}"#, r#"{"value":7}"#]
+    );
     assert!(from_native.iter().filter(|r| r.is_err()).count() >= 4, "{from_native:?}");
     for q in [&br#"{"get":{"key":"a"}}"#[..], br#"{"get":{"key":"line\nbreak \\ key"}}"#, b"{bad", b""] {
         assert_eq!(

@@ -50,12 +50,7 @@ pub struct SimNode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Note {
     /// `node` applied the client entry at (`index`, `term`) with `outcome`.
-    Applied {
-        node: NodeId,
-        index: u64,
-        term: u64,
-        outcome: Outcome,
-    },
+    Applied { node: NodeId, index: u64, term: u64, outcome: Outcome },
     /// A read with `id` completed on `node` with the register value.
     ReadDone { node: NodeId, id: u64, value_of: Kv },
 }
@@ -117,11 +112,7 @@ impl Cluster {
             let sm = Machine::new(&machine_cfg);
             let durable = Durable {
                 hard_state: HardState::default(),
-                snapshot: SnapshotMeta {
-                    index: 0,
-                    term: 0,
-                    config: boot.clone(),
-                },
+                snapshot: SnapshotMeta { index: 0, term: 0, config: boot.clone() },
                 snapshot_state: sm.snapshot(),
                 entries: Vec::new(),
             };
@@ -163,10 +154,7 @@ impl Cluster {
     /// anything was applied, as a group's limits are fixed at its creation.
     pub fn set_machine_config(&mut self, cfg: MachineConfig) {
         for n in self.nodes.values_mut() {
-            assert_eq!(
-                n.sm_applied, 0,
-                "machine settings change only before the first apply"
-            );
+            assert_eq!(n.sm_applied, 0, "machine settings change only before the first apply");
             n.sm = Machine::new(&cfg);
             n.durable.snapshot_state = n.sm.snapshot();
         }
@@ -178,10 +166,7 @@ impl Cluster {
     }
 
     pub fn raft_mut(&mut self, id: NodeId) -> &mut RawNode {
-        self.nodes
-            .get_mut(&id)
-            .and_then(|n| n.raft.as_mut())
-            .expect("node is up")
+        self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()).expect("node is up")
     }
 
     pub fn is_up(&self, id: NodeId) -> bool {
@@ -206,8 +191,16 @@ impl Cluster {
                 None => format!("node {}: down", n.id),
                 Some(r) => format!(
                     "node {}: {:?} term {} leader {:?} last {} commit {} applied {} snap {} conf {:?} transferring {}",
-                    n.id, r.role(), r.term(), r.leader(), r.last_index(), r.committed(), n.sm_applied,
-                    r.snapshot_meta().index, r.configuration(), r.is_transferring()
+                    n.id,
+                    r.role(),
+                    r.term(),
+                    r.leader(),
+                    r.last_index(),
+                    r.committed(),
+                    n.sm_applied,
+                    r.snapshot_meta().index,
+                    r.configuration(),
+                    r.is_transferring()
                 ),
             })
             .collect()
@@ -231,10 +224,7 @@ impl Cluster {
         if !self.is_up(to) {
             return;
         }
-        self.trace_hash = fnv(
-            self.trace_hash,
-            &[m.from as u8, to as u8, m.term as u8, msg_kind(&m.body)],
-        );
+        self.trace_hash = fnv(self.trace_hash, &[m.from as u8, to as u8, m.term as u8, msg_kind(&m.body)]);
         if self.trace.is_some() {
             let line = format!("{} -> {} t{} {}", m.from, m.to, m.term, brief(&m.body));
             self.log(|| line);
@@ -270,12 +260,7 @@ impl Cluster {
         }
         if let Some(ss) = rd.soft_state {
             self.trace_hash = fnv(self.trace_hash, &[id as u8, ss.role as u8, ss.term as u8]);
-            self.log(|| {
-                format!(
-                    "node {id}: {:?} term {} leader {}",
-                    ss.role, ss.term, ss.leader
-                )
-            });
+            self.log(|| format!("node {id}: {:?} term {} leader {}", ss.role, ss.term, ss.leader));
             if ss.role == Role::Leader {
                 self.on_new_leader(id, ss.term);
             }
@@ -296,15 +281,9 @@ impl Cluster {
             for (k, v) in seen {
                 match self.check.entries_seen.get(&k) {
                     Some(&(fp, pt)) => {
-                        assert_eq!(
-                            fp, v.0,
-                            "log matching: node {id} entry {k:?} differs from another node's"
-                        );
+                        assert_eq!(fp, v.0, "log matching: node {id} entry {k:?} differs from another node's");
                         if pt != u64::MAX && v.1 != u64::MAX {
-                            assert_eq!(
-                                pt, v.1,
-                                "log matching: node {id} entry {k:?} follows a different term"
-                            );
+                            assert_eq!(pt, v.1, "log matching: node {id} entry {k:?} follows a different term");
                         }
                     }
                     None => {
@@ -322,20 +301,12 @@ impl Cluster {
         self.apply(id, rd.committed_entries);
         for rs in rd.read_states {
             self.read_states.push((id, rs));
-            self.nodes
-                .get_mut(&id)
-                .expect("node")
-                .reads
-                .push((rs.id, rs.index));
+            self.nodes.get_mut(&id).expect("node").reads.push((rs.id, rs.index));
         }
         if let Some(meta) = rd.snapshot_request {
             self.save_snapshot(id, meta);
         }
-        let w = PendingWrite {
-            hard_state: rd.hard_state,
-            entries: rd.entries,
-            after: rd.messages_after_persist,
-        };
+        let w = PendingWrite { hard_state: rd.hard_state, entries: rd.entries, after: rd.messages_after_persist };
         let node = self.nodes.get_mut(&id).expect("node");
         node.writes.push_back(w);
         if node.auto_sync {
@@ -358,12 +329,7 @@ impl Cluster {
         let raft = self.raft(id);
         let snap = raft.snapshot_meta().index;
         for (&index, &(t, _)) in self.check.committed.range(snap + 1..) {
-            if self
-                .check
-                .commit_term
-                .get(&index)
-                .is_none_or(|&ct| ct >= term)
-            {
+            if self.check.commit_term.get(&index).is_none_or(|&ct| ct >= term) {
                 continue;
             }
             assert_eq!(
@@ -401,12 +367,7 @@ impl Cluster {
         let node = self.nodes.get_mut(&id).expect("node");
         for (index, term, outcome) in node.sm.apply_batch(&entries) {
             if outcome != Outcome::NotClient {
-                self.notes.push(Note::Applied {
-                    node: id,
-                    index,
-                    term,
-                    outcome,
-                });
+                self.notes.push(Note::Applied { node: id, index, term, outcome });
             }
         }
     }
@@ -420,11 +381,7 @@ impl Cluster {
         while i < node.reads.len() {
             if node.reads[i].1 <= applied {
                 let (rid, _) = node.reads.remove(i);
-                self.notes.push(Note::ReadDone {
-                    node: id,
-                    id: rid,
-                    value_of: node.sm.kv.clone(),
-                });
+                self.notes.push(Note::ReadDone { node: id, id: rid, value_of: node.sm.kv.clone() });
             } else {
                 i += 1;
             }
@@ -433,10 +390,7 @@ impl Cluster {
 
     fn save_snapshot(&mut self, id: NodeId, meta: SnapshotMeta) {
         let node = self.nodes.get_mut(&id).expect("node");
-        assert_eq!(
-            node.sm_applied, meta.index,
-            "snapshot requested at an index the state machine is not at"
-        );
+        assert_eq!(node.sm_applied, meta.index, "snapshot requested at an index the state machine is not at");
         let state = node.sm.snapshot();
         match self.snapshots.get(&meta.index) {
             Some((t, other)) => assert!(
@@ -445,8 +399,7 @@ impl Cluster {
                 meta.index
             ),
             None => {
-                self.snapshots
-                    .insert(meta.index, (meta.term, state.clone()));
+                self.snapshots.insert(meta.index, (meta.term, state.clone()));
             }
         }
         // Snapshots are written straight to durable storage (their own files).
@@ -467,12 +420,7 @@ impl Cluster {
         if let Some(hs) = w.hard_state {
             // Commit never goes backwards on disk, across restarts included.
             let m = self.check.max_durable_commit.entry(id).or_insert(0);
-            assert!(
-                hs.commit >= *m,
-                "node {id}: durable commit went backwards {} < {}",
-                hs.commit,
-                *m
-            );
+            assert!(hs.commit >= *m, "node {id}: durable commit went backwards {} < {}", hs.commit, *m);
             node.durable.hard_state = hs;
             *m = (*m).max(hs.commit);
         }
@@ -483,11 +431,7 @@ impl Cluster {
             d.entries.truncate(keep);
             for e in w.entries {
                 if e.index > d.snapshot.index {
-                    assert_eq!(
-                        e.index,
-                        d.snapshot.index + 1 + d.entries.len() as u64,
-                        "node {id}: durable log gap"
-                    );
+                    assert_eq!(e.index, d.snapshot.index + 1 + d.entries.len() as u64, "node {id}: durable log gap");
                     d.entries.push(e);
                 }
             }
@@ -539,11 +483,7 @@ impl Cluster {
             node.raft.as_mut().expect("up").on_snapshot_install_failed();
             return;
         };
-        assert_eq!(
-            t, meta.term,
-            "snapshot store term mismatch at {}",
-            meta.index
-        );
+        assert_eq!(t, meta.term, "snapshot store term mismatch at {}", meta.index);
         if meta.index <= node.sm_applied {
             node.raft.as_mut().expect("up").on_snapshot_install_failed();
             return;
@@ -551,10 +491,7 @@ impl Cluster {
         node.sm = Machine::restore(&self.machine_cfg, &state);
         node.sm_applied = meta.index;
         let d = &mut node.durable;
-        let matching = d
-            .entries
-            .iter()
-            .any(|e| e.index == meta.index && e.term == meta.term);
+        let matching = d.entries.iter().any(|e| e.index == meta.index && e.term == meta.term);
         if matching {
             d.entries.retain(|e| e.index > meta.index);
         } else {
@@ -565,10 +502,7 @@ impl Cluster {
         d.hard_state.commit = d.hard_state.commit.max(meta.index);
         let prev = self.check.max_snapshot.insert(id, meta.index).unwrap_or(0);
         assert!(prev <= meta.index, "node {id} snapshot went backwards");
-        node.raft
-            .as_mut()
-            .expect("up")
-            .on_snapshot_installed(meta.clone());
+        node.raft.as_mut().expect("up").on_snapshot_installed(meta.clone());
         self.log(|| format!("node {id}: installed snapshot {}", meta.index));
         self.process(id);
     }
@@ -596,8 +530,7 @@ impl Cluster {
             entries: d.entries,
             applied: node.sm_applied,
         };
-        node.raft =
-            Some(RawNode::restart(node.cfg.clone(), st).expect("restart from durable state"));
+        node.raft = Some(RawNode::restart(node.cfg.clone(), st).expect("restart from durable state"));
         node.incarnation += 1;
         self.log(|| format!("node {id}: restart"));
         self.process(id);
@@ -629,43 +562,20 @@ pub fn msg_kind(b: &MessageBody) -> u8 {
 /// A one-line rendering of a message body for traces.
 pub fn brief(b: &MessageBody) -> String {
     match b {
-        MessageBody::PreVote {
-            last_index,
-            last_term,
-        } => format!("PreVote last={last_index}/{last_term}"),
+        MessageBody::PreVote { last_index, last_term } => format!("PreVote last={last_index}/{last_term}"),
         MessageBody::PreVoteResponse { reject } => {
             format!("PreVoteResp{}", if *reject { " reject" } else { "" })
         }
-        MessageBody::Vote {
-            last_index,
-            last_term,
-            transfer,
-        } => {
-            format!(
-                "Vote last={last_index}/{last_term}{}",
-                if *transfer { " transfer" } else { "" }
-            )
+        MessageBody::Vote { last_index, last_term, transfer } => {
+            format!("Vote last={last_index}/{last_term}{}", if *transfer { " transfer" } else { "" })
         }
         MessageBody::VoteResponse { reject } => {
             format!("VoteResp{}", if *reject { " reject" } else { "" })
         }
-        MessageBody::Append {
-            prev_index,
-            prev_term,
-            entries,
-            commit,
-        } => {
-            format!(
-                "App prev={prev_index}/{prev_term} n={} commit={commit}",
-                entries.len()
-            )
+        MessageBody::Append { prev_index, prev_term, entries, commit } => {
+            format!("App prev={prev_index}/{prev_term} n={} commit={commit}", entries.len())
         }
-        MessageBody::AppendResponse {
-            reject,
-            index,
-            hint_index,
-            hint_term,
-        } => {
+        MessageBody::AppendResponse { reject, index, hint_index, hint_term } => {
             if *reject {
                 format!("AppResp reject {index} hint={hint_index}/{hint_term}")
             } else {

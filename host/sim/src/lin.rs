@@ -56,19 +56,13 @@ pub fn check_key(ops: &[HistOp]) -> Result<(), String> {
     ops.sort_by_key(|o| (o.invoke, o.response.unwrap_or(u64::MAX)));
     let n = ops.len();
     let words = n.div_ceil(64).max(1);
-    let mut s = Search {
-        ops: &ops,
-        memo: HashSet::new(),
-        states: 0,
-    };
+    let mut s = Search { ops: &ops, memo: HashSet::new(), states: 0 };
     let mut bits = vec![0u64; words];
     let completed = ops.iter().filter(|o| o.response.is_some()).count();
     match s.dfs(&mut bits, 0, completed) {
         Some(true) => Ok(()),
         Some(false) => Err("not linearizable".into()),
-        None => Err(format!(
-            "search exceeded {SEARCH_STATES_MAX} states (inconclusive)"
-        )),
+        None => Err(format!("search exceeded {SEARCH_STATES_MAX} states (inconclusive)")),
     }
 }
 
@@ -127,13 +121,7 @@ mod tests {
     use super::*;
 
     fn op(op: Op, invoke: u64, response: Option<u64>, output: u64) -> HistOp {
-        HistOp {
-            key: 0,
-            op,
-            invoke,
-            response,
-            output,
-        }
+        HistOp { key: 0, op, invoke, response, output }
     }
 
     #[test]
@@ -141,32 +129,17 @@ mod tests {
         let h = [op(Op::Put(5), 0, Some(1), 5), op(Op::Get, 2, Some(3), 5)];
         assert!(check(&h).is_ok());
         let stale = [op(Op::Put(5), 0, Some(1), 5), op(Op::Get, 2, Some(3), 0)];
-        assert!(
-            check(&stale).is_err(),
-            "a read after a completed write must see it"
-        );
-        let concurrent = [
-            op(Op::Put(5), 0, Some(10), 5),
-            op(Op::Get, 2, Some(3), 0),
-            op(Op::Get, 4, Some(5), 5),
-        ];
+        assert!(check(&stale).is_err(), "a read after a completed write must see it");
+        let concurrent = [op(Op::Put(5), 0, Some(10), 5), op(Op::Get, 2, Some(3), 0), op(Op::Get, 4, Some(5), 5)];
         assert!(check(&concurrent).is_ok());
-        let back = [
-            op(Op::Put(5), 0, Some(10), 5),
-            op(Op::Get, 2, Some(3), 5),
-            op(Op::Get, 4, Some(5), 0),
-        ];
+        let back = [op(Op::Put(5), 0, Some(10), 5), op(Op::Get, 2, Some(3), 5), op(Op::Get, 4, Some(5), 0)];
         assert!(check(&back).is_err(), "values never go back in time");
     }
 
     #[test]
     fn unknown_outcomes() {
         // A timed-out increment may have happened, late.
-        let h = [
-            op(Op::Incr, 0, None, 0),
-            op(Op::Get, 5, Some(6), 0),
-            op(Op::Get, 7, Some(8), 1),
-        ];
+        let h = [op(Op::Incr, 0, None, 0), op(Op::Get, 5, Some(6), 0), op(Op::Get, 7, Some(8), 1)];
         assert!(check(&h).is_ok());
         // ... but only once.
         let twice = [op(Op::Incr, 0, None, 0), op(Op::Get, 5, Some(6), 2)];

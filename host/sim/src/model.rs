@@ -51,11 +51,7 @@ impl Command {
             3 => Op::Get,
             _ => return None,
         };
-        Some(Command {
-            op_id,
-            key: b[1],
-            op,
-        })
+        Some(Command { op_id, key: b[1], op })
     }
 }
 
@@ -92,10 +88,7 @@ pub struct MachineConfig {
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        MachineConfig {
-            sessions: SessionConfig::default(),
-            dedup: true,
-        }
+        MachineConfig { sessions: SessionConfig::default(), dedup: true }
     }
 }
 
@@ -162,10 +155,7 @@ impl Machine {
                 continue;
             };
             let verdict = match env.body {
-                Body::Command { payload, .. } if !self.dedup => Verdict::Apply {
-                    payload,
-                    ticket: None,
-                },
+                Body::Command { payload, .. } if !self.dedup => Verdict::Apply { payload, ticket: None },
                 _ => self.sessions.apply(e.index, env),
             };
             let outcome = match verdict {
@@ -176,11 +166,7 @@ impl Machine {
                         if let Some(t) = ticket {
                             tickets.push((t, Bytes::copy_from_slice(&output.to_le_bytes())));
                         }
-                        Outcome::Output {
-                            op_id: c.op_id,
-                            output,
-                            fresh: true,
-                        }
+                        Outcome::Output { op_id: c.op_id, output, fresh: true }
                     }
                     None => {
                         if let Some(t) = ticket {
@@ -193,24 +179,12 @@ impl Machine {
                     let Some(c) = command_of(&e.data) else {
                         panic!("entry {}: a saved reply for a non-command", e.index)
                     };
-                    let output = u64::from_le_bytes(
-                        reply[..]
-                            .try_into()
-                            .expect("the model's replies are 8 bytes"),
-                    );
-                    Outcome::Output {
-                        op_id: c.op_id,
-                        output,
-                        fresh: false,
-                    }
+                    let output = u64::from_le_bytes(reply[..].try_into().expect("the model's replies are 8 bytes"));
+                    Outcome::Output { op_id: c.op_id, output, fresh: false }
                 }
                 Verdict::DuplicateInFlight { original_index } => {
                     let (op_id, output) = fresh[&original_index];
-                    Outcome::Output {
-                        op_id,
-                        output,
-                        fresh: false,
-                    }
+                    Outcome::Output { op_id, output, fresh: false }
                 }
                 Verdict::Registered { session_id } => Outcome::Registered { session_id },
                 Verdict::Done => Outcome::Done,
@@ -229,10 +203,7 @@ impl Machine {
     pub fn snapshot(&self) -> MachineSnapshot {
         MachineSnapshot {
             kv: self.kv.clone(),
-            sessions: self
-                .sessions
-                .encode_snapshot()
-                .expect("snapshots are taken between apply batches"),
+            sessions: self.sessions.encode_snapshot().expect("snapshots are taken between apply batches"),
         }
     }
 
@@ -240,11 +211,7 @@ impl Machine {
     pub fn restore(cfg: &MachineConfig, snap: &MachineSnapshot) -> Machine {
         let sessions = SessionTable::decode_snapshot(cfg.sessions.clone(), &snap.sessions)
             .unwrap_or_else(|e| panic!("session snapshot section refused: {e}"));
-        Machine {
-            kv: snap.kv.clone(),
-            sessions,
-            dedup: cfg.dedup,
-        }
+        Machine { kv: snap.kv.clone(), sessions, dedup: cfg.dedup }
     }
 }
 

@@ -25,11 +25,7 @@ impl Rng {
         self.next_u64() % 1000 < per_mille
     }
     pub fn pick<'a, T>(&mut self, xs: &'a [T]) -> Option<&'a T> {
-        if xs.is_empty() {
-            None
-        } else {
-            Some(&xs[(self.next_u64() % xs.len() as u64) as usize])
-        }
+        if xs.is_empty() { None } else { Some(&xs[(self.next_u64() % xs.len() as u64) as usize]) }
     }
     pub fn fork(&mut self) -> Rng {
         Rng::new(self.next_u64())

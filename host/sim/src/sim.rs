@@ -49,12 +49,8 @@ impl SimConfig {
     pub fn from_seed(seed: u64) -> SimConfig {
         let mut r = Rng::new(seed ^ 0xC0FF_EE00);
         let nodes = r.range(1, 7);
-        let voters = if nodes == 1 {
-            1
-        } else {
-            r.range(1.min(nodes), nodes)
-                .max(if r.chance(800) { 3.min(nodes) } else { 1 })
-        };
+        let voters =
+            if nodes == 1 { 1 } else { r.range(1.min(nodes), nodes).max(if r.chance(800) { 3.min(nodes) } else { 1 }) };
         let fault_ticks = r.range(150, 400);
         let clients = r.range(1, 4);
         let keys = r.range(1, 3) as u8;
@@ -77,17 +73,9 @@ impl SimConfig {
                 window_commands_max,
                 // Mostly longer than any run; sometimes short enough that idle
                 // clients (and clients cut off by faults) lose their session.
-                session_idle_timeout_ms: if r.chance(300) {
-                    r.range(20, 80) * TICK_UNITS
-                } else {
-                    3_600_000
-                },
+                session_idle_timeout_ms: if r.chance(300) { r.range(20, 80) * TICK_UNITS } else { 3_600_000 },
                 // Replies are 8 bytes; sometimes only one fits per session.
-                reply_bytes_per_session_max: if r.chance(200) {
-                    8
-                } else {
-                    8 * window_commands_max
-                },
+                reply_bytes_per_session_max: if r.chance(200) { 8 } else { 8 * window_commands_max },
                 reply_bytes_total_max: 8 * window_commands_max * (clients + 2),
             },
             dedup: true,
@@ -274,12 +262,7 @@ const SETTLE_AFTER_PROGRESS_TICKS: u64 = 50;
 /// Safety valve: events processed per run.
 const STEPS_MAX: u64 = 5_000_000;
 
-pub fn node_config(
-    id: NodeId,
-    seed: u64,
-    rng: &mut Rng,
-    priorities: &BTreeMap<NodeId, Priority>,
-) -> Config {
+pub fn node_config(id: NodeId, seed: u64, rng: &mut Rng, priorities: &BTreeMap<NodeId, Priority>) -> Config {
     let mut c = Config::new(id, seed.wrapping_mul(31).wrapping_add(id));
     c.election_ticks = 10;
     c.heartbeat_ticks = rng.range(1, 3);
@@ -321,9 +304,8 @@ impl Sim {
         let (check_quorum, pre_vote) = protocol_switches(&mut rng);
         let mut cfg_rng = rng.fork();
         let seed = cfg.seed;
-        let mut cluster = Cluster::new(&ids, &voters, |id| {
-            node_config(id, seed, &mut cfg_rng.clone().fork(), &priorities)
-        });
+        let mut cluster =
+            Cluster::new(&ids, &voters, |id| node_config(id, seed, &mut cfg_rng.clone().fork(), &priorities));
         // Per-node knobs from one stream (the closure above must be Fn, so re-derive).
         for &id in &ids {
             let mut c = node_config(id, seed, &mut cfg_rng, &priorities);
@@ -331,51 +313,30 @@ impl Sim {
             c.pre_vote = pre_vote;
             let node = cluster.nodes.get_mut(&id).expect("node");
             node.cfg = c.clone();
-            node.raft =
-                Some(RawNode::new(c, node.durable.snapshot.config.clone()).expect("valid config"));
+            node.raft = Some(RawNode::new(c, node.durable.snapshot.config.clone()).expect("valid config"));
             node.auto_sync = false;
         }
-        cluster.set_machine_config(MachineConfig {
-            sessions: cfg.sessions.clone(),
-            dedup: cfg.dedup,
-        });
+        cluster.set_machine_config(MachineConfig { sessions: cfg.sessions.clone(), dedup: cfg.dedup });
         if cfg.trace {
             cluster.trace = Some(Vec::new());
         }
         let mut tick_period = BTreeMap::new();
         for &id in &ids {
             // Clock drift: some nodes tick up to ~18% faster than nominal.
-            let p = if cfg.faults && rng.chance(400) {
-                rng.range(85, 100)
-            } else {
-                TICK_UNITS
-            };
+            let p = if cfg.faults && rng.chance(400) { rng.range(85, 100) } else { TICK_UNITS };
             tick_period.insert(id, p);
         }
         let mut disk_delay_max = BTreeMap::new();
         for &id in &ids {
-            disk_delay_max.insert(
-                id,
-                if rng.chance(300) {
-                    rng.range(50, 400)
-                } else {
-                    40
-                },
-            );
+            disk_delay_max.insert(id, if rng.chance(300) { rng.range(50, 400) } else { 40 });
         }
         let mut clock_skew_ms = BTreeMap::new();
         for &id in &ids {
             // Some leaders' clocks run behind or ahead of others'.
-            let skew = if cfg.faults && rng.chance(300) {
-                rng.range(0, 6_000) as i64 - 3_000
-            } else {
-                0
-            };
+            let skew = if cfg.faults && rng.chance(300) { rng.range(0, 6_000) as i64 - 3_000 } else { 0 };
             clock_skew_ms.insert(id, skew);
         }
-        let clients = (0..cfg.clients)
-            .map(|_| Client::new(&mut rng, cfg.sessions.window_commands_max))
-            .collect();
+        let clients = (0..cfg.clients).map(|_| Client::new(&mut rng, cfg.sessions.window_commands_max)).collect();
         let mut sim = Sim {
             cfg,
             cluster,
@@ -383,10 +344,7 @@ impl Sim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
-            net: Net {
-                delay_max: 20,
-                ..Default::default()
-            },
+            net: Net { delay_max: 20, ..Default::default() },
             tick_period,
             disk_delay_max,
             syncs_scheduled: BTreeMap::new(),
@@ -421,11 +379,7 @@ impl Sim {
 
     fn schedule(&mut self, delay: u64, ev: Ev) {
         self.seq += 1;
-        self.queue.push(Scheduled {
-            at: self.now + delay,
-            seq: self.seq,
-            ev: Box::new(ev),
-        });
+        self.queue.push(Scheduled { at: self.now + delay, seq: self.seq, ev: Box::new(ev) });
     }
 
     fn trace(&mut self, f: impl FnOnce() -> String) {
@@ -453,10 +407,7 @@ impl Sim {
             self.after_step(&touched);
         }
         if !self.progressed_after_heal {
-            panic!(
-                "no progress: no write committed within {} ticks after faults stopped",
-                self.cfg.settle_ticks
-            );
+            panic!("no progress: no write committed within {} ticks after faults stopped", self.cfg.settle_ticks);
         }
         // Whatever is still waiting has an unknown outcome.
         for ci in 0..self.clients.len() {
@@ -481,27 +432,13 @@ impl Sim {
         }
         let mut h = self.cluster.trace_hash;
         for (id, n) in &self.cluster.nodes {
-            let r = n
-                .raft
-                .as_ref()
-                .map_or((0, 0), |r| (r.term(), r.committed()));
+            let r = n.raft.as_ref().map_or((0, 0), |r| (r.term(), r.committed()));
             h = fnv(h, &[*id as u8]);
             h = fnv(h, &r.0.to_le_bytes());
             h = fnv(h, &r.1.to_le_bytes());
         }
-        self.stats.max_commit = self
-            .cluster
-            .check
-            .committed
-            .keys()
-            .next_back()
-            .copied()
-            .unwrap_or(0);
-        Outcome {
-            trace_hash: h,
-            stats: self.stats.clone(),
-            trace: self.cluster.trace.take().unwrap_or_default(),
-        }
+        self.stats.max_commit = self.cluster.check.committed.keys().next_back().copied().unwrap_or(0);
+        Outcome { trace_hash: h, stats: self.stats.clone(), trace: self.cluster.trace.take().unwrap_or_default() }
     }
 
     fn faults_active(&self) -> bool {
@@ -539,12 +476,7 @@ impl Sim {
                 }
             }
             Ev::Crash(id, inc) => {
-                let down = self
-                    .cluster
-                    .nodes
-                    .keys()
-                    .filter(|&&i| !self.cluster.is_up(i))
-                    .count() as u64;
+                let down = self.cluster.nodes.keys().filter(|&&i| !self.cluster.is_up(i)).count() as u64;
                 let n = self.cluster.nodes.len() as u64;
                 if self.faults_active()
                     && self.cluster.nodes[&id].incarnation == inc
@@ -561,18 +493,8 @@ impl Sim {
             }
             Ev::Client(ci) => self.client_step(ci as usize),
             Ev::ClientRequest { ci, node, req } => self.serve(ci, node, req),
-            Ev::ClientReply {
-                ci,
-                req,
-                attempt,
-                answer,
-            } => self.on_reply(ci as usize, req, attempt, answer),
-            Ev::Resend {
-                ci,
-                req,
-                attempt,
-                timed_out,
-            } => self.resend(ci as usize, req, attempt, timed_out),
+            Ev::ClientReply { ci, req, attempt, answer } => self.on_reply(ci as usize, req, attempt, answer),
+            Ev::Resend { ci, req, attempt, timed_out } => self.resend(ci as usize, req, attempt, timed_out),
             Ev::ReadTimeout(ci, id) => self.read_timeout(ci as usize, id),
             Ev::Chaos => {
                 if self.faults_active() {
@@ -588,17 +510,8 @@ impl Sim {
     fn heal(&mut self) {
         self.trace(|| "heal: faults stop".into());
         self.healed_at = Some(self.now);
-        self.net = Net {
-            delay_max: 20,
-            ..Default::default()
-        };
-        let down: Vec<NodeId> = self
-            .cluster
-            .nodes
-            .keys()
-            .copied()
-            .filter(|&id| !self.cluster.is_up(id))
-            .collect();
+        self.net = Net { delay_max: 20, ..Default::default() };
+        let down: Vec<NodeId> = self.cluster.nodes.keys().copied().filter(|&id| !self.cluster.is_up(id)).collect();
         for id in down {
             self.schedule(1, Ev::Restart(id));
         }
@@ -612,11 +525,7 @@ impl Sim {
             if self.net.blocked.contains(&(m.from, m.to)) || self.rng.chance(self.net.drop_pm) {
                 continue;
             }
-            let copies = if self.rng.chance(self.net.dup_pm) {
-                2
-            } else {
-                1
-            };
+            let copies = if self.rng.chance(self.net.dup_pm) { 2 } else { 1 };
             for _ in 0..copies {
                 let d = if self.rng.chance(20) {
                     self.rng.range(1, self.net.delay_max * 10 + 1)
@@ -652,9 +561,7 @@ impl Sim {
                 self.schedule(d, Ev::Sync(id, inc));
             }
             self.syncs_scheduled.insert(id, pending.max(scheduled));
-            if self.cluster.nodes[&id].install.is_some()
-                && !self.install_scheduled.get(&id).copied().unwrap_or(false)
-            {
+            if self.cluster.nodes[&id].install.is_some() && !self.install_scheduled.get(&id).copied().unwrap_or(false) {
                 self.install_scheduled.insert(id, true);
                 let d = self.rng.range(20, 5 * TICK_UNITS);
                 self.schedule(d, Ev::Install(id, inc));
@@ -692,23 +599,11 @@ impl Sim {
         let roll = self.rng.range(0, 99);
         let leader = self.cluster.leader();
         if self.cfg.faults && roll < 25 {
-            let up: Vec<NodeId> = ids
-                .iter()
-                .copied()
-                .filter(|&i| self.cluster.is_up(i))
-                .collect();
+            let up: Vec<NodeId> = ids.iter().copied().filter(|&i| self.cluster.is_up(i)).collect();
             if (n - up.len() as u64) < n.div_ceil(2) {
                 // Prefer a node with unsynced writes: that is where durability bugs hide.
-                let dirty: Vec<NodeId> = up
-                    .iter()
-                    .copied()
-                    .filter(|&i| self.cluster.pending_writes(i) > 0)
-                    .collect();
-                let pool = if !dirty.is_empty() && self.rng.chance(600) {
-                    dirty
-                } else {
-                    up.clone()
-                };
+                let dirty: Vec<NodeId> = up.iter().copied().filter(|&i| self.cluster.pending_writes(i) > 0).collect();
+                let pool = if !dirty.is_empty() && self.rng.chance(600) { dirty } else { up.clone() };
                 if let Some(&victim) = self.rng.pick(&pool) {
                     self.trace(|| format!("chaos: crash {victim}"));
                     self.crash(victim);
@@ -728,11 +623,7 @@ impl Sim {
             // which is where stale reads (lease, ReadIndex) would surface.
             let side: Vec<NodeId> = match leader {
                 Some(l) if self.rng.chance(500) => vec![l],
-                _ => ids
-                    .iter()
-                    .copied()
-                    .filter(|_| self.rng.chance(400))
-                    .collect(),
+                _ => ids.iter().copied().filter(|_| self.rng.chance(400)).collect(),
             };
             let one_way = self.rng.chance(300);
             for &a in &side {
@@ -774,11 +665,7 @@ impl Sim {
                     _ => true,
                 })
                 .collect();
-            let pool = if !fitting.is_empty() && self.rng.chance(850) {
-                fitting
-            } else {
-                ids.clone()
-            };
+            let pool = if !fitting.is_empty() && self.rng.chance(850) { fitting } else { ids.clone() };
             let pick = *self.rng.pick(&pool).expect("non-empty");
             let r = match kind {
                 0 => self.cluster.raft_mut(l).add_peer(pick),
@@ -787,17 +674,11 @@ impl Sim {
                 3 => self.cluster.raft_mut(l).promote_learner(pick),
                 4 => self.cluster.raft_mut(l).remove_learner(pick),
                 _ => {
-                    let voters: Vec<NodeId> = ids
-                        .iter()
-                        .copied()
-                        .filter(|_| self.rng.chance(600))
-                        .collect();
+                    let voters: Vec<NodeId> = ids.iter().copied().filter(|_| self.rng.chance(600)).collect();
                     let learners: Vec<NodeId> = ids
                         .iter()
                         .copied()
-                        .filter(|i| {
-                            !voters.contains(i) && !conf.voters.contains(i) && self.rng.chance(300)
-                        })
+                        .filter(|i| !voters.contains(i) && !conf.voters.contains(i) && self.rng.chance(300))
                         .collect();
                     if voters.is_empty() {
                         Err(RaftError::Busy)
@@ -813,15 +694,8 @@ impl Sim {
             self.cluster.process(l);
         } else if self.cfg.churn {
             let Some(l) = leader else { return };
-            let voters: Vec<NodeId> = self
-                .cluster
-                .raft(l)
-                .configuration()
-                .voters
-                .iter()
-                .copied()
-                .filter(|&v| v != l)
-                .collect();
+            let voters: Vec<NodeId> =
+                self.cluster.raft(l).configuration().voters.iter().copied().filter(|&v| v != l).collect();
             let target = if self.rng.chance(400) || voters.is_empty() {
                 None
             } else if self.rng.chance(900) {

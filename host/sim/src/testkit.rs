@@ -33,11 +33,7 @@ impl Manual {
             tweak(&mut c);
             c
         });
-        Manual {
-            c,
-            blocked: BTreeSet::new(),
-            trace: Vec::new(),
-        }
+        Manual { c, blocked: BTreeSet::new(), trace: Vec::new() }
     }
 
     pub fn raft(&self, id: NodeId) -> &RawNode {
@@ -65,8 +61,7 @@ impl Manual {
                 if self.blocked.contains(&(m.from, m.to)) || !self.c.is_up(m.to) {
                     continue;
                 }
-                self.trace
-                    .push(format!("{}->{} {}", m.from, m.to, brief(&m.body)));
+                self.trace.push(format!("{}->{} {}", m.from, m.to, brief(&m.body)));
                 self.c.step(m);
                 n += 1;
                 assert!(n < DELIVERIES_MAX, "message storm");
@@ -96,8 +91,7 @@ impl Manual {
             }
             for m in votes {
                 if !self.blocked.contains(&(m.from, m.to)) {
-                    self.trace
-                        .push(format!("{}->{} {}", m.from, m.to, brief(&m.body)));
+                    self.trace.push(format!("{}->{} {}", m.from, m.to, brief(&m.body)));
                     self.c.step(m);
                 }
             }
@@ -145,12 +139,7 @@ impl Manual {
         self.raft_mut(id).campaign_now();
         self.process(id);
         self.deliver();
-        assert_eq!(
-            self.raft(id).role(),
-            Role::Leader,
-            "node {id} failed to win: {:?}",
-            self.c.describe()
-        );
+        assert_eq!(self.raft(id).role(), Role::Leader, "node {id} failed to win: {:?}", self.c.describe());
     }
 
     pub fn isolate(&mut self, id: NodeId) {
@@ -181,29 +170,15 @@ impl Manual {
 
     /// Read states handed out so far on `id`: (read id, index).
     pub fn read_states(&self, id: NodeId) -> Vec<(u64, u64)> {
-        self.c
-            .read_states
-            .iter()
-            .filter(|(n, _)| *n == id)
-            .map(|(_, r)| (r.id, r.index))
-            .collect()
+        self.c.read_states.iter().filter(|(n, _)| *n == id).map(|(_, r)| (r.id, r.index)).collect()
     }
 
     pub fn events(&self, id: NodeId) -> Vec<Event> {
-        self.c
-            .events
-            .iter()
-            .filter(|(n, _)| *n == id)
-            .map(|(_, e)| e.clone())
-            .collect()
+        self.c.events.iter().filter(|(n, _)| *n == id).map(|(_, e)| e.clone()).collect()
     }
 
     /// (term, index) pairs of `id`'s in-memory log after its snapshot.
     pub fn log_ids(&self, id: NodeId) -> Vec<(u64, u64)> {
-        self.raft(id)
-            .log_entries()
-            .iter()
-            .map(|e| (e.term, e.index))
-            .collect()
+        self.raft(id).log_entries().iter().map(|e| (e.term, e.index)).collect()
     }
 }

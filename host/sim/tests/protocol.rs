@@ -25,14 +25,8 @@ fn priority_election_highest_stands_first_and_target_decays() {
     t.isolate(1);
     t.tick_all(200);
     let l = t.c.leader().unwrap();
-    let new_leader = [2, 3]
-        .into_iter()
-        .find(|&id| t.raft(id).role() == Role::Leader);
-    assert_eq!(
-        new_leader,
-        Some(2),
-        "node 2 (50) before node 3 (10); leader view {l}"
-    );
+    let new_leader = [2, 3].into_iter().find(|&id| t.raft(id).role() == Role::Leader);
+    assert_eq!(new_leader, Some(2), "node 2 (50) before node 3 (10); leader view {l}");
 }
 
 #[test]
@@ -45,10 +39,7 @@ fn priority_zero_never_stands() {
     assert!(t.c.check.leaders.values().all(|&l| l == 3));
     t.isolate(3);
     t.tick_all(100);
-    assert!(
-        ![1, 2].iter().any(|&id| t.raft(id).role() != Role::Follower),
-        "priority 0 never campaigns"
-    );
+    assert!(![1, 2].iter().any(|&id| t.raft(id).role() != Role::Follower), "priority 0 never campaigns");
 }
 
 #[test]
@@ -56,11 +47,7 @@ fn check_quorum_leader_steps_down_when_cut_off() {
     let mut t = three();
     t.isolate(1);
     t.tick_all(25);
-    assert_eq!(
-        t.raft(1).role(),
-        Role::Follower,
-        "no quorum heard for an election timeout"
-    );
+    assert_eq!(t.raft(1).role(), Role::Follower, "no quorum heard for an election timeout");
     assert!(t.events(1).contains(&Event::SteppedDown { term: 1 }));
 }
 
@@ -77,22 +64,9 @@ fn pipelined_appends_bounded_by_window_and_message_limits() {
         t.propose(1, b"p").unwrap();
         t.deliver();
     }
-    let to2: Vec<&String> = t
-        .trace
-        .iter()
-        .filter(|l| l.starts_with("1->2 App") && !l.contains(" n=0 "))
-        .collect();
-    assert_eq!(
-        to2.len(),
-        2,
-        "at most inflight_msgs_max appends in flight: {to2:?}"
-    );
-    assert!(
-        t.trace
-            .iter()
-            .filter(|l| l.contains(" App "))
-            .all(|l| !l.contains(" n=4") && !l.contains(" n=5"))
-    );
+    let to2: Vec<&String> = t.trace.iter().filter(|l| l.starts_with("1->2 App") && !l.contains(" n=0 ")).collect();
+    assert_eq!(to2.len(), 2, "at most inflight_msgs_max appends in flight: {to2:?}");
+    assert!(t.trace.iter().filter(|l| l.contains(" App ")).all(|l| !l.contains(" n=4") && !l.contains(" n=5")));
     // Node 3 acks, so its window keeps sliding.
     assert!(count(&t, "1->3 App") >= 4);
     t.heal();
@@ -113,15 +87,8 @@ fn append_bytes_limit_splits_messages() {
     t.take_trace();
     t.heal();
     t.tick_all(3);
-    let apps: Vec<&String> = t
-        .trace
-        .iter()
-        .filter(|l| l.starts_with("1->2 App") && !l.contains(" n=0 "))
-        .collect();
-    assert!(
-        apps.iter().all(|l| l.contains(" n=1 ")),
-        "124-byte entries, 200-byte messages: one per message {apps:?}"
-    );
+    let apps: Vec<&String> = t.trace.iter().filter(|l| l.starts_with("1->2 App") && !l.contains(" n=0 ")).collect();
+    assert!(apps.iter().all(|l| l.contains(" n=1 ")), "124-byte entries, 200-byte messages: one per message {apps:?}");
     assert_eq!(t.raft(2).committed(), t.raft(1).committed());
 }
 
@@ -144,10 +111,7 @@ fn fast_backtracking_skips_a_whole_conflicting_term() {
     t.heal();
     t.tick_all(5);
     let rejects = count(&t, "1->2 AppResp reject");
-    assert!(
-        rejects <= 2,
-        "conflict hint skips the term in one step, got {rejects} rejections"
-    );
+    assert!(rejects <= 2, "conflict hint skips the term in one step, got {rejects} rejections");
     assert_eq!(t.log_ids(1), t.log_ids(2));
 }
 
@@ -182,14 +146,8 @@ fn commit_only_by_counting_current_term_entries() {
             t.c.step(m);
         }
     }
-    assert!(
-        t.raft(1).progress_of(2).unwrap().0 >= 2,
-        "entry 2 on a majority"
-    );
-    assert!(
-        t.raft(1).committed() < 2,
-        "a term-1 entry is not committed by counting replicas in term 2"
-    );
+    assert!(t.raft(1).progress_of(2).unwrap().0 >= 2, "entry 2 on a majority");
+    assert!(t.raft(1).committed() < 2, "a term-1 entry is not committed by counting replicas in term 2");
     t.drop_all();
     t.tick_all(5);
     assert_eq!(t.raft(1).committed(), 3, "committed with the term-2 no-op");
@@ -210,10 +168,7 @@ fn joint_consensus_when_two_voters_change_and_auto_leave() {
         .map(|e| Configuration::decode(&e.data).unwrap())
         .collect();
     assert_eq!(confs.len(), 2, "enter joint, then leave joint");
-    assert_eq!(
-        (confs[0].voters.clone(), confs[0].voters_outgoing.clone()),
-        (vec![1, 4, 5], vec![1, 2, 3])
-    );
+    assert_eq!((confs[0].voters.clone(), confs[0].voters_outgoing.clone()), (vec![1, 4, 5], vec![1, 2, 3]));
     assert!(!confs[1].is_joint());
     for id in [1, 4, 5] {
         assert_eq!(t.raft(id).configuration().voters, vec![1, 4, 5]);
@@ -232,15 +187,8 @@ fn single_voter_change_is_one_step_and_two_changes_never_overlap() {
     t.raft_mut(1).add_peer(4).unwrap();
     t.process(1);
     t.tick_all(2);
-    assert_eq!(
-        t.raft(1).configuration().voters,
-        vec![1, 2, 3, 4],
-        "single step: no joint state"
-    );
-    assert_eq!(
-        t.raft_mut(1).remove_peer(2),
-        Err(RaftError::ConfChangeInProgress)
-    );
+    assert_eq!(t.raft(1).configuration().voters, vec![1, 2, 3, 4], "single step: no joint state");
+    assert_eq!(t.raft_mut(1).remove_peer(2), Err(RaftError::ConfChangeInProgress));
     t.heal();
     t.tick_all(3);
     assert_eq!(t.raft_mut(1).remove_peer(2), Ok(()));
@@ -261,19 +209,13 @@ fn new_voter_catches_up_first_or_the_change_times_out() {
     t.raft_mut(1).add_peer(4).unwrap();
     t.process(1);
     t.tick_all(5);
-    assert_eq!(
-        t.raft(1).configuration().voters,
-        vec![1, 2, 3],
-        "not proposed while node 4 lags"
-    );
-    assert_eq!(
-        t.raft_mut(1).add_peer(4),
-        Err(RaftError::ConfChangeInProgress)
-    );
+    assert_eq!(t.raft(1).configuration().voters, vec![1, 2, 3], "not proposed while node 4 lags");
+    assert_eq!(t.raft_mut(1).add_peer(4), Err(RaftError::ConfChangeInProgress));
     t.tick_all(20);
-    assert!(t.events(1).contains(&Event::ConfChangeFailed {
-        reason: "new voters did not catch up before the catch-up timeout"
-    }));
+    assert!(
+        t.events(1)
+            .contains(&Event::ConfChangeFailed { reason: "new voters did not catch up before the catch-up timeout" })
+    );
     // Reachable, it catches up and the change goes through.
     t.heal();
     t.raft_mut(1).add_peer(4).unwrap();
@@ -377,12 +319,7 @@ fn many_safe_reads_share_one_heartbeat_round() {
     t.process(1);
     t.deliver();
     assert_eq!(t.read_states(1).len(), 50);
-    assert_eq!(
-        count(&t, "1->2 Heartbeat"),
-        1,
-        "one round for all 50 reads: {:?}",
-        t.trace
-    );
+    assert_eq!(count(&t, "1->2 Heartbeat"), 1, "one round for all 50 reads: {:?}", t.trace);
     // ... and reads arriving while a round is out wait for the next one.
     t.take_trace();
     for id in 50..100 {
@@ -402,10 +339,7 @@ fn lease_read_falls_back_to_a_round_when_the_lease_lapsed() {
     assert!(!t.raft(1).lease_valid());
     t.read(1, 5, ReadMode::Lease).unwrap();
     t.deliver();
-    assert!(
-        t.read_states(1).is_empty(),
-        "no lease, no quorum: must wait"
-    );
+    assert!(t.read_states(1).is_empty(), "no lease, no quorum: must wait");
     t.heal();
     t.tick_all(1);
     assert_eq!(t.read_states(1).len(), 1);
@@ -422,10 +356,7 @@ fn snapshot_requested_past_margin_and_log_compacted() {
     for id in 1..=3 {
         let r = t.raft(id);
         assert!(r.snapshot_meta().index >= 30, "node {id} snapshotted");
-        assert!(
-            r.log_entries().len() <= 10,
-            "node {id} keeps at most the margin in memory"
-        );
+        assert!(r.log_entries().len() <= 10, "node {id} keeps at most the margin in memory");
     }
 }
 
@@ -454,22 +385,12 @@ fn snapshot_on_request_before_the_margin_and_only_when_something_applied() {
 #[test]
 fn undecodable_config_entry_is_reported_not_panicked() {
     let mut t = three();
-    let bad = Entry {
-        index: 3,
-        term: 1,
-        kind: EntryKind::Config,
-        data: Bytes::from_static(b"\x01garbage"),
-    };
+    let bad = Entry { index: 3, term: 1, kind: EntryKind::Config, data: Bytes::from_static(b"\x01garbage") };
     let m = Message {
         from: 1,
         to: 2,
         term: 1,
-        body: MessageBody::Append {
-            prev_index: 2,
-            prev_term: 1,
-            entries: vec![bad],
-            commit: 0,
-        },
+        body: MessageBody::Append { prev_index: 2, prev_term: 1, entries: vec![bad], commit: 0 },
     };
     t.propose(1, b"x").unwrap();
     t.deliver();

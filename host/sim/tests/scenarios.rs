@@ -48,12 +48,7 @@ fn commit_and_replicate() {
         assert_eq!(t.raft(id).committed(), i);
         assert_eq!(t.c.nodes[&id].sm_applied, i);
     }
-    assert_eq!(
-        t.propose(2, b"y"),
-        Err(RaftError::NotLeader {
-            leader_hint: Some(1)
-        })
-    );
+    assert_eq!(t.propose(2, b"y"), Err(RaftError::NotLeader { leader_hint: Some(1) }));
 }
 
 // ---------------------------------------------------------------- must show
@@ -73,28 +68,19 @@ fn read_index_waits_for_own_term_commit() {
     t.process(2);
     t.deliver_votes_only();
     assert_eq!(t.raft(2).role(), Role::Leader);
-    assert!(
-        t.raft(2).committed() < t.raft(2).last_index(),
-        "no-op not committed yet"
-    );
+    assert!(t.raft(2).committed() < t.raft(2).last_index(), "no-op not committed yet");
     t.read(2, 77, ReadMode::Safe).unwrap();
     t.read(2, 78, ReadMode::Lease).unwrap();
     t.tick(2, 3);
     t.process(2);
-    assert!(
-        t.read_states(2).is_empty(),
-        "read answered before own-term commit"
-    );
+    assert!(t.read_states(2).is_empty(), "read answered before own-term commit");
     t.drop_all();
     t.deliver();
     t.tick_all(2);
     let noop = t.raft(2).committed();
     let rs = t.read_states(2);
     assert_eq!(rs.len(), 2, "{rs:?}");
-    assert!(
-        rs.iter().all(|&(_, idx)| idx >= noop.min(3) && idx >= 3),
-        "read index below the no-op: {rs:?}"
-    );
+    assert!(rs.iter().all(|&(_, idx)| idx >= noop.min(3) && idx >= 3), "read index below the no-op: {rs:?}");
 }
 
 /// Pre-vote: a node cut off for a long time does not raise its term, so it does
@@ -108,10 +94,7 @@ fn rejoining_node_does_not_depose_leader() {
         t.tick_all(100);
         let term3 = t.raft(3).term();
         if pre_vote {
-            assert_eq!(
-                term3, 1,
-                "isolated node kept campaigning without raising its term"
-            );
+            assert_eq!(term3, 1, "isolated node kept campaigning without raising its term");
         } else {
             assert!(term3 > 1);
         }
@@ -119,16 +102,9 @@ fn rejoining_node_does_not_depose_leader() {
         t.tick_all(30);
         let leader_term = t.raft(1).term();
         if pre_vote {
-            assert_eq!(
-                (t.raft(1).role(), leader_term),
-                (Role::Leader, 1),
-                "leader kept its term"
-            );
+            assert_eq!((t.raft(1).role(), leader_term), (Role::Leader, 1), "leader kept its term");
         } else {
-            assert!(
-                leader_term > 1,
-                "without pre-vote the returning node deposes the leader"
-            );
+            assert!(leader_term > 1, "without pre-vote the returning node deposes the leader");
         }
     }
 }
@@ -149,11 +125,7 @@ fn unsynced_vote_lost_in_crash_gives_no_second_leader() {
     t.process(1);
     t.deliver();
     assert_eq!(t.raft(2).hard_state().vote, 1, "node 2 voted in memory");
-    assert_eq!(
-        t.raft(1).role(),
-        Role::Candidate,
-        "grant held back until node 2's disk write"
-    );
+    assert_eq!(t.raft(1).role(), Role::Candidate, "grant held back until node 2's disk write");
     // Node 2 crashes before the vote reached its disk: the grant is lost with it.
     t.c.crash(2);
     t.c.restart(2);
@@ -165,11 +137,7 @@ fn unsynced_vote_lost_in_crash_gives_no_second_leader() {
     t.process(3);
     t.deliver();
     assert_eq!((t.raft(3).role(), t.raft(3).term()), (Role::Leader, 1));
-    assert_eq!(
-        t.raft(1).role(),
-        Role::Candidate,
-        "node 1 never got a quorum in term 1"
-    );
+    assert_eq!(t.raft(1).role(), Role::Candidate, "node 1 never got a quorum in term 1");
     assert_eq!(t.c.check.leaders.len(), 1);
 }
 
@@ -186,11 +154,7 @@ fn single_step_change_racing_leader_change() {
     t.process(1);
     t.deliver();
     t.tick_all(1);
-    assert_eq!(
-        t.raft(1).configuration().voters,
-        vec![1, 2, 3, 4],
-        "config in force once appended"
-    );
+    assert_eq!(t.raft(1).configuration().voters, vec![1, 2, 3, 4], "config in force once appended");
     t.isolate(1);
     t.expire_lease(&[2, 3, 4]);
     t.elect(2);
@@ -212,11 +176,7 @@ fn single_step_change_racing_leader_change() {
     // is no member, so nobody replicates to it any more.)
     let leader = t.c.leader().unwrap();
     for id in [1, 2, 3, 5] {
-        assert_eq!(
-            t.raft(id).configuration().voters,
-            vec![1, 2, 3, 5],
-            "node {id}"
-        );
+        assert_eq!(t.raft(id).configuration().voters, vec![1, 2, 3, 5], "node {id}");
         assert_eq!(t.raft(id).committed(), t.raft(leader).committed());
     }
 }
@@ -246,21 +206,12 @@ fn lease_read_across_leader_transfer() {
     t.tick_all(2);
     assert!(t.raft(1).lease_valid());
     t.read(1, 1, ReadMode::Lease).unwrap();
-    assert_eq!(
-        t.read_states(1).len(),
-        1,
-        "served from the lease without a round"
-    );
+    assert_eq!(t.read_states(1).len(), 1, "served from the lease without a round");
     t.raft_mut(1).transfer_leader(Some(2)).unwrap();
     t.process(1);
     assert!(!t.raft(1).lease_valid(), "TimeoutNow sent: lease void");
     // Node 1 is cut off from everyone before it learns of the new leader.
-    let timeout_now: Vec<_> =
-        t.c.outbox
-            .iter()
-            .filter(|m| m.body == MessageBody::TimeoutNow)
-            .cloned()
-            .collect();
+    let timeout_now: Vec<_> = t.c.outbox.iter().filter(|m| m.body == MessageBody::TimeoutNow).cloned().collect();
     assert_eq!(timeout_now.len(), 1);
     t.isolate(1);
     t.blocked.remove(&(1, 2));
@@ -273,11 +224,7 @@ fn lease_read_across_leader_transfer() {
     t.read(1, 2, ReadMode::Lease).unwrap();
     t.tick(1, 3);
     t.process(1);
-    assert_eq!(
-        t.read_states(1).len(),
-        1,
-        "no stale read from the old leader"
-    );
+    assert_eq!(t.read_states(1).len(), 1, "no stale read from the old leader");
     t.heal();
     t.tick_all(3);
     assert_eq!(t.raft(1).role(), Role::Follower);
@@ -300,10 +247,7 @@ fn snapshot_install_racing_appends() {
     let commit3 = t.raft(3).committed();
     t.heal();
     t.tick_all(2);
-    assert!(
-        t.c.nodes[&3].install.is_some(),
-        "snapshot sent to the lagging follower"
-    );
+    assert!(t.c.nodes[&3].install.is_some(), "snapshot sent to the lagging follower");
     // Appends race the install: they are ignored while it is pending.
     for _ in 0..3 {
         t.propose(1, b"r").unwrap();
@@ -314,10 +258,7 @@ fn snapshot_install_racing_appends() {
         t.raft(3).committed() <= commit3.max(1) && t.raft(3).committed() < snap_index,
         "appends ignored while the install is pending"
     );
-    assert!(
-        t.trace.iter().any(|l| l.starts_with("1->3 App")),
-        "appends did race the install"
-    );
+    assert!(t.trace.iter().any(|l| l.starts_with("1->3 App")), "appends did race the install");
     t.c.nodes.get_mut(&3).unwrap().hold_install = false;
     t.c.complete_install(3);
     t.deliver();
@@ -340,11 +281,7 @@ fn removed_node_does_not_disrupt() {
     t.tick_all(60);
     t.heal();
     t.tick_all(60);
-    assert_eq!(
-        (t.raft(1).role(), t.raft(1).term()),
-        (Role::Leader, 1),
-        "leader undisturbed"
-    );
+    assert_eq!((t.raft(1).role(), t.raft(1).term()), (Role::Leader, 1), "leader undisturbed");
     t.propose(1, b"after").unwrap();
     t.tick_all(2);
     assert_eq!(t.raft(2).committed(), t.raft(1).committed());
@@ -362,20 +299,10 @@ fn transfer_to_lagging_peer_waits_then_times_out() {
     t.process(1);
     assert_eq!(t.propose(1, b"b"), Err(RaftError::TransferInProgress));
     t.tick_all(10);
-    assert!(
-        !t.trace.iter().any(|l| l.contains("TimeoutNow")),
-        "no TimeoutNow to a lagging peer"
-    );
-    assert!(
-        t.c.events
-            .iter()
-            .any(|(n, e)| *n == 1 && *e == Event::TransferAborted { target: 3 })
-    );
+    assert!(!t.trace.iter().any(|l| l.contains("TimeoutNow")), "no TimeoutNow to a lagging peer");
+    assert!(t.c.events.iter().any(|(n, e)| *n == 1 && *e == Event::TransferAborted { target: 3 }));
     assert_eq!(t.raft(1).role(), Role::Leader);
-    assert!(
-        t.propose(1, b"c").is_ok(),
-        "serving again after the transfer gave up"
-    );
+    assert!(t.propose(1, b"c").is_ok(), "serving again after the transfer gave up");
     // With the link back, the same transfer completes once node 3 caught up.
     t.heal();
     t.raft_mut(1).transfer_leader(Some(3)).unwrap();
@@ -414,8 +341,5 @@ fn prevote_checkquorum_trace() {
             "3->1 HeartbeatResp round=2",
         ]
     );
-    assert_eq!(
-        (t.raft(3).role(), t.raft(3).leader(), t.raft(3).term()),
-        (Role::Follower, Some(1), 1)
-    );
+    assert_eq!((t.raft(3).role(), t.raft(3).leader(), t.raft(3).term()), (Role::Follower, Some(1), 1));
 }

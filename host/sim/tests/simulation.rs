@@ -13,11 +13,7 @@ const NEGATIVE_SEEDS_MAX: u64 = 100;
 
 #[test]
 fn thousand_seeds_with_faults_and_churn() {
-    let seeds = if cfg!(debug_assertions) {
-        SEEDS_DEBUG
-    } else {
-        SEEDS_RELEASE
-    };
+    let seeds = if cfg!(debug_assertions) { SEEDS_DEBUG } else { SEEDS_RELEASE };
     std::panic::set_hook(Box::new(|_| {}));
     let handles: Vec<_> = (0..THREADS)
         .map(|t| {
@@ -42,45 +38,19 @@ fn thousand_seeds_with_faults_and_churn() {
         total.add(&s);
     }
     let _ = std::panic::take_hook();
-    assert!(
-        failures.is_empty(),
-        "{} of {seeds} seeds failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} of {seeds} seeds failed:\n{}", failures.len(), failures.join("\n"));
     // The sweep must really exercise churn and faults ...
-    assert!(
-        total.conf_changes > seeds,
-        "too few membership changes: {total:?}"
-    );
+    assert!(total.conf_changes > seeds, "too few membership changes: {total:?}");
     assert!(total.crashes > seeds, "too few crashes: {total:?}");
-    assert!(
-        total.snapshots_installed > seeds / 10,
-        "too few snapshot installs: {total:?}"
-    );
-    assert!(
-        total.writes_ok + total.reads_ok > seeds * 20,
-        "too few client operations: {total:?}"
-    );
+    assert!(total.snapshots_installed > seeds / 10, "too few snapshot installs: {total:?}");
+    assert!(total.writes_ok + total.reads_ok > seeds * 20, "too few client operations: {total:?}");
     // ... and sessions: retried writes, copies committed twice and answered from
     // the table, sessions expiring and registrations waiting for room.
     assert!(total.resends > seeds * 10, "too few resends: {total:?}");
-    assert!(
-        total.copies_deduplicated > seeds,
-        "too few deduplicated copies: {total:?}"
-    );
-    assert!(
-        total.replies_saved > seeds / 10,
-        "too few answers from saved replies: {total:?}"
-    );
-    assert!(
-        total.sessions_expired > seeds / 10,
-        "too few expired sessions: {total:?}"
-    );
-    assert!(
-        total.registrations_refused > seeds / 10,
-        "too few refused registrations: {total:?}"
-    );
+    assert!(total.copies_deduplicated > seeds, "too few deduplicated copies: {total:?}");
+    assert!(total.replies_saved > seeds / 10, "too few answers from saved replies: {total:?}");
+    assert!(total.sessions_expired > seeds / 10, "too few expired sessions: {total:?}");
+    assert!(total.registrations_refused > seeds / 10, "too few refused registrations: {total:?}");
 }
 
 /// The negative control: with the same clients, retries and network but the
@@ -91,10 +61,7 @@ fn thousand_seeds_with_faults_and_churn() {
 fn without_deduplication_the_checker_catches_a_double_apply() {
     std::panic::set_hook(Box::new(|_| {}));
     let caught = (0..NEGATIVE_SEEDS_MAX).find_map(|seed| {
-        let cfg = SimConfig {
-            dedup: false,
-            ..SimConfig::from_seed(seed)
-        };
+        let cfg = SimConfig { dedup: false, ..SimConfig::from_seed(seed) };
         run_seed(cfg).err().map(|e| (seed, e))
     });
     let _ = std::panic::take_hook();
@@ -112,18 +79,12 @@ fn same_seed_same_trace() {
     for seed in [1, 42, 4242] {
         let a = run_seed(SimConfig::from_seed(seed)).expect("seed passes");
         let b = run_seed(SimConfig::from_seed(seed)).expect("seed passes");
-        assert_eq!(
-            a.trace_hash, b.trace_hash,
-            "seed {seed} is not deterministic"
-        );
+        assert_eq!(a.trace_hash, b.trace_hash, "seed {seed} is not deterministic");
         assert_eq!(a.stats, b.stats);
     }
     let a = run_seed(SimConfig::from_seed(1)).expect("seed passes");
     let b = run_seed(SimConfig::from_seed(2)).expect("seed passes");
-    assert_ne!(
-        a.trace_hash, b.trace_hash,
-        "different seeds, different runs"
-    );
+    assert_ne!(a.trace_hash, b.trace_hash, "different seeds, different runs");
 }
 
 /// Seeds the soak once failed, kept so their bugs stay fixed.
@@ -134,7 +95,9 @@ fn seeds_that_once_failed() {
     // without a reply).
     for seed in [104457] {
         if let Err(e) = run_seed(SimConfig::from_seed(seed)) {
-            panic!("seed {seed} failed again: {e}\nreplay: cargo run --release -p waft-sim --bin sim -- --seed {seed} --trace");
+            panic!(
+                "seed {seed} failed again: {e}\nreplay: cargo run --release -p waft-sim --bin sim -- --seed {seed} --trace"
+            );
         }
     }
 }

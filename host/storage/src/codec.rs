@@ -86,9 +86,7 @@ fn unseal<'a>(key: &[u8], value: &'a [u8]) -> Result<&'a [u8], String> {
     let stored = u32::from_be_bytes([sum[0], sum[1], sum[2], sum[3]]);
     let actual = crc(key, body);
     if stored != actual {
-        return Err(format!(
-            "checksum mismatch (stored {stored:08x}, computed {actual:08x})"
-        ));
+        return Err(format!("checksum mismatch (stored {stored:08x}, computed {actual:08x})"));
     }
     if body[0] != VERSION {
         return Err(format!("unknown record version {}", body[0]));
@@ -137,12 +135,7 @@ pub(crate) fn decode_entry(key: &[u8], index: u64, value: &[u8]) -> Result<LogEn
     };
     let term = be_u64(&body[2..10]);
     let data = Bytes::copy_from_slice(&body[ENTRY_HEADER_LEN..]);
-    Ok(LogEntry {
-        index,
-        term,
-        kind,
-        data,
-    })
+    Ok(LogEntry { index, term, kind, data })
 }
 
 pub(crate) fn encode_hard_state(key: &[u8], hs: &HardState) -> Vec<u8> {
@@ -158,10 +151,7 @@ pub(crate) fn encode_hard_state(key: &[u8], hs: &HardState) -> Vec<u8> {
 pub(crate) fn decode_hard_state(key: &[u8], value: &[u8]) -> Result<HardState, String> {
     let body = unseal(key, value)?;
     if body.len() != HARD_STATE_LEN {
-        return Err(format!(
-            "hard state body has {} bytes, expected {HARD_STATE_LEN}",
-            body.len()
-        ));
+        return Err(format!("hard state body has {} bytes, expected {HARD_STATE_LEN}", body.len()));
     }
     let term = be_u64(&body[1..9]);
     let vote = match body[9] {
@@ -185,10 +175,7 @@ pub(crate) fn encode_group_meta(key: &[u8], purged_index: u64, purged_term: u64)
 pub(crate) fn decode_group_meta(key: &[u8], value: &[u8]) -> Result<(u64, u64), String> {
     let body = unseal(key, value)?;
     if body.len() != GROUP_META_LEN {
-        return Err(format!(
-            "group record has {} bytes, expected {GROUP_META_LEN}",
-            body.len()
-        ));
+        return Err(format!("group record has {} bytes, expected {GROUP_META_LEN}", body.len()));
     }
     Ok((be_u64(&body[1..9]), be_u64(&body[9..17])))
 }
@@ -205,10 +192,7 @@ mod tests {
         assert!(a < b && b < c);
         assert!(c.as_slice() < group_end(TAG_ENTRY, 2).as_slice());
         assert!(group_end(TAG_ENTRY, 2).as_slice() < index_key(TAG_ENTRY, 3, 0).as_slice());
-        assert!(
-            index_key(TAG_ENTRY, u64::MAX, u64::MAX).as_slice()
-                < group_end(TAG_ENTRY, u64::MAX).as_slice()
-        );
+        assert!(index_key(TAG_ENTRY, u64::MAX, u64::MAX).as_slice() < group_end(TAG_ENTRY, u64::MAX).as_slice());
     }
 
     #[test]
@@ -220,16 +204,10 @@ mod tests {
         for i in 0..value.len() {
             let mut bad = value.clone();
             bad[i] ^= 0x40;
-            assert!(
-                decode_entry(&key, 9, &bad).is_err(),
-                "flip at byte {i} undetected"
-            );
+            assert!(decode_entry(&key, 9, &bad).is_err(), "flip at byte {i} undetected");
         }
         for len in 0..value.len() {
-            assert!(
-                decode_entry(&key, 9, &value[..len]).is_err(),
-                "torn at {len} undetected"
-            );
+            assert!(decode_entry(&key, 9, &value[..len]).is_err(), "torn at {len} undetected");
         }
         // The same value under another key is damage too.
         assert!(decode_entry(&index_key(TAG_ENTRY, 3, 10), 10, &value).is_err());
@@ -238,23 +216,10 @@ mod tests {
     #[test]
     fn hard_state_round_trip() {
         let key = group_key(TAG_HARD_STATE, 1);
-        for hs in [
-            HardState::default(),
-            HardState {
-                term: 5,
-                vote: Some(0),
-                commit: 3,
-            },
-        ] {
-            assert_eq!(
-                decode_hard_state(&key, &encode_hard_state(&key, &hs)),
-                Ok(hs)
-            );
+        for hs in [HardState::default(), HardState { term: 5, vote: Some(0), commit: 3 }] {
+            assert_eq!(decode_hard_state(&key, &encode_hard_state(&key, &hs)), Ok(hs));
         }
         let key = group_key(TAG_GROUP, 1);
-        assert_eq!(
-            decode_group_meta(&key, &encode_group_meta(&key, 7, 2)),
-            Ok((7, 2))
-        );
+        assert_eq!(decode_group_meta(&key, &encode_group_meta(&key, 7, 2)), Ok((7, 2)));
     }
 }

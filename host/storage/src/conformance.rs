@@ -49,24 +49,15 @@ pub fn run_all<H: Harness>(harness: &mut H) {
         ("empty_store", empty_store::<H>),
         ("append_and_read", append_and_read::<H>),
         ("append_must_be_contiguous", append_must_be_contiguous::<H>),
-        (
-            "refused_set_writes_nothing",
-            refused_set_writes_nothing::<H>,
-        ),
+        ("refused_set_writes_nothing", refused_set_writes_nothing::<H>),
         ("truncate_suffix", truncate_suffix::<H>),
         ("purge_prefix", purge_prefix::<H>),
-        (
-            "purge_past_last_then_append",
-            purge_past_last_then_append::<H>,
-        ),
+        ("purge_past_last_then_append", purge_past_last_then_append::<H>),
         ("byte_limited_reads", byte_limited_reads::<H>),
         ("read_range_errors", read_range_errors::<H>),
         ("multi_group_isolation", multi_group_isolation::<H>),
         ("hard_state", hard_state::<H>),
-        (
-            "hard_state_never_goes_back",
-            hard_state_never_goes_back::<H>,
-        ),
+        ("hard_state_never_goes_back", hard_state_never_goes_back::<H>),
         ("config_index", config_index::<H>),
         ("drop_group", drop_group::<H>),
     ];
@@ -79,11 +70,7 @@ pub fn run_all<H: Harness>(harness: &mut H) {
 /// Deterministic payload for (index, term): sizes vary, some are empty.
 pub fn payload(index: u64, term: u64) -> Bytes {
     let len = ((index * 31 + term * 7) % 97) as usize;
-    Bytes::from(
-        (0..len)
-            .map(|i| (index as usize + i * 13 + term as usize) as u8)
-            .collect::<Vec<u8>>(),
-    )
+    Bytes::from((0..len).map(|i| (index as usize + i * 13 + term as usize) as u8).collect::<Vec<u8>>())
 }
 
 pub fn entry(index: u64, term: u64) -> LogEntry {
@@ -107,35 +94,21 @@ fn append<S: LogStore>(store: &mut S, group: u64, entries: Vec<LogEntry>) {
 
 fn all<S: LogStore>(store: &S, group: u64) -> Vec<LogEntry> {
     let state = store.log_state(group);
-    store
-        .entries(group, state.first_index(), state.last_index + 1, u64::MAX)
-        .expect("read all")
+    store.entries(group, state.first_index(), state.last_index + 1, u64::MAX).expect("read all")
 }
 
 fn assert_log<S: LogStore>(store: &S, group: u64, want: &[LogEntry], purged: (u64, u64)) {
     let last = want.last().map(|e| e.index).unwrap_or(purged.0);
     assert_eq!(
         store.log_state(group),
-        LogState {
-            purged_index: purged.0,
-            purged_term: purged.1,
-            last_index: last
-        },
+        LogState { purged_index: purged.0, purged_term: purged.1, last_index: last },
         "log state of group {group}"
     );
     assert_eq!(all(store, group), want, "entries of group {group}");
     for e in want {
-        assert_eq!(
-            store.term(group, e.index).expect("term"),
-            e.term,
-            "term at {}",
-            e.index
-        );
+        assert_eq!(store.term(group, e.index).expect("term"), e.term, "term at {}", e.index);
     }
-    assert_eq!(
-        store.term(group, purged.0).expect("term at purge point"),
-        purged.1
-    );
+    assert_eq!(store.term(group, purged.0).expect("term at purge point"), purged.1);
 }
 
 fn empty_store<H: Harness>(h: &mut H) {
@@ -147,10 +120,7 @@ fn empty_store<H: Harness>(h: &mut H) {
     assert_eq!(store.last_index(1), 0);
     assert_eq!(store.term(1, 0).expect("term 0"), 0);
     assert!(store.entries(1, 1, 1, 10).expect("empty range").is_empty());
-    assert!(matches!(
-        store.entries(1, 1, 2, 10),
-        Err(Error::Unavailable { .. })
-    ));
+    assert!(matches!(store.entries(1, 1, 2, 10), Err(Error::Unavailable { .. })));
     assert!(matches!(store.term(1, 1), Err(Error::Unavailable { .. })));
     assert_eq!(store.hard_state(1), HardState::default());
     assert!(store.config_entries(1).expect("configs").is_empty());
@@ -169,10 +139,7 @@ fn append_and_read<H: Harness>(h: &mut H) {
     let store = h.reopen(store);
     assert_log(&store, 1, &want, (0, 0));
     // Partial ranges come back in order and exactly.
-    assert_eq!(
-        store.entries(1, 7, 12, u64::MAX).expect("range"),
-        want[6..11].to_vec()
-    );
+    assert_eq!(store.entries(1, 7, 12, u64::MAX).expect("range"), want[6..11].to_vec());
     assert_eq!(store.groups(), vec![1]);
 }
 
@@ -180,23 +147,14 @@ fn append_must_be_contiguous<H: Harness>(h: &mut H) {
     let mut store = h.fresh();
     let mut set = WriteSet::new();
     set.append(1, run(2, 3, 1));
-    assert!(
-        matches!(store.write(set), Err(Error::InvalidWrite { group: 1, .. })),
-        "gap at start"
-    );
+    assert!(matches!(store.write(set), Err(Error::InvalidWrite { group: 1, .. })), "gap at start");
     append(&mut store, 1, run(1, 3, 1));
     let mut set = WriteSet::new();
     set.append(1, vec![entry(4, 1), entry(6, 1)]);
-    assert!(
-        matches!(store.write(set), Err(Error::InvalidWrite { .. })),
-        "gap inside"
-    );
+    assert!(matches!(store.write(set), Err(Error::InvalidWrite { .. })), "gap inside");
     let mut set = WriteSet::new();
     set.append(1, run(3, 4, 2));
-    assert!(
-        matches!(store.write(set), Err(Error::InvalidWrite { .. })),
-        "overlap without truncate"
-    );
+    assert!(matches!(store.write(set), Err(Error::InvalidWrite { .. })), "overlap without truncate");
     assert_log(&store, 1, &run(1, 3, 1), (0, 0));
 }
 
@@ -205,14 +163,7 @@ fn refused_set_writes_nothing<H: Harness>(h: &mut H) {
     append(&mut store, 1, run(1, 3, 1));
     let mut set = WriteSet::new();
     set.append(1, run(4, 6, 1));
-    set.set_hard_state(
-        2,
-        HardState {
-            term: 1,
-            vote: None,
-            commit: 0,
-        },
-    );
+    set.set_hard_state(2, HardState { term: 1, vote: None, commit: 0 });
     set.append(3, run(5, 5, 1)); // invalid: group 3 is empty
     assert!(store.write(set).is_err());
     let store = h.reopen(store);
@@ -259,14 +210,8 @@ fn purge_prefix<H: Harness>(h: &mut H) {
     set.purge(1, 4, 2);
     store.write(set).expect("purge");
     assert_log(&store, 1, &run(5, 10, 2), (4, 2));
-    assert!(matches!(
-        store.term(1, 3),
-        Err(Error::Compacted { first_index: 5, .. })
-    ));
-    assert!(matches!(
-        store.entries(1, 4, 6, 100),
-        Err(Error::Compacted { .. })
-    ));
+    assert!(matches!(store.term(1, 3), Err(Error::Compacted { first_index: 5, .. })));
+    assert!(matches!(store.entries(1, 4, 6, 100), Err(Error::Compacted { .. })));
     // Stale purges are no-ops.
     let mut set = WriteSet::new();
     set.purge(1, 4, 2).purge(1, 2, 1);
@@ -311,9 +256,7 @@ fn purge_past_last_then_append<H: Harness>(h: &mut H) {
 
 fn byte_limited_reads<H: Harness>(h: &mut H) {
     let mut store = h.fresh();
-    let sized: Vec<LogEntry> = (1..=10)
-        .map(|i| LogEntry::new(i, 1, EntryKind::Normal, vec![i as u8; 100]))
-        .collect();
+    let sized: Vec<LogEntry> = (1..=10).map(|i| LogEntry::new(i, 1, EntryKind::Normal, vec![i as u8; 100])).collect();
     append(&mut store, 1, sized.clone());
     let store = h.reopen(store);
     let n = |lo, hi, max| store.entries(1, lo, hi, max).expect("read").len();
@@ -326,17 +269,10 @@ fn byte_limited_reads<H: Harness>(h: &mut H) {
     assert_eq!(n(1, 11, 1000), 10);
     assert_eq!(n(1, 11, u64::MAX), 10);
     assert_eq!(n(5, 8, 1000), 3, "hi bounds before bytes do");
-    assert_eq!(
-        store.entries(1, 3, 11, 300).expect("read"),
-        sized[2..5].to_vec()
-    );
+    assert_eq!(store.entries(1, 3, 11, 300).expect("read"), sized[2..5].to_vec());
     // An entry larger than the limit still comes back alone.
     let mut store = store;
-    append(
-        &mut store,
-        1,
-        vec![LogEntry::new(11, 1, EntryKind::Normal, vec![7u8; 5000])],
-    );
+    append(&mut store, 1, vec![LogEntry::new(11, 1, EntryKind::Normal, vec![7u8; 5000])]);
     assert_eq!(store.entries(1, 11, 12, 10).expect("big").len(), 1);
     assert_eq!(store.entries(1, 10, 12, 150).expect("big").len(), 1);
 }
@@ -345,23 +281,11 @@ fn read_range_errors<H: Harness>(h: &mut H) {
     let mut store = h.fresh();
     append(&mut store, 1, run(1, 5, 1));
     assert!(store.entries(1, 6, 6, 10).expect("empty at end").is_empty());
-    assert!(matches!(
-        store.entries(1, 4, 7, 10),
-        Err(Error::Unavailable { .. })
-    ));
-    assert!(matches!(
-        store.entries(1, 4, 3, 10),
-        Err(Error::BadRange { .. })
-    ));
-    assert!(matches!(
-        store.entries(1, 0, 3, 10),
-        Err(Error::Compacted { .. })
-    ));
+    assert!(matches!(store.entries(1, 4, 7, 10), Err(Error::Unavailable { .. })));
+    assert!(matches!(store.entries(1, 4, 3, 10), Err(Error::BadRange { .. })));
+    assert!(matches!(store.entries(1, 0, 3, 10), Err(Error::Compacted { .. })));
     assert!(matches!(store.term(1, 6), Err(Error::Unavailable { .. })));
-    assert!(matches!(
-        store.term(1, u64::MAX),
-        Err(Error::Unavailable { .. })
-    ));
+    assert!(matches!(store.term(1, u64::MAX), Err(Error::Unavailable { .. })));
 }
 
 fn multi_group_isolation<H: Harness>(h: &mut H) {
@@ -371,14 +295,7 @@ fn multi_group_isolation<H: Harness>(h: &mut H) {
     let mut set = WriteSet::new();
     for (k, g) in groups.iter().enumerate() {
         set.append(*g, run(1, 3 + k as u64, k as u64 + 1));
-        set.set_hard_state(
-            *g,
-            HardState {
-                term: k as u64 + 1,
-                vote: Some(*g),
-                commit: 1,
-            },
-        );
+        set.set_hard_state(*g, HardState { term: k as u64 + 1, vote: Some(*g), commit: 1 });
     }
     store.write(set).expect("multi-group round");
     let mut set = WriteSet::new();
@@ -399,24 +316,13 @@ fn multi_group_isolation<H: Harness>(h: &mut H) {
             _ => (run(1, 3 + k as u64, term), (0, 0)),
         };
         assert_log(&store, *g, &want, purged);
-        assert_eq!(
-            store.hard_state(*g),
-            HardState {
-                term,
-                vote: Some(*g),
-                commit: 1
-            }
-        );
+        assert_eq!(store.hard_state(*g), HardState { term, vote: Some(*g), commit: 1 });
     }
 }
 
 fn hard_state<H: Harness>(h: &mut H) {
     let mut store = h.fresh();
-    let hs = HardState {
-        term: 3,
-        vote: Some(2),
-        commit: 0,
-    };
+    let hs = HardState { term: 3, vote: Some(2), commit: 0 };
     let mut set = WriteSet::new();
     set.set_hard_state(5, hs);
     store.write(set).expect("hard state");
@@ -427,81 +333,30 @@ fn hard_state<H: Harness>(h: &mut H) {
     assert_eq!(store.hard_state(5), hs);
     // Later updates in the same round win.
     let mut set = WriteSet::new();
-    set.set_hard_state(
-        5,
-        HardState {
-            term: 3,
-            vote: Some(2),
-            commit: 4,
-        },
-    );
-    set.set_hard_state(
-        5,
-        HardState {
-            term: 4,
-            vote: None,
-            commit: 4,
-        },
-    );
-    set.set_hard_state(
-        5,
-        HardState {
-            term: 4,
-            vote: Some(9),
-            commit: 6,
-        },
-    );
+    set.set_hard_state(5, HardState { term: 3, vote: Some(2), commit: 4 });
+    set.set_hard_state(5, HardState { term: 4, vote: None, commit: 4 });
+    set.set_hard_state(5, HardState { term: 4, vote: Some(9), commit: 6 });
     store.write(set).expect("hard states");
     let store = h.reopen(store);
-    assert_eq!(
-        store.hard_state(5),
-        HardState {
-            term: 4,
-            vote: Some(9),
-            commit: 6
-        }
-    );
+    assert_eq!(store.hard_state(5), HardState { term: 4, vote: Some(9), commit: 6 });
     assert_eq!(store.hard_state(6), HardState::default());
 }
 
 fn hard_state_never_goes_back<H: Harness>(h: &mut H) {
     let mut store = h.fresh();
-    let base = HardState {
-        term: 5,
-        vote: Some(1),
-        commit: 10,
-    };
+    let base = HardState { term: 5, vote: Some(1), commit: 10 };
     let mut set = WriteSet::new();
     set.set_hard_state(1, base);
     store.write(set).expect("base");
     for bad in [
-        HardState {
-            term: 4,
-            vote: Some(1),
-            commit: 10,
-        },
-        HardState {
-            term: 5,
-            vote: Some(1),
-            commit: 9,
-        },
-        HardState {
-            term: 5,
-            vote: Some(2),
-            commit: 10,
-        },
-        HardState {
-            term: 5,
-            vote: None,
-            commit: 10,
-        },
+        HardState { term: 4, vote: Some(1), commit: 10 },
+        HardState { term: 5, vote: Some(1), commit: 9 },
+        HardState { term: 5, vote: Some(2), commit: 10 },
+        HardState { term: 5, vote: None, commit: 10 },
     ] {
         let mut set = WriteSet::new();
         set.set_hard_state(1, bad);
-        assert!(
-            matches!(store.write(set), Err(Error::InvalidWrite { .. })),
-            "{bad:?} accepted"
-        );
+        assert!(matches!(store.write(set), Err(Error::InvalidWrite { .. })), "{bad:?} accepted");
     }
     let store = h.reopen(store);
     assert_eq!(store.hard_state(1), base);
@@ -515,25 +370,15 @@ fn config_index<H: Harness>(h: &mut H) {
     }
     append(&mut store, 1, log.clone());
     append(&mut store, 2, vec![config(1, 1)]);
-    let configs = |s: &H::Store| -> Vec<u64> {
-        s.config_entries(1)
-            .expect("configs")
-            .iter()
-            .map(|e| e.index)
-            .collect()
-    };
+    let configs =
+        |s: &H::Store| -> Vec<u64> { s.config_entries(1).expect("configs").iter().map(|e| e.index).collect() };
     assert_eq!(configs(&store), vec![2, 5, 9]);
-    assert_eq!(
-        store.config_entries(1).expect("configs")[1],
-        log[4],
-        "the full entry comes back"
-    );
+    assert_eq!(store.config_entries(1).expect("configs")[1], log[4], "the full entry comes back");
     let mut store = h.reopen(store);
     assert_eq!(configs(&store), vec![2, 5, 9]);
     // Truncation drops the config entries it removes.
     let mut set = WriteSet::new();
-    set.truncate(1, 5)
-        .append(1, vec![entry(5, 2), config(6, 2)]);
+    set.truncate(1, 5).append(1, vec![entry(5, 2), config(6, 2)]);
     store.write(set).expect("truncate");
     assert_eq!(configs(&store), vec![2, 6]);
     // So does a purge: the snapshot carries the configuration it covers.
@@ -543,30 +388,15 @@ fn config_index<H: Harness>(h: &mut H) {
     assert_eq!(configs(&store), vec![6]);
     let store = h.reopen(store);
     assert_eq!(configs(&store), vec![6]);
-    assert_eq!(
-        store.config_entries(1).expect("configs")[0].kind,
-        EntryKind::Config
-    );
-    assert_eq!(
-        store.config_entries(2).expect("configs").len(),
-        1,
-        "other groups untouched"
-    );
+    assert_eq!(store.config_entries(1).expect("configs")[0].kind, EntryKind::Config);
+    assert_eq!(store.config_entries(2).expect("configs").len(), 1, "other groups untouched");
 }
 
 fn drop_group<H: Harness>(h: &mut H) {
     let mut store = h.fresh();
     let mut set = WriteSet::new();
-    set.append(1, vec![config(1, 1), entry(2, 1)])
-        .append(2, run(1, 2, 1));
-    set.set_hard_state(
-        1,
-        HardState {
-            term: 1,
-            vote: None,
-            commit: 2,
-        },
-    );
+    set.append(1, vec![config(1, 1), entry(2, 1)]).append(2, run(1, 2, 1));
+    set.set_hard_state(1, HardState { term: 1, vote: None, commit: 2 });
     store.write(set).expect("setup");
     let mut set = WriteSet::new();
     set.drop_group(1).drop_group(77);
@@ -578,9 +408,7 @@ fn drop_group<H: Harness>(h: &mut H) {
     assert!(store.config_entries(1).expect("configs").is_empty());
     // The id can be used again from scratch; drop and recreate in one round too.
     let mut set = WriteSet::new();
-    set.append(1, run(1, 1, 5))
-        .drop_group(2)
-        .append(2, run(1, 1, 6));
+    set.append(1, run(1, 1, 5)).drop_group(2).append(2, run(1, 1, 6));
     store.write(set).expect("recreate");
     let store = h.reopen(store);
     assert_log(&store, 1, &run(1, 1, 5), (0, 0));

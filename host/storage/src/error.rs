@@ -15,10 +15,7 @@ pub enum Error {
         "cannot open the RocksDB log store at {path}: {source}; \
          the directory may be damaged: restore it from a replica or remove it to rejoin as a new node"
     )]
-    Open {
-        path: PathBuf,
-        source: rocksdb::Error,
-    },
+    Open { path: PathBuf, source: rocksdb::Error },
 
     #[error(
         "refusing to open {path} as a RocksDB log store: {reason}; \
@@ -27,18 +24,10 @@ pub enum Error {
     OpenLayout { path: PathBuf, reason: String },
 
     #[error("RocksDB failed during {during} in {path}: {source}")]
-    Rocks {
-        path: PathBuf,
-        during: &'static str,
-        source: rocksdb::Error,
-    },
+    Rocks { path: PathBuf, during: &'static str, source: rocksdb::Error },
 
     #[error("I/O error while {during} {path}: {source}")]
-    Io {
-        path: PathBuf,
-        during: &'static str,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, during: &'static str, source: std::io::Error },
 
     #[error(
         "the log store refuses writes after an earlier write failed: \
@@ -47,32 +36,16 @@ pub enum Error {
     Poisoned,
 
     #[error("corrupt log entry of group {group} at index {index}: {reason}")]
-    CorruptEntry {
-        group: u64,
-        index: u64,
-        reason: String,
-    },
+    CorruptEntry { group: u64, index: u64, reason: String },
 
     #[error("corrupt {what} record of group {group}: {reason}")]
-    CorruptRecord {
-        group: u64,
-        what: &'static str,
-        reason: String,
-    },
+    CorruptRecord { group: u64, what: &'static str, reason: String },
 
     #[error("group {group}: index {index} is compacted (first index is {first_index})")]
-    Compacted {
-        group: u64,
-        index: u64,
-        first_index: u64,
-    },
+    Compacted { group: u64, index: u64, first_index: u64 },
 
     #[error("group {group}: index {index} is not in the log (last index is {last_index})")]
-    Unavailable {
-        group: u64,
-        index: u64,
-        last_index: u64,
-    },
+    Unavailable { group: u64, index: u64, last_index: u64 },
 
     #[error("group {group}: refused write: {reason}")]
     InvalidWrite { group: u64, reason: String },
@@ -96,21 +69,13 @@ pub enum Error {
         "snapshot file {path} has {actual} bytes but its meta records {expected} \
          (truncated or overwritten); the snapshot will not be loaded"
     )]
-    SnapshotFileSize {
-        path: PathBuf,
-        expected: u64,
-        actual: u64,
-    },
+    SnapshotFileSize { path: PathBuf, expected: u64, actual: u64 },
 
     #[error(
         "snapshot file {path} fails its checksum (crc32 {actual:08x}, meta records {expected:08x}); \
          the snapshot will not be loaded"
     )]
-    SnapshotChecksum {
-        path: PathBuf,
-        expected: u32,
-        actual: u32,
-    },
+    SnapshotChecksum { path: PathBuf, expected: u32, actual: u32 },
 
     #[error("group {group}: no snapshot {index}/{term} in the store")]
     SnapshotNotFound { group: u64, index: u64, term: u64 },
@@ -129,15 +94,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(
-        during: &'static str,
-        path: impl Into<PathBuf>,
-    ) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io(during: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Error {
         let path = path.into();
-        move |source| Error::Io {
-            path,
-            during,
-            source,
-        }
+        move |source| Error::Io { path, during, source }
     }
 }

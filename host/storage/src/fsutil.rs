@@ -19,9 +19,7 @@ pub(crate) const TMP_PREFIX: &str = "tmp-";
 /// fsync a directory so the names created, renamed or removed in it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     let handle = File::open(dir).map_err(Error::io("opening directory for fsync", dir))?;
-    handle
-        .sync_all()
-        .map_err(Error::io("fsyncing directory", dir))
+    handle.sync_all().map_err(Error::io("fsyncing directory", dir))
 }
 
 /// A temporary name unique within this machine: pid, a process-wide counter and
@@ -29,10 +27,7 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 pub(crate) fn tmp_name(label: &str) -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{TMP_PREFIX}{label}-{}-{n}-{nanos}", std::process::id())
 }
 

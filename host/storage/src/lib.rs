@@ -56,9 +56,7 @@ pub use mem::MemLogStore;
 pub use module::{MODULE_BYTES_MAX, ModuleHash, ModuleStore};
 pub use rocks::{RocksLogStore, RocksOptions};
 pub use snapshot::{
-    SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_FILES_MAX, SnapshotFile, SnapshotId, SnapshotMeta,
-    SnapshotReader, SnapshotStore, SnapshotWriter,
+    SNAPSHOT_CHUNK_BYTES_MAX, SNAPSHOT_FILES_MAX, SnapshotFile, SnapshotId, SnapshotMeta, SnapshotReader,
+    SnapshotStore, SnapshotWriter,
 };
-pub use types::{
-    EntryKind, HardState, LogEntry, LogState, LogStore, Op, WRITE_SET_BYTES_MAX, WriteSet,
-};
+pub use types::{EntryKind, HardState, LogEntry, LogState, LogStore, Op, WRITE_SET_BYTES_MAX, WriteSet};

@@ -8,9 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use crate::error::{Error, Result};
 use crate::plan::{self, Effect, GroupMeta};
-use crate::types::{
-    EntryKind, HardState, LogEntry, LogState, LogStore, Op, WRITE_SET_BYTES_MAX, WriteSet,
-};
+use crate::types::{EntryKind, HardState, LogEntry, LogState, LogStore, Op, WRITE_SET_BYTES_MAX, WriteSet};
 
 #[derive(Clone, Debug, Default)]
 struct MemGroup {
@@ -37,14 +35,7 @@ impl MemLogStore {
                 let keep = (from - group.meta.log.first_index()) as usize;
                 group.entries.truncate(keep);
             }
-            (
-                _,
-                Effect::Purged {
-                    old_first,
-                    remove_last,
-                    ..
-                },
-            ) => {
+            (_, Effect::Purged { old_first, remove_last, .. }) => {
                 let remove = (remove_last + 1).saturating_sub(old_first) as usize;
                 group.entries.drain(..remove.min(group.entries.len()));
             }
@@ -56,18 +47,13 @@ impl MemLogStore {
 impl LogStore for MemLogStore {
     fn write(&mut self, set: WriteSet) -> Result<()> {
         if set.data_bytes() > WRITE_SET_BYTES_MAX {
-            return Err(Error::WriteSetTooLarge {
-                bytes: set.data_bytes(),
-                limit: WRITE_SET_BYTES_MAX,
-            });
+            return Err(Error::WriteSetTooLarge { bytes: set.data_bytes(), limit: WRITE_SET_BYTES_MAX });
         }
         // Pass 1: validate the whole set on staged metadata, so a refused set
         // changes nothing.
         let mut staged: BTreeMap<u64, Option<GroupMeta>> = BTreeMap::new();
         for (group, op) in set.ops() {
-            let meta = staged
-                .entry(*group)
-                .or_insert_with(|| self.groups.get(group).map(|g| g.meta));
+            let meta = staged.entry(*group).or_insert_with(|| self.groups.get(group).map(|g| g.meta));
             plan::apply(*group, meta, op)?;
         }
         // Pass 2: the same steps again, now on the real data; they cannot fail.
@@ -83,10 +69,7 @@ impl LogStore for MemLogStore {
                     // Effects are computed against the state before the op.
                     Self::apply_effect(entry, op, effect);
                     entry.meta = meta;
-                    debug_assert_eq!(
-                        entry.entries.len() as u64,
-                        meta.log.last_index - meta.log.purged_index
-                    );
+                    debug_assert_eq!(entry.entries.len() as u64, meta.log.last_index - meta.log.purged_index);
                 }
             }
         }
@@ -94,10 +77,7 @@ impl LogStore for MemLogStore {
     }
 
     fn log_state(&self, group: u64) -> LogState {
-        self.groups
-            .get(&group)
-            .map(|g| g.meta.log)
-            .unwrap_or_default()
+        self.groups.get(&group).map(|g| g.meta.log).unwrap_or_default()
     }
 
     fn term(&self, group: u64, index: u64) -> Result<u64> {
@@ -131,10 +111,7 @@ impl LogStore for MemLogStore {
     }
 
     fn hard_state(&self, group: u64) -> HardState {
-        self.groups
-            .get(&group)
-            .map(|g| g.meta.hard)
-            .unwrap_or_default()
+        self.groups.get(&group).map(|g| g.meta.hard).unwrap_or_default()
     }
 
     fn config_entries(&self, group: u64) -> Result<Vec<LogEntry>> {
@@ -142,13 +119,7 @@ impl LogStore for MemLogStore {
         Ok(self
             .groups
             .get(&group)
-            .map(|g| {
-                g.entries
-                    .iter()
-                    .filter(|e| e.kind == EntryKind::Config)
-                    .cloned()
-                    .collect()
-            })
+            .map(|g| g.entries.iter().filter(|e| e.kind == EntryKind::Config).cloned().collect())
             .unwrap_or_default())
     }
 
@@ -160,18 +131,10 @@ impl LogStore for MemLogStore {
 /// Checks that `lo..hi` is a readable range of the log described by `state`.
 pub(crate) fn check_range(group: u64, state: &LogState, lo: u64, hi: u64) -> Result<()> {
     if lo < state.first_index() {
-        return Err(Error::Compacted {
-            group,
-            index: lo,
-            first_index: state.first_index(),
-        });
+        return Err(Error::Compacted { group, index: lo, first_index: state.first_index() });
     }
     if hi > state.last_index + 1 {
-        return Err(Error::Unavailable {
-            group,
-            index: hi - 1,
-            last_index: state.last_index,
-        });
+        return Err(Error::Unavailable { group, index: hi - 1, last_index: state.last_index });
     }
     if lo > hi {
         return Err(Error::BadRange { group, lo, hi });

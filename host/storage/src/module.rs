@@ -55,8 +55,7 @@ impl FromStr for ModuleHash {
         }
         let mut out = [0u8; 32];
         for (i, byte) in out.iter_mut().enumerate() {
-            *byte =
-                u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|e| format!("{s:?}: {e}"))?;
+            *byte = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|e| format!("{s:?}: {e}"))?;
         }
         Ok(ModuleHash(out))
     }
@@ -85,10 +84,7 @@ impl ModuleStore {
     /// already present (and intact) writes nothing.
     pub fn put(&self, bytes: &[u8]) -> Result<ModuleHash> {
         if bytes.len() as u64 > MODULE_BYTES_MAX {
-            return Err(Error::ModuleTooLarge {
-                bytes: bytes.len() as u64,
-                limit: MODULE_BYTES_MAX,
-            });
+            return Err(Error::ModuleTooLarge { bytes: bytes.len() as u64, limit: MODULE_BYTES_MAX });
         }
         let hash = ModuleHash::of(bytes);
         if self.get(&hash).is_ok() {
@@ -104,32 +100,19 @@ impl ModuleStore {
         let file = match std::fs::File::open(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::ModuleNotFound {
-                    hash: hash.to_hex(),
-                });
+                return Err(Error::ModuleNotFound { hash: hash.to_hex() });
             }
             Err(e) => return Err(Error::io("opening", &path)(e)),
         };
-        let len = file
-            .metadata()
-            .map_err(Error::io("inspecting", &path))?
-            .len();
+        let len = file.metadata().map_err(Error::io("inspecting", &path))?.len();
         if len > MODULE_BYTES_MAX {
-            return Err(Error::ModuleTooLarge {
-                bytes: len,
-                limit: MODULE_BYTES_MAX,
-            });
+            return Err(Error::ModuleTooLarge { bytes: len, limit: MODULE_BYTES_MAX });
         }
         let mut bytes = Vec::with_capacity(len as usize);
-        file.take(MODULE_BYTES_MAX + 1)
-            .read_to_end(&mut bytes)
-            .map_err(Error::io("reading", &path))?;
+        file.take(MODULE_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(Error::io("reading", &path))?;
         let actual = ModuleHash::of(&bytes);
         if actual != *hash {
-            return Err(Error::ModuleHashMismatch {
-                path,
-                actual: actual.to_hex(),
-            });
+            return Err(Error::ModuleHashMismatch { path, actual: actual.to_hex() });
         }
         Ok(bytes)
     }

@@ -77,10 +77,7 @@ fn step(group: u64, mut meta: GroupMeta, op: &Op) -> Result<(GroupMeta, Effect)>
                 if pair[1].index != pair[0].index + 1 {
                     return Err(refuse(
                         group,
-                        format!(
-                            "appended entries jump from index {} to {}",
-                            pair[0].index, pair[1].index
-                        ),
+                        format!("appended entries jump from index {} to {}", pair[0].index, pair[1].index),
                     ));
                 }
             }
@@ -96,20 +93,14 @@ fn step(group: u64, mut meta: GroupMeta, op: &Op) -> Result<(GroupMeta, Effect)>
             if from <= log.purged_index {
                 return Err(refuse(
                     group,
-                    format!(
-                        "truncate from {from} reaches into the purged prefix (first index {})",
-                        log.first_index()
-                    ),
+                    format!("truncate from {from} reaches into the purged prefix (first index {})", log.first_index()),
                 ));
             }
             if from > log.last_index {
                 Effect::Nothing
             } else {
                 meta.log.last_index = from - 1;
-                Effect::Truncated {
-                    from,
-                    old_last: log.last_index,
-                }
+                Effect::Truncated { from, old_last: log.last_index }
             }
         }
         Op::Purge { upto, term } => {
@@ -123,12 +114,7 @@ fn step(group: u64, mut meta: GroupMeta, op: &Op) -> Result<(GroupMeta, Effect)>
                 meta.log.purged_index = upto;
                 meta.log.purged_term = term;
                 meta.log.last_index = log.last_index.max(upto);
-                Effect::Purged {
-                    old_first: log.first_index(),
-                    remove_last: upto.min(log.last_index),
-                    upto,
-                    term,
-                }
+                Effect::Purged { old_first: log.first_index(), remove_last: upto.min(log.last_index), upto, term }
             }
         }
         Op::SetHardState(hs) => {
@@ -144,31 +130,13 @@ fn step(group: u64, mut meta: GroupMeta, op: &Op) -> Result<(GroupMeta, Effect)>
 
 fn check_hard_state(group: u64, old: &HardState, new: &HardState) -> Result<()> {
     if new.term < old.term {
-        return Err(refuse(
-            group,
-            format!(
-                "hard state term goes back from {} to {}",
-                old.term, new.term
-            ),
-        ));
+        return Err(refuse(group, format!("hard state term goes back from {} to {}", old.term, new.term)));
     }
     if new.commit < old.commit {
-        return Err(refuse(
-            group,
-            format!(
-                "commit index goes back from {} to {}",
-                old.commit, new.commit
-            ),
-        ));
+        return Err(refuse(group, format!("commit index goes back from {} to {}", old.commit, new.commit)));
     }
     if new.term == old.term && old.vote.is_some() && new.vote != old.vote {
-        return Err(refuse(
-            group,
-            format!(
-                "vote in term {} changes from {:?} to {:?}",
-                new.term, old.vote, new.vote
-            ),
-        ));
+        return Err(refuse(group, format!("vote in term {} changes from {:?} to {:?}", new.term, old.vote, new.vote)));
     }
     Ok(())
 }

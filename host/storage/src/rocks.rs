@@ -9,19 +9,13 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rocksdb::{
-    DB, DBCompressionType, DBRecoveryMode, Options, ReadOptions, WriteBatch, WriteOptions,
-};
+use rocksdb::{DB, DBCompressionType, DBRecoveryMode, Options, ReadOptions, WriteBatch, WriteOptions};
 
-use crate::codec::{
-    self, TAG_CONFIG, TAG_ENTRY, TAG_GROUP, TAG_HARD_STATE, group_end, group_key, index_key,
-};
+use crate::codec::{self, TAG_CONFIG, TAG_ENTRY, TAG_GROUP, TAG_HARD_STATE, group_end, group_key, index_key};
 use crate::error::{Error, Result};
 use crate::mem::check_range;
 use crate::plan::{self, Effect, GroupMeta};
-use crate::types::{
-    EntryKind, HardState, LogEntry, LogState, LogStore, Op, WRITE_SET_BYTES_MAX, WriteSet,
-};
+use crate::types::{EntryKind, HardState, LogEntry, LogState, LogStore, Op, WRITE_SET_BYTES_MAX, WriteSet};
 
 /// Tunables for [`RocksLogStore`]. The defaults are what the benchmark
 /// (`benches/log_append.rs`) was measured with.
@@ -36,10 +30,7 @@ pub struct RocksOptions {
 
 impl Default for RocksOptions {
     fn default() -> RocksOptions {
-        RocksOptions {
-            write_buffer_bytes: 64 * 1024 * 1024,
-            max_total_wal_bytes: 512 * 1024 * 1024,
-        }
+        RocksOptions { write_buffer_bytes: 64 * 1024 * 1024, max_total_wal_bytes: 512 * 1024 * 1024 }
     }
 }
 
@@ -73,16 +64,8 @@ impl RocksLogStore {
         opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
         opts.set_keep_log_file_num(4);
         opts.set_max_log_file_size(16 * 1024 * 1024);
-        let db = DB::open(&opts, &path).map_err(|source| Error::Open {
-            path: path.clone(),
-            source,
-        })?;
-        let mut store = RocksLogStore {
-            db,
-            path,
-            groups: BTreeMap::new(),
-            poisoned: false,
-        };
+        let db = DB::open(&opts, &path).map_err(|source| Error::Open { path: path.clone(), source })?;
+        let mut store = RocksLogStore { db, path, groups: BTreeMap::new(), poisoned: false };
         store.load()?;
         Ok(store)
     }
@@ -92,11 +75,7 @@ impl RocksLogStore {
     }
 
     fn rocks(&self, during: &'static str) -> impl FnOnce(rocksdb::Error) -> Error + '_ {
-        move |source| Error::Rocks {
-            path: self.path.clone(),
-            during,
-            source,
-        }
+        move |source| Error::Rocks { path: self.path.clone(), during, source }
     }
 
     /// Rebuilds the group cache from disk: the group records, each group's hard
@@ -116,20 +95,9 @@ impl RocksLogStore {
                     reason: format!("malformed key {key:02x?}"),
                 });
             };
-            let (purged_index, purged_term) =
-                codec::decode_group_meta(key, value).map_err(|reason| Error::CorruptRecord {
-                    group,
-                    what: "group",
-                    reason,
-                })?;
-            groups.insert(
-                group,
-                LogState {
-                    purged_index,
-                    purged_term,
-                    last_index: purged_index,
-                },
-            );
+            let (purged_index, purged_term) = codec::decode_group_meta(key, value)
+                .map_err(|reason| Error::CorruptRecord { group, what: "group", reason })?;
+            groups.insert(group, LogState { purged_index, purged_term, last_index: purged_index });
             iter.next();
         }
         iter.status().map_err(self.rocks("loading group records"))?;
@@ -154,19 +122,13 @@ impl RocksLogStore {
 
     fn load_hard_state(&self, group: u64) -> Result<HardState> {
         let key = group_key(TAG_HARD_STATE, group);
-        match self
-            .db
-            .get_pinned(key)
-            .map_err(self.rocks("reading hard state"))?
-        {
+        match self.db.get_pinned(key).map_err(self.rocks("reading hard state"))? {
             None => Ok(HardState::default()),
-            Some(value) => {
-                codec::decode_hard_state(&key, &value).map_err(|reason| Error::CorruptRecord {
-                    group,
-                    what: "hard state",
-                    reason,
-                })
-            }
+            Some(value) => codec::decode_hard_state(&key, &value).map_err(|reason| Error::CorruptRecord {
+                group,
+                what: "hard state",
+                reason,
+            }),
         }
     }
 
@@ -180,29 +142,16 @@ impl RocksLogStore {
             Some((TAG_ENTRY, g, index)) if g == group => Some(index),
             _ => None,
         };
-        iter.status()
-            .map_err(self.rocks("finding the last entry"))?;
+        iter.status().map_err(self.rocks("finding the last entry"))?;
         Ok(found)
     }
 
     fn read_entry(&self, group: u64, index: u64) -> Result<LogEntry> {
         let key = index_key(TAG_ENTRY, group, index);
-        match self
-            .db
-            .get_pinned(key)
-            .map_err(self.rocks("reading an entry"))?
-        {
-            None => Err(Error::CorruptEntry {
-                group,
-                index,
-                reason: "missing from the log".to_string(),
-            }),
+        match self.db.get_pinned(key).map_err(self.rocks("reading an entry"))? {
+            None => Err(Error::CorruptEntry { group, index, reason: "missing from the log".to_string() }),
             Some(value) => {
-                codec::decode_entry(&key, index, &value).map_err(|reason| Error::CorruptEntry {
-                    group,
-                    index,
-                    reason,
-                })
+                codec::decode_entry(&key, index, &value).map_err(|reason| Error::CorruptEntry { group, index, reason })
             }
         }
     }
@@ -212,9 +161,7 @@ impl RocksLogStore {
         match effect {
             Effect::Nothing => {}
             Effect::Appended => {
-                let Op::Append(entries) = op else {
-                    unreachable!("Appended comes from Append")
-                };
+                let Op::Append(entries) = op else { unreachable!("Appended comes from Append") };
                 for entry in entries {
                     let key = index_key(TAG_ENTRY, group, entry.index);
                     codec::encode_entry_into(scratch, &key, entry);
@@ -227,31 +174,17 @@ impl RocksLogStore {
                 }
             }
             Effect::Truncated { from, old_last } => {
-                batch.delete_range(
-                    index_key(TAG_ENTRY, group, from),
-                    index_key(TAG_ENTRY, group, old_last + 1),
-                );
-                batch.delete_range(
-                    index_key(TAG_CONFIG, group, from).to_vec(),
-                    group_end(TAG_CONFIG, group),
-                );
+                batch.delete_range(index_key(TAG_ENTRY, group, from), index_key(TAG_ENTRY, group, old_last + 1));
+                batch.delete_range(index_key(TAG_CONFIG, group, from).to_vec(), group_end(TAG_CONFIG, group));
             }
-            Effect::Purged {
-                old_first,
-                remove_last,
-                upto,
-                term,
-            } => {
+            Effect::Purged { old_first, remove_last, upto, term } => {
                 if remove_last >= old_first {
                     batch.delete_range(
                         index_key(TAG_ENTRY, group, old_first),
                         index_key(TAG_ENTRY, group, remove_last + 1),
                     );
                 }
-                batch.delete_range(
-                    index_key(TAG_CONFIG, group, 0),
-                    index_key(TAG_CONFIG, group, upto + 1),
-                );
+                batch.delete_range(index_key(TAG_CONFIG, group, 0), index_key(TAG_CONFIG, group, upto + 1));
                 let key = group_key(TAG_GROUP, group);
                 batch.put(key, codec::encode_group_meta(&key, upto, term));
             }
@@ -303,19 +236,14 @@ impl LogStore for RocksLogStore {
             return Err(Error::Poisoned);
         }
         if set.data_bytes() > WRITE_SET_BYTES_MAX {
-            return Err(Error::WriteSetTooLarge {
-                bytes: set.data_bytes(),
-                limit: WRITE_SET_BYTES_MAX,
-            });
+            return Err(Error::WriteSetTooLarge { bytes: set.data_bytes(), limit: WRITE_SET_BYTES_MAX });
         }
         let mut staged: BTreeMap<u64, Option<GroupMeta>> = BTreeMap::new();
         let mut batch = WriteBatch::default();
         let mut scratch = Vec::new();
         for (group, op) in set.ops() {
             let group = *group;
-            let meta = staged
-                .entry(group)
-                .or_insert_with(|| self.groups.get(&group).copied());
+            let meta = staged.entry(group).or_insert_with(|| self.groups.get(&group).copied());
             let existed = meta.is_some();
             let effect = plan::apply(group, meta, op)?;
             if !existed && meta.is_some() {
@@ -331,11 +259,7 @@ impl LogStore for RocksLogStore {
             sync.set_sync(set.must_sync());
             if let Err(source) = self.db.write_opt(batch, &sync) {
                 self.poisoned = true;
-                return Err(Error::Rocks {
-                    path: self.path.clone(),
-                    during: "a synced write",
-                    source,
-                });
+                return Err(Error::Rocks { path: self.path.clone(), during: "a synced write", source });
             }
         }
         for (group, meta) in staged {
@@ -376,25 +300,15 @@ impl LogStore for RocksLogStore {
         while expected < hi {
             let Some((key, value)) = iter.item() else {
                 iter.status().map_err(self.rocks("reading entries"))?;
-                return Err(Error::CorruptEntry {
-                    group,
-                    index: expected,
-                    reason: "missing from the log".to_string(),
-                });
+                return Err(Error::CorruptEntry { group, index: expected, reason: "missing from the log".to_string() });
             };
             if codec::parse_index_key(key) != Some((TAG_ENTRY, group, expected)) {
-                return Err(Error::CorruptEntry {
-                    group,
-                    index: expected,
-                    reason: "missing from the log".to_string(),
-                });
+                return Err(Error::CorruptEntry { group, index: expected, reason: "missing from the log".to_string() });
             }
-            let entry = codec::decode_entry(key, expected, value).map_err(|reason| {
-                Error::CorruptEntry {
-                    group,
-                    index: expected,
-                    reason,
-                }
+            let entry = codec::decode_entry(key, expected, value).map_err(|reason| Error::CorruptEntry {
+                group,
+                index: expected,
+                reason,
             })?;
             bytes += entry.data.len() as u64;
             if !out.is_empty() && bytes > max_bytes {
@@ -427,17 +341,15 @@ impl LogStore for RocksLogStore {
                 });
             };
             debug_assert_eq!(g, group);
-            let entry =
-                codec::decode_entry(key, index, value).map_err(|reason| Error::CorruptEntry {
-                    group,
-                    index,
-                    reason,
-                })?;
+            let entry = codec::decode_entry(key, index, value).map_err(|reason| Error::CorruptEntry {
+                group,
+                index,
+                reason,
+            })?;
             out.push(entry);
             iter.next();
         }
-        iter.status()
-            .map_err(self.rocks("reading the config index"))?;
+        iter.status().map_err(self.rocks("reading the config index"))?;
         Ok(out)
     }
 

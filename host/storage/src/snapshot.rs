@@ -50,10 +50,7 @@ impl SnapshotId {
     fn parse(name: &str) -> Option<SnapshotId> {
         let rest = name.strip_prefix("snap-")?;
         let (index, term) = rest.split_once('-')?;
-        Some(SnapshotId {
-            index: index.parse().ok()?,
-            term: term.parse().ok()?,
-        })
+        Some(SnapshotId { index: index.parse().ok()?, term: term.parse().ok()? })
     }
 }
 
@@ -79,10 +76,7 @@ pub struct SnapshotMeta {
 
 impl SnapshotMeta {
     pub fn id(&self) -> SnapshotId {
-        SnapshotId {
-            index: self.index,
-            term: self.term,
-        }
+        SnapshotId { index: self.index, term: self.term }
     }
 
     pub fn total_bytes(&self) -> u64 {
@@ -119,9 +113,7 @@ impl SnapshotMeta {
         let stored = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
         let actual = crc32fast::hash(body);
         if stored != actual {
-            return Err(format!(
-                "checksum mismatch (stored {stored:08x}, computed {actual:08x})"
-            ));
+            return Err(format!("checksum mismatch (stored {stored:08x}, computed {actual:08x})"));
         }
         let mut r = Cursor { bytes: body };
         if r.take(8)? != META_MAGIC {
@@ -139,32 +131,19 @@ impl SnapshotMeta {
         let config = Bytes::copy_from_slice(r.take(config_len)?);
         let file_count = r.u32()? as usize;
         if file_count > SNAPSHOT_FILES_MAX {
-            return Err(format!(
-                "{file_count} files exceeds the limit of {SNAPSHOT_FILES_MAX}"
-            ));
+            return Err(format!("{file_count} files exceeds the limit of {SNAPSHOT_FILES_MAX}"));
         }
         let mut files = Vec::with_capacity(file_count);
         for _ in 0..file_count {
             let name_len = r.u16()? as usize;
-            let name =
-                std::str::from_utf8(r.take(name_len)?).map_err(|e| format!("file name: {e}"))?;
+            let name = std::str::from_utf8(r.take(name_len)?).map_err(|e| format!("file name: {e}"))?;
             check_file_name(name)?;
-            files.push(SnapshotFile {
-                name: name.to_string(),
-                size: r.u64()?,
-                crc32: r.u32()?,
-            });
+            files.push(SnapshotFile { name: name.to_string(), size: r.u64()?, crc32: r.u32()? });
         }
         if !r.bytes.is_empty() {
             return Err(format!("{} trailing bytes", r.bytes.len()));
         }
-        Ok(SnapshotMeta {
-            index,
-            term,
-            config,
-            module_hash: ModuleHash(module_hash),
-            files,
-        })
+        Ok(SnapshotMeta { index, term, config, module_hash: ModuleHash(module_hash), files })
     }
 }
 
@@ -175,10 +154,7 @@ struct Cursor<'a> {
 impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         if self.bytes.len() < n {
-            return Err(format!(
-                "ends early: wanted {n} more bytes, {} left",
-                self.bytes.len()
-            ));
+            return Err(format!("ends early: wanted {n} more bytes, {} left", self.bytes.len()));
         }
         let (head, tail) = self.bytes.split_at(n);
         self.bytes = tail;
@@ -211,11 +187,7 @@ fn check_file_name(name: &str) -> Result<(), String> {
         && name != ".."
         && !name.starts_with(fsutil::TMP_PREFIX)
         && !name.contains(['/', '\\', '\0']);
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("invalid snapshot file name {name:?}"))
-    }
+    if ok { Ok(()) } else { Err(format!("invalid snapshot file name {name:?}")) }
 }
 
 #[derive(Default)]
@@ -249,11 +221,7 @@ impl SnapshotStore {
         for entry in std::fs::read_dir(&root).map_err(Error::io("listing", &root))? {
             let entry = entry.map_err(Error::io("listing", &root))?;
             let name = entry.file_name();
-            let Some(group) = name
-                .to_str()
-                .and_then(|n| n.strip_prefix("group-"))
-                .and_then(|g| g.parse().ok())
-            else {
+            let Some(group) = name.to_str().and_then(|n| n.strip_prefix("group-")).and_then(|g| g.parse().ok()) else {
                 continue;
             };
             let dir = entry.path();
@@ -267,12 +235,7 @@ impl SnapshotStore {
             }
             groups.insert(group, snaps);
         }
-        let store = SnapshotStore {
-            shared: Arc::new(Shared {
-                root,
-                groups: Mutex::new(groups),
-            }),
-        };
+        let store = SnapshotStore { shared: Arc::new(Shared { root, groups: Mutex::new(groups) }) };
         let group_ids: Vec<u64> = store.lock().keys().copied().collect();
         for group in group_ids {
             store.collect_garbage(group)?;
@@ -283,10 +246,7 @@ impl SnapshotStore {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<u64, GroupSnaps>> {
         // A panic elsewhere while holding the lock cannot leave the counts
         // half-updated (every update is a single step), so poisoning is ignored.
-        self.shared
-            .groups
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.groups.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn root(&self) -> &Path {
@@ -303,17 +263,12 @@ impl SnapshotStore {
 
     /// The newest complete snapshot of `group`.
     pub fn latest(&self, group: u64) -> Option<SnapshotId> {
-        self.lock()
-            .get(&group)
-            .and_then(|g| g.complete.last().copied())
+        self.lock().get(&group).and_then(|g| g.complete.last().copied())
     }
 
     /// Every complete snapshot of `group` still on disk, ascending.
     pub fn list(&self, group: u64) -> Vec<SnapshotId> {
-        self.lock()
-            .get(&group)
-            .map(|g| g.complete.iter().copied().collect())
-            .unwrap_or_default()
+        self.lock().get(&group).map(|g| g.complete.iter().copied().collect()).unwrap_or_default()
     }
 
     /// Opens a snapshot for reading after verifying its meta and every file's
@@ -323,20 +278,12 @@ impl SnapshotStore {
             let mut groups = self.lock();
             let snaps = groups.get_mut(&group).filter(|g| g.complete.contains(&id));
             let Some(snaps) = snaps else {
-                return Err(Error::SnapshotNotFound {
-                    group,
-                    index: id.index,
-                    term: id.term,
-                });
+                return Err(Error::SnapshotNotFound { group, index: id.index, term: id.term });
             };
             *snaps.readers.entry(id).or_insert(0) += 1;
         }
         // From here the hold is released by the guard's Drop, also on error.
-        let hold = Hold {
-            store: self.clone(),
-            group,
-            id,
-        };
+        let hold = Hold { store: self.clone(), group, id };
         let dir = self.snapshot_dir(group, id);
         let meta = verify(&dir, id)?;
         Ok(SnapshotReader { hold, dir, meta })
@@ -360,13 +307,7 @@ impl SnapshotStore {
         config: Bytes,
         module_hash: ModuleHash,
     ) -> Result<SnapshotWriter> {
-        let meta = SnapshotMeta {
-            index,
-            term,
-            config,
-            module_hash,
-            files: Vec::new(),
-        };
+        let meta = SnapshotMeta { index, term, config, module_hash, files: Vec::new() };
         self.begin(group, meta, None)
     }
 
@@ -376,19 +317,14 @@ impl SnapshotStore {
     pub fn begin_install(&self, group: u64, meta: SnapshotMeta) -> Result<SnapshotWriter> {
         if meta.files.len() > SNAPSHOT_FILES_MAX {
             return Err(Error::SnapshotWrite {
-                reason: format!(
-                    "{} files exceeds the limit of {SNAPSHOT_FILES_MAX}",
-                    meta.files.len()
-                ),
+                reason: format!("{} files exceeds the limit of {SNAPSHOT_FILES_MAX}", meta.files.len()),
             });
         }
         let mut expected = BTreeMap::new();
         for file in &meta.files {
             check_file_name(&file.name).map_err(|reason| Error::SnapshotWrite { reason })?;
             if expected.insert(file.name.clone(), file.clone()).is_some() {
-                return Err(Error::SnapshotWrite {
-                    reason: format!("file {:?} listed twice", file.name),
-                });
+                return Err(Error::SnapshotWrite { reason: format!("file {:?} listed twice", file.name) });
             }
         }
         self.begin(group, meta, Some(expected))
@@ -460,12 +396,8 @@ impl SnapshotStore {
             let Some(latest) = snaps.complete.last().copied() else {
                 return Ok(());
             };
-            let victims: Vec<SnapshotId> = snaps
-                .complete
-                .iter()
-                .copied()
-                .filter(|id| *id < latest && !snaps.readers.contains_key(id))
-                .collect();
+            let victims: Vec<SnapshotId> =
+                snaps.complete.iter().copied().filter(|id| *id < latest && !snaps.readers.contains_key(id)).collect();
             for id in &victims {
                 snaps.complete.remove(id);
             }
@@ -518,19 +450,15 @@ fn verify(dir: &Path, id: SnapshotId) -> Result<SnapshotMeta> {
         Err(e) => return Err(Error::io("opening", &meta_path)(e)),
     };
     let mut bytes = Vec::new();
-    file.take(META_BYTES_MAX + 1)
-        .read_to_end(&mut bytes)
-        .map_err(Error::io("reading", &meta_path))?;
+    file.take(META_BYTES_MAX + 1).read_to_end(&mut bytes).map_err(Error::io("reading", &meta_path))?;
     if bytes.len() as u64 > META_BYTES_MAX {
         return Err(Error::SnapshotMetaCorrupt {
             path: meta_path,
             reason: format!("larger than {META_BYTES_MAX} bytes"),
         });
     }
-    let meta = SnapshotMeta::decode(&bytes).map_err(|reason| Error::SnapshotMetaCorrupt {
-        path: meta_path.clone(),
-        reason,
-    })?;
+    let meta = SnapshotMeta::decode(&bytes)
+        .map_err(|reason| Error::SnapshotMetaCorrupt { path: meta_path.clone(), reason })?;
     if meta.id() != id {
         return Err(Error::SnapshotMetaCorrupt {
             path: meta_path,
@@ -550,22 +478,13 @@ fn verify(dir: &Path, id: SnapshotId) -> Result<SnapshotMeta> {
             }
             Err(e) => return Err(Error::io("opening", &path)(e)),
         };
-        let actual = file
-            .metadata()
-            .map_err(Error::io("inspecting", &path))?
-            .len();
+        let actual = file.metadata().map_err(Error::io("inspecting", &path))?.len();
         if actual != expected.size {
-            return Err(Error::SnapshotFileSize {
-                path,
-                expected: expected.size,
-                actual,
-            });
+            return Err(Error::SnapshotFileSize { path, expected: expected.size, actual });
         }
         let mut hasher = crc32fast::Hasher::new();
         loop {
-            let n = file
-                .read(&mut buffer)
-                .map_err(Error::io("reading", &path))?;
+            let n = file.read(&mut buffer).map_err(Error::io("reading", &path))?;
             if n == 0 {
                 break;
             }
@@ -573,11 +492,7 @@ fn verify(dir: &Path, id: SnapshotId) -> Result<SnapshotMeta> {
         }
         let actual = hasher.finalize();
         if actual != expected.crc32 {
-            return Err(Error::SnapshotChecksum {
-                path,
-                expected: expected.crc32,
-                actual,
-            });
+            return Err(Error::SnapshotChecksum { path, expected: expected.crc32, actual });
         }
     }
     Ok(meta)
@@ -621,16 +536,9 @@ impl SnapshotReader {
     }
 
     fn file(&self, name: &str) -> Result<&SnapshotFile> {
-        self.meta
-            .files
-            .iter()
-            .find(|f| f.name == name)
-            .ok_or_else(|| Error::SnapshotWrite {
-                reason: format!(
-                    "snapshot {}/{} has no file {name:?}",
-                    self.meta.index, self.meta.term
-                ),
-            })
+        self.meta.files.iter().find(|f| f.name == name).ok_or_else(|| Error::SnapshotWrite {
+            reason: format!("snapshot {}/{} has no file {name:?}", self.meta.index, self.meta.term),
+        })
     }
 
     /// Path of one of the snapshot's files, for streaming it into a state machine.
@@ -649,11 +557,9 @@ impl SnapshotReader {
         let len = (size - offset).min(max_len.min(SNAPSHOT_CHUNK_BYTES_MAX) as u64) as usize;
         let path = self.dir.join(name);
         let mut file = File::open(&path).map_err(Error::io("opening", &path))?;
-        file.seek(SeekFrom::Start(offset))
-            .map_err(Error::io("seeking in", &path))?;
+        file.seek(SeekFrom::Start(offset)).map_err(Error::io("seeking in", &path))?;
         let mut buf = vec![0u8; len];
-        file.read_exact(&mut buf)
-            .map_err(Error::io("reading", &path))?;
+        file.read_exact(&mut buf).map_err(Error::io("reading", &path))?;
         Ok(Bytes::from(buf))
     }
 }
@@ -693,16 +599,11 @@ impl SnapshotWriter {
         let refuse = |reason: String| Error::SnapshotWrite { reason };
         check_file_name(name).map_err(refuse)?;
         if data.len() > SNAPSHOT_CHUNK_BYTES_MAX {
-            return Err(refuse(format!(
-                "chunk of {} bytes exceeds {SNAPSHOT_CHUNK_BYTES_MAX}",
-                data.len()
-            )));
+            return Err(refuse(format!("chunk of {} bytes exceeds {SNAPSHOT_CHUNK_BYTES_MAX}", data.len())));
         }
         if let Some(expected) = &self.expected {
             let Some(file) = expected.get(name) else {
-                return Err(refuse(format!(
-                    "file {name:?} is not in the snapshot's meta"
-                )));
+                return Err(refuse(format!("file {name:?} is not in the snapshot's meta")));
             };
             if offset + data.len() as u64 > file.size {
                 return Err(refuse(format!(
@@ -718,19 +619,12 @@ impl SnapshotWriter {
             }
             self.create_part(name)?;
         }
-        let Some(part) = self.files.get_mut(name) else {
-            unreachable!("inserted above")
-        };
+        let Some(part) = self.files.get_mut(name) else { unreachable!("inserted above") };
         if offset != part.len {
-            return Err(refuse(format!(
-                "chunk of {name:?} at offset {offset}, but the next offset is {}",
-                part.len
-            )));
+            return Err(refuse(format!("chunk of {name:?} at offset {offset}, but the next offset is {}", part.len)));
         }
         let path = self.tmp_dir.join(name);
-        part.file
-            .write_all(data)
-            .map_err(Error::io("writing", &path))?;
+        part.file.write_all(data).map_err(Error::io("writing", &path))?;
         part.hasher.update(data);
         part.len += data.len() as u64;
         Ok(())
@@ -740,14 +634,7 @@ impl SnapshotWriter {
     fn create_part(&mut self, name: &str) -> Result<()> {
         let path = self.tmp_dir.join(name);
         let file = File::create(&path).map_err(Error::io("creating", &path))?;
-        self.files.insert(
-            name.to_string(),
-            PartFile {
-                file,
-                len: 0,
-                hasher: crc32fast::Hasher::new(),
-            },
-        );
+        self.files.insert(name.to_string(), PartFile { file, len: 0, hasher: crc32fast::Hasher::new() });
         Ok(())
     }
 
@@ -761,11 +648,7 @@ impl SnapshotWriter {
     /// Older snapshots no reader holds are deleted afterwards.
     pub fn commit(mut self) -> Result<SnapshotMeta> {
         let unwritten: Vec<String> = match &self.expected {
-            Some(expected) => expected
-                .keys()
-                .filter(|n| !self.files.contains_key(*n))
-                .cloned()
-                .collect(),
+            Some(expected) => expected.keys().filter(|n| !self.files.contains_key(*n)).cloned().collect(),
             None => Vec::new(),
         };
         for name in unwritten {
@@ -777,25 +660,13 @@ impl SnapshotWriter {
         for (name, part) in &self.files {
             let path = self.tmp_dir.join(name);
             part.file.sync_all().map_err(Error::io("fsyncing", &path))?;
-            let file = SnapshotFile {
-                name: name.clone(),
-                size: part.len,
-                crc32: part.hasher.clone().finalize(),
-            };
+            let file = SnapshotFile { name: name.clone(), size: part.len, crc32: part.hasher.clone().finalize() };
             if let Some(want) = self.expected.as_ref().and_then(|e| e.get(name)) {
                 if want.size != file.size {
-                    return Err(Error::SnapshotFileSize {
-                        path,
-                        expected: want.size,
-                        actual: file.size,
-                    });
+                    return Err(Error::SnapshotFileSize { path, expected: want.size, actual: file.size });
                 }
                 if want.crc32 != file.crc32 {
-                    return Err(Error::SnapshotChecksum {
-                        path,
-                        expected: want.crc32,
-                        actual: file.crc32,
-                    });
+                    return Err(Error::SnapshotChecksum { path, expected: want.crc32, actual: file.crc32 });
                 }
             }
             files.push(file);
@@ -805,8 +676,7 @@ impl SnapshotWriter {
         meta.files = files;
         let meta_path = self.tmp_dir.join(META_NAME);
         let mut file = File::create(&meta_path).map_err(Error::io("creating", &meta_path))?;
-        file.write_all(&meta.encode())
-            .map_err(Error::io("writing", &meta_path))?;
+        file.write_all(&meta.encode()).map_err(Error::io("writing", &meta_path))?;
         file.sync_all().map_err(Error::io("fsyncing", &meta_path))?;
         fsutil::sync_dir(&self.tmp_dir)?;
 
@@ -822,14 +692,10 @@ impl SnapshotWriter {
                 && id <= *latest
             {
                 return Err(Error::SnapshotWrite {
-                    reason: format!(
-                        "a snapshot {}/{} was committed meanwhile",
-                        latest.index, latest.term
-                    ),
+                    reason: format!("a snapshot {}/{} was committed meanwhile", latest.index, latest.term),
                 });
             }
-            std::fs::rename(&self.tmp_dir, &target)
-                .map_err(Error::io("renaming into place", &target))?;
+            std::fs::rename(&self.tmp_dir, &target).map_err(Error::io("renaming into place", &target))?;
             self.finished = true;
             fsutil::sync_dir(&group_dir)?;
             snaps.complete.insert(id);

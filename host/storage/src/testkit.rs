@@ -61,11 +61,7 @@ pub fn payload(group: u64, index: u64, term: u64) -> Vec<u8> {
 }
 
 pub fn kind_of(index: u64) -> EntryKind {
-    if index.is_multiple_of(CONFIG_EVERY) {
-        EntryKind::Config
-    } else {
-        EntryKind::Normal
-    }
+    if index.is_multiple_of(CONFIG_EVERY) { EntryKind::Config } else { EntryKind::Normal }
 }
 
 pub fn entry(group: u64, index: u64, term: u64) -> LogEntry {
@@ -75,51 +71,21 @@ pub fn entry(group: u64, index: u64, term: u64) -> LogEntry {
 /// One operation of a write, small enough to print on one line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LineOp {
-    Append {
-        group: u64,
-        lo: u64,
-        hi: u64,
-        term: u64,
-    },
-    Truncate {
-        group: u64,
-        from: u64,
-    },
-    Purge {
-        group: u64,
-        upto: u64,
-        term: u64,
-    },
-    Hard {
-        group: u64,
-        term: u64,
-        vote: Option<u64>,
-        commit: u64,
-    },
+    Append { group: u64, lo: u64, hi: u64, term: u64 },
+    Truncate { group: u64, from: u64 },
+    Purge { group: u64, upto: u64, term: u64 },
+    Hard { group: u64, term: u64, vote: Option<u64>, commit: u64 },
 }
 
 pub fn encode_ops(ops: &[LineOp]) -> String {
     let parts: Vec<String> = ops
         .iter()
         .map(|op| match op {
-            LineOp::Append {
-                group,
-                lo,
-                hi,
-                term,
-            } => format!("a:{group}:{lo}:{hi}:{term}"),
+            LineOp::Append { group, lo, hi, term } => format!("a:{group}:{lo}:{hi}:{term}"),
             LineOp::Truncate { group, from } => format!("t:{group}:{from}"),
             LineOp::Purge { group, upto, term } => format!("p:{group}:{upto}:{term}"),
-            LineOp::Hard {
-                group,
-                term,
-                vote,
-                commit,
-            } => {
-                format!(
-                    "h:{group}:{term}:{}:{commit}",
-                    vote.map(|v| v.to_string()).unwrap_or("-".into())
-                )
+            LineOp::Hard { group, term, vote, commit } => {
+                format!("h:{group}:{term}:{}:{commit}", vote.map(|v| v.to_string()).unwrap_or("-".into()))
             }
         })
         .collect();
@@ -132,21 +98,9 @@ pub fn parse_ops(line: &str) -> Result<Vec<LineOp>, String> {
         .map(|part| {
             let f: Vec<&str> = part.split(':').collect();
             match f.as_slice() {
-                ["a", g, lo, hi, t] => Ok(LineOp::Append {
-                    group: num(g)?,
-                    lo: num(lo)?,
-                    hi: num(hi)?,
-                    term: num(t)?,
-                }),
-                ["t", g, from] => Ok(LineOp::Truncate {
-                    group: num(g)?,
-                    from: num(from)?,
-                }),
-                ["p", g, upto, t] => Ok(LineOp::Purge {
-                    group: num(g)?,
-                    upto: num(upto)?,
-                    term: num(t)?,
-                }),
+                ["a", g, lo, hi, t] => Ok(LineOp::Append { group: num(g)?, lo: num(lo)?, hi: num(hi)?, term: num(t)? }),
+                ["t", g, from] => Ok(LineOp::Truncate { group: num(g)?, from: num(from)? }),
+                ["p", g, upto, t] => Ok(LineOp::Purge { group: num(g)?, upto: num(upto)?, term: num(t)? }),
                 ["h", g, t, v, c] => Ok(LineOp::Hard {
                     group: num(g)?,
                     term: num(t)?,
@@ -163,12 +117,7 @@ pub fn to_write_set(ops: &[LineOp]) -> WriteSet {
     let mut set = WriteSet::new();
     for op in ops {
         match *op {
-            LineOp::Append {
-                group,
-                lo,
-                hi,
-                term,
-            } => {
+            LineOp::Append { group, lo, hi, term } => {
                 set.append(group, (lo..=hi).map(|i| entry(group, i, term)).collect());
             }
             LineOp::Truncate { group, from } => {
@@ -177,12 +126,7 @@ pub fn to_write_set(ops: &[LineOp]) -> WriteSet {
             LineOp::Purge { group, upto, term } => {
                 set.purge(group, upto, term);
             }
-            LineOp::Hard {
-                group,
-                term,
-                vote,
-                commit,
-            } => {
+            LineOp::Hard { group, term, vote, commit } => {
                 set.set_hard_state(group, HardState { term, vote, commit });
             }
         }
@@ -193,12 +137,7 @@ pub fn to_write_set(ops: &[LineOp]) -> WriteSet {
 /// The next write the crash writer makes, chosen from the store's current state.
 /// Follows Raft's shape: truncation only above the commit index (with a new
 /// term), purges only of committed entries or past the end (snapshot install).
-pub fn next_ops<S: LogStore>(
-    store: &S,
-    rng: &mut Rng,
-    groups: &[u64],
-    log_len_max: u64,
-) -> Vec<LineOp> {
+pub fn next_ops<S: LogStore>(store: &S, rng: &mut Rng, groups: &[u64], log_len_max: u64) -> Vec<LineOp> {
     let mut ops = Vec::new();
     let always = groups[rng.below(groups.len() as u64) as usize];
     for &group in groups {
@@ -223,16 +162,10 @@ pub fn next_ops<S: LogStore>(
         } else if roll < 8 {
             // A snapshot install ahead of the log: everything goes.
             let upto = last + 1 + rng.below(10);
-            ops.push(LineOp::Purge {
-                group,
-                upto,
-                term: hs.term,
-            });
+            ops.push(LineOp::Purge { group, upto, term: hs.term });
             last = upto;
             hs.commit = hs.commit.max(upto);
-        } else if (roll < 12 || last - state.purged_index > log_len_max)
-            && hs.commit > state.purged_index
-        {
+        } else if (roll < 12 || last - state.purged_index > log_len_max) && hs.commit > state.purged_index {
             let upto = state.purged_index + 1 + rng.below(hs.commit - state.purged_index);
             let Ok(term) = store.term(group, upto) else {
                 continue;
@@ -240,20 +173,10 @@ pub fn next_ops<S: LogStore>(
             ops.push(LineOp::Purge { group, upto, term });
         }
         let count = 1 + rng.below(32);
-        ops.push(LineOp::Append {
-            group,
-            lo: last + 1,
-            hi: last + count,
-            term: hs.term,
-        });
+        ops.push(LineOp::Append { group, lo: last + 1, hi: last + count, term: hs.term });
         last += count;
         hs.commit = hs.commit.max(last.saturating_sub(rng.below(8)));
-        ops.push(LineOp::Hard {
-            group,
-            term: hs.term,
-            vote: hs.vote,
-            commit: hs.commit,
-        });
+        ops.push(LineOp::Hard { group, term: hs.term, vote: hs.vote, commit: hs.commit });
     }
     ops
 }
@@ -277,18 +200,9 @@ impl Model {
     pub fn apply(&mut self, ops: &[LineOp]) {
         for op in ops {
             match *op {
-                LineOp::Append {
-                    group,
-                    lo,
-                    hi,
-                    term,
-                } => {
+                LineOp::Append { group, lo, hi, term } => {
                     let g = self.groups.entry(group).or_default();
-                    assert_eq!(
-                        lo,
-                        g.purged_index + g.terms.len() as u64 + 1,
-                        "model append gap"
-                    );
+                    assert_eq!(lo, g.purged_index + g.terms.len() as u64 + 1, "model append gap");
                     g.terms.extend((lo..=hi).map(|_| term));
                 }
                 LineOp::Truncate { group, from } => {
@@ -304,12 +218,7 @@ impl Model {
                         g.purged_term = term;
                     }
                 }
-                LineOp::Hard {
-                    group,
-                    term,
-                    vote,
-                    commit,
-                } => {
+                LineOp::Hard { group, term, vote, commit } => {
                     self.groups.entry(group).or_default().hard = HardState { term, vote, commit };
                 }
             }
@@ -335,26 +244,16 @@ impl Model {
             };
             let state = store.log_state(group);
             if state != want {
-                return Err(format!(
-                    "group {group}: log state {state:?}, model {want:?}"
-                ));
+                return Err(format!("group {group}: log state {state:?}, model {want:?}"));
             }
             if store.hard_state(group) != g.hard {
-                return Err(format!(
-                    "group {group}: hard state {:?}, model {:?}",
-                    store.hard_state(group),
-                    g.hard
-                ));
+                return Err(format!("group {group}: hard state {:?}, model {:?}", store.hard_state(group), g.hard));
             }
             let entries = store
                 .entries(group, want.first_index(), want.last_index + 1, u64::MAX)
                 .map_err(|e| format!("group {group}: reading the log: {e}"))?;
             if entries.len() != g.terms.len() {
-                return Err(format!(
-                    "group {group}: read {} entries, model has {}",
-                    entries.len(),
-                    g.terms.len()
-                ));
+                return Err(format!("group {group}: read {} entries, model has {}", entries.len(), g.terms.len()));
             }
             let mut configs = Vec::new();
             for (k, e) in entries.iter().enumerate() {
@@ -376,9 +275,7 @@ impl Model {
                 .map(|e| e.index)
                 .collect();
             if indexed != configs {
-                return Err(format!(
-                    "group {group}: config index {indexed:?}, log has {configs:?}"
-                ));
+                return Err(format!("group {group}: config index {indexed:?}, log has {configs:?}"));
             }
         }
         Ok(())

@@ -28,12 +28,7 @@ pub struct LogEntry {
 
 impl LogEntry {
     pub fn new(index: u64, term: u64, kind: EntryKind, data: impl Into<Bytes>) -> LogEntry {
-        LogEntry {
-            index,
-            term,
-            kind,
-            data: data.into(),
-        }
+        LogEntry { index, term, kind, data: data.into() }
     }
 }
 

@@ -15,8 +15,7 @@ impl Harness for RocksHarness {
 
     fn fresh(&mut self) -> RocksLogStore {
         self.created += 1;
-        RocksLogStore::open(self.scratch.join(&format!("db-{}", self.created)))
-            .expect("open fresh store")
+        RocksLogStore::open(self.scratch.join(&format!("db-{}", self.created))).expect("open fresh store")
     }
 
     fn reopen(&mut self, store: RocksLogStore) -> RocksLogStore {
@@ -33,10 +32,7 @@ fn mem_log_store_conforms() {
 
 #[test]
 fn rocks_log_store_conforms() {
-    let mut harness = RocksHarness {
-        scratch: common::Scratch::new("conformance"),
-        created: 0,
-    };
+    let mut harness = RocksHarness { scratch: common::Scratch::new("conformance"), created: 0 };
     conformance::run_all(&mut harness);
 }
 

@@ -7,15 +7,12 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use waft_storage::{
-    EntryKind, Error, LogEntry, LogStore, ModuleHash, ModuleStore, RocksLogStore, SnapshotId,
-    SnapshotStore, WriteSet,
+    EntryKind, Error, LogEntry, LogStore, ModuleHash, ModuleStore, RocksLogStore, SnapshotId, SnapshotStore, WriteSet,
 };
 
 fn snapshot_with_file(scratch: &common::Scratch) -> (SnapshotStore, SnapshotId, PathBuf) {
     let store = SnapshotStore::open(scratch.join("snaps")).expect("open");
-    let mut w = store
-        .begin_save(1, 10, 1, Bytes::from_static(b"cfg"), ModuleHash::of(b"m"))
-        .expect("begin");
+    let mut w = store.begin_save(1, 10, 1, Bytes::from_static(b"cfg"), ModuleHash::of(b"m")).expect("begin");
     w.append("state", &vec![7u8; 50_000]).expect("append");
     w.append("small", b"hello").expect("append");
     let id = w.commit().expect("commit").id();
@@ -25,11 +22,7 @@ fn snapshot_with_file(scratch: &common::Scratch) -> (SnapshotStore, SnapshotId, 
 
 fn assert_names(err: &Error, path: &Path) {
     let message = err.to_string();
-    assert!(
-        message.contains(&path.display().to_string()),
-        "error {message:?} does not name {}",
-        path.display()
-    );
+    assert!(message.contains(&path.display().to_string()), "error {message:?} does not name {}", path.display());
 }
 
 #[test]
@@ -39,45 +32,23 @@ fn flipped_byte_in_snapshot_file() {
     let mut bytes = std::fs::read(&file).expect("read");
     bytes[31_337] ^= 0x01;
     std::fs::write(&file, &bytes).expect("write");
-    let err = store
-        .open_snapshot(1, id)
-        .err()
-        .expect("damage must be detected");
+    let err = store.open_snapshot(1, id).err().expect("damage must be detected");
     assert!(matches!(err, Error::SnapshotChecksum { .. }), "{err}");
     assert_names(&err, &file);
     // Detected again after a restart, and still never served.
     drop(store);
     let store = SnapshotStore::open(scratch.join("snaps")).expect("reopen");
-    assert!(matches!(
-        store.open_latest(1),
-        Err(Error::SnapshotChecksum { .. })
-    ));
+    assert!(matches!(store.open_latest(1), Err(Error::SnapshotChecksum { .. })));
 }
 
 #[test]
 fn snapshot_truncated_mid_write() {
     let scratch = common::Scratch::new("corrupt-trunc");
     let (store, id, file) = snapshot_with_file(&scratch);
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(&file)
-        .expect("open");
+    let f = std::fs::OpenOptions::new().write(true).open(&file).expect("open");
     f.set_len(20_000).expect("truncate");
-    let err = store
-        .open_snapshot(1, id)
-        .err()
-        .expect("truncation must be detected");
-    assert!(
-        matches!(
-            err,
-            Error::SnapshotFileSize {
-                expected: 50_000,
-                actual: 20_000,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = store.open_snapshot(1, id).err().expect("truncation must be detected");
+    assert!(matches!(err, Error::SnapshotFileSize { expected: 50_000, actual: 20_000, .. }), "{err}");
     assert_names(&err, &file);
 }
 
@@ -87,10 +58,7 @@ fn snapshot_missing_meta() {
     let (store, id, _) = snapshot_with_file(&scratch);
     let meta = store.snapshot_dir(1, id).join("meta");
     std::fs::remove_file(&meta).expect("remove meta");
-    let err = store
-        .open_snapshot(1, id)
-        .err()
-        .expect("missing meta must be detected");
+    let err = store.open_snapshot(1, id).err().expect("missing meta must be detected");
     assert!(matches!(err, Error::SnapshotMetaMissing { .. }), "{err}");
     assert_names(&err, &meta);
 }
@@ -104,19 +72,13 @@ fn snapshot_damaged_meta_or_missing_file() {
     let mut bytes = std::fs::read(&meta).expect("read");
     bytes[20] ^= 0x80;
     std::fs::write(&meta, &bytes).expect("write");
-    let err = store
-        .open_snapshot(1, id)
-        .err()
-        .expect("meta damage must be detected");
+    let err = store.open_snapshot(1, id).err().expect("meta damage must be detected");
     assert!(matches!(err, Error::SnapshotMetaCorrupt { .. }), "{err}");
     assert_names(&err, &meta);
     bytes[20] ^= 0x80;
     std::fs::write(&meta, &bytes).expect("restore");
     std::fs::remove_file(dir.join("small")).expect("remove");
-    let err = store
-        .open_snapshot(1, id)
-        .err()
-        .expect("missing file must be detected");
+    let err = store.open_snapshot(1, id).err().expect("missing file must be detected");
     assert!(matches!(err, Error::SnapshotFileMissing { .. }), "{err}");
     assert_names(&err, &dir.join("small"));
     // A damaged snapshot can be discarded so a good one can be installed.
@@ -145,20 +107,11 @@ fn module_store_verifies_hash() {
     // Putting the module again repairs it.
     store.put(&wasm).expect("re-put");
     assert_eq!(store.get(&hash).expect("get"), wasm);
-    assert!(matches!(
-        store.get(&ModuleHash::of(b"absent")),
-        Err(Error::ModuleNotFound { .. })
-    ));
+    assert!(matches!(store.get(&ModuleHash::of(b"absent")), Err(Error::ModuleNotFound { .. })));
     // Temp files from a crashed put are removed at open.
-    std::fs::write(scratch.join("modules").join("tmp-x.wasm-1-2-3"), b"partial")
-        .expect("write tmp");
+    std::fs::write(scratch.join("modules").join("tmp-x.wasm-1-2-3"), b"partial").expect("write tmp");
     let store = ModuleStore::open(scratch.join("modules")).expect("reopen");
-    assert_eq!(
-        std::fs::read_dir(scratch.join("modules"))
-            .expect("list")
-            .count(),
-        1
-    );
+    assert_eq!(std::fs::read_dir(scratch.join("modules")).expect("list").count(), 1);
     store.remove(&hash).expect("remove");
     assert!(!store.contains(&hash));
 }
@@ -169,12 +122,7 @@ fn populated_db(dir: &Path) {
     {
         let mut store = RocksLogStore::open(dir).expect("open");
         let mut set = WriteSet::new();
-        set.append(
-            1,
-            (1..=500)
-                .map(|i| LogEntry::new(i, 1, EntryKind::Normal, vec![i as u8; 200]))
-                .collect(),
-        );
+        set.append(1, (1..=500).map(|i| LogEntry::new(i, 1, EntryKind::Normal, vec![i as u8; 200])).collect());
         store.write(set).expect("write");
     }
     drop(RocksLogStore::open(dir).expect("reopen"));
@@ -184,12 +132,7 @@ fn files_with(dir: &Path, pred: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .expect("list")
         .map(|e| e.expect("entry").path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .map(&pred)
-                .unwrap_or(false)
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).map(&pred).unwrap_or(false))
         .collect();
     out.sort();
     out
@@ -200,10 +143,7 @@ fn assert_open_fails_naming(dir: &Path) {
         Ok(_) => panic!("opening a damaged RocksDB directory succeeded"),
         Err(err) => {
             eprintln!("as expected: {err}");
-            assert!(
-                matches!(err, Error::Open { .. } | Error::OpenLayout { .. }),
-                "{err}"
-            );
+            assert!(matches!(err, Error::Open { .. } | Error::OpenLayout { .. }), "{err}");
             assert_names(&err, dir);
         }
     }
@@ -273,28 +213,10 @@ fn damaged_entry_value_names_group_and_index() {
         db.put(key(250), &value).expect("put");
     }
     let store = RocksLogStore::open(&dir).expect("open: the damage is mid-log");
-    let err = store
-        .entries(1, 1, 501, u64::MAX)
-        .expect_err("damage must be detected");
-    assert!(
-        matches!(
-            err,
-            Error::CorruptEntry {
-                group: 1,
-                index: 250,
-                ..
-            }
-        ),
-        "{err}"
-    );
+    let err = store.entries(1, 1, 501, u64::MAX).expect_err("damage must be detected");
+    assert!(matches!(err, Error::CorruptEntry { group: 1, index: 250, .. }), "{err}");
     assert!(store.term(1, 250).is_err());
-    assert_eq!(
-        store
-            .entries(1, 1, 250, u64::MAX)
-            .expect("before the damage")
-            .len(),
-        249
-    );
+    assert_eq!(store.entries(1, 1, 250, u64::MAX).expect("before the damage").len(), 249);
     drop(store);
     {
         let db = rocksdb::DB::open_default(&dir).expect("raw open");
@@ -302,16 +224,6 @@ fn damaged_entry_value_names_group_and_index() {
     }
     match RocksLogStore::open(&dir) {
         Ok(_) => panic!("a damaged last entry must fail the open"),
-        Err(err) => assert!(
-            matches!(
-                err,
-                Error::CorruptEntry {
-                    group: 1,
-                    index: 500,
-                    ..
-                }
-            ),
-            "{err}"
-        ),
+        Err(err) => assert!(matches!(err, Error::CorruptEntry { group: 1, index: 500, .. }), "{err}"),
     }
 }

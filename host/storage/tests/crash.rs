@@ -40,11 +40,7 @@ struct Transcript {
 }
 
 fn parse_transcript(lines: &[String]) -> Transcript {
-    let mut t = Transcript {
-        ready: false,
-        durable: Vec::new(),
-        in_flight: None,
-    };
+    let mut t = Transcript { ready: false, durable: Vec::new(), in_flight: None };
     for line in lines {
         if line == "R" {
             t.ready = true;
@@ -52,8 +48,7 @@ fn parse_transcript(lines: &[String]) -> Transcript {
             assert!(t.in_flight.is_none(), "two intents without an ack");
             t.in_flight = Some(parse_ops(ops).expect("child printed a bad intent"));
         } else if line == "D" {
-            t.durable
-                .push(t.in_flight.take().expect("ack without intent"));
+            t.durable.push(t.in_flight.take().expect("ack without intent"));
         } else {
             panic!("unexpected line from child: {line:?}");
         }
@@ -65,10 +60,7 @@ fn parse_transcript(lines: &[String]) -> Transcript {
 fn sigkill_never_loses_acknowledged_writes() {
     let kills = env_u64("WAFT_CRASH_KILLS").unwrap_or(KILLS_DEFAULT);
     let seed = env_u64("WAFT_CRASH_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1)
     });
     // Printed up front: cargo shows it with the failure output.
     println!("crash test: seed {seed} (replay with WAFT_CRASH_SEED={seed}), {kills} kills");
@@ -149,9 +141,8 @@ fn sigkill_never_loses_acknowledged_writes() {
         acked_writes += transcript.durable.len() as u64;
         let before = model.clone();
 
-        let store = RocksLogStore::open(&db).unwrap_or_else(|e| {
-            panic!("seed {seed} kill {kill}: reopen after SIGKILL failed: {e}")
-        });
+        let store = RocksLogStore::open(&db)
+            .unwrap_or_else(|e| panic!("seed {seed} kill {kill}: reopen after SIGKILL failed: {e}"));
         let exact = model.check(&store);
         if let Err(without) = exact {
             let Some(pending) = &transcript.in_flight else {
@@ -182,8 +173,5 @@ fn sigkill_never_loses_acknowledged_writes() {
          {in_flight_landed} unacknowledged writes found durable, {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    assert!(
-        acked_writes > kills,
-        "too few writes between kills to mean anything"
-    );
+    assert!(acked_writes > kills, "too few writes between kills to mean anything");
 }

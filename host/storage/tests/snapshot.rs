@@ -7,20 +7,12 @@ use bytes::Bytes;
 use waft_storage::{Error, ModuleHash, SnapshotId, SnapshotStore};
 
 fn data(len: usize, salt: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(salt)).collect()
 }
 
 fn save(store: &SnapshotStore, group: u64, index: u64, files: &[(&str, Vec<u8>)]) -> SnapshotId {
     let mut w = store
-        .begin_save(
-            group,
-            index,
-            2,
-            Bytes::from_static(b"peers=1,2,3"),
-            ModuleHash::of(b"module"),
-        )
+        .begin_save(group, index, 2, Bytes::from_static(b"peers=1,2,3"), ModuleHash::of(b"module"))
         .expect("begin");
     for (name, bytes) in files {
         for chunk in bytes.chunks(1000) {
@@ -50,19 +42,8 @@ fn save_then_read_by_chunks() {
     let store = SnapshotStore::open(scratch.join("snaps")).expect("open");
     assert!(store.latest(1).is_none());
     assert!(store.open_latest(1).expect("none").is_none());
-    let id = save(
-        &store,
-        1,
-        100,
-        &[("state", data(10_000, 1)), ("empty", Vec::new())],
-    );
-    assert_eq!(
-        id,
-        SnapshotId {
-            index: 100,
-            term: 2
-        }
-    );
+    let id = save(&store, 1, 100, &[("state", data(10_000, 1)), ("empty", Vec::new())]);
+    assert_eq!(id, SnapshotId { index: 100, term: 2 });
     drop(store);
     let store = SnapshotStore::open(scratch.join("snaps")).expect("reopen");
     let r = store.open_latest(1).expect("open").expect("present");
@@ -81,21 +62,10 @@ fn install_pulls_chunks_and_resumes() {
     let scratch = common::Scratch::new("snap-install");
     let leader = SnapshotStore::open(scratch.join("leader")).expect("open");
     let follower = SnapshotStore::open(scratch.join("follower")).expect("open");
-    save(
-        &leader,
-        1,
-        50,
-        &[
-            ("a", data(5_000, 3)),
-            ("b", data(123, 4)),
-            ("z", Vec::new()),
-        ],
-    );
+    save(&leader, 1, 50, &[("a", data(5_000, 3)), ("b", data(123, 4)), ("z", Vec::new())]);
     let source = leader.open_latest(1).expect("open").expect("present");
     let meta = snapshot_meta_roundtrip(source.meta());
-    let mut w = follower
-        .begin_install(1, meta.clone())
-        .expect("begin install");
+    let mut w = follower.begin_install(1, meta.clone()).expect("begin install");
     for file in &meta.files {
         let mut lost_one = false;
         loop {
@@ -131,12 +101,7 @@ fn install_refuses_data_that_does_not_match_meta() {
     let leader = SnapshotStore::open(scratch.join("leader")).expect("open");
     let follower = SnapshotStore::open(scratch.join("follower")).expect("open");
     save(&leader, 1, 50, &[("a", data(2_000, 3))]);
-    let meta = leader
-        .open_latest(1)
-        .expect("open")
-        .expect("present")
-        .meta()
-        .clone();
+    let meta = leader.open_latest(1).expect("open").expect("present").meta().clone();
 
     let mut w = follower.begin_install(1, meta.clone()).expect("begin");
     assert!(w.write_chunk("other", 0, b"x").is_err(), "file not in meta");
@@ -150,16 +115,9 @@ fn install_refuses_data_that_does_not_match_meta() {
     let mut w = follower.begin_install(1, meta.clone()).expect("begin");
     w.write_chunk("a", 0, &data(1_500, 3)).expect("chunk");
     assert!(matches!(w.commit(), Err(Error::SnapshotFileSize { .. })));
-    assert!(
-        follower.latest(1).is_none(),
-        "nothing refused became visible"
-    );
+    assert!(follower.latest(1).is_none(), "nothing refused became visible");
     let group_dir = follower.group_dir(1);
-    assert_eq!(
-        std::fs::read_dir(&group_dir).expect("list").count(),
-        0,
-        "refused writers cleaned up"
-    );
+    assert_eq!(std::fs::read_dir(&group_dir).expect("list").count(), 0, "refused writers cleaned up");
 }
 
 #[test]
@@ -171,24 +129,14 @@ fn older_snapshot_goes_once_newer_is_complete_and_unread() {
     let s2 = save(&store, 1, 20, &[("f", data(100, 2))]);
     assert_eq!(store.list(1), vec![s1, s2], "s1 is held by a reader");
     assert!(store.snapshot_dir(1, s1).is_dir());
-    assert_eq!(
-        read_all(&reader, "f"),
-        data(100, 1),
-        "the held snapshot still reads"
-    );
+    assert_eq!(read_all(&reader, "f"), data(100, 1), "the held snapshot still reads");
     let second = store.open_snapshot(1, s1).expect("a second reader of s1");
     drop(reader);
     assert!(store.snapshot_dir(1, s1).is_dir(), "still one reader");
     drop(second);
     assert_eq!(store.list(1), vec![s2]);
-    assert!(
-        !store.snapshot_dir(1, s1).exists(),
-        "released and older: deleted"
-    );
-    assert!(matches!(
-        store.open_snapshot(1, s1),
-        Err(Error::SnapshotNotFound { .. })
-    ));
+    assert!(!store.snapshot_dir(1, s1).exists(), "released and older: deleted");
+    assert!(matches!(store.open_snapshot(1, s1), Err(Error::SnapshotNotFound { .. })));
     let s3 = save(&store, 1, 30, &[("f", data(100, 3))]);
     assert_eq!(store.list(1), vec![s3], "no reader: deleted at commit");
     // Groups are independent.
@@ -196,16 +144,8 @@ fn older_snapshot_goes_once_newer_is_complete_and_unread() {
     assert_eq!(store.list(1), vec![s3]);
     assert_eq!(store.list(2), vec![other]);
     // Snapshot ids only move forward.
-    assert!(
-        store
-            .begin_save(1, 30, 2, Bytes::new(), ModuleHash::default())
-            .is_err()
-    );
-    assert!(
-        store
-            .begin_save(1, 29, 9, Bytes::new(), ModuleHash::default())
-            .is_err()
-    );
+    assert!(store.begin_save(1, 30, 2, Bytes::new(), ModuleHash::default()).is_err());
+    assert!(store.begin_save(1, 29, 9, Bytes::new(), ModuleHash::default()).is_err());
 }
 
 #[test]
@@ -216,9 +156,7 @@ fn crash_leftovers_are_cleaned_at_open() {
     let s1 = save(&store, 1, 10, &[("f", data(100, 1))]);
     let s2 = save(&store, 1, 20, &[("f", data(100, 2))]);
     // A writer that dies mid-way (no Drop runs in a crash).
-    let mut w = store
-        .begin_save(1, 30, 2, Bytes::new(), ModuleHash::default())
-        .expect("begin");
+    let mut w = store.begin_save(1, 30, 2, Bytes::new(), ModuleHash::default()).expect("begin");
     w.append("f", b"partial").expect("append");
     std::mem::forget(w);
     // A crash between the newer rename and the older deletion leaves both.
@@ -228,13 +166,7 @@ fn crash_leftovers_are_cleaned_at_open() {
     let tmp_count = |dir: &std::path::Path| {
         std::fs::read_dir(dir)
             .expect("list")
-            .filter(|e| {
-                e.as_ref()
-                    .expect("entry")
-                    .file_name()
-                    .to_string_lossy()
-                    .starts_with("tmp-")
-            })
+            .filter(|e| e.as_ref().expect("entry").file_name().to_string_lossy().starts_with("tmp-"))
             .count()
     };
     assert_eq!(tmp_count(&root.join("group-00000000000000000001")), 1);

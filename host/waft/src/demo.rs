@@ -83,7 +83,8 @@ impl Cluster {
         let mut nodes = Vec::new();
         for (i, addr) in listen.iter().enumerate() {
             let id = i as u64 + 1;
-            let peers = addrs.iter().enumerate().filter(|(p, _)| *p != i).map(|(p, a)| (p as u64 + 1, a.clone())).collect();
+            let peers =
+                addrs.iter().enumerate().filter(|(p, _)| *p != i).map(|(p, a)| (p as u64 + 1, a.clone())).collect();
             let cfg = ServeConfig {
                 node_id: id,
                 listen: *addr,

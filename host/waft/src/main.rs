@@ -124,8 +124,14 @@ enum AdminCmd {
         learners: Vec<u64>,
     },
     /// Add non-voting members that replicate the log.
-    AddLearners { #[arg(required = true)] ids: Vec<u64> },
-    RemoveLearners { #[arg(required = true)] ids: Vec<u64> },
+    AddLearners {
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
+    RemoveLearners {
+        #[arg(required = true)]
+        ids: Vec<u64>,
+    },
     /// Make a learner a voter.
     PromoteLearner { id: u64 },
     /// Hand leadership to a voter, or without an id to the most up-to-date.
@@ -203,7 +209,8 @@ fn decode_hex(hex: &str) -> Result<Vec<u8>> {
     (0..hex.len())
         .step_by(2)
         .map(|i| {
-            u8::from_str_radix(&hex[i..i + 2], 16).with_context(|| format!("--hex: {:?} is not a hex byte", &hex[i..i + 2]))
+            u8::from_str_radix(&hex[i..i + 2], 16)
+                .with_context(|| format!("--hex: {:?} is not a hex byte", &hex[i..i + 2]))
         })
         .collect()
 }
@@ -255,7 +262,9 @@ fn main() -> Result<()> {
     let default_filter = if matches!(cli.command, Cmd::Serve(_)) { "info" } else { "warn" };
     // Logs go to stderr (stdout carries results), coloured only on a terminal.
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();

@@ -34,10 +34,8 @@ fn get() -> Bytes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_daemons_replicate_read_and_refuse_bad_input() {
-    let spec = Spec {
-        groups: vec![(COUNTER, module("waft_counter")), (PROBE, module("waft_probe"))],
-        args: Vec::new(),
-    };
+    let spec =
+        Spec { groups: vec![(COUNTER, module("waft_counter")), (PROBE, module("waft_probe"))], args: Vec::new() };
     let mut cluster = Cluster::start("three-daemons", 3, spec);
     let leader = cluster.wait_for_leader(COUNTER).await;
     let follower = (leader + 1) % 3;
@@ -52,7 +50,11 @@ async fn three_daemons_replicate_read_and_refuse_bad_input() {
     // The CLI does the same, as a user would type it; hex input too.
     let waft = |args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_waft")).args(args).output().unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).trim().to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let (ok, out, err) = waft(&["propose", "--addr", &follower_addr, "--group", "1", r#"{"incr":3}"#]);
     assert!(ok, "waft propose failed: {err}");
@@ -92,12 +94,20 @@ async fn three_daemons_replicate_read_and_refuse_bad_input() {
     assert_eq!(e.code(), ErrorCode::InvalidRequest, "{e}");
     let e = refusal(client::propose(&leader_addr, COUNTER, Bytes::from_static(b"{\"incr\":")).await.unwrap_err());
     assert_eq!(e.code(), ErrorCode::Rejected, "malformed JSON is the guest's to refuse: {e}");
-    let e = refusal(client::query(&leader_addr, COUNTER, Bytes::from_static(b"nonsense"), Consistency::Linearizable).await.unwrap_err());
+    let e = refusal(
+        client::query(&leader_addr, COUNTER, Bytes::from_static(b"nonsense"), Consistency::Linearizable)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(e.code(), ErrorCode::Rejected, "{e}");
     // Requests no client library would send, straight over gRPC.
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{leader_addr}")).unwrap().connect().await.unwrap();
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{leader_addr}")).unwrap().connect().await.unwrap();
     let mut raw = waft_proto::client_client(channel);
-    let resp = raw.propose(ProposeRequest { group: 0, command: Bytes::from_static(b"1"), ..Default::default() }).await.unwrap();
+    let resp = raw
+        .propose(ProposeRequest { group: 0, command: Bytes::from_static(b"1"), ..Default::default() })
+        .await
+        .unwrap();
     match resp.into_inner().outcome {
         Some(propose_response::Outcome::Error(e)) => assert_eq!(e.code(), ErrorCode::InvalidRequest, "{e}"),
         other => panic!("group 0 accepted: {other:?}"),
@@ -121,7 +131,9 @@ async fn three_daemons_replicate_read_and_refuse_bad_input() {
     let probe_addr = cluster.addrs[probe_leader].clone();
     let answer = client::propose(&probe_addr, PROBE, Bytes::from_static(br#"{"incr":5}"#)).await.unwrap();
     assert_eq!(text(&answer), "5");
-    let e = refusal(client::propose(&probe_addr, PROBE, Bytes::from_static(br#"{"incr_then_trap":100}"#)).await.unwrap_err());
+    let e = refusal(
+        client::propose(&probe_addr, PROBE, Bytes::from_static(br#"{"incr_then_trap":100}"#)).await.unwrap_err(),
+    );
     assert_eq!(e.code(), ErrorCode::GuestFault, "{e}");
     let answer = client::propose(&probe_addr, PROBE, Bytes::from_static(br#"{"incr":1}"#)).await.unwrap();
     assert_eq!(text(&answer), "6", "the trapped entry's addition did not survive");
@@ -211,7 +223,10 @@ async fn metrics_move_with_writes_and_a_transfer() {
 
     let target = (leader + 1) % 3;
     let admin = cluster.client(leader);
-    let r = admin.admin(COUNTER, waft_proto::admin::AdminOp::TransferLeader, vec![target as u64 + 1], vec![]).await.unwrap();
+    let r = admin
+        .admin(COUNTER, waft_proto::admin::AdminOp::TransferLeader, vec![target as u64 + 1], vec![])
+        .await
+        .unwrap();
     assert_eq!(r.leader_id, target as u64 + 1);
     cluster.wait_for_leader(COUNTER).await;
     let old = cluster.scrape(leader).await;

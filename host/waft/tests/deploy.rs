@@ -210,7 +210,11 @@ async fn a_new_module_version_takes_over_at_one_index_on_every_replica() {
         assert_eq!(value(&c.client(i)).await, expected, "node {}", i + 1);
     }
     let installed = std::fs::read_to_string(c.log_path(restored_by_install)).unwrap();
-    assert!(installed.contains("module switched by a snapshot"), "node {} installed a snapshot", restored_by_install + 1);
+    assert!(
+        installed.contains("module switched by a snapshot"),
+        "node {} installed a snapshot",
+        restored_by_install + 1
+    );
 
     // New writes apply the new logic on whichever node leads.
     let client = c.client_of_all(restored_by_install);

@@ -144,13 +144,24 @@ async fn a_group_created_at_run_time_serves_and_survives_a_restart() {
     let acked_before = load.acked();
     let started = Instant::now();
     let (ok, out, err) = run_waft(&[
-        "admin", "create-group", "--addr", &c.addrs[0], "--group", "2", "--peers", "1,2,3", "--module", &big_path,
+        "admin",
+        "create-group",
+        "--addr",
+        &c.addrs[0],
+        "--group",
+        "2",
+        "--peers",
+        "1,2,3",
+        "--module",
+        &big_path,
     ])
     .await;
     let took = started.elapsed();
     assert!(ok, "create-group failed: {err}");
     let acked_during = load.acked() - acked_before;
-    eprintln!("create-group of a {PADDED_MODULE_BYTES}-byte module took {took:?}; group 1 acknowledged {acked_during} writes meanwhile\n{out}");
+    eprintln!(
+        "create-group of a {PADDED_MODULE_BYTES}-byte module took {took:?}; group 1 acknowledged {acked_during} writes meanwhile\n{out}"
+    );
     let module_hash = out.lines().next().and_then(|l| l.split("module ").nth(1)).unwrap().trim().to_string();
     for node in 1..=3 {
         assert!(out.contains(&format!("node {node}: created")), "{out}");
@@ -191,7 +202,16 @@ async fn a_group_created_at_run_time_serves_and_survives_a_restart() {
 
     // The same create again (at another node) is OK and changes nothing.
     let (ok, out, err) = run_waft(&[
-        "admin", "--addr", &c.addrs[1], "--group", "2", "create-group", "--voters", "3,2,1", "--module", &big_path,
+        "admin",
+        "--addr",
+        &c.addrs[1],
+        "--group",
+        "2",
+        "create-group",
+        "--voters",
+        "3,2,1",
+        "--module",
+        &big_path,
     ])
     .await;
     assert!(ok, "a repeated create must be OK: {err}");
@@ -202,7 +222,16 @@ async fn a_group_created_at_run_time_serves_and_survives_a_restart() {
     // Another module for group 2: refused, by the CLI and the client alike.
     let atomic_path = module("waft_atomic").to_string_lossy().into_owned();
     let (ok, _, err) = run_waft(&[
-        "admin", "create-group", "--addr", &c.addrs[2], "--group", "2", "--peers", "1,2,3", "--module", &atomic_path,
+        "admin",
+        "create-group",
+        "--addr",
+        &c.addrs[2],
+        "--group",
+        "2",
+        "--peers",
+        "1,2,3",
+        "--module",
+        &atomic_path,
     ])
     .await;
     assert!(!ok && err.contains("GROUP_EXISTS"), "{err}");
@@ -265,7 +294,8 @@ async fn a_group_created_at_run_time_serves_and_survives_a_restart() {
     // Group 1 lost nothing meanwhile.
     let acked = load.stop().await;
     let leader = c.wait_for_leader(COUNTER).await;
-    let value = c.client(leader).query(COUNTER, Bytes::from_static(b"\"get\""), Consistency::Linearizable).await.unwrap();
+    let value =
+        c.client(leader).query(COUNTER, Bytes::from_static(b"\"get\""), Consistency::Linearizable).await.unwrap();
     let value: u64 = text(&value).parse().unwrap();
     eprintln!("group 1: {acked} increments acknowledged, counter at {value}; node {} restarted", victim + 1);
     assert!(value >= acked, "the counter ({value}) lost acknowledged increments ({acked})");
@@ -295,7 +325,17 @@ async fn a_member_of_a_created_group_is_added_later() {
     c.wait_for_leader(COUNTER).await;
     let atomic_path = module("waft_atomic").to_string_lossy().into_owned();
     let (ok, out, err) = run_waft(&[
-        "admin", "--addr", &c.addrs[0], "--group", "4", "create-group", "--peers", "1,2", "--members", "3", "--module",
+        "admin",
+        "--addr",
+        &c.addrs[0],
+        "--group",
+        "4",
+        "create-group",
+        "--peers",
+        "1,2",
+        "--members",
+        "3",
+        "--module",
         &atomic_path,
     ])
     .await;
@@ -312,8 +352,7 @@ async fn a_member_of_a_created_group_is_added_later() {
     }
 
     // The operator adds it; it catches up and serves what was written.
-    let (ok, out, err) =
-        run_waft(&["admin", "--addr", &c.addrs[leader], "--group", "4", "add-peer", "3"]).await;
+    let (ok, out, err) = run_waft(&["admin", "--addr", &c.addrs[leader], "--group", "4", "add-peer", "3"]).await;
     assert!(ok && out.starts_with("voters 1,2,3"), "add-peer: {out} {err}");
     let commit = c.status(leader, GROWN).await.unwrap().commit_index;
     c.wait_applied(2, GROWN, commit).await;
@@ -324,7 +363,17 @@ async fn a_member_of_a_created_group_is_added_later() {
 
     // The same create again, naming the member, is a repeat everywhere.
     let (ok, out, err) = run_waft(&[
-        "admin", "--addr", &c.addrs[2], "--group", "4", "create-group", "--peers", "2,1", "--members", "3", "--module",
+        "admin",
+        "--addr",
+        &c.addrs[2],
+        "--group",
+        "4",
+        "create-group",
+        "--peers",
+        "2,1",
+        "--members",
+        "3",
+        "--module",
         &atomic_path,
     ])
     .await;

@@ -56,7 +56,8 @@ async fn pipelined_calls_get_their_own_replies_and_bad_calls_clear_errors() {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix('{')?.split_once("} ")?.1.trim().parse::<u64>().ok())
             .unwrap_or_else(|| panic!("{name} missing from the metrics page"))
     };
-    let (calls, batches) = (node_metric("waft_node_pipeline_calls_total"), node_metric("waft_node_pipeline_batches_total"));
+    let (calls, batches) =
+        (node_metric("waft_node_pipeline_calls_total"), node_metric("waft_node_pipeline_batches_total"));
     assert!(calls >= KEYS, "{calls} calls counted for {KEYS} writes");
     assert!(batches * 2 <= calls, "{calls} calls came in {batches} batches: hardly batched");
     assert!(node_metric("waft_node_pipelines_open") >= 1);
@@ -97,17 +98,27 @@ async fn pipelined_calls_get_their_own_replies_and_bad_calls_clear_errors() {
 
     // Calls no client library would send, straight over gRPC: each bad call
     // gets its own error, by id, and the good call beside them its answer.
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addrs[leader])).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", cluster.addrs[leader]))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut raw = waft_proto::client_client(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     let mut replies = raw.pipeline(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
     let calls = vec![
-        Call { id: 7, request: Some(call::Request::Query(QueryRequest { group: ATOMIC, request: get("k5"), consistency: 42 })) },
+        Call {
+            id: 7,
+            request: Some(call::Request::Query(QueryRequest { group: ATOMIC, request: get("k5"), consistency: 42 })),
+        },
         Call { id: 8, request: None },
         Call {
             id: 9,
-            request: Some(call::Request::Propose(ProposeRequest { group: 99, command: set("x", 1), ..Default::default() })),
+            request: Some(call::Request::Propose(ProposeRequest {
+                group: 99,
+                command: set("x", 1),
+                ..Default::default()
+            })),
         },
         Call {
             id: 10,

@@ -170,7 +170,8 @@ async fn a_follower_restarted_from_a_snapshot_with_the_session_open_deduplicates
     let mut new_leader = c.wait_for_leader(GROUP).await;
     if new_leader != restarted {
         let admin = c.client(new_leader);
-        let r = admin.admin(GROUP, waft_proto::admin::AdminOp::TransferLeader, vec![restarted as u64 + 1], vec![]).await;
+        let r =
+            admin.admin(GROUP, waft_proto::admin::AdminOp::TransferLeader, vec![restarted as u64 + 1], vec![]).await;
         assert_eq!(r.unwrap().leader_id, restarted as u64 + 1);
         new_leader = c.wait_for_leader(GROUP).await;
     }

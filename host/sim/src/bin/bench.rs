@@ -26,12 +26,7 @@ fn run_once() -> f64 {
         c.inflight_msgs_max = 256;
         c.snapshot_margin_entries = 1 << 40; // no snapshots: measure replication only
         c.uncommitted_entries_max = 1 << 20;
-        nodes.insert(
-            id,
-            Node {
-                raft: RawNode::new(c, Configuration::new(ids)).expect("config"),
-            },
-        );
+        nodes.insert(id, Node { raft: RawNode::new(c, Configuration::new(ids)).expect("config") });
     }
     let mut net: VecDeque<Message> = VecDeque::new();
     // One Ready round for one node: "persist" instantly (in-memory storage), send, apply.
@@ -61,9 +56,7 @@ fn run_once() -> f64 {
             nodes.get_mut(&to).unwrap().raft.step(m);
             pump(nodes.get_mut(&to).unwrap(), &mut net);
         }
-        if nodes[&1].raft.role() == Role::Leader
-            && nodes[&1].raft.committed() == nodes[&1].raft.last_index()
-        {
+        if nodes[&1].raft.role() == Role::Leader && nodes[&1].raft.committed() == nodes[&1].raft.last_index() {
             break;
         }
     }
@@ -74,10 +67,7 @@ fn run_once() -> f64 {
     while proposed < PROPOSALS {
         let leader = nodes.get_mut(&1).unwrap();
         for _ in 0..BATCH {
-            leader
-                .raft
-                .propose(payload.clone())
-                .expect("leader accepts");
+            leader.raft.propose(payload.clone()).expect("leader accepts");
         }
         proposed += BATCH;
         pump(leader, &mut net);
@@ -88,10 +78,7 @@ fn run_once() -> f64 {
         }
     }
     let committed = nodes[&1].raft.committed() - start_commit;
-    assert!(
-        committed >= PROPOSALS,
-        "all proposals committed ({committed})"
-    );
+    assert!(committed >= PROPOSALS, "all proposals committed ({committed})");
     committed as f64 / start.elapsed().as_secs_f64()
 }
 

@@ -15,10 +15,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let trace = args.iter().any(|a| a == "--trace");
     let dedup = !args.iter().any(|a| a == "--no-dedup");
-    let config = |seed| SimConfig {
-        dedup,
-        ..SimConfig::from_seed(seed)
-    };
+    let config = |seed| SimConfig { dedup, ..SimConfig::from_seed(seed) };
     if let Some(seed) = arg(&args, "--seed") {
         let mut cfg = config(seed);
         cfg.trace = trace;
@@ -69,18 +66,11 @@ fn main() {
         let done = seed - from + 1;
         if done.is_multiple_of(1000) {
             let s = start.elapsed().as_secs_f64();
-            println!(
-                "{done} seeds, {failures} failures, {:.1} seeds/s",
-                done as f64 / s
-            );
+            println!("{done} seeds, {failures} failures, {:.1} seeds/s", done as f64 / s);
         }
     }
     let s = start.elapsed().as_secs_f64();
-    println!(
-        "seeds {from}..{}: {failures} failures in {s:.1}s, {:.1} seeds/s",
-        from + n,
-        n as f64 / s
-    );
+    println!("seeds {from}..{}: {failures} failures in {s:.1}s, {:.1} seeds/s", from + n, n as f64 / s);
     println!(
         "clients: {} writes ok, {} unknown, {} reads; sessions: {} registered, {} refused (table full), {} expired; \
          {} resends, {} answers from saved replies, {} committed copies deduplicated",

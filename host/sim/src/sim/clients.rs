@@ -26,15 +26,8 @@ const PIPELINE_MAX: u64 = 3;
 /// What a client sends a node.
 #[derive(Clone, Debug)]
 pub(crate) enum Request {
-    Register {
-        nonce: u128,
-        attempt: u64,
-    },
-    Write {
-        op_id: u64,
-        attempt: u64,
-        body: Body,
-    },
+    Register { nonce: u128, attempt: u64 },
+    Write { op_id: u64, attempt: u64, body: Body },
 }
 
 /// Which of a client's requests an answer or a timer belongs to.
@@ -126,11 +119,7 @@ impl Client {
 
     /// The lowest sequence number still without an accepted answer.
     fn lowest_unacked(&self) -> u64 {
-        self.writes
-            .values()
-            .map(|w| w.seq)
-            .min()
-            .unwrap_or(self.next_seq)
+        self.writes.values().map(|w| w.seq).min().unwrap_or(self.next_seq)
     }
 
     fn in_flight(&self) -> u64 {
@@ -140,19 +129,13 @@ impl Client {
     /// Whether a new operation may start: below the pipeline, and a new
     /// sequence number stays inside the session's window.
     fn can_start(&self) -> bool {
-        self.in_flight() < self.pipeline
-            && (!self.uses_sessions || self.next_seq < self.lowest_unacked() + self.window)
+        self.in_flight() < self.pipeline && (!self.uses_sessions || self.next_seq < self.lowest_unacked() + self.window)
     }
 }
 
 impl Sim {
     fn up_nodes(&self) -> Vec<NodeId> {
-        self.cluster
-            .nodes
-            .keys()
-            .copied()
-            .filter(|&id| self.cluster.is_up(id))
-            .collect()
+        self.cluster.nodes.keys().copied().filter(|&id| self.cluster.is_up(id)).collect()
     }
 
     /// The node a client sends to: mostly its guess, else any live node.
@@ -172,11 +155,7 @@ impl Sim {
 
     fn think_time(&mut self) -> u64 {
         // Now and then a client idles long enough for a short session timeout.
-        if self.rng.chance(30) {
-            self.rng.range(20, 120) * TICK_UNITS
-        } else {
-            self.rng.range(1, 3 * TICK_UNITS)
-        }
+        if self.rng.chance(30) { self.rng.range(20, 120) * TICK_UNITS } else { self.rng.range(1, 3 * TICK_UNITS) }
     }
 
     fn backoff(&mut self, attempt: u64) -> u64 {
@@ -192,11 +171,7 @@ impl Sim {
         if self.rng.chance(self.net.drop_pm) {
             return;
         }
-        let copies = if may_double && self.rng.chance(self.net.dup_pm) {
-            2
-        } else {
-            1
-        };
+        let copies = if may_double && self.rng.chance(self.net.dup_pm) { 2 } else { 1 };
         for _ in 0..copies {
             let d = if self.rng.chance(20) {
                 self.rng.range(1, self.net.delay_max * 10 + 1)
@@ -254,25 +229,10 @@ impl Sim {
         if let Some(node) = self.pick_node(ci) {
             self.trace(|| format!("client {ci}: register (attempt {attempt}) at node {node}"));
             let req = Request::Register { nonce, attempt };
-            self.send_client_msg(
-                Ev::ClientRequest {
-                    ci: ci as u64,
-                    node,
-                    req,
-                },
-                true,
-            );
+            self.send_client_msg(Ev::ClientRequest { ci: ci as u64, node, req }, true);
         }
         let timeout = self.clients[ci].timeout;
-        self.schedule(
-            timeout,
-            Ev::Resend {
-                ci: ci as u64,
-                req: ReqId::Register { nonce },
-                attempt,
-                timed_out: true,
-            },
-        );
+        self.schedule(timeout, Ev::Resend { ci: ci as u64, req: ReqId::Register { nonce }, attempt, timed_out: true });
     }
 
     fn start_op(&mut self, ci: usize, node: NodeId) {
@@ -287,13 +247,7 @@ impl Sim {
         } else {
             Op::Get
         };
-        let h = HistOp {
-            key,
-            op,
-            invoke: self.now,
-            response: None,
-            output: 0,
-        };
+        let h = HistOp { key, op, invoke: self.now, response: None, output: 0 };
         if op == Op::Get {
             return self.start_read(ci, node, op_id, h);
         }
@@ -306,25 +260,12 @@ impl Sim {
             _ => (0, 0),
         };
         let cmd = Command { op_id, key, op };
-        c.writes.insert(
-            op_id,
-            Write {
-                session_id,
-                seq,
-                cmd,
-                h,
-                attempt: 0,
-            },
-        );
+        c.writes.insert(op_id, Write { session_id, seq, cmd, h, attempt: 0 });
         self.send_write(ci, op_id, node);
     }
 
     fn start_read(&mut self, ci: usize, node: NodeId, id: u64, h: HistOp) {
-        let mode = if self.rng.chance(500) {
-            ReadMode::Lease
-        } else {
-            ReadMode::Safe
-        };
+        let mode = if self.rng.chance(500) { ReadMode::Lease } else { ReadMode::Safe };
         let r = self.cluster.raft_mut(node).read_index(id, mode);
         self.cluster.process(node);
         self.trace(|| format!("client {ci}: read key {} at node {node}: {r:?}", h.key));
@@ -336,9 +277,7 @@ impl Sim {
             }
             Err(e) => {
                 match e {
-                    RaftError::NotLeader {
-                        leader_hint: Some(l),
-                    } => self.clients[ci].leader_guess = l,
+                    RaftError::NotLeader { leader_hint: Some(l) } => self.clients[ci].leader_guess = l,
                     RaftError::NotLeader { leader_hint: None } => self.guess_randomly(ci),
                     _ => {}
                 }
@@ -357,45 +296,18 @@ impl Sim {
         w.attempt += 1;
         let payload = w.cmd.encode();
         let body = if uses_sessions {
-            Body::Command {
-                session_id: w.session_id,
-                seq: w.seq,
-                lowest_unacked_seq,
-                payload,
-            }
+            Body::Command { session_id: w.session_id, seq: w.seq, lowest_unacked_seq, payload }
         } else {
             Body::Plain { payload }
         };
         let (attempt, seq, cmd) = (w.attempt, w.seq, w.cmd);
         let timeout = c.timeout;
         self.trace(|| {
-            format!(
-                "client {ci}: {:?} key {} seq {seq} (attempt {attempt}) at node {node}",
-                cmd.op, cmd.key
-            )
+            format!("client {ci}: {:?} key {} seq {seq} (attempt {attempt}) at node {node}", cmd.op, cmd.key)
         });
-        let req = Request::Write {
-            op_id,
-            attempt,
-            body,
-        };
-        self.send_client_msg(
-            Ev::ClientRequest {
-                ci: ci as u64,
-                node,
-                req,
-            },
-            uses_sessions,
-        );
-        self.schedule(
-            timeout,
-            Ev::Resend {
-                ci: ci as u64,
-                req: ReqId::Write { op_id },
-                attempt,
-                timed_out: true,
-            },
-        );
+        let req = Request::Write { op_id, attempt, body };
+        self.send_client_msg(Ev::ClientRequest { ci: ci as u64, node, req }, uses_sessions);
+        self.schedule(timeout, Ev::Resend { ci: ci as u64, req: ReqId::Write { op_id }, attempt, timed_out: true });
     }
 
     /// A timer or a refusal asks for another send of `req`.
@@ -428,15 +340,7 @@ impl Sim {
                 }
                 let Some(node) = self.pick_node(ci) else {
                     let d = self.backoff(attempt);
-                    self.schedule(
-                        d,
-                        Ev::Resend {
-                            ci: ci as u64,
-                            req,
-                            attempt,
-                            timed_out: false,
-                        },
-                    );
+                    self.schedule(d, Ev::Resend { ci: ci as u64, req, attempt, timed_out: false });
                     return;
                 };
                 self.stats.resends += 1;
@@ -471,12 +375,7 @@ impl Sim {
         // Only the latest attempt's refusal triggers a resend; older ones are stale.
         if retry_later && attempt == current {
             let d = self.backoff(attempt);
-            let ev = Ev::Resend {
-                ci: ci as u64,
-                req,
-                attempt,
-                timed_out: false,
-            };
+            let ev = Ev::Resend { ci: ci as u64, req, attempt, timed_out: false };
             self.schedule(d, ev);
         }
     }
@@ -495,26 +394,11 @@ impl Sim {
                     return;
                 };
                 let d = self.backoff(attempt) + 5 * TICK_UNITS;
-                let ev = Ev::Resend {
-                    ci: ci as u64,
-                    req: ReqId::Register { nonce },
-                    attempt,
-                    timed_out: false,
-                };
+                let ev = Ev::Resend { ci: ci as u64, req: ReqId::Register { nonce }, attempt, timed_out: false };
                 self.schedule(d, ev);
             }
-            (
-                ReqId::Write { op_id },
-                Outcome::Output {
-                    op_id: applied,
-                    output,
-                    fresh,
-                },
-            ) => {
-                assert_eq!(
-                    applied, op_id,
-                    "client {ci}: the answer is for another write"
-                );
+            (ReqId::Write { op_id }, Outcome::Output { op_id: applied, output, fresh }) => {
+                assert_eq!(applied, op_id, "client {ci}: the answer is for another write");
                 let w = self.clients[ci].writes.remove(&op_id).expect("in flight");
                 let mut h = w.h;
                 h.response = Some(self.now);
@@ -528,10 +412,7 @@ impl Sim {
                 let d = self.think_time();
                 self.schedule(d, Ev::Client(ci as u64));
             }
-            (
-                ReqId::Write { .. },
-                Outcome::Refused(SessionError::UnknownOrExpired { session_id }),
-            ) => {
+            (ReqId::Write { .. }, Outcome::Refused(SessionError::UnknownOrExpired { session_id })) => {
                 if self.clients[ci].session == (SessionState::Open { id: session_id }) {
                     // Every write of the session may or may not have applied.
                     self.stats.sessions_expired += 1;
@@ -546,9 +427,9 @@ impl Sim {
                 let d = self.think_time();
                 self.schedule(d, Ev::Client(ci as u64));
             }
-            (req, outcome) => panic!(
-                "client {ci}: {req:?} answered with {outcome:?}, which a correct client never meets"
-            ),
+            (req, outcome) => {
+                panic!("client {ci}: {req:?} answered with {outcome:?}, which a correct client never meets")
+            }
         }
     }
 
@@ -585,31 +466,18 @@ impl Sim {
             return;
         }
         let (body, id, attempt) = match req {
-            Request::Register { nonce, attempt } => (
-                Body::Register { nonce: Some(nonce) },
-                ReqId::Register { nonce },
-                attempt,
-            ),
-            Request::Write {
-                op_id,
-                attempt,
-                body,
-            } => (body, ReqId::Write { op_id }, attempt),
+            Request::Register { nonce, attempt } => {
+                (Body::Register { nonce: Some(nonce) }, ReqId::Register { nonce }, attempt)
+            }
+            Request::Write { op_id, attempt, body } => (body, ReqId::Write { op_id }, attempt),
         };
         let clock_ms = (self.now as i64 + self.clock_skew_ms[&node]).max(0) as u64;
-        let data = Envelope::new(clock_ms, body)
-            .encode()
-            .expect("the model's envelopes are valid");
+        let data = Envelope::new(clock_ms, body).encode().expect("the model's envelopes are valid");
         let r = self.cluster.raft_mut(node).propose(data);
         self.cluster.process(node);
         let answer = match r {
             Ok((index, term)) => {
-                let s = Serving {
-                    ci,
-                    term,
-                    req: id,
-                    attempt,
-                };
+                let s = Serving { ci, term, req: id, attempt };
                 // A node proposing again at an index it served before had its log
                 // cut back; the older proposal's fate is unknown here (it may yet
                 // commit through another leader), so its client just hears nothing.
@@ -619,45 +487,21 @@ impl Sim {
             Err(RaftError::NotLeader { leader_hint }) => Answer::NotLeader(leader_hint),
             Err(_) => Answer::Busy,
         };
-        self.answer(
-            Serving {
-                ci,
-                term: 0,
-                req: id,
-                attempt,
-            },
-            answer,
-        );
+        self.answer(Serving { ci, term: 0, req: id, attempt }, answer);
     }
 
     fn answer(&mut self, s: Serving, answer: Answer) {
-        let ev = Ev::ClientReply {
-            ci: s.ci,
-            req: s.req,
-            attempt: s.attempt,
-            answer,
-        };
+        let ev = Ev::ClientReply { ci: s.ci, req: s.req, attempt: s.attempt, answer };
         self.send_client_msg(ev, true);
     }
 
     /// What nodes applied: answers owed to clients, and completed reads.
     pub(super) fn on_note(&mut self, n: Note) {
         match n {
-            Note::Applied {
-                node,
-                index,
-                term,
-                outcome,
-            } => {
+            Note::Applied { node, index, term, outcome } => {
                 match outcome {
-                    Outcome::Output {
-                        op_id,
-                        output,
-                        fresh: true,
-                    } => {
-                        self.first_applied
-                            .entry(op_id)
-                            .or_insert((self.now, output));
+                    Outcome::Output { op_id, output, fresh: true } => {
+                        self.first_applied.entry(op_id).or_insert((self.now, output));
                     }
                     Outcome::Output { fresh: false, .. }
                     | Outcome::Refused(SessionError::Stale { .. })
@@ -667,11 +511,7 @@ impl Sim {
                     _ => {}
                 }
                 if let Some(s) = self.serving.remove(&(node, index)) {
-                    let answer = if s.term == term {
-                        Answer::Applied(outcome)
-                    } else {
-                        Answer::Lost
-                    };
+                    let answer = if s.term == term { Answer::Applied(outcome) } else { Answer::Lost };
                     self.answer(s, answer);
                 }
             }

@@ -222,7 +222,8 @@ impl Cluster {
                 && let Ok(Some(exit)) = c.try_wait()
             {
                 let log = std::fs::read_to_string(self.root.join(format!("node-{}.log", i + 1))).unwrap_or_default();
-                let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+                let tail: String =
+                    log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
                 panic!("node {} exited early: {exit}\n--- its log, last lines ---\n{tail}", i + 1);
             }
         }
@@ -263,7 +264,10 @@ impl Cluster {
             {
                 return i;
             }
-            assert!(Instant::now() < deadline, "no agreed leader of group {group} within {LEADER_DEADLINE:?}; saw {leaders:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no agreed leader of group {group} within {LEADER_DEADLINE:?}; saw {leaders:?}"
+            );
             tokio::time::sleep(POLL_PAUSE).await;
         }
     }
@@ -278,7 +282,11 @@ impl Cluster {
             {
                 return g;
             }
-            assert!(Instant::now() < deadline, "node {} did not apply index {index} within {CATCH_UP_DEADLINE:?}", i + 1);
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not apply index {index} within {CATCH_UP_DEADLINE:?}",
+                i + 1
+            );
             tokio::time::sleep(POLL_PAUSE).await;
         }
     }
