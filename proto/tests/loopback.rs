@@ -106,6 +106,8 @@ impl client::client_server::Client for EchoClient {
             sessions_open: 0,
             session_reply_bytes: 0,
             module_index: 0,
+            settings: None,
+            settings_index: 0,
         };
         let mut resp = client::StatusResponse { node_id: 1, ..Default::default() };
         match req.group {

@@ -37,7 +37,7 @@ use pipe::Pipe;
 use tonic::transport::Channel;
 use waft_proto::admin::{
     AdminOp, AdminRequest, AdminResult, CreateGroupRequest, CreateGroupResponse, DeployRequest, DeployResult,
-    admin_response, deploy_response,
+    SetGroupRequest, SetGroupResult, SettingChange, admin_response, deploy_response, set_group_response,
 };
 use waft_proto::client::{
     self, CloseSessionRequest, Consistency, ErrorCode, KeepAliveRequest, OpenSessionRequest, ProposeRequest,
@@ -658,6 +658,28 @@ impl Client {
                 match resp.into_inner().outcome {
                     Some(deploy_response::Outcome::Result(result)) => Ok(result),
                     Some(deploy_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
+                    None => Err(ClientError::NoOutcome { addr: at }),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Changes `group`'s settings by name (see waft.admin.v1 SetGroup) and
+    /// returns the settings in force and the index they took effect at.
+    /// Goes to the leader. Setting values that hold already changes nothing,
+    /// so a change whose outcome is unknown is retried.
+    pub async fn set_group(&self, group: u64, changes: Vec<(String, u64)>) -> Result<SetGroupResult, ClientError> {
+        let changes: Vec<SettingChange> =
+            changes.into_iter().map(|(name, value)| SettingChange { name, value }).collect();
+        self.with_retries(group, Route::Leader, Retry::AtMostOnce, |conn, at| {
+            let mut c = waft_proto::admin_client(conn.channel);
+            let req = SetGroupRequest { group, changes: changes.clone() };
+            async move {
+                let resp = c.set_group(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
+                match resp.into_inner().outcome {
+                    Some(set_group_response::Outcome::Result(result)) => Ok(result),
+                    Some(set_group_response::Outcome::Error(e)) => Err(ClientError::Refused(e)),
                     None => Err(ClientError::NoOutcome { addr: at }),
                 }
             }

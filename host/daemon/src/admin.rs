@@ -21,7 +21,8 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 use waft_proto::admin::{
     AdminOp, AdminRequest, AdminResponse, AdminResult, CreateGroupRequest, CreateGroupResponse, CreateOutcome,
-    DeployRequest, DeployResponse, DeployResult, NodeCreateOutcome, admin_response, deploy_response,
+    DeployRequest, DeployResponse, DeployResult, NodeCreateOutcome, SetGroupRequest, SetGroupResponse, SetGroupResult,
+    admin_response, deploy_response, set_group_response,
 };
 use waft_proto::client;
 use waft_raft::NodeId;
@@ -40,6 +41,8 @@ pub const CREATE_FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
 pub const CREATE_BUSY_RETRY_AFTER_MS: u64 = 1_000;
 /// How long connecting to another voter's daemon may take.
 pub const CREATE_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Settings one `SetGroup` request may change (there are eleven).
+pub const SET_GROUP_CHANGES_MAX: usize = 32;
 /// Deploys validated (compiled) at once on this node; more get BUSY. A
 /// compile takes a core for a few hundred milliseconds.
 pub const DEPLOY_VALIDATIONS_MAX: usize = 1;
@@ -165,14 +168,35 @@ impl AdminService {
         .map_err(|e| client::Error::internal(format!("the module validation task failed: {e}")))??;
         let (reply, rx) = oneshot::channel();
         send(&group, Input::Deploy { module, reply })?;
-        let committed = match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
-            Ok(Ok(reply)) => reply?,
-            Ok(Err(_)) => {
-                return Err(client::Error::internal("the group dropped the request (it stopped); see its log"));
-            }
-            Err(_) => return Err(client::Error::timeout(ADMIN_TIMEOUT.as_millis() as u64)),
-        };
+        let committed = committed(rx).await?;
         Ok(DeployResult { module_hash: committed.result, index: committed.index })
+    }
+
+    /// Has the group's leader put `req`'s changes over the settings it
+    /// applied and propose them; answers once the entry applied here.
+    async fn set_group(&self, req: SetGroupRequest) -> Result<SetGroupResult, client::Error> {
+        if req.group == waft_proto::GROUP_NONE {
+            return Err(client::Error::invalid_request("group 0 is reserved; name the group to change"));
+        }
+        let group = self.host.groups().get(req.group).ok_or_else(|| client::Error::unknown_group(req.group))?;
+        if req.changes.is_empty() {
+            return Err(client::Error::invalid_request(
+                "no settings to change; name at least one, e.g. fuel_per_entry",
+            ));
+        }
+        if req.changes.len() > SET_GROUP_CHANGES_MAX {
+            return Err(client::Error::invalid_request(format!(
+                "{} changes in one request; at most {SET_GROUP_CHANGES_MAX}",
+                req.changes.len()
+            )));
+        }
+        let changes = req.changes.into_iter().map(|c| (c.name, c.value)).collect();
+        let (reply, rx) = oneshot::channel();
+        send(&group, Input::SetGroup { changes, reply })?;
+        let committed = committed(rx).await?;
+        let settings = waft_node::GroupSettings::decode(&committed.result)
+            .map_err(|e| client::Error::internal(format!("the applied settings do not decode: {e}")))?;
+        Ok(SetGroupResult { settings: Some(crate::driver::settings_to_proto(&settings)), index: committed.index })
     }
 
     async fn change(&self, req: AdminRequest) -> AdminReply {
@@ -401,6 +425,18 @@ impl AdminService {
     }
 }
 
+/// Waits (at most `ADMIN_TIMEOUT`) for the answer to an entry the driver
+/// proposed for an admin request.
+async fn committed(
+    rx: oneshot::Receiver<crate::driver::ProposeReply>,
+) -> Result<crate::driver::Committed, client::Error> {
+    match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) => Err(client::Error::internal("the group dropped the request (it stopped); see its log")),
+        Err(_) => Err(client::Error::timeout(ADMIN_TIMEOUT.as_millis() as u64)),
+    }
+}
+
 /// Queues `input` for the group's driver; never waits on a full inbox.
 fn send(group: &GroupHandle, input: Input) -> Result<(), client::Error> {
     match group.inbox.try_send(input) {
@@ -506,6 +542,17 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
             Err(e) => deploy_response::Outcome::Error(e),
         };
         Ok(tonic::Response::new(DeployResponse { outcome: Some(outcome) }))
+    }
+
+    async fn set_group(
+        &self,
+        request: tonic::Request<SetGroupRequest>,
+    ) -> Result<tonic::Response<SetGroupResponse>, tonic::Status> {
+        let outcome = match self.set_group(request.into_inner()).await {
+            Ok(result) => set_group_response::Outcome::Result(result),
+            Err(e) => set_group_response::Outcome::Error(e),
+        };
+        Ok(tonic::Response::new(SetGroupResponse { outcome: Some(outcome) }))
     }
 
     async fn change(

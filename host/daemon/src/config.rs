@@ -18,7 +18,9 @@
 //! initial_voters = [1, 2, 3]          # a new group's voters; default: this node and every peer
 //! metrics_listen = "127.0.0.1:9101"   # Prometheus GET /metrics; default: off
 //!
-//! [sessions]                          # exactly-once client sessions; equal on every node
+//! [sessions]                          # founding session limits of groups this node founds
+//!                                     # (the group's first leader's bind the group; change
+//!                                     # them later with `waft admin set-group`)
 //! open_max = 10000                    # open sessions per group; more are refused
 //! window_commands_max = 128           # outstanding commands per session
 //! idle_timeout_ms = 600000            # a session idle this long expires
@@ -144,16 +146,17 @@ pub struct Flags {
     /// 127.0.0.1:9101 [default: off].
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
-    /// Open exactly-once sessions per group at most; must be equal on
-    /// every node [default: 10000].
+    /// Open exactly-once sessions per group at most, for groups this node
+    /// founds: the group's first leader's value binds the group; change it
+    /// later with `waft admin set-group` [default: 10000].
     #[arg(long)]
     pub sessions_open_max: Option<u64>,
-    /// Commands a session may have outstanding; must be equal on every
-    /// node [default: 128].
+    /// Commands a session may have outstanding, for groups this node
+    /// founds (like --sessions-open-max) [default: 128].
     #[arg(long)]
     pub session_window_commands_max: Option<u64>,
-    /// A session idle this long (by the leader's clock) expires; must be
-    /// equal on every node [default: 600000].
+    /// A session idle this long (by the leader's clock) expires, for
+    /// groups this node founds (like --sessions-open-max) [default: 600000].
     #[arg(long)]
     pub session_idle_timeout_ms: Option<u64>,
 }

@@ -128,6 +128,31 @@ pub enum Input {
         module: waft_node::GuestModule,
         reply: oneshot::Sender<ProposeReply>,
     },
+    /// An operator's change of the group's settings, by name: the leader
+    /// puts them over the settings it applied and proposes the whole set;
+    /// the answer's `result` is the settings in force (`GroupSettings`
+    /// encoding) and its `index` where they took effect.
+    SetGroup {
+        changes: Vec<(String, u64)>,
+        reply: oneshot::Sender<ProposeReply>,
+    },
+}
+
+/// The settings as the client protocol shows them.
+pub fn settings_to_proto(s: &waft_node::GroupSettings) -> client::GroupSettings {
+    client::GroupSettings {
+        sessions_open_max: s.sessions.sessions_open_max,
+        session_window_commands_max: s.sessions.window_commands_max,
+        session_idle_timeout_ms: s.sessions.session_idle_timeout_ms,
+        session_reply_bytes_max: s.sessions.reply_bytes_per_session_max,
+        session_reply_bytes_total_max: s.sessions.reply_bytes_total_max,
+        fuel_per_entry: s.fuel_per_entry,
+        fuel_per_query: s.fuel_per_query,
+        fuel_per_snapshot: s.fuel_per_snapshot,
+        memory_bytes_max: s.memory_bytes_max,
+        result_bytes_max: s.result_bytes_max,
+        snapshot_bytes_max: s.snapshot_bytes_max,
+    }
 }
 
 /// How the rest of the daemon reaches one group: its inbox, its published
@@ -304,8 +329,29 @@ impl Driver {
                 }
                 self.propose(body, reply);
             }
+            Input::SetGroup { changes, reply } => self.set_group(changes, reply),
             Input::Query { request, consistency, reply } => self.query(request, consistency, reply),
         }
+    }
+
+    fn set_group(&mut self, changes: Vec<(String, u64)>, reply: oneshot::Sender<ProposeReply>) {
+        if self.replica.raft().role() != Role::Leader {
+            let (id, addr) = self.leader_hint();
+            let _ = reply.send(Err(client::Error::not_leader(id, addr)));
+            return;
+        }
+        let mut settings = self.replica.settings().clone();
+        for (name, value) in &changes {
+            if let Err(e) = settings.set(name, *value) {
+                let _ = reply.send(Err(client::Error::invalid_request(e.to_string())));
+                return;
+            }
+        }
+        if let Err(e) = settings.validate() {
+            let _ = reply.send(Err(client::Error::invalid_request(format!("settings refused, nothing changed: {e}"))));
+            return;
+        }
+        self.propose(Body::Settings { settings: Bytes::from(settings.encode()) }, reply);
     }
 
     fn propose(&mut self, body: Body, reply: oneshot::Sender<ProposeReply>) {
@@ -823,6 +869,8 @@ impl Driver {
             configuration: Some(raft.configuration().into()),
             module_hash: Bytes::copy_from_slice(&self.replica.module_hash().0),
             module_index: self.replica.module_index(),
+            settings: Some(settings_to_proto(self.replica.settings())),
+            settings_index: self.replica.settings_index(),
             snapshot_index: self.snapshot_index,
             sessions_open: self.replica.sessions().sessions_open(),
             session_reply_bytes: self.replica.sessions().reply_bytes(),
@@ -878,7 +926,7 @@ impl Driver {
         inbox.close();
         while let Some(input) = inbox.recv().await {
             match input {
-                Input::Propose { reply, .. } | Input::Deploy { reply, .. } => {
+                Input::Propose { reply, .. } | Input::Deploy { reply, .. } | Input::SetGroup { reply, .. } => {
                     let _ = reply.send(Err(self.shutting_down()));
                 }
                 Input::Query { reply, .. } => {
@@ -1018,6 +1066,17 @@ fn answer(index: u64, outcome: Outcome) -> ProposeReply {
             });
         }
         Outcome::DeployRefused(why) => return Err(client::Error::bad_module(why)),
+        Outcome::SettingsChanged { settings, index: since } => {
+            return Ok(Committed {
+                result: Bytes::from(settings.encode()),
+                index: since,
+                duplicate: false,
+                session_id: 0,
+            });
+        }
+        Outcome::SettingsRefused(why) => {
+            return Err(client::Error::invalid_request(format!("settings refused at apply, nothing changed: {why}")));
+        }
     };
     // A saved refusal or fault reads as the first one did: a retry learns
     // the same outcome, not that it was a retry.

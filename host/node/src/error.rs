@@ -55,6 +55,10 @@ pub enum Error {
     #[error("group {group}: snapshot install refused: {reason}")]
     Install { group: u64, reason: String },
 
+    /// The group settings this replica was given are out of bounds.
+    #[error("group {group}: {reason}")]
+    Settings { group: u64, reason: String },
+
     /// Empty commands are reserved for the leader's no-op entry.
     #[error("group {group}: empty commands are not allowed; send at least one byte")]
     EmptyCommand { group: u64 },
@@ -89,7 +93,10 @@ pub enum Error {
 impl Error {
     /// Whether the replica must stop. Anything else failed only this call.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, Error::Stopped { .. } | Error::Start { .. } | Error::SessionConfig { .. })
+        matches!(
+            self,
+            Error::Stopped { .. } | Error::Start { .. } | Error::SessionConfig { .. } | Error::Settings { .. }
+        )
     }
 }
 

@@ -36,6 +36,14 @@
 //! new one loads it). Every snapshot carries its module ([`MODULE_FILE`]),
 //! so a replica restored from one runs the module the state was made by.
 //!
+//! Everything else that shapes what apply produces (guest fuel, memory,
+//! result and snapshot caps; session limits) is the group's
+//! [`GroupSettings`], carried the same way: a `Body::Found` entry, proposed
+//! by a group's first leader, binds every replica (a late joiner too) to
+//! one module and one set of settings; `Body::Settings` entries change
+//! them; every snapshot records them ([`SETTINGS_FILE`]). A node's own
+//! flags only found a group.
+//!
 //! `process` is `begin_ready` → `LogStore::write` → `finish_ready` in a loop.
 //! A daemon serving many groups calls those itself and merges the groups'
 //! writes ([`merge_write`]) into one atomic write with one sync (group commit).
@@ -46,6 +54,7 @@ mod error;
 mod module;
 mod outcome;
 mod replica;
+mod settings;
 
 pub use error::{Error, Result};
 pub use module::{GuestModule, MODULE_BYTES_MAX, MODULE_FILE};
@@ -54,3 +63,4 @@ pub use replica::{
     APPLY_BATCH_ENTRIES_MAX, APPLY_IN_PLACE_BYTES_MAX, APPLY_IN_PLACE_ENTRIES_MAX, Applied, Install, Output,
     PendingReady, READY_ROUNDS_MAX, Replica, ReplicaConfig, SESSIONS_FILE, STATE_FILE, merge_write,
 };
+pub use settings::{GroupSettings, SETTINGS_FILE, SettingsError};

@@ -41,6 +41,14 @@ pub enum Outcome {
     /// module does not load, or cannot read the running module's state);
     /// the running module stays.
     DeployRefused(String),
+    /// The group's settings are `settings` since entry `index` (a settings
+    /// change, or the group's founding entry; for a founding entry that
+    /// came too late, the settings already bound and their index).
+    SettingsChanged { settings: crate::GroupSettings, index: u64 },
+    /// A settings change was refused at apply, identically on every replica
+    /// (out of bounds, or the state as it stands would break them); the
+    /// settings stay.
+    SettingsRefused(String),
     /// The entry cannot be read by this build (an envelope of a newer
     /// version, or a saved reply that does not decode). Identical on every
     /// replica that runs the same build; the message says what to do.

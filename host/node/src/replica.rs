@@ -30,6 +30,7 @@ use crate::convert;
 use crate::error::{Error, Result, runtime_is_fatal};
 use crate::module::{self as module_file, GuestModule, MODULE_FILE};
 use crate::outcome::{Outcome, decode_reply, encode_reply};
+use crate::settings::{GroupSettings, SETTINGS_FILE, SETTINGS_FILE_BYTES};
 
 /// The guest's file of a snapshot: its `on-snapshot-save` stream.
 pub const STATE_FILE: &str = "state";
@@ -61,12 +62,16 @@ pub const READY_ROUNDS_MAX: usize = 64;
 pub struct ReplicaConfig {
     /// The core's knobs; `raft.id` is this node.
     pub raft: waft_raft::Config,
-    /// Bounds of the wasm instance. Must be equal on every replica of the group.
+    /// Bounds of the wasm instance. The fields that are group settings
+    /// (`GroupSettings`: fuel, memory, result and snapshot caps) are only
+    /// this replica's founding values: the group's `Found` entry, a
+    /// `Settings` entry or a snapshot puts the group's over them. The rest
+    /// (batching, checkpoints, wall-clock backstops) stays local.
     pub limits: Limits,
     /// Normal entries per state-machine `apply` call.
     pub apply_batch_entries_max: usize,
-    /// Limits of the session table. Must be equal on every replica of the
-    /// group (a snapshot carries them, and a replica with others refuses it).
+    /// Founding limits of the session table, like `limits`' group fields:
+    /// the group's replicated settings win once bound.
     pub sessions: SessionConfig,
 }
 
@@ -169,7 +174,17 @@ pub struct Replica {
     /// A module validated and compiled ahead of its deploy entry (by the
     /// leader that proposed it), so applying the entry need not compile.
     prepared: Option<GuestModule>,
-    limits: Limits,
+    /// The group's replicated settings, and the entry they took effect at
+    /// (0: this replica's founding values, not yet bound by the group's
+    /// `Found` entry). Change only by a `Found` or `Settings` entry or a
+    /// snapshot.
+    settings: GroupSettings,
+    settings_index: u64,
+    /// The term this replica, leading, last proposed the group's `Found`
+    /// entry in (0: never), so it proposes it once per term while unbound.
+    found_term: u64,
+    /// The node's own runtime limits; the group's settings go over them.
+    local_limits: Limits,
     /// Tags the guest's log lines.
     label: String,
     apply_batch_entries_max: usize,
@@ -256,7 +271,9 @@ impl Replica {
     ) -> Result<Replica> {
         let id = cfg.raft.id;
         let label = format!("group {group} node {id}");
-        let sm = StateMachine::for_group(founding.module(), cfg.limits.clone(), group, &label)
+        let settings = GroupSettings::founding(&cfg.limits, &cfg.sessions);
+        settings.validate().map_err(|e| Error::Settings { group, reason: format!("founding settings: {e}") })?;
+        let sm = StateMachine::for_group(founding.module(), settings.limits(&cfg.limits), group, &label)
             .map_err(|e| stopped(group, format!("cannot instantiate the state machine: {e}")))?;
         let sessions =
             SessionTable::new(cfg.sessions.clone()).map_err(|source| Error::SessionConfig { group, source })?;
@@ -271,7 +288,10 @@ impl Replica {
             module: founding.clone(),
             module_index: 0,
             prepared: None,
-            limits: cfg.limits.clone(),
+            settings,
+            settings_index: 0,
+            found_term: 0,
+            local_limits: cfg.limits.clone(),
             label,
             apply_batch_entries_max: cfg.apply_batch_entries_max.max(1),
             installing: None,
@@ -381,6 +401,16 @@ impl Replica {
 
     /// The log index the running module took effect at (0: the group was
     /// founded with it).
+    pub fn settings(&self) -> &GroupSettings {
+        &self.settings
+    }
+
+    /// The entry the settings took effect at (0: not yet bound by the
+    /// group's `Found` entry: this replica's own founding values).
+    pub fn settings_index(&self) -> u64 {
+        self.settings_index
+    }
+
     pub fn module_index(&self) -> u64 {
         self.module_index
     }
@@ -647,6 +677,7 @@ impl Replica {
         }
         let committed = std::mem::take(&mut rd.committed_entries);
         self.apply(&committed, out)?;
+        self.propose_found();
         out.read_states.append(&mut rd.read_states);
         out.events.append(&mut rd.events);
         // The state machine is now exactly at the requested index.
@@ -697,10 +728,19 @@ impl Replica {
                 EntryKind::Normal if e.data.is_empty() => {}
                 EntryKind::Normal => {
                     let decoded = Envelope::decode(&e.data);
-                    if let Ok(Envelope { body: Body::Deploy { module }, .. }) = decoded {
-                        // The module switches between the entries before and after.
+                    if let Ok(Envelope {
+                        body: body @ (Body::Deploy { .. } | Body::Settings { .. } | Body::Found { .. }),
+                        ..
+                    }) = decoded
+                    {
+                        // The module or settings switch between the entries before and after.
                         self.apply_batch(&mut batch, out)?;
-                        let outcome = self.deploy(e.index, module)?;
+                        let outcome = match body {
+                            Body::Deploy { module } => self.deploy(e.index, module)?,
+                            Body::Settings { settings } => self.set_settings(e.index, &settings)?,
+                            Body::Found { module, settings } => self.found(e.index, module, &settings)?,
+                            _ => unreachable!("matched above"),
+                        };
                         out.applied.push(Applied { index: e.index, term: e.term, outcome });
                         continue;
                     }
@@ -837,43 +877,161 @@ impl Replica {
             tracing::info!(group, index, module = %hash.to_hex(), "deploy of the running module: nothing changes");
             return Ok(Outcome::Deployed { hash, index: self.module_index });
         }
-        let refuse = |why: String| {
-            tracing::warn!(group, index, module = %hash.to_hex(), %why, "deploy refused");
-            Ok(Outcome::DeployRefused(why))
-        };
-        let module = match self.prepared.take() {
-            Some(prepared) if prepared.hash() == hash => prepared,
-            _ => match GuestModule::load(self.module.engine(), bytes) {
-                Ok(m) => m,
-                Err(e) => return refuse(format!("module {}: {e}", hash.to_hex())),
-            },
-        };
-        let mut sm = match StateMachine::for_group(module.module(), self.limits.clone(), self.group, &self.label) {
-            Ok(sm) => sm,
-            Err(e) => return refuse(format!("module {} cannot start: {e}", hash.to_hex())),
-        };
-        let state = match self.sm.save_snapshot(Vec::new()) {
-            Ok((state, _)) => state,
-            Err(e) if runtime_is_fatal(&e) => return Err(self.stop(e)),
-            Err(e) => return refuse(format!("the running module could not save its state: {e}")),
-        };
-        if let Err(e) = sm.load_snapshot(std::io::Cursor::new(state)) {
-            return refuse(format!("module {} could not load the running module's state: {e}", hash.to_hex()));
-        }
-        sm.set_offload(self.offload.clone());
-        self.sm = sm;
-        self.module = module;
-        self.module_index = index;
-        tracing::info!(group, index, term = self.node.term(), module = %hash.to_hex(), "state machine module switched");
-        if self.leading {
-            // The new instance has not heard that this replica leads.
-            match self.sm.on_leader_start(self.node.term()) {
-                Err(e) if runtime_is_fatal(&e) => return Err(self.stop(e)),
-                Err(e) => tracing::warn!(group, error = %e, "leader hook failed"),
-                Ok(()) => {}
+        match self.reconfigure(index, Some(bytes), None)? {
+            Ok(()) => Ok(Outcome::Deployed { hash, index }),
+            Err(why) => {
+                tracing::warn!(group, index, module = %hash.to_hex(), %why, "deploy refused");
+                Ok(Outcome::DeployRefused(why))
             }
         }
-        Ok(Outcome::Deployed { hash, index })
+    }
+
+    /// Applies a settings entry: the group's settings become these from the
+    /// next entry on. Settings out of bounds, or that the state as it stands
+    /// would break (fewer sessions than are open, less memory than the
+    /// state needs), are refused the same way on every replica and change
+    /// nothing.
+    fn set_settings(&mut self, index: u64, bytes: &[u8]) -> Result<Outcome> {
+        let group = self.group;
+        let refused = |why: String| {
+            tracing::warn!(group, index, %why, "settings change refused");
+            Ok(Outcome::SettingsRefused(why))
+        };
+        let settings = match GroupSettings::decode(bytes) {
+            Ok(s) => s,
+            Err(e) => return refused(e.to_string()),
+        };
+        match self.reconfigure(index, None, Some(settings))? {
+            Ok(()) => {
+                tracing::info!(group, index, settings = %self.settings, "group settings changed");
+                Ok(Outcome::SettingsChanged { settings: self.settings.clone(), index })
+            }
+            Err(why) => refused(why),
+        }
+    }
+
+    /// Applies the group's founding entry: a replica not yet bound takes its
+    /// module and settings (a replica that joined with another module
+    /// switches); one already bound ignores it. The leader that proposed it
+    /// ran that module under those settings, so a replica that cannot
+    /// follow has a local problem: it stops rather than run on differently.
+    fn found(&mut self, index: u64, module: Bytes, settings: &[u8]) -> Result<Outcome> {
+        let group = self.group;
+        if self.settings_index > 0 {
+            return Ok(Outcome::SettingsChanged { settings: self.settings.clone(), index: self.settings_index });
+        }
+        let settings = match GroupSettings::decode(settings) {
+            Ok(s) => s,
+            Err(e) => return Err(self.stop(format!("the group's founding entry {index} has bad settings: {e}"))),
+        };
+        let hash = ModuleHash::of(&module);
+        if let Err(why) = self.reconfigure(index, Some(module), Some(settings))? {
+            return Err(
+                self.stop(format!("cannot take the group's founding module and settings at entry {index}: {why}"))
+            );
+        }
+        tracing::info!(group, index, module = %hash.to_hex(), settings = %self.settings, "group founded: module and settings bound");
+        Ok(Outcome::SettingsChanged { settings: self.settings.clone(), index })
+    }
+
+    /// Switches the module (when `bytes` name another one) and the settings
+    /// (when given) at entry `index`, all or nothing: the running instance
+    /// saves its state and a new one, under the new module and limits, loads
+    /// it. `Ok(Err(why))`: refused, nothing changed.
+    fn reconfigure(
+        &mut self,
+        index: u64,
+        bytes: Option<Bytes>,
+        settings: Option<GroupSettings>,
+    ) -> Result<std::result::Result<(), String>> {
+        let new_module = match bytes {
+            Some(bytes) if ModuleHash::of(&bytes) != self.module.hash() => {
+                let hash = ModuleHash::of(&bytes);
+                match self.prepared.take() {
+                    Some(prepared) if prepared.hash() == hash => Some(prepared),
+                    _ => match GuestModule::load(self.module.engine(), bytes) {
+                        Ok(m) => Some(m),
+                        Err(e) => return Ok(Err(format!("module {}: {e}", hash.to_hex()))),
+                    },
+                }
+            }
+            _ => None,
+        };
+        let new_settings = settings.clone().unwrap_or_else(|| self.settings.clone());
+        if let Err(e) = new_settings.validate() {
+            return Ok(Err(e.to_string()));
+        }
+        // The table first, on a copy: refusing there changes nothing.
+        let sessions = if new_settings.sessions != *self.sessions.config() {
+            let mut table = self.sessions.clone();
+            if let Err(e) = table.set_config(new_settings.sessions.clone()) {
+                return Ok(Err(format!("the session table as it stands: {e}")));
+            }
+            Some(table)
+        } else {
+            None
+        };
+        if new_module.is_some() || new_settings.guest_differs(&self.settings) {
+            let module = new_module.as_ref().unwrap_or(&self.module);
+            let hash = module.hash().to_hex();
+            let limits = new_settings.limits(&self.local_limits);
+            let mut sm = match StateMachine::for_group(module.module(), limits, self.group, &self.label) {
+                Ok(sm) => sm,
+                Err(e) => return Ok(Err(format!("module {hash} cannot start: {e}"))),
+            };
+            let state = match self.sm.save_snapshot(Vec::new()) {
+                Ok((state, _)) => state,
+                Err(e) if runtime_is_fatal(&e) => return Err(self.stop(e)),
+                Err(e) => return Ok(Err(format!("the running module could not save its state: {e}"))),
+            };
+            if let Err(e) = sm.load_snapshot(std::io::Cursor::new(state)) {
+                return Ok(Err(format!("module {hash} could not load the running state: {e}")));
+            }
+            sm.set_offload(self.offload.clone());
+            self.sm = sm;
+            if self.leading {
+                // The new instance has not heard that this replica leads.
+                match self.sm.on_leader_start(self.node.term()) {
+                    Err(e) if runtime_is_fatal(&e) => return Err(self.stop(e)),
+                    Err(e) => tracing::warn!(group = self.group, error = %e, "leader hook failed"),
+                    Ok(()) => {}
+                }
+            }
+        }
+        if let Some(module) = new_module {
+            tracing::info!(group = self.group, index, term = self.node.term(), module = %module.hash().to_hex(), "state machine module switched");
+            self.module = module;
+            self.module_index = index;
+        }
+        if let Some(table) = sessions {
+            self.sessions = table;
+        }
+        if settings.is_some() {
+            self.settings = new_settings;
+            self.settings_index = index;
+        }
+        Ok(Ok(()))
+    }
+
+    /// While the group's replicas are not yet bound to one module and one set
+    /// of settings, a leader proposes its own (once per term): the first such
+    /// entry to commit binds every replica, a late joiner included.
+    fn propose_found(&mut self) {
+        let term = self.node.term();
+        if !self.leading || self.settings_index > 0 || self.found_term == term {
+            return;
+        }
+        let body = Body::Found { module: self.module.bytes().clone(), settings: Bytes::from(self.settings.encode()) };
+        // Not a session entry: its timestamp reaches no session table.
+        match self.propose(&Envelope::new(0, body)) {
+            Ok((index, _)) => {
+                self.found_term = term;
+                tracing::info!(group = self.group, index, term, module = %self.module.hash().to_hex(), "proposed the group's founding module and settings");
+            }
+            Err(e) => {
+                tracing::warn!(group = self.group, term, error = %e, "cannot propose the group's founding entry yet")
+            }
+        }
     }
 
     /// Tells the guest when this replica starts or stops leading (SOFAJRaft's
@@ -947,6 +1105,7 @@ impl Replica {
         for chunk in sessions.chunks(SNAPSHOT_CHUNK_BYTES_MAX) {
             writer.append(SESSIONS_FILE, chunk).map_err(storage_err)?;
         }
+        writer.append(SETTINGS_FILE, &self.settings.encode_file(self.settings_index)).map_err(storage_err)?;
         writer.commit().map_err(storage_err)?;
         Ok(())
     }
@@ -958,10 +1117,15 @@ impl Replica {
         let stored = reader.meta();
         let meta = convert::snapshot_meta_from_storage(stored)
             .map_err(|e| Error::Install { group, reason: format!("snapshot {}/{}: {e}", stored.index, stored.term) })?;
-        // The table and the module first: reading them changes nothing, so a
-        // bad one leaves the state as it was.
-        let sessions = self.read_sessions(reader, meta.index)?;
-        let (module_index, switch_to) = self.snapshot_module(reader)?;
+        // The settings, the table and the module first: reading them changes
+        // nothing, so a bad one leaves the state as it was.
+        let (settings_index, settings) = self.read_settings(reader, meta.index)?;
+        let sessions = self.read_sessions(reader, meta.index, &settings)?;
+        let (module_index, mut switch_to) = self.snapshot_module(reader)?;
+        if switch_to.is_none() && settings.guest_differs(&self.settings) {
+            // Same module, other limits: a new instance all the same.
+            switch_to = Some(self.module.clone());
+        }
         let path = reader.file_path(STATE_FILE).map_err(|source| Error::Storage { group, source })?;
         let file = std::fs::File::open(&path)
             .map_err(|e| Error::Install { group, reason: format!("cannot open {}: {e}", path.display()) })?;
@@ -974,10 +1138,11 @@ impl Replica {
                     group,
                     reason: format!("snapshot {}: its module {hash} {what}: {e}", meta.index),
                 };
-                let mut sm = StateMachine::for_group(module.module(), self.limits.clone(), self.group, &self.label)
+                let limits = settings.limits(&self.local_limits);
+                let mut sm = StateMachine::for_group(module.module(), limits, self.group, &self.label)
                     .map_err(|e| refuse("cannot start", e))?;
                 sm.load_snapshot(state).map_err(|e| refuse("cannot load the snapshot's state", e))?;
-                tracing::info!(group, index = meta.index, module = %hash, since = module_index, "module switched by a snapshot");
+                tracing::info!(group, index = meta.index, module = %hash, since = module_index, "module switched by a snapshot (or its limits)");
                 sm.set_offload(self.offload.clone());
                 self.sm = sm;
                 self.module = module;
@@ -985,6 +1150,8 @@ impl Replica {
         }
         self.module_index = module_index;
         self.sessions = sessions;
+        self.settings = settings;
+        self.settings_index = settings_index;
         Ok(meta)
     }
 
@@ -1020,10 +1187,44 @@ impl Replica {
         Ok((file.index, Some(module)))
     }
 
-    /// Reads and checks the session table of the snapshot at `index`.
-    fn read_sessions(&self, reader: &SnapshotReader, index: u64) -> Result<SessionTable> {
+    /// Reads and checks the group settings of the snapshot at `index`.
+    fn read_settings(&self, reader: &SnapshotReader, index: u64) -> Result<(u64, GroupSettings)> {
         let group = self.group;
-        let cfg = self.sessions.config().clone();
+        if !reader.meta().files.iter().any(|f| f.name == SETTINGS_FILE) {
+            return Err(Error::Install {
+                group,
+                reason: format!(
+                    "snapshot {index} has no `{SETTINGS_FILE}` file: an older waft wrote it, when group settings \
+                     were per-node flags; this waft cannot read it. Start the node from an empty data directory \
+                     (it catches up from its peers)"
+                ),
+            });
+        }
+        let path = reader.file_path(SETTINGS_FILE).map_err(|source| Error::Storage { group, source })?;
+        let io_err =
+            |e: std::io::Error| Error::Install { group, reason: format!("cannot read {}: {e}", path.display()) };
+        let mut bytes = Vec::new();
+        std::fs::File::open(&path)
+            .map_err(io_err)?
+            .take(SETTINGS_FILE_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io_err)?;
+        let (settings_index, settings) = GroupSettings::decode_file(&bytes)
+            .map_err(|e| Error::Install { group, reason: format!("snapshot {index}: {e}") })?;
+        if settings_index > index {
+            return Err(Error::Install {
+                group,
+                reason: format!("snapshot {index} holds settings of entry {settings_index}, past the snapshot"),
+            });
+        }
+        Ok((settings_index, settings))
+    }
+
+    /// Reads and checks the session table of the snapshot at `index`, made
+    /// under `settings`.
+    fn read_sessions(&self, reader: &SnapshotReader, index: u64, settings: &GroupSettings) -> Result<SessionTable> {
+        let group = self.group;
+        let cfg = settings.sessions.clone();
         let bytes_max = waft_session::snapshot_bytes_max(&cfg);
         let path = reader.file_path(SESSIONS_FILE).map_err(|source| Error::Storage { group, source })?;
         let io_err =

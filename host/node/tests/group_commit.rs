@@ -52,7 +52,8 @@ fn settle(replicas: &mut [Replica], store: &mut RocksLogStore, snaps: &SnapshotS
             return last;
         }
         for (i, out) in round(replicas, store, snaps).into_iter().enumerate() {
-            for a in out.applied {
+            // The group's founding entry has no guest result.
+            for a in out.applied.iter().filter(|a| !matches!(a.outcome, waft_node::Outcome::SettingsChanged { .. })) {
                 last[i] = String::from_utf8(a.result().unwrap().clone().unwrap().to_vec()).unwrap();
             }
         }

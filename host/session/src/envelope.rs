@@ -18,6 +18,8 @@
 //!   4 KeepAlive   session_id u64 | lowest_unacked_seq u64
 //!   5 Unregister  session_id u64
 //!   6 Deploy      module (the rest): a state machine component every replica switches to
+//!   7 Settings    settings (the rest): the group's replicated settings (waft-node's `GroupSettings`)
+//!   8 Found       settings_len u32 | settings | module (the rest): the group's founding module and settings
 //! ```
 
 use crate::wire::{Reader, put_u64, put_u128};
@@ -29,6 +31,9 @@ pub const ENVELOPE_VERSION: u8 = 1;
 /// (`waft_raft::Config::proposal_bytes_max`) is normally far lower; this bound
 /// only keeps the codec itself from trusting a length it has not checked.
 pub const PAYLOAD_BYTES_MAX: usize = 64 << 20;
+/// The largest settings record a `Found` entry carries (they are a few
+/// dozen bytes; this only bounds what the decoder trusts).
+pub const SETTINGS_BYTES_MAX: usize = 64 * 1024;
 /// The most bytes an envelope adds around its payload (a Command's header).
 /// A node that limits proposals to N bytes accepts payloads of N minus this.
 pub const ENVELOPE_OVERHEAD_BYTES_MAX: usize = 2 + 8 + 3 * 8;
@@ -39,6 +44,8 @@ const KIND_COMMAND: u8 = 3;
 const KIND_KEEP_ALIVE: u8 = 4;
 const KIND_UNREGISTER: u8 = 5;
 const KIND_DEPLOY: u8 = 6;
+const KIND_SETTINGS: u8 = 7;
+const KIND_FOUND: u8 = 8;
 
 /// One client entry as it travels in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,6 +81,17 @@ pub enum Body {
     /// state, the new one loads it). Not a session entry: the host applies it
     /// itself and the session table never sees it.
     Deploy { module: Bytes },
+    /// An operator's change of the group's settings (`waft admin
+    /// set-group`): every replica adopts them at this entry's index. The
+    /// bytes are waft-node's `GroupSettings` encoding; the session crate
+    /// carries them unread. Not a session entry.
+    Settings { settings: Bytes },
+    /// The group's founding module and settings, proposed by the first
+    /// leader of a group whose replicas have not yet agreed on them. The
+    /// first one that commits binds every replica (a replica that joined
+    /// later with its own module switches to this one); later ones change
+    /// nothing. Not a session entry.
+    Found { module: Bytes, settings: Bytes },
 }
 
 /// Why bytes are not a valid envelope (or why one cannot be encoded).
@@ -127,7 +145,13 @@ impl Body {
                 return Ok(());
             }
             Body::Unregister { session_id } => return check_session_id(*session_id),
-            Body::Deploy { module } => module,
+            Body::Deploy { module } | Body::Settings { settings: module } => module,
+            Body::Found { module, settings } => {
+                if settings.len() > SETTINGS_BYTES_MAX {
+                    return Err(EnvelopeError::PayloadTooLarge { bytes: settings.len(), max: SETTINGS_BYTES_MAX });
+                }
+                module
+            }
         };
         if payload.len() > PAYLOAD_BYTES_MAX {
             return Err(EnvelopeError::PayloadTooLarge { bytes: payload.len(), max: PAYLOAD_BYTES_MAX });
@@ -155,6 +179,8 @@ impl Envelope {
         self.body.validate()?;
         let payload_len = match &self.body {
             Body::Plain { payload } | Body::Command { payload, .. } | Body::Deploy { module: payload } => payload.len(),
+            Body::Settings { settings } => settings.len(),
+            Body::Found { module, settings } => 4 + settings.len() + module.len(),
             _ => 0,
         };
         let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD_BYTES_MAX + payload_len);
@@ -166,6 +192,8 @@ impl Envelope {
             Body::KeepAlive { .. } => KIND_KEEP_ALIVE,
             Body::Unregister { .. } => KIND_UNREGISTER,
             Body::Deploy { .. } => KIND_DEPLOY,
+            Body::Settings { .. } => KIND_SETTINGS,
+            Body::Found { .. } => KIND_FOUND,
         };
         out.push(kind);
         put_u64(&mut out, self.timestamp_ms);
@@ -188,15 +216,23 @@ impl Envelope {
             }
             Body::Unregister { session_id } => put_u64(&mut out, *session_id),
             Body::Deploy { module } => out.extend_from_slice(module),
+            Body::Settings { settings } => out.extend_from_slice(settings),
+            Body::Found { module, settings } => {
+                // Bounded by SETTINGS_BYTES_MAX (validate), so it fits a u32.
+                out.extend_from_slice(&(settings.len() as u32).to_le_bytes());
+                out.extend_from_slice(settings);
+                out.extend_from_slice(module);
+            }
         }
         Ok(Bytes::from(out))
     }
 
-    /// Whether an entry's data is a deploy, read from its header alone (no
-    /// decoding, no check of the rest): for a caller that must know ahead
-    /// of applying it that the entry compiles a module.
+    /// Whether an entry's data is a deploy, a settings change or a founding
+    /// entry, read from its header alone (no decoding, no check of the
+    /// rest): for a caller that must know ahead of applying it that the
+    /// entry may compile a module or rebuild the state machine's instance.
     pub fn is_deploy(data: &[u8]) -> bool {
-        matches!(data, [ENVELOPE_VERSION, KIND_DEPLOY, ..])
+        matches!(data, [ENVELOPE_VERSION, KIND_DEPLOY | KIND_SETTINGS | KIND_FOUND, ..])
     }
 
     /// Decodes an entry's data. The payload shares `data`'s buffer (no copy).
@@ -225,9 +261,26 @@ impl Envelope {
             KIND_KEEP_ALIVE => Body::KeepAlive { session_id: r.u64()?, lowest_unacked_seq: r.u64()? },
             KIND_UNREGISTER => Body::Unregister { session_id: r.u64()? },
             KIND_DEPLOY => Body::Deploy { module: rest(&r) },
+            KIND_SETTINGS => Body::Settings { settings: rest(&r) },
+            KIND_FOUND => {
+                let len = r.u32()? as usize;
+                if len > SETTINGS_BYTES_MAX {
+                    return Err(EnvelopeError::PayloadTooLarge { bytes: len, max: SETTINGS_BYTES_MAX });
+                }
+                let start = r.pos();
+                r.take(len)?;
+                Body::Found { settings: data.slice(start..start + len), module: rest(&r) }
+            }
             k => return Err(EnvelopeError::UnknownKind(k)),
         };
-        let has_payload = matches!(body, Body::Plain { .. } | Body::Command { .. } | Body::Deploy { .. });
+        let has_payload = matches!(
+            body,
+            Body::Plain { .. }
+                | Body::Command { .. }
+                | Body::Deploy { .. }
+                | Body::Settings { .. }
+                | Body::Found { .. }
+        );
         if !has_payload && r.remaining() > 0 {
             return Err(EnvelopeError::TrailingBytes(r.remaining()));
         }
@@ -251,6 +304,9 @@ mod tests {
             Body::KeepAlive { session_id: 9, lowest_unacked_seq: 5 },
             Body::Unregister { session_id: 9 },
             Body::Deploy { module: Bytes::from_static(b"\0asm") },
+            Body::Settings { settings: Bytes::from_static(b"WAFTSET1") },
+            Body::Found { module: Bytes::from_static(b"\0asm"), settings: Bytes::from_static(b"WAFTSET1") },
+            Body::Found { module: Bytes::from_static(b"\0asm"), settings: Bytes::new() },
         ]
         .into_iter()
         .map(|b| Envelope::new(1_700_000_000_123, b))
@@ -261,7 +317,8 @@ mod tests {
     fn is_deploy_says_what_decode_says() {
         for e in all_kinds() {
             let Ok(b) = e.encode() else { continue };
-            assert_eq!(Envelope::is_deploy(&b), matches!(e.body, Body::Deploy { .. }), "{e:?}");
+            let switches = matches!(e.body, Body::Deploy { .. } | Body::Settings { .. } | Body::Found { .. });
+            assert_eq!(Envelope::is_deploy(&b), switches, "{e:?}");
         }
         assert!(!Envelope::is_deploy(&[]));
         assert!(!Envelope::is_deploy(&[ENVELOPE_VERSION]));
@@ -278,6 +335,8 @@ mod tests {
                 Body::Plain { payload } | Body::Command { payload, .. } | Body::Deploy { module: payload } => {
                     payload.len()
                 }
+                Body::Settings { settings } => settings.len(),
+                Body::Found { module, .. } => module.len(),
                 _ => 0,
             };
             // Any cut into the header fails; a cut into a payload only shortens it.

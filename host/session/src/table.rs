@@ -257,6 +257,26 @@ impl SessionTable {
         &self.cfg
     }
 
+    /// Adopts new limits, as a replicated settings change does at its entry.
+    /// Sessions idle past a lowered timeout expire at once (by table time,
+    /// so on every replica alike). Refused, changing nothing, when `cfg` is
+    /// invalid or the table as it stands would break it (more open sessions
+    /// than the new maximum, saved replies over a lowered byte bound or
+    /// outside a narrowed window). Call it between batches (no reply
+    /// pending). Costs a copy of the table and a walk over it.
+    pub fn set_config(&mut self, cfg: SessionConfig) -> Result<(), ConfigError> {
+        cfg.validate()?;
+        if cfg == self.cfg {
+            return Ok(());
+        }
+        let mut next = self.clone();
+        next.cfg = cfg;
+        next.advance_clock(next.now_ms);
+        next.check_invariants().map_err(ConfigError)?;
+        *self = next;
+        Ok(())
+    }
+
     /// Table time: the largest leader timestamp applied so far.
     pub fn now_ms(&self) -> u64 {
         self.now_ms
@@ -318,7 +338,7 @@ impl SessionTable {
             },
             // The host applies a deploy itself and never hands it here; a
             // table given one only takes its place in the log and its clock.
-            Body::Deploy { .. } => Verdict::Done,
+            Body::Deploy { .. } | Body::Settings { .. } | Body::Found { .. } => Verdict::Done,
         };
         self.settle();
         verdict
@@ -606,6 +626,30 @@ mod tests {
 
     fn dup(reply: &str) -> Verdict {
         Verdict::Duplicate { reply: Bytes::from(reply.to_owned()) }
+    }
+
+    #[test]
+    fn set_config_refuses_what_the_table_breaks_and_expires_at_table_time() {
+        let mut t = table();
+        register(&mut t, 1, 0, None);
+        register(&mut t, 2, 500, None);
+        fresh(&mut t, 3, 900, 2, 1, 1, "12345678");
+        let before = t.clone();
+        // Fewer open sessions than are open, or fewer reply bytes than are
+        // saved, is refused and changes nothing.
+        assert!(t.set_config(SessionConfig { sessions_open_max: 1, ..cfg() }).is_err());
+        assert!(t.set_config(SessionConfig { reply_bytes_per_session_max: 4, ..cfg() }).is_err());
+        assert!(t.set_config(SessionConfig { window_commands_max: 0, ..cfg() }).is_err());
+        assert_eq!(t, before);
+        // Raising a bound is taken as is.
+        t.set_config(SessionConfig { sessions_open_max: 5, ..cfg() }).unwrap();
+        assert_eq!(register(&mut t, 4, 900, None), Verdict::Registered { session_id: 4 });
+        // A shorter idle timeout expires, by table time (900), the session
+        // last active at 0 and keeps those active at 500 and 900.
+        t.set_config(SessionConfig { sessions_open_max: 5, session_idle_timeout_ms: 600, ..cfg() }).unwrap();
+        assert!(!t.is_open(1));
+        assert!(t.is_open(2) && t.is_open(4));
+        t.check_invariants().unwrap();
     }
 
     #[test]

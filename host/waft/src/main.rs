@@ -147,6 +147,16 @@ enum AdminCmd {
         #[arg(long = "unsafe", required = true)]
         i_know_it_is_unsafe: bool,
     },
+    /// Change the group's settings through its log, e.g. `--set
+    /// fuel_per_entry=10000000 --set sessions_open_max=50000`; the others
+    /// keep their values. Every replica adopts them at the same index;
+    /// prints the settings in force.
+    SetGroup {
+        /// NAME=VALUE, one per setting to change (names: see `waft status
+        /// --json`'s settings).
+        #[arg(long = "set", value_parser = parse_setting, required = true)]
+        set: Vec<(String, u64)>,
+    },
     /// Print the group's configuration as the node at --addr knows it.
     Peers,
     /// Print the group's leader as the node at --addr knows it.
@@ -345,6 +355,14 @@ async fn admin(addr: &str, group: u64, op: AdminCmd) -> Result<()> {
         AdminCmd::CreateGroup { peers, members, module } => {
             return create_group(&client, group, peers, members, &module).await;
         }
+        AdminCmd::SetGroup { set } => {
+            let result = client.set_group(group, set).await?;
+            println!("group {group} settings since index {}:", result.index);
+            for (name, value) in settings_named(&result.settings.unwrap_or_default()) {
+                println!("  {name} = {value}");
+            }
+            return Ok(());
+        }
         AdminCmd::AddPeer { id } => (AdminOp::AddPeer, vec![id], vec![]),
         AdminCmd::RemovePeer { id } => (AdminOp::RemovePeer, vec![id], vec![]),
         AdminCmd::ChangePeers { voters, learners } => (AdminOp::ChangePeers, voters, learners),
@@ -411,6 +429,30 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+fn parse_setting(s: &str) -> Result<(String, u64), String> {
+    let (name, value) =
+        s.split_once('=').ok_or_else(|| format!("{s:?}: expected NAME=VALUE, e.g. fuel_per_entry=10000000"))?;
+    let value = value.parse::<u64>().map_err(|e| format!("{s:?}: value: {e}"))?;
+    Ok((name.to_string(), value))
+}
+
+/// The settings by the names `waft admin set-group --set` takes.
+fn settings_named(s: &waft_proto::client::GroupSettings) -> [(&'static str, u64); 11] {
+    [
+        ("sessions_open_max", s.sessions_open_max),
+        ("session_window_commands_max", s.session_window_commands_max),
+        ("session_idle_timeout_ms", s.session_idle_timeout_ms),
+        ("session_reply_bytes_max", s.session_reply_bytes_max),
+        ("session_reply_bytes_total_max", s.session_reply_bytes_total_max),
+        ("fuel_per_entry", s.fuel_per_entry),
+        ("fuel_per_query", s.fuel_per_query),
+        ("fuel_per_snapshot", s.fuel_per_snapshot),
+        ("memory_bytes_max", s.memory_bytes_max),
+        ("result_bytes_max", s.result_bytes_max),
+        ("snapshot_bytes_max", s.snapshot_bytes_max),
+    ]
+}
+
 fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
     use waft_proto::client::Role;
     let role = |g: &waft_proto::client::GroupStatus| match g.role() {
@@ -427,7 +469,13 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
             .iter()
             .map(|g| {
                 let c = g.configuration.clone().unwrap_or_default();
+                let settings: serde_json::Map<String, serde_json::Value> =
+                    settings_named(&g.settings.clone().unwrap_or_default())
+                        .into_iter()
+                        .map(|(name, v)| (name.to_string(), serde_json::json!(v)))
+                        .collect();
                 serde_json::json!({
+                    "settings": settings, "settings_index": g.settings_index,
                     "group": g.group, "role": role(g), "term": g.term,
                     "leader_id": g.leader_id, "leader_address": g.leader_address,
                     "commit_index": g.commit_index, "applied_index": g.applied_index,
@@ -460,5 +508,10 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
             hex(g.module_hash.get(..6).unwrap_or(&g.module_hash)),
             g.module_index
         );
+    }
+    for g in &status.groups {
+        let named = settings_named(&g.settings.clone().unwrap_or_default());
+        let list: Vec<String> = named.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        println!("group {} settings since {}: {}", g.group, g.settings_index, list.join(" "));
     }
 }

@@ -13,13 +13,15 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{CATCH_UP_DEADLINE, Cluster, POLL_PAUSE, Spec, files_named, module, rss_kib, run_waft, text};
+use common::{
+    CATCH_UP_DEADLINE, Cluster, POLL_PAUSE, Spec, admin_snapshot, files_named, module, newest_snapshot_state, rss_kib,
+    run_waft, text,
+};
 use waft_daemon::client::{Answer, Client, ClientError};
 use waft_proto::client::{Consistency, ErrorCode};
 
@@ -28,8 +30,6 @@ const COUNTER: u64 = 2;
 const NODES: usize = 3;
 /// Bound on one hostile proposal: it must be refused well within this.
 const HOSTILE_DEADLINE: Duration = Duration::from_secs(60);
-/// Bound on one `waft admin ... snapshot`.
-const ADMIN_DEADLINE: Duration = Duration::from_secs(120);
 /// The most any daemon may hold while a padded snapshot is attempted.
 const RSS_KIB_MAX: u64 = 1024 * 1024;
 
@@ -169,40 +169,6 @@ async fn wait_all_applied_equal(cluster: &mut Cluster, group: u64) -> u64 {
         );
         tokio::time::sleep(POLL_PAUSE).await;
     }
-}
-
-/// `waft admin --addr NODE --group G snapshot`: the index it reports, or why
-/// it failed.
-async fn admin_snapshot(cluster: &Cluster, i: usize, group: u64) -> Result<u64, String> {
-    let addr = cluster.addrs[i].clone();
-    let group = group.to_string();
-    let args = ["admin", "--addr", &addr, "--group", &group, "snapshot"];
-    match tokio::time::timeout(ADMIN_DEADLINE, run_waft(&args)).await {
-        Err(_) => Err(format!("no answer within {ADMIN_DEADLINE:?}")),
-        Ok((false, out, err)) => Err(format!("{}{}", out.trim(), err.trim())),
-        Ok((true, out, err)) => out
-            .lines()
-            .find_map(|l| l.strip_prefix("snapshot at index ")?.trim().parse().ok())
-            .ok_or_else(|| format!("no snapshot index in its output: {out}{err}")),
-    }
-}
-
-/// The `state` file of node `i`'s newest snapshot of `group`, and that
-/// snapshot's index (`snapshots/group-G/snap-INDEX-TERM/state`).
-fn newest_snapshot_state(cluster: &Cluster, i: usize, group: u64) -> Option<(u64, PathBuf)> {
-    let group_dir = format!("group-{group:020}");
-    files_named(&cluster.data_dir(i), "state")
-        .into_iter()
-        .filter_map(|path| {
-            let snap = path.parent()?;
-            if snap.parent()?.file_name()?.to_str()? != group_dir {
-                return None;
-            }
-            let (index, term) = snap.file_name()?.to_str()?.strip_prefix("snap-")?.split_once('-')?;
-            term.parse::<u64>().ok()?;
-            Some((index.parse::<u64>().ok()?, path))
-        })
-        .max_by_key(|(index, _)| *index)
 }
 
 /// Stops nothing (the caller has stopped writing): waits until every node

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 
 use bytes::Bytes;
@@ -89,6 +89,12 @@ pub struct Cluster {
     pub sessions: SessionConfig,
     /// The leader's clock, stamped into every proposal (tests move it by hand).
     pub now_ms: u64,
+    /// Nodes opened with their own founding module and session limits
+    /// instead of the cluster's (see `reopen_as`).
+    founding: BTreeMap<u64, (GuestModule, SessionConfig)>,
+    /// Nodes that are not founding voters: they open an empty replica and
+    /// wait to be added.
+    joiners: BTreeSet<u64>,
 }
 
 impl Cluster {
@@ -109,6 +115,19 @@ impl Cluster {
         guest_name: &str,
         sessions: SessionConfig,
     ) -> Cluster {
+        Cluster::with_joiners(name, voters, snapshot_margin_entries, guest_name, sessions, &[])
+    }
+
+    /// Nodes 1..=`nodes`, of which `joiners` are no founding voters: they
+    /// open empty replicas and wait to be added.
+    pub fn with_joiners(
+        name: &str,
+        voters: u64,
+        snapshot_margin_entries: u64,
+        guest_name: &str,
+        sessions: SessionConfig,
+        joiners: &[u64],
+    ) -> Cluster {
         let root = scratch(name);
         let module = guest(guest_name);
         let mut c = Cluster {
@@ -127,6 +146,8 @@ impl Cluster {
             reads: Vec::new(),
             sessions,
             now_ms: 0,
+            founding: BTreeMap::new(),
+            joiners: joiners.iter().copied().collect(),
         };
         for id in 1..=voters {
             c.open(id);
@@ -143,16 +164,30 @@ impl Cluster {
     }
 
     pub fn open(&mut self, id: u64) {
-        let voters: Vec<u64> = self.nodes.iter().map(|n| n.id).collect();
+        let voters: Vec<u64> = self.nodes.iter().map(|n| n.id).filter(|n| !self.joiners.contains(n)).collect();
+        let bootstrap = if self.joiners.contains(&id) { Vec::new() } else { voters };
         let mut raft = waft_raft::Config::new(id, 0x5eed + id);
         raft.snapshot_margin_entries = self.snapshot_margin_entries;
-        let cfg = ReplicaConfig { sessions: self.sessions.clone(), ..ReplicaConfig::new(raft) };
-        let module = self.module.clone();
+        let (module, sessions) =
+            self.founding.get(&id).cloned().unwrap_or_else(|| (self.module.clone(), self.sessions.clone()));
+        let cfg = ReplicaConfig { sessions, ..ReplicaConfig::new(raft) };
         let node = self.node(id);
         let mut store = RocksLogStore::open(node.dir.join("log")).unwrap();
         let snaps = SnapshotStore::open(node.dir.join("snapshots")).unwrap();
-        let replica = Replica::open(GROUP, cfg, &mut store, &snaps, &module, &voters).unwrap();
+        let replica = Replica::open(GROUP, cfg, &mut store, &snaps, &module, &bootstrap).unwrap();
         node.up = Some(Up { store, snaps, replica });
+    }
+
+    /// Wipes node `id` and opens it afresh with its own founding module and
+    /// session limits (as a founding voter unless the cluster made it a
+    /// joiner). Call before the group has a leader.
+    pub fn reopen_as(&mut self, id: u64, guest_name: &str, sessions: SessionConfig) {
+        self.close(id);
+        let dir = self.node(id).dir.clone();
+        let _ = std::fs::remove_dir_all(&dir);
+        self.node(id).applied.clear();
+        self.founding.insert(id, (guest(guest_name), sessions));
+        self.open(id);
     }
 
     /// Drops the replica and closes its RocksDB, like a process exit.

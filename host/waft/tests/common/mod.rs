@@ -24,6 +24,8 @@ pub const LEADER_DEADLINE: Duration = Duration::from_secs(30);
 /// Bound on waiting for a node to catch up.
 pub const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
 pub const POLL_PAUSE: Duration = Duration::from_millis(50);
+/// Bound on one `waft admin ... snapshot`.
+pub const ADMIN_DEADLINE: Duration = Duration::from_secs(120);
 /// Concurrent writers of a `Load`.
 pub const LOAD_WRITERS: usize = 8;
 /// Bound on waiting for a load to reach a number of acknowledged writes.
@@ -105,13 +107,23 @@ impl Drop for Cluster {
 impl Cluster {
     /// Starts `nodes` daemons, each a member of every group in `spec`.
     pub fn start(name: &str, nodes: usize, spec: Spec) -> Cluster {
+        let mut cluster = Cluster::prepare(name, nodes, spec);
+        for i in 0..nodes {
+            cluster.start_node(i);
+        }
+        cluster
+    }
+
+    /// Like `start`, but starts no node: set per-node flags, then
+    /// `start_node` each in the order the test needs.
+    pub fn prepare(name: &str, nodes: usize, spec: Spec) -> Cluster {
         let root = target_dir().join("waft-daemon-tests").join(name);
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         let ports = free_ports(2 * nodes);
         let addrs: Vec<String> = ports[..nodes].iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let metrics_addrs: Vec<String> = ports[nodes..].iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let mut cluster = Cluster {
+        let cluster = Cluster {
             root,
             addrs,
             metrics_addrs,
@@ -119,9 +131,6 @@ impl Cluster {
             extra: vec![Vec::new(); nodes],
             children: (0..nodes).map(|_| None).collect(),
         };
-        for i in 0..nodes {
-            cluster.start_node(i);
-        }
         cluster
     }
 
@@ -462,4 +471,38 @@ pub async fn groups_of(cluster: &Cluster, i: usize) -> Vec<u64> {
         Ok(s) => s.groups.iter().map(|g| g.group).collect(),
         Err(e) => panic!("node {} did not answer its status: {e}", i + 1),
     }
+}
+
+/// `waft admin --addr NODE --group G snapshot`: the index it reports, or why
+/// it failed.
+pub async fn admin_snapshot(cluster: &Cluster, i: usize, group: u64) -> Result<u64, String> {
+    let addr = cluster.addrs[i].clone();
+    let group = group.to_string();
+    let args = ["admin", "--addr", &addr, "--group", &group, "snapshot"];
+    match tokio::time::timeout(ADMIN_DEADLINE, run_waft(&args)).await {
+        Err(_) => Err(format!("no answer within {ADMIN_DEADLINE:?}")),
+        Ok((false, out, err)) => Err(format!("{}{}", out.trim(), err.trim())),
+        Ok((true, out, err)) => out
+            .lines()
+            .find_map(|l| l.strip_prefix("snapshot at index ")?.trim().parse().ok())
+            .ok_or_else(|| format!("no snapshot index in its output: {out}{err}")),
+    }
+}
+
+/// The `state` file of node `i`'s newest snapshot of `group`, and that
+/// snapshot's index (`snapshots/group-G/snap-INDEX-TERM/state`).
+pub fn newest_snapshot_state(cluster: &Cluster, i: usize, group: u64) -> Option<(u64, PathBuf)> {
+    let group_dir = format!("group-{group:020}");
+    files_named(&cluster.data_dir(i), "state")
+        .into_iter()
+        .filter_map(|path| {
+            let snap = path.parent()?;
+            if snap.parent()?.file_name()?.to_str()? != group_dir {
+                return None;
+            }
+            let (index, term) = snap.file_name()?.to_str()?.strip_prefix("snap-")?.split_once('-')?;
+            term.parse::<u64>().ok()?;
+            Some((index.parse::<u64>().ok()?, path))
+        })
+        .max_by_key(|(index, _)| *index)
 }
