@@ -591,10 +591,36 @@ impl Client {
         ids: Vec<u64>,
         learners: Vec<u64>,
     ) -> Result<AdminResult, ClientError> {
+        self.admin_call(group, op, ids, learners, false).await
+    }
+
+    /// UNSAFE: forces `voters` as `group`'s voters on the first node this
+    /// client knows, without a quorum (waft.admin.v1 ADMIN_OP_RESET_PEERS
+    /// with `allow_data_loss`). Entries a lost majority committed that the
+    /// survivors never received are lost, acknowledged writes among them.
+    /// For a group whose quorum is gone for good; the node refuses while it
+    /// has heard from a leader within an election timeout.
+    pub async fn reset_peers_unsafe(&self, group: u64, voters: Vec<u64>) -> Result<AdminResult, ClientError> {
+        self.admin_call(group, AdminOp::ResetPeers, voters, Vec::new(), true).await
+    }
+
+    async fn admin_call(
+        &self,
+        group: u64,
+        op: AdminOp,
+        ids: Vec<u64>,
+        learners: Vec<u64>,
+        allow_data_loss: bool,
+    ) -> Result<AdminResult, ClientError> {
         let route = if matches!(op, AdminOp::Snapshot | AdminOp::ResetPeers) { Route::Seed } else { Route::Leader };
-        self.with_retries(group, route, Retry::IfUnsent, |conn, at| {
+        // A membership change whose target holds already answers success, and
+        // a transfer to the leader it made too: safe to retry when the outcome
+        // is unknown. A reset is not.
+        let retry = if op == AdminOp::ResetPeers { Retry::IfUnsent } else { Retry::AtMostOnce };
+        self.with_retries(group, route, retry, |conn, at| {
             let mut c = waft_proto::admin_client(conn.channel);
-            let req = AdminRequest { group, op: op as i32, ids: ids.clone(), learners: learners.clone() };
+            let req =
+                AdminRequest { group, op: op as i32, ids: ids.clone(), learners: learners.clone(), allow_data_loss };
             async move {
                 let resp = c.change(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
                 match resp.into_inner().outcome {

@@ -25,7 +25,7 @@ use waft_proto::admin::{
     admin_response, deploy_response, set_group_response,
 };
 use waft_proto::client;
-use waft_raft::NodeId;
+use waft_raft::{Configuration, NodeId};
 use waft_storage::ModuleHash;
 
 use crate::driver::{BUSY_RETRY_AFTER_MS, GroupHandle, Input};
@@ -96,8 +96,42 @@ impl Op {
                 _ => return Err(bad("transfer-leader takes one target, or none for the most up-to-date voter")),
             },
             AdminOp::Snapshot => Op::Snapshot,
+            AdminOp::ResetPeers if !req.allow_data_loss => {
+                return Err(bad("reset-peers forces the voters without a quorum and can lose acknowledged writes; \
+                     send it with allow_data_loss (waft admin reset-peers --unsafe), and only once a quorum \
+                     is gone for good"));
+            }
             AdminOp::ResetPeers => Op::ResetPeers(some()?),
         })
+    }
+
+    /// The configuration a membership operation asks for, given the one in
+    /// force (`None` for the others). A request whose target holds already
+    /// has taken effect: answering it with success makes every membership
+    /// call safe to retry.
+    pub fn target(&self, current: &Configuration) -> Option<Configuration> {
+        let mut t = Configuration { voters_outgoing: Vec::new(), ..current.clone() };
+        match self {
+            Op::AddPeer(id) | Op::PromoteLearner(id) => {
+                t.learners.retain(|l| l != id);
+                t.voters.push(*id);
+            }
+            Op::RemovePeer(id) => {
+                t.voters.retain(|v| v != id);
+                t.learners.retain(|l| l != id);
+            }
+            Op::ChangePeers { voters, learners } => {
+                t.voters = voters.clone();
+                t.learners = learners.clone();
+            }
+            // Refused below (a voter cannot be added as a learner).
+            Op::AddLearners(ids) if ids.iter().any(|id| current.is_voter(*id)) => return None,
+            Op::AddLearners(ids) => t.learners.extend(ids),
+            Op::RemoveLearners(ids) => t.learners.retain(|l| !ids.contains(l)),
+            Op::TransferLeader(_) | Op::Snapshot | Op::ResetPeers(_) => return None,
+        }
+        t.normalize();
+        Some(t)
     }
 
     /// Whether only the leader may start it (the rest act on this node).
@@ -572,7 +606,34 @@ mod tests {
     use super::*;
 
     fn req(op: AdminOp, ids: &[u64]) -> AdminRequest {
-        AdminRequest { group: 1, op: op as i32, ids: ids.to_vec(), learners: Vec::new() }
+        AdminRequest { group: 1, op: op as i32, ids: ids.to_vec(), learners: Vec::new(), allow_data_loss: false }
+    }
+
+    #[test]
+    fn a_membership_change_that_holds_already_is_recognised() {
+        let current = Configuration { voters: vec![1, 2, 3], voters_outgoing: Vec::new(), learners: vec![4] };
+        let holds = |op: Op| op.target(&current).as_ref() == Some(&current);
+        assert!(holds(Op::AddPeer(2)));
+        assert!(holds(Op::RemovePeer(5)));
+        assert!(holds(Op::ChangePeers { voters: vec![3, 2, 1, 2], learners: vec![4] }));
+        assert!(holds(Op::AddLearners(vec![4])));
+        assert!(holds(Op::RemoveLearners(vec![6])));
+        assert!(holds(Op::PromoteLearner(3)));
+        for changes in [
+            Op::AddPeer(4),
+            Op::RemovePeer(3),
+            Op::RemovePeer(4),
+            Op::ChangePeers { voters: vec![1, 2], learners: vec![4] },
+            Op::AddLearners(vec![5]),
+            Op::RemoveLearners(vec![4]),
+            Op::PromoteLearner(4),
+        ] {
+            assert!(!holds(changes.clone()), "{changes:?}");
+        }
+        // Not membership, or refused further on (a voter as a learner).
+        for none in [Op::TransferLeader(Some(2)), Op::Snapshot, Op::ResetPeers(vec![1]), Op::AddLearners(vec![2])] {
+            assert_eq!(none.target(&current), None, "{none:?}");
+        }
     }
 
     #[test]

@@ -580,6 +580,20 @@ impl Driver {
         }
         let after = self.replica.raft().last_index();
         let config = self.replica.raft().configuration().clone();
+        if op.target(&config).as_ref() == Some(&config) {
+            // The change took effect already (a retry of a call whose answer
+            // was lost, say): success, once the configuration is committed.
+            let answer = if self.replica.raft().conf_change_pending() {
+                Err(client::Error::busy(
+                    BUSY_RETRY_AFTER_MS,
+                    "the configuration is changing; ask again once it settled",
+                ))
+            } else {
+                Ok(self.admin_result())
+            };
+            let _ = reply.send(answer);
+            return;
+        }
         let started = match &op {
             Op::AddPeer(id) => self.replica.add_peer(*id),
             Op::RemovePeer(id) => self.replica.remove_peer(*id),
@@ -611,6 +625,15 @@ impl Driver {
             Op::Snapshot => {
                 self.replica.request_snapshot();
                 Ok(())
+            }
+            Op::ResetPeers(_) if !self.replica.raft().leader_lost() => {
+                let why = format!(
+                    "node {} leads or heard from a leader within the last election timeout: the group has a \
+                     quorum, and a reset would split it; change the membership instead",
+                    self.replica.raft().id()
+                );
+                let _ = reply.send(Err(client::Error::rejected(why)));
+                return;
             }
             Op::ResetPeers(voters) => self.replica.reset_peers(voters.clone()),
         };

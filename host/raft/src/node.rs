@@ -185,6 +185,10 @@ pub struct RawNode {
     /// Ticks since we last heard from a leader of our term (or since start).
     /// While below election_ticks we refuse votes: the leader may hold a lease.
     ticks_since_leader: u64,
+    /// Ticks this process has counted in a row without hearing from a
+    /// leader (or leading): unlike `ticks_since_leader`, starts at 0, so a
+    /// node that just started has not yet seen a leader gone.
+    leaderless_ticks: u64,
     target_priority: Priority,
     election_timeout_count: u64,
     votes: BTreeMap<NodeId, bool>,
@@ -293,6 +297,7 @@ impl RawNode {
             randomized_election_ticks: cfg.election_ticks,
             heartbeat_elapsed: 0,
             ticks_since_leader: 0,
+            leaderless_ticks: 0,
             target_priority: PRIORITY_DISABLED,
             election_timeout_count: 0,
             votes: BTreeMap::new(),
@@ -353,6 +358,23 @@ impl RawNode {
     pub fn configuration(&self) -> &Configuration {
         &self.conf
     }
+    /// Whether this node has gone a whole election timeout, counted since it
+    /// started, without leading or hearing from a leader: what an unsafe
+    /// `reset_peers` must wait for, so it never splits a healthy group.
+    pub fn leader_lost(&self) -> bool {
+        self.role != Role::Leader && self.leaderless_ticks >= self.cfg.election_ticks
+    }
+
+    /// Whether a configuration change is under way: one catching up its new
+    /// voters, appended but not committed, joint, or forced by `reset_peers`
+    /// and not yet replaced by a committed one. While none is, the
+    /// configuration in force is committed.
+    pub fn conf_change_pending(&self) -> bool {
+        self.pending_change.is_some()
+            || self.conf_index > self.log.committed
+            || self.conf.is_joint()
+            || self.forced.is_some()
+    }
     /// Term of the entry at `index` while it is in the log (or is the snapshot index).
     pub fn term_at(&self, index: u64) -> Option<u64> {
         self.log.term(index)
@@ -383,6 +405,7 @@ impl RawNode {
     pub fn tick(&mut self) {
         self.now += 1;
         self.ticks_since_leader = self.ticks_since_leader.saturating_add(1);
+        self.leaderless_ticks = if self.role == Role::Leader { 0 } else { self.leaderless_ticks.saturating_add(1) };
         self.election_elapsed += 1;
         if self.role == Role::Leader {
             self.tick_leader();
@@ -893,6 +916,7 @@ impl RawNode {
         self.leader = leader;
         self.election_elapsed = 0;
         self.ticks_since_leader = 0;
+        self.leaderless_ticks = 0;
         self.election_timeout_count = 0;
         self.target_priority = self.max_priority();
     }
@@ -946,6 +970,7 @@ impl RawNode {
         self.role = Role::Leader;
         self.leader = self.id;
         self.ticks_since_leader = 0;
+        self.leaderless_ticks = 0;
         self.sync_progress();
         for p in self.progress.values_mut() {
             p.recent_active = true;

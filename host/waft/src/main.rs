@@ -371,7 +371,16 @@ async fn admin(addr: &str, group: u64, op: AdminCmd) -> Result<()> {
         AdminCmd::PromoteLearner { id } => (AdminOp::PromoteLearner, vec![id], vec![]),
         AdminCmd::TransferLeader { id } => (AdminOp::TransferLeader, id.into_iter().collect(), vec![]),
         AdminCmd::Snapshot => (AdminOp::Snapshot, vec![], vec![]),
-        AdminCmd::ResetPeers { voters, .. } => (AdminOp::ResetPeers, voters, vec![]),
+        AdminCmd::ResetPeers { voters, .. } => {
+            eprintln!(
+                "waft: UNSAFE reset of group {group}'s voters to {voters:?} on {addr}. Entries the lost majority \
+                 committed that this node never received are gone for good, acknowledged writes among them; \
+                 run it on every survivor with the same voters, and only once the others cannot come back."
+            );
+            let result = client.reset_peers_unsafe(group, voters).await?;
+            print_configuration(&result.configuration.unwrap_or_default(), result.leader_id);
+            return Ok(());
+        }
     };
     let result = client.admin(group, op, ids, learners).await?;
     if op == AdminOp::Snapshot {
