@@ -169,6 +169,8 @@ pub struct GroupHandle {
 
 pub struct Driver {
     replica: Replica,
+    /// The origin of the monotonic clock the replica's lease is measured on.
+    epoch: std::time::Instant,
     store: Arc<Mutex<RocksLogStore>>,
     /// Makes this group's log writes durable, merged with other groups'.
     committer: Committer,
@@ -257,6 +259,7 @@ impl Driver {
         let snapshot_index = snapshots.latest(replica.group()).map_or(0, |id| id.index);
         Driver {
             replica,
+            epoch: std::time::Instant::now(),
             store,
             committer,
             snapshots,
@@ -982,6 +985,7 @@ impl Driver {
                     return Break(());
                 }
                 _ = ticker.tick() => {
+                    self.read_clock();
                     self.replica.tick();
                     *ticks += 1;
                     // Pruning walks every waiter; once per 100 ticks is plenty.
@@ -1011,10 +1015,16 @@ impl Driver {
                 }
                 input = inbox.recv() => {
                     let Some(input) = input else { return Break(()) };
+                    // Before any message or read: a lease read is checked
+                    // against the clock as it reads now, after any stall.
+                    self.read_clock();
                     self.on_input(input);
                     for _ in 1..INBOX_DRAIN_MAX {
                         match inbox.try_recv() {
-                            Ok(input) => self.on_input(input),
+                            Ok(input) => {
+                                self.read_clock();
+                                self.on_input(input);
+                            }
                             Err(_) => break,
                         }
                     }
@@ -1030,6 +1040,12 @@ impl Driver {
         }
         self.publish_status();
         Continue(())
+    }
+
+    /// Tells the replica the monotonic clock (ms since this driver started).
+    fn read_clock(&mut self) {
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.replica.set_clock(now_ms);
     }
 
     /// What a client waiting on a group that stops hears: the leader to go

@@ -144,11 +144,18 @@ impl ServeConfig {
         // inside it (the core requires lease < election timeout).
         raft.heartbeat_ticks = (self.election_ticks / 6).max(1);
         raft.lease_ticks = self.election_ticks / 2;
+        // The same lease on the monotonic clock, less a drift margin: ticks
+        // stop while the process stalls, real time does not.
+        raft.lease_ms = (raft.lease_ticks * self.tick_ms) * (100 - LEASE_DRIFT_MARGIN_PERCENT) / 100;
         raft.snapshot_margin_entries = self.snapshot_margin_entries.max(1);
         raft.validate().map_err(|e| ServeError::Config(format!("--election-ticks {}: {e}", self.election_ticks)))?;
         Ok(raft)
     }
 }
+
+/// How much of the lease (`lease_ticks` ticks of real time) the monotonic
+/// clock bound gives up for clock drift between nodes and tick jitter.
+pub const LEASE_DRIFT_MARGIN_PERCENT: u64 = 20;
 
 /// How long a clean shutdown waits for open client and peer connections to
 /// finish before it closes them.

@@ -446,6 +446,13 @@ impl Replica {
 
     // ------------------------------------------------------------ inputs
 
+    /// The caller's monotonic clock in ms (see `waft_raft::RawNode::set_clock`):
+    /// set it before every batch of ticks, messages and reads, so a stall of
+    /// the process never extends the leader lease.
+    pub fn set_clock(&mut self, now_ms: u64) {
+        self.node.set_clock(now_ms);
+    }
+
     pub fn tick(&mut self) {
         self.node.tick();
     }

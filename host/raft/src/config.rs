@@ -35,6 +35,15 @@ pub struct Config {
     /// Leader lease for lease-based reads. Must be shorter than `election_ticks`
     /// divided by the worst clock drift between nodes.
     pub lease_ticks: u64,
+    /// The lease on the caller's monotonic clock (`RawNode::set_clock`), in
+    /// ms, counted from when the confirming heartbeat round was sent: a
+    /// lease read needs both this and `lease_ticks` to hold, so a process
+    /// that stalls (its ticks stop while real time runs on) never extends a
+    /// lease. Set it to `lease_ticks` ticks of real time less a drift margin
+    /// wherever ticks can stall, i.e. in every real process. 0: counted in
+    /// ticks alone, only for callers whose ticks never stall (simulations
+    /// whose time is the tick).
+    pub lease_ms: u64,
     /// Per-peer priorities; a missing peer is `PRIORITY_DISABLED`.
     pub priorities: BTreeMap<NodeId, Priority>,
     pub proposal_bytes_max: u64,
@@ -66,6 +75,7 @@ impl Config {
             catchup_margin_entries: 100,
             catchup_timeout_ticks: 100,
             lease_ticks: 5,
+            lease_ms: 0,
             priorities: BTreeMap::new(),
             proposal_bytes_max: 1 << 20,
             uncommitted_entries_max: 50_000,

@@ -189,6 +189,9 @@ pub struct RawNode {
     /// leader (or leading): unlike `ticks_since_leader`, starts at 0, so a
     /// node that just started has not yet seen a leader gone.
     leaderless_ticks: u64,
+    /// The caller's monotonic clock, in ms, as last set (`set_clock`); never
+    /// goes back. Only the lease reads it.
+    clock_ms: u64,
     target_priority: Priority,
     election_timeout_count: u64,
     votes: BTreeMap<NodeId, bool>,
@@ -298,6 +301,7 @@ impl RawNode {
             heartbeat_elapsed: 0,
             ticks_since_leader: 0,
             leaderless_ticks: 0,
+            clock_ms: 0,
             target_priority: PRIORITY_DISABLED,
             election_timeout_count: 0,
             votes: BTreeMap::new(),
@@ -400,6 +404,15 @@ impl RawNode {
     }
 
     // ------------------------------------------------------------ inputs
+
+    /// Tells the core the caller's monotonic clock (ms since any fixed
+    /// point), read just before the inputs that follow (ticks, messages,
+    /// reads). The core never reads a clock: a caller whose ticks can stall
+    /// sets it before every batch of inputs, and the lease (`lease_ms`) is
+    /// measured on it. A reading below the last one is ignored.
+    pub fn set_clock(&mut self, now_ms: u64) {
+        self.clock_ms = self.clock_ms.max(now_ms);
+    }
 
     /// Advances the logical clock by one tick.
     pub fn tick(&mut self) {
@@ -1175,7 +1188,7 @@ impl RawNode {
                 self.handle_append_response(from, reject, index, hint_index, hint_term)
             }
             MessageBody::HeartbeatResponse { round } => {
-                let tick = self.reads.round_tick(round);
+                let sent = self.reads.round_sent(round);
                 let last = self.log.last_index();
                 let Some(p) = self.progress.get_mut(&from) else {
                     return;
@@ -1185,8 +1198,9 @@ impl RawNode {
                 if round > p.acked_round {
                     p.acked_round = round;
                 }
-                if let Some(t) = tick {
+                if let Some((t, ms)) = sent {
                     p.acked_tick = p.acked_tick.max(t);
+                    p.acked_ms = p.acked_ms.max(ms);
                 }
                 // Appends (or their acks) may have been lost: free a window slot so a
                 // stalled pipeline probes again (etcd does the same).
@@ -1355,7 +1369,7 @@ impl RawNode {
     }
 
     fn broadcast_heartbeat(&mut self) {
-        let round = self.reads.start_round(self.now);
+        let round = self.reads.start_round(self.now, self.clock_ms);
         let ids: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
         for id in ids {
             let p = &self.progress[&id];
@@ -1373,8 +1387,16 @@ impl RawNode {
         }
         let me = self.id;
         let (now, lease) = (self.now, self.cfg.lease_ticks);
+        let (clock, lease_ms) = (self.clock_ms, self.cfg.lease_ms);
+        // Both clocks: ticks (which a stall stops) and, when configured, the
+        // caller's monotonic clock (which runs on through a stall).
         quorum::is_quorum(&self.conf, |id| {
-            id == me || self.progress.get(&id).is_some_and(|p| p.acked_round > 0 && p.acked_tick + lease > now)
+            id == me
+                || self.progress.get(&id).is_some_and(|p| {
+                    p.acked_round > 0
+                        && p.acked_tick + lease > now
+                        && (lease_ms == 0 || p.acked_ms.saturating_add(lease_ms) > clock)
+                })
         })
     }
 
@@ -1394,7 +1416,7 @@ impl RawNode {
         }
         self.reads.add_pending(req, index);
         if self.conf.voters == [self.id] && !self.conf.is_joint() {
-            let round = self.reads.start_round(self.now);
+            let round = self.reads.start_round(self.now, self.clock_ms);
             for (r, i) in self.reads.confirm(round) {
                 self.serve_read(r, i);
             }

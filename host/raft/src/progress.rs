@@ -83,6 +83,8 @@ pub struct Progress {
     pub acked_round: u64,
     /// Leader tick at which the round `acked_round` was sent (lease accounting).
     pub acked_tick: u64,
+    /// The leader's clock reading (`RawNode::set_clock`) when that round was sent.
+    pub acked_ms: u64,
     /// Ticks spent in the Snapshot state, to retry a lost install.
     pub snapshot_ticks: u64,
 }
@@ -98,6 +100,7 @@ impl Progress {
             recent_active: false,
             acked_round: 0,
             acked_tick: 0,
+            acked_ms: 0,
             snapshot_ticks: 0,
         }
     }

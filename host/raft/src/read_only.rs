@@ -23,8 +23,8 @@ pub struct ReadOnly {
     pub waiting_commit: VecDeque<ReadRequest>,
     /// (request, read index, round that must be confirmed), rounds non-decreasing.
     pending: VecDeque<(ReadRequest, u64, u64)>,
-    /// (round, leader tick when sent), rounds increasing.
-    rounds: VecDeque<(u64, u64)>,
+    /// (round, leader tick and clock reading when sent), rounds increasing.
+    rounds: VecDeque<(u64, u64, u64)>,
     /// Last round sent. Rounds restart at 0 each term.
     pub last_round: u64,
 }
@@ -54,21 +54,22 @@ impl ReadOnly {
         self.pending.front().is_some_and(|(_, _, r)| *r <= self.last_round)
     }
 
-    /// Starts a new round at `tick`; returns its number.
-    pub fn start_round(&mut self, tick: u64) -> u64 {
+    /// Starts a new round at `tick` and clock reading `clock_ms`; returns its number.
+    pub fn start_round(&mut self, tick: u64, clock_ms: u64) -> u64 {
         self.last_round += 1;
         if self.rounds.len() == ROUNDS_REMEMBERED_MAX {
             self.rounds.pop_front();
         }
-        self.rounds.push_back((self.last_round, tick));
+        self.rounds.push_back((self.last_round, tick, clock_ms));
         self.last_round
     }
 
-    pub fn round_tick(&self, round: u64) -> Option<u64> {
+    /// The tick and clock reading round `round` was sent at, while remembered.
+    pub fn round_sent(&self, round: u64) -> Option<(u64, u64)> {
         let first = self.rounds.front()?.0;
-        let (r, t) = *self.rounds.get(round.checked_sub(first)? as usize)?;
+        let (r, t, ms) = *self.rounds.get(round.checked_sub(first)? as usize)?;
         debug_assert_eq!(r, round);
-        Some(t)
+        Some((t, ms))
     }
 
     /// Releases every read whose round a quorum has acknowledged.
@@ -103,25 +104,25 @@ mod tests {
         q.add_pending(req(1), 5);
         q.add_pending(req(2), 6);
         assert!(q.needs_round());
-        assert_eq!(q.start_round(100), 1);
+        assert_eq!(q.start_round(100, 7), 1);
         assert!(!q.needs_round());
         q.add_pending(req(3), 7);
         assert!(q.confirm(0).is_empty());
         assert_eq!(q.confirm(1), vec![(req(1), 5), (req(2), 6)]);
-        assert_eq!(q.start_round(101), 2);
+        assert_eq!(q.start_round(101, 8), 2);
         assert_eq!(q.confirm(2), vec![(req(3), 7)]);
         assert!(q.is_empty());
-        assert_eq!(q.round_tick(1), Some(100));
-        assert_eq!(q.round_tick(9), None);
+        assert_eq!(q.round_sent(1), Some((100, 7)));
+        assert_eq!(q.round_sent(9), None);
     }
 
     #[test]
     fn round_memory_is_bounded() {
         let mut q = ReadOnly::default();
         for t in 0..(ROUNDS_REMEMBERED_MAX as u64 + 10) {
-            q.start_round(t);
+            q.start_round(t, t * 10);
         }
-        assert_eq!(q.round_tick(1), None);
-        assert_eq!(q.round_tick(q.last_round), Some(ROUNDS_REMEMBERED_MAX as u64 + 9));
+        assert_eq!(q.round_sent(1), None);
+        assert_eq!(q.round_sent(q.last_round).map(|(t, _)| t), Some(ROUNDS_REMEMBERED_MAX as u64 + 9));
     }
 }

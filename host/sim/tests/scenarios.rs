@@ -343,3 +343,36 @@ fn prevote_checkquorum_trace() {
     );
     assert_eq!((t.raft(3).role(), t.raft(3).leader(), t.raft(3).term()), (Role::Follower, Some(1), 1));
 }
+
+/// A leader whose process stalls (its ticks stop while real time runs on)
+/// must not come back believing its lease holds: measured on the caller's
+/// monotonic clock (`lease_ms`), the lease ran out during the stall, so a
+/// lease read waits for a heartbeat round instead of answering at once.
+/// Counted in ticks alone (`lease_ms` 0), the same read is answered from
+/// the stale lease: the bug this guards against.
+#[test]
+fn a_stall_never_extends_a_lease() {
+    for lease_ms in [0, 40] {
+        let mut t = Manual::new(3, &[1, 2, 3], |c| c.lease_ms = lease_ms);
+        for id in 1..=3 {
+            t.raft_mut(id).set_clock(1_000);
+        }
+        t.elect(1);
+        t.propose(1, b"a").unwrap();
+        t.tick_all(2);
+        assert!(t.raft(1).lease_valid(), "lease_ms {lease_ms}: a fresh lease holds");
+        // Node 1 stalls for a second: no tick, no message handled; when it
+        // runs again, its clock reads a second later.
+        t.raft_mut(1).set_clock(2_000);
+        t.read(1, 9, ReadMode::Lease).unwrap();
+        let served_at_once = t.read_states(1).iter().any(|&(id, _)| id == 9);
+        if lease_ms == 0 {
+            assert!(served_at_once, "ticks alone: the stale lease answers (why lease_ms exists)");
+        } else {
+            assert!(!served_at_once, "the stall used up the lease: no answer without a heartbeat round");
+            // A heartbeat round at the new clock reading confirms it.
+            t.tick_all(2);
+            assert!(t.read_states(1).iter().any(|&(id, _)| id == 9), "confirmed by a round");
+        }
+    }
+}
