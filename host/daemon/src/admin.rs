@@ -192,14 +192,36 @@ impl AdminService {
         let (engine, modules, bytes) = (self.host.engine().clone(), self.host.modules().clone(), req.module);
         let group_id = req.group;
         let module = tokio::task::spawn_blocking(move || {
-            let module = waft_node::GuestModule::load(&engine, bytes)
-                .map_err(|e| client::Error::bad_module(format!("module refused, nothing changed: {e}")))?;
-            modules.put(module.bytes()).map_err(|e| client::Error::internal(format!("cannot store the module: {e}")))?;
-            tracing::info!(group = group_id, module = %module.hash().to_hex(), bytes = module.bytes().len(), "deploy validated and stored");
-            Ok::<_, client::Error>(module)
+            waft_node::GuestModule::load(&engine, bytes)
+                .map_err(|e| client::Error::bad_module(format!("module refused, nothing changed: {e}")))
         })
         .await
         .map_err(|e| client::Error::internal(format!("the module validation task failed: {e}")))??;
+        // The new module must load the state the running one holds now: a
+        // throwaway instance, under the group's limits, is fed the leader's
+        // state (`on-snapshot-load`). Entries applied meanwhile are checked
+        // again at the deploy's index, on every replica.
+        let (reply, rx) = oneshot::channel();
+        send(&group, Input::DeployCheck { reply })?;
+        let (state, limits) = match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
+            Ok(Ok(answer)) => answer?,
+            Ok(Err(_)) => return Err(client::Error::internal("the group stopped; see its log")),
+            Err(_) => return Err(client::Error::timeout(ADMIN_TIMEOUT.as_millis() as u64)),
+        };
+        let module = tokio::task::spawn_blocking(move || {
+            let hash = module.hash().to_hex();
+            let label = format!("group {group_id} deploy check");
+            let mut sm = waft_runtime::StateMachine::for_group(module.module(), limits, group_id, &label)
+                .map_err(|e| client::Error::bad_module(format!("module {hash} cannot start, nothing changed: {e}")))?;
+            sm.load_snapshot(std::io::Cursor::new(state)).map_err(|e| {
+                client::Error::bad_module(format!("module {hash} cannot load the running state, nothing changed: {e}"))
+            })?;
+            modules.put(module.bytes()).map_err(|e| client::Error::internal(format!("cannot store the module: {e}")))?;
+            tracing::info!(group = group_id, module = %hash, bytes = module.bytes().len(), "deploy validated against the running state and stored");
+            Ok::<_, client::Error>(module)
+        })
+        .await
+        .map_err(|e| client::Error::internal(format!("the module check task failed: {e}")))??;
         let (reply, rx) = oneshot::channel();
         send(&group, Input::Deploy { module, reply })?;
         let committed = committed(rx).await?;

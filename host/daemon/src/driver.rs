@@ -136,6 +136,11 @@ pub enum Input {
         changes: Vec<(String, u64)>,
         reply: oneshot::Sender<ProposeReply>,
     },
+    /// The leader's running state (its `on-snapshot-save` bytes) and the
+    /// guest limits, for checking a module about to be deployed loads it.
+    DeployCheck {
+        reply: oneshot::Sender<Result<(Vec<u8>, waft_runtime::Limits), client::Error>>,
+    },
 }
 
 /// The settings as the client protocol shows them.
@@ -333,6 +338,19 @@ impl Driver {
                 self.propose(body, reply);
             }
             Input::SetGroup { changes, reply } => self.set_group(changes, reply),
+            Input::DeployCheck { reply } => {
+                if self.replica.raft().role() != Role::Leader {
+                    let (id, addr) = self.leader_hint();
+                    let _ = reply.send(Err(client::Error::not_leader(id, addr)));
+                    return;
+                }
+                // A save of the whole state: off the async worker.
+                let saved = tokio::task::block_in_place(|| self.replica.state_bytes());
+                let answer = saved
+                    .map(|state| (state, self.replica.guest_limits()))
+                    .map_err(|e| client::Error::internal(format!("the running state could not be saved: {e}")));
+                let _ = reply.send(answer);
+            }
             Input::Query { request, consistency, reply } => self.query(request, consistency, reply),
         }
     }
@@ -959,6 +977,9 @@ impl Driver {
                     let _ = reply.send(Err(self.shutting_down()));
                 }
                 Input::Admin { reply, .. } => {
+                    let _ = reply.send(Err(self.shutting_down()));
+                }
+                Input::DeployCheck { reply } => {
                     let _ = reply.send(Err(self.shutting_down()));
                 }
                 Input::Peer { .. } | Input::InstallPulled(_) => {}

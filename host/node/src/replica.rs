@@ -509,6 +509,12 @@ impl Replica {
         &self.sessions
     }
 
+    /// The runtime limits the guest runs under: the node's, with the group's
+    /// settings over them (what a throwaway instance checking a deploy needs).
+    pub fn guest_limits(&self) -> Limits {
+        self.settings.limits(&self.local_limits)
+    }
+
     /// The state machine's snapshot bytes, for checking replicas agree.
     pub fn state_bytes(&mut self) -> Result<Vec<u8>> {
         self.check_running()?;

@@ -227,3 +227,29 @@ async fn a_new_module_version_takes_over_at_one_index_on_every_replica() {
     assert_eq!(json["groups"][0]["module_hash"], serde_json::Value::String(hex));
     assert_eq!(json["groups"][0]["module_index"], serde_json::json!(at));
 }
+
+/// A module that cannot read the state the running one holds (the counter
+/// over the atomic example's key-value state) is refused at the leader,
+/// before it reaches the log: BAD_MODULE with the guest's reason, and the
+/// group goes on as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_that_cannot_read_the_running_state_is_refused_before_the_log() {
+    let mut c = Cluster::start("deploy-state-check", 3, Spec::one(GROUP, "waft_atomic"));
+    let leader = c.wait_for_leader(GROUP).await;
+    let client = c.client_of_all(leader);
+    for k in 0..5 {
+        client.propose(GROUP, common::set(&format!("k{k}"), k)).await.unwrap();
+    }
+    let before = status(&c, leader).await;
+    let counter = module("waft_counter");
+    let out = waft(&["deploy", "--addr", &c.addrs[leader], "--group", "1", counter.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the counter was deployed over key-value state");
+    assert!(stderr.contains("BAD_MODULE") && stderr.contains("cannot load the running state"), "{stderr}");
+    assert!(stderr.contains("not a counter's state"), "the guest's own reason: {stderr}");
+    let after = status(&c, leader).await;
+    assert_eq!(after.module_hash, before.module_hash, "the running module stays");
+    assert_eq!((after.commit_index, after.applied_index), (before.commit_index, before.applied_index), "no entry");
+    let answer = client.query(GROUP, common::get("k3"), Consistency::Linearizable).await.unwrap();
+    assert_eq!(text(&answer), "3", "the key-value state reads as before");
+}

@@ -51,6 +51,15 @@ impl StateMachine for DoublingCounter {
     fn load(&mut self, mut input: impl Read) -> std::io::Result<()> {
         let mut bytes = [0u8; 8];
         input.read_exact(&mut bytes)?;
+        // A counter's state is its value and nothing else: more bytes are
+        // another machine's state, which this one must refuse to load.
+        let mut rest = [0u8; 1];
+        if input.read(&mut rest)? != 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not a counter's state: bytes follow the 8-byte value",
+            ));
+        }
         self.value = i64::from_le_bytes(bytes);
         Ok(())
     }
