@@ -547,6 +547,18 @@ impl Driver {
             self.snapshot_index = saved.index;
         }
         self.settle_admin(&out);
+        for e in &out.events {
+            if let waft_raft::Event::FollowerLostEntries { peer, acknowledged, holds } = e {
+                tracing::warn!(
+                    group,
+                    peer,
+                    acknowledged,
+                    holds,
+                    "a follower holds fewer entries than it acknowledged (a wiped or restored data directory?); \
+                     replicating to it again from what it holds"
+                );
+            }
+        }
         if let Some(soft) = out.soft_state {
             tracing::info!(group, node = self.replica.raft().id(), term = soft.term, role = ?soft.role, leader = soft.leader, "role");
             if soft.role != Role::Leader {

@@ -182,3 +182,29 @@ fn a_trapping_entry_fails_on_every_replica_and_leaves_no_trace() {
         assert_eq!(c.state_bytes(id), reference, "node {id} snapshot bytes");
     }
 }
+
+/// A follower whose data directory is wiped after it acknowledged entries
+/// (and after the leader compacted them) used to make the leader probe it
+/// at its old match again and again, each refusal answered at once: a
+/// message storm without a tick. The leader now notices it lost entries,
+/// says so, and brings it back with a snapshot.
+#[test]
+fn a_follower_that_lost_its_log_is_caught_up_without_a_message_storm() {
+    let mut c = Cluster::new("lost-log", 3, 10_000);
+    c.elect(1);
+    for _ in 0..5 {
+        c.propose(r#"{"incr":1}"#);
+    }
+    c.settle();
+    c.replica(1).request_snapshot();
+    c.tick(2);
+    assert!(c.replica(1).raft().first_index() > 5, "the leader compacted its log");
+    c.reopen_as(3, "waft_counter", waft_session::SessionConfig::default());
+    // The leader finds out at its next append to node 3.
+    c.propose(r#"{"incr":1}"#);
+    c.settle(); // panics after SETTLE_ROUNDS_MAX rounds of a storm
+    c.tick(3);
+    assert_eq!(c.installs, 1, "node 3 installed the leader's snapshot");
+    assert_eq!(c.applied_index(3), c.applied_index(1));
+    assert_eq!(c.query(3), "6");
+}

@@ -71,6 +71,17 @@ pub enum Event {
     BadConfigEntry {
         index: u64,
     },
+    /// `peer` had acknowledged entries up to `acknowledged` but now says it
+    /// holds only up to `holds`: its disk lost them (wiped, restored from an
+    /// old copy), or the refusal is a very late one. The leader replicates
+    /// to it again from `holds`. A node that lost acknowledged entries may
+    /// have counted toward commits it can no longer vouch for: an operator
+    /// should find out why.
+    FollowerLostEntries {
+        peer: NodeId,
+        acknowledged: u64,
+        holds: u64,
+    },
 }
 
 /// One batch of work for the runtime. The ordering rules, in one place:
@@ -1233,6 +1244,17 @@ impl RawNode {
         p.recent_active = true;
         if reject {
             let hint = if hint_term > 0 { self.log.find_conflict_by_term(hint_index, hint_term).0 } else { hint_index };
+            if index <= p.match_index && hint < p.match_index && p.state != ProgressState::Replicate {
+                // Refused at or below what it acknowledged, holding less: it
+                // lost entries. Probing from its old match would be refused
+                // again at once, forever (a message storm): start over from
+                // what it holds.
+                let acknowledged = p.match_index;
+                p.restart_from(hint);
+                self.events.push(Event::FollowerLostEntries { peer: from, acknowledged, holds: hint });
+                self.send_append(from, false);
+                return;
+            }
             if p.maybe_decr_to(index, hint) {
                 if p.state == ProgressState::Replicate {
                     p.become_probe();

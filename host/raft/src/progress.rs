@@ -143,6 +143,15 @@ impl Progress {
 
     /// Handles a rejection of the append with `prev_index == rejected`; `hint` is the
     /// highest index the follower may share with us. Returns false for stale rejections.
+    /// Forgets what the peer acknowledged beyond `holds` (it lost those
+    /// entries) and probes from there.
+    pub fn restart_from(&mut self, holds: u64) {
+        self.match_index = holds.min(self.match_index);
+        self.become_probe();
+        self.next_index = self.match_index + 1;
+        self.probe_sent = false;
+    }
+
     pub fn maybe_decr_to(&mut self, rejected: u64, hint: u64) -> bool {
         if self.state == ProgressState::Replicate {
             if rejected <= self.match_index {
