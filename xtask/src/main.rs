@@ -13,7 +13,7 @@ usage: cargo xtask <task>
 
 tasks:
   demo     build what is needed, then run waft's demo on embedded defaults
-  test     build what is needed, then run every test
+  test     build what is needed, check formatting and lints, then run every test
   guests   build the example and test guests (wasm32-wasip2 components)
   bench    build what is needed, then run the benchmarks
   prereqs  install or check the prerequisites only";
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         Some("prereqs") => prereqs(),
         Some("guests") => prereqs().and_then(|()| guests()),
         Some("demo") => prereqs().and_then(|()| guests()).and_then(|()| demo(&args[1..])),
-        Some("test") => prereqs().and_then(|()| guests()).and_then(|()| test(&args[1..])),
+        Some("test") => prereqs().and_then(|()| guests()).and_then(|()| lint()).and_then(|()| test(&args[1..])),
         Some("bench") => prereqs().and_then(|()| guests()).and_then(|()| bench(&args[1..])),
         _ => {
             eprintln!("{USAGE}");
@@ -173,6 +173,18 @@ fn demo(extra: &[String]) -> Result<()> {
     let mut cmd = Command::new(target_dir().join("release").join("waft"));
     cmd.current_dir(root()).arg("demo").arg("--modules").arg(guest_dir()).args(extra);
     run(cmd, "running the demo")
+}
+
+/// The tree follows rustfmt.toml and passes clippy with warnings as
+/// errors, every target included (release profile: it shares the build's
+/// compiled rocksdb instead of building it again).
+fn lint() -> Result<()> {
+    let mut fmt = cargo();
+    fmt.args(["fmt", "--all", "--check"]);
+    run(fmt, "checking formatting").map_err(|e| format!("{e}; run `cargo fmt --all` and commit the result"))?;
+    let mut clippy = cargo();
+    clippy.args(["clippy", "--release", "--workspace", "--all-targets", "--", "-D", "warnings"]);
+    run(clippy, "running clippy").map_err(|e| format!("{e}; fix what it reports above"))
 }
 
 fn test(extra: &[String]) -> Result<()> {

@@ -228,8 +228,11 @@ struct Shared {
     /// The session `propose` uses, by group, each behind a lock held while
     /// it opens (so concurrent first calls open one session, not several).
     /// Invariant: len() <= DEFAULT_SESSIONS_MAX.
-    sessions: std::sync::Mutex<BTreeMap<u64, Arc<tokio::sync::Mutex<Option<Arc<SessionState>>>>>>,
+    sessions: std::sync::Mutex<BTreeMap<u64, SessionSlot>>,
 }
+
+/// One group's default session, opened on first use (under its lock).
+type SessionSlot = Arc<tokio::sync::Mutex<Option<Arc<SessionState>>>>;
 
 impl Client {
     /// A client that starts at `addr` (any node of the cluster). Connects lazily.

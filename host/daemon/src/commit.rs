@@ -195,12 +195,14 @@ mod tests {
     /// held, as during a sync) become durable in at most two synced writes:
     /// whatever the thread took before it blocked, then all the rest.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[allow(clippy::await_holding_lock)] // the held lock stands for a sync in progress
     async fn writes_waiting_for_the_disk_share_one_sync() {
         const GROUPS: u64 = 64;
         let dir = std::env::temp_dir().join(format!("waft-commit-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = Arc::new(Mutex::new(RocksLogStore::open(&dir).unwrap()));
         let (committer, thread) = Committer::start(store.clone()).unwrap();
+        // Held across the waits on purpose: it stands for a sync in progress.
         let busy = store.lock().unwrap();
         let mut tasks = Vec::new();
         for group in 1..=GROUPS {

@@ -483,6 +483,19 @@ impl Host {
     }
 }
 
+/// Where a group's state machine runs guest work that outgrows its in-place
+/// fuel slice: off the async worker, with `block_in_place`, so one group's
+/// heavy guest never holds a worker that other groups' drivers need. Off a
+/// multi-thread runtime's worker it runs where it is.
+fn guest_offload() -> waft_runtime::machine::Offload {
+    std::sync::Arc::new(|work: &mut dyn FnMut()| match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -528,17 +541,4 @@ mod tests {
         assert_ne!(Founding::new(hash(1), &[1, 2]), Founding::new(hash(1), &[1, 2, 3]));
         assert_ne!(Founding::new(hash(1), &[1]), Founding::new(hash(2), &[1]));
     }
-}
-
-/// Where a group's state machine runs guest work that outgrows its in-place
-/// fuel slice: off the async worker, with `block_in_place`, so one group's
-/// heavy guest never holds a worker that other groups' drivers need. Off a
-/// multi-thread runtime's worker it runs where it is.
-fn guest_offload() -> waft_runtime::machine::Offload {
-    std::sync::Arc::new(|work: &mut dyn FnMut()| match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
-    })
 }

@@ -49,6 +49,9 @@ impl GroupMetrics {
     }
 }
 
+/// How one metric's value is read off a group.
+type Sample<'a> = dyn Fn(&GroupHandle, &waft_proto::client::GroupStatus) -> u64 + 'a;
+
 /// Renders every group's metrics and the node's commit counters.
 pub fn render(
     node: u64,
@@ -61,7 +64,7 @@ pub fn render(
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         samples(&mut out);
     };
-    let per_group = |value: &dyn Fn(&GroupHandle, &waft_proto::client::GroupStatus) -> u64, name: &str| {
+    let per_group = |value: &Sample<'_>, name: &str| {
         let mut s = String::new();
         for (g, h) in groups {
             let status = h.status.borrow();
@@ -70,7 +73,7 @@ pub fn render(
         s
     };
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let gauges: [(&str, &str, &dyn Fn(&GroupHandle, &waft_proto::client::GroupStatus) -> u64); 9] = [
+    let gauges: [(&str, &str, &Sample<'_>); 9] = [
         ("waft_group_term", "Current Raft term.", &|_, s| s.term),
         ("waft_group_commit_index", "Highest log index known committed.", &|_, s| s.commit_index),
         ("waft_group_applied_index", "Highest log index applied to the state machine.", &|_, s| s.applied_index),
@@ -93,7 +96,7 @@ pub fn render(
         let samples = per_group(value, name);
         family(name, "gauge", help, &mut |o| o.push_str(&samples));
     }
-    let counters: [(&str, &str, &dyn Fn(&GroupHandle, &waft_proto::client::GroupStatus) -> u64); 6] = [
+    let counters: [(&str, &str, &Sample<'_>); 6] = [
         ("waft_group_proposals_total", "Proposals this node accepted as leader.", &|h, _| load(&h.metrics.proposals)),
         ("waft_group_reads_total", "Reads this node took in.", &|h, _| load(&h.metrics.reads)),
         ("waft_group_busy_rejections_total", "Requests answered BUSY.", &|h, _| load(&h.metrics.busy_rejections)),

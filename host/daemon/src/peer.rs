@@ -182,7 +182,7 @@ fn unwrap_wire(wire: PeerMessage) -> Result<(u64, Input), String> {
     let (group, message) = wire.into_raft().map_err(|e| e.to_string())?;
     let snapshot = match (&message.body, manifest) {
         (waft_raft::MessageBody::InstallSnapshot { meta }, Some(manifest)) => {
-            Some(crate::install::stored_meta(meta.index, meta.term, meta.config.encode().into(), &manifest)?)
+            Some(crate::install::stored_meta(meta.index, meta.term, meta.config.encode(), &manifest)?)
         }
         _ => None,
     };

@@ -11,7 +11,7 @@ use common::Cluster;
 use waft_node::Outcome;
 use waft_session::{Body, Envelope, SessionConfig, SessionError};
 
-const NONCE: u128 = 0x5eed_0f_5e55_1075;
+const NONCE: u128 = 0x005e_ed0f_5e55_1075;
 
 fn register(c: &mut Cluster) -> u64 {
     let (index, _) = c.propose_body(Body::Register { nonce: Some(NONCE) });

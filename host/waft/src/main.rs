@@ -213,7 +213,7 @@ impl Input {
 
 fn decode_hex(hex: &str) -> Result<Vec<u8>> {
     let hex = hex.trim().trim_start_matches("0x");
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         bail!("--hex: {} digits; bytes take two hex digits each", hex.len());
     }
     (0..hex.len())
@@ -479,7 +479,7 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
             .map(|g| {
                 let c = g.configuration.clone().unwrap_or_default();
                 let settings: serde_json::Map<String, serde_json::Value> =
-                    settings_named(&g.settings.clone().unwrap_or_default())
+                    settings_named(&g.settings.unwrap_or_default())
                         .into_iter()
                         .map(|(name, v)| (name.to_string(), serde_json::json!(v)))
                         .collect();
@@ -519,7 +519,7 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
         );
     }
     for g in &status.groups {
-        let named = settings_named(&g.settings.clone().unwrap_or_default());
+        let named = settings_named(&g.settings.unwrap_or_default());
         let list: Vec<String> = named.iter().map(|(n, v)| format!("{n}={v}")).collect();
         println!("group {} settings since {}: {}", g.group, g.settings_index, list.join(" "));
     }

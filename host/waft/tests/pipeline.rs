@@ -172,12 +172,10 @@ async fn pipelined_calls_get_their_own_replies_and_bad_calls_clear_errors() {
         })
         .collect();
     tx.send(CallBatch { calls }).await.unwrap();
-    let status = loop {
-        match replies.message().await {
-            Ok(Some(_)) => panic!("an oversized batch was served"),
-            Ok(None) => panic!("the stream ended without saying why"),
-            Err(status) => break status,
-        }
+    let status = match replies.message().await {
+        Ok(Some(_)) => panic!("an oversized batch was served"),
+        Ok(None) => panic!("the stream ended without saying why"),
+        Err(status) => status,
     };
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status}");
     assert!(status.message().contains("at most"), "{status}");

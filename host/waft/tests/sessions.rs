@@ -250,7 +250,7 @@ async fn session_limits_and_expiry_reach_clients_as_clear_errors() {
     while Instant::now() < idle_until {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let e = a.propose(incr(1)).await.err().expect("an expired session is refused");
+    let e = a.propose(incr(1)).await.expect_err("an expired session is refused");
     let refusal = e.refusal().expect("a refusal from the group");
     assert_eq!(refusal.code(), ErrorCode::SessionExpired, "{e}");
     assert!(refusal.message.contains("open a new session"), "{e}");

@@ -40,7 +40,7 @@ async fn wait_settings(c: &mut Cluster, i: usize, index: u64) -> GroupStatus {
 }
 
 fn settings(g: &GroupStatus) -> GroupSettings {
-    g.settings.clone().expect("status carries the settings")
+    g.settings.expect("status carries the settings")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

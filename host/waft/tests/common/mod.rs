@@ -123,15 +123,14 @@ impl Cluster {
         let ports = free_ports(2 * nodes);
         let addrs: Vec<String> = ports[..nodes].iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let metrics_addrs: Vec<String> = ports[nodes..].iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let cluster = Cluster {
+        Cluster {
             root,
             addrs,
             metrics_addrs,
             spec,
             extra: vec![Vec::new(); nodes],
             children: (0..nodes).map(|_| None).collect(),
-        };
-        cluster
+        }
     }
 
     pub fn data_dir(&self, i: usize) -> PathBuf {
