@@ -77,6 +77,9 @@ pub fn fingerprint(e: &Entry) -> u64 {
 }
 
 pub struct Cluster {
+    /// The simulated monotonic clock (the driver sets it before each event);
+    /// every node reads it before a tick, a message or a read.
+    pub now: u64,
     pub nodes: BTreeMap<NodeId, SimNode>,
     pub check: Checker,
     /// Snapshot store shared by all nodes: index -> (term, state). By state-machine
@@ -136,6 +139,7 @@ impl Cluster {
             );
         }
         Cluster {
+            now: 0,
             nodes,
             check: Checker::default(),
             snapshots: BTreeMap::new(),
@@ -213,7 +217,9 @@ impl Cluster {
     }
 
     pub fn tick(&mut self, id: NodeId) {
+        let now = self.now;
         if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+            r.set_clock(now);
             r.tick();
             self.process(id);
         }
@@ -229,6 +235,8 @@ impl Cluster {
             let line = format!("{} -> {} t{} {}", m.from, m.to, m.term, brief(&m.body));
             self.log(|| line);
         }
+        let now = self.now;
+        self.raft_mut(to).set_clock(now);
         self.raft_mut(to).step(m);
         self.process(to);
     }

@@ -20,6 +20,9 @@ use waft_session::SessionConfig;
 
 /// Simulated time units per nominal tick.
 pub const TICK_UNITS: u64 = 100;
+/// The lease on the simulated monotonic clock (one unit reads as one ms):
+/// `lease_ticks` (4) of nominal ticks less 20% for drift.
+pub const LEASE_MS: u64 = 4 * TICK_UNITS * 80 / 100;
 
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -41,6 +44,10 @@ pub struct SimConfig {
     /// Off: the machine applies every committed copy of a command, as a host
     /// without sessions would (the checker must then catch double applies).
     pub dedup: bool,
+    /// Off: the leader lease is counted in ticks alone (`lease_ms` 0), as
+    /// before it was bounded by the monotonic clock; a paused leader then
+    /// answers lease reads from a spent lease (the checker must catch it).
+    pub lease_clock: bool,
     pub trace: bool,
 }
 
@@ -79,15 +86,17 @@ impl SimConfig {
                 reply_bytes_total_max: 8 * window_commands_max * (clients + 2),
             },
             dedup: true,
+            lease_clock: true,
             trace: false,
         }
     }
 
     pub fn replay_command(&self) -> String {
         format!(
-            "cargo run --release -p waft-sim --bin sim -- --seed {}{} --trace",
+            "cargo run --release -p waft-sim --bin sim -- --seed {}{}{} --trace",
             self.seed,
-            if self.dedup { "" } else { " --no-dedup" }
+            if self.dedup { "" } else { " --no-dedup" },
+            if self.lease_clock { "" } else { " --no-lease-clock" }
         )
     }
 }
@@ -115,6 +124,9 @@ pub struct Stats {
     pub reads_ok: u64,
     pub crashes: u64,
     pub partitions: u64,
+    /// Stalls: a node stopped (no tick, no message, no disk news) for
+    /// several election timeouts while messages and requests queue for it.
+    pub pauses: u64,
     pub conf_changes: u64,
     pub transfers: u64,
     pub snapshots_installed: u64,
@@ -139,6 +151,7 @@ impl Stats {
         self.reads_ok += o.reads_ok;
         self.crashes += o.crashes;
         self.partitions += o.partitions;
+        self.pauses += o.pauses;
         self.conf_changes += o.conf_changes;
         self.transfers += o.transfers;
         self.snapshots_installed += o.snapshots_installed;
@@ -186,6 +199,13 @@ enum Ev {
         timed_out: bool,
     },
     ReadTimeout(u64, u64),
+    /// A read request reaches `node` (delayed only by a stall of the node).
+    ReadArrive {
+        ci: u64,
+        node: NodeId,
+        id: u64,
+        mode: ReadMode,
+    },
     Chaos,
     Heal,
 }
@@ -231,6 +251,8 @@ pub struct Sim {
     queue: BinaryHeap<Scheduled>,
     net: Net,
     tick_period: BTreeMap<NodeId, u64>,
+    /// Nodes stopped until the given time: events for them wait till then.
+    paused_until: BTreeMap<NodeId, u64>,
     /// Per-node disk latency bound (some disks are slow, widening crash windows).
     disk_delay_max: BTreeMap<NodeId, u64>,
     syncs_scheduled: BTreeMap<NodeId, usize>,
@@ -311,6 +333,7 @@ impl Sim {
             let mut c = node_config(id, seed, &mut cfg_rng, &priorities);
             c.check_quorum = check_quorum;
             c.pre_vote = pre_vote;
+            c.lease_ms = if cfg.lease_clock { LEASE_MS } else { 0 };
             let node = cluster.nodes.get_mut(&id).expect("node");
             node.cfg = c.clone();
             node.raft = Some(RawNode::new(c, node.durable.snapshot.config.clone()).expect("valid config"));
@@ -346,6 +369,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             net: Net { delay_max: 20, ..Default::default() },
             tick_period,
+            paused_until: BTreeMap::new(),
             disk_delay_max,
             syncs_scheduled: BTreeMap::new(),
             install_scheduled: BTreeMap::new(),
@@ -400,6 +424,7 @@ impl Sim {
                 break;
             }
             self.now = s.at;
+            self.cluster.now = s.at;
             self.stats.steps += 1;
             assert!(self.stats.steps < STEPS_MAX, "event budget exhausted");
             self.handle(*s.ev);
@@ -445,7 +470,38 @@ impl Sim {
         self.healed_at.is_none()
     }
 
+    /// The node an event happens at, if it is one a stopped process would
+    /// not see until it runs again.
+    fn stalled_target(ev: &Ev) -> Option<NodeId> {
+        match ev {
+            Ev::Tick(id) | Ev::Sync(id, _) | Ev::Install(id, _) => Some(*id),
+            Ev::Deliver(m) => Some(m.to),
+            Ev::ClientRequest { node, .. } | Ev::ReadArrive { node, .. } => Some(*node),
+            _ => None,
+        }
+    }
+
+    /// When node `id` runs again, if it is stopped now.
+    fn paused(&self, id: NodeId) -> Option<u64> {
+        self.paused_until.get(&id).copied().filter(|&until| until > self.now)
+    }
+
     fn handle(&mut self, ev: Ev) {
+        if let Some(until) = Self::stalled_target(&ev).and_then(|id| self.paused(id)) {
+            let wait = until - self.now;
+            match ev {
+                // Missed ticks are dropped (the daemon's ticker does the same):
+                // one tick when the node runs again.
+                Ev::Tick(_) => self.schedule(wait, ev),
+                // Queued messages, requests and disk news arrive together, in
+                // an order the seed picks.
+                _ => {
+                    let jitter = self.rng.range(0, 3);
+                    self.schedule(wait + jitter, ev);
+                }
+            }
+            return;
+        }
         match ev {
             Ev::Tick(id) => {
                 self.cluster.tick(id);
@@ -496,6 +552,7 @@ impl Sim {
             Ev::ClientReply { ci, req, attempt, answer } => self.on_reply(ci as usize, req, attempt, answer),
             Ev::Resend { ci, req, attempt, timed_out } => self.resend(ci as usize, req, attempt, timed_out),
             Ev::ReadTimeout(ci, id) => self.read_timeout(ci as usize, id),
+            Ev::ReadArrive { ci, node, id, mode } => self.read_arrive(ci as usize, node, id, mode),
             Ev::Chaos => {
                 if self.faults_active() {
                     self.chaos();
@@ -637,6 +694,21 @@ impl Sim {
                 }
             }
             self.trace(|| format!("chaos: partition {side:?} one_way={one_way}"));
+        } else if self.cfg.faults && roll < 41 {
+            // A stall: the leader half the time (its lease is what a stall
+            // must not stretch), for 1.2 to 4 election timeouts.
+            let up: Vec<NodeId> =
+                ids.iter().copied().filter(|&i| self.cluster.is_up(i) && self.paused(i).is_none()).collect();
+            let victim = match leader {
+                Some(l) if self.paused(l).is_none() && self.rng.chance(500) => Some(l),
+                _ => self.rng.pick(&up).copied(),
+            };
+            if let Some(v) = victim {
+                let d = self.rng.range(12, 40) * TICK_UNITS;
+                self.paused_until.insert(v, self.now + d);
+                self.stats.pauses += 1;
+                self.trace(|| format!("chaos: pause {v} for {d}"));
+            }
         } else if self.cfg.faults && roll < 47 {
             self.net.blocked.clear();
             self.trace(|| "chaos: heal partitions".into());

@@ -1,7 +1,9 @@
 //! Runs simulator seeds. `--seed N [--trace]` replays one seed; `--seeds N
 //! --from S` soaks N seeds starting at S and reports seeds per second and
 //! what the session clients met. `--no-dedup` runs the machine without
-//! session deduplication (the checker should then fail some seeds).
+//! session deduplication (the checker should then fail some seeds);
+//! `--no-lease-clock` counts the leader lease in ticks alone, which a
+//! stalled leader outlives (the checker should then fail some seeds).
 
 use std::time::Instant;
 use waft_sim::sim::{SimConfig, Stats, run_seed};
@@ -15,7 +17,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let trace = args.iter().any(|a| a == "--trace");
     let dedup = !args.iter().any(|a| a == "--no-dedup");
-    let config = |seed| SimConfig { dedup, ..SimConfig::from_seed(seed) };
+    let lease_clock = !args.iter().any(|a| a == "--no-lease-clock");
+    let config = |seed| SimConfig { dedup, lease_clock, ..SimConfig::from_seed(seed) };
     if let Some(seed) = arg(&args, "--seed") {
         let mut cfg = config(seed);
         cfg.trace = trace;

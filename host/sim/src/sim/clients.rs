@@ -184,6 +184,8 @@ impl Sim {
 
     /// Crashes a node; its clients' connections, and the answers owed on them, are gone.
     pub(super) fn crash(&mut self, id: NodeId) {
+        // A crash ends a stall too: the process is gone.
+        self.paused_until.remove(&id);
         self.cluster.crash(id);
         self.serving.retain(|&(node, _), _| node != id);
     }
@@ -266,6 +268,18 @@ impl Sim {
 
     fn start_read(&mut self, ci: usize, node: NodeId, id: u64, h: HistOp) {
         let mode = if self.rng.chance(500) { ReadMode::Lease } else { ReadMode::Safe };
+        if let Some(until) = self.paused(node) {
+            // The node is stopped: the request waits in its socket.
+            self.trace(|| format!("client {ci}: read key {} queued at stopped node {node}", h.key));
+            self.clients[ci].read = Some((node, id, h));
+            let timeout = self.clients[ci].timeout;
+            self.schedule(timeout, Ev::ReadTimeout(ci as u64, id));
+            let jitter = self.rng.range(0, 3);
+            self.schedule(until - self.now + jitter, Ev::ReadArrive { ci: ci as u64, node, id, mode });
+            return;
+        }
+        let now = self.now;
+        self.cluster.raft_mut(node).set_clock(now);
         let r = self.cluster.raft_mut(node).read_index(id, mode);
         self.cluster.process(node);
         self.trace(|| format!("client {ci}: read key {} at node {node}: {r:?}", h.key));
@@ -446,6 +460,29 @@ impl Sim {
         let ids: Vec<u64> = self.clients[ci].writes.keys().copied().collect();
         for op_id in ids {
             self.abandon_write(ci, op_id);
+        }
+    }
+
+    /// A read queued at a stopped node reaches it once it runs again (if
+    /// its client still waits and the node is still up).
+    pub(super) fn read_arrive(&mut self, ci: usize, node: NodeId, id: u64, mode: ReadMode) {
+        if !self.clients[ci].read.is_some_and(|(n, rid, _)| n == node && rid == id) || !self.cluster.is_up(node) {
+            return;
+        }
+        let now = self.now;
+        self.cluster.raft_mut(node).set_clock(now);
+        let r = self.cluster.raft_mut(node).read_index(id, mode);
+        self.cluster.process(node);
+        self.trace(|| format!("client {ci}: queued read {id} reached node {node}: {r:?}"));
+        if let Err(e) = r {
+            self.clients[ci].read = None;
+            match e {
+                RaftError::NotLeader { leader_hint: Some(l) } => self.clients[ci].leader_guess = l,
+                RaftError::NotLeader { leader_hint: None } => self.guess_randomly(ci),
+                _ => {}
+            }
+            let d = self.rng.range(TICK_UNITS / 2, 2 * TICK_UNITS);
+            self.schedule(d, Ev::Client(ci as u64));
         }
     }
 
