@@ -20,16 +20,16 @@ use std::time::Duration;
 
 use tokio::sync::{Semaphore, oneshot};
 use waft_proto::admin::{
-    AdminOp, AdminRequest, AdminResponse, AdminResult, CreateGroupRequest, CreateGroupResponse, CreateOutcome,
-    DeployRequest, DeployResponse, DeployResult, NodeCreateOutcome, SetGroupRequest, SetGroupResponse, SetGroupResult,
-    admin_response, deploy_response, set_group_response,
+    AdminRequest, AdminResponse, CreateGroupRequest, CreateGroupResponse, CreateOutcome, DeployRequest, DeployResponse,
+    DeployResult, NodeCreateOutcome, SetGroupRequest, SetGroupResponse, SetGroupResult, admin_response,
+    deploy_response, set_group_response,
 };
 use waft_proto::client;
-use waft_raft::{Configuration, NodeId};
+use waft_raft::NodeId;
 use waft_storage::ModuleHash;
 
-use crate::driver::{BUSY_RETRY_AFTER_MS, GroupHandle, Input};
 use crate::groups::{CREATE_MODULE_BYTES_MAX, CREATE_VOTERS_MAX, Founding, Host};
+use crate::inbox::{AdminReply, BUSY_RETRY_AFTER_MS, Committed, Input, Op, ProposeReply, settings_to_proto, try_send};
 
 /// How long an admin request waits for its change to take effect. Longer
 /// than a client request: a new voter may have a snapshot to catch up on.
@@ -46,99 +46,6 @@ pub const SET_GROUP_CHANGES_MAX: usize = 32;
 /// Deploys validated (compiled) at once on this node; more get BUSY. A
 /// compile takes a core for a few hundred milliseconds.
 pub const DEPLOY_VALIDATIONS_MAX: usize = 1;
-
-/// One admin operation, checked.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Op {
-    AddPeer(NodeId),
-    RemovePeer(NodeId),
-    ChangePeers {
-        voters: Vec<NodeId>,
-        learners: Vec<NodeId>,
-    },
-    AddLearners(Vec<NodeId>),
-    RemoveLearners(Vec<NodeId>),
-    PromoteLearner(NodeId),
-    /// `None`: the most up-to-date voter.
-    TransferLeader(Option<NodeId>),
-    Snapshot,
-    ResetPeers(Vec<NodeId>),
-}
-
-/// What an admin request gets back.
-pub type AdminReply = Result<AdminResult, client::Error>;
-
-impl Op {
-    /// The operation a request asks for, or why it is malformed.
-    pub fn from_request(req: &AdminRequest) -> Result<Op, client::Error> {
-        let bad = |why: &str| client::Error::invalid_request(why.to_string());
-        let ids = &req.ids;
-        if ids.contains(&waft_raft::NONE) || req.learners.contains(&waft_raft::NONE) {
-            return Err(bad("node id 0 is reserved; node ids are 1 or more"));
-        }
-        let one = || match ids.as_slice() {
-            [id] => Ok(*id),
-            _ => Err(bad("this operation takes exactly one node id")),
-        };
-        let some = || if ids.is_empty() { Err(bad("name at least one node id")) } else { Ok(ids.clone()) };
-        let op = AdminOp::try_from(req.op).map_err(|_| bad("unknown admin operation"))?;
-        Ok(match op {
-            AdminOp::Unspecified => return Err(bad("no admin operation given")),
-            AdminOp::AddPeer => Op::AddPeer(one()?),
-            AdminOp::RemovePeer => Op::RemovePeer(one()?),
-            AdminOp::ChangePeers => Op::ChangePeers { voters: some()?, learners: req.learners.clone() },
-            AdminOp::AddLearners => Op::AddLearners(some()?),
-            AdminOp::RemoveLearners => Op::RemoveLearners(some()?),
-            AdminOp::PromoteLearner => Op::PromoteLearner(one()?),
-            AdminOp::TransferLeader => match ids.as_slice() {
-                [] => Op::TransferLeader(None),
-                [id] => Op::TransferLeader(Some(*id)),
-                _ => return Err(bad("transfer-leader takes one target, or none for the most up-to-date voter")),
-            },
-            AdminOp::Snapshot => Op::Snapshot,
-            AdminOp::ResetPeers if !req.allow_data_loss => {
-                return Err(bad("reset-peers forces the voters without a quorum and can lose acknowledged writes; \
-                     send it with allow_data_loss (waft admin reset-peers --unsafe), and only once a quorum \
-                     is gone for good"));
-            }
-            AdminOp::ResetPeers => Op::ResetPeers(some()?),
-        })
-    }
-
-    /// The configuration a membership operation asks for, given the one in
-    /// force (`None` for the others). A request whose target holds already
-    /// has taken effect: answering it with success makes every membership
-    /// call safe to retry.
-    pub fn target(&self, current: &Configuration) -> Option<Configuration> {
-        let mut t = Configuration { voters_outgoing: Vec::new(), ..current.clone() };
-        match self {
-            Op::AddPeer(id) | Op::PromoteLearner(id) => {
-                t.learners.retain(|l| l != id);
-                t.voters.push(*id);
-            }
-            Op::RemovePeer(id) => {
-                t.voters.retain(|v| v != id);
-                t.learners.retain(|l| l != id);
-            }
-            Op::ChangePeers { voters, learners } => {
-                t.voters = voters.clone();
-                t.learners = learners.clone();
-            }
-            // Refused below (a voter cannot be added as a learner).
-            Op::AddLearners(ids) if ids.iter().any(|id| current.is_voter(*id)) => return None,
-            Op::AddLearners(ids) => t.learners.extend(ids),
-            Op::RemoveLearners(ids) => t.learners.retain(|l| !ids.contains(l)),
-            Op::TransferLeader(_) | Op::Snapshot | Op::ResetPeers(_) => return None,
-        }
-        t.normalize();
-        Some(t)
-    }
-
-    /// Whether only the leader may start it (the rest act on this node).
-    pub fn needs_leader(&self) -> bool {
-        !matches!(self, Op::Snapshot | Op::ResetPeers(_))
-    }
-}
 
 /// Creates this node works on at once (its own and forwarded ones); more
 /// are answered BUSY. Each holds a module of up to `CREATE_MODULE_BYTES_MAX`.
@@ -202,7 +109,7 @@ impl AdminService {
         // state (`on-snapshot-load`). Entries applied meanwhile are checked
         // again at the deploy's index, on every replica.
         let (reply, rx) = oneshot::channel();
-        send(&group, Input::DeployCheck { reply })?;
+        try_send(&group, Input::DeployCheck { reply })?;
         let (state, limits) = match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
             Ok(Ok(answer)) => answer?,
             Ok(Err(_)) => return Err(client::Error::internal("the group stopped; see its log")),
@@ -223,7 +130,7 @@ impl AdminService {
         .await
         .map_err(|e| client::Error::internal(format!("the module check task failed: {e}")))??;
         let (reply, rx) = oneshot::channel();
-        send(&group, Input::Deploy { module, reply })?;
+        try_send(&group, Input::Deploy { module, reply })?;
         let committed = committed(rx).await?;
         Ok(DeployResult { module_hash: committed.result, index: committed.index })
     }
@@ -248,11 +155,11 @@ impl AdminService {
         }
         let changes = req.changes.into_iter().map(|c| (c.name, c.value)).collect();
         let (reply, rx) = oneshot::channel();
-        send(&group, Input::SetGroup { changes, reply })?;
+        try_send(&group, Input::SetGroup { changes, reply })?;
         let committed = committed(rx).await?;
         let settings = waft_node::GroupSettings::decode(&committed.result)
             .map_err(|e| client::Error::internal(format!("the applied settings do not decode: {e}")))?;
-        Ok(SetGroupResult { settings: Some(crate::driver::settings_to_proto(&settings)), index: committed.index })
+        Ok(SetGroupResult { settings: Some(settings_to_proto(&settings)), index: committed.index })
     }
 
     async fn change(&self, req: AdminRequest) -> AdminReply {
@@ -262,7 +169,7 @@ impl AdminService {
         let group = self.host.groups().get(req.group).ok_or_else(|| client::Error::unknown_group(req.group))?;
         let op = Op::from_request(&req)?;
         let (reply, rx) = oneshot::channel();
-        send(&group, Input::Admin { op, reply })?;
+        try_send(&group, Input::Admin { op, reply })?;
         match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(client::Error::internal("the group dropped the request (it stopped); see its log")),
@@ -483,26 +390,11 @@ impl AdminService {
 
 /// Waits (at most `ADMIN_TIMEOUT`) for the answer to an entry the driver
 /// proposed for an admin request.
-async fn committed(
-    rx: oneshot::Receiver<crate::driver::ProposeReply>,
-) -> Result<crate::driver::Committed, client::Error> {
+async fn committed(rx: oneshot::Receiver<ProposeReply>) -> Result<Committed, client::Error> {
     match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
         Ok(Ok(reply)) => reply,
         Ok(Err(_)) => Err(client::Error::internal("the group dropped the request (it stopped); see its log")),
         Err(_) => Err(client::Error::timeout(ADMIN_TIMEOUT.as_millis() as u64)),
-    }
-}
-
-/// Queues `input` for the group's driver; never waits on a full inbox.
-fn send(group: &GroupHandle, input: Input) -> Result<(), client::Error> {
-    match group.inbox.try_send(input) {
-        Ok(()) => Ok(()),
-        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
-            Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "the group's inbox is full"))
-        }
-        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
-            Err(client::Error::internal("the group stopped on this node; see its log"))
-        }
     }
 }
 
@@ -626,6 +518,8 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use waft_proto::admin::AdminOp;
+    use waft_raft::Configuration;
 
     fn req(op: AdminOp, ids: &[u64]) -> AdminRequest {
         AdminRequest { group: 1, op: op as i32, ids: ids.to_vec(), learners: Vec::new(), allow_data_loss: false }

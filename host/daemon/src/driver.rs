@@ -26,10 +26,12 @@ use waft_runtime::ApplyError;
 use waft_session::{Body, Envelope};
 use waft_storage::{RocksLogStore, SnapshotId, SnapshotStore};
 
-use crate::admin;
 use crate::commit::{Committer, SharedStore};
+use crate::inbox::{
+    AdminReply, BUSY_RETRY_AFTER_MS, Committed, GroupHandle, GroupMetrics, Input, Op, ProposeReply, Reply,
+    SESSION_LIMIT_RETRY_AFTER_MS, settings_to_proto,
+};
 use crate::install::{self, Progress};
-use crate::metrics::GroupMetrics;
 use crate::peer::Transport;
 
 /// Peer messages and client requests queued for one group. A full inbox makes
@@ -56,32 +58,6 @@ pub const QUERIES_IN_PLACE_BYTES_MAX: usize = 64 * 1024;
 /// committed meanwhile (durable already) apply and answer. Beyond it the
 /// driver waits for the oldest write.
 pub const WRITES_IN_FLIGHT_MAX: usize = 8;
-/// What a BUSY answer suggests waiting, in ms.
-pub const BUSY_RETRY_AFTER_MS: u64 = 50;
-/// What a full session table suggests waiting, in ms: sessions leave only by
-/// a close or by idle expiry, so the table does not drain in a heartbeat.
-pub const SESSION_LIMIT_RETRY_AFTER_MS: u64 = 1_000;
-
-/// A read's answer: the result bytes and the applied index they reflect, or why not.
-pub type Reply = Result<(Bytes, u64), client::Error>;
-
-/// A committed client request's answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Committed {
-    /// The state machine's result (empty for a session's open, keep-alive or
-    /// close; for a deploy, the hash of the module in force).
-    pub result: Bytes,
-    /// The log index this copy of the request applied at (for a deploy: the
-    /// index the module in force took effect at).
-    pub index: u64,
-    /// The command had applied before: `result` is the one it gave then.
-    pub duplicate: bool,
-    /// For a session's registration: the session's id (0 otherwise).
-    pub session_id: u64,
-}
-
-/// A proposal's answer, or why there is none.
-pub type ProposeReply = Result<Committed, client::Error>;
 
 /// Waits for the oldest in-flight Ready's write to be durable (at once for
 /// a Ready without one).
@@ -93,83 +69,6 @@ async fn oldest_write(
         Some((_, None)) => Ok(()),
         None => std::future::pending().await,
     }
-}
-
-/// What the group's inbox carries.
-pub enum Input {
-    /// A Raft message; an `InstallSnapshot` carries the leader's manifest as
-    /// the storage meta to install from (`None` when it sent none).
-    Peer {
-        message: Message,
-        snapshot: Option<waft_storage::SnapshotMeta>,
-    },
-    /// A snapshot pull ended: the install, complete, or why it failed.
-    InstallPulled(Result<waft_node::Install, String>),
-    /// An operator's change (membership, transfer, snapshot).
-    Admin {
-        op: admin::Op,
-        reply: oneshot::Sender<admin::AdminReply>,
-    },
-    /// A client request for the log: a command (in a session or not), or a
-    /// session's registration, keep-alive or close. The leader stamps it.
-    Propose {
-        body: Body,
-        reply: oneshot::Sender<ProposeReply>,
-    },
-    Query {
-        request: Bytes,
-        consistency: Consistency,
-        reply: oneshot::Sender<Reply>,
-    },
-    /// An operator's deploy of a module the admin service validated and
-    /// compiled: proposed like a command; its answer's `result` is the hash
-    /// of the module in force and its `index` where that module took effect.
-    Deploy {
-        module: waft_node::GuestModule,
-        reply: oneshot::Sender<ProposeReply>,
-    },
-    /// An operator's change of the group's settings, by name: the leader
-    /// puts them over the settings it applied and proposes the whole set;
-    /// the answer's `result` is the settings in force (`GroupSettings`
-    /// encoding) and its `index` where they took effect.
-    SetGroup {
-        changes: Vec<(String, u64)>,
-        reply: oneshot::Sender<ProposeReply>,
-    },
-    /// The leader's running state (its `on-snapshot-save` bytes) and the
-    /// guest limits, for checking a module about to be deployed loads it.
-    DeployCheck {
-        reply: oneshot::Sender<Result<(Vec<u8>, waft_runtime::Limits), client::Error>>,
-    },
-}
-
-/// The settings as the client protocol shows them.
-pub fn settings_to_proto(s: &waft_node::GroupSettings) -> client::GroupSettings {
-    client::GroupSettings {
-        sessions_open_max: s.sessions.sessions_open_max,
-        session_window_commands_max: s.sessions.window_commands_max,
-        session_idle_timeout_ms: s.sessions.session_idle_timeout_ms,
-        session_reply_bytes_max: s.sessions.reply_bytes_per_session_max,
-        session_reply_bytes_total_max: s.sessions.reply_bytes_total_max,
-        fuel_per_entry: s.fuel_per_entry,
-        fuel_per_query: s.fuel_per_query,
-        fuel_per_snapshot: s.fuel_per_snapshot,
-        memory_bytes_max: s.memory_bytes_max,
-        result_bytes_max: s.result_bytes_max,
-        snapshot_bytes_max: s.snapshot_bytes_max,
-    }
-}
-
-/// How the rest of the daemon reaches one group: its inbox, its published
-/// status, and its limits (checked before a request costs an inbox slot).
-#[derive(Clone)]
-pub struct GroupHandle {
-    pub inbox: mpsc::Sender<Input>,
-    pub status: watch::Receiver<client::GroupStatus>,
-    /// The largest command (or query) a client may send: the core's proposal
-    /// limit less the envelope around a command.
-    pub command_bytes_max: u64,
-    pub metrics: Arc<GroupMetrics>,
 }
 
 pub struct Driver {
@@ -227,7 +126,7 @@ pub struct Driver {
 /// An admin change that started and waits to take effect.
 struct PendingAdmin {
     waiting: AdminWait,
-    reply: oneshot::Sender<admin::AdminReply>,
+    reply: oneshot::Sender<AdminReply>,
 }
 
 enum AdminWait {
@@ -601,8 +500,8 @@ impl Driver {
     /// Starts an operator's change; its answer waits in `self.admin` until
     /// the change took effect (`settle_admin`), or goes out now if it failed
     /// to start.
-    fn start_admin(&mut self, op: admin::Op, reply: oneshot::Sender<admin::AdminReply>) {
-        use admin::Op;
+    fn start_admin(&mut self, op: Op, reply: oneshot::Sender<AdminReply>) {
+        use Op;
         if self.admin.is_some() {
             let e = client::Error::busy(BUSY_RETRY_AFTER_MS, "another admin change is in progress on this group");
             let _ = reply.send(Err(e));
@@ -694,7 +593,7 @@ impl Driver {
     fn settle_admin(&mut self, out: &Output) {
         let Some(pending) = &self.admin else { return };
         let me = self.replica.raft().id();
-        let outcome: Option<admin::AdminReply> = match pending.waiting {
+        let outcome: Option<AdminReply> = match pending.waiting {
             AdminWait::Config { after } => {
                 let done = out.configs_committed.iter().any(|(i, c)| *i > after && c.voters_outgoing.is_empty());
                 let failed = out.events.iter().find_map(|e| match e {

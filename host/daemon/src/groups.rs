@@ -21,7 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -31,7 +31,8 @@ use waft_raft::NodeId;
 use waft_storage::{ModuleHash, ModuleStore, RocksLogStore, SnapshotStore};
 
 use crate::commit::Committer;
-use crate::driver::{self, GroupHandle};
+use crate::driver;
+use crate::inbox::Groups;
 use crate::peer::Transport;
 use crate::{ServeConfig, ServeError};
 
@@ -48,44 +49,6 @@ pub const CATALOGUE_BYTES_MAX: u64 = 1024 * 1024;
 /// Where the catalogue lives under the data directory, and its file name.
 pub const CATALOGUE_DIR: &str = "groups";
 pub const CATALOGUE_FILE: &str = "catalogue";
-
-/// The groups this node serves, by id. Cheap to read from any task.
-#[derive(Default)]
-pub struct Groups {
-    map: RwLock<BTreeMap<u64, Arc<GroupHandle>>>,
-}
-
-impl Groups {
-    /// The group's handle, if this node serves it: one read lock and one map
-    /// lookup, the cost every client request and peer message pays.
-    pub fn get(&self, group: u64) -> Option<Arc<GroupHandle>> {
-        // Nothing panics while holding the write lock half-way through an
-        // insert, so a poisoned map is still whole.
-        self.map.read().unwrap_or_else(|e| e.into_inner()).get(&group).cloned()
-    }
-
-    pub fn contains(&self, group: u64) -> bool {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).contains_key(&group)
-    }
-
-    /// Every group, in id order (for status and metrics).
-    pub fn all(&self) -> Vec<(u64, Arc<GroupHandle>)> {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(g, h)| (*g, h.clone())).collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn insert(&self, group: u64, handle: GroupHandle) {
-        let old = self.map.write().unwrap_or_else(|e| e.into_inner()).insert(group, Arc::new(handle));
-        debug_assert!(old.is_none(), "group {group} opened twice");
-    }
-}
 
 /// What a group was founded with: its first module and voters. Two creates
 /// of one group agree when these are equal.

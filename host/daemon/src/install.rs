@@ -20,6 +20,8 @@ use waft_storage::{ModuleHash, SnapshotFile, SnapshotId, SnapshotMeta, SnapshotS
 /// Largest chunk one pull asks for. Well under the peer service's message
 /// limit, and small enough that one chunk never holds a connection for long.
 pub const PULL_CHUNK_BYTES_MAX: usize = 1024 * 1024;
+/// How long one connection attempt to a peer may take (the peer transport's too).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Smallest chunk a throttled pull asks for, so a very low rate still moves
 /// whole pages rather than a trickle of tiny requests.
 pub const PULL_CHUNK_BYTES_MIN: usize = 4 * 1024;
@@ -138,7 +140,7 @@ pub async fn pull(
     let id = install.id();
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .map_err(|e| format!("leader address {addr:?}: {e}"))?
-        .connect_timeout(crate::peer::CONNECT_TIMEOUT)
+        .connect_timeout(CONNECT_TIMEOUT)
         .connect()
         .await
         .map_err(|e| format!("cannot reach the leader at {addr}: {e}"))?;

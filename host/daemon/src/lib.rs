@@ -16,6 +16,12 @@
 //! Every queue has a named bound; a full inbox answers BUSY, a full peer queue
 //! drops the message (Raft retransmits).
 //!
+//! What the inbox carries ([`inbox`]: `Input`, the group handle and
+//! registry, admin operations, every reply type, the BUSY mapping) is a leaf
+//! module every other one depends on; no two modules import each other. The
+//! imports go: `inbox`, `commit`, `install` ← `peer` ← `driver` ← `groups`
+//! ← `admin`; `inbox` ← `service` ← `metrics`.
+//!
 //! Exactly-once sessions: a client opens a session (`OpenSession`, which goes
 //! through the log), numbers its commands and retries a command with the
 //! same number wherever it likes; the replica's session table applies each
@@ -52,6 +58,7 @@ pub mod commit;
 pub mod config;
 pub mod driver;
 pub mod groups;
+pub mod inbox;
 pub mod install;
 pub mod metrics;
 pub mod peer;
@@ -66,8 +73,7 @@ use std::time::Duration;
 use waft_raft::NodeId;
 use waft_storage::{ModuleStore, RocksLogStore, SnapshotStore};
 
-pub use driver::GroupHandle;
-pub use groups::Groups;
+pub use inbox::{GroupHandle, Groups};
 
 /// Ticks of the Raft clock per election timeout unless told otherwise. At
 /// the default 10 ms tick this is 300 ms: generous for loaded test machines.

@@ -7,11 +7,10 @@
 //! Must never block a driver: drivers only touch atomics, and the page is
 //! rendered from the published status and those atomics.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,28 +25,6 @@ pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Scrapes served at once; more wait in the accept queue.
 pub const CONNECTIONS_MAX: usize = 16;
-
-/// Counters of one group, bumped by its driver.
-#[derive(Debug, Default)]
-pub struct GroupMetrics {
-    pub proposals: AtomicU64,
-    pub reads: AtomicU64,
-    /// Requests answered BUSY (a full inbox or too many waiting).
-    pub busy_rejections: AtomicU64,
-    pub applied_entries: AtomicU64,
-    /// Time spent applying committed entries (and saving snapshots), and
-    /// the number of batches it was spent on.
-    pub apply_nanos: AtomicU64,
-    pub apply_batches: AtomicU64,
-    /// On the leader: entries each peer lacks (last index − its match index).
-    pub lag: Mutex<BTreeMap<u64, u64>>,
-}
-
-impl GroupMetrics {
-    pub fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 /// How one metric's value is read off a group.
 type Sample<'a> = dyn Fn(&GroupHandle, &waft_proto::client::GroupStatus) -> u64 + 'a;

@@ -17,7 +17,7 @@ use waft_raft::NodeId;
 use waft_storage::SnapshotStore;
 
 use crate::Groups;
-use crate::driver::Input;
+use crate::inbox::Input;
 
 /// Messages queued for one peer before its stream takes them. Full means the
 /// peer is slow or unreachable: new messages are dropped.
@@ -30,8 +30,8 @@ pub const PEER_STREAM_BATCHES_MAX: usize = 4;
 /// First and largest pause between reconnect attempts to a peer.
 pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(20);
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
-/// How long one connection attempt may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long one connection attempt to a peer may take (the snapshot puller's too).
+pub use crate::install::CONNECT_TIMEOUT;
 
 /// The outbound side: a queue per peer. Cloned into every group's driver.
 #[derive(Clone)]

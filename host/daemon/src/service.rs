@@ -21,7 +21,7 @@ use waft_proto::client::{
 use waft_session::Body;
 
 use crate::Groups;
-use crate::driver::{BUSY_RETRY_AFTER_MS, Committed, GroupHandle, Input, ProposeReply, Reply};
+use crate::inbox::{Committed, GroupHandle, Input, ProposeReply, Reply, try_send};
 
 /// Bytes of a session registration's nonce (a `u128`).
 pub const NONCE_BYTES: usize = 16;
@@ -85,16 +85,7 @@ impl ClientService {
         input: Input,
         rx: oneshot::Receiver<Result<T, client::Error>>,
     ) -> Result<T, client::Error> {
-        match group.inbox.try_send(input) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                crate::metrics::GroupMetrics::count(&group.metrics.busy_rejections);
-                return Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "the group's inbox is full"));
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                return Err(client::Error::internal("the group stopped on this node; see its log"));
-            }
-        }
+        try_send(group, input)?;
         match tokio::time::timeout(REQUEST_TIMEOUT, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(client::Error::internal("the group dropped the request (it stopped); see its log")),
