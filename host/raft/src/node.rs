@@ -2,6 +2,10 @@
 //! machine. Inputs are ticks, messages, proposals, reads, admin commands and
 //! completion notices; the output is a `Ready` batch. It must never do I/O,
 //! read a clock, spawn threads, use OS randomness or depend on hash order.
+//!
+//! Split as etcd's raft is: elections and roles in `node/election.rs`,
+//! configuration changes in `node/confchange.rs`, the rest (inputs,
+//! replication, commit, reads, snapshots, output) here.
 
 use crate::config::{Config, PRIORITY_DISABLED, PRIORITY_NEVER, Priority};
 use crate::log::RaftLog;
@@ -11,6 +15,9 @@ use crate::read_only::{ReadOnly, ReadRequest};
 use crate::types::*;
 use bytes::Bytes;
 use std::collections::BTreeMap;
+
+mod confchange;
+mod election;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -171,13 +178,23 @@ impl ConfHistory {
 }
 
 pub struct RawNode {
+    /// The knobs this node was started with (`Config::validate`d).
     cfg: Config,
+    /// This node (`cfg.id`).
     id: NodeId,
+    /// The current term, durable before anything depends on it (`HardState`).
     term: u64,
+    /// Whom this node voted for in `term` (`NONE`: nobody), durable like `term`.
     vote: NodeId,
     role: Role,
+    /// The leader of `term` as this node knows it (`NONE`: unknown).
     leader: NodeId,
+    /// The entries after the snapshot: stable, unstable and their commit,
+    /// apply and persist marks.
     log: RaftLog,
+    /// Configurations in the log after the snapshot, by index, so one can be
+    /// looked up at any index (at the commit index, say) and a truncation
+    /// can revert to the one before.
     history: ConfHistory,
     /// Effective configuration (latest log config, or a forced reset).
     conf: Configuration,
@@ -186,12 +203,20 @@ pub struct RawNode {
     /// Set by `reset_peers`: (configuration, last log index at reset). Wins over
     /// log configurations up to that index.
     forced: Option<(Configuration, u64)>,
+    /// The latest snapshot saved or installed (its index, term and configuration).
     snapshot: SnapshotMeta,
+    /// Deterministic random state (seeded from `cfg.seed`) for randomized
+    /// election timeouts: the same seed, the same elections.
     prng: u64,
     /// Ticks since this node's own logical clock started.
     now: u64,
+    /// Ticks since the election timer was last reset (by a leader's message,
+    /// a granted vote or a campaign).
     election_elapsed: u64,
+    /// This term's election timeout: `election_ticks` plus a random part in
+    /// `[0, election_ticks)`, drawn again at every reset.
     randomized_election_ticks: u64,
+    /// Leader: ticks since the last heartbeat round went out.
     heartbeat_elapsed: u64,
     /// Ticks since we last heard from a leader of our term (or since start).
     /// While below election_ticks we refuse votes: the leader may hold a lease.
@@ -203,32 +228,61 @@ pub struct RawNode {
     /// The caller's monotonic clock, in ms, as last set (`set_clock`); never
     /// goes back. Only the lease reads it.
     clock_ms: u64,
+    /// Priority election (SOFAJRaft): the lowest priority that may stand
+    /// now. Starts at the highest priority among the voters and decays
+    /// after elections time out without a leader.
     target_priority: Priority,
+    /// Election timeouts counted toward the next decay of `target_priority`.
     election_timeout_count: u64,
+    /// Candidate: the votes (or pre-votes) received this campaign, by voter.
     votes: BTreeMap<NodeId, bool>,
     // --- leader state ---
+    /// Leader: each other member's replication progress (match and next
+    /// index, probe/replicate/snapshot state, in-flight window, read rounds).
     progress: BTreeMap<NodeId, Progress>,
+    /// Leader: reads waiting for a heartbeat round (or their own term's first
+    /// commit), and the rounds sent recently with their tick and clock reading.
     reads: ReadOnly,
+    /// Leader: a configuration change waiting for its new voters to catch up
+    /// before its entry is appended.
     pending_change: Option<PendingChange>,
+    /// Leader: a leadership transfer in progress.
     transfer: Option<Transfer>,
     /// A TimeoutNow was sent this term: another node may win without waiting
     /// out its lease, so lease reads are unsafe for the rest of the term.
     lease_disabled: bool,
+    /// Leader: the commit index moved and the followers should hear it even
+    /// with no entry to send (an empty append carries it).
     commit_to_broadcast: bool,
     // --- follower state ---
+    /// Follower: the snapshot this node asked the runtime to install and
+    /// waits for (`on_snapshot_installed` / `on_snapshot_install_failed`).
     installing: Option<SnapshotMeta>,
+    /// Follower: reads to forward to the leader for a read index, as
+    /// (read id, asked as a lease read); sent with the next Ready. Bounded
+    /// by `cfg.pending_reads_max`.
     forward_reads: Vec<(u64, bool)>,
     // --- output ---
+    /// Messages that may leave before this Ready's writes are durable.
     msgs: Vec<Message>,
+    /// Messages that promise durability (votes, append acknowledgements):
+    /// sent only after this Ready's writes are durable.
     msgs_after_persist: Vec<Message>,
+    /// Reads released at an index, for the runtime to serve once applied.
     read_states: Vec<ReadState>,
+    /// Notices for the runtime (role changes, failed changes, lost entries).
     events: Vec<Event>,
+    /// A snapshot the runtime should fetch from the leader and install.
     snapshot_install: Option<SnapshotInstall>,
+    /// A snapshot the core asked the runtime to save is not saved yet.
     snapshot_in_progress: bool,
     /// The caller asked for a snapshot now (`request_snapshot`), whatever the
     /// margin; cleared when the request goes out.
     snapshot_asked: bool,
+    /// The hard state last handed out in a Ready (a change makes the next
+    /// Ready carry one).
     prev_hard: HardState,
+    /// The soft state (role, leader, term) last handed out in a Ready.
     prev_soft: SoftState,
     /// The highest term the runtime reported durable (`on_hard_state_persisted`,
     /// or read back at restart).
@@ -673,92 +727,6 @@ impl RawNode {
         self.installing = None;
     }
 
-    // ------------------------------------------------------------ admin
-
-    /// Adds `id` as a voter (after a catch-up stage).
-    pub fn add_peer(&mut self, id: NodeId) -> Result<(), RaftError> {
-        let mut t = self.conf.clone();
-        t.learners.retain(|&l| l != id);
-        t.voters.push(id);
-        self.change_peers(t.voters, t.learners)
-    }
-
-    pub fn remove_peer(&mut self, id: NodeId) -> Result<(), RaftError> {
-        let mut t = self.conf.clone();
-        t.voters.retain(|&v| v != id);
-        t.learners.retain(|&l| l != id);
-        self.change_peers(t.voters, t.learners)
-    }
-
-    pub fn add_learner(&mut self, id: NodeId) -> Result<(), RaftError> {
-        if self.conf.is_voter(id) {
-            return Err(RaftError::InvalidConfChange("node is a voter; remove it first"));
-        }
-        let mut t = self.conf.clone();
-        t.learners.push(id);
-        self.change_peers(t.voters, t.learners)
-    }
-
-    pub fn remove_learner(&mut self, id: NodeId) -> Result<(), RaftError> {
-        if !self.conf.is_learner(id) {
-            return Err(RaftError::InvalidConfChange("node is not a learner"));
-        }
-        self.remove_peer(id)
-    }
-
-    pub fn promote_learner(&mut self, id: NodeId) -> Result<(), RaftError> {
-        if !self.conf.is_learner(id) {
-            return Err(RaftError::InvalidConfChange("node is not a learner"));
-        }
-        self.add_peer(id)
-    }
-
-    /// Moves to the configuration with exactly these voters and learners. One voter
-    /// changing is a single step; more use joint consensus. New voters first catch
-    /// up (within `catchup_margin_entries`) or the change fails after `catchup_timeout_ticks`.
-    pub fn change_peers(&mut self, voters: Vec<NodeId>, learners: Vec<NodeId>) -> Result<(), RaftError> {
-        self.check_can_append()?;
-        if self.pending_change.is_some()
-            || self.conf_index > self.log.committed
-            || self.conf.is_joint()
-            || self.forced.is_some()
-        {
-            return Err(RaftError::ConfChangeInProgress);
-        }
-        if !self.committed_own_term() {
-            // A new leader may hold an uncommitted change of a previous leader that
-            // it does not know about yet; changing again before its own no-op commits
-            // is the single-server-change bug (Ongaro, raft-dev 2015).
-            return Err(RaftError::NotReady);
-        }
-        let mut target = Configuration { voters, voters_outgoing: Vec::new(), learners };
-        target.normalize();
-        if target.voters.is_empty() {
-            return Err(RaftError::InvalidConfChange("a configuration needs at least one voter"));
-        }
-        if target.voters.contains(&NONE) || target.learners.contains(&NONE) {
-            return Err(RaftError::InvalidConfChange("node id 0 is reserved"));
-        }
-        if target.learners.iter().any(|l| self.conf.voters.contains(l)) {
-            return Err(RaftError::InvalidConfChange(
-                "demoting a voter to learner: remove it first, then add it as a learner",
-            ));
-        }
-        if target == self.conf {
-            return Err(RaftError::InvalidConfChange("the configuration is unchanged"));
-        }
-        let catching: Vec<NodeId> = target.voters.iter().copied().filter(|v| !self.conf.voters.contains(v)).collect();
-        let last = self.log.last_index();
-        for &c in &catching {
-            self.progress
-                .entry(c)
-                .or_insert_with(|| Progress::new(last + 1, self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max));
-        }
-        self.pending_change = Some(PendingChange { target, catching, elapsed_ticks: 0 });
-        self.check_catchup();
-        Ok(())
-    }
-
     /// Transfers leadership to `target`, or to the most up-to-date voter when None.
     pub fn transfer_leader(&mut self, target: Option<NodeId>) -> Result<(), RaftError> {
         if self.role != Role::Leader {
@@ -893,209 +861,6 @@ impl RawNode {
 
     fn soft_state(&self) -> SoftState {
         SoftState { role: self.role, leader: self.leader, term: self.term }
-    }
-
-    // ------------------------------------------------------------ roles
-
-    fn reset_randomized_timeout(&mut self) {
-        let t = self.cfg.election_ticks;
-        self.randomized_election_ticks = t + splitmix64(&mut self.prng) % t;
-    }
-
-    fn reset_role_state(&mut self, term: u64) {
-        if self.term != term {
-            self.term = term;
-            self.vote = NONE;
-        }
-        self.leader = NONE;
-        self.election_elapsed = 0;
-        self.heartbeat_elapsed = 0;
-        self.reset_randomized_timeout();
-        self.votes.clear();
-        self.progress.clear();
-        self.reads.reset();
-        self.lease_disabled = false;
-        self.commit_to_broadcast = false;
-        if let Some(t) = self.transfer.take() {
-            self.events.push(Event::TransferAborted { target: t.target });
-        }
-        if self.pending_change.is_some() {
-            self.abandon_pending_change("leadership lost during catch-up");
-        }
-    }
-
-    fn become_follower(&mut self, term: u64, leader: NodeId) {
-        let was_leader = self.role == Role::Leader;
-        self.reset_role_state(term);
-        self.role = Role::Follower;
-        if was_leader {
-            self.events.push(Event::SteppedDown { term: self.term });
-        }
-        if leader != NONE {
-            self.leader_contact(leader);
-        }
-    }
-
-    fn leader_contact(&mut self, leader: NodeId) {
-        self.leader = leader;
-        self.election_elapsed = 0;
-        self.ticks_since_leader = 0;
-        self.leaderless_ticks = 0;
-        self.election_timeout_count = 0;
-        self.target_priority = self.max_priority();
-    }
-
-    /// Starts a pre-vote (`pre`) or a real election (`transfer`: after TimeoutNow).
-    fn campaign(&mut self, pre: bool, transfer: bool) {
-        if pre {
-            self.reset_role_state(self.term);
-            self.role = Role::PreCandidate;
-        } else {
-            self.reset_role_state(self.term + 1);
-            self.role = Role::Candidate;
-            self.vote = self.id;
-        }
-        if pre {
-            // A pre-vote changes no durable state: our own vote counts at once.
-            self.votes.insert(self.id, true);
-            if quorum::joint_vote(&self.conf, |id| self.votes.get(&id).copied()) == VoteResult::Won {
-                return self.on_election_won();
-            }
-        }
-        // A real vote for ourselves counts only once term and vote are durable
-        // (`on_hard_state_persisted`); otherwise a crash could let us lead the same
-        // term twice with different entries (found by the simulator, single voter).
-        let (last_index, last_term) = (self.log.last_index(), self.log.last_term());
-        let me = self.id;
-        let voters: Vec<NodeId> =
-            self.conf.members().into_iter().filter(|&v| v != me && self.conf.is_voter(v)).collect();
-        for v in voters {
-            if pre {
-                self.send_with_term(v, self.term + 1, MessageBody::PreVote { last_index, last_term }, false);
-            } else {
-                // The vote for ourselves must be durable before anyone can count on it.
-                self.send(v, MessageBody::Vote { last_index, last_term, transfer }, true);
-            }
-        }
-    }
-
-    fn on_election_won(&mut self) {
-        if self.role == Role::PreCandidate {
-            self.campaign(false, false);
-        } else {
-            self.become_leader();
-        }
-    }
-
-    fn become_leader(&mut self) {
-        assert_eq!(self.role, Role::Candidate);
-        assert_eq!(self.vote, self.id);
-        self.reset_role_state(self.term);
-        self.role = Role::Leader;
-        self.leader = self.id;
-        self.ticks_since_leader = 0;
-        self.leaderless_ticks = 0;
-        self.sync_progress();
-        for p in self.progress.values_mut() {
-            p.recent_active = true;
-        }
-        self.events.push(Event::BecameLeader { term: self.term });
-        // A no-op of our term lets us commit (and learn) everything before it.
-        self.append_entry(EntryKind::Normal, Bytes::new());
-        if let Some((c, _)) = self.forced.clone() {
-            self.append_entry(EntryKind::Config, c.encode());
-        }
-    }
-
-    /// SOFAJRaft's allowLaunchElection: a node below the target priority waits
-    /// one election timeout; after a second the target decays and it may stand.
-    fn allow_launch_election(&mut self) -> bool {
-        let me = self.cfg.priority_of(self.id);
-        if me == PRIORITY_NEVER {
-            return false;
-        }
-        if me <= PRIORITY_DISABLED {
-            return true;
-        }
-        if me < self.target_priority {
-            self.election_timeout_count += 1;
-            if self.election_timeout_count > 1 {
-                self.decay_target_priority();
-                self.election_timeout_count = 0;
-            }
-            if self.election_timeout_count == 1 {
-                return false;
-            }
-        }
-        me >= self.target_priority
-    }
-
-    fn decay_target_priority(&mut self) {
-        let gap = 10.max(self.target_priority / 5);
-        self.target_priority = 1.max(self.target_priority - gap);
-    }
-
-    fn max_priority(&self) -> Priority {
-        self.conf
-            .voters
-            .iter()
-            .chain(&self.conf.voters_outgoing)
-            .map(|&v| self.cfg.priority_of(v))
-            .max()
-            .unwrap_or(PRIORITY_DISABLED)
-    }
-
-    /// Whether this node may stand for election. A node removed by a configuration
-    /// entry that is not committed yet still stands (Raft dissertation §4.2.2): it
-    /// may hold the only up-to-date log needed to commit its own removal.
-    fn promotable(&self) -> bool {
-        if self.installing.is_some() {
-            return false;
-        }
-        self.conf.is_voter(self.id)
-            || (self.conf_index > self.log.committed && self.history.at(self.log.committed).is_voter(self.id))
-    }
-
-    fn in_lease(&self) -> bool {
-        self.cfg.check_quorum && (self.role == Role::Leader || self.ticks_since_leader < self.cfg.election_ticks)
-    }
-
-    // ------------------------------------------------------------ votes
-
-    fn handle_vote_request(&mut self, m: &Message, last_index: u64, last_term: u64, pre: bool) {
-        let can_vote = self.vote == m.from || (self.vote == NONE && self.leader == NONE) || (pre && m.term > self.term);
-        let grant = can_vote && self.log.is_up_to_date(last_index, last_term);
-        if pre {
-            let term = if grant { m.term } else { self.term };
-            self.send_with_term(m.from, term, MessageBody::PreVoteResponse { reject: !grant }, false);
-        } else {
-            if grant {
-                self.election_elapsed = 0;
-                self.vote = m.from;
-            }
-            self.send(m.from, MessageBody::VoteResponse { reject: !grant }, true);
-        }
-    }
-
-    fn step_candidate(&mut self, m: Message) {
-        match m.body {
-            MessageBody::Append { .. } | MessageBody::Heartbeat { .. } | MessageBody::InstallSnapshot { .. } => {
-                self.become_follower(m.term, m.from);
-                self.step_follower(m);
-            }
-            MessageBody::PreVoteResponse { reject } if self.role == Role::PreCandidate => self.tally(m.from, !reject),
-            MessageBody::VoteResponse { reject } if self.role == Role::Candidate => self.tally(m.from, !reject),
-            _ => {}
-        }
-    }
-
-    fn tally(&mut self, from: NodeId, granted: bool) {
-        self.votes.entry(from).or_insert(granted);
-        match quorum::joint_vote(&self.conf, |id| self.votes.get(&id).copied()) {
-            VoteResult::Won => self.on_election_won(),
-            VoteResult::Lost => self.become_follower(self.term, NONE),
-            VoteResult::Pending => {}
-        }
     }
 
     // ------------------------------------------------------------ follower
@@ -1480,110 +1245,6 @@ impl RawNode {
             self.send(target, MessageBody::TimeoutNow, false);
         } else {
             self.send_append(target, false);
-        }
-    }
-
-    fn check_catchup(&mut self) {
-        let Some(pc) = &self.pending_change else {
-            return;
-        };
-        let last = self.log.last_index();
-        let margin = self.cfg.catchup_margin_entries;
-        let caught = pc.catching.iter().all(|id| self.progress.get(id).is_some_and(|p| p.match_index + margin >= last));
-        if !caught {
-            return;
-        }
-        let target = pc.target.clone();
-        self.pending_change = None;
-        let changed: usize = target.voters.iter().filter(|v| !self.conf.voters.contains(v)).count()
-            + self.conf.voters.iter().filter(|v| !target.voters.contains(v)).count();
-        let entry = if changed > 1 {
-            Configuration {
-                voters: target.voters,
-                voters_outgoing: self.conf.voters.clone(),
-                learners: target.learners,
-            }
-        } else {
-            target
-        };
-        if let Some(t) = &self.transfer
-            && !entry.voters.contains(&t.target)
-        {
-            let target = t.target;
-            self.transfer = None;
-            self.events.push(Event::TransferAborted { target });
-        }
-        self.append_entry(EntryKind::Config, entry.encode());
-    }
-
-    fn abandon_pending_change(&mut self, reason: &'static str) {
-        self.pending_change = None;
-        self.events.push(Event::ConfChangeFailed { reason });
-        if self.role == Role::Leader {
-            self.sync_progress();
-        }
-    }
-
-    // ------------------------------------------------------------ configuration
-
-    /// Recomputes the configuration history from log index `from` on (after an
-    /// append or truncation there).
-    fn rescan_conf_from(&mut self, from: u64) {
-        self.history.entries.retain(|(i, _)| *i < from);
-        let start = from.max(self.log.first_index());
-        let mut bad = Vec::new();
-        for i in start..=self.log.last_index() {
-            let Some(e) = self.log.entry(i) else { break };
-            if e.kind == EntryKind::Config {
-                match Configuration::decode(&e.data) {
-                    Ok(c) => self.history.entries.push((i, c)),
-                    Err(_) => bad.push(i),
-                }
-            }
-        }
-        for index in bad {
-            self.events.push(Event::BadConfigEntry { index });
-        }
-        self.refresh_conf();
-    }
-
-    fn refresh_conf(&mut self) {
-        let (index, c) = self.history.current();
-        let (index, c) = match &self.forced {
-            Some((fc, at)) if index <= *at => (index, fc.clone()),
-            _ => (index, c.clone()),
-        };
-        if self.forced.as_ref().is_some_and(|(_, at)| index > *at) {
-            self.forced = None;
-        }
-        let changed = c != self.conf;
-        self.conf = c;
-        self.conf_index = index;
-        if changed {
-            self.target_priority = self.max_priority();
-            if self.role == Role::Leader {
-                self.sync_progress();
-            }
-        }
-    }
-
-    /// Leader: one progress per member, catching-up peer and ourselves.
-    fn sync_progress(&mut self) {
-        let mut want = self.conf.members();
-        want.push(self.id);
-        if let Some(pc) = &self.pending_change {
-            want.extend(pc.catching.iter().copied());
-        }
-        self.progress.retain(|id, _| want.contains(id));
-        let last = self.log.last_index();
-        for id in want {
-            self.progress
-                .entry(id)
-                .or_insert_with(|| Progress::new(last + 1, self.cfg.inflight_msgs_max, self.cfg.inflight_bytes_max));
-        }
-        if let Some(p) = self.progress.get_mut(&self.id) {
-            p.match_index = self.log.persisted;
-            p.next_index = last + 1;
         }
     }
 
