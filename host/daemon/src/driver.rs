@@ -209,6 +209,7 @@ impl Driver {
             waft_node::Error::EmptyCommand { .. } | waft_node::Error::Envelope { .. } => {
                 client::Error::invalid_request(e.to_string())
             }
+            waft_node::Error::NotBound { .. } => client::Error::busy(BUSY_RETRY_AFTER_MS, e.to_string()),
             _ => client::Error::internal(e.to_string()),
         }
     }
@@ -273,7 +274,8 @@ impl Driver {
             let _ = reply.send(Err(client::Error::invalid_request(format!("settings refused, nothing changed: {e}"))));
             return;
         }
-        self.propose(Body::Settings { settings: Bytes::from(settings.encode()) }, reply);
+        let base = self.replica.settings_index();
+        self.propose(Body::Settings { settings: Bytes::from(settings.encode_change(base)) }, reply);
     }
 
     fn propose(&mut self, body: Body, reply: oneshot::Sender<ProposeReply>) {
@@ -405,6 +407,10 @@ impl Driver {
     /// Finishes the oldest Readies whose writes are durable, in order: the
     /// core hears of them, and the messages that promise durability leave.
     fn finish_durable(&mut self) -> Result<(), waft_node::Error> {
+        // A finished write can commit, and a first commit of the term
+        // releases queued lease reads: the clock must read now, after any
+        // stall while the write was on its way.
+        self.read_clock();
         while let Some((_, durable)) = self.in_flight.front_mut() {
             if let Some(rx) = durable {
                 match rx.try_recv() {

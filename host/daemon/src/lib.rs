@@ -152,7 +152,8 @@ impl ServeConfig {
         raft.lease_ticks = self.election_ticks / 2;
         // The same lease on the monotonic clock, less a drift margin: ticks
         // stop while the process stalls, real time does not.
-        raft.lease_ms = (raft.lease_ticks * self.tick_ms) * (100 - LEASE_DRIFT_MARGIN_PERCENT) / 100;
+        // At least 1 ms: 0 would mean ticks alone.
+        raft.lease_ms = ((raft.lease_ticks * self.tick_ms) * (100 - LEASE_DRIFT_MARGIN_PERCENT) / 100).max(1);
         raft.snapshot_margin_entries = self.snapshot_margin_entries.max(1);
         raft.validate().map_err(|e| ServeError::Config(format!("--election-ticks {}: {e}", self.election_ticks)))?;
         Ok(raft)

@@ -55,6 +55,12 @@ pub enum Error {
     #[error("group {group}: snapshot install refused: {reason}")]
     Install { group: u64, reason: String },
 
+    /// The group's founding entry has not applied on this replica yet, so
+    /// it takes no client entry (retry shortly: its leader proposes it on
+    /// taking office).
+    #[error("group {group}: the group's founding module and settings are not bound yet on this node; retry shortly")]
+    NotBound { group: u64 },
+
     /// The group settings this replica was given are out of bounds.
     #[error("group {group}: {reason}")]
     Settings { group: u64, reason: String },

@@ -399,8 +399,7 @@ impl Replica {
         self.module.hash()
     }
 
-    /// The log index the running module took effect at (0: the group was
-    /// founded with it).
+    /// The group's replicated settings as this replica applied them.
     pub fn settings(&self) -> &GroupSettings {
         &self.settings
     }
@@ -411,6 +410,8 @@ impl Replica {
         self.settings_index
     }
 
+    /// The log index the running module took effect at (0: the group was
+    /// founded with it).
     pub fn module_index(&self) -> u64 {
         self.module_index
     }
@@ -447,8 +448,9 @@ impl Replica {
     // ------------------------------------------------------------ inputs
 
     /// The caller's monotonic clock in ms (see `waft_raft::RawNode::set_clock`):
-    /// set it before every batch of ticks, messages and reads, so a stall of
-    /// the process never extends the leader lease.
+    /// set it before every batch of ticks, messages and reads, and before
+    /// `finish_ready` (a durable write can commit and release queued lease
+    /// reads), so a stall of the process never extends the leader lease.
     pub fn set_clock(&mut self, now_ms: u64) {
         self.node.set_clock(now_ms);
     }
@@ -471,6 +473,12 @@ impl Replica {
     pub fn propose(&mut self, envelope: &Envelope) -> Result<(u64, u64)> {
         self.check_running()?;
         let group = self.group;
+        if self.settings_index == 0 && self.node.role() == Role::Leader && !matches!(envelope.body, Body::Found { .. })
+        {
+            // Until the group's founding entry applied here, an entry would
+            // run under this replica's own module and settings: wait for it.
+            return Err(Error::NotBound { group });
+        }
         if let Body::Plain { payload } | Body::Command { payload, .. } | Body::Deploy { module: payload } =
             &envelope.body
             && payload.is_empty()
@@ -751,7 +759,9 @@ impl Replica {
                         let outcome = match body {
                             Body::Deploy { module } => self.deploy(e.index, module)?,
                             Body::Settings { settings } => self.set_settings(e.index, &settings)?,
-                            Body::Found { module, settings } => self.found(e.index, module, &settings)?,
+                            Body::Found { module_hash, module, settings } => {
+                                self.found(e.index, ModuleHash(module_hash), module, &settings)?
+                            }
                             _ => unreachable!("matched above"),
                         };
                         out.applied.push(Applied { index: e.index, term: e.term, outcome });
@@ -910,10 +920,19 @@ impl Replica {
             tracing::warn!(group, index, %why, "settings change refused");
             Ok(Outcome::SettingsRefused(why))
         };
-        let settings = match GroupSettings::decode(bytes) {
-            Ok(s) => s,
+        let (base, settings) = match GroupSettings::decode_change(bytes) {
+            Ok(change) => change,
             Err(e) => return refused(e.to_string()),
         };
+        if base != self.settings_index {
+            // Made over settings that another change replaced meanwhile:
+            // applying it whole would silently undo that change.
+            return refused(format!(
+                "made over the settings of entry {base}, but those of entry {} are in force now (another change \
+                 came first); ask again",
+                self.settings_index
+            ));
+        }
         match self.reconfigure(index, None, Some(settings))? {
             Ok(()) => {
                 tracing::info!(group, index, settings = %self.settings, "group settings changed");
@@ -928,7 +947,7 @@ impl Replica {
     /// switches); one already bound ignores it. The leader that proposed it
     /// ran that module under those settings, so a replica that cannot
     /// follow has a local problem: it stops rather than run on differently.
-    fn found(&mut self, index: u64, module: Bytes, settings: &[u8]) -> Result<Outcome> {
+    fn found(&mut self, index: u64, hash: ModuleHash, module: Bytes, settings: &[u8]) -> Result<Outcome> {
         let group = self.group;
         if self.settings_index > 0 {
             return Ok(Outcome::SettingsChanged { settings: self.settings.clone(), index: self.settings_index });
@@ -937,8 +956,21 @@ impl Replica {
             Ok(s) => s,
             Err(e) => return Err(self.stop(format!("the group's founding entry {index} has bad settings: {e}"))),
         };
-        let hash = ModuleHash::of(&module);
-        if let Err(why) = self.reconfigure(index, Some(module), Some(settings))? {
+        let module = if hash == self.module.hash() {
+            None
+        } else if !module.is_empty() && ModuleHash::of(&module) == hash {
+            Some(module)
+        } else {
+            // Too large for one entry, and this replica runs another module:
+            // it cannot run the group's, and must not run its own.
+            return Err(self.stop(format!(
+                "the group was founded at entry {index} with module {}, which that entry does not carry (it is \
+                 larger than one entry), and this node runs {}: start it with the group's module",
+                hash.to_hex(),
+                self.module.hash().to_hex()
+            )));
+        };
+        if let Err(why) = self.reconfigure(index, module, Some(settings))? {
             return Err(
                 self.stop(format!("cannot take the group's founding module and settings at entry {index}: {why}"))
             );
@@ -994,11 +1026,15 @@ impl Replica {
             };
             let state = match self.sm.save_snapshot(Vec::new()) {
                 Ok((state, _)) => state,
-                Err(e) if runtime_is_fatal(&e) => return Err(self.stop(e)),
+                Err(e) if runtime_is_fatal(&e) || hit_backstop(&e) => return Err(self.stop(e)),
                 Err(e) => return Ok(Err(format!("the running module could not save its state: {e}"))),
             };
-            if let Err(e) = sm.load_snapshot(std::io::Cursor::new(state)) {
-                return Ok(Err(format!("module {hash} could not load the running state: {e}")));
+            match sm.load_snapshot(std::io::Cursor::new(state)) {
+                Ok(()) => {}
+                // How far a call got before the wall clock stopped it depends
+                // on this machine: no replica may refuse (or accept) on it.
+                Err(e) if hit_backstop(&e) => return Err(self.stop(e)),
+                Err(e) => return Ok(Err(format!("module {hash} could not load the running state: {e}"))),
             }
             sm.set_offload(self.offload.clone());
             self.sm = sm;
@@ -1034,9 +1070,18 @@ impl Replica {
         if !self.leading || self.settings_index > 0 || self.found_term == term {
             return;
         }
-        let body = Body::Found { module: self.module.bytes().clone(), settings: Bytes::from(self.settings.encode()) };
-        // Not a session entry: its timestamp reaches no session table.
-        match self.propose(&Envelope::new(0, body)) {
+        let (module_hash, settings) = (self.module.hash().0, Bytes::from(self.settings.encode()));
+        let found = |module: Bytes| Body::Found { module_hash, module, settings: settings.clone() };
+        // Not a session entry: its timestamp reaches no session table. A
+        // module too large for one entry goes by its hash alone.
+        let with_bytes = self.propose(&Envelope::new(0, found(self.module.bytes().clone())));
+        let proposed = match with_bytes {
+            Err(Error::Raft { source: waft_raft::RaftError::ProposalTooLarge { .. }, .. }) => {
+                self.propose(&Envelope::new(0, found(Bytes::new())))
+            }
+            other => other,
+        };
+        match proposed {
             Ok((index, _)) => {
                 self.found_term = term;
                 tracing::info!(group = self.group, index, term, module = %self.module.hash().to_hex(), "proposed the group's founding module and settings");
@@ -1382,6 +1427,13 @@ impl Replica {
     fn raft_err(&self, source: waft_raft::RaftError) -> Error {
         Error::Raft { group: self.group, source }
     }
+}
+
+/// Whether a call was stopped by the wall-clock backstop: an outcome that
+/// depends on this machine's speed, never one to decide an entry by.
+fn hit_backstop(e: &RuntimeError) -> bool {
+    matches!(e, RuntimeError::Backstop(_))
+        || matches!(e, RuntimeError::Fault(f) if f.kind == waft_runtime::FaultKind::Backstop)
 }
 
 fn stopped(group: u64, reason: String) -> Error {

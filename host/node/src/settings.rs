@@ -213,6 +213,19 @@ impl GroupSettings {
         Ok(settings)
     }
 
+    /// A settings change's bytes (a `Body::Settings` entry): the index of
+    /// the settings it was made over (a change made over others is refused
+    /// at apply, so two concurrent changes never silently undo one another)
+    /// and the whole record.
+    pub fn encode_change(&self, base: u64) -> Vec<u8> {
+        self.encode_file(base)
+    }
+
+    /// Decodes a settings change into its base index and settings.
+    pub fn decode_change(bytes: &[u8]) -> Result<(u64, GroupSettings), SettingsError> {
+        GroupSettings::decode_file(bytes)
+    }
+
     /// The settings file's bytes: `index` (the entry these took effect at)
     /// and the record.
     pub fn encode_file(&self, index: u64) -> Vec<u8> {
@@ -225,7 +238,7 @@ impl GroupSettings {
     pub fn decode_file(bytes: &[u8]) -> Result<(u64, GroupSettings), SettingsError> {
         if bytes.len() != SETTINGS_FILE_BYTES {
             return Err(SettingsError(format!(
-                "the settings file has {} bytes, not {SETTINGS_FILE_BYTES}",
+                "a settings record with its index has {} bytes, not {SETTINGS_FILE_BYTES}",
                 bytes.len()
             )));
         }

@@ -15,8 +15,14 @@ fn sessions(open_max: u64) -> SessionConfig {
     SessionConfig { sessions_open_max: open_max, ..SessionConfig::default() }
 }
 
+/// Proposes `settings` made over the settings the leader applied.
 fn set(c: &mut Cluster, settings: &GroupSettings) -> u64 {
-    let (index, _) = c.propose_body(Body::Settings { settings: Bytes::from(settings.encode()) });
+    let base = c.replica(c.leader().expect("a leader")).settings_index();
+    set_over(c, settings, base)
+}
+
+fn set_over(c: &mut Cluster, settings: &GroupSettings, base: u64) -> u64 {
+    let (index, _) = c.propose_body(Body::Settings { settings: Bytes::from(settings.encode_change(base)) });
     c.settle();
     c.tick(3);
     index
@@ -58,9 +64,15 @@ fn the_first_leaders_settings_bind_every_replica_and_changes_apply_at_one_index(
     tighter.sessions.sessions_open_max = 2;
     tighter.fuel_per_entry = 5_000_000;
     let changed = set(&mut c, &tighter);
+    // A change made over the settings `changed` replaced is refused, not
+    // applied whole (it would undo `changed`).
+    let mut stale = tighter.clone();
+    stale.fuel_per_entry = 7_000_000;
+    let lost_race = set_over(&mut c, &stale, bound);
     let third = register(&mut c);
     for id in 1..=3 {
         assert!(matches!(c.outcome_at(id, refused), Some(Outcome::SettingsRefused(_))), "node {id}");
+        assert!(matches!(c.outcome_at(id, lost_race), Some(Outcome::SettingsRefused(_))), "node {id}");
         assert_eq!(
             c.outcome_at(id, changed),
             Some(&Outcome::SettingsChanged { settings: tighter.clone(), index: changed }),
@@ -99,7 +111,8 @@ fn a_bad_settings_entry_is_refused_identically() {
     let (garbage, _) = c.propose_body(Body::Settings { settings: Bytes::from_static(b"WAFTSET1 but not really") });
     let mut out_of_bounds = before.clone();
     out_of_bounds.memory_bytes_max = 1;
-    let (bounds, _) = c.propose_body(Body::Settings { settings: Bytes::from(out_of_bounds.encode()) });
+    let base = c.replica(1).settings_index();
+    let (bounds, _) = c.propose_body(Body::Settings { settings: Bytes::from(out_of_bounds.encode_change(base)) });
     c.settle();
     c.tick(3);
     for id in 1..=3 {
@@ -153,4 +166,34 @@ fn a_late_joiner_replays_under_the_groups_module_not_its_own() {
 fn a_late_joiner_installs_the_groups_module_and_settings_from_a_snapshot() {
     let c = join_late("settings-joiner-install", true);
     assert_eq!(c.installs, 1, "node 3 installed the leader's snapshot");
+}
+
+/// A leader takes no client entry until the group's founding entry applied
+/// on it: entries before it would run under each replica's own module and
+/// settings.
+#[test]
+fn a_leader_takes_no_client_entry_before_the_founding_entry_binds_it() {
+    let mut c = Cluster::new("settings-unbound", 1, 10_000);
+    // A single voter leads once its own vote is durable: one Ready, written
+    // and finished by hand, before the Ready that would propose the founding
+    // entry runs.
+    c.replica(1).campaign_now();
+    {
+        let up = c.nodes[0].up.as_mut().expect("node 1 is up");
+        let mut send = |_m: waft_raft::Message| panic!("a single voter sends nothing");
+        let mut pending = up.replica.begin_ready(&mut send).unwrap().expect("the vote to persist");
+        waft_storage::LogStore::write(&mut up.store, pending.take_write()).unwrap();
+        let mut out = waft_node::Output::default();
+        up.replica.finish_ready(pending, &mut up.store, &up.snaps, &mut send, &mut out).unwrap();
+    }
+    assert_eq!(c.replica(1).raft().role(), waft_raft::Role::Leader);
+    assert_eq!(c.replica(1).settings_index(), 0, "not bound yet");
+    let body = Body::Plain { payload: Bytes::from_static(br#"{"incr":1}"#) };
+    let early = c.replica(1).propose(&waft_session::Envelope::new(0, body.clone()));
+    assert!(matches!(early, Err(waft_node::Error::NotBound { .. })), "{early:?}");
+    c.settle();
+    assert!(c.replica(1).settings_index() > 0, "the founding entry applied");
+    c.replica(1).propose(&waft_session::Envelope::new(0, body)).expect("taken once bound");
+    c.settle();
+    assert_eq!(c.query(1), "1");
 }

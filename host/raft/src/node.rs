@@ -429,7 +429,9 @@ impl RawNode {
     }
     /// Whether this node has gone a whole election timeout, counted since it
     /// started, without leading or hearing from a leader: what an unsafe
-    /// `reset_peers` must wait for, so it never splits a healthy group.
+    /// `reset_peers` must wait for, so it is never taken by a node that
+    /// hears its leader (a node cut off from a healthy majority still passes:
+    /// the operator's `--unsafe` covers that).
     pub fn leader_lost(&self) -> bool {
         self.role != Role::Leader && self.leaderless_ticks >= self.cfg.election_ticks
     }
@@ -1009,7 +1011,13 @@ impl RawNode {
         p.recent_active = true;
         if reject {
             let hint = if hint_term > 0 { self.log.find_conflict_by_term(hint_index, hint_term).0 } else { hint_index };
-            if index <= p.match_index && hint < p.match_index && p.state != ProgressState::Replicate {
+            // Only a refusal of the latest probe counts: an older one (late,
+            // duplicated) says nothing about what the follower holds now.
+            if index <= p.match_index
+                && hint < p.match_index
+                && p.state == ProgressState::Probe
+                && p.next_index == index + 1
+            {
                 // Refused at or below what it acknowledged, holding less: it
                 // lost entries. Probing from its old match would be refused
                 // again at once, forever (a message storm): start over from

@@ -141,8 +141,6 @@ impl Progress {
         updated
     }
 
-    /// Handles a rejection of the append with `prev_index == rejected`; `hint` is the
-    /// highest index the follower may share with us. Returns false for stale rejections.
     /// Forgets what the peer acknowledged beyond `holds` (it lost those
     /// entries) and probes from there.
     pub fn restart_from(&mut self, holds: u64) {
@@ -152,6 +150,8 @@ impl Progress {
         self.probe_sent = false;
     }
 
+    /// Handles a rejection of the append with `prev_index == rejected`; `hint` is the
+    /// highest index the follower may share with us. Returns false for stale rejections.
     pub fn maybe_decr_to(&mut self, rejected: u64, hint: u64) -> bool {
         if self.state == ProgressState::Replicate {
             if rejected <= self.match_index {

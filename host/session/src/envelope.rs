@@ -19,7 +19,8 @@
 //!   5 Unregister  session_id u64
 //!   6 Deploy      module (the rest): a state machine component every replica switches to
 //!   7 Settings    settings (the rest): the group's replicated settings (waft-node's `GroupSettings`)
-//!   8 Found       settings_len u32 | settings | module (the rest): the group's founding module and settings
+//!   8 Found       module_hash [u8; 32] | settings_len u32 | settings | module (the rest, empty when
+//!                 the component does not fit one entry): the group's founding module and settings
 //! ```
 
 use crate::wire::{Reader, put_u64, put_u128};
@@ -91,7 +92,11 @@ pub enum Body {
     /// first one that commits binds every replica (a replica that joined
     /// later with its own module switches to this one); later ones change
     /// nothing. Not a session entry.
-    Found { module: Bytes, settings: Bytes },
+    ///
+    /// `module` is the component's bytes, or empty when it is too large for
+    /// one entry: then a replica that does not already run `module_hash`
+    /// cannot follow, and stops.
+    Found { module_hash: [u8; 32], module: Bytes, settings: Bytes },
 }
 
 /// Why bytes are not a valid envelope (or why one cannot be encoded).
@@ -146,7 +151,7 @@ impl Body {
             }
             Body::Unregister { session_id } => return check_session_id(*session_id),
             Body::Deploy { module } | Body::Settings { settings: module } => module,
-            Body::Found { module, settings } => {
+            Body::Found { module, settings, .. } => {
                 if settings.len() > SETTINGS_BYTES_MAX {
                     return Err(EnvelopeError::PayloadTooLarge { bytes: settings.len(), max: SETTINGS_BYTES_MAX });
                 }
@@ -180,7 +185,7 @@ impl Envelope {
         let payload_len = match &self.body {
             Body::Plain { payload } | Body::Command { payload, .. } | Body::Deploy { module: payload } => payload.len(),
             Body::Settings { settings } => settings.len(),
-            Body::Found { module, settings } => 4 + settings.len() + module.len(),
+            Body::Found { module, settings, .. } => 32 + 4 + settings.len() + module.len(),
             _ => 0,
         };
         let mut out = Vec::with_capacity(ENVELOPE_OVERHEAD_BYTES_MAX + payload_len);
@@ -217,7 +222,8 @@ impl Envelope {
             Body::Unregister { session_id } => put_u64(&mut out, *session_id),
             Body::Deploy { module } => out.extend_from_slice(module),
             Body::Settings { settings } => out.extend_from_slice(settings),
-            Body::Found { module, settings } => {
+            Body::Found { module_hash, module, settings } => {
+                out.extend_from_slice(module_hash);
                 // Bounded by SETTINGS_BYTES_MAX (validate), so it fits a u32.
                 out.extend_from_slice(&(settings.len() as u32).to_le_bytes());
                 out.extend_from_slice(settings);
@@ -263,13 +269,15 @@ impl Envelope {
             KIND_DEPLOY => Body::Deploy { module: rest(&r) },
             KIND_SETTINGS => Body::Settings { settings: rest(&r) },
             KIND_FOUND => {
+                let mut module_hash = [0u8; 32];
+                module_hash.copy_from_slice(r.take(32)?);
                 let len = r.u32()? as usize;
                 if len > SETTINGS_BYTES_MAX {
                     return Err(EnvelopeError::PayloadTooLarge { bytes: len, max: SETTINGS_BYTES_MAX });
                 }
                 let start = r.pos();
                 r.take(len)?;
-                Body::Found { settings: data.slice(start..start + len), module: rest(&r) }
+                Body::Found { module_hash, settings: data.slice(start..start + len), module: rest(&r) }
             }
             k => return Err(EnvelopeError::UnknownKind(k)),
         };
@@ -305,8 +313,12 @@ mod tests {
             Body::Unregister { session_id: 9 },
             Body::Deploy { module: Bytes::from_static(b"\0asm") },
             Body::Settings { settings: Bytes::from_static(b"WAFTSET1") },
-            Body::Found { module: Bytes::from_static(b"\0asm"), settings: Bytes::from_static(b"WAFTSET1") },
-            Body::Found { module: Bytes::from_static(b"\0asm"), settings: Bytes::new() },
+            Body::Found {
+                module_hash: [7; 32],
+                module: Bytes::from_static(b"\0asm"),
+                settings: Bytes::from_static(b"WAFTSET1"),
+            },
+            Body::Found { module_hash: [0; 32], module: Bytes::new(), settings: Bytes::new() },
         ]
         .into_iter()
         .map(|b| Envelope::new(1_700_000_000_123, b))
@@ -329,7 +341,10 @@ mod tests {
     fn every_kind_round_trips_and_every_truncation_fails() {
         for e in all_kinds() {
             let b = e.encode().unwrap();
-            assert!(b.len() <= ENVELOPE_OVERHEAD_BYTES_MAX + 4, "{e:?}");
+            // (A founding entry's hash and settings are content, not overhead.)
+            if !matches!(e.body, Body::Found { .. }) {
+                assert!(b.len() <= ENVELOPE_OVERHEAD_BYTES_MAX + 4, "{e:?}");
+            }
             assert_eq!(Envelope::decode(&b), Ok(e.clone()));
             let payload_len = match &e.body {
                 Body::Plain { payload } | Body::Command { payload, .. } | Body::Deploy { module: payload } => {

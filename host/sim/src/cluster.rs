@@ -421,6 +421,10 @@ impl Cluster {
 
     /// Completes the oldest pending write of `id` (its data reaches the disk).
     pub fn sync_one(&mut self, id: NodeId) -> bool {
+        let now = self.now;
+        if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+            r.set_clock(now);
+        }
         let node = self.nodes.get_mut(&id).expect("node");
         let Some(w) = node.writes.pop_front() else {
             return false;
@@ -481,6 +485,10 @@ impl Cluster {
 
     /// The runtime fetched and loaded the snapshot the core asked for.
     pub fn complete_install(&mut self, id: NodeId) {
+        let now = self.now;
+        if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+            r.set_clock(now);
+        }
         self.sync_all(id);
         let node = self.nodes.get_mut(&id).expect("node");
         let Some(inst) = node.install.take() else {

@@ -719,7 +719,8 @@ impl Sim {
             let (d, u, m) = (self.net.drop_pm, self.net.dup_pm, self.net.delay_max);
             self.trace(|| format!("chaos: drop {d}‰ dup {u}‰ delay<={m}"));
         } else if self.cfg.churn && roll < 85 {
-            let Some(l) = leader else { return };
+            // A stopped leader takes no admin call until it runs again.
+            let Some(l) = leader.filter(|&l| self.paused(l).is_none()) else { return };
             let conf = self.cluster.raft(l).configuration().clone();
             let mut kind = self.rng.range(0, 5);
             if (kind == 3 || kind == 4) && conf.learners.is_empty() && self.rng.chance(850) {
@@ -765,7 +766,7 @@ impl Sim {
             self.trace(|| format!("chaos: conf change kind {kind} node {pick} on {l}: {r:?}"));
             self.cluster.process(l);
         } else if self.cfg.churn {
-            let Some(l) = leader else { return };
+            let Some(l) = leader.filter(|&l| self.paused(l).is_none()) else { return };
             let voters: Vec<NodeId> =
                 self.cluster.raft(l).configuration().voters.iter().copied().filter(|&v| v != l).collect();
             let target = if self.rng.chance(400) || voters.is_empty() {
