@@ -94,6 +94,27 @@ pub enum Input {
     },
 }
 
+/// Each setting of a status or set-group answer by its name, as
+/// `waft_node::GroupSettings::named` spells it (the one list of names).
+pub fn settings_named(s: &client::GroupSettings) -> [(&'static str, u64); 11] {
+    let settings = waft_node::GroupSettings {
+        sessions: waft_session::SessionConfig {
+            sessions_open_max: s.sessions_open_max,
+            window_commands_max: s.session_window_commands_max,
+            session_idle_timeout_ms: s.session_idle_timeout_ms,
+            reply_bytes_per_session_max: s.session_reply_bytes_max,
+            reply_bytes_total_max: s.session_reply_bytes_total_max,
+        },
+        fuel_per_entry: s.fuel_per_entry,
+        fuel_per_query: s.fuel_per_query,
+        fuel_per_snapshot: s.fuel_per_snapshot,
+        memory_bytes_max: s.memory_bytes_max,
+        result_bytes_max: s.result_bytes_max,
+        snapshot_bytes_max: s.snapshot_bytes_max,
+    };
+    settings.named()
+}
+
 /// The settings as the client protocol shows them.
 pub fn settings_to_proto(s: &waft_node::GroupSettings) -> client::GroupSettings {
     client::GroupSettings {

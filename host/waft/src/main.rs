@@ -358,7 +358,7 @@ async fn admin(addr: &str, group: u64, op: AdminCmd) -> Result<()> {
         AdminCmd::SetGroup { set } => {
             let result = client.set_group(group, set).await?;
             println!("group {group} settings since index {}:", result.index);
-            for (name, value) in settings_named(&result.settings.unwrap_or_default()) {
+            for (name, value) in waft_daemon::inbox::settings_named(&result.settings.unwrap_or_default()) {
                 println!("  {name} = {value}");
             }
             return Ok(());
@@ -445,23 +445,6 @@ fn parse_setting(s: &str) -> Result<(String, u64), String> {
     Ok((name.to_string(), value))
 }
 
-/// The settings by the names `waft admin set-group --set` takes.
-fn settings_named(s: &waft_proto::client::GroupSettings) -> [(&'static str, u64); 11] {
-    [
-        ("sessions_open_max", s.sessions_open_max),
-        ("session_window_commands_max", s.session_window_commands_max),
-        ("session_idle_timeout_ms", s.session_idle_timeout_ms),
-        ("session_reply_bytes_max", s.session_reply_bytes_max),
-        ("session_reply_bytes_total_max", s.session_reply_bytes_total_max),
-        ("fuel_per_entry", s.fuel_per_entry),
-        ("fuel_per_query", s.fuel_per_query),
-        ("fuel_per_snapshot", s.fuel_per_snapshot),
-        ("memory_bytes_max", s.memory_bytes_max),
-        ("result_bytes_max", s.result_bytes_max),
-        ("snapshot_bytes_max", s.snapshot_bytes_max),
-    ]
-}
-
 fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
     use waft_proto::client::Role;
     let role = |g: &waft_proto::client::GroupStatus| match g.role() {
@@ -479,7 +462,7 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
             .map(|g| {
                 let c = g.configuration.clone().unwrap_or_default();
                 let settings: serde_json::Map<String, serde_json::Value> =
-                    settings_named(&g.settings.unwrap_or_default())
+                    waft_daemon::inbox::settings_named(&g.settings.unwrap_or_default())
                         .into_iter()
                         .map(|(name, v)| (name.to_string(), serde_json::json!(v)))
                         .collect();
@@ -519,7 +502,7 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
         );
     }
     for g in &status.groups {
-        let named = settings_named(&g.settings.unwrap_or_default());
+        let named = waft_daemon::inbox::settings_named(&g.settings.unwrap_or_default());
         let list: Vec<String> = named.iter().map(|(n, v)| format!("{n}={v}")).collect();
         println!("group {} settings since {}: {}", g.group, g.settings_index, list.join(" "));
     }
