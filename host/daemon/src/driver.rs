@@ -1056,6 +1056,9 @@ fn answer(index: u64, outcome: Outcome) -> ProposeReply {
         Outcome::SettingsRefused(why) => {
             return Err(client::Error::invalid_request(format!("settings refused at apply, nothing changed: {why}")));
         }
+        Outcome::SettingsConflict(why) => {
+            return Err(client::Error::busy(BUSY_RETRY_AFTER_MS, format!("settings not changed: {why}")));
+        }
     };
     // A saved refusal or fault reads as the first one did: a retry learns
     // the same outcome, not that it was a retry.

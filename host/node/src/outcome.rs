@@ -49,6 +49,10 @@ pub enum Outcome {
     /// (out of bounds, or the state as it stands would break them); the
     /// settings stay.
     SettingsRefused(String),
+    /// A settings change made over settings another change replaced first:
+    /// refused on every replica, nothing changed; asking again (over the
+    /// settings now in force) is safe.
+    SettingsConflict(String),
     /// The entry cannot be read by this build (an envelope of a newer
     /// version, or a saved reply that does not decode). Identical on every
     /// replica that runs the same build; the message says what to do.

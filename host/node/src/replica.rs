@@ -927,11 +927,13 @@ impl Replica {
         if base != self.settings_index {
             // Made over settings that another change replaced meanwhile:
             // applying it whole would silently undo that change.
-            return refused(format!(
+            let why = format!(
                 "made over the settings of entry {base}, but those of entry {} are in force now (another change \
                  came first); ask again",
                 self.settings_index
-            ));
+            );
+            tracing::warn!(group, index, %why, "settings change refused");
+            return Ok(Outcome::SettingsConflict(why));
         }
         match self.reconfigure(index, None, Some(settings))? {
             Ok(()) => {
@@ -975,6 +977,10 @@ impl Replica {
                 self.stop(format!("cannot take the group's founding module and settings at entry {index}: {why}"))
             );
         }
+        // The founding module, on every replica: a replica that switched to
+        // it here records it as such, like those that started with it, so
+        // their snapshots agree.
+        self.module_index = 0;
         tracing::info!(group, index, module = %hash.to_hex(), settings = %self.settings, "group founded: module and settings bound");
         Ok(Outcome::SettingsChanged { settings: self.settings.clone(), index })
     }

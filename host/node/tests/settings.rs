@@ -72,7 +72,7 @@ fn the_first_leaders_settings_bind_every_replica_and_changes_apply_at_one_index(
     let third = register(&mut c);
     for id in 1..=3 {
         assert!(matches!(c.outcome_at(id, refused), Some(Outcome::SettingsRefused(_))), "node {id}");
-        assert!(matches!(c.outcome_at(id, lost_race), Some(Outcome::SettingsRefused(_))), "node {id}");
+        assert!(matches!(c.outcome_at(id, lost_race), Some(Outcome::SettingsConflict(_))), "node {id}");
         assert_eq!(
             c.outcome_at(id, changed),
             Some(&Outcome::SettingsChanged { settings: tighter.clone(), index: changed }),
@@ -149,6 +149,7 @@ fn join_late(name: &str, compact: bool) -> Cluster {
     for id in 1..=3 {
         assert_eq!(c.applied_index(id), applied, "node {id}");
         assert_eq!(c.replica(id).module_hash(), counter, "node {id} runs the group's module");
+        assert_eq!(c.replica(id).module_index(), 0, "node {id}: the founding module, on every replica");
         assert_eq!(c.replica(id).settings(), &group_settings, "node {id} runs the group's settings");
         assert_eq!(c.query(id), "4", "node {id}");
     }
