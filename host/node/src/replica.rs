@@ -185,6 +185,9 @@ pub struct Replica {
     found_term: u64,
     /// The node's own runtime limits; the group's settings go over them.
     local_limits: Limits,
+    /// Tests only: a module this replica fails to compile, as if its
+    /// compiler differed (`inject_compile_fault`).
+    compile_fault: Option<ModuleHash>,
     /// Tags the guest's log lines.
     label: String,
     apply_batch_entries_max: usize,
@@ -292,6 +295,7 @@ impl Replica {
             settings_index: 0,
             found_term: 0,
             local_limits: cfg.limits.clone(),
+            compile_fault: None,
             label,
             apply_batch_entries_max: cfg.apply_batch_entries_max.max(1),
             installing: None,
@@ -515,6 +519,13 @@ impl Replica {
     /// is pending, so `encode_snapshot` works on it).
     pub fn sessions(&self) -> &SessionTable {
         &self.sessions
+    }
+
+    /// Tests only: makes this replica fail to compile module `hash` when an
+    /// entry switches to it, as a replica whose compiler differs would.
+    #[doc(hidden)]
+    pub fn inject_compile_fault(&mut self, hash: ModuleHash) {
+        self.compile_fault = Some(hash);
     }
 
     /// The runtime limits the guest runs under: the node's, with the group's
@@ -891,8 +902,11 @@ impl Replica {
 
     /// Applies a deploy entry: the running module saves its state, the new
     /// one loads it, and from the next entry on the new one runs. A module
-    /// that does not load, or cannot read the old state, is refused the same
-    /// way on every replica and changes nothing.
+    /// that cannot read the old state is refused the same way on every
+    /// replica and changes nothing. One this replica cannot compile stops
+    /// it: the leader compiled the module before proposing it, so the
+    /// failure is this replica's, and running the old module on would make
+    /// it differ from the others.
     fn deploy(&mut self, index: u64, bytes: Bytes) -> Result<Outcome> {
         let group = self.group;
         let hash = ModuleHash::of(&bytes);
@@ -1000,10 +1014,26 @@ impl Replica {
                 let hash = ModuleHash::of(&bytes);
                 match self.prepared.take() {
                     Some(prepared) if prepared.hash() == hash => Some(prepared),
-                    _ => match GuestModule::load(self.module.engine(), bytes) {
-                        Ok(m) => Some(m),
-                        Err(e) => return Ok(Err(format!("module {}: {e}", hash.to_hex()))),
-                    },
+                    _ => {
+                        let loaded = if self.compile_fault == Some(hash) {
+                            Err("a compile fault injected for a test".to_string())
+                        } else {
+                            GuestModule::load(self.module.engine(), bytes).map_err(|e| e.to_string())
+                        };
+                        match loaded {
+                            Ok(m) => Some(m),
+                            // The leader compiled it before proposing it, so
+                            // the others switch here: running the old module
+                            // on would make this replica differ. Stop instead.
+                            Err(e) => {
+                                return Err(self.stop(format!(
+                                    "cannot compile module {} at entry {index}, which the group switches to there: \
+                                     {e}; this replica stops rather than run the old module on",
+                                    hash.to_hex()
+                                )));
+                            }
+                        }
+                    }
                 }
             }
             _ => None,

@@ -95,6 +95,8 @@ pub struct Cluster {
     /// Nodes that are not founding voters: they open an empty replica and
     /// wait to be added.
     joiners: BTreeSet<u64>,
+    /// Nodes whose replica stopped for good, with the reason.
+    pub stopped: BTreeMap<u64, String>,
 }
 
 impl Cluster {
@@ -148,6 +150,7 @@ impl Cluster {
             now_ms: 0,
             founding: BTreeMap::new(),
             joiners: joiners.iter().copied().collect(),
+            stopped: BTreeMap::new(),
         };
         for id in 1..=voters {
             c.open(id);
@@ -217,7 +220,18 @@ impl Cluster {
                 continue;
             }
             busy = true;
-            let out = up.replica.process(&mut up.store, &up.snaps, &mut |m| queue.push_back(m)).unwrap();
+            let out = match up.replica.process(&mut up.store, &up.snaps, &mut |m| queue.push_back(m)) {
+                Ok(out) => out,
+                // A replica that stops for good is taken down, as its daemon
+                // would stop serving the group; the reason is kept.
+                Err(e) if e.is_fatal() => {
+                    self.stopped.insert(id, e.to_string());
+                    self.nodes[(id - 1) as usize].up = None;
+                    busy = true;
+                    continue;
+                }
+                Err(e) => panic!("node {id}: {e}"),
+            };
             if out.snapshot_saved.is_some() {
                 self.snapshots_saved += 1;
             }
