@@ -289,16 +289,20 @@ impl Sim {
                 let timeout = self.clients[ci].timeout;
                 self.schedule(timeout, Ev::ReadTimeout(ci as u64, id));
             }
-            Err(e) => {
-                match e {
-                    RaftError::NotLeader { leader_hint: Some(l) } => self.clients[ci].leader_guess = l,
-                    RaftError::NotLeader { leader_hint: None } => self.guess_randomly(ci),
-                    _ => {}
-                }
-                let d = self.rng.range(TICK_UNITS / 2, 2 * TICK_UNITS);
-                self.schedule(d, Ev::Client(ci as u64));
-            }
+            Err(e) => self.read_refused(ci, e),
         }
+    }
+
+    /// A node refused a read: follow its leader hint (or guess) and try
+    /// again a little later.
+    fn read_refused(&mut self, ci: usize, e: RaftError) {
+        match e {
+            RaftError::NotLeader { leader_hint: Some(l) } => self.clients[ci].leader_guess = l,
+            RaftError::NotLeader { leader_hint: None } => self.guess_randomly(ci),
+            _ => {}
+        }
+        let d = self.rng.range(TICK_UNITS / 2, 2 * TICK_UNITS);
+        self.schedule(d, Ev::Client(ci as u64));
     }
 
     /// Sends (or sends again) a write, with the client's current acknowledgement.
@@ -476,13 +480,7 @@ impl Sim {
         self.trace(|| format!("client {ci}: queued read {id} reached node {node}: {r:?}"));
         if let Err(e) = r {
             self.clients[ci].read = None;
-            match e {
-                RaftError::NotLeader { leader_hint: Some(l) } => self.clients[ci].leader_guess = l,
-                RaftError::NotLeader { leader_hint: None } => self.guess_randomly(ci),
-                _ => {}
-            }
-            let d = self.rng.range(TICK_UNITS / 2, 2 * TICK_UNITS);
-            self.schedule(d, Ev::Client(ci as u64));
+            self.read_refused(ci, e);
         }
     }
 
