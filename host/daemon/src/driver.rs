@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
-use waft_node::{Outcome, Output, PendingReady, Replica};
+use waft_node::{Outcome, Output, PendingReady, Replica, WriteToken};
 use waft_proto::client::{self, Consistency};
 use waft_proto::peer::PeerMessage;
 use waft_raft::{Message, NodeId, ReadMode, Role};
@@ -53,20 +53,12 @@ pub const PROCESS_READIES_MAX: usize = 64;
 pub const QUERIES_IN_PLACE_MAX: usize = 64;
 /// Request bytes of the reads one round runs in place, in all.
 pub const QUERIES_IN_PLACE_BYTES_MAX: usize = 64 * 1024;
-/// Readies whose writes are on their way to disk at once. While they sync the
-/// driver goes on: it takes acknowledgements and proposals, and entries
-/// committed meanwhile (durable already) apply and answer. Beyond it the
-/// driver waits for the oldest write.
-pub const WRITES_IN_FLIGHT_MAX: usize = 8;
-
-/// Waits for the oldest in-flight Ready's write to be durable (at once for
-/// a Ready without one).
+/// Waits for the oldest write still on its way to disk (never, with none).
 async fn oldest_write(
-    in_flight: &mut std::collections::VecDeque<(PendingReady, Option<crate::commit::Durable>)>,
+    writes: &mut std::collections::VecDeque<(WriteToken, crate::commit::Durable)>,
 ) -> Result<(), String> {
-    match in_flight.front_mut() {
-        Some((_, Some(rx))) => crate::commit::durable(rx).await,
-        Some((_, None)) => Ok(()),
+    match writes.front_mut() {
+        Some((_, rx)) => crate::commit::durable(rx).await,
         None => std::future::pending().await,
     }
 }
@@ -92,14 +84,10 @@ pub struct Driver {
     /// Reads whose read index is known, waiting for `applied >= index`
     /// (stale reads: index 0, served at the end of the round).
     reads_ready: Vec<(u64, PendingRead)>,
-    /// Readies applied, waiting for their writes (`None`: nothing to write)
-    /// to finish, oldest first: they finish in order. Invariant: len() <=
-    /// WRITES_IN_FLIGHT_MAX.
-    in_flight: std::collections::VecDeque<(PendingReady, Option<crate::commit::Durable>)>,
-    /// A pulled snapshot waiting for the writes in flight: installing it
-    /// rewrites the group's log, which must not race an earlier append.
-    /// While it waits no new Ready begins.
-    install_waiting: Option<Result<waft_node::Install, String>>,
+    /// The writes handed to the commit thread and not yet known durable,
+    /// oldest first, by the token the replica's pipeline knows them by.
+    /// Invariant: len() <= waft_node::WRITES_IN_FLIGHT_MAX.
+    writes: std::collections::VecDeque<(WriteToken, crate::commit::Durable)>,
     next_read_id: u64,
     status: watch::Sender<client::GroupStatus>,
     /// The latest snapshot offer from a leader: who sent it and what to pull.
@@ -176,8 +164,7 @@ impl Driver {
             proposals: BTreeMap::new(),
             reads: HashMap::new(),
             reads_ready: Vec::new(),
-            in_flight: std::collections::VecDeque::new(),
-            install_waiting: None,
+            writes: std::collections::VecDeque::new(),
             next_read_id: 1,
             status,
             offer: None,
@@ -223,10 +210,15 @@ impl Driver {
                 self.replica.step(message);
             }
             Input::InstallPulled(pulled) => {
-                if self.in_flight.is_empty() {
-                    self.finish_install(pulled);
-                } else {
-                    self.install_waiting = Some(pulled);
+                let mut out = Output::default();
+                let mut store = SharedStore(self.store.clone());
+                // Loading a snapshot may take long: off the async worker.
+                let done = tokio::task::block_in_place(|| {
+                    self.replica.install_pulled(pulled, &mut store, &self.snapshots, &mut out)
+                });
+                match done {
+                    Ok(()) => self.settle(out),
+                    Err(e) => tracing::error!(error = %e, "snapshot install stopped the replica"),
                 }
             }
             Input::Admin { op, reply } => self.start_admin(op, reply),
@@ -350,17 +342,17 @@ impl Driver {
     }
 
     /// Runs the replica until it has nothing ready (bounded), then answers.
+    /// The replica's pipeline orders everything; this hands each Ready's
+    /// write to the commit thread and runs long work off the async worker.
     async fn process(&mut self) -> Result<(), waft_node::Error> {
         if let Some(reason) = self.replica.stopped() {
             return Err(waft_node::Error::Stopped { group: self.group(), reason: reason.to_string() });
         }
         for _ in 0..PROCESS_READIES_MAX {
-            if self.in_flight.len() >= WRITES_IN_FLIGHT_MAX || self.install_waiting.is_some() {
-                break; // `step` waits for the oldest write.
-            }
             let mut outbox = Vec::new();
             // Messages that need not wait for the disk leave now, so followers
-            // write their copy while the leader writes its own.
+            // write their copy while the leader writes its own. None while
+            // the pipeline is full or a pulled snapshot waits for it.
             let Some(mut pending) = self.replica.begin_ready(&mut |m| outbox.push(m))? else { break };
             self.send(outbox);
             let write = pending.take_write();
@@ -397,47 +389,49 @@ impl Driver {
                 m.applied_entries.fetch_add(out.applied.len() as u64, Ordering::Relaxed);
             }
             self.settle(out);
-            self.in_flight.push_back((pending, durable));
+            let token = self.replica.enqueue_ready(pending);
+            if let Some(durable) = durable {
+                self.writes.push_back((token, durable));
+            }
             self.finish_durable()?;
         }
         self.serve_ready_reads();
         Ok(())
     }
 
-    /// Finishes the oldest Readies whose writes are durable, in order: the
-    /// core hears of them, and the messages that promise durability leave.
+    /// Tells the replica which writes the commit thread made durable, and
+    /// lets it finish the Readies whose turn came: the core hears of them,
+    /// and the messages that promise durability leave.
     fn finish_durable(&mut self) -> Result<(), waft_node::Error> {
         // A finished write can commit, and a first commit of the term
         // releases queued lease reads: the clock must read now, after any
         // stall while the write was on its way.
         self.read_clock();
-        while let Some((_, durable)) = self.in_flight.front_mut() {
-            if let Some(rx) = durable {
-                match rx.try_recv() {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => return Err(self.replica.write_failed(e)),
-                    Err(oneshot::error::TryRecvError::Empty) => return Ok(()),
-                    Err(oneshot::error::TryRecvError::Closed) => {
-                        return Err(self
-                            .replica
-                            .write_failed("the commit thread stopped before the write was durable"));
-                    }
+        while let Some((token, rx)) = self.writes.front_mut() {
+            match rx.try_recv() {
+                Ok(Ok(())) => self.replica.write_durable(*token),
+                Ok(Err(e)) => return Err(self.replica.write_failed(e)),
+                Err(oneshot::error::TryRecvError::Empty) => break,
+                Err(oneshot::error::TryRecvError::Closed) => {
+                    return Err(self.replica.write_failed("the commit thread stopped before the write was durable"));
                 }
             }
-            let Some((pending, _)) = self.in_flight.pop_front() else { break };
-            let mut outbox = Vec::new();
-            let mut out = Output::default();
-            let mut store = SharedStore(self.store.clone());
-            // Applied already: what is left runs no guest.
-            self.replica.finish_ready(pending, &mut store, &self.snapshots, &mut |m| outbox.push(m), &mut out)?;
-            self.send(outbox);
-            self.settle(out);
+            self.writes.pop_front();
         }
-        if self.in_flight.is_empty()
-            && let Some(pulled) = self.install_waiting.take()
-        {
-            self.finish_install(pulled);
+        let mut outbox = Vec::new();
+        let mut out = Output::default();
+        let mut store = SharedStore(self.store.clone());
+        // Applied already, so no guest runs; but a snapshot that waited for
+        // the pipeline to drain may install here, which takes long.
+        let installing = self.replica.install_waits();
+        let mut finish = || self.replica.finish_durable(&mut store, &self.snapshots, &mut |m| outbox.push(m), &mut out);
+        if installing {
+            tokio::task::block_in_place(finish)?
+        } else {
+            finish()?
         }
+        self.send(outbox);
+        self.settle(out);
         Ok(())
     }
 
@@ -491,6 +485,9 @@ impl Driver {
         }
         if let Some(e) = out.snapshot_failed {
             tracing::warn!(group, error = %e, "snapshot not saved");
+        }
+        if let Some(finished) = out.install_finished {
+            self.install_finished(finished);
         }
     }
 
@@ -733,27 +730,19 @@ impl Driver {
         });
     }
 
-    fn finish_install(&mut self, pulled: Result<waft_node::Install, String>) {
+    /// A pull's install ended (in the replica's pipeline, once the writes
+    /// before it were durable): log it, and start a newer pull the core
+    /// asked for meanwhile.
+    fn install_finished(&mut self, finished: Result<SnapshotId, String>) {
         let group = self.group();
         let Some(progress) = self.transfer.take() else { return };
-        let result = match pulled {
-            Ok(done) => {
-                let mut store = SharedStore(self.store.clone());
-                tokio::task::block_in_place(|| self.replica.finish_install(&mut store, &self.snapshots, done))
-                    .map_err(|e| e.to_string())
-            }
-            Err(why) => {
-                self.replica.abandon_install();
-                Err(why)
-            }
-        };
-        match result {
-            Ok(()) => {
-                self.snapshot_index = self.snapshot_index.max(progress.index);
+        match finished {
+            Ok(id) => {
+                self.snapshot_index = self.snapshot_index.max(id.index);
                 tracing::info!(
                     group,
-                    index = progress.index,
-                    term = progress.term,
+                    index = id.index,
+                    term = id.term,
                     bytes = progress.bytes_total,
                     "snapshot installed"
                 );
@@ -762,7 +751,6 @@ impl Driver {
                 tracing::warn!(group, index = progress.index, term = progress.term, %why, "snapshot install failed; the leader will offer it again")
             }
         }
-        // A newer snapshot the core asked for while this pull ran.
         if let Some(next) = self.replica.pending_install().cloned() {
             self.start_install(next);
         }
@@ -936,12 +924,12 @@ impl Driver {
                         self.replica.request_snapshot();
                     }
                 }
-                written = oldest_write(&mut self.in_flight), if !self.in_flight.is_empty() => {
+                written = oldest_write(&mut self.writes), if !self.writes.is_empty() => {
                     let finished = match written {
-                        // The receiver gave its outcome: mark the write done.
+                        // The receiver gave its outcome: the write is durable.
                         Ok(()) => {
-                            if let Some(front) = self.in_flight.front_mut() {
-                                front.1 = None;
+                            if let Some((token, _)) = self.writes.pop_front() {
+                                self.replica.write_durable(token);
                             }
                             self.finish_durable()
                         }

@@ -4,9 +4,12 @@
 //! (`waft-runtime`); the daemon wraps each [`Replica`] in a task and gives it
 //! a clock, a transport and clients.
 //!
-//! Owns the ordering rules of `waft_raft::Ready` in one place
-//! ([`Replica::process`]). Must never use tokio, sockets or a clock, so the same
-//! code runs under tests that pump messages by hand.
+//! Owns the ordering rules of `waft_raft::Ready` in one place: the
+//! replica's pipeline (`begin_ready` → the caller's write → `apply_ready` →
+//! `enqueue_ready` → `write_durable` → `finish_durable`), which the daemon,
+//! the simulator and hand-pumped tests all drive; [`Replica::process`] is its
+//! synchronous special case. Must never use tokio, sockets or a clock, so the
+//! same code runs under the simulator and tests that pump messages by hand.
 //!
 //! ```text
 //! let module = GuestModule::load(&engine, bytes)?;    // the founding module
@@ -45,8 +48,10 @@
 //! flags only found a group.
 //!
 //! `process` is `begin_ready` → `LogStore::write` → `finish_ready` in a loop.
-//! A daemon serving many groups calls those itself and merges the groups'
-//! writes ([`merge_write`]) into one atomic write with one sync (group commit).
+//! A daemon serving many groups drives the pipeline itself: it merges the
+//! groups' writes ([`merge_write`]) into one atomic write with one sync
+//! (group commit) and applies while they sync, up to
+//! [`WRITES_IN_FLIGHT_MAX`] Readies per group.
 //! Errors: [`Error::is_fatal`] means drop the replica and reopen it from storage.
 
 mod convert;
@@ -61,6 +66,7 @@ pub use module::{GuestModule, MODULE_BYTES_MAX, MODULE_FILE};
 pub use outcome::Outcome;
 pub use replica::{
     APPLY_BATCH_ENTRIES_MAX, APPLY_IN_PLACE_BYTES_MAX, APPLY_IN_PLACE_ENTRIES_MAX, Applied, Install, Output,
-    PendingReady, READY_ROUNDS_MAX, Replica, ReplicaConfig, SESSIONS_FILE, STATE_FILE, merge_write,
+    PendingReady, READY_ROUNDS_MAX, Replica, ReplicaConfig, SESSIONS_FILE, STATE_FILE, WRITES_IN_FLIGHT_MAX,
+    WriteToken, merge_write,
 };
 pub use settings::{GroupSettings, SETTINGS_FILE, SettingsError};

@@ -32,6 +32,9 @@ use crate::module::{self as module_file, GuestModule, MODULE_FILE};
 use crate::outcome::{Outcome, decode_reply, encode_reply};
 use crate::settings::{GroupSettings, SETTINGS_FILE, SETTINGS_FILE_BYTES};
 
+mod pipeline;
+pub use pipeline::{WRITES_IN_FLIGHT_MAX, WriteToken};
+
 /// The guest's file of a snapshot: its `on-snapshot-save` stream.
 pub const STATE_FILE: &str = "state";
 /// The host's file of a snapshot: the session table
@@ -122,6 +125,9 @@ pub struct Output {
     /// replica goes on and the core asks again later. Not an `Err` of
     /// `process`, so the batch's applied results still reach their clients.
     pub snapshot_failed: Option<Error>,
+    /// A pulled snapshot's install ended (`Replica::install_pulled`): the
+    /// snapshot installed, or why not (the core will ask again).
+    pub install_finished: Option<std::result::Result<SnapshotId, String>>,
     pub events: Vec<Event>,
 }
 
@@ -207,12 +213,27 @@ pub struct Replica {
     /// `set_offload`); kept here so a module switched by a deploy or a
     /// snapshot gets it too.
     offload: Option<Offload>,
+    /// Readies taken and handed back (`enqueue_ready`), oldest first, until
+    /// they finish: in order, each once its write is durable. Invariant:
+    /// len() <= WRITES_IN_FLIGHT_MAX.
+    pipeline: std::collections::VecDeque<PendingReady>,
+    /// The token the next Ready's write gets.
+    next_token: u64,
+    /// A pulled snapshot waiting for the Readies in the pipeline: installing
+    /// it rewrites the group's log, which must not race an earlier append.
+    /// While it waits no new Ready begins.
+    install_waiting: Option<std::result::Result<Install, String>>,
 }
 
 /// A Ready taken by `begin_ready`, waiting for its write to become durable.
 pub struct PendingReady {
     rd: Ready,
     write: WriteSet,
+    /// Names this Ready's write when the caller reports it durable.
+    token: WriteToken,
+    /// Its write is durable (or it had none): it may finish once every
+    /// Ready taken before it has.
+    durable: bool,
     /// See `may_block`; decided when the Ready is taken.
     may_block: bool,
     /// `apply_ready` ran: what remains waits for the write.
@@ -230,6 +251,18 @@ impl PendingReady {
     /// write. Take it once; `finish_ready` may run only after it is durable.
     pub fn take_write(&mut self) -> WriteSet {
         std::mem::take(&mut self.write)
+    }
+
+    /// What names this Ready's write in `Replica::write_durable`.
+    pub fn token(&self) -> WriteToken {
+        self.token
+    }
+
+    /// The core's Ready as taken (before `apply_ready` moves its committed
+    /// entries, read states and events out): for observers such as the
+    /// simulator's safety checks.
+    pub fn ready(&self) -> &Ready {
+        &self.rd
     }
 
     /// Whether `apply_ready` (or `finish_ready`, for a Ready not applied
@@ -307,6 +340,9 @@ impl Replica {
             },
             stopped: None,
             offload: None,
+            pipeline: std::collections::VecDeque::new(),
+            next_token: 1,
+            install_waiting: None,
         };
         let is_new = snapshots.latest(group).is_none()
             && store.log_state(group) == Default::default()
@@ -631,7 +667,7 @@ impl Replica {
     /// else writes the group's log meanwhile (an install waits for them).
     pub fn begin_ready(&mut self, send: &mut dyn FnMut(Message)) -> Result<Option<PendingReady>> {
         self.check_running()?;
-        if !self.node.has_ready() {
+        if !self.node.has_ready() || !self.pipeline_has_room() {
             return Ok(None);
         }
         let mut rd = self.node.ready();
@@ -665,7 +701,9 @@ impl Replica {
             }
         }
         let may_block = self.ready_may_block(&rd);
-        Ok(Some(PendingReady { rd, write, may_block, applied: false }))
+        let token = self.next_write_token();
+        let durable = write.is_empty();
+        Ok(Some(PendingReady { rd, write, token, durable, may_block, applied: false }))
     }
 
     /// `PendingReady::may_block` for `rd`.
@@ -720,11 +758,28 @@ impl Replica {
         Ok(())
     }
 
-    /// Finishes a Ready whose write is durable: tells the core (rule 3), sends
-    /// the messages that promise durability (votes, append acknowledgements),
-    /// and runs `apply_ready` if the caller did not. Results, reads and
-    /// notices go into `out`.
+    /// Finishes a Ready whose write is durable already (or had none): the
+    /// synchronous special case of `enqueue_ready`, `write_durable` and
+    /// `finish_durable`. Every Ready taken before it that is durable finishes
+    /// too, in order; if one is not, this one waits for it.
     pub fn finish_ready(
+        &mut self,
+        pending: PendingReady,
+        store: &mut dyn LogStore,
+        snapshots: &SnapshotStore,
+        send: &mut dyn FnMut(Message),
+        out: &mut Output,
+    ) -> Result<()> {
+        debug_assert!(pending.write.is_empty(), "finish_ready before the write was taken");
+        let token = self.enqueue_ready(pending);
+        self.write_durable(token);
+        self.finish_durable(store, snapshots, send, out)
+    }
+
+    /// Finishes one Ready whose write is durable: tells the core (rule 3),
+    /// sends the messages that promise durability (votes, append
+    /// acknowledgements), and runs `apply_ready` if the caller did not.
+    fn finish_one(
         &mut self,
         mut pending: PendingReady,
         store: &mut dyn LogStore,
@@ -733,7 +788,6 @@ impl Replica {
         out: &mut Output,
     ) -> Result<()> {
         self.check_running()?;
-        debug_assert!(pending.write.is_empty(), "finish_ready before the write was taken");
         // Before the notices, as the core ordered it when it handed the Ready out.
         self.apply_ready(&mut pending, store, snapshots, out)?;
         let rd = pending.rd;
