@@ -368,15 +368,13 @@ impl Driver {
                 }
             };
             let mut out = Output::default();
-            let mut store = SharedStore(self.store.clone());
             // A Ready that may run long (a big batch, a snapshot save, a
             // deploy: see `may_block`) must tell tokio this worker is busy.
             // The rest, a few entries through the guest included, runs in
             // place: handing the worker's core to another thread costs a
             // thread wake-up and two context switches, more than its work.
             let started = std::time::Instant::now();
-            let mut apply =
-                |pending: &mut PendingReady| self.replica.apply_ready(pending, &mut store, &self.snapshots, &mut out);
+            let mut apply = |pending: &mut PendingReady| self.replica.apply_ready(pending, &self.snapshots, &mut out);
             if pending.may_block() {
                 tokio::task::block_in_place(|| apply(&mut pending))?;
             } else {

@@ -194,6 +194,9 @@ pub struct Replica {
     /// Tests only: a module this replica fails to compile, as if its
     /// compiler differed (`inject_compile_fault`).
     compile_fault: Option<ModuleHash>,
+    /// Tests only: session commands skip the session table
+    /// (`inject_no_dedup`).
+    no_dedup: bool,
     /// Tags the guest's log lines.
     label: String,
     apply_batch_entries_max: usize,
@@ -223,6 +226,9 @@ pub struct Replica {
     /// it rewrites the group's log, which must not race an earlier append.
     /// While it waits no new Ready begins.
     install_waiting: Option<std::result::Result<Install, String>>,
+    /// The log prefix a saved snapshot covers, (index, term), to purge in
+    /// order with the log writes (see `snapshot_and_compact`).
+    purge_pending: Option<(u64, u64)>,
 }
 
 /// A Ready taken by `begin_ready`, waiting for its write to become durable.
@@ -329,6 +335,7 @@ impl Replica {
             found_term: 0,
             local_limits: cfg.limits.clone(),
             compile_fault: None,
+            no_dedup: false,
             label,
             apply_batch_entries_max: cfg.apply_batch_entries_max.max(1),
             installing: None,
@@ -343,6 +350,7 @@ impl Replica {
             pipeline: std::collections::VecDeque::new(),
             next_token: 1,
             install_waiting: None,
+            purge_pending: None,
         };
         let is_new = snapshots.latest(group).is_none()
             && store.log_state(group) == Default::default()
@@ -564,6 +572,14 @@ impl Replica {
         self.compile_fault = Some(hash);
     }
 
+    /// Tests only: makes this replica apply every committed copy of a
+    /// session command, as a host without sessions would (the simulator's
+    /// negative control: its checker must then catch a double apply).
+    #[doc(hidden)]
+    pub fn inject_no_dedup(&mut self) {
+        self.no_dedup = true;
+    }
+
     /// The runtime limits the guest runs under: the node's, with the group's
     /// settings over them (what a throwaway instance checking a deploy needs).
     pub fn guest_limits(&self) -> Limits {
@@ -688,6 +704,11 @@ impl Replica {
         if let Some(last) = rd.entries.last() {
             self.stored_last_index = last.index;
         }
+        if let Some((upto, term)) = self.purge_pending.take() {
+            // After every write handed out before it, so no append below
+            // `upto` is still to come.
+            write.purge(group, upto, term);
+        }
         if let Some(hs) = rd.hard_state {
             let hs = convert::hard_state_to_storage(hs);
             // A new commit index alone need not cost a disk sync: a restart
@@ -732,7 +753,6 @@ impl Replica {
     pub fn apply_ready(
         &mut self,
         pending: &mut PendingReady,
-        store: &mut dyn LogStore,
         snapshots: &SnapshotStore,
         out: &mut Output,
     ) -> Result<()> {
@@ -753,7 +773,7 @@ impl Replica {
         // The state machine is now exactly at the requested index.
         if let Some(meta) = rd.snapshot_request.take() {
             debug_assert_eq!(self.node.applied(), meta.index, "snapshot requested off the applied index");
-            self.snapshot_and_compact(store, snapshots, meta, out)?;
+            self.snapshot_and_compact(snapshots, meta, out)?;
         }
         Ok(())
     }
@@ -782,14 +802,13 @@ impl Replica {
     fn finish_one(
         &mut self,
         mut pending: PendingReady,
-        store: &mut dyn LogStore,
         snapshots: &SnapshotStore,
         send: &mut dyn FnMut(Message),
         out: &mut Output,
     ) -> Result<()> {
         self.check_running()?;
         // Before the notices, as the core ordered it when it handed the Ready out.
-        self.apply_ready(&mut pending, store, snapshots, out)?;
+        self.apply_ready(&mut pending, snapshots, out)?;
         let rd = pending.rd;
         if let Some(hs) = rd.hard_state {
             self.node.on_hard_state_persisted(hs);
@@ -877,7 +896,11 @@ impl Replica {
                 return;
             }
         };
-        let slot = match self.sessions.apply(index, envelope) {
+        let verdict = match envelope.body {
+            Body::Command { payload, .. } if self.no_dedup => Verdict::Apply { payload, ticket: None },
+            _ => self.sessions.apply(index, envelope),
+        };
+        let slot = match verdict {
             Verdict::Apply { payload, ticket } => {
                 batch.entries.push(waft_runtime::Entry::new(index, term, payload));
                 Slot::Guest { index, term, at: batch.entries.len() - 1, ticket }
@@ -1206,7 +1229,6 @@ impl Replica {
 
     fn snapshot_and_compact(
         &mut self,
-        store: &mut dyn LogStore,
         snapshots: &SnapshotStore,
         meta: waft_raft::SnapshotMeta,
         out: &mut Output,
@@ -1220,10 +1242,16 @@ impl Replica {
             out.snapshot_failed = Some(e);
             return Ok(());
         }
-        let mut set = WriteSet::new();
-        set.purge(self.group, meta.index, meta.term);
-        store.write(set).map_err(|e| self.stop(e))?;
-        tracing::debug!(group = self.group, index = meta.index, "snapshot saved, log compacted");
+        // The log's prefix goes in order with the writes still on their way
+        // (an append below the snapshot index that is not written yet would
+        // meet a log already purged past it): with the next Ready's write,
+        // or at once when no write is in flight (`finish_durable`).
+        self.purge_pending = Some((meta.index, meta.term));
+        tracing::debug!(
+            group = self.group,
+            index = meta.index,
+            "snapshot saved; the log is compacted with the next write"
+        );
         self.node.on_snapshot_saved(meta.clone());
         out.snapshot_saved = Some(meta);
         Ok(())

@@ -11,6 +11,10 @@ use wasmtime::{Config, OptLevel};
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: wasmtime::Engine,
+    /// Whether `Module::load` accepts a file naming a native machine in a
+    /// build without the `bench-native` feature (see
+    /// [`Engine::with_native_machines`]).
+    pub(crate) native_machines: bool,
 }
 
 impl Engine {
@@ -43,7 +47,17 @@ impl Engine {
             .epoch_interruption(true);
         let inner = wasmtime::Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))?;
         spawn_epoch_ticker(&inner)?;
-        Ok(Self { inner })
+        Ok(Self { inner, native_machines: false })
+    }
+
+    /// This engine, loading module files that name a native machine (see
+    /// [`crate::native`]) whatever the build's features: for the simulator,
+    /// which runs replicas on its native registers. A serving node never
+    /// makes one; a feature would not do, as cargo unifies features across
+    /// a workspace's test build.
+    pub fn with_native_machines(mut self) -> Engine {
+        self.native_machines = true;
+        self
     }
 }
 

@@ -26,6 +26,8 @@ pub const NATIVE_MAGIC: &[u8] = b"waft-bench-native:";
 pub enum NativeKind {
     /// examples/atomic's logic.
     Atomic,
+    /// The simulator's registers (see [`Registers`]).
+    Registers,
 }
 
 impl NativeKind {
@@ -36,6 +38,7 @@ impl NativeKind {
         let name = name.strip_suffix(b"\n").unwrap_or(name);
         Some(match name {
             b"atomic" => Ok(NativeKind::Atomic),
+            b"registers" => Ok(NativeKind::Registers),
             other => Err(String::from_utf8_lossy(other).into_owned()),
         })
     }
@@ -43,6 +46,7 @@ impl NativeKind {
     pub fn instantiate(self) -> Native {
         match self {
             NativeKind::Atomic => Native::Atomic(Atomic::default()),
+            NativeKind::Registers => Native::Registers(Registers::default()),
         }
     }
 }
@@ -50,18 +54,21 @@ impl NativeKind {
 /// A running native machine.
 pub enum Native {
     Atomic(Atomic),
+    Registers(Registers),
 }
 
 impl Native {
     pub fn apply(&mut self, command: &[u8]) -> Result<Vec<u8>, String> {
         match self {
             Native::Atomic(a) => a.apply(command),
+            Native::Registers(r) => r.apply(command),
         }
     }
 
     pub fn query(&self, request: &[u8]) -> Result<Vec<u8>, String> {
         match self {
             Native::Atomic(a) => a.query(request),
+            Native::Registers(r) => r.query(request),
         }
     }
 
@@ -70,6 +77,7 @@ impl Native {
         let mut counted = Counted { out, bytes: 0 };
         match self {
             Native::Atomic(a) => a.save(&mut counted),
+            Native::Registers(r) => r.save(&mut counted),
         }
         .map_err(|e| format!("snapshot save failed: {e}"))?;
         counted.flush().map_err(|e| format!("snapshot save failed: {e}"))?;
@@ -83,6 +91,9 @@ impl Native {
             Native::Atomic(a) => {
                 let fresh = Atomic::load(input).map_err(|e| format!("snapshot load failed: {e}"))?;
                 *a = fresh;
+            }
+            Native::Registers(r) => {
+                *r = Registers::load(input)?;
             }
         }
         Ok(())
@@ -241,6 +252,79 @@ impl Atomic {
     }
 }
 
+// --- the simulator's registers ----------------------------------------------
+
+/// The simulator's state machine: 256 registers of u64, each 0 until
+/// written. A command is 18 bytes: op u8 (1 put, 2 increment, 3 get) | key
+/// u8 | operation id u64 LE (names the client's operation; ignored) | value
+/// u64 LE (for a put). Its reply is the register's value after the command,
+/// u64 LE. A query with an empty request answers every register that is not
+/// 0, as key u8 | value u64 LE pairs in key order; the snapshot is the same.
+#[derive(Default)]
+pub struct Registers {
+    values: BTreeMap<u8, u64>,
+}
+
+/// Bytes of a registers command.
+pub const REGISTERS_COMMAND_BYTES: usize = 18;
+
+impl Registers {
+    fn apply(&mut self, command: &[u8]) -> Result<Vec<u8>, String> {
+        let c: &[u8; REGISTERS_COMMAND_BYTES] = command
+            .try_into()
+            .map_err(|_| format!("a command is {REGISTERS_COMMAND_BYTES} bytes, not {}", command.len()))?;
+        let mut value = [0u8; 8];
+        value.copy_from_slice(&c[10..18]);
+        let register = self.values.entry(c[1]).or_insert(0);
+        match c[0] {
+            1 => *register = u64::from_le_bytes(value),
+            2 => *register = register.checked_add(1).ok_or("register overflow")?,
+            3 => {}
+            op => return Err(format!("unknown registers op {op}")),
+        }
+        Ok(register.to_le_bytes().to_vec())
+    }
+
+    fn query(&self, request: &[u8]) -> Result<Vec<u8>, String> {
+        if !request.is_empty() {
+            return Err("a registers query is empty (it answers every register)".into());
+        }
+        let mut out = Vec::with_capacity(self.values.len() * 9);
+        for (&k, &v) in self.values.iter().filter(|(_, v)| **v != 0) {
+            out.push(k);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        Ok(out)
+    }
+
+    fn save(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        let bytes = self.query(&[]).map_err(std::io::Error::other)?;
+        out.write_all(&bytes)
+    }
+
+    fn load(input: &mut dyn Read) -> Result<Registers, String> {
+        let mut bytes = Vec::new();
+        input.read_to_end(&mut bytes).map_err(|e| format!("snapshot load failed: {e}"))?;
+        Registers::decode(&bytes).map(|values| Registers { values })
+    }
+
+    /// Every register a query answer (or a snapshot) names.
+    pub fn decode(bytes: &[u8]) -> Result<BTreeMap<u8, u64>, String> {
+        if !bytes.len().is_multiple_of(9) {
+            return Err(format!("registers of {} bytes: not whole key/value pairs", bytes.len()));
+        }
+        let mut values = BTreeMap::new();
+        for pair in bytes.chunks_exact(9) {
+            let mut v = [0u8; 8];
+            v.copy_from_slice(&pair[1..]);
+            if values.insert(pair[0], u64::from_le_bytes(v)).is_some() {
+                return Err(format!("register {} named twice", pair[0]));
+            }
+        }
+        Ok(values)
+    }
+}
+
 fn escape(key: &str) -> String {
     key.replace('\\', "\\\\").replace('\n', "\\n")
 }
@@ -272,6 +356,31 @@ mod tests {
         assert_eq!(NativeKind::parse(b"waft-bench-native:atomic\n"), Some(Ok(NativeKind::Atomic)));
         assert_eq!(NativeKind::parse(b"waft-bench-native:counter"), Some(Err("counter".into())));
         assert_eq!(NativeKind::parse(b"\0asm\x0d\0\x01\0"), None);
+    }
+
+    #[test]
+    fn registers_apply_answer_and_restore() {
+        let command = |op: u8, key: u8, value: u64| {
+            let mut c = vec![op, key];
+            c.extend_from_slice(&7u64.to_le_bytes());
+            c.extend_from_slice(&value.to_le_bytes());
+            c
+        };
+        let mut sm = NativeKind::Registers.instantiate();
+        assert_eq!(sm.apply(&command(1, 3, 40)).unwrap(), 40u64.to_le_bytes());
+        assert_eq!(sm.apply(&command(2, 3, 0)).unwrap(), 41u64.to_le_bytes());
+        assert_eq!(sm.apply(&command(3, 9, 0)).unwrap(), 0u64.to_le_bytes());
+        assert!(sm.apply(&command(4, 3, 0)).unwrap_err().contains("unknown"));
+        assert!(sm.apply(b"short").unwrap_err().contains("18 bytes"));
+        let all = sm.query(&[]).unwrap();
+        assert_eq!(Registers::decode(&all).unwrap(), BTreeMap::from([(3, 41)]));
+        let mut saved = Vec::new();
+        sm.save(&mut saved).unwrap();
+        let mut restored = NativeKind::Registers.instantiate();
+        restored.load(&mut &saved[..]).unwrap();
+        assert_eq!(restored.query(&[]).unwrap(), all);
+        assert!(restored.load(&mut &saved[..5]).is_err(), "a torn snapshot is refused");
+        assert_eq!(restored.query(&[]).unwrap(), all, "and leaves the state as it was");
     }
 
     #[test]

@@ -1,79 +1,150 @@
-//! A cluster of waft-raft nodes with a model runtime each: durable storage
-//! that keeps only what was synced, a model state machine under the session
-//! table (`model::Machine`), a snapshot store, and the safety checks run on
-//! every Ready. It owns no network and no clock:
-//! drivers (the random simulator, scenario tests) route `outbox` and call tick.
-//! Must never use randomness of its own, so drivers stay reproducible.
+//! A cluster of `waft_node::Replica`s, the very code a node runs, each over
+//! a simulated disk: a log store whose crash loses exactly what was not
+//! synced (`SimDisk`), a snapshot store in a directory of its own, and the
+//! simulator's native registers as the state machine under the replica's
+//! session table. Every Ready goes through the replica's pipeline as the
+//! daemon drives it: messages that need not wait leave at once, the write
+//! waits for a simulated sync (`sync_one`), the committed entries apply
+//! meanwhile, and the Ready finishes once its write is durable. Safety is
+//! checked on every Ready before it applies. It owns no network and no
+//! clock: the driver (the random simulator) routes `outbox`, schedules the
+//! syncs and installs, and sets `now`. Must never use randomness of its own,
+//! so runs stay reproducible.
 
-use crate::model::{Kv, Machine, MachineConfig, MachineSnapshot, Outcome};
+use crate::model::{Command, Kv, Outcome};
+pub use crate::raft_cluster::{Checker, Note};
+use crate::raft_cluster::{brief, fingerprint, msg_kind};
 use crate::rng::{FNV_START, fnv};
+use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use waft_node::{GuestModule, Output, PendingReady, Replica, ReplicaConfig, WriteToken};
 use waft_raft::*;
+use waft_session::{Body, Envelope, SessionConfig};
+use waft_storage::{LogStore, MemLogStore, Op, SnapshotId, SnapshotStore, WriteSet};
 
-/// What a node keeps across a crash.
-#[derive(Clone, Debug)]
-pub struct Durable {
-    pub hard_state: HardState,
-    pub snapshot: SnapshotMeta,
-    pub snapshot_state: MachineSnapshot,
-    /// Entries after the snapshot, consecutive.
-    pub entries: Vec<Entry>,
+/// The one group every simulated node serves.
+pub const GROUP: u64 = 1;
+/// The module file that names the simulator's registers.
+const REGISTERS_MODULE: &[u8] = b"waft-bench-native:registers";
+
+/// The engine every simulated replica shares, made once per process (it
+/// runs no wasm: the registers are native).
+fn founding_module() -> GuestModule {
+    static MODULE: OnceLock<GuestModule> = OnceLock::new();
+    MODULE
+        .get_or_init(|| {
+            let engine = waft_runtime::Engine::new().expect("a wasm engine").with_native_machines();
+            GuestModule::load(&engine, Bytes::from_static(REGISTERS_MODULE)).expect("the registers load")
+        })
+        .clone()
 }
 
-/// A Ready's persistence work that has not reached the disk yet.
-#[derive(Clone, Debug)]
-struct PendingWrite {
-    hard_state: Option<HardState>,
-    entries: Vec<Entry>,
-    after: Vec<Message>,
+/// A node's disk: what its process sees (`cache`, every write that
+/// returned) and what survives a power loss (`durable`, every write up to
+/// the last sync). A write that must be durable syncs everything before it,
+/// as RocksDB's sequential log does; a write of lazy hard states alone does
+/// not.
+#[derive(Clone, Debug, Default)]
+pub struct SimDisk {
+    cache: MemLogStore,
+    durable: MemLogStore,
+    /// Writes in `cache` and not yet in `durable`, oldest first.
+    unsynced: Vec<WriteSet>,
+}
+
+impl SimDisk {
+    /// A power loss: every write since the last sync is gone.
+    pub fn lose_unsynced(&mut self) {
+        self.cache = self.durable.clone();
+        self.unsynced.clear();
+    }
+
+    /// The hard state a power loss would leave.
+    pub fn durable_hard_state(&self) -> waft_storage::HardState {
+        self.durable.hard_state(GROUP)
+    }
+}
+
+impl LogStore for SimDisk {
+    fn write(&mut self, set: WriteSet) -> waft_storage::Result<()> {
+        let sync = set.must_sync();
+        self.cache.write(set.clone())?;
+        self.unsynced.push(set);
+        if sync {
+            for s in self.unsynced.drain(..) {
+                self.durable.write(s).expect("a write the cache took is valid on the durable state");
+            }
+        }
+        Ok(())
+    }
+
+    fn log_state(&self, group: u64) -> waft_storage::LogState {
+        self.cache.log_state(group)
+    }
+
+    fn term(&self, group: u64, index: u64) -> waft_storage::Result<u64> {
+        self.cache.term(group, index)
+    }
+
+    fn entries(
+        &self,
+        group: u64,
+        lo: u64,
+        hi: u64,
+        max_bytes: u64,
+    ) -> waft_storage::Result<Vec<waft_storage::LogEntry>> {
+        self.cache.entries(group, lo, hi, max_bytes)
+    }
+
+    fn hard_state(&self, group: u64) -> waft_storage::HardState {
+        self.cache.hard_state(group)
+    }
+
+    fn config_entries(&self, group: u64) -> waft_storage::Result<Vec<waft_storage::LogEntry>> {
+        self.cache.config_entries(group)
+    }
+
+    fn groups(&self) -> Vec<u64> {
+        self.cache.groups()
+    }
+}
+
+/// How a node goes down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Crash {
+    /// The process dies (SIGKILL): writes it handed to the disk survive in
+    /// the page cache; writes still queued in the process are gone.
+    Process,
+    /// The machine loses power: everything not synced is gone too.
+    Power,
 }
 
 pub struct SimNode {
     pub id: NodeId,
-    pub cfg: Config,
-    pub raft: Option<RawNode>,
-    pub durable: Durable,
-    writes: VecDeque<PendingWrite>,
+    pub cfg: ReplicaConfig,
+    pub replica: Option<Replica>,
+    pub disk: SimDisk,
+    pub snaps: SnapshotStore,
+    /// Ready writes handed to the disk queue and not yet written, oldest
+    /// first, with the token the replica knows each by.
+    writes: VecDeque<(WriteToken, WriteSet)>,
+    /// The snapshot the core asked for, to be pulled from its sender.
     pub install: Option<SnapshotInstall>,
-    pub sm: Machine,
+    /// The last entry the state machine applied (as the checker saw it).
     pub sm_applied: u64,
     /// Reads confirmed by Raft, waiting for the local apply index: (id, index).
     pub reads: Vec<(u64, u64)>,
-    /// Persist every Ready at once (scenario tests); otherwise the driver calls `sync_one`.
-    pub auto_sync: bool,
-    /// With `auto_sync`: leave snapshot installs pending until `complete_install`.
-    pub hold_install: bool,
+    /// Every committed copy of a session command applies (negative control).
+    no_dedup: bool,
     pub incarnation: u64,
 }
 
-/// A client-visible outcome the driver consumes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Note {
-    /// `node` applied the client entry at (`index`, `term`) with `outcome`.
-    Applied { node: NodeId, index: u64, term: u64, outcome: Outcome },
-    /// A read with `id` completed on `node` with the register value.
-    ReadDone { node: NodeId, id: u64, value_of: Kv },
-}
-
-/// Safety invariants checked incrementally; any violation is a panic with context.
-#[derive(Default)]
-pub struct Checker {
-    pub leaders: BTreeMap<u64, NodeId>,
-    /// (index, term) -> (fingerprint of the entry, term of the previous entry).
-    pub entries_seen: BTreeMap<(u64, u64), (u64, u64)>,
-    /// index -> (term, fingerprint) of every applied entry.
-    pub committed: BTreeMap<u64, (u64, u64)>,
-    pub max_durable_commit: BTreeMap<NodeId, u64>,
-    /// index -> a term by which the entry was surely committed (the lowest term
-    /// of any node when it learned a commit index covering it).
-    pub commit_term: BTreeMap<u64, u64>,
-    /// Last commit index each node reported (to record `commit_term` incrementally).
-    pub commit_seen: BTreeMap<NodeId, u64>,
-    pub max_snapshot: BTreeMap<NodeId, u64>,
-}
-
-pub fn fingerprint(e: &Entry) -> u64 {
-    fnv(fnv(FNV_START, &[e.kind as u8]), &e.data)
+impl SimNode {
+    pub fn raft(&self) -> Option<&RawNode> {
+        self.replica.as_ref().map(|r| r.raft())
+    }
 }
 
 pub struct Cluster {
@@ -82,12 +153,12 @@ pub struct Cluster {
     pub now: u64,
     pub nodes: BTreeMap<NodeId, SimNode>,
     pub check: Checker,
-    /// Snapshot store shared by all nodes: index -> (term, state). By state-machine
-    /// safety every node's snapshot at an index is identical, session section
-    /// bytes included (checked on insert).
-    pub snapshots: BTreeMap<u64, (u64, MachineSnapshot)>,
-    /// The replicated machine's settings; equal on every node.
-    pub machine_cfg: MachineConfig,
+    /// index -> (term, files with their sizes and checksums) of the first
+    /// snapshot saved or installed at that index: every later one must equal it.
+    snapshots: BTreeMap<u64, (u64, Vec<waft_storage::SnapshotFile>)>,
+    /// Client entries by index, as the checker saw them committed: the
+    /// operation id of the register command each carries.
+    ops: BTreeMap<u64, u64>,
     pub outbox: Vec<Message>,
     pub notes: Vec<Note>,
     pub events: Vec<(NodeId, Event)>,
@@ -98,52 +169,78 @@ pub struct Cluster {
     /// Stable trace hash over everything nodes emitted.
     pub trace_hash: u64,
     pub trace: Option<Vec<String>>,
+    /// The directory holding every node's snapshots; removed on drop.
+    root: PathBuf,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Where a run keeps its snapshot files: `WAFT_SIM_DIR`, else memory-backed
+/// /dev/shm where there is one, else the temporary directory.
+fn run_dir() -> PathBuf {
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let base = match std::env::var_os("WAFT_SIM_DIR") {
+        Some(d) => PathBuf::from(d),
+        None if std::path::Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
+        None => std::env::temp_dir(),
+    };
+    let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    base.join(format!("waft-sim-{}-{n}", std::process::id()))
+}
+
+/// What the simulator's node settings are made of.
+pub struct NodeSettings {
+    pub raft: Config,
+    pub sessions: SessionConfig,
 }
 
 impl Cluster {
     /// Nodes `ids`, the first `voters` of which form the bootstrap configuration.
-    pub fn new(ids: &[NodeId], voters: &[NodeId], mk_cfg: impl Fn(NodeId) -> Config) -> Cluster {
-        let machine_cfg = MachineConfig::default();
+    pub fn new(
+        ids: &[NodeId],
+        voters: &[NodeId],
+        dedup: bool,
+        mut settings: impl FnMut(NodeId) -> NodeSettings,
+    ) -> Cluster {
+        let root = run_dir();
         let mut nodes = BTreeMap::new();
         for &id in ids {
-            let cfg = mk_cfg(id);
-            let boot = if voters.contains(&id) {
-                Configuration::new(voters.iter().copied())
-            } else {
-                Configuration::default()
-            };
-            let sm = Machine::new(&machine_cfg);
-            let durable = Durable {
-                hard_state: HardState::default(),
-                snapshot: SnapshotMeta { index: 0, term: 0, config: boot.clone() },
-                snapshot_state: sm.snapshot(),
-                entries: Vec::new(),
-            };
-            let raft = RawNode::new(cfg.clone(), boot).expect("valid sim config");
-            nodes.insert(
+            let s = settings(id);
+            let mut cfg = ReplicaConfig::new(s.raft);
+            cfg.sessions = s.sessions;
+            let snaps = SnapshotStore::open(root.join(format!("node-{id}"))).expect("a snapshot directory");
+            let mut disk = SimDisk::default();
+            let boot: &[NodeId] = if voters.contains(&id) { voters } else { &[] };
+            let mut replica =
+                Replica::open(GROUP, cfg.clone(), &mut disk, &snaps, &founding_module(), boot).expect("a new replica");
+            if !dedup {
+                replica.inject_no_dedup();
+            }
+            let node = SimNode {
                 id,
-                SimNode {
-                    id,
-                    cfg,
-                    raft: Some(raft),
-                    durable,
-                    writes: VecDeque::new(),
-                    install: None,
-                    sm,
-                    sm_applied: 0,
-                    reads: Vec::new(),
-                    auto_sync: true,
-                    hold_install: false,
-                    incarnation: 0,
-                },
-            );
+                cfg,
+                replica: Some(replica),
+                disk,
+                snaps,
+                writes: VecDeque::new(),
+                install: None,
+                sm_applied: 0,
+                reads: Vec::new(),
+                no_dedup: !dedup,
+                incarnation: 0,
+            };
+            nodes.insert(id, node);
         }
         Cluster {
             now: 0,
             nodes,
             check: Checker::default(),
             snapshots: BTreeMap::new(),
-            machine_cfg,
+            ops: BTreeMap::new(),
             outbox: Vec::new(),
             notes: Vec::new(),
             events: Vec::new(),
@@ -151,37 +248,31 @@ impl Cluster {
             touched: Vec::new(),
             trace_hash: FNV_START,
             trace: None,
+            root,
         }
-    }
-
-    /// Sets the replicated machine's settings on every node; only before
-    /// anything was applied, as a group's limits are fixed at its creation.
-    pub fn set_machine_config(&mut self, cfg: MachineConfig) {
-        for n in self.nodes.values_mut() {
-            assert_eq!(n.sm_applied, 0, "machine settings change only before the first apply");
-            n.sm = Machine::new(&cfg);
-            n.durable.snapshot_state = n.sm.snapshot();
-        }
-        self.machine_cfg = cfg;
     }
 
     pub fn raft(&self, id: NodeId) -> &RawNode {
-        self.nodes[&id].raft.as_ref().expect("node is up")
+        self.replica(id).raft()
     }
 
-    pub fn raft_mut(&mut self, id: NodeId) -> &mut RawNode {
-        self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()).expect("node is up")
+    pub fn replica(&self, id: NodeId) -> &Replica {
+        self.nodes[&id].replica.as_ref().expect("node is up")
+    }
+
+    fn replica_mut(&mut self, id: NodeId) -> &mut Replica {
+        self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()).expect("node is up")
     }
 
     pub fn is_up(&self, id: NodeId) -> bool {
-        self.nodes.get(&id).is_some_and(|n| n.raft.is_some())
+        self.nodes.get(&id).is_some_and(|n| n.replica.is_some())
     }
 
     pub fn leader(&self) -> Option<NodeId> {
         // The leader of the highest term among live nodes.
         self.nodes
             .values()
-            .filter_map(|n| n.raft.as_ref())
+            .filter_map(|n| n.raft())
             .filter(|r| r.role() == Role::Leader)
             .max_by_key(|r| r.term())
             .map(|r| r.id())
@@ -191,7 +282,7 @@ impl Cluster {
     pub fn describe(&self) -> Vec<String> {
         self.nodes
             .values()
-            .map(|n| match &n.raft {
+            .map(|n| match n.raft() {
                 None => format!("node {}: down", n.id),
                 Some(r) => format!(
                     "node {}: {:?} term {} leader {:?} last {} commit {} applied {} snap {} conf {:?} transferring {}",
@@ -216,11 +307,17 @@ impl Cluster {
         }
     }
 
-    pub fn tick(&mut self, id: NodeId) {
+    fn read_clock(&mut self, id: NodeId) {
         let now = self.now;
-        if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
+        if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) {
             r.set_clock(now);
-            r.tick();
+        }
+    }
+
+    pub fn tick(&mut self, id: NodeId) {
+        if self.is_up(id) {
+            self.read_clock(id);
+            self.replica_mut(id).tick();
             self.process(id);
         }
     }
@@ -235,36 +332,86 @@ impl Cluster {
             let line = format!("{} -> {} t{} {}", m.from, m.to, m.term, brief(&m.body));
             self.log(|| line);
         }
-        let now = self.now;
-        self.raft_mut(to).set_clock(now);
-        self.raft_mut(to).step(m);
+        self.read_clock(to);
+        self.replica_mut(to).step(m);
         self.process(to);
     }
 
-    /// Drains and executes every Ready of node `id` (bounded).
+    /// A client's proposal at `id`, as the daemon makes it.
+    pub fn propose(&mut self, id: NodeId, envelope: &Envelope) -> Result<(u64, u64), RaftError> {
+        self.read_clock(id);
+        let r = self.replica_mut(id).propose(envelope).map_err(core_error);
+        self.process(id);
+        r
+    }
+
+    /// A client's read at `id`: its read index is asked for now.
+    pub fn read_index(&mut self, id: NodeId, read_id: u64, mode: ReadMode) -> Result<(), RaftError> {
+        self.read_clock(id);
+        let r = self.replica_mut(id).read_index(read_id, mode).map_err(core_error);
+        self.process(id);
+        r
+    }
+
+    /// An operator's call on `id` (membership, transfer), as the daemon makes it.
+    pub fn admin(
+        &mut self,
+        id: NodeId,
+        call: impl FnOnce(&mut Replica) -> waft_node::Result<()>,
+    ) -> Result<(), RaftError> {
+        self.read_clock(id);
+        let r = call(self.replica_mut(id)).map_err(core_error);
+        self.process(id);
+        r
+    }
+
+    /// Runs node `id`'s Readies through its pipeline (bounded), as the
+    /// daemon's driver does: each one's write joins the disk queue, its
+    /// committed entries apply at once.
     pub fn process(&mut self, id: NodeId) {
         if self.touched.last() != Some(&id) {
             self.touched.push(id);
         }
         for _ in 0..READY_ROUNDS_MAX {
-            let has = self.nodes[&id].raft.as_ref().is_some_and(|r| r.has_ready());
-            if !has {
-                break;
+            let mut sent = Vec::new();
+            let Some(node) = self.nodes.get_mut(&id) else { return };
+            let Some(replica) = node.replica.as_mut() else { return };
+            let begun = replica.begin_ready(&mut |m| sent.push(m));
+            let Some(mut pending) = begun.unwrap_or_else(|e| panic!("node {id}: {e}")) else { break };
+            self.outbox.extend(sent);
+            self.observe(id, &pending);
+            let write = pending.take_write();
+            let node = self.nodes.get_mut(&id).expect("node");
+            let replica = node.replica.as_mut().expect("up");
+            let mut out = Output::default();
+            replica
+                .apply_ready(&mut pending, &node.snaps, &mut out)
+                .unwrap_or_else(|e| panic!("node {id}: apply: {e}"));
+            let token = replica.enqueue_ready(pending);
+            if !write.is_empty() {
+                if self.trace.is_some() {
+                    let line = format!("node {id}: write {token:?} queued: {}", brief_write(&write));
+                    self.log(|| line);
+                }
+                let node = self.nodes.get_mut(&id).expect("node");
+                node.writes.push_back((token, write));
             }
-            let rd = self.raft_mut(id).ready();
-            self.handle_ready(id, rd);
+            self.settle(id, out);
+            self.finish_durable(id);
         }
         self.serve_reads(id);
     }
 
-    fn handle_ready(&mut self, id: NodeId, rd: Ready) {
+    /// Safety checks on a Ready before it applies.
+    fn observe(&mut self, id: NodeId, pending: &PendingReady) {
+        let rd = pending.ready();
         if let Some(hs) = rd.hard_state {
             let seen = self.check.commit_seen.entry(id).or_insert(0);
             for i in (*seen + 1)..=hs.commit {
                 let t = self.check.commit_term.entry(i).or_insert(hs.term);
                 *t = (*t).min(hs.term);
             }
-            *seen = hs.commit;
+            *seen = (*seen).max(hs.commit);
         }
         if let Some(ss) = rd.soft_state {
             self.trace_hash = fnv(self.trace_hash, &[id as u8, ss.role as u8, ss.term as u8]);
@@ -273,9 +420,9 @@ impl Cluster {
                 self.on_new_leader(id, ss.term);
             }
         }
-        for e in rd.events {
+        for e in &rd.events {
             self.log(|| format!("node {id}: {e:?}"));
-            self.events.push((id, e));
+            self.events.push((id, e.clone()));
         }
         // Log matching: a given (index, term) always carries the same entry after the same term.
         if let Some(first) = rd.entries.first() {
@@ -300,29 +447,29 @@ impl Cluster {
                 }
             }
         }
-        if let Some(inst) = rd.snapshot_install {
-            self.nodes.get_mut(&id).expect("node").install = Some(inst);
+        // State-machine safety: every node applies the same entry at an index, in order.
+        for e in &rd.committed_entries {
+            let node = self.nodes.get_mut(&id).expect("node");
+            assert_eq!(e.index, node.sm_applied + 1, "node {id} applies out of order");
+            node.sm_applied = e.index;
+            let fp = fingerprint(e);
+            match self.check.committed.get(&e.index) {
+                Some(&(t, f)) => assert!(
+                    t == e.term && f == fp,
+                    "state-machine safety: node {id} applied a different entry at {}",
+                    e.index
+                ),
+                None => {
+                    self.check.committed.insert(e.index, (e.term, fp));
+                }
+            }
+            if let Some(op_id) = op_of(&e.data) {
+                self.ops.insert(e.index, op_id);
+            }
         }
-        self.outbox.extend(rd.messages);
-        // Apply before syncing: a sync re-enters `process`, whose later Readies
-        // must find this one's committed entries applied.
-        self.apply(id, rd.committed_entries);
-        for rs in rd.read_states {
-            self.read_states.push((id, rs));
+        for rs in &rd.read_states {
+            self.read_states.push((id, *rs));
             self.nodes.get_mut(&id).expect("node").reads.push((rs.id, rs.index));
-        }
-        if let Some(meta) = rd.snapshot_request {
-            self.save_snapshot(id, meta);
-        }
-        let w = PendingWrite { hard_state: rd.hard_state, entries: rd.entries, after: rd.messages_after_persist };
-        let node = self.nodes.get_mut(&id).expect("node");
-        node.writes.push_back(w);
-        if node.auto_sync {
-            self.sync_all(id);
-        }
-        let n = &self.nodes[&id];
-        if n.auto_sync && !n.hold_install && n.install.is_some() {
-            self.complete_install(id);
         }
     }
 
@@ -348,134 +495,144 @@ impl Cluster {
         }
     }
 
-    fn apply(&mut self, id: NodeId, entries: Vec<Entry>) {
-        for e in &entries {
-            let node = self.nodes.get_mut(&id).expect("node");
-            assert_eq!(
-                e.index,
-                node.sm_applied + 1,
-                "node {id} applies out of order (core applied {}, commit {}, persisted {})",
-                node.raft.as_ref().map_or(0, |r| r.applied()),
-                node.raft.as_ref().map_or(0, |r| r.committed()),
-                node.raft.as_ref().map_or(0, |r| r.persisted())
-            );
-            node.sm_applied = e.index;
-            let fp = fingerprint(e);
-            match self.check.committed.get(&e.index) {
-                Some(&(t, f)) => assert!(
-                    t == e.term && f == fp,
-                    "state-machine safety: node {id} applied a different entry at {}",
-                    e.index
-                ),
-                None => {
-                    self.check.committed.insert(e.index, (e.term, fp));
-                }
+    /// What a Ready produced: answers for clients, snapshots to check, an
+    /// install to schedule.
+    fn settle(&mut self, id: NodeId, out: Output) {
+        for a in out.applied {
+            let outcome = self.outcome(a.index, a.outcome);
+            if outcome != Outcome::NotClient {
+                self.notes.push(Note::Applied { node: id, index: a.index, term: a.term, outcome });
             }
         }
-        let node = self.nodes.get_mut(&id).expect("node");
-        for (index, term, outcome) in node.sm.apply_batch(&entries) {
-            if outcome != Outcome::NotClient {
-                self.notes.push(Note::Applied { node: id, index, term, outcome });
+        if let Some(e) = out.snapshot_failed {
+            panic!("node {id}: snapshot not saved: {e}");
+        }
+        if let Some(meta) = out.snapshot_saved {
+            self.check_snapshot(id, SnapshotId { index: meta.index, term: meta.term });
+        }
+        if let Some(inst) = out.snapshot_install {
+            self.nodes.get_mut(&id).expect("node").install = Some(inst);
+        }
+        if let Some(finished) = out.install_finished {
+            match finished {
+                Ok(sid) => {
+                    let node = self.nodes.get_mut(&id).expect("node");
+                    node.sm_applied = node.sm_applied.max(sid.index);
+                    self.check_snapshot(id, sid);
+                    self.log(|| format!("node {id}: installed snapshot {}", sid.index));
+                }
+                Err(why) => self.log(|| format!("node {id}: install failed: {why}")),
             }
         }
     }
 
-    fn serve_reads(&mut self, id: NodeId) {
-        let Some(node) = self.nodes.get_mut(&id) else {
-            return;
+    /// What the client of the entry at `index` learns, in the model's terms.
+    fn outcome(&self, index: u64, outcome: waft_node::Outcome) -> Outcome {
+        let output = |op_id, bytes: &Bytes, fresh| match <[u8; 8]>::try_from(&bytes[..]) {
+            Ok(b) => Outcome::Output { op_id, output: u64::from_le_bytes(b), fresh },
+            Err(_) => panic!("entry {index}: a register reply of {} bytes", bytes.len()),
         };
-        let applied = node.sm_applied;
+        match outcome {
+            waft_node::Outcome::Guest(Ok(bytes)) | waft_node::Outcome::Saved(Ok(bytes))
+                if !self.ops.contains_key(&index) =>
+            {
+                panic!("entry {index}: a guest reply {bytes:?} for an entry that is no register command")
+            }
+            waft_node::Outcome::Guest(Ok(bytes)) => output(self.ops[&index], &bytes, true),
+            waft_node::Outcome::Saved(Ok(bytes)) => output(self.ops[&index], &bytes, false),
+            waft_node::Outcome::Registered { session_id } => Outcome::Registered { session_id },
+            waft_node::Outcome::Done => Outcome::Done,
+            waft_node::Outcome::Refused(e) => Outcome::Refused(e),
+            waft_node::Outcome::SettingsChanged { .. } => Outcome::NotClient,
+            other => panic!("entry {index}: an outcome the simulator never causes: {other:?}"),
+        }
+    }
+
+    /// Every snapshot at one index holds the same bytes on every node:
+    /// registers, session table, module and settings.
+    fn check_snapshot(&mut self, id: NodeId, sid: SnapshotId) {
+        let node = &self.nodes[&id];
+        let reader =
+            node.snaps.open_snapshot(GROUP, sid).unwrap_or_else(|e| panic!("node {id}: snapshot {sid:?}: {e}"));
+        let files = reader.meta().files.clone();
+        match self.snapshots.get(&sid.index) {
+            Some((t, other)) => assert!(
+                *t == sid.term && *other == files,
+                "state-machine safety: snapshots at {} differ: node {id} has {files:?}, another {other:?}",
+                sid.index
+            ),
+            None => {
+                self.snapshots.insert(sid.index, (sid.term, files));
+            }
+        }
+        let prev = self.check.max_snapshot.insert(id, sid.index).unwrap_or(0);
+        assert!(prev <= sid.index, "node {id} snapshot went backwards");
+    }
+
+    /// Finishes node `id`'s Readies whose writes are durable.
+    fn finish_durable(&mut self, id: NodeId) {
+        let mut sent = Vec::new();
+        let mut out = Output::default();
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        let Some(replica) = node.replica.as_mut() else { return };
+        replica
+            .finish_durable(&mut node.disk, &node.snaps, &mut |m| sent.push(m), &mut out)
+            .unwrap_or_else(|e| panic!("node {id}: finish: {e}"));
+        self.outbox.extend(sent);
+        self.settle(id, out);
+    }
+
+    fn serve_reads(&mut self, id: NodeId) {
+        let Some(node) = self.nodes.get_mut(&id) else { return };
+        let Some(replica) = node.replica.as_mut() else { return };
+        let applied = replica.applied_index();
+        if !node.reads.iter().any(|r| r.1 <= applied) {
+            return;
+        }
+        let answer = replica.query(&[]).unwrap_or_else(|e| panic!("node {id}: query: {e}"));
+        let values = waft_runtime::native::Registers::decode(&answer).unwrap_or_else(|e| panic!("node {id}: {e}"));
+        let kv = Kv { values };
         let mut i = 0;
         while i < node.reads.len() {
             if node.reads[i].1 <= applied {
                 let (rid, _) = node.reads.remove(i);
-                self.notes.push(Note::ReadDone { node: id, id: rid, value_of: node.sm.kv.clone() });
+                self.notes.push(Note::ReadDone { node: id, id: rid, value_of: kv.clone() });
             } else {
                 i += 1;
             }
         }
     }
 
-    fn save_snapshot(&mut self, id: NodeId, meta: SnapshotMeta) {
-        let node = self.nodes.get_mut(&id).expect("node");
-        assert_eq!(node.sm_applied, meta.index, "snapshot requested at an index the state machine is not at");
-        let state = node.sm.snapshot();
-        match self.snapshots.get(&meta.index) {
-            Some((t, other)) => assert!(
-                *t == meta.term && *other == state,
-                "state-machine safety: snapshots at {} differ (registers or session table)",
-                meta.index
-            ),
-            None => {
-                self.snapshots.insert(meta.index, (meta.term, state.clone()));
-            }
-        }
-        // Snapshots are written straight to durable storage (their own files).
-        node.durable.snapshot = meta.clone();
-        node.durable.snapshot_state = state;
-        node.durable.entries.retain(|e| e.index > meta.index);
-        let prev = self.check.max_snapshot.insert(id, meta.index).unwrap_or(0);
-        assert!(prev <= meta.index, "node {id} snapshot went backwards");
-        node.raft.as_mut().expect("up").on_snapshot_saved(meta);
-    }
-
-    /// Completes the oldest pending write of `id` (its data reaches the disk).
+    /// The disk writes the oldest queued write of `id`; the replica hears it
+    /// is durable (a write of lazy hard states alone reaches only the page
+    /// cache, as on a real disk).
     pub fn sync_one(&mut self, id: NodeId) -> bool {
-        let now = self.now;
-        if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
-            r.set_clock(now);
-        }
-        let node = self.nodes.get_mut(&id).expect("node");
-        let Some(w) = node.writes.pop_front() else {
-            return false;
-        };
-        if let Some(hs) = w.hard_state {
-            // Commit never goes backwards on disk, across restarts included.
-            let m = self.check.max_durable_commit.entry(id).or_insert(0);
-            assert!(hs.commit >= *m, "node {id}: durable commit went backwards {} < {}", hs.commit, *m);
-            node.durable.hard_state = hs;
-            *m = (*m).max(hs.commit);
-        }
-        let last = w.entries.last().map(|e| (e.index, e.term));
-        if let Some(first) = w.entries.first() {
-            let d = &mut node.durable;
-            let keep = first.index.saturating_sub(d.snapshot.index + 1) as usize;
-            d.entries.truncate(keep);
-            for e in w.entries {
-                if e.index > d.snapshot.index {
-                    assert_eq!(e.index, d.snapshot.index + 1 + d.entries.len() as u64, "node {id}: durable log gap");
-                    d.entries.push(e);
-                }
-            }
-        }
-        self.outbox.extend(w.after);
-        if let Some(hs) = w.hard_state {
-            node.raft.as_mut().expect("up").on_hard_state_persisted(hs);
-        }
-        if let Some((i, t)) = last {
-            node.raft.as_mut().expect("up").on_persisted(i, t);
-        }
-        if w.hard_state.is_some() || last.is_some() {
-            self.process(id);
-        }
+        self.read_clock(id);
+        let Some(node) = self.nodes.get_mut(&id) else { return false };
+        let Some((token, write)) = node.writes.pop_front() else { return false };
+        let shown = brief_write(&write);
+        let before = node.disk.log_state(GROUP);
+        node.disk
+            .write(write)
+            .unwrap_or_else(|e| panic!("node {id}: the disk refused write {token:?} ({shown}) on log {before:?}: {e}"));
+        let hs = node.disk.durable_hard_state();
+        let m = self.check.max_durable_commit.entry(id).or_insert(0);
+        assert!(hs.commit >= *m, "node {id}: durable commit went backwards {} < {}", hs.commit, *m);
+        *m = hs.commit;
+        node.replica.as_mut().expect("up").write_durable(token);
+        self.finish_durable(id);
+        self.process(id);
         true
     }
 
-    pub fn sync_all(&mut self, id: NodeId) {
-        for _ in 0..WRITES_PER_SYNC_MAX {
-            if !self.sync_one(id) {
-                break;
-            }
-        }
-    }
-
-    /// Whether the newest unsynced write of `id` changes its term or vote.
+    /// Whether the newest queued write of `id` changes its term or vote.
     pub fn newest_write_has_hard_state(&self, id: NodeId) -> bool {
-        self.nodes[&id].writes.back().is_some_and(|w| {
-            w.hard_state.is_some_and(|hs| {
-                let d = &self.nodes[&id].durable.hard_state;
-                hs.term != d.term || hs.vote != d.vote
-            })
+        let n = &self.nodes[&id];
+        let durable = n.disk.durable_hard_state();
+        n.writes.back().is_some_and(|(_, w)| {
+            w.ops()
+                .iter()
+                .any(|(_, op)| matches!(op, Op::SetHardState(hs) if hs.term != durable.term || hs.vote != durable.vote))
         })
     }
 
@@ -483,130 +640,116 @@ impl Cluster {
         self.nodes[&id].writes.len()
     }
 
-    /// The runtime fetched and loaded the snapshot the core asked for.
+    /// Pulls the snapshot the core asked for from the node that offered it
+    /// (all its files, chunk by chunk) and hands the result to the replica,
+    /// which installs it once its writes in flight are durable.
     pub fn complete_install(&mut self, id: NodeId) {
-        let now = self.now;
-        if let Some(r) = self.nodes.get_mut(&id).and_then(|n| n.raft.as_mut()) {
-            r.set_clock(now);
-        }
-        self.sync_all(id);
+        self.read_clock(id);
+        let Some(inst) = self.nodes.get_mut(&id).and_then(|n| n.install.take()) else { return };
+        let sid = SnapshotId { index: inst.meta.index, term: inst.meta.term };
+        // The sender's files, read as its snapshot service would.
+        let files = self
+            .nodes
+            .get(&inst.from)
+            .filter(|n| n.replica.is_some())
+            .ok_or("the sender is down".to_string())
+            .and_then(|sender| {
+                let reader =
+                    sender.snaps.open_snapshot(GROUP, sid).map_err(|e| format!("the sender's snapshot: {e}"))?;
+                let mut chunks = Vec::new();
+                for f in &reader.meta().files {
+                    let mut offset = 0;
+                    while offset < f.size {
+                        let chunk = reader
+                            .read_chunk(&f.name, offset, waft_storage::SNAPSHOT_CHUNK_BYTES_MAX)
+                            .map_err(|e| e.to_string())?;
+                        offset += chunk.len() as u64;
+                        chunks.push((f.name.clone(), offset - chunk.len() as u64, chunk));
+                    }
+                }
+                Ok((reader.meta().clone(), chunks))
+            });
         let node = self.nodes.get_mut(&id).expect("node");
-        let Some(inst) = node.install.take() else {
-            return;
-        };
-        let meta = inst.meta;
-        let Some((t, state)) = self.snapshots.get(&meta.index).cloned() else {
-            node.raft.as_mut().expect("up").on_snapshot_install_failed();
-            return;
-        };
-        assert_eq!(t, meta.term, "snapshot store term mismatch at {}", meta.index);
-        if meta.index <= node.sm_applied {
-            node.raft.as_mut().expect("up").on_snapshot_install_failed();
-            return;
-        }
-        node.sm = Machine::restore(&self.machine_cfg, &state);
-        node.sm_applied = meta.index;
-        let d = &mut node.durable;
-        let matching = d.entries.iter().any(|e| e.index == meta.index && e.term == meta.term);
-        if matching {
-            d.entries.retain(|e| e.index > meta.index);
-        } else {
-            d.entries.clear();
-        }
-        d.snapshot = meta.clone();
-        d.snapshot_state = state;
-        d.hard_state.commit = d.hard_state.commit.max(meta.index);
-        let prev = self.check.max_snapshot.insert(id, meta.index).unwrap_or(0);
-        assert!(prev <= meta.index, "node {id} snapshot went backwards");
-        node.raft.as_mut().expect("up").on_snapshot_installed(meta.clone());
-        self.log(|| format!("node {id}: installed snapshot {}", meta.index));
+        let replica = node.replica.as_mut().expect("up");
+        let pulled = files.and_then(|(stored, chunks)| {
+            let mut install = replica.begin_install(&node.snaps, stored).map_err(|e| e.to_string())?;
+            for (name, offset, data) in chunks {
+                install.write_chunk(&name, offset, &data).map_err(|e| e.to_string())?;
+            }
+            Ok(install)
+        });
+        let mut out = Output::default();
+        replica
+            .install_pulled(pulled, &mut node.disk, &node.snaps, &mut out)
+            .unwrap_or_else(|e| panic!("node {id}: install: {e}"));
+        self.settle(id, out);
         self.process(id);
     }
 
-    /// Loses everything not synced: pending writes, queued messages, memory.
-    pub fn crash(&mut self, id: NodeId) {
+    /// The node goes down: its memory and queued writes are gone, and with
+    /// `Crash::Power` every write since its last sync too.
+    pub fn crash(&mut self, id: NodeId, how: Crash) {
         let node = self.nodes.get_mut(&id).expect("node");
-        node.raft = None;
+        node.replica = None;
         node.writes.clear();
         node.install = None;
         node.reads.clear();
+        if how == Crash::Power {
+            node.disk.lose_unsynced();
+        }
         node.incarnation += 1;
-        self.log(|| format!("node {id}: crash"));
+        self.log(|| format!("node {id}: crash ({how:?})"));
     }
 
+    /// The node starts again from its disk and snapshot directory.
     pub fn restart(&mut self, id: NodeId) {
         let node = self.nodes.get_mut(&id).expect("node");
-        assert!(node.raft.is_none());
-        let d = node.durable.clone();
-        node.sm = Machine::restore(&self.machine_cfg, &d.snapshot_state);
-        node.sm_applied = d.snapshot.index;
-        let st = RestartState {
-            hard_state: d.hard_state,
-            snapshot: d.snapshot,
-            entries: d.entries,
-            applied: node.sm_applied,
-        };
-        node.raft = Some(RawNode::restart(node.cfg.clone(), st).expect("restart from durable state"));
+        assert!(node.replica.is_none());
+        let mut replica = Replica::open(GROUP, node.cfg.clone(), &mut node.disk, &node.snaps, &founding_module(), &[])
+            .unwrap_or_else(|e| panic!("node {id}: restart: {e}"));
+        if node.no_dedup {
+            replica.inject_no_dedup();
+        }
+        node.sm_applied = replica.applied_index();
+        node.replica = Some(replica);
         node.incarnation += 1;
         self.log(|| format!("node {id}: restart"));
         self.process(id);
     }
 }
 
+/// The core's refusal inside a replica's error; anything else the client
+/// hears as busy (the group not bound yet, say).
+fn core_error(e: waft_node::Error) -> RaftError {
+    match e {
+        waft_node::Error::Raft { source, .. } => source,
+        _ => RaftError::Busy,
+    }
+}
+
+/// The operation id of the register command an entry carries, if it does.
+fn op_of(data: &Bytes) -> Option<u64> {
+    match Envelope::decode(data).ok()?.body {
+        Body::Command { payload, .. } | Body::Plain { payload } => Command::decode(&payload).map(|c| c.op_id),
+        _ => None,
+    }
+}
+
+/// A one-line rendering of a log write for traces.
+fn brief_write(w: &WriteSet) -> String {
+    let ops: Vec<String> = w
+        .ops()
+        .iter()
+        .map(|(_, op)| match op {
+            Op::Append(es) => format!("append {}..={}", es[0].index, es[es.len() - 1].index),
+            Op::Truncate { from } => format!("truncate {from}.."),
+            Op::Purge { upto, term } => format!("purge ..={upto}/{term}"),
+            Op::SetHardState(hs) => format!("hard state t{} v{:?} c{}", hs.term, hs.vote, hs.commit),
+            Op::DropGroup => "drop".into(),
+        })
+        .collect();
+    ops.join(", ")
+}
+
 /// Ready batches drained per `process` call; far above what a step produces.
 const READY_ROUNDS_MAX: usize = 64;
-/// Writes completed by one `sync_all`.
-const WRITES_PER_SYNC_MAX: usize = 1 << 16;
-
-pub fn msg_kind(b: &MessageBody) -> u8 {
-    match b {
-        MessageBody::PreVote { .. } => 1,
-        MessageBody::PreVoteResponse { .. } => 2,
-        MessageBody::Vote { .. } => 3,
-        MessageBody::VoteResponse { .. } => 4,
-        MessageBody::Append { .. } => 5,
-        MessageBody::AppendResponse { .. } => 6,
-        MessageBody::Heartbeat { .. } => 7,
-        MessageBody::HeartbeatResponse { .. } => 8,
-        MessageBody::InstallSnapshot { .. } => 9,
-        MessageBody::TimeoutNow => 10,
-        MessageBody::ReadIndex { .. } => 11,
-        MessageBody::ReadIndexResponse { .. } => 12,
-    }
-}
-
-/// A one-line rendering of a message body for traces.
-pub fn brief(b: &MessageBody) -> String {
-    match b {
-        MessageBody::PreVote { last_index, last_term } => format!("PreVote last={last_index}/{last_term}"),
-        MessageBody::PreVoteResponse { reject } => {
-            format!("PreVoteResp{}", if *reject { " reject" } else { "" })
-        }
-        MessageBody::Vote { last_index, last_term, transfer } => {
-            format!("Vote last={last_index}/{last_term}{}", if *transfer { " transfer" } else { "" })
-        }
-        MessageBody::VoteResponse { reject } => {
-            format!("VoteResp{}", if *reject { " reject" } else { "" })
-        }
-        MessageBody::Append { prev_index, prev_term, entries, commit } => {
-            format!("App prev={prev_index}/{prev_term} n={} commit={commit}", entries.len())
-        }
-        MessageBody::AppendResponse { reject, index, hint_index, hint_term } => {
-            if *reject {
-                format!("AppResp reject {index} hint={hint_index}/{hint_term}")
-            } else {
-                format!("AppResp {index}")
-            }
-        }
-        MessageBody::Heartbeat { commit, round } => {
-            format!("Heartbeat commit={commit} round={round}")
-        }
-        MessageBody::HeartbeatResponse { round } => format!("HeartbeatResp round={round}"),
-        MessageBody::InstallSnapshot { meta } => format!("Snapshot {}/{}", meta.index, meta.term),
-        MessageBody::TimeoutNow => "TimeoutNow".into(),
-        MessageBody::ReadIndex { ids } => format!("ReadIndex {ids:?}"),
-        MessageBody::ReadIndexResponse { ids, index } => {
-            format!("ReadIndexResp {ids:?} at {index}")
-        }
-    }
-}

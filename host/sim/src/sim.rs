@@ -8,9 +8,8 @@
 
 mod clients;
 
-use crate::cluster::{Cluster, Note};
+use crate::cluster::{Cluster, Crash, NodeSettings, Note};
 use crate::lin::{self, HistOp};
-use crate::model::MachineConfig;
 use crate::rng::{Rng, fnv};
 use clients::{Client, ReqId, Request, Serving};
 use std::cmp::Ordering;
@@ -123,6 +122,9 @@ pub struct Stats {
     pub registrations_refused: u64,
     pub reads_ok: u64,
     pub crashes: u64,
+    /// Crashes that were power losses (every unsynced write lost), not just
+    /// the process.
+    pub power_losses: u64,
     pub partitions: u64,
     /// Stalls: a node stopped (no tick, no message, no disk news) for
     /// several election timeouts while messages and requests queue for it.
@@ -150,6 +152,7 @@ impl Stats {
         self.registrations_refused += o.registrations_refused;
         self.reads_ok += o.reads_ok;
         self.crashes += o.crashes;
+        self.power_losses += o.power_losses;
         self.partitions += o.partitions;
         self.pauses += o.pauses;
         self.conf_changes += o.conf_changes;
@@ -326,20 +329,18 @@ impl Sim {
         let (check_quorum, pre_vote) = protocol_switches(&mut rng);
         let mut cfg_rng = rng.fork();
         let seed = cfg.seed;
-        let mut cluster =
-            Cluster::new(&ids, &voters, |id| node_config(id, seed, &mut cfg_rng.clone().fork(), &priorities));
-        // Per-node knobs from one stream (the closure above must be Fn, so re-derive).
+        let mut configs = BTreeMap::new();
         for &id in &ids {
             let mut c = node_config(id, seed, &mut cfg_rng, &priorities);
             c.check_quorum = check_quorum;
             c.pre_vote = pre_vote;
             c.lease_ms = if cfg.lease_clock { LEASE_MS } else { 0 };
-            let node = cluster.nodes.get_mut(&id).expect("node");
-            node.cfg = c.clone();
-            node.raft = Some(RawNode::new(c, node.durable.snapshot.config.clone()).expect("valid config"));
-            node.auto_sync = false;
+            configs.insert(id, c);
         }
-        cluster.set_machine_config(MachineConfig { sessions: cfg.sessions.clone(), dedup: cfg.dedup });
+        let mut cluster = Cluster::new(&ids, &voters, cfg.dedup, |id| NodeSettings {
+            raft: configs[&id].clone(),
+            sessions: cfg.sessions.clone(),
+        });
         if cfg.trace {
             cluster.trace = Some(Vec::new());
         }
@@ -457,7 +458,7 @@ impl Sim {
         }
         let mut h = self.cluster.trace_hash;
         for (id, n) in &self.cluster.nodes {
-            let r = n.raft.as_ref().map_or((0, 0), |r| (r.term(), r.committed()));
+            let r = n.raft().map_or((0, 0), |r| (r.term(), r.committed()));
             h = fnv(h, &[*id as u8]);
             h = fnv(h, &r.0.to_le_bytes());
             h = fnv(h, &r.1.to_le_bytes());
@@ -631,7 +632,7 @@ impl Sim {
     fn after_step(&mut self, touched: &[NodeId]) {
         for &id in touched {
             let n = &self.cluster.nodes[&id];
-            let Some(r) = &n.raft else { continue };
+            let Some(r) = n.raft() else { continue };
             let t = r.term();
             self.stats.max_term = self.stats.max_term.max(t);
             let (c, a) = (r.committed(), n.sm_applied);
@@ -741,11 +742,11 @@ impl Sim {
             let pool = if !fitting.is_empty() && self.rng.chance(850) { fitting } else { ids.clone() };
             let pick = *self.rng.pick(&pool).expect("non-empty");
             let r = match kind {
-                0 => self.cluster.raft_mut(l).add_peer(pick),
-                1 if conf.voters.len() > 1 => self.cluster.raft_mut(l).remove_peer(pick),
-                2 => self.cluster.raft_mut(l).add_learner(pick),
-                3 => self.cluster.raft_mut(l).promote_learner(pick),
-                4 => self.cluster.raft_mut(l).remove_learner(pick),
+                0 => self.cluster.admin(l, |r| r.add_peer(pick)),
+                1 if conf.voters.len() > 1 => self.cluster.admin(l, |r| r.remove_peer(pick)),
+                2 => self.cluster.admin(l, |r| r.add_learner(pick)),
+                3 => self.cluster.admin(l, |r| r.promote_learner(pick)),
+                4 => self.cluster.admin(l, |r| r.remove_learner(pick)),
                 _ => {
                     let voters: Vec<NodeId> = ids.iter().copied().filter(|_| self.rng.chance(600)).collect();
                     let learners: Vec<NodeId> = ids
@@ -756,7 +757,7 @@ impl Sim {
                     if voters.is_empty() {
                         Err(RaftError::Busy)
                     } else {
-                        self.cluster.raft_mut(l).change_peers(voters, learners)
+                        self.cluster.admin(l, |r| r.change_peers(voters, learners))
                     }
                 }
             };
@@ -776,7 +777,7 @@ impl Sim {
             } else {
                 Some(*self.rng.pick(&ids).expect("non-empty"))
             };
-            let r = self.cluster.raft_mut(l).transfer_leader(target);
+            let r = self.cluster.admin(l, |r| r.transfer_leader(target));
             if r.is_ok() {
                 self.stats.transfers += 1;
             }

@@ -2,7 +2,7 @@
 //! when the test says `deliver`, links are cut by name, and every delivered
 //! message is recorded as a one-line trace. Never random.
 
-use crate::cluster::{Cluster, brief};
+use crate::raft_cluster::{Cluster, brief};
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use waft_raft::*;

@@ -16,7 +16,7 @@
 //! Must never finish a Ready before its write is durable, nor out of order.
 
 use waft_raft::Message;
-use waft_storage::{LogStore, SnapshotStore};
+use waft_storage::{LogStore, SnapshotStore, WriteSet};
 
 use super::{Install, Output, PendingReady, Replica};
 use crate::error::Result;
@@ -93,7 +93,16 @@ impl Replica {
     ) -> Result<()> {
         while self.pipeline.front().is_some_and(|p| p.durable) {
             let Some(pending) = self.pipeline.pop_front() else { break };
-            self.finish_one(pending, store, snapshots, send, out)?;
+            self.finish_one(pending, snapshots, send, out)?;
+        }
+        if self.pipeline.is_empty()
+            && let Some((upto, term)) = self.purge_pending.take()
+        {
+            // No write of this group is on its way: the purge cannot
+            // overtake one.
+            let mut set = WriteSet::new();
+            set.purge(self.group, upto, term);
+            store.write(set).map_err(|e| self.stop(e))?;
         }
         if self.pipeline.is_empty()
             && let Some(pulled) = self.install_waiting.take()

@@ -186,7 +186,10 @@ impl Sim {
     pub(super) fn crash(&mut self, id: NodeId) {
         // A crash ends a stall too: the process is gone.
         self.paused_until.remove(&id);
-        self.cluster.crash(id);
+        // Half the crashes are power losses: what was not synced is gone.
+        let how = if self.rng.chance(500) { Crash::Power } else { Crash::Process };
+        self.stats.power_losses += (how == Crash::Power) as u64;
+        self.cluster.crash(id, how);
         self.serving.retain(|&(node, _), _| node != id);
     }
 
@@ -278,10 +281,7 @@ impl Sim {
             self.schedule(until - self.now + jitter, Ev::ReadArrive { ci: ci as u64, node, id, mode });
             return;
         }
-        let now = self.now;
-        self.cluster.raft_mut(node).set_clock(now);
-        let r = self.cluster.raft_mut(node).read_index(id, mode);
-        self.cluster.process(node);
+        let r = self.cluster.read_index(node, id, mode);
         self.trace(|| format!("client {ci}: read key {} at node {node}: {r:?}", h.key));
         match r {
             Ok(()) => {
@@ -473,10 +473,7 @@ impl Sim {
         if !self.clients[ci].read.is_some_and(|(n, rid, _)| n == node && rid == id) || !self.cluster.is_up(node) {
             return;
         }
-        let now = self.now;
-        self.cluster.raft_mut(node).set_clock(now);
-        let r = self.cluster.raft_mut(node).read_index(id, mode);
-        self.cluster.process(node);
+        let r = self.cluster.read_index(node, id, mode);
         self.trace(|| format!("client {ci}: queued read {id} reached node {node}: {r:?}"));
         if let Err(e) = r {
             self.clients[ci].read = None;
@@ -507,9 +504,7 @@ impl Sim {
             Request::Write { op_id, attempt, body } => (body, ReqId::Write { op_id }, attempt),
         };
         let clock_ms = (self.now as i64 + self.clock_skew_ms[&node]).max(0) as u64;
-        let data = Envelope::new(clock_ms, body).encode().expect("the model's envelopes are valid");
-        let r = self.cluster.raft_mut(node).propose(data);
-        self.cluster.process(node);
+        let r = self.cluster.propose(node, &Envelope::new(clock_ms, body));
         let answer = match r {
             Ok((index, term)) => {
                 let s = Serving { ci, term, req: id, attempt };
