@@ -13,7 +13,7 @@
 
 use crate::model::{Command, Kv, Outcome};
 pub use crate::raft_cluster::{Checker, Note};
-use crate::raft_cluster::{brief, fingerprint, msg_kind};
+use crate::raft_cluster::{brief, msg_kind};
 use crate::rng::{FNV_START, fnv};
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
@@ -405,13 +405,8 @@ impl Cluster {
     /// Safety checks on a Ready before it applies.
     fn observe(&mut self, id: NodeId, pending: &PendingReady) {
         let rd = pending.ready();
-        if let Some(hs) = rd.hard_state {
-            let seen = self.check.commit_seen.entry(id).or_insert(0);
-            for i in (*seen + 1)..=hs.commit {
-                let t = self.check.commit_term.entry(i).or_insert(hs.term);
-                *t = (*t).min(hs.term);
-            }
-            *seen = (*seen).max(hs.commit);
+        if let Some(hs) = &rd.hard_state {
+            self.check.saw_commit(id, hs);
         }
         if let Some(ss) = rd.soft_state {
             self.trace_hash = fnv(self.trace_hash, &[id as u8, ss.role as u8, ss.term as u8]);
@@ -424,45 +419,16 @@ impl Cluster {
             self.log(|| format!("node {id}: {e:?}"));
             self.events.push((id, e.clone()));
         }
-        // Log matching: a given (index, term) always carries the same entry after the same term.
         if let Some(first) = rd.entries.first() {
-            let raft = self.raft(id);
-            let mut prev_term = raft.term_at(first.index - 1).unwrap_or(u64::MAX);
-            let mut seen = Vec::with_capacity(rd.entries.len());
-            for e in &rd.entries {
-                seen.push(((e.index, e.term), (fingerprint(e), prev_term)));
-                prev_term = e.term;
-            }
-            for (k, v) in seen {
-                match self.check.entries_seen.get(&k) {
-                    Some(&(fp, pt)) => {
-                        assert_eq!(fp, v.0, "log matching: node {id} entry {k:?} differs from another node's");
-                        if pt != u64::MAX && v.1 != u64::MAX {
-                            assert_eq!(pt, v.1, "log matching: node {id} entry {k:?} follows a different term");
-                        }
-                    }
-                    None => {
-                        self.check.entries_seen.insert(k, v);
-                    }
-                }
-            }
+            let prev_term = self.raft(id).term_at(first.index - 1).unwrap_or(u64::MAX);
+            self.check.saw_entries(id, prev_term, &rd.entries);
         }
         // State-machine safety: every node applies the same entry at an index, in order.
         for e in &rd.committed_entries {
             let node = self.nodes.get_mut(&id).expect("node");
             assert_eq!(e.index, node.sm_applied + 1, "node {id} applies out of order");
             node.sm_applied = e.index;
-            let fp = fingerprint(e);
-            match self.check.committed.get(&e.index) {
-                Some(&(t, f)) => assert!(
-                    t == e.term && f == fp,
-                    "state-machine safety: node {id} applied a different entry at {}",
-                    e.index
-                ),
-                None => {
-                    self.check.committed.insert(e.index, (e.term, fp));
-                }
-            }
+            self.check.saw_applied(id, e);
             if let Some(op_id) = op_of(&e.data) {
                 self.ops.insert(e.index, op_id);
             }
@@ -474,25 +440,8 @@ impl Cluster {
     }
 
     fn on_new_leader(&mut self, id: NodeId, term: u64) {
-        if let Some(&other) = self.check.leaders.get(&term) {
-            assert_eq!(other, id, "two leaders in term {term}: {other} and {id}");
-        }
-        self.check.leaders.insert(term, id);
-        // Leader completeness: the new leader holds every entry committed in an
-        // earlier term. (A stale leader of a lower term, elected by a delayed vote,
-        // need not hold entries a newer term committed.)
-        let raft = self.raft(id);
-        let snap = raft.snapshot_meta().index;
-        for (&index, &(t, _)) in self.check.committed.range(snap + 1..) {
-            if self.check.commit_term.get(&index).is_none_or(|&ct| ct >= term) {
-                continue;
-            }
-            assert_eq!(
-                raft.term_at(index),
-                Some(t),
-                "leader completeness: leader {id} of term {term} lacks committed entry {index}"
-            );
-        }
+        let raft = self.nodes[&id].replica.as_ref().expect("node is up").raft();
+        self.check.saw_leader(raft, term);
     }
 
     /// What a Ready produced: answers for clients, snapshots to check, an

@@ -74,6 +74,80 @@ pub struct Checker {
     pub max_snapshot: BTreeMap<NodeId, u64>,
 }
 
+impl Checker {
+    /// Records the commit index `id` reached in `hs`: every entry up to it
+    /// was committed by `hs.term` at the latest.
+    pub fn saw_commit(&mut self, id: NodeId, hs: &HardState) {
+        let seen = self.commit_seen.entry(id).or_insert(0);
+        for i in (*seen + 1)..=hs.commit {
+            let t = self.commit_term.entry(i).or_insert(hs.term);
+            *t = (*t).min(hs.term);
+        }
+        *seen = (*seen).max(hs.commit);
+    }
+
+    /// Log matching: a given (index, term) always carries the same entry
+    /// after the same term. `prev_term` is the term before `entries[0]` on
+    /// `id` (`u64::MAX`: unknown).
+    pub fn saw_entries(&mut self, id: NodeId, mut prev_term: u64, entries: &[Entry]) {
+        for e in entries {
+            let v = (fingerprint(e), prev_term);
+            prev_term = e.term;
+            let k = (e.index, e.term);
+            match self.entries_seen.get(&k) {
+                Some(&(fp, pt)) => {
+                    assert_eq!(fp, v.0, "log matching: node {id} entry {k:?} differs from another node's");
+                    if pt != u64::MAX && v.1 != u64::MAX {
+                        assert_eq!(pt, v.1, "log matching: node {id} entry {k:?} follows a different term");
+                    }
+                }
+                None => {
+                    self.entries_seen.insert(k, v);
+                }
+            }
+        }
+    }
+
+    /// Election safety and leader completeness for `raft`, which just became
+    /// leader of `term`: no other leader of that term, and it holds every
+    /// entry committed in an earlier term. (A stale leader of a lower term,
+    /// elected by a delayed vote, need not hold entries a newer term
+    /// committed.)
+    pub fn saw_leader(&mut self, raft: &RawNode, term: u64) {
+        let id = raft.id();
+        if let Some(&other) = self.leaders.get(&term) {
+            assert_eq!(other, id, "two leaders in term {term}: {other} and {id}");
+        }
+        self.leaders.insert(term, id);
+        let snap = raft.snapshot_meta().index;
+        for (&index, &(t, _)) in self.committed.range(snap + 1..) {
+            if self.commit_term.get(&index).is_none_or(|&ct| ct >= term) {
+                continue;
+            }
+            assert_eq!(
+                raft.term_at(index),
+                Some(t),
+                "leader completeness: leader {id} of term {term} lacks committed entry {index}"
+            );
+        }
+    }
+
+    /// State-machine safety: every node applies the same entry at an index.
+    pub fn saw_applied(&mut self, id: NodeId, e: &Entry) {
+        let fp = fingerprint(e);
+        match self.committed.get(&e.index) {
+            Some(&(t, f)) => assert!(
+                t == e.term && f == fp,
+                "state-machine safety: node {id} applied a different entry at {}",
+                e.index
+            ),
+            None => {
+                self.committed.insert(e.index, (e.term, fp));
+            }
+        }
+    }
+}
+
 pub fn fingerprint(e: &Entry) -> u64 {
     fnv(fnv(FNV_START, &[e.kind as u8]), &e.data)
 }
@@ -260,13 +334,8 @@ impl Cluster {
     }
 
     fn handle_ready(&mut self, id: NodeId, rd: Ready) {
-        if let Some(hs) = rd.hard_state {
-            let seen = self.check.commit_seen.entry(id).or_insert(0);
-            for i in (*seen + 1)..=hs.commit {
-                let t = self.check.commit_term.entry(i).or_insert(hs.term);
-                *t = (*t).min(hs.term);
-            }
-            *seen = hs.commit;
+        if let Some(hs) = &rd.hard_state {
+            self.check.saw_commit(id, hs);
         }
         if let Some(ss) = rd.soft_state {
             self.trace_hash = fnv(self.trace_hash, &[id as u8, ss.role as u8, ss.term as u8]);
@@ -279,28 +348,9 @@ impl Cluster {
             self.log(|| format!("node {id}: {e:?}"));
             self.events.push((id, e));
         }
-        // Log matching: a given (index, term) always carries the same entry after the same term.
         if let Some(first) = rd.entries.first() {
-            let raft = self.raft(id);
-            let mut prev_term = raft.term_at(first.index - 1).unwrap_or(u64::MAX);
-            let mut seen = Vec::with_capacity(rd.entries.len());
-            for e in &rd.entries {
-                seen.push(((e.index, e.term), (fingerprint(e), prev_term)));
-                prev_term = e.term;
-            }
-            for (k, v) in seen {
-                match self.check.entries_seen.get(&k) {
-                    Some(&(fp, pt)) => {
-                        assert_eq!(fp, v.0, "log matching: node {id} entry {k:?} differs from another node's");
-                        if pt != u64::MAX && v.1 != u64::MAX {
-                            assert_eq!(pt, v.1, "log matching: node {id} entry {k:?} follows a different term");
-                        }
-                    }
-                    None => {
-                        self.check.entries_seen.insert(k, v);
-                    }
-                }
-            }
+            let prev_term = self.raft(id).term_at(first.index - 1).unwrap_or(u64::MAX);
+            self.check.saw_entries(id, prev_term, &rd.entries);
         }
         if let Some(inst) = rd.snapshot_install {
             self.nodes.get_mut(&id).expect("node").install = Some(inst);
@@ -329,25 +379,8 @@ impl Cluster {
     }
 
     fn on_new_leader(&mut self, id: NodeId, term: u64) {
-        if let Some(&other) = self.check.leaders.get(&term) {
-            assert_eq!(other, id, "two leaders in term {term}: {other} and {id}");
-        }
-        self.check.leaders.insert(term, id);
-        // Leader completeness: the new leader holds every entry committed in an
-        // earlier term. (A stale leader of a lower term, elected by a delayed vote,
-        // need not hold entries a newer term committed.)
-        let raft = self.raft(id);
-        let snap = raft.snapshot_meta().index;
-        for (&index, &(t, _)) in self.check.committed.range(snap + 1..) {
-            if self.check.commit_term.get(&index).is_none_or(|&ct| ct >= term) {
-                continue;
-            }
-            assert_eq!(
-                raft.term_at(index),
-                Some(t),
-                "leader completeness: leader {id} of term {term} lacks committed entry {index}"
-            );
-        }
+        let raft = self.nodes[&id].raft.as_ref().expect("node is up");
+        self.check.saw_leader(raft, term);
     }
 
     fn apply(&mut self, id: NodeId, entries: Vec<Entry>) {
@@ -362,17 +395,7 @@ impl Cluster {
                 node.raft.as_ref().map_or(0, |r| r.persisted())
             );
             node.sm_applied = e.index;
-            let fp = fingerprint(e);
-            match self.check.committed.get(&e.index) {
-                Some(&(t, f)) => assert!(
-                    t == e.term && f == fp,
-                    "state-machine safety: node {id} applied a different entry at {}",
-                    e.index
-                ),
-                None => {
-                    self.check.committed.insert(e.index, (e.term, fp));
-                }
-            }
+            self.check.saw_applied(id, e);
         }
         let node = self.nodes.get_mut(&id).expect("node");
         for (index, term, outcome) in node.sm.apply_batch(&entries) {
