@@ -58,12 +58,45 @@ pub fn module(name: &str) -> PathBuf {
     path
 }
 
-/// `n` distinct ports nothing listens on right now: the OS picks them while
-/// all are held (so none is picked twice), then they are released for the
-/// daemons to bind.
+/// `n` distinct ports nothing listens on right now, for daemons to bind.
+/// They come from outside the OS's ephemeral range: a port the OS picked
+/// (`bind :0`) and released can be taken at once as the source port of any
+/// outgoing connection (another test's client, say), and the daemon's bind
+/// then fails. Each test process starts at its own offset, and each port is
+/// checked by binding it while the others are picked.
 fn free_ports(n: usize) -> Vec<u16> {
-    let held: Vec<TcpListener> = (0..n).map(|_| TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    const ATTEMPTS_MAX: usize = 10_000;
+    let (lo, hi) = listen_range();
+    let span = u64::from(hi - lo);
+    let start =
+        u64::from(std::process::id()) * 7919 + NEXT.fetch_add(4 * n as u64, std::sync::atomic::Ordering::Relaxed);
+    let mut held = Vec::with_capacity(n);
+    for k in start..start + ATTEMPTS_MAX as u64 {
+        if held.len() == n {
+            break;
+        }
+        let port = lo + (k % span) as u16;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            held.push(l);
+        }
+    }
+    assert_eq!(held.len(), n, "no {n} free ports in {lo}..{hi} after {ATTEMPTS_MAX} attempts");
     held.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// Ports daemons listen on in tests: below the OS's ephemeral range (read
+/// from /proc), or above it when it starts too low.
+fn listen_range() -> (u16, u16) {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok().and_then(|t| {
+        let mut it = t.split_whitespace().map(|v| v.parse::<u16>().ok());
+        Some((it.next()??, it.next()??))
+    });
+    match ephemeral {
+        Some((lo, _)) if lo > 12_000 => (10_000, lo),
+        Some((_, hi)) if hi < 63_000 => (hi + 1, 65_535),
+        _ => (10_000, 32_767),
+    }
 }
 
 /// The groups every node serves, and flags added to every node's command line.
