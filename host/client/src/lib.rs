@@ -962,6 +962,24 @@ pub async fn query(addr: &str, group: u64, request: Bytes, consistency: Consiste
     Client::new(addr).query(group, request, consistency).await
 }
 
+/// Tells the node at `addr` that node `node` lost its data directory: it
+/// forgets the one it met behind `node` and takes the next (see waft.admin.v1
+/// ReplaceNode). Returns the incarnation forgotten (hex, empty if none). One
+/// attempt; sending it again is harmless.
+pub async fn replace_node(addr: &str, node: u64) -> Result<String, ClientError> {
+    let channel = connect(addr).await?;
+    let mut c = waft_proto::admin_client(channel);
+    let req = waft_proto::admin::ReplaceNodeRequest { node };
+    match tokio::time::timeout(CREATE_GROUP_TIMEOUT, c.replace_node(req)).await {
+        Ok(Ok(resp)) => Ok(resp.into_inner().forgotten_incarnation),
+        Ok(Err(status)) => Err(ClientError::Rpc { addr: addr.to_string(), status }),
+        Err(_) => Err(ClientError::AttemptTimeout {
+            addr: addr.to_string(),
+            waited_ms: CREATE_GROUP_TIMEOUT.as_millis() as u64,
+        }),
+    }
+}
+
 /// What the node at `addr` knows of `group` (or of all its groups). One attempt.
 pub async fn status(addr: &str, group: Option<u64>) -> Result<StatusResponse, ClientError> {
     Client::new(addr).status(group).await

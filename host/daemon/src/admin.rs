@@ -21,8 +21,8 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 use waft_proto::admin::{
     AdminRequest, AdminResponse, CreateGroupRequest, CreateGroupResponse, CreateOutcome, DeployRequest, DeployResponse,
-    DeployResult, NodeCreateOutcome, SetGroupRequest, SetGroupResponse, SetGroupResult, admin_response,
-    deploy_response, set_group_response,
+    DeployResult, NodeCreateOutcome, ReplaceNodeRequest, ReplaceNodeResponse, SetGroupRequest, SetGroupResponse,
+    SetGroupResult, admin_response, deploy_response, set_group_response,
 };
 use waft_proto::client;
 use waft_raft::NodeId;
@@ -53,6 +53,8 @@ pub const CREATES_IN_FLIGHT_MAX: usize = 8;
 
 pub struct AdminService {
     host: Arc<Host>,
+    /// The incarnation this node expects behind each peer (`ReplaceNode`).
+    book: Arc<crate::identity::PeerBook>,
     /// Permits for creates. Taken without waiting, so two daemons that
     /// forward creates to each other can never wait on one another.
     creates: Arc<Semaphore>,
@@ -60,9 +62,10 @@ pub struct AdminService {
 }
 
 impl AdminService {
-    pub fn new(host: Arc<Host>) -> AdminService {
+    pub fn new(host: Arc<Host>, book: Arc<crate::identity::PeerBook>) -> AdminService {
         AdminService {
             host,
+            book,
             creates: Arc::new(Semaphore::new(CREATES_IN_FLIGHT_MAX)),
             validations: Arc::new(Semaphore::new(DEPLOY_VALIDATIONS_MAX)),
         }
@@ -501,6 +504,29 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
             Err(e) => set_group_response::Outcome::Error(e),
         };
         Ok(tonic::Response::new(SetGroupResponse { outcome: Some(outcome) }))
+    }
+
+    async fn replace_node(
+        &self,
+        request: tonic::Request<ReplaceNodeRequest>,
+    ) -> Result<tonic::Response<ReplaceNodeResponse>, tonic::Status> {
+        let node = request.into_inner().node;
+        if node == waft_raft::NONE {
+            return Err(tonic::Status::invalid_argument("node 0 is reserved; name the node whose data was lost"));
+        }
+        let book = self.book.clone();
+        // A durable write of a small file: off the async worker.
+        let forgotten = tokio::task::spawn_blocking(move || book.forget(node))
+            .await
+            .map_err(|e| tonic::Status::internal(format!("the peer book task failed: {e}")))?
+            .map_err(tonic::Status::internal)?;
+        tracing::warn!(
+            peer = node,
+            forgotten = forgotten.map(|i| format!("{i:016x}")),
+            "an operator replaced a peer's data directory: the next one it speaks from is taken"
+        );
+        let forgotten_incarnation = forgotten.map(|i| format!("{i:016x}")).unwrap_or_default();
+        Ok(tonic::Response::new(ReplaceNodeResponse { forgotten_incarnation }))
     }
 
     async fn change(

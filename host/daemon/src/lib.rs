@@ -58,6 +58,7 @@ pub mod commit;
 pub mod config;
 pub mod driver;
 pub mod groups;
+pub mod identity;
 pub mod inbox;
 pub mod install;
 pub mod metrics;
@@ -189,6 +190,22 @@ pub async fn serve(
     let module_dir = cfg.data_dir.join("modules");
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| ServeError::Config(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
+    let identity =
+        identity::Identity::open(&cfg.data_dir, cfg.node_id, log_dir.exists()).map_err(ServeError::Config)?;
+    let book = Arc::new(identity::PeerBook::open(&cfg.data_dir).map_err(ServeError::Config)?);
+    let incarnation = format!("{:016x}", identity.incarnation);
+    if identity.fresh && !cfg.peers.is_empty() {
+        tracing::warn!(
+            node = cfg.node_id,
+            incarnation,
+            "a new data directory. If this node served before and lost its data, its peers refuse its messages \
+             (it votes nowhere and counts toward no quorum) until an operator runs \
+             `waft admin replace-node --node {}`",
+            cfg.node_id
+        );
+    } else {
+        tracing::info!(node = cfg.node_id, incarnation, "data directory");
+    }
     // One RocksDB for every group of this node; the lock is per `process`
     // call, which is where group commit across groups will go.
     let store = Arc::new(Mutex::new(RocksLogStore::open(&log_dir).map_err(storage_err(log_dir.clone()))?));
@@ -210,7 +227,7 @@ pub async fn serve(
         }
         None => addresses.keys().copied().collect(),
     };
-    let transport = peer::Transport::start(cfg.node_id, &cfg.peers);
+    let transport = peer::Transport::start(cfg.node_id, identity.incarnation, &cfg.peers);
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let host = Arc::new(groups::Host::new(
@@ -261,9 +278,10 @@ pub async fn serve(
             .add_service(waft_proto::peer_server(peer::PeerService::new(
                 groups.clone(),
                 snapshots.clone(),
+                book.clone(),
                 stopped.clone(),
             )))
-            .add_service(waft_proto::admin_server(admin::AdminService::new(host.clone())))
+            .add_service(waft_proto::admin_server(admin::AdminService::new(host.clone(), book.clone())))
             .add_service(waft_proto::client_server(service::ClientService::new(
                 cfg.node_id,
                 groups,

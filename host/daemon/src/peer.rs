@@ -5,7 +5,10 @@
 //! it and a reconnect loop with back-off; and the server side, which converts
 //! what arrives (`into_raft`) and routes it to the group's inbox. Must never
 //! wait on a slow peer or a full inbox: Raft tolerates loss and retransmits,
-//! so anything that does not fit is dropped and counted.
+//! so anything that does not fit is dropped and counted. Every stream says
+//! which node and data directory incarnation sends it (`identity`); the
+//! server refuses a stream from an incarnation it does not expect, and any
+//! message in a stream that claims another sender.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,6 +20,7 @@ use waft_raft::NodeId;
 use waft_storage::SnapshotStore;
 
 use crate::Groups;
+use crate::identity::{INCARNATION_HEADER, NODE_HEADER, PeerBook, Refusal};
 use crate::inbox::Input;
 
 /// Messages queued for one peer before its stream takes them. Full means the
@@ -41,14 +45,16 @@ pub struct Transport {
 }
 
 impl Transport {
-    /// Starts one sender task per peer.
-    pub fn start(node: NodeId, peers: &BTreeMap<NodeId, String>) -> Transport {
+    /// Starts one sender task per peer; each stream says it comes from
+    /// `node`'s data directory `incarnation`.
+    pub fn start(node: NodeId, incarnation: u64, peers: &BTreeMap<NodeId, String>) -> Transport {
         let mut queues = BTreeMap::new();
         for (&id, addr) in peers {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
             queues.insert(id, tx);
             let span = tracing::info_span!("peer", node, peer = id, addr = %addr);
-            tokio::spawn(tracing::Instrument::instrument(sender(addr.clone(), rx), span));
+            let me = Sender { node, incarnation };
+            tokio::spawn(tracing::Instrument::instrument(sender(me, addr.clone(), rx), span));
         }
         Transport { node, queues: Arc::new(queues) }
     }
@@ -68,19 +74,39 @@ impl Transport {
     }
 }
 
+/// Who sends a stream: this node and its data directory's incarnation.
+#[derive(Clone, Copy)]
+struct Sender {
+    node: NodeId,
+    incarnation: u64,
+}
+
 /// Owns one peer's outbound stream: connects, streams batches, and on any
 /// failure waits and reconnects. Ends only when every `Transport` is gone.
-async fn sender(addr: String, mut queue: mpsc::Receiver<PeerMessage>) {
+async fn sender(me: Sender, addr: String, mut queue: mpsc::Receiver<PeerMessage>) {
     let mut backoff = RECONNECT_BACKOFF_MIN;
+    // The peer's last refusal, logged once until it changes.
+    let mut refused: Option<String> = None;
     loop {
         match connect(&addr).await {
             Ok(client) => {
                 backoff = RECONNECT_BACKOFF_MIN;
                 tracing::debug!("connected");
-                if stream(client, &mut queue).await.is_break() {
-                    return;
+                match stream(me, client, &mut queue).await {
+                    Ended::Closed => return,
+                    Ended::Refused(why) => {
+                        if refused.as_deref() != Some(why.as_str()) {
+                            tracing::error!(refusal = %why, "the peer refuses this node's messages");
+                            refused = Some(why);
+                        }
+                        // Refused for good until an operator acts: retry slowly.
+                        backoff = RECONNECT_BACKOFF_MAX;
+                    }
+                    Ended::Failed => {
+                        refused = None;
+                        tracing::debug!("stream ended; reconnecting");
+                    }
                 }
-                tracing::debug!("stream ended; reconnecting");
             }
             Err(e) => tracing::trace!(error = %e, "connect failed"),
         }
@@ -105,27 +131,48 @@ async fn connect(
     Ok(waft_proto::peer_client(channel))
 }
 
-/// Streams batches until the call fails (`Continue`: reconnect) or the
-/// queue's senders are all gone (`Break`).
+/// How a stream ended.
+enum Ended {
+    /// Every `Transport` is gone: stop.
+    Closed,
+    /// The peer refuses this node's identity (see `identity`): why.
+    Refused(String),
+    /// Anything else: reconnect.
+    Failed,
+}
+
+fn ended(done: Result<tonic::Response<RaftDone>, tonic::Status>) -> Ended {
+    match done {
+        Ok(r) => {
+            tracing::debug!(delivered = r.get_ref().delivered, dropped = r.get_ref().dropped, "stream closed by peer");
+            Ended::Failed
+        }
+        Err(status) if status.code() == tonic::Code::FailedPrecondition => Ended::Refused(status.message().to_string()),
+        Err(status) => {
+            tracing::debug!(%status, "stream failed");
+            Ended::Failed
+        }
+    }
+}
+
+/// Streams batches until the call fails or the queue's senders are all gone.
 async fn stream(
+    me: Sender,
     mut client: peer::peer_client::PeerClient<tonic::transport::Channel>,
     queue: &mut mpsc::Receiver<PeerMessage>,
-) -> std::ops::ControlFlow<()> {
-    use std::ops::ControlFlow::{Break, Continue};
+) -> Ended {
     let (batches, rx) = mpsc::channel::<PeerBatch>(PEER_STREAM_BATCHES_MAX);
-    let call = client.raft(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    let headers = request.metadata_mut();
+    headers.insert(NODE_HEADER, me.node.into());
+    headers.insert(INCARNATION_HEADER, me.incarnation.into());
+    let call = client.raft(request);
     tokio::pin!(call);
     loop {
         tokio::select! {
-            done = &mut call => {
-                match done {
-                    Ok(r) => tracing::debug!(delivered = r.get_ref().delivered, dropped = r.get_ref().dropped, "stream closed by peer"),
-                    Err(status) => tracing::debug!(%status, "stream failed"),
-                }
-                return Continue(());
-            }
+            done = &mut call => return ended(done),
             first = queue.recv() => {
-                let Some(first) = first else { return Break(()) };
+                let Some(first) = first else { return Ended::Closed };
                 let mut batch = PeerBatch { messages: vec![first] };
                 let mut bytes = 0usize;
                 while batch.messages.len() < PEER_BATCH_MESSAGES_MAX && bytes < waft_proto::PEER_BATCH_BYTES_TARGET {
@@ -140,11 +187,8 @@ async fn stream(
                 // Waiting here is waiting on HTTP/2 flow control; the peer queue
                 // in front absorbs (and then drops) what arrives meanwhile.
                 tokio::select! {
-                    sent = batches.send(batch) => if sent.is_err() { return Continue(()) },
-                    done = &mut call => {
-                        if let Err(status) = done { tracing::debug!(%status, "stream failed"); }
-                        return Continue(());
-                    }
+                    sent = batches.send(batch) => if sent.is_err() { return Ended::Failed },
+                    done = &mut call => return ended(done),
                 }
             }
         }
@@ -155,6 +199,11 @@ async fn stream(
 pub struct PeerService {
     groups: Arc<Groups>,
     snapshots: Arc<SnapshotStore>,
+    /// The incarnation this node expects behind each peer.
+    book: Arc<PeerBook>,
+    /// The last refused incarnation logged per peer, so a refused peer's
+    /// reconnects do not flood the log.
+    refusals_logged: std::sync::Mutex<BTreeMap<NodeId, u64>>,
     /// Becomes true when the node shuts down: every inbound stream then ends,
     /// so peers reconnect to whatever serves this address next instead of
     /// streaming into a node that no longer reads.
@@ -165,9 +214,38 @@ impl PeerService {
     pub fn new(
         groups: Arc<Groups>,
         snapshots: Arc<SnapshotStore>,
+        book: Arc<PeerBook>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> PeerService {
-        PeerService { groups, snapshots, stop }
+        PeerService { groups, snapshots, book, refusals_logged: Default::default(), stop }
+    }
+
+    /// The sender a stream names, admitted by the book; the refusal the
+    /// sender hears otherwise.
+    fn admit<T>(&self, request: &tonic::Request<T>) -> Result<NodeId, tonic::Status> {
+        let header = |name: &str| -> Result<u64, tonic::Status> {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| tonic::Status::failed_precondition(format!("a peer stream must carry `{name}`")))
+        };
+        let (node, incarnation) = (header(NODE_HEADER)?, header(INCARNATION_HEADER)?);
+        match self.book.admit(node, incarnation) {
+            Ok(()) => Ok(node),
+            Err(refusal) => {
+                if let Refusal::Replaced { got, .. } = refusal {
+                    let mut logged = self.refusals_logged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if logged.insert(node, got) != Some(got) {
+                        tracing::error!(peer = node, %refusal, "refusing a peer");
+                    }
+                } else {
+                    tracing::error!(peer = node, %refusal, "refusing a peer");
+                }
+                Err(tonic::Status::failed_precondition(refusal.to_string()))
+            }
+        }
     }
 }
 
@@ -195,6 +273,7 @@ impl peer::peer_server::Peer for PeerService {
         &self,
         request: tonic::Request<tonic::Streaming<PeerBatch>>,
     ) -> Result<tonic::Response<RaftDone>, tonic::Status> {
+        let from = self.admit(&request)?;
         let mut stream = request.into_inner();
         let mut stop = self.stop.clone();
         let (mut delivered, mut dropped) = (0u64, 0u64);
@@ -207,6 +286,11 @@ impl peer::peer_server::Peer for PeerService {
             };
             let Some(batch) = batch else { break };
             for wire in batch.messages {
+                if wire.from != from {
+                    tracing::debug!(stream = from, claims = wire.from, "message claiming another sender dropped");
+                    dropped += 1;
+                    continue;
+                }
                 let (group, input) = match unwrap_wire(wire) {
                     Ok(converted) => converted,
                     Err(e) => {

@@ -157,6 +157,18 @@ enum AdminCmd {
         #[arg(long = "set", value_parser = parse_setting, required = true)]
         set: Vec<(String, u64)>,
     },
+    /// Node --node lost its data directory (wiped, new disk): tell every
+    /// other node, listed in --nodes, to take the new one. Until then every
+    /// node refuses its messages, so it votes nowhere and counts toward no
+    /// quorum. Only for a node you know lost its data; it then catches up
+    /// from the leader. Needs no --group: it is about the node.
+    ReplaceNode {
+        #[arg(long)]
+        node: u64,
+        /// Every other node's address, e.g. 127.0.0.1:7001,127.0.0.1:7002.
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<String>,
+    },
     /// Print the group's configuration as the node at --addr knows it.
     Peers,
     /// Print the group's leader as the node at --addr knows it.
@@ -310,6 +322,7 @@ fn main() -> Result<()> {
             print_status(&status, json);
             Ok(())
         }
+        Cmd::Admin { op: AdminCmd::ReplaceNode { node, nodes }, .. } => runtime()?.block_on(replace_node(node, &nodes)),
         Cmd::Admin { addr, group, op } => {
             let addr = addr.context("no --addr given: name any node of the cluster, e.g. --addr 127.0.0.1:7001")?;
             let group = group.context("no --group given: name the group, e.g. --group 1")?;
@@ -338,10 +351,34 @@ fn print_configuration(c: &waft_proto::client::Configuration, leader_id: u64) {
     println!("  learners {}  leader {leader_id}", if c.learners.is_empty() { "-".into() } else { list(&c.learners) });
 }
 
+async fn replace_node(node: u64, nodes: &[String]) -> Result<()> {
+    eprintln!(
+        "waft: node {node} is taken back with whatever data directory it runs on now. Do this only for a node \
+         that lost its data: it votes again, and a node that voted in this term before it lost its data may \
+         vote twice in it."
+    );
+    let mut failed = 0;
+    for addr in nodes {
+        match waft_daemon::client::replace_node(addr, node).await {
+            Ok(old) if old.is_empty() => println!("{addr}: knew no data directory of node {node}; takes the next"),
+            Ok(old) => println!("{addr}: forgot node {node}'s data directory {old}; takes the next"),
+            Err(e) => {
+                failed += 1;
+                println!("{addr}: failed: {e}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} of {} nodes did not take the replacement; run the command again for them", nodes.len());
+    }
+    Ok(())
+}
+
 async fn admin(addr: &str, group: u64, op: AdminCmd) -> Result<()> {
     use waft_proto::admin::AdminOp;
     let client = waft_daemon::client::Client::new(addr);
     let (op, ids, learners) = match op {
+        AdminCmd::ReplaceNode { .. } => bail!("replace-node is about a node, not a group"),
         AdminCmd::Peers | AdminCmd::Leader => {
             let status = client.status(Some(group)).await?;
             let g = status.groups.first().context("the node sent no status for the group")?;
