@@ -203,7 +203,8 @@ impl RaftLog {
     /// Resets to an installed snapshot beyond our commit index. Keeps a suffix that matches it.
     pub fn restore(&mut self, index: u64, term: u64) {
         assert!(index > self.committed, "installing a snapshot at or below commit");
-        if self.match_term(index, term) {
+        let matched = self.match_term(index, term);
+        if matched {
             self.entries.drain(..(index - self.snap_index) as usize);
         } else {
             self.entries.clear();
@@ -212,8 +213,16 @@ impl RaftLog {
         self.snap_term = term;
         self.committed = index;
         self.applied = index;
-        self.persisted = self.persisted.max(index);
-        self.unstable_from = self.unstable_from.max(index + 1);
+        if matched {
+            // The kept suffix is as durable as it was.
+            self.persisted = self.persisted.max(index).min(self.last_index());
+            self.unstable_from = self.unstable_from.max(index + 1);
+        } else {
+            // A conflicting suffix is gone: what was persisted of it promises
+            // nothing about the entries that will take its indexes.
+            self.persisted = index;
+            self.unstable_from = index + 1;
+        }
     }
 
     pub fn entries(&self) -> &[Entry] {
@@ -261,6 +270,30 @@ mod tests {
         assert_eq!((m.first_index(), m.last_index()), (3, 3), "matching suffix kept");
         l.restore(10, 5);
         assert_eq!((l.last_index(), l.committed, l.applied, l.persisted), (10, 10, 10, 10));
+    }
+
+    /// A snapshot over a log whose suffix conflicts with it drops the
+    /// suffix and what was persisted of it: entries that later take those
+    /// indexes wait for their own write before they apply. (Keeping the old
+    /// mark applied new entries before they were durable, and a snapshot
+    /// then purged the log ahead of their append: seed 4889 of the
+    /// simulator with --no-lease-clock.)
+    #[test]
+    fn restore_over_a_conflicting_suffix_forgets_its_persistence() {
+        let mut l = RaftLog::new(0, 0, vec![e(1, 1), e(2, 4), e(3, 4), e(4, 4), e(5, 4)], 1, 1);
+        assert_eq!(l.persisted, 5);
+        l.restore(2, 6);
+        assert_eq!((l.last_index(), l.persisted, l.unstable_from), (2, 2, 3));
+        assert_eq!(l.maybe_append(2, 6, &[e(3, 6), e(4, 6)]), Some(4));
+        l.commit_to(4);
+        assert!(l.take_committed(10).is_empty(), "new entries apply only once durable");
+        assert_eq!(l.take_unstable().len(), 2);
+        assert!(l.on_persisted(4, 6));
+        assert_eq!(l.take_committed(10).len(), 2);
+
+        let mut kept = RaftLog::new(0, 0, vec![e(1, 1), e(2, 6), e(3, 6)], 1, 1);
+        kept.restore(2, 6);
+        assert_eq!((kept.last_index(), kept.persisted), (3, 3), "a matching suffix stays durable");
     }
 
     #[test]

@@ -61,6 +61,11 @@ impl SimDisk {
         self.unsynced.clear();
     }
 
+    /// The term of the synced entry at `index`, if the disk holds one there.
+    pub fn durable_term(&self, index: u64) -> Option<u64> {
+        self.durable.term(GROUP, index).ok()
+    }
+
     /// The hard state a power loss would leave.
     pub fn durable_hard_state(&self) -> waft_storage::HardState {
         self.durable.hard_state(GROUP)
@@ -427,6 +432,14 @@ impl Cluster {
         for e in &rd.committed_entries {
             let node = self.nodes.get_mut(&id).expect("node");
             assert_eq!(e.index, node.sm_applied + 1, "node {id} applies out of order");
+            // A replica applies only what its own disk holds synced.
+            assert_eq!(
+                node.disk.durable_term(e.index),
+                Some(e.term),
+                "node {id} applies entry {}/{} before its disk holds it synced",
+                e.index,
+                e.term
+            );
             node.sm_applied = e.index;
             self.check.saw_applied(id, e);
             if let Some(op_id) = op_of(&e.data) {
