@@ -42,6 +42,18 @@ async fn serving(c: &Cluster, i: usize) -> waft_proto::client::GroupStatus {
     }
 }
 
+/// Waits until one of the logs at `paths` has a line containing `needle`.
+async fn wait_for_any_line(paths: &[std::path::PathBuf], needle: &str) {
+    let deadline = Instant::now() + LOG_DEADLINE;
+    loop {
+        if paths.iter().any(|p| std::fs::read_to_string(p).unwrap_or_default().contains(needle)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no log of {paths:?} said {needle:?} within {LOG_DEADLINE:?}");
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+}
+
 /// The leader's count of entries `peer` lacks, as its metrics say.
 async fn lag(c: &Cluster, leader: usize, peer: usize) -> Option<u64> {
     let page = c.scrape(leader).await;
@@ -58,14 +70,23 @@ async fn a_wiped_node_takes_no_part_until_replaced_then_catches_up() {
         client.propose(GROUP, incr.clone()).await.expect("a write before the wipe");
     }
     let wiped = (leader + 1) % 3;
+    // Both other nodes have met its data directory (a node refuses only a
+    // directory other than the one it met; one it never met it takes).
+    for i in (0..3).filter(|&i| i != wiped) {
+        wait_for_line(&c.log_path(i), &format!("met a peer's data directory peer={}", wiped + 1)).await;
+    }
     c.kill(wiped);
     std::fs::remove_dir_all(c.data_dir(wiped)).expect("wipe the follower's data directory");
     c.start_node(wiped);
 
-    // Its peers refuse it, and it hears why.
+    // Its peers refuse it, and it hears why. (Which peer it talks to first
+    // depends on whether it hears the leader before it campaigns.)
     wait_for_line(&c.log_path(wiped), "the peer refuses this node's messages").await;
     wait_for_line(&c.log_path(wiped), "waft admin replace-node --node").await;
-    wait_for_line(&c.log_path(leader), "refusing a peer").await;
+    let others: Vec<usize> = (0..3).filter(|&i| i != wiped).collect();
+    wait_for_any_line(&others.iter().map(|&i| c.log_path(i)).collect::<Vec<_>>(), "refusing a peer").await;
+    // A slow machine may have moved the leadership meanwhile.
+    let leader = c.wait_for_leader_among(GROUP, &others).await;
 
     // The group serves on with the other two; none of the wiped node's
     // acknowledgements count, so the leader sees it fall behind.
@@ -83,7 +104,7 @@ async fn a_wiped_node_takes_no_part_until_replaced_then_catches_up() {
     assert!(status.applied_index < last, "the refused node applied {} of {last}", status.applied_index);
 
     // The operator replaces it: every other node takes its new data directory.
-    let others: Vec<String> = (0..3).filter(|&i| i != wiped).map(|i| c.addrs[i].clone()).collect();
+    let others: Vec<String> = others.iter().map(|&i| c.addrs[i].clone()).collect();
     let (ok, out, err) =
         run_waft(&["admin", "replace-node", "--node", &(wiped + 1).to_string(), "--nodes", &others.join(",")]).await;
     assert!(ok, "replace-node failed:\n{out}\n{err}");
