@@ -27,7 +27,11 @@ const GET: &[u8] = br#""get""#;
 /// acknowledged write's log index and the value it returned.
 struct Writers {
     stop: Arc<AtomicBool>,
-    acked: Arc<Mutex<Vec<(u64, i64)>>>,
+    /// (index, value, duplicate) of every acknowledged write. A duplicate
+    /// (the client's retry of a write that had applied, say after an
+    /// election on a loaded machine) carries the first application's value
+    /// but the retry's index.
+    acked: Arc<Mutex<Vec<(u64, i64, bool)>>>,
     /// When each write was acknowledged, in order.
     times: Arc<Mutex<Vec<Instant>>>,
     tasks: Vec<tokio::task::JoinHandle<u64>>,
@@ -48,8 +52,8 @@ impl Writers {
                     while !stop.load(Ordering::Relaxed) {
                         match client.propose(GROUP, Bytes::from_static(INCR)).await {
                             Ok(a) => {
-                                assert!(!a.duplicate, "no retries expected without faults");
-                                acked.lock().unwrap().push((a.index, text(&a).parse::<i64>().unwrap()));
+                                let value = text(&a).parse::<i64>().unwrap();
+                                acked.lock().unwrap().push((a.index, value, a.duplicate));
                                 times.lock().unwrap().push(Instant::now());
                             }
                             Err(_) => failed += 1,
@@ -83,7 +87,7 @@ impl Writers {
         }
     }
 
-    async fn stop(self) -> (Vec<(u64, i64)>, u64) {
+    async fn stop(self) -> (Vec<(u64, i64, bool)>, u64) {
         self.stop.store(true, Ordering::Relaxed);
         let mut failed = 0;
         for t in self.tasks {
@@ -191,14 +195,29 @@ async fn a_new_module_version_takes_over_at_one_index_on_every_replica() {
         acked.len()
     );
 
-    // The replies: +1 per write before the deploy's index, +2 after it.
-    let mut expected = 0;
-    for &(index, got) in &acked {
-        assert_ne!(index, at);
-        expected += if index < at { 1 } else { 2 };
-        assert_eq!(got, expected, "the write at index {index} (deploy at {at})");
+    // The replies: +1 per write before the deploy's index, +2 after it. The
+    // counter only grows, so its values order the writes as they applied;
+    // a duplicate reply sits where its first application did. Every write
+    // must have been acknowledged for the steps to add up.
+    assert_eq!(failed, 0, "a write with an unknown outcome would break the count");
+    let mut acked = acked;
+    acked.sort_unstable_by_key(|&(_, value, _)| value);
+    let (mut expected, mut switched, mut last_index) = (0, false, 0);
+    for &(index, got, duplicate) in &acked {
+        let step = if duplicate {
+            got - expected
+        } else {
+            assert_ne!(index, at);
+            assert!(index > last_index, "values and indexes of first applications agree in order");
+            last_index = index;
+            if index < at { 1 } else { 2 }
+        };
+        assert!(step == 2 || (step == 1 && !switched), "a step of {step} at value {got} (deploy at {at})");
+        switched |= step == 2;
+        expected += step;
+        assert_eq!(got, expected, "the write at index {index} (deploy at {at}, duplicate: {duplicate})");
     }
-    assert!(acked.iter().filter(|(i, _)| *i > at).count() >= 200, "writes after the deploy");
+    assert!(acked.iter().filter(|(i, _, _)| *i > at).count() >= 200, "writes after the deploy");
 
     // Every replica, including the one that installed a snapshot and the one
     // restarted from its own, runs the new module since the same index and
