@@ -175,16 +175,16 @@ async fn a_new_module_version_takes_over_at_one_index_on_every_replica() {
     writers.wait_for(&mut c, 200).await;
     let deploy_pause = writers.longest_pause(deploy_began, Instant::now());
 
-    // Snapshot past the deploy: the leader compacts (node `restored_by_install`
-    // will need the snapshot), and `restored_by_restart` restarts from its own.
-    let leader = c.wait_for_leader_among(GROUP, &[leader, restored_by_restart]).await;
-    let snap = Client::new(c.addrs[leader].clone()).admin(GROUP, AdminOp::Snapshot, vec![], vec![]).await.unwrap();
-    assert!(snap.snapshot_index > at);
-    let snap = Client::new(c.addrs[restored_by_restart].clone())
-        .admin(GROUP, AdminOp::Snapshot, vec![], vec![])
-        .await
-        .unwrap();
-    assert!(snap.snapshot_index > at);
+    // Snapshot past the deploy on both nodes that are up: whichever leads
+    // after the restart has compacted (node `restored_by_install` will need
+    // the snapshot; on a loaded machine leadership may move meanwhile), and
+    // `restored_by_restart` restarts from its own.
+    let up = [leader, restored_by_restart];
+    for i in up {
+        let snap = Client::new(c.addrs[i].clone()).admin(GROUP, AdminOp::Snapshot, vec![], vec![]).await.unwrap();
+        assert!(snap.snapshot_index > at, "node {}: snapshot {} past the deploy at {at}", i + 1, snap.snapshot_index);
+    }
+    let leader = c.wait_for_leader_among(GROUP, &up).await;
     c.kill(restored_by_restart);
     c.start_node(restored_by_restart);
     c.start_node(restored_by_install);
