@@ -514,6 +514,21 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
         if node == waft_raft::NONE {
             return Err(tonic::Status::invalid_argument("node 0 is reserved; name the node whose data was lost"));
         }
+        // A node that lost its data must not vote until it holds again what
+        // its old self acknowledged: as a voter, its empty log would grant
+        // any candidate, one that lacks committed entries too. So it comes
+        // back as a learner, through the log.
+        for (group, handle) in self.host.groups().all() {
+            let config = handle.status.borrow().configuration.clone().unwrap_or_default();
+            if config.voters.contains(&node) || config.voters_outgoing.contains(&node) {
+                return Err(tonic::Status::failed_precondition(format!(
+                    "node {node} is still a voter of group {group} as this node knows it: with its data lost, its \
+                     empty log could elect a leader that lacks committed entries. Remove it first (`waft admin \
+                     --group {group} remove-peer {node}`), replace it, then add it back as a learner and promote \
+                     it once it caught up (`add-learners {node}`, `promote-learner {node}`)"
+                )));
+            }
+        }
         let book = self.book.clone();
         // A durable write of a small file: off the async worker.
         let forgotten = tokio::task::spawn_blocking(move || book.forget(node))

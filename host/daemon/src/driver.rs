@@ -420,10 +420,11 @@ impl Driver {
         let mut out = Output::default();
         let mut store = SharedStore(self.store.clone());
         // Applied already, so no guest runs; but a snapshot that waited for
-        // the pipeline to drain may install here, which takes long.
-        let installing = self.replica.install_waits();
+        // the pipeline to drain may install here (which takes long), or a
+        // snapshot's log purge be written (a synced write).
+        let may_block = self.replica.finish_may_block();
         let mut finish = || self.replica.finish_durable(&mut store, &self.snapshots, &mut |m| outbox.push(m), &mut out);
-        if installing {
+        if may_block {
             tokio::task::block_in_place(finish)?
         } else {
             finish()?

@@ -59,8 +59,9 @@ pub struct Identity {
 impl Identity {
     /// Reads the identity of the data directory at `dir`, or makes one for a
     /// directory that has none. `had_state` says whether the directory held
-    /// a log already (a directory from before identities is the same node,
-    /// not a fresh one). Refuses a directory made for another node id.
+    /// a log already: an identity without its log is replaced by a new one
+    /// (the log it vouched for is gone). Refuses a directory made for
+    /// another node id.
     pub fn open(dir: &Path, node: NodeId, had_state: bool) -> Result<Identity, String> {
         let path = dir.join(IDENTITY_FILE);
         match std::fs::read_to_string(&path) {
@@ -72,16 +73,33 @@ impl Identity {
                         dir.display()
                     ));
                 }
-                Ok(Identity { node, incarnation, fresh: false })
+                if had_state {
+                    return Ok(Identity { node, incarnation, fresh: false });
+                }
+                // The identity outlived the log it vouched for (the log
+                // directory was wiped or replaced): what this node promised
+                // is gone, so it is a new incarnation.
+                tracing::warn!(
+                    node,
+                    old = format!("{incarnation:016x}"),
+                    "the data directory has an identity but no log: a new incarnation"
+                );
+                Identity::create(&path, node, incarnation)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let incarnation = random_incarnation();
-                let text = format!("{IDENTITY_MAGIC}\nnode {node}\nincarnation {incarnation:016x}\n");
-                write_durably(&path, text.as_bytes())?;
-                Ok(Identity { node, incarnation, fresh: !had_state })
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Identity::create(&path, node, 0),
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         }
+    }
+
+    /// Makes and records a new incarnation (never `old`).
+    fn create(path: &Path, node: NodeId, old: u64) -> Result<Identity, String> {
+        let mut incarnation = random_incarnation();
+        while incarnation == old {
+            incarnation = random_incarnation();
+        }
+        let text = format!("{IDENTITY_MAGIC}\nnode {node}\nincarnation {incarnation:016x}\n");
+        write_durably(path, text.as_bytes())?;
+        Ok(Identity { node, incarnation, fresh: true })
     }
 }
 
@@ -256,6 +274,9 @@ mod tests {
         assert!(first.fresh);
         let again = Identity::open(&d, 3, true).unwrap();
         assert_eq!(again, Identity { fresh: false, ..first });
+        let log_gone = Identity::open(&d, 3, false).unwrap();
+        assert!(log_gone.fresh && log_gone.incarnation != first.incarnation, "an identity without its log is new");
+        assert_eq!(Identity::open(&d, 3, true).unwrap().incarnation, log_gone.incarnation);
         let e = Identity::open(&d, 4, true).unwrap_err();
         assert!(e.contains("belongs to node 3"), "{e}");
         std::fs::write(d.join(IDENTITY_FILE), "garbage").unwrap();

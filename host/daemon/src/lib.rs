@@ -279,6 +279,7 @@ pub async fn serve(
                 groups.clone(),
                 snapshots.clone(),
                 book.clone(),
+                cfg.peers.keys().copied().collect(),
                 stopped.clone(),
             )))
             .add_service(waft_proto::admin_server(admin::AdminService::new(host.clone(), book.clone())))

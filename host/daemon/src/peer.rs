@@ -201,6 +201,9 @@ pub struct PeerService {
     snapshots: Arc<SnapshotStore>,
     /// The incarnation this node expects behind each peer.
     book: Arc<PeerBook>,
+    /// The nodes this node knows as peers (`--peer`): streams from any other
+    /// id are refused, so the book records only them.
+    peers: std::collections::BTreeSet<NodeId>,
     /// The last refused incarnation logged per peer, so a refused peer's
     /// reconnects do not flood the log.
     refusals_logged: std::sync::Mutex<BTreeMap<NodeId, u64>>,
@@ -215,9 +218,10 @@ impl PeerService {
         groups: Arc<Groups>,
         snapshots: Arc<SnapshotStore>,
         book: Arc<PeerBook>,
+        peers: std::collections::BTreeSet<NodeId>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> PeerService {
-        PeerService { groups, snapshots, book, refusals_logged: Default::default(), stop }
+        PeerService { groups, snapshots, book, peers, refusals_logged: Default::default(), stop }
     }
 
     /// The sender a stream names, admitted by the book; the refusal the
@@ -232,7 +236,13 @@ impl PeerService {
                 .ok_or_else(|| tonic::Status::failed_precondition(format!("a peer stream must carry `{name}`")))
         };
         let (node, incarnation) = (header(NODE_HEADER)?, header(INCARNATION_HEADER)?);
-        match self.book.admit(node, incarnation) {
+        if !self.peers.contains(&node) {
+            return Err(tonic::Status::failed_precondition(format!(
+                "node {node} is not a peer of this node (its --peer list)"
+            )));
+        }
+        // Meeting a peer for the first time syncs the book to disk.
+        match tokio::task::block_in_place(|| self.book.admit(node, incarnation)) {
             Ok(()) => Ok(node),
             Err(refusal) => {
                 if let Refusal::Replaced { got, .. } = refusal {

@@ -160,8 +160,9 @@ enum AdminCmd {
     /// Node --node lost its data directory (wiped, new disk): tell every
     /// other node, listed in --nodes, to take the new one. Until then every
     /// node refuses its messages, so it votes nowhere and counts toward no
-    /// quorum. Only for a node you know lost its data; it then catches up
-    /// from the leader. Needs no --group: it is about the node.
+    /// quorum. Remove it from the voters of its groups first (remove-peer);
+    /// afterwards add it back as a learner and promote it once it caught up.
+    /// Needs no --group: it is about the node.
     ReplaceNode {
         #[arg(long)]
         node: u64,
@@ -354,8 +355,8 @@ fn print_configuration(c: &waft_proto::client::Configuration, leader_id: u64) {
 async fn replace_node(node: u64, nodes: &[String]) -> Result<()> {
     eprintln!(
         "waft: node {node} is taken back with whatever data directory it runs on now. Do this only for a node \
-         that lost its data: it votes again, and a node that voted in this term before it lost its data may \
-         vote twice in it."
+         that lost its data and is no longer a voter of any group (remove-peer first); then add it back as a \
+         learner and promote it once it caught up."
     );
     let mut failed = 0;
     for addr in nodes {

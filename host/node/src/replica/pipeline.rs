@@ -65,10 +65,12 @@ impl Replica {
         }
     }
 
-    /// Whether a pulled snapshot waits for the pipeline to drain: the next
-    /// `finish_durable` that drains it installs it (which takes long).
-    pub fn install_waits(&self) -> bool {
-        self.install_waiting.is_some()
+    /// Whether the next `finish_durable` that drains the pipeline may run
+    /// long or sync the disk: it installs a pulled snapshot that waited, or
+    /// writes a snapshot's log purge. A caller on an async runtime moves such
+    /// a call off its worker.
+    pub fn finish_may_block(&self) -> bool {
+        self.install_waiting.is_some() || self.purge_pending.is_some()
     }
 
     /// Readies handed back and not finished yet.
