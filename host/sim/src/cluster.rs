@@ -13,7 +13,7 @@
 
 use crate::model::{Command, Kv, Outcome};
 pub use crate::raft_cluster::{Checker, Note};
-use crate::raft_cluster::{brief, msg_kind};
+use crate::raft_cluster::{brief, describe_node, leader_of, msg_kind};
 use crate::rng::{FNV_START, fnv};
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
@@ -274,36 +274,12 @@ impl Cluster {
     }
 
     pub fn leader(&self) -> Option<NodeId> {
-        // The leader of the highest term among live nodes.
-        self.nodes
-            .values()
-            .filter_map(|n| n.raft())
-            .filter(|r| r.role() == Role::Leader)
-            .max_by_key(|r| r.term())
-            .map(|r| r.id())
+        leader_of(self.nodes.values().filter_map(|n| n.raft()))
     }
 
     /// One line per node: role, term, indexes and configuration (for failure reports).
     pub fn describe(&self) -> Vec<String> {
-        self.nodes
-            .values()
-            .map(|n| match n.raft() {
-                None => format!("node {}: down", n.id),
-                Some(r) => format!(
-                    "node {}: {:?} term {} leader {:?} last {} commit {} applied {} snap {} conf {:?} transferring {}",
-                    n.id,
-                    r.role(),
-                    r.term(),
-                    r.leader(),
-                    r.last_index(),
-                    r.committed(),
-                    n.sm_applied,
-                    r.snapshot_meta().index,
-                    r.configuration(),
-                    r.is_transferring()
-                ),
-            })
-            .collect()
+        self.nodes.values().map(|n| describe_node(n.id, n.raft(), n.sm_applied)).collect()
     }
 
     fn log(&mut self, line: impl FnOnce() -> String) {

@@ -148,6 +148,30 @@ impl Checker {
     }
 }
 
+/// The leader of the highest term among `nodes` (the live ones).
+pub fn leader_of<'a>(nodes: impl Iterator<Item = &'a RawNode>) -> Option<NodeId> {
+    nodes.filter(|r| r.role() == Role::Leader).max_by_key(|r| r.term()).map(|r| r.id())
+}
+
+/// One node's line in a failure report: down, or its role, term, indexes
+/// (`applied`: as its state machine applied) and configuration.
+pub fn describe_node(id: NodeId, raft: Option<&RawNode>, applied: u64) -> String {
+    match raft {
+        None => format!("node {id}: down"),
+        Some(r) => format!(
+            "node {id}: {:?} term {} leader {:?} last {} commit {} applied {applied} snap {} conf {:?} transferring {}",
+            r.role(),
+            r.term(),
+            r.leader(),
+            r.last_index(),
+            r.committed(),
+            r.snapshot_meta().index,
+            r.configuration(),
+            r.is_transferring()
+        ),
+    }
+}
+
 pub fn fingerprint(e: &Entry) -> u64 {
     fnv(fnv(FNV_START, &[e.kind as u8]), &e.data)
 }
@@ -254,36 +278,12 @@ impl Cluster {
     }
 
     pub fn leader(&self) -> Option<NodeId> {
-        // The leader of the highest term among live nodes.
-        self.nodes
-            .values()
-            .filter_map(|n| n.raft.as_ref())
-            .filter(|r| r.role() == Role::Leader)
-            .max_by_key(|r| r.term())
-            .map(|r| r.id())
+        leader_of(self.nodes.values().filter_map(|n| n.raft.as_ref()))
     }
 
     /// One line per node: role, term, indexes and configuration (for failure reports).
     pub fn describe(&self) -> Vec<String> {
-        self.nodes
-            .values()
-            .map(|n| match &n.raft {
-                None => format!("node {}: down", n.id),
-                Some(r) => format!(
-                    "node {}: {:?} term {} leader {:?} last {} commit {} applied {} snap {} conf {:?} transferring {}",
-                    n.id,
-                    r.role(),
-                    r.term(),
-                    r.leader(),
-                    r.last_index(),
-                    r.committed(),
-                    n.sm_applied,
-                    r.snapshot_meta().index,
-                    r.configuration(),
-                    r.is_transferring()
-                ),
-            })
-            .collect()
+        self.nodes.values().map(|n| describe_node(n.id, n.raft.as_ref(), n.sm_applied)).collect()
     }
 
     fn log(&mut self, line: impl FnOnce() -> String) {
