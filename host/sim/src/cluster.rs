@@ -13,7 +13,7 @@
 
 use crate::model::{Command, Kv, Outcome};
 pub use crate::raft_cluster::{Checker, Note};
-use crate::raft_cluster::{brief, describe_node, leader_of, msg_kind};
+use crate::raft_cluster::{describe_node, leader_of, trace_message};
 use crate::rng::{FNV_START, fnv};
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
@@ -308,11 +308,7 @@ impl Cluster {
         if !self.is_up(to) {
             return;
         }
-        self.trace_hash = fnv(self.trace_hash, &[m.from as u8, to as u8, m.term as u8, msg_kind(&m.body)]);
-        if self.trace.is_some() {
-            let line = format!("{} -> {} t{} {}", m.from, m.to, m.term, brief(&m.body));
-            self.log(|| line);
-        }
+        trace_message(&mut self.trace_hash, &mut self.trace, &m);
         self.read_clock(to);
         self.replica_mut(to).step(m);
         self.process(to);

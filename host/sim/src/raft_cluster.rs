@@ -148,6 +148,15 @@ impl Checker {
     }
 }
 
+/// Folds a delivered message into a run's trace hash, and its line into
+/// the trace when one is kept.
+pub fn trace_message(hash: &mut u64, trace: &mut Option<Vec<String>>, m: &Message) {
+    *hash = fnv(*hash, &[m.from as u8, m.to as u8, m.term as u8, msg_kind(&m.body)]);
+    if let Some(t) = trace {
+        t.push(format!("{} -> {} t{} {}", m.from, m.to, m.term, brief(&m.body)));
+    }
+}
+
 /// The leader of the highest term among `nodes` (the live ones).
 pub fn leader_of<'a>(nodes: impl Iterator<Item = &'a RawNode>) -> Option<NodeId> {
     nodes.filter(|r| r.role() == Role::Leader).max_by_key(|r| r.term()).map(|r| r.id())
@@ -306,11 +315,7 @@ impl Cluster {
         if !self.is_up(to) {
             return;
         }
-        self.trace_hash = fnv(self.trace_hash, &[m.from as u8, to as u8, m.term as u8, msg_kind(&m.body)]);
-        if self.trace.is_some() {
-            let line = format!("{} -> {} t{} {}", m.from, m.to, m.term, brief(&m.body));
-            self.log(|| line);
-        }
+        trace_message(&mut self.trace_hash, &mut self.trace, &m);
         let now = self.now;
         self.raft_mut(to).set_clock(now);
         self.raft_mut(to).step(m);
