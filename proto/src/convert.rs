@@ -58,6 +58,8 @@ pub enum ConvertError {
     BadFileName { name: String },
     #[error("snapshot manifest lists file {name:?} twice")]
     DuplicateFile { name: String },
+    #[error("state digest of entry {index} has {len} bytes, expected 32")]
+    DigestLength { index: u64, len: usize },
 }
 
 impl peer::PeerMessage {
@@ -179,6 +181,9 @@ fn body_from_raft(body: raft::MessageBody) -> Body {
         M::TimeoutNow => Body::TimeoutNow(peer::TimeoutNow {}),
         M::ReadIndex { ids } => Body::ReadIndex(peer::ReadIndex { ids }),
         M::ReadIndexResponse { ids, index } => Body::ReadIndexResponse(peer::ReadIndexResponse { ids, index }),
+        M::StateDigest { index, digest } => {
+            Body::StateDigest(peer::StateDigest { index, digest: bytes::Bytes::copy_from_slice(&digest) })
+        }
     }
 }
 
@@ -209,6 +214,12 @@ fn body_into_raft(body: Body, message_term: u64) -> Result<raft::MessageBody, Co
         Body::TimeoutNow(peer::TimeoutNow {}) => M::TimeoutNow,
         Body::ReadIndex(r) => M::ReadIndex { ids: r.ids },
         Body::ReadIndexResponse(r) => M::ReadIndexResponse { ids: r.ids, index: r.index },
+        Body::StateDigest(d) => M::StateDigest {
+            index: d.index,
+            digest: d.digest[..]
+                .try_into()
+                .map_err(|_| ConvertError::DigestLength { index: d.index, len: d.digest.len() })?,
+        },
     })
 }
 

@@ -34,6 +34,14 @@ impl Error {
         Error { leader_id, leader_address, ..Error::with(ErrorCode::NotLeader, message) }
     }
 
+    /// This node's state differs from its group's (it is fenced until
+    /// rebuilt): like not-leader, the client goes to `leader_id` (0: none
+    /// known; retry shortly). A command this node answers so did commit:
+    /// inside a session, its retry gets the group's result.
+    pub fn fenced(why: impl Into<String>, leader_id: u64, leader_address: impl Into<String>) -> Self {
+        Error { leader_id, leader_address: leader_address.into(), ..Error::with(ErrorCode::NotLeader, why) }
+    }
+
     pub fn unknown_group(group: u64) -> Self {
         Error::with(
             ErrorCode::UnknownGroup,

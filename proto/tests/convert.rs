@@ -47,6 +47,7 @@ fn every_variant() -> Vec<Message> {
         msg(MessageBody::ReadIndex { ids: vec![3, 4, 5] }),
         msg(MessageBody::ReadIndex { ids: vec![] }),
         msg(MessageBody::ReadIndexResponse { ids: vec![3, 4, 5], index: 12 }),
+        msg(MessageBody::StateDigest { index: 4096, digest: [7; 32] }),
         Message {
             from: u64::MAX,
             to: 3,

@@ -108,6 +108,7 @@ impl client::client_server::Client for EchoClient {
             module_index: 0,
             settings: None,
             settings_index: 0,
+            ..Default::default()
         };
         let mut resp = client::StatusResponse { node_id: 1, ..Default::default() };
         match req.group {

@@ -65,6 +65,8 @@ pub struct FileConfig {
     pub snapshot_margin_entries: Option<u64>,
     pub snapshot_pull_bytes_per_sec: Option<u64>,
     pub snapshot_interval_secs: Option<u64>,
+    pub digest_interval: Option<u64>,
+    pub manual_rebuild: Option<bool>,
     pub initial_voters: Option<Vec<u64>>,
     pub metrics_listen: Option<SocketAddr>,
     /// Node id (a TOML key, so a string) → address.
@@ -159,6 +161,32 @@ pub struct Flags {
     /// groups this node founds (like --sessions-open-max) [default: 600000].
     #[arg(long)]
     pub session_idle_timeout_ms: Option<u64>,
+    /// Entries between two state digests, for groups this node founds
+    /// (like --sessions-open-max; 0: no digests) [default: 4096].
+    #[arg(long)]
+    pub digest_interval: Option<u64>,
+    /// Leave a replica whose state differs from its group's fenced for an
+    /// operator, rather than rebuild it from a healthy replica's snapshot.
+    #[arg(long)]
+    pub manual_rebuild: bool,
+    /// Tests only: skip the guest's command at the first client entry at or
+    /// after this index on this node, so its state differs from the group's.
+    #[arg(long, hide = true)]
+    pub test_diverge_at: Option<u64>,
+    /// Tests only: fail to compile the module with this sha256 (hex) the
+    /// first time an entry switches to it, as a node whose compiler differs.
+    #[arg(long, hide = true, value_parser = parse_module_hash)]
+    pub test_compile_fault: Option<waft_storage::ModuleHash>,
+}
+
+fn parse_module_hash(s: &str) -> Result<waft_storage::ModuleHash, String> {
+    let bytes: Vec<u8> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("{s:?} is not hex"))?;
+    let hash: [u8; 32] = bytes.try_into().map_err(|_| format!("{s:?}: a sha256 has 64 hex digits"))?;
+    Ok(waft_storage::ModuleHash(hash))
 }
 
 fn parse_group(s: &str) -> Result<(u64, PathBuf), String> {
@@ -293,6 +321,13 @@ impl Flags {
                 .or(file.snapshot_interval_secs)
                 .unwrap_or(SNAPSHOT_INTERVAL_SECS_DEFAULT),
             sessions,
+            digest_interval: self
+                .digest_interval
+                .or(file.digest_interval)
+                .unwrap_or(waft_node::DIGEST_INTERVAL_DEFAULT),
+            manual_rebuild: self.manual_rebuild || file.manual_rebuild.unwrap_or(false),
+            test_diverge_at: self.test_diverge_at,
+            test_compile_fault: self.test_compile_fault,
         })
     }
 }

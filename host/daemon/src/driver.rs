@@ -188,6 +188,16 @@ impl Driver {
         (leader, self.addresses.get(&leader).cloned().unwrap_or_default())
     }
 
+    /// A fenced replica's refusal: the client goes to the leader (not this
+    /// node, which hands leadership on once fenced).
+    fn fenced_error(&self, why: String) -> client::Error {
+        let (leader, address) = self.leader_hint();
+        if leader == self.replica.raft().id() {
+            return client::Error::fenced(why, waft_raft::NONE, "");
+        }
+        client::Error::fenced(why, leader, address)
+    }
+
     fn refusal(&self, e: &waft_node::Error) -> client::Error {
         match e {
             waft_node::Error::Raft { source, .. } => {
@@ -197,6 +207,7 @@ impl Driver {
                 client::Error::invalid_request(e.to_string())
             }
             waft_node::Error::NotBound { .. } => client::Error::busy(BUSY_RETRY_AFTER_MS, e.to_string()),
+            waft_node::Error::Fenced { .. } => self.fenced_error(e.to_string()),
             _ => client::Error::internal(e.to_string()),
         }
     }
@@ -353,8 +364,10 @@ impl Driver {
             // Messages that need not wait for the disk leave now, so followers
             // write their copy while the leader writes its own. None while
             // the pipeline is full or a pulled snapshot waits for it.
-            let Some(mut pending) = self.replica.begin_ready(&mut |m| outbox.push(m))? else { break };
+            let begun = self.replica.begin_ready(&mut |m| outbox.push(m))?;
+            // A digest report may leave even when no Ready begins.
             self.send(outbox);
+            let Some(mut pending) = begun else { break };
             let write = pending.take_write();
             // The write syncs on the commit thread while the entries
             // committed earlier (durable already) apply and answer: they
@@ -471,7 +484,11 @@ impl Driver {
         }
         for a in out.applied {
             let Some((term, reply)) = self.proposals.remove(&a.index) else { continue };
-            let answer = if term != a.term { Err(lost(a.index)) } else { answer(a.index, a.outcome) };
+            let answer = match a.outcome {
+                _ if term != a.term => Err(lost(a.index)),
+                Outcome::Fenced(why) => Err(self.fenced_error(why)),
+                outcome => answer(a.index, outcome),
+            };
             let _ = reply.send(answer);
         }
         for rs in out.read_states {
@@ -808,6 +825,7 @@ impl Driver {
         let raft = self.replica.raft();
         let (leader_id, leader_address) = self.leader_hint();
         let role: client::Role = raft.role().into();
+        let digests = self.replica.digest_status();
         let status = client::GroupStatus {
             group: self.group(),
             role: role as i32,
@@ -821,6 +839,17 @@ impl Driver {
             module_index: self.replica.module_index(),
             settings: Some(settings_to_proto(self.replica.settings())),
             settings_index: self.replica.settings_index(),
+            digest_verified_index: digests.verified,
+            digest_index: digests.latest.map_or(0, |(i, _)| i),
+            digest: digests.latest.map_or_else(Bytes::new, |(_, d)| Bytes::copy_from_slice(&d)),
+            fence: digests.fence.as_ref().map(|f| client::Fence {
+                index: f.index,
+                ours: Bytes::copy_from_slice(&f.ours),
+                group: Bytes::copy_from_slice(&f.group),
+                reason: f.why.clone(),
+            }),
+            digest_mismatches: digests.mismatches,
+            state_rebuilds: digests.rebuilds,
             snapshot_index: self.snapshot_index,
             sessions_open: self.replica.sessions().sessions_open(),
             session_reply_bytes: self.replica.sessions().reply_bytes(),
@@ -1046,6 +1075,8 @@ fn answer(index: u64, outcome: Outcome) -> ProposeReply {
         Outcome::SettingsConflict(why) => {
             return Err(client::Error::busy(BUSY_RETRY_AFTER_MS, format!("settings not changed: {why}")));
         }
+        // Answered by the caller, which knows the leader to send the client to.
+        Outcome::Fenced(why) => return Err(client::Error::fenced(why, waft_raft::NONE, "")),
     };
     // A saved refusal or fault reads as the first one did: a retry learns
     // the same outcome, not that it was a retry.

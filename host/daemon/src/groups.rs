@@ -342,7 +342,12 @@ impl Host {
             let mut store = shared.store.lock().map_err(|_| ServeError::Config("storage lock poisoned".into()))?;
             waft_node::Replica::open(
                 group,
-                waft_node::ReplicaConfig { sessions: self.cfg.sessions.clone(), ..waft_node::ReplicaConfig::new(raft) },
+                waft_node::ReplicaConfig {
+                    sessions: self.cfg.sessions.clone(),
+                    digest_interval: self.cfg.digest_interval,
+                    manual_rebuild: self.cfg.manual_rebuild,
+                    ..waft_node::ReplicaConfig::new(raft)
+                },
                 &mut *store,
                 &self.snapshots,
                 module,
@@ -351,6 +356,12 @@ impl Host {
         };
         let mut replica = replica;
         replica.set_offload(Some(guest_offload()));
+        if let Some(at) = self.cfg.test_diverge_at {
+            replica.inject_divergence(at);
+        }
+        if let Some(hash) = self.cfg.test_compile_fault {
+            replica.inject_compile_fault(hash);
+        }
         Ok(Opened { replica, command_bytes_max, store: shared.store.clone(), committer: shared.committer.clone() })
     }
 

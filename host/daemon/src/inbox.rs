@@ -96,7 +96,7 @@ pub enum Input {
 
 /// Each setting of a status or set-group answer by its name, as
 /// `waft_node::GroupSettings::named` spells it (the one list of names).
-pub fn settings_named(s: &client::GroupSettings) -> [(&'static str, u64); 11] {
+pub fn settings_named(s: &client::GroupSettings) -> [(&'static str, u64); 12] {
     let settings = waft_node::GroupSettings {
         sessions: waft_session::SessionConfig {
             sessions_open_max: s.sessions_open_max,
@@ -111,6 +111,7 @@ pub fn settings_named(s: &client::GroupSettings) -> [(&'static str, u64); 11] {
         memory_bytes_max: s.memory_bytes_max,
         result_bytes_max: s.result_bytes_max,
         snapshot_bytes_max: s.snapshot_bytes_max,
+        digest_interval: s.digest_interval,
     };
     settings.named()
 }
@@ -129,6 +130,7 @@ pub fn settings_to_proto(s: &waft_node::GroupSettings) -> client::GroupSettings 
         memory_bytes_max: s.memory_bytes_max,
         result_bytes_max: s.result_bytes_max,
         snapshot_bytes_max: s.snapshot_bytes_max,
+        digest_interval: s.digest_interval,
     }
 }
 

@@ -50,9 +50,10 @@
 //! groups too ([`groups`]). Every group's driver, static or created, is
 //! joined when the node stops.
 
+pub use waft_client as client;
 /// The client library lives in its own crate (no RocksDB or wasmtime in its
 /// build); re-exported here for the daemon's users.
-pub use waft_client as client;
+pub use waft_node::DIGEST_INTERVAL_DEFAULT;
 pub mod admin;
 pub mod commit;
 pub mod config;
@@ -115,6 +116,18 @@ pub struct ServeConfig {
     /// Limits of every group's exactly-once session table. Must be equal on
     /// every node (a snapshot carries them; a node with others refuses it).
     pub sessions: waft_session::SessionConfig,
+    /// Founding digest interval of the groups this node founds (the group's
+    /// replicated setting wins once bound).
+    pub digest_interval: u64,
+    /// Leave a replica whose state differs from its group's fenced for an
+    /// operator instead of rebuilding it from a healthy replica's snapshot.
+    pub manual_rebuild: bool,
+    /// Tests only: every group of this node skips the guest's command at
+    /// the first client entry at or after this index, so its state differs.
+    pub test_diverge_at: Option<u64>,
+    /// Tests only: every group of this node fails to compile this module
+    /// the first time an entry switches to it.
+    pub test_compile_fault: Option<waft_storage::ModuleHash>,
 }
 
 #[derive(Clone, Debug)]
@@ -184,6 +197,9 @@ pub async fn serve(
         return Err(ServeError::Config(format!("--peer lists this node's own id {}", cfg.node_id)));
     }
     cfg.sessions.validate().map_err(|e| ServeError::Config(e.to_string()))?;
+    waft_node::GroupSettings { digest_interval: cfg.digest_interval, ..Default::default() }
+        .validate()
+        .map_err(|e| ServeError::Config(format!("--digest-interval: {e}")))?;
     let storage_err = |dir: PathBuf| move |source| ServeError::Storage { dir, source };
     let log_dir = cfg.data_dir.join("log");
     let snap_dir = cfg.data_dir.join("snapshots");

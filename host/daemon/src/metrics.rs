@@ -50,7 +50,7 @@ pub fn render(
         s
     };
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let gauges: [(&str, &str, &Sample<'_>); 9] = [
+    let gauges: [(&str, &str, &Sample<'_>); 11] = [
         ("waft_group_term", "Current Raft term.", &|_, s| s.term),
         ("waft_group_commit_index", "Highest log index known committed.", &|_, s| s.commit_index),
         ("waft_group_applied_index", "Highest log index applied to the state machine.", &|_, s| s.applied_index),
@@ -68,12 +68,18 @@ pub fn render(
         ("waft_group_snapshot_install_bytes_total", "Size of the snapshot being received (0 when none).", &|_, s| {
             s.snapshot_install.as_ref().map_or(0, |t| t.bytes_total)
         }),
+        ("waft_group_fenced", "1 while this node's state differs from the group's (fenced).", &|_, s| {
+            u64::from(s.fence.is_some())
+        }),
+        ("waft_group_digest_verified_index", "Highest index a verdict confirmed this node's state at.", &|_, s| {
+            s.digest_verified_index
+        }),
     ];
     for (name, help, value) in gauges {
         let samples = per_group(value, name);
         family(name, "gauge", help, &mut |o| o.push_str(&samples));
     }
-    let counters: [(&str, &str, &Sample<'_>); 6] = [
+    let counters: [(&str, &str, &Sample<'_>); 8] = [
         ("waft_group_proposals_total", "Proposals this node accepted as leader.", &|h, _| load(&h.metrics.proposals)),
         ("waft_group_reads_total", "Reads this node took in.", &|h, _| load(&h.metrics.reads)),
         ("waft_group_busy_rejections_total", "Requests answered BUSY.", &|h, _| load(&h.metrics.busy_rejections)),
@@ -88,6 +94,12 @@ pub fn render(
             "Time spent applying batches (divide by batches for latency).",
             &|h, _| load(&h.metrics.apply_nanos),
         ),
+        ("waft_group_digest_mismatches_total", "Verdicts that found this node's state different.", &|_, s| {
+            s.digest_mismatches
+        }),
+        ("waft_group_state_rebuilds_total", "Rebuilds of this node's state from a healthy snapshot.", &|_, s| {
+            s.state_rebuilds
+        }),
     ];
     for (name, help, value) in counters {
         let samples = per_group(value, name);

@@ -65,6 +65,14 @@ pub enum Error {
     #[error("group {group}: {reason}")]
     Settings { group: u64, reason: String },
 
+    /// This replica's state differs from the group's (a verdict at entry
+    /// `index` found it so): it serves no read until it is rebuilt.
+    #[error(
+        "group {group}: this replica's state differs from the group's (found at entry {index}); it is fenced \
+         until rebuilt from a healthy replica: read from another node"
+    )]
+    Fenced { group: u64, index: u64 },
+
     /// Empty commands are reserved for the leader's no-op entry.
     #[error("group {group}: empty commands are not allowed; send at least one byte")]
     EmptyCommand { group: u64 },

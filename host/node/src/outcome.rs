@@ -53,6 +53,11 @@ pub enum Outcome {
     /// refused on every replica, nothing changed; asking again (over the
     /// settings now in force) is safe.
     SettingsConflict(String),
+    /// This replica applied the entry, but its state differs from the
+    /// group's (it is fenced): its result is not the group's. The client
+    /// retries on another node (a session command's retry gets the
+    /// group's saved result there).
+    Fenced(String),
     /// The entry cannot be read by this build (an envelope of a newer
     /// version, or a saved reply that does not decode). Identical on every
     /// replica that runs the same build; the message says what to do.

@@ -32,7 +32,9 @@ use crate::module::{self as module_file, GuestModule, MODULE_FILE};
 use crate::outcome::{Outcome, decode_reply, encode_reply};
 use crate::settings::{GroupSettings, SETTINGS_FILE, SETTINGS_FILE_BYTES};
 
+mod digest;
 mod pipeline;
+pub use digest::{DIGEST_REPORT_EVERY_TICKS, DIGESTS_KEPT_MAX, Digest, DigestStatus, Fence};
 pub use pipeline::{WRITES_IN_FLIGHT_MAX, WriteToken};
 
 /// The guest's file of a snapshot: its `on-snapshot-save` stream.
@@ -76,6 +78,11 @@ pub struct ReplicaConfig {
     /// Founding limits of the session table, like `limits`' group fields:
     /// the group's replicated settings win once bound.
     pub sessions: SessionConfig,
+    /// Founding digest interval, like `limits`' group fields.
+    pub digest_interval: u64,
+    /// Leave a replica whose state differs from the group's fenced for an
+    /// operator rather than rebuild it from a healthy replica's snapshot.
+    pub manual_rebuild: bool,
 }
 
 impl ReplicaConfig {
@@ -85,6 +92,8 @@ impl ReplicaConfig {
             limits: Limits::default(),
             apply_batch_entries_max: APPLY_BATCH_ENTRIES_MAX,
             sessions: SessionConfig::default(),
+            digest_interval: crate::settings::DIGEST_INTERVAL_DEFAULT,
+            manual_rebuild: false,
         }
     }
 }
@@ -229,6 +238,11 @@ pub struct Replica {
     /// The log prefix a saved snapshot covers, (index, term), to purge in
     /// order with the log writes (see `snapshot_and_compact`).
     purge_pending: Option<(u64, u64)>,
+    /// State digests, verdicts, fencing (see `digest`).
+    digests: digest::Digests,
+    /// Tests only: skip the guest's command at the first client entry at
+    /// or after this index (`inject_divergence`).
+    diverge_at: Option<u64>,
 }
 
 /// A Ready taken by `begin_ready`, waiting for its write to become durable.
@@ -313,7 +327,10 @@ impl Replica {
     ) -> Result<Replica> {
         let id = cfg.raft.id;
         let label = format!("group {group} node {id}");
-        let settings = GroupSettings::founding(&cfg.limits, &cfg.sessions);
+        let settings = GroupSettings {
+            digest_interval: cfg.digest_interval,
+            ..GroupSettings::founding(&cfg.limits, &cfg.sessions)
+        };
         settings.validate().map_err(|e| Error::Settings { group, reason: format!("founding settings: {e}") })?;
         let sm = StateMachine::for_group(founding.module(), settings.limits(&cfg.limits), group, &label)
             .map_err(|e| stopped(group, format!("cannot instantiate the state machine: {e}")))?;
@@ -351,6 +368,8 @@ impl Replica {
             next_token: 1,
             install_waiting: None,
             purge_pending: None,
+            digests: digest::Digests::new(cfg.manual_rebuild),
+            diverge_at: None,
         };
         let is_new = snapshots.latest(group).is_none()
             && store.log_state(group) == Default::default()
@@ -478,7 +497,7 @@ impl Replica {
 
     /// Whether `process` has work to do.
     pub fn has_ready(&self) -> bool {
-        self.node.has_ready()
+        self.node.has_ready() || self.digest_report_waiting()
     }
 
     /// Why the replica stopped, if it did.
@@ -505,9 +524,16 @@ impl Replica {
 
     pub fn tick(&mut self) {
         self.node.tick();
+        self.tick_digests();
     }
 
     pub fn step(&mut self, m: Message) {
+        if let waft_raft::MessageBody::StateDigest { index, digest } = m.body {
+            if m.to == self.node.id() {
+                self.step_digest(m.from, index, digest);
+            }
+            return;
+        }
         self.node.step(m);
     }
 
@@ -541,6 +567,7 @@ impl Replica {
     /// later `process`.
     pub fn read_index(&mut self, id: u64, mode: ReadMode) -> Result<()> {
         self.check_running()?;
+        self.check_not_fenced()?;
         self.node.read_index(id, mode).map_err(|e| self.raft_err(e))
     }
 
@@ -556,6 +583,7 @@ impl Replica {
     /// whether the applied index is recent enough).
     pub fn query(&mut self, request: &[u8]) -> Result<Bytes> {
         self.check_running()?;
+        self.check_not_fenced()?;
         self.sm.query(request).map_err(|e| self.runtime_err(e))
     }
 
@@ -565,8 +593,9 @@ impl Replica {
         &self.sessions
     }
 
-    /// Tests only: makes this replica fail to compile module `hash` when an
-    /// entry switches to it, as a replica whose compiler differs would.
+    /// Tests only: makes this replica fail to compile module `hash` the
+    /// next time an entry switches to it, as a replica whose compiler
+    /// differs would.
     #[doc(hidden)]
     pub fn inject_compile_fault(&mut self, hash: ModuleHash) {
         self.compile_fault = Some(hash);
@@ -683,6 +712,7 @@ impl Replica {
     /// else writes the group's log meanwhile (an install waits for them).
     pub fn begin_ready(&mut self, send: &mut dyn FnMut(Message)) -> Result<Option<PendingReady>> {
         self.check_running()?;
+        self.send_digest_report(send);
         if !self.node.has_ready() || !self.pipeline_has_room() {
             return Ok(None);
         }
@@ -768,6 +798,7 @@ impl Replica {
         let committed = std::mem::take(&mut rd.committed_entries);
         self.apply(&committed, out)?;
         self.propose_found();
+        self.propose_verdict();
         out.read_states.append(&mut rd.read_states);
         out.events.append(&mut rd.events);
         // The state machine is now exactly at the requested index.
@@ -827,19 +858,52 @@ impl Replica {
     /// table and then, in batches, the guest; the leader's empty no-ops
     /// skipped; configurations through their hook.
     fn apply(&mut self, entries: &[waft_raft::Entry], out: &mut Output) -> Result<()> {
+        let first = out.applied.len();
         let mut batch = Batch::default();
         for e in entries {
+            self.apply_entry(e, &mut batch, out)?;
+            if self.settings.is_digest_point(e.index) {
+                // The state exactly at this entry: everything before it applied.
+                self.apply_batch(&mut batch, out)?;
+                self.take_digest(e.index)?;
+            }
+        }
+        self.apply_batch(&mut batch, out)?;
+        if let Some(fence) = &self.digests.status.fence {
+            // This replica's results come from a state that differs from the
+            // group's: no client hears them (a retry reaches a healthy leader).
+            let why = format!(
+                "this replica's state differs from the group's (found at entry {}); retry on another node",
+                fence.index
+            );
+            for a in &mut out.applied[first..] {
+                a.outcome = Outcome::Fenced(why.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies one committed entry, or files it in `batch` for the guest.
+    fn apply_entry(&mut self, e: &waft_raft::Entry, batch: &mut Batch, out: &mut Output) -> Result<()> {
+        {
             match e.kind {
                 EntryKind::Normal if e.data.is_empty() => {}
                 EntryKind::Normal => {
                     let decoded = Envelope::decode(&e.data);
+                    if let Ok(Envelope { body: Body::Verdict { index, digest }, .. }) = decoded {
+                        // Judges the state at `index`, long applied: nothing
+                        // in the batch is part of it.
+                        let outcome = self.apply_verdict(e.index, index, digest);
+                        out.applied.push(Applied { index: e.index, term: e.term, outcome });
+                        return Ok(());
+                    }
                     if let Ok(Envelope {
                         body: body @ (Body::Deploy { .. } | Body::Settings { .. } | Body::Found { .. }),
                         ..
                     }) = decoded
                     {
                         // The module or settings switch between the entries before and after.
-                        self.apply_batch(&mut batch, out)?;
+                        self.apply_batch(batch, out)?;
                         let outcome = match body {
                             Body::Deploy { module } => self.deploy(e.index, module)?,
                             Body::Settings { settings } => self.set_settings(e.index, &settings)?,
@@ -849,15 +913,15 @@ impl Replica {
                             _ => unreachable!("matched above"),
                         };
                         out.applied.push(Applied { index: e.index, term: e.term, outcome });
-                        continue;
+                        return Ok(());
                     }
-                    self.admit(e, decoded, &mut batch);
+                    self.admit(e, decoded, batch);
                     if batch.slots.len() >= self.apply_batch_entries_max {
-                        self.apply_batch(&mut batch, out)?;
+                        self.apply_batch(batch, out)?;
                     }
                 }
                 EntryKind::Config => {
-                    self.apply_batch(&mut batch, out)?;
+                    self.apply_batch(batch, out)?;
                     // The core reports an undecodable entry as an event and ignores it.
                     if let Ok(conf) = Configuration::decode(&e.data) {
                         let mut voters = conf.voters.clone();
@@ -879,7 +943,7 @@ impl Replica {
                 }
             }
         }
-        self.apply_batch(&mut batch, out)
+        Ok(())
     }
 
     /// Passes one client entry through the session table and files it in
@@ -901,6 +965,17 @@ impl Replica {
             _ => self.sessions.apply(index, envelope),
         };
         let slot = match verdict {
+            Verdict::Apply { ticket, .. } if self.diverge_at.is_some_and(|at| index >= at) => {
+                // Tests only (`inject_divergence`): this replica skips the
+                // command, as a host bug would, and tells its client the
+                // same as the others would not.
+                self.diverge_at = None;
+                tracing::warn!(group = self.group, index, "test hook: this replica skips a command and now differs");
+                if let Some(ticket) = ticket {
+                    self.sessions.record_reply(ticket, encode_reply(&Ok(Bytes::new())));
+                }
+                answer(Outcome::Guest(Ok(Bytes::new())))
+            }
             Verdict::Apply { payload, ticket } => {
                 batch.entries.push(waft_runtime::Entry::new(index, term, payload));
                 Slot::Guest { index, term, at: batch.entries.len() - 1, ticket }
@@ -990,6 +1065,30 @@ impl Replica {
         if hash == self.module.hash() {
             tracing::info!(group, index, module = %hash.to_hex(), "deploy of the running module: nothing changes");
             return Ok(Outcome::Deployed { hash, index: self.module_index });
+        }
+        if self.prepared.as_ref().is_none_or(|p| p.hash() != hash) {
+            let loaded = if self.compile_fault == Some(hash) {
+                self.compile_fault = None;
+                Err("a compile fault injected for a test".to_string())
+            } else {
+                GuestModule::load(self.module.engine(), bytes.clone()).map_err(|e| e.to_string())
+            };
+            match loaded {
+                Ok(module) => self.prepared = Some(module),
+                Err(e) => {
+                    // The leader compiled it before proposing it, so the
+                    // others switch here, and this replica would run the old
+                    // module on: it fences itself instead, and is rebuilt
+                    // from a healthy replica's snapshot (which carries the
+                    // module) like any replica whose state differs.
+                    let why = format!(
+                        "cannot compile module {} at entry {index}, which the group switches to there: {e}",
+                        hash.to_hex()
+                    );
+                    self.fence_self(index, &why);
+                    return Ok(Outcome::Fenced(why));
+                }
+            }
         }
         match self.reconfigure(index, Some(bytes), None)? {
             Ok(()) => Ok(Outcome::Deployed { hash, index }),
@@ -1093,6 +1192,7 @@ impl Replica {
                     Some(prepared) if prepared.hash() == hash => Some(prepared),
                     _ => {
                         let loaded = if self.compile_fault == Some(hash) {
+                            self.compile_fault = None;
                             Err("a compile fault injected for a test".to_string())
                         } else {
                             GuestModule::load(self.module.engine(), bytes).map_err(|e| e.to_string())
@@ -1214,6 +1314,7 @@ impl Replica {
             return Ok(());
         }
         self.leading = leading;
+        self.digests_on_role();
         let called = if leading { self.sm.on_leader_start(soft.term) } else { self.sm.on_leader_stop() };
         match called {
             Ok(()) => Ok(()),
@@ -1233,6 +1334,13 @@ impl Replica {
         meta: waft_raft::SnapshotMeta,
         out: &mut Output,
     ) -> Result<()> {
+        if self.digests.status.fence.is_some() {
+            // Its state differs from the group's: a snapshot of it must not
+            // replace a good one, nor reach another replica.
+            tracing::debug!(group = self.group, index = meta.index, "fenced: no snapshot");
+            self.node.on_snapshot_save_failed();
+            return Ok(());
+        }
         if let Err(e) = self.save_local_snapshot(snapshots, &meta) {
             if e.is_fatal() {
                 return Err(e);
@@ -1254,6 +1362,8 @@ impl Replica {
         );
         self.node.on_snapshot_saved(meta.clone());
         out.snapshot_saved = Some(meta);
+        // A replica waiting to be rebuilt may take this one.
+        self.offer_rebuilds();
         Ok(())
     }
 
@@ -1494,6 +1604,9 @@ impl Replica {
             });
         }
         let meta = install.meta;
+        if meta.index <= self.node.applied() && self.rebuilds_from(meta.index) {
+            return self.rebuild_from(store, snapshots, install.writer, meta);
+        }
         if meta.index <= self.node.applied() {
             // The log got us past the snapshot meanwhile (a new leader that
             // still had the entries): loading it would roll the state back.
@@ -1517,7 +1630,40 @@ impl Replica {
         self.align_log(store, &meta)?;
         self.installing = None;
         tracing::info!(group, index = meta.index, term = meta.term, "snapshot installed");
-        self.node.on_snapshot_installed(meta);
+        self.node.on_snapshot_installed(meta.clone());
+        if self.digests.status.fence.is_some() {
+            // A fenced replica far enough behind takes the ordinary path.
+            self.rebuilt(meta.index);
+        }
+        Ok(())
+    }
+
+    /// A fenced replica loads a healthy replica's snapshot at or below
+    /// what it applied, and applies the log it kept after it again.
+    fn rebuild_from(
+        &mut self,
+        store: &mut dyn LogStore,
+        snapshots: &SnapshotStore,
+        writer: SnapshotWriter,
+        meta: waft_raft::SnapshotMeta,
+    ) -> Result<()> {
+        let group = self.group;
+        let loaded = writer
+            .commit()
+            .and_then(|stored| snapshots.open_snapshot(group, stored.id()))
+            .map_err(|source| Error::Storage { group, source })
+            .and_then(|reader| self.load_snapshot(&reader));
+        if let Err(e) = loaded {
+            if !e.is_fatal() {
+                self.abandon_install();
+            }
+            return Err(e);
+        }
+        // The log after the snapshot stays: it is the group's.
+        self.align_log(store, &meta)?;
+        self.installing = None;
+        self.node.on_state_rebuilt(meta.clone());
+        self.rebuilt(meta.index);
         Ok(())
     }
 

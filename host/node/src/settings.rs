@@ -13,13 +13,18 @@
 //! in [`SETTINGS_FILE`]:
 //!
 //! ```text
-//! magic "WAFTSET1" | 11 × u64:
+//! magic "WAFTSET2" | 12 × u64:
 //!   sessions_open_max | window_commands_max | session_idle_timeout_ms
 //!   | reply_bytes_per_session_max | reply_bytes_total_max
 //!   | fuel_per_entry | fuel_per_query | fuel_per_snapshot
 //!   | memory_bytes_max | result_bytes_max | snapshot_bytes_max
+//!   | digest_interval
 //! | crc32 of everything before it
 //! ```
+//!
+//! A record of the first layout ("WAFTSET1", the first 11 fields, from a
+//! data directory written before digests) still decodes, with the default
+//! digest interval.
 //!
 //! The settings file's index is the entry the settings took effect at; 0
 //! means they are this replica's founding values, not yet bound by the
@@ -33,12 +38,24 @@ use waft_session::SessionConfig;
 /// The snapshot file holding the settings in force and their index.
 pub const SETTINGS_FILE: &str = "settings";
 
-const MAGIC: &[u8; 8] = b"WAFTSET1";
-const FIELDS: usize = 11;
+const MAGIC: &[u8; 8] = b"WAFTSET2";
+const FIELDS: usize = 12;
+/// The first layout: no digest interval.
+const MAGIC_V1: &[u8; 8] = b"WAFTSET1";
+const FIELDS_V1: usize = 11;
 /// Bytes of one encoded settings record.
 pub const SETTINGS_BYTES: usize = 8 + FIELDS * 8 + 4;
-/// Bytes of the settings file: the index, then the record.
+const SETTINGS_BYTES_V1: usize = 8 + FIELDS_V1 * 8 + 4;
+/// Bytes of the settings file: the index, then the record (at most).
 pub const SETTINGS_FILE_BYTES: usize = 8 + SETTINGS_BYTES;
+
+/// Entries between two state digests, by default: a digest saves the
+/// guest's state once (the runtime's fault-recovery checkpoint moves there
+/// too), hashes it with the session table, and costs one small entry.
+pub const DIGEST_INTERVAL_DEFAULT: u64 = 4096;
+/// Bounds of the digest interval (0 turns digests off).
+pub const DIGEST_INTERVAL_MIN: u64 = 16;
+pub const DIGEST_INTERVAL_MAX: u64 = 1 << 32;
 
 /// Fuel bounds of one entry, query or hook. Below the minimum a guest
 /// could not make a single host call (each costs 1,000).
@@ -73,6 +90,9 @@ pub struct GroupSettings {
     pub memory_bytes_max: u64,
     pub result_bytes_max: u64,
     pub snapshot_bytes_max: u64,
+    /// Replicas digest their state after every entry whose index is a
+    /// multiple of this, and compare (see `crate::digest`). 0: never.
+    pub digest_interval: u64,
 }
 
 /// Why settings were refused: a value out of its bounds, or bytes that are
@@ -99,7 +119,13 @@ impl GroupSettings {
             memory_bytes_max: limits.memory_bytes_max as u64,
             result_bytes_max: limits.result_bytes_max as u64,
             snapshot_bytes_max: limits.snapshot_bytes_max,
+            digest_interval: DIGEST_INTERVAL_DEFAULT,
         }
+    }
+
+    /// Whether the entry at `index` is a digest point.
+    pub fn is_digest_point(&self, index: u64) -> bool {
+        self.digest_interval > 0 && index > 0 && index.is_multiple_of(self.digest_interval)
     }
 
     /// The runtime limits to run the guest with: the node's `local` ones
@@ -142,6 +168,9 @@ impl GroupSettings {
         check("memory_bytes_max", self.memory_bytes_max, MEMORY_BYTES_MIN, MEMORY_BYTES_MAX)?;
         check("result_bytes_max", self.result_bytes_max, RESULT_BYTES_MIN, RESULT_BYTES_MAX)?;
         check("snapshot_bytes_max", self.snapshot_bytes_max, SNAPSHOT_BYTES_MIN, SNAPSHOT_BYTES_MAX)?;
+        if self.digest_interval != 0 {
+            check("digest_interval", self.digest_interval, DIGEST_INTERVAL_MIN, DIGEST_INTERVAL_MAX)?;
+        }
         Ok(())
     }
 
@@ -159,6 +188,7 @@ impl GroupSettings {
             self.memory_bytes_max,
             self.result_bytes_max,
             self.snapshot_bytes_max,
+            self.digest_interval,
         ]
     }
 
@@ -177,11 +207,13 @@ impl GroupSettings {
     /// Decodes and validates a record.
     pub fn decode(bytes: &[u8]) -> Result<GroupSettings, SettingsError> {
         let bad = |what: &str| Err(SettingsError(format!("not a settings record: {what}")));
-        if bytes.len() != SETTINGS_BYTES {
-            return bad(&format!("{} bytes, not {SETTINGS_BYTES}", bytes.len()));
+        let magic = bytes.get(..8);
+        let expected = if magic == Some(MAGIC_V1.as_slice()) { SETTINGS_BYTES_V1 } else { SETTINGS_BYTES };
+        if bytes.len() != expected {
+            return bad(&format!("{} bytes, not {expected}", bytes.len()));
         }
-        let (body, crc) = bytes.split_at(SETTINGS_BYTES - 4);
-        if &body[..8] != MAGIC {
+        let (body, crc) = bytes.split_at(expected - 4);
+        if magic != Some(MAGIC.as_slice()) && magic != Some(MAGIC_V1.as_slice()) {
             return bad("wrong magic (written by another version of waft?)");
         }
         let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
@@ -189,6 +221,7 @@ impl GroupSettings {
             return bad("checksum mismatch");
         }
         let mut f = [0u64; FIELDS];
+        f[FIELDS - 1] = DIGEST_INTERVAL_DEFAULT;
         for (i, chunk) in body[8..].chunks_exact(8).enumerate() {
             let mut b = [0u8; 8];
             b.copy_from_slice(chunk);
@@ -208,6 +241,7 @@ impl GroupSettings {
             memory_bytes_max: f[8],
             result_bytes_max: f[9],
             snapshot_bytes_max: f[10],
+            digest_interval: f[11],
         };
         settings.validate()?;
         Ok(settings)
@@ -236,7 +270,7 @@ impl GroupSettings {
 
     /// Decodes a settings file into its index and settings.
     pub fn decode_file(bytes: &[u8]) -> Result<(u64, GroupSettings), SettingsError> {
-        if bytes.len() != SETTINGS_FILE_BYTES {
+        if bytes.len() != SETTINGS_FILE_BYTES && bytes.len() != 8 + SETTINGS_BYTES_V1 {
             return Err(SettingsError(format!(
                 "a settings record with its index has {} bytes, not {SETTINGS_FILE_BYTES}",
                 bytes.len()
@@ -264,6 +298,7 @@ impl GroupSettings {
             "memory_bytes_max" => &mut self.memory_bytes_max,
             "result_bytes_max" => &mut self.result_bytes_max,
             "snapshot_bytes_max" => &mut self.snapshot_bytes_max,
+            "digest_interval" => &mut self.digest_interval,
             _ => {
                 let names: Vec<&str> = self.named().iter().map(|(n, _)| *n).collect();
                 return Err(SettingsError(format!("no setting named {name:?}; the settings are {}", names.join(", "))));
@@ -288,6 +323,7 @@ impl GroupSettings {
             ("memory_bytes_max", f[8]),
             ("result_bytes_max", f[9]),
             ("snapshot_bytes_max", f[10]),
+            ("digest_interval", f[11]),
         ]
     }
 }
@@ -325,6 +361,22 @@ mod tests {
     }
 
     #[test]
+    fn a_record_of_the_first_layout_decodes_with_the_default_digest_interval() {
+        let s = GroupSettings { fuel_per_entry: 7_654_321, digest_interval: 64, ..GroupSettings::default() };
+        let mut v1 = MAGIC_V1.to_vec();
+        for v in &s.fields()[..FIELDS_V1] {
+            v1.extend_from_slice(&v.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&v1);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        let expected = GroupSettings { digest_interval: DIGEST_INTERVAL_DEFAULT, ..s };
+        assert_eq!(GroupSettings::decode(&v1), Ok(expected.clone()));
+        let mut file = 9u64.to_le_bytes().to_vec();
+        file.extend_from_slice(&v1);
+        assert_eq!(GroupSettings::decode_file(&file), Ok((9, expected)));
+    }
+
+    #[test]
     fn out_of_bounds_values_are_refused_even_with_a_good_checksum() {
         let d = GroupSettings::default();
         d.validate().unwrap();
@@ -333,6 +385,7 @@ mod tests {
             GroupSettings { memory_bytes_max: MEMORY_BYTES_MAX + 1, ..d.clone() },
             GroupSettings { result_bytes_max: 0, ..d.clone() },
             GroupSettings { snapshot_bytes_max: 1, ..d.clone() },
+            GroupSettings { digest_interval: DIGEST_INTERVAL_MIN - 1, ..d.clone() },
             GroupSettings { sessions: SessionConfig { sessions_open_max: 0, ..d.sessions.clone() }, ..d.clone() },
         ] {
             let err = GroupSettings::decode(&bad.encode()).unwrap_err();

@@ -123,20 +123,3 @@ fn a_replica_installing_a_snapshot_made_after_a_deploy_switches_module() {
     incr(&mut c, 1);
     assert_runs(&mut c, &[1, 2, 3], "waft_counter_doubling", d, "127");
 }
-
-/// A replica that cannot compile the module the group switches to (as if
-/// its compiler differed) stops at the deploy's index instead of running
-/// the old module on; the others switch and the group serves on.
-#[test]
-fn a_replica_that_cannot_compile_the_deployed_module_stops_rather_than_differ() {
-    let mut c = Cluster::new("deploy-compile-fault", 3, 10_000);
-    c.elect(1);
-    incr(&mut c, 2);
-    c.replica(3).inject_compile_fault(ModuleHash::of(&guest_bytes("waft_counter_doubling")));
-    let d = deploy(&mut c, "waft_counter_doubling");
-    let why = c.stopped.get(&3).expect("node 3 stopped");
-    assert!(why.contains("cannot compile") && why.contains("rather than run the old module"), "{why}");
-    assert!(c.outcome_at(3, d).is_none(), "node 3 applied nothing at the deploy's index");
-    incr(&mut c, 1);
-    assert_runs(&mut c, &[1, 2], "waft_counter_doubling", d, "4");
-}

@@ -258,6 +258,13 @@ pub struct RawNode {
     /// Follower: the snapshot this node asked the runtime to install and
     /// waits for (`on_snapshot_installed` / `on_snapshot_install_failed`).
     installing: Option<SnapshotMeta>,
+    /// Set by the host when this replica's state machine is known to differ
+    /// from the group's: it never stands for election, and as leader it
+    /// hands leadership on (or steps down) at once.
+    fenced: bool,
+    /// A fenced node takes a snapshot at or below its commit index to
+    /// rebuild its state from (`on_state_rebuilt`).
+    rebuild: bool,
     /// Follower: reads to forward to the leader for a read index, as
     /// (read id, asked as a lease read); sent with the next Ready. Bounded
     /// by `cfg.pending_reads_max`.
@@ -377,6 +384,8 @@ impl RawNode {
             lease_disabled: false,
             commit_to_broadcast: false,
             installing: None,
+            fenced: false,
+            rebuild: false,
             forward_reads: Vec::new(),
             msgs: Vec::new(),
             msgs_after_persist: Vec::new(),
@@ -502,6 +511,12 @@ impl RawNode {
     }
 
     fn tick_leader(&mut self) {
+        if self.fenced && self.transfer.is_none() {
+            // The transfer `set_fenced` started ended without a new leader,
+            // or none could start: leading on would spread this state.
+            self.become_follower(self.term, NONE);
+            return;
+        }
         self.heartbeat_elapsed += 1;
         if self.election_elapsed >= self.cfg.election_ticks {
             self.election_elapsed = 0;
@@ -601,6 +616,9 @@ impl RawNode {
     pub fn step(&mut self, m: Message) {
         if m.to != self.id || m.from == self.id || m.from == NONE {
             return;
+        }
+        if matches!(m.body, MessageBody::StateDigest { .. }) {
+            return; // the host's, not the protocol's: no term to learn from it
         }
         if m.term > self.term {
             let is_vote = matches!(m.body, MessageBody::Vote { .. } | MessageBody::PreVote { .. });
@@ -724,9 +742,78 @@ impl RawNode {
         }
     }
 
+    /// Whether a fenced node can rebuild its state from `meta`, a snapshot
+    /// at or below its commit index: the log it keeps must continue it.
+    fn can_rebuild_from(&self, meta: &SnapshotMeta) -> bool {
+        self.rebuild
+            && meta.index <= self.log.applied
+            && meta.index >= self.log.snap_index
+            && self.log.match_term(meta.index, meta.term)
+    }
+
+    /// The runtime rebuilt this fenced node's state machine from `meta`, a
+    /// snapshot at or below what it had applied (`Ready::snapshot_install`
+    /// hands one out to a fenced node): the entries after it are applied
+    /// again, from the log it kept. Ignored unless the node is fenced and
+    /// its log continues the snapshot.
+    pub fn on_state_rebuilt(&mut self, meta: SnapshotMeta) {
+        if self.installing.as_ref().is_some_and(|i| i.index <= meta.index) {
+            self.installing = None;
+        }
+        if !self.can_rebuild_from(&meta) {
+            return;
+        }
+        if meta.index > self.log.snap_index {
+            self.log.compact(meta.index, meta.term);
+            self.history.base = self.history.at(meta.index);
+            self.history.entries.retain(|(i, _)| *i > meta.index);
+            self.snapshot = meta.clone();
+        }
+        self.log.applied = meta.index;
+        if self.leader != NONE {
+            self.ack_committed(self.leader);
+        }
+    }
+
+    /// Offers this leader's latest snapshot to `to` (a follower whose state
+    /// machine differs from the group's, to rebuild it), whatever its log
+    /// holds. False when this node does not lead or `to` is no peer.
+    pub fn send_snapshot(&mut self, to: NodeId) -> bool {
+        if self.role != Role::Leader || to == self.id {
+            return false;
+        }
+        let meta = self.snapshot.clone();
+        let Some(p) = self.progress.get_mut(&to) else { return false };
+        p.become_snapshot(meta.index);
+        self.send(to, MessageBody::InstallSnapshot { meta }, false);
+        true
+    }
+
     /// The runtime could not fetch or load the snapshot; the leader will resend it.
     pub fn on_snapshot_install_failed(&mut self) {
         self.installing = None;
+    }
+
+    /// Fences this node (its host found its state machine differs from the
+    /// group's) or lifts the fence. A fenced node never stands for
+    /// election; a fenced leader transfers leadership to the most
+    /// up-to-date voter, and steps down on the next tick if no transfer is
+    /// running. Its log, votes and acknowledgements are unaffected: the log
+    /// is not what differs. With `rebuild`, it takes a snapshot its leader
+    /// offers even at or below its commit index, to rebuild its state from.
+    pub fn set_fenced(&mut self, fenced: bool, rebuild: bool) {
+        self.fenced = fenced;
+        self.rebuild = fenced && rebuild;
+        if fenced && self.role == Role::Leader && self.transfer.is_none() {
+            // Refused (no other voter, a change in flight): the next tick
+            // steps down instead.
+            let _ = self.transfer_leader(None);
+        }
+    }
+
+    /// Whether the host fenced this node (`set_fenced`).
+    pub fn is_fenced(&self) -> bool {
+        self.fenced
     }
 
     /// Transfers leadership to `target`, or to the most up-to-date voter when None.
@@ -940,7 +1027,7 @@ impl RawNode {
     }
 
     fn handle_snapshot(&mut self, from: NodeId, meta: SnapshotMeta) {
-        if meta.index <= self.log.committed {
+        if meta.index <= self.log.committed && !self.can_rebuild_from(&meta) {
             self.ack_committed(from);
             return;
         }
@@ -1034,6 +1121,17 @@ impl RawNode {
                 }
                 self.send_append(from, false);
             }
+            return;
+        }
+        if let ProgressState::Snapshot { pending } = p.state
+            && index >= pending
+            && index <= p.match_index
+        {
+            // A snapshot offered to rebuild a follower that held its
+            // entries already (`send_snapshot`): replication goes on.
+            p.become_probe();
+            p.become_replicate();
+            self.send_append(from, false);
             return;
         }
         if !p.maybe_update(index) {

@@ -255,6 +255,13 @@ pub enum MessageBody {
         ids: Vec<u64>,
         index: u64,
     },
+    /// Not the protocol's: a replica's digest of its state after entry
+    /// `index`, for its leader. The host layer above the core carries and
+    /// reads it (waft-node compares replicas with it); the core drops it.
+    StateDigest {
+        index: u64,
+        digest: [u8; 32],
+    },
 }
 
 /// Why a proposal or an admin command was refused.

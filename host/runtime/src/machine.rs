@@ -949,6 +949,45 @@ impl StateMachine {
         cp.since.len() > self.limits.replay_entries_max || cp.arena.len() > self.limits.replay_bytes_max
     }
 
+    /// Moves the checkpoint to the state as it stands and returns the
+    /// state's bytes: the host's deterministic checkpoints (its digest
+    /// points), where the state is saved anyway. Costs nothing more when
+    /// nothing was applied since the last checkpoint. A save that fails
+    /// (a state past its size limit) is returned as the guest's error and
+    /// leaves the checkpoint where it was.
+    pub fn checkpoint_now(&mut self) -> Result<Arc<[u8]>, RuntimeError> {
+        if let Some(native) = &self.native {
+            let mut out = Vec::new();
+            native.save(&mut out).map_err(RuntimeError::Guest)?;
+            return Ok(out.into());
+        }
+        if self.checkpoint.since.is_empty()
+            && let Some(bytes) = &self.checkpoint.snapshot
+        {
+            return Ok(bytes.clone());
+        }
+        let bytes: Arc<[u8]> = self.offloaded(|sm| sm.save_live_to_memory())?.into();
+        self.move_checkpoint(bytes.clone());
+        Ok(bytes)
+    }
+
+    /// Makes `bytes` (the apply instance's state, just saved) the
+    /// checkpoint. A query instance close behind follows it rather than
+    /// being rebuilt from it.
+    fn move_checkpoint(&mut self, bytes: Arc<[u8]>) {
+        self.catch_up_query(QUERY_CATCH_UP_MAX);
+        let caught_up = self
+            .query
+            .as_ref()
+            .is_some_and(|q| q.epoch == self.checkpoint_epoch && q.applied == self.checkpoint.since.len());
+        self.replace_checkpoint(Some(bytes));
+        if caught_up && let Some(q) = &mut self.query {
+            q.epoch = self.checkpoint_epoch;
+            q.applied = 0;
+        }
+        self.heavy = false;
+    }
+
     /// Move the checkpoint forward when the replay log is past its bounds.
     fn maybe_checkpoint(&mut self) -> Result<(), RuntimeError> {
         if !self.checkpoint_due() {
@@ -956,19 +995,7 @@ impl StateMachine {
         }
         match self.save_live_to_memory() {
             Ok(bytes) => {
-                // A query instance close behind follows the checkpoint rather
-                // than being rebuilt from it.
-                self.catch_up_query(QUERY_CATCH_UP_MAX);
-                let caught_up = self
-                    .query
-                    .as_ref()
-                    .is_some_and(|q| q.epoch == self.checkpoint_epoch && q.applied == self.checkpoint.since.len());
-                self.replace_checkpoint(Some(bytes.into()));
-                if caught_up && let Some(q) = &mut self.query {
-                    q.epoch = self.checkpoint_epoch;
-                    q.applied = 0;
-                }
-                self.heavy = false;
+                self.move_checkpoint(bytes.into());
                 Ok(())
             }
             Err(RuntimeError::Guest(e)) | Err(RuntimeError::Fault(GuestFault { message: e, .. })) => {

@@ -21,6 +21,8 @@
 //!   7 Settings    settings (the rest): the group's replicated settings (waft-node's `GroupSettings`)
 //!   8 Found       module_hash [u8; 32] | settings_len u32 | settings | module (the rest, empty when
 //!                 the component does not fit one entry): the group's founding module and settings
+//!   9 Verdict     index u64 | digest [u8; 32]: the state digest a majority of replicas reported for
+//!                 entry `index`; a replica whose own differs is fenced
 //! ```
 
 use crate::wire::{Reader, put_u64, put_u128};
@@ -47,6 +49,7 @@ const KIND_UNREGISTER: u8 = 5;
 const KIND_DEPLOY: u8 = 6;
 const KIND_SETTINGS: u8 = 7;
 const KIND_FOUND: u8 = 8;
+const KIND_VERDICT: u8 = 9;
 
 /// One client entry as it travels in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +100,11 @@ pub enum Body {
     /// one entry: then a replica that does not already run `module_hash`
     /// cannot follow, and stops.
     Found { module_hash: [u8; 32], module: Bytes, settings: Bytes },
+    /// The group's verdict on its state after entry `index`: the digest a
+    /// majority of its voters reported there, proposed by the leader. A
+    /// replica whose own digest of that entry differs is fenced; its
+    /// state is rebuilt from a healthy replica's. Not a session entry.
+    Verdict { index: u64, digest: [u8; 32] },
 }
 
 /// Why bytes are not a valid envelope (or why one cannot be encoded).
@@ -150,6 +158,7 @@ impl Body {
                 return Ok(());
             }
             Body::Unregister { session_id } => return check_session_id(*session_id),
+            Body::Verdict { .. } => return Ok(()),
             Body::Deploy { module } | Body::Settings { settings: module } => module,
             Body::Found { module, settings, .. } => {
                 if settings.len() > SETTINGS_BYTES_MAX {
@@ -199,6 +208,7 @@ impl Envelope {
             Body::Deploy { .. } => KIND_DEPLOY,
             Body::Settings { .. } => KIND_SETTINGS,
             Body::Found { .. } => KIND_FOUND,
+            Body::Verdict { .. } => KIND_VERDICT,
         };
         out.push(kind);
         put_u64(&mut out, self.timestamp_ms);
@@ -229,6 +239,10 @@ impl Envelope {
                 out.extend_from_slice(settings);
                 out.extend_from_slice(module);
             }
+            Body::Verdict { index, digest } => {
+                put_u64(&mut out, *index);
+                out.extend_from_slice(digest);
+            }
         }
         Ok(Bytes::from(out))
     }
@@ -239,6 +253,12 @@ impl Envelope {
     /// entry may compile a module or rebuild the state machine's instance.
     pub fn is_deploy(data: &[u8]) -> bool {
         matches!(data, [ENVELOPE_VERSION, KIND_DEPLOY | KIND_SETTINGS | KIND_FOUND, ..])
+    }
+
+    /// Whether an entry's data is a verdict, read from its header alone:
+    /// applying one may rebuild the state machine (a fenced replica's).
+    pub fn is_verdict(data: &[u8]) -> bool {
+        matches!(data, [ENVELOPE_VERSION, KIND_VERDICT, ..])
     }
 
     /// Decodes an entry's data. The payload shares `data`'s buffer (no copy).
@@ -278,6 +298,12 @@ impl Envelope {
                 let start = r.pos();
                 r.take(len)?;
                 Body::Found { module_hash, settings: data.slice(start..start + len), module: rest(&r) }
+            }
+            KIND_VERDICT => {
+                let index = r.u64()?;
+                let mut digest = [0u8; 32];
+                digest.copy_from_slice(r.take(32)?);
+                Body::Verdict { index, digest }
             }
             k => return Err(EnvelopeError::UnknownKind(k)),
         };
@@ -319,6 +345,7 @@ mod tests {
                 settings: Bytes::from_static(b"WAFTSET1"),
             },
             Body::Found { module_hash: [0; 32], module: Bytes::new(), settings: Bytes::new() },
+            Body::Verdict { index: 4096, digest: [9; 32] },
         ]
         .into_iter()
         .map(|b| Envelope::new(1_700_000_000_123, b))
@@ -341,8 +368,9 @@ mod tests {
     fn every_kind_round_trips_and_every_truncation_fails() {
         for e in all_kinds() {
             let b = e.encode().unwrap();
-            // (A founding entry's hash and settings are content, not overhead.)
-            if !matches!(e.body, Body::Found { .. }) {
+            // (A founding entry's hash and settings, and a verdict's digest,
+            // are content, not overhead.)
+            if !matches!(e.body, Body::Found { .. } | Body::Verdict { .. }) {
                 assert!(b.len() <= ENVELOPE_OVERHEAD_BYTES_MAX + 4, "{e:?}");
             }
             assert_eq!(Envelope::decode(&b), Ok(e.clone()));

@@ -338,7 +338,7 @@ impl SessionTable {
             },
             // The host applies a deploy itself and never hands it here; a
             // table given one only takes its place in the log and its clock.
-            Body::Deploy { .. } | Body::Settings { .. } | Body::Found { .. } => Verdict::Done,
+            Body::Deploy { .. } | Body::Settings { .. } | Body::Found { .. } | Body::Verdict { .. } => Verdict::Done,
         };
         self.settle();
         verdict

@@ -354,8 +354,9 @@ impl Cluster {
             let Some(node) = self.nodes.get_mut(&id) else { return };
             let Some(replica) = node.replica.as_mut() else { return };
             let begun = replica.begin_ready(&mut |m| sent.push(m));
-            let Some(mut pending) = begun.unwrap_or_else(|e| panic!("node {id}: {e}")) else { break };
+            // A digest report may leave even when no Ready begins.
             self.outbox.extend(sent);
+            let Some(mut pending) = begun.unwrap_or_else(|e| panic!("node {id}: {e}")) else { break };
             self.observe(id, &pending);
             let write = pending.take_write();
             let node = self.nodes.get_mut(&id).expect("node");

@@ -602,6 +602,7 @@ pub fn msg_kind(b: &MessageBody) -> u8 {
         MessageBody::TimeoutNow => 10,
         MessageBody::ReadIndex { .. } => 11,
         MessageBody::ReadIndexResponse { .. } => 12,
+        MessageBody::StateDigest { .. } => 13,
     }
 }
 
@@ -637,6 +638,9 @@ pub fn brief(b: &MessageBody) -> String {
         MessageBody::ReadIndex { ids } => format!("ReadIndex {ids:?}"),
         MessageBody::ReadIndexResponse { ids, index } => {
             format!("ReadIndexResp {ids:?} at {index}")
+        }
+        MessageBody::StateDigest { index, digest } => {
+            format!("StateDigest {index} {:02x}{:02x}{:02x}{:02x}", digest[0], digest[1], digest[2], digest[3])
         }
     }
 }

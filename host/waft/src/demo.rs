@@ -99,6 +99,10 @@ impl Cluster {
                 snapshot_pull_bytes_per_sec: 0,
                 snapshot_interval_secs: waft_daemon::config::SNAPSHOT_INTERVAL_SECS_DEFAULT,
                 sessions: Default::default(),
+                digest_interval: waft_daemon::DIGEST_INTERVAL_DEFAULT,
+                manual_rebuild: false,
+                test_diverge_at: None,
+                test_compile_fault: None,
             };
             let mut node = Node { cfg, stop: None, task: None };
             node.start();

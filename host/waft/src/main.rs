@@ -35,7 +35,7 @@ enum Cmd {
     /// with the given peers, and the groups created on it at run time
     /// (`waft admin create-group`, kept in --data-dir). Flags win over the
     /// --config file. Stops cleanly on SIGINT or SIGTERM.
-    Serve(waft_daemon::config::Flags),
+    Serve(Box<waft_daemon::config::Flags>),
     /// Propose a command and print its result. The command goes in an
     /// exactly-once session of its own (opened, used for this command, closed),
     /// so retries after a timeout, a leader change or a lost connection apply
@@ -513,6 +513,12 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
                     "voters": c.voters, "learners": c.learners,
                     "module_hash": hex(&g.module_hash), "module_index": g.module_index,
                     "snapshot_index": g.snapshot_index,
+                    "digest_index": g.digest_index, "digest": hex(&g.digest),
+                    "digest_verified_index": g.digest_verified_index,
+                    "fenced": g.fence.as_ref().map(|f| serde_json::json!({
+                        "index": f.index, "ours": hex(&f.ours), "group": hex(&f.group), "reason": f.reason,
+                    })),
+                    "digest_mismatches": g.digest_mismatches, "state_rebuilds": g.state_rebuilds,
                 })
             })
             .collect();
@@ -543,5 +549,25 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
         let named = waft_daemon::inbox::settings_named(&g.settings.unwrap_or_default());
         let list: Vec<String> = named.iter().map(|(n, v)| format!("{n}={v}")).collect();
         println!("group {} settings since {}: {}", g.group, g.settings_index, list.join(" "));
+        match &g.fence {
+            Some(f) => println!(
+                "group {} FENCED at entry {}: {} (ours {}, group's {}); serving no reads, never leading, \
+                 waiting to be rebuilt",
+                g.group,
+                f.index,
+                f.reason,
+                hex(&f.ours),
+                hex(&f.group)
+            ),
+            None => println!(
+                "group {} state digest: verified at {}, latest {} {}; mismatches {}, rebuilds {}",
+                g.group,
+                g.digest_verified_index,
+                g.digest_index,
+                hex(g.digest.get(..6).unwrap_or(&g.digest)),
+                g.digest_mismatches,
+                g.state_rebuilds
+            ),
+        }
     }
 }

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use waft_node::{Applied, GuestModule, Outcome, Replica, ReplicaConfig};
+use waft_node::{Applied, DIGEST_INTERVAL_DEFAULT, GuestModule, Outcome, Replica, ReplicaConfig};
 use waft_raft::{Message, ReadState, Role, SnapshotInstall};
 use waft_runtime::Engine;
 use waft_session::{Body, Envelope, SessionConfig};
@@ -97,6 +97,10 @@ pub struct Cluster {
     joiners: BTreeSet<u64>,
     /// Nodes whose replica stopped for good, with the reason.
     pub stopped: BTreeMap<u64, String>,
+    /// Founding digest interval of every replica.
+    pub digest_interval: u64,
+    /// Nodes opened to leave a fenced replica for an operator.
+    pub manual_rebuild: BTreeSet<u64>,
 }
 
 impl Cluster {
@@ -130,6 +134,32 @@ impl Cluster {
         sessions: SessionConfig,
         joiners: &[u64],
     ) -> Cluster {
+        Cluster::build(name, voters, snapshot_margin_entries, guest_name, sessions, joiners, DIGEST_INTERVAL_DEFAULT)
+    }
+
+    /// A counter cluster whose replicas digest their state every
+    /// `digest_interval` entries.
+    pub fn with_digests(name: &str, voters: u64, snapshot_margin_entries: u64, digest_interval: u64) -> Cluster {
+        Cluster::build(
+            name,
+            voters,
+            snapshot_margin_entries,
+            "waft_counter",
+            SessionConfig::default(),
+            &[],
+            digest_interval,
+        )
+    }
+
+    fn build(
+        name: &str,
+        voters: u64,
+        snapshot_margin_entries: u64,
+        guest_name: &str,
+        sessions: SessionConfig,
+        joiners: &[u64],
+        digest_interval: u64,
+    ) -> Cluster {
         let root = scratch(name);
         let module = guest(guest_name);
         let mut c = Cluster {
@@ -151,6 +181,8 @@ impl Cluster {
             founding: BTreeMap::new(),
             joiners: joiners.iter().copied().collect(),
             stopped: BTreeMap::new(),
+            digest_interval,
+            manual_rebuild: BTreeSet::new(),
         };
         for id in 1..=voters {
             c.open(id);
@@ -173,7 +205,12 @@ impl Cluster {
         raft.snapshot_margin_entries = self.snapshot_margin_entries;
         let (module, sessions) =
             self.founding.get(&id).cloned().unwrap_or_else(|| (self.module.clone(), self.sessions.clone()));
-        let cfg = ReplicaConfig { sessions, ..ReplicaConfig::new(raft) };
+        let cfg = ReplicaConfig {
+            sessions,
+            digest_interval: self.digest_interval,
+            manual_rebuild: self.manual_rebuild.contains(&id),
+            ..ReplicaConfig::new(raft)
+        };
         let node = self.node(id);
         let mut store = RocksLogStore::open(node.dir.join("log")).unwrap();
         let snaps = SnapshotStore::open(node.dir.join("snapshots")).unwrap();

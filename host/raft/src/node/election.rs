@@ -159,7 +159,7 @@ impl RawNode {
     /// entry that is not committed yet still stands (Raft dissertation §4.2.2): it
     /// may hold the only up-to-date log needed to commit its own removal.
     pub(super) fn promotable(&self) -> bool {
-        if self.installing.is_some() {
+        if self.installing.is_some() || self.fenced {
             return false;
         }
         self.conf.is_voter(self.id)

@@ -1,0 +1,162 @@
+//! Replicas check each other, on real `waft serve` processes: a node whose
+//! state comes to differ from its group's (a test-only flag makes it skip
+//! one command) is found at the next digest point, fenced, rebuilt from a
+//! healthy replica's snapshot and ends identical, while writes go on; a
+//! node that cannot compile a deployed module (a test-only flag) fences
+//! itself instead of running the old module on, and is rebuilt the same
+//! way. `waft status` and the metrics show it.
+//!
+//! Every wait is a poll with a deadline.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{CATCH_UP_DEADLINE, Cluster, Load, POLL_PAUSE, Spec, assert_all_present, metric, module, run_waft, text};
+use waft_proto::client::{Consistency, GroupStatus};
+
+const GROUP: u64 = 1;
+/// Entries between digests in these groups (the default is 4096).
+const INTERVAL: u64 = 64;
+/// The diverging node skips the first command at or after this index.
+const DIVERGE_AT: u64 = 40;
+/// Writes acknowledged after the rebuild, to show the group went on.
+const WRITES_AFTER: usize = 100;
+const REPAIR_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Polls node `i`'s status until `done` holds.
+async fn wait_status(c: &mut Cluster, i: usize, what: &str, done: impl Fn(&GroupStatus) -> bool) -> GroupStatus {
+    let deadline = Instant::now() + REPAIR_DEADLINE;
+    loop {
+        c.check_alive();
+        if let Some(g) = c.status(i, GROUP).await
+            && done(&g)
+        {
+            return g;
+        }
+        assert!(Instant::now() < deadline, "node {}: {what} within {REPAIR_DEADLINE:?}", i + 1);
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+}
+
+/// Waits until every node applied what node `leader` applied and reports
+/// the same latest digest; returns that digest's index.
+async fn wait_identical(c: &mut Cluster, leader: usize) -> u64 {
+    let deadline = Instant::now() + CATCH_UP_DEADLINE;
+    loop {
+        c.check_alive();
+        let mut all = Vec::new();
+        for i in 0..3 {
+            all.extend(c.status(i, GROUP).await);
+        }
+        let l = &all[leader.min(all.len() - 1)];
+        if all.len() == 3
+            && all.iter().all(|g| g.applied_index == l.applied_index && g.digest_index == l.digest_index)
+            && all.iter().all(|g| g.digest == l.digest && !g.digest.is_empty())
+        {
+            return l.digest_index;
+        }
+        assert!(Instant::now() < deadline, "replicas did not end identical: {all:?}");
+        tokio::time::sleep(POLL_PAUSE).await;
+    }
+}
+
+/// The index node `i`'s log says it was fenced at.
+fn fenced_at(c: &Cluster, i: usize) -> u64 {
+    let log = std::fs::read_to_string(c.log_path(i)).unwrap_or_default();
+    let line = log
+        .lines()
+        .find(|l| l.contains("differs from the group's: fenced"))
+        .unwrap_or_else(|| panic!("node {} never logged its fence", i + 1));
+    let index = line.split_whitespace().find_map(|w| w.strip_prefix("index=")).expect("the fence line names its index");
+    index.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_state_differs_is_fenced_rebuilt_and_ends_identical_while_writes_go_on() {
+    let mut c =
+        Cluster::prepare("divergence-rebuild", 3, Spec::one(GROUP, "waft_atomic").arg("--digest-interval", INTERVAL));
+    c.start_node(0);
+    c.start_node(1);
+    let leader = c.wait_for_leader_among(GROUP, &[0, 1]).await;
+    // Node 3 joins as a follower and skips one command, as a host bug would.
+    c.set_extra_args(2, &["--test-diverge-at", &DIVERGE_AT.to_string()]);
+    c.start_node(2);
+    let load = Load::start(&c, GROUP, &[0, 1]);
+    let rebuilt = wait_status(&mut c, 2, "rebuilt", |g| g.state_rebuilds >= 1).await;
+    assert!(rebuilt.digest_mismatches >= 1, "{rebuilt:?}");
+    assert!(rebuilt.fence.is_none(), "the fence lifted: {rebuilt:?}");
+    // Found at the first digest point after the skipped command.
+    assert_eq!(fenced_at(&c, 2), DIVERGE_AT.next_multiple_of(INTERVAL));
+    let page = c.scrape(2).await;
+    assert_eq!(metric(&page, "waft_group_state_rebuilds_total", GROUP, ""), Some(rebuilt.state_rebuilds));
+    assert!(metric(&page, "waft_group_digest_mismatches_total", GROUP, "").unwrap_or(0) >= 1);
+    assert_eq!(metric(&page, "waft_group_fenced", GROUP, ""), Some(0));
+    // Writes went on throughout, and go on.
+    let before = load.acked_count();
+    load.wait_acked(&mut c, before + WRITES_AFTER).await;
+    let (acked, failed) = load.stop().await;
+    eprintln!("{} writes acknowledged, {failed} failed", acked.len());
+    for i in [0, 1] {
+        let g = c.status(i, GROUP).await.unwrap();
+        assert_eq!((g.digest_mismatches, g.state_rebuilds), (0, 0), "node {}: {g:?}", i + 1);
+    }
+    // Ends identical: the same digest at the same index on every node, a
+    // verdict after the rebuild confirms node 3, and every acknowledged
+    // write reads back on it.
+    let at = wait_identical(&mut c, leader).await;
+    let confirmed = wait_status(&mut c, 2, "confirmed after the rebuild", |g| g.digest_verified_index >= at).await;
+    assert!(confirmed.fence.is_none());
+    assert_all_present(&c, 2, GROUP, &acked).await;
+    let (ok, out, err) = run_waft(&["status", "--addr", &c.addrs[2]]).await;
+    assert!(ok, "{err}");
+    assert!(out.contains("state digest: verified at") && out.contains("rebuilds 1"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_cannot_compile_a_deployed_module_is_fenced_then_rebuilt() {
+    let mut c =
+        Cluster::prepare("divergence-compile", 3, Spec::one(GROUP, "waft_counter").arg("--digest-interval", INTERVAL));
+    c.start_node(0);
+    c.start_node(1);
+    let leader = c.wait_for_leader_among(GROUP, &[0, 1]).await;
+    let doubling = module("waft_counter_doubling");
+    let hash = waft_storage::ModuleHash::of(&std::fs::read(&doubling).unwrap()).to_hex();
+    c.set_extra_args(2, &["--test-compile-fault", &hash]);
+    c.start_node(2);
+    let client = c.client_of_all(leader);
+    for _ in 0..3 {
+        client.propose(GROUP, r#"{"incr":1}"#.into()).await.unwrap();
+    }
+    let applied = c.status(leader, GROUP).await.unwrap().applied_index;
+    c.wait_applied(2, GROUP, applied).await;
+    let (ok, out, err) =
+        run_waft(&["deploy", "--addr", &c.addrs[leader], "--group", "1", doubling.to_str().unwrap()]).await;
+    assert!(ok, "the deploy succeeds on the group: {out} {err}");
+    // Node 3 fences itself at the deploy's index rather than run the old module on.
+    let fenced = wait_status(&mut c, 2, "fenced", |g| g.fence.is_some() || g.state_rebuilds > 0).await;
+    if let Some(f) = &fenced.fence {
+        assert!(f.reason.contains("cannot compile"), "{f:?}");
+    }
+    // Writes go on through the digest point; the next verdict has it rebuilt.
+    let mut n = 0;
+    let deadline = Instant::now() + REPAIR_DEADLINE;
+    loop {
+        client.propose(GROUP, r#"{"incr":1}"#.into()).await.unwrap();
+        n += 1;
+        let g = c.status(2, GROUP).await.unwrap();
+        if g.state_rebuilds >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 3 was not rebuilt after {n} writes: {g:?}");
+    }
+    let at = wait_identical(&mut c, leader).await;
+    wait_status(&mut c, 2, "confirmed after the rebuild", |g| g.digest_verified_index >= at).await;
+    let leader_status = c.status(leader, GROUP).await.unwrap();
+    let node3 = c.status(2, GROUP).await.unwrap();
+    assert_eq!(node3.module_hash, leader_status.module_hash, "node 3 runs the deployed module");
+    assert_eq!(node3.module_index, leader_status.module_index);
+    let value = c.client(2).query(GROUP, r#""get""#.into(), Consistency::Stale).await.unwrap();
+    let expected = c.client(leader).query(GROUP, r#""get""#.into(), Consistency::Stale).await.unwrap();
+    assert_eq!(text(&value), text(&expected));
+}
