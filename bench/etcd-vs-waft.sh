@@ -26,7 +26,9 @@
 # `waft-bench-native:atomic`, which only a waft built with `--features
 # bench-native` accepts). waft-native shows what the wasm sandbox costs in
 # the whole write path; with it in SYSTEMS, waft is built with that feature
-# and both waft systems run that one binary.
+# and both waft systems run that one binary. waft-nodigest is waft with
+# state digests off (--digest-interval 0), to pair against waft for what
+# digests cost.
 #
 # Environment (defaults in brackets):
 #   BENCH_SECS [10] measured seconds per run; WARMUP_SECS [2]
@@ -90,7 +92,7 @@ if [[ " $SYSTEMS " == *" etcd "* ]]; then
     command -v etcd >/dev/null || apt_install etcd etcd-server
 fi
 WANTS_WAFT=0
-[[ " $SYSTEMS " == *" waft "* || " $SYSTEMS " == *" waft-native "* || " $SYSTEMS " == *" waft-base "* ]] && WANTS_WAFT=1
+[[ " $SYSTEMS " == *" waft "* || " $SYSTEMS " == *" waft-native "* || " $SYSTEMS " == *" waft-base "* || " $SYSTEMS " == *" waft-nodigest "* ]] && WANTS_WAFT=1
 if [[ " $SYSTEMS " == *" waft-native "* ]]; then
     # Always: a waft built without the feature refuses the native module
     # file, and cargo rebuilds only what changed.
@@ -191,6 +193,12 @@ start_waft() {
     start_waft_with "$WAFT_ATOMIC"
 }
 
+# The same build with state digests off (--digest-interval 0): what the
+# replicas' digests and verdicts cost, paired with `waft` in one run.
+start_waft-nodigest() {
+    WAFT_SERVE_ARGS="--digest-interval 0" start_waft_with "$WAFT_ATOMIC"
+}
+
 # The atomic example's logic built into the host (see host/runtime/src/native.rs).
 start_waft-native() {
     printf 'waft-bench-native:atomic\n' >"$BENCH_ROOT/atomic.native"
@@ -212,8 +220,9 @@ start_waft_with() {
         local peers=()
         for j in 1 2 3; do [ "$j" = "$i" ] || peers+=(--peer "$j=${WAFT_ADDR[j - 1]}"); done
         mkdir -p "$BENCH_ROOT/waft"
+        # shellcheck disable=SC2086 # WAFT_SERVE_ARGS: whole words by design
         "$WAFT_BIN" serve --id "$i" --listen "${WAFT_ADDR[i - 1]}" --data-dir "$BENCH_ROOT/waft/$i" \
-            --group "$WAFT_GROUP=$module" "${peers[@]}" >"$LOGS-$i.log" 2>&1 &
+            --group "$WAFT_GROUP=$module" "${peers[@]}" ${WAFT_SERVE_ARGS:-} >"$LOGS-$i.log" 2>&1 &
         PIDS+=($!)
     done
 }
@@ -222,14 +231,14 @@ endpoints() {
     local IFS=,
     case "$1" in
         etcd) echo "${ETCD_CLIENT[*]}" ;;
-        waft | waft-native | waft-base) echo "${WAFT_ADDR[*]}" ;;
+        waft | waft-native | waft-base | waft-nodigest) echo "${WAFT_ADDR[*]}" ;;
     esac
 }
 
 # The bench client's --target: waft-native speaks waft's API.
 target_of() {
     case "$1" in
-        waft-native | waft-base) echo waft ;;
+        waft-native | waft-base | waft-nodigest) echo waft ;;
         *) echo "$1" ;;
     esac
 }
@@ -282,7 +291,8 @@ for system in $SYSTEMS; do
         waft) say "waft $WAFT_BIN, group $WAFT_GROUP = $WAFT_ATOMIC" ;;
         waft-native) say "waft-native $WAFT_BIN, group $WAFT_GROUP = the atomic logic built in (bench-native)" ;;
         waft-base) say "waft-base $WAFT_BASE_BIN, group $WAFT_GROUP = $WAFT_ATOMIC" ;;
-        *) die "unknown system $system (etcd, waft, waft-native, waft-base)" ;;
+        waft-nodigest) say "waft-nodigest $WAFT_BIN --digest-interval 0, group $WAFT_GROUP = $WAFT_ATOMIC" ;;
+        *) die "unknown system $system (etcd, waft, waft-native, waft-base, waft-nodigest)" ;;
     esac
 done
 

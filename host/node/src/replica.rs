@@ -240,9 +240,10 @@ pub struct Replica {
     purge_pending: Option<(u64, u64)>,
     /// State digests, verdicts, fencing (see `digest`).
     digests: digest::Digests,
-    /// Tests only: skip the guest's command at the first client entry at
-    /// or after this index (`inject_divergence`).
-    diverge_at: Option<u64>,
+    /// Tests only: at the first client entry at or after this index, skip
+    /// the guest's command, or run this extra command after it
+    /// (`inject_divergence`, `inject_extra_command`).
+    diverge_at: Option<(u64, Option<Bytes>)>,
 }
 
 /// A Ready taken by `begin_ready`, waiting for its write to become durable.
@@ -965,7 +966,23 @@ impl Replica {
             _ => self.sessions.apply(index, envelope),
         };
         let slot = match verdict {
-            Verdict::Apply { ticket, .. } if self.diverge_at.is_some_and(|at| index >= at) => {
+            Verdict::Apply { payload, ticket }
+                if self.diverge_at.as_ref().is_some_and(|(at, extra)| index >= *at && extra.is_some()) =>
+            {
+                // Tests only (`inject_extra_command`): this replica also runs
+                // a command no other replica runs; its result goes nowhere.
+                let extra = self.diverge_at.take().and_then(|(_, extra)| extra).unwrap_or_default();
+                tracing::warn!(
+                    group = self.group,
+                    index,
+                    "test hook: this replica runs an extra command and now differs"
+                );
+                batch.entries.push(waft_runtime::Entry::new(index, term, payload));
+                let slot = Slot::Guest { index, term, at: batch.entries.len() - 1, ticket };
+                batch.entries.push(waft_runtime::Entry::new(index, term, extra));
+                slot
+            }
+            Verdict::Apply { ticket, .. } if self.diverge_at.as_ref().is_some_and(|(at, _)| index >= *at) => {
                 // Tests only (`inject_divergence`): this replica skips the
                 // command, as a host bug would, and tells its client the
                 // same as the others would not.
@@ -1080,11 +1097,17 @@ impl Replica {
                     // others switch here, and this replica would run the old
                     // module on: it fences itself instead, and is rebuilt
                     // from a healthy replica's snapshot (which carries the
-                    // module) like any replica whose state differs.
+                    // module) like any replica whose state differs. A sole
+                    // voter has nothing to be rebuilt from: it stops.
                     let why = format!(
                         "cannot compile module {} at entry {index}, which the group switches to there: {e}",
                         hash.to_hex()
                     );
+                    if self.sole_voter() {
+                        return Err(
+                            self.stop(format!("{why}; this sole voter stops rather than run the old module on"))
+                        );
+                    }
                     self.fence_self(index, &why);
                     return Ok(Outcome::Fenced(why));
                 }

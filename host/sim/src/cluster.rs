@@ -161,6 +161,10 @@ pub struct Cluster {
     /// index -> (term, files with their sizes and checksums) of the first
     /// snapshot saved or installed at that index: every later one must equal it.
     snapshots: BTreeMap<u64, (u64, Vec<waft_storage::SnapshotFile>)>,
+    /// Set once a node was made to diverge: snapshots at one index may
+    /// then differ (a diverged node's, or one installed from it, until the
+    /// verdict and rebuild), so they are no longer compared.
+    snapshots_may_differ: bool,
     /// Client entries by index, as the checker saw them committed: the
     /// operation id of the register command each carries.
     ops: BTreeMap<u64, u64>,
@@ -201,7 +205,12 @@ fn run_dir() -> PathBuf {
 pub struct NodeSettings {
     pub raft: Config,
     pub sessions: SessionConfig,
+    pub digest_interval: u64,
 }
+
+/// The register a diverging node writes (`Cluster::diverge`): no client
+/// uses it, so what clients see stays the group's while the states differ.
+pub const HIDDEN_REGISTER: u8 = 255;
 
 impl Cluster {
     /// Nodes `ids`, the first `voters` of which form the bootstrap configuration.
@@ -217,6 +226,7 @@ impl Cluster {
             let s = settings(id);
             let mut cfg = ReplicaConfig::new(s.raft);
             cfg.sessions = s.sessions;
+            cfg.digest_interval = s.digest_interval;
             let snaps = SnapshotStore::open(root.join(format!("node-{id}"))).expect("a snapshot directory");
             let mut disk = SimDisk::default();
             let boot: &[NodeId] = if voters.contains(&id) { voters } else { &[] };
@@ -245,6 +255,7 @@ impl Cluster {
             nodes,
             check: Checker::default(),
             snapshots: BTreeMap::new(),
+            snapshots_may_differ: false,
             ops: BTreeMap::new(),
             outbox: Vec::new(),
             notes: Vec::new(),
@@ -267,6 +278,16 @@ impl Cluster {
 
     fn replica_mut(&mut self, id: NodeId) -> &mut Replica {
         self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()).expect("node is up")
+    }
+
+    /// Node `id` also runs a command no other node runs (it writes the
+    /// hidden register) at its next client entry: its state differs.
+    pub fn diverge(&mut self, id: NodeId) {
+        self.snapshots_may_differ = true;
+        let Some(replica) = self.nodes.get_mut(&id).and_then(|n| n.replica.as_mut()) else { return };
+        let command = crate::model::Command { op_id: 0, key: HIDDEN_REGISTER, op: crate::model::Op::Incr };
+        let at = replica.applied_index() + 1;
+        replica.inject_extra_command(at, command.encode());
     }
 
     pub fn is_up(&self, id: NodeId) -> bool {
@@ -452,7 +473,10 @@ impl Cluster {
             match finished {
                 Ok(sid) => {
                     let node = self.nodes.get_mut(&id).expect("node");
-                    node.sm_applied = node.sm_applied.max(sid.index);
+                    // At the snapshot: past what it had applied (an install),
+                    // or back from it (a fenced node's rebuild replays the
+                    // log after it); a stale install changes nothing.
+                    node.sm_applied = node.replica.as_ref().map_or(sid.index, |r| r.applied_index());
                     self.check_snapshot(id, sid);
                     self.log(|| format!("node {id}: installed snapshot {}", sid.index));
                 }
@@ -479,6 +503,8 @@ impl Cluster {
             waft_node::Outcome::Done => Outcome::Done,
             waft_node::Outcome::Refused(e) => Outcome::Refused(e),
             waft_node::Outcome::SettingsChanged { .. } => Outcome::NotClient,
+            // A fenced node's answer reaches no client: it times out and retries.
+            waft_node::Outcome::Fenced(_) => Outcome::NotClient,
             other => panic!("entry {index}: an outcome the simulator never causes: {other:?}"),
         }
     }
@@ -491,6 +517,7 @@ impl Cluster {
             node.snaps.open_snapshot(GROUP, sid).unwrap_or_else(|e| panic!("node {id}: snapshot {sid:?}: {e}"));
         let files = reader.meta().files.clone();
         match self.snapshots.get(&sid.index) {
+            _ if self.snapshots_may_differ => {}
             Some((t, other)) => assert!(
                 *t == sid.term && *other == files,
                 "state-machine safety: snapshots at {} differ: node {id} has {files:?}, another {other:?}",
@@ -524,7 +551,13 @@ impl Cluster {
         if !node.reads.iter().any(|r| r.1 <= applied) {
             return;
         }
-        let answer = replica.query(&[]).unwrap_or_else(|e| panic!("node {id}: query: {e}"));
+        let answer = match replica.query(&[]) {
+            Ok(answer) => answer,
+            // Fenced after it took the reads: they wait for the rebuild (or
+            // their clients time out and go elsewhere).
+            Err(waft_node::Error::Fenced { .. }) => return,
+            Err(e) => panic!("node {id}: query: {e}"),
+        };
         let values = waft_runtime::native::Registers::decode(&answer).unwrap_or_else(|e| panic!("node {id}: {e}"));
         let kv = Kv { values };
         let mut i = 0;

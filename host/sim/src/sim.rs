@@ -48,6 +48,12 @@ pub struct SimConfig {
     /// answers lease reads from a spent lease (the checker must catch it).
     pub lease_clock: bool,
     pub trace: bool,
+    /// The group's digest interval (small, so runs pass many digest points).
+    pub digest_interval: u64,
+    /// One node runs an extra command no other node runs, once, at a random
+    /// time while faults go on: its state differs (in a register no client
+    /// reads) until a verdict fences it and it is rebuilt.
+    pub diverge: bool,
 }
 
 impl SimConfig {
@@ -87,6 +93,9 @@ impl SimConfig {
             dedup: true,
             lease_clock: true,
             trace: false,
+            // Drawn last, so the draws above stay what they were.
+            digest_interval: r.range(16, 64),
+            diverge: r.chance(400),
         }
     }
 
@@ -133,6 +142,14 @@ pub struct Stats {
     pub transfers: u64,
     pub snapshots_installed: u64,
     pub max_commit: u64,
+    /// Divergences injected, verdicts that found a node different, and
+    /// rebuilds of a node's state (counted on nodes up at the end).
+    pub divergences: u64,
+    pub mismatches: u64,
+    pub rebuilds: u64,
+    /// Verdicts confirmed: the highest verified index summed over nodes
+    /// up at the end, in digest intervals.
+    pub verified_points: u64,
 }
 
 impl Stats {
@@ -159,6 +176,10 @@ impl Stats {
         self.transfers += o.transfers;
         self.snapshots_installed += o.snapshots_installed;
         self.max_commit = self.max_commit.max(o.max_commit);
+        self.divergences += o.divergences;
+        self.mismatches += o.mismatches;
+        self.rebuilds += o.rebuilds;
+        self.verified_points += o.verified_points;
     }
 }
 
@@ -211,6 +232,8 @@ enum Ev {
     },
     Chaos,
     Heal,
+    /// A node's state comes to differ (`SimConfig::diverge`).
+    Diverge,
 }
 
 struct Scheduled {
@@ -340,6 +363,7 @@ impl Sim {
         let mut cluster = Cluster::new(&ids, &voters, cfg.dedup, |id| NodeSettings {
             raft: configs[&id].clone(),
             sessions: cfg.sessions.clone(),
+            digest_interval: cfg.digest_interval,
         });
         if cfg.trace {
             cluster.trace = Some(Vec::new());
@@ -399,6 +423,10 @@ impl Sim {
             sim.schedule(d, Ev::Chaos);
         }
         sim.schedule(sim.cfg.fault_ticks * TICK_UNITS, Ev::Heal);
+        if sim.cfg.diverge {
+            let d = sim.rng.range(20, sim.cfg.fault_ticks / 2) * TICK_UNITS;
+            sim.schedule(d, Ev::Diverge);
+        }
         sim
     }
 
@@ -464,6 +492,14 @@ impl Sim {
             h = fnv(h, &r.1.to_le_bytes());
         }
         self.stats.max_commit = self.cluster.check.committed.keys().next_back().copied().unwrap_or(0);
+        for n in self.cluster.nodes.values() {
+            if let Some(r) = &n.replica {
+                let d = r.digest_status();
+                self.stats.mismatches += d.mismatches;
+                self.stats.rebuilds += d.rebuilds;
+                self.stats.verified_points += d.verified / self.cfg.digest_interval.max(1);
+            }
+        }
         Outcome { trace_hash: h, stats: self.stats.clone(), trace: self.cluster.trace.take().unwrap_or_default() }
     }
 
@@ -522,6 +558,14 @@ impl Sim {
                     self.install_scheduled.insert(id, false);
                     self.stats.snapshots_installed += 1;
                     self.cluster.complete_install(id);
+                }
+            }
+            Ev::Diverge => {
+                let up: Vec<NodeId> = self.cluster.nodes.keys().copied().filter(|&i| self.cluster.is_up(i)).collect();
+                if let Some(&id) = self.rng.pick(&up) {
+                    self.trace(|| format!("chaos: node {id} diverges"));
+                    self.cluster.diverge(id);
+                    self.stats.divergences += 1;
                 }
             }
             Ev::Restart(id) => {

@@ -53,6 +53,13 @@ fn thousand_seeds_with_faults_and_churn() {
     assert!(total.replies_saved > seeds / 10, "too few answers from saved replies: {total:?}");
     assert!(total.sessions_expired > seeds / 10, "too few expired sessions: {total:?}");
     assert!(total.registrations_refused > seeds / 10, "too few refused registrations: {total:?}");
+    // ... and replicas checking each other: verdicts confirm states, and a
+    // node made to differ is found, fenced and rebuilt while every client
+    // history stays linearizable.
+    assert!(total.verified_points > seeds, "too few digest points verified: {total:?}");
+    assert!(total.divergences > seeds / 4, "too few divergences injected: {total:?}");
+    assert!(total.mismatches > seeds / 50, "too few diverged nodes found: {total:?}");
+    assert!(total.rebuilds > seeds / 50, "too few rebuilds: {total:?}");
 }
 
 /// The negative control: with the same clients, retries and network but the

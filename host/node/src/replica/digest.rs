@@ -91,12 +91,15 @@ pub(super) struct Digests {
     /// Leader only: each other member's latest reports (by index); the
     /// leader's own are in `own`.
     reports: BTreeMap<NodeId, BTreeMap<u64, Digest>>,
-    /// The latest verdict applied.
-    verdict: Option<(u64, Digest)>,
+    /// The latest verdict applied: the index it judged, its digest, and
+    /// the entry it was.
+    verdict: Option<(u64, Digest, u64)>,
     /// Leader only: the highest index it proposed a verdict for, and in which term.
     proposed: (u64, u64),
     /// Leader only: members whose digest differs from a verdict, by that
-    /// verdict's index, and the snapshot index last offered to each.
+    /// verdict's entry (a snapshot to rebuild them from must be past it:
+    /// a fenced replica's own snapshots are all before it), and the
+    /// snapshot index last offered to each.
     rebuild: BTreeMap<NodeId, (u64, Option<u64>)>,
     /// The own latest digest is to be sent to the leader.
     report_due: bool,
@@ -159,7 +162,15 @@ impl Replica {
     /// from the others', as a host bug or a bit flip would make it).
     #[doc(hidden)]
     pub fn inject_divergence(&mut self, index: u64) {
-        self.diverge_at = Some(index);
+        self.diverge_at = Some((index, None));
+    }
+
+    /// Tests only: at the first client entry at or after `index`, this
+    /// replica also runs `command` (its result goes nowhere), so its state
+    /// differs from the others' in what that command changed.
+    #[doc(hidden)]
+    pub fn inject_extra_command(&mut self, index: u64, command: bytes::Bytes) {
+        self.diverge_at = Some((index, Some(command)));
     }
 
     /// Refuses a read while fenced.
@@ -201,10 +212,10 @@ impl Replica {
     /// `index` differs from the group's.
     pub(super) fn apply_verdict(&mut self, at: u64, index: u64, digest: Digest) -> Outcome {
         let group = self.group;
-        if self.digests.verdict.is_some_and(|(i, _)| i >= index) {
+        if self.digests.verdict.is_some_and(|(i, _, _)| i >= index) {
             return Outcome::Done;
         }
-        self.digests.verdict = Some((index, digest));
+        self.digests.verdict = Some((index, digest, at));
         match self.digests.own.get(&index).copied() {
             None => {
                 // Restored from a snapshot past `index`, or a digest long
@@ -214,6 +225,14 @@ impl Replica {
             Some(ours) if ours == digest => {
                 let s = &mut self.digests.status;
                 s.verified = s.verified.max(index);
+            }
+            Some(ours) if self.sole_voter() => {
+                // No other replica to be rebuilt from, and fencing the only
+                // voter would stop the group: said loudly, nothing more.
+                // (Its state changed under it since the verdict's digest
+                // was taken, e.g. by a restart that replayed the log.)
+                self.digests.status.mismatches += 1;
+                tracing::error!(group, index, ours = %hex(&ours), group_digest = %hex(&digest), "this sole voter's state differs from the digest the group recorded; nothing to rebuild it from");
             }
             Some(ours) => self.fence(index, ours, digest),
         }
@@ -227,13 +246,20 @@ impl Replica {
                 .map(|(&id, _)| id)
                 .collect();
             for id in differing {
-                self.digests.rebuild.entry(id).or_insert((index, None));
+                self.digests.rebuild.entry(id).or_insert((at, None));
             }
             let reports = &self.digests.reports;
             self.digests.rebuild.retain(|id, _| reports.get(id).and_then(|r| r.get(&index)) != Some(&digest));
             self.offer_rebuilds();
         }
         Outcome::Done
+    }
+
+    /// Whether this replica is the group's only voter.
+    pub(super) fn sole_voter(&self) -> bool {
+        let conf = self.node.configuration();
+        let me = self.node.id();
+        conf.voters.iter().chain(&conf.voters_outgoing).all(|&v| v == me)
     }
 
     fn fence(&mut self, index: u64, ours: Digest, group_digest: Digest) {
@@ -278,7 +304,7 @@ impl Replica {
         d.own.clear();
         d.status.latest = None;
         // Verdicts after the snapshot are judged again as the log replays.
-        if d.verdict.is_some_and(|(i, _)| i > index) {
+        if d.verdict.is_some_and(|(i, _, _)| i > index) {
             d.verdict = None;
         }
         d.status.rebuilds += 1;
@@ -313,12 +339,12 @@ impl Replica {
             member.pop_first();
         }
         match d.verdict {
-            Some((i, v)) if i == index && v != digest => {
+            Some((i, v, at)) if i == index && v != digest => {
                 // Still different: offer again (an offer it could not take,
                 // being behind then, or one lost on the way).
-                d.rebuild.insert(from, (index, None));
+                d.rebuild.insert(from, (at, None));
             }
-            Some((i, v)) if i == index && v == digest => {
+            Some((i, v, _)) if i == index && v == digest => {
                 d.rebuild.remove(&from);
             }
             _ => {}
@@ -339,7 +365,7 @@ impl Replica {
         }
         let term = self.node.term();
         let d = &self.digests;
-        let judged = d.verdict.map_or(0, |(i, _)| i).max(if d.proposed.1 == term { d.proposed.0 } else { 0 });
+        let judged = d.verdict.map_or(0, |(i, _, _)| i).max(if d.proposed.1 == term { d.proposed.0 } else { 0 });
         let conf = self.node.configuration().clone();
         let me = self.node.id();
         let reported = |id: NodeId, index: u64| {

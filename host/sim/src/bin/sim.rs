@@ -87,6 +87,10 @@ fn main() {
         total.replies_saved,
         total.copies_deduplicated
     );
+    println!(
+        "digests: {} divergences injected, {} verdicts found a node different, {} rebuilds, {} digest points verified",
+        total.divergences, total.mismatches, total.rebuilds, total.verified_points
+    );
     if failures > 0 {
         std::process::exit(1);
     }
