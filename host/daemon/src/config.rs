@@ -162,7 +162,7 @@ pub struct Flags {
     #[arg(long)]
     pub session_idle_timeout_ms: Option<u64>,
     /// Entries between two state digests, for groups this node founds
-    /// (like --sessions-open-max; 0: no digests) [default: 4096].
+    /// (like --sessions-open-max; 0: no digests) [default: 8192].
     #[arg(long)]
     pub digest_interval: Option<u64>,
     /// Leave a replica whose state differs from its group's fenced for an

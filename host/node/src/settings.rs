@@ -51,8 +51,11 @@ pub const SETTINGS_FILE_BYTES: usize = 8 + SETTINGS_BYTES;
 
 /// Entries between two state digests, by default: a digest saves the
 /// guest's state once (the runtime's fault-recovery checkpoint moves there
-/// too), hashes it with the session table, and costs one small entry.
-pub const DIGEST_INTERVAL_DEFAULT: u64 = 4096;
+/// instead of by its own count), hashes it with the session table, and
+/// costs one small entry. Equal to the runtime's default
+/// `Limits::replay_entries_max`, so the state is saved as often as before
+/// digests.
+pub const DIGEST_INTERVAL_DEFAULT: u64 = 8192;
 /// Bounds of the digest interval (0 turns digests off).
 pub const DIGEST_INTERVAL_MIN: u64 = 16;
 pub const DIGEST_INTERVAL_MAX: u64 = 1 << 32;

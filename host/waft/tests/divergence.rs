@@ -160,3 +160,83 @@ async fn a_node_that_cannot_compile_a_deployed_module_is_fenced_then_rebuilt() {
     let expected = c.client(leader).query(GROUP, r#""get""#.into(), Consistency::Stale).await.unwrap();
     assert_eq!(text(&value), text(&expected));
 }
+
+/// State a diverged replica holds in the measurement below, in MiB.
+const MEASURE_STATE_MIB: u64 = 100;
+/// Writers keeping the group busy while the measurement runs.
+const MEASURE_WRITERS: usize = 16;
+
+/// A measurement, not a check (run it by name with `--ignored`; BENCHMARKS.md
+/// has its figures): on three real daemons at the default digest interval,
+/// a replica whose state (100 MiB, the hostile guest's snapshot filler)
+/// differs is found and rebuilt while writes go on. Prints how long the
+/// verdict took after the digest point, and the repair (snapshot save,
+/// transfer, load, replay) after the fence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for BENCHMARKS.md: run with --ignored --nocapture"]
+async fn measure_detect_and_repair_with_a_100_mib_state() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut c = Cluster::prepare("divergence-measure", 3, Spec::one(GROUP, "waft_hostile"));
+    c.start_node(0);
+    c.start_node(1);
+    let leader = c.wait_for_leader_among(GROUP, &[0, 1]).await;
+    let client = c.client_of_all(leader);
+    let pad = format!(r#"{{"pad_snapshot":{MEASURE_STATE_MIB}}}"#);
+    client.propose(GROUP, pad.into()).await.unwrap();
+    let applied = c.status(leader, GROUP).await.unwrap().applied_index;
+    c.set_extra_args(2, &["--test-diverge-at", &(applied + 1).to_string()]);
+    c.start_node(2);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..MEASURE_WRITERS {
+        let (client, stop, writes) = (c.client_of_all(leader), stop.clone(), writes.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if client.propose(GROUP, r#"{"incr":1}"#.into()).await.is_ok() {
+                    writes.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let interval = waft_daemon::DIGEST_INTERVAL_DEFAULT;
+    let point = (applied + 1).next_multiple_of(interval);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    let (mut at_point, mut fenced, mut rebuilt) = (None, None, None);
+    while rebuilt.is_none() {
+        c.check_alive();
+        assert!(Instant::now() < deadline, "no rebuild within 10 minutes");
+        let now = Instant::now();
+        if at_point.is_none() && c.status(leader, GROUP).await.is_some_and(|g| g.applied_index >= point) {
+            at_point = Some(now);
+        }
+        if let Some(g) = c.status(2, GROUP).await {
+            if fenced.is_none() && (g.fence.is_some() || g.digest_mismatches > 0) {
+                fenced = Some(now);
+            }
+            if g.state_rebuilds > 0 {
+                rebuilt = Some(now);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (at_point, fenced, rebuilt) = (at_point.unwrap(), fenced.unwrap_or(rebuilt.unwrap()), rebuilt.unwrap());
+    let wrote = writes.load(Ordering::Relaxed);
+    eprintln!(
+        "state {MEASURE_STATE_MIB} MiB, digest interval {interval}: digest point {point} reached {:.2} s after \
+         the divergence ({wrote} writes in all, {:.0}/s); fenced {:.2} s after the point; rebuilt {:.2} s after \
+         the fence",
+        (at_point - started).as_secs_f64(),
+        wrote as f64 / started.elapsed().as_secs_f64(),
+        fenced.saturating_duration_since(at_point).as_secs_f64(),
+        (rebuilt - fenced).as_secs_f64()
+    );
+    let at = wait_identical(&mut c, leader).await;
+    assert!(at >= point);
+}
