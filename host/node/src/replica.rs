@@ -290,7 +290,8 @@ impl PendingReady {
     /// before) may run long enough that a caller on an async runtime should
     /// move it off its worker (`block_in_place`): it saves a snapshot, runs a role change's hooks, applies more than
     /// `APPLY_IN_PLACE_ENTRIES_MAX` entries or `APPLY_IN_PLACE_BYTES_MAX`
-    /// bytes, a deploy (which may compile a module) or a configuration, or
+    /// bytes, a deploy (which may compile a module), a configuration or a
+    /// digest point (a save and hash of the whole state), or
     /// its entries move the state machine's in-memory checkpoint (a save of
     /// the whole state). Every guest call is safe on any thread (the
     /// runtime's WASI never waits, nor touches tokio), so the rest (a Ready
@@ -770,6 +771,8 @@ impl Replica {
         let bytes: usize = entries.iter().map(|e| e.data.len()).sum();
         bytes > APPLY_IN_PLACE_BYTES_MAX
             || entries.iter().any(|e| e.kind == EntryKind::Config || Envelope::is_deploy(&e.data))
+            // A digest point saves and hashes the whole state.
+            || entries.iter().any(|e| self.settings.is_digest_point(e.index))
             // A command is never longer than its entry's data.
             || self.sm.may_checkpoint_after(entries.len(), bytes)
     }

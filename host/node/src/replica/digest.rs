@@ -103,6 +103,8 @@ pub(super) struct Digests {
     rebuild: BTreeMap<NodeId, (u64, Option<u64>)>,
     /// The own latest digest is to be sent to the leader.
     report_due: bool,
+    /// Leader: a digest came in (own or reported) since the last tally.
+    tally_due: bool,
     ticks: u64,
     /// Whether a fenced replica may be rebuilt without an operator.
     pub(super) manual: bool,
@@ -204,6 +206,7 @@ impl Replica {
         }
         d.status.latest = Some((index, digest));
         d.report_due = true;
+        d.tally_due = true;
         tracing::debug!(group = self.group, index, digest = %hex(&digest), "state digest");
         Ok(())
     }
@@ -333,6 +336,7 @@ impl Replica {
         if d.reports.len() >= DIGEST_REPORTS_MAX && !d.reports.contains_key(&from) {
             return;
         }
+        d.tally_due = true;
         let member = d.reports.entry(from).or_default();
         member.insert(index, digest);
         while member.len() > DIGEST_REPORTS_PER_MEMBER_MAX {
@@ -356,33 +360,38 @@ impl Replica {
     /// Leader: proposes a verdict for the newest index a majority of the
     /// voters reported the same digest of.
     pub(super) fn propose_verdict(&mut self) {
-        if self.node.role() != Role::Leader
+        // Called after every Ready: nothing to do unless a digest came in.
+        if !self.digests.tally_due
+            || self.node.role() != Role::Leader
             || self.settings_index == 0
             || self.digests.status.fence.is_some()
             || self.node.is_transferring()
         {
             return;
         }
+        self.digests.tally_due = false;
         let term = self.node.term();
-        let d = &self.digests;
-        let judged = d.verdict.map_or(0, |(i, _, _)| i).max(if d.proposed.1 == term { d.proposed.0 } else { 0 });
-        let conf = self.node.configuration().clone();
-        let me = self.node.id();
-        let reported = |id: NodeId, index: u64| {
-            if id == me { d.own.get(&index) } else { d.reports.get(&id).and_then(|r| r.get(&index)) }
+        let agreed = {
+            let d = &self.digests;
+            let judged = d.verdict.map_or(0, |(i, _, _)| i).max(if d.proposed.1 == term { d.proposed.0 } else { 0 });
+            let conf = self.node.configuration();
+            let me = self.node.id();
+            let reported = |id: NodeId, index: u64| {
+                if id == me { d.own.get(&index) } else { d.reports.get(&id).and_then(|r| r.get(&index)) }
+            };
+            let mut candidates: Vec<(u64, Digest)> = d
+                .reports
+                .values()
+                .flat_map(|r| r.iter().map(|(&i, &d)| (i, d)))
+                .chain(d.own.iter().map(|(&i, &d)| (i, d)))
+                .filter(|(i, _)| *i > judged)
+                .collect();
+            candidates.sort_unstable_by(|a, b| b.cmp(a));
+            candidates.dedup();
+            candidates
+                .into_iter()
+                .find(|(index, digest)| waft_raft::quorum::is_quorum(conf, |id| reported(id, *index) == Some(digest)))
         };
-        let mut candidates: Vec<(u64, Digest)> = d
-            .reports
-            .values()
-            .flat_map(|r| r.iter().map(|(&i, &d)| (i, d)))
-            .chain(d.own.iter().map(|(&i, &d)| (i, d)))
-            .filter(|(i, _)| *i > judged)
-            .collect();
-        candidates.sort_unstable_by(|a, b| b.cmp(a));
-        candidates.dedup();
-        let agreed = candidates
-            .into_iter()
-            .find(|(index, digest)| waft_raft::quorum::is_quorum(&conf, |id| reported(id, *index) == Some(digest)));
         let Some((index, digest)) = agreed else { return };
         let verdict = Envelope::new(0, Body::Verdict { index, digest });
         match self.propose(&verdict) {
@@ -390,7 +399,11 @@ impl Replica {
                 self.digests.proposed = (index, term);
                 tracing::debug!(group = self.group, index, digest = %hex(&digest), "proposed a state verdict");
             }
-            Err(e) => tracing::debug!(group = self.group, index, error = %e, "cannot propose a state verdict yet"),
+            Err(e) => {
+                // Tried again after the next Ready.
+                self.digests.tally_due = true;
+                tracing::debug!(group = self.group, index, error = %e, "cannot propose a state verdict yet")
+            }
         }
     }
 
@@ -469,6 +482,7 @@ impl Replica {
         d.reports.clear();
         d.rebuild.clear();
         d.report_due = true;
+        d.tally_due = true;
     }
 }
 
