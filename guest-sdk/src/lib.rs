@@ -112,6 +112,15 @@
 //! `HashMap`'s order reach a reply, the state or a snapshot: use `BTreeMap`,
 //! or [`HashMap`] from this crate, whose hasher has fixed keys.
 //!
+//! Replicas compare digests of their saved state (see `docs/divergence.md`),
+//! so `on-snapshot-save` must write the same bytes for the same logical
+//! state, whatever the instance's history: a replica restored from a
+//! snapshot must save what one that ran every entry saves. Even with fixed
+//! keys a hash map's order depends on its capacity and on the order of its
+//! inserts and removals; save its entries sorted (or keep a `BTreeMap`).
+//! A save that is not canonical gets healthy replicas fenced and rebuilt
+//! again and again.
+//!
 //! # Memory
 //!
 //! With its `allocator` feature (on by default) the SDK installs the
@@ -163,8 +172,10 @@ pub mod bindings {
     });
 }
 
-/// A `HashMap` whose iteration order is the same in every instance, however
-/// long it has run: its hasher has fixed keys. Prefer it to
+/// A `HashMap` whose hasher has fixed keys: instances that made the same
+/// inserts and removals in the same order from an empty map iterate it in
+/// the same order, however many other maps they made. (A map rebuilt from a
+/// snapshot may still iterate differently: sort before saving.) Prefer it to
 /// `std::collections::HashMap` whenever iteration order can reach a reply,
 /// the state or a snapshot. (Fixed keys give up SipHash's defence against
 /// chosen-key collisions; for keys that clients choose freely, `BTreeMap`

@@ -42,6 +42,15 @@ impl Error {
         Error { leader_id, leader_address: leader_address.into(), ..Error::with(ErrorCode::NotLeader, why) }
     }
 
+    /// The command committed, but the node that answers cannot vouch for
+    /// its result (its state differs from its group's): like a timeout,
+    /// the outcome is unknown to the client. Inside a session, retrying
+    /// the same sequence number gets the group's result; a plain command
+    /// is not retried (it would apply twice).
+    pub fn outcome_unknown(why: impl Into<String>) -> Self {
+        Error::with(ErrorCode::Timeout, why)
+    }
+
     pub fn unknown_group(group: u64) -> Self {
         Error::with(
             ErrorCode::UnknownGroup,

@@ -486,7 +486,7 @@ impl Driver {
             let Some((term, reply)) = self.proposals.remove(&a.index) else { continue };
             let answer = match a.outcome {
                 _ if term != a.term => Err(lost(a.index)),
-                Outcome::Fenced(why) => Err(self.fenced_error(why)),
+                Outcome::Fenced(why) => Err(client::Error::outcome_unknown(why)),
                 outcome => answer(a.index, outcome),
             };
             let _ = reply.send(answer);
@@ -1075,8 +1075,7 @@ fn answer(index: u64, outcome: Outcome) -> ProposeReply {
         Outcome::SettingsConflict(why) => {
             return Err(client::Error::busy(BUSY_RETRY_AFTER_MS, format!("settings not changed: {why}")));
         }
-        // Answered by the caller, which knows the leader to send the client to.
-        Outcome::Fenced(why) => return Err(client::Error::fenced(why, waft_raft::NONE, "")),
+        Outcome::Fenced(why) => return Err(client::Error::outcome_unknown(why)),
     };
     // A saved refusal or fault reads as the first one did: a retry learns
     // the same outcome, not that it was a retry.

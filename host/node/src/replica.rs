@@ -1106,10 +1106,10 @@ impl Replica {
                         "cannot compile module {} at entry {index}, which the group switches to there: {e}",
                         hash.to_hex()
                     );
-                    if self.sole_voter() {
-                        return Err(
-                            self.stop(format!("{why}; this sole voter stops rather than run the old module on"))
-                        );
+                    if self.sole_voter() || self.settings.digest_interval == 0 {
+                        // Nothing to rebuild it from, or no verdict would
+                        // ever have it rebuilt (digests are off).
+                        return Err(self.stop(format!("{why}; this replica stops rather than run the old module on")));
                     }
                     self.fence_self(index, &why);
                     return Ok(Outcome::Fenced(why));
@@ -1630,13 +1630,15 @@ impl Replica {
             });
         }
         let meta = install.meta;
-        if meta.index <= self.node.applied() && self.rebuilds_from(meta.index) {
+        if meta.index <= self.node.committed() && self.rebuilds_from(meta.index) && self.node.can_rebuild_from(&meta) {
             return self.rebuild_from(store, snapshots, install.writer, meta);
         }
-        if meta.index <= self.node.applied() {
+        if meta.index <= self.node.committed() {
             // The log got us past the snapshot meanwhile (a new leader that
-            // still had the entries): loading it would roll the state back.
-            // The core only acknowledges a snapshot at or below its commit.
+            // still had the entries), or a rebuild offer this replica no
+            // longer takes: loading it would roll the state back, or apply
+            // the entries after it twice. The core only acknowledges a
+            // snapshot at or below its commit.
             self.installing = None;
             self.node.on_snapshot_installed(meta);
             return Ok(());
@@ -1657,7 +1659,7 @@ impl Replica {
         self.installing = None;
         tracing::info!(group, index = meta.index, term = meta.term, "snapshot installed");
         self.node.on_snapshot_installed(meta.clone());
-        if self.digests.status.fence.is_some() {
+        if self.digests.status.fence.is_some() && !self.digests.manual {
             // A fenced replica far enough behind takes the ordinary path.
             self.rebuilt(meta.index);
         }
@@ -1688,7 +1690,11 @@ impl Replica {
         // The log after the snapshot stays: it is the group's.
         self.align_log(store, &meta)?;
         self.installing = None;
-        self.node.on_state_rebuilt(meta.clone());
+        if !self.node.on_state_rebuilt(meta.clone()) {
+            // Checked before the load: the state went back to the snapshot,
+            // and the core would not apply the entries after it again.
+            return Err(self.stop(format!("the core refused a rebuild from snapshot {} it had accepted", meta.index)));
+        }
         self.rebuilt(meta.index);
         Ok(())
     }

@@ -744,7 +744,7 @@ impl RawNode {
 
     /// Whether a fenced node can rebuild its state from `meta`, a snapshot
     /// at or below its commit index: the log it keeps must continue it.
-    fn can_rebuild_from(&self, meta: &SnapshotMeta) -> bool {
+    pub fn can_rebuild_from(&self, meta: &SnapshotMeta) -> bool {
         self.rebuild
             && meta.index <= self.log.applied
             && meta.index >= self.log.snap_index
@@ -754,14 +754,21 @@ impl RawNode {
     /// The runtime rebuilt this fenced node's state machine from `meta`, a
     /// snapshot at or below what it had applied (`Ready::snapshot_install`
     /// hands one out to a fenced node): the entries after it are applied
-    /// again, from the log it kept. Ignored unless the node is fenced and
-    /// its log continues the snapshot.
-    pub fn on_state_rebuilt(&mut self, meta: SnapshotMeta) {
-        if self.installing.as_ref().is_some_and(|i| i.index <= meta.index) {
+    /// again, from the log it kept. Refused (false, nothing changed)
+    /// unless `can_rebuild_from(meta)`: the caller checks that before it
+    /// loads the snapshot.
+    pub fn on_state_rebuilt(&mut self, meta: SnapshotMeta) -> bool {
+        if !self.can_rebuild_from(&meta) {
+            return false;
+        }
+        // Any install at or below the commit index is a rebuild, and this
+        // one is done.
+        let committed = self.log.committed;
+        if self.installing.as_ref().is_some_and(|i| i.index <= committed) {
             self.installing = None;
         }
-        if !self.can_rebuild_from(&meta) {
-            return;
+        if self.snapshot_install.as_ref().is_some_and(|i| i.meta.index <= committed) {
+            self.snapshot_install = None;
         }
         if meta.index > self.log.snap_index {
             self.log.compact(meta.index, meta.term);
@@ -773,6 +780,7 @@ impl RawNode {
         if self.leader != NONE {
             self.ack_committed(self.leader);
         }
+        true
     }
 
     /// Offers this leader's latest snapshot to `to` (a follower whose state
@@ -895,7 +903,8 @@ impl RawNode {
     }
 
     fn snapshot_allowed(&self) -> bool {
-        !self.snapshot_in_progress && self.installing.is_none()
+        // A fenced node's state is not the group's: no snapshot of it.
+        !self.snapshot_in_progress && self.installing.is_none() && !self.fenced
     }
 
     /// Takes the accumulated batch of work. See [`Ready`] for the ordering rules.
@@ -988,8 +997,10 @@ impl RawNode {
     }
 
     fn handle_append(&mut self, from: NodeId, prev_index: u64, prev_term: u64, entries: &[Entry], commit: u64) {
-        if self.installing.is_some() {
-            return; // the snapshot supersedes this append; the leader resends after it
+        if self.installing.as_ref().is_some_and(|i| i.index > self.log.committed) {
+            // The snapshot supersedes this append; the leader resends after
+            // it. (A fenced node's rebuild keeps its log: appends go on.)
+            return;
         }
         if prev_index < self.log.committed {
             self.ack_committed(from);
@@ -1027,8 +1038,15 @@ impl RawNode {
     }
 
     fn handle_snapshot(&mut self, from: NodeId, meta: SnapshotMeta) {
-        if meta.index <= self.log.committed && !self.can_rebuild_from(&meta) {
-            self.ack_committed(from);
+        if meta.index <= self.log.committed {
+            // A rebuild takes one offer at a time: a newer one would cut
+            // short the pull of this one, which serves as well.
+            if !self.can_rebuild_from(&meta) || self.installing.is_some() {
+                self.ack_committed(from);
+                return;
+            }
+            self.installing = Some(meta.clone());
+            self.snapshot_install = Some(SnapshotInstall { meta, from });
             return;
         }
         if self.installing.as_ref().is_some_and(|i| i.index >= meta.index) {
@@ -1408,6 +1426,67 @@ mod tests {
         assert!(rd.entries.is_empty());
         let applied: Vec<u64> = rd.committed_entries.iter().map(|e| e.index).collect();
         assert_eq!(applied, vec![6, 7], "committed entries after the snapshot are replayed");
+    }
+
+    /// A fenced follower takes one rebuild offer at or below its commit
+    /// index, keeps acknowledging appends while it pulls, and once rebuilt
+    /// has the entries after the snapshot handed out again, exactly once.
+    #[test]
+    fn a_fenced_follower_rebuilds_from_a_snapshot_below_its_commit() {
+        let config = Configuration::new([1, 2, 3]);
+        let st = RestartState {
+            hard_state: HardState { term: 2, vote: 1, commit: 8 },
+            snapshot: SnapshotMeta { index: 3, term: 1, config: config.clone() },
+            entries: (4..=8).map(|i| entry(i, 2)).collect(),
+            applied: 3,
+        };
+        let mut n = RawNode::restart(Config::new(2, 0), st).unwrap();
+        let rd = n.ready();
+        assert_eq!(rd.committed_entries.len(), 5);
+        assert_eq!(n.applied(), 8);
+        let offer = |n: &mut RawNode, index| {
+            n.step(Message {
+                from: 1,
+                to: 2,
+                term: 2,
+                body: MessageBody::InstallSnapshot { meta: SnapshotMeta { index, term: 2, config: config.clone() } },
+            });
+            n.ready()
+        };
+        // Not fenced: an offer below the commit index is only acknowledged.
+        let rd = offer(&mut n, 6);
+        assert!(rd.snapshot_install.is_none());
+        n.set_fenced(true, true);
+        assert!(!n.can_rebuild_from(&SnapshotMeta { index: 2, term: 1, config: config.clone() }), "before the log");
+        let rd = offer(&mut n, 6);
+        assert_eq!(rd.snapshot_install.as_ref().map(|i| i.meta.index), Some(6));
+        // One at a time: a newer offer while pulling is only acknowledged.
+        assert!(offer(&mut n, 7).snapshot_install.is_none());
+        // Appends go on while it pulls: the log is not what differs.
+        n.step(Message {
+            from: 1,
+            to: 2,
+            term: 2,
+            body: MessageBody::Append { prev_index: 8, prev_term: 2, entries: vec![entry(9, 2)], commit: 9 },
+        });
+        let rd = n.ready();
+        assert_eq!(rd.entries.len(), 1, "the append was taken");
+        n.on_persisted(9, 2);
+        let rd = n.ready();
+        assert_eq!(rd.committed_entries.iter().map(|e| e.index).collect::<Vec<_>>(), vec![9]);
+        assert!(n.on_state_rebuilt(SnapshotMeta { index: 6, term: 2, config: config.clone() }));
+        assert_eq!((n.applied(), n.first_index()), (6, 7));
+        let rd = n.ready();
+        assert_eq!(
+            rd.committed_entries.iter().map(|e| e.index).collect::<Vec<_>>(),
+            vec![7, 8, 9],
+            "the entries after the snapshot apply again"
+        );
+        assert!(rd.snapshot_install.is_none());
+        // Not fenced any more: no second rebuild.
+        n.set_fenced(false, false);
+        assert!(!n.on_state_rebuilt(SnapshotMeta { index: 7, term: 2, config: config.clone() }));
+        assert_eq!(n.applied(), 9);
     }
 
     #[test]

@@ -33,6 +33,7 @@
 use std::collections::BTreeMap;
 
 use sha2::{Digest as _, Sha256};
+use waft_raft::progress::ProgressState;
 use waft_raft::{Message, MessageBody, NodeId, Role};
 use waft_session::{Body, Envelope};
 
@@ -419,9 +420,11 @@ impl Replica {
         let targets: Vec<(NodeId, u64, Option<u64>)> =
             self.digests.rebuild.iter().map(|(&id, &(at, offered))| (id, at, offered)).collect();
         for (id, at, offered) in targets {
+            // Not while a pull of an earlier offer may still run.
+            let pulling = matches!(self.node.progress_of(id), Some((_, _, ProgressState::Snapshot { .. })));
             if snapshot < at {
                 want_snapshot = true;
-            } else if offered != Some(snapshot) && self.node.send_snapshot(id) {
+            } else if offered != Some(snapshot) && !pulling && self.node.send_snapshot(id) {
                 tracing::warn!(
                     group = self.group,
                     node = id,
@@ -468,9 +471,13 @@ impl Replica {
     pub(super) fn tick_digests(&mut self) {
         let d = &mut self.digests;
         d.ticks += 1;
+        // A replica left fenced for an operator does not keep asking to be
+        // rebuilt.
+        let fenced = d.status.fence.is_some();
         if d.ticks.is_multiple_of(DIGEST_REPORT_EVERY_TICKS)
             && let Some((index, _)) = d.status.latest
-            && (index > d.status.verified || d.status.fence.is_some())
+            && !(fenced && d.manual)
+            && (index > d.status.verified || fenced)
         {
             d.report_due = true;
         }
