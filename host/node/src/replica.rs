@@ -1643,20 +1643,7 @@ impl Replica {
             self.node.on_snapshot_installed(meta);
             return Ok(());
         }
-        let loaded = install
-            .writer
-            .commit()
-            .and_then(|stored| snapshots.open_snapshot(group, stored.id()))
-            .map_err(|source| Error::Storage { group, source })
-            .and_then(|reader| self.load_snapshot(&reader));
-        if let Err(e) = loaded {
-            if !e.is_fatal() {
-                self.abandon_install();
-            }
-            return Err(e);
-        }
-        self.align_log(store, &meta)?;
-        self.installing = None;
+        self.commit_and_load(store, snapshots, install.writer, &meta)?;
         tracing::info!(group, index = meta.index, term = meta.term, "snapshot installed");
         self.node.on_snapshot_installed(meta.clone());
         if self.digests.status.fence.is_some() && !self.digests.manual {
@@ -1666,14 +1653,15 @@ impl Replica {
         Ok(())
     }
 
-    /// A fenced replica loads a healthy replica's snapshot at or below
-    /// what it applied, and applies the log it kept after it again.
-    fn rebuild_from(
+    /// Commits a fully received snapshot, loads it into the state machine
+    /// and aligns the log with it (a suffix that continues it stays). On a
+    /// non-fatal error the install is abandoned and offered again later.
+    fn commit_and_load(
         &mut self,
         store: &mut dyn LogStore,
         snapshots: &SnapshotStore,
         writer: SnapshotWriter,
-        meta: waft_raft::SnapshotMeta,
+        meta: &waft_raft::SnapshotMeta,
     ) -> Result<()> {
         let group = self.group;
         let loaded = writer
@@ -1687,9 +1675,22 @@ impl Replica {
             }
             return Err(e);
         }
-        // The log after the snapshot stays: it is the group's.
-        self.align_log(store, &meta)?;
+        self.align_log(store, meta)?;
         self.installing = None;
+        Ok(())
+    }
+
+    /// A fenced replica loads a healthy replica's snapshot at or below
+    /// what it applied, and applies the log it kept after it again.
+    fn rebuild_from(
+        &mut self,
+        store: &mut dyn LogStore,
+        snapshots: &SnapshotStore,
+        writer: SnapshotWriter,
+        meta: waft_raft::SnapshotMeta,
+    ) -> Result<()> {
+        // The log after the snapshot stays: it is the group's.
+        self.commit_and_load(store, snapshots, writer, &meta)?;
         if !self.node.on_state_rebuilt(meta.clone()) {
             // Checked before the load: the state went back to the snapshot,
             // and the core would not apply the entries after it again.
