@@ -803,6 +803,7 @@ impl Replica {
         self.apply(&committed, out)?;
         self.propose_found();
         self.propose_verdict();
+        self.unfence_sole_voter();
         out.read_states.append(&mut rd.read_states);
         out.events.append(&mut rd.events);
         // The state machine is now exactly at the requested index.

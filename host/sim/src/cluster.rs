@@ -471,6 +471,14 @@ impl Cluster {
         }
         if let Some(finished) = out.install_finished {
             match finished {
+                Ok(sid) if self.nodes[&id].snaps.open_snapshot(GROUP, sid).is_err() => {
+                    // Not loaded: the log already held what it covers (a
+                    // rebuild offer a node no longer takes, or a new leader
+                    // that still had the entries).
+                    let committed = self.nodes[&id].raft().map_or(0, |r| r.committed());
+                    assert!(sid.index <= committed, "node {id}: install of {sid:?} reported done, but not stored");
+                    self.log(|| format!("node {id}: snapshot {} not needed", sid.index));
+                }
                 Ok(sid) => {
                     let node = self.nodes.get_mut(&id).expect("node");
                     // At the snapshot: past what it had applied (an install),

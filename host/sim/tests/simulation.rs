@@ -106,7 +106,13 @@ fn seeds_that_once_failed() {
     // with it and kept that suffix's persisted mark, so entries that took
     // those indexes applied before they were durable (and a snapshot then
     // purged the log ahead of their append).
-    for seed in [104457, 156] {
+    // 615: a sole voter's state changed under a recorded verdict (a restart
+    // replayed the log); it fenced itself and the group stopped.
+    // 1906: a fenced node's own snapshot had the id of the one the leader
+    // offered to rebuild it; the store refused it, over and over.
+    // 37563: membership churn left a fenced node the only voter; fenced,
+    // it never campaigned.
+    for seed in [104457, 156, 615, 1906, 37563] {
         if let Err(e) = run_seed(SimConfig::from_seed(seed)) {
             panic!(
                 "seed {seed} failed again: {e}\nreplay: cargo run --release -p waft-sim --bin sim -- --seed {seed} --trace"

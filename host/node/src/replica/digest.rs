@@ -266,6 +266,23 @@ impl Replica {
         conf.voters.iter().chain(&conf.voters_outgoing).all(|&v| v == me)
     }
 
+    /// A fenced replica that membership changes left the group's only
+    /// voter has nothing to be rebuilt from, and fenced it would stop the
+    /// group for good: the fence lifts, loudly.
+    pub(super) fn unfence_sole_voter(&mut self) {
+        if self.digests.status.fence.is_none() || !self.sole_voter() {
+            return;
+        }
+        let fence = self.digests.status.fence.take();
+        self.node.set_fenced(false, false);
+        tracing::error!(
+            group = self.group,
+            node = self.node.id(),
+            fenced_at = fence.map(|f| f.index),
+            "this fenced replica is now the group's only voter: nothing to rebuild it from, so it serves its own state"
+        );
+    }
+
     fn fence(&mut self, index: u64, ours: Digest, group_digest: Digest) {
         let group = self.group;
         tracing::error!(
