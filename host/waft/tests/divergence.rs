@@ -61,6 +61,20 @@ async fn wait_identical(c: &mut Cluster, leader: usize) -> u64 {
     }
 }
 
+/// Node 3 computes digests only past the snapshot it was rebuilt from: writes
+/// `command` until the group applied the first digest point after it, so
+/// that every node has a digest there to compare.
+async fn write_past_the_rebuild(c: &mut Cluster, leader: usize, command: &str) {
+    let client = c.client_of_all(leader);
+    let rebuilt_from = c.status(2, GROUP).await.expect("node 3 answers").snapshot_index;
+    let point = (rebuilt_from + 1).next_multiple_of(INTERVAL);
+    let deadline = Instant::now() + REPAIR_DEADLINE;
+    while c.status(leader, GROUP).await.map_or(0, |g| g.applied_index) < point {
+        client.propose(GROUP, command.to_owned().into()).await.unwrap();
+        assert!(Instant::now() < deadline, "the group did not reach digest point {point}");
+    }
+}
+
 /// The index node `i`'s log says it was fenced at.
 fn fenced_at(c: &Cluster, i: usize) -> u64 {
     let log = std::fs::read_to_string(c.log_path(i)).unwrap_or_default();
@@ -104,6 +118,7 @@ async fn a_replica_whose_state_differs_is_fenced_rebuilt_and_ends_identical_whil
     // Ends identical: the same digest at the same index on every node, a
     // verdict after the rebuild confirms node 3, and every acknowledged
     // write reads back on it.
+    write_past_the_rebuild(&mut c, leader, r#"{"set":{"key":"after","value":1}}"#).await;
     let at = wait_identical(&mut c, leader).await;
     let confirmed = wait_status(&mut c, 2, "confirmed after the rebuild", |g| g.digest_verified_index >= at).await;
     assert!(confirmed.fence.is_none());
@@ -150,6 +165,7 @@ async fn a_node_that_cannot_compile_a_deployed_module_is_fenced_then_rebuilt() {
         }
         assert!(Instant::now() < deadline, "node 3 was not rebuilt after {n} writes: {g:?}");
     }
+    write_past_the_rebuild(&mut c, leader, r#"{"incr":1}"#).await;
     let at = wait_identical(&mut c, leader).await;
     wait_status(&mut c, 2, "confirmed after the rebuild", |g| g.digest_verified_index >= at).await;
     let leader_status = c.status(leader, GROUP).await.unwrap();
