@@ -65,6 +65,16 @@
 //! # fn main() {}
 //! ```
 //!
+//! # State in the key-value store
+//!
+//! A state machine's state may also live in the group's key-value store,
+//! kept by the host on disk rather than in the instance's memory, so it may
+//! be far larger than the memory limit. Implement [`kv::KvStateMachine`]
+//! (no `self`: the state is the store) and call [`export_kv!`] instead. The
+//! host then runs every entry and query on a fresh instance, commits an
+//! entry's writes only if it returns `Ok`, keeps queries read-only, and
+//! snapshots the store itself; see [`kv`] for the rules and limits.
+//!
 //! # Commands on the wire
 //!
 //! Commands, queries and their replies travel as bytes in one of two forms,
@@ -139,6 +149,7 @@ use serde::de::DeserializeOwned;
 
 pub mod codec;
 mod glue;
+pub mod kv;
 #[cfg(any(test, all(feature = "allocator", target_family = "wasm", not(target_feature = "atomics"))))]
 mod small_alloc;
 mod snapshot;
@@ -149,6 +160,8 @@ mod snapshot;
 static ALLOCATOR: small_alloc::SmallBlockCache = small_alloc::SmallBlockCache::new();
 
 pub use codec::Format;
+#[doc(hidden)]
+pub use kv::KvAdapter;
 pub use snapshot::{SnapshotReader, SnapshotWriter};
 
 // The generated bindings refer to the runtime through this crate, so an
@@ -283,19 +296,35 @@ macro_rules! export {
                 ) -> ::std::result::Result<(), ::std::string::String> {
                     $crate::__private::load::<$ty>(reader)
                 }
+                // Trait calls are fully qualified: a caller of `export_kv!`
+                // need not have `StateMachine` in scope.
                 fn on_leader_start(term: u64) {
-                    $crate::__private::with_state::<$ty, _>(|sm| sm.on_leader_start(term))
+                    $crate::__private::with_state::<$ty, _>(|sm| {
+                        <$ty as $crate::StateMachine>::on_leader_start(sm, term)
+                    })
                 }
                 fn on_leader_stop() {
-                    $crate::__private::with_state::<$ty, _>(|sm| sm.on_leader_stop())
+                    $crate::__private::with_state::<$ty, _>(|sm| <$ty as $crate::StateMachine>::on_leader_stop(sm))
                 }
                 fn on_configuration_committed(voters: ::std::vec::Vec<u64>, learners: ::std::vec::Vec<u64>) {
-                    $crate::__private::with_state::<$ty, _>(|sm| sm.on_configuration_committed(&voters, &learners))
+                    $crate::__private::with_state::<$ty, _>(|sm| {
+                        <$ty as $crate::StateMachine>::on_configuration_committed(sm, &voters, &learners)
+                    })
                 }
             }
 
     $crate::bindings::export_raw!(WaftExport with_types_in $crate::bindings);
         };
+    };
+}
+
+/// Export a type implementing [`kv::KvStateMachine`] as this component's
+/// state machine, one whose state is the group's key-value store (see
+/// [`kv`]). Call it once, at the crate's top level, instead of [`export!`].
+#[macro_export]
+macro_rules! export_kv {
+    ($ty:ty) => {
+        $crate::export!($crate::KvAdapter<$ty>);
     };
 }
 

@@ -19,7 +19,15 @@ tasks:
   prereqs  install or check the prerequisites only";
 
 /// The guest crates, built as components for wasm32-wasip2.
-const GUESTS: [&str; 5] = ["waft-counter", "waft-atomic", "waft-probe", "waft-counter-doubling", "waft-hostile"];
+const GUESTS: [&str; 7] = [
+    "waft-counter",
+    "waft-atomic",
+    "waft-atomic-kv",
+    "waft-probe",
+    "waft-kv-probe",
+    "waft-counter-doubling",
+    "waft-hostile",
+];
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

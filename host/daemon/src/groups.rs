@@ -199,6 +199,8 @@ pub struct Host {
     /// Modules by hash (`data_dir/modules`): created groups' founding
     /// modules and deployed ones.
     modules: Arc<ModuleStore>,
+    /// Where kv state machines keep their state.
+    kv: waft_node::KvStores,
     engine: waft_runtime::Engine,
     transport: Transport,
     /// Every member's address, this node included.
@@ -217,6 +219,7 @@ impl Host {
         committer: Committer,
         snapshots: Arc<SnapshotStore>,
         modules: Arc<ModuleStore>,
+        kv: waft_node::KvStores,
         engine: waft_runtime::Engine,
         transport: Transport,
         addresses: BTreeMap<NodeId, String>,
@@ -228,6 +231,7 @@ impl Host {
             cfg,
             snapshots,
             modules,
+            kv,
             engine,
             transport,
             addresses,
@@ -346,6 +350,7 @@ impl Host {
                     sessions: self.cfg.sessions.clone(),
                     digest_interval: self.cfg.digest_interval,
                     manual_rebuild: self.cfg.manual_rebuild,
+                    kv: self.kv.clone(),
                     ..waft_node::ReplicaConfig::new(raft)
                 },
                 &mut *store,

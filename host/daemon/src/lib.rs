@@ -204,6 +204,7 @@ pub async fn serve(
     let log_dir = cfg.data_dir.join("log");
     let snap_dir = cfg.data_dir.join("snapshots");
     let module_dir = cfg.data_dir.join("modules");
+    let kv_dir = cfg.data_dir.join("kv");
     std::fs::create_dir_all(&cfg.data_dir)
         .map_err(|e| ServeError::Config(format!("cannot create {}: {e}", cfg.data_dir.display())))?;
     let identity =
@@ -227,6 +228,8 @@ pub async fn serve(
     let store = Arc::new(Mutex::new(RocksLogStore::open(&log_dir).map_err(storage_err(log_dir.clone()))?));
     let snapshots = Arc::new(SnapshotStore::open(&snap_dir).map_err(storage_err(snap_dir.clone()))?);
     let modules = Arc::new(ModuleStore::open(&module_dir).map_err(storage_err(module_dir.clone()))?);
+    // kv state machines' stores: rebuilt from snapshots and logs at open.
+    let kv = waft_node::KvStores::rocks(waft_storage::RocksKv::open(&kv_dir).map_err(storage_err(kv_dir.clone()))?);
     let engine = waft_runtime::Engine::new()?;
     let (committer, commit_thread) = commit::Committer::start(store.clone())
         .map_err(|e| ServeError::Config(format!("cannot start the log commit thread: {e}")))?;
@@ -252,6 +255,7 @@ pub async fn serve(
         committer.clone(),
         snapshots.clone(),
         modules,
+        kv,
         engine,
         transport,
         addresses,

@@ -118,6 +118,10 @@ impl Error {
 pub(crate) fn runtime_is_fatal(e: &RuntimeError) -> bool {
     matches!(
         e,
-        RuntimeError::Poisoned | RuntimeError::Recovery(_) | RuntimeError::Instantiate(_) | RuntimeError::Backstop(_)
+        RuntimeError::Poisoned
+            | RuntimeError::Recovery(_)
+            | RuntimeError::Instantiate(_)
+            | RuntimeError::Backstop(_)
+            | RuntimeError::Store(_)
     )
 }

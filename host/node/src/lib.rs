@@ -56,12 +56,14 @@
 
 mod convert;
 mod error;
+mod kv;
 mod module;
 mod outcome;
 mod replica;
 mod settings;
 
 pub use error::{Error, Result};
+pub use kv::KvStores;
 pub use module::{GuestModule, MODULE_BYTES_MAX, MODULE_FILE};
 pub use outcome::Outcome;
 pub use replica::{

@@ -13,13 +13,14 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 
+use crate::kv::KvStores;
 use bytes::Bytes;
 use waft_raft::{
     Configuration, EntryKind, Event, Message, NodeId, RawNode, ReadMode, ReadState, Ready, RestartState, Role,
     SnapshotInstall, SoftState,
 };
 use waft_runtime::machine::Offload;
-use waft_runtime::{ApplyResult, Limits, RuntimeError, StateMachine};
+use waft_runtime::{ApplyResult, KvError, KvHandle, Limits, RuntimeError, StateMachine};
 use waft_session::{Body, Envelope, EnvelopeError, SessionConfig, SessionTable, Ticket, Verdict};
 use waft_storage::{
     LogStore, ModuleHash, SNAPSHOT_CHUNK_BYTES_MAX, SnapshotFile, SnapshotId, SnapshotReader, SnapshotStore,
@@ -83,6 +84,9 @@ pub struct ReplicaConfig {
     /// Leave a replica whose state differs from the group's fenced for an
     /// operator rather than rebuild it from a healthy replica's snapshot.
     pub manual_rebuild: bool,
+    /// Where the group's key-value store lives (for a kv state machine):
+    /// in memory unless the node gives RocksDB.
+    pub kv: KvStores,
 }
 
 impl ReplicaConfig {
@@ -94,6 +98,7 @@ impl ReplicaConfig {
             sessions: SessionConfig::default(),
             digest_interval: crate::settings::DIGEST_INTERVAL_DEFAULT,
             manual_rebuild: false,
+            kv: KvStores::default(),
         }
     }
 }
@@ -178,6 +183,9 @@ pub struct Replica {
     group: u64,
     node: RawNode,
     sm: StateMachine,
+    /// The group's key-value store, which `sm` (and every machine after it)
+    /// keeps its state in when it runs a kv state machine.
+    kv: KvHandle,
     /// The host's half of the replicated state: client sessions. Every
     /// client entry passes through it, in log order, before the guest sees it.
     /// Invariant: no reply is pending between `apply` calls.
@@ -334,8 +342,10 @@ impl Replica {
             ..GroupSettings::founding(&cfg.limits, &cfg.sessions)
         };
         settings.validate().map_err(|e| Error::Settings { group, reason: format!("founding settings: {e}") })?;
-        let sm = StateMachine::for_group(founding.module(), settings.limits(&cfg.limits), group, &label)
+        let mut sm = StateMachine::for_group(founding.module(), settings.limits(&cfg.limits), group, &label)
             .map_err(|e| stopped(group, format!("cannot instantiate the state machine: {e}")))?;
+        let kv = (cfg.kv.0)(group).map_err(|e| stopped(group, e.to_string()))?;
+        sm.attach_kv(kv.clone());
         let sessions =
             SessionTable::new(cfg.sessions.clone()).map_err(|source| Error::SessionConfig { group, source })?;
         let mut replica = Replica {
@@ -345,6 +355,7 @@ impl Replica {
             node: RawNode::new(cfg.raft.clone(), Configuration::default())
                 .map_err(|source| Error::Start { group, source })?,
             sm,
+            kv,
             sessions,
             module: founding.clone(),
             module_index: 0,
@@ -378,6 +389,12 @@ impl Replica {
             && store.hard_state(group) == Default::default();
         let bootstrap = Configuration::new(bootstrap.iter().copied());
         let restart = if is_new {
+            // Whatever a group of this id left in the store is no part of this one.
+            let cleared = match replica.kv.lock() {
+                Ok(mut store) => store.clear(),
+                Err(_) => Err(KvError("the store's lock is poisoned".into())),
+            };
+            cleared.map_err(|e| stopped(group, e.to_string()))?;
             // Snapshot 0 records the founding configuration durably, so a
             // restart never depends on the caller passing the same peers again.
             let base = waft_raft::SnapshotMeta { index: 0, term: 0, config: bootstrap.clone() };
@@ -1260,21 +1277,36 @@ impl Replica {
             let module = new_module.as_ref().unwrap_or(&self.module);
             let hash = module.hash().to_hex();
             let limits = new_settings.limits(&self.local_limits);
+            if module.module().uses_kv() != self.sm.uses_kv() {
+                // The same on every replica: the modules' imports say it.
+                return Ok(Err(format!(
+                    "module {hash} keeps its state {} and the running one {}: a deploy cannot move a state \
+                     between a guest's memory and the group's key-value store",
+                    if module.module().uses_kv() { "in the key-value store" } else { "in memory" },
+                    if self.sm.uses_kv() { "in the key-value store" } else { "in memory" },
+                )));
+            }
             let mut sm = match StateMachine::for_group(module.module(), limits, self.group, &self.label) {
                 Ok(sm) => sm,
                 Err(e) => return Ok(Err(format!("module {hash} cannot start: {e}"))),
             };
-            let state = match self.sm.save_snapshot(Vec::new()) {
-                Ok((state, _)) => state,
-                Err(e) if runtime_is_fatal(&e) || hit_backstop(&e) => return Err(self.stop(e)),
-                Err(e) => return Ok(Err(format!("the running module could not save its state: {e}"))),
+            sm.attach_kv(self.kv.clone());
+            let state = if sm.uses_kv() {
+                // The store stays where it is; the new module takes it over.
+                None
+            } else {
+                match self.sm.save_snapshot(Vec::new()) {
+                    Ok((state, _)) => Some(state),
+                    Err(e) if runtime_is_fatal(&e) || hit_backstop(&e) => return Err(self.stop(e)),
+                    Err(e) => return Ok(Err(format!("the running module could not save its state: {e}"))),
+                }
             };
-            match sm.load_snapshot(std::io::Cursor::new(state)) {
-                Ok(()) => {}
+            match state.map(|state| sm.load_snapshot(std::io::Cursor::new(state))) {
+                None | Some(Ok(())) => {}
                 // How far a call got before the wall clock stopped it depends
                 // on this machine: no replica may refuse (or accept) on it.
-                Err(e) if hit_backstop(&e) => return Err(self.stop(e)),
-                Err(e) => return Ok(Err(format!("module {hash} could not load the running state: {e}"))),
+                Some(Err(e)) if hit_backstop(&e) => return Err(self.stop(e)),
+                Some(Err(e)) => return Ok(Err(format!("module {hash} could not load the running state: {e}"))),
             }
             sm.set_offload(self.offload.clone());
             self.sm = sm;
@@ -1454,7 +1486,13 @@ impl Replica {
                 let limits = settings.limits(&self.local_limits);
                 let mut sm = StateMachine::for_group(module.module(), limits, self.group, &self.label)
                     .map_err(|e| refuse("cannot start", e))?;
-                sm.load_snapshot(state).map_err(|e| refuse("cannot load the snapshot's state", e))?;
+                sm.attach_kv(self.kv.clone());
+                match sm.load_snapshot(state) {
+                    Ok(()) => {}
+                    // A store left half loaded: nothing to go on with.
+                    Err(e) if runtime_is_fatal(&e) => return Err(self.stop(e)),
+                    Err(e) => return Err(refuse("cannot load the snapshot's state", e)),
+                }
                 tracing::info!(group, index = meta.index, module = %hash, since = module_index, "module switched by a snapshot (or its limits)");
                 sm.set_offload(self.offload.clone());
                 self.sm = sm;

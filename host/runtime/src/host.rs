@@ -52,6 +52,8 @@ pub(crate) struct HostState {
     pub(crate) label: Arc<str>,
     /// Bytes written to WASI streams and not yet charged for.
     written: u64,
+    /// The key-value store this call may use (a kv state machine's calls).
+    pub(crate) kv: Option<crate::kv::KvCall>,
 }
 
 impl HostState {
@@ -59,7 +61,16 @@ impl HostState {
         let (wasi, random) = deterministic_ctx();
         let mut table = ResourceTable::new();
         table.set_max_capacity(HOST_RESOURCES_MAX);
-        Self { wasi, table, limiter: Limiter::new(memory_bytes_max), random, log_budget: 0, label, written: 0 }
+        Self {
+            wasi,
+            table,
+            limiter: Limiter::new(memory_bytes_max),
+            random,
+            log_budget: 0,
+            label,
+            written: 0,
+            kv: None,
+        }
     }
 
     pub(crate) fn table(&mut self) -> &mut ResourceTable {
@@ -244,6 +255,7 @@ impl<W: Write> Write for SharedWrite<W> {
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::<HostState>::new(engine);
     crate::wasi_link::add_to_linker(&mut linker)?;
+    crate::kv::add_to_linker(&mut linker)?;
 
     let mut host = linker.instance(HOST_INTERFACE)?;
     host.func_wrap("log", |mut store: StoreContextMut<'_, HostState>, (level, message): (Level, LogLine)| {

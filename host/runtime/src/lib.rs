@@ -23,6 +23,7 @@
 mod abi;
 mod engine;
 mod host;
+pub mod kv;
 pub mod machine;
 mod module;
 pub mod native;
@@ -30,5 +31,6 @@ mod wasi;
 mod wasi_link;
 
 pub use engine::{Engine, EngineError, Limits};
+pub use kv::{KvError, KvHandle, KvProvider, KvStore, KvWrites, MemKv};
 pub use machine::{ApplyError, ApplyResult, Entry, FaultKind, GuestFault, RuntimeError, StateMachine};
 pub use module::{LoadError, Module, REQUIRED_EXPORTS, WIT_PACKAGE, WIT_VERSION};

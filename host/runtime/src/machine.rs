@@ -96,6 +96,7 @@ use wasmtime::{Store, Trap};
 use crate::abi::{Entries, Replies, ResultTooLarge, with_result_cap};
 use crate::engine::{EPOCH_TICK, Limits};
 use crate::host::{HostState, ReaderRes, SharedWrite, WriterRes};
+use crate::kv::{KvCall, KvHandle, KvWrites};
 use crate::module::{Module, ModuleKind};
 use crate::native::Native;
 use crate::wasi::{call_seed, entry_seed};
@@ -210,6 +211,11 @@ pub enum RuntimeError {
     /// entries: the group must stop on this replica.
     #[error("the wall-clock backstop stopped the state machine: {0}; the group must stop on this replica")]
     Backstop(String),
+    /// The group's key-value store failed (a disk error), or a kv state
+    /// machine has none: no outcome can be trusted, and the group must stop
+    /// on this replica.
+    #[error("{0}; the group must stop on this replica")]
+    Store(String),
 }
 
 /// Longest fault message kept; traps can carry long backtraces.
@@ -582,6 +588,9 @@ pub struct StateMachine {
     /// Fuel an entry of the last successful `on-apply` call used, on
     /// average: sizes batches that run in place.
     fuel_per_entry_recent: u64,
+    /// A kv state machine's store (see `kv`); `None` for any other, and
+    /// for a kv one until `attach_kv`.
+    kv: Option<KvHandle>,
 }
 
 /// How one `apply_batch` went.
@@ -621,6 +630,7 @@ impl StateMachine {
             offloaded: false,
             heavy: false,
             fuel_per_entry_recent: 1,
+            kv: None,
         };
         if let ModuleKind::Native(kind) = module.kind {
             tracing::warn!(
@@ -685,6 +695,9 @@ impl StateMachine {
                 .iter()
                 .map(|e| native.apply(&e.command).map(Bytes::from).map_err(ApplyError::Rejected))
                 .collect());
+        }
+        if self.module.uses_kv() {
+            return self.kv_apply(entries);
         }
         if self.offload.is_some() && !self.offloaded && self.heavy {
             // A recent call outgrew the slice: all of this goes off the
@@ -936,7 +949,7 @@ impl StateMachine {
     /// command bytes in all, may move the checkpoint: one `on-snapshot-save`
     /// into memory, a call as long as the guest's state is large.
     pub fn may_checkpoint_after(&self, entries: usize, command_bytes: usize) -> bool {
-        if self.native.is_some() {
+        if self.native.is_some() || self.module.uses_kv() {
             return false;
         }
         let cp = &self.checkpoint;
@@ -969,6 +982,16 @@ impl StateMachine {
         let bytes: Arc<[u8]> = self.offloaded(|sm| sm.save_live_to_memory())?.into();
         self.move_checkpoint(bytes.clone());
         Ok(bytes)
+    }
+
+    /// What a state digest covers: the state's saved bytes (and the
+    /// checkpoint moves there, as `checkpoint_now`), or for a kv state
+    /// machine a sha256 of every pair of its store, in key order.
+    pub fn state_for_digest(&mut self) -> Result<Arc<[u8]>, RuntimeError> {
+        if self.module.uses_kv() {
+            return self.kv_digest();
+        }
+        self.checkpoint_now()
     }
 
     /// Makes `bytes` (the apply instance's state, just saved) the
@@ -1198,6 +1221,9 @@ impl StateMachine {
             return native.query(request).map(Bytes::from).map_err(RuntimeError::Guest);
         }
         self.check_usable()?;
+        if self.module.uses_kv() {
+            return self.kv_query(request);
+        }
         if self.offload.is_some() && !self.offloaded && self.heavy {
             return self.offloaded(|sm| sm.query(request));
         }
@@ -1231,6 +1257,9 @@ impl StateMachine {
             let bytes = native.save(&mut out).map_err(RuntimeError::Guest)?;
             return Ok((out, bytes));
         }
+        if self.module.uses_kv() {
+            return self.kv_save(out);
+        }
         let (result, out, bytes) = self.guarded(|live| live.call_save(out))?;
         result.map_err(RuntimeError::Guest)?;
         Ok((out, bytes))
@@ -1242,6 +1271,9 @@ impl StateMachine {
     pub fn load_snapshot<R: Read + Send + 'static>(&mut self, mut input: R) -> Result<(), RuntimeError> {
         if let Some(native) = &mut self.native {
             return native.load(&mut input).map_err(RuntimeError::Guest);
+        }
+        if self.module.uses_kv() {
+            return self.kv_load(input);
         }
         let mut fresh = Live::instantiate_for(&self.module, &self.limits, self.group, self.label.clone())?;
         match fresh.call_load(input) {
@@ -1276,7 +1308,9 @@ impl StateMachine {
     }
 
     fn leader_hook(&mut self, term: Option<u64>) -> Result<(), RuntimeError> {
-        if self.native.is_some() {
+        // A kv state machine's instance lives for one call: a hook would be
+        // forgotten at once.
+        if self.native.is_some() || self.module.uses_kv() {
             return Ok(());
         }
         self.check_usable()?;
@@ -1296,6 +1330,9 @@ impl StateMachine {
     pub fn on_configuration_committed(&mut self, voters: &[u64], learners: &[u64]) -> Result<(), RuntimeError> {
         if self.native.is_some() {
             return Ok(());
+        }
+        if self.module.uses_kv() {
+            return self.kv_configuration(voters, learners);
         }
         let fuel = self.limits.fuel_per_query;
         match self.guarded(|live| live.call_config(voters, learners, fuel)) {
@@ -1340,5 +1377,275 @@ impl StateMachine {
                 Err(RuntimeError::Fault(fault))
             }
         }
+    }
+}
+
+/// Starts a kv state machine's snapshot of its store (see `kv_save`).
+const KV_SNAPSHOT_MAGIC: &[u8; 8] = b"WAFTKV1\n";
+/// Ends it: no key is this long.
+const KV_SNAPSHOT_END: u32 = u32::MAX;
+/// Pairs written to the store at once while a snapshot loads.
+const KV_LOAD_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// A kv state machine (see `kv`): every call on a fresh instance, the state
+/// in the store.
+impl StateMachine {
+    /// Whether this runs a kv state machine.
+    pub fn uses_kv(&self) -> bool {
+        self.module.uses_kv()
+    }
+
+    /// Gives a kv state machine its group's store (a deploy or a new limit
+    /// hands the next machine the same one). Ignored by any other.
+    pub fn attach_kv(&mut self, store: KvHandle) {
+        if self.module.uses_kv() {
+            self.kv = Some(store);
+        }
+    }
+
+    /// The store `attach_kv` gave.
+    pub fn kv_store(&self) -> Option<KvHandle> {
+        self.kv.clone()
+    }
+
+    fn kv_handle(&self) -> Result<KvHandle, RuntimeError> {
+        self.kv.clone().ok_or_else(|| RuntimeError::Store("a kv state machine has no store attached".into()))
+    }
+
+    /// A fresh instance holding a call on the store.
+    fn kv_instance(&self, store: &KvHandle, writable: bool) -> Result<Live, RuntimeError> {
+        let mut live = Live::instantiate_for(&self.module, &self.limits, self.group, self.label.clone())?;
+        live.store.data_mut().kv = Some(KvCall::new(store.clone(), writable));
+        Ok(live)
+    }
+
+    /// Takes the call's writes back from an instance, or the store's own
+    /// failure during the call.
+    fn kv_finish(live: &mut Live) -> Result<KvWrites, RuntimeError> {
+        match live.store.data_mut().kv.take() {
+            Some(KvCall { failed: Some(e), .. }) => Err(RuntimeError::Store(e.to_string())),
+            Some(call) => Ok(call.writes),
+            None => Err(RuntimeError::Store("the call's store went missing".into())),
+        }
+    }
+
+    fn kv_write(store: &KvHandle, writes: &KvWrites) -> Result<(), RuntimeError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
+        store.write(writes).map_err(|e| RuntimeError::Store(e.to_string()))
+    }
+
+    /// Applies entries one per call, each on a fresh instance: in place
+    /// within the fuel slice, the rest through the offload hook once one
+    /// entry needs more (it is run again there, from nothing: its writes
+    /// went with the instance).
+    fn kv_apply(&mut self, entries: &[Entry]) -> Result<Vec<ApplyResult>, RuntimeError> {
+        let store = self.kv_handle()?;
+        let mut out = Vec::with_capacity(entries.len());
+        let budget = self.limits.fuel_per_entry;
+        let mut spent = 0u64;
+        for (at, entry) in entries.iter().enumerate() {
+            let slice = if self.in_place() { Some(IN_PLACE_FUEL_MAX.saturating_sub(spent)) } else { None };
+            let fuel = slice.map_or(budget, |s| s.min(budget));
+            match self.kv_entry(&store, entry, fuel)? {
+                Some((result, used)) => {
+                    spent = spent.saturating_add(used);
+                    out.push(result);
+                }
+                None => {
+                    return self.offloaded(|sm| {
+                        for entry in &entries[at..] {
+                            match sm.kv_entry(&store, entry, budget)? {
+                                Some((result, _)) => out.push(result),
+                                None => unreachable!("a full budget is not a slice"),
+                            }
+                        }
+                        Ok(out)
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// One entry on a fresh instance with `fuel`: its result and the fuel
+    /// it used, or `None` when it ran out of a slice smaller than its
+    /// budget (nothing of it kept).
+    fn kv_entry(
+        &mut self,
+        store: &KvHandle,
+        entry: &Entry,
+        fuel: u64,
+    ) -> Result<Option<(ApplyResult, u64)>, RuntimeError> {
+        let budget = self.limits.fuel_per_entry;
+        let mut live = self.kv_instance(store, true)?;
+        let call = live.call_apply(std::slice::from_ref(entry), fuel);
+        let writes = Self::kv_finish(&mut live)?;
+        let used = live.fuel_used();
+        let result = match call {
+            Ok(results) => match results.into_results().next() {
+                Some(Ok(reply)) => {
+                    Self::kv_write(store, &writes)?;
+                    Ok(reply)
+                }
+                Some(Err(message)) => Err(ApplyError::Rejected(message)),
+                None => return Err(RuntimeError::Recovery("on-apply returned no result for one entry".into())),
+            },
+            Err(f) if f.out_of_slice(budget, fuel) => return Ok(None),
+            Err(CallFault { fault }) if fault.kind == FaultKind::Backstop => {
+                return Err(self.backstop(fault.message));
+            }
+            Err(CallFault { fault }) => {
+                tracing::warn!(sm = &*self.label, index = entry.index, %fault, "entry rejected; its writes discarded");
+                Err(ApplyError::Fault(fault))
+            }
+        };
+        Ok(Some((result, used)))
+    }
+
+    /// A query on a fresh instance over the store, read-only.
+    fn kv_query(&mut self, request: &[u8]) -> Result<Bytes, RuntimeError> {
+        let store = self.kv_handle()?;
+        let budget = self.limits.fuel_per_query;
+        let fuel = if self.in_place() { budget.min(IN_PLACE_FUEL_MAX) } else { budget };
+        let mut live = self.kv_instance(&store, false)?;
+        let call = live.call_query(request, fuel);
+        Self::kv_finish(&mut live)?;
+        match call {
+            Ok(result) => result.map(Bytes::from).map_err(RuntimeError::Guest),
+            Err(f) if f.out_of_slice(budget, fuel) => self.offloaded(|sm| sm.kv_query(request)),
+            Err(f) => Err(RuntimeError::Fault(f.fault)),
+        }
+    }
+
+    /// A configuration hook, like an entry: on a fresh instance, its writes
+    /// kept only if it returns.
+    fn kv_configuration(&mut self, voters: &[u64], learners: &[u64]) -> Result<(), RuntimeError> {
+        let store = self.kv_handle()?;
+        let mut live = self.kv_instance(&store, true)?;
+        let call = live.call_config(voters, learners, self.limits.fuel_per_query);
+        let writes = Self::kv_finish(&mut live)?;
+        match call {
+            Ok(()) => Self::kv_write(&store, &writes),
+            Err(CallFault { fault }) if fault.kind == FaultKind::Backstop => Err(self.backstop(fault.message)),
+            Err(CallFault { fault }) => Err(RuntimeError::Fault(fault)),
+        }
+    }
+
+    /// Visits every pair of the store in key order.
+    fn kv_each(&self, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), RuntimeError> {
+        let store = self.kv_handle()?;
+        let store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
+        store.scan(&[], None, visit).map_err(|e| RuntimeError::Store(e.to_string()))
+    }
+
+    /// The store as a snapshot: a magic line, then each pair as a 4-byte
+    /// little-endian key length, the key, a 4-byte value length and the
+    /// value, in key order; then a key length of `u32::MAX`.
+    fn kv_save<W: Write>(&mut self, mut out: W) -> Result<(W, u64), RuntimeError> {
+        let mut bytes = KV_SNAPSHOT_MAGIC.len() as u64;
+        let mut failed = None;
+        let io = |e: std::io::Error| RuntimeError::Guest(format!("writing the store's snapshot: {e}"));
+        out.write_all(KV_SNAPSHOT_MAGIC).map_err(io)?;
+        self.kv_each(&mut |k, v| {
+            let frame = out
+                .write_all(&(k.len() as u32).to_le_bytes())
+                .and_then(|()| out.write_all(k))
+                .and_then(|()| out.write_all(&(v.len() as u32).to_le_bytes()))
+                .and_then(|()| out.write_all(v));
+            bytes += 8 + k.len() as u64 + v.len() as u64;
+            match frame {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(io(e));
+        }
+        out.write_all(&KV_SNAPSHOT_END.to_le_bytes()).map_err(io)?;
+        Ok((out, bytes + 4))
+    }
+
+    /// Replaces the store with a snapshot `kv_save` wrote. A file that is
+    /// not one is refused before anything changes; one that breaks off
+    /// once the store is being replaced leaves it half loaded, and the
+    /// group must stop (a restart loads the snapshot again).
+    fn kv_load<R: Read>(&mut self, mut input: R) -> Result<(), RuntimeError> {
+        let store = self.kv_handle()?;
+        let mut magic = [0u8; 8];
+        input
+            .read_exact(&mut magic)
+            .map_err(|e| RuntimeError::Guest(format!("not a key-value store snapshot: {e}")))?;
+        if &magic != KV_SNAPSHOT_MAGIC {
+            return Err(RuntimeError::Guest("not a key-value store snapshot (its first bytes differ)".into()));
+        }
+        let half = |what: String| {
+            RuntimeError::Recovery(format!(
+                "the store's snapshot broke off while loading ({what}): the store is half loaded"
+            ))
+        };
+        let mut store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
+        store.clear().map_err(|e| RuntimeError::Store(e.to_string()))?;
+        let mut batch = KvWrites::default();
+        let mut batch_bytes = 0usize;
+        let read_u32 = |input: &mut R| -> Result<u32, RuntimeError> {
+            let mut word = [0u8; 4];
+            input.read_exact(&mut word).map_err(|e| half(e.to_string()))?;
+            Ok(u32::from_le_bytes(word))
+        };
+        let mut last: Option<Vec<u8>> = None;
+        loop {
+            let key_len = read_u32(&mut input)?;
+            if key_len == KV_SNAPSHOT_END {
+                break;
+            }
+            if key_len as usize > crate::kv::KV_KEY_BYTES_MAX {
+                return Err(half(format!("a key of {key_len} bytes")));
+            }
+            let mut key = vec![0u8; key_len as usize];
+            input.read_exact(&mut key).map_err(|e| half(e.to_string()))?;
+            let value_len = read_u32(&mut input)?;
+            if value_len as usize > crate::kv::KV_VALUE_BYTES_MAX {
+                return Err(half(format!("a value of {value_len} bytes")));
+            }
+            let mut value = vec![0u8; value_len as usize];
+            input.read_exact(&mut value).map_err(|e| half(e.to_string()))?;
+            if last.as_ref().is_some_and(|l| *l >= key) {
+                return Err(half("keys out of order".into()));
+            }
+            batch_bytes += key.len() + value.len();
+            last = Some(key.clone());
+            batch.merge_one(key, Some(value));
+            if batch_bytes >= KV_LOAD_BATCH_BYTES {
+                store.write(&batch).map_err(|e| RuntimeError::Store(e.to_string()))?;
+                batch = KvWrites::default();
+                batch_bytes = 0;
+            }
+        }
+        store.write(&batch).map_err(|e| RuntimeError::Store(e.to_string()))
+    }
+
+    /// A digest of the store: sha256 over its pairs as `kv_save` frames
+    /// them, without the copy.
+    fn kv_digest(&mut self) -> Result<Arc<[u8]>, RuntimeError> {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(KV_SNAPSHOT_MAGIC);
+        self.offloaded(|sm| {
+            sm.kv_each(&mut |k, v| {
+                h.update((k.len() as u32).to_le_bytes());
+                h.update(k);
+                h.update((v.len() as u32).to_le_bytes());
+                h.update(v);
+                true
+            })
+        })?;
+        let digest: [u8; 32] = h.finalize().into();
+        Ok(Arc::from(&digest[..]))
     }
 }

@@ -22,6 +22,7 @@ pub const WIT_VERSION: &str = "0.1.0";
 pub(crate) const HOST_INTERFACE: &str = "waft:fsm/host@0.1.0";
 pub(crate) const TYPES_INTERFACE: &str = "waft:fsm/types@0.1.0";
 pub(crate) const MACHINE_INTERFACE: &str = "waft:fsm/machine@0.1.0";
+pub(crate) const KV_INTERFACE: &str = "waft:fsm/kv@0.1.0";
 
 /// The functions `waft:fsm/machine` must export.
 pub const REQUIRED_EXPORTS: [&str; 7] = [
@@ -88,7 +89,7 @@ pub enum LoadError {
     MissingExport { name: String },
     #[error(
         "the component imports `{name}`, which the host does not provide: a state machine may import only \
-         {WIT_PACKAGE}/host, {WIT_PACKAGE}/types and deterministic WASI (io, cli, clocks, random, filesystem)"
+         {WIT_PACKAGE}/host, {WIT_PACKAGE}/types, {WIT_PACKAGE}/kv and deterministic WASI (io, cli, clocks, random, filesystem)"
     )]
     ImportNotAllowed { name: String },
     #[error("the component does not match the host's interfaces: {0}")]
@@ -124,6 +125,9 @@ pub(crate) struct ModuleInner {
     /// guest is handed one entry per `on-apply` call, so the random stream
     /// can restart at every entry (see `machine`).
     pub(crate) draws_randomness: bool,
+    /// Whether the component imports `waft:fsm/kv`: a kv state machine,
+    /// whose state is the group's key-value store (see `kv`).
+    pub(crate) uses_kv: bool,
 }
 
 /// Where each export lives, looked up once.
@@ -155,12 +159,18 @@ impl Module {
         }
         check_header(bytes)?;
         let component = Component::new(&engine.inner, bytes).map_err(|e| LoadError::Malformed(format!("{e:#}")))?;
-        let draws_randomness = check_imports(engine, &component)?;
+        let Imports { draws_randomness, uses_kv } = check_imports(engine, &component)?;
         let exports = check_exports(engine, &component)?;
         let linker = linker(&engine.inner).map_err(|e| LoadError::Incompatible(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Incompatible(format!("{e:#}")))?;
         let module = Module {
-            kind: ModuleKind::Wasm(Arc::new(ModuleInner { engine: engine.clone(), pre, exports, draws_randomness })),
+            kind: ModuleKind::Wasm(Arc::new(ModuleInner {
+                engine: engine.clone(),
+                pre,
+                exports,
+                draws_randomness,
+                uses_kv,
+            })),
         };
         // Typecheck every export against the host's expectations.
         crate::machine::Live::instantiate(&module, &crate::Limits::default(), "validate".into())
@@ -184,6 +194,12 @@ impl Module {
     /// call (a determinism rule, at some cost in apply throughput).
     pub fn draws_randomness(&self) -> bool {
         matches!(&self.kind, ModuleKind::Wasm(inner) if inner.draws_randomness)
+    }
+
+    /// Whether the guest imports `waft:fsm/kv`: its state is the group's
+    /// key-value store, and every call runs on a fresh instance (see `kv`).
+    pub fn uses_kv(&self) -> bool {
+        matches!(&self.kind, ModuleKind::Wasm(inner) if inner.uses_kv)
     }
 }
 
@@ -210,10 +226,19 @@ fn split_version(name: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Checks every import is allowed; returns whether any is `wasi:random`.
-fn check_imports(engine: &Engine, component: &Component) -> Result<bool, LoadError> {
+/// What a component's imports say about how it must run.
+struct Imports {
+    /// It imports a `wasi:random` interface.
+    draws_randomness: bool,
+    /// It imports `waft:fsm/kv`.
+    uses_kv: bool,
+}
+
+/// Checks every import is allowed.
+fn check_imports(engine: &Engine, component: &Component) -> Result<Imports, LoadError> {
     let ty = component.component_type();
     let mut draws_randomness = false;
+    let mut uses_kv = false;
     for (name, _) in ty.imports(&engine.inner) {
         let (base, version) = split_version(name);
         if base.starts_with(&format!("{WIT_PACKAGE}/")) {
@@ -221,6 +246,10 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<bool, LoadErr
                 return Err(LoadError::WrongVersion { found: name.to_string() });
             }
             if base == "waft:fsm/host" || base == "waft:fsm/types" {
+                continue;
+            }
+            if base == "waft:fsm/kv" {
+                uses_kv = true;
                 continue;
             }
             return Err(LoadError::ImportNotAllowed { name: name.to_string() });
@@ -231,7 +260,7 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<bool, LoadErr
         }
         draws_randomness |= base.starts_with("wasi:random/");
     }
-    Ok(draws_randomness)
+    Ok(Imports { draws_randomness, uses_kv })
 }
 
 fn check_exports(engine: &Engine, component: &Component) -> Result<ExportIndexes, LoadError> {

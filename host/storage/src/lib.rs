@@ -42,6 +42,7 @@ mod codec;
 pub mod conformance;
 mod error;
 pub mod fsutil;
+mod kv;
 mod mem;
 mod module;
 mod plan;
@@ -52,6 +53,7 @@ pub mod testkit;
 mod types;
 
 pub use error::{Error, Result};
+pub use kv::{KV_BLOCK_CACHE_BYTES, KV_WRITE_BUFFER_BYTES, RocksKv, RocksKvGroup};
 pub use mem::MemLogStore;
 pub use module::{MODULE_BYTES_MAX, ModuleHash, ModuleStore};
 pub use rocks::{RocksLogStore, RocksOptions};

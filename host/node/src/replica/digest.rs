@@ -187,7 +187,7 @@ impl Replica {
     /// At a digest point: checkpoints the state machine there, digests the
     /// state, and queues the report for the leader.
     pub(super) fn take_digest(&mut self, index: u64) -> Result<()> {
-        let state = match self.sm.checkpoint_now() {
+        let state = match self.sm.state_for_digest() {
             Ok(state) => state,
             Err(e) if runtime_is_fatal(&e) => return Err(self.stop(e)),
             Err(e) => {

@@ -1,0 +1,61 @@
+//! Where a node keeps its groups' key-value stores: [`KvStores`], in memory
+//! (tests, the simulator) or in the node's [`RocksKv`].
+
+use std::sync::{Arc, Mutex};
+
+use waft_runtime::{KvError, KvHandle, KvProvider, KvStore, KvWrites};
+use waft_storage::{RocksKv, RocksKvGroup};
+
+/// Makes each group's key-value store (see `waft_runtime::kv`).
+#[derive(Clone)]
+pub struct KvStores(pub KvProvider);
+
+impl KvStores {
+    /// Every group's store in `kv`, under the group's id.
+    pub fn rocks(kv: RocksKv) -> KvStores {
+        KvStores(Arc::new(move |group| Ok(Arc::new(Mutex::new(RocksStore(kv.group(group)))) as KvHandle)))
+    }
+}
+
+impl Default for KvStores {
+    /// In-memory stores.
+    fn default() -> KvStores {
+        KvStores(waft_runtime::kv::mem_provider())
+    }
+}
+
+impl std::fmt::Debug for KvStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KvStores")
+    }
+}
+
+/// One group's store in RocksDB.
+struct RocksStore(RocksKvGroup);
+
+fn kv_err(e: waft_storage::Error) -> KvError {
+    KvError(e.to_string())
+}
+
+impl KvStore for RocksStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.0.get(key).map_err(kv_err)
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), KvError> {
+        self.0.scan(start, end, visit).map_err(kv_err)
+    }
+
+    fn write(&mut self, writes: &KvWrites) -> Result<(), KvError> {
+        self.0.write(writes.iter()).map_err(kv_err)
+    }
+
+    fn clear(&mut self) -> Result<(), KvError> {
+        self.0.clear().map_err(kv_err)
+    }
+}

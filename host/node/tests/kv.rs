@@ -1,0 +1,119 @@
+//! kv state machines in a group, in-process: every replica ends with the
+//! same store whether it applied the entries, restarted from its snapshot
+//! and log, or installed a leader's snapshot; a failed entry's writes are
+//! nowhere; a deploy cannot move a state between memory and the store.
+
+mod common;
+
+use bytes::Bytes;
+use common::{Cluster, guest_bytes};
+use waft_node::Outcome;
+use waft_session::Body;
+
+fn put_many(c: &mut Cluster, prefix: &str, n: u32) -> u64 {
+    c.propose(&format!(r#"{{"put_many":{{"prefix":"{prefix}","n":{n}}}}}"#)).0
+}
+
+fn settle(c: &mut Cluster) {
+    c.settle();
+    // Heartbeats carry the final commit index to the followers.
+    c.tick(3);
+}
+
+fn count(c: &mut Cluster, id: u64, prefix: &str) -> String {
+    let q = format!(r#"{{"count":{{"prefix":"{prefix}"}}}}"#);
+    String::from_utf8(c.replica(id).query(q.as_bytes()).unwrap().to_vec()).unwrap()
+}
+
+/// Every replica in `ids` applied what the leader did and holds the same
+/// store, pair for pair.
+fn assert_identical(c: &mut Cluster, ids: &[u64]) {
+    let leader = c.leader().expect("a leader");
+    let (applied, state) = (c.applied_index(leader), c.state_bytes(leader));
+    assert!(state.len() > 16, "the store holds pairs");
+    for &id in ids {
+        assert_eq!(c.applied_index(id), applied, "node {id} applied index");
+        assert!(c.state_bytes(id) == state, "node {id}'s store differs from the leader's");
+    }
+}
+
+#[test]
+fn an_entry_that_traps_after_puts_leaves_nothing_on_any_replica() {
+    let mut c = Cluster::with_guest("kv-trap", 3, 10_000, "waft_kv_probe");
+    c.elect(1);
+    let ok = put_many(&mut c, "ok", 3);
+    let trap = c.propose(r#"{"put_many_then_panic":{"prefix":"trap","n":50}}"#).0;
+    let err = c.propose(r#"{"put_many_then_err":{"prefix":"err","n":50}}"#).0;
+    settle(&mut c);
+    for id in 1..=3 {
+        assert_eq!(c.result_at(id, ok), "3", "node {id}");
+        assert!(c.result_at(id, trap).starts_with("ERR: guest fault"), "node {id}: {}", c.result_at(id, trap));
+        assert!(c.result_at(id, err).contains("refused after puts"), "node {id}: {}", c.result_at(id, err));
+        assert_eq!(count(&mut c, id, "trap"), "0", "node {id}");
+        assert_eq!(count(&mut c, id, "err"), "0", "node {id}");
+    }
+    assert_identical(&mut c, &[1, 2, 3]);
+}
+
+#[test]
+fn a_restarted_replica_and_a_lagging_one_end_with_the_same_store() {
+    // Snapshots every 20 entries, so node 3 comes back to a compacted log
+    // and installs the leader's snapshot of the store.
+    let mut c = Cluster::with_guest("kv-install", 3, 20, "waft_kv_probe");
+    c.elect(1);
+    for i in 0..10 {
+        put_many(&mut c, &format!("a{i}-"), 20);
+    }
+    settle(&mut c);
+    c.close(3);
+    for i in 0..60 {
+        put_many(&mut c, &format!("b{i}-"), 10);
+        c.propose(&format!(r#"{{"delete":{{"key":"a{}-3"}}}}"#, i % 10));
+    }
+    settle(&mut c);
+    let installs = c.installs;
+    c.open(3);
+    c.tick(10);
+    settle(&mut c);
+    assert!(c.installs > installs, "node 3 caught up through a snapshot");
+    assert_identical(&mut c, &[1, 2, 3]);
+    assert_eq!(count(&mut c, 3, "b"), "600");
+    assert_eq!(count(&mut c, 3, "a"), "190");
+    // A restart loads the latest snapshot and replays the log after it.
+    c.close(2);
+    c.open(2);
+    put_many(&mut c, "c", 5);
+    settle(&mut c);
+    assert_identical(&mut c, &[1, 2, 3]);
+    assert_eq!(count(&mut c, 2, "c"), "5");
+}
+
+#[test]
+fn a_deploy_between_memory_and_kv_state_is_refused_on_every_replica() {
+    let mut c = Cluster::with_guest("kv-deploy", 3, 10_000, "waft_atomic");
+    c.elect(1);
+    c.propose(r#"{"set":{"key":"a","value":1}}"#);
+    let (index, _) = c.propose_body(Body::Deploy { module: Bytes::from(guest_bytes("waft_atomic_kv")) });
+    settle(&mut c);
+    for id in 1..=3 {
+        match c.outcome_at(id, index) {
+            Some(Outcome::DeployRefused(why)) => {
+                assert!(why.contains("key-value store"), "node {id}: {why}")
+            }
+            other => panic!("node {id}: the deploy should be refused, got {other:?}"),
+        }
+    }
+    // A kv module replacing another keeps the store.
+    let mut c = Cluster::with_guest("kv-deploy-kv", 3, 10_000, "waft_kv_probe");
+    c.elect(1);
+    put_many(&mut c, "k", 7);
+    let (index, _) = c.propose_body(Body::Deploy { module: Bytes::from(guest_bytes("waft_atomic_kv")) });
+    settle(&mut c);
+    // The atomic reads the probe's "k1" = "1" (one byte, not 8): its own error.
+    let at = c.propose(r#"{"get":{"key":"k1"}}"#).0;
+    settle(&mut c);
+    for id in 1..=3 {
+        assert!(matches!(c.outcome_at(id, index), Some(Outcome::Deployed { .. })), "node {id}");
+        assert!(c.result_at(id, at).starts_with("ERR"), "node {id}: {}", c.result_at(id, at));
+    }
+}
