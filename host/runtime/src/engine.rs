@@ -5,12 +5,48 @@
 //! feature whose results can differ between machines (threads, relaxed SIMD
 //! without deterministic lowering, NaN bit patterns).
 
-use wasmtime::{Config, OptLevel};
+use std::sync::{Arc, OnceLock};
+
+use wasmtime::{Config, Enabled, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+/// Instances of kv state machines alive at once, over the whole process
+/// (each lives for one call; a call waits for none): far more than the
+/// threads that run guest calls.
+pub const KV_POOL_INSTANCES: u32 = 1024;
+/// Largest memory of a kv state machine's instance, whatever a group's
+/// memory limit says.
+pub const KV_POOL_MEMORY_BYTES_MAX: usize = 1 << 30;
+/// Decommits of pooled slots made at once.
+const KV_POOL_DECOMMIT_BATCH: usize = 64;
+/// Bytes of a pooled memory (and table) zeroed in place when its slot is
+/// reused.
+const KV_POOL_KEEP_RESIDENT_BYTES: usize = 4 << 20;
+
+/// The settings every engine shares (see [`Engine::new`]).
+fn base_config() -> Config {
+    let mut config = Config::new();
+    config
+        .wasm_component_model(true)
+        .consume_fuel(true)
+        .cranelift_nan_canonicalization(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        .wasm_relaxed_simd(false)
+        .relaxed_simd_deterministic(true)
+        // wasmtime is built without its `threads` and
+        // `component-model-async` features, so neither can be enabled.
+        .wasm_shared_everything_threads(false)
+        .wasm_stack_switching(false)
+        .max_wasm_stack(STACK_BYTES_MAX)
+        .epoch_interruption(true);
+    config
+}
 
 /// One per process; shared by every loaded module.
 #[derive(Clone)]
 pub struct Engine {
     pub(crate) inner: wasmtime::Engine,
+    /// The kv state machines' engine (see [`Engine::pooled`]).
+    pooled: Arc<OnceLock<wasmtime::Engine>>,
     /// Whether `Module::load` accepts a file naming a native machine in a
     /// build without the `bench-native` feature (see
     /// [`Engine::with_native_machines`]).
@@ -31,23 +67,44 @@ impl Engine {
     ///   entry's outcome: the runtime stops the group on that replica
     ///   instead (see `machine`).
     pub fn new() -> Result<Self, EngineError> {
-        let mut config = Config::new();
-        config
-            .wasm_component_model(true)
-            .consume_fuel(true)
-            .cranelift_nan_canonicalization(true)
-            .cranelift_opt_level(OptLevel::Speed)
-            .wasm_relaxed_simd(false)
-            .relaxed_simd_deterministic(true)
-            // wasmtime is built without its `threads` and
-            // `component-model-async` features, so neither can be enabled.
-            .wasm_shared_everything_threads(false)
-            .wasm_stack_switching(false)
-            .max_wasm_stack(STACK_BYTES_MAX)
-            .epoch_interruption(true);
-        let inner = wasmtime::Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))?;
+        let inner = wasmtime::Engine::new(&base_config()).map_err(|e| EngineError(format!("{e:#}")))?;
         spawn_epoch_ticker(&inner)?;
-        Ok(Self { inner, native_machines: false })
+        Ok(Self { inner, pooled: Arc::new(OnceLock::new()), native_machines: false })
+    }
+
+    /// The engine kv state machines run on: the same settings, with
+    /// wasmtime's pooling allocator, since such a guest gets a fresh instance
+    /// for every call and mapping a new memory each time costs tens of
+    /// microseconds. Made at its first use, so nodes without kv state
+    /// machines reserve nothing for it.
+    pub(crate) fn pooled(&self) -> Result<&wasmtime::Engine, EngineError> {
+        if let Some(engine) = self.pooled.get() {
+            return Ok(engine);
+        }
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(KV_POOL_INSTANCES)
+            .total_core_instances(KV_POOL_INSTANCES * 16)
+            .total_memories(KV_POOL_INSTANCES * 2)
+            .total_tables(KV_POOL_INSTANCES * 4)
+            .max_memory_size(KV_POOL_MEMORY_BYTES_MAX)
+            .table_elements(crate::host::TABLE_ELEMENTS_MAX)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .max_core_instances_per_component(32)
+            // What a call dirtied is zeroed in place when its slot is reused,
+            // rather than decommitted and faulted in again; decommits that
+            // remain go in batches (each is a TLB shootdown).
+            .linear_memory_keep_resident(KV_POOL_KEEP_RESIDENT_BYTES)
+            .table_keep_resident(KV_POOL_KEEP_RESIDENT_BYTES)
+            .decommit_batch_size(KV_POOL_DECOMMIT_BATCH)
+            // Where the kernel can say which pages a call dirtied (Linux 6.7
+            // and later), only those are reset.
+            .pagemap_scan(Enabled::Auto);
+        let mut config = base_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = wasmtime::Engine::new(&config).map_err(|e| EngineError(format!("{e:#}")))?;
+        spawn_epoch_ticker(&engine)?;
+        Ok(self.pooled.get_or_init(|| engine))
     }
 
     /// This engine, loading module files that name a native machine (see

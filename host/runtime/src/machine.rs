@@ -272,7 +272,7 @@ impl Live {
         let ModuleKind::Wasm(inner) = &module.kind else {
             return Err(RuntimeError::Instantiate("a native machine has no wasm instance".into()));
         };
-        let mut store = Store::new(&inner.engine.inner, HostState::new(limits.memory_bytes_max, label));
+        let mut store = Store::new(&inner.wasm_engine, HostState::new(limits.memory_bytes_max, label));
         store.limiter(|state| &mut state.limiter);
         store.call_hook(crate::host::call_hook);
         store.epoch_deadline_trap();

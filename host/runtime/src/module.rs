@@ -118,7 +118,9 @@ pub(crate) enum ModuleKind {
 }
 
 pub(crate) struct ModuleInner {
-    pub(crate) engine: Engine,
+    /// The wasmtime engine the component was compiled for: the `Engine`'s
+    /// own, or its pooled one for a kv state machine.
+    pub(crate) wasm_engine: wasmtime::Engine,
     pub(crate) pre: InstancePre<HostState>,
     pub(crate) exports: ExportIndexes,
     /// Whether the component imports any `wasi:random` interface. Such a
@@ -160,17 +162,30 @@ impl Module {
         check_header(bytes)?;
         let component = Component::new(&engine.inner, bytes).map_err(|e| LoadError::Malformed(format!("{e:#}")))?;
         let Imports { draws_randomness, uses_kv } = check_imports(engine, &component)?;
-        let exports = check_exports(engine, &component)?;
-        let linker = linker(&engine.inner).map_err(|e| LoadError::Incompatible(format!("{e:#}")))?;
+        check_exports(&engine.inner, &component)?;
+        let (wasm_engine, component) = if uses_kv {
+            // A kv state machine runs on the pooled engine (see
+            // `Engine::pooled`): the same code, moved over without a
+            // second compilation.
+            let pooled = engine.pooled().map_err(|e| LoadError::Incompatible(e.to_string()))?.clone();
+            let moved = component.serialize().and_then(|code| {
+                // SAFETY: `code` was just produced by an engine with the same
+                // compilation settings, in this process.
+                unsafe { Component::deserialize(&pooled, &code) }
+            });
+            let component = match moved {
+                Ok(c) => c,
+                Err(_) => Component::new(&pooled, bytes).map_err(|e| LoadError::Malformed(format!("{e:#}")))?,
+            };
+            (pooled, component)
+        } else {
+            (engine.inner.clone(), component)
+        };
+        let exports = check_exports(&wasm_engine, &component)?;
+        let linker = linker(&wasm_engine).map_err(|e| LoadError::Incompatible(format!("{e:#}")))?;
         let pre = linker.instantiate_pre(&component).map_err(|e| LoadError::Incompatible(format!("{e:#}")))?;
         let module = Module {
-            kind: ModuleKind::Wasm(Arc::new(ModuleInner {
-                engine: engine.clone(),
-                pre,
-                exports,
-                draws_randomness,
-                uses_kv,
-            })),
+            kind: ModuleKind::Wasm(Arc::new(ModuleInner { wasm_engine, pre, exports, draws_randomness, uses_kv })),
         };
         // Typecheck every export against the host's expectations.
         crate::machine::Live::instantiate(&module, &crate::Limits::default(), "validate".into())
@@ -263,11 +278,11 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<Imports, Load
     Ok(Imports { draws_randomness, uses_kv })
 }
 
-fn check_exports(engine: &Engine, component: &Component) -> Result<ExportIndexes, LoadError> {
+fn check_exports(engine: &wasmtime::Engine, component: &Component) -> Result<ExportIndexes, LoadError> {
     let ty = component.component_type();
     let mut names = Vec::new();
     let mut machine = None;
-    for (name, item) in ty.exports(&engine.inner) {
+    for (name, item) in ty.exports(engine) {
         names.push(name.to_string());
         let (base, _) = split_version(name);
         if base == "waft:fsm/machine" {
@@ -283,7 +298,7 @@ fn check_exports(engine: &Engine, component: &Component) -> Result<ExportIndexes
     let ComponentItem::ComponentInstance(instance) = machine.ty else {
         return Err(LoadError::WrongWorld { exports: names.join(", ") });
     };
-    let present: Vec<String> = instance.exports(&engine.inner).map(|(n, _)| n.to_string()).collect();
+    let present: Vec<String> = instance.exports(engine).map(|(n, _)| n.to_string()).collect();
     for required in REQUIRED_EXPORTS {
         if !present.iter().any(|n| n == required) {
             return Err(LoadError::MissingExport { name: required.to_string() });
