@@ -51,11 +51,23 @@ impl KvStore for RocksStore {
         self.0.scan(start, end, visit).map_err(kv_err)
     }
 
-    fn write(&mut self, writes: &KvWrites) -> Result<(), KvError> {
-        self.0.write(writes.iter()).map_err(kv_err)
+    fn commit(&mut self, writes: &KvWrites, records: &KvWrites) -> Result<(), KvError> {
+        self.0.commit(writes.iter(), records.iter()).map_err(kv_err)
+    }
+
+    fn record(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        self.0.record(key).map_err(kv_err)
+    }
+
+    fn records(&self, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), KvError> {
+        self.0.records(prefix, visit).map_err(kv_err)
     }
 
     fn clear(&mut self) -> Result<(), KvError> {
         self.0.clear().map_err(kv_err)
+    }
+
+    fn sync(&mut self) -> Result<(), KvError> {
+        self.0.sync().map_err(kv_err)
     }
 }

@@ -34,6 +34,7 @@ use crate::outcome::{Outcome, decode_reply, encode_reply};
 use crate::settings::{GroupSettings, SETTINGS_FILE, SETTINGS_FILE_BYTES};
 
 mod digest;
+mod durable;
 mod pipeline;
 pub use digest::{DIGEST_REPORT_EVERY_TICKS, DIGESTS_KEPT_MAX, Digest, DigestStatus, Fence};
 pub use pipeline::{WRITES_IN_FLIGHT_MAX, WriteToken};
@@ -186,6 +187,8 @@ pub struct Replica {
     /// The group's key-value store, which `sm` (and every machine after it)
     /// keeps its state in when it runs a kv state machine.
     kv: KvHandle,
+    /// What the store's records say (see `durable`).
+    recorded: durable::Recorded,
     /// The host's half of the replicated state: client sessions. Every
     /// client entry passes through it, in log order, before the guest sees it.
     /// Invariant: no reply is pending between `apply` calls.
@@ -346,6 +349,7 @@ impl Replica {
             .map_err(|e| stopped(group, format!("cannot instantiate the state machine: {e}")))?;
         let kv = (cfg.kv.0)(group).map_err(|e| stopped(group, e.to_string()))?;
         sm.attach_kv(kv.clone());
+        sm.defer_kv_commits();
         let sessions =
             SessionTable::new(cfg.sessions.clone()).map_err(|source| Error::SessionConfig { group, source })?;
         let mut replica = Replica {
@@ -356,6 +360,7 @@ impl Replica {
                 .map_err(|source| Error::Start { group, source })?,
             sm,
             kv,
+            recorded: Default::default(),
             sessions,
             module: founding.clone(),
             module_index: 0,
@@ -399,6 +404,7 @@ impl Replica {
             // restart never depends on the caller passing the same peers again.
             let base = waft_raft::SnapshotMeta { index: 0, term: 0, config: bootstrap.clone() };
             replica.save_local_snapshot(snapshots, &base)?;
+            replica.record_all(0)?;
             tracing::info!(group, node = id, voters = ?bootstrap.voters, "new group");
             RestartState { snapshot: base, ..Default::default() }
         } else {
@@ -429,9 +435,17 @@ impl Replica {
         bootstrap: Configuration,
     ) -> Result<RestartState> {
         let group = self.group;
+        let mut applied = None;
         let snapshot = match snapshots.open_latest(group).map_err(|e| self.stop(e))? {
             Some(reader) => {
-                let meta = self.load_snapshot(&reader)?;
+                // A kv state machine's store may hold a later state: resume there.
+                let meta = match self.try_resume(&reader)? {
+                    Some(resumed) => {
+                        applied = Some(resumed.applied);
+                        resumed.meta
+                    }
+                    None => self.load_snapshot(&reader)?,
+                };
                 // A crash may have come between a snapshot's commit and the
                 // log purge that follows it: finish that purge now.
                 self.align_log(store, &meta)?;
@@ -439,6 +453,7 @@ impl Replica {
             }
             None => waft_raft::SnapshotMeta { index: 0, term: 0, config: bootstrap },
         };
+        let applied = applied.unwrap_or(snapshot.index);
         let log = store.log_state(group);
         let entries = if log.last_index > snapshot.index {
             store
@@ -452,16 +467,24 @@ impl Replica {
         };
         let mut hard_state = convert::hard_state_from_storage(store.hard_state(group));
         // The commit index is written after an installed snapshot's purge; a
-        // crash in between leaves it below the snapshot, which is committed.
-        hard_state.commit = hard_state.commit.max(snapshot.index);
+        // crash in between leaves it below the snapshot, which is committed
+        // (as is whatever was applied).
+        hard_state.commit = hard_state.commit.max(applied);
+        if applied > snapshot.index + entries.len() as u64 {
+            return Err(self.stop(format!(
+                "the key-value store holds the state at entry {applied}, past the log's last entry {}",
+                snapshot.index + entries.len() as u64
+            )));
+        }
         tracing::info!(
             group,
             snapshot = snapshot.index,
             entries = log.last_index.saturating_sub(snapshot.index),
             term = hard_state.term,
+            applied,
             "restart from storage"
         );
-        Ok(RestartState { hard_state, applied: snapshot.index, snapshot, entries })
+        Ok(RestartState { hard_state, applied, snapshot, entries })
     }
 
     // ------------------------------------------------------------ accessors
@@ -891,6 +914,9 @@ impl Replica {
             }
         }
         self.apply_batch(&mut batch, out)?;
+        if let Some(last) = entries.last() {
+            self.commit_kv(last.index)?;
+        }
         if let Some(fence) = &self.digests.status.fence {
             // This replica's results come from a state that differs from the
             // group's: no client hears them (a retry reaches a healthy leader).
@@ -1290,7 +1316,7 @@ impl Replica {
                 Ok(sm) => sm,
                 Err(e) => return Ok(Err(format!("module {hash} cannot start: {e}"))),
             };
-            sm.attach_kv(self.kv.clone());
+            self.adopt(&mut sm);
             let state = if sm.uses_kv() {
                 // The store stays where it is; the new module takes it over.
                 None
@@ -1308,6 +1334,9 @@ impl Replica {
                 Some(Err(e)) if hit_backstop(&e) => return Err(self.stop(e)),
                 Some(Err(e)) => return Ok(Err(format!("module {hash} could not load the running state: {e}"))),
             }
+            // What the running machine applied before this entry reaches
+            // the store before the next one takes it over.
+            self.commit_kv(index.saturating_sub(1))?;
             sm.set_offload(self.offload.clone());
             self.sm = sm;
             if self.leading {
@@ -1409,6 +1438,8 @@ impl Replica {
             out.snapshot_failed = Some(e);
             return Ok(());
         }
+        // The log keeps what a store's unsynced commits cover until here.
+        self.sync_kv()?;
         // The log's prefix goes in order with the writes still on their way
         // (an append below the snapshot index that is not written yet would
         // meet a log already purged past it): with the next Ready's write,
@@ -1486,7 +1517,7 @@ impl Replica {
                 let limits = settings.limits(&self.local_limits);
                 let mut sm = StateMachine::for_group(module.module(), limits, self.group, &self.label)
                     .map_err(|e| refuse("cannot start", e))?;
-                sm.attach_kv(self.kv.clone());
+                self.adopt(&mut sm);
                 match sm.load_snapshot(state) {
                     Ok(()) => {}
                     // A store left half loaded: nothing to go on with.
@@ -1503,6 +1534,7 @@ impl Replica {
         self.sessions = sessions;
         self.settings = settings;
         self.settings_index = settings_index;
+        self.record_all(meta.index)?;
         Ok(meta)
     }
 

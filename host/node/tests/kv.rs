@@ -117,3 +117,40 @@ fn a_deploy_between_memory_and_kv_state_is_refused_on_every_replica() {
         assert!(c.result_at(id, at).starts_with("ERR"), "node {id}: {}", c.result_at(id, at));
     }
 }
+
+#[test]
+fn a_restart_resumes_from_the_store_with_its_sessions_and_replays_nothing() {
+    let mut c = Cluster::with_guest("kv-resume", 3, 10_000, "waft_kv_probe");
+    c.elect(1);
+    let (session_id, _) = c.propose_body(Body::Register { nonce: None });
+    let command = |seq: u64| Body::Command {
+        session_id,
+        seq,
+        lowest_unacked_seq: 1,
+        payload: Bytes::from(format!(r#"{{"put_many":{{"prefix":"s{seq}-","n":2}}}}"#)),
+    };
+    let (first, _) = c.propose_body(command(1));
+    for i in 0..30 {
+        put_many(&mut c, &format!("a{i}-"), 5);
+    }
+    settle(&mut c);
+    let before = c.applied_index(2);
+    assert!(before > 30, "applied {before}");
+    c.close(2);
+    c.open(2);
+    // The only snapshot is the group's first (index 0): a replica that
+    // loaded it would be at 0 now, with the log to replay.
+    assert_eq!(c.applied_index(2), before, "node 2 resumed where its store was");
+    assert_eq!(count(&mut c, 2, "a"), "150");
+    // Its session table came back too: a retry of an applied command gets
+    // the saved reply on every replica, node 2 included.
+    let (retry, _) = c.propose_body(command(1));
+    put_many(&mut c, "b", 3);
+    settle(&mut c);
+    for id in 1..=3 {
+        assert_eq!(c.result_at(id, first), "2", "node {id}");
+        assert_eq!(c.result_at(id, retry), "SAVED: 2", "node {id}");
+    }
+    assert_eq!(count(&mut c, 2, "s1-"), "2", "applied once");
+    assert_identical(&mut c, &[1, 2, 3]);
+}

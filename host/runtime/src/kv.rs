@@ -56,9 +56,11 @@ pub type KvPairs = Vec<(Vec<u8>, Vec<u8>)>;
 #[error("the group's key-value store failed: {0}")]
 pub struct KvError(pub String);
 
-/// One group's key-value store, as a node keeps it. Keys are the guest's own
-/// (an implementation keeps each group's apart). Reads see every `write`
-/// made before them.
+/// One group's key-value store, as a node keeps it: the guest's pairs, and
+/// beside them the host's own records (what the node needs to resume from
+/// the store: the applied index, the session table; opaque here). Keys
+/// are the guest's own (an implementation keeps each group's apart). Reads
+/// see every `commit` made before them.
 pub trait KvStore: Send {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
 
@@ -71,11 +73,24 @@ pub trait KvStore: Send {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), KvError>;
 
-    /// Applies `writes` (puts, and deletes as `None`) all together.
-    fn write(&mut self, writes: &KvWrites) -> Result<(), KvError>;
+    /// Applies the guest's `writes` and the host's `records` (puts, and
+    /// deletes as `None`) all together: after a crash, either all of them
+    /// or none are there.
+    fn commit(&mut self, writes: &KvWrites, records: &KvWrites) -> Result<(), KvError>;
 
-    /// Removes every pair.
+    /// One of the host's records.
+    fn record(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError>;
+
+    /// Visits the host's records whose key starts with `prefix`, in key
+    /// order, until `visit` returns false.
+    fn records(&self, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), KvError>;
+
+    /// Removes every pair and every record.
     fn clear(&mut self) -> Result<(), KvError>;
+
+    /// Makes every commit so far durable (a store may keep recent commits
+    /// in memory only: the log they came from can replay them).
+    fn sync(&mut self) -> Result<(), KvError>;
 }
 
 /// A store shared by the state machines a group runs in turn (a deploy
@@ -95,6 +110,29 @@ pub fn mem_provider() -> KvProvider {
 #[derive(Default, Debug)]
 pub struct MemKv {
     map: BTreeMap<Vec<u8>, Vec<u8>>,
+    records: BTreeMap<Vec<u8>, Vec<u8>>,
+}
+
+fn apply_to(map: &mut BTreeMap<Vec<u8>, Vec<u8>>, writes: &KvWrites) {
+    for (k, v) in &writes.map {
+        match v {
+            Some(v) => map.insert(k.clone(), v.clone()),
+            None => map.remove(k),
+        };
+    }
+}
+
+fn visit_range(
+    map: &BTreeMap<Vec<u8>, Vec<u8>>,
+    start: &[u8],
+    end: Option<&[u8]>,
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) {
+    for (k, v) in map.range::<[u8], _>((Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded))) {
+        if !visit(k, v) {
+            break;
+        }
+    }
 }
 
 impl KvStore for MemKv {
@@ -108,27 +146,36 @@ impl KvStore for MemKv {
         end: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), KvError> {
-        for (k, v) in self.map.range::<[u8], _>((Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded)))
-        {
-            if !visit(k, v) {
+        visit_range(&self.map, start, end, visit);
+        Ok(())
+    }
+
+    fn commit(&mut self, writes: &KvWrites, records: &KvWrites) -> Result<(), KvError> {
+        apply_to(&mut self.map, writes);
+        apply_to(&mut self.records, records);
+        Ok(())
+    }
+
+    fn record(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
+        Ok(self.records.get(key).cloned())
+    }
+
+    fn records(&self, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), KvError> {
+        for (k, v) in self.records.range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded)) {
+            if !k.starts_with(prefix) || !visit(k, v) {
                 break;
             }
         }
         Ok(())
     }
 
-    fn write(&mut self, writes: &KvWrites) -> Result<(), KvError> {
-        for (k, v) in &writes.map {
-            match v {
-                Some(v) => self.map.insert(k.clone(), v.clone()),
-                None => self.map.remove(k),
-            };
-        }
+    fn clear(&mut self) -> Result<(), KvError> {
+        self.map.clear();
+        self.records.clear();
         Ok(())
     }
 
-    fn clear(&mut self) -> Result<(), KvError> {
-        self.map.clear();
+    fn sync(&mut self) -> Result<(), KvError> {
         Ok(())
     }
 }
@@ -148,6 +195,11 @@ impl KvWrites {
 
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Bytes of every key and value held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     /// The writes in key order.
@@ -174,12 +226,13 @@ impl KvWrites {
     /// Adds `other`'s writes over these (no bounds: each entry kept to its own).
     pub fn merge(&mut self, other: KvWrites) {
         for (k, v) in other.map {
-            self.merge_one(k, v);
+            self.insert(k, v);
         }
     }
 
-    /// Adds one write with no bounds (a snapshot's pairs, loading).
-    pub(crate) fn merge_one(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+    /// Adds one write with no bounds: a snapshot's pairs, or the host's own
+    /// records.
+    pub fn insert(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         let size = key.len() + value.as_ref().map_or(0, Vec::len);
         if let Some(old) = self.map.get(&key) {
             self.bytes -= key.len() + old.as_ref().map_or(0, Vec::len);
@@ -198,6 +251,9 @@ pub(crate) struct KvCall {
     pub(crate) store: KvHandle,
     /// Whether the call may write (an entry or a configuration hook).
     pub(crate) writable: bool,
+    /// Writes of earlier entries not yet committed to the store, seen by
+    /// this call's reads under its own.
+    pub(crate) base: KvWrites,
     /// The call's writes, seen by its own reads.
     pub(crate) writes: KvWrites,
     /// A failure of the store itself during the call: the call's outcome
@@ -206,39 +262,43 @@ pub(crate) struct KvCall {
 }
 
 impl KvCall {
-    pub(crate) fn new(store: KvHandle, writable: bool) -> KvCall {
-        KvCall { store, writable, writes: KvWrites::default(), failed: None }
+    pub(crate) fn new(store: KvHandle, writable: bool, base: KvWrites) -> KvCall {
+        KvCall { store, writable, base, writes: KvWrites::default(), failed: None }
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        if let Some(v) = self.writes.get(key) {
+        if let Some(v) = self.writes.get(key).or_else(|| self.base.get(key)) {
             return Ok(v.clone());
         }
         let store = self.store.lock().map_err(|_| KvError("the store's lock is poisoned".into()))?;
         store.get(key)
     }
 
-    /// The store's pairs in range with this call's writes laid over them,
-    /// cut by `limit` and [`KV_SCAN_BYTES_MAX`].
+    /// The store's pairs in range with the uncommitted writes and this
+    /// call's laid over them, cut by `limit` and [`KV_SCAN_BYTES_MAX`].
     pub(crate) fn scan(&self, start: &[u8], end: Option<&[u8]>, limit: usize) -> Result<KvPairs, KvError> {
         let mut cut = Cut { out: Vec::new(), bytes: 0, limit, full: false };
         if limit == 0 || end.is_some_and(|end| end <= start) {
             return Ok(cut.out);
         }
         let range = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
-        let mut overlay = self.writes.map.range::<[u8], _>(range).peekable();
+        let mut overlay = Layered {
+            top: self.writes.map.range::<[u8], _>(range).peekable(),
+            below: self.base.map.range::<[u8], _>(range).peekable(),
+        }
+        .peekable();
         {
             let store = self.store.lock().map_err(|_| KvError("the store's lock is poisoned".into()))?;
             store.scan(start, end, &mut |key, value| {
-                // This call's writes that come first.
-                while let Some((k, v)) = overlay.next_if(|(k, _)| k.as_slice() < key) {
+                // Overlay writes that come first.
+                while let Some((k, v)) = overlay.next_if(|(k, _)| *k < key) {
                     if let Some(v) = v
                         && !cut.push(k, v)
                     {
                         return false;
                     }
                 }
-                match overlay.next_if(|(k, _)| k.as_slice() == key) {
+                match overlay.next_if(|(k, _)| *k == key) {
                     Some((_, Some(v))) => cut.push(key, v),
                     Some((_, None)) => true,
                     None => cut.push(key, value),
@@ -255,6 +315,32 @@ impl KvCall {
             }
         }
         Ok(cut.out)
+    }
+}
+
+type Writes<'a> = std::iter::Peekable<std::collections::btree_map::Range<'a, Vec<u8>, Option<Vec<u8>>>>;
+
+/// Two ranges of writes merged in key order, the top one's winning a key
+/// both hold.
+struct Layered<'a> {
+    top: Writes<'a>,
+    below: Writes<'a>,
+}
+
+impl<'a> Iterator for Layered<'a> {
+    type Item = (&'a [u8], Option<&'a [u8]>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let item = |(k, v): (&'a Vec<u8>, &'a Option<Vec<u8>>)| (k.as_slice(), v.as_deref());
+        match (self.top.peek(), self.below.peek()) {
+            (Some((t, _)), Some((b, _))) if t == b => {
+                self.below.next();
+                self.top.next().map(item)
+            }
+            (Some((t, _)), Some((b, _))) if b < t => self.below.next().map(item),
+            (Some(_), _) => self.top.next().map(item),
+            (None, _) => self.below.next().map(item),
+        }
     }
 }
 
@@ -391,14 +477,31 @@ fn with_call<T>(
 mod tests {
     use super::*;
 
-    fn call_over(pairs: &[(&str, &str)]) -> KvCall {
-        let mut mem = MemKv::default();
+    fn writes(pairs: &[(&str, Option<&str>)]) -> KvWrites {
         let mut w = KvWrites::default();
         for (k, v) in pairs {
-            w.set(k.as_bytes().to_vec(), Some(v.as_bytes().to_vec())).unwrap();
+            w.set(k.as_bytes().to_vec(), v.map(|v| v.as_bytes().to_vec())).unwrap();
         }
-        mem.write(&w).unwrap();
-        KvCall::new(Arc::new(Mutex::new(mem)), true)
+        w
+    }
+
+    fn call_over(pairs: &[(&str, &str)]) -> KvCall {
+        let mut mem = MemKv::default();
+        let w = writes(&pairs.iter().map(|&(k, v)| (k, Some(v))).collect::<Vec<_>>());
+        mem.commit(&w, &KvWrites::default()).unwrap();
+        KvCall::new(Arc::new(Mutex::new(mem)), true, KvWrites::default())
+    }
+
+    #[test]
+    fn a_calls_writes_lie_over_earlier_uncommitted_ones_which_lie_over_the_store() {
+        let mut call = call_over(&[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]);
+        call.base = writes(&[("a", None), ("b", Some("22")), ("e", Some("5")), ("f", Some("6"))]);
+        call.writes = writes(&[("b", Some("222")), ("c", None), ("e", None), ("g", Some("7"))]);
+        assert_eq!(keys(&call.scan(b"", None, 100).unwrap()), ["b=222", "d=4", "f=6", "g=7"]);
+        assert_eq!(call.get(b"a").unwrap(), None);
+        assert_eq!(call.get(b"b").unwrap(), Some(b"222".to_vec()));
+        assert_eq!(call.get(b"f").unwrap(), Some(b"6".to_vec()));
+        assert_eq!(keys(&call.scan(b"b", None, 2).unwrap()), ["b=222", "d=4"]);
     }
 
     fn keys(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<String> {

@@ -591,6 +591,11 @@ pub struct StateMachine {
     /// A kv state machine's store (see `kv`); `None` for any other, and
     /// for a kv one until `attach_kv`.
     kv: Option<KvHandle>,
+    /// Writes of applied entries not committed to the store yet: at the
+    /// end of each `apply`, or by `commit_kv` when the caller commits them
+    /// with records of its own (`defer_kv_commits`).
+    kv_pending: KvWrites,
+    kv_deferred: bool,
 }
 
 /// How one `apply_batch` went.
@@ -631,6 +636,8 @@ impl StateMachine {
             heavy: false,
             fuel_per_entry_recent: 1,
             kv: None,
+            kv_pending: KvWrites::default(),
+            kv_deferred: false,
         };
         if let ModuleKind::Native(kind) = module.kind {
             tracing::warn!(
@@ -1412,29 +1419,58 @@ impl StateMachine {
         self.kv.clone().ok_or_else(|| RuntimeError::Store("a kv state machine has no store attached".into()))
     }
 
-    /// A fresh instance holding a call on the store.
-    fn kv_instance(&self, store: &KvHandle, writable: bool) -> Result<Live, RuntimeError> {
-        let mut live = Live::instantiate_for(&self.module, &self.limits, self.group, self.label.clone())?;
-        live.store.data_mut().kv = Some(KvCall::new(store.clone(), writable));
-        Ok(live)
+    /// Leaves the writes of applied entries to `commit_kv`, which the
+    /// caller calls with records of its own (its applied index, its
+    /// session table) after every `apply`, before anything reads the store
+    /// (a query, a save, a digest).
+    pub fn defer_kv_commits(&mut self) {
+        self.kv_deferred = true;
     }
 
-    /// Takes the call's writes back from an instance, or the store's own
-    /// failure during the call.
-    fn kv_finish(live: &mut Live) -> Result<KvWrites, RuntimeError> {
-        match live.store.data_mut().kv.take() {
-            Some(KvCall { failed: Some(e), .. }) => Err(RuntimeError::Store(e.to_string())),
-            Some(call) => Ok(call.writes),
-            None => Err(RuntimeError::Store("the call's store went missing".into())),
-        }
-    }
-
-    fn kv_write(store: &KvHandle, writes: &KvWrites) -> Result<(), RuntimeError> {
-        if writes.is_empty() {
+    /// Commits the writes of the entries applied since the last commit
+    /// together with `records` (see `defer_kv_commits`).
+    pub fn commit_kv(&mut self, records: &KvWrites) -> Result<(), RuntimeError> {
+        let store = self.kv_handle()?;
+        let writes = std::mem::take(&mut self.kv_pending);
+        if writes.is_empty() && records.is_empty() {
             return Ok(());
         }
         let mut store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
-        store.write(writes).map_err(|e| RuntimeError::Store(e.to_string()))
+        store.commit(&writes, records).map_err(|e| RuntimeError::Store(e.to_string()))
+    }
+
+    /// Commits what `apply` left unless the caller does (`defer_kv_commits`).
+    fn kv_commit_unless_deferred(&mut self) -> Result<(), RuntimeError> {
+        if self.kv_deferred { Ok(()) } else { self.commit_kv(&KvWrites::default()) }
+    }
+
+    /// Refuses to read the store whole while writes wait for the caller's
+    /// commit: what it read would not be the state at any index.
+    fn kv_committed(&mut self) -> Result<(), RuntimeError> {
+        self.kv_commit_unless_deferred()?;
+        if self.kv_pending.is_empty() {
+            Ok(())
+        } else {
+            Err(RuntimeError::Store("the store was read whole before the applied writes were committed".into()))
+        }
+    }
+
+    /// A fresh instance holding a call on the store, over `base` (writes
+    /// not committed yet).
+    fn kv_instance(&self, store: &KvHandle, writable: bool, base: KvWrites) -> Result<Live, RuntimeError> {
+        let mut live = Live::instantiate_for(&self.module, &self.limits, self.group, self.label.clone())?;
+        live.store.data_mut().kv = Some(KvCall::new(store.clone(), writable, base));
+        Ok(live)
+    }
+
+    /// Takes the call's writes, and the uncommitted ones it was given, back
+    /// from an instance; or the store's own failure during the call.
+    fn kv_finish(live: &mut Live) -> Result<(KvWrites, KvWrites), RuntimeError> {
+        match live.store.data_mut().kv.take() {
+            Some(KvCall { failed: Some(e), .. }) => Err(RuntimeError::Store(e.to_string())),
+            Some(call) => Ok((call.base, call.writes)),
+            None => Err(RuntimeError::Store("the call's store went missing".into())),
+        }
     }
 
     /// Applies entries one per call, each on a fresh instance: in place
@@ -1462,11 +1498,13 @@ impl StateMachine {
                                 None => unreachable!("a full budget is not a slice"),
                             }
                         }
+                        sm.kv_commit_unless_deferred()?;
                         Ok(out)
                     });
                 }
             }
         }
+        self.kv_commit_unless_deferred()?;
         Ok(out)
     }
 
@@ -1480,14 +1518,18 @@ impl StateMachine {
         fuel: u64,
     ) -> Result<Option<(ApplyResult, u64)>, RuntimeError> {
         let budget = self.limits.fuel_per_entry;
-        let mut live = self.kv_instance(store, true)?;
+        // An instance that cannot be made stops the group: what is
+        // pending goes with it.
+        let base = std::mem::take(&mut self.kv_pending);
+        let mut live = self.kv_instance(store, true, base)?;
         let call = live.call_apply(std::slice::from_ref(entry), fuel);
-        let writes = Self::kv_finish(&mut live)?;
+        let (base, writes) = Self::kv_finish(&mut live)?;
+        self.kv_pending = base;
         let used = live.fuel_used();
         let result = match call {
             Ok(results) => match results.into_results().next() {
                 Some(Ok(reply)) => {
-                    Self::kv_write(store, &writes)?;
+                    self.kv_pending.merge(writes);
                     Ok(reply)
                 }
                 Some(Err(message)) => Err(ApplyError::Rejected(message)),
@@ -1510,7 +1552,7 @@ impl StateMachine {
         let store = self.kv_handle()?;
         let budget = self.limits.fuel_per_query;
         let fuel = if self.in_place() { budget.min(IN_PLACE_FUEL_MAX) } else { budget };
-        let mut live = self.kv_instance(&store, false)?;
+        let mut live = self.kv_instance(&store, false, self.kv_pending.clone())?;
         let call = live.call_query(request, fuel);
         Self::kv_finish(&mut live)?;
         match call {
@@ -1524,11 +1566,16 @@ impl StateMachine {
     /// kept only if it returns.
     fn kv_configuration(&mut self, voters: &[u64], learners: &[u64]) -> Result<(), RuntimeError> {
         let store = self.kv_handle()?;
-        let mut live = self.kv_instance(&store, true)?;
+        let base = std::mem::take(&mut self.kv_pending);
+        let mut live = self.kv_instance(&store, true, base)?;
         let call = live.call_config(voters, learners, self.limits.fuel_per_query);
-        let writes = Self::kv_finish(&mut live)?;
+        let (base, writes) = Self::kv_finish(&mut live)?;
+        self.kv_pending = base;
         match call {
-            Ok(()) => Self::kv_write(&store, &writes),
+            Ok(()) => {
+                self.kv_pending.merge(writes);
+                self.kv_commit_unless_deferred()
+            }
             Err(CallFault { fault }) if fault.kind == FaultKind::Backstop => Err(self.backstop(fault.message)),
             Err(CallFault { fault }) => Err(RuntimeError::Fault(fault)),
         }
@@ -1545,6 +1592,7 @@ impl StateMachine {
     /// little-endian key length, the key, a 4-byte value length and the
     /// value, in key order; then a key length of `u32::MAX`.
     fn kv_save<W: Write>(&mut self, mut out: W) -> Result<(W, u64), RuntimeError> {
+        self.kv_committed()?;
         let mut bytes = KV_SNAPSHOT_MAGIC.len() as u64;
         let mut failed = None;
         let io = |e: std::io::Error| RuntimeError::Guest(format!("writing the store's snapshot: {e}"));
@@ -1589,8 +1637,10 @@ impl StateMachine {
                 "the store's snapshot broke off while loading ({what}): the store is half loaded"
             ))
         };
+        self.kv_pending = KvWrites::default();
         let mut store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
         store.clear().map_err(|e| RuntimeError::Store(e.to_string()))?;
+        let none = KvWrites::default();
         let mut batch = KvWrites::default();
         let mut batch_bytes = 0usize;
         let read_u32 = |input: &mut R| -> Result<u32, RuntimeError> {
@@ -1620,20 +1670,21 @@ impl StateMachine {
             }
             batch_bytes += key.len() + value.len();
             last = Some(key.clone());
-            batch.merge_one(key, Some(value));
+            batch.insert(key, Some(value));
             if batch_bytes >= KV_LOAD_BATCH_BYTES {
-                store.write(&batch).map_err(|e| RuntimeError::Store(e.to_string()))?;
+                store.commit(&batch, &none).map_err(|e| RuntimeError::Store(e.to_string()))?;
                 batch = KvWrites::default();
                 batch_bytes = 0;
             }
         }
-        store.write(&batch).map_err(|e| RuntimeError::Store(e.to_string()))
+        store.commit(&batch, &none).map_err(|e| RuntimeError::Store(e.to_string()))
     }
 
     /// A digest of the store: sha256 over its pairs as `kv_save` frames
     /// them, without the copy.
     fn kv_digest(&mut self) -> Result<Arc<[u8]>, RuntimeError> {
         use sha2::{Digest, Sha256};
+        self.kv_committed()?;
         let mut h = Sha256::new();
         h.update(KV_SNAPSHOT_MAGIC);
         self.offloaded(|sm| {

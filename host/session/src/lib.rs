@@ -95,11 +95,13 @@
 //!   session, so a retried registration does not leak a second one.
 
 mod envelope;
+mod records;
 mod snapshot;
 mod table;
 mod wire;
 
 pub use envelope::{Body, ENVELOPE_OVERHEAD_BYTES_MAX, ENVELOPE_VERSION, Envelope, EnvelopeError, PAYLOAD_BYTES_MAX};
+pub use records::{Record, StoredRecord};
 pub use snapshot::{SNAPSHOT_VERSION, SnapshotError, snapshot_bytes_max};
 pub use table::{
     ConfigError, REPLY_BYTES_PER_SESSION_MAX_DEFAULT, REPLY_BYTES_TOTAL_MAX_CEILING, REPLY_BYTES_TOTAL_MAX_DEFAULT,

@@ -237,6 +237,9 @@ pub struct SessionTable {
     /// Nonce -> id of the open session registered with it.
     pub(crate) nonces: BTreeMap<u128, u64>,
     pub(crate) ledger: Ledger,
+    /// What changed since the last `take_changes`, when tracking (see
+    /// `records`).
+    pub(crate) dirty: Option<Box<crate::records::Dirty>>,
 }
 
 impl SessionTable {
@@ -250,6 +253,7 @@ impl SessionTable {
             by_activity: BTreeSet::new(),
             nonces: BTreeMap::new(),
             ledger: Ledger::default(),
+            dirty: None,
         })
     }
 
@@ -395,6 +399,9 @@ impl SessionTable {
                     if let Some(slot) = self.sessions.get_mut(&session_id).and_then(|s| s.applied.get_mut(&seq)) {
                         debug_assert!(matches!(slot, Saved::Pending { .. }));
                         *slot = saved;
+                        if let Some(d) = &mut self.dirty {
+                            d.mark_slot(session_id, seq);
+                        }
                     }
                 }
             }
@@ -426,6 +433,7 @@ impl SessionTable {
         }
         let prev = self.sessions.insert(index, Session::new(self.now_ms, nonce));
         assert!(prev.is_none(), "session ids are unique log indexes");
+        self.mark_session(index);
         self.by_activity.insert((self.now_ms, index));
         if let Some(n) = nonce {
             self.nonces.insert(n, index);
@@ -458,6 +466,7 @@ impl SessionTable {
             });
         }
         s.applied.insert(seq, Saved::Pending { index });
+        self.mark_slot(session_id, seq);
         self.ledger.journal.push_back(Event::Accepted { session_id, seq });
         self.ledger.pending += 1;
         Verdict::Apply { payload, ticket: Some(Ticket { session_id, seq, index }) }
@@ -472,6 +481,7 @@ impl SessionTable {
         debug_assert!(removed, "by_activity tracks every session");
         s.last_active_ms = self.now_ms;
         self.by_activity.insert((self.now_ms, session_id));
+        self.mark_session(session_id);
         Ok(())
     }
 
@@ -486,7 +496,9 @@ impl SessionTable {
         let dropped = std::mem::replace(&mut s.applied, kept);
         for &seq in dropped.keys() {
             self.ledger.journal.push_back(Event::Dropped { session_id, seq });
+            self.mark_slot(session_id, seq);
         }
+        self.mark_session(session_id);
     }
 
     fn remove(&mut self, session_id: u64) {
@@ -499,7 +511,9 @@ impl SessionTable {
         }
         for &seq in s.applied.keys() {
             self.ledger.journal.push_back(Event::Dropped { session_id, seq });
+            self.mark_slot(session_id, seq);
         }
+        self.mark_session(session_id);
     }
 
     /// Rebuilds the byte ledger from saved replies (after a snapshot decode).

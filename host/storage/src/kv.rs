@@ -1,18 +1,23 @@
 //! The node's key-value stores: every group's kv state machine state in
-//! one RocksDB instance of its own (not the log's), each group's keys under
-//! its id (8 bytes, big-endian).
+//! one RocksDB instance of its own (not the log's). Under each group's id
+//! (8 bytes, big-endian) sit two ranges: the guest's pairs (`d` and the
+//! guest's key) and the node's own records for the group (`h` and the
+//! record's key: the applied index, the session table; opaque here).
 //!
-//! Owns the RocksDB handle of the `kv` directory. For now a *working*
-//! store: what it holds is rebuilt from the group's latest snapshot and its
-//! log whenever a node starts, so it is wiped at open and written without a
-//! write-ahead log (a crash loses nothing the snapshot and the log do not
-//! hold). Must never mix two groups' keys, and never report a RocksDB error
-//! as anything but an error.
+//! Owns the RocksDB handle of the `kv` directory. A commit writes pairs and
+//! records in one batch, through RocksDB's write-ahead log but without a
+//! sync: a crash may lose the latest commits, never part of one, and the
+//! group's log (synced before its entries apply) replays what was lost.
+//! `sync` makes every commit so far durable, for when the log is about to
+//! be compacted. Must never mix two groups' keys, and never report a
+//! RocksDB error as anything but an error.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rocksdb::{BlockBasedOptions, Cache, DB, DBCompressionType, Options, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{
+    BlockBasedOptions, Cache, DB, DBCompressionType, DBRecoveryMode, Options, ReadOptions, WriteBatch, WriteOptions,
+};
 
 use crate::error::{Error, Result};
 
@@ -20,6 +25,9 @@ use crate::error::{Error, Result};
 pub const KV_BLOCK_CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// Memtable size of the kv store.
 pub const KV_WRITE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
+
+const PAIRS: u8 = b'd';
+const RECORDS: u8 = b'h';
 
 /// Every group's key-value store on this node.
 #[derive(Clone)]
@@ -29,21 +37,19 @@ pub struct RocksKv {
 }
 
 impl RocksKv {
-    /// Opens the store at `path`, empty: whatever an earlier run left is
-    /// removed first (see the module docs).
     pub fn open(path: impl AsRef<Path>) -> Result<RocksKv> {
         let path = path.as_ref().to_path_buf();
         let mut opts = Options::default();
         opts.create_if_missing(true);
+        opts.set_paranoid_checks(true);
+        // A torn record at the write-ahead log's tail was never acknowledged.
+        opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
         opts.set_compression_type(DBCompressionType::None);
         opts.set_write_buffer_size(KV_WRITE_BUFFER_BYTES);
         let mut table = BlockBasedOptions::default();
         table.set_block_cache(&Cache::new_lru_cache(KV_BLOCK_CACHE_BYTES));
         table.set_bloom_filter(10.0, false);
         opts.set_block_based_table_factory(&table);
-        if path.exists() {
-            DB::destroy(&opts, &path).map_err(|source| Error::Open { path: path.clone(), source })?;
-        }
         let db = DB::open(&opts, &path).map_err(|source| Error::Open { path: path.clone(), source })?;
         Ok(RocksKv { db: Arc::new(db), path })
     }
@@ -58,7 +64,7 @@ impl RocksKv {
     }
 }
 
-/// One group's keys in a [`RocksKv`].
+/// One group's pairs and records in a [`RocksKv`].
 pub struct RocksKvGroup {
     kv: RocksKv,
     group: u64,
@@ -69,78 +75,121 @@ impl RocksKvGroup {
         move |source| Error::Rocks { path: self.kv.path.clone(), during, source }
     }
 
-    fn key(&self, key: &[u8]) -> Vec<u8> {
-        let mut k = Vec::with_capacity(8 + key.len());
+    fn key(&self, range: u8, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(9 + key.len());
         k.extend_from_slice(&self.group.to_be_bytes());
+        k.push(range);
         k.extend_from_slice(key);
         k
     }
 
-    /// The first key past every key of this group (none for the last id).
-    fn end(&self) -> Option<Vec<u8>> {
-        self.group.checked_add(1).map(|g| g.to_be_bytes().to_vec())
-    }
-
-    fn unsynced() -> WriteOptions {
-        let mut w = WriteOptions::default();
-        w.disable_wal(true);
-        w
-    }
-
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.kv.db.get(self.key(key)).map_err(self.err("reading a key"))
-    }
-
-    /// Visits the pairs with `start <= key < end` in key order until
-    /// `visit` returns false.
-    pub fn scan(&self, start: &[u8], end: Option<&[u8]>, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+    fn visit(
+        &self,
+        lower: Vec<u8>,
+        upper: Vec<u8>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        during: &'static str,
+    ) -> Result<()> {
         let mut read = ReadOptions::default();
-        read.set_iterate_lower_bound(self.key(start));
-        match end {
-            Some(end) => read.set_iterate_upper_bound(self.key(end)),
-            None => {
-                if let Some(end) = self.end() {
-                    read.set_iterate_upper_bound(end);
-                }
-            }
-        }
+        read.set_iterate_lower_bound(lower.clone());
+        read.set_iterate_upper_bound(upper);
         let mut iter = self.kv.db.raw_iterator_opt(read);
-        iter.seek(self.key(start));
+        iter.seek(lower);
         while let Some((key, value)) = iter.item() {
-            let Some(key) = key.get(8..) else { break };
+            let Some(key) = key.get(9..) else { break };
             if !visit(key, value) {
                 break;
             }
             iter.next();
         }
-        iter.status().map_err(self.err("scanning keys"))
+        iter.status().map_err(self.err(during))
     }
 
-    /// Applies puts (`Some`) and deletes (`None`) together.
-    pub fn write<'a>(&self, writes: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>) -> Result<()> {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.kv.db.get(self.key(PAIRS, key)).map_err(self.err("reading a key"))
+    }
+
+    /// Visits the pairs with `start <= key < end` in key order until
+    /// `visit` returns false.
+    pub fn scan(&self, start: &[u8], end: Option<&[u8]>, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        let upper = match end {
+            Some(end) => self.key(PAIRS, end),
+            None => self.key(PAIRS + 1, &[]),
+        };
+        self.visit(self.key(PAIRS, start), upper, visit, "scanning keys")
+    }
+
+    pub fn record(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.kv.db.get(self.key(RECORDS, key)).map_err(self.err("reading a record"))
+    }
+
+    /// Visits the records whose key starts with `prefix`, in key order.
+    pub fn records(&self, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        let lower = self.key(RECORDS, prefix);
+        let upper = match prefix_end(&lower) {
+            Some(upper) => upper,
+            None => self.key(RECORDS + 1, &[]),
+        };
+        self.visit(lower, upper, visit, "reading records")
+    }
+
+    /// Writes pairs and records, puts (`Some`) and deletes (`None`), in one
+    /// batch.
+    pub fn commit<'a>(
+        &self,
+        pairs: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+        records: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> Result<()> {
         let mut batch = WriteBatch::default();
-        for (key, value) in writes {
-            match value {
-                Some(value) => batch.put(self.key(key), value),
-                None => batch.delete(self.key(key)),
+        for (range, items) in [(PAIRS, pairs.into_iter().collect::<Vec<_>>()), (RECORDS, records.into_iter().collect())]
+        {
+            for (key, value) in items {
+                match value {
+                    Some(value) => batch.put(self.key(range, key), value),
+                    None => batch.delete(self.key(range, key)),
+                }
             }
         }
-        self.kv.db.write_opt(batch, &Self::unsynced()).map_err(self.err("writing keys"))
+        self.kv.db.write_opt(batch, &WriteOptions::default()).map_err(self.err("committing keys"))
     }
 
-    /// Removes every key of the group.
+    /// Removes every pair and record of the group.
     pub fn clear(&self) -> Result<()> {
         let mut batch = WriteBatch::default();
-        match self.end() {
-            Some(end) => batch.delete_range(self.key(&[]), end),
+        let start = self.group.to_be_bytes().to_vec();
+        match self.group.checked_add(1) {
+            Some(end) => batch.delete_range(start, end.to_be_bytes().to_vec()),
             // The last id's keys have no finite bound above: one by one.
-            None => self.scan(&[], None, &mut |key, _| {
-                batch.delete(self.key(key));
-                true
-            })?,
+            None => {
+                for range in [PAIRS, RECORDS] {
+                    self.visit(
+                        self.key(range, &[]),
+                        self.key(range + 1, &[]),
+                        &mut |key, _| {
+                            batch.delete(self.key(range, key));
+                            true
+                        },
+                        "clearing a group",
+                    )?;
+                }
+            }
         }
-        self.kv.db.write_opt(batch, &Self::unsynced()).map_err(self.err("clearing a group's keys"))
+        self.kv.db.write_opt(batch, &WriteOptions::default()).map_err(self.err("clearing a group's keys"))
     }
+
+    /// Makes every commit so far durable.
+    pub fn sync(&self) -> Result<()> {
+        self.kv.db.flush_wal(true).map_err(self.err("syncing the write-ahead log"))
+    }
+}
+
+/// The first key past every key that starts with `prefix` (none if it is
+/// all 0xff bytes).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let last = prefix.iter().rposition(|&b| b != 0xff)?;
+    let mut end = prefix[..=last].to_vec();
+    end[last] += 1;
+    Some(end)
 }
 
 #[cfg(test)]
@@ -157,32 +206,55 @@ mod tests {
         out
     }
 
+    fn records(g: &RocksKvGroup, prefix: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        g.records(prefix, &mut |k, _| {
+            out.push(k.to_vec());
+            true
+        })
+        .unwrap();
+        out
+    }
+
     #[test]
-    fn groups_keep_their_keys_apart_and_reopening_starts_empty() {
+    fn groups_keep_pairs_and_records_apart_and_they_last_across_opens() {
         let dir = std::env::temp_dir().join(format!("waft-kv-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let kv = RocksKv::open(&dir).unwrap();
         let (a, b, last) = (kv.group(1), kv.group(2), kv.group(u64::MAX));
-        a.write([(&b"x"[..], Some(&b"1"[..])), (&b"y"[..], Some(&b"2"[..]))]).unwrap();
-        b.write([(&b"x"[..], Some(&b"3"[..]))]).unwrap();
-        last.write([(&b"\xff"[..], Some(&b"4"[..]))]).unwrap();
+        let none: [(&[u8], Option<&[u8]>); 0] = [];
+        a.commit([(&b"x"[..], Some(&b"1"[..])), (&b"y"[..], Some(&b"2"[..]))], [(&b"applied"[..], Some(&b"7"[..]))])
+            .unwrap();
+        b.commit([(&b"x"[..], Some(&b"3"[..]))], [(&b"s\x01"[..], Some(&b""[..])), (&b"s\x02"[..], Some(&b""[..]))])
+            .unwrap();
+        last.commit([(&b"\xff"[..], Some(&b"4"[..]))], [(&b"\xff"[..], Some(&b"5"[..]))]).unwrap();
         assert_eq!(a.get(b"x").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(a.get(b"applied").unwrap(), None, "records are not pairs");
+        assert_eq!(a.record(b"applied").unwrap(), Some(b"7".to_vec()));
         assert_eq!(pairs(&a, b"", None), [(b"x".to_vec(), b"1".to_vec()), (b"y".to_vec(), b"2".to_vec())]);
         assert_eq!(pairs(&a, b"y", None).len(), 1);
         assert_eq!(pairs(&a, b"", Some(b"y")).len(), 1);
         assert_eq!(pairs(&b, b"", None), [(b"x".to_vec(), b"3".to_vec())]);
+        assert_eq!(records(&b, b"s"), [b"s\x01".to_vec(), b"s\x02".to_vec()]);
+        assert!(records(&b, b"t").is_empty());
         assert_eq!(pairs(&last, b"", None), [(b"\xff".to_vec(), b"4".to_vec())]);
-        a.write([(&b"x"[..], None)]).unwrap();
+        a.commit([(&b"x"[..], None)], none).unwrap();
         assert_eq!(a.get(b"x").unwrap(), None);
-        a.clear().unwrap();
-        assert!(pairs(&a, b"", None).is_empty());
-        assert_eq!(b.get(b"x").unwrap(), Some(b"3".to_vec()), "clearing one group leaves the others");
-        last.clear().unwrap();
-        assert!(pairs(&last, b"", None).is_empty());
+        a.sync().unwrap();
         drop((a, b, last));
         drop(kv);
         let kv = RocksKv::open(&dir).unwrap();
-        assert_eq!(kv.group(2).get(b"x").unwrap(), None, "a store starts empty at open");
+        let (a, b, last) = (kv.group(1), kv.group(2), kv.group(u64::MAX));
+        assert_eq!(pairs(&a, b"", None), [(b"y".to_vec(), b"2".to_vec())], "commits last across opens");
+        assert_eq!(a.record(b"applied").unwrap(), Some(b"7".to_vec()));
+        a.clear().unwrap();
+        assert!(pairs(&a, b"", None).is_empty());
+        assert_eq!(a.record(b"applied").unwrap(), None, "clearing removes the records too");
+        assert_eq!(b.get(b"x").unwrap(), Some(b"3".to_vec()), "clearing one group leaves the others");
+        last.clear().unwrap();
+        assert!(pairs(&last, b"", None).is_empty());
+        assert_eq!(last.record(b"\xff").unwrap(), None);
+        drop((a, b, last));
         drop(kv);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -187,6 +187,9 @@ impl Replica {
     /// At a digest point: checkpoints the state machine there, digests the
     /// state, and queues the report for the leader.
     pub(super) fn take_digest(&mut self, index: u64) -> Result<()> {
+        // A kv state machine's store holds the state at `index` once this
+        // batch is committed.
+        self.commit_kv(index)?;
         let state = match self.sm.state_for_digest() {
             Ok(state) => state,
             Err(e) if runtime_is_fatal(&e) => return Err(self.stop(e)),

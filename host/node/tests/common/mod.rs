@@ -205,10 +205,12 @@ impl Cluster {
         raft.snapshot_margin_entries = self.snapshot_margin_entries;
         let (module, sessions) =
             self.founding.get(&id).cloned().unwrap_or_else(|| (self.module.clone(), self.sessions.clone()));
+        let kv_dir = self.node(id).dir.join("kv");
         let cfg = ReplicaConfig {
             sessions,
             digest_interval: self.digest_interval,
             manual_rebuild: self.manual_rebuild.contains(&id),
+            kv: waft_node::KvStores::rocks(waft_storage::RocksKv::open(kv_dir).unwrap()),
             ..ReplicaConfig::new(raft)
         };
         let node = self.node(id);
