@@ -93,6 +93,63 @@ pub trait KvStore: Send {
     fn sync(&mut self) -> Result<(), KvError>;
 }
 
+/// The record in which the runtime keeps a store's [`KvSum`], beside the
+/// host's own records (it commits with the writes it sums).
+pub const KV_SUM_RECORD: &[u8] = b"kv-sum";
+
+/// A digest of a store's pairs that moves with every write: the sum, lane
+/// by lane (four wrapping u64s), of each pair's sha256. The same pairs give
+/// the same sum whatever order they were written in, and a write updates it
+/// in O(1) (less the pair it replaces, plus the new one), so digesting a
+/// state costs nothing that grows with it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KvSum([u64; 4]);
+
+impl KvSum {
+    fn lanes(key: &[u8], value: &[u8]) -> [u64; 4] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"waft kv pair\0");
+        h.update((key.len() as u32).to_le_bytes());
+        h.update(key);
+        h.update(value);
+        let d: [u8; 32] = h.finalize().into();
+        let lane = |i: usize| u64::from_le_bytes(d[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        [lane(0), lane(1), lane(2), lane(3)]
+    }
+
+    pub fn add(&mut self, key: &[u8], value: &[u8]) {
+        for (a, b) in self.0.iter_mut().zip(Self::lanes(key, value)) {
+            *a = a.wrapping_add(b);
+        }
+    }
+
+    pub fn sub(&mut self, key: &[u8], value: &[u8]) {
+        for (a, b) in self.0.iter_mut().zip(Self::lanes(key, value)) {
+            *a = a.wrapping_sub(b);
+        }
+    }
+
+    pub fn to_bytes(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, lane) in self.0.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&lane.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Option<KvSum> {
+        if bytes.len() != 32 {
+            return None;
+        }
+        let mut lanes = [0u64; 4];
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            *lane = u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().ok()?);
+        }
+        Some(KvSum(lanes))
+    }
+}
+
 /// A store shared by the state machines a group runs in turn (a deploy
 /// hands the new module the same store).
 pub type KvHandle = Arc<Mutex<dyn KvStore>>;
@@ -522,6 +579,32 @@ mod tests {
         assert!(call.scan(b"g", Some(b"a"), 100).unwrap().is_empty());
         assert_eq!(call.get(b"c").unwrap(), None);
         assert_eq!(call.get(b"g").unwrap(), Some(b"7".to_vec()));
+    }
+
+    #[test]
+    fn a_sum_depends_on_the_pairs_not_on_the_order_of_the_writes() {
+        let mut a = KvSum::default();
+        a.add(b"x", b"1");
+        a.add(b"y", b"2");
+        let mut b = KvSum::default();
+        b.add(b"y", b"2");
+        b.add(b"z", b"3");
+        b.add(b"x", b"0");
+        b.sub(b"z", b"3");
+        b.sub(b"x", b"0");
+        b.add(b"x", b"1");
+        assert_eq!(a, b);
+        assert_eq!(KvSum::from_bytes(&a.to_bytes()), Some(a));
+        let mut c = a;
+        c.sub(b"y", b"2");
+        c.add(b"y", b"3");
+        assert_ne!(a, c, "a changed value changes the sum");
+        let mut d = KvSum::default();
+        d.add(b"xy", b"");
+        let mut e = KvSum::default();
+        e.add(b"x", b"y");
+        assert_ne!(d, e, "the key's length is part of the pair");
+        assert_eq!(KvSum::from_bytes(&[0; 31]), None);
     }
 
     #[test]

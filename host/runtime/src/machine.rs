@@ -96,7 +96,7 @@ use wasmtime::{Store, Trap};
 use crate::abi::{Entries, Replies, ResultTooLarge, with_result_cap};
 use crate::engine::{EPOCH_TICK, Limits};
 use crate::host::{HostState, ReaderRes, SharedWrite, WriterRes};
-use crate::kv::{KvCall, KvHandle, KvWrites};
+use crate::kv::{KV_SUM_RECORD, KvCall, KvHandle, KvStore, KvSum, KvWrites};
 use crate::module::{Module, ModuleKind};
 use crate::native::Native;
 use crate::wasi::{call_seed, entry_seed};
@@ -596,6 +596,9 @@ pub struct StateMachine {
     /// with records of its own (`defer_kv_commits`).
     kv_pending: KvWrites,
     kv_deferred: bool,
+    /// The store's sum as last committed (see `KvSum`); read from its
+    /// record, or by a scan, at first use.
+    kv_sum: Option<KvSum>,
 }
 
 /// How one `apply_batch` went.
@@ -638,6 +641,7 @@ impl StateMachine {
             kv: None,
             kv_pending: KvWrites::default(),
             kv_deferred: false,
+            kv_sum: None,
         };
         if let ModuleKind::Native(kind) = module.kind {
             tracing::warn!(
@@ -1429,19 +1433,58 @@ impl StateMachine {
 
     /// Commits the writes of the entries applied since the last commit
     /// together with `records` (see `defer_kv_commits`).
-    pub fn commit_kv(&mut self, records: &KvWrites) -> Result<(), RuntimeError> {
+    /// The store's sum moves with them, in the same commit.
+    pub fn commit_kv(&mut self, mut records: KvWrites) -> Result<(), RuntimeError> {
         let store = self.kv_handle()?;
         let writes = std::mem::take(&mut self.kv_pending);
         if writes.is_empty() && records.is_empty() {
             return Ok(());
         }
+        let store_err = |e: crate::KvError| RuntimeError::Store(e.to_string());
         let mut store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
-        store.commit(&writes, records).map_err(|e| RuntimeError::Store(e.to_string()))
+        if !writes.is_empty() {
+            let mut sum = match self.kv_sum {
+                Some(sum) => sum,
+                None => Self::kv_sum_of(&*store)?,
+            };
+            for (key, value) in writes.iter() {
+                if let Some(old) = store.get(key).map_err(store_err)? {
+                    sum.sub(key, &old);
+                }
+                if let Some(value) = value {
+                    sum.add(key, value);
+                }
+            }
+            records.insert(KV_SUM_RECORD.to_vec(), Some(sum.to_bytes().to_vec()));
+            // Cached only once committed: a failed commit stops the group.
+            self.kv_sum = None;
+            store.commit(&writes, &records).map_err(store_err)?;
+            self.kv_sum = Some(sum);
+            return Ok(());
+        }
+        store.commit(&writes, &records).map_err(store_err)
+    }
+
+    /// The store's sum: its record, or (a store that has none yet) a scan.
+    fn kv_sum_of(store: &dyn KvStore) -> Result<KvSum, RuntimeError> {
+        let store_err = |e: crate::KvError| RuntimeError::Store(e.to_string());
+        if let Some(bytes) = store.record(KV_SUM_RECORD).map_err(store_err)? {
+            return KvSum::from_bytes(&bytes)
+                .ok_or_else(|| RuntimeError::Store("the store's sum record is damaged".into()));
+        }
+        let mut sum = KvSum::default();
+        store
+            .scan(&[], None, &mut |k, v| {
+                sum.add(k, v);
+                true
+            })
+            .map_err(store_err)?;
+        Ok(sum)
     }
 
     /// Commits what `apply` left unless the caller does (`defer_kv_commits`).
     fn kv_commit_unless_deferred(&mut self) -> Result<(), RuntimeError> {
-        if self.kv_deferred { Ok(()) } else { self.commit_kv(&KvWrites::default()) }
+        if self.kv_deferred { Ok(()) } else { self.commit_kv(KvWrites::default()) }
     }
 
     /// Refuses to read the store whole while writes wait for the caller's
@@ -1638,6 +1681,8 @@ impl StateMachine {
             ))
         };
         self.kv_pending = KvWrites::default();
+        self.kv_sum = None;
+        let mut sum = KvSum::default();
         let mut store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
         store.clear().map_err(|e| RuntimeError::Store(e.to_string()))?;
         let none = KvWrites::default();
@@ -1669,6 +1714,7 @@ impl StateMachine {
                 return Err(half("keys out of order".into()));
             }
             batch_bytes += key.len() + value.len();
+            sum.add(&key, &value);
             last = Some(key.clone());
             batch.insert(key, Some(value));
             if batch_bytes >= KV_LOAD_BATCH_BYTES {
@@ -1677,26 +1723,40 @@ impl StateMachine {
                 batch_bytes = 0;
             }
         }
-        store.commit(&batch, &none).map_err(|e| RuntimeError::Store(e.to_string()))
+        let mut records = KvWrites::default();
+        records.insert(KV_SUM_RECORD.to_vec(), Some(sum.to_bytes().to_vec()));
+        store.commit(&batch, &records).map_err(|e| RuntimeError::Store(e.to_string()))?;
+        self.kv_sum = Some(sum);
+        Ok(())
     }
 
-    /// A digest of the store: sha256 over its pairs as `kv_save` frames
-    /// them, without the copy.
+    /// What a digest covers of the store: its sum (see `KvSum`), kept with
+    /// every commit, so it costs nothing that grows with the state.
     fn kv_digest(&mut self) -> Result<Arc<[u8]>, RuntimeError> {
-        use sha2::{Digest, Sha256};
         self.kv_committed()?;
-        let mut h = Sha256::new();
-        h.update(KV_SNAPSHOT_MAGIC);
-        self.offloaded(|sm| {
-            sm.kv_each(&mut |k, v| {
-                h.update((k.len() as u32).to_le_bytes());
-                h.update(k);
-                h.update((v.len() as u32).to_le_bytes());
-                h.update(v);
-                true
-            })
+        let sum = match self.kv_sum {
+            Some(sum) => sum,
+            None => {
+                let store = self.kv_handle()?;
+                let store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
+                Self::kv_sum_of(&*store)?
+            }
+        };
+        self.kv_sum = Some(sum);
+        Ok(Arc::from(&sum.to_bytes()[..]))
+    }
+
+    /// The store's sum computed afresh from every pair: what the kept sum
+    /// must equal (for tests and checks).
+    pub fn kv_sum_by_scan(&mut self) -> Result<Option<[u8; 32]>, RuntimeError> {
+        if !self.module.uses_kv() {
+            return Ok(None);
+        }
+        let mut sum = KvSum::default();
+        self.kv_each(&mut |k, v| {
+            sum.add(k, v);
+            true
         })?;
-        let digest: [u8; 32] = h.finalize().into();
-        Ok(Arc::from(&digest[..]))
+        Ok(Some(sum.to_bytes()))
     }
 }

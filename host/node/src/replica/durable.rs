@@ -86,7 +86,7 @@ impl Replica {
             records.insert(sessions_key(&key), value);
         }
         self.record_module_and_settings(&mut records);
-        if let Err(e) = self.sm.commit_kv(&records) {
+        if let Err(e) = self.sm.commit_kv(records) {
             return Err(self.runtime_err(e));
         }
         Ok(())
@@ -127,7 +127,7 @@ impl Replica {
         self.sessions.track_changes();
         self.recorded = Recorded::default();
         self.record_module_and_settings(&mut records);
-        if let Err(e) = self.sm.commit_kv(&records) {
+        if let Err(e) = self.sm.commit_kv(records) {
             return Err(self.runtime_err(e));
         }
         Ok(())
