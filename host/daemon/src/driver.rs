@@ -232,6 +232,13 @@ impl Driver {
                     Err(e) => tracing::error!(error = %e, "snapshot install stopped the replica"),
                 }
             }
+            Input::SnapshotWritten(done) => {
+                let mut out = Output::default();
+                match self.replica.snapshot_written(done, &mut out) {
+                    Ok(()) => self.settle(out),
+                    Err(e) => tracing::error!(error = %e, "finishing a snapshot stopped the replica"),
+                }
+            }
             Input::Admin { op, reply } => self.start_admin(op, reply),
             Input::Propose { body, reply } => self.propose(body, reply),
             Input::Deploy { module, reply } => {
@@ -505,6 +512,31 @@ impl Driver {
         if let Some(finished) = out.install_finished {
             self.install_finished(finished);
         }
+        if let Some(job) = out.snapshot_job {
+            self.write_snapshot(job);
+        }
+    }
+
+    /// Writes a kv state machine's snapshot on a blocking thread while the
+    /// group goes on; its end comes back through the inbox.
+    fn write_snapshot(&mut self, job: waft_node::SnapshotJob) {
+        let group = self.group();
+        let Some(inbox) = self.inbox.as_ref().and_then(|w| w.upgrade()) else { return };
+        tracing::debug!(group, index = job.index(), "writing a snapshot beside the apply path");
+        tokio::spawn(async move {
+            let done = match tokio::task::spawn_blocking(move || job.run()).await {
+                Ok(done) => done,
+                // The job panicked: the core asks for a snapshot again only
+                // once it hears of this one's end, which a panic never sends.
+                Err(e) => {
+                    tracing::error!(group, error = %e, "a snapshot job failed to finish");
+                    return;
+                }
+            };
+            // Waits for room rather than drop the outcome: the replica must
+            // hear of every snapshot it handed out.
+            let _ = inbox.send(Input::SnapshotWritten(done)).await;
+        });
     }
 
     fn admin_result(&self) -> waft_proto::admin::AdminResult {
@@ -917,7 +949,7 @@ impl Driver {
                 Input::DeployCheck { reply } => {
                     let _ = reply.send(Err(self.shutting_down()));
                 }
-                Input::Peer { .. } | Input::InstallPulled(_) => {}
+                Input::Peer { .. } | Input::InstallPulled(_) | Input::SnapshotWritten(_) => {}
             }
         }
     }

@@ -361,6 +361,7 @@ impl Host {
         };
         let mut replica = replica;
         replica.set_offload(Some(guest_offload()));
+        replica.set_background_snapshots(true);
         if let Some(at) = self.cfg.test_diverge_at {
             replica.inject_divergence(at);
         }

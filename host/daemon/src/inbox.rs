@@ -56,6 +56,8 @@ pub enum Input {
     },
     /// A snapshot pull ended: the install, complete, or why it failed.
     InstallPulled(Result<waft_node::Install, String>),
+    /// A kv state machine's snapshot, written beside the apply path, ended.
+    SnapshotWritten(waft_node::SnapshotDone),
     /// An operator's change (membership, transfer, snapshot).
     Admin {
         op: Op,

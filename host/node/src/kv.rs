@@ -3,8 +3,8 @@
 
 use std::sync::{Arc, Mutex};
 
-use waft_runtime::{KvError, KvHandle, KvProvider, KvStore, KvWrites};
-use waft_storage::{RocksKv, RocksKvGroup};
+use waft_runtime::{KvError, KvHandle, KvProvider, KvStore, KvView, KvWrites};
+use waft_storage::{RocksKv, RocksKvGroup, RocksKvView};
 
 /// Makes each group's key-value store (see `waft_runtime::kv`).
 #[derive(Clone)]
@@ -69,5 +69,23 @@ impl KvStore for RocksStore {
 
     fn sync(&mut self) -> Result<(), KvError> {
         self.0.sync().map_err(kv_err)
+    }
+
+    fn view(&self) -> Result<Box<dyn KvView>, KvError> {
+        Ok(Box::new(RocksView(self.0.view())))
+    }
+}
+
+/// One group's pairs at one moment, in RocksDB.
+struct RocksView(RocksKvView);
+
+impl KvView for RocksView {
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), KvError> {
+        self.0.scan(start, end, visit).map_err(kv_err)
     }
 }

@@ -144,6 +144,10 @@ pub struct Output {
     /// snapshot installed, or why not (the core will ask again).
     pub install_finished: Option<std::result::Result<SnapshotId, String>>,
     pub events: Vec<Event>,
+    /// A kv state machine's snapshot to write beside the apply path (with
+    /// `set_background_snapshots`): run it off the group's path
+    /// (`SnapshotJob::run`), then hand the result to `snapshot_written`.
+    pub snapshot_job: Option<SnapshotJob>,
 }
 
 /// A snapshot being received from the leader. Files are written through the
@@ -251,6 +255,9 @@ pub struct Replica {
     purge_pending: Option<(u64, u64)>,
     /// State digests, verdicts, fencing (see `digest`).
     digests: digest::Digests,
+    /// Hand a kv state machine's snapshot to the caller to write beside the
+    /// apply path (`Output::snapshot_job`) rather than write it in place.
+    background_snapshots: bool,
     /// Tests only: at the first client entry at or after this index, skip
     /// the guest's command, or run this extra command after it
     /// (`inject_divergence`, `inject_extra_command`).
@@ -387,6 +394,7 @@ impl Replica {
             install_waiting: None,
             purge_pending: None,
             digests: digest::Digests::new(cfg.manual_rebuild),
+            background_snapshots: false,
             diverge_at: None,
         };
         let is_new = snapshots.latest(group).is_none()
@@ -611,6 +619,13 @@ impl Replica {
         self.check_running()?;
         self.check_not_fenced()?;
         self.node.read_index(id, mode).map_err(|e| self.raft_err(e))
+    }
+
+    /// Hands a kv state machine's snapshots to the caller to write beside
+    /// the apply path (`Output::snapshot_job`) instead of writing them in
+    /// place, which stops the group for the length of the write.
+    pub fn set_background_snapshots(&mut self, on: bool) {
+        self.background_snapshots = on;
     }
 
     /// Where the state machine runs guest work past a small in-place fuel
@@ -1429,14 +1444,54 @@ impl Replica {
             self.node.on_snapshot_save_failed();
             return Ok(());
         }
-        if let Err(e) = self.save_local_snapshot(snapshots, &meta) {
-            if e.is_fatal() {
-                return Err(e);
+        let job = match self.begin_snapshot(snapshots, &meta) {
+            Ok(job) => job,
+            Err(e) => {
+                if e.is_fatal() {
+                    return Err(e);
+                }
+                tracing::warn!(group = self.group, index = meta.index, error = %e, "snapshot not saved");
+                self.node.on_snapshot_save_failed();
+                out.snapshot_failed = Some(e);
+                return Ok(());
             }
-            tracing::warn!(group = self.group, index = meta.index, error = %e, "snapshot not saved");
-            self.node.on_snapshot_save_failed();
-            out.snapshot_failed = Some(e);
+        };
+        if self.background_snapshots && job.state.is_some() {
+            // A kv state machine's store is written beside the apply path;
+            // `snapshot_written` takes it from there.
+            out.snapshot_job = Some(job);
             return Ok(());
+        }
+        let done = job.run();
+        self.snapshot_written(done, out)
+    }
+
+    /// A snapshot `begin_snapshot` started was written (or not): compacts
+    /// the log behind it. For a kv state machine's snapshot written beside
+    /// the apply path (`Output::snapshot_job`), the caller hands it back
+    /// here once `SnapshotJob::run` returned.
+    pub fn snapshot_written(&mut self, done: SnapshotDone, out: &mut Output) -> Result<()> {
+        let group = self.group;
+        let meta = done.meta;
+        if let Err(reason) = done.result {
+            tracing::warn!(group, index = meta.index, error = %reason, "snapshot not saved");
+            self.node.on_snapshot_save_failed();
+            out.snapshot_failed = Some(Error::Install { group, reason });
+            return Ok(());
+        }
+        if meta.index <= self.node.snapshot_meta().index {
+            // An installed snapshot overtook it.
+            self.node.on_snapshot_saved(meta);
+            return Ok(());
+        }
+        if done.took_ms > 0 {
+            tracing::info!(
+                group,
+                index = meta.index,
+                bytes = done.bytes,
+                ms = done.took_ms,
+                "snapshot written beside the apply path"
+            );
         }
         // The log keeps what a store's unsynced commits cover until here.
         self.sync_kv()?;
@@ -1445,11 +1500,7 @@ impl Replica {
         // meet a log already purged past it): with the next Ready's write,
         // or at once when no write is in flight (`finish_durable`).
         self.purge_pending = Some((meta.index, meta.term));
-        tracing::debug!(
-            group = self.group,
-            index = meta.index,
-            "snapshot saved; the log is compacted with the next write"
-        );
+        tracing::debug!(group, index = meta.index, "snapshot saved; the log is compacted with the next write");
         self.node.on_snapshot_saved(meta.clone());
         out.snapshot_saved = Some(meta);
         // A replica waiting to be rebuilt may take this one.
@@ -1457,8 +1508,18 @@ impl Replica {
         Ok(())
     }
 
-    /// Streams the guest's state into a new snapshot at `meta`.
+    /// Writes a snapshot at `meta` at once (the group's first, or a test's).
     fn save_local_snapshot(&mut self, snapshots: &SnapshotStore, meta: &waft_raft::SnapshotMeta) -> Result<()> {
+        let done = self.begin_snapshot(snapshots, meta)?.run();
+        done.result.map_err(|reason| Error::Install { group: self.group, reason })
+    }
+
+    /// Starts a snapshot at `meta`: the module, the session table and the
+    /// settings as they are now, and the state: an in-memory state is saved
+    /// here; a kv state machine's store is captured as it is now and
+    /// written by the job, which may run on another thread while applies go
+    /// on.
+    fn begin_snapshot(&mut self, snapshots: &SnapshotStore, meta: &waft_raft::SnapshotMeta) -> Result<SnapshotJob> {
         let group = self.group;
         let storage_err = |source| Error::Storage { group, source };
         let mut writer = snapshots
@@ -1471,19 +1532,23 @@ impl Replica {
         // Taken between apply batches, so no reply is pending.
         let sessions =
             self.sessions.encode_snapshot().map_err(|source| Error::Sessions { group, index: meta.index, source })?;
-        // Created up front, so a guest whose state is empty still has its file.
-        writer.append(STATE_FILE, &[]).map_err(storage_err)?;
-        let sink = match self.sm.save_snapshot(StateSink { writer }) {
-            Ok((sink, _bytes)) => sink,
-            Err(e) => return Err(self.runtime_err(e)),
-        };
-        let mut writer = sink.writer;
         for chunk in sessions.chunks(SNAPSHOT_CHUNK_BYTES_MAX) {
             writer.append(SESSIONS_FILE, chunk).map_err(storage_err)?;
         }
         writer.append(SETTINGS_FILE, &self.settings.encode_file(self.settings_index)).map_err(storage_err)?;
-        writer.commit().map_err(storage_err)?;
-        Ok(())
+        // Created up front, so a guest whose state is empty still has its file.
+        writer.append(STATE_FILE, &[]).map_err(storage_err)?;
+        let state = match self.sm.kv_snapshot() {
+            Ok(state) => state,
+            Err(e) => return Err(self.runtime_err(e)),
+        };
+        if state.is_none() {
+            writer = match self.sm.save_snapshot(StateSink { writer }) {
+                Ok((sink, _bytes)) => sink.writer,
+                Err(e) => return Err(self.runtime_err(e)),
+            };
+        }
+        Ok(SnapshotJob { meta: meta.clone(), writer, state })
     }
 
     /// Verifies the snapshot's module and configuration and loads its state
@@ -1834,6 +1899,59 @@ enum Slot {
 /// writer. Owns the writer because the runtime wants a `'static` sink.
 struct StateSink {
     writer: SnapshotWriter,
+}
+
+/// A snapshot being written (see `Replica::begin_snapshot`): what is left
+/// is a kv state machine's store, if anything, and the commit.
+pub struct SnapshotJob {
+    meta: waft_raft::SnapshotMeta,
+    writer: waft_storage::SnapshotWriter,
+    state: Option<waft_runtime::KvSnapshot>,
+}
+
+impl std::fmt::Debug for SnapshotJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotJob").field("index", &self.meta.index).finish_non_exhaustive()
+    }
+}
+
+/// How a `SnapshotJob` ended, for `Replica::snapshot_written`.
+pub struct SnapshotDone {
+    meta: waft_raft::SnapshotMeta,
+    result: std::result::Result<(), String>,
+    /// Bytes of state written by the job, and how long it took (0 for a
+    /// snapshot finished in place).
+    bytes: u64,
+    took_ms: u64,
+}
+
+impl SnapshotJob {
+    /// The index the snapshot is at.
+    pub fn index(&self) -> u64 {
+        self.meta.index
+    }
+
+    /// Writes what is left and commits the snapshot. May take long (a
+    /// store of gigabytes): off any async worker, and off the group's
+    /// apply path, which goes on meanwhile.
+    pub fn run(self) -> SnapshotDone {
+        let started = std::time::Instant::now();
+        let SnapshotJob { meta, writer, state } = self;
+        let mut bytes = 0;
+        let result = (|| {
+            let writer = match &state {
+                Some(state) => {
+                    let (sink, written) = state.write_to(StateSink { writer })?;
+                    bytes = written;
+                    sink.writer
+                }
+                None => writer,
+            };
+            writer.commit().map(drop).map_err(|e| e.to_string())
+        })();
+        let took_ms = if state.is_some() { started.elapsed().as_millis().max(1) as u64 } else { 0 };
+        SnapshotDone { meta, result, bytes, took_ms }
+    }
 }
 
 impl Write for StateSink {

@@ -154,3 +154,52 @@ fn a_restart_resumes_from_the_store_with_its_sessions_and_replays_nothing() {
     assert_eq!(count(&mut c, 2, "s1-"), "2", "applied once");
     assert_identical(&mut c, &[1, 2, 3]);
 }
+
+/// A snapshot handed out to be written beside the apply path holds the
+/// store as it was at its index, however many entries applied while it
+/// waited: increments (which a replay would count twice) show it.
+#[test]
+fn a_snapshot_written_beside_the_apply_path_holds_the_store_at_its_index() {
+    let mut c = Cluster::with_guest("kv-background", 3, 20, "waft_atomic_kv");
+    for id in 1..=3 {
+        c.replica(id).set_background_snapshots(true);
+    }
+    c.elect(1);
+    let incr = r#"{"incr":{"key":"a","delta":1}}"#;
+    let mut at = Vec::new();
+    for _ in 0..30 {
+        at.push(c.propose(incr).0);
+    }
+    settle(&mut c);
+    assert_eq!(c.jobs.len(), 3, "every replica handed out a snapshot to write");
+    let index = c.jobs[0].1.index();
+    // The group goes on while the snapshots wait.
+    for _ in 0..30 {
+        at.push(c.propose(incr).0);
+    }
+    settle(&mut c);
+    assert_eq!(c.result_at(1, *at.last().unwrap()), r#"{"value":60}"#);
+    let saved = c.snapshots_saved;
+    c.finish_jobs();
+    assert_eq!(c.snapshots_saved, saved + 3);
+    // The value at the snapshot's index: the last increment at or before it.
+    let expected = at.iter().filter(|&&i| i <= index).count() as i64;
+    let up = c.nodes[0].up.as_ref().unwrap();
+    let reader = up.snaps.open_latest(common::GROUP).unwrap().unwrap();
+    assert_eq!(reader.meta().index, index);
+    let state = std::fs::read(reader.file_path(waft_node::STATE_FILE).unwrap()).unwrap();
+    let mut key = Vec::new();
+    key.extend_from_slice(&1u32.to_le_bytes());
+    key.push(b'a');
+    key.extend_from_slice(&8u32.to_le_bytes());
+    let at_key = state.windows(key.len()).position(|w| w == key).expect("the snapshot holds key a");
+    let value = i64::from_le_bytes(state[at_key + key.len()..at_key + key.len() + 8].try_into().unwrap());
+    assert_eq!(value, expected, "the snapshot at {index} holds the counter as it was there");
+    // The log behind it was compacted, and the group goes on.
+    assert!(c.replica(1).raft().snapshot_meta().index >= index);
+    for _ in 0..5 {
+        c.propose(incr);
+    }
+    settle(&mut c);
+    assert_identical(&mut c, &[1, 2, 3]);
+}

@@ -91,6 +91,36 @@ pub trait KvStore: Send {
     /// Makes every commit so far durable (a store may keep recent commits
     /// in memory only: the log they came from can replay them).
     fn sync(&mut self) -> Result<(), KvError>;
+
+    /// The pairs as they are now, readable from another thread while
+    /// commits go on (for a snapshot written beside the apply path).
+    fn view(&self) -> Result<Box<dyn KvView>, KvError>;
+}
+
+/// A store's pairs at one moment (see [`KvStore::view`]).
+pub trait KvView: Send {
+    /// As [`KvStore::scan`], over the pairs when the view was taken.
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), KvError>;
+}
+
+/// An in-memory store's view: a copy.
+struct MemView(BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl KvView for MemView {
+    fn scan(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), KvError> {
+        visit_range(&self.0, start, end, visit);
+        Ok(())
+    }
 }
 
 /// The record in which the runtime keeps a store's [`KvSum`], beside the
@@ -234,6 +264,68 @@ impl KvStore for MemKv {
 
     fn sync(&mut self) -> Result<(), KvError> {
         Ok(())
+    }
+
+    fn view(&self) -> Result<Box<dyn KvView>, KvError> {
+        Ok(Box::new(MemView(self.map.clone())))
+    }
+}
+
+/// Starts a store's snapshot (see [`write_snapshot`]).
+pub const KV_SNAPSHOT_MAGIC: &[u8; 8] = b"WAFTKV1\n";
+/// Ends it: no key is this long.
+pub(crate) const KV_SNAPSHOT_END: u32 = u32::MAX;
+
+/// Writes the pairs `scan` visits as a snapshot of the store: a magic
+/// line, then each pair as a 4-byte little-endian key length, the key, a
+/// 4-byte value length and the value, in key order; then a key length of
+/// `u32::MAX`. Returns `out` and the bytes written.
+pub(crate) fn write_snapshot<W: std::io::Write>(
+    scan: impl FnOnce(&mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), KvError>,
+    mut out: W,
+) -> Result<(W, u64), String> {
+    let io = |e: std::io::Error| format!("writing the store's snapshot: {e}");
+    let mut bytes = KV_SNAPSHOT_MAGIC.len() as u64;
+    let mut failed = None;
+    out.write_all(KV_SNAPSHOT_MAGIC).map_err(io)?;
+    scan(&mut |k, v| {
+        let frame = out
+            .write_all(&(k.len() as u32).to_le_bytes())
+            .and_then(|()| out.write_all(k))
+            .and_then(|()| out.write_all(&(v.len() as u32).to_le_bytes()))
+            .and_then(|()| out.write_all(v));
+        bytes += 8 + k.len() as u64 + v.len() as u64;
+        match frame {
+            Ok(()) => true,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    if let Some(e) = failed {
+        return Err(io(e));
+    }
+    out.write_all(&KV_SNAPSHOT_END.to_le_bytes()).map_err(io)?;
+    Ok((out, bytes + 4))
+}
+
+/// A kv state machine's store at one applied index, to write as a snapshot
+/// on another thread while applies go on (`StateMachine::kv_snapshot`).
+pub struct KvSnapshot {
+    view: Box<dyn KvView>,
+}
+
+impl KvSnapshot {
+    pub(crate) fn new(view: Box<dyn KvView>) -> KvSnapshot {
+        KvSnapshot { view }
+    }
+
+    /// Writes the pairs as `StateMachine::save_snapshot` would have at the
+    /// moment the view was taken; returns `out` and the bytes written.
+    pub fn write_to<W: std::io::Write>(&self, out: W) -> Result<(W, u64), String> {
+        write_snapshot(|visit| self.view.scan(&[], None, visit), out)
     }
 }
 

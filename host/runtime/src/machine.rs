@@ -96,7 +96,9 @@ use wasmtime::{Store, Trap};
 use crate::abi::{Entries, Replies, ResultTooLarge, with_result_cap};
 use crate::engine::{EPOCH_TICK, Limits};
 use crate::host::{HostState, ReaderRes, SharedWrite, WriterRes};
-use crate::kv::{KV_SUM_RECORD, KvCall, KvHandle, KvStore, KvSum, KvWrites};
+use crate::kv::{
+    KV_SNAPSHOT_END, KV_SNAPSHOT_MAGIC, KV_SUM_RECORD, KvCall, KvHandle, KvSnapshot, KvStore, KvSum, KvWrites,
+};
 use crate::module::{Module, ModuleKind};
 use crate::native::Native;
 use crate::wasi::{call_seed, entry_seed};
@@ -1391,10 +1393,6 @@ impl StateMachine {
     }
 }
 
-/// Starts a kv state machine's snapshot of its store (see `kv_save`).
-const KV_SNAPSHOT_MAGIC: &[u8; 8] = b"WAFTKV1\n";
-/// Ends it: no key is this long.
-const KV_SNAPSHOT_END: u32 = u32::MAX;
 /// Pairs written to the store at once while a snapshot loads.
 const KV_LOAD_BATCH_BYTES: usize = 4 * 1024 * 1024;
 
@@ -1631,35 +1629,26 @@ impl StateMachine {
         store.scan(&[], None, visit).map_err(|e| RuntimeError::Store(e.to_string()))
     }
 
-    /// The store as a snapshot: a magic line, then each pair as a 4-byte
-    /// little-endian key length, the key, a 4-byte value length and the
-    /// value, in key order; then a key length of `u32::MAX`.
-    fn kv_save<W: Write>(&mut self, mut out: W) -> Result<(W, u64), RuntimeError> {
+    /// The store as a snapshot (see `kv::write_snapshot`).
+    fn kv_save<W: Write>(&mut self, out: W) -> Result<(W, u64), RuntimeError> {
         self.kv_committed()?;
-        let mut bytes = KV_SNAPSHOT_MAGIC.len() as u64;
-        let mut failed = None;
-        let io = |e: std::io::Error| RuntimeError::Guest(format!("writing the store's snapshot: {e}"));
-        out.write_all(KV_SNAPSHOT_MAGIC).map_err(io)?;
-        self.kv_each(&mut |k, v| {
-            let frame = out
-                .write_all(&(k.len() as u32).to_le_bytes())
-                .and_then(|()| out.write_all(k))
-                .and_then(|()| out.write_all(&(v.len() as u32).to_le_bytes()))
-                .and_then(|()| out.write_all(v));
-            bytes += 8 + k.len() as u64 + v.len() as u64;
-            match frame {
-                Ok(()) => true,
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
-            }
-        })?;
-        if let Some(e) = failed {
-            return Err(io(e));
+        let store = self.kv_handle()?;
+        let store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
+        crate::kv::write_snapshot(|visit| store.scan(&[], None, visit), out).map_err(RuntimeError::Guest)
+    }
+
+    /// The store as it is now (every applied entry committed), to write as
+    /// a snapshot on another thread while applies go on. `None` for a
+    /// state machine that is not a kv one.
+    pub fn kv_snapshot(&mut self) -> Result<Option<KvSnapshot>, RuntimeError> {
+        if !self.module.uses_kv() {
+            return Ok(None);
         }
-        out.write_all(&KV_SNAPSHOT_END.to_le_bytes()).map_err(io)?;
-        Ok((out, bytes + 4))
+        self.kv_committed()?;
+        let store = self.kv_handle()?;
+        let store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
+        let view = store.view().map_err(|e| RuntimeError::Store(e.to_string()))?;
+        Ok(Some(KvSnapshot::new(view)))
     }
 
     /// Replaces the store with a snapshot `kv_save` wrote. A file that is

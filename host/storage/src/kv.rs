@@ -90,7 +90,21 @@ impl RocksKvGroup {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
         during: &'static str,
     ) -> Result<()> {
+        self.visit_in(None, lower, upper, visit, during)
+    }
+
+    fn visit_in(
+        &self,
+        snapshot: Option<&rocksdb::SnapshotWithThreadMode<'_, DB>>,
+        lower: Vec<u8>,
+        upper: Vec<u8>,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+        during: &'static str,
+    ) -> Result<()> {
         let mut read = ReadOptions::default();
+        if let Some(snapshot) = snapshot {
+            read.set_snapshot(snapshot);
+        }
         read.set_iterate_lower_bound(lower.clone());
         read.set_iterate_upper_bound(upper);
         let mut iter = self.kv.db.raw_iterator_opt(read);
@@ -177,9 +191,48 @@ impl RocksKvGroup {
         self.kv.db.write_opt(batch, &WriteOptions::default()).map_err(self.err("clearing a group's keys"))
     }
 
+    /// The group's pairs as they are now, readable from any thread while
+    /// commits go on (a RocksDB snapshot: the files it needs stay until it
+    /// is dropped).
+    pub fn view(&self) -> RocksKvView {
+        let snapshot = self.kv.db.snapshot();
+        // SAFETY: the snapshot borrows the DB that `_db` below keeps alive
+        // (the same `Arc`), and fields drop in order: the snapshot first.
+        let snapshot = unsafe {
+            std::mem::transmute::<rocksdb::SnapshotWithThreadMode<'_, DB>, rocksdb::SnapshotWithThreadMode<'static, DB>>(
+                snapshot,
+            )
+        };
+        RocksKvView {
+            snapshot,
+            group: RocksKvGroup { kv: self.kv.clone(), group: self.group },
+            _db: self.kv.db.clone(),
+        }
+    }
+
     /// Makes every commit so far durable.
     pub fn sync(&self) -> Result<()> {
         self.kv.db.flush_wal(true).map_err(self.err("syncing the write-ahead log"))
+    }
+}
+
+/// One group's pairs at one moment (see [`RocksKvGroup::view`]).
+pub struct RocksKvView {
+    snapshot: rocksdb::SnapshotWithThreadMode<'static, DB>,
+    group: RocksKvGroup,
+    _db: Arc<DB>,
+}
+
+impl RocksKvView {
+    /// Visits the pairs with `start <= key < end` as they were when the
+    /// view was taken, in key order, until `visit` returns false.
+    pub fn scan(&self, start: &[u8], end: Option<&[u8]>, visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<()> {
+        let g = &self.group;
+        let upper = match end {
+            Some(end) => g.key(PAIRS, end),
+            None => g.key(PAIRS + 1, &[]),
+        };
+        g.visit_in(Some(&self.snapshot), g.key(PAIRS, start), upper, visit, "reading a snapshot of the keys")
     }
 }
 
@@ -238,8 +291,20 @@ mod tests {
         assert_eq!(records(&b, b"s"), [b"s\x01".to_vec(), b"s\x02".to_vec()]);
         assert!(records(&b, b"t").is_empty());
         assert_eq!(pairs(&last, b"", None), [(b"\xff".to_vec(), b"4".to_vec())]);
+        let view = a.view();
         a.commit([(&b"x"[..], None)], none).unwrap();
         assert_eq!(a.get(b"x").unwrap(), None);
+        let mut seen = Vec::new();
+        std::thread::spawn(move || {
+            view.scan(b"", None, &mut |k, _| {
+                seen.push(k.to_vec());
+                true
+            })
+            .unwrap();
+            assert_eq!(seen, [b"x".to_vec(), b"y".to_vec()], "a view keeps the pairs as they were");
+        })
+        .join()
+        .unwrap();
         a.sync().unwrap();
         drop((a, b, last));
         drop(kv);

@@ -99,6 +99,9 @@ pub struct Cluster {
     pub stopped: BTreeMap<u64, String>,
     /// Founding digest interval of every replica.
     pub digest_interval: u64,
+    /// Snapshots handed out to write beside the apply path (replicas with
+    /// `set_background_snapshots`), waiting for `finish_jobs`: (node, job).
+    pub jobs: Vec<(u64, waft_node::SnapshotJob)>,
     /// Nodes opened to leave a fenced replica for an operator.
     pub manual_rebuild: BTreeSet<u64>,
 }
@@ -183,6 +186,7 @@ impl Cluster {
             stopped: BTreeMap::new(),
             digest_interval,
             manual_rebuild: BTreeSet::new(),
+            jobs: Vec::new(),
         };
         for id in 1..=voters {
             c.open(id);
@@ -282,8 +286,25 @@ impl Cluster {
             if let Some(install) = out.snapshot_install {
                 self.install(id, install);
             }
+            if let Some(job) = out.snapshot_job {
+                self.jobs.push((id, job));
+            }
         }
         busy
+    }
+
+    /// Writes every snapshot waiting in `jobs` and hands each back to its
+    /// replica, as the daemon's blocking thread and inbox do.
+    pub fn finish_jobs(&mut self) {
+        for (id, job) in std::mem::take(&mut self.jobs) {
+            let done = job.run();
+            let Some(up) = self.nodes[(id - 1) as usize].up.as_mut() else { continue };
+            let mut out = waft_node::Output::default();
+            up.replica.snapshot_written(done, &mut out).unwrap();
+            if out.snapshot_saved.is_some() {
+                self.snapshots_saved += 1;
+            }
+        }
     }
 
     /// Moves a snapshot from `install.from` to `id` in chunks, through the
