@@ -258,6 +258,9 @@ pub struct Replica {
     /// Hand a kv state machine's snapshot to the caller to write beside the
     /// apply path (`Output::snapshot_job`) rather than write it in place.
     background_snapshots: bool,
+    /// The configured snapshot margin; a kv group's grows with its store
+    /// (see `durable::KV_SNAPSHOT_PAIRS_PER_ENTRY`).
+    snapshot_margin_entries: u64,
     /// Tests only: at the first client entry at or after this index, skip
     /// the guest's command, or run this extra command after it
     /// (`inject_divergence`, `inject_extra_command`).
@@ -395,6 +398,7 @@ impl Replica {
             purge_pending: None,
             digests: digest::Digests::new(cfg.manual_rebuild),
             background_snapshots: false,
+            snapshot_margin_entries: cfg.raft.snapshot_margin_entries,
             diverge_at: None,
         };
         let is_new = snapshots.latest(group).is_none()
@@ -431,6 +435,9 @@ impl Replica {
         replica.node =
             if is_new { RawNode::new(cfg.raft, restart.snapshot.config) } else { RawNode::restart(cfg.raft, restart) }
                 .map_err(|source| Error::Start { group, source })?;
+        if replica.sm.uses_kv() {
+            replica.space_kv_snapshots()?;
+        }
         Ok(replica)
     }
 

@@ -802,6 +802,13 @@ impl RawNode {
         self.installing = None;
     }
 
+    /// Entries applied past the latest snapshot before the next is asked
+    /// for (`Config::snapshot_margin_entries`), from now on: a caller whose
+    /// snapshots cost more as its state grows spaces them out with it.
+    pub fn set_snapshot_margin_entries(&mut self, entries: u64) {
+        self.cfg.snapshot_margin_entries = entries.max(1);
+    }
+
     /// Fences this node (its host found its state machine differs from the
     /// group's) or lifts the fence. A fenced node never stands for
     /// election; a fenced leader transfers leadership to the most

@@ -128,12 +128,19 @@ impl KvView for MemView {
 pub const KV_SUM_RECORD: &[u8] = b"kv-sum";
 
 /// A digest of a store's pairs that moves with every write: the sum, lane
-/// by lane (four wrapping u64s), of each pair's sha256. The same pairs give
-/// the same sum whatever order they were written in, and a write updates it
-/// in O(1) (less the pair it replaces, plus the new one), so digesting a
-/// state costs nothing that grows with it.
+/// by lane (four wrapping u64s), of each pair's sha256, and the number of
+/// pairs. The same pairs give the same sum whatever order they were
+/// written in, and a write updates it in O(1) (less the pair it replaces,
+/// plus the new one), so digesting a state costs nothing that grows with
+/// it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct KvSum([u64; 4]);
+pub struct KvSum {
+    lanes: [u64; 4],
+    pairs: u64,
+}
+
+/// Bytes of a [`KvSum`] as recorded and digested.
+pub const KV_SUM_BYTES: usize = 40;
 
 impl KvSum {
     fn lanes(key: &[u8], value: &[u8]) -> [u64; 4] {
@@ -149,34 +156,38 @@ impl KvSum {
     }
 
     pub fn add(&mut self, key: &[u8], value: &[u8]) {
-        for (a, b) in self.0.iter_mut().zip(Self::lanes(key, value)) {
+        for (a, b) in self.lanes.iter_mut().zip(Self::lanes(key, value)) {
             *a = a.wrapping_add(b);
         }
+        self.pairs = self.pairs.wrapping_add(1);
     }
 
     pub fn sub(&mut self, key: &[u8], value: &[u8]) {
-        for (a, b) in self.0.iter_mut().zip(Self::lanes(key, value)) {
+        for (a, b) in self.lanes.iter_mut().zip(Self::lanes(key, value)) {
             *a = a.wrapping_sub(b);
         }
+        self.pairs = self.pairs.wrapping_sub(1);
     }
 
-    pub fn to_bytes(self) -> [u8; 32] {
-        let mut out = [0u8; 32];
-        for (i, lane) in self.0.iter().enumerate() {
+    /// Pairs in the store.
+    pub fn pairs(&self) -> u64 {
+        self.pairs
+    }
+
+    pub fn to_bytes(self) -> [u8; KV_SUM_BYTES] {
+        let mut out = [0u8; KV_SUM_BYTES];
+        for (i, lane) in self.lanes.iter().chain([&self.pairs]).enumerate() {
             out[i * 8..i * 8 + 8].copy_from_slice(&lane.to_le_bytes());
         }
         out
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Option<KvSum> {
-        if bytes.len() != 32 {
+        if bytes.len() != KV_SUM_BYTES {
             return None;
         }
-        let mut lanes = [0u64; 4];
-        for (i, lane) in lanes.iter_mut().enumerate() {
-            *lane = u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().ok()?);
-        }
-        Some(KvSum(lanes))
+        let word = |i: usize| bytes[i * 8..i * 8 + 8].try_into().ok().map(u64::from_le_bytes);
+        Some(KvSum { lanes: [word(0)?, word(1)?, word(2)?, word(3)?], pairs: word(4)? })
     }
 }
 
@@ -697,6 +708,7 @@ mod tests {
         e.add(b"x", b"y");
         assert_ne!(d, e, "the key's length is part of the pair");
         assert_eq!(KvSum::from_bytes(&[0; 31]), None);
+        assert_eq!((a.pairs(), b.pairs(), d.pairs()), (2, 2, 1));
     }
 
     #[test]

@@ -1735,9 +1735,22 @@ impl StateMachine {
         Ok(Arc::from(&sum.to_bytes()[..]))
     }
 
+    /// Pairs in a kv state machine's store, as of the last commit.
+    pub fn kv_pairs(&mut self) -> Result<Option<u64>, RuntimeError> {
+        if !self.module.uses_kv() {
+            return Ok(None);
+        }
+        if self.kv_sum.is_none() {
+            let store = self.kv_handle()?;
+            let store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
+            self.kv_sum = Some(Self::kv_sum_of(&*store)?);
+        }
+        Ok(self.kv_sum.map(|s| s.pairs()))
+    }
+
     /// The store's sum computed afresh from every pair: what the kept sum
     /// must equal (for tests and checks).
-    pub fn kv_sum_by_scan(&mut self) -> Result<Option<[u8; 32]>, RuntimeError> {
+    pub fn kv_sum_by_scan(&mut self) -> Result<Option<[u8; crate::kv::KV_SUM_BYTES]>, RuntimeError> {
         if !self.module.uses_kv() {
             return Ok(None);
         }

@@ -38,6 +38,13 @@ const RECORD_SETTINGS: &[u8] = b"settings";
 /// Prefix of the session table's records (`waft_session::Record`).
 const RECORD_SESSIONS: &[u8] = b"sessions/";
 
+/// A kv group's snapshot writes its whole store, so the entries between
+/// snapshots grow with it: at least the store's pairs over this, so that
+/// snapshot writes cost a bounded share of the writes they follow (about
+/// this many pairs written per pair applied), whatever the store's size.
+/// The log holds up to that many entries in exchange.
+pub const KV_SNAPSHOT_PAIRS_PER_ENTRY: u64 = 2;
+
 /// What the store's records say the module and settings are, so a commit
 /// rewrites them only when they change.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -89,6 +96,18 @@ impl Replica {
         if let Err(e) = self.sm.commit_kv(records) {
             return Err(self.runtime_err(e));
         }
+        self.space_kv_snapshots()
+    }
+
+    /// Sets the snapshot margin for the store's size (see
+    /// `KV_SNAPSHOT_PAIRS_PER_ENTRY`).
+    pub(super) fn space_kv_snapshots(&mut self) -> Result<()> {
+        let pairs = match self.sm.kv_pairs() {
+            Ok(pairs) => pairs.unwrap_or(0),
+            Err(e) => return Err(self.runtime_err(e)),
+        };
+        let margin = self.snapshot_margin_entries.max(pairs / KV_SNAPSHOT_PAIRS_PER_ENTRY);
+        self.node.set_snapshot_margin_entries(margin);
         Ok(())
     }
 
@@ -130,7 +149,7 @@ impl Replica {
         if let Err(e) = self.sm.commit_kv(records) {
             return Err(self.runtime_err(e));
         }
-        Ok(())
+        self.space_kv_snapshots()
     }
 
     /// Makes the store's commits durable: before the log is compacted past
