@@ -59,6 +59,9 @@ pub const APPLY_IN_PLACE_ENTRIES_MAX: usize = 64;
 /// count as quick.
 pub const APPLY_IN_PLACE_BYTES_MAX: usize = 64 * 1024;
 
+/// What an entry is taken to weigh, in bytes, before any applied.
+const ENTRY_BYTES_GUESS: u64 = 256;
+
 /// `Ready` batches one `process` call drains at most. Together with the core's
 /// `apply_entries_max` and message limits this bounds one `Output`; the caller
 /// calls `process` again while `has_ready()` holds.
@@ -259,8 +262,12 @@ pub struct Replica {
     /// apply path (`Output::snapshot_job`) rather than write it in place.
     background_snapshots: bool,
     /// The configured snapshot margin; a kv group's grows with its store
-    /// (see `durable::KV_SNAPSHOT_PAIRS_PER_ENTRY`).
+    /// (see `durable::KV_SNAPSHOT_STORE_BYTES_PER_LOG_BYTE`).
     snapshot_margin_entries: u64,
+    /// Bytes of a recently applied client command, on average (a moving
+    /// average over apply batches): what a kv group's snapshot margin is
+    /// sized by.
+    entry_bytes_recent: u64,
     /// Tests only: at the first client entry at or after this index, skip
     /// the guest's command, or run this extra command after it
     /// (`inject_divergence`, `inject_extra_command`).
@@ -399,6 +406,7 @@ impl Replica {
             digests: digest::Digests::new(cfg.manual_rebuild),
             background_snapshots: false,
             snapshot_margin_entries: cfg.raft.snapshot_margin_entries,
+            entry_bytes_recent: ENTRY_BYTES_GUESS,
             diverge_at: None,
         };
         let is_new = snapshots.latest(group).is_none()
@@ -1084,6 +1092,13 @@ impl Replica {
     fn apply_batch(&mut self, batch: &mut Batch, out: &mut Output) -> Result<()> {
         if batch.slots.is_empty() {
             return Ok(());
+        }
+        if !batch.entries.is_empty() {
+            // Client commands are what a group's log is made of (a deploy's
+            // module, rare and large, would skew the average).
+            let bytes: usize = batch.entries.iter().map(|e| e.command.len()).sum();
+            let mean = (bytes / batch.entries.len()) as u64;
+            self.entry_bytes_recent = (self.entry_bytes_recent * 7 + mean) / 8;
         }
         let mut results = if batch.entries.is_empty() {
             Vec::new()

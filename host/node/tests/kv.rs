@@ -204,21 +204,29 @@ fn a_snapshot_written_beside_the_apply_path_holds_the_store_at_its_index() {
     assert_identical(&mut c, &[1, 2, 3]);
 }
 
-/// A kv group's snapshot writes its whole store, so snapshots come at
-/// most every (pairs / 2) entries: 100 entries past a margin of 20 take
-/// several snapshots of a small store and none of one of 10,000 pairs.
+/// A kv group's snapshot writes its whole store, so snapshots come only
+/// once the log since the last one is half the store's bytes: 100 entries
+/// past a margin of 20 take several snapshots of a small store and none of
+/// one of 10,000 pairs.
 #[test]
 fn a_kv_groups_snapshots_space_out_as_its_store_grows() {
     for (pairs, snapshots_expected) in [(10u32, true), (10_000, false)] {
         let mut c = Cluster::with_guest(&format!("kv-spacing-{pairs}"), 3, 20, "waft_kv_probe");
         c.elect(1);
-        put_many(&mut c, "big", pairs);
+        let at = put_many(&mut c, "big", pairs);
         settle(&mut c);
+        assert_eq!(c.result_at(1, at), pairs.to_string());
         let saved = c.snapshots_saved;
         for i in 0..100 {
             c.propose(&format!(r#"{{"put":{{"key":"k{i}","value":"v"}}}}"#));
         }
         settle(&mut c);
-        assert_eq!(c.snapshots_saved > saved, snapshots_expected, "a store of {pairs} pairs");
+        let index = c.replica(1).raft().snapshot_meta().index;
+        let now = c.snapshots_saved;
+        assert_eq!(
+            now > saved,
+            snapshots_expected,
+            "a store of {pairs} pairs: snapshots {saved}, then {now} (at {index})"
+        );
     }
 }

@@ -137,10 +137,12 @@ pub const KV_SUM_RECORD: &[u8] = b"kv-sum";
 pub struct KvSum {
     lanes: [u64; 4],
     pairs: u64,
+    /// Bytes of every key and value.
+    bytes: u64,
 }
 
 /// Bytes of a [`KvSum`] as recorded and digested.
-pub const KV_SUM_BYTES: usize = 40;
+pub const KV_SUM_BYTES: usize = 48;
 
 impl KvSum {
     fn lanes(key: &[u8], value: &[u8]) -> [u64; 4] {
@@ -160,6 +162,7 @@ impl KvSum {
             *a = a.wrapping_add(b);
         }
         self.pairs = self.pairs.wrapping_add(1);
+        self.bytes = self.bytes.wrapping_add((key.len() + value.len()) as u64);
     }
 
     pub fn sub(&mut self, key: &[u8], value: &[u8]) {
@@ -167,6 +170,7 @@ impl KvSum {
             *a = a.wrapping_sub(b);
         }
         self.pairs = self.pairs.wrapping_sub(1);
+        self.bytes = self.bytes.wrapping_sub((key.len() + value.len()) as u64);
     }
 
     /// Pairs in the store.
@@ -174,9 +178,14 @@ impl KvSum {
         self.pairs
     }
 
+    /// Bytes of every key and value in the store.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     pub fn to_bytes(self) -> [u8; KV_SUM_BYTES] {
         let mut out = [0u8; KV_SUM_BYTES];
-        for (i, lane) in self.lanes.iter().chain([&self.pairs]).enumerate() {
+        for (i, lane) in self.lanes.iter().chain([&self.pairs, &self.bytes]).enumerate() {
             out[i * 8..i * 8 + 8].copy_from_slice(&lane.to_le_bytes());
         }
         out
@@ -187,7 +196,7 @@ impl KvSum {
             return None;
         }
         let word = |i: usize| bytes[i * 8..i * 8 + 8].try_into().ok().map(u64::from_le_bytes);
-        Some(KvSum { lanes: [word(0)?, word(1)?, word(2)?, word(3)?], pairs: word(4)? })
+        Some(KvSum { lanes: [word(0)?, word(1)?, word(2)?, word(3)?], pairs: word(4)?, bytes: word(5)? })
     }
 }
 
@@ -709,6 +718,7 @@ mod tests {
         assert_ne!(d, e, "the key's length is part of the pair");
         assert_eq!(KvSum::from_bytes(&[0; 31]), None);
         assert_eq!((a.pairs(), b.pairs(), d.pairs()), (2, 2, 1));
+        assert_eq!((a.bytes(), d.bytes()), (4, 2));
     }
 
     #[test]

@@ -1735,8 +1735,9 @@ impl StateMachine {
         Ok(Arc::from(&sum.to_bytes()[..]))
     }
 
-    /// Pairs in a kv state machine's store, as of the last commit.
-    pub fn kv_pairs(&mut self) -> Result<Option<u64>, RuntimeError> {
+    /// Pairs in a kv state machine's store, and the bytes of their keys and
+    /// values, as of the last commit.
+    pub fn kv_size(&mut self) -> Result<Option<(u64, u64)>, RuntimeError> {
         if !self.module.uses_kv() {
             return Ok(None);
         }
@@ -1745,7 +1746,7 @@ impl StateMachine {
             let store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
             self.kv_sum = Some(Self::kv_sum_of(&*store)?);
         }
-        Ok(self.kv_sum.map(|s| s.pairs()))
+        Ok(self.kv_sum.map(|s| (s.pairs(), s.bytes())))
     }
 
     /// The store's sum computed afresh from every pair: what the kept sum

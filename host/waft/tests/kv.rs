@@ -112,3 +112,98 @@ async fn a_late_node_installs_the_stores_snapshot_and_ends_identical() {
     assert!(node3.snapshot_index > 0, "node 3 installed a snapshot: {node3:?}");
     assert_all_present(&c, 2, GROUP, &acked).await;
 }
+
+/// The store a measurement below fills, in MiB (1 MiB values).
+const MEASURE_STORE_MIB: u64 = 1024;
+/// Writers going on throughout the measurement.
+const MEASURE_WRITERS: usize = 4;
+/// How long the writers run before the snapshot, for the normal gaps.
+const MEASURE_BASELINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The largest gap between consecutive acknowledgements in `from..to`,
+/// and the 99th percentile gap.
+fn gaps(acks: &[Instant], from: Instant, to: Instant) -> (std::time::Duration, std::time::Duration) {
+    let inside: Vec<Instant> = acks.iter().copied().filter(|&t| t >= from && t <= to).collect();
+    let mut gaps: Vec<std::time::Duration> = inside.windows(2).map(|w| w[1] - w[0]).collect();
+    gaps.sort();
+    let max = gaps.last().copied().unwrap_or_default();
+    let p99 = gaps.get(gaps.len() * 99 / 100).copied().unwrap_or_default();
+    (max, p99)
+}
+
+/// A measurement, not a check (run it by name with `--ignored`; BENCHMARKS.md
+/// has its figures): two daemons hold a kv group of 1 GiB (the probe's
+/// 1 MiB values); while writers go on, the leader snapshots the store
+/// (beside its apply path), then a third daemon starts empty and installs
+/// that snapshot. Prints the largest gap between acknowledged writes in
+/// each phase next to the normal ones, and the install's rate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement for BENCHMARKS.md: run with --ignored --nocapture"]
+async fn measure_writes_go_on_while_a_1_gib_store_snapshots_and_a_new_node_installs_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let mut c = Cluster::prepare("kv-measure", 3, Spec::one(GROUP, "waft_kv_probe"));
+    c.start_node(0);
+    c.start_node(1);
+    let leader = c.wait_for_leader_among(GROUP, &[0, 1]).await;
+    let client = c.client_of_all(leader);
+    let filled = Instant::now();
+    for i in 0..MEASURE_STORE_MIB {
+        let fill = format!(r#"{{"put_big":{{"key":"fill{i:05}","bytes":1048576}}}}"#);
+        client.propose(GROUP, fill.into()).await.unwrap();
+    }
+    eprintln!("filled {MEASURE_STORE_MIB} MiB in {:.1} s", filled.elapsed().as_secs_f64());
+    let stop = Arc::new(AtomicBool::new(false));
+    let acks = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in 0..MEASURE_WRITERS {
+        let (client, stop, acks) = (c.client_of_all(leader), stop.clone(), acks.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let put = format!(r#"{{"put":{{"key":"w{w}-{n}","value":"x"}}}}"#);
+                if client.propose(GROUP, put.into()).await.is_ok() {
+                    acks.lock().unwrap().push(Instant::now());
+                }
+                n += 1;
+            }
+        }));
+    }
+    let started = Instant::now();
+    // The normal gaps: a measurement window, not a wait for an event.
+    tokio::time::sleep(MEASURE_BASELINE).await;
+    let snap_from = Instant::now();
+    let index = common::admin_snapshot(&c, leader, GROUP).await.expect("the leader snapshots");
+    let snap_to = Instant::now();
+    let install_from = Instant::now();
+    c.start_node(2);
+    let commit = c.status(leader, GROUP).await.expect("leader status").commit_index;
+    let node3 = c.wait_applied(2, GROUP, commit).await;
+    let install_to = Instant::now();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let acks = acks.lock().unwrap().clone();
+    let (normal_max, normal_p99) = gaps(&acks, started, snap_from);
+    let (snap_max, _) = gaps(&acks, snap_from, snap_to);
+    let (install_max, _) = gaps(&acks, install_from, install_to);
+    let install_secs = (install_to - install_from).as_secs_f64();
+    eprintln!(
+        "store {MEASURE_STORE_MIB} MiB, {MEASURE_WRITERS} writers, {} writes acknowledged ({:.0}/s)\n\
+         normal: largest gap between acknowledgements {:.1} ms, p99 gap {:.1} ms\n\
+         snapshot at {index}: {:.2} s (`waft admin snapshot`), largest gap meanwhile {:.1} ms\n\
+         install on a new node: caught up in {install_secs:.2} s ({:.0} MiB/s of store), snapshot {} \
+         installed, largest gap meanwhile {:.1} ms",
+        acks.len(),
+        acks.len() as f64 / started.elapsed().as_secs_f64(),
+        normal_max.as_secs_f64() * 1e3,
+        normal_p99.as_secs_f64() * 1e3,
+        (snap_to - snap_from).as_secs_f64(),
+        snap_max.as_secs_f64() * 1e3,
+        MEASURE_STORE_MIB as f64 / install_secs,
+        node3.snapshot_index,
+        install_max.as_secs_f64() * 1e3,
+    );
+    assert!(node3.snapshot_index >= index, "node 3 installed the snapshot: {node3:?}");
+}

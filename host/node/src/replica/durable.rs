@@ -39,11 +39,12 @@ const RECORD_SETTINGS: &[u8] = b"settings";
 const RECORD_SESSIONS: &[u8] = b"sessions/";
 
 /// A kv group's snapshot writes its whole store, so the entries between
-/// snapshots grow with it: at least the store's pairs over this, so that
-/// snapshot writes cost a bounded share of the writes they follow (about
-/// this many pairs written per pair applied), whatever the store's size.
-/// The log holds up to that many entries in exchange.
-pub const KV_SNAPSHOT_PAIRS_PER_ENTRY: u64 = 2;
+/// snapshots grow with it: at least enough that the log written since the
+/// last snapshot (estimated from recent entries' sizes) is this fraction
+/// of the store's bytes, so snapshot writes cost a bounded share of the
+/// writes they follow (about this many bytes written per byte applied),
+/// whatever the store's size. The log holds that much in exchange.
+pub const KV_SNAPSHOT_STORE_BYTES_PER_LOG_BYTE: u64 = 2;
 
 /// What the store's records say the module and settings are, so a commit
 /// rewrites them only when they change.
@@ -100,13 +101,14 @@ impl Replica {
     }
 
     /// Sets the snapshot margin for the store's size (see
-    /// `KV_SNAPSHOT_PAIRS_PER_ENTRY`).
+    /// `KV_SNAPSHOT_STORE_BYTES_PER_LOG_BYTE`).
     pub(super) fn space_kv_snapshots(&mut self) -> Result<()> {
-        let pairs = match self.sm.kv_pairs() {
-            Ok(pairs) => pairs.unwrap_or(0),
+        let store_bytes = match self.sm.kv_size() {
+            Ok(size) => size.map_or(0, |(_, bytes)| bytes),
             Err(e) => return Err(self.runtime_err(e)),
         };
-        let margin = self.snapshot_margin_entries.max(pairs / KV_SNAPSHOT_PAIRS_PER_ENTRY);
+        let per_entry = self.entry_bytes_recent.max(1);
+        let margin = self.snapshot_margin_entries.max(store_bytes / KV_SNAPSHOT_STORE_BYTES_PER_LOG_BYTE / per_entry);
         self.node.set_snapshot_margin_entries(margin);
         Ok(())
     }
