@@ -568,7 +568,14 @@ struct PartFile {
     file: File,
     len: u64,
     hasher: crc32fast::Hasher,
+    /// Bytes written since the file was last synced.
+    unsynced: u64,
 }
+
+/// Bytes of a snapshot file written before it is synced on the way, so a
+/// large snapshot reaches the disk a little at a time instead of in one
+/// burst at commit, which would hold up the log's syncs behind it.
+pub const SNAPSHOT_SYNC_EVERY_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Builds one snapshot under a temporary directory; nothing is visible until
 /// `commit`. Dropping an uncommitted writer removes its temporary directory.
@@ -627,6 +634,11 @@ impl SnapshotWriter {
         part.file.write_all(data).map_err(Error::io("writing", &path))?;
         part.hasher.update(data);
         part.len += data.len() as u64;
+        part.unsynced += data.len() as u64;
+        if part.unsynced >= SNAPSHOT_SYNC_EVERY_BYTES {
+            part.file.sync_data().map_err(Error::io("fsyncing", &path))?;
+            part.unsynced = 0;
+        }
         Ok(())
     }
 
@@ -634,7 +646,7 @@ impl SnapshotWriter {
     fn create_part(&mut self, name: &str) -> Result<()> {
         let path = self.tmp_dir.join(name);
         let file = File::create(&path).map_err(Error::io("creating", &path))?;
-        self.files.insert(name.to_string(), PartFile { file, len: 0, hasher: crc32fast::Hasher::new() });
+        self.files.insert(name.to_string(), PartFile { file, len: 0, hasher: crc32fast::Hasher::new(), unsynced: 0 });
         Ok(())
     }
 

@@ -59,6 +59,25 @@ async fn wait_identical(c: &mut Cluster, leader: usize, after: u64) -> u64 {
     }
 }
 
+/// A node that installed a snapshot digests only past it: writes until
+/// the group applied the first digest point after every node's latest
+/// snapshot, so that each has a digest there to compare.
+async fn write_past_every_snapshot(c: &mut Cluster, leader: usize) {
+    let client = c.client_of_all(leader);
+    let mut newest = 0;
+    for i in 0..3 {
+        newest = newest.max(c.status(i, GROUP).await.map_or(0, |g| g.snapshot_index));
+    }
+    let point = (newest + 1).next_multiple_of(INTERVAL);
+    let deadline = Instant::now() + CATCH_UP_DEADLINE;
+    let mut n = 0u64;
+    while c.status(leader, GROUP).await.map_or(0, |g| g.applied_index) < point {
+        client.propose(GROUP, common::set(&format!("after-{n}"), n)).await.unwrap();
+        n += 1;
+        assert!(Instant::now() < deadline, "the group did not reach digest point {point}");
+    }
+}
+
 fn log_lines(c: &Cluster, i: usize, needle: &str) -> usize {
     std::fs::read_to_string(c.log_path(i)).unwrap_or_default().lines().filter(|l| l.contains(needle)).count()
 }
@@ -85,6 +104,7 @@ async fn a_follower_killed_under_load_resumes_from_its_store_and_never_differs()
     load.wait_acked(&mut c, n + WRITES_PER_STEP).await;
     let (acked, failed) = load.stop().await;
     eprintln!("{} writes acknowledged, {failed} failed or unknown", acked.len());
+    write_past_every_snapshot(&mut c, leader).await;
     let commit = c.status(leader, GROUP).await.expect("leader status").commit_index;
     // Past the last restart, with one more digest point for it to reach.
     wait_identical(&mut c, leader, commit.saturating_sub(INTERVAL)).await;
@@ -106,6 +126,7 @@ async fn a_late_node_installs_the_stores_snapshot_and_ends_identical() {
     let n = load.acked_count();
     load.wait_acked(&mut c, n + WRITES_PER_STEP).await;
     let (acked, _) = load.stop().await;
+    write_past_every_snapshot(&mut c, leader).await;
     let commit = c.status(leader, GROUP).await.expect("leader status").commit_index;
     wait_identical(&mut c, leader, commit.saturating_sub(INTERVAL)).await;
     let node3 = c.status(2, GROUP).await.expect("node 3 status");
@@ -178,7 +199,17 @@ async fn measure_writes_go_on_while_a_1_gib_store_snapshots_and_a_new_node_insta
     let install_from = Instant::now();
     c.start_node(2);
     let commit = c.status(leader, GROUP).await.expect("leader status").commit_index;
-    let node3 = c.wait_applied(2, GROUP, commit).await;
+    let deadline = Instant::now() + std::time::Duration::from_secs(600);
+    let node3 = loop {
+        c.check_alive();
+        if let Some(g) = c.status(2, GROUP).await
+            && g.applied_index >= commit
+        {
+            break g;
+        }
+        assert!(Instant::now() < deadline, "node 3 did not catch up within 10 minutes");
+        tokio::time::sleep(POLL_PAUSE).await;
+    };
     let install_to = Instant::now();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {

@@ -46,6 +46,13 @@ const RECORD_SESSIONS: &[u8] = b"sessions/";
 /// whatever the store's size. The log holds that much in exchange.
 pub const KV_SNAPSHOT_STORE_BYTES_PER_LOG_BYTE: u64 = 2;
 
+/// ... but no further than this many bytes of log (by the same estimate):
+/// the core holds the entries since the last snapshot in memory, so a
+/// store of gigabytes must not grow it without bound. Past it, snapshots
+/// of a large store follow each other (one at a time, beside the apply
+/// path).
+pub const KV_SNAPSHOT_LOG_BYTES_MAX: u64 = 128 * 1024 * 1024;
+
 /// What the store's records say the module and settings are, so a commit
 /// rewrites them only when they change.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -101,14 +108,15 @@ impl Replica {
     }
 
     /// Sets the snapshot margin for the store's size (see
-    /// `KV_SNAPSHOT_STORE_BYTES_PER_LOG_BYTE`).
+    /// `KV_SNAPSHOT_STORE_BYTES_PER_LOG_BYTE`, `KV_SNAPSHOT_LOG_BYTES_MAX`).
     pub(super) fn space_kv_snapshots(&mut self) -> Result<()> {
         let store_bytes = match self.sm.kv_size() {
             Ok(size) => size.map_or(0, |(_, bytes)| bytes),
             Err(e) => return Err(self.runtime_err(e)),
         };
         let per_entry = self.entry_bytes_recent.max(1);
-        let margin = self.snapshot_margin_entries.max(store_bytes / KV_SNAPSHOT_STORE_BYTES_PER_LOG_BYTE / per_entry);
+        let grown = (store_bytes / KV_SNAPSHOT_STORE_BYTES_PER_LOG_BYTE).min(KV_SNAPSHOT_LOG_BYTES_MAX) / per_entry;
+        let margin = self.snapshot_margin_entries.max(grown);
         self.node.set_snapshot_margin_entries(margin);
         Ok(())
     }

@@ -8,6 +8,9 @@
 //! - `{"put":{"key":"a","value":"x"}}` → `null`; `{"delete":{"key":"a"}}` →
 //!   `null`; `{"get":{"key":"a"}}` → `"x"` or `null`. Basic reads and
 //!   writes; a failed put or delete is the entry's error result.
+//! - `{"append":{"key":"a","value":"y"}}` → `null`: appends to the value
+//!   (an empty one if missing). Applied twice it shows: what a replay of an
+//!   entry already in the store would do.
 //! - `{"put_many":{"prefix":"p","n":3}}` → `3`: puts `p0`, `p1`, `p2`, each
 //!   with its number as value (`"0"`, `"1"`, `"2"`).
 //! - `{"put_many_then_err":{"prefix":"p","n":3}}`: the same puts, then the
@@ -60,6 +63,7 @@ pub struct KvProbe;
 #[serde(rename_all = "snake_case")]
 pub enum Command {
     Put { key: String, value: String },
+    Append { key: String, value: String },
     Delete { key: String },
     Get { key: String },
     PutMany { prefix: String, n: u32 },
@@ -156,6 +160,12 @@ impl KvStateMachine for KvProbe {
             }
             Command::Delete { key } => {
                 kv::delete(key.as_bytes())?;
+                Reply::Done
+            }
+            Command::Append { key, value } => {
+                let mut stored = kv::get(key.as_bytes()).unwrap_or_default();
+                stored.extend_from_slice(value.as_bytes());
+                kv::put(key.as_bytes(), &stored)?;
                 Reply::Done
             }
             Command::Get { key } => get(&key),
