@@ -234,7 +234,8 @@ impl Driver {
             }
             Input::SnapshotWritten(done) => {
                 let mut out = Output::default();
-                match self.replica.snapshot_written(done, &mut out) {
+                // Commits the snapshot and syncs the store: off the async worker.
+                match tokio::task::block_in_place(|| self.replica.snapshot_written(done, &mut out)) {
                     Ok(()) => self.settle(out),
                     Err(e) => tracing::error!(error = %e, "finishing a snapshot stopped the replica"),
                 }
@@ -523,14 +524,15 @@ impl Driver {
         let group = self.group();
         let Some(inbox) = self.inbox.as_ref().and_then(|w| w.upgrade()) else { return };
         tracing::debug!(group, index = job.index(), "writing a snapshot beside the apply path");
+        let identity = job.identity();
         tokio::spawn(async move {
             let done = match tokio::task::spawn_blocking(move || job.run()).await {
                 Ok(done) => done,
-                // The job panicked: the core asks for a snapshot again only
-                // once it hears of this one's end, which a panic never sends.
+                // The core asks for the next snapshot only once it hears
+                // how this one ended, failure included.
                 Err(e) => {
                     tracing::error!(group, error = %e, "a snapshot job failed to finish");
-                    return;
+                    waft_node::SnapshotDone::failed(identity, format!("the snapshot job failed: {e}"))
                 }
             };
             // Waits for room rather than drop the outcome: the replica must

@@ -51,6 +51,11 @@ pub enum Error {
     )]
     ModuleMismatch { group: u64, index: u64, snapshot_module: String, running_module: String },
 
+    /// A snapshot could not be written (the group goes on; the core asks
+    /// again later).
+    #[error("group {group}: a snapshot was not saved: {reason}")]
+    SnapshotNotSaved { group: u64, reason: String },
+
     /// A snapshot install that does not match what the core asked for.
     #[error("group {group}: snapshot install refused: {reason}")]
     Install { group: u64, reason: String },

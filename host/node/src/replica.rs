@@ -261,6 +261,9 @@ pub struct Replica {
     /// Hand a kv state machine's snapshot to the caller to write beside the
     /// apply path (`Output::snapshot_job`) rather than write it in place.
     background_snapshots: bool,
+    /// Counts replacements of the state (snapshot loads) and fences: a
+    /// snapshot captured under an older count is stale.
+    state_epoch: u64,
     /// The configured snapshot margin; a kv group's grows with its store
     /// (see `durable::KV_SNAPSHOT_STORE_BYTES_PER_LOG_BYTE`).
     snapshot_margin_entries: u64,
@@ -405,6 +408,7 @@ impl Replica {
             purge_pending: None,
             digests: digest::Digests::new(cfg.manual_rebuild),
             background_snapshots: false,
+            state_epoch: 0,
             snapshot_margin_entries: cfg.raft.snapshot_margin_entries,
             entry_bytes_recent: ENTRY_BYTES_GUESS,
             diverge_at: None,
@@ -462,7 +466,7 @@ impl Replica {
         let snapshot = match snapshots.open_latest(group).map_err(|e| self.stop(e))? {
             Some(reader) => {
                 // A kv state machine's store may hold a later state: resume there.
-                let meta = match self.try_resume(&reader)? {
+                let meta = match self.try_resume(&reader, store.log_state(group).last_index)? {
                     Some(resumed) => {
                         applied = Some(resumed.applied);
                         resumed.meta
@@ -1149,7 +1153,11 @@ impl Replica {
             applied.push(Applied { index, term, outcome });
         }
         debug_assert_eq!(self.sessions.replies_pending(), 0, "every ticket of the batch came back");
+        let last = applied.last().map(|a: &Applied| a.index);
         out.applied.extend(applied);
+        if let Some(last) = last {
+            self.commit_kv_if_large(last)?;
+        }
         Ok(())
     }
 
@@ -1478,7 +1486,7 @@ impl Replica {
                 return Ok(());
             }
         };
-        if self.background_snapshots && job.state.is_some() {
+        if self.background_snapshots && job.kv.is_some() {
             // A kv state machine's store is written beside the apply path;
             // `snapshot_written` takes it from there.
             out.snapshot_job = Some(job);
@@ -1494,26 +1502,37 @@ impl Replica {
     /// here once `SnapshotJob::run` returned.
     pub fn snapshot_written(&mut self, done: SnapshotDone, out: &mut Output) -> Result<()> {
         let group = self.group;
-        let meta = done.meta;
-        if let Err(reason) = done.result {
-            tracing::warn!(group, index = meta.index, error = %reason, "snapshot not saved");
+        let SnapshotDone { meta, result, bytes, took_ms, epoch } = done;
+        let writer = match result {
+            Ok(writer) => writer,
+            Err(reason) => {
+                tracing::warn!(group, index = meta.index, error = %reason, "snapshot not saved");
+                self.node.on_snapshot_save_failed();
+                out.snapshot_failed = Some(Error::SnapshotNotSaved { group, reason });
+                return Ok(());
+            }
+        };
+        // While it was written, the state it captured may have been
+        // replaced (an install, a rebuild) or judged to differ from the
+        // group's (a fence): then it must not become this node's snapshot.
+        if epoch != self.state_epoch
+            || self.digests.status.fence.is_some()
+            || meta.index <= self.node.snapshot_meta().index
+            || meta.index > self.node.applied()
+        {
+            tracing::info!(group, index = meta.index, "a snapshot written beside the apply path is stale: dropped");
+            drop(writer);
             self.node.on_snapshot_save_failed();
-            out.snapshot_failed = Some(Error::Install { group, reason });
             return Ok(());
         }
-        if meta.index <= self.node.snapshot_meta().index {
-            // An installed snapshot overtook it.
-            self.node.on_snapshot_saved(meta);
+        if let Err(source) = writer.commit() {
+            tracing::warn!(group, index = meta.index, error = %source, "snapshot not saved");
+            self.node.on_snapshot_save_failed();
+            out.snapshot_failed = Some(Error::Storage { group, source });
             return Ok(());
         }
-        if done.took_ms > 0 {
-            tracing::info!(
-                group,
-                index = meta.index,
-                bytes = done.bytes,
-                ms = done.took_ms,
-                "snapshot written beside the apply path"
-            );
+        if took_ms > 0 {
+            tracing::info!(group, index = meta.index, bytes, ms = took_ms, "snapshot written beside the apply path");
         }
         // The log keeps what a store's unsynced commits cover until here.
         self.sync_kv()?;
@@ -1532,8 +1551,10 @@ impl Replica {
 
     /// Writes a snapshot at `meta` at once (the group's first, or a test's).
     fn save_local_snapshot(&mut self, snapshots: &SnapshotStore, meta: &waft_raft::SnapshotMeta) -> Result<()> {
+        let group = self.group;
         let done = self.begin_snapshot(snapshots, meta)?.run();
-        done.result.map_err(|reason| Error::Install { group: self.group, reason })
+        let writer = done.result.map_err(|reason| Error::SnapshotNotSaved { group, reason })?;
+        writer.commit().map(drop).map_err(|source| Error::Storage { group, source })
     }
 
     /// Starts a snapshot at `meta`: the module, the session table and the
@@ -1560,17 +1581,17 @@ impl Replica {
         writer.append(SETTINGS_FILE, &self.settings.encode_file(self.settings_index)).map_err(storage_err)?;
         // Created up front, so a guest whose state is empty still has its file.
         writer.append(STATE_FILE, &[]).map_err(storage_err)?;
-        let state = match self.sm.kv_snapshot() {
-            Ok(state) => state,
+        let kv = match self.sm.kv_snapshot() {
+            Ok(kv) => kv,
             Err(e) => return Err(self.runtime_err(e)),
         };
-        if state.is_none() {
+        if kv.is_none() {
             writer = match self.sm.save_snapshot(StateSink { writer }) {
                 Ok((sink, _bytes)) => sink.writer,
                 Err(e) => return Err(self.runtime_err(e)),
             };
         }
-        Ok(SnapshotJob { meta: meta.clone(), writer, state })
+        Ok(SnapshotJob { meta: meta.clone(), writer, kv, epoch: self.state_epoch })
     }
 
     /// Verifies the snapshot's module and configuration and loads its state
@@ -1621,6 +1642,7 @@ impl Replica {
         self.sessions = sessions;
         self.settings = settings;
         self.settings_index = settings_index;
+        self.state_epoch += 1;
         self.record_all(meta.index)?;
         Ok(meta)
     }
@@ -1924,11 +1946,14 @@ struct StateSink {
 }
 
 /// A snapshot being written (see `Replica::begin_snapshot`): what is left
-/// is a kv state machine's store, if anything, and the commit.
+/// is a kv state machine's store, if anything; `Replica::snapshot_written`
+/// commits it, or drops it if the state it captured went stale meanwhile.
 pub struct SnapshotJob {
     meta: waft_raft::SnapshotMeta,
     writer: waft_storage::SnapshotWriter,
-    state: Option<waft_runtime::KvSnapshot>,
+    kv: Option<waft_runtime::KvSnapshot>,
+    /// The replica's `state_epoch` when the state was captured.
+    epoch: u64,
 }
 
 impl std::fmt::Debug for SnapshotJob {
@@ -1940,11 +1965,13 @@ impl std::fmt::Debug for SnapshotJob {
 /// How a `SnapshotJob` ended, for `Replica::snapshot_written`.
 pub struct SnapshotDone {
     meta: waft_raft::SnapshotMeta,
-    result: std::result::Result<(), String>,
+    /// The written snapshot, not committed yet, or why it could not be.
+    result: std::result::Result<waft_storage::SnapshotWriter, String>,
     /// Bytes of state written by the job, and how long it took (0 for a
     /// snapshot finished in place).
     bytes: u64,
     took_ms: u64,
+    epoch: u64,
 }
 
 impl SnapshotJob {
@@ -1953,26 +1980,35 @@ impl SnapshotJob {
         self.meta.index
     }
 
-    /// Writes what is left and commits the snapshot. May take long (a
-    /// store of gigabytes): off any async worker, and off the group's
-    /// apply path, which goes on meanwhile.
+    /// Writes what is left. May take long (a store of gigabytes): off any
+    /// async worker, and off the group's apply path, which goes on
+    /// meanwhile.
     pub fn run(self) -> SnapshotDone {
         let started = std::time::Instant::now();
-        let SnapshotJob { meta, writer, state } = self;
+        let SnapshotJob { meta, writer, kv, epoch } = self;
         let mut bytes = 0;
-        let result = (|| {
-            let writer = match &state {
-                Some(state) => {
-                    let (sink, written) = state.write_to(StateSink { writer })?;
-                    bytes = written;
-                    sink.writer
-                }
-                None => writer,
-            };
-            writer.commit().map(drop).map_err(|e| e.to_string())
-        })();
-        let took_ms = if state.is_some() { started.elapsed().as_millis().max(1) as u64 } else { 0 };
-        SnapshotDone { meta, result, bytes, took_ms }
+        let result = match &kv {
+            Some(kv) => kv.write_to(StateSink { writer }).map(|(sink, written)| {
+                bytes = written;
+                sink.writer
+            }),
+            None => Ok(writer),
+        };
+        let took_ms = if kv.is_some() { started.elapsed().as_millis().max(1) as u64 } else { 0 };
+        SnapshotDone { meta, result, bytes, took_ms, epoch }
+    }
+
+    /// What `SnapshotDone::failed` needs, taken before the job moves to
+    /// its thread.
+    pub fn identity(&self) -> (waft_raft::SnapshotMeta, u64) {
+        (self.meta.clone(), self.epoch)
+    }
+}
+
+impl SnapshotDone {
+    /// A job's end when it could not run to its end (its thread failed).
+    pub fn failed((meta, epoch): (waft_raft::SnapshotMeta, u64), why: String) -> SnapshotDone {
+        SnapshotDone { meta, result: Err(why), bytes: 0, took_ms: 0, epoch }
     }
 }
 

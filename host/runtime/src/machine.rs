@@ -601,6 +601,9 @@ pub struct StateMachine {
     /// The store's sum as last committed (see `KvSum`); read from its
     /// record, or by a scan, at first use.
     kv_sum: Option<KvSum>,
+    /// A kv state machine can no longer be trusted (a backstop stopped a
+    /// call): what `live` being `None` says for any other.
+    kv_broken: bool,
 }
 
 /// How one `apply_batch` went.
@@ -644,6 +647,7 @@ impl StateMachine {
             kv_pending: KvWrites::default(),
             kv_deferred: false,
             kv_sum: None,
+            kv_broken: false,
         };
         if let ModuleKind::Native(kind) = module.kind {
             tracing::warn!(
@@ -652,6 +656,11 @@ impl StateMachine {
                 "running a bench-only native state machine: no sandbox, fuel or fault containment"
             );
             sm.native = Some(kind.instantiate());
+            return Ok(sm);
+        }
+        if module.uses_kv() {
+            // Every call gets a fresh instance; none is held between calls
+            // (each would hold a slot of the pooled engine).
             return Ok(sm);
         }
         sm.live = Some(Live::instantiate_for(module, &sm.limits, group, sm.label.clone())?);
@@ -913,6 +922,7 @@ impl StateMachine {
     /// Poisons the machine for a backstop stop.
     fn backstop(&mut self, message: String) -> RuntimeError {
         self.live = None;
+        self.kv_broken = true;
         RuntimeError::Backstop(message)
     }
 
@@ -1261,7 +1271,9 @@ impl StateMachine {
     }
 
     fn check_usable(&self) -> Result<(), RuntimeError> {
-        if self.live.is_none() { Err(RuntimeError::Poisoned) } else { Ok(()) }
+        // A kv state machine keeps no instance between calls.
+        let gone = if self.module.uses_kv() { self.kv_broken } else { self.live.is_none() };
+        if gone { Err(RuntimeError::Poisoned) } else { Ok(()) }
     }
 
     /// Stream the state into `out`; returns `out` and the bytes written.
@@ -1519,6 +1531,7 @@ impl StateMachine {
     /// entry needs more (it is run again there, from nothing: its writes
     /// went with the instance).
     fn kv_apply(&mut self, entries: &[Entry]) -> Result<Vec<ApplyResult>, RuntimeError> {
+        self.check_usable()?;
         let store = self.kv_handle()?;
         let mut out = Vec::with_capacity(entries.len());
         let budget = self.limits.fuel_per_entry;
@@ -1606,6 +1619,7 @@ impl StateMachine {
     /// A configuration hook, like an entry: on a fresh instance, its writes
     /// kept only if it returns.
     fn kv_configuration(&mut self, voters: &[u64], learners: &[u64]) -> Result<(), RuntimeError> {
+        self.check_usable()?;
         let store = self.kv_handle()?;
         let base = std::mem::take(&mut self.kv_pending);
         let mut live = self.kv_instance(&store, true, base)?;
@@ -1733,6 +1747,11 @@ impl StateMachine {
         };
         self.kv_sum = Some(sum);
         Ok(Arc::from(&sum.to_bytes()[..]))
+    }
+
+    /// Bytes of the applied writes not committed yet.
+    pub fn kv_pending_bytes(&self) -> usize {
+        self.kv_pending.bytes()
     }
 
     /// Pairs in a kv state machine's store, and the bytes of their keys and

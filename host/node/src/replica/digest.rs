@@ -305,6 +305,7 @@ impl Replica {
         }
         self.node.set_fenced(true, !self.digests.manual);
         self.digests.report_due = true;
+        self.state_epoch += 1;
     }
 
     /// Fences this replica because it cannot follow the group at entry
@@ -317,6 +318,7 @@ impl Replica {
             s.fence = Some(Fence { index, ours: [0; 32], group: [0; 32], why: why.to_string() });
         }
         self.node.set_fenced(true, !self.digests.manual);
+        self.state_epoch += 1;
     }
 
     /// A fenced replica's state was rebuilt from a healthy snapshot at

@@ -53,6 +53,15 @@ pub const KV_SNAPSHOT_STORE_BYTES_PER_LOG_BYTE: u64 = 2;
 /// path).
 pub const KV_SNAPSHOT_LOG_BYTES_MAX: u64 = 128 * 1024 * 1024;
 
+/// What an entry in the core's log costs in memory beyond its command:
+/// the entry, its envelope, the allocations (an estimate, for the bound
+/// above).
+pub const ENTRY_MEMORY_OVERHEAD_BYTES: u64 = 128;
+
+/// Bytes of applied writes held before they are committed within one
+/// apply (see `commit_kv_if_large`).
+pub const KV_PENDING_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// What the store's records say the module and settings are, so a commit
 /// rewrites them only when they change.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -92,7 +101,7 @@ impl Replica {
             return Ok(());
         }
         let mut records = KvWrites::default();
-        records.insert(RECORD_APPLIED.to_vec(), Some(index.to_le_bytes().to_vec()));
+        records.insert(RECORD_APPLIED.to_vec(), self.applied_record(index));
         let changes = match self.sessions.take_changes() {
             Ok(changes) => changes,
             Err(e) => return Err(self.store_err("the session table's changes", e)),
@@ -114,7 +123,7 @@ impl Replica {
             Ok(size) => size.map_or(0, |(_, bytes)| bytes),
             Err(e) => return Err(self.runtime_err(e)),
         };
-        let per_entry = self.entry_bytes_recent.max(1);
+        let per_entry = self.entry_bytes_recent + ENTRY_MEMORY_OVERHEAD_BYTES;
         let grown = (store_bytes / KV_SNAPSHOT_STORE_BYTES_PER_LOG_BYTE).min(KV_SNAPSHOT_LOG_BYTES_MAX) / per_entry;
         let margin = self.snapshot_margin_entries.max(grown);
         self.node.set_snapshot_margin_entries(margin);
@@ -145,7 +154,7 @@ impl Replica {
             return Ok(());
         }
         let mut records = KvWrites::default();
-        records.insert(RECORD_APPLIED.to_vec(), Some(index.to_le_bytes().to_vec()));
+        records.insert(RECORD_APPLIED.to_vec(), self.applied_record(index));
         let all = match self.sessions.all_records() {
             Ok(all) => all,
             Err(e) => return Err(self.store_err("the session table", e)),
@@ -159,7 +168,25 @@ impl Replica {
         if let Err(e) = self.sm.commit_kv(records) {
             return Err(self.runtime_err(e));
         }
+        // A store just replaced must not fall back to what it held before.
+        self.sync_kv()?;
         self.space_kv_snapshots()
+    }
+
+    /// The applied-index record to write at `index`: none while the
+    /// replica is fenced, so a restart never resumes from a store whose
+    /// state differs from the group's (it loads the latest snapshot and
+    /// replays the log instead, as an in-memory state does).
+    fn applied_record(&self, index: u64) -> Option<Vec<u8>> {
+        if self.digests.status.fence.is_some() { None } else { Some(index.to_le_bytes().to_vec()) }
+    }
+
+    /// Commits the writes of what was applied so far when they pass
+    /// `KV_PENDING_BYTES_MAX`, at `index`, the last entry applied (its
+    /// replies recorded): one `Replica::apply` of thousands of entries
+    /// that each write megabytes must not hold them all in memory.
+    pub(super) fn commit_kv_if_large(&mut self, index: u64) -> Result<()> {
+        if self.sm.kv_pending_bytes() >= KV_PENDING_BYTES_MAX { self.commit_kv(index) } else { Ok(()) }
     }
 
     /// Makes the store's commits durable: before the log is compacted past
@@ -179,7 +206,7 @@ impl Replica {
     /// machine's at or past the latest snapshot (`reader`), with the
     /// module, settings and session table of that index in place. `None`
     /// (nothing changed) when the snapshot must be loaded instead.
-    pub(super) fn try_resume(&mut self, reader: &SnapshotReader) -> Result<Option<Resumed>> {
+    pub(super) fn try_resume(&mut self, reader: &SnapshotReader, log_last: u64) -> Result<Option<Resumed>> {
         let group = self.group;
         let snapshot = reader.meta().index;
         let read = match self.read_records() {
@@ -193,6 +220,10 @@ impl Replica {
         let (applied, hash, module_index, module_bytes, settings_index, settings, records) = read;
         if applied < snapshot {
             tracing::info!(group, applied, snapshot, "the key-value store is behind the latest snapshot: loading it");
+            return Ok(None);
+        }
+        if applied > log_last.max(snapshot) {
+            tracing::warn!(group, applied, log_last, "the key-value store is ahead of the log: loading the snapshot");
             return Ok(None);
         }
         let module = if hash == self.module.hash() {
