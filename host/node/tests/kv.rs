@@ -306,3 +306,41 @@ fn the_store_is_the_applied_entries_across_restarts() {
         assert_eq!(store, model, "seed {seed}: the store is not the applied entries");
     }
 }
+
+/// A snapshot handed out to be written beside the apply path, whose
+/// replica then installs a newer one from its leader before the job ends,
+/// is dropped: it never becomes the replica's snapshot.
+#[test]
+fn a_background_snapshot_overtaken_by_an_install_is_dropped() {
+    let mut c = Cluster::with_guest("kv-stale-job", 3, 20, "waft_atomic_kv");
+    c.replica(3).set_background_snapshots(true);
+    c.elect(1);
+    let incr = r#"{"incr":{"key":"a","delta":1}}"#;
+    for _ in 0..30 {
+        c.propose(incr);
+    }
+    settle(&mut c);
+    assert_eq!(c.jobs.len(), 1, "node 3 handed out its snapshot");
+    let job_index = c.jobs[0].1.index();
+    // Node 3 is cut off while the others go on and compact past it.
+    c.isolated.insert(3);
+    for _ in 0..60 {
+        c.propose(incr);
+    }
+    settle(&mut c);
+    c.isolated.clear();
+    c.tick(10);
+    settle(&mut c);
+    let installed = c.replica(3).raft().snapshot_meta().index;
+    assert!(c.installs >= 1 && installed > job_index, "node 3 installed a newer snapshot ({installed})");
+    let saved = c.snapshots_saved;
+    c.finish_jobs();
+    assert_eq!(c.snapshots_saved, saved, "the overtaken snapshot was not saved");
+    let latest = c.nodes[2].up.as_ref().unwrap().snaps.latest(common::GROUP).unwrap();
+    assert_eq!(latest.index, installed, "the installed snapshot is still node 3's latest");
+    for _ in 0..5 {
+        c.propose(incr);
+    }
+    settle(&mut c);
+    assert_identical(&mut c, &[1, 2, 3]);
+}

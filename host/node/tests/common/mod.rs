@@ -102,6 +102,8 @@ pub struct Cluster {
     /// Snapshots handed out to write beside the apply path (replicas with
     /// `set_background_snapshots`), waiting for `finish_jobs`: (node, job).
     pub jobs: Vec<(u64, waft_node::SnapshotJob)>,
+    /// Nodes cut off: messages to and from them are dropped.
+    pub isolated: BTreeSet<u64>,
     /// Nodes opened to leave a fenced replica for an operator.
     pub manual_rebuild: BTreeSet<u64>,
 }
@@ -187,6 +189,7 @@ impl Cluster {
             digest_interval,
             manual_rebuild: BTreeSet::new(),
             jobs: Vec::new(),
+            isolated: BTreeSet::new(),
         };
         for id in 1..=voters {
             c.open(id);
@@ -355,6 +358,9 @@ impl Cluster {
     fn deliver(&mut self) -> bool {
         let busy = !self.queue.is_empty();
         while let Some(m) = self.queue.pop_front() {
+            if self.isolated.contains(&m.to) || self.isolated.contains(&m.from) {
+                continue;
+            }
             if let Some(up) = self.nodes[(m.to - 1) as usize].up.as_mut() {
                 up.replica.step(m);
             }
