@@ -34,9 +34,14 @@ fn spec() -> Spec {
 
 /// Waits until every node applied the leader's commit index and holds the
 /// same digest at the same index, past `after`; returns that index. No
-/// node may ever have found its digest differ.
+/// node may ever have found its digest differ. A node that installed a
+/// snapshot digests only past it, so while every node has caught up but
+/// some lack the leader's latest digest, this writes on (one command a
+/// poll) until the group reaches a digest point all of them compute.
 async fn wait_identical(c: &mut Cluster, leader: usize, after: u64) -> u64 {
+    let client = c.client_of_all(leader);
     let deadline = Instant::now() + CATCH_UP_DEADLINE;
+    let mut n = 0u64;
     loop {
         c.check_alive();
         let mut all = Vec::new();
@@ -47,34 +52,21 @@ async fn wait_identical(c: &mut Cluster, leader: usize, after: u64) -> u64 {
             assert_eq!(g.digest_mismatches, 0, "a replica's state differed from the group's: {g:?}");
         }
         let l = &all[leader.min(all.len() - 1)];
-        if all.len() == 3
+        let caught_up = all.len() == 3 && all.iter().all(|g| g.applied_index == l.applied_index);
+        if caught_up
             && l.digest_index > after
-            && all.iter().all(|g| g.applied_index == l.applied_index && g.digest_index == l.digest_index)
+            && all.iter().all(|g| g.digest_index == l.digest_index)
             && all.iter().all(|g| g.digest == l.digest && !g.digest.is_empty())
         {
             return l.digest_index;
         }
         assert!(Instant::now() < deadline, "replicas did not end identical: {all:?}");
-        tokio::time::sleep(POLL_PAUSE).await;
-    }
-}
-
-/// A node that installed a snapshot digests only past it: writes until
-/// the group applied the first digest point after every node's latest
-/// snapshot, so that each has a digest there to compare.
-async fn write_past_every_snapshot(c: &mut Cluster, leader: usize) {
-    let client = c.client_of_all(leader);
-    let mut newest = 0;
-    for i in 0..3 {
-        newest = newest.max(c.status(i, GROUP).await.map_or(0, |g| g.snapshot_index));
-    }
-    let point = (newest + 1).next_multiple_of(INTERVAL);
-    let deadline = Instant::now() + CATCH_UP_DEADLINE;
-    let mut n = 0u64;
-    while c.status(leader, GROUP).await.map_or(0, |g| g.applied_index) < point {
-        client.propose(GROUP, common::set(&format!("after-{n}"), n)).await.unwrap();
-        n += 1;
-        assert!(Instant::now() < deadline, "the group did not reach digest point {point}");
+        if caught_up {
+            client.propose(GROUP, common::set(&format!("settle-{n}"), n)).await.unwrap();
+            n += 1;
+        } else {
+            tokio::time::sleep(POLL_PAUSE).await;
+        }
     }
 }
 
@@ -104,7 +96,6 @@ async fn a_follower_killed_under_load_resumes_from_its_store_and_never_differs()
     load.wait_acked(&mut c, n + WRITES_PER_STEP).await;
     let (acked, failed) = load.stop().await;
     eprintln!("{} writes acknowledged, {failed} failed or unknown", acked.len());
-    write_past_every_snapshot(&mut c, leader).await;
     let commit = c.status(leader, GROUP).await.expect("leader status").commit_index;
     // Past the last restart, with one more digest point for it to reach.
     wait_identical(&mut c, leader, commit.saturating_sub(INTERVAL)).await;
@@ -126,7 +117,6 @@ async fn a_late_node_installs_the_stores_snapshot_and_ends_identical() {
     let n = load.acked_count();
     load.wait_acked(&mut c, n + WRITES_PER_STEP).await;
     let (acked, _) = load.stop().await;
-    write_past_every_snapshot(&mut c, leader).await;
     let commit = c.status(leader, GROUP).await.expect("leader status").commit_index;
     wait_identical(&mut c, leader, commit.saturating_sub(INTERVAL)).await;
     let node3 = c.status(2, GROUP).await.expect("node 3 status");
