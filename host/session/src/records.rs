@@ -21,9 +21,9 @@ use std::collections::BTreeSet;
 
 use bytes::Bytes;
 
-use crate::snapshot::SnapshotError;
+use crate::snapshot::{SnapshotError, put_session_fields, read_session_fields};
 use crate::table::{Saved, Session, SessionConfig, SessionTable};
-use crate::wire::{Reader, put_u64, put_u128};
+use crate::wire::{Reader, put_u64};
 
 const KEY_TABLE: u8 = b't';
 const KEY_SESSION: u8 = b's';
@@ -132,13 +132,7 @@ impl SessionTable {
                     if t.sessions.len() as u64 >= t.cfg.sessions_open_max {
                         return Err(SnapshotError::Invalid("more sessions than sessions_open_max"));
                     }
-                    let last_active_ms = r.u64()?;
-                    let nonce = match r.u8()? {
-                        0 => None,
-                        1 => Some(r.u128()?),
-                        _ => return Err(SnapshotError::Invalid("bad nonce flag")),
-                    };
-                    let lowest_unacked_seq = r.u64()?;
+                    let (last_active_ms, nonce, lowest_unacked_seq) = read_session_fields(&mut r)?;
                     let s = Session { last_active_ms, nonce, lowest_unacked_seq, applied: Default::default() };
                     if let Some(n) = nonce
                         && t.nonces.insert(n, id).is_some()
@@ -201,16 +195,8 @@ fn reply_key(id: u64, seq: u64) -> Vec<u8> {
 }
 
 fn session_record(s: &Session) -> Vec<u8> {
-    let mut out = Vec::with_capacity(41);
-    put_u64(&mut out, s.last_active_ms);
-    match s.nonce {
-        None => out.push(0),
-        Some(n) => {
-            out.push(1);
-            put_u128(&mut out, n);
-        }
-    }
-    put_u64(&mut out, s.lowest_unacked_seq);
+    let mut out = Vec::with_capacity(33);
+    put_session_fields(&mut out, s);
     out
 }
 

@@ -105,15 +105,7 @@ impl SessionTable {
         put_u32(&mut out, self.sessions.len() as u32);
         for (&id, s) in &self.sessions {
             put_u64(&mut out, id);
-            put_u64(&mut out, s.last_active_ms);
-            match s.nonce {
-                None => out.push(0),
-                Some(n) => {
-                    out.push(1);
-                    put_u128(&mut out, n);
-                }
-            }
-            put_u64(&mut out, s.lowest_unacked_seq);
+            put_session_fields(&mut out, s);
             put_u32(&mut out, s.applied.len() as u32);
             for (&seq, saved) in &s.applied {
                 put_u64(&mut out, seq);
@@ -203,15 +195,36 @@ impl SessionTable {
     }
 }
 
-fn decode_session(r: &mut Reader, cfg: &SessionConfig) -> Result<(u64, Session), SnapshotError> {
-    let id = r.u64()?;
+/// A session's own fields (not its saved replies), laid out as both the
+/// snapshot section and the store's records (`records`) keep them:
+/// last_active_ms u64 | has_nonce u8 [nonce u128] | lowest_unacked_seq u64.
+pub(crate) fn put_session_fields(out: &mut Vec<u8>, s: &Session) {
+    put_u64(out, s.last_active_ms);
+    match s.nonce {
+        None => out.push(0),
+        Some(n) => {
+            out.push(1);
+            put_u128(out, n);
+        }
+    }
+    put_u64(out, s.lowest_unacked_seq);
+}
+
+/// Reads what `put_session_fields` wrote: (last_active_ms, nonce,
+/// lowest_unacked_seq).
+pub(crate) fn read_session_fields(r: &mut Reader) -> Result<(u64, Option<u128>, u64), SnapshotError> {
     let last_active_ms = r.u64()?;
     let nonce = match r.u8()? {
         0 => None,
         1 => Some(r.u128()?),
         _ => return Err(SnapshotError::Invalid("nonce flag other than 0 or 1")),
     };
-    let lowest_unacked_seq = r.u64()?;
+    Ok((last_active_ms, nonce, r.u64()?))
+}
+
+fn decode_session(r: &mut Reader, cfg: &SessionConfig) -> Result<(u64, Session), SnapshotError> {
+    let id = r.u64()?;
+    let (last_active_ms, nonce, lowest_unacked_seq) = read_session_fields(r)?;
     let saved_count = r.u32()? as u64;
     if saved_count > cfg.window_commands_max {
         return Err(SnapshotError::Invalid("more saved replies than the window holds"));
