@@ -11,7 +11,9 @@ use wasmtime::{Config, Enabled, InstanceAllocationStrategy, OptLevel, PoolingAll
 
 /// Instances of kv state machines alive at once, over the whole process
 /// (each lives for one call; a call waits for none): far more than the
-/// threads that run guest calls.
+/// threads that run guest calls. Each memory slot reserves about 4 GiB of
+/// address space (none of it resident until used), so the pool reserves
+/// about 4 TiB of the 128 TiB a process has.
 pub const KV_POOL_INSTANCES: u32 = 1024;
 /// Largest memory of a kv state machine's instance, whatever a group's
 /// memory limit says.
@@ -84,8 +86,8 @@ impl Engine {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(KV_POOL_INSTANCES)
             .total_core_instances(KV_POOL_INSTANCES * 16)
-            .total_memories(KV_POOL_INSTANCES * 2)
-            .total_tables(KV_POOL_INSTANCES * 4)
+            .total_memories(KV_POOL_INSTANCES)
+            .total_tables(KV_POOL_INSTANCES * 2)
             .max_memory_size(KV_POOL_MEMORY_BYTES_MAX)
             .table_elements(crate::host::TABLE_ELEMENTS_MAX)
             .max_memories_per_component(4)
