@@ -3,17 +3,22 @@
 
 use std::sync::{Arc, Mutex};
 
-use waft_runtime::{KvError, KvHandle, KvProvider, KvStore, KvView, KvWrites};
-use waft_storage::{RocksKv, RocksKvGroup, RocksKvView};
+use std::path::PathBuf;
+
+use waft_runtime::{KvCapture, KvError, KvFile, KvFiles, KvHandle, KvProvider, KvStore, KvWrites};
+use waft_storage::{RocksCheckpoint, RocksKv, RocksKvGroup};
 
 /// Makes each group's key-value store (see `waft_runtime::kv`).
 #[derive(Clone)]
 pub struct KvStores(pub KvProvider);
 
 impl KvStores {
-    /// Every group's store in `kv`, under the group's id.
+    /// Every group's store in `kv`, each in its own instance.
     pub fn rocks(kv: RocksKv) -> KvStores {
-        KvStores(Arc::new(move |group| Ok(Arc::new(Mutex::new(RocksStore(kv.group(group)))) as KvHandle)))
+        KvStores(Arc::new(move |group| {
+            let store = kv.group(group).map_err(kv_err)?;
+            Ok(Arc::new(Mutex::new(RocksStore(store))) as KvHandle)
+        }))
     }
 }
 
@@ -71,21 +76,21 @@ impl KvStore for RocksStore {
         self.0.sync().map_err(kv_err)
     }
 
-    fn view(&self) -> Result<Box<dyn KvView>, KvError> {
-        Ok(Box::new(RocksView(self.0.view())))
+    fn capture(&self) -> Result<KvCapture, KvError> {
+        Ok(KvCapture::Files(Box::new(RocksFiles(self.0.checkpoint().map_err(kv_err)?))))
+    }
+
+    fn restore(&mut self, files: &[(String, PathBuf)]) -> Result<(), KvError> {
+        self.0.restore(files).map_err(kv_err)
     }
 }
 
-/// One group's pairs at one moment, in RocksDB.
-struct RocksView(RocksKvView);
+/// One group's store at one moment: a RocksDB checkpoint.
+struct RocksFiles(RocksCheckpoint);
 
-impl KvView for RocksView {
-    fn scan(
-        &self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<(), KvError> {
-        self.0.scan(start, end, visit).map_err(kv_err)
+impl KvFiles for RocksFiles {
+    fn files(&self) -> Result<Vec<KvFile>, KvError> {
+        let files = self.0.files().map_err(kv_err)?;
+        Ok(files.into_iter().map(|f| KvFile { name: f.name, path: f.path, size: f.size, crc32: f.crc32 }).collect())
     }
 }

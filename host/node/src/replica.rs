@@ -41,6 +41,9 @@ pub use pipeline::{WRITES_IN_FLIGHT_MAX, WriteToken};
 
 /// The guest's file of a snapshot: its `on-snapshot-save` stream.
 pub const STATE_FILE: &str = "state";
+/// Prefix of a kv state machine's store files in a snapshot (a RocksDB
+/// checkpoint's files, each under its own name after it).
+const KV_FILE_PREFIX: &str = "kv-";
 /// The host's file of a snapshot: the session table
 /// (`SessionTable::encode_snapshot`), so a replica restored from the snapshot
 /// deduplicates exactly as the replicas that applied the log.
@@ -1614,8 +1617,19 @@ impl Replica {
         let file = std::fs::File::open(&path)
             .map_err(|e| Error::Install { group, reason: format!("cannot open {}: {e}", path.display()) })?;
         let state = std::io::BufReader::new(file);
+        // A kv state machine's store may come as its own files instead.
+        let mut kv_files = Vec::new();
+        for f in &stored.files {
+            if let Some(name) = f.name.strip_prefix(KV_FILE_PREFIX) {
+                let path = reader.file_path(&f.name).map_err(|source| Error::Storage { group, source })?;
+                kv_files.push((name.to_string(), path));
+            }
+        }
+        let load = |sm: &mut StateMachine, state| {
+            if kv_files.is_empty() { sm.load_snapshot(state) } else { sm.restore_kv(&kv_files) }
+        };
         match switch_to {
-            None => self.sm.load_snapshot(state).map_err(|e| self.runtime_err(e))?,
+            None => load(&mut self.sm, state).map_err(|e| self.runtime_err(e))?,
             Some(module) => {
                 let hash = module.hash().to_hex();
                 let refuse = |what: &str, e: RuntimeError| Error::Install {
@@ -1626,7 +1640,7 @@ impl Replica {
                 let mut sm = StateMachine::for_group(module.module(), limits, self.group, &self.label)
                     .map_err(|e| refuse("cannot start", e))?;
                 self.adopt(&mut sm);
-                match sm.load_snapshot(state) {
+                match load(&mut sm, state) {
                     Ok(()) => {}
                     // A store left half loaded: nothing to go on with.
                     Err(e) if runtime_is_fatal(&e) => return Err(self.stop(e)),
@@ -1988,10 +2002,22 @@ impl SnapshotJob {
         let SnapshotJob { meta, writer, kv, epoch } = self;
         let mut bytes = 0;
         let result = match &kv {
-            Some(kv) => kv.write_to(StateSink { writer }).map(|(sink, written)| {
-                bytes = written;
-                sink.writer
-            }),
+            Some(kv) => match kv.files() {
+                // The store's own files (a checkpoint), moved in whole.
+                Some(files) => files.and_then(|files| {
+                    let mut writer = writer;
+                    for f in files {
+                        let name = format!("{KV_FILE_PREFIX}{}", f.name);
+                        writer.adopt(&name, &f.path, f.size, f.crc32).map_err(|e| e.to_string())?;
+                        bytes += f.size;
+                    }
+                    Ok(writer)
+                }),
+                None => kv.write_to(StateSink { writer }).map(|(sink, written)| {
+                    bytes = written;
+                    sink.writer
+                }),
+            },
             None => Ok(writer),
         };
         let took_ms = if kv.is_some() { started.elapsed().as_millis().max(1) as u64 } else { 0 };

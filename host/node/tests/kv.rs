@@ -76,6 +76,12 @@ fn a_restarted_replica_and_a_lagging_one_end_with_the_same_store() {
     c.tick(10);
     settle(&mut c);
     assert!(c.installs > installs, "node 3 caught up through a snapshot");
+    // The store came as its own files (a checkpoint), nothing streamed.
+    let installed = c.nodes[2].up.as_ref().unwrap().snaps.open_latest(common::GROUP).unwrap().unwrap();
+    let files = &installed.meta().files;
+    assert!(files.iter().any(|f| f.name.starts_with("kv-") && f.size > 0), "{files:?}");
+    assert!(files.iter().any(|f| f.name == waft_node::STATE_FILE && f.size == 0), "{files:?}");
+    drop(installed);
     assert_identical(&mut c, &[1, 2, 3]);
     assert_eq!(count(&mut c, 3, "b"), "600");
     assert_eq!(count(&mut c, 3, "a"), "190");
@@ -187,13 +193,19 @@ fn a_snapshot_written_beside_the_apply_path_holds_the_store_at_its_index() {
     let up = c.nodes[0].up.as_ref().unwrap();
     let reader = up.snaps.open_latest(common::GROUP).unwrap().unwrap();
     assert_eq!(reader.meta().index, index);
-    let state = std::fs::read(reader.file_path(waft_node::STATE_FILE).unwrap()).unwrap();
-    let mut key = Vec::new();
-    key.extend_from_slice(&1u32.to_le_bytes());
-    key.push(b'a');
-    key.extend_from_slice(&8u32.to_le_bytes());
-    let at_key = state.windows(key.len()).position(|w| w == key).expect("the snapshot holds key a");
-    let value = i64::from_le_bytes(state[at_key + key.len()..at_key + key.len() + 8].try_into().unwrap());
+    // The store came as its own files (a checkpoint): opened elsewhere,
+    // they hold the store as it was at the snapshot's index.
+    let files: Vec<(String, std::path::PathBuf)> = reader
+        .meta()
+        .files
+        .iter()
+        .filter_map(|f| Some((f.name.strip_prefix("kv-")?.to_string(), reader.file_path(&f.name).unwrap())))
+        .collect();
+    assert!(files.iter().any(|(name, _)| name.ends_with(".sst") || name.ends_with(".log")), "{files:?}");
+    let elsewhere = waft_storage::RocksKv::open(common::scratch("kv-background-elsewhere")).unwrap();
+    let store = elsewhere.group(common::GROUP).unwrap();
+    store.restore(&files).unwrap();
+    let value = i64::from_le_bytes(store.get(b"a").unwrap().expect("the snapshot holds key a").try_into().unwrap());
     assert_eq!(value, expected, "the snapshot at {index} holds the counter as it was there");
     // The log behind it was compacted, and the group goes on.
     assert!(c.replica(1).raft().snapshot_meta().index >= index);

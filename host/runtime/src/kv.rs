@@ -21,6 +21,7 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use wasmtime::StoreContextMut;
@@ -93,8 +94,40 @@ pub trait KvStore: Send {
     fn sync(&mut self) -> Result<(), KvError>;
 
     /// The pairs as they are now, readable from another thread while
-    /// commits go on (for a snapshot written beside the apply path).
-    fn view(&self) -> Result<Box<dyn KvView>, KvError>;
+    /// commits go on (for a snapshot written beside the apply path): as
+    /// pairs to stream, or as files the store keeps itself in (a
+    /// checkpoint, which a store of the same kind can `restore`).
+    fn capture(&self) -> Result<KvCapture, KvError>;
+
+    /// Replaces every pair and record with a checkpoint's files (name in
+    /// the checkpoint, path now; see `capture`). On an error the store is
+    /// as it was.
+    fn restore(&mut self, files: &[(String, PathBuf)]) -> Result<(), KvError> {
+        let _ = files;
+        Err(KvError("this store cannot restore from a checkpoint's files".into()))
+    }
+}
+
+/// A store at one moment (see [`KvStore::capture`]).
+pub enum KvCapture {
+    Pairs(Box<dyn KvView>),
+    Files(Box<dyn KvFiles>),
+}
+
+/// A store at one moment as the files it keeps itself in.
+pub trait KvFiles: Send {
+    /// The files, with their sizes and checksums (may read them: call off
+    /// the apply path).
+    fn files(&self) -> Result<Vec<KvFile>, KvError>;
+}
+
+/// One file of a [`KvFiles`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KvFile {
+    pub name: String,
+    pub path: PathBuf,
+    pub size: u64,
+    pub crc32: u32,
 }
 
 /// A store's pairs at one moment (see [`KvStore::view`]).
@@ -286,8 +319,8 @@ impl KvStore for MemKv {
         Ok(())
     }
 
-    fn view(&self) -> Result<Box<dyn KvView>, KvError> {
-        Ok(Box::new(MemView(self.map.clone())))
+    fn capture(&self) -> Result<KvCapture, KvError> {
+        Ok(KvCapture::Pairs(Box::new(MemView(self.map.clone()))))
     }
 }
 
@@ -334,18 +367,30 @@ pub(crate) fn write_snapshot<W: std::io::Write>(
 /// A kv state machine's store at one applied index, to write as a snapshot
 /// on another thread while applies go on (`StateMachine::kv_snapshot`).
 pub struct KvSnapshot {
-    view: Box<dyn KvView>,
+    capture: KvCapture,
 }
 
 impl KvSnapshot {
-    pub(crate) fn new(view: Box<dyn KvView>) -> KvSnapshot {
-        KvSnapshot { view }
+    pub(crate) fn new(capture: KvCapture) -> KvSnapshot {
+        KvSnapshot { capture }
+    }
+
+    /// The store's files, when it was captured as files.
+    pub fn files(&self) -> Option<Result<Vec<KvFile>, String>> {
+        match &self.capture {
+            KvCapture::Files(files) => Some(files.files().map_err(|e| e.to_string())),
+            KvCapture::Pairs(_) => None,
+        }
     }
 
     /// Writes the pairs as `StateMachine::save_snapshot` would have at the
-    /// moment the view was taken; returns `out` and the bytes written.
+    /// moment the view was taken; returns `out` and the bytes written. A
+    /// store captured as files is read through `files` instead.
     pub fn write_to<W: std::io::Write>(&self, out: W) -> Result<(W, u64), String> {
-        write_snapshot(|visit| self.view.scan(&[], None, visit), out)
+        match &self.capture {
+            KvCapture::Pairs(view) => write_snapshot(|visit| view.scan(&[], None, visit), out),
+            KvCapture::Files(_) => Err("a store captured as files has no stream of pairs".into()),
+        }
     }
 }
 

@@ -31,6 +31,6 @@ mod wasi;
 mod wasi_link;
 
 pub use engine::{Engine, EngineError, Limits};
-pub use kv::{KvError, KvHandle, KvProvider, KvSnapshot, KvStore, KvView, KvWrites, MemKv};
+pub use kv::{KvCapture, KvError, KvFile, KvFiles, KvHandle, KvProvider, KvSnapshot, KvStore, KvView, KvWrites, MemKv};
 pub use machine::{ApplyError, ApplyResult, Entry, FaultKind, GuestFault, RuntimeError, StateMachine};
 pub use module::{LoadError, Module, REQUIRED_EXPORTS, WIT_PACKAGE, WIT_VERSION};

@@ -1661,8 +1661,26 @@ impl StateMachine {
         self.kv_committed()?;
         let store = self.kv_handle()?;
         let store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
-        let view = store.view().map_err(|e| RuntimeError::Store(e.to_string()))?;
-        Ok(Some(KvSnapshot::new(view)))
+        let capture = store.capture().map_err(|e| RuntimeError::Store(e.to_string()))?;
+        Ok(Some(KvSnapshot::new(capture)))
+    }
+
+    /// Replaces a kv state machine's store with a checkpoint's files (see
+    /// `KvStore::restore`). On an error the store is as it was.
+    pub fn restore_kv(&mut self, files: &[(String, std::path::PathBuf)]) -> Result<(), RuntimeError> {
+        if !self.module.uses_kv() {
+            return Err(RuntimeError::Guest(
+                "a key-value store's files for a state machine that keeps no store".into(),
+            ));
+        }
+        let store = self.kv_handle()?;
+        let mut store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
+        store
+            .restore(files)
+            .map_err(|e| RuntimeError::Guest(format!("cannot restore the store from the snapshot's files: {e}")))?;
+        self.kv_pending = KvWrites::default();
+        self.kv_sum = None;
+        Ok(())
     }
 
     /// Replaces the store with a snapshot `kv_save` wrote. A file that is

@@ -53,7 +53,10 @@ pub mod testkit;
 mod types;
 
 pub use error::{Error, Result};
-pub use kv::{KV_BLOCK_CACHE_BYTES, KV_WRITE_BUFFER_BYTES, RocksKv, RocksKvGroup, RocksKvView};
+pub use kv::{
+    CheckpointFile, KV_BLOCK_CACHE_BYTES, KV_WRITE_BUFFER_BYTES, KV_WRITE_BUFFERS_TOTAL_BYTES, RocksCheckpoint,
+    RocksKv, RocksKvGroup,
+};
 pub use mem::MemLogStore;
 pub use module::{MODULE_BYTES_MAX, ModuleHash, ModuleStore};
 pub use rocks::{RocksLogStore, RocksOptions};

@@ -570,6 +570,8 @@ struct PartFile {
     hasher: crc32fast::Hasher,
     /// Bytes written since the file was last synced.
     unsynced: u64,
+    /// The checksum of a file moved in whole (`adopt`), known already.
+    adopted_crc: Option<u32>,
 }
 
 /// Bytes of a snapshot file written before it is synced on the way, so a
@@ -627,6 +629,9 @@ impl SnapshotWriter {
             self.create_part(name)?;
         }
         let Some(part) = self.files.get_mut(name) else { unreachable!("inserted above") };
+        if part.adopted_crc.is_some() {
+            return Err(refuse(format!("file {name:?} was moved in whole")));
+        }
         if offset != part.len {
             return Err(refuse(format!("chunk of {name:?} at offset {offset}, but the next offset is {}", part.len)));
         }
@@ -646,7 +651,38 @@ impl SnapshotWriter {
     fn create_part(&mut self, name: &str) -> Result<()> {
         let path = self.tmp_dir.join(name);
         let file = File::create(&path).map_err(Error::io("creating", &path))?;
-        self.files.insert(name.to_string(), PartFile { file, len: 0, hasher: crc32fast::Hasher::new(), unsynced: 0 });
+        let part = PartFile { file, len: 0, hasher: crc32fast::Hasher::new(), unsynced: 0, adopted_crc: None };
+        self.files.insert(name.to_string(), part);
+        Ok(())
+    }
+
+    /// Moves the file at `from` into the snapshot as `name`, whole: its
+    /// size and checksum are `size` and `crc32` (what the caller read of it;
+    /// a follower's copy is checked against them). Renamed where it can be,
+    /// copied where not (another file system).
+    pub fn adopt(&mut self, name: &str, from: &Path, size: u64, crc32: u32) -> Result<()> {
+        let refuse = |reason: String| Error::SnapshotWrite { reason };
+        check_file_name(name).map_err(refuse)?;
+        if self.expected.is_some() {
+            return Err(refuse(format!("file {name:?}: an install takes chunks, not whole files")));
+        }
+        if self.files.contains_key(name) {
+            return Err(refuse(format!("file {name:?} is written already")));
+        }
+        if self.files.len() >= SNAPSHOT_FILES_MAX {
+            return Err(refuse(format!("more than {SNAPSHOT_FILES_MAX} files")));
+        }
+        let to = self.tmp_dir.join(name);
+        if std::fs::rename(from, &to).is_err() {
+            std::fs::copy(from, &to).map_err(Error::io("copying into a snapshot", &to))?;
+        }
+        let file = File::open(&to).map_err(Error::io("opening", &to))?;
+        let len = file.metadata().map_err(Error::io("inspecting", &to))?.len();
+        if len != size {
+            return Err(Error::SnapshotFileSize { path: to, expected: size, actual: len });
+        }
+        let part = PartFile { file, len, hasher: crc32fast::Hasher::new(), unsynced: 0, adopted_crc: Some(crc32) };
+        self.files.insert(name.to_string(), part);
         Ok(())
     }
 
@@ -672,7 +708,8 @@ impl SnapshotWriter {
         for (name, part) in &self.files {
             let path = self.tmp_dir.join(name);
             part.file.sync_all().map_err(Error::io("fsyncing", &path))?;
-            let file = SnapshotFile { name: name.clone(), size: part.len, crc32: part.hasher.clone().finalize() };
+            let crc32 = part.adopted_crc.unwrap_or_else(|| part.hasher.clone().finalize());
+            let file = SnapshotFile { name: name.clone(), size: part.len, crc32 };
             if let Some(want) = self.expected.as_ref().and_then(|e| e.get(name)) {
                 if want.size != file.size {
                     return Err(Error::SnapshotFileSize { path, expected: want.size, actual: file.size });

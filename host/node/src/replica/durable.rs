@@ -38,12 +38,14 @@ const RECORD_SETTINGS: &[u8] = b"settings";
 /// Prefix of the session table's records (`waft_session::Record`).
 const RECORD_SESSIONS: &[u8] = b"sessions/";
 
-/// A kv group's snapshot writes its whole store, so the entries between
-/// snapshots grow with it: at least enough that the log written since the
-/// last snapshot (estimated from recent entries' sizes) is this fraction
-/// of the store's bytes, so snapshot writes cost a bounded share of the
-/// writes they follow (about this many bytes written per byte applied),
-/// whatever the store's size. The log holds that much in exchange.
+/// A kv group's snapshot is a checkpoint of its store: hard links to its
+/// table files, a copy of its write-ahead log since the last flush (up to
+/// a memtable, copied in the apply path) and a read of the table files
+/// written since the last checkpoint; and a follower that installs one
+/// copies the whole store. So the entries between snapshots grow with the
+/// store: at least enough that the log written since the last snapshot
+/// (estimated from recent entries' sizes) is this fraction of the store's
+/// bytes. The log holds that much in exchange.
 pub const KV_SNAPSHOT_STORE_BYTES_PER_LOG_BYTE: u64 = 2;
 
 /// ... but no further than this many bytes of log (by the same estimate):
