@@ -14,12 +14,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use waft_proto::peer::{self, SnapshotChunkRequest};
 use waft_storage::{ModuleHash, SnapshotFile, SnapshotId, SnapshotMeta, SnapshotStore};
 
 /// Largest chunk one pull asks for. Well under the peer service's message
 /// limit, and small enough that one chunk never holds a connection for long.
 pub const PULL_CHUNK_BYTES_MAX: usize = 1024 * 1024;
+/// Chunk requests a pull keeps in flight at once (unthrottled).
+pub const PULL_CHUNKS_IN_FLIGHT: usize = 4;
 /// How long one connection attempt to a peer may take (the peer transport's too).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 /// Smallest chunk a throttled pull asks for, so a very low rate still moves
@@ -38,7 +42,7 @@ pub const PULL_RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// `group`, read from its snapshot store; `None` when the snapshot is gone
 /// (superseded and discarded): the follower then waits for the next offer.
 pub fn manifest(snapshots: &SnapshotStore, group: u64, id: SnapshotId) -> Option<peer::SnapshotManifest> {
-    let reader = match snapshots.open_snapshot(group, id) {
+    let reader = match snapshots.open_for_transfer(group, id) {
         Ok(reader) => reader,
         Err(e) => {
             tracing::debug!(group, index = id.index, term = id.term, error = %e, "no manifest for snapshot");
@@ -87,7 +91,7 @@ pub async fn serve_chunk(
     let max_len = (req.max_len as usize).clamp(1, PULL_CHUNK_BYTES_MAX);
     tokio::task::spawn_blocking(move || {
         let id = SnapshotId { index: req.snapshot_index, term: req.snapshot_term };
-        let reader = snapshots.open_snapshot(req.group, id).map_err(|e| {
+        let reader = snapshots.open_for_transfer(req.group, id).map_err(|e| {
             tonic::Status::not_found(format!(
                 "group {} has no snapshot {}/{} here (superseded?): {e}",
                 req.group, id.index, id.term
@@ -144,28 +148,67 @@ pub async fn pull(
         .connect()
         .await
         .map_err(|e| format!("cannot reach the leader at {addr}: {e}"))?;
-    let mut client = waft_proto::peer_client(channel);
+    let client = waft_proto::peer_client(channel);
     let started = Instant::now();
     let mut moved: u64 = 0;
     let files: Vec<SnapshotFile> = install.files().to_vec();
     progress.bytes_done.store(files.iter().map(|f| install.next_offset(&f.name)).sum(), Ordering::Relaxed);
+    // Unthrottled, several chunks are asked for at once, so the transfer
+    // is not one round trip per chunk; they are written in order.
+    let window = if bytes_per_sec == 0 { PULL_CHUNKS_IN_FLIGHT } else { 1 };
     for file in &files {
         let mut failures = 0;
-        loop {
-            let offset = install.next_offset(&file.name);
-            if offset >= file.size {
-                break;
+        let mut in_flight = FuturesOrdered::new();
+        let mut asked = install.next_offset(&file.name);
+        while install.next_offset(&file.name) < file.size {
+            while in_flight.len() < window && asked < file.size {
+                let req = SnapshotChunkRequest {
+                    group,
+                    snapshot_index: id.index,
+                    snapshot_term: id.term,
+                    file: file.name.clone(),
+                    offset: asked,
+                    max_len: chunk_bytes as u64,
+                };
+                let mut client = client.clone();
+                let offset = asked;
+                in_flight.push_back(async move {
+                    (offset, tokio::time::timeout(PULL_CHUNK_TIMEOUT, client.pull_snapshot_chunk(req)).await)
+                });
+                asked = (asked + chunk_bytes as u64).min(file.size);
             }
-            let req = SnapshotChunkRequest {
-                group,
-                snapshot_index: id.index,
-                snapshot_term: id.term,
-                file: file.name.clone(),
-                offset,
-                max_len: chunk_bytes as u64,
-            };
-            let chunk = match tokio::time::timeout(PULL_CHUNK_TIMEOUT, client.pull_snapshot_chunk(req)).await {
-                Ok(Ok(chunk)) => chunk.into_inner(),
+            let Some((offset, answer)) = in_flight.next().await else { break };
+            let failed = match answer {
+                Ok(Ok(chunk)) => {
+                    let chunk = chunk.into_inner();
+                    if chunk.file_size != file.size {
+                        return Err(format!(
+                            "the leader's {:?} has {} bytes, its manifest said {}",
+                            file.name, chunk.file_size, file.size
+                        ));
+                    }
+                    if chunk.data.is_empty() {
+                        return Err(format!("the leader sent no bytes of {:?} at {offset} before its end", file.name));
+                    }
+                    if offset != install.next_offset(&file.name) {
+                        // A shorter chunk before it left a gap: ask again
+                        // from where the file ends.
+                        Some(format!("chunk of {:?} at {offset} does not follow the last", file.name))
+                    } else {
+                        failures = 0;
+                        let len = chunk.data.len() as u64;
+                        tokio::task::block_in_place(|| install.write_chunk(&file.name, offset, &chunk.data))
+                            .map_err(|e| format!("writing {:?} at {offset}: {e}", file.name))?;
+                        progress.bytes_done.fetch_add(len, Ordering::Relaxed);
+                        moved += len;
+                        throttle(bytes_per_sec, moved, started).await;
+                        if len < chunk_bytes as u64 && offset + len < file.size {
+                            Some(format!("chunk of {:?} at {offset} came short", file.name))
+                        } else {
+                            None
+                        }
+                    }
+                }
                 Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
                     return Err(format!(
                         "the leader no longer has snapshot {}/{}: {}",
@@ -177,30 +220,22 @@ pub async fn pull(
                 Ok(Err(status)) => {
                     failures += 1;
                     retry_or_fail(failures, &format!("chunk of {:?} at {offset}: {status}", file.name)).await?;
-                    continue;
+                    Some(String::new())
                 }
                 Err(_) => {
                     failures += 1;
                     retry_or_fail(failures, &format!("chunk of {:?} at {offset} timed out", file.name)).await?;
-                    continue;
+                    Some(String::new())
                 }
             };
-            if chunk.file_size != file.size {
-                return Err(format!(
-                    "the leader's {:?} has {} bytes, its manifest said {}",
-                    file.name, chunk.file_size, file.size
-                ));
+            if let Some(why) = failed {
+                if !why.is_empty() {
+                    tracing::debug!(group, "{why}; asking again");
+                }
+                // What was asked after it is dropped and asked again.
+                in_flight = FuturesOrdered::new();
+                asked = install.next_offset(&file.name);
             }
-            if chunk.data.is_empty() {
-                return Err(format!("the leader sent no bytes of {:?} at {offset} before its end", file.name));
-            }
-            failures = 0;
-            let len = chunk.data.len() as u64;
-            tokio::task::block_in_place(|| install.write_chunk(&file.name, offset, &chunk.data))
-                .map_err(|e| format!("writing {:?} at {offset}: {e}", file.name))?;
-            progress.bytes_done.fetch_add(len, Ordering::Relaxed);
-            moved += len;
-            throttle(bytes_per_sec, moved, started).await;
         }
     }
     if !install.is_complete() {

@@ -1,7 +1,7 @@
 //! Where a node keeps its groups' key-value stores: [`KvStores`], in memory
 //! (tests, the simulator) or in the node's [`RocksKv`].
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use std::path::PathBuf;
 
@@ -13,11 +13,12 @@ use waft_storage::{RocksCheckpoint, RocksKv, RocksKvGroup};
 pub struct KvStores(pub KvProvider);
 
 impl KvStores {
-    /// Every group's store in `kv`, each in its own instance.
+    /// Every group's store in `kv`, each in its own instance, opened (or
+    /// created) when the group first uses it: a group whose state machine
+    /// keeps no store has none.
     pub fn rocks(kv: RocksKv) -> KvStores {
         KvStores(Arc::new(move |group| {
-            let store = kv.group(group).map_err(kv_err)?;
-            Ok(Arc::new(Mutex::new(RocksStore(store))) as KvHandle)
+            Ok(Arc::new(Mutex::new(RocksStore { kv: kv.clone(), group, open: OnceLock::new() })) as KvHandle)
         }))
     }
 }
@@ -36,7 +37,30 @@ impl std::fmt::Debug for KvStores {
 }
 
 /// One group's store in RocksDB.
-struct RocksStore(RocksKvGroup);
+struct RocksStore {
+    kv: RocksKv,
+    group: u64,
+    open: OnceLock<RocksKvGroup>,
+}
+
+impl RocksStore {
+    fn store(&self) -> Result<&RocksKvGroup, KvError> {
+        if let Some(store) = self.open.get() {
+            return Ok(store);
+        }
+        let store = self.kv.group(self.group).map_err(kv_err)?;
+        Ok(self.open.get_or_init(|| store))
+    }
+
+    /// The store, if it is open or on disk: reads of one that was never
+    /// written find nothing, and create nothing.
+    fn existing(&self) -> Result<Option<&RocksKvGroup>, KvError> {
+        if self.open.get().is_none() && !self.kv.exists(self.group) {
+            return Ok(None);
+        }
+        self.store().map(Some)
+    }
+}
 
 fn kv_err(e: waft_storage::Error) -> KvError {
     KvError(e.to_string())
@@ -44,7 +68,10 @@ fn kv_err(e: waft_storage::Error) -> KvError {
 
 impl KvStore for RocksStore {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        self.0.get(key).map_err(kv_err)
+        match self.existing()? {
+            Some(store) => store.get(key).map_err(kv_err),
+            None => Ok(None),
+        }
     }
 
     fn scan(
@@ -53,35 +80,50 @@ impl KvStore for RocksStore {
         end: Option<&[u8]>,
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), KvError> {
-        self.0.scan(start, end, visit).map_err(kv_err)
+        match self.existing()? {
+            Some(store) => store.scan(start, end, visit).map_err(kv_err),
+            None => Ok(()),
+        }
     }
 
     fn commit(&mut self, writes: &KvWrites, records: &KvWrites) -> Result<(), KvError> {
-        self.0.commit(writes.iter(), records.iter()).map_err(kv_err)
+        self.store()?.commit(writes.iter(), records.iter()).map_err(kv_err)
     }
 
     fn record(&self, key: &[u8]) -> Result<Option<Vec<u8>>, KvError> {
-        self.0.record(key).map_err(kv_err)
+        match self.existing()? {
+            Some(store) => store.record(key).map_err(kv_err),
+            None => Ok(None),
+        }
     }
 
     fn records(&self, prefix: &[u8], visit: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), KvError> {
-        self.0.records(prefix, visit).map_err(kv_err)
+        match self.existing()? {
+            Some(store) => store.records(prefix, visit).map_err(kv_err),
+            None => Ok(()),
+        }
     }
 
     fn clear(&mut self) -> Result<(), KvError> {
-        self.0.clear().map_err(kv_err)
+        match self.existing()? {
+            Some(store) => store.clear().map_err(kv_err),
+            None => Ok(()),
+        }
     }
 
     fn sync(&mut self) -> Result<(), KvError> {
-        self.0.sync().map_err(kv_err)
+        match self.existing()? {
+            Some(store) => store.sync().map_err(kv_err),
+            None => Ok(()),
+        }
     }
 
     fn capture(&self) -> Result<KvCapture, KvError> {
-        Ok(KvCapture::Files(Box::new(RocksFiles(self.0.checkpoint().map_err(kv_err)?))))
+        Ok(KvCapture::Files(Box::new(RocksFiles(self.store()?.checkpoint().map_err(kv_err)?))))
     }
 
     fn restore(&mut self, files: &[(String, PathBuf)]) -> Result<(), KvError> {
-        self.0.restore(files).map_err(kv_err)
+        self.store()?.restore(files).map_err(kv_err)
     }
 }
 

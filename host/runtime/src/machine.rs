@@ -1666,7 +1666,9 @@ impl StateMachine {
     }
 
     /// Replaces a kv state machine's store with a checkpoint's files (see
-    /// `KvStore::restore`). On an error the store is as it was.
+    /// `KvStore::restore`). On an error the store is as it was, but the
+    /// group must stop (`Recovery`): the snapshot the files came from is
+    /// the node's latest already.
     pub fn restore_kv(&mut self, files: &[(String, std::path::PathBuf)]) -> Result<(), RuntimeError> {
         if !self.module.uses_kv() {
             return Err(RuntimeError::Guest(
@@ -1677,7 +1679,8 @@ impl StateMachine {
         let mut store = store.lock().map_err(|_| RuntimeError::Store("the store's lock is poisoned".into()))?;
         store
             .restore(files)
-            .map_err(|e| RuntimeError::Guest(format!("cannot restore the store from the snapshot's files: {e}")))?;
+            // The snapshot is committed by now: a restart loads it again.
+            .map_err(|e| RuntimeError::Recovery(format!("cannot restore the store from the snapshot's files: {e}")))?;
         self.kv_pending = KvWrites::default();
         self.kv_sum = None;
         Ok(())

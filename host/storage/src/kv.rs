@@ -45,6 +45,9 @@ pub const KV_WRITE_BUFFERS_TOTAL_BYTES: usize = 256 * 1024 * 1024;
 /// first (a flush would wait for the memtable to be written out; the copy
 /// is at most what was written since the last flush).
 const CHECKPOINT_WITHOUT_FLUSH: u64 = u64::MAX;
+/// Files one group's instance keeps open (table files past it are opened
+/// as read), so many groups do not run a node out of descriptors.
+const KV_OPEN_FILES_MAX: i32 = 256;
 /// Buffer for streaming a file through its checksum.
 const CRC_BUFFER_BYTES: usize = 256 * 1024;
 
@@ -138,38 +141,47 @@ impl RocksKv {
         if let Some(slot) = groups.get(&group) {
             return Ok(RocksKvGroup { kv: self.clone(), slot: slot.clone() });
         }
-        let dir = self.inner.root.join(format!("group-{group:020}"));
+        let dir = self.group_dir(group);
         fsutil::create_dir_durable(&dir)?;
-        let mut newest: Option<u64> = None;
-        let mut older = Vec::new();
+        let mut generations = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(Error::io("listing", &dir))? {
             let entry = entry.map_err(Error::io("listing", &dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let generation = name.strip_prefix(GEN_PREFIX).and_then(|g| g.parse::<u64>().ok());
-            match generation {
-                Some(g) if newest.is_none_or(|n| g > n) => older.extend(newest.replace(g)),
-                Some(g) => older.push(g),
+            match name.strip_prefix(GEN_PREFIX).and_then(|g| g.parse::<u64>().ok()) {
+                Some(g) => generations.push(g),
                 // A restore that did not finish, or anything else: not ours to keep.
-                None => {
-                    let path = entry.path();
-                    std::fs::remove_dir_all(&path).map_err(Error::io("removing leftover", &path))?;
-                }
+                None => remove_entry(&entry.path())?,
             }
         }
-        for g in older {
-            let path = dir.join(gen_name(g));
-            std::fs::remove_dir_all(&path).map_err(Error::io("removing a replaced generation", &path))?;
+        generations.sort_unstable();
+        // The newest generation is the store; older ones go only once it
+        // opened (one that does not open is an error to look at, not
+        // something to delete).
+        let db = match generations.last() {
+            Some(&newest) => self.open_db(&dir.join(gen_name(newest)), newest, false)?,
+            None => self.open_db(&dir.join(gen_name(0)), 0, true)?,
+        };
+        for &g in generations.iter().filter(|&&g| g < db.generation) {
+            remove_entry(&dir.join(gen_name(g)))?;
         }
-        let generation = newest.unwrap_or(0);
-        let db = self.open_db(&dir.join(gen_name(generation)), generation)?;
         let slot = Arc::new(Slot { group, dir, db: RwLock::new(Arc::new(db)), crcs: Mutex::new(HashMap::new()) });
         groups.insert(group, slot.clone());
         Ok(RocksKvGroup { kv: self.clone(), slot })
     }
 
-    fn open_db(&self, path: &Path, generation: u64) -> Result<GroupDb> {
+    fn group_dir(&self, group: u64) -> PathBuf {
+        self.inner.root.join(format!("group-{group:020}"))
+    }
+
+    /// Whether group `group` has a store on disk (without opening one).
+    pub fn exists(&self, group: u64) -> bool {
+        self.group_dir(group).is_dir()
+    }
+
+    fn open_db(&self, path: &Path, generation: u64, create: bool) -> Result<GroupDb> {
         let mut opts = Options::default();
-        opts.create_if_missing(true);
+        opts.create_if_missing(create);
+        opts.set_max_open_files(KV_OPEN_FILES_MAX);
         opts.set_paranoid_checks(true);
         // A torn record at the write-ahead log's tail was never acknowledged.
         opts.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
@@ -187,6 +199,12 @@ impl RocksKv {
         })?;
         Ok(GroupDb { db: Some(db), path: path.to_path_buf(), generation, retired: AtomicBool::new(false) })
     }
+}
+
+/// Removes a file or a directory tree.
+fn remove_entry(path: &Path) -> Result<()> {
+    let removed = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    removed.map_err(Error::io("removing leftover", path))
 }
 
 fn gen_name(generation: u64) -> String {
@@ -343,13 +361,19 @@ impl RocksKvGroup {
             fsutil::sync_dir(&tmp)?;
             std::fs::rename(&tmp, &target).map_err(Error::io("renaming into place", &target))?;
             fsutil::sync_dir(&self.slot.dir)?;
-            self.kv.open_db(&target, generation)
+            // No table file is made up: a checkpoint without its CURRENT
+            // file does not open.
+            self.kv.open_db(&target, generation, false)
         })();
         let db = match built {
             Ok(db) => db,
             Err(e) => {
+                // Out of the generations' names first, so a crash while it
+                // is removed never leaves a half of it to open.
+                if target.exists() && std::fs::rename(&target, &tmp).is_ok() {
+                    let _ = fsutil::sync_dir(&self.slot.dir);
+                }
                 let _ = std::fs::remove_dir_all(&tmp);
-                let _ = std::fs::remove_dir_all(&target);
                 return Err(e);
             }
         };
@@ -550,11 +574,16 @@ mod tests {
         assert_eq!(b.get(b"after").unwrap(), None, "nothing after the checkpoint");
         assert_eq!(b.record(b"applied").unwrap(), Some(b"9".to_vec()));
         assert_eq!(pairs(&b, b"", None).len(), 2_001);
-        assert_eq!(pairs(&b, b"", None), pairs(&b, b"", None));
         let old = reader.path.clone();
         assert!(old.exists(), "the old generation stays while something reads it");
         drop(reader);
         assert!(!old.exists(), "then goes");
+        let tables: Vec<(String, PathBuf)> = named.iter().filter(|(name, _)| name.ends_with(".sst")).cloned().collect();
+        assert!(b.restore(&tables).is_err(), "a checkpoint without its CURRENT file is not a store");
+        let names: Vec<String> =
+            std::fs::read_dir(&b.slot.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into()).collect();
+        assert_eq!(names, [gen_name(1)], "a failed restore leaves no generation behind");
+        assert_eq!(pairs(&b, b"", None).len(), 2_001, "and the store as it was");
         drop(checkpoint);
         for f in &files {
             assert!(!f.path.exists(), "a dropped checkpoint leaves nothing");

@@ -274,6 +274,19 @@ impl SnapshotStore {
     /// Opens a snapshot for reading after verifying its meta and every file's
     /// size and checksum. The snapshot stays on disk while the reader lives.
     pub fn open_snapshot(&self, group: u64, id: SnapshotId) -> Result<SnapshotReader> {
+        self.open_with(group, id, true)
+    }
+
+    /// Opens a snapshot to send to a follower: verifies its meta but not
+    /// its files, which would read the whole snapshot for every chunk
+    /// served. The follower checks every file's size and checksum against
+    /// the meta as it commits, so what the leader's disk damaged is refused
+    /// there.
+    pub fn open_for_transfer(&self, group: u64, id: SnapshotId) -> Result<SnapshotReader> {
+        self.open_with(group, id, false)
+    }
+
+    fn open_with(&self, group: u64, id: SnapshotId, verify_files: bool) -> Result<SnapshotReader> {
         {
             let mut groups = self.lock();
             let snaps = groups.get_mut(&group).filter(|g| g.complete.contains(&id));
@@ -285,7 +298,10 @@ impl SnapshotStore {
         // From here the hold is released by the guard's Drop, also on error.
         let hold = Hold { store: self.clone(), group, id };
         let dir = self.snapshot_dir(group, id);
-        let meta = verify(&dir, id)?;
+        let meta = read_meta(&dir, id)?;
+        if verify_files {
+            verify_files_of(&dir, &meta)?;
+        }
         Ok(SnapshotReader { hold, dir, meta })
     }
 
@@ -440,7 +456,7 @@ impl SnapshotStore {
 }
 
 /// Reads a snapshot's meta and checks every file against it.
-fn verify(dir: &Path, id: SnapshotId) -> Result<SnapshotMeta> {
+fn read_meta(dir: &Path, id: SnapshotId) -> Result<SnapshotMeta> {
     let meta_path = dir.join(META_NAME);
     let file = match File::open(&meta_path) {
         Ok(file) => file,
@@ -468,6 +484,11 @@ fn verify(dir: &Path, id: SnapshotId) -> Result<SnapshotMeta> {
             ),
         });
     }
+    Ok(meta)
+}
+
+/// Checks every file of a snapshot against its meta: size and checksum.
+fn verify_files_of(dir: &Path, meta: &SnapshotMeta) -> Result<()> {
     let mut buffer = vec![0u8; VERIFY_BUFFER_BYTES];
     for expected in &meta.files {
         let path = dir.join(&expected.name);
@@ -495,7 +516,7 @@ fn verify(dir: &Path, id: SnapshotId) -> Result<SnapshotMeta> {
             return Err(Error::SnapshotChecksum { path, expected: expected.crc32, actual });
         }
     }
-    Ok(meta)
+    Ok(())
 }
 
 /// One reader's claim on a snapshot; dropping it may let the snapshot go.

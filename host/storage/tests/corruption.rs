@@ -35,10 +35,22 @@ fn flipped_byte_in_snapshot_file() {
     let err = store.open_snapshot(1, id).err().expect("damage must be detected");
     assert!(matches!(err, Error::SnapshotChecksum { .. }), "{err}");
     assert_names(&err, &file);
-    // Detected again after a restart, and still never served.
+    // Detected again after a restart, and never loaded.
     drop(store);
     let store = SnapshotStore::open(scratch.join("snaps")).expect("reopen");
     assert!(matches!(store.open_latest(1), Err(Error::SnapshotChecksum { .. })));
+    // Sent to a follower, whose install refuses it as it commits (the
+    // leader does not read the whole snapshot for every chunk it serves).
+    let reader = store.open_for_transfer(1, id).expect("a transfer reads the meta only");
+    let follower = SnapshotStore::open(scratch.join("follower")).expect("open");
+    let mut w = follower.begin_install(1, reader.meta().clone()).expect("begin install");
+    for f in &reader.meta().files {
+        let data = reader.read_chunk(&f.name, 0, f.size as usize).expect("read");
+        w.write_chunk(&f.name, 0, &data).expect("write");
+    }
+    let err = w.commit().expect_err("the follower must refuse the damaged file");
+    assert!(matches!(err, Error::SnapshotChecksum { .. }), "{err}");
+    assert!(follower.latest(1).is_none(), "nothing installed");
 }
 
 #[test]
