@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use rocksdb::checkpoint::Checkpoint;
 use rocksdb::{
-    BlockBasedOptions, Cache, DB, DBCompressionType, DBRecoveryMode, Options, ReadOptions, WriteBatch,
+    BlockBasedOptions, Cache, DB, DBCompressionType, DBRecoveryMode, FlushOptions, Options, ReadOptions, WriteBatch,
     WriteBufferManager, WriteOptions,
 };
 
@@ -328,6 +328,12 @@ impl RocksKvGroup {
         let made = checkpoint.create_checkpoint_with_log_size(&dir, CHECKPOINT_WITHOUT_FLUSH);
         let checkpoint = RocksCheckpoint { dir, slot: self.slot.clone(), generation: db.generation };
         made.map_err(self.err(&db, "writing a checkpoint"))?;
+        // The next checkpoint copies the log written since this flush, not
+        // since the memtable last filled: a small store that snapshots often
+        // would otherwise copy up to a memtable's worth of log every time.
+        let mut flush = FlushOptions::default();
+        flush.set_wait(false);
+        db.db().flush_opt(&flush).map_err(self.err(&db, "starting a flush"))?;
         Ok(checkpoint)
     }
 
