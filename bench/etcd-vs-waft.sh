@@ -316,7 +316,7 @@ for w in $WORKLOADS; do
             "$BENCH_BIN" --target "$(target_of "$system")" --endpoints "$(endpoints "$system")" --group "$WAFT_GROUP" \
             $(workload_args "$w") --value-bytes "$VALUE_BYTES" --keys "$KEYS" \
             --duration-secs "$BENCH_SECS" --warmup-secs "$WARMUP_SECS" \
-            --label "$w" --json-out "$LOGS.json" ||
+            --label "$w" --json-out "$LOGS.json" --server-pids "$(IFS=,; echo "${PIDS[*]}")" ||
             say "$w on $system failed; see $LOGS.progress"
         stop_all
     done
@@ -328,25 +328,32 @@ done
 # median of the numbers on stdin, one a line
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit 1; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
-# row workload system -> "ops p50_ms p99_ms errors load runs" (medians over
-# the rounds; errors summed; runs: each round's ops/s) or nothing
+# row workload system -> "ops p50_ms p99_ms srv_us cli_us errors load runs"
+# (medians over the rounds; srv_us, cli_us: CPU microseconds per operation
+# of the three servers together and of the client, - when unread; errors
+# summed; runs: each round's ops/s) or nothing
 row() {
-    local f fs=() ops p50 p99 errors load runs
+    local f fs=() ops p50 p99 srv cli errors load runs
     for f in "$BENCH_ROOT/results/$1-$2".r*.json; do [ -f "$f" ] && fs+=("$f"); done
     [ "${#fs[@]}" -gt 0 ] || return 1
     ops=$(jq -r .ops_per_sec "${fs[@]}" | median)
     p50=$(jq -r '.latency_us.all.p50_us / 1000' "${fs[@]}" | median)
     p99=$(jq -r '.latency_us.all.p99_us / 1000' "${fs[@]}" | median)
+    srv=$(jq -r '.server_cpu_us_per_op // empty' "${fs[@]}" | median || echo -)
+    cli=$(jq -r '.client_cpu_us_per_op // empty' "${fs[@]}" | median || echo -)
     errors=$(jq -r .errors "${fs[@]}" | awk '{ s += $1 } END { print s + 0 }')
     load=$(cat "${fs[@]/%.json/.load}" 2>/dev/null | median || echo -)
     runs=$(jq -r '.ops_per_sec | floor' "${fs[@]}" | paste -sd/ -)
-    echo "$ops $p50 $p99 $errors $load $runs"
+    echo "$ops $p50 $p99 $srv $cli $errors $load $runs"
 }
+
+# one decimal, or - for a figure that was not read
+fmt1() { if [ "$1" = - ]; then echo -; else awk -v v="$1" 'BEGIN { printf "%.1f", v }'; fi; }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b }'; }
 
 {
-    printf '%-9s %-11s %10s %9s %9s %7s %8s %11s %6s  %s\n' workload system ops/s "p50 ms" "p99 ms" errors "x etcd" "wasm/native" load "runs ops/s"
+    printf '%-9s %-11s %10s %9s %9s %10s %10s %7s %8s %11s %6s  %s\n' workload system ops/s "p50 ms" "p99 ms" "srv us/op" "cli us/op" errors "x etcd" "wasm/native" load "runs ops/s"
     for w in $WORKLOADS; do
         etcd_ops="" native_ops=""
         r=$(row "$w" etcd || true)
@@ -359,11 +366,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b }'; }
                 printf '%-9s %-11s %10s\n' "$w" "$system" failed
                 continue
             fi
-            read -r ops p50 p99 errors load runs <<<"$r"
+            read -r ops p50 p99 srv cli errors load runs <<<"$r"
             x_etcd="" wasm_native=""
             if [ "$system" != etcd ] && [ -n "$etcd_ops" ]; then x_etcd=$(ratio "$ops" "$etcd_ops"); fi
             if [ "$system" != etcd ] && [ "$system" != waft-native ] && [ -n "$native_ops" ]; then wasm_native=$(ratio "$ops" "$native_ops"); fi
-            printf '%-9s %-11s %10.0f %9.2f %9.2f %7d %8s %11s %6s  %s\n' "$w" "$system" "$ops" "$p50" "$p99" "$errors" "$x_etcd" "$wasm_native" "$load" "$runs"
+            printf '%-9s %-11s %10.0f %9.2f %9.2f %10s %10s %7d %8s %11s %6s  %s\n' "$w" "$system" "$ops" "$p50" "$p99" "$(fmt1 "$srv")" "$(fmt1 "$cli")" "$errors" "$x_etcd" "$wasm_native" "$load" "$runs"
         done
     done
 } | tee "$BENCH_ROOT/results/table.txt"
@@ -374,5 +381,6 @@ for system in $SYSTEMS; do
     done
 done
 say "medians over $ROUNDS round(s); x etcd: ops/s over etcd's; wasm/native: waft's ops/s over waft-native's"
+say "srv us/op: CPU time (user + system) of the three servers together per operation over the measured window; cli us/op: the load generator's"
 say "load: the 1-minute load average as each run began (the run before it counts too); well above $(nproc), the cores, means something else was running"
 say "results (JSON per run, progress, server logs): $BENCH_ROOT/results"

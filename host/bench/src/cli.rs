@@ -136,6 +136,11 @@ pub struct Args {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// The servers' process ids (comma-separated, on this machine): their
+    /// CPU time over the measured window goes into the result, per
+    /// operation, beside this client's own.
+    #[arg(long, value_delimiter = ',')]
+    pub server_pids: Vec<u32>,
 }
 
 /// When the measured part of a run ends.
@@ -180,6 +185,7 @@ pub struct Plan {
     pub json_out: Option<PathBuf>,
     pub label: Option<String>,
     pub progress: bool,
+    pub server_pids: Vec<u32>,
 }
 
 fn invalid(what: impl Into<String>) -> BenchError {
@@ -295,6 +301,7 @@ impl Args {
             json_out: self.json_out.clone(),
             label: self.label.clone(),
             progress: !self.quiet,
+            server_pids: self.server_pids.clone(),
         })
     }
 }

@@ -33,6 +33,7 @@
 //! i64 values, so waft sets a 256-byte key (see [`workload::payload_note`]).
 
 pub mod cli;
+pub mod cpu;
 pub mod driver;
 pub mod run;
 pub mod stats;

@@ -85,6 +85,7 @@ pub async fn measure(plan: Plan) -> Result<Report, BenchError> {
     }
     let warmup = started.elapsed();
     let measure_start = Instant::now();
+    let cpu_before = crate::cpu::Sample::take(&plan.server_pids);
     let mut tally = Tally::default();
     if interrupted {
         shared.phase.store(STOP, Ordering::Release);
@@ -106,10 +107,13 @@ pub async fn measure(plan: Plan) -> Result<Report, BenchError> {
     // In-flight operations answer (or time out) within request_timeout.
     join_all(&mut clients, &mut tally).await;
     let elapsed = measure_start.elapsed();
+    let (server_cpu_us, client_cpu_us) = crate::cpu::Sample::take(&plan.server_pids).since(&cpu_before);
     if let Some(p) = progress {
         p.abort();
     }
-    Ok(Report::new(&plan, Measured { tally, warmup, elapsed, prefilled: plan.prefill, interrupted }))
+    let measured =
+        Measured { tally, warmup, elapsed, prefilled: plan.prefill, interrupted, server_cpu_us, client_cpu_us };
+    Ok(Report::new(&plan, measured))
 }
 
 /// Merges each finished client's tally. Cancel-safe: a client joined

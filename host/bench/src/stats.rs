@@ -194,6 +194,20 @@ pub struct Report {
     pub error_kinds: BTreeMap<String, ErrorKind>,
     /// True when the run was stopped early (Ctrl-C).
     pub interrupted: bool,
+    /// CPU time (user + system) of the servers named by --server-pids
+    /// together over the measured window, and per successful operation;
+    /// none without --server-pids or when one could not be read.
+    pub server_cpu_us: Option<u64>,
+    pub server_cpu_us_per_op: Option<f64>,
+    /// This client's own CPU time over the measured window, and per
+    /// successful operation.
+    pub client_cpu_us: Option<u64>,
+    pub client_cpu_us_per_op: Option<f64>,
+}
+
+/// CPU microseconds per operation (none for none, or without operations).
+fn per_op(cpu_us: Option<u64>, ops: u64) -> Option<f64> {
+    cpu_us.filter(|_| ops > 0).map(|us| us as f64 / ops as f64)
 }
 
 /// The measured numbers that go into a [`Report`] next to the plan's.
@@ -203,6 +217,8 @@ pub struct Measured {
     pub elapsed: Duration,
     pub prefilled: bool,
     pub interrupted: bool,
+    pub server_cpu_us: Option<u64>,
+    pub client_cpu_us: Option<u64>,
 }
 
 impl Report {
@@ -240,6 +256,10 @@ impl Report {
             },
             error_kinds: m.tally.errors.kinds,
             interrupted: m.interrupted,
+            server_cpu_us: m.server_cpu_us,
+            server_cpu_us_per_op: per_op(m.server_cpu_us, ops),
+            client_cpu_us: m.client_cpu_us,
+            client_cpu_us_per_op: per_op(m.client_cpu_us, ops),
         }
     }
 
@@ -278,6 +298,12 @@ impl Report {
             self.errors
         );
         out += &format!("throughput: {:.1} ops/s\n", self.ops_per_sec);
+        let cpu = |per_op: Option<f64>| per_op.map_or_else(|| "-".to_string(), |us| format!("{us:.1}"));
+        out += &format!(
+            "cpu per op: servers {} µs, client {} µs\n",
+            cpu(self.server_cpu_us_per_op),
+            cpu(self.client_cpu_us_per_op)
+        );
         out += &format!(
             "{:<8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
             "latency", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms", "mean ms"

@@ -148,6 +148,8 @@ fn the_json_has_the_fields_the_script_reads() {
             elapsed: Duration::from_secs(2),
             prefilled: true,
             interrupted: false,
+            server_cpu_us: Some(3_000),
+            client_cpu_us: None,
         },
     );
     let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("the report is JSON");
@@ -168,10 +170,13 @@ fn the_json_has_the_fields_the_script_reads() {
         }
     }
     assert_eq!(json["latency_us"]["all"]["count"], 200);
+    assert_eq!((json["server_cpu_us"].as_u64(), json["server_cpu_us_per_op"].as_f64()), (Some(3_000), Some(15.0)));
+    assert!(json["client_cpu_us_per_op"].is_null(), "a figure that could not be read is null, not 0");
     assert_eq!(json["error_kinds"]["refused ERROR_CODE_TIMEOUT"]["count"], 1);
     assert!(json["payload"].as_str().is_some_and(|s| s.contains("256-byte key")));
     assert_eq!(json["write_request_bytes"], waft_bench::workload::waft_set(0, 0, 256).len());
     let text = report.to_text();
     assert!(text.contains("throughput: 100.0 ops/s"), "{text}");
+    assert!(text.contains("cpu per op: servers 15.0 µs, client - µs"), "{text}");
     assert!(text.contains("p99.9"), "{text}");
 }
