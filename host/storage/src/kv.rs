@@ -118,6 +118,7 @@ impl RocksKv {
             std::fs::remove_dir_all(&checkpoints).map_err(Error::io("removing leftover checkpoints", &checkpoints))?;
         }
         std::fs::create_dir_all(&checkpoints).map_err(Error::io("creating", &checkpoints))?;
+        remove_shared_layout(&root)?;
         let cache = Cache::new_lru_cache(KV_BLOCK_CACHE_BYTES);
         let buffers = WriteBufferManager::new_write_buffer_manager(KV_WRITE_BUFFERS_TOTAL_BYTES, false);
         Ok(RocksKv {
@@ -199,6 +200,27 @@ impl RocksKv {
         })?;
         Ok(GroupDb { db: Some(db), path: path.to_path_buf(), generation, retired: AtomicBool::new(false) })
     }
+}
+
+/// Removes the files of the layout before this one, where every group's
+/// pairs shared one RocksDB instance at the root: nothing reads them now
+/// (each group's state comes back from its snapshot and log, as for a
+/// store that was lost).
+fn remove_shared_layout(root: &Path) -> Result<()> {
+    if !root.join("CURRENT").is_file() {
+        return Ok(());
+    }
+    let mut removed = 0;
+    for entry in std::fs::read_dir(root).map_err(Error::io("listing", root))? {
+        let entry = entry.map_err(Error::io("listing", root))?;
+        let path = entry.path();
+        if path.is_file() {
+            std::fs::remove_file(&path).map_err(Error::io("removing the shared layout's", &path))?;
+            removed += 1;
+        }
+    }
+    tracing::info!(path = %root.display(), files = removed, "removed the key-value stores' shared instance of an older layout");
+    fsutil::sync_dir(root)
 }
 
 /// Removes a file or a directory tree.
@@ -543,6 +565,30 @@ mod tests {
         assert_eq!(a.record(b"applied").unwrap(), None, "clearing removes the records too");
         assert_eq!(b.get(b"x").unwrap(), Some(b"3".to_vec()), "clearing one group leaves the others");
         drop((a, b));
+        drop(kv);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_shared_instance_of_the_older_layout_is_removed_on_open() {
+        let dir = std::env::temp_dir().join(format!("waft-kv-layout-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            let old = DB::open(&opts, &dir).unwrap();
+            old.put(b"\0\0\0\0\0\0\0\x01dk", b"v").unwrap();
+        }
+        assert!(dir.join("CURRENT").exists());
+        let kv = RocksKv::open(&dir).unwrap();
+        assert!(!dir.join("CURRENT").exists(), "the old instance's files are gone");
+        let g = kv.group(1).unwrap();
+        assert_eq!(g.get(b"k").unwrap(), None);
+        put(&g, b"k", b"new");
+        drop(g);
+        drop(kv);
+        let kv = RocksKv::open(&dir).unwrap();
+        assert_eq!(kv.group(1).unwrap().get(b"k").unwrap(), Some(b"new".to_vec()), "the new layout stays");
         drop(kv);
         let _ = std::fs::remove_dir_all(&dir);
     }

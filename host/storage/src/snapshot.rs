@@ -22,8 +22,10 @@ use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::module::ModuleHash;
 
-/// Most files one snapshot may hold (each is open while a writer fills it).
-pub const SNAPSHOT_FILES_MAX: usize = 1024;
+/// Most files one snapshot may hold: a kv store's checkpoint has one per
+/// table file (64 MiB each, so about 1 TiB). A writer keeps a file open
+/// only while it fills it.
+pub const SNAPSHOT_FILES_MAX: usize = 16_384;
 /// Largest chunk a writer accepts or a reader returns in one call.
 pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Largest meta file read back (configuration bytes plus the file list).
@@ -586,7 +588,10 @@ impl SnapshotReader {
 }
 
 struct PartFile {
-    file: File,
+    /// Open while it is being written; closed (synced) once an install's
+    /// file holds every byte its meta promised, and never open for a file
+    /// moved in whole, so a snapshot of many files holds few descriptors.
+    file: Option<File>,
     len: u64,
     hasher: crc32fast::Hasher,
     /// Bytes written since the file was last synced.
@@ -657,12 +662,20 @@ impl SnapshotWriter {
             return Err(refuse(format!("chunk of {name:?} at offset {offset}, but the next offset is {}", part.len)));
         }
         let path = self.tmp_dir.join(name);
-        part.file.write_all(data).map_err(Error::io("writing", &path))?;
+        let Some(file) = part.file.as_mut() else {
+            return Err(refuse(format!("file {name:?} is complete")));
+        };
+        file.write_all(data).map_err(Error::io("writing", &path))?;
         part.hasher.update(data);
         part.len += data.len() as u64;
         part.unsynced += data.len() as u64;
-        if part.unsynced >= SNAPSHOT_SYNC_EVERY_BYTES {
-            part.file.sync_data().map_err(Error::io("fsyncing", &path))?;
+        let complete = self.expected.as_ref().and_then(|e| e.get(name)).is_some_and(|f| f.size == part.len);
+        if complete {
+            file.sync_all().map_err(Error::io("fsyncing", &path))?;
+            part.file = None;
+            part.unsynced = 0;
+        } else if part.unsynced >= SNAPSHOT_SYNC_EVERY_BYTES {
+            file.sync_data().map_err(Error::io("fsyncing", &path))?;
             part.unsynced = 0;
         }
         Ok(())
@@ -672,7 +685,8 @@ impl SnapshotWriter {
     fn create_part(&mut self, name: &str) -> Result<()> {
         let path = self.tmp_dir.join(name);
         let file = File::create(&path).map_err(Error::io("creating", &path))?;
-        let part = PartFile { file, len: 0, hasher: crc32fast::Hasher::new(), unsynced: 0, adopted_crc: None };
+        let part =
+            PartFile { file: Some(file), len: 0, hasher: crc32fast::Hasher::new(), unsynced: 0, adopted_crc: None };
         self.files.insert(name.to_string(), part);
         Ok(())
     }
@@ -697,12 +711,14 @@ impl SnapshotWriter {
         if std::fs::rename(from, &to).is_err() {
             std::fs::copy(from, &to).map_err(Error::io("copying into a snapshot", &to))?;
         }
-        let file = File::open(&to).map_err(Error::io("opening", &to))?;
-        let len = file.metadata().map_err(Error::io("inspecting", &to))?.len();
+        let len = std::fs::metadata(&to).map_err(Error::io("inspecting", &to))?.len();
         if len != size {
             return Err(Error::SnapshotFileSize { path: to, expected: size, actual: len });
         }
-        let part = PartFile { file, len, hasher: crc32fast::Hasher::new(), unsynced: 0, adopted_crc: Some(crc32) };
+        // Synced at commit (the table files RocksDB synced already; its
+        // copies maybe not).
+        let part =
+            PartFile { file: None, len, hasher: crc32fast::Hasher::new(), unsynced: 1, adopted_crc: Some(crc32) };
         self.files.insert(name.to_string(), part);
         Ok(())
     }
@@ -728,7 +744,14 @@ impl SnapshotWriter {
         let mut files = Vec::with_capacity(self.files.len());
         for (name, part) in &self.files {
             let path = self.tmp_dir.join(name);
-            part.file.sync_all().map_err(Error::io("fsyncing", &path))?;
+            match &part.file {
+                Some(file) => file.sync_all().map_err(Error::io("fsyncing", &path))?,
+                // Moved in whole and not synced since: open it to sync.
+                None if part.unsynced > 0 => {
+                    File::open(&path).and_then(|f| f.sync_all()).map_err(Error::io("fsyncing", &path))?
+                }
+                None => {}
+            }
             let crc32 = part.adopted_crc.unwrap_or_else(|| part.hasher.clone().finalize());
             let file = SnapshotFile { name: name.clone(), size: part.len, crc32 };
             if let Some(want) = self.expected.as_ref().and_then(|e| e.get(name)) {

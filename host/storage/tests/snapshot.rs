@@ -176,3 +176,38 @@ fn crash_leftovers_are_cleaned_at_open() {
     assert_eq!(store.list(1), vec![s2]);
     assert!(store.open_snapshot(1, s2).is_ok());
 }
+
+/// A kv store's checkpoint has a file per table file: a snapshot of more
+/// files than a node may hold open is saved (files moved in whole) and
+/// installed (each closed once complete), and every byte arrives.
+#[test]
+fn a_snapshot_of_thousands_of_files_saves_and_installs() {
+    let scratch = common::Scratch::new("snap-many-files");
+    let leader = SnapshotStore::open(scratch.join("leader")).expect("open");
+    let follower = SnapshotStore::open(scratch.join("follower")).expect("open");
+    let loose = scratch.join("loose");
+    std::fs::create_dir_all(&loose).expect("mkdir");
+    let mut w = leader.begin_save(1, 9, 1, Bytes::from_static(b"cfg"), ModuleHash::of(b"m")).expect("begin");
+    for i in 0..3_000u32 {
+        let bytes = data(100 + i as usize % 50, i as u8);
+        let path = loose.join(format!("{i}.sst"));
+        std::fs::write(&path, &bytes).expect("write");
+        w.adopt(&format!("kv-{i}.sst"), &path, bytes.len() as u64, crc32fast::hash(&bytes)).expect("adopt");
+        assert!(!path.exists(), "moved, not copied");
+    }
+    assert!(w.adopt("kv-0.sst", &loose.join("none"), 0, 0).is_err(), "a name twice is refused");
+    w.commit().expect("commit");
+    let source = leader.open_latest(1).expect("open").expect("present");
+    assert_eq!(source.meta().files.len(), 3_000);
+    let meta = snapshot_meta_roundtrip(source.meta());
+    let mut w = follower.begin_install(1, meta.clone()).expect("begin install");
+    for file in &meta.files {
+        let chunk = source.read_chunk(&file.name, 0, file.size as usize).expect("chunk");
+        w.write_chunk(&file.name, 0, &chunk).expect("write");
+        assert!(w.write_chunk(&file.name, file.size, b"x").is_err(), "nothing past a complete file");
+    }
+    w.commit().expect("commit");
+    let installed = follower.open_latest(1).expect("open").expect("present");
+    assert_eq!(installed.meta().files, source.meta().files);
+    assert_eq!(read_all(&installed, "kv-2999.sst"), data(100 + 2_999 % 50, (2_999u32 % 256) as u8));
+}
