@@ -453,6 +453,7 @@ impl Replica {
         if replica.sm.uses_kv() {
             replica.space_kv_snapshots()?;
         }
+        replica.align_snapshots();
         Ok(replica)
     }
 
@@ -940,6 +941,7 @@ impl Replica {
     /// table and then, in batches, the guest; the leader's empty no-ops
     /// skipped; configurations through their hook.
     fn apply(&mut self, entries: &[waft_raft::Entry], out: &mut Output) -> Result<()> {
+        self.align_snapshots();
         let first = out.applied.len();
         let mut batch = Batch::default();
         for e in entries {
@@ -1464,6 +1466,17 @@ impl Replica {
 
     // ------------------------------------------------------------ snapshots
 
+    /// An in-memory state is saved whole at every digest point; its
+    /// snapshots come there too and reuse that save (`checkpoint_now`),
+    /// rather than save it again elsewhere, when digests come at least as
+    /// often as the snapshot margin (so a snapshot waits at most one more
+    /// interval). A kv state's snapshots cost little anywhere.
+    fn align_snapshots(&mut self) {
+        let interval = self.settings.digest_interval;
+        let aligned = !self.sm.uses_kv() && interval > 0 && interval <= self.snapshot_margin_entries;
+        self.node.set_snapshot_points(if aligned { interval } else { 0 });
+    }
+
     fn snapshot_and_compact(
         &mut self,
         snapshots: &SnapshotStore,
@@ -1589,10 +1602,15 @@ impl Replica {
             Err(e) => return Err(self.runtime_err(e)),
         };
         if kv.is_none() {
-            writer = match self.sm.save_snapshot(StateSink { writer }) {
-                Ok((sink, _bytes)) => sink.writer,
+            // The state saved at the digest point this snapshot sits on
+            // (`set_snapshot_points`), or saved now.
+            let state = match self.sm.checkpoint_now() {
+                Ok(state) => state,
                 Err(e) => return Err(self.runtime_err(e)),
             };
+            for chunk in state.chunks(SNAPSHOT_CHUNK_BYTES_MAX) {
+                writer.append(STATE_FILE, chunk).map_err(storage_err)?;
+            }
         }
         Ok(SnapshotJob { meta: meta.clone(), writer, kv, epoch: self.state_epoch })
     }

@@ -82,7 +82,9 @@ fn a_follower_whose_state_differs_is_fenced_then_rebuilt_and_ends_identical() {
     let rebuilt = tick_until(&mut c, 100, |c| c.replica(3).digest_status().rebuilds == 1);
     let s = c.replica(3).digest_status().clone();
     assert!(rebuilt, "node 3 was not rebuilt: {s:?}");
-    assert_eq!(s.mismatches, 1, "one verdict found node 3 different: {s:?}");
+    // A fenced replica goes on applying: the next digest point's verdict
+    // may find it different again before its rebuild lands.
+    assert!((1..=2).contains(&s.mismatches), "a verdict found node 3 different: {s:?}");
     assert!(s.fence.is_none(), "the fence lifted: {s:?}");
     assert!(c.installs >= 1, "node 3 took the leader's snapshot");
     for id in [1, 2] {

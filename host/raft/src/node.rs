@@ -286,6 +286,9 @@ pub struct RawNode {
     /// The caller asked for a snapshot now (`request_snapshot`), whatever the
     /// margin; cleared when the request goes out.
     snapshot_asked: bool,
+    /// Non-zero: the snapshots the margin asks for come only at multiples
+    /// of this index, and no apply batch crosses one (`set_snapshot_points`).
+    snapshot_every: u64,
     /// The hard state last handed out in a Ready (a change makes the next
     /// Ready carry one).
     prev_hard: HardState,
@@ -394,6 +397,7 @@ impl RawNode {
             snapshot_install: None,
             snapshot_in_progress: false,
             snapshot_asked: false,
+            snapshot_every: 0,
             prev_hard,
             prev_soft: SoftState { role: Role::Follower, leader: NONE, term: prev_hard.term },
             persisted_term: prev_hard.term,
@@ -900,6 +904,16 @@ impl RawNode {
             || (self.snapshot_asked && self.snapshot_allowed() && self.log.applied > self.log.snap_index)
     }
 
+    /// Snapshots the margin asks for come only at multiples of `every`
+    /// (0: at whatever index was applied), and no batch of committed
+    /// entries crosses one, so the applied index lands on each: the host
+    /// saves its state there anyway (a state digest) and the snapshot
+    /// reuses that save. A snapshot asked for (`request_snapshot`) comes
+    /// at once, wherever.
+    pub fn set_snapshot_points(&mut self, every: u64) {
+        self.snapshot_every = every;
+    }
+
     /// Asks for a snapshot at the applied index as soon as none is being
     /// saved or installed, even before `snapshot_margin_entries` is reached
     /// (an operator's "snapshot now", or a time-based interval). If nothing
@@ -947,12 +961,19 @@ impl RawNode {
         rd.entries = self.log.take_unstable();
         rd.messages = std::mem::take(&mut self.msgs);
         rd.messages_after_persist = std::mem::take(&mut self.msgs_after_persist);
-        rd.committed_entries = self.log.take_committed(self.cfg.apply_entries_max);
+        let mut take = self.cfg.apply_entries_max;
+        if let Some(points) = self.log.applied.checked_div(self.snapshot_every) {
+            // Stop at the next snapshot point, so a batch ends there.
+            let next = points.saturating_add(1).saturating_mul(self.snapshot_every);
+            take = take.min(usize::try_from(next - self.log.applied).unwrap_or(usize::MAX));
+        }
+        rd.committed_entries = self.log.take_committed(take);
         rd.read_states = std::mem::take(&mut self.read_states);
         rd.snapshot_install = self.snapshot_install.take();
         let margin = self.log.applied - self.log.snap_index;
+        let at_point = self.snapshot_every == 0 || self.log.applied.is_multiple_of(self.snapshot_every);
         if self.snapshot_allowed()
-            && (margin >= self.cfg.snapshot_margin_entries || (self.snapshot_asked && margin > 0))
+            && ((margin >= self.cfg.snapshot_margin_entries && at_point) || (self.snapshot_asked && margin > 0))
         {
             self.snapshot_asked = false;
             let index = self.log.applied;

@@ -361,6 +361,32 @@ fn snapshot_requested_past_margin_and_log_compacted() {
 }
 
 #[test]
+fn snapshots_at_points_come_only_there_and_batches_end_on_them() {
+    let mut t = Manual::new(3, &[1, 2, 3], |c| c.snapshot_margin_entries = 10);
+    for id in 1..=3 {
+        t.raft_mut(id).set_snapshot_points(8);
+    }
+    t.elect(1);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        // Several entries commit together, so batches would cross points.
+        for _ in 0..3 {
+            t.propose(1, b"s").unwrap();
+        }
+        t.deliver();
+        for id in 1..=3 {
+            let index = t.raft(id).snapshot_meta().index;
+            assert_eq!(index % 8, 0, "node {id}: a margin's snapshot at {index}, not at a point");
+            seen.insert(index);
+        }
+    }
+    assert!(seen.len() >= 5, "snapshots went on at the points: {seen:?}");
+    for id in 1..=3 {
+        assert!(t.raft(id).log_entries().len() <= 10 + 8, "node {id} keeps at most the margin and a point's gap");
+    }
+}
+
+#[test]
 fn snapshot_on_request_before_the_margin_and_only_when_something_applied() {
     let mut t = Manual::new(3, &[1, 2, 3], |c| c.snapshot_margin_entries = 1000);
     t.elect(1);
