@@ -718,7 +718,7 @@ impl SnapshotWriter {
         // Synced at commit (the table files RocksDB synced already; its
         // copies maybe not).
         let part =
-            PartFile { file: None, len, hasher: crc32fast::Hasher::new(), unsynced: 1, adopted_crc: Some(crc32) };
+            PartFile { file: None, len, hasher: crc32fast::Hasher::new(), unsynced: 0, adopted_crc: Some(crc32) };
         self.files.insert(name.to_string(), part);
         Ok(())
     }
@@ -746,8 +746,9 @@ impl SnapshotWriter {
             let path = self.tmp_dir.join(name);
             match &part.file {
                 Some(file) => file.sync_all().map_err(Error::io("fsyncing", &path))?,
-                // Moved in whole and not synced since: open it to sync.
-                None if part.unsynced > 0 => {
+                // Moved in whole: open it to sync (an install's file closed
+                // when complete was synced then).
+                None if part.adopted_crc.is_some() => {
                     File::open(&path).and_then(|f| f.sync_all()).map_err(Error::io("fsyncing", &path))?
                 }
                 None => {}
