@@ -361,6 +361,7 @@ impl Host {
         };
         let mut replica = replica;
         replica.set_offload(Some(guest_offload()));
+        replica.set_spawn(Some(guest_spawn()));
         replica.set_background_snapshots(true);
         if let Some(at) = self.cfg.test_diverge_at {
             replica.inject_divergence(at);
@@ -473,6 +474,16 @@ fn guest_offload() -> waft_runtime::machine::Offload {
             tokio::task::block_in_place(work)
         }
         _ => work(),
+    })
+}
+
+/// Where a group's state machine saves an in-memory state at its
+/// checkpoints: tokio's blocking pool, beside the group's applies. Off a
+/// runtime (a tool, a test), a thread of its own.
+fn guest_spawn() -> waft_runtime::machine::Spawn {
+    std::sync::Arc::new(|job: Box<dyn FnOnce() + Send>| match tokio::runtime::Handle::try_current() {
+        Ok(handle) => drop(handle.spawn_blocking(job)),
+        Err(_) => drop(std::thread::spawn(job)),
     })
 }
 

@@ -19,7 +19,7 @@ use waft_raft::{
     Configuration, EntryKind, Event, Message, NodeId, RawNode, ReadMode, ReadState, Ready, RestartState, Role,
     SnapshotInstall, SoftState,
 };
-use waft_runtime::machine::Offload;
+use waft_runtime::machine::{Offload, Spawn};
 use waft_runtime::{ApplyResult, KvError, KvHandle, Limits, RuntimeError, StateMachine};
 use waft_session::{Body, Envelope, EnvelopeError, SessionConfig, SessionTable, Ticket, Verdict};
 use waft_storage::{
@@ -246,6 +246,9 @@ pub struct Replica {
     /// `set_offload`); kept here so a module switched by a deploy or a
     /// snapshot gets it too.
     offload: Option<Offload>,
+    /// Where the state machine runs its checkpoint saves (see `set_spawn`);
+    /// kept for the same reason.
+    spawn: Option<Spawn>,
     /// Readies taken and handed back (`enqueue_ready`), oldest first, until
     /// they finish: in order, each once its write is durable. Invariant:
     /// len() <= WRITES_IN_FLIGHT_MAX.
@@ -405,6 +408,7 @@ impl Replica {
             },
             stopped: None,
             offload: None,
+            spawn: None,
             pipeline: std::collections::VecDeque::new(),
             next_token: 1,
             install_waiting: None,
@@ -657,6 +661,21 @@ impl Replica {
     pub fn set_offload(&mut self, offload: Option<Offload>) {
         self.sm.set_offload(offload.clone());
         self.offload = offload;
+    }
+
+    /// Where the state machine saves an in-memory state at its checkpoints
+    /// (digest points, snapshots): a caller passes a pool of blocking
+    /// threads, so the group's applies go on while the state is saved.
+    /// Without it a save runs in place.
+    pub fn set_spawn(&mut self, spawn: Option<Spawn>) {
+        self.sm.set_spawn(spawn.clone());
+        self.spawn = spawn;
+    }
+
+    /// Gives a new state machine this replica's hooks.
+    pub(super) fn give_hooks(&self, sm: &mut StateMachine) {
+        sm.set_offload(self.offload.clone());
+        sm.set_spawn(self.spawn.clone());
     }
 
     /// Answers a read-only query from the local state (the caller decides
@@ -942,6 +961,7 @@ impl Replica {
     /// skipped; configurations through their hook.
     fn apply(&mut self, entries: &[waft_raft::Entry], out: &mut Output) -> Result<()> {
         self.align_snapshots();
+        self.finish_digests(0);
         let first = out.applied.len();
         let mut batch = Batch::default();
         for e in entries {
@@ -1387,7 +1407,7 @@ impl Replica {
             // What the running machine applied before this entry reaches
             // the store before the next one takes it over.
             self.commit_kv(index.saturating_sub(1))?;
-            sm.set_offload(self.offload.clone());
+            self.give_hooks(&mut sm);
             self.sm = sm;
             if self.leading {
                 // The new instance has not heard that this replica leads.
@@ -1467,7 +1487,7 @@ impl Replica {
     // ------------------------------------------------------------ snapshots
 
     /// An in-memory state is saved whole at every digest point; its
-    /// snapshots come there too and reuse that save (`checkpoint_now`),
+    /// snapshots come there too and reuse that save (`checkpoint_begin`),
     /// rather than save it again elsewhere, when digests come at least as
     /// often as the snapshot margin (so a snapshot waits at most one more
     /// interval). A kv state's snapshots cost little anywhere.
@@ -1502,8 +1522,9 @@ impl Replica {
                 return Ok(());
             }
         };
-        if self.background_snapshots && job.kv.is_some() {
-            // A kv state machine's store is written beside the apply path;
+        if self.background_snapshots {
+            // The state (a kv state machine's store, or an in-memory
+            // state's save) is written beside the apply path;
             // `snapshot_written` takes it from there.
             out.snapshot_job = Some(job);
             return Ok(());
@@ -1574,10 +1595,10 @@ impl Replica {
     }
 
     /// Starts a snapshot at `meta`: the module, the session table and the
-    /// settings as they are now, and the state: an in-memory state is saved
-    /// here; a kv state machine's store is captured as it is now and
-    /// written by the job, which may run on another thread while applies go
-    /// on.
+    /// settings as they are now, and the state: an in-memory state's save
+    /// is started here (the runtime's save job) and a kv
+    /// state machine's store is captured as it is now; the job writes
+    /// either, and may run on another thread while applies go on.
     fn begin_snapshot(&mut self, snapshots: &SnapshotStore, meta: &waft_raft::SnapshotMeta) -> Result<SnapshotJob> {
         let group = self.group;
         let storage_err = |source| Error::Storage { group, source };
@@ -1601,18 +1622,17 @@ impl Replica {
             Ok(kv) => kv,
             Err(e) => return Err(self.runtime_err(e)),
         };
-        if kv.is_none() {
-            // The state saved at the digest point this snapshot sits on
-            // (`set_snapshot_points`), or saved now.
-            let state = match self.sm.checkpoint_now() {
-                Ok(state) => state,
+        let state = match kv {
+            Some(_) => None,
+            // The save of the digest point this snapshot sits on
+            // (`set_snapshot_points`), or one started now; either may still
+            // be running on another thread.
+            None => match self.sm.checkpoint_begin() {
+                Ok(state) => Some(state),
                 Err(e) => return Err(self.runtime_err(e)),
-            };
-            for chunk in state.chunks(SNAPSHOT_CHUNK_BYTES_MAX) {
-                writer.append(STATE_FILE, chunk).map_err(storage_err)?;
-            }
-        }
-        Ok(SnapshotJob { meta: meta.clone(), writer, kv, epoch: self.state_epoch })
+            },
+        };
+        Ok(SnapshotJob { meta: meta.clone(), writer, kv, state, epoch: self.state_epoch })
     }
 
     /// Verifies the snapshot's module and configuration and loads its state
@@ -1665,7 +1685,7 @@ impl Replica {
                     Err(e) => return Err(refuse("cannot load the snapshot's state", e)),
                 }
                 tracing::info!(group, index = meta.index, module = %hash, since = module_index, "module switched by a snapshot (or its limits)");
-                sm.set_offload(self.offload.clone());
+                self.give_hooks(&mut sm);
                 self.sm = sm;
                 self.module = module;
             }
@@ -1984,6 +2004,8 @@ pub struct SnapshotJob {
     meta: waft_raft::SnapshotMeta,
     writer: waft_storage::SnapshotWriter,
     kv: Option<waft_runtime::KvSnapshot>,
+    /// An in-memory state's bytes, saved or on their way.
+    state: Option<waft_runtime::machine::SavedState>,
     /// The replica's `state_epoch` when the state was captured.
     epoch: u64,
 }
@@ -2017,28 +2039,38 @@ impl SnapshotJob {
     /// meanwhile.
     pub fn run(self) -> SnapshotDone {
         let started = std::time::Instant::now();
-        let SnapshotJob { meta, writer, kv, epoch } = self;
+        let SnapshotJob { meta, writer, kv, state, epoch } = self;
         let mut bytes = 0;
-        let result = match &kv {
-            Some(kv) => match kv.files() {
-                // The store's own files (a checkpoint), moved in whole.
-                Some(files) => files.and_then(|files| {
-                    let mut writer = writer;
-                    for f in files {
-                        let name = format!("{KV_FILE_PREFIX}{}", f.name);
-                        writer.adopt(&name, &f.path, f.size, f.crc32).map_err(|e| e.to_string())?;
-                        bytes += f.size;
-                    }
-                    Ok(writer)
-                }),
-                None => kv.write_to(StateSink { writer }).map(|(sink, written)| {
-                    bytes = written;
-                    sink.writer
-                }),
+        let result = match (&kv, &state) {
+            (None, Some(state)) => state.wait().map_err(|e| e.to_string()).and_then(|state| {
+                let mut writer = writer;
+                for chunk in state.chunks(SNAPSHOT_CHUNK_BYTES_MAX) {
+                    writer.append(STATE_FILE, chunk).map_err(|e| e.to_string())?;
+                }
+                bytes = state.len() as u64;
+                Ok(writer)
+            }),
+            (kv, _) => match kv {
+                Some(kv) => match kv.files() {
+                    // The store's own files (a checkpoint), moved in whole.
+                    Some(files) => files.and_then(|files| {
+                        let mut writer = writer;
+                        for f in files {
+                            let name = format!("{KV_FILE_PREFIX}{}", f.name);
+                            writer.adopt(&name, &f.path, f.size, f.crc32).map_err(|e| e.to_string())?;
+                            bytes += f.size;
+                        }
+                        Ok(writer)
+                    }),
+                    None => kv.write_to(StateSink { writer }).map(|(sink, written)| {
+                        bytes = written;
+                        sink.writer
+                    }),
+                },
+                None => Ok(writer),
             },
-            None => Ok(writer),
         };
-        let took_ms = if kv.is_some() { started.elapsed().as_millis().max(1) as u64 } else { 0 };
+        let took_ms = if kv.is_some() || state.is_some() { started.elapsed().as_millis().max(1) as u64 } else { 0 };
         SnapshotDone { meta, result, bytes, took_ms, epoch }
     }
 

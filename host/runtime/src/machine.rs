@@ -78,10 +78,14 @@
 //!
 //! The checkpoint moves forward (one `on-snapshot-save` into memory) once the
 //! log since it passes [`Limits::replay_entries_max`] entries or
-//! [`Limits::replay_bytes_max`] bytes. A save larger than
-//! [`Limits::snapshot_bytes_max`] fails; the log then keeps growing up to
-//! [`REPLAY_GROWTH_MAX`] times its bounds, past which the group stops with a
-//! clear error rather than hold unbounded memory. If a restore itself fails
+//! [`Limits::replay_bytes_max`] bytes, or where the host asks
+//! ([`StateMachine::checkpoint_begin`]: its digest points and snapshots).
+//! The save does not run on the apply instance: a second instance replays
+//! the log since the last checkpoint and saves, on another thread while the
+//! applies go on (the `save` module); the checkpoint moves once the bytes are in.
+//! A save larger than [`Limits::snapshot_bytes_max`] fails; the log then
+//! keeps growing up to [`REPLAY_GROWTH_MAX`] times its bounds, past which the
+//! group stops with a clear error rather than hold unbounded memory. If a restore itself fails
 //! (a replayed entry that succeeded before now faults), the state machine is
 //! poisoned: every later call returns [`RuntimeError::Poisoned`] and the
 //! caller must stop the group rather than diverge.
@@ -103,6 +107,10 @@ use crate::module::{Module, ModuleKind};
 use crate::native::Native;
 use crate::wasi::{call_seed, entry_seed};
 
+mod save;
+use save::SaveJob;
+pub use save::{SAVES_IN_FLIGHT_MAX, SaveError, SaveResult, SavedState, Spawn};
+
 /// Fuel the apply and query calls of one public call may spend in place on
 /// the caller's thread (an async worker, in the daemon) before the rest is
 /// handed to the offload hook: a few milliseconds of guest work.
@@ -116,6 +124,9 @@ const CANONICAL_MEMORY_SLACK_BYTES: usize = 4 * 1024 * 1024;
 /// How far past its bounds the replay log may grow while checkpoints fail
 /// (a state too large to save) before the group stops.
 pub const REPLAY_GROWTH_MAX: usize = 8;
+/// How far past its bounds (a factor) the replay log may grow while a
+/// checkpoint save runs, before the apply path waits for it.
+pub const SAVING_REPLAY_FACTOR_MAX: usize = 2;
 /// Entries a query instance may be behind when the checkpoint moves and
 /// still be caught up rather than dropped (and rebuilt by the next query).
 const QUERY_CATCH_UP_MAX: usize = 1024;
@@ -515,6 +526,73 @@ impl Live {
     }
 }
 
+/// The memory a fresh instance gets to decide a limit hit.
+fn canonical_memory(limits: &Limits) -> usize {
+    limits.memory_bytes_max.saturating_mul(CANONICAL_FACTOR as usize).saturating_add(CANONICAL_MEMORY_SLACK_BYTES)
+}
+
+/// The memory limit an instance gets for entries: the configured one, or
+/// what it already holds when an entry accepted on a fresh instance left it
+/// above that (so it is never refused all growth for good).
+fn memory_limit(limits: &Limits, live: &Live) -> usize {
+    limits.memory_bytes_max.max(live.store.data().limiter.memory_bytes())
+}
+
+/// A fresh instance of `module` holding `state` (the initial state for
+/// `None`), loaded with the doubled memory: a state accepted through the
+/// doubled bound must load again wherever it is rebuilt.
+fn load_fresh(
+    module: &Module,
+    limits: &Limits,
+    group: u64,
+    label: &Arc<str>,
+    state: Option<&Arc<[u8]>>,
+) -> Result<Live, RuntimeError> {
+    let mut live = Live::instantiate_for(module, limits, group, label.clone())?;
+    live.set_memory_limit(canonical_memory(limits));
+    if let Some(state) = state {
+        let failed = |why: &dyn std::fmt::Display| {
+            RuntimeError::Recovery(format!("the state does not load into a fresh instance: {why}"))
+        };
+        match live.call_load(Cursor::new(state.clone())) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(failed(&e)),
+            Err(f) => return Err(failed(&f.fault)),
+        }
+    }
+    Ok(live)
+}
+
+/// Replays `items` of a replay log (their commands in `arena`) into `live`,
+/// one entry per call with `fuel` (each is known to fit the budget alone,
+/// not necessarily with its neighbours).
+fn replay_items(
+    live: &mut Live,
+    items: &[Replay],
+    arena: &[u8],
+    limits: &Limits,
+    fuel: u64,
+) -> Result<(), RuntimeError> {
+    let failed = |fault: GuestFault| RuntimeError::Recovery(format!("replay faulted: {fault}"));
+    for item in items {
+        match item {
+            Replay::Entry { index, term, start, end } => {
+                let command = arena.get(*start..*end).ok_or_else(|| {
+                    RuntimeError::Recovery(format!("entry {index} lies outside the replay log's commands"))
+                })?;
+                let entry = Entry::new(*index, *term, Bytes::copy_from_slice(command));
+                live.call_apply(std::slice::from_ref(&entry), fuel).map_err(|f| failed(f.fault))?;
+            }
+            Replay::Configuration(members) => {
+                let (voters, learners) = &**members;
+                live.call_config(voters, learners, limits.fuel_per_query.saturating_mul(CANONICAL_FACTOR))
+                    .map_err(|f| failed(f.fault))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn truncate(s: &mut String, max: usize) {
     if s.len() > max {
         let mut cut = max;
@@ -529,6 +607,7 @@ fn truncate(s: &mut String, max: usize) {
 /// What has been applied since the checkpoint, in order. Entry commands
 /// live in the checkpoint's byte arena, so recording one costs a copy into a
 /// growing buffer rather than an allocation.
+#[derive(Clone)]
 enum Replay {
     Entry { index: u64, term: u64, start: usize, end: usize },
     // Boxed: rare, and it keeps the common variant's slot small.
@@ -576,6 +655,13 @@ pub struct StateMachine {
     /// Built by the first query or leader hook, dropped when it faults or
     /// falls far behind.
     query: Option<QueryInstance>,
+    /// Where checkpoint saves run (see `save`); `None` runs them in place.
+    spawn: Option<Spawn>,
+    /// The checkpoint save in flight, if any.
+    saving: Option<Saving>,
+    /// After a failed save: the replay log's length (items, command bytes)
+    /// at which the next is tried.
+    save_retry_at: (usize, usize),
     /// Entries per `on-apply` call, adapted to the fuel entries use so a
     /// call stays well inside its budget. 1 ..= apply_batch_entries_max;
     /// always 1 for a guest that draws randomness.
@@ -604,6 +690,25 @@ pub struct StateMachine {
     /// A kv state machine can no longer be trusted (a backstop stopped a
     /// call): what `live` being `None` says for any other.
     kv_broken: bool,
+}
+
+/// Where a state machine's checkpoint stands (`StateMachine::checkpoint_status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointStatus {
+    /// Entries and configuration hooks applied since the checkpoint.
+    pub replay_items: usize,
+    /// Their command bytes.
+    pub replay_bytes: usize,
+    /// A checkpoint save is in flight.
+    pub saving: bool,
+}
+
+/// A checkpoint save in flight: of the state after the replay log's first
+/// `items` items, whose commands are the arena's first `arena` bytes.
+struct Saving {
+    state: SavedState,
+    items: usize,
+    arena: usize,
 }
 
 /// How one `apply_batch` went.
@@ -638,6 +743,9 @@ impl StateMachine {
             checkpoint: Checkpoint::default(),
             checkpoint_epoch: 0,
             query: None,
+            spawn: None,
+            saving: None,
+            save_retry_at: (0, 0),
             batch_entries,
             offload: None,
             offloaded: false,
@@ -671,6 +779,12 @@ impl StateMachine {
     /// Without it everything runs in place.
     pub fn set_offload(&mut self, offload: Option<Offload>) {
         self.offload = offload;
+    }
+
+    /// Where checkpoint saves run from now on (the daemon: a blocking
+    /// thread). Without it they run in place, where they are started.
+    pub fn set_spawn(&mut self, spawn: Option<Spawn>) {
+        self.spawn = spawn;
     }
 
     /// Runs `work` through the offload hook if there is one and it is not
@@ -721,6 +835,8 @@ impl StateMachine {
         if self.module.uses_kv() {
             return self.kv_apply(entries);
         }
+        // A checkpoint saved meanwhile moves in before anything can fault.
+        self.poll_save(false);
         if self.offload.is_some() && !self.offloaded && self.heavy {
             // A recent call outgrew the slice: all of this goes off the
             // caller's thread at once.
@@ -761,7 +877,7 @@ impl StateMachine {
             }
         }
         if self.checkpoint_due() {
-            self.offloaded(|sm| sm.maybe_checkpoint())?;
+            self.maybe_checkpoint()?;
         }
         debug_assert_eq!(out.len(), entries.len());
         Ok(out)
@@ -897,17 +1013,14 @@ impl StateMachine {
 
     /// The memory a fresh instance gets to decide a limit hit.
     fn canonical_memory_max(&self) -> usize {
-        self.limits
-            .memory_bytes_max
-            .saturating_mul(CANONICAL_FACTOR as usize)
-            .saturating_add(CANONICAL_MEMORY_SLACK_BYTES)
+        canonical_memory(&self.limits)
     }
 
     /// The memory limit an instance gets for entries: the configured one,
     /// or what it already holds when an entry accepted on a fresh instance
     /// left it above that (so it is never refused all growth for good).
     fn memory_limit_for(&self, live: &Live) -> usize {
-        self.limits.memory_bytes_max.max(live.store.data().limiter.memory_bytes())
+        memory_limit(&self.limits, live)
     }
 
     fn reset_memory_limit(&mut self) {
@@ -930,23 +1043,7 @@ impl StateMachine {
     /// loaded with the doubled memory: a state accepted through the doubled
     /// bound must load again wherever it is rebuilt.
     fn fresh_loaded(&self, state: Option<&Arc<[u8]>>) -> Result<Live, RuntimeError> {
-        let mut live = Live::instantiate_for(&self.module, &self.limits, self.group, self.label.clone())?;
-        live.set_memory_limit(self.canonical_memory_max());
-        if let Some(state) = state {
-            match live.call_load(Cursor::new(state.clone())) {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    return Err(RuntimeError::Recovery(format!("the state does not load into a fresh instance: {e}")));
-                }
-                Err(f) => {
-                    return Err(RuntimeError::Recovery(format!(
-                        "the state does not load into a fresh instance: {}",
-                        f.fault
-                    )));
-                }
-            }
-        }
-        Ok(live)
+        load_fresh(&self.module, &self.limits, self.group, &self.label, state)
     }
 
     /// Size the next batches so a call spends about a quarter of its budget.
@@ -985,31 +1082,62 @@ impl StateMachine {
         cp.since.len() > self.limits.replay_entries_max || cp.arena.len() > self.limits.replay_bytes_max
     }
 
-    /// Moves the checkpoint to the state as it stands and returns the
-    /// state's bytes: the host's deterministic checkpoints (its digest
-    /// points), where the state is saved anyway. Costs nothing more when
-    /// nothing was applied since the last checkpoint. A save that fails
-    /// (a state past its size limit) is returned as the guest's error and
-    /// leaves the checkpoint where it was.
-    pub fn checkpoint_now(&mut self) -> Result<Arc<[u8]>, RuntimeError> {
+    /// Starts saving the state as it stands (see `save`): the host's
+    /// deterministic checkpoints (its digest points, its snapshots). The
+    /// checkpoint moves there once the save finished; the apply instance
+    /// goes on meanwhile. Costs nothing when nothing was applied since the
+    /// last checkpoint, and one save when asked twice at one point. A save
+    /// that fails (a state past its size limit) leaves the checkpoint where
+    /// it was.
+    pub fn checkpoint_begin(&mut self) -> Result<SavedState, RuntimeError> {
         if let Some(native) = &self.native {
             let mut out = Vec::new();
-            native.save(&mut out).map_err(RuntimeError::Guest)?;
-            return Ok(out.into());
+            let result = native.save(&mut out).map(|_| out.into()).map_err(SaveError::Guest);
+            return Ok(SavedState::ready(result));
         }
-        if self.checkpoint.since.is_empty()
+        if self.module.uses_kv() {
+            return Err(RuntimeError::Guest("a kv state machine's state is its store, not saved bytes".into()));
+        }
+        self.check_usable()?;
+        self.poll_save(false);
+        let total = self.checkpoint.since.len();
+        if total == 0
             && let Some(bytes) = &self.checkpoint.snapshot
         {
-            return Ok(bytes.clone());
+            return Ok(SavedState::ready(Ok(bytes.clone())));
         }
-        let bytes: Arc<[u8]> = self.offloaded(|sm| sm.save_live_to_memory())?.into();
-        self.move_checkpoint(bytes.clone());
-        Ok(bytes)
+        if let Some(saving) = &self.saving {
+            if saving.items == total {
+                return Ok(saving.state.clone());
+            }
+            // SAVES_IN_FLIGHT_MAX: the next starts once this one is in.
+            self.offloaded(|sm| sm.poll_save(true));
+        }
+        Ok(self.begin_save())
+    }
+
+    /// `checkpoint_begin`, waited for.
+    pub fn checkpoint_now(&mut self) -> Result<Arc<[u8]>, RuntimeError> {
+        let state = self.checkpoint_begin()?;
+        let result = self.offloaded(|sm| {
+            let result = state.wait();
+            sm.poll_save(false);
+            result
+        });
+        Ok(result?)
     }
 
     /// What a state digest covers: the state's saved bytes (and the
-    /// checkpoint moves there, as `checkpoint_now`), or for a kv state
+    /// checkpoint moves there, as `checkpoint_begin`), or for a kv state
     /// machine a sha256 of every pair of its store, in key order.
+    pub fn state_for_digest_begin(&mut self) -> Result<SavedState, RuntimeError> {
+        if self.module.uses_kv() {
+            return Ok(SavedState::ready(Ok(self.kv_digest()?)));
+        }
+        self.checkpoint_begin()
+    }
+
+    /// `state_for_digest_begin`, waited for.
     pub fn state_for_digest(&mut self) -> Result<Arc<[u8]>, RuntimeError> {
         if self.module.uses_kv() {
             return self.kv_digest();
@@ -1017,58 +1145,140 @@ impl StateMachine {
         self.checkpoint_now()
     }
 
-    /// Makes `bytes` (the apply instance's state, just saved) the
-    /// checkpoint. A query instance close behind follows it rather than
-    /// being rebuilt from it.
-    fn move_checkpoint(&mut self, bytes: Arc<[u8]>) {
-        self.catch_up_query(QUERY_CATCH_UP_MAX);
-        let caught_up = self
-            .query
-            .as_ref()
-            .is_some_and(|q| q.epoch == self.checkpoint_epoch && q.applied == self.checkpoint.since.len());
-        self.replace_checkpoint(Some(bytes));
-        if caught_up && let Some(q) = &mut self.query {
-            q.epoch = self.checkpoint_epoch;
-            q.applied = 0;
+    /// Where the checkpoint stands: for status, metrics and tests.
+    pub fn checkpoint_status(&self) -> CheckpointStatus {
+        let cp = &self.checkpoint;
+        CheckpointStatus { replay_items: cp.since.len(), replay_bytes: cp.arena.len(), saving: self.saving.is_some() }
+    }
+
+    /// Starts a save of the state after the whole replay log.
+    fn begin_save(&mut self) -> SavedState {
+        let cp = &self.checkpoint;
+        let state = SavedState::pending();
+        let job = SaveJob {
+            module: self.module.clone(),
+            limits: self.limits.clone(),
+            group: self.group,
+            label: self.label.clone(),
+            base: cp.snapshot.clone(),
+            items: cp.since.clone(),
+            arena: cp.arena.clone(),
+            state: state.clone(),
+        };
+        self.saving = Some(Saving { state: state.clone(), items: cp.since.len(), arena: cp.arena.len() });
+        match self.spawn.clone() {
+            Some(spawn) => spawn(Box::new(move || job.run())),
+            None => {
+                self.offloaded(move |_| job.run());
+                self.poll_save(false);
+            }
+        }
+        state
+    }
+
+    /// Takes in the save in flight if it finished (or, with `wait`, once
+    /// it has): the checkpoint moves to the saved state.
+    fn poll_save(&mut self, wait: bool) {
+        let Some(saving) = &self.saving else { return };
+        let result = if wait { Some(saving.state.wait()) } else { saving.state.try_result() };
+        let Some(result) = result else { return };
+        let Some(saving) = self.saving.take() else { return };
+        match result {
+            Ok(bytes) => {
+                self.advance_checkpoint(bytes, saving.items, saving.arena);
+                self.save_retry_at = (0, 0);
+            }
+            Err(e) => {
+                // The state is intact; only the checkpoint could not move.
+                // Keep the longer replay log, up to a bound (`maybe_checkpoint`),
+                // and try again an interval later.
+                tracing::warn!(sm = &*self.label, error = %e, "checkpoint not saved; the replay log keeps growing");
+                let cp = &self.checkpoint;
+                self.save_retry_at = (
+                    cp.since.len().saturating_add(self.limits.replay_entries_max),
+                    cp.arena.len().saturating_add(self.limits.replay_bytes_max),
+                );
+            }
+        }
+    }
+
+    /// Moves the checkpoint to `bytes`, the state after the replay log's
+    /// first `items` items (whose commands are the arena's first `arena`
+    /// bytes). A query instance at or past it follows; one behind it is
+    /// caught up if close, else dropped (and rebuilt by the next query).
+    fn advance_checkpoint(&mut self, bytes: Arc<[u8]>, items: usize, arena: usize) {
+        if self.query.as_ref().is_some_and(|q| q.epoch == self.checkpoint_epoch && q.applied < items) {
+            self.catch_up_query(QUERY_CATCH_UP_MAX);
+        }
+        let epoch = self.checkpoint_epoch;
+        let cp = &mut self.checkpoint;
+        cp.since.drain(..items);
+        cp.arena.drain(..arena);
+        for item in &mut cp.since {
+            if let Replay::Entry { start, end, .. } = item {
+                *start -= arena;
+                *end -= arena;
+            }
+        }
+        cp.snapshot = Some(bytes);
+        self.checkpoint_epoch += 1;
+        match &mut self.query {
+            Some(q) if q.epoch == epoch && q.applied >= items => {
+                q.epoch = self.checkpoint_epoch;
+                q.applied -= items;
+            }
+            _ => self.query = None,
         }
         self.heavy = false;
     }
 
-    /// Move the checkpoint forward when the replay log is past its bounds.
+    /// Starts a checkpoint save when the replay log is past its bounds.
+    /// Waits for the one in flight if the log reached twice its bounds.
     fn maybe_checkpoint(&mut self) -> Result<(), RuntimeError> {
+        self.poll_save(false);
         if !self.checkpoint_due() {
             return Ok(());
         }
-        match self.save_live_to_memory() {
-            Ok(bytes) => {
-                self.move_checkpoint(bytes.into());
-                Ok(())
+        if self.saving.is_some() {
+            if !self.replay_past(SAVING_REPLAY_FACTOR_MAX) {
+                return Ok(());
             }
-            Err(RuntimeError::Guest(e)) | Err(RuntimeError::Fault(GuestFault { message: e, .. })) => {
-                // The state is intact (restored if it faulted); only the
-                // checkpoint could not move. Keep the longer replay log, up
-                // to a bound.
-                let cp = &self.checkpoint;
-                if cp.since.len() > self.limits.replay_entries_max.saturating_mul(REPLAY_GROWTH_MAX)
-                    || cp.arena.len() > self.limits.replay_bytes_max.saturating_mul(REPLAY_GROWTH_MAX)
-                {
-                    self.live = None;
-                    return Err(RuntimeError::Recovery(format!(
-                        "no checkpoint could be saved for {} entries ({e}); the replay log is at its bound",
-                        cp.since.len()
-                    )));
-                }
-                tracing::warn!(sm = &*self.label, error = %e, "checkpoint failed; replay log keeps growing");
-                Ok(())
+            self.offloaded(|sm| sm.poll_save(true));
+            if !self.checkpoint_due() {
+                return Ok(());
             }
-            Err(e) => Err(e),
         }
+        let failing = self.save_retry_at != (0, 0);
+        if failing && self.replay_past(REPLAY_GROWTH_MAX) {
+            self.live = None;
+            return Err(RuntimeError::Recovery(format!(
+                "no checkpoint could be saved for {} entries; the replay log is at its bound",
+                self.checkpoint.since.len()
+            )));
+        }
+        let cp = &self.checkpoint;
+        let (items, bytes) = self.save_retry_at;
+        if cp.since.len() < items && cp.arena.len() < bytes {
+            return Ok(());
+        }
+        self.begin_save();
+        Ok(())
     }
 
-    /// Makes `snapshot` the checkpoint, with an empty replay log.
+    /// Whether the replay log is more than `factor` times past its bounds.
+    fn replay_past(&self, factor: usize) -> bool {
+        let cp = &self.checkpoint;
+        cp.since.len() > self.limits.replay_entries_max.saturating_mul(factor)
+            || cp.arena.len() > self.limits.replay_bytes_max.saturating_mul(factor)
+    }
+
+    /// Makes `snapshot` the checkpoint, with an empty replay log. A save in
+    /// flight belongs to the old one: dropped.
     fn replace_checkpoint(&mut self, snapshot: Option<Arc<[u8]>>) {
         self.checkpoint = Checkpoint { snapshot, ..Checkpoint::default() };
         self.checkpoint_epoch += 1;
+        self.saving = None;
+        self.save_retry_at = (0, 0);
     }
 
     /// The apply instance's state, saved into memory.
@@ -1093,22 +1303,8 @@ impl StateMachine {
     /// per call (each is known to fit the budget alone, not necessarily with
     /// its neighbours).
     fn replay_into(&self, live: &mut Live, from: usize, upto: usize, fuel: u64) -> Result<(), RuntimeError> {
-        let failed = |fault: GuestFault| RuntimeError::Recovery(format!("replay faulted: {fault}"));
-        let arena = &self.checkpoint.arena;
-        for item in &self.checkpoint.since[from..upto] {
-            match item {
-                Replay::Entry { index, term, start, end } => {
-                    let entry = Entry::new(*index, *term, Bytes::copy_from_slice(&arena[*start..*end]));
-                    live.call_apply(std::slice::from_ref(&entry), fuel).map_err(|f| failed(f.fault))?;
-                }
-                Replay::Configuration(members) => {
-                    let (voters, learners) = &**members;
-                    live.call_config(voters, learners, self.limits.fuel_per_query.saturating_mul(CANONICAL_FACTOR))
-                        .map_err(|f| failed(f.fault))?;
-                }
-            }
-        }
-        Ok(())
+        let cp = &self.checkpoint;
+        replay_items(live, &cp.since[from..upto], &cp.arena, &self.limits, fuel)
     }
 
     /// Rebuild the apply instance at the checkpoint plus the replay log.

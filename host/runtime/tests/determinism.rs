@@ -126,6 +126,25 @@ fn what_an_entry_draws_depends_on_its_group_and_index_only() {
 }
 
 #[test]
+fn a_query_does_not_move_what_an_entry_hashes() {
+    // Every query builds a randomly seeded std `HashMap`; `store_hash`
+    // hashes with a fresh std `RandomState`, whose keys come from the first
+    // draw this instance made and a count of those made since. Queries run
+    // elsewhere, so they move neither.
+    let module = hostile_module();
+    let store_hash = |queries: usize| {
+        let mut sm = group_machine(&module, Limits::default());
+        sm.apply(&entries(1, &[r#"{"incr":1}"#])).unwrap();
+        for _ in 0..queries {
+            sm.query(br#""build_hashmap""#).unwrap();
+        }
+        let r = sm.apply(&[Entry::new(2, 1, br#"{"store_hash":42}"#.to_vec())]).unwrap();
+        String::from_utf8(r[0].clone().unwrap().to_vec()).unwrap()
+    };
+    assert_eq!(store_hash(0), store_hash(20));
+}
+
+#[test]
 fn queries_and_leader_hooks_cannot_change_the_replicated_state() {
     let module = hostile_module();
     let mut sm = group_machine(&module, Limits::default());

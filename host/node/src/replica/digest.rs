@@ -5,7 +5,10 @@
 //! `digest_interval`, each replica saves its guest state once (the
 //! runtime's fault-recovery checkpoint moves there, so the save is not
 //! extra work) and hashes it with the session table, the module hash, the
-//! settings and the index. Followers report their digest to the leader
+//! settings and the index. The save runs beside the applies (the runtime's
+//! save job); everything else is taken at the point, and the digest
+//! is made once the save is in (`finish_digests`: at the next apply or
+//! tick, or when a verdict on that index applies). Followers report their digest to the leader
 //! (`MessageBody::StateDigest`, re-sent every [`DIGEST_REPORT_EVERY_TICKS`]
 //! until judged). Once a majority of voters reported the same digest for
 //! an index, the leader proposes a `Body::Verdict` naming it. Every replica
@@ -30,7 +33,7 @@
 //! (from the network) change anything but what the leader proposes, and
 //! never fence on anything but a committed verdict.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use sha2::{Digest as _, Sha256};
 use waft_raft::progress::ProgressState;
@@ -47,6 +50,9 @@ pub type Digest = [u8; 32];
 /// Own digests a replica keeps to judge verdicts against (a verdict comes
 /// one round trip after its index; this covers a replica far behind).
 pub const DIGESTS_KEPT_MAX: usize = 64;
+/// Digests whose state is still being saved (on another thread) a replica
+/// keeps before it waits for the oldest.
+pub const DIGESTS_PENDING_MAX: usize = 2;
 /// Members whose reports the leader keeps.
 pub const DIGEST_REPORTS_MAX: usize = 1024;
 /// Reports the leader keeps of each member, newest first: members apply at
@@ -84,11 +90,30 @@ pub struct DigestStatus {
     pub rebuilds: u64,
 }
 
+/// A digest point whose state is still being saved: everything else the
+/// digest covers, as it was there.
+struct PendingDigest {
+    index: u64,
+    state: waft_runtime::machine::SavedState,
+    module: waft_storage::ModuleHash,
+    settings: Vec<u8>,
+    sessions: bytes::Bytes,
+}
+
+impl std::fmt::Debug for PendingDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingDigest").field("index", &self.index).finish_non_exhaustive()
+    }
+}
+
 /// The replica's digest bookkeeping (see the module docs).
 #[derive(Debug, Default)]
 pub(super) struct Digests {
     /// Own digests by index, the newest `DIGESTS_KEPT_MAX`.
     own: BTreeMap<u64, Digest>,
+    /// Own digests still waiting for their state's bytes, oldest first; at
+    /// most `DIGESTS_PENDING_MAX`.
+    pending: VecDeque<PendingDigest>,
     /// Leader only: each other member's latest reports (by index); the
     /// leader's own are in `own`.
     reports: BTreeMap<NodeId, BTreeMap<u64, Digest>>,
@@ -190,19 +215,51 @@ impl Replica {
         // A kv state machine's store holds the state at `index` once this
         // batch is committed.
         self.commit_kv(index)?;
-        let state = match self.sm.state_for_digest() {
+        let state = match self.sm.state_for_digest_begin() {
             Ok(state) => state,
             Err(e) if runtime_is_fatal(&e) => return Err(self.stop(e)),
             Err(e) => {
-                // The same on every replica (a state past its size limit):
-                // no digest here, nothing to compare.
                 tracing::warn!(group = self.group, index, error = %e, "no state digest: the state cannot be saved");
                 return Ok(());
             }
         };
+        // The rest is taken now; the state's bytes may come later.
         let sessions =
             self.sessions.encode_snapshot().map_err(|source| Error::Sessions { group: self.group, index, source })?;
-        let digest = compute(self.group, index, &self.module.hash(), &self.settings.encode(), &state, &sessions);
+        let pending =
+            PendingDigest { index, state, module: self.module.hash(), settings: self.settings.encode(), sessions };
+        self.digests.pending.push_back(pending);
+        let wait_upto = match self.digests.pending.len() > DIGESTS_PENDING_MAX {
+            true => self.digests.pending.front().map_or(0, |p| p.index),
+            false => 0,
+        };
+        self.finish_digests(wait_upto);
+        Ok(())
+    }
+
+    /// Digests the states saved since `take_digest` asked for them, in
+    /// order; waits for those of indexes up to `wait_upto`.
+    pub(super) fn finish_digests(&mut self, wait_upto: u64) {
+        while let Some(p) = self.digests.pending.front() {
+            let result = if p.index <= wait_upto { Some(p.state.wait()) } else { p.state.try_result() };
+            let Some(result) = result else { return };
+            let Some(p) = self.digests.pending.pop_front() else { return };
+            match result {
+                Ok(state) => {
+                    let digest = compute(self.group, p.index, &p.module, &p.settings, &state, &p.sessions);
+                    self.record_digest(p.index, digest);
+                }
+                Err(e) => {
+                    // A state past its size limit is the same on every
+                    // replica; a save that failed here only is a digest
+                    // fewer: either way, nothing to compare.
+                    tracing::warn!(group = self.group, index = p.index, error = %e, "no state digest: the state cannot be saved");
+                }
+            }
+        }
+    }
+
+    fn record_digest(&mut self, index: u64, digest: Digest) {
         let d = &mut self.digests;
         d.own.insert(index, digest);
         while d.own.len() > DIGESTS_KEPT_MAX {
@@ -212,13 +269,14 @@ impl Replica {
         d.report_due = true;
         d.tally_due = true;
         tracing::debug!(group = self.group, index, digest = %hex(&digest), "state digest");
-        Ok(())
     }
 
     /// Applies a verdict entry: fences this replica if its own digest of
     /// `index` differs from the group's.
     pub(super) fn apply_verdict(&mut self, at: u64, index: u64, digest: Digest) -> Outcome {
         let group = self.group;
+        // Long saved, as a rule: the verdict needed a majority's reports.
+        self.finish_digests(index);
         if self.digests.verdict.is_some_and(|(i, _, _)| i >= index) {
             return Outcome::Done;
         }
@@ -491,6 +549,7 @@ impl Replica {
     /// Counts a tick: re-sends the latest digest now and then while it is
     /// not judged yet, or while fenced.
     pub(super) fn tick_digests(&mut self) {
+        self.finish_digests(0);
         let d = &mut self.digests;
         d.ticks += 1;
         // A replica left fenced for an operator does not keep asking to be

@@ -257,7 +257,7 @@ impl Replica {
         let mut sm = StateMachine::for_group(module.module(), limits, group, &self.label)
             .map_err(|e| Error::Stopped { group, reason: format!("cannot instantiate the state machine: {e}") })?;
         self.adopt(&mut sm);
-        sm.set_offload(self.offload.clone());
+        self.give_hooks(&mut sm);
         self.sm = sm;
         self.recorded = Recorded { module: Some((module.hash(), module_index)), settings_index: Some(settings_index) };
         self.module = module;
