@@ -25,6 +25,8 @@
 #   BENCH_ROOT [a new directory under ${TMPDIR:-/var/tmp}]: data and results
 #   PORT_BASE [24700]: waft on +1..3
 #   KEEP_DATA [0]: 1 keeps the data directories (results are always kept)
+#   SERVE_FLAGS []: more flags for every node's `waft serve`, e.g.
+#     --background-saves
 #
 # Needs the release build and the guests: cargo build --release -p waft
 # -p waft-bench && cargo xtask guests (run here when missing).
@@ -42,6 +44,7 @@ BENCH_BIN=${BENCH_BIN:-target/release/waft-bench}
 GUEST_DIR=${GUEST_DIR:-target/wasm32-wasip2/release}
 PORT_BASE=${PORT_BASE:-24700}
 KEEP_DATA=${KEEP_DATA:-0}
+SERVE_FLAGS=${SERVE_FLAGS:-}
 ADDRS=("127.0.0.1:$((PORT_BASE + 1))" "127.0.0.1:$((PORT_BASE + 2))" "127.0.0.1:$((PORT_BASE + 3))")
 ENDPOINTS=$(IFS=,; echo "${ADDRS[*]}")
 
@@ -97,7 +100,7 @@ start_cluster() {
         for j in 1 2 3; do [ "$j" = "$i" ] || peers+=(--peer "$j=${ADDRS[j - 1]}"); done
         mkdir -p "$BENCH_ROOT/data/$i"
         "$WAFT_BIN" serve --id "$i" --listen "${ADDRS[i - 1]}" --data-dir "$BENCH_ROOT/data/$i" \
-            --group "1=$module" "${peers[@]}" >"$logs-$i.log" 2>&1 &
+            --group "1=$module" "${peers[@]}" $SERVE_FLAGS >"$logs-$i.log" 2>&1 &
         PIDS+=($!)
     done
     for _ in $(seq 60); do

@@ -15,6 +15,7 @@
 //! snapshot_margin_entries = 10000     # snapshot once this many entries follow the last
 //! snapshot_pull_bytes_per_sec = 0     # snapshot install rate limit; 0 = none
 //! snapshot_interval_secs = 3600       # also snapshot this often if anything applied; 0 = off
+//! background_saves = false            # in-memory checkpoints saved beside the applies
 //! initial_voters = [1, 2, 3]          # a new group's voters; default: this node and every peer
 //! metrics_listen = "127.0.0.1:9101"   # Prometheus GET /metrics; default: off
 //!
@@ -67,6 +68,7 @@ pub struct FileConfig {
     pub snapshot_interval_secs: Option<u64>,
     pub digest_interval: Option<u64>,
     pub manual_rebuild: Option<bool>,
+    pub background_saves: Option<bool>,
     pub initial_voters: Option<Vec<u64>>,
     pub metrics_listen: Option<SocketAddr>,
     /// Node id (a TOML key, so a string) → address.
@@ -169,6 +171,11 @@ pub struct Flags {
     /// operator, rather than rebuild it from a healthy replica's snapshot.
     #[arg(long)]
     pub manual_rebuild: bool,
+    /// Save in-memory guests' checkpoints (digest points, snapshots) on
+    /// save threads beside the applies instead of pausing the group; for a
+    /// node with a core to spare.
+    #[arg(long)]
+    pub background_saves: bool,
     /// Tests only: skip the guest's command at the first client entry at or
     /// after this index on this node, so its state differs from the group's.
     #[arg(long, hide = true)]
@@ -326,6 +333,7 @@ impl Flags {
                 .or(file.digest_interval)
                 .unwrap_or(waft_node::DIGEST_INTERVAL_DEFAULT),
             manual_rebuild: self.manual_rebuild || file.manual_rebuild.unwrap_or(false),
+            background_saves: self.background_saves || file.background_saves.unwrap_or(false),
             test_diverge_at: self.test_diverge_at,
             test_compile_fault: self.test_compile_fault,
         })

@@ -257,12 +257,28 @@ impl Driver {
                     let _ = reply.send(Err(client::Error::not_leader(id, addr)));
                     return;
                 }
-                // A save of the whole state: off the async worker.
-                let saved = tokio::task::block_in_place(|| self.replica.state_bytes());
-                let answer = saved
-                    .map(|state| (state, self.replica.guest_limits()))
-                    .map_err(|e| client::Error::internal(format!("the running state could not be saved: {e}")));
-                let _ = reply.send(answer);
+                // A save of the whole state, beside the applies; it may wait
+                // for a save in flight first: off the async worker.
+                let saved = tokio::task::block_in_place(|| self.replica.state_saved());
+                let limits = self.replica.guest_limits();
+                let failed = |e: &dyn std::fmt::Display| {
+                    client::Error::internal(format!("the running state could not be saved: {e}"))
+                };
+                let state = match saved {
+                    Ok(state) => state,
+                    Err(e) => {
+                        let _ = reply.send(Err(failed(&e)));
+                        return;
+                    }
+                };
+                tokio::spawn(async move {
+                    let answer = match tokio::task::spawn_blocking(move || state.wait()).await {
+                        Ok(Ok(bytes)) => Ok((bytes.to_vec(), limits)),
+                        Ok(Err(e)) => Err(failed(&e)),
+                        Err(e) => Err(failed(&e)),
+                    };
+                    let _ = reply.send(answer);
+                });
             }
             Input::Query { request, consistency, reply } => self.query(request, consistency, reply),
         }

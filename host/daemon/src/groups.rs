@@ -361,7 +361,9 @@ impl Host {
         };
         let mut replica = replica;
         replica.set_offload(Some(guest_offload()));
-        replica.set_spawn(Some(guest_spawn()));
+        if self.cfg.background_saves {
+            replica.set_spawn(Some(guest_spawn()));
+        }
         replica.set_background_snapshots(true);
         if let Some(at) = self.cfg.test_diverge_at {
             replica.inject_divergence(at);
@@ -477,14 +479,61 @@ fn guest_offload() -> waft_runtime::machine::Offload {
     })
 }
 
+/// Threads that run the process's checkpoint saves (`guest_spawn`).
+pub const SAVE_THREADS: usize = 2;
+
+type SaveJob = Box<dyn FnOnce() + Send>;
+
 /// Where a group's state machine saves an in-memory state at its
-/// checkpoints: tokio's blocking pool, beside the group's applies. Off a
-/// runtime (a tool, a test), a thread of its own.
+/// checkpoints: `SAVE_THREADS` threads shared by every group, taking jobs
+/// in the order they came (a group's saves follow
+/// one another, so none waits on one queued behind it). If they cannot be
+/// started, a thread of its own per job.
 fn guest_spawn() -> waft_runtime::machine::Spawn {
-    std::sync::Arc::new(|job: Box<dyn FnOnce() + Send>| match tokio::runtime::Handle::try_current() {
-        Ok(handle) => drop(handle.spawn_blocking(job)),
-        Err(_) => drop(std::thread::spawn(job)),
+    static POOL: std::sync::OnceLock<Option<std::sync::mpsc::Sender<SaveJob>>> = std::sync::OnceLock::new();
+    let pool = POOL.get_or_init(start_save_threads).clone();
+    std::sync::Arc::new(move |job: SaveJob| {
+        let job = match &pool {
+            Some(jobs) => match jobs.send(job) {
+                Ok(()) => return,
+                Err(std::sync::mpsc::SendError(job)) => job,
+            },
+            None => job,
+        };
+        if let Err(e) = std::thread::Builder::new().name("waft-save".into()).spawn(job) {
+            // The job is gone with the failed spawn; its save reports
+            // that it ended without a result.
+            tracing::error!(error = %e, "cannot start a thread for a checkpoint save");
+        }
     })
+}
+
+fn start_save_threads() -> Option<std::sync::mpsc::Sender<SaveJob>> {
+    let (jobs, queue) = std::sync::mpsc::channel::<SaveJob>();
+    let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+    for i in 0..SAVE_THREADS {
+        let queue = queue.clone();
+        let started = std::thread::Builder::new().name(format!("waft-save-{i}")).spawn(move || {
+            loop {
+                // Held only while taking a job, not while running it.
+                let next = match queue.lock() {
+                    Ok(queue) => queue.recv(),
+                    Err(_) => return,
+                };
+                match next {
+                    // A job that panics reports its save as ended without
+                    // a result; the thread goes on.
+                    Ok(job) => drop(std::panic::catch_unwind(std::panic::AssertUnwindSafe(job))),
+                    Err(_) => return,
+                }
+            }
+        });
+        if let Err(e) = started {
+            tracing::warn!(error = %e, "cannot start the checkpoint save threads; each save gets a thread of its own");
+            return None;
+        }
+    }
+    Some(jobs)
 }
 
 #[cfg(test)]

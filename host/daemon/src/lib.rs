@@ -122,6 +122,13 @@ pub struct ServeConfig {
     /// Leave a replica whose state differs from its group's fenced for an
     /// operator instead of rebuilding it from a healthy replica's snapshot.
     pub manual_rebuild: bool,
+    /// Save in-memory guests' checkpoints (digest points, snapshots) on a
+    /// second instance on this node's save threads, while the groups'
+    /// applies go on, instead of on the apply instance in place (where
+    /// every replica pauses at the same index). For a node with a core to
+    /// spare: where the CPU is short the saves fall behind, checkpoints are
+    /// skipped, and a wait at the replay log's bound can cost an election.
+    pub background_saves: bool,
     /// Tests only: every group of this node skips the guest's command at
     /// the first client entry at or after this index, so its state differs.
     pub test_diverge_at: Option<u64>,

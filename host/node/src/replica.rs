@@ -723,6 +723,22 @@ impl Replica {
         }
     }
 
+    /// The state machine's state as saved bytes, for a deploy's check. An
+    /// in-memory state's save runs beside the applies
+    /// (`StateMachine::checkpoint_begin`): wait for it off the group's
+    /// path. A kv state machine's pairs are streamed here.
+    pub fn state_saved(&mut self) -> Result<waft_runtime::machine::SavedState> {
+        if self.sm.uses_kv() {
+            let bytes = self.state_bytes()?;
+            return Ok(waft_runtime::machine::SavedState::ready(Ok(bytes.into())));
+        }
+        self.check_running()?;
+        match self.sm.checkpoint_begin() {
+            Ok(state) => Ok(state),
+            Err(e) => Err(self.runtime_err(e)),
+        }
+    }
+
     /// Asks for a snapshot at the applied index soon, before the margin is
     /// reached (see `RawNode::request_snapshot`).
     pub fn request_snapshot(&mut self) {

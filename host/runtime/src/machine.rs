@@ -80,9 +80,11 @@
 //! log since it passes [`Limits::replay_entries_max`] entries or
 //! [`Limits::replay_bytes_max`] bytes, or where the host asks
 //! ([`StateMachine::checkpoint_begin`]: its digest points and snapshots).
-//! The save does not run on the apply instance: a second instance replays
-//! the log since the last checkpoint and saves, on another thread while the
-//! applies go on (the `save` module); the checkpoint moves once the bytes are in.
+//! The apply instance saves in place, and the group waits meanwhile; with a
+//! spawn hook ([`StateMachine::set_spawn`]) a second instance replays the
+//! log since the last checkpoint and saves instead, on another thread while
+//! the applies go on (the `save` module), and the checkpoint moves once the
+//! bytes are in.
 //! A save larger than [`Limits::snapshot_bytes_max`] fails; the log then
 //! keeps growing up to [`REPLAY_GROWTH_MAX`] times its bounds, past which the
 //! group stops with a clear error rather than hold unbounded memory. If a restore itself fails
@@ -90,6 +92,7 @@
 //! poisoned: every later call returns [`RuntimeError::Poisoned`] and the
 //! caller must stop the group rather than diverge.
 
+use std::collections::VecDeque;
 use std::io::{Cursor, Read, Write};
 use std::sync::{Arc, Mutex};
 
@@ -124,9 +127,10 @@ const CANONICAL_MEMORY_SLACK_BYTES: usize = 4 * 1024 * 1024;
 /// How far past its bounds the replay log may grow while checkpoints fail
 /// (a state too large to save) before the group stops.
 pub const REPLAY_GROWTH_MAX: usize = 8;
-/// How far past its bounds (a factor) the replay log may grow while a
-/// checkpoint save runs, before the apply path waits for it.
-pub const SAVING_REPLAY_FACTOR_MAX: usize = 2;
+/// How far past its bounds (a factor) the replay log may grow while
+/// checkpoint saves run, before the apply path waits for the oldest.
+/// Below `REPLAY_GROWTH_MAX`, which stops a machine whose saves fail.
+pub const SAVING_REPLAY_FACTOR_MAX: usize = 6;
 /// Entries a query instance may be behind when the checkpoint moves and
 /// still be caught up rather than dropped (and rebuilt by the next query).
 const QUERY_CATCH_UP_MAX: usize = 1024;
@@ -563,6 +567,55 @@ fn load_fresh(
     Ok(live)
 }
 
+/// Replays `items` of a replay log (their commands in `arena`) into `live`
+/// in batches of up to `apply_batch_entries_max` entries, each call with the
+/// doubled fuel for each of its entries, where the guest draws no
+/// randomness; one entry per call where it does. For instances whose heap
+/// need not match anyone's (a query instance, a saver): a limit hit here
+/// fails the replay, and the caller falls back to `replay_items`.
+fn replay_items_batched(
+    live: &mut Live,
+    module: &Module,
+    items: &[Replay],
+    arena: &[u8],
+    limits: &Limits,
+) -> Result<(), RuntimeError> {
+    let fuel = limits.fuel_per_entry.saturating_mul(CANONICAL_FACTOR);
+    if module.draws_randomness() {
+        return replay_items(live, items, arena, limits, fuel);
+    }
+    let failed = |fault: GuestFault| RuntimeError::Recovery(format!("batched replay faulted: {fault}"));
+    let mut batch: Vec<Entry> = Vec::new();
+    let flush = |live: &mut Live, batch: &mut Vec<Entry>| -> Result<(), RuntimeError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        live.call_apply(batch, fuel.saturating_mul(batch.len() as u64)).map_err(|f| failed(f.fault))?;
+        batch.clear();
+        Ok(())
+    };
+    for item in items {
+        match item {
+            Replay::Entry { index, term, start, end } => {
+                let command = arena.get(*start..*end).ok_or_else(|| {
+                    RuntimeError::Recovery(format!("entry {index} lies outside the replay log's commands"))
+                })?;
+                batch.push(Entry::new(*index, *term, Bytes::copy_from_slice(command)));
+                if batch.len() >= limits.apply_batch_entries_max {
+                    flush(live, &mut batch)?;
+                }
+            }
+            Replay::Configuration(members) => {
+                flush(live, &mut batch)?;
+                let (voters, learners) = &**members;
+                live.call_config(voters, learners, limits.fuel_per_query.saturating_mul(CANONICAL_FACTOR))
+                    .map_err(|f| failed(f.fault))?;
+            }
+        }
+    }
+    flush(live, &mut batch)
+}
+
 /// Replays `items` of a replay log (their commands in `arena`) into `live`,
 /// one entry per call with `fuel` (each is known to fit the budget alone,
 /// not necessarily with its neighbours).
@@ -657,8 +710,11 @@ pub struct StateMachine {
     query: Option<QueryInstance>,
     /// Where checkpoint saves run (see `save`); `None` runs them in place.
     spawn: Option<Spawn>,
+    /// The instance checkpoints are saved on, at the checkpoint's state
+    /// while no save runs; `None` until the first save, or after one failed.
+    saver: Option<Live>,
     /// The checkpoint save in flight, if any.
-    saving: Option<Saving>,
+    saving: VecDeque<Saving>,
     /// After a failed save: the replay log's length (items, command bytes)
     /// at which the next is tried.
     save_retry_at: (usize, usize),
@@ -699,8 +755,10 @@ pub struct CheckpointStatus {
     pub replay_items: usize,
     /// Their command bytes.
     pub replay_bytes: usize,
-    /// A checkpoint save is in flight.
-    pub saving: bool,
+    /// Checkpoint saves in flight.
+    pub saves_in_flight: usize,
+    /// An instance at the checkpoint's state waits for the next save.
+    pub saver: bool,
 }
 
 /// A checkpoint save in flight: of the state after the replay log's first
@@ -709,6 +767,8 @@ struct Saving {
     state: SavedState,
     items: usize,
     arena: usize,
+    /// A later save takes this one's saver over when it is done.
+    handed_on: bool,
 }
 
 /// How one `apply_batch` went.
@@ -744,7 +804,8 @@ impl StateMachine {
             checkpoint_epoch: 0,
             query: None,
             spawn: None,
-            saving: None,
+            saver: None,
+            saving: VecDeque::new(),
             save_retry_at: (0, 0),
             batch_entries,
             offload: None,
@@ -781,8 +842,9 @@ impl StateMachine {
         self.offload = offload;
     }
 
-    /// Where checkpoint saves run from now on (the daemon: a blocking
-    /// thread). Without it they run in place, where they are started.
+    /// Where checkpoint saves run from now on (the daemon, with background
+    /// saves on: its save threads), on a second instance. Without it the
+    /// apply instance saves in place.
     pub fn set_spawn(&mut self, spawn: Option<Spawn>) {
         self.spawn = spawn;
     }
@@ -1086,10 +1148,15 @@ impl StateMachine {
     /// deterministic checkpoints (its digest points, its snapshots). The
     /// checkpoint moves there once the save finished; the apply instance
     /// goes on meanwhile. Costs nothing when nothing was applied since the
-    /// last checkpoint, and one save when asked twice at one point. A save
-    /// that fails (a state past its size limit) leaves the checkpoint where
-    /// it was.
+    /// last checkpoint, and one save when asked twice at one point. Never
+    /// waits: with `SAVES_IN_FLIGHT_MAX` saves in flight, none is started
+    /// and the result is `SaveError::Behind`. A save that fails (a state
+    /// past its size limit) leaves the checkpoint where it was.
     pub fn checkpoint_begin(&mut self) -> Result<SavedState, RuntimeError> {
+        self.checkpoint_start(false)
+    }
+
+    fn checkpoint_start(&mut self, wait_for_room: bool) -> Result<SavedState, RuntimeError> {
         if let Some(native) = &self.native {
             let mut out = Vec::new();
             let result = native.save(&mut out).map(|_| out.into()).map_err(SaveError::Guest);
@@ -1106,19 +1173,23 @@ impl StateMachine {
         {
             return Ok(SavedState::ready(Ok(bytes.clone())));
         }
-        if let Some(saving) = &self.saving {
-            if saving.items == total {
-                return Ok(saving.state.clone());
+        if let Some(newest) = self.saving.back()
+            && newest.items == total
+        {
+            return Ok(newest.state.clone());
+        }
+        if self.saving.len() >= SAVES_IN_FLIGHT_MAX {
+            if !wait_for_room {
+                return Ok(SavedState::ready(Err(SaveError::Behind(self.saving.len()))));
             }
-            // SAVES_IN_FLIGHT_MAX: the next starts once this one is in.
             self.offloaded(|sm| sm.poll_save(true));
         }
-        Ok(self.begin_save())
+        self.begin_save()
     }
 
-    /// `checkpoint_begin`, waited for.
+    /// `checkpoint_begin`, waited for (and for room to start it).
     pub fn checkpoint_now(&mut self) -> Result<Arc<[u8]>, RuntimeError> {
-        let state = self.checkpoint_begin()?;
+        let state = self.checkpoint_start(true)?;
         let result = self.offloaded(|sm| {
             let result = state.wait();
             sm.poll_save(false);
@@ -1148,56 +1219,104 @@ impl StateMachine {
     /// Where the checkpoint stands: for status, metrics and tests.
     pub fn checkpoint_status(&self) -> CheckpointStatus {
         let cp = &self.checkpoint;
-        CheckpointStatus { replay_items: cp.since.len(), replay_bytes: cp.arena.len(), saving: self.saving.is_some() }
+        CheckpointStatus {
+            replay_items: cp.since.len(),
+            replay_bytes: cp.arena.len(),
+            saves_in_flight: self.saving.len(),
+            saver: self.saver.is_some(),
+        }
     }
 
-    /// Starts a save of the state after the whole replay log.
-    fn begin_save(&mut self) -> SavedState {
+    /// Starts a save of the state after the whole replay log: from the
+    /// newest save in flight, whose saver it takes over once that one is
+    /// done, or from the saver at the checkpoint. Without a `Spawn` hook,
+    /// saves the apply instance in place instead.
+    fn begin_save(&mut self) -> Result<SavedState, RuntimeError> {
+        let Some(spawn) = self.spawn.clone() else {
+            return self.save_in_place();
+        };
         let cp = &self.checkpoint;
         let state = SavedState::pending();
+        let after = self.saving.back_mut().map(|newest| {
+            newest.handed_on = true;
+            (newest.state.clone(), newest.items)
+        });
+        let saver = if after.is_none() { self.saver.take() } else { None };
         let job = SaveJob {
             module: self.module.clone(),
             limits: self.limits.clone(),
             group: self.group,
             label: self.label.clone(),
+            saver,
+            after,
             base: cp.snapshot.clone(),
             items: cp.since.clone(),
             arena: cp.arena.clone(),
             state: state.clone(),
         };
-        self.saving = Some(Saving { state: state.clone(), items: cp.since.len(), arena: cp.arena.len() });
-        match self.spawn.clone() {
-            Some(spawn) => spawn(Box::new(move || job.run())),
-            None => {
-                self.offloaded(move |_| job.run());
-                self.poll_save(false);
-            }
-        }
-        state
+        let saving = Saving { state: state.clone(), items: cp.since.len(), arena: cp.arena.len(), handed_on: false };
+        self.saving.push_back(saving);
+        spawn(Box::new(move || job.run()));
+        Ok(state)
     }
 
-    /// Takes in the save in flight if it finished (or, with `wait`, once
-    /// it has): the checkpoint moves to the saved state.
-    fn poll_save(&mut self, wait: bool) {
-        let Some(saving) = &self.saving else { return };
-        let result = if wait { Some(saving.state.wait()) } else { saving.state.try_result() };
-        let Some(result) = result else { return };
-        let Some(saving) = self.saving.take() else { return };
-        match result {
+    /// Saves the apply instance in place (the call is as long as the state
+    /// is large, and stops the group meanwhile) and moves the checkpoint
+    /// there: for a machine without a `Spawn` hook, where every replica
+    /// pauses at the same index.
+    fn save_in_place(&mut self) -> Result<SavedState, RuntimeError> {
+        let (items, arena) = (self.checkpoint.since.len(), self.checkpoint.arena.len());
+        match self.offloaded(|sm| sm.save_live_to_memory()) {
             Ok(bytes) => {
-                self.advance_checkpoint(bytes, saving.items, saving.arena);
+                let bytes: Arc<[u8]> = bytes.into();
+                self.advance_checkpoint(bytes.clone(), items, arena);
                 self.save_retry_at = (0, 0);
+                Ok(SavedState::ready(Ok(bytes)))
             }
-            Err(e) => {
-                // The state is intact; only the checkpoint could not move.
-                // Keep the longer replay log, up to a bound (`maybe_checkpoint`),
-                // and try again an interval later.
-                tracing::warn!(sm = &*self.label, error = %e, "checkpoint not saved; the replay log keeps growing");
-                let cp = &self.checkpoint;
-                self.save_retry_at = (
-                    cp.since.len().saturating_add(self.limits.replay_entries_max),
-                    cp.arena.len().saturating_add(self.limits.replay_bytes_max),
-                );
+            // The state is intact (restored if the save faulted).
+            Err(RuntimeError::Guest(e)) => Ok(self.save_failed(SaveError::Guest(e))),
+            Err(RuntimeError::Fault(f)) if f.kind == FaultKind::Backstop => {
+                Ok(self.save_failed(SaveError::Failed(f.to_string())))
+            }
+            Err(RuntimeError::Fault(f)) => Ok(self.save_failed(SaveError::Guest(f.to_string()))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A save that failed: the checkpoint stays, and the replay log keeps
+    /// growing, up to a bound (`maybe_checkpoint`); the next save is tried
+    /// an interval later.
+    fn save_failed(&mut self, e: SaveError) -> SavedState {
+        tracing::warn!(sm = &*self.label, error = %e, "checkpoint not saved; the replay log keeps growing");
+        let cp = &self.checkpoint;
+        self.save_retry_at = (
+            cp.since.len().saturating_add(self.limits.replay_entries_max),
+            cp.arena.len().saturating_add(self.limits.replay_bytes_max),
+        );
+        SavedState::ready(Err(e))
+    }
+
+    /// Takes in the saves in flight that finished, oldest first (with
+    /// `wait`, the oldest once it has): the checkpoint moves to each saved
+    /// state, and the saver comes back unless a later save took it over.
+    fn poll_save(&mut self, mut wait: bool) {
+        while let Some(oldest) = self.saving.front() {
+            let result = if std::mem::take(&mut wait) { Some(oldest.state.wait()) } else { oldest.state.try_result() };
+            let Some(result) = result else { return };
+            let Some(done) = self.saving.pop_front() else { return };
+            match result {
+                Ok(bytes) => {
+                    self.advance_checkpoint(bytes, done.items, done.arena);
+                    for later in &mut self.saving {
+                        later.items -= done.items;
+                        later.arena -= done.arena;
+                    }
+                    if !done.handed_on {
+                        self.saver = done.state.take_saver();
+                    }
+                    self.save_retry_at = (0, 0);
+                }
+                Err(e) => drop(self.save_failed(e)),
             }
         }
     }
@@ -1232,36 +1351,45 @@ impl StateMachine {
         self.heavy = false;
     }
 
-    /// Starts a checkpoint save when the replay log is past its bounds.
-    /// Waits for the one in flight if the log reached twice its bounds.
+    /// Starts a checkpoint save when the replay log since the newest one
+    /// (in flight, or the checkpoint) is past its bounds and fewer than
+    /// `SAVES_IN_FLIGHT_MAX` are in flight. Waits for the oldest save only
+    /// while the log since the checkpoint is `SAVING_REPLAY_FACTOR_MAX`
+    /// times past them: the bound on its memory.
     fn maybe_checkpoint(&mut self) -> Result<(), RuntimeError> {
         self.poll_save(false);
-        if !self.checkpoint_due() {
-            return Ok(());
+        if !self.saving.is_empty() && self.replay_past(SAVING_REPLAY_FACTOR_MAX) {
+            let started = std::time::Instant::now();
+            while !self.saving.is_empty() && self.replay_past(SAVING_REPLAY_FACTOR_MAX) {
+                self.offloaded(|sm| sm.poll_save(true));
+            }
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::info!(
+                sm = &*self.label,
+                ms,
+                "applies waited for checkpoint saves (the replay log is at its bound)"
+            );
         }
-        if self.saving.is_some() {
-            if !self.replay_past(SAVING_REPLAY_FACTOR_MAX) {
-                return Ok(());
-            }
-            self.offloaded(|sm| sm.poll_save(true));
-            if !self.checkpoint_due() {
-                return Ok(());
-            }
+        let cp = &self.checkpoint;
+        let (from_items, from_bytes) = self.saving.back().map_or((0, 0), |newest| (newest.items, newest.arena));
+        if cp.since.len() - from_items <= self.limits.replay_entries_max
+            && cp.arena.len() - from_bytes <= self.limits.replay_bytes_max
+        {
+            return Ok(());
         }
         let failing = self.save_retry_at != (0, 0);
         if failing && self.replay_past(REPLAY_GROWTH_MAX) {
             self.live = None;
             return Err(RuntimeError::Recovery(format!(
                 "no checkpoint could be saved for {} entries; the replay log is at its bound",
-                self.checkpoint.since.len()
+                cp.since.len()
             )));
         }
-        let cp = &self.checkpoint;
         let (items, bytes) = self.save_retry_at;
-        if cp.since.len() < items && cp.arena.len() < bytes {
+        if (cp.since.len() < items && cp.arena.len() < bytes) || self.saving.len() >= SAVES_IN_FLIGHT_MAX {
             return Ok(());
         }
-        self.begin_save();
+        self.begin_save()?;
         Ok(())
     }
 
@@ -1273,11 +1401,12 @@ impl StateMachine {
     }
 
     /// Makes `snapshot` the checkpoint, with an empty replay log. A save in
-    /// flight belongs to the old one: dropped.
+    /// flight, and the saver, belong to the old one: dropped.
     fn replace_checkpoint(&mut self, snapshot: Option<Arc<[u8]>>) {
         self.checkpoint = Checkpoint { snapshot, ..Checkpoint::default() };
         self.checkpoint_epoch += 1;
-        self.saving = None;
+        self.saving.clear();
+        self.saver = None;
         self.save_retry_at = (0, 0);
     }
 
@@ -1352,38 +1481,8 @@ impl StateMachine {
     /// Replays items `from..upto` into a query instance, in batches where
     /// the guest draws no randomness (its heap need not match anyone's).
     fn replay_batched(&self, live: &mut Live, from: usize, upto: usize) -> Result<(), RuntimeError> {
-        if self.module.draws_randomness() {
-            return self.replay_into(live, from, upto, self.limits.fuel_per_entry.saturating_mul(CANONICAL_FACTOR));
-        }
-        let failed = |fault: GuestFault| RuntimeError::Recovery(format!("query instance replay faulted: {fault}"));
-        let arena = &self.checkpoint.arena;
-        let mut batch: Vec<Entry> = Vec::new();
-        let flush = |live: &mut Live, batch: &mut Vec<Entry>| -> Result<(), RuntimeError> {
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let fuel = self.limits.fuel_per_entry.saturating_mul(CANONICAL_FACTOR).saturating_mul(batch.len() as u64);
-            live.call_apply(batch, fuel).map_err(|f| failed(f.fault))?;
-            batch.clear();
-            Ok(())
-        };
-        for item in &self.checkpoint.since[from..upto] {
-            match item {
-                Replay::Entry { index, term, start, end } => {
-                    batch.push(Entry::new(*index, *term, Bytes::copy_from_slice(&arena[*start..*end])));
-                    if batch.len() >= self.limits.apply_batch_entries_max {
-                        flush(live, &mut batch)?;
-                    }
-                }
-                Replay::Configuration(members) => {
-                    flush(live, &mut batch)?;
-                    let (voters, learners) = &**members;
-                    live.call_config(voters, learners, self.limits.fuel_per_query.saturating_mul(CANONICAL_FACTOR))
-                        .map_err(|f| failed(f.fault))?;
-                }
-            }
-        }
-        flush(live, &mut batch)
+        let cp = &self.checkpoint;
+        replay_items_batched(live, &self.module, &cp.since[from..upto], &cp.arena, &self.limits)
     }
 
     /// The query instance, at the apply instance's state. Builds it when

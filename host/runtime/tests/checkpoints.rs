@@ -1,5 +1,5 @@
 //! Checkpoints of an in-memory state machine are saved beside the applies
-//! (on a fresh instance, on another thread): the bytes hold the state where
+//! (on a second instance, on another thread): the bytes hold the state where
 //! the checkpoint was asked for, the applies go on meanwhile, faults in
 //! between are still contained, and the replay log stays bounded.
 
@@ -9,7 +9,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use common::*;
-use waft_runtime::machine::{REPLAY_GROWTH_MAX, SAVING_REPLAY_FACTOR_MAX, SaveError, Spawn};
+use waft_runtime::machine::{REPLAY_GROWTH_MAX, SAVES_IN_FLIGHT_MAX, SAVING_REPLAY_FACTOR_MAX, SaveError, Spawn};
 use waft_runtime::{Limits, RuntimeError, StateMachine};
 
 fn tight() -> Limits {
@@ -44,9 +44,11 @@ impl Held {
     }
 }
 
-/// Save jobs run on a thread of their own, each once the test lets one go.
+/// Save jobs run on a thread of their own, each once the test lets one go;
+/// `ran` hears of each when it is done.
 struct Gated {
     go: mpsc::Sender<()>,
+    ran: mpsc::Receiver<()>,
     spawn: Spawn,
 }
 
@@ -54,14 +56,22 @@ impl Gated {
     fn new() -> Gated {
         let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
         let (go, go_rx) = mpsc::channel::<()>();
+        let (ran_tx, ran) = mpsc::channel::<()>();
         std::thread::spawn(move || {
             while go_rx.recv().is_ok() {
                 let Ok(job) = jobs_rx.recv() else { return };
                 job();
+                let _ = ran_tx.send(());
             }
         });
         let jobs_tx = Mutex::new(jobs_tx);
-        Gated { go, spawn: Arc::new(move |job| jobs_tx.lock().unwrap().send(job).unwrap()) }
+        Gated { go, ran, spawn: Arc::new(move |job| jobs_tx.lock().unwrap().send(job).unwrap()) }
+    }
+
+    /// Lets the next job run and waits until it has.
+    fn run_one(&self) {
+        self.go.send(()).unwrap();
+        self.ran.recv().unwrap();
     }
 }
 
@@ -75,7 +85,7 @@ fn a_checkpoint_is_saved_beside_the_applies_and_holds_the_state_where_it_was_ask
 
     let saved = sm.checkpoint_begin().unwrap();
     assert!(!saved.is_finished(), "the save runs on the spawned job, not in place");
-    assert!(sm.checkpoint_status().saving);
+    assert_eq!(sm.checkpoint_status().saves_in_flight, 1);
     // Asked again at the same point: the same save.
     let again = sm.checkpoint_begin().unwrap();
     assert_eq!(held.len(), 1);
@@ -101,7 +111,7 @@ fn a_checkpoint_is_saved_beside_the_applies_and_holds_the_state_where_it_was_ask
     let results = sm.apply(&entries(9, &[r#"{"incr_then_trap":1}"#, r#"{"incr":1000}"#])).unwrap();
     assert_eq!(texts(&results), ["ERR", "1115"]);
     let status = sm.checkpoint_status();
-    assert!(!status.saving, "{status:?}");
+    assert!(status.saves_in_flight == 0 && status.saver, "{status:?}");
     assert_eq!(status.replay_items, 3, "{status:?}");
 
     // Byte for byte what the accepted entries make, without any of this.
@@ -113,7 +123,7 @@ fn a_checkpoint_is_saved_beside_the_applies_and_holds_the_state_where_it_was_ask
     let expected = snapshot(&mut plain);
     assert_eq!(snapshot(&mut sm), expected);
 
-    // The next checkpoint is saved from this one's bytes.
+    // The next checkpoint is saved on the instance kept from the last.
     let next = sm.checkpoint_begin().unwrap();
     assert_eq!(held.run_all(), 1);
     assert_eq!(&next.wait().unwrap()[..], &expected[..]);
@@ -121,34 +131,55 @@ fn a_checkpoint_is_saved_beside_the_applies_and_holds_the_state_where_it_was_ask
 }
 
 #[test]
-fn the_apply_path_waits_for_a_save_only_past_twice_the_replay_bound() {
+fn saves_queue_up_and_the_apply_path_waits_only_past_their_bounds() {
     let bound = 4;
     let gated = Gated::new();
     let mut sm = machine("waft_probe", Limits { replay_entries_max: bound, ..tight() });
     sm.set_spawn(Some(gated.spawn.clone()));
     sm.apply(&entries(1, &[r#"{"incr":1}"#; 4])).unwrap();
-    let saved = sm.checkpoint_begin().unwrap();
+    let first = sm.checkpoint_begin().unwrap();
 
-    // Up to twice the bound the applies go on; the save has not run.
+    // No save runs. The applies go on, a save more queued each time the
+    // log since the newest passes the bound (at 9, 14 and 19), up to
+    // SAVES_IN_FLIGHT_MAX, until the log since the checkpoint is at
+    // SAVING_REPLAY_FACTOR_MAX times the bound.
+    assert_eq!((SAVES_IN_FLIGHT_MAX, SAVING_REPLAY_FACTOR_MAX), (4, 6), "the counts below assume these");
     let limit = bound * SAVING_REPLAY_FACTOR_MAX;
     for i in 5..=limit as u64 {
         sm.apply(&entries(i, &[r#"{"incr":1}"#])).unwrap();
         let status = sm.checkpoint_status();
-        assert!(status.saving && status.replay_items == i as usize, "entry {i}: {status:?}");
+        assert_eq!(status.replay_items, i as usize, "{status:?}");
+        let queued = 1 + usize::from(i >= 9) + usize::from(i >= 14) + usize::from(i >= 19);
+        assert_eq!(status.saves_in_flight, queued, "entry {i}: {status:?}");
     }
-    assert!(!saved.is_finished());
+    assert!(!first.is_finished());
+    // A checkpoint asked for now is not started: the saves are behind.
+    let skipped = sm.checkpoint_begin().unwrap();
+    assert_eq!(skipped.wait(), Err(SaveError::Behind(SAVES_IN_FLIGHT_MAX)));
+    assert_eq!(sm.checkpoint_status().saves_in_flight, SAVES_IN_FLIGHT_MAX);
 
-    // One more would pass it: the apply waits for the save, takes it in,
-    // and starts the next (the log since is past the bound again).
+    // One more entry passes the bound: the apply waits for the oldest save,
+    // takes it in (the checkpoint moves to entry 4), and queues the next.
     gated.go.send(()).unwrap();
     let next = limit as u64 + 1;
     sm.apply(&entries(next, &[r#"{"incr":1}"#])).unwrap();
-    assert!(saved.is_finished());
+    assert!(first.is_finished());
+    gated.ran.recv().unwrap();
     let status = sm.checkpoint_status();
     assert_eq!(status.replay_items, next as usize - 4, "{status:?}");
-    assert!(status.saving, "{status:?}");
+    assert_eq!(status.saves_in_flight, SAVES_IN_FLIGHT_MAX, "{status:?}");
+
+    // The rest run, each on the saver the last one left: the checkpoint
+    // ends at entry `next`, and a restore from it (a trap) keeps every value.
+    for _ in 0..SAVES_IN_FLIGHT_MAX {
+        gated.run_one();
+    }
+    let results = sm.apply(&entries(next + 1, &[r#"{"incr_then_trap":5}"#])).unwrap();
+    assert_eq!(texts(&results), ["ERR"]);
+    let status = sm.checkpoint_status();
+    assert!(status.saves_in_flight == 0 && status.saver, "{status:?}");
+    assert_eq!(status.replay_items, 0, "{status:?}");
     assert_eq!(value(&mut sm), format!(r#"{{"value":{next}}}"#));
-    gated.go.send(()).unwrap();
 }
 
 #[test]

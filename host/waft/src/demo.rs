@@ -101,6 +101,7 @@ impl Cluster {
                 sessions: Default::default(),
                 digest_interval: waft_daemon::DIGEST_INTERVAL_DEFAULT,
                 manual_rebuild: false,
+                background_saves: false,
                 test_diverge_at: None,
                 test_compile_fault: None,
             };

@@ -5,10 +5,10 @@
 //! `digest_interval`, each replica saves its guest state once (the
 //! runtime's fault-recovery checkpoint moves there, so the save is not
 //! extra work) and hashes it with the session table, the module hash, the
-//! settings and the index. The save runs beside the applies (the runtime's
-//! save job); everything else is taken at the point, and the digest
-//! is made once the save is in (`finish_digests`: at the next apply or
-//! tick, or when a verdict on that index applies). Followers report their digest to the leader
+//! settings and the index. Where the runtime saves beside the applies (a
+//! spawn hook: `--background-saves`), everything else is taken at the
+//! point, the digest is made once the save is in (`finish_digests`: at the
+//! next apply or tick), and a verdict that came first is judged then. Followers report their digest to the leader
 //! (`MessageBody::StateDigest`, re-sent every [`DIGEST_REPORT_EVERY_TICKS`]
 //! until judged). Once a majority of voters reported the same digest for
 //! an index, the leader proposes a `Body::Verdict` naming it. Every replica
@@ -51,8 +51,9 @@ pub type Digest = [u8; 32];
 /// one round trip after its index; this covers a replica far behind).
 pub const DIGESTS_KEPT_MAX: usize = 64;
 /// Digests whose state is still being saved (on another thread) a replica
-/// keeps before it waits for the oldest.
-pub const DIGESTS_PENDING_MAX: usize = 2;
+/// keeps before it waits for the oldest: one more than the saves the
+/// runtime keeps in flight, so this never is what waits.
+pub const DIGESTS_PENDING_MAX: usize = waft_runtime::machine::SAVES_IN_FLIGHT_MAX + 1;
 /// Members whose reports the leader keeps.
 pub const DIGEST_REPORTS_MAX: usize = 1024;
 /// Reports the leader keeps of each member, newest first: members apply at
@@ -269,37 +270,29 @@ impl Replica {
         d.report_due = true;
         d.tally_due = true;
         tracing::debug!(group = self.group, index, digest = %hex(&digest), "state digest");
+        if let Some((judged, group_digest, at)) = self.digests.verdict
+            && judged == index
+        {
+            // The verdict came first (`apply_verdict`).
+            self.judge(index, group_digest, at);
+        }
     }
 
     /// Applies a verdict entry: fences this replica if its own digest of
     /// `index` differs from the group's.
     pub(super) fn apply_verdict(&mut self, at: u64, index: u64, digest: Digest) -> Outcome {
-        let group = self.group;
-        // Long saved, as a rule: the verdict needed a majority's reports.
-        self.finish_digests(index);
+        self.finish_digests(0);
         if self.digests.verdict.is_some_and(|(i, _, _)| i >= index) {
             return Outcome::Done;
         }
         self.digests.verdict = Some((index, digest, at));
-        match self.digests.own.get(&index).copied() {
-            None => {
-                // Restored from a snapshot past `index`, or a digest long
-                // evicted: nothing of ours to judge.
-                tracing::debug!(group, index, at, "verdict on a state this replica has no digest of");
-            }
-            Some(ours) if ours == digest => {
-                let s = &mut self.digests.status;
-                s.verified = s.verified.max(index);
-            }
-            Some(ours) if self.sole_voter() => {
-                // No other replica to be rebuilt from, and fencing the only
-                // voter would stop the group: said loudly, nothing more.
-                // (Its state changed under it since the verdict's digest
-                // was taken, e.g. by a restart that replayed the log.)
-                self.digests.status.mismatches += 1;
-                tracing::error!(group, index, ours = %hex(&ours), group_digest = %hex(&digest), "this sole voter's state differs from the digest the group recorded; nothing to rebuild it from");
-            }
-            Some(ours) => self.fence(index, ours, digest),
+        if self.digests.pending.iter().any(|p| p.index == index) {
+            // This replica's state at `index` is still being saved (its
+            // saves run behind the others'): judged once it is
+            // (`record_digest`), rather than the applies wait for it.
+            tracing::debug!(group = self.group, index, at, "verdict on a digest still being taken; judged when it is");
+        } else {
+            self.judge(index, digest, at);
         }
         if self.node.role() == Role::Leader && self.digests.status.fence.is_none() {
             // Members that reported another digest of `index` are rebuilt.
@@ -318,6 +311,32 @@ impl Replica {
             self.offer_rebuilds();
         }
         Outcome::Done
+    }
+
+    /// Judges this replica's own digest of `index` against the group's
+    /// (a verdict's).
+    fn judge(&mut self, index: u64, digest: Digest, at: u64) {
+        let group = self.group;
+        match self.digests.own.get(&index).copied() {
+            None => {
+                // Restored from a snapshot past `index`, or a digest long
+                // evicted or not taken: nothing of ours to judge.
+                tracing::debug!(group, index, at, "verdict on a state this replica has no digest of");
+            }
+            Some(ours) if ours == digest => {
+                let s = &mut self.digests.status;
+                s.verified = s.verified.max(index);
+            }
+            Some(ours) if self.sole_voter() => {
+                // No other replica to be rebuilt from, and fencing the only
+                // voter would stop the group: said loudly, nothing more.
+                // (Its state changed under it since the verdict's digest
+                // was taken, e.g. by a restart that replayed the log.)
+                self.digests.status.mismatches += 1;
+                tracing::error!(group, index, ours = %hex(&ours), group_digest = %hex(&digest), "this sole voter's state differs from the digest the group recorded; nothing to rebuild it from");
+            }
+            Some(ours) => self.fence(index, ours, digest),
+        }
     }
 
     /// Whether this replica is the group's only voter.
