@@ -7,12 +7,12 @@
 #   CASES="atomic-kv:5000000:prefill" bench/kv-scale.sh # one case
 #   BENCH_SECS=30 bench/kv-scale.sh
 #
-# A case is MODULE:KEYS[:after=N|:prefill]. Each runs on a fresh 3-node
+# A case is MODULE:KEYS[:after=N|:prefill]. Each runs on a fresh NODES-node
 # cluster on loopback: first, unmeasured, N random writes (after=N) or
 # every key once (prefill); then BENCH_SECS of 64 writers, each write a set
 # of one of KEYS keys picked at random (256-byte keys, as the atomic
 # examples carry the payload in the key). The largest resident set of the
-# three nodes is sampled every half second during the measured run, and
+# nodes is sampled every half second during the measured run, and
 # the disk the data directories take is read after it.
 #
 # Environment (defaults in brackets):
@@ -27,6 +27,7 @@
 #   KEEP_DATA [0]: 1 keeps the data directories (results are always kept)
 #   SERVE_FLAGS []: more flags for every node's `waft serve`, e.g.
 #     --background-saves
+#   NODES [3]: nodes in the cluster (each a voter of the group)
 #
 # Needs the release build and the guests: cargo build --release -p waft
 # -p waft-bench && cargo xtask guests (run here when missing).
@@ -45,7 +46,9 @@ GUEST_DIR=${GUEST_DIR:-target/wasm32-wasip2/release}
 PORT_BASE=${PORT_BASE:-24700}
 KEEP_DATA=${KEEP_DATA:-0}
 SERVE_FLAGS=${SERVE_FLAGS:-}
-ADDRS=("127.0.0.1:$((PORT_BASE + 1))" "127.0.0.1:$((PORT_BASE + 2))" "127.0.0.1:$((PORT_BASE + 3))")
+NODES=${NODES:-3}
+ADDRS=()
+for i in $(seq "$NODES"); do ADDRS+=("127.0.0.1:$((PORT_BASE + i))"); done
 ENDPOINTS=$(IFS=,; echo "${ADDRS[*]}")
 
 say() { printf '== %s\n' "$*" >&2; }
@@ -95,9 +98,9 @@ trap 'exit 143' TERM
 start_cluster() {
     local module=$1 logs=$2 i j
     rm -rf "${BENCH_ROOT:?}/data"
-    for i in 1 2 3; do
+    for i in $(seq "$NODES"); do
         local peers=()
-        for j in 1 2 3; do [ "$j" = "$i" ] || peers+=(--peer "$j=${ADDRS[j - 1]}"); done
+        for j in $(seq "$NODES"); do [ "$j" = "$i" ] || peers+=(--peer "$j=${ADDRS[j - 1]}"); done
         mkdir -p "$BENCH_ROOT/data/$i"
         "$WAFT_BIN" serve --id "$i" --listen "${ADDRS[i - 1]}" --data-dir "$BENCH_ROOT/data/$i" \
             --group "1=$module" "${peers[@]}" $SERVE_FLAGS >"$logs-$i.log" 2>&1 &
@@ -171,7 +174,7 @@ for case in $CASES; do
     fi
 done
 
-echo "| case | before the run | write ops/s | p99 ms | p99.9 ms | largest node RSS MiB | data MiB (3 nodes) |"
+echo "| case | before the run | write ops/s | p99 ms | p99.9 ms | largest node RSS MiB | data MiB ($NODES nodes) |"
 echo "|---|---|---:|---:|---:|---:|---:|"
 printf '%s\n' "${ROWS[@]}"
 say "results (JSON per run, progress, node logs): $BENCH_ROOT/results"

@@ -597,10 +597,7 @@ fn replay_items_batched(
     for item in items {
         match item {
             Replay::Entry { index, term, start, end } => {
-                let command = arena.get(*start..*end).ok_or_else(|| {
-                    RuntimeError::Recovery(format!("entry {index} lies outside the replay log's commands"))
-                })?;
-                batch.push(Entry::new(*index, *term, Bytes::copy_from_slice(command)));
+                batch.push(replayed_entry(*index, *term, arena.get(*start..*end))?);
                 if batch.len() >= limits.apply_batch_entries_max {
                     flush(live, &mut batch)?;
                 }
@@ -614,6 +611,13 @@ fn replay_items_batched(
         }
     }
     flush(live, &mut batch)
+}
+
+/// A replay log's entry, its command looked up in the log's arena.
+fn replayed_entry(index: u64, term: u64, command: Option<&[u8]>) -> Result<Entry, RuntimeError> {
+    let command = command
+        .ok_or_else(|| RuntimeError::Recovery(format!("entry {index} lies outside the replay log's commands")))?;
+    Ok(Entry::new(index, term, Bytes::copy_from_slice(command)))
 }
 
 /// Replays `items` of a replay log (their commands in `arena`) into `live`,
@@ -630,10 +634,7 @@ fn replay_items(
     for item in items {
         match item {
             Replay::Entry { index, term, start, end } => {
-                let command = arena.get(*start..*end).ok_or_else(|| {
-                    RuntimeError::Recovery(format!("entry {index} lies outside the replay log's commands"))
-                })?;
-                let entry = Entry::new(*index, *term, Bytes::copy_from_slice(command));
+                let entry = replayed_entry(*index, *term, arena.get(*start..*end))?;
                 live.call_apply(std::slice::from_ref(&entry), fuel).map_err(|f| failed(f.fault))?;
             }
             Replay::Configuration(members) => {
