@@ -5,9 +5,10 @@
 //! call as long as the state is large. Without a [`Spawn`] hook the apply
 //! instance makes it in place, and its group waits; every replica waits at
 //! the same index, so none times out on the others. With one, the apply
-//! instance does not make it: a *save job* gets a copy of the replay log since the last checkpoint,
-//! replays it into a second instance (the *saver*) and saves there, on
-//! another thread ([`Spawn`]) while the apply instance goes on.
+//! instance does not make it: a *save job* gets a copy of the replay log
+//! since the checkpoint, replays it into a second instance (the *saver*)
+//! and saves there, on another thread ([`Spawn`]) while the apply instance
+//! goes on.
 //!
 //! The saver stays at the checkpoint's state between saves, so a save costs
 //! no load: loading a state takes a guest far longer than saving it (the
@@ -20,7 +21,8 @@
 //! doubled bounds, as a query instance catches up.
 //!
 //! What the apply path pays for a checkpoint is a copy of the replay log
-//! since the last one (at most [`Limits::replay_bytes_max`] bytes); a second
+//! since the checkpoint (its bound, [`Limits::replay_bytes_max`] bytes, or
+//! up to `SAVING_REPLAY_FACTOR_MAX` times that while saves queue); a second
 //! core pays the replay (what applying those entries cost the first) and
 //! the save, and the saver holds one more copy of the guest's memory.
 //! Saves queue behind one another (at most [`SAVES_IN_FLIGHT_MAX`]), each
