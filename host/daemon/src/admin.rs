@@ -123,7 +123,8 @@ impl AdminService {
             let label = format!("group {group_id} deploy check");
             let mut sm = waft_runtime::StateMachine::for_group(module.module(), limits, group_id, &label)
                 .map_err(|e| client::Error::bad_module(format!("module {hash} cannot start, nothing changed: {e}")))?;
-            sm.load_snapshot(std::io::Cursor::new(state)).map_err(|e| {
+            let bytes = state.len() as u64;
+            sm.load_snapshot_of(std::io::Cursor::new(state), bytes).map_err(|e| {
                 client::Error::bad_module(format!("module {hash} cannot load the running state, nothing changed: {e}"))
             })?;
             modules.put(module.bytes()).map_err(|e| client::Error::internal(format!("cannot store the module: {e}")))?;

@@ -1413,7 +1413,10 @@ impl Replica {
                     Err(e) => return Ok(Err(format!("the running module could not save its state: {e}"))),
                 }
             };
-            match state.map(|state| sm.load_snapshot(std::io::Cursor::new(state))) {
+            match state.map(|state| {
+                let bytes = state.len() as u64;
+                sm.load_snapshot_of(std::io::Cursor::new(state), bytes)
+            }) {
                 None | Some(Ok(())) => {}
                 // How far a call got before the wall clock stopped it depends
                 // on this machine: no replica may refuse (or accept) on it.
@@ -1670,6 +1673,9 @@ impl Replica {
         let path = reader.file_path(STATE_FILE).map_err(|source| Error::Storage { group, source })?;
         let file = std::fs::File::open(&path)
             .map_err(|e| Error::Install { group, reason: format!("cannot open {}: {e}", path.display()) })?;
+        // Sized so the load gets its fuel for every byte (0 if unknown:
+        // the base budget).
+        let state_bytes = file.metadata().map_or(0, |m| m.len());
         let state = std::io::BufReader::new(file);
         // A kv state machine's store may come as its own files instead.
         let mut kv_files = Vec::new();
@@ -1680,7 +1686,7 @@ impl Replica {
             }
         }
         let load = |sm: &mut StateMachine, state| {
-            if kv_files.is_empty() { sm.load_snapshot(state) } else { sm.restore_kv(&kv_files) }
+            if kv_files.is_empty() { sm.load_snapshot_of(state, state_bytes) } else { sm.restore_kv(&kv_files) }
         };
         match switch_to {
             None => load(&mut self.sm, state).map_err(|e| self.runtime_err(e))?,

@@ -118,6 +118,15 @@ pub use save::{SAVES_IN_FLIGHT_MAX, SaveError, SaveResult, SavedState, Spawn};
 /// the caller's thread (an async worker, in the daemon) before the rest is
 /// handed to the offload hook: a few milliseconds of guest work.
 pub const IN_PLACE_FUEL_MAX: u64 = 2_000_000;
+/// Fuel a load gets for each byte of the state it reads, on top of
+/// `Limits::fuel_per_snapshot`: loading a state costs a guest far more than
+/// saving it (the atomic example's load of 800,000 keys, about 175 MB, ran
+/// out of the default 20e9 while its save did not; its load of 20,000
+/// 200-byte keys needs over 300 a byte), and a state must load wherever it
+/// is rebuilt (a restart, an install, a fault's recovery, the query
+/// instance). The same for the same bytes on every replica; bounded by
+/// `Limits::snapshot_bytes_max` and the wall-clock backstop.
+pub const LOAD_FUEL_PER_BYTE: u64 = 1024;
 /// How much more memory and fuel the fresh instance that decides a limit hit
 /// gets (see the module docs).
 pub const CANONICAL_FACTOR: u64 = 2;
@@ -494,9 +503,11 @@ impl Live {
         Ok((result, out, bytes))
     }
 
-    fn call_load<R: Read + Send + 'static>(&mut self, input: R) -> Result<Result<(), String>, CallFault> {
+    /// Loads `input`, `bytes` long (0 if not known): the call gets
+    /// `fuel_per_snapshot` and `LOAD_FUEL_PER_BYTE` for each of its bytes.
+    fn call_load<R: Read + Send + 'static>(&mut self, input: R, bytes: u64) -> Result<Result<(), String>, CallFault> {
         self.begin_call(
-            self.limits.fuel_per_snapshot,
+            self.limits.fuel_per_snapshot.saturating_add(bytes.saturating_mul(LOAD_FUEL_PER_BYTE)),
             call_seed(self.group, SEED_LOAD),
             self.limits.snapshot_wall_ms_max,
         )?;
@@ -558,7 +569,7 @@ fn load_fresh(
         let failed = |why: &dyn std::fmt::Display| {
             RuntimeError::Recovery(format!("the state does not load into a fresh instance: {why}"))
         };
-        match live.call_load(Cursor::new(state.clone())) {
+        match live.call_load(Cursor::new(state.clone()), state.len() as u64) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(failed(&e)),
             Err(f) => return Err(failed(&f.fault)),
@@ -1589,7 +1600,13 @@ impl StateMachine {
     /// Replace the state with a snapshot read from `input`. Loads into a
     /// fresh instance, so a refused or faulting load leaves the current state
     /// untouched; on success the snapshot also becomes the checkpoint.
-    pub fn load_snapshot<R: Read + Send + 'static>(&mut self, mut input: R) -> Result<(), RuntimeError> {
+    pub fn load_snapshot<R: Read + Send + 'static>(&mut self, input: R) -> Result<(), RuntimeError> {
+        self.load_snapshot_of(input, 0)
+    }
+
+    /// `load_snapshot` of a snapshot `bytes` long: the load gets fuel for
+    /// each of them (`LOAD_FUEL_PER_BYTE`).
+    pub fn load_snapshot_of<R: Read + Send + 'static>(&mut self, mut input: R, bytes: u64) -> Result<(), RuntimeError> {
         if let Some(native) = &mut self.native {
             return native.load(&mut input).map_err(RuntimeError::Guest);
         }
@@ -1597,7 +1614,7 @@ impl StateMachine {
             return self.kv_load(input);
         }
         let mut fresh = Live::instantiate_for(&self.module, &self.limits, self.group, self.label.clone())?;
-        match fresh.call_load(input) {
+        match fresh.call_load(input, bytes) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(RuntimeError::Guest(e)),
             Err(f) => return Err(RuntimeError::Fault(f.fault)),

@@ -207,3 +207,32 @@ fn saves_that_keep_failing_grow_the_replay_log_to_its_bound_then_stop_the_machin
     assert!(applied > max && applied <= max + bound as u64 + 1, "stopped at entry {applied}");
     assert!(matches!(sm.query(br#""value""#), Err(RuntimeError::Poisoned)));
 }
+
+#[test]
+fn a_load_gets_fuel_for_every_byte_of_the_state_it_reads() {
+    // 20,000 keys of 200 bytes: their load costs the atomic example far
+    // more fuel than their save.
+    let cmds: Vec<String> = (0..20_000).map(|i| format!(r#"{{"set":{{"key":"{i:0>200}","value":{i}}}}}"#)).collect();
+    let mut full = machine("waft_atomic", Limits::default());
+    for (n, chunk) in cmds.chunks(1000).enumerate() {
+        let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        full.apply(&entries(1 + n as u64 * 1000, &chunk)).unwrap();
+    }
+    let state = snapshot(&mut full);
+
+    // A budget the save fits in and the load alone does not.
+    let tight = Limits { fuel_per_snapshot: 200_000_000, ..Limits::default() };
+    let mut unsized_load = machine("waft_atomic", tight.clone());
+    let refused = unsized_load.load_snapshot(std::io::Cursor::new(state.clone()));
+    assert!(
+        matches!(&refused, Err(RuntimeError::Fault(f)) if f.kind == waft_runtime::FaultKind::OutOfFuel),
+        "{refused:?}"
+    );
+    // With its size, the load gets LOAD_FUEL_PER_BYTE for each byte.
+    let mut sized = machine("waft_atomic", tight);
+    sized.load_snapshot_of(std::io::Cursor::new(state.clone()), state.len() as u64).unwrap();
+    let key = format!("{:0>200}", 12_345);
+    let got = sized.query(format!(r#"{{"get":{{"key":"{key}"}}}}"#).as_bytes()).unwrap();
+    assert_eq!(&got[..], b"12345");
+    assert_eq!(snapshot(&mut sized), state);
+}
