@@ -28,7 +28,10 @@
 # the whole write path; with it in SYSTEMS, waft is built with that feature
 # and both waft systems run that one binary. waft-nodigest is waft with
 # state digests off (--digest-interval 0), to pair against waft for what
-# digests cost.
+# digests cost. etcd-tls and waft-tls are etcd and waft with TLS on every
+# connection, mutual (client certificates checked: etcd's --client-cert-auth
+# and --peer-client-cert-auth, waft's TLS with a users file), certificates
+# from `waft certs init` (ECDSA P-256).
 #
 # Environment (defaults in brackets):
 #   BENCH_SECS [10] measured seconds per run; WARMUP_SECS [2]
@@ -91,8 +94,12 @@ if [[ " $SYSTEMS " == *" etcd "* ]]; then
     # Debian installs the server as /usr/bin/etcd.
     command -v etcd >/dev/null || apt_install etcd etcd-server
 fi
+if [[ " $SYSTEMS " == *" etcd-tls "* ]]; then
+    command -v etcd >/dev/null || apt_install etcd etcd-server
+fi
 WANTS_WAFT=0
-[[ " $SYSTEMS " == *" waft "* || " $SYSTEMS " == *" waft-native "* || " $SYSTEMS " == *" waft-base "* || " $SYSTEMS " == *" waft-nodigest "* ]] && WANTS_WAFT=1
+# The -tls systems need waft too: `waft certs init` writes their certificates.
+[[ " $SYSTEMS " == *" waft "* || " $SYSTEMS " == *" waft-native "* || " $SYSTEMS " == *" waft-base "* || " $SYSTEMS " == *" waft-nodigest "* || " $SYSTEMS " == *"-tls "* ]] && WANTS_WAFT=1
 if [[ " $SYSTEMS " == *" waft-native "* ]]; then
     # Always: a waft built without the feature refuses the native module
     # file, and cargo rebuilds only what changed.
@@ -172,25 +179,62 @@ ETCD_CLIENT=("127.0.0.1:$((PORT_BASE + 1))" "127.0.0.1:$((PORT_BASE + 2))" "127.
 ETCD_PEER=("127.0.0.1:$((PORT_BASE + 11))" "127.0.0.1:$((PORT_BASE + 12))" "127.0.0.1:$((PORT_BASE + 13))")
 WAFT_ADDR=("127.0.0.1:$((PORT_BASE + 21))" "127.0.0.1:$((PORT_BASE + 22))" "127.0.0.1:$((PORT_BASE + 23))")
 
+CERTS="$BENCH_ROOT/certs"
+
+# The certificates of the -tls systems, written once per bench root.
+ensure_certs() {
+    [ -f "$CERTS/ca.pem" ] || "$WAFT_BIN" certs init "$CERTS" --nodes 1,2,3 >/dev/null
+}
+
+# The bench client's TLS flags for a system (none unless it is a -tls one).
+client_tls() {
+    case "$1" in
+        *-tls) echo "--tls-ca $CERTS/ca.pem --tls-cert $CERTS/client.pem --tls-key $CERTS/client.key" ;;
+    esac
+}
+
 start_etcd() {
+    start_etcd_with http
+}
+
+start_etcd-tls() {
+    ensure_certs
+    start_etcd_with https
+}
+
+start_etcd_with() {
+    local scheme=$1
     need_ports "${ETCD_CLIENT[@]##*:}" "${ETCD_PEER[@]##*:}"
     local cluster="" i
-    for i in 1 2 3; do cluster+="${cluster:+,}e$i=http://${ETCD_PEER[i - 1]}"; done
+    for i in 1 2 3; do cluster+="${cluster:+,}e$i=$scheme://${ETCD_PEER[i - 1]}"; done
     for i in 1 2 3; do
         mkdir -p "$BENCH_ROOT/etcd"
+        local tls=()
+        if [ "$scheme" = https ]; then
+            tls=(--cert-file "$CERTS/node-$i.pem" --key-file "$CERTS/node-$i.key" --trusted-ca-file "$CERTS/ca.pem"
+                --client-cert-auth --peer-cert-file "$CERTS/node-$i.pem" --peer-key-file "$CERTS/node-$i.key"
+                --peer-trusted-ca-file "$CERTS/ca.pem" --peer-client-cert-auth)
+        fi
         # fsync stays on: etcd syncs its WAL before acknowledging unless told
         # --unsafe-no-fsync, which is not given here.
         etcd --name "e$i" --data-dir "$BENCH_ROOT/etcd/$i" \
-            --listen-client-urls "http://${ETCD_CLIENT[i - 1]}" --advertise-client-urls "http://${ETCD_CLIENT[i - 1]}" \
-            --listen-peer-urls "http://${ETCD_PEER[i - 1]}" --initial-advertise-peer-urls "http://${ETCD_PEER[i - 1]}" \
+            --listen-client-urls "$scheme://${ETCD_CLIENT[i - 1]}" --advertise-client-urls "$scheme://${ETCD_CLIENT[i - 1]}" \
+            --listen-peer-urls "$scheme://${ETCD_PEER[i - 1]}" --initial-advertise-peer-urls "$scheme://${ETCD_PEER[i - 1]}" \
             --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token waft-bench \
-            >"$LOGS-$i.log" 2>&1 &
+            "${tls[@]}" >"$LOGS-$i.log" 2>&1 &
         PIDS+=($!)
     done
 }
 
 start_waft() {
     start_waft_with "$WAFT_ATOMIC"
+}
+
+# waft with TLS and the users file `waft certs init` writes (the bench signs
+# in as its `client`, write:*).
+start_waft-tls() {
+    ensure_certs
+    WAFT_TLS=1 start_waft_with "$WAFT_ATOMIC"
 }
 
 # The same build with state digests off (--digest-interval 0): what the
@@ -221,7 +265,15 @@ start_waft_with() {
         for j in 1 2 3; do [ "$j" = "$i" ] || peers+=(--peer "$j=${WAFT_ADDR[j - 1]}"); done
         mkdir -p "$BENCH_ROOT/waft"
         # shellcheck disable=SC2086 # WAFT_SERVE_ARGS: whole words by design
-        "$WAFT_BIN" serve --id "$i" --listen "${WAFT_ADDR[i - 1]}" --data-dir "$BENCH_ROOT/waft/$i" \
+        # Plaintext is chosen explicitly, by builds that know the flag (a
+        # WAFT_BASE_BIN from before TLS serves plaintext without it).
+        local security=()
+        "$WAFT_BIN" serve --help 2>/dev/null | grep -q -- --plaintext && security=(--plaintext)
+        if [ "${WAFT_TLS:-0}" = 1 ]; then
+            security=(--tls-ca "$CERTS/ca.pem" --tls-cert "$CERTS/node-$i.pem" --tls-key "$CERTS/node-$i.key"
+                --users "$CERTS/users.toml")
+        fi
+        "$WAFT_BIN" serve --id "$i" --listen "${WAFT_ADDR[i - 1]}" --data-dir "$BENCH_ROOT/waft/$i" "${security[@]}" \
             --group "$WAFT_GROUP=$module" "${peers[@]}" ${WAFT_SERVE_ARGS:-} >"$LOGS-$i.log" 2>&1 &
         PIDS+=($!)
     done
@@ -230,15 +282,16 @@ start_waft_with() {
 endpoints() {
     local IFS=,
     case "$1" in
-        etcd) echo "${ETCD_CLIENT[*]}" ;;
-        waft | waft-native | waft-base | waft-nodigest) echo "${WAFT_ADDR[*]}" ;;
+        etcd | etcd-tls) echo "${ETCD_CLIENT[*]}" ;;
+        waft | waft-native | waft-base | waft-nodigest | waft-tls) echo "${WAFT_ADDR[*]}" ;;
     esac
 }
 
 # The bench client's --target: waft-native speaks waft's API.
 target_of() {
     case "$1" in
-        waft-native | waft-base | waft-nodigest) echo waft ;;
+        waft-native | waft-base | waft-nodigest | waft-tls) echo waft ;;
+        etcd-tls) echo etcd ;;
         *) echo "$1" ;;
     esac
 }
@@ -254,8 +307,9 @@ wait_ready() {
                 die "a $system server exited at start; see $LOGS-*.log"
             fi
         done
+        # shellcheck disable=SC2046 # client_tls: a list of words on purpose
         if run_child /dev/null /dev/null "$BENCH_BIN" --target "$(target_of "$system")" --endpoints "$(endpoints "$system")" \
-            --group "$WAFT_GROUP" --clients 1 --ops 1 --warmup-secs 0 --quiet; then
+            --group "$WAFT_GROUP" --clients 1 --ops 1 --warmup-secs 0 --quiet $(client_tls "$system"); then
             return 0
         fi
         sleep 0.5
@@ -292,7 +346,9 @@ for system in $SYSTEMS; do
         waft-native) say "waft-native $WAFT_BIN, group $WAFT_GROUP = the atomic logic built in (bench-native)" ;;
         waft-base) say "waft-base $WAFT_BASE_BIN, group $WAFT_GROUP = $WAFT_ATOMIC" ;;
         waft-nodigest) say "waft-nodigest $WAFT_BIN --digest-interval 0, group $WAFT_GROUP = $WAFT_ATOMIC" ;;
-        *) die "unknown system $system (etcd, waft, waft-native, waft-base, waft-nodigest)" ;;
+        etcd-tls) say "etcd-tls: etcd with mutual TLS for clients and peers" ;;
+        waft-tls) say "waft-tls $WAFT_BIN with TLS and a users file, group $WAFT_GROUP = $WAFT_ATOMIC" ;;
+        *) die "unknown system $system (etcd, waft, waft-native, waft-base, waft-nodigest, etcd-tls, waft-tls)" ;;
     esac
 done
 
@@ -316,7 +372,7 @@ for w in $WORKLOADS; do
             "$BENCH_BIN" --target "$(target_of "$system")" --endpoints "$(endpoints "$system")" --group "$WAFT_GROUP" \
             $(workload_args "$w") --value-bytes "$VALUE_BYTES" --keys "$KEYS" \
             --duration-secs "$BENCH_SECS" --warmup-secs "$WARMUP_SECS" \
-            --label "$w" --json-out "$LOGS.json" --server-pids "$(IFS=,; echo "${PIDS[*]}")" ||
+            --label "$w" --json-out "$LOGS.json" --server-pids "$(IFS=,; echo "${PIDS[*]}")" $(client_tls "$system") ||
             say "$w on $system failed; see $LOGS.progress"
         stop_all
     done

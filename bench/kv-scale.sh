@@ -102,7 +102,7 @@ start_cluster() {
         local peers=()
         for j in $(seq "$NODES"); do [ "$j" = "$i" ] || peers+=(--peer "$j=${ADDRS[j - 1]}"); done
         mkdir -p "$BENCH_ROOT/data/$i"
-        "$WAFT_BIN" serve --id "$i" --listen "${ADDRS[i - 1]}" --data-dir "$BENCH_ROOT/data/$i" \
+        "$WAFT_BIN" serve --id "$i" --listen "${ADDRS[i - 1]}" --data-dir "$BENCH_ROOT/data/$i" --plaintext \
             --group "1=$module" "${peers[@]}" $SERVE_FLAGS >"$logs-$i.log" 2>&1 &
         PIDS+=($!)
     done

@@ -107,6 +107,11 @@ impl Error {
         Error::with(ErrorCode::GroupExists, why)
     }
 
+    /// The caller lacks what the call needs (`why` names it); nothing was done.
+    pub fn permission_denied(why: impl Into<String>) -> Self {
+        Error::with(ErrorCode::PermissionDenied, why)
+    }
+
     pub fn invalid_request(why: impl Into<String>) -> Self {
         Error::with(ErrorCode::InvalidRequest, why)
     }

@@ -94,12 +94,74 @@ pub fn admin_server<T: admin::admin_server::Admin>(service: T) -> admin::admin_s
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
 }
 
-/// An admin client over `channel`.
-pub fn admin_client(channel: tonic::transport::Channel) -> admin::admin_client::AdminClient<tonic::transport::Channel> {
+/// An admin client over `channel` (a plain [`tonic::transport::Channel`] or
+/// an [`AuthChannel`]).
+pub fn admin_client<T: GrpcChannel>(channel: T) -> admin::admin_client::AdminClient<T> {
     admin::admin_client::AdminClient::new(channel)
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
 }
+
+/// What the generated clients can run over: a channel, or a channel with an
+/// interceptor in front of it.
+pub trait GrpcChannel:
+    tonic::client::GrpcService<
+        tonic::body::Body,
+        Error: Into<tonic::codegen::StdError>,
+        ResponseBody: tonic::codegen::Body<Data = bytes::Bytes, Error: Into<tonic::codegen::StdError> + Send>
+                          + Send
+                          + 'static,
+    >
+{
+}
+
+impl<T> GrpcChannel for T where
+    T: tonic::client::GrpcService<
+            tonic::body::Body,
+            Error: Into<tonic::codegen::StdError>,
+            ResponseBody: tonic::codegen::Body<Data = bytes::Bytes, Error: Into<tonic::codegen::StdError> + Send>
+                              + Send
+                              + 'static,
+        >
+{
+}
+
+/// The metadata key a bearer token travels in (`authorization: Bearer TOKEN`).
+pub const AUTHORIZATION_HEADER: &str = "authorization";
+
+/// Puts a bearer token on every call of a channel, or nothing when there is
+/// none.
+#[derive(Clone, Debug, Default)]
+pub struct BearerToken(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl BearerToken {
+    /// `token` as `authorization: Bearer TOKEN`; an error when it is not
+    /// printable ASCII (a header cannot carry it).
+    pub fn new(token: Option<&str>) -> Result<BearerToken, String> {
+        match token {
+            None => Ok(BearerToken(None)),
+            Some(t) if t.is_empty() || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                Err("a token is printable ASCII without spaces, and not empty".into())
+            }
+            Some(t) => format!("Bearer {t}")
+                .parse()
+                .map(|v| BearerToken(Some(v)))
+                .map_err(|e| format!("the token cannot travel in a header: {e}")),
+        }
+    }
+}
+
+impl tonic::service::Interceptor for BearerToken {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert(AUTHORIZATION_HEADER, value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose calls carry this party's bearer token, if it has one.
+pub type AuthChannel = tonic::service::interceptor::InterceptedService<tonic::transport::Channel, BearerToken>;
 
 /// Largest gRPC message (one decoded frame) on the peer service. A batch may
 /// hold appends for many groups; each append is bounded by the core's
@@ -139,10 +201,10 @@ pub fn client_server<T: client::client_server::Client>(service: T) -> client::cl
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
 }
 
-/// A client-service client over `channel` with the message limits applied.
-pub fn client_client(
-    channel: tonic::transport::Channel,
-) -> client::client_client::ClientClient<tonic::transport::Channel> {
+/// A client-service client over `channel` (a plain
+/// [`tonic::transport::Channel`] or an [`AuthChannel`]) with the message
+/// limits applied.
+pub fn client_client<T: GrpcChannel>(channel: T) -> client::client_client::ClientClient<T> {
     client::client_client::ClientClient::new(channel)
         .max_decoding_message_size(CLIENT_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(CLIENT_MESSAGE_BYTES_MAX)

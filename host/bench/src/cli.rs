@@ -141,6 +141,15 @@ pub struct Args {
     /// operation, beside this client's own.
     #[arg(long, value_delimiter = ',')]
     pub server_pids: Vec<u32>,
+    /// TLS: the servers' CA (PEM), with --tls-cert and --tls-key (this
+    /// client's certificate and key). Both targets: waft's nodes and etcd's
+    /// members (`--client-cert-auth`) check it.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// When the measured part of a run ends.
@@ -186,6 +195,8 @@ pub struct Plan {
     pub label: Option<String>,
     pub progress: bool,
     pub server_pids: Vec<u32>,
+    /// TLS towards the servers; all `None`: plaintext.
+    pub tls: waft_client::TlsFiles,
 }
 
 fn invalid(what: impl Into<String>) -> BenchError {
@@ -282,7 +293,15 @@ impl Args {
         if self.request_timeout_ms == 0 {
             return Err(invalid("--request-timeout-ms 0: give a positive timeout"));
         }
+        let tls = waft_client::TlsFiles {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            server_name: None,
+        };
+        tls.load().map_err(|e| invalid(format!("TLS: {e}")))?;
         Ok(Plan {
+            tls,
             target: self.target,
             endpoints,
             group: self.group,

@@ -38,11 +38,14 @@ impl Driver {
     pub async fn connect(plan: &Plan, conn: usize) -> Result<Driver, BenchError> {
         let n = plan.endpoints.len();
         let addr = plan.endpoints[conn % n].clone();
+        let tls = plan.tls.load().map_err(|e| BenchError::InvalidOption(format!("TLS: {e}")))?;
         match (plan.target, plan.consistency) {
             (Target::Waft, Consistency::Waft(consistency)) => {
                 // The other nodes follow, so the client can go on when one is down.
                 let nodes: Vec<String> = (0..n).map(|i| plan.endpoints[(conn + i) % n].clone()).collect();
-                let client = Client::with_nodes(nodes);
+                let credentials = waft_client::Credentials::new(tls, None)
+                    .map_err(|e| BenchError::InvalidOption(format!("TLS: {e}")))?;
+                let client = Client::with_credentials(nodes, credentials);
                 client.status(Some(plan.group)).await.map_err(|e| BenchError::Connect {
                     target: "waft",
                     addr: addr.clone(),
@@ -51,7 +54,7 @@ impl Driver {
                 Ok(Driver::Waft { client, group: plan.group, consistency, value_bytes: plan.value_bytes })
             }
             (Target::Etcd, Consistency::Etcd { serializable }) => {
-                let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                let endpoint = waft_client::endpoint(tls.as_ref(), &addr)
                     .map_err(|e| BenchError::Connect { target: "etcd", addr: addr.clone(), message: chain(&e) })?
                     .connect_timeout(CONNECT_TIMEOUT)
                     .tcp_nodelay(true);

@@ -23,8 +23,10 @@
 //! # Ok(()) }
 //! ```
 
+mod credentials;
 mod pipe;
 
+pub use credentials::{ClientTls, Credentials, CredentialsError, PEM_FILE_BYTES_MAX, TlsFiles, endpoint, read_pem};
 pub use pipe::{PIPELINE_BATCH_BYTES_MAX, PIPELINE_BATCH_CALLS_MAX, PIPELINE_IN_FLIGHT_MAX, PIPELINE_QUEUE_MAX};
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,7 +36,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pipe::Pipe;
-use tonic::transport::Channel;
+use waft_proto::AuthChannel as Channel;
 use waft_proto::admin::{
     AdminOp, AdminRequest, AdminResult, CreateGroupRequest, CreateGroupResponse, DeployRequest, DeployResult,
     SetGroupRequest, SetGroupResult, SettingChange, admin_response, deploy_response, set_group_response,
@@ -119,12 +121,14 @@ pub struct Answer {
     pub duplicate: bool,
 }
 
-async fn connect(addr: &str) -> Result<Channel, ClientError> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+async fn connect(addr: &str, credentials: &Credentials) -> Result<Channel, ClientError> {
+    let endpoint = credentials
+        .endpoint(addr)
         .map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true);
-    endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })
+    let channel = endpoint.connect().await.map_err(|source| ClientError::Connect { addr: addr.to_string(), source })?;
+    Ok(credentials.authorize(channel))
 }
 
 /// Whether a failed call certainly never reached the server: the connection
@@ -217,6 +221,8 @@ pub struct Client {
 }
 
 struct Shared {
+    /// TLS and the bearer token every connection uses.
+    credentials: Credentials,
     /// Where to start when nothing better is known: the first node, then the
     /// next one each time a node cannot be reached. Invariant: not empty.
     seeds: Vec<String>,
@@ -245,9 +251,16 @@ impl Client {
     /// first (reads are served where they are asked). Panics if `addrs` is
     /// empty.
     pub fn with_nodes(addrs: Vec<String>) -> Client {
+        Client::with_credentials(addrs, Credentials::default())
+    }
+
+    /// A client that knows several nodes (see [`Client::with_nodes`]) and
+    /// dials them with `credentials` (TLS, a bearer token).
+    pub fn with_credentials(addrs: Vec<String>, credentials: Credentials) -> Client {
         assert!(!addrs.is_empty(), "a client needs at least one node address");
         Client {
             inner: Arc::new(Shared {
+                credentials,
                 seeds: addrs,
                 next_seed: AtomicUsize::new(0),
                 connections: std::sync::Mutex::new(Vec::new()),
@@ -267,7 +280,7 @@ impl Client {
             }
             return Ok(c.clone());
         }
-        let channel = connect(addr).await?;
+        let channel = connect(addr, &self.inner.credentials).await?;
         let c = Conn { pipe: Pipe::start(channel.clone(), addr.to_string()), channel };
         if let Ok(mut conns) = self.inner.connections.lock() {
             if conns.len() >= CONNECTIONS_MAX {
@@ -966,8 +979,8 @@ pub async fn query(addr: &str, group: u64, request: Bytes, consistency: Consiste
 /// forgets the one it met behind `node` and takes the next (see waft.admin.v1
 /// ReplaceNode). Returns the incarnation forgotten (hex, empty if none). One
 /// attempt; sending it again is harmless.
-pub async fn replace_node(addr: &str, node: u64) -> Result<String, ClientError> {
-    let channel = connect(addr).await?;
+pub async fn replace_node(addr: &str, node: u64, credentials: &Credentials) -> Result<String, ClientError> {
+    let channel = connect(addr, credentials).await?;
     let mut c = waft_proto::admin_client(channel);
     let req = waft_proto::admin::ReplaceNodeRequest { node };
     match tokio::time::timeout(CREATE_GROUP_TIMEOUT, c.replace_node(req)).await {

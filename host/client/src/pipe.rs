@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use waft_proto::AuthChannel as Channel;
 use waft_proto::client::{Call, CallBatch, call, call_reply};
 
 use crate::ClientError;

@@ -30,6 +30,7 @@ use waft_storage::ModuleHash;
 
 use crate::groups::{CREATE_MODULE_BYTES_MAX, CREATE_VOTERS_MAX, Founding, Host};
 use crate::inbox::{AdminReply, BUSY_RETRY_AFTER_MS, Committed, Input, Op, ProposeReply, settings_to_proto, try_send};
+use crate::security::{Auth, Role};
 
 /// How long an admin request waits for its change to take effect. Longer
 /// than a client request: a new voter may have a snapshot to catch up on.
@@ -53,6 +54,8 @@ pub const CREATES_IN_FLIGHT_MAX: usize = 8;
 
 pub struct AdminService {
     host: Arc<Host>,
+    /// Every call here needs the admin role on its group.
+    auth: Arc<Auth>,
     /// The incarnation this node expects behind each peer (`ReplaceNode`).
     book: Arc<crate::identity::PeerBook>,
     /// Permits for creates. Taken without waiting, so two daemons that
@@ -62,9 +65,10 @@ pub struct AdminService {
 }
 
 impl AdminService {
-    pub fn new(host: Arc<Host>, book: Arc<crate::identity::PeerBook>) -> AdminService {
+    pub fn new(host: Arc<Host>, book: Arc<crate::identity::PeerBook>, auth: Arc<Auth>) -> AdminService {
         AdminService {
             host,
+            auth,
             book,
             creates: Arc::new(Semaphore::new(CREATES_IN_FLIGHT_MAX)),
             validations: Arc::new(Semaphore::new(DEPLOY_VALIDATIONS_MAX)),
@@ -246,7 +250,8 @@ impl Create {
 }
 
 impl AdminService {
-    async fn create_group(&self, req: CreateGroupRequest) -> CreateGroupResponse {
+    /// `authorization`: the caller's token, passed on to the voters asked.
+    async fn create_group(&self, req: CreateGroupRequest, authorization: Option<Authorization>) -> CreateGroupResponse {
         let node = self.host.node_id();
         let mut response = CreateGroupResponse::default();
         let create = match Create::check(&req, |id| self.host.addresses().contains_key(&id)) {
@@ -307,13 +312,13 @@ impl AdminService {
             return response;
         }
         tracing::info!(node, group = create.group, voters = ?create.voters, members = ?create.members, module = %hash, "creating group");
-        let checks = self.on_every_voter(&create, &founding, None).await;
+        let checks = self.on_every_voter(&create, &founding, None, authorization.as_ref()).await;
         if checks.iter().any(|o| o.error.is_some()) {
             response.error = Some(summary(create.group, &checks, "was not created (nothing changed)"));
             response.nodes = checks;
             return response;
         }
-        let outcomes = self.on_every_voter(&create, &founding, Some(&module)).await;
+        let outcomes = self.on_every_voter(&create, &founding, Some(&module), authorization.as_ref()).await;
         if outcomes.iter().any(|o| o.error.is_some()) {
             response.error = Some(summary(
                 create.group,
@@ -333,6 +338,7 @@ impl AdminService {
         create: &Create,
         founding: &Founding,
         module: Option<&waft_node::GuestModule>,
+        authorization: Option<&Authorization>,
     ) -> Vec<NodeCreateOutcome> {
         let node = self.host.node_id();
         let check_only = module.is_none();
@@ -350,7 +356,12 @@ impl AdminService {
                 check_only,
                 members: create.members.clone(),
             };
-            tasks.spawn(async move { (at, forward(voter, addr, req).await) });
+            let mut request = tonic::Request::new(req);
+            if let Some(value) = authorization {
+                request.metadata_mut().insert(waft_proto::AUTHORIZATION_HEADER, value.clone());
+            }
+            let endpoint = self.host.dialer().endpoint(voter, &addr);
+            tasks.spawn(async move { (at, forward(voter, addr, endpoint, request).await) });
         }
         let mut outcomes: Vec<Option<NodeCreateOutcome>> = vec![None; create.targets().count()];
         if let Some(at) = create.targets().position(|v| v == node) {
@@ -406,13 +417,22 @@ fn failed(node_id: NodeId, e: client::Error) -> NodeCreateOutcome {
     NodeCreateOutcome { node_id, outcome: CreateOutcome::Failed as i32, error: Some(e) }
 }
 
-/// Asks the daemon of `voter` at `addr` to check or create the group locally.
-async fn forward(voter: NodeId, addr: String, req: CreateGroupRequest) -> NodeCreateOutcome {
+/// A caller's `authorization` header, as it came.
+type Authorization = tonic::metadata::AsciiMetadataValue;
+
+/// Asks the daemon of `voter` at `addr` (`endpoint`) to check or create the
+/// group locally.
+async fn forward(
+    voter: NodeId,
+    addr: String,
+    endpoint: Result<tonic::transport::Endpoint, tonic::transport::Error>,
+    req: tonic::Request<CreateGroupRequest>,
+) -> NodeCreateOutcome {
     let unreachable = |why: String| {
         failed(voter, client::Error::internal(format!("cannot reach node {voter} at {addr}: {why}; is it running?")))
     };
     let call = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        let channel = endpoint
             .map_err(|e| e.to_string())?
             .connect_timeout(CREATE_CONNECT_TIMEOUT)
             .connect()
@@ -482,14 +502,26 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
         &self,
         request: tonic::Request<CreateGroupRequest>,
     ) -> Result<tonic::Response<CreateGroupResponse>, tonic::Status> {
-        Ok(tonic::Response::new(self.create_group(request.into_inner()).await))
+        let caller = self.auth.identify(&request);
+        if let Err(e) = self.auth.check(&caller, Some(request.get_ref().group), Role::Admin) {
+            return Ok(tonic::Response::new(CreateGroupResponse { error: Some(e), ..Default::default() }));
+        }
+        let authorization = request.metadata().get(waft_proto::AUTHORIZATION_HEADER).cloned();
+        Ok(tonic::Response::new(self.create_group(request.into_inner(), authorization).await))
     }
 
     async fn deploy(
         &self,
         request: tonic::Request<DeployRequest>,
     ) -> Result<tonic::Response<DeployResponse>, tonic::Status> {
-        let outcome = match self.deploy(request.into_inner()).await {
+        let caller = self.auth.identify(&request);
+        let checked = self.auth.check(&caller, Some(request.get_ref().group), Role::Admin);
+        let outcome = match async {
+            checked?;
+            self.deploy(request.into_inner()).await
+        }
+        .await
+        {
             Ok(result) => deploy_response::Outcome::Result(result),
             Err(e) => deploy_response::Outcome::Error(e),
         };
@@ -500,7 +532,14 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
         &self,
         request: tonic::Request<SetGroupRequest>,
     ) -> Result<tonic::Response<SetGroupResponse>, tonic::Status> {
-        let outcome = match self.set_group(request.into_inner()).await {
+        let caller = self.auth.identify(&request);
+        let checked = self.auth.check(&caller, Some(request.get_ref().group), Role::Admin);
+        let outcome = match async {
+            checked?;
+            self.set_group(request.into_inner()).await
+        }
+        .await
+        {
             Ok(result) => set_group_response::Outcome::Result(result),
             Err(e) => set_group_response::Outcome::Error(e),
         };
@@ -511,6 +550,10 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
         &self,
         request: tonic::Request<ReplaceNodeRequest>,
     ) -> Result<tonic::Response<ReplaceNodeResponse>, tonic::Status> {
+        let caller = self.auth.identify(&request);
+        if let Err(e) = self.auth.check(&caller, None, Role::Admin) {
+            return Err(tonic::Status::permission_denied(e.to_string()));
+        }
         let node = request.into_inner().node;
         if node == waft_raft::NONE {
             return Err(tonic::Status::invalid_argument("node 0 is reserved; name the node whose data was lost"));
@@ -549,7 +592,14 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
         &self,
         request: tonic::Request<AdminRequest>,
     ) -> Result<tonic::Response<AdminResponse>, tonic::Status> {
-        let outcome = match self.change(request.into_inner()).await {
+        let caller = self.auth.identify(&request);
+        let checked = self.auth.check(&caller, Some(request.get_ref().group), Role::Admin);
+        let outcome = match async {
+            checked?;
+            self.change(request.into_inner()).await
+        }
+        .await
+        {
             Ok(result) => admin_response::Outcome::Result(result),
             Err(e) => admin_response::Outcome::Error(e),
         };

@@ -18,6 +18,13 @@
 //! background_saves = false            # in-memory checkpoints saved beside the applies
 //! initial_voters = [1, 2, 3]          # a new group's voters; default: this node and every peer
 //! metrics_listen = "127.0.0.1:9101"   # Prometheus GET /metrics; default: off
+//! users = "users.toml"                # roles per user and group (docs/security.md); default: none
+//! # plaintext = true                  # no TLS: only for local development, and said so
+//!
+//! [tls]                               # required unless plaintext: the cluster's CA, this node's
+//! ca = "certs/ca.pem"                 # certificate (naming node-1.waft) and its key;
+//! cert = "certs/node-1.pem"           # `waft certs init certs` writes them
+//! key = "certs/node-1.key"
 //!
 //! [sessions]                          # founding session limits of groups this node founds
 //!                                     # (the group's first leader's bind the group; change
@@ -44,6 +51,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use waft_session::SessionConfig;
 
+use crate::security::TlsPaths;
 use crate::{ELECTION_TICKS_DEFAULT, GroupSpec, ServeConfig, ServeError, TICK_MS_DEFAULT};
 
 /// Entries applied after the last snapshot before a new one is taken.
@@ -71,6 +79,9 @@ pub struct FileConfig {
     pub background_saves: Option<bool>,
     pub initial_voters: Option<Vec<u64>>,
     pub metrics_listen: Option<SocketAddr>,
+    pub users: Option<PathBuf>,
+    pub plaintext: Option<bool>,
+    pub tls: Option<FileTls>,
     /// Node id (a TOML key, so a string) → address.
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
@@ -89,6 +100,15 @@ pub struct FileSessions {
     pub idle_timeout_ms: Option<u64>,
     pub reply_bytes_per_session_max: Option<u64>,
     pub reply_bytes_total_max: Option<u64>,
+}
+
+/// The `[tls]` table: this node's TLS files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,6 +170,26 @@ pub struct Flags {
     /// 127.0.0.1:9101 [default: off].
     #[arg(long)]
     pub metrics_listen: Option<SocketAddr>,
+    /// The cluster's CA certificate (PEM): every peer, client and operator
+    /// must present a certificate it signed. With --tls-cert and --tls-key.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM), naming node-ID.waft; `waft certs
+    /// init` writes one per node.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Serve without TLS: anyone who reaches the port can do anything
+    /// unless --users names a users file (tokens then travel in clear).
+    /// For local development only.
+    #[arg(long)]
+    pub plaintext: bool,
+    /// A users file (TOML): each user's token hash and roles per group
+    /// (docs/security.md). Without it every caller may do everything.
+    #[arg(long)]
+    pub users: Option<PathBuf>,
     /// Open exactly-once sessions per group at most, for groups this node
     /// founds: the group's first leader's value binds the group; change it
     /// later with `waft admin set-group` [default: 10000].
@@ -233,6 +273,14 @@ impl FileConfig {
         if let Some(dir) = &mut file.data_dir {
             *dir = base.join(&*dir);
         }
+        if let Some(users) = &mut file.users {
+            *users = base.join(&*users);
+        }
+        if let Some(tls) = &mut file.tls {
+            for p in [&mut tls.ca, &mut tls.cert, &mut tls.key] {
+                *p = base.join(&*p);
+            }
+        }
         for g in &mut file.groups {
             g.module = base.join(&g.module);
         }
@@ -305,7 +353,30 @@ impl Flags {
             }
             groups.push(GroupSpec { group, module });
         }
+        let plaintext = self.plaintext || file.plaintext.unwrap_or(false);
+        let flags_tls = (self.tls_ca, self.tls_cert, self.tls_key);
+        let tls = match flags_tls {
+            (None, None, None) => file.tls.map(|t| TlsPaths { ca: t.ca, cert: t.cert, key: t.key }),
+            (Some(ca), Some(cert), Some(key)) => Some(TlsPaths { ca, cert, key }),
+            _ => return Err(config_err("TLS needs all three of --tls-ca, --tls-cert and --tls-key")),
+        };
+        match (&tls, plaintext) {
+            (Some(_), true) => {
+                return Err(config_err("both TLS files and --plaintext given: choose one"));
+            }
+            (None, false) => {
+                return Err(config_err(
+                    "no TLS given: name the cluster's CA and this node's certificate and key (--tls-ca, \
+                     --tls-cert, --tls-key, or a [tls] table; `waft certs init DIR` writes a development set), \
+                     or choose --plaintext for local development",
+                ));
+            }
+            _ => {}
+        }
         Ok(ServeConfig {
+            tls,
+            plaintext,
+            users: self.users.or(file.users),
             node_id,
             listen,
             data_dir,
@@ -402,7 +473,9 @@ mod tests {
              [peers]\n2 = \"127.0.0.1:7002\"\n[[groups]]\nid = 1\nmodule = \"m.wasm\"\n",
         )
         .unwrap();
-        let cfg = Flags { config: Some(path.clone()), tick_ms: Some(5), ..Flags::default() }.resolve().unwrap();
+        let cfg = Flags { config: Some(path.clone()), tick_ms: Some(5), plaintext: true, ..Flags::default() }
+            .resolve()
+            .unwrap();
         assert_eq!((cfg.node_id, cfg.tick_ms, cfg.election_ticks), (1, 5, ELECTION_TICKS_DEFAULT));
         assert_eq!(cfg.sessions, SessionConfig::default());
         assert_eq!(cfg.data_dir, dir.join("data"), "relative to the file");
@@ -413,6 +486,7 @@ mod tests {
             config: Some(path),
             peers: vec![(3, "127.0.0.1:7003".into())],
             groups: vec![(7, "x.wasm".into()), (8, "y.wasm".into())],
+            plaintext: true,
             ..Flags::default()
         }
         .resolve()

@@ -768,6 +768,14 @@ impl Driver {
             self.replica.abandon_install();
             return;
         };
+        let leader = match self.transport.dialer().endpoint(install.from, &addr) {
+            Ok(leader) => leader,
+            Err(e) => {
+                tracing::warn!(group, from = install.from, addr, error = %e, "the sender's address is not usable");
+                self.replica.abandon_install();
+                return;
+            }
+        };
         let pending = match self.replica.begin_install(&self.snapshots, offered) {
             Ok(pending) => pending,
             Err(e) => {
@@ -789,7 +797,7 @@ impl Driver {
         tracing::info!(group, from = install.from, index, term, bytes = progress.bytes_total, "pulling snapshot");
         let rate = self.snapshot_bytes_per_sec;
         tokio::spawn(async move {
-            let pulled = install::pull(addr, group, pending, rate, progress).await;
+            let pulled = install::pull(leader, group, pending, rate, progress).await;
             // Waits for room rather than drop the outcome: the driver must
             // hear of every pull it started.
             let _ = inbox.send(Input::InstallPulled(pulled)).await;

@@ -126,7 +126,7 @@ impl Catalogue {
         Ok(())
     }
 
-    fn encode(entries: &BTreeMap<u64, Founding>) -> String {
+    pub(crate) fn encode(entries: &BTreeMap<u64, Founding>) -> String {
         let mut text = String::from(
             "# Groups created at run time on this node (waft admin create-group): their\n\
              # founding module (in ../modules) and voters. Written by waft; do not edit.\n",
@@ -137,7 +137,7 @@ impl Catalogue {
         text
     }
 
-    fn parse(text: &str) -> Result<BTreeMap<u64, Founding>, String> {
+    pub(crate) fn parse(text: &str) -> Result<BTreeMap<u64, Founding>, String> {
         let mut entries = BTreeMap::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
@@ -260,6 +260,11 @@ impl Host {
 
     pub fn modules(&self) -> &Arc<ModuleStore> {
         &self.modules
+    }
+
+    /// How this node dials the others.
+    pub fn dialer(&self) -> &crate::security::Dialer {
+        self.transport.dialer()
     }
 
     /// Every member's address (this node's included), by node id.

@@ -103,7 +103,7 @@ impl Identity {
     }
 }
 
-fn parse_identity(text: &str) -> Result<(NodeId, u64), String> {
+pub(crate) fn parse_identity(text: &str) -> Result<(NodeId, u64), String> {
     let mut lines = text.lines();
     if lines.next() != Some(IDENTITY_MAGIC) {
         return Err(format!("not an identity file (its first line is not `{IDENTITY_MAGIC}`)"));
@@ -235,7 +235,7 @@ impl PeerBook {
     }
 }
 
-fn parse_book(text: &str) -> Result<BTreeMap<NodeId, u64>, String> {
+pub(crate) fn parse_book(text: &str) -> Result<BTreeMap<NodeId, u64>, String> {
     let mut known = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let bad = || format!("line {} is not `<node id> <hex incarnation>`", i + 1);

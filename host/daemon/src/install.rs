@@ -134,7 +134,7 @@ pub struct Progress {
 /// for `finish_install`, or why the transfer failed (the install is then
 /// dropped, and the driver abandons it so the leader offers it again).
 pub async fn pull(
-    addr: String,
+    leader: tonic::transport::Endpoint,
     group: u64,
     mut install: waft_node::Install,
     bytes_per_sec: u64,
@@ -142,8 +142,8 @@ pub async fn pull(
 ) -> Result<waft_node::Install, String> {
     let chunk_bytes = chunk_bytes(bytes_per_sec);
     let id = install.id();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .map_err(|e| format!("leader address {addr:?}: {e}"))?
+    let addr = leader.uri().clone();
+    let channel = leader
         .connect_timeout(CONNECT_TIMEOUT)
         .connect()
         .await

@@ -64,7 +64,27 @@ pub mod inbox;
 pub mod install;
 pub mod metrics;
 pub mod peer;
+pub mod security;
 pub mod service;
+
+/// Entry points for the fuzz targets (`host/fuzz`): the parsers of what
+/// this crate reads from its data directory. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The created-groups catalogue; what parses writes back the same.
+    pub fn catalogue(text: &str) {
+        if let Ok(entries) = crate::groups::Catalogue::parse(text) {
+            let again = crate::groups::Catalogue::encode(&entries);
+            assert_eq!(crate::groups::Catalogue::parse(&again), Ok(entries));
+        }
+    }
+
+    /// The data directory's identity and the peer book.
+    pub fn identity_files(text: &str) {
+        let _ = crate::identity::parse_identity(text);
+        let _ = crate::identity::parse_book(text);
+    }
+}
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -89,6 +109,14 @@ pub struct ServeConfig {
     pub node_id: NodeId,
     /// Serves both the peer and the client service.
     pub listen: SocketAddr,
+    /// The cluster's CA and this node's certificate and key; `None` only
+    /// when `plaintext` was chosen.
+    pub tls: Option<security::TlsPaths>,
+    /// Plaintext, chosen explicitly (local development, the demo).
+    pub plaintext: bool,
+    /// The users file (roles per group); `None`: every caller may do
+    /// everything.
+    pub users: Option<PathBuf>,
     pub data_dir: PathBuf,
     /// The other members: node id → address of their `waft serve`. This node
     /// is not in it.
@@ -181,6 +209,33 @@ impl ServeConfig {
     }
 }
 
+/// Says at start what an operator should know about who can reach this
+/// node: plaintext off loopback, tokens in clear, no roles.
+fn warn_about_exposure(cfg: &ServeConfig, users: Option<&security::Users>) {
+    let node = cfg.node_id;
+    if cfg.tls.is_none() && !cfg.listen.ip().is_loopback() {
+        tracing::warn!(
+            node,
+            listen = %cfg.listen,
+            "serving WITHOUT TLS on a non-loopback address: traffic is readable and peers are not \
+             authenticated; give --tls-ca, --tls-cert and --tls-key for anything but local development"
+        );
+    }
+    match users {
+        None if cfg.tls.is_some() => tracing::warn!(
+            node,
+            "no users file (--users): every holder of a certificate from the cluster's CA may do everything"
+        ),
+        None => tracing::warn!(node, "no users file (--users): every caller may do everything"),
+        Some(users) if cfg.tls.is_none() => tracing::warn!(
+            node,
+            users = users.len(),
+            "users and tokens without TLS: tokens travel in clear and peers are not authenticated"
+        ),
+        Some(users) => tracing::info!(node, users = users.len(), "roles from the users file"),
+    }
+}
+
 /// How much of the lease (`lease_ticks` ticks of real time) the monotonic
 /// clock bound gives up for clock drift between nodes and tick jitter.
 pub const LEASE_DRIFT_MARGIN_PERCENT: u64 = 20;
@@ -207,6 +262,17 @@ pub async fn serve(
     waft_node::GroupSettings { digest_interval: cfg.digest_interval, ..Default::default() }
         .validate()
         .map_err(|e| ServeError::Config(format!("--digest-interval: {e}")))?;
+    // Who may connect, before anything is opened.
+    let node_tls = match &cfg.tls {
+        Some(paths) => Some(security::NodeTls::load(paths, cfg.node_id).map_err(ServeError::Config)?),
+        None if cfg.plaintext => None,
+        None => return Err(ServeError::Config("no TLS configured and plaintext not chosen".into())),
+    };
+    let users = match &cfg.users {
+        Some(path) => Some(security::Users::load(path).map_err(ServeError::Config)?),
+        None => None,
+    };
+    warn_about_exposure(&cfg, users.as_ref());
     let storage_err = |dir: PathBuf| move |source| ServeError::Storage { dir, source };
     let log_dir = cfg.data_dir.join("log");
     let snap_dir = cfg.data_dir.join("snapshots");
@@ -253,7 +319,9 @@ pub async fn serve(
         }
         None => addresses.keys().copied().collect(),
     };
-    let transport = peer::Transport::start(cfg.node_id, identity.incarnation, &cfg.peers);
+    let auth = Arc::new(security::Auth { tls: node_tls.is_some(), users, stats: Default::default() });
+    let transport =
+        peer::Transport::start(cfg.node_id, identity.incarnation, &cfg.peers, security::Dialer::new(node_tls.clone()));
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let host = Arc::new(groups::Host::new(
@@ -288,6 +356,7 @@ pub async fn serve(
             groups.clone(),
             committer.stats_handle(),
             pipelines.clone(),
+            auth.clone(),
             stopped.clone(),
         ));
     }
@@ -300,21 +369,27 @@ pub async fn serve(
     // option does not reach a listener we pass in, so set it here.
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let (shutdown_begun, begun) = tokio::sync::oneshot::channel::<()>();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &node_tls {
+        builder = builder.tls_config(tls.server_config())?;
+    }
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .add_service(waft_proto::peer_server(peer::PeerService::new(
                 groups.clone(),
                 snapshots.clone(),
                 book.clone(),
                 cfg.peers.keys().copied().collect(),
+                auth.clone(),
                 stopped.clone(),
             )))
-            .add_service(waft_proto::admin_server(admin::AdminService::new(host.clone(), book.clone())))
+            .add_service(waft_proto::admin_server(admin::AdminService::new(host.clone(), book.clone(), auth.clone())))
             .add_service(waft_proto::client_server(service::ClientService::new(
                 cfg.node_id,
                 groups,
                 stopped.clone(),
                 pipelines,
+                auth,
             )))
             .serve_with_incoming_shutdown(incoming, async {
                 let _ = begun.await;

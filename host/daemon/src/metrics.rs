@@ -35,6 +35,7 @@ pub fn render(
     groups: &[(u64, Arc<GroupHandle>)],
     commit: &CommitStats,
     pipelines: &crate::service::PipelineStats,
+    auth: &crate::security::AuthStats,
 ) -> String {
     let mut out = String::new();
     let mut family = |name: &str, kind: &str, help: &str, samples: &mut dyn FnMut(&mut String)| {
@@ -138,7 +139,25 @@ pub fn render(
         "Group log writes made durable (writes/syncs = merge factor).",
         &mut |o| o.push_str(&writes),
     );
-    let node_counters: [(&str, &str, &str, &AtomicU64); 3] = [
+    let node_counters: [(&str, &str, &str, &AtomicU64); 6] = [
+        (
+            "waft_node_auth_denied_total",
+            "counter",
+            "Calls refused PERMISSION_DENIED: the caller lacks the role on the group.",
+            &auth.denied,
+        ),
+        (
+            "waft_node_auth_unauthenticated_total",
+            "counter",
+            "Calls refused PERMISSION_DENIED: an unknown token or an unreadable certificate.",
+            &auth.unauthenticated,
+        ),
+        (
+            "waft_node_auth_peers_refused_total",
+            "counter",
+            "Peer streams and snapshot pulls refused: no node certificate, or another node's.",
+            &auth.peers_refused,
+        ),
         ("waft_node_pipelines_open", "gauge", "Client Pipeline streams open.", &pipelines.open),
         (
             "waft_node_pipeline_batches_total",
@@ -167,6 +186,7 @@ pub async fn serve(
     groups: Arc<Groups>,
     commit: Arc<CommitStats>,
     pipelines: Arc<crate::service::PipelineStats>,
+    auth: Arc<crate::security::Auth>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
@@ -183,13 +203,13 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
         };
         let Ok((mut conn, _)) = accepted else { continue };
-        let (groups, commit, pipelines) = (groups.clone(), commit.clone(), pipelines.clone());
+        let (groups, commit, pipelines, auth) = (groups.clone(), commit.clone(), pipelines.clone(), auth.clone());
         tokio::spawn(async move {
             let _permit = permit;
             let response = match tokio::time::timeout(REQUEST_TIMEOUT, read_head(&mut conn)).await {
                 Ok(Ok(head)) if head.starts_with(b"GET /metrics ") || head.starts_with(b"GET /metrics?") => {
                     // The groups of the moment: created ones appear at the next scrape.
-                    let body = render(node, &groups.all(), &commit, &pipelines);
+                    let body = render(node, &groups.all(), &commit, &pipelines, &auth.stats);
                     reply(200, "OK", "text/plain; version=0.0.4", &body)
                 }
                 Ok(Ok(head)) if head.starts_with(b"GET ") => reply(404, "Not Found", "text/plain", "try /metrics\n"),

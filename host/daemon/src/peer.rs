@@ -22,6 +22,7 @@ use waft_storage::SnapshotStore;
 use crate::Groups;
 use crate::identity::{INCARNATION_HEADER, NODE_HEADER, PeerBook, Refusal};
 use crate::inbox::Input;
+use crate::security::{Auth, Dialer};
 
 /// Messages queued for one peer before its stream takes them. Full means the
 /// peer is slow or unreachable: new messages are dropped.
@@ -42,21 +43,29 @@ pub use crate::install::CONNECT_TIMEOUT;
 pub struct Transport {
     node: NodeId,
     queues: Arc<BTreeMap<NodeId, mpsc::Sender<PeerMessage>>>,
+    /// How this node dials its peers (TLS or plaintext); snapshot pulls and
+    /// forwarded creates dial with it too.
+    dialer: Dialer,
 }
 
 impl Transport {
     /// Starts one sender task per peer; each stream says it comes from
     /// `node`'s data directory `incarnation`.
-    pub fn start(node: NodeId, incarnation: u64, peers: &BTreeMap<NodeId, String>) -> Transport {
+    pub fn start(node: NodeId, incarnation: u64, peers: &BTreeMap<NodeId, String>, dialer: Dialer) -> Transport {
         let mut queues = BTreeMap::new();
         for (&id, addr) in peers {
             let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
             queues.insert(id, tx);
             let span = tracing::info_span!("peer", node, peer = id, addr = %addr);
             let me = Sender { node, incarnation };
-            tokio::spawn(tracing::Instrument::instrument(sender(me, addr.clone(), rx), span));
+            let to = Peer { id, addr: addr.clone(), dialer: dialer.clone() };
+            tokio::spawn(tracing::Instrument::instrument(sender(me, to, rx), span));
         }
-        Transport { node, queues: Arc::new(queues) }
+        Transport { node, queues: Arc::new(queues), dialer }
+    }
+
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 
     /// Queues `messages` of `group` for their peers; drops what does not fit.
@@ -74,6 +83,13 @@ impl Transport {
     }
 }
 
+/// Whom a sender streams to.
+struct Peer {
+    id: NodeId,
+    addr: String,
+    dialer: Dialer,
+}
+
 /// Who sends a stream: this node and its data directory's incarnation.
 #[derive(Clone, Copy)]
 struct Sender {
@@ -83,12 +99,12 @@ struct Sender {
 
 /// Owns one peer's outbound stream: connects, streams batches, and on any
 /// failure waits and reconnects. Ends only when every `Transport` is gone.
-async fn sender(me: Sender, addr: String, mut queue: mpsc::Receiver<PeerMessage>) {
+async fn sender(me: Sender, to: Peer, mut queue: mpsc::Receiver<PeerMessage>) {
     let mut backoff = RECONNECT_BACKOFF_MIN;
     // The peer's last refusal, logged once until it changes.
     let mut refused: Option<String> = None;
     loop {
-        match connect(&addr).await {
+        match connect(&to).await {
             Ok(client) => {
                 backoff = RECONNECT_BACKOFF_MIN;
                 tracing::debug!("connected");
@@ -121,13 +137,10 @@ async fn sender(me: Sender, addr: String, mut queue: mpsc::Receiver<PeerMessage>
 }
 
 async fn connect(
-    addr: &str,
+    to: &Peer,
 ) -> Result<peer::peer_client::PeerClient<tonic::transport::Channel>, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect()
-        .await?;
+    let channel =
+        to.dialer.endpoint(to.id, &to.addr)?.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect().await?;
     Ok(waft_proto::peer_client(channel))
 }
 
@@ -204,6 +217,9 @@ pub struct PeerService {
     /// The nodes this node knows as peers (`--peer`): streams from any other
     /// id are refused, so the book records only them.
     peers: std::collections::BTreeSet<NodeId>,
+    /// With TLS: the node a stream claims to come from must be the one its
+    /// certificate names.
+    auth: Arc<Auth>,
     /// The last refused incarnation logged per peer, so a refused peer's
     /// reconnects do not flood the log.
     refusals_logged: std::sync::Mutex<BTreeMap<NodeId, u64>>,
@@ -219,9 +235,10 @@ impl PeerService {
         snapshots: Arc<SnapshotStore>,
         book: Arc<PeerBook>,
         peers: std::collections::BTreeSet<NodeId>,
+        auth: Arc<Auth>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> PeerService {
-        PeerService { groups, snapshots, book, peers, refusals_logged: Default::default(), stop }
+        PeerService { groups, snapshots, book, peers, auth, refusals_logged: Default::default(), stop }
     }
 
     /// The sender a stream names, admitted by the book; the refusal the
@@ -236,6 +253,10 @@ impl PeerService {
                 .ok_or_else(|| tonic::Status::failed_precondition(format!("a peer stream must carry `{name}`")))
         };
         let (node, incarnation) = (header(NODE_HEADER)?, header(INCARNATION_HEADER)?);
+        if let Err(why) = self.auth.check_peer(request, Some(node)) {
+            tracing::warn!(claims = node, refusal = %why, "refusing a peer stream");
+            return Err(tonic::Status::failed_precondition(why));
+        }
         if !self.peers.contains(&node) {
             return Err(tonic::Status::failed_precondition(format!(
                 "node {node} is not a peer of this node (its --peer list)"
@@ -326,6 +347,9 @@ impl peer::peer_server::Peer for PeerService {
         &self,
         request: tonic::Request<peer::SnapshotChunkRequest>,
     ) -> Result<tonic::Response<peer::SnapshotChunk>, tonic::Status> {
+        if let Err(why) = self.auth.check_peer(&request, None) {
+            return Err(tonic::Status::permission_denied(why));
+        }
         let req = request.into_inner();
         if !self.groups.contains(req.group) {
             return Err(tonic::Status::not_found(format!("this node serves no group {}", req.group)));

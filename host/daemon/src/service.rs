@@ -22,6 +22,7 @@ use waft_session::Body;
 
 use crate::Groups;
 use crate::inbox::{Committed, GroupHandle, Input, ProposeReply, Reply, try_send};
+use crate::security::{Auth, Caller, Role};
 
 /// Bytes of a session registration's nonce (a `u128`).
 pub const NONCE_BYTES: usize = 16;
@@ -60,6 +61,9 @@ pub struct ClientService {
     /// Set when the daemon shuts down: pipelines stop taking calls.
     stop: watch::Receiver<bool>,
     pipelines: Arc<PipelineStats>,
+    /// Proposals and sessions need the write role on their group, queries
+    /// and status the read role.
+    auth: Arc<Auth>,
 }
 
 impl ClientService {
@@ -68,8 +72,9 @@ impl ClientService {
         groups: Arc<Groups>,
         stop: watch::Receiver<bool>,
         pipelines: Arc<PipelineStats>,
+        auth: Arc<Auth>,
     ) -> ClientService {
-        ClientService { node, groups, stop, pipelines }
+        ClientService { node, groups, stop, pipelines, auth }
     }
 
     fn group(&self, group: u64) -> Result<Arc<GroupHandle>, client::Error> {
@@ -93,7 +98,8 @@ impl ClientService {
         }
     }
 
-    async fn propose_inner(&self, req: ProposeRequest) -> ProposeReply {
+    async fn propose_inner(&self, req: ProposeRequest, caller: &Caller) -> ProposeReply {
+        self.auth.check(caller, Some(req.group), Role::Write)?;
         let group = self.group(req.group)?;
         let size = req.command.len() as u64;
         if size > group.command_bytes_max {
@@ -128,7 +134,8 @@ impl ClientService {
         Self::ask(group, Input::Propose { body, reply }, rx).await
     }
 
-    async fn open_session_inner(&self, req: OpenSessionRequest) -> ProposeReply {
+    async fn open_session_inner(&self, req: OpenSessionRequest, caller: &Caller) -> ProposeReply {
+        self.auth.check(caller, Some(req.group), Role::Write)?;
         let group = self.group(req.group)?;
         let nonce = match req.nonce.len() {
             0 => None,
@@ -146,18 +153,21 @@ impl ClientService {
         self.submit(&group, Body::Register { nonce }).await
     }
 
-    async fn keep_alive_inner(&self, req: KeepAliveRequest) -> ProposeReply {
+    async fn keep_alive_inner(&self, req: KeepAliveRequest, caller: &Caller) -> ProposeReply {
+        self.auth.check(caller, Some(req.group), Role::Write)?;
         let group = self.group(req.group)?;
         let body = Body::KeepAlive { session_id: req.session_id, lowest_unacked_seq: req.lowest_unacked_sequence };
         self.submit(&group, body).await
     }
 
-    async fn close_session_inner(&self, req: CloseSessionRequest) -> ProposeReply {
+    async fn close_session_inner(&self, req: CloseSessionRequest, caller: &Caller) -> ProposeReply {
+        self.auth.check(caller, Some(req.group), Role::Write)?;
         let group = self.group(req.group)?;
         self.submit(&group, Body::Unregister { session_id: req.session_id }).await
     }
 
-    async fn query_inner(&self, req: QueryRequest) -> Reply {
+    async fn query_inner(&self, req: QueryRequest, caller: &Caller) -> Reply {
+        self.auth.check(caller, Some(req.group), Role::Read)?;
         let group = self.group(req.group)?;
         let size = req.request.len() as u64;
         if size > group.command_bytes_max {
@@ -171,8 +181,8 @@ impl ClientService {
 }
 
 impl ClientService {
-    async fn propose_response(&self, req: ProposeRequest) -> ProposeResponse {
-        match self.propose_inner(req).await {
+    async fn propose_response(&self, req: ProposeRequest, caller: &Caller) -> ProposeResponse {
+        match self.propose_inner(req, caller).await {
             Ok(Committed { result, index, duplicate, .. }) => {
                 ProposeResponse { outcome: Some(propose_response::Outcome::Result(result)), index, duplicate }
             }
@@ -182,9 +192,9 @@ impl ClientService {
         }
     }
 
-    async fn query_response(&self, req: QueryRequest) -> QueryResponse {
+    async fn query_response(&self, req: QueryRequest, caller: &Caller) -> QueryResponse {
         let consistency = req.consistency;
-        match self.query_inner(req).await {
+        match self.query_inner(req, caller).await {
             Ok((result, applied_index)) => {
                 QueryResponse { outcome: Some(query_response::Outcome::Result(result)), applied_index, consistency }
             }
@@ -193,10 +203,12 @@ impl ClientService {
     }
 
     /// One call of a pipeline, run as its unary twin would run.
-    async fn run_call(&self, call: Call) -> CallReply {
+    async fn run_call(&self, call: Call, caller: &Caller) -> CallReply {
         let response = match call.request {
-            Some(call::Request::Propose(req)) => call_reply::Response::Propose(self.propose_response(req).await),
-            Some(call::Request::Query(req)) => call_reply::Response::Query(self.query_response(req).await),
+            Some(call::Request::Propose(req)) => {
+                call_reply::Response::Propose(self.propose_response(req, caller).await)
+            }
+            Some(call::Request::Query(req)) => call_reply::Response::Query(self.query_response(req, caller).await),
             None => call_reply::Response::Error(client::Error::invalid_request(
                 "a call carries neither a propose nor a query; client and server versions may differ",
             )),
@@ -205,11 +217,13 @@ impl ClientService {
     }
 
     /// Serves one pipeline until the client closes its side and every call
-    /// has its reply, the client stops reading, or the daemon stops.
+    /// has its reply, the client stops reading, or the daemon stops. Every
+    /// call is `caller`'s (identified once, when the stream opened).
     async fn serve_pipeline(
         self,
         mut inbound: tonic::Streaming<CallBatch>,
         out: mpsc::Sender<Result<ReplyBatch, tonic::Status>>,
+        caller: Caller,
     ) {
         let stats = self.pipelines.clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
@@ -259,7 +273,7 @@ impl ClientService {
                             self.pipelines.batches.fetch_add(1, Ordering::Relaxed);
                             self.pipelines.calls.fetch_add(batch.calls.len() as u64, Ordering::Relaxed);
                             for call in batch.calls {
-                                running.push(self.run_call(call));
+                                running.push(self.run_call(call, &caller));
                             }
                         }
                         Ok(None) => reading = false,
@@ -279,7 +293,8 @@ impl client::client_server::Client for ClientService {
         &self,
         request: tonic::Request<ProposeRequest>,
     ) -> Result<tonic::Response<ProposeResponse>, tonic::Status> {
-        Ok(tonic::Response::new(self.propose_response(request.into_inner()).await))
+        let caller = self.auth.identify(&request);
+        Ok(tonic::Response::new(self.propose_response(request.into_inner(), &caller).await))
     }
 
     type PipelineStream = tokio_stream::wrappers::ReceiverStream<Result<ReplyBatch, tonic::Status>>;
@@ -291,8 +306,9 @@ impl client::client_server::Client for ClientService {
         if *self.stop.borrow() {
             return Err(tonic::Status::unavailable("this node is shutting down; retry at another node"));
         }
+        let caller = self.auth.identify(&request);
         let (out, replies) = mpsc::channel(PIPELINE_REPLY_QUEUE_MAX);
-        tokio::spawn(self.clone().serve_pipeline(request.into_inner(), out));
+        tokio::spawn(self.clone().serve_pipeline(request.into_inner(), out, caller));
         Ok(tonic::Response::new(tokio_stream::wrappers::ReceiverStream::new(replies)))
     }
 
@@ -300,42 +316,56 @@ impl client::client_server::Client for ClientService {
         &self,
         request: tonic::Request<OpenSessionRequest>,
     ) -> Result<tonic::Response<SessionResponse>, tonic::Status> {
-        Ok(tonic::Response::new(session_response(self.open_session_inner(request.into_inner()).await)))
+        let caller = self.auth.identify(&request);
+        Ok(tonic::Response::new(session_response(self.open_session_inner(request.into_inner(), &caller).await)))
     }
 
     async fn keep_alive(
         &self,
         request: tonic::Request<KeepAliveRequest>,
     ) -> Result<tonic::Response<SessionResponse>, tonic::Status> {
-        Ok(tonic::Response::new(session_response(self.keep_alive_inner(request.into_inner()).await)))
+        let caller = self.auth.identify(&request);
+        Ok(tonic::Response::new(session_response(self.keep_alive_inner(request.into_inner(), &caller).await)))
     }
 
     async fn close_session(
         &self,
         request: tonic::Request<CloseSessionRequest>,
     ) -> Result<tonic::Response<SessionResponse>, tonic::Status> {
-        Ok(tonic::Response::new(session_response(self.close_session_inner(request.into_inner()).await)))
+        let caller = self.auth.identify(&request);
+        Ok(tonic::Response::new(session_response(self.close_session_inner(request.into_inner(), &caller).await)))
     }
 
     async fn query(
         &self,
         request: tonic::Request<QueryRequest>,
     ) -> Result<tonic::Response<QueryResponse>, tonic::Status> {
-        Ok(tonic::Response::new(self.query_response(request.into_inner()).await))
+        let caller = self.auth.identify(&request);
+        Ok(tonic::Response::new(self.query_response(request.into_inner(), &caller).await))
     }
 
     async fn status(
         &self,
         request: tonic::Request<StatusRequest>,
     ) -> Result<tonic::Response<StatusResponse>, tonic::Status> {
+        let caller = self.auth.identify(&request);
         let req = request.into_inner();
         let mut response = StatusResponse { node_id: self.node, ..Default::default() };
         match req.group {
-            Some(group) => match self.group(group) {
+            Some(group) => match self.auth.check(&caller, Some(group), Role::Read).and_then(|()| self.group(group)) {
                 Ok(handle) => response.groups.push(handle.status.borrow().clone()),
                 Err(e) => response.error = Some(e),
             },
-            None => response.groups = self.groups.all().iter().map(|(_, h)| h.status.borrow().clone()).collect(),
+            // Only the groups the caller may read.
+            None => {
+                response.groups = self
+                    .groups
+                    .all()
+                    .iter()
+                    .filter(|(g, _)| self.auth.may_read(&caller, *g))
+                    .map(|(_, h)| h.status.borrow().clone())
+                    .collect()
+            }
         }
         Ok(tonic::Response::new(response))
     }

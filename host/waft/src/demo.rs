@@ -88,6 +88,10 @@ impl Cluster {
             let cfg = ServeConfig {
                 node_id: id,
                 listen: *addr,
+                // The demo runs on loopback only, in plaintext by choice.
+                tls: None,
+                plaintext: true,
+                users: None,
                 data_dir: dir.join(format!("node-{id}")),
                 peers,
                 groups: groups.clone(),

@@ -6,6 +6,7 @@
 //! at run time: `waft admin create-group`); `waft demo` ([`demo`]) starts a local three-node
 //! cluster and runs SOFAJRaft's counter and atomic scenarios through it.
 
+mod certs;
 mod demo;
 
 use std::path::PathBuf;
@@ -36,6 +37,12 @@ enum Cmd {
     /// (`waft admin create-group`, kept in --data-dir). Flags win over the
     /// --config file. Stops cleanly on SIGINT or SIGTERM.
     Serve(Box<waft_daemon::config::Flags>),
+    /// A development CA and certificates for a TLS cluster (`init`), and
+    /// bearer tokens for the users file (`token`).
+    Certs {
+        #[command(subcommand)]
+        op: certs::CertsCmd,
+    },
     /// Propose a command and print its result. The command goes in an
     /// exactly-once session of its own (opened, used for this command, closed),
     /// so retries after a timeout, a leader change or a lost connection apply
@@ -54,6 +61,8 @@ enum Cmd {
         input: Input,
         #[arg(long, value_enum, default_value_t = OutputForm::Auto)]
         output: OutputForm,
+        #[command(flatten)]
+        auth: ClientAuth,
     },
     /// Run a read-only query and print its result.
     Query {
@@ -67,6 +76,8 @@ enum Cmd {
         input: Input,
         #[arg(long, value_enum, default_value_t = OutputForm::Auto)]
         output: OutputForm,
+        #[command(flatten)]
+        auth: ClientAuth,
     },
     /// Show what a node knows about its groups.
     Status {
@@ -77,6 +88,8 @@ enum Cmd {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        auth: ClientAuth,
     },
     /// Load a waft (or etcd) cluster with concurrent clients; print
     /// throughput and latency percentiles and write them as JSON.
@@ -93,6 +106,8 @@ enum Cmd {
         group: u64,
         /// The component, e.g. target/wasm32-wasip2/release/my_machine.wasm.
         module: PathBuf,
+        #[command(flatten)]
+        auth: ClientAuth,
     },
     /// Change a group on a live cluster: membership, leadership, snapshots;
     /// or create a new group. Each change waits until it took effect and
@@ -104,9 +119,78 @@ enum Cmd {
         addr: Option<String>,
         #[arg(long, global = true)]
         group: Option<u64>,
+        #[command(flatten)]
+        auth: ClientAuth,
         #[command(subcommand)]
         op: AdminCmd,
     },
+}
+
+/// How a client command signs in and checks the servers: TLS files and a
+/// bearer token, from flags, the environment, or a client configuration
+/// file (flags and environment win over the file).
+#[derive(clap::Args, Clone, Default)]
+struct ClientAuth {
+    /// The cluster's CA certificate (PEM).
+    #[arg(long = "tls-ca", env = "WAFT_TLS_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// This client's certificate (PEM), e.g. client.pem from `waft certs init`.
+    #[arg(long = "tls-cert", env = "WAFT_TLS_CERT", global = true)]
+    cert: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long = "tls-key", env = "WAFT_TLS_KEY", global = true)]
+    key: Option<PathBuf>,
+    /// The name the servers' certificates must carry [default: the host of
+    /// the address dialed].
+    #[arg(long = "tls-server-name", env = "WAFT_TLS_SERVER_NAME", global = true)]
+    server_name: Option<String>,
+    /// A bearer token naming a user of the nodes' users file.
+    #[arg(long, env = "WAFT_TOKEN", hide_env_values = true, global = true)]
+    token: Option<String>,
+    /// A TOML file with any of: ca, cert, key (paths, relative to the
+    /// file), server_name, token.
+    #[arg(long = "client-config", env = "WAFT_CLIENT_CONFIG", global = true)]
+    config: Option<PathBuf>,
+}
+
+/// The client configuration file's keys.
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ClientFile {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    server_name: Option<String>,
+    token: Option<String>,
+}
+
+impl ClientAuth {
+    fn credentials(self) -> Result<waft_daemon::client::Credentials> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+                let mut file: ClientFile = toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+                let base = path.parent().unwrap_or(std::path::Path::new("."));
+                for p in [&mut file.ca, &mut file.cert, &mut file.key].into_iter().flatten() {
+                    *p = base.join(&*p);
+                }
+                file
+            }
+            None => ClientFile::default(),
+        };
+        let files = waft_daemon::client::TlsFiles {
+            ca: self.ca.or(file.ca),
+            cert: self.cert.or(file.cert),
+            key: self.key.or(file.key),
+            server_name: self.server_name.or(file.server_name),
+        };
+        let tls = files.load()?;
+        Ok(waft_daemon::client::Credentials::new(tls, self.token.or(file.token).as_deref())?)
+    }
+
+    fn client(self, addr: String) -> Result<waft_daemon::client::Client> {
+        Ok(waft_daemon::client::Client::with_credentials(vec![addr], self.credentials()?))
+    }
 }
 
 #[derive(Subcommand)]
@@ -291,6 +375,30 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    run(cli).map_err(with_tls_hint)
+}
+
+/// What a TLS mismatch looks like from the client's side: a plaintext
+/// client at a TLS node, a TLS client at a plaintext one, or a certificate
+/// the other side does not take.
+const TLS_MISMATCH_SIGNS: &[&str] =
+    &["FRAME_SIZE_ERROR", "InvalidContentType", "CorruptMessage", "UnknownIssuer", "DecryptError", "certificate"];
+
+/// Puts a hint in front of an error that looks like a TLS mismatch.
+fn with_tls_hint(e: anyhow::Error) -> anyhow::Error {
+    let text = format!("{e:?}");
+    if TLS_MISMATCH_SIGNS.iter().any(|s| text.contains(s)) {
+        e.context(
+            "the connection failed as it does when only one side uses TLS, or when a certificate is not from the \
+             other side's CA: a TLS cluster needs --tls-ca, --tls-cert and --tls-key (or WAFT_TLS_CA, \
+             WAFT_TLS_CERT, WAFT_TLS_KEY), a --plaintext one none of them",
+        )
+    } else {
+        e
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Demo { modules } => runtime()?.block_on(demo::run(&modules)),
         Cmd::Serve(flags) => {
@@ -298,9 +406,10 @@ fn main() -> Result<()> {
             runtime()?.block_on(waft_daemon::serve(cfg, shutdown_signal()))?;
             Ok(())
         }
-        Cmd::Propose { addr, group, no_session, input, output } => {
+        Cmd::Certs { op } => certs::run(op),
+        Cmd::Propose { addr, group, no_session, input, output, auth } => {
             let command = input.bytes()?;
-            let client = waft_daemon::client::Client::new(addr);
+            let client = auth.client(addr)?;
             let answer = runtime()?.block_on(async {
                 if no_session {
                     client.propose_plain(group, command.into()).await
@@ -311,27 +420,32 @@ fn main() -> Result<()> {
             print_result(&answer.result, output);
             Ok(())
         }
-        Cmd::Query { addr, group, consistency, input, output } => {
+        Cmd::Query { addr, group, consistency, input, output, auth } => {
             let request = input.bytes()?;
-            let answer =
-                runtime()?.block_on(waft_daemon::client::query(&addr, group, request.into(), consistency.into()))?;
+            let client = auth.client(addr)?;
+            let answer = runtime()?.block_on(client.query(group, request.into(), consistency.into()))?;
             print_result(&answer.result, output);
             Ok(())
         }
-        Cmd::Status { addr, group, json } => {
-            let status = runtime()?.block_on(waft_daemon::client::status(&addr, group))?;
+        Cmd::Status { addr, group, json, auth } => {
+            let client = auth.client(addr)?;
+            let status = runtime()?.block_on(client.status(group))?;
             print_status(&status, json);
             Ok(())
         }
-        Cmd::Admin { op: AdminCmd::ReplaceNode { node, nodes }, .. } => runtime()?.block_on(replace_node(node, &nodes)),
-        Cmd::Admin { addr, group, op } => {
+        Cmd::Admin { op: AdminCmd::ReplaceNode { node, nodes }, auth, .. } => {
+            let credentials = auth.credentials()?;
+            runtime()?.block_on(replace_node(node, &nodes, &credentials))
+        }
+        Cmd::Admin { addr, group, op, auth } => {
             let addr = addr.context("no --addr given: name any node of the cluster, e.g. --addr 127.0.0.1:7001")?;
             let group = group.context("no --group given: name the group, e.g. --group 1")?;
-            runtime()?.block_on(admin(&addr, group, op))
+            let client = auth.client(addr.clone())?;
+            runtime()?.block_on(admin(&client, &addr, group, op))
         }
-        Cmd::Deploy { addr, group, module } => {
+        Cmd::Deploy { addr, group, module, auth } => {
             let bytes = std::fs::read(&module).with_context(|| format!("cannot read {}", module.display()))?;
-            let client = waft_daemon::client::Client::new(addr);
+            let client = auth.client(addr)?;
             let result = runtime()?.block_on(client.deploy(group, bytes.into()))?;
             println!("group {group} runs module {} since index {}", hex(&result.module_hash), result.index);
             Ok(())
@@ -352,7 +466,7 @@ fn print_configuration(c: &waft_proto::client::Configuration, leader_id: u64) {
     println!("  learners {}  leader {leader_id}", if c.learners.is_empty() { "-".into() } else { list(&c.learners) });
 }
 
-async fn replace_node(node: u64, nodes: &[String]) -> Result<()> {
+async fn replace_node(node: u64, nodes: &[String], credentials: &waft_daemon::client::Credentials) -> Result<()> {
     eprintln!(
         "waft: node {node} is taken back with whatever data directory it runs on now. Do this only for a node \
          that lost its data and is no longer a voter of any group (remove-peer first); then add it back as a \
@@ -360,7 +474,7 @@ async fn replace_node(node: u64, nodes: &[String]) -> Result<()> {
     );
     let mut failed = 0;
     for addr in nodes {
-        match waft_daemon::client::replace_node(addr, node).await {
+        match waft_daemon::client::replace_node(addr, node, credentials).await {
             Ok(old) if old.is_empty() => println!("{addr}: knew no data directory of node {node}; takes the next"),
             Ok(old) => println!("{addr}: forgot node {node}'s data directory {old}; takes the next"),
             Err(e) => {
@@ -375,9 +489,8 @@ async fn replace_node(node: u64, nodes: &[String]) -> Result<()> {
     Ok(())
 }
 
-async fn admin(addr: &str, group: u64, op: AdminCmd) -> Result<()> {
+async fn admin(client: &waft_daemon::client::Client, addr: &str, group: u64, op: AdminCmd) -> Result<()> {
     use waft_proto::admin::AdminOp;
-    let client = waft_daemon::client::Client::new(addr);
     let (op, ids, learners) = match op {
         AdminCmd::ReplaceNode { .. } => bail!("replace-node is about a node, not a group"),
         AdminCmd::Peers | AdminCmd::Leader => {
@@ -391,7 +504,7 @@ async fn admin(addr: &str, group: u64, op: AdminCmd) -> Result<()> {
             return Ok(());
         }
         AdminCmd::CreateGroup { peers, members, module } => {
-            return create_group(&client, group, peers, members, &module).await;
+            return create_group(client, group, peers, members, &module).await;
         }
         AdminCmd::SetGroup { set } => {
             let result = client.set_group(group, set).await?;

@@ -126,6 +126,10 @@ pub struct Cluster {
     /// Flags only for one node (by index), e.g. a throttle.
     extra: Vec<Vec<String>>,
     children: Vec<Option<Child>>,
+    /// With TLS: the directory `waft certs init` wrote (every node serves
+    /// with its certificate there and the cluster's helpers sign in as
+    /// `admin`); without, every node runs `--plaintext`.
+    pub certs: Option<PathBuf>,
 }
 
 impl Drop for Cluster {
@@ -169,6 +173,55 @@ impl Cluster {
             spec,
             extra: vec![Vec::new(); nodes],
             children: (0..nodes).map(|_| None).collect(),
+            certs: None,
+        }
+    }
+
+    /// Like `prepare`, with TLS: writes a development CA and certificates
+    /// (`waft certs init`, nodes 1..=nodes) under the cluster's directory,
+    /// and each node serves with its own.
+    pub fn prepare_tls(name: &str, nodes: usize, spec: Spec) -> Cluster {
+        let mut cluster = Cluster::prepare(name, nodes, spec);
+        let certs = cluster.root.join("certs");
+        let ids: Vec<String> = (1..=nodes).map(|n| n.to_string()).collect();
+        let out = Command::new(env!("CARGO_BIN_EXE_waft"))
+            .args(["certs", "init"])
+            .arg(&certs)
+            .args(["--nodes", &ids.join(",")])
+            .output()
+            .expect("cannot run `waft certs init`");
+        assert!(out.status.success(), "waft certs init: {}", String::from_utf8_lossy(&out.stderr));
+        cluster.certs = Some(certs);
+        cluster
+    }
+
+    /// The credentials of `user` (a name `waft certs init` wrote: `admin`,
+    /// `client`), with `token` if given; plaintext without TLS.
+    pub fn credentials(&self, user: &str, token: Option<&str>) -> client::Credentials {
+        let tls = self.certs.as_ref().map(|dir| {
+            let read = |f: String| std::fs::read(dir.join(&f)).unwrap_or_else(|e| panic!("{f}: {e}"));
+            client::ClientTls::from_pem(
+                &read("ca.pem".into()),
+                &read(format!("{user}.pem")),
+                &read(format!("{user}.key")),
+                None,
+            )
+        });
+        client::Credentials::new(tls, token).expect("valid credentials")
+    }
+
+    /// The `waft` CLI's flags to sign in as `user` (nothing without TLS).
+    pub fn cli_credentials(&self, user: &str) -> Vec<String> {
+        match &self.certs {
+            None => Vec::new(),
+            Some(dir) => vec![
+                "--tls-ca".into(),
+                dir.join("ca.pem").display().to_string(),
+                "--tls-cert".into(),
+                dir.join(format!("{user}.pem")).display().to_string(),
+                "--tls-key".into(),
+                dir.join(format!("{user}.key")).display().to_string(),
+            ],
         }
     }
 
@@ -195,6 +248,16 @@ impl Cluster {
         }
         for (p, addr) in self.addrs.iter().enumerate().filter(|(p, _)| *p != i) {
             cmd.args(["--peer", &format!("{}={addr}", p + 1)]);
+        }
+        match &self.certs {
+            Some(dir) => {
+                cmd.arg("--tls-ca").arg(dir.join("ca.pem"));
+                cmd.arg("--tls-cert").arg(dir.join(format!("node-{}.pem", i + 1)));
+                cmd.arg("--tls-key").arg(dir.join(format!("node-{}.key", i + 1)));
+            }
+            None => {
+                cmd.arg("--plaintext");
+            }
         }
         cmd.args(&self.spec.args).args(&self.extra[i]);
         cmd
@@ -251,15 +314,18 @@ impl Cluster {
         (0..self.addrs.len()).filter(|i| self.is_running(*i)).collect()
     }
 
-    /// A client that starts at node `i`.
+    /// A client of node `i` (with TLS: signed in as `admin`).
     pub fn client(&self, i: usize) -> Client {
-        Client::new(self.addrs[i].clone())
+        Client::with_credentials(vec![self.addrs[i].clone()], self.credentials("admin", None))
     }
 
     /// A client that knows every node, starting at node `i`.
     pub fn client_of_all(&self, i: usize) -> Client {
         let n = self.addrs.len();
-        Client::with_nodes((0..n).map(|k| self.addrs[(i + k) % n].clone()).collect())
+        Client::with_credentials(
+            (0..n).map(|k| self.addrs[(i + k) % n].clone()).collect(),
+            self.credentials("admin", None),
+        )
     }
 
     /// Panics if a node the cluster believes running has exited.
@@ -278,7 +344,7 @@ impl Cluster {
 
     /// Node `i`'s view of `group`, if it answers.
     pub async fn status(&self, i: usize, group: u64) -> Option<GroupStatus> {
-        client::status(&self.addrs[i], Some(group)).await.ok().and_then(|s| s.groups.into_iter().next())
+        self.client(i).status(Some(group)).await.ok().and_then(|s| s.groups.into_iter().next())
     }
 
     /// Waits until every running node agrees on one leader of `group`;
