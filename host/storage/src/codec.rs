@@ -154,10 +154,12 @@ pub(crate) fn decode_hard_state(key: &[u8], value: &[u8]) -> Result<HardState, S
         return Err(format!("hard state body has {} bytes, expected {HARD_STATE_LEN}", body.len()));
     }
     let term = be_u64(&body[1..9]);
-    let vote = match body[9] {
-        0 => None,
-        1 => Some(be_u64(&body[10..18])),
-        other => return Err(format!("bad vote flag {other}")),
+    let vote = match (body[9], be_u64(&body[10..18])) {
+        (0, 0) => None,
+        // What encode never writes: a damaged record, not one to trust.
+        (0, stray) => return Err(format!("no vote, yet a voted-for node {stray} recorded")),
+        (1, node) => Some(node),
+        (other, _) => return Err(format!("bad vote flag {other}")),
     };
     let commit = be_u64(&body[18..26]);
     Ok(HardState { term, vote, commit })
@@ -183,6 +185,22 @@ pub(crate) fn decode_group_meta(key: &[u8], value: &[u8]) -> Result<(u64, u64), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by the log_records fuzz target: a hard state saying "no vote"
+    /// with a voted-for node behind it decoded, and wrote back otherwise.
+    #[test]
+    fn a_hard_state_with_no_vote_and_a_voted_for_node_is_refused() {
+        let key = group_key(TAG_HARD_STATE, 1);
+        let mut body = vec![VERSION];
+        body.extend_from_slice(&5u64.to_be_bytes());
+        body.push(0);
+        body.extend_from_slice(&3u64.to_be_bytes());
+        body.extend_from_slice(&9u64.to_be_bytes());
+        let e = decode_hard_state(&key, &seal(&key, body)).unwrap_err();
+        assert!(e.contains("voted-for node 3"), "{e}");
+        let hs = HardState { term: 5, vote: None, commit: 9 };
+        assert_eq!(decode_hard_state(&key, &encode_hard_state(&key, &hs)), Ok(hs));
+    }
 
     #[test]
     fn keys_sort_by_group_then_index() {
