@@ -364,7 +364,7 @@ for w in $WORKLOADS; do
         LOGS="$BENCH_ROOT/results/$w-$system.r$round"
         rm -rf "${BENCH_ROOT:?}/waft" "${BENCH_ROOT:?}/etcd"
         "start_$system"
-        wait_ready "$(target_of "$system")"
+        wait_ready "$system"
         say "round $round/$ROUNDS, $w on $system: ${BENCH_SECS}s after ${WARMUP_SECS}s warmup (load average $(cut -d' ' -f1 /proc/loadavg))"
         cut -d' ' -f1 /proc/loadavg >"$LOGS.load"
         # shellcheck disable=SC2046 # workload_args is a list of words on purpose
