@@ -213,6 +213,35 @@ async fn a_tls_cluster_admits_only_its_own_and_each_role_does_only_its_part() {
     let (ok, _, err) = run_waft(&args).await;
     assert!(!ok && err.contains("PERMISSION_DENIED"), "the CLI reports the refusal: {err}");
 
+    // The CLI reads a client configuration file named in the environment
+    // (paths relative to it), and WAFT_TOKEN wins over the file's token.
+    let config = certs.join("reader-client.toml");
+    std::fs::write(
+        &config,
+        format!("ca = \"ca.pem\"\ncert = \"client.pem\"\nkey = \"client.key\"\ntoken = \"{READER_TOKEN}\"\n"),
+    )
+    .unwrap();
+    let cli = |args: &[&str], token: Option<&str>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_waft"));
+        cmd.args(args).env("WAFT_CLIENT_CONFIG", &config);
+        if let Some(t) = token {
+            cmd.env("WAFT_TOKEN", t);
+        }
+        let out = cmd.output().expect("the waft binary runs");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["query", "--addr", &c.addrs[follower], "--group", "1", "\"get\""], None);
+    assert!(ok && out.trim() == "5", "the reader reads through its config file: {out}{err}");
+    let (ok, _, err) = cli(&["propose", "--addr", &c.addrs[leader], "--group", "1", "{\"incr\":1}"], None);
+    assert!(!ok && err.contains("PERMISSION_DENIED"), "the reader cannot write: {err}");
+    let (ok, _, err) =
+        cli(&["propose", "--addr", &c.addrs[leader], "--group", "2", "{\"incr\":0}"], Some(WRITER2_TOKEN));
+    assert!(ok, "WAFT_TOKEN wins over the file's token: {err}");
+
     // The state is what the allowed writes made it, on every node.
     for i in 0..3 {
         let client = Client::with_credentials(vec![c.addrs[i].clone()], c.credentials("admin", None));
