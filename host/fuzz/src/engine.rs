@@ -7,7 +7,7 @@
 //! Owns reproducibility: one seed decides every mutation, so a failure
 //! names its seed and iteration and replays with them. Must never judge an
 //! input itself: only a target's panic is a failure. It is not coverage
-//! guided; the long runs are cargo-fuzz's (`host/fuzz/cargo-fuzz/`).
+//! guided; the long runs are cargo-fuzz's (`host/fuzz/fuzz/`).
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};

@@ -15,7 +15,7 @@
 //!   the seed is printed and a failing input is written to
 //!   `target/waft-fuzz-failures/`.
 //! * a long run, coverage-guided, with cargo-fuzz on the nightly toolchain
-//!   (`host/fuzz/cargo-fuzz/`, see its README): the same functions under
+//!   (`host/fuzz/fuzz/`, see its README): the same functions under
 //!   libFuzzer.
 //!
 //! Anything found becomes a file in the corpus (so every test run replays
