@@ -130,9 +130,15 @@ impl<T> GrpcChannel for T where
 pub const AUTHORIZATION_HEADER: &str = "authorization";
 
 /// Puts a bearer token on every call of a channel, or nothing when there is
-/// none.
-#[derive(Clone, Debug, Default)]
+/// none. Its `Debug` never shows the token.
+#[derive(Clone, Default)]
 pub struct BearerToken(Option<tonic::metadata::AsciiMetadataValue>);
+
+impl std::fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "BearerToken(<redacted>)" } else { "BearerToken(none)" })
+    }
+}
 
 impl BearerToken {
     /// `token` as `authorization: Bearer TOKEN`; an error when it is not

@@ -24,8 +24,8 @@ pub struct Credentials {
 
 /// TLS towards the servers: the CA that signed their certificates, this
 /// party's own certificate and key (the servers require one), and the name
-/// their certificates must carry.
-#[derive(Clone, Debug)]
+/// their certificates must carry. Its `Debug` never shows the key.
+#[derive(Clone)]
 pub struct ClientTls {
     ca: Certificate,
     identity: Identity,
@@ -94,6 +94,12 @@ impl TlsFiles {
                 "TLS needs all three of the CA, this party's certificate and its key".into(),
             )),
         }
+    }
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").field("server_name", &self.server_name).finish_non_exhaustive()
     }
 }
 

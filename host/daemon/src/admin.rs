@@ -516,12 +516,11 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
     ) -> Result<tonic::Response<DeployResponse>, tonic::Status> {
         let caller = self.auth.identify(&request);
         let checked = self.auth.check(&caller, Some(request.get_ref().group), Role::Admin);
-        let outcome = match async {
-            checked?;
-            self.deploy(request.into_inner()).await
-        }
-        .await
-        {
+        let result = match checked {
+            Ok(()) => self.deploy(request.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match result {
             Ok(result) => deploy_response::Outcome::Result(result),
             Err(e) => deploy_response::Outcome::Error(e),
         };
@@ -534,12 +533,11 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
     ) -> Result<tonic::Response<SetGroupResponse>, tonic::Status> {
         let caller = self.auth.identify(&request);
         let checked = self.auth.check(&caller, Some(request.get_ref().group), Role::Admin);
-        let outcome = match async {
-            checked?;
-            self.set_group(request.into_inner()).await
-        }
-        .await
-        {
+        let result = match checked {
+            Ok(()) => self.set_group(request.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match result {
             Ok(result) => set_group_response::Outcome::Result(result),
             Err(e) => set_group_response::Outcome::Error(e),
         };
@@ -594,12 +592,11 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
     ) -> Result<tonic::Response<AdminResponse>, tonic::Status> {
         let caller = self.auth.identify(&request);
         let checked = self.auth.check(&caller, Some(request.get_ref().group), Role::Admin);
-        let outcome = match async {
-            checked?;
-            self.change(request.into_inner()).await
-        }
-        .await
-        {
+        let result = match checked {
+            Ok(()) => self.change(request.into_inner()).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match result {
             Ok(result) => admin_response::Outcome::Result(result),
             Err(e) => admin_response::Outcome::Error(e),
         };

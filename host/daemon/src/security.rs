@@ -417,12 +417,19 @@ pub struct TlsPaths {
     pub key: PathBuf,
 }
 
-/// A node's TLS material, loaded and checked.
-#[derive(Clone, Debug)]
+/// A node's TLS material, loaded and checked. Its `Debug` never shows the
+/// key.
+#[derive(Clone)]
 pub struct NodeTls {
     ca: Vec<u8>,
     cert: Vec<u8>,
     key: Vec<u8>,
+}
+
+impl std::fmt::Debug for NodeTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeTls").field("cert_bytes", &self.cert.len()).finish_non_exhaustive()
+    }
 }
 
 impl NodeTls {
@@ -537,6 +544,14 @@ mod tests {
         assert_eq!(hash.len(), 64);
         let e = Users::parse(&format!("[[users]]\nname = \"r\"\ntoken_sha256 = \"{hash}\"\n")).unwrap_err();
         assert!(e.contains("not hex"), "{e}");
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let token = waft_proto::BearerToken::new(Some("s3cret-token")).unwrap();
+        assert!(!format!("{token:?}").contains("s3cret"));
+        let tls = NodeTls { ca: b"ca".to_vec(), cert: b"cert".to_vec(), key: b"PRIVATE KEY s3cret".to_vec() };
+        assert!(!format!("{tls:?}").contains("s3cret"));
     }
 
     #[test]

@@ -131,7 +131,11 @@ impl ModuleStore {
             let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(SUFFIX)) else {
                 continue;
             };
-            if let Ok(hash) = hex.parse() {
+            // Only the name `path_of` gives: `ABCD...` parses to a hash too,
+            // but `get` would look for `abcd...` and not find it.
+            if let Ok(hash) = hex.parse::<ModuleHash>()
+                && hash.to_hex() == hex
+            {
                 out.push(hash);
             }
         }

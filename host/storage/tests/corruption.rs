@@ -128,6 +128,21 @@ fn module_store_verifies_hash() {
     assert!(!store.contains(&hash));
 }
 
+/// Found by the module_store fuzz target: a file named with upper-case hex
+/// digits was listed as a module that `get` and `contains` never find.
+#[test]
+fn module_store_lists_only_names_it_would_read() {
+    let scratch = common::Scratch::new("module-names");
+    let store = ModuleStore::open(scratch.join("modules")).expect("open");
+    let hash = store.put(b"\0asm\x01\0\0\0 a module").expect("put");
+    let upper = format!("{}.wasm", "bbbbE".to_string() + &"b".repeat(59));
+    std::fs::write(scratch.join("modules").join(upper), b"stray").expect("write");
+    std::fs::write(scratch.join("modules").join("notes.txt"), b"stray").expect("write");
+    let listed = store.list().expect("list");
+    assert_eq!(listed, vec![hash]);
+    assert!(listed.iter().all(|h| store.contains(h)));
+}
+
 /// A populated RocksDB directory with at least one SST file (reopening replays
 /// the WAL into an SST).
 fn populated_db(dir: &Path) {
