@@ -149,7 +149,13 @@ fn apply_into<T: StateMachine>(sm: &mut T, command: &[u8], at: Position, out: &m
     let start = out.len();
     let result = codec::decode::<T::Command>(command).map_err(|e| e.0).and_then(|(command, format)| {
         let response = sm.apply(command, at)?;
-        codec::encode_into(&response, format, out).map_err(|e| e.0)
+        if let Err(e) = codec::encode_into(&response, format, out) {
+            // The command applied, so an error result (which must leave the
+            // state unchanged) would be a lie. A trap makes the host undo
+            // the entry instead, on every replica alike.
+            panic!("the command applied but its reply cannot be encoded: {}", e.0);
+        }
+        Ok(())
     });
     match result {
         Ok(()) => true,

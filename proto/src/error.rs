@@ -36,8 +36,8 @@ impl Error {
 
     /// This node's state differs from its group's (it is fenced until
     /// rebuilt): like not-leader, the client goes to `leader_id` (0: none
-    /// known; retry shortly). A command this node answers so did commit:
-    /// inside a session, its retry gets the group's result.
+    /// known; retry shortly). Answers reads only: a read is safe to send
+    /// again anywhere.
     pub fn fenced(why: impl Into<String>, leader_id: u64, leader_address: impl Into<String>) -> Self {
         Error { leader_id, leader_address: leader_address.into(), ..Error::with(ErrorCode::NotLeader, why) }
     }

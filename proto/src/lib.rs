@@ -183,7 +183,8 @@ pub const SNAPSHOT_CHUNK_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Largest gRPC message on the client service. Deliberately well above the
 /// core's proposal limit (1 MiB by default), so that an oversized command
 /// reaches the daemon and gets a structured TOO_LARGE error rather than a bare
-/// transport error; above this, tonic refuses with RESOURCE_EXHAUSTED.
+/// transport error; above this, tonic refuses with OUT_OF_RANGE (the request
+/// was never handled).
 pub const CLIENT_MESSAGE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// A peer server with the peer service's message limits applied.

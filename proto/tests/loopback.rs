@@ -144,6 +144,20 @@ impl peer::peer_server::Peer for CollectPeer {
         Ok(Response::new(done))
     }
 
+    async fn prepare_module(
+        &self,
+        _request: Request<peer::PrepareModuleRequest>,
+    ) -> Result<Response<peer::PrepareModuleResponse>, Status> {
+        Err(Status::unimplemented("this test peer keeps no modules"))
+    }
+
+    async fn pull_module_chunk(
+        &self,
+        _request: Request<peer::ModuleChunkRequest>,
+    ) -> Result<Response<peer::ModuleChunk>, Status> {
+        Err(Status::unimplemented("this test peer keeps no modules"))
+    }
+
     async fn pull_snapshot_chunk(
         &self,
         request: Request<peer::SnapshotChunkRequest>,

@@ -36,10 +36,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pipe::Pipe;
+use sha2::Digest;
 use waft_proto::AuthChannel as Channel;
 use waft_proto::admin::{
     AdminOp, AdminRequest, AdminResult, CreateGroupRequest, CreateGroupResponse, DeployRequest, DeployResult,
-    SetGroupRequest, SetGroupResult, SettingChange, admin_response, deploy_response, set_group_response,
+    ModuleUpload, SetGroupRequest, SetGroupResult, SettingChange, admin_response, deploy_response, set_group_response,
 };
 use waft_proto::client::{
     self, CloseSessionRequest, Consistency, ErrorCode, KeepAliveRequest, OpenSessionRequest, ProposeRequest,
@@ -60,6 +61,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one attempt may wait for its answer: a little longer than the
 /// server's own request timeout, so the server's TIMEOUT normally arrives first.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(12);
+/// How long one deploy attempt may take: the leader compiles the module,
+/// and every member pulls and compiles it, before the entry is proposed.
+pub const DEPLOY_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(600);
+/// Modules up to this size travel inside the Deploy request; larger ones
+/// are uploaded (`UploadModule`) in `UPLOAD_CHUNK_BYTES` chunks first and
+/// deployed by hash.
+pub const DEPLOY_INLINE_BYTES_MAX: usize = 4 * 1024 * 1024;
+pub const UPLOAD_CHUNK_BYTES: usize = 1024 * 1024;
 /// Commands one session may have outstanding unless told otherwise: the
 /// servers' default window (`waft serve --session-window-commands-max`).
 pub const SESSION_WINDOW_DEFAULT: u64 = 128;
@@ -332,11 +341,21 @@ impl Client {
 
     /// Runs `call` for `group`, following hints, at most `ATTEMPTS_MAX` times,
     /// each bounded by `ATTEMPT_TIMEOUT`, starting where `route` says.
-    async fn with_retries<T, F, Fut>(
+    async fn with_retries<T, F, Fut>(&self, group: u64, route: Route, retry: Retry, call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Conn, String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        self.with_retries_within(group, route, retry, ATTEMPT_TIMEOUT, call).await
+    }
+
+    /// `with_retries`, each attempt bounded by `attempt_timeout`.
+    async fn with_retries_within<T, F, Fut>(
         &self,
         group: u64,
         route: Route,
         retry: Retry,
+        attempt_timeout: Duration,
         mut call: F,
     ) -> Result<T, ClientError>
     where
@@ -349,11 +368,11 @@ impl Client {
         let mut backoff = BACKOFF_MIN;
         for _ in 0..ATTEMPTS_MAX {
             let outcome = match self.connection(&target).await {
-                Ok(c) => match tokio::time::timeout(ATTEMPT_TIMEOUT, call(c, target.clone())).await {
+                Ok(c) => match tokio::time::timeout(attempt_timeout, call(c, target.clone())).await {
                     Ok(outcome) => outcome,
                     Err(_) => Err(ClientError::AttemptTimeout {
                         addr: target.clone(),
-                        waited_ms: ATTEMPT_TIMEOUT.as_millis() as u64,
+                        waited_ms: attempt_timeout.as_millis() as u64,
                     }),
                 },
                 Err(e) => Err(e),
@@ -692,10 +711,36 @@ impl Client {
     /// runs already changes nothing, so a deploy whose outcome is unknown
     /// (timeout, lost connection) is retried like a session command.
     pub async fn deploy(&self, group: u64, module: Bytes) -> Result<DeployResult, ClientError> {
-        self.with_retries(group, Route::Leader, Retry::AtMostOnce, |conn, at| {
+        let hash = Bytes::copy_from_slice(&sha2::Sha256::digest(&module));
+        self.with_retries_within(group, Route::Leader, Retry::AtMostOnce, DEPLOY_ATTEMPT_TIMEOUT, |conn, at| {
             let mut c = waft_proto::admin_client(conn.channel);
-            let req = DeployRequest { group, module: module.clone() };
+            let (module, hash) = (module.clone(), hash.clone());
             async move {
+                let req = if module.len() <= DEPLOY_INLINE_BYTES_MAX {
+                    DeployRequest { group, module, module_hash: Bytes::new() }
+                } else {
+                    // Too large for one message: into the node's module
+                    // store first, in chunks, then deployed by hash.
+                    let chunks: Vec<ModuleUpload> = module
+                        .chunks(UPLOAD_CHUNK_BYTES)
+                        .enumerate()
+                        .map(|(i, chunk)| ModuleUpload {
+                            group: if i == 0 { group } else { 0 },
+                            module_hash: if i == 0 { hash.clone() } else { Bytes::new() },
+                            size: if i == 0 { module.len() as u64 } else { 0 },
+                            data: module.slice_ref(chunk),
+                        })
+                        .collect();
+                    let uploaded = c
+                        .upload_module(tokio_stream::iter(chunks))
+                        .await
+                        .map_err(|status| ClientError::Rpc { addr: at.clone(), status })?
+                        .into_inner();
+                    if let Some(e) = uploaded.error {
+                        return Err(ClientError::Refused(e));
+                    }
+                    DeployRequest { group, module: Bytes::new(), module_hash: hash }
+                };
                 let resp = c.deploy(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
                 match resp.into_inner().outcome {
                     Some(deploy_response::Outcome::Result(result)) => Ok(result),

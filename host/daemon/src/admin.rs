@@ -18,18 +18,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{Semaphore, oneshot};
 use waft_proto::admin::{
     AdminRequest, AdminResponse, CreateGroupRequest, CreateGroupResponse, CreateOutcome, DeployRequest, DeployResponse,
-    DeployResult, NodeCreateOutcome, ReplaceNodeRequest, ReplaceNodeResponse, SetGroupRequest, SetGroupResponse,
-    SetGroupResult, admin_response, deploy_response, set_group_response,
+    DeployResult, ModuleUpload, NodeCreateOutcome, ReplaceNodeRequest, ReplaceNodeResponse, SetGroupRequest,
+    SetGroupResponse, SetGroupResult, UploadModuleResponse, admin_response, deploy_response, set_group_response,
 };
 use waft_proto::client;
 use waft_raft::NodeId;
 use waft_storage::ModuleHash;
 
 use crate::groups::{CREATE_MODULE_BYTES_MAX, CREATE_VOTERS_MAX, Founding, Host};
-use crate::inbox::{AdminReply, BUSY_RETRY_AFTER_MS, Committed, Input, Op, ProposeReply, settings_to_proto, try_send};
+use crate::inbox::{
+    AdminReply, BUSY_RETRY_AFTER_MS, Committed, GroupHandle, Input, Op, ProposeReply, settings_to_proto, try_send,
+};
 use crate::security::{Auth, Role};
 
 /// How long an admin request waits for its change to take effect. Longer
@@ -51,6 +54,9 @@ pub const DEPLOY_VALIDATIONS_MAX: usize = 1;
 /// Creates this node works on at once (its own and forwarded ones); more
 /// are answered BUSY. Each holds a module of up to `CREATE_MODULE_BYTES_MAX`.
 pub const CREATES_IN_FLIGHT_MAX: usize = 8;
+/// Module uploads this node takes at once; more get BUSY. Each holds up to
+/// `modules::MODULE_BYTES_MAX` in memory until it is checked and stored.
+pub const UPLOADS_IN_FLIGHT_MAX: usize = 2;
 
 pub struct AdminService {
     host: Arc<Host>,
@@ -62,6 +68,7 @@ pub struct AdminService {
     /// forward creates to each other can never wait on one another.
     creates: Arc<Semaphore>,
     validations: Arc<Semaphore>,
+    uploads: Arc<Semaphore>,
 }
 
 impl AdminService {
@@ -72,6 +79,7 @@ impl AdminService {
             book,
             creates: Arc::new(Semaphore::new(CREATES_IN_FLIGHT_MAX)),
             validations: Arc::new(Semaphore::new(DEPLOY_VALIDATIONS_MAX)),
+            uploads: Arc::new(Semaphore::new(UPLOADS_IN_FLIGHT_MAX)),
         }
     }
 
@@ -82,13 +90,18 @@ impl AdminService {
             return Err(client::Error::invalid_request("group 0 is reserved; name the group to deploy to"));
         }
         let group = self.host.groups().get(req.group).ok_or_else(|| client::Error::unknown_group(req.group))?;
-        if req.module.is_empty() {
-            return Err(client::Error::invalid_request("empty module; send the component's bytes"));
-        }
-        let size = req.module.len() as u64;
-        // The entry carries the module and a small envelope header.
-        if size > group.command_bytes_max {
-            return Err(client::Error::too_large(size, group.command_bytes_max));
+        let by_hash = match (req.module.is_empty(), crate::modules::hash_of(&req.module_hash)) {
+            (true, None) if req.module_hash.is_empty() => {
+                return Err(client::Error::invalid_request(
+                    "no module: send the component's bytes, or the hash of one uploaded to this node",
+                ));
+            }
+            (true, None) => return Err(client::Error::invalid_request("a module hash is 32 bytes")),
+            (true, Some(hash)) => Some(hash),
+            (false, _) => None,
+        };
+        if req.module.len() > CREATE_MODULE_BYTES_MAX {
+            return Err(client::Error::too_large(req.module.len() as u64, CREATE_MODULE_BYTES_MAX as u64));
         }
         {
             // Only the leader proposes; spare a compile on the others.
@@ -105,7 +118,16 @@ impl AdminService {
         };
         let (engine, modules, bytes) = (self.host.engine().clone(), self.host.modules().clone(), req.module);
         let group_id = req.group;
+        let held = modules.clone();
         let module = tokio::task::spawn_blocking(move || {
+            let bytes = match by_hash {
+                None => bytes,
+                Some(hash) => Bytes::from(held.get(&hash).map_err(|e| {
+                    client::Error::invalid_request(format!(
+                        "this node cannot read module {hash}: {e}; upload it to this node first (UploadModule)"
+                    ))
+                })?),
+            };
             waft_node::GuestModule::load(&engine, bytes)
                 .map_err(|e| client::Error::bad_module(format!("module refused, nothing changed: {e}")))
         })
@@ -137,10 +159,150 @@ impl AdminService {
         })
         .await
         .map_err(|e| client::Error::internal(format!("the module check task failed: {e}")))??;
+        // Other deploys on this node may validate while this one prepares.
+        drop(_permit);
+        self.prepare_members(req.group, &group, &module).await?;
         let (reply, rx) = oneshot::channel();
         try_send(&group, Input::Deploy { module, reply })?;
         let committed = committed(rx).await?;
         Ok(DeployResult { module_hash: committed.result, index: committed.index })
+    }
+
+    /// Has every other member of the group fetch and compile `module` before
+    /// the deploy is proposed, so that none compiles at the entry. Refuses
+    /// (nothing changed, BUSY: ask again) unless a majority of the voters,
+    /// this node included, has it ready: a member that lacks it when the
+    /// entry applies is fenced and rebuilt, and a majority of those would
+    /// leave the group without a healthy quorum.
+    async fn prepare_members(
+        &self,
+        group_id: u64,
+        group: &GroupHandle,
+        module: &waft_node::GuestModule,
+    ) -> Result<(), client::Error> {
+        let (config, digests) = {
+            let status = group.status.borrow();
+            (
+                status.configuration.clone().unwrap_or_default(),
+                status.settings.as_ref().map_or(0, |s| s.digest_interval),
+            )
+        };
+        // A module larger than an entry is named by hash: a member that
+        // lacks it at the entry is fenced and rebuilt, which needs digests.
+        // Without them every member must have it ready.
+        let every_member = module.bytes().len() as u64 > group.command_bytes_max && digests == 0;
+        let me = self.host.node_id();
+        let mut members: Vec<u64> =
+            config.voters.iter().chain(&config.voters_outgoing).chain(&config.learners).copied().collect();
+        members.sort_unstable();
+        members.dedup();
+        members.retain(|&m| m != me);
+        if members.is_empty() {
+            return Ok(());
+        }
+        let (hash, size) = (module.hash(), module.bytes().len() as u64);
+        let started = std::time::Instant::now();
+        let answers = crate::modules::prepare_members(&self.host, group_id, hash, size, &members).await;
+        let ready: Vec<u64> = answers.iter().filter(|(_, a)| a.is_ok()).map(|(m, _)| *m).chain([me]).collect();
+        let failed: Vec<String> =
+            answers.iter().filter_map(|(m, a)| a.as_ref().err().map(|e| format!("node {m}: {e}"))).collect();
+        tracing::info!(
+            group = group_id,
+            module = %hash,
+            ms = started.elapsed().as_millis() as u64,
+            ready = ?ready,
+            failed = ?failed,
+            "members prepared the module ahead of its deploy"
+        );
+        let majority = |voters: &[u64]| {
+            voters.is_empty() || voters.iter().filter(|v| ready.contains(*v)).count() * 2 > voters.len()
+        };
+        let enough = if every_member {
+            failed.is_empty()
+        } else {
+            majority(&config.voters) && majority(&config.voters_outgoing)
+        };
+        if !enough {
+            // A member whose compiler refused the module (INVALID_ARGUMENT)
+            // will refuse it again: asking again cannot help. (One such
+            // member among enough that are ready does not stop the deploy:
+            // it is fenced at the entry and rebuilt, like any replica that
+            // cannot follow.)
+            let refused = answers.iter().any(|(_, a)| a.as_ref().is_err_and(|e| e.starts_with("InvalidArgument")));
+            if refused {
+                return Err(client::Error::bad_module(format!(
+                    "too few members can load module {hash}, nothing changed: {}",
+                    failed.join("; ")
+                )));
+            }
+            return Err(client::Error::busy(
+                BUSY_RETRY_AFTER_MS * 10,
+                format!(
+                    "only nodes {ready:?} could fetch and compile module {hash}, not {}; nothing changed ({})",
+                    if every_member { "every member (digests are off)" } else { "a majority of the voters" },
+                    failed.join("; ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Takes a module's bytes in chunks into this node's module store (see
+    /// waft.admin.v1 UploadModule).
+    async fn upload_module(
+        &self,
+        first: ModuleUpload,
+        mut rest: tonic::Streaming<ModuleUpload>,
+    ) -> Result<ModuleHash, client::Error> {
+        let Some(hash) = crate::modules::hash_of(&first.module_hash) else {
+            return Err(client::Error::invalid_request("the first message names the module's sha256 (32 bytes)"));
+        };
+        if first.size > crate::modules::MODULE_BYTES_MAX {
+            return Err(client::Error::too_large(first.size, crate::modules::MODULE_BYTES_MAX));
+        }
+        let size = first.size;
+        let mut bytes = BytesMut::with_capacity(size as usize);
+        let mut next = Some(first);
+        loop {
+            let Some(message) = next.take() else {
+                match rest.message().await {
+                    Ok(Some(m)) => {
+                        next = Some(m);
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        return Err(client::Error::invalid_request(format!("the upload broke off: {status}")));
+                    }
+                }
+            };
+            if message.data.len() > crate::modules::UPLOAD_MESSAGE_BYTES_MAX {
+                return Err(client::Error::too_large(
+                    message.data.len() as u64,
+                    crate::modules::UPLOAD_MESSAGE_BYTES_MAX as u64,
+                ));
+            }
+            if (bytes.len() + message.data.len()) as u64 > size {
+                return Err(client::Error::invalid_request(format!(
+                    "the upload carries more bytes than the {size} it announced; nothing stored"
+                )));
+            }
+            bytes.extend_from_slice(&message.data);
+        }
+        let bytes = bytes.freeze();
+        if bytes.len() as u64 != size || ModuleHash::of(&bytes) != hash {
+            return Err(client::Error::invalid_request(format!(
+                "the {} bytes uploaded do not hash to {hash}; nothing stored",
+                bytes.len()
+            )));
+        }
+        let modules = self.host.modules().clone();
+        tokio::task::spawn_blocking(move || modules.put(&bytes))
+            .await
+            .map_err(|e| client::Error::internal(format!("the module writer failed: {e}")))?
+            .map_err(|e| client::Error::internal(format!("cannot store module {hash}: {e}")))?;
+        tracing::info!(module = %hash, "module uploaded");
+        Ok(hash)
     }
 
     /// Has the group's leader put `req`'s changes over the settings it
@@ -525,6 +687,46 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
             Err(e) => deploy_response::Outcome::Error(e),
         };
         Ok(tonic::Response::new(DeployResponse { outcome: Some(outcome) }))
+    }
+
+    async fn upload_module(
+        &self,
+        request: tonic::Request<tonic::Streaming<ModuleUpload>>,
+    ) -> Result<tonic::Response<UploadModuleResponse>, tonic::Status> {
+        let caller = self.auth.identify(&request);
+        let mut stream = request.into_inner();
+        let refused = |e: client::Error| {
+            Ok(tonic::Response::new(UploadModuleResponse { error: Some(e), module_hash: Bytes::new() }))
+        };
+        let first = match stream.message().await {
+            Ok(Some(first)) => first,
+            Ok(None) => return refused(client::Error::invalid_request("an empty upload")),
+            Err(status) => return Err(status),
+        };
+        if let Err(e) = self.auth.check(&caller, Some(first.group), Role::Admin) {
+            return refused(e);
+        }
+        let Some(group) = self.host.groups().get(first.group) else {
+            return refused(client::Error::unknown_group(first.group));
+        };
+        {
+            // A module is deployed at the leader: one uploaded elsewhere
+            // would only have to travel again.
+            let status = group.status.borrow();
+            if status.role() != client::Role::Leader {
+                return refused(client::Error::not_leader(status.leader_id, status.leader_address.clone()));
+            }
+        }
+        let Ok(_permit) = self.uploads.clone().try_acquire_owned() else {
+            return refused(client::Error::busy(BUSY_RETRY_AFTER_MS * 10, "another upload is under way on this node"));
+        };
+        match self.upload_module(first, stream).await {
+            Ok(hash) => Ok(tonic::Response::new(UploadModuleResponse {
+                error: None,
+                module_hash: Bytes::copy_from_slice(&hash.0),
+            })),
+            Err(e) => refused(e),
+        }
     }
 
     async fn set_group(

@@ -94,6 +94,8 @@ pub struct Driver {
     offer: Option<(NodeId, waft_storage::SnapshotMeta)>,
     /// The snapshot being pulled right now. Invariant: at most one per group.
     transfer: Option<Arc<Progress>>,
+    /// A module this node pulls ahead of a deploy, for status.
+    module_transfer: Option<Arc<crate::modules::ModuleProgress>>,
     /// Pull rate limit in bytes per second (0: none).
     snapshot_bytes_per_sec: u64,
     /// Ask for a snapshot every this many ticks (0: never; the margin rules).
@@ -169,6 +171,7 @@ impl Driver {
             status,
             offer: None,
             transfer: None,
+            module_transfer: None,
             snapshot_bytes_per_sec,
             snapshot_interval_ticks,
             snapshot_index,
@@ -243,7 +246,17 @@ impl Driver {
             Input::Admin { op, reply } => self.start_admin(op, reply),
             Input::Propose { body, reply } => self.propose(body, reply),
             Input::Deploy { module, reply } => {
-                let body = Body::Deploy { module: module.bytes().clone() };
+                // The members fetched and compiled the module already
+                // (`modules::prepare_members`). A module that fits an entry
+                // still travels in it, so that a replica that missed the
+                // preparation (down then, or added later and replaying the
+                // log) can follow; a larger one is named by hash.
+                let size = module.bytes().len() as u64;
+                let body = if size <= self.command_bytes_max {
+                    Body::Deploy { module: module.bytes().clone() }
+                } else {
+                    Body::DeployHash { module_hash: module.hash().0, size }
+                };
                 if self.replica.raft().role() == Role::Leader {
                     // Applying the entry then switches without compiling again.
                     self.replica.prepare_module(module);
@@ -281,6 +294,12 @@ impl Driver {
                 });
             }
             Input::Query { request, consistency, reply } => self.query(request, consistency, reply),
+            Input::Prepared(module) => {
+                tracing::info!(group = self.group(), module = %module.hash().to_hex(), "module prepared for its deploy");
+                self.replica.prepare_module(module);
+                self.module_transfer = None;
+            }
+            Input::ModuleTransfer(progress) => self.module_transfer = progress,
         }
     }
 
@@ -320,10 +339,12 @@ impl Driver {
         match self.replica.propose(&envelope) {
             Ok((index, term)) => {
                 GroupMetrics::count(&self.metrics.proposals);
-                // A leader never proposes twice at one index in one term; an
-                // older waiter there lost its entry to a new leader.
+                // A leader never proposes twice at one index in one term: a
+                // newer leader cut the older waiter's entry from this node's
+                // log. Another node may still hold it, and a later leader
+                // commit it (Raft's figure 8), so its outcome is unknown.
                 if let Some((_, old)) = self.proposals.insert(index, (term, reply)) {
-                    let _ = old.send(Err(lost(index)));
+                    let _ = old.send(Err(displaced(index)));
                 }
             }
             Err(e) => {
@@ -917,6 +938,11 @@ impl Driver {
                 bytes_done: p.bytes_done.load(Ordering::Relaxed),
                 bytes_total: p.bytes_total,
             }),
+            module_transfer: self.module_transfer.as_ref().map(|p| client::ModuleTransfer {
+                module_hash: Bytes::copy_from_slice(&p.hash.0),
+                bytes_done: p.bytes_done.load(Ordering::Relaxed),
+                bytes_total: p.bytes_total,
+            }),
         };
         if let Ok(mut lag) = self.metrics.lag.lock() {
             lag.clear();
@@ -975,7 +1001,11 @@ impl Driver {
                 Input::DeployCheck { reply } => {
                     let _ = reply.send(Err(self.shutting_down()));
                 }
-                Input::Peer { .. } | Input::InstallPulled(_) | Input::SnapshotWritten(_) => {}
+                Input::Peer { .. }
+                | Input::InstallPulled(_)
+                | Input::SnapshotWritten(_)
+                | Input::Prepared(_)
+                | Input::ModuleTransfer(_) => {}
             }
         }
     }
@@ -1144,8 +1174,20 @@ fn answer(index: u64, outcome: Outcome) -> ProposeReply {
     }
 }
 
-/// The entry a client proposed was overwritten by a new leader's log: the
-/// command did not apply, and the client may find the new leader and retry.
+/// A proposal's entry was cut from this node's log, and this node proposed
+/// something else at its index: another node may still hold the entry and
+/// commit it, so the command may yet apply.
+fn displaced(index: u64) -> client::Error {
+    client::Error::outcome_unknown(format!(
+        "leadership changed and this node's entry at index {index} was replaced, but another node may still \
+         hold it and commit it: the command may or may not apply (inside a session, retry it under the same \
+         sequence number)"
+    ))
+}
+
+/// The entry applied at a proposal's index has another term than the
+/// proposal's entry: that entry can never commit. The command did not
+/// apply, and the client may find the new leader and retry.
 fn lost(index: u64) -> client::Error {
     let mut e = client::Error::not_leader(waft_raft::NONE, "");
     e.message =

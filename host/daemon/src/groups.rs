@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::sync::watch;
 use waft_proto::admin::CreateOutcome;
 use waft_proto::client;
@@ -209,6 +210,9 @@ pub struct Host {
     groups: Arc<Groups>,
     /// Held while a group opens: creates run one at a time.
     state: Mutex<HostState>,
+    /// Module pulls and compiles ahead of deploys (`modules::prepare`), at
+    /// most `PREPARES_AT_ONCE_MAX` at once.
+    prepares: tokio::sync::Semaphore,
 }
 
 impl Host {
@@ -243,6 +247,7 @@ impl Host {
                 drivers: Vec::new(),
                 shared: Some(Shared { store, committer }),
             }),
+            prepares: tokio::sync::Semaphore::new(crate::modules::PREPARES_AT_ONCE_MAX),
         })
     }
 
@@ -260,6 +265,22 @@ impl Host {
 
     pub fn modules(&self) -> &Arc<ModuleStore> {
         &self.modules
+    }
+
+    /// Permits for module pulls and compiles ahead of deploys.
+    pub fn prepares(&self) -> &tokio::sync::Semaphore {
+        &self.prepares
+    }
+
+    /// The most bytes a second this node pulls of a snapshot or a module
+    /// (0: unlimited).
+    pub fn pull_bytes_per_sec(&self) -> u64 {
+        self.cfg.snapshot_pull_bytes_per_sec
+    }
+
+    /// A module hash whose compile fails on this node (tests only).
+    pub fn test_compile_fault(&self) -> Option<ModuleHash> {
+        self.cfg.test_compile_fault
     }
 
     /// How this node dials the others.
@@ -370,6 +391,10 @@ impl Host {
             replica.set_spawn(Some(guest_spawn()));
         }
         replica.set_background_snapshots(true);
+        // A deploy by hash that this replica did not prepare finds the
+        // module here (it was stored, but its compile was not handed in).
+        let modules = self.modules.clone();
+        replica.set_module_source(Arc::new(move |hash| modules.get(hash).ok().map(Bytes::from)));
         if let Some(at) = self.cfg.test_diverge_at {
             replica.inject_divergence(at);
         }

@@ -94,6 +94,13 @@ pub enum Input {
     DeployCheck {
         reply: oneshot::Sender<Result<(Vec<u8>, waft_runtime::Limits), client::Error>>,
     },
+    /// A module fetched and compiled ahead of the deploy entry that will
+    /// name it (the leader asked, `modules::prepare`): applying that entry
+    /// then switches without compiling.
+    Prepared(waft_node::GuestModule),
+    /// A module pull ahead of a deploy began (its progress, for status) or
+    /// ended (`None`).
+    ModuleTransfer(Option<Arc<crate::modules::ModuleProgress>>),
 }
 
 /// Each setting of a status or set-group answer by its name, as

@@ -245,7 +245,7 @@ pub async fn pull(
 }
 
 /// The chunk size for a rate: about eight pulls a second when throttled.
-fn chunk_bytes(bytes_per_sec: u64) -> usize {
+pub(crate) fn chunk_bytes(bytes_per_sec: u64) -> usize {
     if bytes_per_sec == 0 {
         return PULL_CHUNK_BYTES_MAX;
     }
@@ -253,7 +253,7 @@ fn chunk_bytes(bytes_per_sec: u64) -> usize {
 }
 
 /// Sleeps until `moved` bytes since `started` are within `bytes_per_sec`.
-async fn throttle(bytes_per_sec: u64, moved: u64, started: Instant) {
+pub(crate) async fn throttle(bytes_per_sec: u64, moved: u64, started: Instant) {
     if bytes_per_sec == 0 {
         return;
     }
@@ -264,7 +264,7 @@ async fn throttle(bytes_per_sec: u64, moved: u64, started: Instant) {
     }
 }
 
-async fn retry_or_fail(failures: u32, what: &str) -> Result<(), String> {
+pub(crate) async fn retry_or_fail(failures: u32, what: &str) -> Result<(), String> {
     if failures >= PULL_ATTEMPTS_MAX {
         return Err(format!("gave up after {failures} failed chunk requests; last: {what}"));
     }

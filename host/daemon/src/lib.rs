@@ -63,6 +63,7 @@ pub mod identity;
 pub mod inbox;
 pub mod install;
 pub mod metrics;
+pub mod modules;
 pub mod peer;
 pub mod security;
 pub mod service;
@@ -377,6 +378,7 @@ pub async fn serve(
         builder
             .add_service(waft_proto::peer_server(peer::PeerService::new(
                 groups.clone(),
+                host.clone(),
                 snapshots.clone(),
                 book.clone(),
                 cfg.peers.keys().copied().collect(),

@@ -211,6 +211,8 @@ async fn stream(
 /// The server side of the peer service.
 pub struct PeerService {
     groups: Arc<Groups>,
+    /// Module stores, engine and addresses, for modules beside the log.
+    host: Arc<crate::groups::Host>,
     snapshots: Arc<SnapshotStore>,
     /// The incarnation this node expects behind each peer.
     book: Arc<PeerBook>,
@@ -232,13 +234,14 @@ pub struct PeerService {
 impl PeerService {
     pub fn new(
         groups: Arc<Groups>,
+        host: Arc<crate::groups::Host>,
         snapshots: Arc<SnapshotStore>,
         book: Arc<PeerBook>,
         peers: std::collections::BTreeSet<NodeId>,
         auth: Arc<Auth>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> PeerService {
-        PeerService { groups, snapshots, book, peers, auth, refusals_logged: Default::default(), stop }
+        PeerService { groups, host, snapshots, book, peers, auth, refusals_logged: Default::default(), stop }
     }
 
     /// The sender a stream names, admitted by the book; the refusal the
@@ -355,5 +358,30 @@ impl peer::peer_server::Peer for PeerService {
             return Err(tonic::Status::not_found(format!("this node serves no group {}", req.group)));
         }
         crate::install::serve_chunk(self.snapshots.clone(), req).await.map(tonic::Response::new)
+    }
+
+    async fn prepare_module(
+        &self,
+        request: tonic::Request<peer::PrepareModuleRequest>,
+    ) -> Result<tonic::Response<peer::PrepareModuleResponse>, tonic::Status> {
+        let from = request.get_ref().from;
+        if let Err(why) = self.auth.check_peer(&request, Some(from)) {
+            return Err(tonic::Status::permission_denied(why));
+        }
+        if !self.peers.contains(&from) {
+            return Err(tonic::Status::permission_denied(format!("node {from} is not a peer of this node")));
+        }
+        crate::modules::prepare(&self.host, request.into_inner()).await?;
+        Ok(tonic::Response::new(peer::PrepareModuleResponse {}))
+    }
+
+    async fn pull_module_chunk(
+        &self,
+        request: tonic::Request<peer::ModuleChunkRequest>,
+    ) -> Result<tonic::Response<peer::ModuleChunk>, tonic::Status> {
+        if let Err(why) = self.auth.check_peer(&request, None) {
+            return Err(tonic::Status::permission_denied(why));
+        }
+        crate::modules::serve_chunk(self.host.modules().clone(), request.into_inner()).await.map(tonic::Response::new)
     }
 }

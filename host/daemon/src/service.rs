@@ -39,6 +39,12 @@ pub const PIPELINE_CALLS_IN_FLIGHT_MAX: usize = 4096;
 pub const PIPELINE_BATCH_CALLS_MAX: usize = 1024;
 /// Replies one `ReplyBatch` holds at most.
 pub const PIPELINE_REPLY_BATCH_MAX: usize = 1024;
+/// A `ReplyBatch` closes once its replies reach this many bytes, so that a
+/// batch of results of the default size (1 MiB each at most) never exceeds
+/// the client message limit, which would break the stream and leave every
+/// call on it unknown.
+pub const PIPELINE_REPLY_BATCH_BYTES_TARGET: usize = 4 * 1024 * 1024;
+const _: () = assert!(PIPELINE_REPLY_BATCH_BYTES_TARGET + 2 * 1024 * 1024 <= waft_proto::CLIENT_MESSAGE_BYTES_MAX);
 /// Reply batches queued for one stream's sender. When full, the stream's task
 /// waits (a client that does not read its replies stops its own calls).
 pub const PIPELINE_REPLY_QUEUE_MAX: usize = 64;
@@ -244,10 +250,16 @@ impl ClientService {
                 biased;
                 Some(first) = running.next(), if !running.is_empty() => {
                     let mut replies = Vec::with_capacity(running.len().min(PIPELINE_REPLY_BATCH_MAX) + 1);
+                    let mut bytes = prost::Message::encoded_len(&first);
                     replies.push(first);
-                    while replies.len() < PIPELINE_REPLY_BATCH_MAX {
+                    // A batch closes at a byte target too, so that large
+                    // results do not add up past the client message limit.
+                    while replies.len() < PIPELINE_REPLY_BATCH_MAX && bytes < PIPELINE_REPLY_BATCH_BYTES_TARGET {
                         match running.next().now_or_never() {
-                            Some(Some(reply)) => replies.push(reply),
+                            Some(Some(reply)) => {
+                                bytes += prost::Message::encoded_len(&reply);
+                                replies.push(reply);
+                            }
                             _ => break,
                         }
                     }

@@ -68,7 +68,8 @@ pub use module::{GuestModule, MODULE_BYTES_MAX, MODULE_FILE};
 pub use outcome::Outcome;
 pub use replica::{
     APPLY_BATCH_ENTRIES_MAX, APPLY_IN_PLACE_BYTES_MAX, APPLY_IN_PLACE_ENTRIES_MAX, Applied, DIGEST_REPORT_EVERY_TICKS,
-    DIGESTS_KEPT_MAX, Digest, DigestStatus, Fence, Install, Output, PendingReady, READY_ROUNDS_MAX, Replica,
-    ReplicaConfig, SESSIONS_FILE, STATE_FILE, SnapshotDone, SnapshotJob, WRITES_IN_FLIGHT_MAX, WriteToken, merge_write,
+    DIGESTS_KEPT_MAX, Digest, DigestStatus, Fence, Install, ModuleSource, Output, PendingReady, READY_ROUNDS_MAX,
+    Replica, ReplicaConfig, SESSIONS_FILE, STATE_FILE, SnapshotDone, SnapshotJob, WRITES_IN_FLIGHT_MAX, WriteToken,
+    merge_write,
 };
 pub use settings::{DIGEST_INTERVAL_DEFAULT, GroupSettings, SETTINGS_FILE, SettingsError};

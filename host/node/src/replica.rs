@@ -70,6 +70,10 @@ const ENTRY_BYTES_GUESS: u64 = 256;
 /// calls `process` again while `has_ready()` holds.
 pub const READY_ROUNDS_MAX: usize = 64;
 
+/// A module's bytes by its hash, if the node holds them (see
+/// `Replica::set_module_source`).
+pub type ModuleSource = std::sync::Arc<dyn Fn(&ModuleHash) -> Option<Bytes> + Send + Sync>;
+
 /// Static settings of one replica.
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
@@ -224,6 +228,9 @@ pub struct Replica {
     /// Tests only: a module this replica fails to compile, as if its
     /// compiler differed (`inject_compile_fault`).
     compile_fault: Option<ModuleHash>,
+    /// Where a deploy by hash finds a module that was not prepared: the
+    /// node's module store (`set_module_source`).
+    module_source: Option<ModuleSource>,
     /// Tests only: session commands skip the session table
     /// (`inject_no_dedup`).
     no_dedup: bool,
@@ -396,6 +403,7 @@ impl Replica {
             found_term: 0,
             local_limits: cfg.limits.clone(),
             compile_fault: None,
+            module_source: None,
             no_dedup: false,
             label,
             apply_batch_entries_max: cfg.apply_batch_entries_max.max(1),
@@ -558,6 +566,12 @@ impl Replica {
     /// founded with it).
     pub fn module_index(&self) -> u64 {
         self.module_index
+    }
+
+    /// Where a deploy by hash (`Body::DeployHash`) finds a module that was
+    /// not prepared ahead of its entry: a module store's bytes by hash.
+    pub fn set_module_source(&mut self, source: ModuleSource) {
+        self.module_source = Some(source);
     }
 
     /// Hands in a module validated and compiled ahead of the deploy entry
@@ -1021,14 +1035,21 @@ impl Replica {
                         return Ok(());
                     }
                     if let Ok(Envelope {
-                        body: body @ (Body::Deploy { .. } | Body::Settings { .. } | Body::Found { .. }),
+                        body:
+                            body @ (Body::Deploy { .. }
+                            | Body::Settings { .. }
+                            | Body::Found { .. }
+                            | Body::DeployHash { .. }),
                         ..
                     }) = decoded
                     {
                         // The module or settings switch between the entries before and after.
                         self.apply_batch(batch, out)?;
                         let outcome = match body {
-                            Body::Deploy { module } => self.deploy(e.index, module)?,
+                            Body::Deploy { module } => self.deploy(e.index, ModuleHash::of(&module), Some(module))?,
+                            Body::DeployHash { module_hash, .. } => {
+                                self.deploy(e.index, ModuleHash(module_hash), None)?
+                            }
                             Body::Settings { settings } => self.set_settings(e.index, &settings)?,
                             Body::Found { module_hash, module, settings } => {
                                 self.found(e.index, ModuleHash(module_hash), module, &settings)?
@@ -1209,19 +1230,31 @@ impl Replica {
     /// it: the leader compiled the module before proposing it, so the
     /// failure is this replica's, and running the old module on would make
     /// it differ from the others.
-    fn deploy(&mut self, index: u64, bytes: Bytes) -> Result<Outcome> {
+    ///
+    /// `bytes` are the module's when the entry carries them; a deploy by
+    /// hash (`Body::DeployHash`) finds them prepared (fetched and compiled
+    /// before the leader proposed it) or in the node's module store.
+    fn deploy(&mut self, index: u64, hash: ModuleHash, bytes: Option<Bytes>) -> Result<Outcome> {
         let group = self.group;
-        let hash = ModuleHash::of(&bytes);
         if hash == self.module.hash() {
             tracing::info!(group, index, module = %hash.to_hex(), "deploy of the running module: nothing changes");
             return Ok(Outcome::Deployed { hash, index: self.module_index });
         }
         if self.prepared.as_ref().is_none_or(|p| p.hash() != hash) {
+            let bytes = bytes.or_else(|| self.module_source.as_ref().and_then(|source| source(&hash)));
             let loaded = if self.compile_fault == Some(hash) {
                 self.compile_fault = None;
                 Err("a compile fault injected for a test".to_string())
             } else {
-                GuestModule::load(self.module.engine(), bytes.clone()).map_err(|e| e.to_string())
+                match bytes {
+                    Some(bytes) if ModuleHash::of(&bytes) == hash => {
+                        GuestModule::load(self.module.engine(), bytes).map_err(|e| e.to_string())
+                    }
+                    Some(_) => Err("the copy this node holds does not match the hash".to_string()),
+                    None => Err("this node does not hold it (it did not fetch it before the deploy was \
+                                 proposed: it was down, behind or unreachable)"
+                        .to_string()),
+                }
             };
             match loaded {
                 Ok(module) => self.prepared = Some(module),
@@ -1233,7 +1266,7 @@ impl Replica {
                     // module) like any replica whose state differs. A sole
                     // voter has nothing to be rebuilt from: it stops.
                     let why = format!(
-                        "cannot compile module {} at entry {index}, which the group switches to there: {e}",
+                        "cannot load module {} at entry {index}, which the group switches to there: {e}",
                         hash.to_hex()
                     );
                     if self.sole_voter() || self.settings.digest_interval == 0 {
@@ -1246,7 +1279,9 @@ impl Replica {
                 }
             }
         }
-        match self.reconfigure(index, Some(bytes), None)? {
+        // Prepared above, or ahead of the entry (`prepare_module`).
+        let module = self.prepared.as_ref().map(|p| (p.hash(), p.bytes().clone()));
+        match self.reconfigure(index, module, None)? {
             Ok(()) => Ok(Outcome::Deployed { hash, index }),
             Err(why) => {
                 tracing::warn!(group, index, module = %hash.to_hex(), %why, "deploy refused");
@@ -1307,7 +1342,7 @@ impl Replica {
         let module = if hash == self.module.hash() {
             None
         } else if !module.is_empty() && ModuleHash::of(&module) == hash {
-            Some(module)
+            Some((hash, module))
         } else {
             // Too large for one entry, and this replica runs another module:
             // it cannot run the group's, and must not run its own.
@@ -1331,19 +1366,22 @@ impl Replica {
         Ok(Outcome::SettingsChanged { settings: self.settings.clone(), index })
     }
 
-    /// Switches the module (when `bytes` name another one) and the settings
+    /// Switches the module (when `module` is another one) and the settings
     /// (when given) at entry `index`, all or nothing: the running instance
     /// saves its state and a new one, under the new module and limits, loads
     /// it. `Ok(Err(why))`: refused, nothing changed.
+    ///
+    /// `module` is the new module's hash and bytes; the caller checked that
+    /// they match (a module may be tens of MiB: hashing it again here would
+    /// hold the group up).
     fn reconfigure(
         &mut self,
         index: u64,
-        bytes: Option<Bytes>,
+        module: Option<(ModuleHash, Bytes)>,
         settings: Option<GroupSettings>,
     ) -> Result<std::result::Result<(), String>> {
-        let new_module = match bytes {
-            Some(bytes) if ModuleHash::of(&bytes) != self.module.hash() => {
-                let hash = ModuleHash::of(&bytes);
+        let new_module = match module {
+            Some((hash, bytes)) if hash != self.module.hash() => {
                 match self.prepared.take() {
                     Some(prepared) if prepared.hash() == hash => Some(prepared),
                     _ => {

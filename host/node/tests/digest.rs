@@ -174,13 +174,48 @@ fn a_replica_that_cannot_compile_the_deployed_module_fences_itself_and_is_rebuil
     c.tick(3);
     let fence = c.replica(3).fenced().cloned().expect("node 3 fenced itself");
     assert_eq!(fence.index, d);
-    assert!(fence.why.contains("cannot compile"), "{}", fence.why);
+    assert!(fence.why.contains("cannot load module"), "{}", fence.why);
     assert!(matches!(c.outcome_at(3, d), Some(Outcome::Fenced(_))), "{:?}", c.outcome_at(3, d));
     assert!(c.stopped.is_empty(), "nothing stopped: {:?}", c.stopped);
     incr(&mut c, 2 * INTERVAL as usize);
     assert!(tick_until(&mut c, 100, |c| c.replica(3).digest_status().rebuilds == 1), "node 3 was not rebuilt");
     for id in [1, 2, 3] {
         assert_eq!(c.replica(id).module_hash(), ModuleHash::of(&doubling), "node {id} runs the deployed module");
+        assert_eq!(c.replica(id).module_index(), d, "node {id}");
+    }
+    assert_identical(&mut c, &[1, 2, 3]);
+}
+
+/// A deploy by hash (`Body::DeployHash`): the module's bytes are not in the
+/// log. Replicas that hold it (here in their module source, as a node's
+/// module store) switch at the entry; one that does not hold it cannot
+/// switch, fences itself there, and is rebuilt from a snapshot that carries
+/// the module.
+#[test]
+fn a_deploy_by_hash_switches_replicas_that_hold_the_module_and_fences_one_that_does_not() {
+    let mut c = Cluster::with_digests("digest-deploy-hash", 3, 10_000, INTERVAL);
+    c.elect(1);
+    incr(&mut c, 2);
+    let doubling = Bytes::from(guest_bytes("waft_counter_doubling"));
+    let hash = ModuleHash::of(&doubling);
+    for id in [1, 2] {
+        let held = doubling.clone();
+        c.replica(id).set_module_source(std::sync::Arc::new(move |h| (*h == hash).then(|| held.clone())));
+    }
+    let (d, _) = c.propose_body(Body::DeployHash { module_hash: hash.0, size: doubling.len() as u64 });
+    c.settle();
+    c.tick(3);
+    for id in [1, 2] {
+        assert_eq!(c.outcome_at(id, d), Some(&Outcome::Deployed { hash, index: d }), "node {id}");
+    }
+    let fence = c.replica(3).fenced().cloned().expect("node 3 fenced itself");
+    assert_eq!(fence.index, d);
+    assert!(fence.why.contains("does not hold it"), "{}", fence.why);
+    assert!(c.stopped.is_empty(), "nothing stopped: {:?}", c.stopped);
+    incr(&mut c, 2 * INTERVAL as usize);
+    assert!(tick_until(&mut c, 100, |c| c.replica(3).digest_status().rebuilds == 1), "node 3 was not rebuilt");
+    for id in [1, 2, 3] {
+        assert_eq!(c.replica(id).module_hash(), hash, "node {id} runs the deployed module");
         assert_eq!(c.replica(id).module_index(), d, "node {id}");
     }
     assert_identical(&mut c, &[1, 2, 3]);

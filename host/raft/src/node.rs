@@ -1124,8 +1124,8 @@ impl RawNode {
                 self.confirm_reads();
             }
             MessageBody::ReadIndex { ids } => {
-                // Follower reads ride on the follower's mode via a separate message per mode;
-                // the leader treats them as safe reads unless its lease holds.
+                // The message carries no mode: the leader confirms every
+                // follower's read with a quorum, a lease read's included.
                 for id in ids {
                     let _ = self.leader_read(ReadRequest { id, from, lease: false });
                 }

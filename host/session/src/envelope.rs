@@ -23,6 +23,8 @@
 //!                 the component does not fit one entry): the group's founding module and settings
 //!   9 Verdict     index u64 | digest [u8; 32]: the state digest a majority of replicas reported for
 //!                 entry `index`; a replica whose own differs is fenced
+//!  10 DeployHash  module_hash [u8; 32] | size u64: a deploy of a component named by its sha256, whose
+//!                 bytes travel beside the log (fetched from the leader before the entry is proposed)
 //! ```
 
 use crate::wire::{Reader, put_u64, put_u128};
@@ -50,6 +52,7 @@ const KIND_DEPLOY: u8 = 6;
 const KIND_SETTINGS: u8 = 7;
 const KIND_FOUND: u8 = 8;
 const KIND_VERDICT: u8 = 9;
+const KIND_DEPLOY_HASH: u8 = 10;
 
 /// One client entry as it travels in the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -105,6 +108,13 @@ pub enum Body {
     /// replica whose own digest of that entry differs is fenced; its
     /// state is rebuilt from a healthy replica's. Not a session entry.
     Verdict { index: u64, digest: [u8; 32] },
+    /// An operator's deploy of a component named by its sha256 (and its
+    /// size), like `Deploy` but with the bytes beside the log: the leader
+    /// has every replica fetch and compile them before it proposes this, so
+    /// applying it is a switch. A replica that lacks them when it applies
+    /// the entry cannot switch, and is fenced and rebuilt. Not a session
+    /// entry.
+    DeployHash { module_hash: [u8; 32], size: u64 },
 }
 
 /// Why bytes are not a valid envelope (or why one cannot be encoded).
@@ -158,7 +168,7 @@ impl Body {
                 return Ok(());
             }
             Body::Unregister { session_id } => return check_session_id(*session_id),
-            Body::Verdict { .. } => return Ok(()),
+            Body::Verdict { .. } | Body::DeployHash { .. } => return Ok(()),
             Body::Deploy { module } | Body::Settings { settings: module } => module,
             Body::Found { module, settings, .. } => {
                 if settings.len() > SETTINGS_BYTES_MAX {
@@ -209,6 +219,7 @@ impl Envelope {
             Body::Settings { .. } => KIND_SETTINGS,
             Body::Found { .. } => KIND_FOUND,
             Body::Verdict { .. } => KIND_VERDICT,
+            Body::DeployHash { .. } => KIND_DEPLOY_HASH,
         };
         out.push(kind);
         put_u64(&mut out, self.timestamp_ms);
@@ -243,6 +254,10 @@ impl Envelope {
                 put_u64(&mut out, *index);
                 out.extend_from_slice(digest);
             }
+            Body::DeployHash { module_hash, size } => {
+                out.extend_from_slice(module_hash);
+                put_u64(&mut out, *size);
+            }
         }
         Ok(Bytes::from(out))
     }
@@ -252,7 +267,7 @@ impl Envelope {
     /// rest): for a caller that must know ahead of applying it that the
     /// entry may compile a module or rebuild the state machine's instance.
     pub fn is_deploy(data: &[u8]) -> bool {
-        matches!(data, [ENVELOPE_VERSION, KIND_DEPLOY | KIND_SETTINGS | KIND_FOUND, ..])
+        matches!(data, [ENVELOPE_VERSION, KIND_DEPLOY | KIND_SETTINGS | KIND_FOUND | KIND_DEPLOY_HASH, ..])
     }
 
     /// Whether an entry's data is a verdict, read from its header alone:
@@ -305,6 +320,11 @@ impl Envelope {
                 digest.copy_from_slice(r.take(32)?);
                 Body::Verdict { index, digest }
             }
+            KIND_DEPLOY_HASH => {
+                let mut module_hash = [0u8; 32];
+                module_hash.copy_from_slice(r.take(32)?);
+                Body::DeployHash { module_hash, size: r.u64()? }
+            }
             k => return Err(EnvelopeError::UnknownKind(k)),
         };
         let has_payload = matches!(
@@ -346,6 +366,7 @@ mod tests {
             },
             Body::Found { module_hash: [0; 32], module: Bytes::new(), settings: Bytes::new() },
             Body::Verdict { index: 4096, digest: [9; 32] },
+            Body::DeployHash { module_hash: [5; 32], size: 40 << 20 },
         ]
         .into_iter()
         .map(|b| Envelope::new(1_700_000_000_123, b))
@@ -356,7 +377,10 @@ mod tests {
     fn is_deploy_says_what_decode_says() {
         for e in all_kinds() {
             let Ok(b) = e.encode() else { continue };
-            let switches = matches!(e.body, Body::Deploy { .. } | Body::Settings { .. } | Body::Found { .. });
+            let switches = matches!(
+                e.body,
+                Body::Deploy { .. } | Body::Settings { .. } | Body::Found { .. } | Body::DeployHash { .. }
+            );
             assert_eq!(Envelope::is_deploy(&b), switches, "{e:?}");
         }
         assert!(!Envelope::is_deploy(&[]));
@@ -370,7 +394,7 @@ mod tests {
             let b = e.encode().unwrap();
             // (A founding entry's hash and settings, and a verdict's digest,
             // are content, not overhead.)
-            if !matches!(e.body, Body::Found { .. } | Body::Verdict { .. }) {
+            if !matches!(e.body, Body::Found { .. } | Body::Verdict { .. } | Body::DeployHash { .. }) {
                 assert!(b.len() <= ENVELOPE_OVERHEAD_BYTES_MAX + 4, "{e:?}");
             }
             assert_eq!(Envelope::decode(&b), Ok(e.clone()));

@@ -342,7 +342,11 @@ impl SessionTable {
             },
             // The host applies a deploy itself and never hands it here; a
             // table given one only takes its place in the log and its clock.
-            Body::Deploy { .. } | Body::Settings { .. } | Body::Found { .. } | Body::Verdict { .. } => Verdict::Done,
+            Body::Deploy { .. }
+            | Body::Settings { .. }
+            | Body::Found { .. }
+            | Body::Verdict { .. }
+            | Body::DeployHash { .. } => Verdict::Done,
         };
         self.settle();
         verdict

@@ -43,12 +43,24 @@ pub fn create_dir_durable(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How many bytes `write_atomic` writes between two syncs.
+pub const WRITE_SYNC_EVERY_BYTES: usize = 4 * 1024 * 1024;
+
 /// Writes `bytes` to `dir/name` atomically: temp file, fsync, rename, fsync dir.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let tmp = dir.join(tmp_name(name));
     let result = (|| {
         let mut file = File::create(&tmp).map_err(Error::io("creating", &tmp))?;
-        file.write_all(bytes).map_err(Error::io("writing", &tmp))?;
+        // A large file is synced as it is written, a few MiB at a time: one
+        // sync of tens of MiB at the end would hold up every other sync on
+        // the disk (the log's) for as long as it takes.
+        let mut chunks = bytes.chunks(WRITE_SYNC_EVERY_BYTES).peekable();
+        while let Some(chunk) = chunks.next() {
+            file.write_all(chunk).map_err(Error::io("writing", &tmp))?;
+            if chunks.peek().is_some() {
+                file.sync_data().map_err(Error::io("fsyncing", &tmp))?;
+            }
+        }
         file.sync_all().map_err(Error::io("fsyncing", &tmp))?;
         let target = dir.join(name);
         std::fs::rename(&tmp, &target).map_err(Error::io("renaming into place", &target))?;

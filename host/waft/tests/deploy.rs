@@ -247,6 +247,100 @@ async fn a_new_module_version_takes_over_at_one_index_on_every_replica() {
     assert_eq!(json["groups"][0]["module_index"], serde_json::json!(at));
 }
 
+/// Size of the module the large deploy sends: the counter with this many
+/// bytes of a custom section (wasm ignores it; it only has to travel).
+const LARGE_MODULE_BYTES: usize = 40 << 20;
+
+/// `bytes` (a component) with a custom section of `extra` bytes appended.
+fn padded(mut bytes: Vec<u8>, extra: usize) -> Vec<u8> {
+    let name = b"waft-test-padding";
+    let mut len = name.len() + 1 + extra;
+    bytes.push(0); // a custom section
+    loop {
+        let byte = (len & 0x7f) as u8;
+        len >>= 7;
+        bytes.push(if len == 0 { byte } else { byte | 0x80 });
+        if len == 0 {
+            break;
+        }
+    }
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    // Bytes that do not compress, so nothing on the way can make them small.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    bytes.extend((0..extra).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as u8
+    }));
+    bytes
+}
+
+/// A module far larger than one log entry (and than one client message)
+/// deploys through the CLI under writes: uploaded to the leader in chunks,
+/// pulled and compiled by each follower before the entry naming it by hash
+/// is proposed, so every replica switches at one index without a fetch or a
+/// compile there. Prints the longest pause between acknowledged writes
+/// around the deploy next to the 99th percentile of the pauses before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_far_larger_than_an_entry_deploys_beside_the_log_under_writes() {
+    let mut c = Cluster::start("deploy-large", 3, Spec::one(GROUP, "waft_counter"));
+    let leader = c.wait_for_leader(GROUP).await;
+    let follower = (leader + 1) % 3;
+    let big = padded(std::fs::read(module("waft_counter")).unwrap(), LARGE_MODULE_BYTES);
+    let new = ModuleHash::of(&big).0.to_vec();
+    let path = c.root.join("large.wasm");
+    std::fs::write(&path, &big).unwrap();
+
+    let writers = Writers::start(&c, &[0, 1, 2]);
+    writers.wait_for(&mut c, 300).await;
+    let before_end = Instant::now();
+    let usual = {
+        let times = writers.times.lock().unwrap();
+        let mut gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        gaps.sort_unstable();
+        gaps[gaps.len() * 99 / 100]
+    };
+
+    // Through the CLI at a follower: it finds the leader.
+    let out = waft(&["deploy", "--addr", &c.addrs[follower], "--group", "1", path.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "deploy failed: {}", String::from_utf8_lossy(&out.stderr));
+    let at: u64 = stdout.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    writers.wait_for(&mut c, 300).await;
+    let pause = writers.longest_pause(before_end, Instant::now());
+    let (acked, failed) = writers.stop().await;
+    println!(
+        "a {} MiB module deployed at index {at} under writes: longest pause between acknowledged writes {pause:?}, \
+         p99 of the pauses before it {usual:?} ({} writes, {failed} failed)",
+        big.len() >> 20,
+        acked.len()
+    );
+
+    // Every write added one, before and after the switch (the logic is the
+    // counter's): the values count the first applications.
+    let firsts = acked.iter().filter(|(_, _, duplicate)| !duplicate).count() as i64;
+    let top = acked.iter().map(|(_, v, _)| *v).max().unwrap();
+    assert!(top >= firsts, "values {top} below the {firsts} writes acknowledged");
+    let last = status(&c, leader).await.commit_index;
+    let mut values = Vec::new();
+    for i in 0..3 {
+        let s = c.wait_applied(i, GROUP, last).await;
+        assert_eq!((s.module_hash.to_vec(), s.module_index), (new.clone(), at), "node {}", i + 1);
+        assert!(s.module_transfer.is_none(), "node {}: a transfer still shows", i + 1);
+        values.push(value(&c.client(i)).await);
+    }
+    assert!(values.iter().all(|v| *v == values[0] && *v >= top), "values {values:?}, highest acknowledged {top}");
+    // The followers had it before the entry: pulled and compiled ahead of
+    // it, not at it.
+    for i in (0..3).filter(|i| *i != leader) {
+        let log = std::fs::read_to_string(c.log_path(i)).unwrap();
+        assert!(log.contains("module prepared for its deploy"), "node {} prepared the module", i + 1);
+        assert!(!log.contains("cannot load module"), "node {} could not switch", i + 1);
+    }
+}
+
 /// A module that cannot read the state the running one holds (the counter
 /// over the atomic example's key-value state) is refused at the leader,
 /// before it reaches the log: BAD_MODULE with the guest's reason, and the

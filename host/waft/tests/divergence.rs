@@ -174,7 +174,7 @@ async fn a_node_that_cannot_compile_a_deployed_module_is_fenced_then_rebuilt() {
     // Node 3 fences itself at the deploy's index rather than run the old module on.
     let fenced = wait_status(&mut c, 2, "fenced", |g| g.fence.is_some() || g.state_rebuilds > 0).await;
     if let Some(f) = &fenced.fence {
-        assert!(f.reason.contains("cannot compile"), "{f:?}");
+        assert!(f.reason.contains("cannot load module") && f.reason.contains("a compile fault injected"), "{f:?}");
     }
     // Writes go on through the digest point; the next verdict has it rebuilt.
     let mut n = 0;
