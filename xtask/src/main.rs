@@ -14,13 +14,18 @@ usage: cargo xtask <task>
 tasks:
   demo     build what is needed, then run waft's demo on embedded defaults
   test     build what is needed, check formatting and lints, then run every test
-  guests   build the example and test guests (wasm32-wasip2 components)
+  guests   build the example and test guests (wasm32-wasip2 components: Rust,
+           Python with componentize-py, JavaScript with componentize-js)
+  python-client
+           make the Python client example's environment (a venv with grpcio,
+           and stubs generated from proto/)
   bench    build what is needed, then run the benchmarks
   prereqs  install or check the prerequisites only";
 
 /// The guest crates, built as components for wasm32-wasip2.
-const GUESTS: [&str; 7] = [
+const GUESTS: [&str; 8] = [
     "waft-counter",
+    "waft-counter-wit",
     "waft-atomic",
     "waft-atomic-kv",
     "waft-probe",
@@ -33,9 +38,21 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("prereqs") => prereqs(),
-        Some("guests") => prereqs().and_then(|()| guests()),
+        Some("guests") => prereqs()
+            .and_then(|()| python_and_node())
+            .and_then(|()| guests())
+            .and_then(|()| python_guests())
+            .and_then(|()| js_guests()),
         Some("demo") => prereqs().and_then(|()| guests()).and_then(|()| demo(&args[1..])),
-        Some("test") => prereqs().and_then(|()| guests()).and_then(|()| lint()).and_then(|()| test(&args[1..])),
+        Some("python-client") => python_client(),
+        Some("test") => prereqs()
+            .and_then(|()| python_and_node())
+            .and_then(|()| guests())
+            .and_then(|()| python_guests())
+            .and_then(|()| js_guests())
+            .and_then(|()| python_client())
+            .and_then(|()| lint())
+            .and_then(|()| test(&args[1..])),
         Some("bench") => prereqs().and_then(|()| guests()).and_then(|()| bench(&args[1..])),
         _ => {
             eprintln!("{USAGE}");
@@ -87,6 +104,32 @@ fn guest_dir() -> PathBuf {
 fn prereqs() -> Result<()> {
     wasm_target()?;
     libclang()
+}
+
+/// Python 3 (with venv and pip) and Node.js 20 or later (with npm): the
+/// Python and JavaScript guests are built with tools from PyPI and npm, and
+/// the Python client example runs on grpcio. Checked first, so a missing
+/// one fails at once rather than after the Rust build.
+fn python_and_node() -> Result<()> {
+    let version = |program: &str, args: &[&str]| -> Option<String> {
+        let out = Command::new(program).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    if version("python3", &["-c", "import venv, ensurepip; print('ok')"]).is_none() {
+        return Err("Python 3 with venv and pip is missing (the Python guests and client example need it): run `apt-get install -y python3 python3-venv`"
+            .into());
+    }
+    let node = version("node", &["--version"]).unwrap_or_default();
+    let major: u32 = node.trim_start_matches('v').split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
+    if major < 20 || version("npm", &["--version"]).is_none() {
+        return Err(format!(
+            "Node.js 20 or later with npm is missing (found {:?}; the JavaScript guests are built with \
+             componentize-js): install it, e.g. `apt-get install -y nodejs npm` on a release that ships Node.js \
+             20, or from https://nodejs.org",
+            if node.is_empty() { "none" } else { &node }
+        ));
+    }
+    Ok(())
 }
 
 /// The wasm32-wasip2 standard library, for the pinned toolchain.
@@ -170,6 +213,187 @@ fn guests() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The Python guests: (example directory, module name, component name).
+/// Each is built with waft's Python SDK (guest-sdk/python) by
+/// componentize-py, against the WIT world `memory-state-machine`.
+const PYTHON_GUESTS: [(&str, &str, &str); 1] = [("examples/counter-py", "counter", "waft_counter_py")];
+/// The componentize-py the Python guests are built with (from PyPI).
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+/// Builds the Python guests into the guest directory, with componentize-py
+/// installed into `target/python-guest/venv` the first time. A guest whose
+/// sources, SDK and WIT did not change since its last build is not built
+/// again (a build takes a core for about 15 s).
+fn python_guests() -> Result<()> {
+    let dir = target_dir().join("python-guest");
+    let venv = dir.join("venv");
+    let tool = venv.join("bin").join("componentize-py");
+    let stamp = dir.join("installed");
+    if !tool.is_file() || std::fs::read_to_string(&stamp).ok().as_deref() != Some(COMPONENTIZE_PY) {
+        let _ = std::fs::remove_dir_all(&venv);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut make = Command::new("python3");
+        make.args(["-m", "venv"]).arg(&venv);
+        run(make, "making the Python guests' venv (python3 -m venv)").map_err(|e| {
+            format!(
+                "{e}; the Python guests need Python 3 with venv and pip: run `apt-get install -y python3 python3-venv`"
+            )
+        })?;
+        let mut install = Command::new(venv.join("bin").join("python"));
+        install.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", COMPONENTIZE_PY]);
+        run(install, "installing componentize-py (pip, from PyPI)")?;
+        std::fs::write(&stamp, COMPONENTIZE_PY).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    let sdk = root().join("guest-sdk/python");
+    let wit = root().join("wit");
+    for (example, app, name) in PYTHON_GUESTS {
+        let src = root().join(example);
+        let out = guest_dir().join(format!("{name}.wasm"));
+        let mut fingerprint = COMPONENTIZE_PY.as_bytes().to_vec();
+        fingerprint.extend(sources(&[&src, &sdk, &wit], &["py", "wit"])?);
+        let built = dir.join(format!("{name}.sources"));
+        if out.is_file() && std::fs::read(&built).is_ok_and(|b| b == fingerprint) {
+            continue;
+        }
+        std::fs::create_dir_all(guest_dir()).map_err(|e| format!("{}: {e}", guest_dir().display()))?;
+        let mut cmd = Command::new(&tool);
+        cmd.current_dir(&dir)
+            .arg("-d")
+            .arg(&wit)
+            .args(["-w", "memory-state-machine", "componentize", "--stub-wasi", "-p"])
+            .arg(&sdk)
+            .arg("-p")
+            .arg(&src)
+            .arg(app)
+            .arg("-o")
+            .arg(&out);
+        run(cmd, &format!("building the Python guest {name} (componentize-py)"))?;
+        std::fs::write(&built, fingerprint).map_err(|e| format!("{}: {e}", built.display()))?;
+    }
+    Ok(())
+}
+
+/// The names and contents of the files in `dirs` whose extension is one of
+/// `extensions`: what a guest built from them depends on.
+fn sources(dirs: &[&Path], extensions: &[&str]) -> Result<Vec<u8>> {
+    let mut fingerprint = Vec::new();
+    for d in dirs {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(d)
+            .map_err(|e| format!("{}: {e}", d.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| extensions.iter().any(|e| x == *e)))
+            .collect();
+        files.sort();
+        for f in files {
+            fingerprint.extend(f.display().to_string().into_bytes());
+            fingerprint.extend(std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?);
+        }
+    }
+    Ok(fingerprint)
+}
+
+/// The JavaScript guests: (source file, component name). Each is built with
+/// waft's JavaScript SDK (guest-sdk/js) by componentize-js, against the WIT
+/// world `memory-state-machine`, with every WASI feature disabled.
+const JS_GUESTS: [(&str, &str); 1] = [("examples/counter-js/counter.js", "waft_counter_js")];
+/// The componentize-js the JavaScript guests are built with (from npm).
+const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js@0.23.0";
+
+/// Builds the JavaScript guests into the guest directory, with
+/// componentize-js installed into `target/js-guest` (npm) the first time.
+/// A guest whose sources, SDK and WIT did not change is not built again.
+fn js_guests() -> Result<()> {
+    let dir = target_dir().join("js-guest");
+    let tool = dir.join("node_modules").join(".bin").join("componentize-js");
+    let stamp = dir.join("installed");
+    if !tool.is_file() || std::fs::read_to_string(&stamp).ok().as_deref() != Some(COMPONENTIZE_JS) {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut install = Command::new("npm");
+        install
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error", "--prefix"])
+            .arg(&dir)
+            .arg(COMPONENTIZE_JS);
+        run(install, "installing componentize-js (npm)").map_err(|e| {
+            format!("{e}; the JavaScript guests need Node.js 20 or later and npm: run `apt-get install -y nodejs npm`")
+        })?;
+        std::fs::write(&stamp, COMPONENTIZE_JS).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    let sdk = root().join("guest-sdk/js");
+    let wit = root().join("wit");
+    for (source, name) in JS_GUESTS {
+        let src = root().join(source);
+        let example = src.parent().unwrap_or(&src).to_path_buf();
+        let out = guest_dir().join(format!("{name}.wasm"));
+        let mut fingerprint = COMPONENTIZE_JS.as_bytes().to_vec();
+        fingerprint.extend(sources(&[&example, &sdk, &wit], &["js", "wit"])?);
+        let built = dir.join(format!("{name}.sources"));
+        if out.is_file() && std::fs::read(&built).is_ok_and(|b| b == fingerprint) {
+            continue;
+        }
+        std::fs::create_dir_all(guest_dir()).map_err(|e| format!("{}: {e}", guest_dir().display()))?;
+        // From the repository's root: the engine resolves the source's
+        // imports (the SDK) against the working directory.
+        let mut cmd = Command::new(&tool);
+        cmd.current_dir(root())
+            .arg(source)
+            .args(["--wit", "wit", "--world-name", "memory-state-machine", "--disable"])
+            .args(["stdio", "random", "clocks", "http", "fetch-event", "-o"])
+            .arg(&out);
+        run(cmd, &format!("building the JavaScript guest {name} (componentize-js)"))?;
+        std::fs::write(&built, fingerprint).map_err(|e| format!("{}: {e}", built.display()))?;
+    }
+    Ok(())
+}
+
+/// Where the Python client example's environment lives: `venv/` (grpcio,
+/// from examples/python-client/requirements.txt) and `gen/` (stubs from
+/// proto/). Tests find it here.
+fn python_client_dir() -> PathBuf {
+    target_dir().join("python-client")
+}
+
+/// Makes the Python client example's environment, unless it is there for
+/// the same requirements and protos already.
+fn python_client() -> Result<()> {
+    let dir = python_client_dir();
+    let venv = dir.join("venv");
+    let python = venv.join("bin").join("python");
+    let requirements = root().join("examples/python-client/requirements.txt");
+    let protos = ["proto/waft/client.proto", "proto/waft/admin.proto"];
+    let mut fingerprint = std::fs::read(&requirements).map_err(|e| format!("{}: {e}", requirements.display()))?;
+    for p in protos {
+        fingerprint.extend(std::fs::read(root().join(p)).map_err(|e| format!("{p}: {e}"))?);
+    }
+    let stamp = dir.join("stamp");
+    if python.is_file() && std::fs::read(&stamp).is_ok_and(|s| s == fingerprint) {
+        return Ok(());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut make = Command::new("python3");
+    make.args(["-m", "venv"]).arg(&venv);
+    run(make, "making the Python client's venv (python3 -m venv)").map_err(|e| {
+        format!(
+            "{e}; the Python client example needs Python 3 with venv and pip: run `apt-get install -y python3 python3-venv`"
+        )
+    })?;
+    let mut install = Command::new(&python);
+    install.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&requirements);
+    run(install, "installing grpcio into the Python client's venv (pip, from PyPI)")?;
+    let gen_dir = dir.join("gen");
+    std::fs::create_dir_all(&gen_dir).map_err(|e| format!("{}: {e}", gen_dir.display()))?;
+    let mut protoc = Command::new(&python);
+    protoc
+        .current_dir(root())
+        .args(["-m", "grpc_tools.protoc", "-Iproto"])
+        .arg(format!("--python_out={}", gen_dir.display()))
+        .arg(format!("--grpc_python_out={}", gen_dir.display()))
+        .args(protos);
+    run(protoc, "generating the Python client's stubs from proto/")?;
+    std::fs::write(&stamp, fingerprint).map_err(|e| format!("{}: {e}", stamp.display()))
 }
 
 fn demo(extra: &[String]) -> Result<()> {

@@ -8,6 +8,7 @@
 
 mod certs;
 mod demo;
+mod run;
 
 use std::path::PathBuf;
 
@@ -91,6 +92,10 @@ enum Cmd {
         #[command(flatten)]
         auth: ClientAuth,
     },
+    /// Run a state machine in waft's sandbox, without a cluster: apply
+    /// commands as log entries 1, 2, ..., run queries, then check that its
+    /// snapshot reloads into a fresh instance and saves the same bytes.
+    Run(run::RunArgs),
     /// Load a waft (or etcd) cluster with concurrent clients; print
     /// throughput and latency percentiles and write them as JSON.
     Bench(waft_bench::Args),
@@ -401,6 +406,7 @@ fn with_tls_hint(e: anyhow::Error) -> anyhow::Error {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Cmd::Demo { modules } => runtime()?.block_on(demo::run(&modules)),
+        Cmd::Run(args) => run::run(args),
         Cmd::Serve(flags) => {
             let cfg = flags.resolve()?;
             runtime()?.block_on(waft_daemon::serve(cfg, shutdown_signal()))?;
