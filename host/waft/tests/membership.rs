@@ -110,6 +110,9 @@ async fn reset_peers_needs_the_unsafe_flag_and_a_lost_leader() {
     let follower = (leader + 1) % 3;
     let client = Client::with_nodes(c.addrs.clone());
     let before = client.propose(GROUP, bytes::Bytes::from_static(br#"{"incr":1}"#)).await.unwrap();
+    // The write committed on two of three nodes, not necessarily on the one
+    // that survives below: wait until it holds and applied it too.
+    c.wait_applied(follower, GROUP, before.index).await;
 
     // Without the flag, the server refuses it whatever the node's state.
     let node = Client::new(c.addrs[follower].clone());
