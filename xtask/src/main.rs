@@ -237,16 +237,7 @@ fn python_guests() -> Result<()> {
     if !tool.is_file() || std::fs::read_to_string(&stamp).ok().as_deref() != Some(COMPONENTIZE_PY) {
         let _ = std::fs::remove_dir_all(&venv);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut make = Command::new("python3");
-        make.args(["-m", "venv"]).arg(&venv);
-        run(make, "making the Python guests' venv (python3 -m venv)").map_err(|e| {
-            format!(
-                "{e}; the Python guests need Python 3 with venv and pip: run `apt-get install -y python3 python3-venv`"
-            )
-        })?;
-        let mut install = Command::new(venv.join("bin").join("python"));
-        install.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", COMPONENTIZE_PY]);
-        run(install, "installing componentize-py (pip, from PyPI)")?;
+        pip_venv(&venv, "the Python guests", &[COMPONENTIZE_PY.as_ref()])?;
         std::fs::write(&stamp, COMPONENTIZE_PY).map_err(|e| format!("{}: {e}", stamp.display()))?;
     }
     let sdk = root().join("guest-sdk/python");
@@ -351,6 +342,19 @@ fn js_guests() -> Result<()> {
     Ok(())
 }
 
+/// Makes a Python venv at `venv` for `what` and has pip install `packages`
+/// (pip's arguments) into it, from PyPI.
+fn pip_venv(venv: &Path, what: &str, packages: &[&std::ffi::OsStr]) -> Result<()> {
+    let mut make = Command::new("python3");
+    make.args(["-m", "venv"]).arg(venv);
+    run(make, &format!("making a venv for {what} (python3 -m venv)")).map_err(|e| {
+        format!("{e}; {what}: Python 3 with venv and pip is needed: run `apt-get install -y python3 python3-venv`")
+    })?;
+    let mut install = Command::new(venv.join("bin").join("python"));
+    install.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"]).args(packages);
+    run(install, &format!("installing packages for {what} (pip, from PyPI)"))
+}
+
 /// Where the Python client example's environment lives: `venv/` (grpcio,
 /// from examples/python-client/requirements.txt) and `gen/` (stubs from
 /// proto/). Tests find it here.
@@ -376,16 +380,7 @@ fn python_client() -> Result<()> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let mut make = Command::new("python3");
-    make.args(["-m", "venv"]).arg(&venv);
-    run(make, "making the Python client's venv (python3 -m venv)").map_err(|e| {
-        format!(
-            "{e}; the Python client example needs Python 3 with venv and pip: run `apt-get install -y python3 python3-venv`"
-        )
-    })?;
-    let mut install = Command::new(&python);
-    install.args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&requirements);
-    run(install, "installing grpcio into the Python client's venv (pip, from PyPI)")?;
+    pip_venv(&venv, "the Python client example", &["-r".as_ref(), requirements.as_os_str()])?;
     let gen_dir = dir.join("gen");
     std::fs::create_dir_all(&gen_dir).map_err(|e| format!("{}: {e}", gen_dir.display()))?;
     let mut protoc = Command::new(&python);
