@@ -247,11 +247,6 @@ fn python_guests() -> Result<()> {
         let out = guest_dir().join(format!("{name}.wasm"));
         let mut fingerprint = COMPONENTIZE_PY.as_bytes().to_vec();
         fingerprint.extend(sources(&[&src, &sdk, &wit], &["py", "wit"])?);
-        let built = dir.join(format!("{name}.sources"));
-        if out.is_file() && std::fs::read(&built).is_ok_and(|b| b == fingerprint) {
-            continue;
-        }
-        std::fs::create_dir_all(guest_dir()).map_err(|e| format!("{}: {e}", guest_dir().display()))?;
         let mut cmd = Command::new(&tool);
         cmd.current_dir(&dir)
             .arg("-d")
@@ -263,10 +258,23 @@ fn python_guests() -> Result<()> {
             .arg(app)
             .arg("-o")
             .arg(&out);
-        run(cmd, &format!("building the Python guest {name} (componentize-py)"))?;
-        std::fs::write(&built, fingerprint).map_err(|e| format!("{}: {e}", built.display()))?;
+        build_if_changed(&dir, name, fingerprint, cmd, &format!("building the Python guest {name} (componentize-py)"))?;
     }
     Ok(())
+}
+
+/// Runs `cmd`, which builds guest `name` into the guest directory, unless
+/// the guest is there from sources with this `fingerprint` already (kept
+/// in `stamps`).
+fn build_if_changed(stamps: &Path, name: &str, fingerprint: Vec<u8>, cmd: Command, what: &str) -> Result<()> {
+    let out = guest_dir().join(format!("{name}.wasm"));
+    let built = stamps.join(format!("{name}.sources"));
+    if out.is_file() && std::fs::read(&built).is_ok_and(|b| b == fingerprint) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(guest_dir()).map_err(|e| format!("{}: {e}", guest_dir().display()))?;
+    run(cmd, what)?;
+    std::fs::write(&built, fingerprint).map_err(|e| format!("{}: {e}", built.display()))
 }
 
 /// The names and contents of the files in `dirs` whose extension is one of
@@ -323,11 +331,6 @@ fn js_guests() -> Result<()> {
         let out = guest_dir().join(format!("{name}.wasm"));
         let mut fingerprint = COMPONENTIZE_JS.as_bytes().to_vec();
         fingerprint.extend(sources(&[&example, &sdk, &wit], &["js", "wit"])?);
-        let built = dir.join(format!("{name}.sources"));
-        if out.is_file() && std::fs::read(&built).is_ok_and(|b| b == fingerprint) {
-            continue;
-        }
-        std::fs::create_dir_all(guest_dir()).map_err(|e| format!("{}: {e}", guest_dir().display()))?;
         // From the repository's root: the engine resolves the source's
         // imports (the SDK) against the working directory.
         let mut cmd = Command::new(&tool);
@@ -336,8 +339,13 @@ fn js_guests() -> Result<()> {
             .args(["--wit", "wit", "--world-name", "memory-state-machine", "--disable"])
             .args(["stdio", "random", "clocks", "http", "fetch-event", "-o"])
             .arg(&out);
-        run(cmd, &format!("building the JavaScript guest {name} (componentize-js)"))?;
-        std::fs::write(&built, fingerprint).map_err(|e| format!("{}: {e}", built.display()))?;
+        build_if_changed(
+            &dir,
+            name,
+            fingerprint,
+            cmd,
+            &format!("building the JavaScript guest {name} (componentize-js)"),
+        )?;
     }
     Ok(())
 }
