@@ -78,6 +78,9 @@ pub const DEFAULT_SESSIONS_MAX: usize = 1024;
 /// How long a group's creation may take: the daemon asked compiles the
 /// module, then every voter does, and each writes and syncs its files.
 pub const CREATE_GROUP_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long the creation of a group whose module is uploaded may take: the
+/// voters pull it, then compile it.
+pub const CREATE_GROUP_UPLOADED_TIMEOUT: Duration = DEPLOY_ATTEMPT_TIMEOUT;
 /// Bytes of a registration nonce.
 const NONCE_BYTES: usize = 16;
 
@@ -677,8 +680,11 @@ impl Client {
     /// already: a repeat of the same create is OK). A refusal names each
     /// node's outcome: GROUP_EXISTS when the group runs somewhere with
     /// another module or voters, BAD_MODULE for a module that is not a
-    /// state machine for this host, INVALID_REQUEST for an unknown node. One attempt (bounded by `CREATE_GROUP_TIMEOUT`); the
-    /// create is idempotent, so sending it again is always safe.
+    /// state machine for this host, INVALID_REQUEST for an unknown node.
+    /// A module over `DEPLOY_INLINE_BYTES_MAX` is uploaded to that node
+    /// first and created by hash. One attempt (bounded by
+    /// `CREATE_GROUP_TIMEOUT`, or `CREATE_GROUP_UPLOADED_TIMEOUT` after an
+    /// upload); the create is idempotent, so sending it again is always safe.
     pub async fn create_group(
         &self,
         group: u64,
@@ -688,15 +694,24 @@ impl Client {
     ) -> Result<CreateGroupResponse, ClientError> {
         let addr = self.inner.seeds[0].clone();
         let mut c = waft_proto::admin_client(self.connection(&addr).await?.channel);
-        let req = CreateGroupRequest { group, voters, members, module, local_only: false, check_only: false };
-        let resp = match tokio::time::timeout(CREATE_GROUP_TIMEOUT, c.create_group(req)).await {
+        let mut req = CreateGroupRequest { group, voters, members, ..Default::default() };
+        let timeout = if module.len() <= DEPLOY_INLINE_BYTES_MAX {
+            req.module = module;
+            CREATE_GROUP_TIMEOUT
+        } else {
+            // Too large for one message: into the node's module store
+            // first, then created by hash (the voters pull it from there).
+            req.module_hash = upload(&mut c, &addr, group, true, &module).await?;
+            CREATE_GROUP_UPLOADED_TIMEOUT
+        };
+        let resp = match tokio::time::timeout(timeout, c.create_group(req)).await {
             Ok(Ok(resp)) => resp.into_inner(),
             Ok(Err(status)) => {
                 self.forget(&addr);
                 return Err(ClientError::Rpc { addr, status });
             }
             Err(_) => {
-                return Err(ClientError::AttemptTimeout { addr, waited_ms: CREATE_GROUP_TIMEOUT.as_millis() as u64 });
+                return Err(ClientError::AttemptTimeout { addr, waited_ms: timeout.as_millis() as u64 });
             }
         };
         match resp.error {
@@ -711,34 +726,16 @@ impl Client {
     /// runs already changes nothing, so a deploy whose outcome is unknown
     /// (timeout, lost connection) is retried like a session command.
     pub async fn deploy(&self, group: u64, module: Bytes) -> Result<DeployResult, ClientError> {
-        let hash = Bytes::copy_from_slice(&sha2::Sha256::digest(&module));
         self.with_retries_within(group, Route::Leader, Retry::AtMostOnce, DEPLOY_ATTEMPT_TIMEOUT, |conn, at| {
             let mut c = waft_proto::admin_client(conn.channel);
-            let (module, hash) = (module.clone(), hash.clone());
+            let module = module.clone();
             async move {
                 let req = if module.len() <= DEPLOY_INLINE_BYTES_MAX {
                     DeployRequest { group, module, module_hash: Bytes::new() }
                 } else {
                     // Too large for one message: into the node's module
                     // store first, in chunks, then deployed by hash.
-                    let chunks: Vec<ModuleUpload> = module
-                        .chunks(UPLOAD_CHUNK_BYTES)
-                        .enumerate()
-                        .map(|(i, chunk)| ModuleUpload {
-                            group: if i == 0 { group } else { 0 },
-                            module_hash: if i == 0 { hash.clone() } else { Bytes::new() },
-                            size: if i == 0 { module.len() as u64 } else { 0 },
-                            data: module.slice_ref(chunk),
-                        })
-                        .collect();
-                    let uploaded = c
-                        .upload_module(tokio_stream::iter(chunks))
-                        .await
-                        .map_err(|status| ClientError::Rpc { addr: at.clone(), status })?
-                        .into_inner();
-                    if let Some(e) = uploaded.error {
-                        return Err(ClientError::Refused(e));
-                    }
+                    let hash = upload(&mut c, &at, group, false, &module).await?;
                     DeployRequest { group, module: Bytes::new(), module_hash: hash }
                 };
                 let resp = c.deploy(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
@@ -772,6 +769,39 @@ impl Client {
             }
         })
         .await
+    }
+}
+
+/// Puts `module` into the module store of the node `c` talks to (at
+/// `addr`), in `UPLOAD_CHUNK_BYTES` chunks, for a deploy to `group` or a
+/// create of it (`for_create`); returns its hash.
+async fn upload(
+    c: &mut waft_proto::admin::admin_client::AdminClient<Channel>,
+    addr: &str,
+    group: u64,
+    for_create: bool,
+    module: &Bytes,
+) -> Result<Bytes, ClientError> {
+    let hash = Bytes::copy_from_slice(&sha2::Sha256::digest(module));
+    let chunks: Vec<ModuleUpload> = module
+        .chunks(UPLOAD_CHUNK_BYTES)
+        .enumerate()
+        .map(|(i, chunk)| ModuleUpload {
+            group: if i == 0 { group } else { 0 },
+            module_hash: if i == 0 { hash.clone() } else { Bytes::new() },
+            size: if i == 0 { module.len() as u64 } else { 0 },
+            data: module.slice_ref(chunk),
+            for_create: i == 0 && for_create,
+        })
+        .collect();
+    let uploaded = c
+        .upload_module(tokio_stream::iter(chunks))
+        .await
+        .map_err(|status| ClientError::Rpc { addr: addr.to_string(), status })?
+        .into_inner();
+    match uploaded.error {
+        Some(e) => Err(ClientError::Refused(e)),
+        None => Ok(hash),
     }
 }
 

@@ -52,8 +52,14 @@ pub const SET_GROUP_CHANGES_MAX: usize = 32;
 pub const DEPLOY_VALIDATIONS_MAX: usize = 1;
 
 /// Creates this node works on at once (its own and forwarded ones); more
-/// are answered BUSY. Each holds a module of up to `CREATE_MODULE_BYTES_MAX`.
+/// are answered BUSY. Each holds a module of up to `CREATE_MODULE_BYTES_MAX`,
+/// or `modules::MODULE_BYTES_MAX` by hash.
 pub const CREATES_IN_FLIGHT_MAX: usize = 8;
+/// A create forwards a module larger than this to the other voters by
+/// hash (they pull it from the forwarding node), not in the message.
+pub const CREATE_FORWARD_INLINE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// No node: a forwarded create's `module_from` when it carries the bytes.
+const NONE_NODE: NodeId = waft_raft::NONE;
 /// Module uploads this node takes at once; more get BUSY. Each holds up to
 /// `modules::MODULE_BYTES_MAX` in memory until it is checked and stored.
 pub const UPLOADS_IN_FLIGHT_MAX: usize = 2;
@@ -349,14 +355,25 @@ impl AdminService {
 }
 
 /// A create request, checked: the group, its founding voters (sorted, no
-/// duplicates) and the module's bytes.
+/// duplicates) and where its module is.
 #[derive(Debug)]
 struct Create {
     group: u64,
     voters: Vec<NodeId>,
     /// Nodes besides the voters that open an empty replica (sorted, none a voter).
     members: Vec<NodeId>,
-    module: bytes::Bytes,
+    module: Source,
+}
+
+/// Where a create's module is.
+#[derive(Debug)]
+enum Source {
+    /// Its bytes came with the request.
+    Bytes(bytes::Bytes),
+    /// Named by hash: held by node `from`, `size` bytes (a create forwarded
+    /// by hash), or, with `from` 0, in this node's store (a client's create
+    /// of a module it uploaded here).
+    Hash { hash: ModuleHash, size: u64, from: NodeId },
 }
 
 impl Create {
@@ -401,13 +418,26 @@ impl Create {
                  reached; name known nodes, or add `--peer {unknown}=ADDR` to every daemon"
             ));
         }
-        if req.module.is_empty() {
-            return bad("the module is empty; send the .wasm file's bytes".into());
-        }
-        if req.module.len() > CREATE_MODULE_BYTES_MAX {
-            return Err(client::Error::too_large(req.module.len() as u64, CREATE_MODULE_BYTES_MAX as u64));
-        }
-        Ok(Create { group: req.group, voters, members, module: req.module.clone() })
+        let module = match (req.module.is_empty(), req.module_hash.is_empty()) {
+            (true, true) => {
+                return bad("the module is empty; send the .wasm file's bytes, or the hash of one uploaded here".into());
+            }
+            (false, false) => return bad("send the module's bytes or its hash, not both".into()),
+            (false, true) if req.module.len() > CREATE_MODULE_BYTES_MAX => {
+                return Err(client::Error::too_large(req.module.len() as u64, CREATE_MODULE_BYTES_MAX as u64));
+            }
+            (false, true) => Source::Bytes(req.module.clone()),
+            (true, false) => {
+                let Some(hash) = crate::modules::hash_of(&req.module_hash) else {
+                    return bad("a module hash is 32 bytes".into());
+                };
+                if req.module_size > crate::modules::MODULE_BYTES_MAX {
+                    return Err(client::Error::too_large(req.module_size, crate::modules::MODULE_BYTES_MAX));
+                }
+                Source::Hash { hash, size: req.module_size, from: req.module_from }
+            }
+        };
+        Ok(Create { group: req.group, voters, members, module })
     }
 }
 
@@ -434,12 +464,17 @@ impl AdminService {
             // Only the registry: the daemon that forwarded this compiled the
             // module already, and the create round compiles it here. The
             // hash, megabytes of hashing, stays off the async threads.
-            let bytes = create.module.clone();
-            let hash = match tokio::task::spawn_blocking(move || ModuleHash::of(&bytes)).await {
-                Ok(hash) => hash,
-                Err(e) => {
-                    response.error = Some(client::Error::internal(format!("hashing the module failed: {e}")));
-                    return response;
+            let hash = match &create.module {
+                Source::Hash { hash, .. } => *hash,
+                Source::Bytes(bytes) => {
+                    let bytes = bytes.clone();
+                    match tokio::task::spawn_blocking(move || ModuleHash::of(&bytes)).await {
+                        Ok(hash) => hash,
+                        Err(e) => {
+                            response.error = Some(client::Error::internal(format!("hashing the module failed: {e}")));
+                            return response;
+                        }
+                    }
                 }
             };
             response.module_hash = bytes::Bytes::copy_from_slice(&hash.0);
@@ -449,9 +484,22 @@ impl AdminService {
             response.nodes.push(outcome);
             return response;
         }
+        let bytes = match self.module_of(&create, req.local_only).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(outcome)) => {
+                response.module_hash = req.module_hash.clone();
+                response.error = outcome.error.clone();
+                response.nodes.push(outcome);
+                return response;
+            }
+            Err(e) => {
+                response.error = Some(e);
+                return response;
+            }
+        };
         // Compiled (and hashed) once here, off the async threads, before
         // anything is asked of the voters: a bad module creates nothing.
-        let (engine, bytes) = (self.host.engine().clone(), create.module.clone());
+        let engine = self.host.engine().clone();
         let module = match tokio::task::spawn_blocking(move || waft_node::GuestModule::load(&engine, bytes)).await {
             Ok(Ok(module)) => module,
             Ok(Err(e)) => {
@@ -474,13 +522,29 @@ impl AdminService {
             return response;
         }
         tracing::info!(node, group = create.group, voters = ?create.voters, members = ?create.members, module = %hash, "creating group");
-        let checks = self.on_every_voter(&create, &founding, None, authorization.as_ref()).await;
+        let by_hash = module.bytes().len() > CREATE_FORWARD_INLINE_BYTES_MAX;
+        let checks = self.on_every_voter(&create, &founding, &module, false, by_hash, authorization.as_ref()).await;
         if checks.iter().any(|o| o.error.is_some()) {
             response.error = Some(summary(create.group, &checks, "was not created (nothing changed)"));
             response.nodes = checks;
             return response;
         }
-        let outcomes = self.on_every_voter(&create, &founding, Some(&module), authorization.as_ref()).await;
+        if by_hash && matches!(create.module, Source::Bytes(_)) {
+            // The voters pull it from here.
+            let (modules, bytes) = (self.host.modules().clone(), module.bytes().clone());
+            let stored = tokio::task::spawn_blocking(move || modules.put(&bytes)).await;
+            if let Some(e) = match stored {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(e.to_string()),
+            } {
+                response.error = Some(client::Error::internal(format!(
+                    "node {node} cannot store module {hash} for the voters to pull, nothing created: {e}"
+                )));
+                return response;
+            }
+        }
+        let outcomes = self.on_every_voter(&create, &founding, &module, true, by_hash, authorization.as_ref()).await;
         if outcomes.iter().any(|o| o.error.is_some()) {
             response.error = Some(summary(
                 create.group,
@@ -492,18 +556,28 @@ impl AdminService {
         response
     }
 
-    /// Creates the group on every voter at once (`module`: the module,
-    /// loaded here already) or, without a module, checks that each could;
-    /// outcomes in voter order.
+    /// Creates the group on every voter at once running `module` (loaded
+    /// here already) or, unless `create_it`, checks that each could;
+    /// outcomes in voter order. `by_hash`: the others get the module's hash,
+    /// not its bytes, and pull it from here if they lack it.
     async fn on_every_voter(
         &self,
         create: &Create,
         founding: &Founding,
-        module: Option<&waft_node::GuestModule>,
+        module: &waft_node::GuestModule,
+        create_it: bool,
+        by_hash: bool,
         authorization: Option<&Authorization>,
     ) -> Vec<NodeCreateOutcome> {
         let node = self.host.node_id();
-        let check_only = module.is_none();
+        let check_only = !create_it;
+        let (bytes, hash, size, from) = if by_hash {
+            (Bytes::new(), Bytes::copy_from_slice(&module.hash().0), module.bytes().len() as u64, node)
+        } else {
+            (module.bytes().clone(), Bytes::new(), 0, 0)
+        };
+        // A voter that pulls and compiles a large module takes longer.
+        let timeout = if by_hash && create_it { crate::modules::PREPARE_TIMEOUT } else { CREATE_FORWARD_TIMEOUT };
         let mut tasks = tokio::task::JoinSet::new();
         for (at, voter) in create.targets().enumerate() {
             if voter == node {
@@ -513,22 +587,25 @@ impl AdminService {
             let req = CreateGroupRequest {
                 group: create.group,
                 voters: create.voters.clone(),
-                module: create.module.clone(),
+                module: bytes.clone(),
                 local_only: true,
                 check_only,
                 members: create.members.clone(),
+                module_hash: hash.clone(),
+                module_size: size,
+                module_from: from,
             };
             let mut request = tonic::Request::new(req);
             if let Some(value) = authorization {
                 request.metadata_mut().insert(waft_proto::AUTHORIZATION_HEADER, value.clone());
             }
             let endpoint = self.host.dialer().endpoint(voter, &addr);
-            tasks.spawn(async move { (at, forward(voter, addr, endpoint, request).await) });
+            tasks.spawn(async move { (at, forward(voter, addr, endpoint, request, timeout).await) });
         }
         let mut outcomes: Vec<Option<NodeCreateOutcome>> = vec![None; create.targets().count()];
         if let Some(at) = create.targets().position(|v| v == node) {
-            outcomes[at] =
-                Some(self.create_here(create.group, founding.clone(), module.cloned(), create.members.clone()).await);
+            let module = create_it.then(|| module.clone());
+            outcomes[at] = Some(self.create_here(create.group, founding.clone(), module, create.members.clone()).await);
         }
         while let Some(joined) = tasks.join_next().await {
             if let Ok((at, outcome)) = joined {
@@ -544,6 +621,45 @@ impl AdminService {
                 })
             })
             .collect()
+    }
+
+    /// The bytes of a create's module: the request's, or, named by hash,
+    /// this node's stored copy, pulled first from the node that forwarded
+    /// the create when missing. A forwarded create (`local_only`) is checked
+    /// against this node's groups before any pull: `Ok(Err(outcome))` when
+    /// that settles it (already there, or refused).
+    async fn module_of(
+        &self,
+        create: &Create,
+        local_only: bool,
+    ) -> Result<Result<Bytes, NodeCreateOutcome>, client::Error> {
+        let (hash, size, from) = match &create.module {
+            Source::Bytes(bytes) => return Ok(Ok(bytes.clone())),
+            Source::Hash { hash, size, from } => (*hash, *size, *from),
+        };
+        if local_only {
+            let founding = Founding::new(hash, &create.voters);
+            let outcome = self.create_here(create.group, founding, None, create.members.clone()).await;
+            if outcome.outcome() != CreateOutcome::Checked {
+                return Ok(Err(outcome));
+            }
+        }
+        if from == NONE_NODE {
+            let modules = self.host.modules().clone();
+            return match tokio::task::spawn_blocking(move || modules.get(&hash)).await {
+                Ok(Ok(bytes)) => Ok(Ok(Bytes::from(bytes))),
+                Ok(Err(e)) => Err(client::Error::invalid_request(format!(
+                    "this node cannot read module {hash}: {e}; upload it to this node first (UploadModule with for_create)"
+                ))),
+                Err(e) => Err(client::Error::internal(format!("the module reader failed: {e}"))),
+            };
+        }
+        // One pull or compile at a time on a node, with deploys' prepares.
+        let _permit =
+            self.host.prepares().acquire().await.map_err(|_| client::Error::internal("the node is shutting down"))?;
+        crate::modules::fetch(&self.host, hash, size, from, None).await.map(Ok).map_err(|status| {
+            client::Error::internal(format!("cannot get module {hash} from node {from}: {}", status.message()))
+        })
     }
 
     /// Creates the group on this node running `module` or, without one,
@@ -589,6 +705,7 @@ async fn forward(
     addr: String,
     endpoint: Result<tonic::transport::Endpoint, tonic::transport::Error>,
     req: tonic::Request<CreateGroupRequest>,
+    timeout: Duration,
 ) -> NodeCreateOutcome {
     let unreachable = |why: String| {
         failed(voter, client::Error::internal(format!("cannot reach node {voter} at {addr}: {why}; is it running?")))
@@ -603,10 +720,10 @@ async fn forward(
         let response = waft_proto::admin_client(channel).create_group(req).await.map_err(|s| s.to_string())?;
         Ok::<_, String>(response.into_inner())
     };
-    let response = match tokio::time::timeout(CREATE_FORWARD_TIMEOUT, call).await {
+    let response = match tokio::time::timeout(timeout, call).await {
         Ok(Ok(response)) => response,
         Ok(Err(why)) => return unreachable(why),
-        Err(_) => return unreachable(format!("no answer within {CREATE_FORWARD_TIMEOUT:?}")),
+        Err(_) => return unreachable(format!("no answer within {timeout:?}")),
     };
     match response.nodes.into_iter().find(|o| o.node_id == voter) {
         Some(outcome) => outcome,
@@ -706,10 +823,13 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
         if let Err(e) = self.auth.check(&caller, Some(first.group), Role::Admin) {
             return refused(e);
         }
-        let Some(group) = self.host.groups().get(first.group) else {
-            return refused(client::Error::unknown_group(first.group));
-        };
-        {
+        if first.group == waft_proto::GROUP_NONE {
+            return refused(client::Error::invalid_request("group 0 is reserved; name the group the module is for"));
+        }
+        if !first.for_create {
+            let Some(group) = self.host.groups().get(first.group) else {
+                return refused(client::Error::unknown_group(first.group));
+            };
             // A module is deployed at the leader: one uploaded elsewhere
             // would only have to travel again.
             let status = group.status.borrow();
@@ -872,6 +992,26 @@ mod tests {
         let mut big = req(2, &[1], b"");
         big.module = vec![0u8; CREATE_MODULE_BYTES_MAX + 1].into();
         assert_eq!(Create::check(&big, known).unwrap_err().code(), client::ErrorCode::TooLarge);
+        // Named by hash instead (a module uploaded to the node, or one a
+        // forwarding node holds): 32 bytes, not with the bytes too.
+        let by_hash = CreateGroupRequest {
+            module_hash: bytes::Bytes::from(vec![7u8; 32]),
+            module_size: 9 << 20,
+            module_from: 2,
+            ..req(2, &[1, 2], b"")
+        };
+        match Create::check(&by_hash, known).unwrap().module {
+            Source::Hash { hash, size, from } => assert_eq!((hash, size, from), (ModuleHash([7; 32]), 9 << 20, 2)),
+            other => panic!("{other:?}"),
+        }
+        for (r, says) in [
+            (CreateGroupRequest { module: bytes::Bytes::from_static(b"\0asm"), ..by_hash.clone() }, "not both"),
+            (CreateGroupRequest { module_hash: bytes::Bytes::from(vec![7u8; 31]), ..by_hash.clone() }, "32 bytes"),
+            (CreateGroupRequest { module_size: crate::modules::MODULE_BYTES_MAX + 1, ..by_hash.clone() }, "bytes"),
+        ] {
+            let e = Create::check(&r, known).unwrap_err();
+            assert!(e.message.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -16,13 +16,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use waft_proto::peer::{self, ModuleChunkRequest, PrepareModuleRequest};
 use waft_raft::NodeId;
 use waft_storage::{ModuleHash, ModuleStore};
 
 use crate::groups::Host;
-use crate::inbox::Input;
+use crate::inbox::{GroupHandle, Input};
 use crate::install::{CONNECT_TIMEOUT, PULL_CHUNK_BYTES_MAX, PULL_CHUNK_TIMEOUT, chunk_bytes, retry_or_fail, throttle};
 
 /// The largest module a node takes by upload or pull: waft-node's bound on
@@ -79,49 +79,76 @@ pub async fn serve_chunk(store: Arc<ModuleStore>, req: ModuleChunkRequest) -> Re
     .map_err(|e| tonic::Status::internal(format!("module chunk reader failed: {e}")))?
 }
 
-/// Pulls module `hash` (`size` bytes) from the node at `from`, at most
-/// `bytes_per_sec` (0: unlimited), checking its size and hash. A failed
-/// chunk is asked again (with a pause) up to the snapshot pulls' limit.
+/// Pulls module `hash` (`size` bytes) from the node at `from` into
+/// `store`, at most `bytes_per_sec` (0: unlimited), and returns it checked
+/// (size and hash) and stored. Resumes where an earlier pull of it stopped
+/// (this one's, broken off, or one before a restart): what was pulled stays
+/// in the store as a partial module. A failed chunk is asked again (with a
+/// pause) up to the snapshot pulls' limit.
 async fn pull(
     from: tonic::transport::Endpoint,
+    store: Arc<ModuleStore>,
     hash: ModuleHash,
     size: u64,
     bytes_per_sec: u64,
     progress: &ModuleProgress,
 ) -> Result<Bytes, String> {
+    let blocking = |what: &'static str, e: tokio::task::JoinError| format!("the module {what} failed: {e}");
+    let resumed = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || {
+            // One pull at a time on a node (`PREPARES_AT_ONCE_MAX`): what
+            // others left will not be resumed next.
+            store.remove_partials_except(&hash)?;
+            match store.partial_len(&hash)? {
+                // More than the module has: damage; start over.
+                len if len > size => store.discard_partial(&hash).map(|()| 0),
+                len => Ok(len),
+            }
+        })
+        .await
+        .map_err(|e| blocking("reader", e))?
+        .map_err(|e| format!("cannot read what was pulled of module {hash}: {e}"))?
+    };
+    let mut offset = resumed;
+    if offset > 0 {
+        tracing::info!(module = %hash, offset, bytes = size, "resuming a module pull where it stopped");
+    }
+    progress.bytes_done.store(offset, Ordering::Relaxed);
     let addr = from.uri().clone();
     let channel = from
         .connect_timeout(CONNECT_TIMEOUT)
         .connect()
         .await
-        .map_err(|e| format!("cannot reach the leader at {addr}: {e}"))?;
+        .map_err(|e| format!("cannot reach the node at {addr}: {e}"))?;
     let mut client = waft_proto::peer_client(channel);
     let chunk = chunk_bytes(bytes_per_sec) as u64;
-    let mut bytes = BytesMut::with_capacity(size as usize);
     let started = Instant::now();
     let mut failures = 0;
-    while (bytes.len() as u64) < size {
-        let offset = bytes.len() as u64;
+    while offset < size {
         let req = ModuleChunkRequest { module_hash: Bytes::copy_from_slice(&hash.0), offset, max_len: chunk };
         match tokio::time::timeout(PULL_CHUNK_TIMEOUT, client.pull_module_chunk(req)).await {
             Ok(Ok(answer)) => {
                 let answer = answer.into_inner();
                 if answer.size != size {
-                    return Err(format!(
-                        "the leader's module {hash} has {} bytes, the deploy says {size}",
-                        answer.size
-                    ));
+                    return Err(format!("the node's module {hash} has {} bytes, not {size}", answer.size));
                 }
-                if answer.data.is_empty() {
-                    return Err(format!("the leader sent no bytes of module {hash} at {offset} before its end"));
+                if answer.data.is_empty() || offset + answer.data.len() as u64 > size {
+                    return Err(format!("the node sent no bytes or too many of module {hash} at {offset}"));
                 }
                 failures = 0;
-                bytes.extend_from_slice(&answer.data);
-                progress.bytes_done.store(bytes.len() as u64, Ordering::Relaxed);
-                throttle(bytes_per_sec, bytes.len() as u64, started).await;
+                let (store, data) = (store.clone(), answer.data);
+                let len = data.len() as u64;
+                tokio::task::spawn_blocking(move || store.append_partial(&hash, offset, &data))
+                    .await
+                    .map_err(|e| blocking("writer", e))?
+                    .map_err(|e| format!("cannot store what was pulled of module {hash}: {e}"))?;
+                offset += len;
+                progress.bytes_done.store(offset, Ordering::Relaxed);
+                throttle(bytes_per_sec, offset - resumed, started).await;
             }
             Ok(Err(status)) if status.code() == tonic::Code::NotFound => {
-                return Err(format!("the leader no longer holds module {hash}: {}", status.message()));
+                return Err(format!("the node no longer holds module {hash}: {}", status.message()));
             }
             Ok(Err(status)) => {
                 failures += 1;
@@ -133,16 +160,83 @@ async fn pull(
             }
         }
     }
-    let bytes = bytes.freeze();
-    if bytes.len() as u64 != size || ModuleHash::of(&bytes) != hash {
-        return Err(format!("the bytes pulled do not hash to module {hash}"));
+    tokio::task::spawn_blocking(move || store.finish_partial(&hash, size))
+        .await
+        .map_err(|e| blocking("checker", e))?
+        .map(Bytes::from)
+        .map_err(|e| format!("the bytes pulled are not module {hash} (discarded; the next pull starts over): {e}"))
+}
+/// Module `hash` (`size` bytes) from this node's store or, when missing
+/// there, pulled into it from node `from` (see `pull`). `shown`: the group
+/// whose status shows the pull's progress.
+pub async fn fetch(
+    host: &Host,
+    hash: ModuleHash,
+    size: u64,
+    from: NodeId,
+    shown: Option<&GroupHandle>,
+) -> Result<Bytes, tonic::Status> {
+    if size > MODULE_BYTES_MAX {
+        return Err(tonic::Status::invalid_argument(format!(
+            "module of {size} bytes; a module holds at most {MODULE_BYTES_MAX}"
+        )));
     }
+    let modules = host.modules().clone();
+    let held = {
+        let modules = modules.clone();
+        tokio::task::spawn_blocking(move || modules.get(&hash).ok())
+            .await
+            .map_err(|e| tonic::Status::internal(format!("module reader failed: {e}")))?
+    };
+    if let Some(bytes) = held {
+        return Ok(Bytes::from(bytes));
+    }
+    let Some(addr) = host.addresses().get(&from) else {
+        return Err(tonic::Status::failed_precondition(format!("this node knows no address of node {from}")));
+    };
+    let endpoint = host
+        .dialer()
+        .endpoint(from, addr)
+        .map_err(|e| tonic::Status::internal(format!("node {from} at {addr}: {e}")))?;
+    let progress = Arc::new(ModuleProgress { hash, bytes_total: size, bytes_done: AtomicU64::new(0) });
+    // Clears the progress from status however the pull ends, the asker's
+    // giving up (which drops this future) included.
+    struct Shown(tokio::sync::mpsc::Sender<Input>);
+    impl Drop for Shown {
+        fn drop(&mut self) {
+            let _ = self.0.try_send(Input::ModuleTransfer(None));
+        }
+    }
+    let shown = shown.map(|group| {
+        let _ = group.inbox.try_send(Input::ModuleTransfer(Some(progress.clone())));
+        Shown(group.inbox.clone())
+    });
+    tracing::info!(module = %hash, bytes = size, from, "pulling a module");
+    let started = Instant::now();
+    let pulled = pull(endpoint, modules, hash, size, host.pull_bytes_per_sec(), &progress).await;
+    drop(shown);
+    let bytes = pulled.map_err(tonic::Status::unavailable)?;
+    tracing::info!(module = %hash, bytes = size, from, ms = started.elapsed().as_millis() as u64, "module pulled");
     Ok(bytes)
 }
 
+/// Compiles module `hash` off the async threads; INVALID_ARGUMENT when it
+/// does not load here.
+pub async fn compile(host: &Host, hash: ModuleHash, bytes: Bytes) -> Result<waft_node::GuestModule, tonic::Status> {
+    let engine = host.engine().clone();
+    let started = Instant::now();
+    let module = tokio::task::spawn_blocking(move || waft_node::GuestModule::load(&engine, bytes))
+        .await
+        .map_err(|e| tonic::Status::internal(format!("module compiler failed: {e}")))?
+        .map_err(|e| tonic::Status::invalid_argument(format!("module {hash} does not load here: {e}")))?;
+    tracing::info!(module = %hash, ms = started.elapsed().as_millis() as u64, "module compiled");
+    Ok(module)
+}
+
 /// A member's side of `PrepareModule`: gets the module into this node's
-/// store (pulling it from the asking node, `req.from`, if missing), compiles it, and hands
-/// it to its replica of `group`. Returns once the replica has it.
+/// store (pulling it from the asking node, `req.from`, if missing),
+/// compiles it, and hands it to its replica of `group`. Returns once the
+/// replica has it.
 pub async fn prepare(host: &Host, req: PrepareModuleRequest) -> Result<(), tonic::Status> {
     let (group, from) = (req.group, req.from);
     let Some(hash) = hash_of(&req.module_hash) else {
@@ -157,56 +251,9 @@ pub async fn prepare(host: &Host, req: PrepareModuleRequest) -> Result<(), tonic
             "node {from} asks to prepare a module for group {group}, whose leader here is node {leader}"
         )));
     }
-    if req.size > MODULE_BYTES_MAX {
-        return Err(tonic::Status::invalid_argument(format!(
-            "module of {} bytes; a module holds at most {MODULE_BYTES_MAX}",
-            req.size
-        )));
-    }
     let _permit =
         host.prepares().acquire().await.map_err(|_| tonic::Status::unavailable("the node is shutting down"))?;
-    let modules = host.modules().clone();
-    let held = {
-        let modules = modules.clone();
-        tokio::task::spawn_blocking(move || modules.get(&hash).ok())
-            .await
-            .map_err(|e| tonic::Status::internal(format!("module reader failed: {e}")))?
-    };
-    let bytes = match held {
-        Some(bytes) => Bytes::from(bytes),
-        None => {
-            let Some(addr) = host.addresses().get(&from) else {
-                return Err(tonic::Status::failed_precondition(format!("this node knows no address of node {from}")));
-            };
-            let endpoint = host
-                .dialer()
-                .endpoint(from, addr)
-                .map_err(|e| tonic::Status::internal(format!("node {from} at {addr}: {e}")))?;
-            let progress = Arc::new(ModuleProgress { hash, bytes_total: req.size, bytes_done: AtomicU64::new(0) });
-            let _ = handle.inbox.try_send(Input::ModuleTransfer(Some(progress.clone())));
-            // Clears the progress from status however the pull ends, the
-            // leader's giving up (which drops this future) included.
-            struct Shown(tokio::sync::mpsc::Sender<Input>);
-            impl Drop for Shown {
-                fn drop(&mut self) {
-                    let _ = self.0.try_send(Input::ModuleTransfer(None));
-                }
-            }
-            let shown = Shown(handle.inbox.clone());
-            tracing::info!(group, module = %hash, bytes = req.size, from, "pulling a module ahead of its deploy");
-            let started = Instant::now();
-            let pulled = pull(endpoint, hash, req.size, host.pull_bytes_per_sec(), &progress).await;
-            drop(shown);
-            let bytes = pulled.map_err(tonic::Status::unavailable)?;
-            tracing::info!(group, module = %hash, bytes = req.size, ms = started.elapsed().as_millis() as u64, "module pulled");
-            let stored = bytes.clone();
-            tokio::task::spawn_blocking(move || modules.put(&stored))
-                .await
-                .map_err(|e| tonic::Status::internal(format!("module writer failed: {e}")))?
-                .map_err(|e| tonic::Status::internal(format!("cannot store module {hash}: {e}")))?;
-            bytes
-        }
-    };
+    let bytes = fetch(host, hash, req.size, from, Some(&handle)).await?;
     if host.test_compile_fault() == Some(hash) {
         // As the replica's own compile fails with the same fault at the
         // deploy's entry (the module is stored: it finds it there).
@@ -214,13 +261,7 @@ pub async fn prepare(host: &Host, req: PrepareModuleRequest) -> Result<(), tonic
             "module {hash} does not load here: a compile fault injected for a test"
         )));
     }
-    let engine = host.engine().clone();
-    let started = Instant::now();
-    let module = tokio::task::spawn_blocking(move || waft_node::GuestModule::load(&engine, bytes))
-        .await
-        .map_err(|e| tonic::Status::internal(format!("module compiler failed: {e}")))?
-        .map_err(|e| tonic::Status::invalid_argument(format!("module {hash} does not load here: {e}")))?;
-    tracing::info!(group, module = %hash, ms = started.elapsed().as_millis() as u64, "module compiled ahead of its deploy");
+    let module = compile(host, hash, bytes).await?;
     handle
         .inbox
         .send(Input::Prepared(module))

@@ -19,6 +19,9 @@ use crate::fsutil;
 pub const MODULE_BYTES_MAX: u64 = 256 * 1024 * 1024;
 
 const SUFFIX: &str = ".wasm";
+/// A module pulled in part: `<hash>.part`, kept across restarts so that a
+/// pull that broke off resumes where it stopped.
+const PARTIAL_SUFFIX: &str = ".part";
 
 /// sha256 of a module's bytes; its lowercase hex form is the file name.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -143,13 +146,121 @@ impl ModuleStore {
         Ok(out)
     }
 
+    fn partial_path(&self, hash: &ModuleHash) -> PathBuf {
+        self.dir.join(format!("{hash}{PARTIAL_SUFFIX}"))
+    }
+
+    /// How many bytes of module `hash` an earlier pull left (0: none).
+    pub fn partial_len(&self, hash: &ModuleHash) -> Result<u64> {
+        let path = self.partial_path(hash);
+        match std::fs::metadata(&path) {
+            Ok(m) => Ok(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(Error::io("inspecting", &path)(e)),
+        }
+    }
+
+    /// Appends `data`, the module's bytes from `offset`, to what was pulled
+    /// of module `hash`; `offset` must be the length pulled so far. Synced
+    /// whenever it crosses a multiple of `WRITE_SYNC_EVERY_BYTES`, so that
+    /// no single sync is large. Nothing here is trusted: `finish_partial`
+    /// checks the whole.
+    pub fn append_partial(&self, hash: &ModuleHash, offset: u64, data: &[u8]) -> Result<()> {
+        use std::io::Write;
+        let end = offset.saturating_add(data.len() as u64);
+        if end > MODULE_BYTES_MAX {
+            return Err(Error::ModuleTooLarge { bytes: end, limit: MODULE_BYTES_MAX });
+        }
+        let path = self.partial_path(hash);
+        let mut file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(Error::io("opening", &path))?;
+        let len = file.metadata().map_err(Error::io("inspecting", &path))?.len();
+        if len != offset {
+            return Err(Error::io("appending to", &path)(std::io::Error::other(format!(
+                "{len} bytes pulled so far, not {offset}"
+            ))));
+        }
+        file.write_all(data).map_err(Error::io("writing", &path))?;
+        let every = fsutil::WRITE_SYNC_EVERY_BYTES as u64;
+        if offset / every != end / every {
+            file.sync_data().map_err(Error::io("fsyncing", &path))?;
+        }
+        Ok(())
+    }
+
+    /// Module `hash` pulled whole (`size` bytes): checks its size and hash
+    /// and moves it into place durably, returning its bytes. A partial
+    /// module that does not check out is removed (the next pull starts
+    /// over) and is an error.
+    pub fn finish_partial(&self, hash: &ModuleHash, size: u64) -> Result<Vec<u8>> {
+        let path = self.partial_path(hash);
+        let checked = (|| {
+            let file = std::fs::File::open(&path).map_err(Error::io("opening", &path))?;
+            let len = file.metadata().map_err(Error::io("inspecting", &path))?.len();
+            if len != size || len > MODULE_BYTES_MAX {
+                return Err(Error::io("checking", &path)(std::io::Error::other(format!(
+                    "{len} bytes pulled, the module has {size}"
+                ))));
+            }
+            file.sync_all().map_err(Error::io("fsyncing", &path))?;
+            let mut bytes = Vec::with_capacity(len as usize);
+            file.take(MODULE_BYTES_MAX).read_to_end(&mut bytes).map_err(Error::io("reading", &path))?;
+            let actual = ModuleHash::of(&bytes);
+            if actual != *hash {
+                return Err(Error::ModuleHashMismatch { path: path.clone(), actual: actual.to_hex() });
+            }
+            Ok(bytes)
+        })();
+        match checked {
+            Ok(bytes) => {
+                let target = self.path_of(hash);
+                std::fs::rename(&path, &target).map_err(Error::io("renaming into place", &target))?;
+                fsutil::sync_dir(&self.dir)?;
+                Ok(bytes)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes what was pulled of module `hash` (none: not an error).
+    pub fn discard_partial(&self, hash: &ModuleHash) -> Result<()> {
+        self.remove_durably(&self.partial_path(hash))
+    }
+
+    /// Removes what was pulled of every module but `keep`: a node pulls one
+    /// module at a time, so at most one partial module stays on disk.
+    pub fn remove_partials_except(&self, keep: &ModuleHash) -> Result<usize> {
+        let keep = format!("{keep}{PARTIAL_SUFFIX}");
+        let mut removed = 0;
+        for entry in std::fs::read_dir(&self.dir).map_err(Error::io("listing", &self.dir))? {
+            let entry = entry.map_err(Error::io("listing", &self.dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(PARTIAL_SUFFIX) && name != keep {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(Error::io("removing", &path))?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            fsutil::sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
     /// Removes a module durably; removing an absent module is not an error.
     pub fn remove(&self, hash: &ModuleHash) -> Result<()> {
-        let path = self.path_of(hash);
-        match std::fs::remove_file(&path) {
+        self.remove_durably(&self.path_of(hash))
+    }
+
+    fn remove_durably(&self, path: &Path) -> Result<()> {
+        match std::fs::remove_file(path) {
             Ok(()) => fsutil::sync_dir(&self.dir),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("removing", &path)(e)),
+            Err(e) => Err(Error::io("removing", path)(e)),
         }
     }
 }

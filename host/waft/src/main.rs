@@ -265,9 +265,10 @@ enum AdminCmd {
     Leader,
     /// Create a new group on a running cluster: its voters run the module.
     /// The node at --addr checks the module, creates the group on every
-    /// voter's daemon and prints each one's outcome. Sending the same create
-    /// again is safe; another module or other voters for an existing group
-    /// is refused.
+    /// voter's daemon and prints each one's outcome. A module over 4 MiB
+    /// (up to 64 MiB) is uploaded to that node first and the voters pull it
+    /// from there. Sending the same create again is safe; another module or
+    /// other voters for an existing group is refused.
     CreateGroup {
         /// The founding voters (node ids known to the node at --addr), e.g. 1,2,3.
         #[arg(long = "peers", visible_alias = "voters", value_delimiter = ',', required = true)]
@@ -555,9 +556,9 @@ async fn create_group(
     module: &std::path::Path,
 ) -> Result<()> {
     let len = std::fs::metadata(module).with_context(|| format!("cannot read {}", module.display()))?.len();
-    let max = waft_daemon::groups::CREATE_MODULE_BYTES_MAX;
-    if len > max as u64 {
-        bail!("{} has {len} bytes; a module sent with create-group may have {max} at most", module.display());
+    let max = waft_daemon::modules::MODULE_BYTES_MAX;
+    if len > max {
+        bail!("{} has {len} bytes; a module may have {max} at most", module.display());
     }
     let bytes = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
     let created = client.create_group(group, voters, members, bytes.into()).await?;

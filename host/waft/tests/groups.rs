@@ -23,9 +23,10 @@ const COUNTER: u64 = 1;
 const ATOMIC: u64 = 2;
 /// A group no create may leave behind.
 const NEVER: u64 = 3;
-/// The created group's module is the atomic example padded to this size, so
-/// the create carries a module of a few MiB.
-const PADDED_MODULE_BYTES: usize = 3 * 1024 * 1024;
+/// The created group's module is the atomic example padded to this size,
+/// far above one message: the CLI uploads it to the node it asks, and the
+/// other voters pull it from there.
+const PADDED_MODULE_BYTES: usize = 20 * 1024 * 1024;
 /// Bound on waiting for a restarted node to serve its groups again.
 const RESTART_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -141,6 +142,11 @@ async fn a_group_created_at_run_time_serves_and_survives_a_restart() {
     let big_path = c.root.join("atomic-padded.wasm");
     std::fs::write(&big_path, &big).unwrap();
     let big_path = big_path.to_string_lossy().into_owned();
+    // Node 3 pulled the first 7 MiB of it once, before a restart: its pull
+    // resumes there, and the whole still has to hash right.
+    let pulled = 7 << 20;
+    let hash = waft_storage::ModuleHash::of(&big);
+    std::fs::write(c.data_dir(2).join("modules").join(format!("{hash}.part")), &big[..pulled]).unwrap();
     let acked_before = load.acked();
     let started = Instant::now();
     let (ok, out, err) = run_waft(&[
@@ -167,6 +173,16 @@ async fn a_group_created_at_run_time_serves_and_survives_a_restart() {
         assert!(out.contains(&format!("node {node}: created")), "{out}");
     }
     assert!(acked_during > 0, "group 1 took no writes while group 2 was created");
+    let log = std::fs::read_to_string(c.log_path(2)).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("resuming a module pull where it stopped") && l.contains(&format!("offset={pulled}"))),
+        "node 3 did not resume its pull at {pulled}"
+    );
+    assert!(!c.data_dir(2).join("modules").join(format!("{hash}.part")).exists(), "the partial module is left");
+    for i in 0..3 {
+        assert!(c.data_dir(i).join("modules").join(format!("{hash}.wasm")).is_file(), "node {} stored it", i + 1);
+    }
 
     // Group 2 elects a leader and takes writes and linearizable reads
     // through every node.
