@@ -9,7 +9,8 @@
 //! every client request's envelope with its wall clock (never running
 //! backwards): the only clock the replicated session table knows. Must never
 //! block on the network or on a client: sends are `try_send`, answers go
-//! through oneshots whose receivers may be gone.
+//! through oneshots whose receivers may be gone, or onto a pipeline's
+//! answer channel without waiting (`inbox::Answer`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,8 +29,8 @@ use waft_storage::{RocksLogStore, SnapshotId, SnapshotStore};
 
 use crate::commit::{Committer, SharedStore};
 use crate::inbox::{
-    AdminReply, BUSY_RETRY_AFTER_MS, Committed, GroupHandle, GroupMetrics, Input, Op, ProposeReply, Reply,
-    SESSION_LIMIT_RETRY_AFTER_MS, settings_to_proto,
+    AdminReply, Answer, BUSY_RETRY_AFTER_MS, Call, CallAnswer, Committed, GroupHandle, GroupMetrics, Input, Op,
+    ProposeReply, Reply, SESSION_LIMIT_RETRY_AFTER_MS, settings_to_proto,
 };
 use crate::install::{self, Progress};
 use crate::peer::Transport;
@@ -78,7 +79,7 @@ pub struct Driver {
     command_bytes_max: u64,
     /// Proposals by log index: the (term, answer) of the entry proposed there.
     /// Invariant: len() <= PROPOSALS_PENDING_MAX.
-    proposals: BTreeMap<u64, (u64, oneshot::Sender<ProposeReply>)>,
+    proposals: BTreeMap<u64, (u64, Answer<ProposeReply>)>,
     /// Reads whose read index has not come back yet, by read id.
     reads: HashMap<u64, PendingRead>,
     /// Reads whose read index is known, waiting for `applied >= index`
@@ -132,7 +133,7 @@ enum AdminWait {
 
 struct PendingRead {
     request: Bytes,
-    reply: oneshot::Sender<Reply>,
+    reply: Answer<Reply>,
 }
 
 impl Driver {
@@ -244,7 +245,18 @@ impl Driver {
                 }
             }
             Input::Admin { op, reply } => self.start_admin(op, reply),
-            Input::Propose { body, reply } => self.propose(body, reply),
+            Input::Propose { body, reply } => self.propose(body, Answer::Once(reply)),
+            Input::Calls { calls, answers } => {
+                for (token, call) in calls {
+                    let to = answers.clone();
+                    match call {
+                        Call::Propose(body) => self.propose(body, Answer::Pipe { token, to }),
+                        Call::Query { request, consistency } => {
+                            self.query(request, consistency, Answer::Pipe { token, to })
+                        }
+                    }
+                }
+            }
             Input::Deploy { module, reply } => {
                 // The members fetched and compiled the module already
                 // (`modules::prepare_members`). A module that fits an entry
@@ -261,7 +273,7 @@ impl Driver {
                     // Applying the entry then switches without compiling again.
                     self.replica.prepare_module(module);
                 }
-                self.propose(body, reply);
+                self.propose(body, Answer::Once(reply));
             }
             Input::SetGroup { changes, reply } => self.set_group(changes, reply),
             Input::DeployCheck { reply } => {
@@ -293,7 +305,7 @@ impl Driver {
                     let _ = reply.send(answer);
                 });
             }
-            Input::Query { request, consistency, reply } => self.query(request, consistency, reply),
+            Input::Query { request, consistency, reply } => self.query(request, consistency, Answer::Once(reply)),
             Input::Prepared(module) => {
                 tracing::info!(group = self.group(), module = %module.hash().to_hex(), "module prepared for its deploy");
                 self.replica.prepare_module(module);
@@ -321,18 +333,18 @@ impl Driver {
             return;
         }
         let base = self.replica.settings_index();
-        self.propose(Body::Settings { settings: Bytes::from(settings.encode_change(base)) }, reply);
+        self.propose(Body::Settings { settings: Bytes::from(settings.encode_change(base)) }, Answer::Once(reply));
     }
 
-    fn propose(&mut self, body: Body, reply: oneshot::Sender<ProposeReply>) {
+    fn propose(&mut self, body: Body, reply: Answer<ProposeReply>) {
         if self.replica.raft().role() != Role::Leader {
             let (id, addr) = self.leader_hint();
-            let _ = reply.send(Err(client::Error::not_leader(id, addr)));
+            reply.send(Err(client::Error::not_leader(id, addr)));
             return;
         }
         if self.proposals.len() >= PROPOSALS_PENDING_MAX {
             GroupMetrics::count(&self.metrics.busy_rejections);
-            let _ = reply.send(Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "too many proposals wait to apply")));
+            reply.send(Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "too many proposals wait to apply")));
             return;
         }
         let envelope = Envelope::new(self.stamp_ms(), body);
@@ -344,11 +356,11 @@ impl Driver {
                 // log. Another node may still hold it, and a later leader
                 // commit it (Raft's figure 8), so its outcome is unknown.
                 if let Some((_, old)) = self.proposals.insert(index, (term, reply)) {
-                    let _ = old.send(Err(displaced(index)));
+                    old.send(Err(displaced(index)));
                 }
             }
             Err(e) => {
-                let _ = reply.send(Err(self.refusal(&e)));
+                reply.send(Err(self.refusal(&e)));
             }
         }
     }
@@ -365,11 +377,11 @@ impl Driver {
         self.last_stamp_ms
     }
 
-    fn query(&mut self, request: Bytes, consistency: Consistency, reply: oneshot::Sender<Reply>) {
+    fn query(&mut self, request: Bytes, consistency: Consistency, reply: Answer<Reply>) {
         GroupMetrics::count(&self.metrics.reads);
         if self.reads.len() + self.reads_ready.len() >= READS_PENDING_MAX {
             GroupMetrics::count(&self.metrics.busy_rejections);
-            let _ = reply.send(Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "too many reads wait on this group")));
+            reply.send(Err(client::Error::busy(BUSY_RETRY_AFTER_MS, "too many reads wait on this group")));
             return;
         }
         let mode = match consistency {
@@ -392,7 +404,7 @@ impl Driver {
                 self.reads.insert(id, PendingRead { request, reply });
             }
             Err(e) => {
-                let _ = reply.send(Err(self.refusal(&e)));
+                reply.send(Err(self.refusal(&e)));
             }
         }
     }
@@ -523,7 +535,7 @@ impl Driver {
                 // Reads waiting on our leadership will never be confirmed.
                 let (id, addr) = self.leader_hint();
                 for (_, read) in self.reads.drain() {
-                    let _ = read.reply.send(Err(client::Error::not_leader(id, addr.clone())));
+                    read.reply.send(Err(client::Error::not_leader(id, addr.clone())));
                 }
             }
         }
@@ -534,7 +546,7 @@ impl Driver {
                 Outcome::Fenced(why) => Err(client::Error::outcome_unknown(why)),
                 outcome => answer(a.index, outcome),
             };
-            let _ = reply.send(answer);
+            reply.send(answer);
         }
         for rs in out.read_states {
             if let Some(read) = self.reads.remove(&rs.id) {
@@ -884,7 +896,7 @@ impl Driver {
                 continue;
             }
             let answer = self.replica.query(&read.request).map(|b| (b, applied)).map_err(|e| query_error(&e));
-            let _ = read.reply.send(answer);
+            read.reply.send(answer);
         }
     }
 
@@ -994,6 +1006,15 @@ impl Driver {
                 }
                 Input::Query { reply, .. } => {
                     let _ = reply.send(Err(self.shutting_down()));
+                }
+                Input::Calls { calls, answers } => {
+                    for (token, call) in calls {
+                        let answer = match call {
+                            Call::Propose(_) => CallAnswer::Propose(Err(self.shutting_down())),
+                            Call::Query { .. } => CallAnswer::Query(Err(self.shutting_down())),
+                        };
+                        let _ = answers.try_send((token, answer));
+                    }
                 }
                 Input::Admin { reply, .. } => {
                     let _ = reply.send(Err(self.shutting_down()));
@@ -1119,13 +1140,13 @@ impl Driver {
             e.message
         );
         for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
-            let _ = reply.send(Err(unknown.clone()));
+            reply.send(Err(unknown.clone()));
         }
         for (_, read) in self.reads.drain() {
-            let _ = read.reply.send(Err(err()));
+            read.reply.send(Err(err()));
         }
         for (_, read) in self.reads_ready.drain(..) {
-            let _ = read.reply.send(Err(err()));
+            read.reply.send(Err(err()));
         }
     }
 }

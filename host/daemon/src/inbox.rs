@@ -46,6 +46,65 @@ pub struct Committed {
 /// A proposal's answer, or why there is none.
 pub type ProposeReply = Result<Committed, client::Error>;
 
+/// One call of a pipeline's batch, for a group's driver.
+pub enum Call {
+    Propose(Body),
+    Query { request: Bytes, consistency: Consistency },
+}
+
+/// A pipeline call's answer, back to its pipeline.
+#[derive(Debug)]
+pub enum CallAnswer {
+    Propose(ProposeReply),
+    Query(Reply),
+}
+
+/// Where a pipeline's calls are answered: its one channel, each answer
+/// under the call's token. The driver never waits on it: an answer that
+/// finds it full is dropped, and its call is answered TIMEOUT (outcome
+/// unknown) by the pipeline at its deadline.
+pub type CallAnswers = mpsc::Sender<(u64, CallAnswer)>;
+
+/// Where one request's answer goes: its own oneshot (a unary call, an
+/// operator's change) or its pipeline's channel, under its token.
+pub enum Answer<T> {
+    Once(oneshot::Sender<T>),
+    Pipe { token: u64, to: CallAnswers },
+}
+
+impl<T: Into<CallAnswer>> Answer<T> {
+    pub fn send(self, answer: T) {
+        match self {
+            Answer::Once(reply) => {
+                let _ = reply.send(answer);
+            }
+            Answer::Pipe { token, to } => {
+                let _ = to.try_send((token, answer.into()));
+            }
+        }
+    }
+
+    /// Nobody waits for the answer any more (for a pipeline: the stream ended).
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Answer::Once(reply) => reply.is_closed(),
+            Answer::Pipe { to, .. } => to.is_closed(),
+        }
+    }
+}
+
+impl From<ProposeReply> for CallAnswer {
+    fn from(reply: ProposeReply) -> CallAnswer {
+        CallAnswer::Propose(reply)
+    }
+}
+
+impl From<Reply> for CallAnswer {
+    fn from(reply: Reply) -> CallAnswer {
+        CallAnswer::Query(reply)
+    }
+}
+
 /// What the group's inbox carries.
 pub enum Input {
     /// A Raft message; an `InstallSnapshot` carries the leader's manifest as
@@ -73,6 +132,12 @@ pub enum Input {
         request: Bytes,
         consistency: Consistency,
         reply: oneshot::Sender<Reply>,
+    },
+    /// A pipeline's calls for this group from one batch, in order, each with
+    /// its token; answered through `answers`. One inbox slot for them all.
+    Calls {
+        calls: Vec<(u64, Call)>,
+        answers: CallAnswers,
     },
     /// An operator's deploy of a module the admin service validated and
     /// compiled: proposed like a command; its answer's `result` is the hash

@@ -7,11 +7,11 @@
 //! that is BUSY. Sessions themselves live in the replicated table (waft-node);
 //! this layer only turns requests into envelope bodies.
 
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use tokio::sync::{mpsc, oneshot, watch};
 use waft_proto::client::{
     self, Call, CallBatch, CallReply, CloseSessionRequest, Consistency, KeepAliveRequest, OpenSessionRequest,
@@ -21,7 +21,7 @@ use waft_proto::client::{
 use waft_session::Body;
 
 use crate::Groups;
-use crate::inbox::{Committed, GroupHandle, Input, ProposeReply, Reply, try_send};
+use crate::inbox::{self, CallAnswer, Committed, GroupHandle, Input, ProposeReply, Reply, try_send};
 use crate::security::{Auth, Caller, Role};
 
 /// Bytes of a session registration's nonce (a `u128`).
@@ -45,6 +45,14 @@ pub const PIPELINE_REPLY_BATCH_MAX: usize = 1024;
 /// call on it unknown.
 pub const PIPELINE_REPLY_BATCH_BYTES_TARGET: usize = 4 * 1024 * 1024;
 const _: () = assert!(PIPELINE_REPLY_BATCH_BYTES_TARGET + 2 * 1024 * 1024 <= waft_proto::CLIENT_MESSAGE_BYTES_MAX);
+/// Answers queued from the groups for one pipeline: twice the calls it may
+/// have in flight, so that answers arriving after their call timed out
+/// cannot crowd out the rest. A driver drops an answer that finds it full
+/// (its call is then answered TIMEOUT).
+pub const PIPELINE_ANSWER_QUEUE_MAX: usize = 2 * PIPELINE_CALLS_IN_FLIGHT_MAX;
+/// Call deadlines one pipeline keeps: those of calls answered stay until
+/// every older call is answered too. At the bound the stream is not read.
+pub const PIPELINE_DEADLINES_MAX: usize = 16 * PIPELINE_CALLS_IN_FLIGHT_MAX;
 /// Reply batches queued for one stream's sender. When full, the stream's task
 /// waits (a client that does not read its replies stops its own calls).
 pub const PIPELINE_REPLY_QUEUE_MAX: usize = 64;
@@ -105,6 +113,12 @@ impl ClientService {
     }
 
     async fn propose_inner(&self, req: ProposeRequest, caller: &Caller) -> ProposeReply {
+        let (group, body) = self.propose_checked(req, caller)?;
+        self.submit(&group, body).await
+    }
+
+    /// A proposal's group and envelope body, or why it cannot be proposed.
+    fn propose_checked(&self, req: ProposeRequest, caller: &Caller) -> Result<(Arc<GroupHandle>, Body), client::Error> {
         self.auth.check(caller, Some(req.group), Role::Write)?;
         let group = self.group(req.group)?;
         let size = req.command.len() as u64;
@@ -131,7 +145,7 @@ impl ClientService {
                 payload: req.command,
             }
         };
-        self.submit(&group, body).await
+        Ok((group, body))
     }
 
     /// Hands a request for the log to the group and waits for its answer.
@@ -173,6 +187,17 @@ impl ClientService {
     }
 
     async fn query_inner(&self, req: QueryRequest, caller: &Caller) -> Reply {
+        let (group, request, consistency) = self.query_checked(req, caller)?;
+        let (reply, rx) = oneshot::channel();
+        Self::ask(&group, Input::Query { request, consistency, reply }, rx).await
+    }
+
+    /// A query's group, request and consistency, or why it cannot run.
+    fn query_checked(
+        &self,
+        req: QueryRequest,
+        caller: &Caller,
+    ) -> Result<(Arc<GroupHandle>, bytes::Bytes, Consistency), client::Error> {
         self.auth.check(caller, Some(req.group), Role::Read)?;
         let group = self.group(req.group)?;
         let size = req.request.len() as u64;
@@ -181,50 +206,55 @@ impl ClientService {
         }
         let consistency = Consistency::try_from(req.consistency)
             .map_err(|_| client::Error::invalid_request(format!("unknown consistency level {}", req.consistency)))?;
-        let (reply, rx) = oneshot::channel();
-        Self::ask(&group, Input::Query { request: req.request, consistency, reply }, rx).await
+        Ok((group, req.request, consistency))
     }
 }
 
 impl ClientService {
     async fn propose_response(&self, req: ProposeRequest, caller: &Caller) -> ProposeResponse {
-        match self.propose_inner(req, caller).await {
-            Ok(Committed { result, index, duplicate, .. }) => {
-                ProposeResponse { outcome: Some(propose_response::Outcome::Result(result)), index, duplicate }
-            }
-            Err(e) => {
-                ProposeResponse { outcome: Some(propose_response::Outcome::Error(e)), index: 0, duplicate: false }
-            }
-        }
+        propose_response_of(self.propose_inner(req, caller).await)
     }
 
     async fn query_response(&self, req: QueryRequest, caller: &Caller) -> QueryResponse {
         let consistency = req.consistency;
-        match self.query_inner(req, caller).await {
-            Ok((result, applied_index)) => {
-                QueryResponse { outcome: Some(query_response::Outcome::Result(result)), applied_index, consistency }
-            }
-            Err(e) => QueryResponse { outcome: Some(query_response::Outcome::Error(e)), applied_index: 0, consistency },
-        }
+        query_response_of(self.query_inner(req, caller).await, consistency)
     }
 
-    /// One call of a pipeline, run as its unary twin would run.
-    async fn run_call(&self, call: Call, caller: &Caller) -> CallReply {
-        let response = match call.request {
-            Some(call::Request::Propose(req)) => {
-                call_reply::Response::Propose(self.propose_response(req, caller).await)
+    /// One call of a pipeline, checked as its unary twin is: the group and
+    /// what to hand its driver, or the call's reply already.
+    fn check_call(&self, call: Call, caller: &Caller) -> Result<(Arc<GroupHandle>, Pending, inbox::Call), CallReply> {
+        let id = call.id;
+        match call.request {
+            Some(call::Request::Propose(req)) => match self.propose_checked(req, caller) {
+                Ok((group, body)) => Ok((group, Pending { id, query: None }, inbox::Call::Propose(body))),
+                Err(e) => Err(Pending { id, query: None }.reply(CallAnswer::Propose(Err(e)))),
+            },
+            Some(call::Request::Query(req)) => {
+                let asked = req.consistency;
+                match self.query_checked(req, caller) {
+                    Ok((group, request, consistency)) => {
+                        Ok((group, Pending { id, query: Some(asked) }, inbox::Call::Query { request, consistency }))
+                    }
+                    Err(e) => Err(Pending { id, query: Some(asked) }.reply(CallAnswer::Query(Err(e)))),
+                }
             }
-            Some(call::Request::Query(req)) => call_reply::Response::Query(self.query_response(req, caller).await),
-            None => call_reply::Response::Error(client::Error::invalid_request(
-                "a call carries neither a propose nor a query; client and server versions may differ",
-            )),
-        };
-        CallReply { id: call.id, response: Some(response) }
+            None => Err(CallReply {
+                id,
+                response: Some(call_reply::Response::Error(client::Error::invalid_request(
+                    "a call carries neither a propose nor a query; client and server versions may differ",
+                ))),
+            }),
+        }
     }
 
     /// Serves one pipeline until the client closes its side and every call
     /// has its reply, the client stops reading, or the daemon stops. Every
     /// call is `caller`'s (identified once, when the stream opened).
+    ///
+    /// The calls of one batch cross into each group's driver as one input
+    /// (`Input::Calls`), and every answer comes back on one channel, each
+    /// under the token the call was given here; a call not answered within
+    /// `REQUEST_TIMEOUT` is answered TIMEOUT, as its unary twin would be.
     async fn serve_pipeline(
         self,
         mut inbound: tonic::Streaming<CallBatch>,
@@ -241,30 +271,48 @@ impl ClientService {
             }
         }
         let _open = Open(stats);
-        let mut running = FuturesUnordered::new();
+        let (answers, mut answered) = mpsc::channel(PIPELINE_ANSWER_QUEUE_MAX);
+        // Calls handed to a group, by token. Invariant: len() <=
+        // PIPELINE_CALLS_IN_FLIGHT_MAX (more is not read).
+        let mut waiting: HashMap<u64, Pending> = HashMap::new();
+        // Each call's deadline, in the order the calls came (so in deadline
+        // order); answered ones leave from the front.
+        let mut deadlines: VecDeque<(tokio::time::Instant, u64)> = VecDeque::new();
+        let mut next_token = 0u64;
+        let mut ready: Vec<CallReply> = Vec::new();
+        let mut batch_answers = Vec::with_capacity(PIPELINE_REPLY_BATCH_MAX);
+        let mut by_group: BTreeMap<usize, GroupCalls> = BTreeMap::new();
         let mut reading = true;
         let mut stop = self.stop.clone();
         loop {
+            if !send_ready(&out, &mut ready).await {
+                return; // The client went away.
+            }
+            while deadlines.front().is_some_and(|(_, token)| !waiting.contains_key(token)) {
+                deadlines.pop_front();
+            }
+            if !reading && waiting.is_empty() {
+                return;
+            }
+            let next_deadline = deadlines.front().map(|(at, _)| *at);
             tokio::select! {
-                // Replies first: they free room for more calls.
+                // Answers first: they free room for more calls.
                 biased;
-                Some(first) = running.next(), if !running.is_empty() => {
-                    let mut replies = Vec::with_capacity(running.len().min(PIPELINE_REPLY_BATCH_MAX) + 1);
-                    let mut bytes = prost::Message::encoded_len(&first);
-                    replies.push(first);
-                    // A batch closes at a byte target too, so that large
-                    // results do not add up past the client message limit.
-                    while replies.len() < PIPELINE_REPLY_BATCH_MAX && bytes < PIPELINE_REPLY_BATCH_BYTES_TARGET {
-                        match running.next().now_or_never() {
-                            Some(Some(reply)) => {
-                                bytes += prost::Message::encoded_len(&reply);
-                                replies.push(reply);
-                            }
-                            _ => break,
+                _ = answered.recv_many(&mut batch_answers, PIPELINE_REPLY_BATCH_MAX) => {
+                    for (token, answer) in batch_answers.drain(..) {
+                        if let Some(pending) = waiting.remove(&token) {
+                            ready.push(pending.reply(answer));
                         }
                     }
-                    if out.send(Ok(ReplyBatch { replies })).await.is_err() {
-                        return; // The client went away.
+                }
+                () = tokio::time::sleep_until(next_deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if next_deadline.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    while let Some(&(at, token)) = deadlines.front() && at <= now {
+                        deadlines.pop_front();
+                        if let Some(pending) = waiting.remove(&token) {
+                            ready.push(pending.timed_out());
+                        }
                     }
                 }
                 () = async { drop(stop.wait_for(|stopping| *stopping).await) }, if reading => {
@@ -272,7 +320,8 @@ impl ClientService {
                     // groups (which stop too), then the stream ends.
                     reading = false;
                 }
-                batch = inbound.message(), if reading && running.len() < PIPELINE_CALLS_IN_FLIGHT_MAX => {
+                batch = inbound.message(),
+                    if reading && waiting.len() < PIPELINE_CALLS_IN_FLIGHT_MAX && deadlines.len() < PIPELINE_DEADLINES_MAX => {
                     match batch {
                         Ok(Some(batch)) => {
                             if batch.calls.len() > PIPELINE_BATCH_CALLS_MAX {
@@ -284,8 +333,31 @@ impl ClientService {
                             }
                             self.pipelines.batches.fetch_add(1, Ordering::Relaxed);
                             self.pipelines.calls.fetch_add(batch.calls.len() as u64, Ordering::Relaxed);
+                            let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
                             for call in batch.calls {
-                                running.push(self.run_call(call, &caller));
+                                match self.check_call(call, &caller) {
+                                    Ok((group, pending, call)) => {
+                                        let token = next_token;
+                                        next_token += 1;
+                                        waiting.insert(token, pending);
+                                        deadlines.push_back((deadline, token));
+                                        // The handle's address names its group.
+                                        let key = Arc::as_ptr(&group) as usize;
+                                        by_group.entry(key).or_insert_with(|| (group, Vec::new())).1.push((token, call));
+                                    }
+                                    Err(reply) => ready.push(reply),
+                                }
+                            }
+                            // One inbox slot per group the batch names.
+                            for (_, (group, calls)) in std::mem::take(&mut by_group) {
+                                let tokens: Vec<u64> = calls.iter().map(|(token, _)| *token).collect();
+                                if let Err(e) = try_send(&group, Input::Calls { calls, answers: answers.clone() }) {
+                                    for token in tokens {
+                                        if let Some(pending) = waiting.remove(&token) {
+                                            ready.push(pending.refused(e.clone()));
+                                        }
+                                    }
+                                }
                             }
                         }
                         Ok(None) => reading = false,
@@ -293,9 +365,83 @@ impl ClientService {
                         Err(_) => return,
                     }
                 }
-                else => return,
             }
         }
+    }
+}
+
+/// A group's calls from one pipeline batch, each with its token.
+type GroupCalls = (Arc<GroupHandle>, Vec<(u64, inbox::Call)>);
+
+/// A pipeline call handed to a group: the client's id for it, and for a
+/// query the consistency it asked (the reply echoes it).
+struct Pending {
+    id: u64,
+    query: Option<i32>,
+}
+
+impl Pending {
+    fn reply(self, answer: CallAnswer) -> CallReply {
+        let response = match (answer, self.query) {
+            (CallAnswer::Propose(reply), _) => call_reply::Response::Propose(propose_response_of(reply)),
+            (CallAnswer::Query(reply), Some(consistency)) => {
+                call_reply::Response::Query(query_response_of(reply, consistency))
+            }
+            (CallAnswer::Query(reply), None) => call_reply::Response::Query(query_response_of(reply, 0)),
+        };
+        CallReply { id: self.id, response: Some(response) }
+    }
+
+    /// Refused before its group saw it (`e`: BUSY, or the group stopped).
+    fn refused(self, e: client::Error) -> CallReply {
+        match self.query {
+            None => self.reply(CallAnswer::Propose(Err(e))),
+            Some(_) => self.reply(CallAnswer::Query(Err(e))),
+        }
+    }
+
+    fn timed_out(self) -> CallReply {
+        self.refused(client::Error::timeout(REQUEST_TIMEOUT.as_millis() as u64))
+    }
+}
+
+/// Sends `ready` to the client in reply batches, each closed at
+/// `PIPELINE_REPLY_BATCH_MAX` replies or `PIPELINE_REPLY_BATCH_BYTES_TARGET`
+/// bytes; false when the client went away.
+async fn send_ready(out: &mpsc::Sender<Result<ReplyBatch, tonic::Status>>, ready: &mut Vec<CallReply>) -> bool {
+    let mut replies = ready.drain(..).peekable();
+    while replies.peek().is_some() {
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        // A batch closes at a byte target too, so that large results do
+        // not add up past the client message limit.
+        while batch.len() < PIPELINE_REPLY_BATCH_MAX && bytes < PIPELINE_REPLY_BATCH_BYTES_TARGET {
+            let Some(reply) = replies.next() else { break };
+            bytes += prost::Message::encoded_len(&reply);
+            batch.push(reply);
+        }
+        if out.send(Ok(ReplyBatch { replies: batch })).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+fn propose_response_of(reply: ProposeReply) -> ProposeResponse {
+    match reply {
+        Ok(Committed { result, index, duplicate, .. }) => {
+            ProposeResponse { outcome: Some(propose_response::Outcome::Result(result)), index, duplicate }
+        }
+        Err(e) => ProposeResponse { outcome: Some(propose_response::Outcome::Error(e)), index: 0, duplicate: false },
+    }
+}
+
+fn query_response_of(reply: Reply, consistency: i32) -> QueryResponse {
+    match reply {
+        Ok((result, applied_index)) => {
+            QueryResponse { outcome: Some(query_response::Outcome::Result(result)), applied_index, consistency }
+        }
+        Err(e) => QueryResponse { outcome: Some(query_response::Outcome::Error(e)), applied_index: 0, consistency },
     }
 }
 
