@@ -1662,10 +1662,15 @@ impl Replica {
         let mut writer = snapshots
             .begin_save(group, meta.index, meta.term, meta.config.encode(), self.module.hash())
             .map_err(storage_err)?;
-        writer.append(MODULE_FILE, &module_file::file_header(self.module_index)).map_err(storage_err)?;
-        for chunk in self.module.bytes().chunks(SNAPSHOT_CHUNK_BYTES_MAX) {
-            writer.append(MODULE_FILE, chunk).map_err(storage_err)?;
-        }
+        // The module, when the newest snapshot holds this very file (the
+        // same module, in force since the same index), is linked from it;
+        // otherwise the job writes it, off this thread: a module of tens
+        // of MiB is that many MiB to write and sync.
+        let module = if self.link_module(snapshots, &mut writer) {
+            None
+        } else {
+            Some((self.module.bytes().clone(), self.module_index))
+        };
         // Taken between apply batches, so no reply is pending.
         let sessions =
             self.sessions.encode_snapshot().map_err(|source| Error::Sessions { group, index: meta.index, source })?;
@@ -1689,7 +1694,29 @@ impl Replica {
                 Err(e) => return Err(self.runtime_err(e)),
             },
         };
-        Ok(SnapshotJob { meta: meta.clone(), writer, kv, state, epoch: self.state_epoch })
+        Ok(SnapshotJob { meta: meta.clone(), writer, module, kv, state, epoch: self.state_epoch })
+    }
+
+    /// Links the module file of the newest snapshot into `writer` when it
+    /// is the file this snapshot would write; false when it is not (or
+    /// cannot be read), and the module must be written.
+    fn link_module(&self, snapshots: &SnapshotStore, writer: &mut waft_storage::SnapshotWriter) -> bool {
+        let Some(latest) = snapshots.latest(self.group) else { return false };
+        // Held while linking, so that the snapshot is not deleted meanwhile.
+        let Ok(reader) = snapshots.open_for_transfer(self.group, latest) else { return false };
+        if reader.meta().module_hash != self.module.hash() {
+            return false;
+        }
+        let Some(file) = reader.meta().files.iter().find(|f| f.name == MODULE_FILE) else { return false };
+        if file.size != (module_file::file_header(0).len() + self.module.bytes().len()) as u64 {
+            return false;
+        }
+        let Ok(path) = reader.file_path(MODULE_FILE) else { return false };
+        let mut header = [0u8; 16];
+        let same_header = std::fs::File::open(&path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
+            .is_ok_and(|()| header == module_file::file_header(self.module_index));
+        same_header && writer.link(MODULE_FILE, &path, file.size, file.crc32).is_ok()
     }
 
     /// Verifies the snapshot's module and configuration and loads its state
@@ -2063,6 +2090,9 @@ struct StateSink {
 pub struct SnapshotJob {
     meta: waft_raft::SnapshotMeta,
     writer: waft_storage::SnapshotWriter,
+    /// The module's bytes and the index it took effect at, to write as the
+    /// module file (`None`: linked already).
+    module: Option<(Bytes, u64)>,
     kv: Option<waft_runtime::KvSnapshot>,
     /// An in-memory state's bytes, saved or on their way.
     state: Option<waft_runtime::machine::SavedState>,
@@ -2099,7 +2129,15 @@ impl SnapshotJob {
     /// meanwhile.
     pub fn run(self) -> SnapshotDone {
         let started = std::time::Instant::now();
-        let SnapshotJob { meta, writer, kv, state, epoch } = self;
+        let SnapshotJob { meta, mut writer, module, kv, state, epoch } = self;
+        if let Some((module, index)) = module {
+            let written = std::iter::once(&module_file::file_header(index)[..])
+                .chain(module.chunks(SNAPSHOT_CHUNK_BYTES_MAX))
+                .try_for_each(|chunk| writer.append(MODULE_FILE, chunk));
+            if let Err(e) = written {
+                return SnapshotDone { meta, result: Err(e.to_string()), bytes: 0, took_ms: 0, epoch };
+            }
+        }
         let mut bytes = 0;
         let result = match (&kv, &state) {
             (None, Some(state)) => state.wait().map_err(|e| e.to_string()).and_then(|state| {

@@ -123,3 +123,45 @@ fn a_replica_installing_a_snapshot_made_after_a_deploy_switches_module() {
     incr(&mut c, 1);
     assert_runs(&mut c, &[1, 2, 3], "waft_counter_doubling", d, "127");
 }
+
+/// The inode of node `id`'s newest snapshot's module file, and its bytes.
+fn module_file(c: &mut Cluster, id: u64) -> (u64, Vec<u8>) {
+    use std::os::unix::fs::MetadataExt;
+    let up = c.nodes.iter().find(|n| n.id == id).and_then(|n| n.up.as_ref()).expect("node is up");
+    let reader = up.snaps.open_latest(common::GROUP).unwrap().expect("a snapshot");
+    let path = reader.file_path(waft_node::MODULE_FILE).unwrap();
+    (std::fs::metadata(&path).unwrap().ino(), std::fs::read(&path).unwrap())
+}
+
+/// A snapshot does not write the module again while it stands: its file is
+/// the newest snapshot's, linked, and outlives that snapshot's deletion; a
+/// deploy makes the next snapshot write the new one. A restart from a
+/// snapshot whose module file is linked runs that module.
+#[test]
+fn snapshots_share_the_module_file_until_a_deploy() {
+    let mut c = Cluster::new("deploy-linked-module", 3, 10_000);
+    c.elect(1);
+    let snapshot = |c: &mut Cluster| {
+        incr(c, 1);
+        c.replica(2).request_snapshot();
+        c.tick(2);
+        module_file(c, 2)
+    };
+    let (first, bytes) = snapshot(&mut c);
+    assert_eq!(&bytes[16..], &guest_bytes("waft_counter")[..]);
+    let (second, again) = snapshot(&mut c);
+    assert_eq!((second, &again), (first, &bytes), "the second snapshot links the first's module file");
+
+    let d = deploy(&mut c, "waft_counter_doubling");
+    let (third, new) = snapshot(&mut c);
+    assert_ne!(third, first, "a new module is written anew");
+    assert_eq!(&new[8..16], &d.to_be_bytes(), "with the index it took effect at");
+    assert_eq!(&new[16..], &guest_bytes("waft_counter_doubling")[..]);
+    let (fourth, _) = snapshot(&mut c);
+    assert_eq!(fourth, third);
+
+    c.close(2);
+    c.open(2);
+    c.tick(3);
+    assert_runs(&mut c, &[1, 2, 3], "waft_counter_doubling", d, "6");
+}

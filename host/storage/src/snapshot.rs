@@ -696,6 +696,18 @@ impl SnapshotWriter {
     /// a follower's copy is checked against them). Renamed where it can be,
     /// copied where not (another file system).
     pub fn adopt(&mut self, name: &str, from: &Path, size: u64, crc32: u32) -> Result<()> {
+        self.take_whole(name, from, size, crc32, false)
+    }
+
+    /// Shares the file at `from`, one of a committed snapshot's (which never
+    /// change), as `name` by a hard link, without writing its bytes again;
+    /// copied where it cannot be linked. `size` and `crc32`: what that
+    /// snapshot's meta says of it.
+    pub fn link(&mut self, name: &str, from: &Path, size: u64, crc32: u32) -> Result<()> {
+        self.take_whole(name, from, size, crc32, true)
+    }
+
+    fn take_whole(&mut self, name: &str, from: &Path, size: u64, crc32: u32, link: bool) -> Result<()> {
         let refuse = |reason: String| Error::SnapshotWrite { reason };
         check_file_name(name).map_err(refuse)?;
         if self.expected.is_some() {
@@ -708,7 +720,8 @@ impl SnapshotWriter {
             return Err(refuse(format!("more than {SNAPSHOT_FILES_MAX} files")));
         }
         let to = self.tmp_dir.join(name);
-        if std::fs::rename(from, &to).is_err() {
+        let moved = if link { std::fs::hard_link(from, &to) } else { std::fs::rename(from, &to) };
+        if moved.is_err() {
             std::fs::copy(from, &to).map_err(Error::io("copying into a snapshot", &to))?;
         }
         let len = std::fs::metadata(&to).map_err(Error::io("inspecting", &to))?.len();

@@ -211,3 +211,29 @@ fn a_snapshot_of_thousands_of_files_saves_and_installs() {
     assert_eq!(installed.meta().files, source.meta().files);
     assert_eq!(read_all(&installed, "kv-2999.sst"), data(100 + 2_999 % 50, (2_999u32 % 256) as u8));
 }
+
+/// A file linked from a committed snapshot is the same bytes under another
+/// name: the new snapshot verifies and keeps them after the first one is
+/// deleted.
+#[test]
+fn a_linked_file_outlives_the_snapshot_it_came_from() {
+    let scratch = common::Scratch::new("snap-link");
+    let store = SnapshotStore::open(scratch.join("snaps")).expect("open");
+    let bytes = vec![42u8; 300_000];
+    let mut w = store.begin_save(1, 10, 1, Bytes::from_static(b"cfg"), ModuleHash::of(b"m")).expect("begin");
+    w.append("module", &bytes).expect("append");
+    let first = w.commit().expect("commit");
+    let file = first.files.iter().find(|f| f.name == "module").expect("module file").clone();
+    let reader = store.open_snapshot(1, first.id()).expect("open first");
+    let mut w = store.begin_save(1, 20, 1, Bytes::from_static(b"cfg"), ModuleHash::of(b"m")).expect("begin");
+    w.link("module", &reader.file_path("module").expect("path"), file.size, file.crc32).expect("link");
+    assert!(w.link("module", &reader.file_path("module").expect("path"), file.size, file.crc32).is_err(), "twice");
+    let second = w.commit().expect("commit");
+    drop(reader);
+    store.discard(1, first.id()).expect("discard the first");
+    let reader = store.open_snapshot(1, second.id()).expect("the second verifies");
+    assert_eq!(std::fs::read(reader.file_path("module").expect("path")).expect("read"), bytes);
+    // A wrong size is refused.
+    let mut w = store.begin_save(1, 30, 1, Bytes::from_static(b"cfg"), ModuleHash::of(b"m")).expect("begin");
+    assert!(w.link("module", &reader.file_path("module").expect("path"), file.size + 1, file.crc32).is_err());
+}
