@@ -126,16 +126,19 @@ impl AdminService {
         let group_id = req.group;
         let held = modules.clone();
         let module = tokio::task::spawn_blocking(move || {
-            let bytes = match by_hash {
-                None => bytes,
-                Some(hash) => Bytes::from(held.get(&hash).map_err(|e| {
-                    client::Error::invalid_request(format!(
-                        "this node cannot read module {hash}: {e}; upload it to this node first (UploadModule)"
-                    ))
-                })?),
+            let loaded = match by_hash {
+                None => waft_node::GuestModule::load(&engine, bytes),
+                // The store's read checks the hash.
+                Some(hash) => {
+                    let bytes = held.get(&hash).map_err(|e| {
+                        client::Error::invalid_request(format!(
+                            "this node cannot read module {hash}: {e}; upload it to this node first (UploadModule)"
+                        ))
+                    })?;
+                    waft_node::GuestModule::load_verified(&engine, Bytes::from(bytes), hash)
+                }
             };
-            waft_node::GuestModule::load(&engine, bytes)
-                .map_err(|e| client::Error::bad_module(format!("module refused, nothing changed: {e}")))
+            loaded.map_err(|e| client::Error::bad_module(format!("module refused, nothing changed: {e}")))
         })
         .await
         .map_err(|e| client::Error::internal(format!("the module validation task failed: {e}")))??;
@@ -159,7 +162,12 @@ impl AdminService {
             sm.load_snapshot_of(std::io::Cursor::new(state), bytes).map_err(|e| {
                 client::Error::bad_module(format!("module {hash} cannot load the running state, nothing changed: {e}"))
             })?;
-            modules.put(module.bytes()).map_err(|e| client::Error::internal(format!("cannot store the module: {e}")))?;
+            // Uploaded modules are stored already (and were just read back).
+            if by_hash.is_none() {
+                modules
+                    .put(module.bytes())
+                    .map_err(|e| client::Error::internal(format!("cannot store the module: {e}")))?;
+            }
             tracing::info!(group = group_id, module = %hash, bytes = module.bytes().len(), "deploy validated against the running state and stored");
             Ok::<_, client::Error>(module)
         })
@@ -268,6 +276,9 @@ impl AdminService {
         }
         let size = first.size;
         let mut bytes = BytesMut::with_capacity(size as usize);
+        // Hashed as it comes, a message at a time: one hash of tens of MiB
+        // at the end would hold an async worker for a hundred ms or more.
+        let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
         let mut next = Some(first);
         loop {
             let Some(message) = next.take() else {
@@ -293,17 +304,19 @@ impl AdminService {
                     "the upload carries more bytes than the {size} it announced; nothing stored"
                 )));
             }
+            sha2::Digest::update(&mut hasher, &message.data);
             bytes.extend_from_slice(&message.data);
         }
         let bytes = bytes.freeze();
-        if bytes.len() as u64 != size || ModuleHash::of(&bytes) != hash {
+        let got = ModuleHash(sha2::Digest::finalize(hasher).into());
+        if bytes.len() as u64 != size || got != hash {
             return Err(client::Error::invalid_request(format!(
                 "the {} bytes uploaded do not hash to {hash}; nothing stored",
                 bytes.len()
             )));
         }
         let modules = self.host.modules().clone();
-        tokio::task::spawn_blocking(move || modules.put(&bytes))
+        tokio::task::spawn_blocking(move || modules.put_verified(&bytes, &hash))
             .await
             .map_err(|e| client::Error::internal(format!("the module writer failed: {e}")))?
             .map_err(|e| client::Error::internal(format!("cannot store module {hash}: {e}")))?;
@@ -500,7 +513,16 @@ impl AdminService {
         // Compiled (and hashed) once here, off the async threads, before
         // anything is asked of the voters: a bad module creates nothing.
         let engine = self.host.engine().clone();
-        let module = match tokio::task::spawn_blocking(move || waft_node::GuestModule::load(&engine, bytes)).await {
+        // Bytes named by hash were checked against it as they were read.
+        let verified = match &create.module {
+            Source::Hash { hash, .. } => Some(*hash),
+            Source::Bytes(_) => None,
+        };
+        let load = move || match verified {
+            Some(hash) => waft_node::GuestModule::load_verified(&engine, bytes, hash),
+            None => waft_node::GuestModule::load(&engine, bytes),
+        };
+        let module = match tokio::task::spawn_blocking(load).await {
             Ok(Ok(module)) => module,
             Ok(Err(e)) => {
                 response.error =
@@ -532,9 +554,9 @@ impl AdminService {
         if by_hash && matches!(create.module, Source::Bytes(_)) {
             // The voters pull it from here.
             let (modules, bytes) = (self.host.modules().clone(), module.bytes().clone());
-            let stored = tokio::task::spawn_blocking(move || modules.put(&bytes)).await;
+            let stored = tokio::task::spawn_blocking(move || modules.put_verified(&bytes, &hash)).await;
             if let Some(e) = match stored {
-                Ok(Ok(_)) => None,
+                Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(e) => Some(e.to_string()),
             } {

@@ -474,7 +474,10 @@ impl Host {
             client::Error::internal(format!("node {node} could not {what} for group {group}: {e}"))
         };
         debug_assert_eq!(module.hash(), founding.module_hash);
-        self.modules.put(module.bytes()).map_err(|e| failed("store the module", &e))?;
+        // A module pulled for this create is in the store already.
+        if !self.modules.contains(&module.hash()) {
+            self.modules.put_verified(module.bytes(), &module.hash()).map_err(|e| failed("store the module", &e))?;
+        }
         let replica =
             self.open_replica(&state, group, module, &founding).map_err(|e| failed("open the replica", &e))?;
         // Durable before it serves: a group that answered a client must come

@@ -220,12 +220,13 @@ pub async fn fetch(
     Ok(bytes)
 }
 
-/// Compiles module `hash` off the async threads; INVALID_ARGUMENT when it
-/// does not load here.
+/// Compiles module `hash`, bytes checked to hash to it, off the async
+/// threads; INVALID_ARGUMENT when it does not load here.
 pub async fn compile(host: &Host, hash: ModuleHash, bytes: Bytes) -> Result<waft_node::GuestModule, tonic::Status> {
     let engine = host.engine().clone();
     let started = Instant::now();
-    let module = tokio::task::spawn_blocking(move || waft_node::GuestModule::load(&engine, bytes))
+    // `bytes` came from `fetch`: the store's read or the pull checked them.
+    let module = tokio::task::spawn_blocking(move || waft_node::GuestModule::load_verified(&engine, bytes, hash))
         .await
         .map_err(|e| tonic::Status::internal(format!("module compiler failed: {e}")))?
         .map_err(|e| tonic::Status::invalid_argument(format!("module {hash} does not load here: {e}")))?;

@@ -55,6 +55,15 @@ impl GuestModule {
         Ok(GuestModule { engine: engine.clone(), module, hash: ModuleHash::of(&bytes), bytes })
     }
 
+    /// As `load`, for bytes the caller has just checked hash to `hash` (a
+    /// module store's read, a pull's check): tens of MiB are not hashed
+    /// twice.
+    pub fn load_verified(engine: &Engine, bytes: Bytes, hash: ModuleHash) -> Result<GuestModule, LoadError> {
+        let module = Module::load(engine, &bytes)?;
+        debug_assert_eq!(ModuleHash::of(&bytes), hash);
+        Ok(GuestModule { engine: engine.clone(), module, hash, bytes })
+    }
+
     pub fn hash(&self) -> ModuleHash {
         self.hash
     }

@@ -97,6 +97,18 @@ impl ModuleStore {
         Ok(hash)
     }
 
+    /// Stores `bytes`, which the caller has just checked hash to `hash`,
+    /// durably (replacing any file of that name, intact or not) without
+    /// hashing them again.
+    pub fn put_verified(&self, bytes: &[u8], hash: &ModuleHash) -> Result<()> {
+        if bytes.len() as u64 > MODULE_BYTES_MAX {
+            return Err(Error::ModuleTooLarge { bytes: bytes.len() as u64, limit: MODULE_BYTES_MAX });
+        }
+        debug_assert_eq!(ModuleHash::of(bytes), *hash);
+        fsutil::write_atomic(&self.dir, &format!("{hash}{SUFFIX}"), bytes)?;
+        Ok(())
+    }
+
     /// Reads a module back, verifying its bytes still hash to `hash`.
     pub fn get(&self, hash: &ModuleHash) -> Result<Vec<u8>> {
         let path = self.path_of(hash);

@@ -72,3 +72,17 @@ fn starting_a_pull_removes_every_other_partial_module() {
     assert_eq!((store.partial_len(&ha).unwrap(), store.partial_len(&hb).unwrap()), (0, 700));
     assert_eq!(store.list().expect("list").len(), 1, "whole modules stay");
 }
+
+#[test]
+fn a_module_checked_by_its_caller_is_stored_without_hashing_again() {
+    let scratch = common::Scratch::new("module-put-verified");
+    let store = ModuleStore::open(scratch.join("modules")).expect("open");
+    let bytes = module(2 << 20);
+    let hash = ModuleHash::of(&bytes);
+    store.put_verified(&bytes, &hash).expect("put");
+    assert_eq!(store.get(&hash).expect("get"), bytes);
+    // Again (an upload repeated): replaced, still whole.
+    store.put_verified(&bytes, &hash).expect("put again");
+    assert_eq!(store.list().expect("list"), vec![hash]);
+    assert_eq!(store.get(&hash).expect("get"), bytes);
+}
