@@ -43,6 +43,10 @@
 #     pipeline stream, many to a message; etcd's clients share the HTTP/2
 #     connection, one stream per request.
 #   WAFT_BIN [target/release/waft]; BENCH_BIN [target/release/waft-bench]
+#   FLOOR_BIN [target/release/waft-floor]: with write-1 among the workloads,
+#     measures the floor under one replicated write on the same disk and
+#     loopback (two fdatasyncs and two round trips, medians) and prints each
+#     system's write-1 p50 against it
 #   WAFT_BASE_BIN: the waft binary of system waft-base, another build (say,
 #     main before a change) run with the same module, for a paired
 #     before/after table: SYSTEMS="etcd waft-base waft"
@@ -69,6 +73,7 @@ ROUNDS=${ROUNDS:-1}
 WAFT_BIN=${WAFT_BIN:-$TARGET_DIR/release/waft}
 WAFT_BASE_BIN=${WAFT_BASE_BIN:-}
 BENCH_BIN=${BENCH_BIN:-$TARGET_DIR/release/waft-bench}
+FLOOR_BIN=${FLOOR_BIN:-$TARGET_DIR/release/waft-floor}
 WAFT_ATOMIC=${WAFT_ATOMIC:-$TARGET_DIR/wasm32-wasip2/release/waft_atomic.wasm}
 PORT_BASE=${PORT_BASE:-23700}
 KEEP_DATA=${KEEP_DATA:-0}
@@ -436,6 +441,22 @@ for system in $SYSTEMS; do
         break
     done
 done
+case " $WORKLOADS " in
+    *" write-1 "*)
+        if [ -x "$FLOOR_BIN" ]; then
+            "$FLOOR_BIN" --dir "$BENCH_ROOT" --json-out "$BENCH_ROOT/results/floor.json" | tee "$BENCH_ROOT/results/floor.txt"
+            floor=$(jq -r '.floor_ms * 1000 | round / 1000' "$BENCH_ROOT/results/floor.json")
+            for system in $SYSTEMS; do
+                r=$(row write-1 "$system" || true)
+                [ -n "$r" ] || continue
+                read -r _ p50 p99 _ <<<"$r"
+                say "write-1 on $system: p50 $p50 ms, p99 $p99 ms; p50 over the floor ($floor ms): $(ratio "$p50" "$floor")"
+            done
+        else
+            say "no $FLOOR_BIN, so no floor for write-1: cargo build --release -p waft-bench builds it"
+        fi
+        ;;
+esac
 say "medians over $ROUNDS round(s); x etcd: ops/s over etcd's; wasm/native: waft's ops/s over waft-native's"
 say "srv us/op: CPU time (user + system) of the three servers together per operation over the measured window; cli us/op: the load generator's"
 say "load: the 1-minute load average as each run began (the run before it counts too); well above $(nproc), the cores, means something else was running"
