@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use waft_proto::client::{
     self, Call, CallBatch, CallReply, CloseSessionRequest, Consistency, KeepAliveRequest, OpenSessionRequest,
@@ -78,6 +79,9 @@ pub struct ClientService {
     /// Proposals and sessions need the write role on their group, queries
     /// and status the read role.
     auth: Arc<Auth>,
+    /// How long a pipeline call waits for its group's answer
+    /// (`REQUEST_TIMEOUT`; shorter in tests).
+    pipeline_timeout: Duration,
 }
 
 impl ClientService {
@@ -88,7 +92,7 @@ impl ClientService {
         pipelines: Arc<PipelineStats>,
         auth: Arc<Auth>,
     ) -> ClientService {
-        ClientService { node, groups, stop, pipelines, auth }
+        ClientService { node, groups, stop, pipelines, auth, pipeline_timeout: REQUEST_TIMEOUT }
     }
 
     fn group(&self, group: u64) -> Result<Arc<GroupHandle>, client::Error> {
@@ -257,7 +261,7 @@ impl ClientService {
     /// `REQUEST_TIMEOUT` is answered TIMEOUT, as its unary twin would be.
     async fn serve_pipeline(
         self,
-        mut inbound: tonic::Streaming<CallBatch>,
+        mut inbound: impl futures_util::Stream<Item = Result<CallBatch, tonic::Status>> + Unpin,
         out: mpsc::Sender<Result<ReplyBatch, tonic::Status>>,
         caller: Caller,
     ) {
@@ -311,7 +315,7 @@ impl ClientService {
                     while let Some(&(at, token)) = deadlines.front() && at <= now {
                         deadlines.pop_front();
                         if let Some(pending) = waiting.remove(&token) {
-                            ready.push(pending.timed_out());
+                            ready.push(pending.timed_out(self.pipeline_timeout));
                         }
                     }
                 }
@@ -320,10 +324,10 @@ impl ClientService {
                     // groups (which stop too), then the stream ends.
                     reading = false;
                 }
-                batch = inbound.message(),
+                batch = inbound.next(),
                     if reading && waiting.len() < PIPELINE_CALLS_IN_FLIGHT_MAX && deadlines.len() < PIPELINE_DEADLINES_MAX => {
                     match batch {
-                        Ok(Some(batch)) => {
+                        Some(Ok(batch)) => {
                             if batch.calls.len() > PIPELINE_BATCH_CALLS_MAX {
                                 let _ = out.send(Err(tonic::Status::invalid_argument(format!(
                                     "a call batch holds at most {PIPELINE_BATCH_CALLS_MAX} calls, not {}",
@@ -333,7 +337,7 @@ impl ClientService {
                             }
                             self.pipelines.batches.fetch_add(1, Ordering::Relaxed);
                             self.pipelines.calls.fetch_add(batch.calls.len() as u64, Ordering::Relaxed);
-                            let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+                            let deadline = tokio::time::Instant::now() + self.pipeline_timeout;
                             for call in batch.calls {
                                 match self.check_call(call, &caller) {
                                     Ok((group, pending, call)) => {
@@ -360,9 +364,9 @@ impl ClientService {
                                 }
                             }
                         }
-                        Ok(None) => reading = false,
+                        None => reading = false,
                         // The stream broke: nobody is left to answer.
-                        Err(_) => return,
+                        Some(Err(_)) => return,
                     }
                 }
             }
@@ -400,8 +404,8 @@ impl Pending {
         }
     }
 
-    fn timed_out(self) -> CallReply {
-        self.refused(client::Error::timeout(REQUEST_TIMEOUT.as_millis() as u64))
+    fn timed_out(self, waited: Duration) -> CallReply {
+        self.refused(client::Error::timeout(waited.as_millis() as u64))
     }
 }
 
@@ -533,5 +537,151 @@ fn session_response(reply: ProposeReply) -> SessionResponse {
     match reply {
         Ok(Committed { session_id, index, .. }) => SessionResponse { error: None, session_id, index },
         Err(e) => SessionResponse { error: Some(e), session_id: 0, index: 0 },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use waft_proto::client::call_reply::Response;
+
+    /// A node serving group 1, whose driver is the test: its inbox (of
+    /// `capacity`) is handed back to read, or to leave unread.
+    fn service(capacity: usize) -> (ClientService, mpsc::Receiver<Input>, watch::Sender<bool>) {
+        let groups = Arc::new(Groups::default());
+        let (inbox, rx) = mpsc::channel(capacity);
+        let (_, status) = watch::channel(client::GroupStatus::default());
+        groups.insert(1, GroupHandle { inbox, status, command_bytes_max: 1024, metrics: Arc::new(Default::default()) });
+        let (stop_tx, stop) = watch::channel(false);
+        let service =
+            ClientService::new(1, groups, stop, Arc::new(PipelineStats::default()), Arc::new(Auth::default()));
+        (service, rx, stop_tx)
+    }
+
+    fn propose(id: u64, group: u64, command: &'static [u8]) -> Call {
+        let req = ProposeRequest { group, command: bytes::Bytes::from_static(command), ..Default::default() };
+        Call { id, request: Some(call::Request::Propose(req)) }
+    }
+
+    fn query(id: u64) -> Call {
+        let req =
+            QueryRequest { group: 1, request: bytes::Bytes::from_static(b"q"), consistency: Consistency::Lease as i32 };
+        Call { id, request: Some(call::Request::Query(req)) }
+    }
+
+    type Replies = mpsc::Receiver<Result<ReplyBatch, tonic::Status>>;
+
+    /// Runs a pipeline over `batches`, its client side kept open until the
+    /// sender returned is dropped; returns the stream of reply batches too.
+    fn run(
+        service: ClientService,
+        batches: Vec<CallBatch>,
+    ) -> (Replies, mpsc::Sender<Result<CallBatch, tonic::Status>>) {
+        let (calls, inbound) = mpsc::channel(16);
+        for b in batches {
+            calls.try_send(Ok(b)).unwrap();
+        }
+        let (out, replies) = mpsc::channel(PIPELINE_REPLY_QUEUE_MAX);
+        let caller: Caller = Ok(crate::security::Principal::Anonymous);
+        tokio::spawn(service.serve_pipeline(tokio_stream::wrappers::ReceiverStream::new(inbound), out, caller));
+        (replies, calls)
+    }
+
+    async fn next_replies(replies: &mut Replies, n: usize) -> Vec<CallReply> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            got.extend(replies.recv().await.expect("the stream ended").expect("a reply batch").replies);
+        }
+        got.sort_by_key(|r| r.id);
+        got
+    }
+
+    fn code(reply: &CallReply) -> client::ErrorCode {
+        match &reply.response {
+            Some(Response::Propose(p)) => match &p.outcome {
+                Some(propose_response::Outcome::Error(e)) => e.code(),
+                other => panic!("call {}: {other:?}", reply.id),
+            },
+            Some(Response::Query(q)) => match &q.outcome {
+                Some(query_response::Outcome::Error(e)) => e.code(),
+                other => panic!("call {}: {other:?}", reply.id),
+            },
+            other => panic!("call {}: {other:?}", reply.id),
+        }
+    }
+
+    /// The calls of one batch for one group reach its driver as one input,
+    /// in order; each answer finds its call; bad calls are answered at once.
+    #[tokio::test]
+    async fn a_batch_reaches_its_group_as_one_input_and_each_answer_its_call() {
+        let (service, mut inbox, _stop) = service(4);
+        let batch =
+            CallBatch { calls: vec![propose(10, 1, b"a"), query(11), propose(12, 9, b"c"), propose(13, 1, b"")] };
+        let (mut replies, _calls) = run(service, vec![batch]);
+        // Unknown group and empty command: answered without the driver.
+        let early = next_replies(&mut replies, 2).await;
+        assert_eq!((early[0].id, code(&early[0])), (12, client::ErrorCode::UnknownGroup));
+        assert_eq!((early[1].id, code(&early[1])), (13, client::ErrorCode::InvalidRequest));
+        let Some(Input::Calls { calls, answers }) = inbox.recv().await else { panic!("not one Calls input") };
+        assert_eq!(calls.len(), 2);
+        assert!(matches!(&calls[0].1, inbox::Call::Propose(Body::Plain { payload }) if payload == &b"a"[..]));
+        assert!(matches!(&calls[1].1, inbox::Call::Query { consistency: Consistency::Lease, .. }));
+        assert!(inbox.try_recv().is_err(), "one input for the batch");
+        // Answered out of order, and one answer twice: each call gets its own, once.
+        let committed =
+            Committed { result: bytes::Bytes::from_static(b"ok"), index: 7, duplicate: false, session_id: 0 };
+        answers.try_send((calls[1].0, CallAnswer::Query(Ok((bytes::Bytes::from_static(b"v"), 7))))).unwrap();
+        answers.try_send((calls[0].0, CallAnswer::Propose(Ok(committed)))).unwrap();
+        answers.try_send((calls[0].0, CallAnswer::Propose(Err(client::Error::internal("again"))))).unwrap();
+        let got = next_replies(&mut replies, 2).await;
+        match &got[0].response {
+            Some(Response::Propose(p)) => {
+                assert_eq!((got[0].id, p.index), (10, 7));
+                assert_eq!(p.outcome, Some(propose_response::Outcome::Result(bytes::Bytes::from_static(b"ok"))));
+            }
+            other => panic!("{other:?}"),
+        }
+        match &got[1].response {
+            Some(Response::Query(q)) => {
+                assert_eq!((got[1].id, q.applied_index, q.consistency), (11, 7, Consistency::Lease as i32));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// A call its group never answers is answered TIMEOUT after the
+    /// pipeline's timeout (the outcome unknown), and a late answer is dropped.
+    #[tokio::test]
+    async fn a_call_its_group_never_answers_times_out() {
+        let (mut service, mut inbox, _stop) = service(4);
+        let timeout = Duration::from_millis(300);
+        service.pipeline_timeout = timeout;
+        let started = tokio::time::Instant::now();
+        let (mut replies, client) = run(service, vec![CallBatch { calls: vec![propose(1, 1, b"a"), query(2)] }]);
+        let Some(Input::Calls { calls, answers }) = inbox.recv().await else { panic!("no Calls input") };
+        let got = next_replies(&mut replies, 2).await;
+        assert!(started.elapsed() >= timeout, "answered after {:?}", started.elapsed());
+        assert_eq!(code(&got[0]), client::ErrorCode::Timeout);
+        assert_eq!(code(&got[1]), client::ErrorCode::Timeout);
+        // Too late: nothing more reaches the client.
+        answers.try_send((calls[0].0, CallAnswer::Propose(Err(client::Error::internal("late"))))).unwrap();
+        // The pipeline ends once the client closes its side and nothing
+        // waits: the late answer must not come first.
+        drop(client);
+        assert!(replies.recv().await.is_none(), "a late answer was sent");
+    }
+
+    /// A full inbox refuses the batch's calls for that group with BUSY.
+    #[tokio::test]
+    async fn a_full_inbox_answers_busy() {
+        let (service, _inbox, _stop) = service(1);
+        let batches = vec![
+            CallBatch { calls: vec![propose(1, 1, b"a")] },
+            CallBatch { calls: vec![propose(2, 1, b"b"), query(3)] },
+        ];
+        let (mut replies, _calls) = run(service, batches);
+        let got = next_replies(&mut replies, 2).await;
+        assert_eq!((got[0].id, code(&got[0])), (2, client::ErrorCode::Busy));
+        assert_eq!((got[1].id, code(&got[1])), (3, client::ErrorCode::Busy));
     }
 }
