@@ -474,8 +474,9 @@ impl Host {
             client::Error::internal(format!("node {node} could not {what} for group {group}: {e}"))
         };
         debug_assert_eq!(module.hash(), founding.module_hash);
-        // A module pulled for this create is in the store already.
-        if !self.modules.contains(&module.hash()) {
+        // A module pulled for this create is in the store already (read
+        // back and checked here: a damaged copy is replaced).
+        if self.modules.get(&module.hash()).is_err() {
             self.modules.put_verified(module.bytes(), &module.hash()).map_err(|e| failed("store the module", &e))?;
         }
         let replica =

@@ -1662,14 +1662,14 @@ impl Replica {
         let mut writer = snapshots
             .begin_save(group, meta.index, meta.term, meta.config.encode(), self.module.hash())
             .map_err(storage_err)?;
-        // The module, when the newest snapshot holds this very file (the
-        // same module, in force since the same index), is linked from it;
-        // otherwise the job writes it, off this thread: a module of tens
-        // of MiB is that many MiB to write and sync.
-        let module = if self.link_module(snapshots, &mut writer) {
-            None
-        } else {
-            Some((self.module.bytes().clone(), self.module_index))
+        // The module: the job links the newest snapshot's file when it is
+        // this very file (the same module, in force since the same index)
+        // and still checks out, and writes it otherwise; off this thread,
+        // as a module of tens of MiB is that many MiB to read or write.
+        let module = SnapshotModule {
+            bytes: self.module.bytes().clone(),
+            index: self.module_index,
+            link: self.module_to_link(snapshots),
         };
         // Taken between apply batches, so no reply is pending.
         let sessions =
@@ -1697,26 +1697,16 @@ impl Replica {
         Ok(SnapshotJob { meta: meta.clone(), writer, module, kv, state, epoch: self.state_epoch })
     }
 
-    /// Links the module file of the newest snapshot into `writer` when it
-    /// is the file this snapshot would write; false when it is not (or
-    /// cannot be read), and the module must be written.
-    fn link_module(&self, snapshots: &SnapshotStore, writer: &mut waft_storage::SnapshotWriter) -> bool {
-        let Some(latest) = snapshots.latest(self.group) else { return false };
-        // Held while linking, so that the snapshot is not deleted meanwhile.
-        let Ok(reader) = snapshots.open_for_transfer(self.group, latest) else { return false };
-        if reader.meta().module_hash != self.module.hash() {
-            return false;
-        }
-        let Some(file) = reader.meta().files.iter().find(|f| f.name == MODULE_FILE) else { return false };
-        if file.size != (module_file::file_header(0).len() + self.module.bytes().len()) as u64 {
-            return false;
-        }
-        let Ok(path) = reader.file_path(MODULE_FILE) else { return false };
-        let mut header = [0u8; 16];
-        let same_header = std::fs::File::open(&path)
-            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header))
-            .is_ok_and(|()| header == module_file::file_header(self.module_index));
-        same_header && writer.link(MODULE_FILE, &path, file.size, file.crc32).is_ok()
+    /// The newest snapshot, held open, when its meta says it holds the
+    /// module file this snapshot would write (same module, same size); the
+    /// job checks the file itself before it links it.
+    fn module_to_link(&self, snapshots: &SnapshotStore) -> Option<waft_storage::SnapshotReader> {
+        let latest = snapshots.latest(self.group)?;
+        // Held until the job links, so that the snapshot is not deleted meanwhile.
+        let reader = snapshots.open_for_transfer(self.group, latest).ok()?;
+        let file = reader.meta().files.iter().find(|f| f.name == MODULE_FILE)?;
+        let size = (module_file::file_header(0).len() + self.module.bytes().len()) as u64;
+        (reader.meta().module_hash == self.module.hash() && file.size == size).then_some(reader)
     }
 
     /// Verifies the snapshot's module and configuration and loads its state
@@ -2090,9 +2080,7 @@ struct StateSink {
 pub struct SnapshotJob {
     meta: waft_raft::SnapshotMeta,
     writer: waft_storage::SnapshotWriter,
-    /// The module's bytes and the index it took effect at, to write as the
-    /// module file (`None`: linked already).
-    module: Option<(Bytes, u64)>,
+    module: SnapshotModule,
     kv: Option<waft_runtime::KvSnapshot>,
     /// An in-memory state's bytes, saved or on their way.
     state: Option<waft_runtime::machine::SavedState>,
@@ -2103,6 +2091,39 @@ pub struct SnapshotJob {
 impl std::fmt::Debug for SnapshotJob {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SnapshotJob").field("index", &self.meta.index).finish_non_exhaustive()
+    }
+}
+
+/// The module file a snapshot job writes, or links from the newest
+/// snapshot (`link`) when that one's file is this one, byte for byte.
+struct SnapshotModule {
+    bytes: Bytes,
+    /// The index the module took effect at (the file's header).
+    index: u64,
+    link: Option<waft_storage::SnapshotReader>,
+}
+
+impl SnapshotModule {
+    fn write(self, writer: &mut waft_storage::SnapshotWriter) -> waft_storage::Result<()> {
+        let header = module_file::file_header(self.index);
+        if let Some(reader) = &self.link
+            && let Some(file) = reader.meta().files.iter().find(|f| f.name == MODULE_FILE)
+            && let Ok(path) = reader.file_path(MODULE_FILE)
+            // Its bytes as they are on disk now: damage there is not
+            // carried into this snapshot (it is written afresh instead).
+            && std::fs::read(&path).is_ok_and(|on_disk| {
+                on_disk.len() as u64 == file.size
+                    && crc32fast::hash(&on_disk) == file.crc32
+                    && on_disk.get(..header.len()) == Some(&header[..])
+                    && on_disk.get(header.len()..) == Some(&self.bytes[..])
+            })
+            && writer.link(MODULE_FILE, &path, file.size, file.crc32).is_ok()
+        {
+            return Ok(());
+        }
+        std::iter::once(&header[..])
+            .chain(self.bytes.chunks(SNAPSHOT_CHUNK_BYTES_MAX))
+            .try_for_each(|chunk| writer.append(MODULE_FILE, chunk))
     }
 }
 
@@ -2130,13 +2151,8 @@ impl SnapshotJob {
     pub fn run(self) -> SnapshotDone {
         let started = std::time::Instant::now();
         let SnapshotJob { meta, mut writer, module, kv, state, epoch } = self;
-        if let Some((module, index)) = module {
-            let written = std::iter::once(&module_file::file_header(index)[..])
-                .chain(module.chunks(SNAPSHOT_CHUNK_BYTES_MAX))
-                .try_for_each(|chunk| writer.append(MODULE_FILE, chunk));
-            if let Err(e) = written {
-                return SnapshotDone { meta, result: Err(e.to_string()), bytes: 0, took_ms: 0, epoch };
-            }
+        if let Err(e) = module.write(&mut writer) {
+            return SnapshotDone { meta, result: Err(e.to_string()), bytes: 0, took_ms: 0, epoch };
         }
         let mut bytes = 0;
         let result = match (&kv, &state) {

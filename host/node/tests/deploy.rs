@@ -124,12 +124,17 @@ fn a_replica_installing_a_snapshot_made_after_a_deploy_switches_module() {
     assert_runs(&mut c, &[1, 2, 3], "waft_counter_doubling", d, "127");
 }
 
+/// Node `id`'s newest snapshot's module file.
+fn module_path(c: &mut Cluster, id: u64) -> std::path::PathBuf {
+    let up = c.nodes.iter().find(|n| n.id == id).and_then(|n| n.up.as_ref()).expect("node is up");
+    let reader = up.snaps.open_latest(common::GROUP).unwrap().expect("a snapshot");
+    reader.file_path(waft_node::MODULE_FILE).unwrap()
+}
+
 /// The inode of node `id`'s newest snapshot's module file, and its bytes.
 fn module_file(c: &mut Cluster, id: u64) -> (u64, Vec<u8>) {
     use std::os::unix::fs::MetadataExt;
-    let up = c.nodes.iter().find(|n| n.id == id).and_then(|n| n.up.as_ref()).expect("node is up");
-    let reader = up.snaps.open_latest(common::GROUP).unwrap().expect("a snapshot");
-    let path = reader.file_path(waft_node::MODULE_FILE).unwrap();
+    let path = module_path(c, id);
     (std::fs::metadata(&path).unwrap().ino(), std::fs::read(&path).unwrap())
 }
 
@@ -160,8 +165,18 @@ fn snapshots_share_the_module_file_until_a_deploy() {
     let (fourth, _) = snapshot(&mut c);
     assert_eq!(fourth, third);
 
+    // A module file damaged on disk is not linked on: the next snapshot
+    // writes the module afresh.
+    let path = module_path(&mut c, 2);
+    let mut damaged = std::fs::read(&path).unwrap();
+    damaged[1000] ^= 1;
+    std::fs::write(&path, &damaged).unwrap();
+    let (fifth, bytes) = snapshot(&mut c);
+    assert_ne!(fifth, third, "the damaged file was linked");
+    assert_eq!(&bytes[16..], &guest_bytes("waft_counter_doubling")[..]);
+
     c.close(2);
     c.open(2);
     c.tick(3);
-    assert_runs(&mut c, &[1, 2, 3], "waft_counter_doubling", d, "6");
+    assert_runs(&mut c, &[1, 2, 3], "waft_counter_doubling", d, "8");
 }

@@ -67,6 +67,9 @@ impl FromStr for ModuleHash {
 #[derive(Clone, Debug)]
 pub struct ModuleStore {
     dir: PathBuf,
+    /// Held by each operation on partial modules, so that one a cancelled
+    /// pull left running and the next pull's never interleave.
+    partials: std::sync::Arc<std::sync::Mutex<()>>,
 }
 
 impl ModuleStore {
@@ -76,7 +79,7 @@ impl ModuleStore {
         let dir = dir.as_ref().to_path_buf();
         fsutil::create_dir_durable(&dir)?;
         fsutil::remove_tmp_entries(&dir)?;
-        Ok(ModuleStore { dir })
+        Ok(ModuleStore { dir, partials: Default::default() })
     }
 
     pub fn path_of(&self, hash: &ModuleHash) -> PathBuf {
@@ -179,6 +182,7 @@ impl ModuleStore {
     /// checks the whole.
     pub fn append_partial(&self, hash: &ModuleHash, offset: u64, data: &[u8]) -> Result<()> {
         use std::io::Write;
+        let _one = self.partials_lock();
         let end = offset.saturating_add(data.len() as u64);
         if end > MODULE_BYTES_MAX {
             return Err(Error::ModuleTooLarge { bytes: end, limit: MODULE_BYTES_MAX });
@@ -205,6 +209,7 @@ impl ModuleStore {
     /// module that does not check out is removed (the next pull starts
     /// over) and is an error.
     pub fn finish_partial(&self, hash: &ModuleHash, size: u64) -> Result<Vec<u8>> {
+        let _one = self.partials_lock();
         let path = self.partial_path(hash);
         let checked = (|| {
             let file = std::fs::File::open(&path).map_err(Error::io("opening", &path))?;
@@ -239,12 +244,18 @@ impl ModuleStore {
 
     /// Removes what was pulled of module `hash` (none: not an error).
     pub fn discard_partial(&self, hash: &ModuleHash) -> Result<()> {
+        let _one = self.partials_lock();
         self.remove_durably(&self.partial_path(hash))
+    }
+
+    fn partials_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.partials.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Removes what was pulled of every module but `keep`: a node pulls one
     /// module at a time, so at most one partial module stays on disk.
     pub fn remove_partials_except(&self, keep: &ModuleHash) -> Result<usize> {
+        let _one = self.partials_lock();
         let keep = format!("{keep}{PARTIAL_SUFFIX}");
         let mut removed = 0;
         for entry in std::fs::read_dir(&self.dir).map_err(Error::io("listing", &self.dir))? {

@@ -684,7 +684,13 @@ impl SnapshotWriter {
     /// Create the temporary file behind `name`, empty.
     fn create_part(&mut self, name: &str) -> Result<()> {
         let path = self.tmp_dir.join(name);
-        let file = File::create(&path).map_err(Error::io("creating", &path))?;
+        // A new file, never one already there (it could be a link to
+        // another snapshot's file, which truncating would damage).
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io("replacing", &path)(e)),
+            _ => {}
+        }
+        let file = File::options().write(true).create_new(true).open(&path).map_err(Error::io("creating", &path))?;
         let part =
             PartFile { file: Some(file), len: 0, hasher: crc32fast::Hasher::new(), unsynced: 0, adopted_crc: None };
         self.files.insert(name.to_string(), part);
@@ -724,10 +730,19 @@ impl SnapshotWriter {
         if moved.is_err() {
             std::fs::copy(from, &to).map_err(Error::io("copying into a snapshot", &to))?;
         }
-        let len = std::fs::metadata(&to).map_err(Error::io("inspecting", &to))?.len();
-        if len != size {
-            return Err(Error::SnapshotFileSize { path: to, expected: size, actual: len });
-        }
+        let len = match std::fs::metadata(&to) {
+            Ok(m) if m.len() == size => m.len(),
+            // Not taken: the name is left free (a linked file is another
+            // snapshot's, which a later write of this name must not touch).
+            Ok(m) => {
+                let _ = std::fs::remove_file(&to);
+                return Err(Error::SnapshotFileSize { path: to, expected: size, actual: m.len() });
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&to);
+                return Err(Error::io("inspecting", &to)(e));
+            }
+        };
         // Synced at commit (the table files RocksDB synced already; its
         // copies maybe not).
         let part =

@@ -233,7 +233,11 @@ fn a_linked_file_outlives_the_snapshot_it_came_from() {
     store.discard(1, first.id()).expect("discard the first");
     let reader = store.open_snapshot(1, second.id()).expect("the second verifies");
     assert_eq!(std::fs::read(reader.file_path("module").expect("path")).expect("read"), bytes);
-    // A wrong size is refused.
+    // A wrong size is refused, and the name is left free: writing it then
+    // makes a new file, never touching the one that was linked.
     let mut w = store.begin_save(1, 30, 1, Bytes::from_static(b"cfg"), ModuleHash::of(b"m")).expect("begin");
     assert!(w.link("module", &reader.file_path("module").expect("path"), file.size + 1, file.crc32).is_err());
+    w.append("module", b"other bytes").expect("append");
+    w.commit().expect("commit");
+    assert_eq!(std::fs::read(reader.file_path("module").expect("path")).expect("read"), bytes);
 }
