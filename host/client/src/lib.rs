@@ -701,7 +701,17 @@ impl Client {
         } else {
             // Too large for one message: into the node's module store
             // first, then created by hash (the voters pull it from there).
-            req.module_hash = upload(&mut c, &addr, group, true, &module).await?;
+            let timeout = CREATE_GROUP_UPLOADED_TIMEOUT;
+            req.module_hash = match tokio::time::timeout(timeout, upload(&mut c, &addr, group, true, &module)).await {
+                Ok(Ok(hash)) => hash,
+                Ok(Err(e)) => {
+                    if matches!(e, ClientError::Rpc { .. }) {
+                        self.forget(&addr);
+                    }
+                    return Err(e);
+                }
+                Err(_) => return Err(ClientError::AttemptTimeout { addr, waited_ms: timeout.as_millis() as u64 }),
+            };
             CREATE_GROUP_UPLOADED_TIMEOUT
         };
         let resp = match tokio::time::timeout(timeout, c.create_group(req)).await {

@@ -1013,7 +1013,7 @@ impl Driver {
                             Call::Propose(_) => CallAnswer::Propose(Err(self.shutting_down())),
                             Call::Query { .. } => CallAnswer::Query(Err(self.shutting_down())),
                         };
-                        let _ = answers.try_send((token, answer));
+                        answers.send(token, answer);
                     }
                 }
                 Input::Admin { reply, .. } => {

@@ -63,7 +63,38 @@ pub enum CallAnswer {
 /// under the call's token. The driver never waits on it: an answer that
 /// finds it full is dropped, and its call is answered TIMEOUT (outcome
 /// unknown) by the pipeline at its deadline.
-pub type CallAnswers = mpsc::Sender<(u64, CallAnswer)>;
+#[derive(Clone)]
+pub struct CallAnswers {
+    to: mpsc::Sender<(u64, CallAnswer)>,
+    /// Calls whose token is below this were answered TIMEOUT by the
+    /// pipeline: nobody reads their answers any more. (Tokens and
+    /// deadlines rise together, so the calls time out in token order.)
+    expired_below: Arc<AtomicU64>,
+}
+
+impl CallAnswers {
+    /// A pipeline's answer channel of `capacity`, and its receiving end.
+    pub fn channel(capacity: usize) -> (CallAnswers, mpsc::Receiver<(u64, CallAnswer)>) {
+        let (to, rx) = mpsc::channel(capacity);
+        (CallAnswers { to, expired_below: Arc::default() }, rx)
+    }
+
+    /// The pipeline answered every call below `token` already.
+    pub fn expire_below(&self, token: u64) {
+        self.expired_below.fetch_max(token, Ordering::Relaxed);
+    }
+
+    /// Hands over call `token`'s answer, or drops it when the channel is full.
+    pub fn send(&self, token: u64, answer: CallAnswer) {
+        let _ = self.to.try_send((token, answer));
+    }
+
+    /// Nobody waits for call `token`'s answer: the stream ended, or the
+    /// call timed out.
+    pub fn is_closed(&self, token: u64) -> bool {
+        self.to.is_closed() || token < self.expired_below.load(Ordering::Relaxed)
+    }
+}
 
 /// Where one request's answer goes: its own oneshot (a unary call, an
 /// operator's change) or its pipeline's channel, under its token.
@@ -78,17 +109,16 @@ impl<T: Into<CallAnswer>> Answer<T> {
             Answer::Once(reply) => {
                 let _ = reply.send(answer);
             }
-            Answer::Pipe { token, to } => {
-                let _ = to.try_send((token, answer.into()));
-            }
+            Answer::Pipe { token, to } => to.send(token, answer.into()),
         }
     }
 
-    /// Nobody waits for the answer any more (for a pipeline: the stream ended).
+    /// Nobody waits for the answer any more (for a pipeline call: the
+    /// stream ended, or the call timed out).
     pub fn is_closed(&self) -> bool {
         match self {
             Answer::Once(reply) => reply.is_closed(),
-            Answer::Pipe { to, .. } => to.is_closed(),
+            Answer::Pipe { token, to } => to.is_closed(*token),
         }
     }
 }

@@ -275,7 +275,7 @@ impl ClientService {
             }
         }
         let _open = Open(stats);
-        let (answers, mut answered) = mpsc::channel(PIPELINE_ANSWER_QUEUE_MAX);
+        let (answers, mut answered) = inbox::CallAnswers::channel(PIPELINE_ANSWER_QUEUE_MAX);
         // Calls handed to a group, by token. Invariant: len() <=
         // PIPELINE_CALLS_IN_FLIGHT_MAX (more is not read).
         let mut waiting: HashMap<u64, Pending> = HashMap::new();
@@ -317,6 +317,8 @@ impl ClientService {
                         if let Some(pending) = waiting.remove(&token) {
                             ready.push(pending.timed_out(self.pipeline_timeout));
                         }
+                        // The group may forget it (and every call before it).
+                        answers.expire_below(token + 1);
                     }
                 }
                 () = async { drop(stop.wait_for(|stopping| *stopping).await) }, if reading => {
@@ -624,15 +626,16 @@ mod tests {
         assert_eq!((early[1].id, code(&early[1])), (13, client::ErrorCode::InvalidRequest));
         let Some(Input::Calls { calls, answers }) = inbox.recv().await else { panic!("not one Calls input") };
         assert_eq!(calls.len(), 2);
+        assert!(calls.iter().all(|(token, _)| !answers.is_closed(*token)), "waited for");
         assert!(matches!(&calls[0].1, inbox::Call::Propose(Body::Plain { payload }) if payload == &b"a"[..]));
         assert!(matches!(&calls[1].1, inbox::Call::Query { consistency: Consistency::Lease, .. }));
         assert!(inbox.try_recv().is_err(), "one input for the batch");
         // Answered out of order, and one answer twice: each call gets its own, once.
         let committed =
             Committed { result: bytes::Bytes::from_static(b"ok"), index: 7, duplicate: false, session_id: 0 };
-        answers.try_send((calls[1].0, CallAnswer::Query(Ok((bytes::Bytes::from_static(b"v"), 7))))).unwrap();
-        answers.try_send((calls[0].0, CallAnswer::Propose(Ok(committed)))).unwrap();
-        answers.try_send((calls[0].0, CallAnswer::Propose(Err(client::Error::internal("again"))))).unwrap();
+        answers.send(calls[1].0, CallAnswer::Query(Ok((bytes::Bytes::from_static(b"v"), 7))));
+        answers.send(calls[0].0, CallAnswer::Propose(Ok(committed)));
+        answers.send(calls[0].0, CallAnswer::Propose(Err(client::Error::internal("again"))));
         let got = next_replies(&mut replies, 2).await;
         match &got[0].response {
             Some(Response::Propose(p)) => {
@@ -664,7 +667,9 @@ mod tests {
         assert_eq!(code(&got[0]), client::ErrorCode::Timeout);
         assert_eq!(code(&got[1]), client::ErrorCode::Timeout);
         // Too late: nothing more reaches the client.
-        answers.try_send((calls[0].0, CallAnswer::Propose(Err(client::Error::internal("late"))))).unwrap();
+        // The group may forget both calls (its waiters are pruned).
+        assert!(calls.iter().all(|(token, _)| answers.is_closed(*token)));
+        answers.send(calls[0].0, CallAnswer::Propose(Err(client::Error::internal("late"))));
         // The pipeline ends once the client closes its side and nothing
         // waits: the late answer must not come first.
         drop(client);
