@@ -142,13 +142,7 @@ pub async fn pull(
 ) -> Result<waft_node::Install, String> {
     let chunk_bytes = chunk_bytes(bytes_per_sec);
     let id = install.id();
-    let addr = leader.uri().clone();
-    let channel = leader
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the leader at {addr}: {e}"))?;
-    let client = waft_proto::peer_client(channel);
+    let client = connect(leader, "the leader").await?;
     let started = Instant::now();
     let mut moved: u64 = 0;
     let files: Vec<SnapshotFile> = install.files().to_vec();
@@ -271,6 +265,21 @@ pub(crate) async fn retry_or_fail(failures: u32, what: &str) -> Result<(), Strin
     tracing::debug!(failures, "{what}; retrying");
     tokio::time::sleep(PULL_RETRY_PAUSE * 2u32.pow(failures - 1)).await;
     Ok(())
+}
+
+/// A peer client of the node at `endpoint` (`who`, for the error), its
+/// connection made within `CONNECT_TIMEOUT`.
+pub async fn connect(
+    endpoint: tonic::transport::Endpoint,
+    who: &str,
+) -> Result<waft_proto::peer::peer_client::PeerClient<tonic::transport::Channel>, String> {
+    let addr = endpoint.uri().clone();
+    let channel = endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| format!("cannot reach {who} at {addr}: {e}"))?;
+    Ok(waft_proto::peer_client(channel))
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use waft_storage::{ModuleHash, ModuleStore};
 
 use crate::groups::Host;
 use crate::inbox::{GroupHandle, Input};
-use crate::install::{CONNECT_TIMEOUT, PULL_CHUNK_BYTES_MAX, PULL_CHUNK_TIMEOUT, chunk_bytes, retry_or_fail, throttle};
+use crate::install::{PULL_CHUNK_BYTES_MAX, PULL_CHUNK_TIMEOUT, chunk_bytes, connect, retry_or_fail, throttle};
 
 /// The largest module a node takes by upload or pull: waft-node's bound on
 /// a module a snapshot carries.
@@ -115,13 +115,7 @@ async fn pull(
         tracing::info!(module = %hash, offset, bytes = size, "resuming a module pull where it stopped");
     }
     progress.bytes_done.store(offset, Ordering::Relaxed);
-    let addr = from.uri().clone();
-    let channel = from
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|e| format!("cannot reach the node at {addr}: {e}"))?;
-    let mut client = waft_proto::peer_client(channel);
+    let mut client = connect(from, "the node").await?;
     let chunk = chunk_bytes(bytes_per_sec) as u64;
     let started = Instant::now();
     let mut failures = 0;
@@ -283,12 +277,7 @@ pub async fn prepare_members(
         let answer = async {
             let addr = host.addresses().get(&member).ok_or_else(|| format!("no address of node {member}"))?;
             let endpoint = host.dialer().endpoint(member, addr).map_err(|e| format!("{addr}: {e}"))?;
-            let channel = endpoint
-                .connect_timeout(CONNECT_TIMEOUT)
-                .connect()
-                .await
-                .map_err(|e| format!("cannot reach {addr}: {e}"))?;
-            let mut client = waft_proto::peer_client(channel);
+            let mut client = connect(endpoint, &format!("node {member}")).await?;
             let req = PrepareModuleRequest {
                 group,
                 module_hash: Bytes::copy_from_slice(&hash.0),
