@@ -234,6 +234,11 @@ impl From<&waft_raft::Configuration> for client::Configuration {
             voters: c.voters.clone(),
             voters_outgoing: c.voters_outgoing.clone(),
             learners: c.learners.clone(),
+            addresses: c
+                .addresses
+                .iter()
+                .map(|(id, a)| client::NodeAddress { node_id: *id, address: a.clone() })
+                .collect(),
         }
     }
 }

@@ -18,7 +18,12 @@ fn entry(index: u64, term: u64, kind: EntryKind, data: &'static [u8]) -> Entry {
 }
 
 fn every_variant() -> Vec<Message> {
-    let joint = Configuration { voters: vec![1, 2, 3], voters_outgoing: vec![1, 2, 4], learners: vec![9] };
+    let joint = Configuration {
+        voters: vec![1, 2, 3],
+        voters_outgoing: vec![1, 2, 4],
+        learners: vec![9],
+        ..Default::default()
+    };
     vec![
         msg(MessageBody::PreVote { last_index: 10, last_term: 6 }),
         msg(MessageBody::PreVoteResponse { reject: true }),

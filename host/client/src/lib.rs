@@ -23,6 +23,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod balance;
 mod credentials;
 mod pipe;
 
@@ -629,7 +630,22 @@ impl Client {
         ids: Vec<u64>,
         learners: Vec<u64>,
     ) -> Result<AdminResult, ClientError> {
-        self.admin_call(group, op, ids, learners, false).await
+        self.admin_call(group, op, ids, learners, Vec::new(), false).await
+    }
+
+    /// `admin` naming the addresses of nodes the change adds (or of
+    /// members that moved): the group records them in its configuration,
+    /// and a node that does not serve the group yet gets an empty replica
+    /// of it first.
+    pub async fn admin_with_addresses(
+        &self,
+        group: u64,
+        op: AdminOp,
+        ids: Vec<u64>,
+        learners: Vec<u64>,
+        addresses: Vec<(u64, String)>,
+    ) -> Result<AdminResult, ClientError> {
+        self.admin_call(group, op, ids, learners, addresses, false).await
     }
 
     /// UNSAFE: forces `voters` as `group`'s voters on the first node this
@@ -639,7 +655,7 @@ impl Client {
     /// For a group whose quorum is gone for good; the node refuses while it
     /// has heard from a leader within an election timeout.
     pub async fn reset_peers_unsafe(&self, group: u64, voters: Vec<u64>) -> Result<AdminResult, ClientError> {
-        self.admin_call(group, AdminOp::ResetPeers, voters, Vec::new(), true).await
+        self.admin_call(group, AdminOp::ResetPeers, voters, Vec::new(), Vec::new(), true).await
     }
 
     async fn admin_call(
@@ -648,8 +664,13 @@ impl Client {
         op: AdminOp,
         ids: Vec<u64>,
         learners: Vec<u64>,
+        addresses: Vec<(u64, String)>,
         allow_data_loss: bool,
     ) -> Result<AdminResult, ClientError> {
+        let addresses: Vec<waft_proto::client::NodeAddress> = addresses
+            .into_iter()
+            .map(|(node_id, address)| waft_proto::client::NodeAddress { node_id, address })
+            .collect();
         let route = if matches!(op, AdminOp::Snapshot | AdminOp::ResetPeers) { Route::Seed } else { Route::Leader };
         // A membership change whose target holds already answers success, and
         // a transfer to the leader it made too: safe to retry when the outcome
@@ -657,8 +678,14 @@ impl Client {
         let retry = if op == AdminOp::ResetPeers { Retry::IfUnsent } else { Retry::AtMostOnce };
         self.with_retries(group, route, retry, |conn, at| {
             let mut c = waft_proto::admin_client(conn.channel);
-            let req =
-                AdminRequest { group, op: op as i32, ids: ids.clone(), learners: learners.clone(), allow_data_loss };
+            let req = AdminRequest {
+                group,
+                op: op as i32,
+                ids: ids.clone(),
+                learners: learners.clone(),
+                allow_data_loss,
+                addresses: addresses.clone(),
+            };
             async move {
                 let resp = c.change(req).await.map_err(|status| ClientError::Rpc { addr: at.clone(), status })?;
                 match resp.into_inner().outcome {
@@ -692,9 +719,26 @@ impl Client {
         members: Vec<u64>,
         module: Bytes,
     ) -> Result<CreateGroupResponse, ClientError> {
+        self.create_group_with_addresses(group, voters, members, module, Vec::new()).await
+    }
+
+    /// `create_group` naming addresses of voters or members the node asked
+    /// may not know; the founding configuration records them.
+    pub async fn create_group_with_addresses(
+        &self,
+        group: u64,
+        voters: Vec<u64>,
+        members: Vec<u64>,
+        module: Bytes,
+        addresses: Vec<(u64, String)>,
+    ) -> Result<CreateGroupResponse, ClientError> {
         let addr = self.inner.seeds[0].clone();
         let mut c = waft_proto::admin_client(self.connection(&addr).await?.channel);
-        let mut req = CreateGroupRequest { group, voters, members, ..Default::default() };
+        let addresses = addresses
+            .into_iter()
+            .map(|(node_id, address)| waft_proto::client::NodeAddress { node_id, address })
+            .collect();
+        let mut req = CreateGroupRequest { group, voters, members, addresses, ..Default::default() };
         let timeout = if module.len() <= DEPLOY_INLINE_BYTES_MAX {
             req.module = module;
             CREATE_GROUP_TIMEOUT
@@ -1070,6 +1114,27 @@ pub async fn replace_node(addr: &str, node: u64, credentials: &Credentials) -> R
     let req = waft_proto::admin::ReplaceNodeRequest { node };
     match tokio::time::timeout(CREATE_GROUP_TIMEOUT, c.replace_node(req)).await {
         Ok(Ok(resp)) => Ok(resp.into_inner().forgotten_incarnation),
+        Ok(Err(status)) => Err(ClientError::Rpc { addr: addr.to_string(), status }),
+        Err(_) => Err(ClientError::AttemptTimeout {
+            addr: addr.to_string(),
+            waited_ms: CREATE_GROUP_TIMEOUT.as_millis() as u64,
+        }),
+    }
+}
+
+/// The nodes the daemon at `addr` knows and their addresses; `joining`
+/// names the asker when it is a daemon joining through `addr`. One attempt.
+pub async fn nodes(
+    addr: &str,
+    joining: Option<(u64, String)>,
+    credentials: &Credentials,
+) -> Result<waft_proto::admin::NodesResponse, ClientError> {
+    let channel = connect(addr, credentials).await?;
+    let mut c = waft_proto::admin_client(channel);
+    let (joining_node, joining_address) = joining.unwrap_or_default();
+    let req = waft_proto::admin::NodesRequest { joining_node, joining_address };
+    match tokio::time::timeout(CREATE_GROUP_TIMEOUT, c.nodes(req)).await {
+        Ok(Ok(resp)) => Ok(resp.into_inner()),
         Ok(Err(status)) => Err(ClientError::Rpc { addr: addr.to_string(), status }),
         Err(_) => Err(ClientError::AttemptTimeout {
             addr: addr.to_string(),

@@ -22,8 +22,9 @@ use bytes::{Bytes, BytesMut};
 use tokio::sync::{Semaphore, oneshot};
 use waft_proto::admin::{
     AdminRequest, AdminResponse, CreateGroupRequest, CreateGroupResponse, CreateOutcome, DeployRequest, DeployResponse,
-    DeployResult, ModuleUpload, NodeCreateOutcome, ReplaceNodeRequest, ReplaceNodeResponse, SetGroupRequest,
-    SetGroupResponse, SetGroupResult, UploadModuleResponse, admin_response, deploy_response, set_group_response,
+    DeployResult, ModuleUpload, NodeCreateOutcome, NodesRequest, NodesResponse, ReplaceNodeRequest,
+    ReplaceNodeResponse, SetGroupRequest, SetGroupResponse, SetGroupResult, UploadModuleResponse, admin_response,
+    deploy_response, set_group_response,
 };
 use waft_proto::client;
 use waft_raft::NodeId;
@@ -351,19 +352,131 @@ impl AdminService {
         Ok(SetGroupResult { settings: Some(settings_to_proto(&settings)), index: committed.index })
     }
 
-    async fn change(&self, req: AdminRequest) -> AdminReply {
+    async fn change(&self, req: AdminRequest, authorization: Option<Authorization>) -> AdminReply {
         if req.group == waft_proto::GROUP_NONE {
             return Err(client::Error::invalid_request("group 0 is reserved; name the group to change"));
         }
         let group = self.host.groups().get(req.group).ok_or_else(|| client::Error::unknown_group(req.group))?;
         let op = Op::from_request(&req)?;
+        let addresses = crate::peer::addresses_of(&req.addresses).map_err(client::Error::invalid_request)?;
+        if !addresses.is_empty() {
+            if !op.adds_members() {
+                return Err(client::Error::invalid_request(
+                    "addresses go with add-peer, add-learners, promote-learner and change-peers",
+                ));
+            }
+            let (leader, config) = {
+                let status = group.status.borrow();
+                (status.role() == client::Role::Leader, status.configuration.clone().unwrap_or_default())
+            };
+            // Only the leader changes the membership (the driver answers
+            // NOT_LEADER otherwise): spare the others the create.
+            if leader {
+                let joining: Vec<(NodeId, String)> = addresses
+                    .iter()
+                    .filter(|(id, _)| {
+                        ![&config.voters, &config.voters_outgoing, &config.learners].iter().any(|l| l.contains(id))
+                    })
+                    .cloned()
+                    .collect();
+                self.open_on_joining(req.group, &config, &addresses, &joining, authorization.as_ref()).await?;
+            }
+        }
         let (reply, rx) = oneshot::channel();
-        try_send(&group, Input::Admin { op, reply })?;
+        try_send(&group, Input::Admin { op, addresses, reply })?;
         match tokio::time::timeout(ADMIN_TIMEOUT, rx).await {
             Ok(Ok(reply)) => reply,
             Ok(Err(_)) => Err(client::Error::internal("the group dropped the request (it stopped); see its log")),
             Err(_) => Err(client::Error::timeout(ADMIN_TIMEOUT.as_millis() as u64)),
         }
+    }
+}
+
+impl AdminService {
+    /// Opens an empty replica of `group` on each `joining` node that does not
+    /// serve it yet: a create forwarded to it, with the group's founding
+    /// module (which it pulls from here by hash) and voters, and every
+    /// address of the group this node knows, so it can answer the leader
+    /// before its configuration arrives.
+    async fn open_on_joining(
+        &self,
+        group: u64,
+        config: &client::Configuration,
+        given: &[(NodeId, String)],
+        joining: &[(NodeId, String)],
+        authorization: Option<&Authorization>,
+    ) -> Result<(), client::Error> {
+        if joining.is_empty() {
+            return Ok(());
+        }
+        let node = self.host.node_id();
+        let founding = self.host.founding_of(group).ok_or_else(|| client::Error::unknown_group(group))?;
+        let hash = founding.module_hash;
+        let modules = self.host.modules().clone();
+        let size = match tokio::task::spawn_blocking(move || std::fs::metadata(modules.path_of(&hash))).await {
+            Ok(Ok(meta)) => meta.len(),
+            _ => {
+                return Err(client::Error::internal(format!(
+                    "node {node} does not hold group {group}'s founding module {hash}, which a new member needs"
+                )));
+            }
+        };
+        let mut known: std::collections::BTreeMap<NodeId, String> = self
+            .host
+            .addresses()
+            .into_iter()
+            .filter(|(id, _)| {
+                *id == node
+                    || [&config.voters, &config.voters_outgoing, &config.learners].iter().any(|l| l.contains(id))
+            })
+            .collect();
+        known.extend(given.iter().cloned());
+        let addresses = crate::peer::addresses_to_proto(&known);
+        let mut tasks = tokio::task::JoinSet::new();
+        for (id, addr) in joining {
+            let req = CreateGroupRequest {
+                group,
+                voters: founding.voters.clone(),
+                local_only: true,
+                members: vec![*id],
+                module_hash: Bytes::copy_from_slice(&hash.0),
+                module_size: size,
+                module_from: node,
+                addresses: addresses.clone(),
+                ..Default::default()
+            };
+            let mut request = tonic::Request::new(req);
+            if let Some(value) = authorization {
+                request.metadata_mut().insert(waft_proto::AUTHORIZATION_HEADER, value.clone());
+            }
+            let endpoint = self.host.dialer().endpoint(*id, addr);
+            let (id, addr) = (*id, addr.clone());
+            tasks.spawn(forward(id, addr, endpoint, request, crate::modules::PREPARE_TIMEOUT));
+        }
+        let mut failures = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(o) if o.error.is_none() => {
+                    tracing::info!(
+                        group,
+                        node = o.node_id,
+                        outcome = describe(o.outcome()),
+                        "replica for a new member"
+                    );
+                }
+                Ok(o) => {
+                    failures.push(format!("node {}: {}", o.node_id, o.error.map(|e| e.message).unwrap_or_default()))
+                }
+                Err(e) => failures.push(format!("the forwarding task failed: {e}")),
+            }
+        }
+        if failures.is_empty() {
+            return Ok(());
+        }
+        Err(client::Error::rejected(format!(
+            "group {group} could not open on every new member, so the membership is unchanged: {}",
+            failures.join("; ")
+        )))
     }
 }
 
@@ -376,6 +489,8 @@ struct Create {
     /// Nodes besides the voters that open an empty replica (sorted, none a voter).
     members: Vec<NodeId>,
     module: Source,
+    /// Addresses the request names (checked).
+    addresses: Vec<(NodeId, String)>,
 }
 
 /// Where a create's module is.
@@ -393,6 +508,10 @@ impl Create {
     /// Every node the create goes to: the voters, then the members.
     fn targets(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.voters.iter().chain(&self.members).copied()
+    }
+
+    fn given_address(&self, id: NodeId) -> Option<String> {
+        self.addresses.iter().find(|(a, _)| *a == id).map(|(_, addr)| addr.clone())
     }
 }
 
@@ -425,10 +544,13 @@ impl Create {
         if members.contains(&waft_raft::NONE) {
             return bad("node id 0 is reserved; node ids are 1 or more".into());
         }
-        if let Some(unknown) = voters.iter().chain(&members).find(|id| !known(**id)) {
+        let addresses = crate::peer::addresses_of(&req.addresses).map_err(client::Error::invalid_request)?;
+        // A forwarded create acts on this node only: it reaches no one.
+        let reachable = |id: NodeId| req.local_only || known(id) || addresses.iter().any(|(a, _)| *a == id);
+        if let Some(unknown) = voters.iter().chain(&members).find(|id| !reachable(**id)) {
             return bad(format!(
-                "node {unknown} is neither this node nor one of its --peer entries, so its daemon cannot be \
-                 reached; name known nodes, or add `--peer {unknown}=ADDR` to every daemon"
+                "node {unknown} is not known to this node (neither a --peer nor a member of one of its groups), \
+                 so its daemon cannot be reached; give its address (`--address {unknown}=HOST:PORT`)"
             ));
         }
         let module = match (req.module.is_empty(), req.module_hash.is_empty()) {
@@ -450,7 +572,7 @@ impl Create {
                 Source::Hash { hash, size: req.module_size, from: req.module_from }
             }
         };
-        Ok(Create { group: req.group, voters, members, module })
+        Ok(Create { group: req.group, voters, members, module, addresses })
     }
 }
 
@@ -459,7 +581,7 @@ impl AdminService {
     async fn create_group(&self, req: CreateGroupRequest, authorization: Option<Authorization>) -> CreateGroupResponse {
         let node = self.host.node_id();
         let mut response = CreateGroupResponse::default();
-        let create = match Create::check(&req, |id| self.host.addresses().contains_key(&id)) {
+        let create = match Create::check(&req, |id| self.host.transport().knows(id)) {
             Ok(create) => create,
             Err(e) => {
                 response.error = Some(e);
@@ -491,8 +613,15 @@ impl AdminService {
                 }
             };
             response.module_hash = bytes::Bytes::copy_from_slice(&hash.0);
-            let outcome =
-                self.create_here(create.group, Founding::new(hash, &create.voters), None, create.members.clone()).await;
+            let outcome = self
+                .create_here(
+                    create.group,
+                    Founding::new(hash, &create.voters),
+                    None,
+                    create.members.clone(),
+                    Vec::new(),
+                )
+                .await;
             response.error = outcome.error.clone();
             response.nodes.push(outcome);
             return response;
@@ -538,7 +667,9 @@ impl AdminService {
         response.module_hash = bytes::Bytes::copy_from_slice(&hash.0);
         let founding = Founding::new(hash, &create.voters);
         if req.local_only {
-            let outcome = self.create_here(create.group, founding, Some(module), create.members.clone()).await;
+            let outcome = self
+                .create_here(create.group, founding, Some(module), create.members.clone(), create.addresses.clone())
+                .await;
             response.error = outcome.error.clone();
             response.nodes.push(outcome);
             return response;
@@ -601,11 +732,23 @@ impl AdminService {
         // A voter that pulls and compiles a large module takes longer.
         let timeout = if by_hash && create_it { crate::modules::PREPARE_TIMEOUT } else { CREATE_FORWARD_TIMEOUT };
         let mut tasks = tokio::task::JoinSet::new();
+        // Every address of the group this node knows goes along: the
+        // founding configuration records the voters', and an empty replica
+        // reaches its group through them until its configuration arrives.
+        let mut known: Vec<(NodeId, String)> = create
+            .targets()
+            .chain([node])
+            .filter_map(|id| Some((id, create.given_address(id).or_else(|| self.host.address_of(id))?)))
+            .collect();
+        known.sort_by_key(|(id, _)| *id);
+        known.dedup_by_key(|(id, _)| *id);
+        let addresses: Vec<client::NodeAddress> =
+            known.iter().map(|(id, a)| client::NodeAddress { node_id: *id, address: a.clone() }).collect();
         for (at, voter) in create.targets().enumerate() {
             if voter == node {
                 continue;
             }
-            let addr = self.host.addresses().get(&voter).cloned().unwrap_or_default();
+            let addr = create.given_address(voter).or_else(|| self.host.address_of(voter)).unwrap_or_default();
             let req = CreateGroupRequest {
                 group: create.group,
                 voters: create.voters.clone(),
@@ -616,6 +759,7 @@ impl AdminService {
                 module_hash: hash.clone(),
                 module_size: size,
                 module_from: from,
+                addresses: addresses.clone(),
             };
             let mut request = tonic::Request::new(req);
             if let Some(value) = authorization {
@@ -627,7 +771,8 @@ impl AdminService {
         let mut outcomes: Vec<Option<NodeCreateOutcome>> = vec![None; create.targets().count()];
         if let Some(at) = create.targets().position(|v| v == node) {
             let module = create_it.then(|| module.clone());
-            outcomes[at] = Some(self.create_here(create.group, founding.clone(), module, create.members.clone()).await);
+            outcomes[at] =
+                Some(self.create_here(create.group, founding.clone(), module, create.members.clone(), known).await);
         }
         while let Some(joined) = tasks.join_next().await {
             if let Ok((at, outcome)) = joined {
@@ -661,7 +806,7 @@ impl AdminService {
         };
         if local_only {
             let founding = Founding::new(hash, &create.voters);
-            let outcome = self.create_here(create.group, founding, None, create.members.clone()).await;
+            let outcome = self.create_here(create.group, founding, None, create.members.clone(), Vec::new()).await;
             if outcome.outcome() != CreateOutcome::Checked {
                 return Ok(Err(outcome));
             }
@@ -679,9 +824,11 @@ impl AdminService {
         // One pull or compile at a time on a node, with deploys' prepares.
         let _permit =
             self.host.prepares().acquire().await.map_err(|_| client::Error::internal("the node is shutting down"))?;
-        crate::modules::fetch(&self.host, hash, size, from, None).await.map(Ok).map_err(|status| {
-            client::Error::internal(format!("cannot get module {hash} from node {from}: {}", status.message()))
-        })
+        crate::modules::fetch(&self.host, hash, size, from, create.given_address(from), None).await.map(Ok).map_err(
+            |status| {
+                client::Error::internal(format!("cannot get module {hash} from node {from}: {}", status.message()))
+            },
+        )
     }
 
     /// Creates the group on this node running `module` or, without one,
@@ -692,10 +839,12 @@ impl AdminService {
         founding: Founding,
         module: Option<waft_node::GuestModule>,
         members: Vec<NodeId>,
+        hints: Vec<(NodeId, String)>,
     ) -> NodeCreateOutcome {
         let node = self.host.node_id();
         let host = self.host.clone();
-        match tokio::task::spawn_blocking(move || host.create_local(group, founding, &members, module.as_ref())).await {
+        let create = move || host.create_local(group, founding, &members, module.as_ref(), hints);
+        match tokio::task::spawn_blocking(create).await {
             Ok(Ok(outcome)) => NodeCreateOutcome { node_id: node, outcome: outcome as i32, error: None },
             Ok(Err(e)) => failed(node, e),
             Err(e) => failed(node, client::Error::internal(format!("creating the group failed: {e}"))),
@@ -936,8 +1085,9 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
     ) -> Result<tonic::Response<AdminResponse>, tonic::Status> {
         let caller = self.auth.identify(&request);
         let checked = self.auth.check(&caller, Some(request.get_ref().group), Role::Admin);
+        let authorization = request.metadata().get(waft_proto::AUTHORIZATION_HEADER).cloned();
         let result = match checked {
-            Ok(()) => self.change(request.into_inner()).await,
+            Ok(()) => self.change(request.into_inner(), authorization).await,
             Err(e) => Err(e),
         };
         let outcome = match result {
@@ -945,6 +1095,46 @@ impl waft_proto::admin::admin_server::Admin for AdminService {
             Err(e) => admin_response::Outcome::Error(e),
         };
         Ok(tonic::Response::new(AdminResponse { outcome: Some(outcome) }))
+    }
+
+    async fn nodes(
+        &self,
+        request: tonic::Request<NodesRequest>,
+    ) -> Result<tonic::Response<NodesResponse>, tonic::Status> {
+        let joining = request.get_ref().joining_node;
+        if joining != waft_raft::NONE {
+            // A daemon asks as itself: with TLS, its certificate names it.
+            if let Err(why) = self.auth.check_peer(&request, Some(joining)) {
+                return Err(tonic::Status::permission_denied(why));
+            }
+        } else {
+            let caller = self.auth.identify(&request);
+            if let Err(e) = self.auth.check(&caller, None, Role::Admin) {
+                return Err(tonic::Status::permission_denied(e.to_string()));
+            }
+        }
+        let req = request.into_inner();
+        let node_id = self.host.node_id();
+        let nodes = self.host.addresses();
+        if joining != waft_raft::NONE {
+            if joining == node_id {
+                return Err(tonic::Status::invalid_argument(format!(
+                    "node {joining} is this node's id: a joining daemon needs an id of its own"
+                )));
+            }
+            crate::peer::check_address(&req.joining_address).map_err(tonic::Status::invalid_argument)?;
+            match nodes.get(&joining) {
+                Some(known) if *known != req.joining_address => tracing::warn!(
+                    node = joining,
+                    known = %known,
+                    joining = %req.joining_address,
+                    "a daemon joins as a node known at another address; if it moved, record its new address \
+                     (add-peer --address)"
+                ),
+                _ => tracing::info!(node = joining, address = %req.joining_address, "a daemon joins"),
+            }
+        }
+        Ok(tonic::Response::new(NodesResponse { node_id, nodes: crate::peer::addresses_to_proto(&nodes) }))
     }
 }
 
@@ -955,12 +1145,17 @@ mod tests {
     use waft_raft::Configuration;
 
     fn req(op: AdminOp, ids: &[u64]) -> AdminRequest {
-        AdminRequest { group: 1, op: op as i32, ids: ids.to_vec(), learners: Vec::new(), allow_data_loss: false }
+        AdminRequest { group: 1, op: op as i32, ids: ids.to_vec(), ..Default::default() }
     }
 
     #[test]
     fn a_membership_change_that_holds_already_is_recognised() {
-        let current = Configuration { voters: vec![1, 2, 3], voters_outgoing: Vec::new(), learners: vec![4] };
+        let current = Configuration {
+            voters: vec![1, 2, 3],
+            voters_outgoing: Vec::new(),
+            learners: vec![4],
+            ..Default::default()
+        };
         let holds = |op: Op| op.target(&current).as_ref() == Some(&current);
         assert!(holds(Op::AddPeer(2)));
         assert!(holds(Op::RemovePeer(5)));
@@ -1000,6 +1195,23 @@ mod tests {
         assert_eq!(Create::check(&with_members, known).unwrap().members, vec![3], "voters are not members too");
         let unknown_member = CreateGroupRequest { members: vec![4], ..req(2, &[1, 2], b"\0asm") };
         assert!(Create::check(&unknown_member, known).unwrap_err().message.contains("node 4"));
+        // A node this one does not know can be named with its address; a
+        // forwarded create acts here only and reaches no one.
+        let addr = |id: u64, a: &str| client::NodeAddress { node_id: id, address: a.into() };
+        let addressed = CreateGroupRequest { addresses: vec![addr(4, "10.0.0.4:7001")], ..unknown_member.clone() };
+        assert_eq!(Create::check(&addressed, known).unwrap().given_address(4).as_deref(), Some("10.0.0.4:7001"));
+        let forwarded = CreateGroupRequest { local_only: true, ..unknown_member.clone() };
+        assert!(Create::check(&forwarded, known).is_ok());
+        for (addresses, says) in [
+            (vec![addr(4, "10.0.0.4:7001"), addr(4, "10.0.0.5:7001")], "two addresses"),
+            (vec![addr(4, "no-port")], "host:port"),
+            (vec![addr(4, "")], "bytes"),
+            (vec![addr(0, "a:1")], "node id 0"),
+        ] {
+            let r = CreateGroupRequest { addresses, ..unknown_member.clone() };
+            let e = Create::check(&r, known).unwrap_err();
+            assert!(e.message.contains(says), "{e}");
+        }
         for (r, says) in [
             (req(0, &[1], b"\0asm"), "group 0"),
             (req(2, &[], b"\0asm"), "voters"),

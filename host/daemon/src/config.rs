@@ -82,6 +82,7 @@ pub struct FileConfig {
     pub users: Option<PathBuf>,
     pub plaintext: Option<bool>,
     pub tls: Option<FileTls>,
+    pub join: Option<String>,
     /// Node id (a TOML key, so a string) → address.
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
@@ -138,6 +139,12 @@ pub struct Flags {
     /// Another member, as ID=ADDR (repeat for each peer).
     #[arg(long = "peer", value_parser = parse_peer)]
     pub peers: Vec<(u64, String)>,
+    /// A running node to join through, HOST:PORT (with TLS: ID=HOST:PORT,
+    /// the id its certificate names). At start this node asks it which
+    /// nodes it knows, and starts out knowing them; it then serves the
+    /// groups an operator adds it to (`waft admin add-peer ID --address`).
+    #[arg(long)]
+    pub join: Option<String>,
     /// A group this node serves and its state machine, as ID=MODULE.wasm
     /// (repeat for each group). Groups created at run time (`waft admin
     /// create-group`) need no flag: the node keeps them in --data-dir.
@@ -319,6 +326,20 @@ impl Flags {
         } else {
             self.peers
         };
+        let join = match self.join.or(file.join) {
+            None => None,
+            Some(given) => {
+                let (id, addr) = match given.split_once('=') {
+                    Some((id, addr)) => (
+                        Some(id.parse::<u64>().map_err(|e| config_err(format!("--join {given:?}: the id: {e}")))?),
+                        addr.to_string(),
+                    ),
+                    None => (None, given.clone()),
+                };
+                crate::peer::check_address(&addr).map_err(|e| config_err(format!("--join: {e}")))?;
+                Some((id, addr))
+            }
+        };
         let mut peers = BTreeMap::new();
         for (id, addr) in peers_given {
             if peers.insert(id, addr).is_some() {
@@ -381,6 +402,7 @@ impl Flags {
             listen,
             data_dir,
             peers,
+            join,
             groups,
             initial_voters: self.initial_voters.or(file.initial_voters),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),

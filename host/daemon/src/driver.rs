@@ -72,9 +72,13 @@ pub struct Driver {
     /// Makes this group's log writes durable, merged with other groups'.
     committer: Committer,
     snapshots: Arc<SnapshotStore>,
+    /// Peers' queues and addresses (for NOT_LEADER hints and snapshot pulls).
     transport: Transport,
-    /// Every member's address (this node included), for NOT_LEADER hints.
-    addresses: BTreeMap<NodeId, String>,
+    /// What this group last told the transport its members' addresses are.
+    published: Vec<(NodeId, String)>,
+    /// Addresses the create of an empty replica came with: the group's
+    /// until its configuration arrives (by snapshot or log).
+    hints: Vec<(NodeId, String)>,
     tick: Duration,
     command_bytes_max: u64,
     /// Proposals by log index: the (term, answer) of the entry proposed there.
@@ -145,7 +149,7 @@ impl Driver {
         committer: Committer,
         snapshots: Arc<SnapshotStore>,
         transport: Transport,
-        addresses: BTreeMap<NodeId, String>,
+        hints: Vec<(NodeId, String)>,
         tick: Duration,
         command_bytes_max: u64,
         snapshot_bytes_per_sec: u64,
@@ -161,7 +165,8 @@ impl Driver {
             committer,
             snapshots,
             transport,
-            addresses,
+            published: Vec::new(),
+            hints,
             tick,
             command_bytes_max,
             proposals: BTreeMap::new(),
@@ -189,7 +194,7 @@ impl Driver {
 
     fn leader_hint(&self) -> (u64, String) {
         let leader = self.replica.raft().leader().unwrap_or(waft_raft::NONE);
-        (leader, self.addresses.get(&leader).cloned().unwrap_or_default())
+        (leader, self.transport.address_of(leader).unwrap_or_default())
     }
 
     /// A fenced replica's refusal: the client goes to the leader (not this
@@ -244,7 +249,7 @@ impl Driver {
                     Err(e) => tracing::error!(error = %e, "finishing a snapshot stopped the replica"),
                 }
             }
-            Input::Admin { op, reply } => self.start_admin(op, reply),
+            Input::Admin { op, addresses, reply } => self.start_admin(op, addresses, reply),
             Input::Propose { body, reply } => self.propose(body, Answer::Once(reply)),
             Input::Calls { calls, answers } => {
                 for (token, call) in calls {
@@ -602,7 +607,7 @@ impl Driver {
     /// Starts an operator's change; its answer waits in `self.admin` until
     /// the change took effect (`settle_admin`), or goes out now if it failed
     /// to start.
-    fn start_admin(&mut self, op: Op, reply: oneshot::Sender<AdminReply>) {
+    fn start_admin(&mut self, op: Op, addresses: Vec<(NodeId, String)>, reply: oneshot::Sender<AdminReply>) {
         use Op;
         if self.admin.is_some() {
             let e = client::Error::busy(BUSY_RETRY_AFTER_MS, "another admin change is in progress on this group");
@@ -616,7 +621,18 @@ impl Driver {
         }
         let after = self.replica.raft().last_index();
         let config = self.replica.raft().configuration().clone();
-        if op.target(&config).as_ref() == Some(&config) {
+        // The target with every member's address this node knows: given by
+        // the request, recorded, or known to the transport (a --peer).
+        let target = op.target(&config).map(|t| {
+            let known: Vec<(NodeId, String)> =
+                t.members().into_iter().filter_map(|id| Some((id, self.transport.address_of(id)?))).collect();
+            t.with_addresses(addresses.iter().cloned().chain(config.addresses.iter().cloned()).chain(known))
+        });
+        let same_members = |t: &waft_raft::Configuration| {
+            (&t.voters, &t.voters_outgoing, &t.learners) == (&config.voters, &config.voters_outgoing, &config.learners)
+        };
+        // Addresses only count when the request gave some (a member moved).
+        if target.as_ref().is_some_and(|t| same_members(t) && (addresses.is_empty() || *t == config)) {
             // The change took effect already (a retry of a call whose answer
             // was lost, say): success, once the configuration is committed.
             let answer = if self.replica.raft().conf_change_pending() {
@@ -630,39 +646,43 @@ impl Driver {
             let _ = reply.send(answer);
             return;
         }
-        let started = match &op {
-            Op::AddPeer(id) => self.replica.add_peer(*id),
-            Op::RemovePeer(id) => self.replica.remove_peer(*id),
-            Op::ChangePeers { voters, learners } => self.replica.change_peers(voters.clone(), learners.clone()),
-            Op::AddLearners(ids) if ids.len() == 1 => self.replica.add_learner(ids[0]),
-            Op::AddLearners(ids) => {
-                let mut learners = config.learners.clone();
-                learners.extend(ids.iter().filter(|id| !config.learners.contains(id)));
-                self.replica.change_peers(config.voters.clone(), learners)
+        let started = match (&op, target) {
+            (Op::AddLearners(ids), _) if ids.iter().any(|id| config.is_voter(*id)) => {
+                // The core's refusal: a voter cannot become a learner this way.
+                self.replica.add_learner(ids.iter().copied().find(|id| config.is_voter(*id)).unwrap_or_default())
             }
-            Op::RemoveLearners(ids) if ids.len() == 1 => self.replica.remove_learner(ids[0]),
-            Op::RemoveLearners(ids) => {
-                let learners = config.learners.iter().copied().filter(|l| !ids.contains(l)).collect();
-                self.replica.change_peers(config.voters.clone(), learners)
+            (Op::PromoteLearner(id), _) if !config.is_learner(*id) => self.replica.promote_learner(*id),
+            (
+                Op::AddPeer(_)
+                | Op::RemovePeer(_)
+                | Op::ChangePeers { .. }
+                | Op::AddLearners(_)
+                | Op::RemoveLearners(_)
+                | Op::PromoteLearner(_),
+                Some(t),
+            ) => self.replica.change_members(t.voters, t.learners, t.addresses),
+            (Op::AddPeer(_) | Op::RemovePeer(_) | Op::ChangePeers { .. }, None)
+            | (Op::AddLearners(_) | Op::RemoveLearners(_) | Op::PromoteLearner(_), None) => {
+                let _ = reply.send(Err(client::Error::internal("a membership change without a target")));
+                return;
             }
-            Op::PromoteLearner(id) => self.replica.promote_learner(*id),
-            Op::TransferLeader(target) => {
+            (Op::TransferLeader(target), _) => {
                 if *target == Some(self.replica.raft().id()) {
                     let _ = reply.send(Ok(self.admin_result()));
                     return;
                 }
                 self.replica.transfer_leader(*target)
             }
-            Op::Snapshot if self.replica.applied_index() <= self.snapshot_index => {
+            (Op::Snapshot, _) if self.replica.applied_index() <= self.snapshot_index => {
                 // Nothing applied since the last snapshot: it is current.
                 let _ = reply.send(Ok(self.admin_result()));
                 return;
             }
-            Op::Snapshot => {
+            (Op::Snapshot, _) => {
                 self.replica.request_snapshot();
                 Ok(())
             }
-            Op::ResetPeers(_) if !self.replica.raft().leader_lost() => {
+            (Op::ResetPeers(_), _) if !self.replica.raft().leader_lost() => {
                 let why = format!(
                     "node {} leads or heard from a leader within the last election timeout: the group has a \
                      quorum, and a reset would split it; change the membership instead",
@@ -671,7 +691,7 @@ impl Driver {
                 let _ = reply.send(Err(client::Error::rejected(why)));
                 return;
             }
-            Op::ResetPeers(voters) => self.replica.reset_peers(voters.clone()),
+            (Op::ResetPeers(voters), _) => self.replica.reset_peers(voters.clone()),
         };
         if let Err(e) = started {
             let _ = reply.send(Err(self.refusal(&e)));
@@ -796,7 +816,7 @@ impl Driver {
                 return;
             }
         };
-        let Some(addr) = self.addresses.get(&install.from).cloned() else {
+        let Some(addr) = self.transport.address_of(install.from) else {
             tracing::warn!(group, from = install.from, "no address for the snapshot's sender");
             self.replica.abandon_install();
             return;
@@ -910,6 +930,31 @@ impl Driver {
         self.proposals.retain(|_, (_, reply)| !reply.is_closed());
         self.reads.retain(|_, read| !read.reply.is_closed());
         self.reads_ready.retain(|(_, read)| !read.reply.is_closed());
+    }
+
+    /// Tells the transport this group's members' addresses when they
+    /// changed: a catching-up change's, the configuration's and, until the
+    /// group has a configuration, what its create came with (the first
+    /// named for an id wins).
+    fn publish_addresses(&mut self) {
+        let raft = self.replica.raft();
+        let conf = raft.configuration();
+        let pending = raft.pending_target();
+        if !self.hints.is_empty() && !conf.voters.is_empty() {
+            self.hints = Vec::new();
+        }
+        if pending.is_none() && self.hints.is_empty() && conf.addresses == self.published {
+            return;
+        }
+        let mut all: Vec<(NodeId, String)> = pending.map(|p| p.addresses.clone()).unwrap_or_default();
+        all.extend(conf.addresses.iter().cloned());
+        all.extend(self.hints.iter().cloned());
+        all.sort_by_key(|(id, _)| *id);
+        all.dedup_by_key(|(id, _)| *id);
+        if all != self.published {
+            self.transport.set_group(self.group(), &all);
+            self.published = all;
+        }
     }
 
     fn publish_status(&self) {
@@ -1103,6 +1148,7 @@ impl Driver {
             self.fail_all(&client::Error::internal(e.to_string()));
             return Break(());
         }
+        self.publish_addresses();
         self.publish_status();
         Continue(())
     }

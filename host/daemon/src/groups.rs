@@ -203,9 +203,8 @@ pub struct Host {
     /// Where kv state machines keep their state.
     kv: waft_node::KvStores,
     engine: waft_runtime::Engine,
+    /// Peers' queues and every known node's address, this node's included.
     transport: Transport,
-    /// Every member's address, this node included.
-    addresses: BTreeMap<NodeId, String>,
     stop: watch::Receiver<bool>,
     groups: Arc<Groups>,
     /// Held while a group opens: creates run one at a time.
@@ -226,7 +225,6 @@ impl Host {
         kv: waft_node::KvStores,
         engine: waft_runtime::Engine,
         transport: Transport,
-        addresses: BTreeMap<NodeId, String>,
         stop: watch::Receiver<bool>,
     ) -> Result<Host, ServeError> {
         let catalogue =
@@ -238,7 +236,6 @@ impl Host {
             kv,
             engine,
             transport,
-            addresses,
             stop,
             groups: Arc::new(Groups::default()),
             state: Mutex::new(HostState {
@@ -288,9 +285,23 @@ impl Host {
         self.transport.dialer()
     }
 
-    /// Every member's address (this node's included), by node id.
-    pub fn addresses(&self) -> &BTreeMap<NodeId, String> {
-        &self.addresses
+    /// Every node known now (this one included) and its address.
+    pub fn addresses(&self) -> BTreeMap<NodeId, String> {
+        self.transport.addresses()
+    }
+
+    /// The address `id` is reached at now.
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
+        self.transport.address_of(id)
+    }
+
+    /// What `group` was founded with, if this node serves it.
+    pub fn founding_of(&self, group: u64) -> Option<Founding> {
+        self.state().founding.get(&group).cloned()
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, HostState> {
@@ -314,6 +325,12 @@ impl Host {
             let module = waft_node::GuestModule::load(&self.engine, bytes)
                 .map_err(|source| ServeError::LoadModule { path: spec.module.clone(), source })?;
             let founding = Founding::new(module.hash(), voters);
+            // A member added at run time pulls the founding module from here.
+            if !self.modules.contains(&module.hash()) {
+                self.modules
+                    .put_verified(module.bytes(), &module.hash())
+                    .map_err(|source| ServeError::Storage { dir: self.modules.path_of(&module.hash()), source })?;
+            }
             let mut state = self.state();
             let driver = self.open(&mut state, spec.group, &module, founding)?;
             state.drivers.push(driver);
@@ -349,8 +366,8 @@ impl Host {
         module: &waft_node::GuestModule,
         founding: Founding,
     ) -> Result<tokio::task::JoinHandle<()>, ServeError> {
-        let replica = self.open_replica(state, group, module, &founding)?;
-        Ok(self.start(state, replica, founding))
+        let replica = self.open_replica(state, group, module, &founding, &[])?;
+        Ok(self.start(state, replica, founding, Vec::new()))
     }
 
     fn open_replica(
@@ -359,6 +376,7 @@ impl Host {
         group: u64,
         module: &waft_node::GuestModule,
         founding: &Founding,
+        hints: &[(NodeId, String)],
     ) -> Result<Opened, ServeError> {
         let Some(shared) = &state.shared else {
             return Err(ServeError::Config("the node is shutting down".into()));
@@ -368,6 +386,15 @@ impl Host {
         let command_bytes_max =
             raft.proposal_bytes_max.saturating_sub(waft_session::ENVELOPE_OVERHEAD_BYTES_MAX as u64);
         let bootstrap: &[NodeId] = if founding.voters.contains(&self.cfg.node_id) { &founding.voters } else { &[] };
+        // The founding configuration records the voters' addresses: the
+        // create's, else what this node knows.
+        let bootstrap_addresses: Vec<(NodeId, String)> = bootstrap
+            .iter()
+            .filter_map(|&id| {
+                let given = hints.iter().find(|(h, _)| *h == id).map(|(_, a)| a.clone());
+                Some((id, given.or_else(|| self.transport.address_of(id))?))
+            })
+            .collect();
         let replica = {
             let mut store = shared.store.lock().map_err(|_| ServeError::Config("storage lock poisoned".into()))?;
             waft_node::Replica::open(
@@ -377,6 +404,7 @@ impl Host {
                     digest_interval: self.cfg.digest_interval,
                     manual_rebuild: self.cfg.manual_rebuild,
                     kv: self.kv.clone(),
+                    bootstrap_addresses,
                     ..waft_node::ReplicaConfig::new(raft)
                 },
                 &mut *store,
@@ -405,7 +433,13 @@ impl Host {
     }
 
     /// Starts the driver of an open replica and makes the group visible.
-    fn start(&self, state: &mut HostState, opened: Opened, founding: Founding) -> tokio::task::JoinHandle<()> {
+    fn start(
+        &self,
+        state: &mut HostState,
+        opened: Opened,
+        founding: Founding,
+        hints: Vec<(NodeId, String)>,
+    ) -> tokio::task::JoinHandle<()> {
         let group = opened.replica.group();
         let (handle, task) = driver::spawn(
             driver::Driver::new(
@@ -414,7 +448,7 @@ impl Host {
                 opened.committer,
                 self.snapshots.clone(),
                 self.transport.clone(),
-                self.addresses.clone(),
+                hints,
                 Duration::from_millis(self.cfg.tick_ms.max(1)),
                 opened.command_bytes_max,
                 self.cfg.snapshot_pull_bytes_per_sec,
@@ -431,13 +465,15 @@ impl Host {
     /// replica; run it off the async threads) running `module`, the founding
     /// module `founding` names; `None` only checks whether this node could
     /// create the group. A node among `members` but not the voters opens an
-    /// empty replica that waits to be added.
+    /// empty replica that waits to be added. `hints`: members' addresses
+    /// the create came with, the group's until its configuration says.
     pub fn create_local(
         &self,
         group: u64,
         founding: Founding,
         members: &[NodeId],
         module: Option<&waft_node::GuestModule>,
+        hints: Vec<(NodeId, String)>,
     ) -> Result<CreateOutcome, client::Error> {
         let node = self.cfg.node_id;
         let mut state = self.state();
@@ -480,11 +516,11 @@ impl Host {
             self.modules.put_verified(module.bytes(), &module.hash()).map_err(|e| failed("store the module", &e))?;
         }
         let replica =
-            self.open_replica(&state, group, module, &founding).map_err(|e| failed("open the replica", &e))?;
+            self.open_replica(&state, group, module, &founding, &hints).map_err(|e| failed("open the replica", &e))?;
         // Durable before it serves: a group that answered a client must come
         // back after a restart.
         state.catalogue.add(group, founding.clone()).map_err(|e| failed("write the group catalogue", &e))?;
-        let driver = self.start(&mut state, replica, founding);
+        let driver = self.start(&mut state, replica, founding, hints);
         state.drivers.push(driver);
         tracing::info!(node, group, "group created");
         Ok(CreateOutcome::Created)

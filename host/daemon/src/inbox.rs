@@ -150,6 +150,8 @@ pub enum Input {
     /// An operator's change (membership, transfer, snapshot).
     Admin {
         op: Op,
+        /// Addresses the request gave for members (new or moved ones).
+        addresses: Vec<(NodeId, String)>,
         reply: oneshot::Sender<AdminReply>,
     },
     /// A client request for the log: a command (in a session or not), or a
@@ -411,6 +413,11 @@ impl Op {
         }
         t.normalize();
         Some(t)
+    }
+
+    /// Whether it may add members (and so name their addresses).
+    pub fn adds_members(&self) -> bool {
+        matches!(self, Op::AddPeer(_) | Op::ChangePeers { .. } | Op::AddLearners(_) | Op::PromoteLearner(_))
     }
 
     /// Whether only the leader may start it (the rest act on this node).

@@ -122,6 +122,9 @@ pub struct ServeConfig {
     /// The other members: node id → address of their `waft serve`. This node
     /// is not in it.
     pub peers: BTreeMap<NodeId, String>,
+    /// A node to join through (`--join`): its id when TLS needs it, and its
+    /// address. Asked at start for the nodes it knows.
+    pub join: Option<(Option<NodeId>, String)>,
     /// The groups named at start and the module file each runs (groups
     /// created at run time come from the data directory's catalogue).
     pub groups: Vec<GroupSpec>,
@@ -237,6 +240,79 @@ fn warn_about_exposure(cfg: &ServeConfig, users: Option<&security::Users>) {
     }
 }
 
+/// How long a daemon started with `--join` tries to reach its join node.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Asks the join node which nodes it knows and adds them to this node's
+/// seeds; the number of nodes learned. Retried until `JOIN_TIMEOUT`.
+async fn join(
+    transport: &peer::Transport,
+    me: NodeId,
+    my_address: &str,
+    join_id: Option<NodeId>,
+    join_addr: &str,
+) -> Result<usize, ServeError> {
+    let refused = |why: String| ServeError::Config(format!("--join {join_addr}: {why}"));
+    if transport.dialer().tls() && join_id.is_none() {
+        return Err(refused("with TLS, name the join node's id too: --join ID=HOST:PORT".into()));
+    }
+    let endpoint = transport
+        .dialer()
+        .endpoint(join_id.unwrap_or(waft_raft::NONE), join_addr)
+        .map_err(|e| refused(e.to_string()))?;
+    let deadline = tokio::time::Instant::now() + JOIN_TIMEOUT;
+    let mut backoff = peer::RECONNECT_BACKOFF_MIN;
+    let answer = loop {
+        let attempt = async {
+            let channel = endpoint
+                .clone()
+                .connect_timeout(install::CONNECT_TIMEOUT)
+                .connect()
+                .await
+                .map_err(|e| (false, format!("cannot connect: {e}")))?;
+            let req = waft_proto::admin::NodesRequest { joining_node: me, joining_address: my_address.to_string() };
+            waft_proto::admin_client(channel).nodes(req).await.map(tonic::Response::into_inner).map_err(|s| {
+                // A refusal is final; anything else may pass.
+                let final_ = matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::PermissionDenied);
+                (final_, format!("{}: {}", s.code(), s.message()))
+            })
+        };
+        match attempt.await {
+            Ok(answer) => break answer,
+            Err((true, why)) => return Err(refused(why)),
+            Err((false, why)) if tokio::time::Instant::now() + backoff > deadline => {
+                return Err(refused(format!("not reached within {JOIN_TIMEOUT:?}: {why}")));
+            }
+            Err((false, why)) => {
+                tracing::info!(join = %join_addr, error = %why, "the join node is not reachable yet; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(peer::RECONNECT_BACKOFF_MAX);
+            }
+        }
+    };
+    let mut seeds = Vec::new();
+    for n in answer.nodes {
+        if n.node_id == me {
+            if n.address != my_address {
+                tracing::warn!(
+                    node = me,
+                    known = %n.address,
+                    "the join node knows this node's id at another address; its groups record the address                      given to add-peer"
+                );
+            }
+            continue;
+        }
+        if n.node_id == waft_raft::NONE || peer::check_address(&n.address).is_err() {
+            tracing::warn!(node = n.node_id, address = %n.address, "the join node named an unusable address; skipped");
+            continue;
+        }
+        seeds.push((n.node_id, n.address));
+    }
+    let learned = seeds.len();
+    transport.add_seeds(seeds);
+    Ok(learned)
+}
+
 /// How much of the lease (`lease_ticks` ticks of real time) the monotonic
 /// clock bound gives up for clock drift between nodes and tick jitter.
 pub const LEASE_DRIFT_MARGIN_PERCENT: u64 = 20;
@@ -322,7 +398,12 @@ pub async fn serve(
     };
     let auth = Arc::new(security::Auth { tls: node_tls.is_some(), users, stats: Default::default() });
     let transport =
-        peer::Transport::start(cfg.node_id, identity.incarnation, &cfg.peers, security::Dialer::new(node_tls.clone()));
+        peer::Transport::start(cfg.node_id, identity.incarnation, &addresses, security::Dialer::new(node_tls.clone()));
+
+    if let Some((join_id, join_addr)) = &cfg.join {
+        let known = join(&transport, cfg.node_id, &cfg.listen.to_string(), *join_id, join_addr).await?;
+        tracing::info!(node = cfg.node_id, join = %join_addr, nodes = known, "joined: knows the nodes the join node knows");
+    }
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let host = Arc::new(groups::Host::new(
@@ -333,8 +414,7 @@ pub async fn serve(
         modules,
         kv,
         engine,
-        transport,
-        addresses,
+        transport.clone(),
         stopped.clone(),
     )?);
     // Drivers that started before a failure here stop with the runtime.
@@ -381,7 +461,7 @@ pub async fn serve(
                 host.clone(),
                 snapshots.clone(),
                 book.clone(),
-                cfg.peers.keys().copied().collect(),
+                transport,
                 auth.clone(),
                 stopped.clone(),
             )))

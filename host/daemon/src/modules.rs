@@ -168,6 +168,7 @@ pub async fn fetch(
     hash: ModuleHash,
     size: u64,
     from: NodeId,
+    from_addr: Option<String>,
     shown: Option<&GroupHandle>,
 ) -> Result<Bytes, tonic::Status> {
     if size > MODULE_BYTES_MAX {
@@ -185,12 +186,12 @@ pub async fn fetch(
     if let Some(bytes) = held {
         return Ok(Bytes::from(bytes));
     }
-    let Some(addr) = host.addresses().get(&from) else {
+    let Some(addr) = from_addr.or_else(|| host.address_of(from)) else {
         return Err(tonic::Status::failed_precondition(format!("this node knows no address of node {from}")));
     };
     let endpoint = host
         .dialer()
-        .endpoint(from, addr)
+        .endpoint(from, &addr)
         .map_err(|e| tonic::Status::internal(format!("node {from} at {addr}: {e}")))?;
     let progress = Arc::new(ModuleProgress { hash, bytes_total: size, bytes_done: AtomicU64::new(0) });
     // Clears the progress from status however the pull ends, the asker's
@@ -248,7 +249,7 @@ pub async fn prepare(host: &Host, req: PrepareModuleRequest) -> Result<(), tonic
     }
     let _permit =
         host.prepares().acquire().await.map_err(|_| tonic::Status::unavailable("the node is shutting down"))?;
-    let bytes = fetch(host, hash, req.size, from, Some(&handle)).await?;
+    let bytes = fetch(host, hash, req.size, from, None, Some(&handle)).await?;
     if host.test_compile_fault() == Some(hash) {
         // As the replica's own compile fails with the same fault at the
         // deploy's entry (the module is stored: it finds it there).
@@ -275,8 +276,8 @@ pub async fn prepare_members(
 ) -> Vec<(NodeId, Result<(), String>)> {
     let asks = members.iter().map(|&member| async move {
         let answer = async {
-            let addr = host.addresses().get(&member).ok_or_else(|| format!("no address of node {member}"))?;
-            let endpoint = host.dialer().endpoint(member, addr).map_err(|e| format!("{addr}: {e}"))?;
+            let addr = host.address_of(member).ok_or_else(|| format!("no address of node {member}"))?;
+            let endpoint = host.dialer().endpoint(member, &addr).map_err(|e| format!("{addr}: {e}"))?;
             let mut client = connect(endpoint, &format!("node {member}")).await?;
             let req = PrepareModuleRequest {
                 group,

@@ -38,41 +38,164 @@ pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long one connection attempt to a peer may take (the snapshot puller's too).
 pub use crate::install::CONNECT_TIMEOUT;
 
-/// The outbound side: a queue per peer. Cloned into every group's driver.
+/// Nodes whose address one node keeps at most (seeds and every group's
+/// members together); a group configuration naming more is cut to this.
+pub const ADDRESSES_MAX: usize = 4096;
+
+/// The outbound side: who this node knows, where they listen, and a queue
+/// per peer. Cloned into every group's driver.
+///
+/// Addresses come from seeds (`--peer`, what `--join` answered, this node's
+/// own) and from each group's configuration (the members' addresses the
+/// log carries, plus those of a change still catching up). A group's
+/// address beats a seed's, and of two groups the one that said it last
+/// wins. A node no seed and no group names any more is forgotten: its
+/// queue closes and its stream ends.
 #[derive(Clone)]
 pub struct Transport {
     node: NodeId,
-    queues: Arc<BTreeMap<NodeId, mpsc::Sender<PeerMessage>>>,
+    incarnation: u64,
     /// How this node dials its peers (TLS or plaintext); snapshot pulls and
     /// forwarded creates dial with it too.
     dialer: Dialer,
+    runtime: tokio::runtime::Handle,
+    book: Arc<std::sync::RwLock<Book>>,
+}
+
+#[derive(Default)]
+struct Book {
+    seeds: BTreeMap<NodeId, String>,
+    /// Per group: when it last said (a counter), and its members' addresses.
+    groups: BTreeMap<u64, (u64, BTreeMap<NodeId, String>)>,
+    said: u64,
+    /// Every node known now (this one included) and its address; a queue
+    /// for each other one. Invariant: what `merged()` gives.
+    known: BTreeMap<NodeId, Link>,
+}
+
+struct Link {
+    addr: String,
+    /// `None` for this node.
+    queue: Option<mpsc::Sender<PeerMessage>>,
+}
+
+impl Book {
+    fn merged(&self) -> BTreeMap<NodeId, String> {
+        let mut all = self.seeds.clone();
+        let mut by_age: Vec<&(u64, BTreeMap<NodeId, String>)> = self.groups.values().collect();
+        by_age.sort_by_key(|(said, _)| *said);
+        for (_, addrs) in by_age {
+            for (id, addr) in addrs {
+                if all.len() >= ADDRESSES_MAX && !all.contains_key(id) {
+                    break;
+                }
+                all.insert(*id, addr.clone());
+            }
+        }
+        all
+    }
 }
 
 impl Transport {
-    /// Starts one sender task per peer; each stream says it comes from
-    /// `node`'s data directory `incarnation`.
-    pub fn start(node: NodeId, incarnation: u64, peers: &BTreeMap<NodeId, String>, dialer: Dialer) -> Transport {
-        let mut queues = BTreeMap::new();
-        for (&id, addr) in peers {
-            let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
-            queues.insert(id, tx);
-            let span = tracing::info_span!("peer", node, peer = id, addr = %addr);
-            let me = Sender { node, incarnation };
-            let to = Peer { id, addr: addr.clone(), dialer: dialer.clone() };
-            tokio::spawn(tracing::Instrument::instrument(sender(me, to, rx), span));
-        }
-        Transport { node, queues: Arc::new(queues), dialer }
+    /// Starts one sender task per seed peer; each stream says it comes from
+    /// `node`'s data directory `incarnation`. `seeds` includes this node's
+    /// own address. Call within the tokio runtime.
+    pub fn start(node: NodeId, incarnation: u64, seeds: &BTreeMap<NodeId, String>, dialer: Dialer) -> Transport {
+        let t = Transport {
+            node,
+            incarnation,
+            dialer,
+            runtime: tokio::runtime::Handle::current(),
+            book: Arc::new(std::sync::RwLock::new(Book { seeds: seeds.clone(), ..Book::default() })),
+        };
+        t.update(|_| {});
+        t
     }
 
     pub fn dialer(&self) -> &Dialer {
         &self.dialer
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Book> {
+        // Updated whole under the write lock; a panic there leaves the old links.
+        self.book.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Changes the book and reconciles the links with it.
+    fn update(&self, change: impl FnOnce(&mut Book)) {
+        let mut book = self.book.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        change(&mut book);
+        let want = book.merged();
+        book.known.retain(|id, link| {
+            let keep = want.get(id) == Some(&link.addr);
+            if !keep && *id != self.node {
+                tracing::info!(node = self.node, peer = id, addr = %link.addr, "forgot a peer's address");
+            }
+            keep
+        });
+        for (id, addr) in want {
+            if book.known.contains_key(&id) {
+                continue;
+            }
+            let queue = (id != self.node).then(|| {
+                let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
+                let span = tracing::info_span!("peer", node = self.node, peer = id, addr = %addr);
+                let me = Sender { node: self.node, incarnation: self.incarnation };
+                let to = Peer { id, addr: addr.clone(), dialer: self.dialer.clone() };
+                self.runtime.spawn(tracing::Instrument::instrument(sender(me, to, rx), span));
+                tracing::debug!(node = self.node, peer = id, addr = %addr, "knows a peer's address");
+                tx
+            });
+            book.known.insert(id, Link { addr, queue });
+        }
+    }
+
+    /// Adds seed addresses (what a join address answered).
+    pub fn add_seeds(&self, seeds: impl IntoIterator<Item = (NodeId, String)>) {
+        self.update(|book| {
+            for (id, addr) in seeds {
+                book.seeds.entry(id).or_insert(addr);
+            }
+        });
+    }
+
+    /// What `group` says its members' addresses are now (replacing what it
+    /// said before); a no-op when unchanged.
+    pub fn set_group(&self, group: u64, addresses: &[(NodeId, String)]) {
+        let same = self.read().groups.get(&group).is_some_and(|(_, had)| {
+            had.len() == addresses.len() && addresses.iter().all(|(id, a)| had.get(id) == Some(a))
+        });
+        if same {
+            return;
+        }
+        self.update(|book| {
+            book.said += 1;
+            let said = book.said;
+            book.groups.insert(group, (said, addresses.iter().cloned().collect()));
+        });
+    }
+
+    /// The address `id` is reached at now.
+    pub fn address_of(&self, id: NodeId) -> Option<String> {
+        self.read().known.get(&id).map(|l| l.addr.clone())
+    }
+
+    /// Whether this node knows `id` (and so takes its streams).
+    pub fn knows(&self, id: NodeId) -> bool {
+        self.read().known.contains_key(&id)
+    }
+
+    /// Every node known now (this one included), by id.
+    pub fn addresses(&self) -> BTreeMap<NodeId, String> {
+        self.read().known.iter().map(|(id, l)| (*id, l.addr.clone())).collect()
+    }
+
     /// Queues `messages` of `group` for their peers; drops what does not fit.
     pub fn send(&self, group: u64, messages: Vec<PeerMessage>) {
+        let book = self.read();
         for m in messages {
             let to = m.to;
-            let Some(queue) = self.queues.get(&to) else {
+            let Some(queue) = book.known.get(&to).and_then(|l| l.queue.as_ref()) else {
                 tracing::debug!(group, node = self.node, to, "message for an unknown peer dropped");
                 continue;
             };
@@ -81,6 +204,50 @@ impl Transport {
             }
         }
     }
+}
+
+/// Addresses one request may name at most.
+pub const REQUEST_ADDRESSES_MAX: usize = 256;
+
+/// Checks an address a request names for a node: `host:port`, not empty,
+/// at most `ADDRESS_BYTES_MAX` bytes, no whitespace.
+pub fn check_address(addr: &str) -> Result<(), String> {
+    if addr.is_empty() || addr.len() > waft_raft::ADDRESS_BYTES_MAX {
+        return Err(format!("an address has 1 to {} bytes", waft_raft::ADDRESS_BYTES_MAX));
+    }
+    if addr.chars().any(char::is_whitespace) {
+        return Err(format!("address {addr:?} contains whitespace"));
+    }
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
+        _ => Err(format!("address {addr:?} is not host:port")),
+    }
+}
+
+/// The addresses a request names, checked: ids 1 or more, each once.
+pub fn addresses_of(list: &[waft_proto::client::NodeAddress]) -> Result<Vec<(NodeId, String)>, String> {
+    if list.len() > REQUEST_ADDRESSES_MAX {
+        return Err(format!("{} addresses; a request names {REQUEST_ADDRESSES_MAX} at most", list.len()));
+    }
+    let mut out: Vec<(NodeId, String)> = Vec::with_capacity(list.len());
+    for a in list {
+        if a.node_id == waft_raft::NONE {
+            return Err("node id 0 is reserved; node ids are 1 or more".into());
+        }
+        check_address(&a.address).map_err(|e| format!("node {}: {e}", a.node_id))?;
+        if out.iter().any(|(id, _)| *id == a.node_id) {
+            return Err(format!("node {} has two addresses in one request", a.node_id));
+        }
+        out.push((a.node_id, a.address.clone()));
+    }
+    Ok(out)
+}
+
+/// The wire form of `(id, address)` pairs.
+pub fn addresses_to_proto<'a>(
+    list: impl IntoIterator<Item = (&'a NodeId, &'a String)>,
+) -> Vec<waft_proto::client::NodeAddress> {
+    list.into_iter().map(|(id, a)| waft_proto::client::NodeAddress { node_id: *id, address: a.clone() }).collect()
 }
 
 /// Whom a sender streams to.
@@ -216,9 +383,9 @@ pub struct PeerService {
     snapshots: Arc<SnapshotStore>,
     /// The incarnation this node expects behind each peer.
     book: Arc<PeerBook>,
-    /// The nodes this node knows as peers (`--peer`): streams from any other
-    /// id are refused, so the book records only them.
-    peers: std::collections::BTreeSet<NodeId>,
+    /// The nodes this node knows (seeds and its groups' members): streams
+    /// from any other id are refused for now, so the book records only them.
+    transport: Transport,
     /// With TLS: the node a stream claims to come from must be the one its
     /// certificate names.
     auth: Arc<Auth>,
@@ -237,11 +404,11 @@ impl PeerService {
         host: Arc<crate::groups::Host>,
         snapshots: Arc<SnapshotStore>,
         book: Arc<PeerBook>,
-        peers: std::collections::BTreeSet<NodeId>,
+        transport: Transport,
         auth: Arc<Auth>,
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> PeerService {
-        PeerService { groups, host, snapshots, book, peers, auth, refusals_logged: Default::default(), stop }
+        PeerService { groups, host, snapshots, book, transport, auth, refusals_logged: Default::default(), stop }
     }
 
     /// The sender a stream names, admitted by the book; the refusal the
@@ -260,9 +427,11 @@ impl PeerService {
             tracing::warn!(claims = node, refusal = %why, "refusing a peer stream");
             return Err(tonic::Status::failed_precondition(why));
         }
-        if !self.peers.contains(&node) {
-            return Err(tonic::Status::failed_precondition(format!(
-                "node {node} is not a peer of this node (its --peer list)"
+        if !self.transport.knows(node) {
+            // Not a refusal for good: a node just added to a group is known
+            // once this node has the configuration entry that adds it.
+            return Err(tonic::Status::unavailable(format!(
+                "node {node} is not known here yet: neither a --peer nor a member of a group this node serves"
             )));
         }
         // Meeting a peer for the first time syncs the book to disk.
@@ -368,8 +537,8 @@ impl peer::peer_server::Peer for PeerService {
         if let Err(why) = self.auth.check_peer(&request, Some(from)) {
             return Err(tonic::Status::permission_denied(why));
         }
-        if !self.peers.contains(&from) {
-            return Err(tonic::Status::permission_denied(format!("node {from} is not a peer of this node")));
+        if !self.transport.knows(from) {
+            return Err(tonic::Status::permission_denied(format!("node {from} is not known to this node")));
         }
         crate::modules::prepare(&self.host, request.into_inner()).await?;
         Ok(tonic::Response::new(peer::PrepareModuleResponse {}))

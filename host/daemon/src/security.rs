@@ -479,6 +479,11 @@ impl Dialer {
         Dialer { tls }
     }
 
+    /// Whether this node dials with TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// The endpoint of node `peer` at `addr`.
     pub fn endpoint(&self, peer: NodeId, addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
         waft_client::endpoint(self.tls.as_ref().map(|t| t.to_node(peer)).as_ref(), addr)

@@ -98,6 +98,9 @@ pub struct ReplicaConfig {
     /// Where the group's key-value store lives (for a kv state machine):
     /// in memory unless the node gives RocksDB.
     pub kv: KvStores,
+    /// Addresses of founding voters, recorded in the founding configuration
+    /// of a new group (the core carries them; the runtime reads them).
+    pub bootstrap_addresses: Vec<(NodeId, String)>,
 }
 
 impl ReplicaConfig {
@@ -110,6 +113,7 @@ impl ReplicaConfig {
             digest_interval: crate::settings::DIGEST_INTERVAL_DEFAULT,
             manual_rebuild: false,
             kv: KvStores::default(),
+            bootstrap_addresses: Vec::new(),
         }
     }
 }
@@ -431,7 +435,7 @@ impl Replica {
         let is_new = snapshots.latest(group).is_none()
             && store.log_state(group) == Default::default()
             && store.hard_state(group) == Default::default();
-        let bootstrap = Configuration::new(bootstrap.iter().copied());
+        let bootstrap = Configuration::new(bootstrap.iter().copied()).with_addresses(cfg.bootstrap_addresses.clone());
         let restart = if is_new {
             // Whatever a group of this id left in the store is no part of this one.
             let cleared = match replica.kv.lock() {
@@ -777,6 +781,16 @@ impl Replica {
 
     pub fn change_peers(&mut self, voters: Vec<NodeId>, learners: Vec<NodeId>) -> Result<()> {
         self.node.change_peers(voters, learners).map_err(|e| self.raft_err(e))
+    }
+
+    /// `change_peers` recording members' addresses in the configuration.
+    pub fn change_members(
+        &mut self,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+        addresses: Vec<(NodeId, String)>,
+    ) -> Result<()> {
+        self.node.change_members(voters, learners, addresses).map_err(|e| self.raft_err(e))
     }
 
     pub fn remove_learner(&mut self, id: NodeId) -> Result<()> {

@@ -872,7 +872,7 @@ impl RawNode {
     /// committed entries may be lost. Use only when a quorum is gone for good and
     /// the operator resets every surviving node to the same set.
     pub fn reset_peers(&mut self, voters: Vec<NodeId>) -> Result<(), RaftError> {
-        let c = Configuration::new(voters);
+        let c = Configuration::new(voters).with_addresses(self.conf.addresses.iter().cloned());
         if c.voters.is_empty() || c.voters.contains(&NONE) {
             return Err(RaftError::InvalidConfChange("reset needs at least one valid voter"));
         }
@@ -1224,6 +1224,7 @@ impl RawNode {
                 // The joint configuration committed: leave it automatically.
                 let mut next = self.conf.clone();
                 next.voters_outgoing.clear();
+                next.normalize();
                 self.append_entry(EntryKind::Config, next.encode());
             } else if !self.conf.is_voter(self.id) {
                 // We were removed and the removal committed: hand over by stepping down.

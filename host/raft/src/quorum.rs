@@ -87,7 +87,12 @@ mod tests {
 
     #[test]
     fn joint_index_takes_the_minimum() {
-        let c = Configuration { voters: vec![1, 2, 3], voters_outgoing: vec![3, 4, 5], learners: vec![] };
+        let c = Configuration {
+            voters: vec![1, 2, 3],
+            voters_outgoing: vec![3, 4, 5],
+            learners: vec![],
+            ..Default::default()
+        };
         let m = [(1, 10), (2, 10), (3, 10), (4, 2), (5, 1)];
         assert_eq!(joint_committed(&c, acked(&m)), 2);
         assert_eq!(joint_committed(&Configuration::new([1, 2, 3]), acked(&m)), 10);
@@ -101,7 +106,12 @@ mod tests {
         assert_eq!(majority_vote(&[1, 2, 3], v(&[(1, true), (2, true)])), VoteResult::Won);
         assert_eq!(majority_vote(&[1, 2, 3], v(&[(1, true), (2, false), (3, false)])), VoteResult::Lost);
         assert_eq!(majority_vote(&[1, 2, 3, 4], v(&[(1, true), (2, true), (3, false)])), VoteResult::Pending);
-        let c = Configuration { voters: vec![1, 2, 3], voters_outgoing: vec![1, 4, 5], learners: vec![] };
+        let c = Configuration {
+            voters: vec![1, 2, 3],
+            voters_outgoing: vec![1, 4, 5],
+            learners: vec![],
+            ..Default::default()
+        };
         assert_eq!(joint_vote(&c, v(&[(1, true), (2, true), (4, false), (5, false)])), VoteResult::Lost);
         assert_eq!(joint_vote(&c, v(&[(1, true), (2, true), (4, true)])), VoteResult::Won);
         assert_eq!(joint_vote(&c, v(&[(1, true), (2, true)])), VoteResult::Pending);

@@ -48,12 +48,17 @@ pub struct HardState {
 /// A group configuration. Joint when `voters_outgoing` is non-empty: then a
 /// decision needs a majority of `voters` AND a majority of `voters_outgoing`.
 /// Invariant: the three lists are sorted, deduplicated, and learners are
-/// disjoint from both voter lists.
+/// disjoint from both voter lists; `addresses` is sorted by id, names each
+/// member at most once and no one else.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Configuration {
     pub voters: Vec<NodeId>,
     pub voters_outgoing: Vec<NodeId>,
     pub learners: Vec<NodeId>,
+    /// Where members listen (`host:port`), for the runtime: the core carries
+    /// them through the log and snapshots and never reads them. A member
+    /// without one is reached however the runtime knows it.
+    pub addresses: Vec<(NodeId, String)>,
 }
 
 impl Configuration {
@@ -70,6 +75,27 @@ impl Configuration {
         }
         let (v, o) = (&self.voters, &self.voters_outgoing);
         self.learners.retain(|l| !v.contains(l) && !o.contains(l));
+        // The first address given for an id wins (the sort is stable).
+        self.addresses.sort_by_key(|(id, _)| *id);
+        self.addresses.dedup_by_key(|(id, _)| *id);
+        let (v, o, l) = (&self.voters, &self.voters_outgoing, &self.learners);
+        self.addresses.retain(|(id, _)| v.contains(id) || o.contains(id) || l.contains(id));
+    }
+
+    /// The address recorded for `id`, if any.
+    pub fn address_of(&self, id: NodeId) -> Option<&str> {
+        self.addresses.iter().find(|(a, _)| *a == id).map(|(_, addr)| addr.as_str())
+    }
+
+    /// This configuration with `addresses` recorded over the ones it has
+    /// (a given one replaces the recorded one of the same id); addresses of
+    /// non-members are dropped.
+    pub fn with_addresses(mut self, addresses: impl IntoIterator<Item = (NodeId, String)>) -> Configuration {
+        let mut given: Vec<(NodeId, String)> = addresses.into_iter().collect();
+        given.append(&mut self.addresses);
+        self.addresses = given;
+        self.normalize();
+        self
     }
 
     pub fn is_joint(&self) -> bool {
@@ -97,14 +123,27 @@ impl Configuration {
         all
     }
 
-    /// Encodes as: version byte, then three lists of (u32 count, u64 ids), little endian.
+    /// Encodes as: version byte, then three lists of (u32 count, u64 ids),
+    /// little endian. Version 2 (only when there are addresses) adds a u32
+    /// count of (u64 id, u16 length, UTF-8 address) after them; a
+    /// configuration without addresses stays version 1, readable by nodes
+    /// that predate addresses.
     pub fn encode(&self) -> Bytes {
-        let mut out = Vec::with_capacity(1 + 12 + 8 * self.members().len());
-        out.push(CONFIG_CODEC_VERSION);
+        let addressed: usize = self.addresses.iter().map(|(_, a)| 10 + a.len()).sum();
+        let mut out = Vec::with_capacity(1 + 16 + 8 * self.members().len() + addressed);
+        out.push(if self.addresses.is_empty() { CONFIG_CODEC_VERSION } else { CONFIG_CODEC_VERSION_ADDRESSES });
         for list in [&self.voters, &self.voters_outgoing, &self.learners] {
             out.extend_from_slice(&(list.len() as u32).to_le_bytes());
             for id in list {
                 out.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+        if !self.addresses.is_empty() {
+            out.extend_from_slice(&(self.addresses.len() as u32).to_le_bytes());
+            for (id, addr) in &self.addresses {
+                out.extend_from_slice(&id.to_le_bytes());
+                out.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+                out.extend_from_slice(addr.as_bytes());
             }
         }
         Bytes::from(out)
@@ -113,7 +152,7 @@ impl Configuration {
     /// Decodes bytes that came from a log entry (possibly from the network).
     pub fn decode(mut bytes: &[u8]) -> Result<Configuration, DecodeError> {
         let (&version, rest) = bytes.split_first().ok_or(DecodeError::Truncated)?;
-        if version != CONFIG_CODEC_VERSION {
+        if version != CONFIG_CODEC_VERSION && version != CONFIG_CODEC_VERSION_ADDRESSES {
             return Err(DecodeError::UnknownVersion(version));
         }
         bytes = rest;
@@ -131,11 +170,32 @@ impl Configuration {
                 list.push(id);
             }
         }
+        let mut addresses = Vec::new();
+        if version == CONFIG_CODEC_VERSION_ADDRESSES {
+            let count = u32::from_le_bytes(take::<4>(&mut bytes)?) as usize;
+            if count == 0 || count > 3 * CONFIG_MEMBERS_MAX {
+                return Err(DecodeError::TooManyMembers(count));
+            }
+            for _ in 0..count {
+                let id = u64::from_le_bytes(take::<8>(&mut bytes)?);
+                let len = u16::from_le_bytes(take::<2>(&mut bytes)?) as usize;
+                if id == NONE {
+                    return Err(DecodeError::ZeroId);
+                }
+                if len == 0 || len > ADDRESS_BYTES_MAX || bytes.len() < len {
+                    return Err(DecodeError::BadAddress);
+                }
+                let (text, rest) = bytes.split_at(len);
+                bytes = rest;
+                let addr = std::str::from_utf8(text).map_err(|_| DecodeError::BadAddress)?;
+                addresses.push((id, addr.to_string()));
+            }
+        }
         if !bytes.is_empty() {
             return Err(DecodeError::TrailingBytes(bytes.len()));
         }
         let [voters, voters_outgoing, learners] = lists;
-        let mut c = Configuration { voters, voters_outgoing, learners };
+        let mut c = Configuration { voters, voters_outgoing, learners, addresses };
         let before = c.clone();
         c.normalize();
         if c != before {
@@ -147,6 +207,10 @@ impl Configuration {
 
 /// Version tag of the configuration codec; bump on any layout change.
 const CONFIG_CODEC_VERSION: u8 = 1;
+/// Version 1 followed by members' addresses.
+const CONFIG_CODEC_VERSION_ADDRESSES: u8 = 2;
+/// A member's address (`host:port`) is at most this long, and not empty.
+pub const ADDRESS_BYTES_MAX: usize = 255;
 /// A configuration lists at most this many ids per list (protects decoding).
 pub const CONFIG_MEMBERS_MAX: usize = 1024;
 
@@ -171,6 +235,8 @@ pub enum DecodeError {
     TrailingBytes(usize),
     /// Lists unsorted, duplicated, or a learner that is also a voter.
     NotCanonical,
+    /// An address empty, too long or not UTF-8.
+    BadAddress,
 }
 
 impl std::fmt::Display for DecodeError {
@@ -311,8 +377,14 @@ mod tests {
 
     #[test]
     fn config_roundtrip_and_errors() {
-        let c = Configuration { voters: vec![1, 2, 3], voters_outgoing: vec![1, 4], learners: vec![9] };
+        let c = Configuration {
+            voters: vec![1, 2, 3],
+            voters_outgoing: vec![1, 4],
+            learners: vec![9],
+            ..Default::default()
+        };
         let b = c.encode();
+        assert_eq!(b[0], 1, "without addresses the configuration stays version 1");
         assert_eq!(Configuration::decode(&b), Ok(c));
         for cut in 0..b.len() {
             assert!(Configuration::decode(&b[..cut]).is_err());
@@ -327,5 +399,54 @@ mod tests {
         assert_eq!(Configuration::decode(&unsorted), Err(DecodeError::NotCanonical));
         let huge = [1u8, 255, 255, 255, 255];
         assert!(matches!(Configuration::decode(&huge), Err(DecodeError::TooManyMembers(_))));
+    }
+
+    #[test]
+    fn addresses_travel_with_the_configuration() {
+        let c = Configuration { voters: vec![1, 2], learners: vec![7], ..Default::default() }.with_addresses([
+            (7, "10.0.0.7:7001".to_string()),
+            (2, "b:2".to_string()),
+            (5, "not-a-member:1".to_string()),
+            (2, "ignored:2".to_string()),
+        ]);
+        assert_eq!(c.addresses, vec![(2, "b:2".to_string()), (7, "10.0.0.7:7001".to_string())]);
+        assert_eq!(c.address_of(7), Some("10.0.0.7:7001"));
+        assert_eq!(c.address_of(1), None);
+        let b = c.encode();
+        assert_eq!(b[0], 2);
+        assert_eq!(Configuration::decode(&b), Ok(c.clone()));
+        for cut in 0..b.len() {
+            assert!(Configuration::decode(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        // A later address for a member replaces the recorded one; removing
+        // the member forgets it.
+        let moved = c.clone().with_addresses([(2, "b:3".to_string())]);
+        assert_eq!(moved.address_of(2), Some("b:3"));
+        let mut removed = moved.clone();
+        removed.learners.clear();
+        removed.normalize();
+        assert_eq!(removed.addresses, vec![(2, "b:3".to_string())]);
+        // Damaged addresses are refused, not guessed at.
+        let mut bad_utf8 = b.to_vec();
+        let last = bad_utf8.len() - 1;
+        bad_utf8[last] = 0xff;
+        assert_eq!(Configuration::decode(&bad_utf8), Err(DecodeError::BadAddress));
+        let not_member = {
+            let mut raw = Configuration::new([1]).encode().to_vec();
+            raw[0] = 2;
+            raw.extend_from_slice(&1u32.to_le_bytes());
+            raw.extend_from_slice(&9u64.to_le_bytes());
+            raw.extend_from_slice(&3u16.to_le_bytes());
+            raw.extend_from_slice(b"a:1");
+            raw
+        };
+        assert_eq!(Configuration::decode(&not_member), Err(DecodeError::NotCanonical));
+        let mut too_long = Configuration::new([1]).encode().to_vec();
+        too_long[0] = 2;
+        too_long.extend_from_slice(&1u32.to_le_bytes());
+        too_long.extend_from_slice(&1u64.to_le_bytes());
+        too_long.extend_from_slice(&((ADDRESS_BYTES_MAX + 1) as u16).to_le_bytes());
+        too_long.extend(std::iter::repeat_n(b'a', ADDRESS_BYTES_MAX + 1));
+        assert_eq!(Configuration::decode(&too_long), Err(DecodeError::BadAddress));
     }
 }

@@ -153,6 +153,15 @@ fn commit_only_by_counting_current_term_entries() {
     assert_eq!(t.raft(1).committed(), 3, "committed with the term-2 no-op");
 }
 
+/// Every configuration entry in `node`'s log, decoded, in log order.
+fn configs_in_log(node: &waft_raft::RawNode) -> Vec<Configuration> {
+    node.log_entries()
+        .iter()
+        .filter(|e| e.kind == EntryKind::Config)
+        .map(|e| Configuration::decode(&e.data).unwrap())
+        .collect()
+}
+
 #[test]
 fn joint_consensus_when_two_voters_change_and_auto_leave() {
     let mut t = Manual::new(5, &[1, 2, 3], |_| {});
@@ -160,19 +169,58 @@ fn joint_consensus_when_two_voters_change_and_auto_leave() {
     t.raft_mut(1).change_peers(vec![1, 4, 5], vec![]).unwrap();
     t.process(1);
     t.tick_all(10);
-    let confs: Vec<Configuration> = t
-        .raft(1)
-        .log_entries()
-        .iter()
-        .filter(|e| e.kind == EntryKind::Config)
-        .map(|e| Configuration::decode(&e.data).unwrap())
-        .collect();
+    let confs = configs_in_log(t.raft(1));
     assert_eq!(confs.len(), 2, "enter joint, then leave joint");
     assert_eq!((confs[0].voters.clone(), confs[0].voters_outgoing.clone()), (vec![1, 4, 5], vec![1, 2, 3]));
     assert!(!confs[1].is_joint());
     for id in [1, 4, 5] {
         assert_eq!(t.raft(id).configuration().voters, vec![1, 4, 5]);
     }
+}
+
+#[test]
+fn member_addresses_follow_the_configuration_through_the_log() {
+    let a = |id: u64, port: u16| (id, format!("127.0.0.{id}:{port}"));
+    let mut t = Manual::new(5, &[1, 2, 3], |_| {});
+    t.elect(1);
+    // Addresses alone: recorded for the founding voters.
+    t.raft_mut(1).change_members(vec![1, 2, 3], vec![], vec![a(1, 7001), a(2, 7002), a(3, 7003)]).unwrap();
+    t.process(1);
+    t.tick_all(3);
+    assert_eq!(t.raft(3).configuration().address_of(2), Some("127.0.0.2:7002"));
+    // Two new voters with their addresses: joint consensus carries every
+    // address it knows, and leaving the joint phase forgets the old voters'.
+    t.raft_mut(1).change_members(vec![1, 4, 5], vec![], vec![a(4, 7004), a(5, 7005)]).unwrap();
+    assert_eq!(
+        t.raft(1).pending_target().map(|c| c.addresses.clone()),
+        None,
+        "caught up at once (nothing to catch up on yet): proposed"
+    );
+    t.process(1);
+    t.tick_all(10);
+    let confs = configs_in_log(t.raft(1));
+    assert_eq!(confs.len(), 3, "addresses, enter joint, then leave joint");
+    assert_eq!(
+        confs[1].addresses,
+        vec![a(1, 7001), a(2, 7002), a(3, 7003), a(4, 7004), a(5, 7005)],
+        "joint keeps the outgoing voters' addresses"
+    );
+    assert_eq!(confs[2].addresses, vec![a(1, 7001), a(4, 7004), a(5, 7005)], "removed members' addresses are dropped");
+    for id in [1, 4, 5] {
+        assert_eq!(t.raft(id).configuration().address_of(4), Some("127.0.0.4:7004"), "node {id}");
+    }
+    // A member that moved: an address change alone is a change.
+    t.raft_mut(1).change_members(vec![1, 4, 5], vec![], vec![a(5, 7105)]).unwrap();
+    t.process(1);
+    t.tick_all(5);
+    for id in [1, 4, 5] {
+        assert_eq!(t.raft(id).configuration().address_of(5), Some("127.0.0.5:7105"), "node {id}");
+        assert_eq!(t.raft(id).configuration().address_of(4), Some("127.0.0.4:7004"), "node {id}");
+    }
+    assert_eq!(
+        t.raft_mut(1).change_members(vec![1, 4, 5], vec![], vec![(4, String::new())]),
+        Err(RaftError::InvalidConfChange("an address is empty or longer than ADDRESS_BYTES_MAX"))
+    );
 }
 
 #[test]

@@ -96,6 +96,7 @@ impl Cluster {
                 peers,
                 groups: groups.clone(),
                 initial_voters: None,
+                join: None,
                 metrics_listen: None,
                 tick_ms: waft_daemon::TICK_MS_DEFAULT,
                 election_ticks: waft_daemon::ELECTION_TICKS_DEFAULT,

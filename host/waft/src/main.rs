@@ -200,8 +200,15 @@ impl ClientAuth {
 
 #[derive(Subcommand)]
 enum AdminCmd {
-    /// Add a voter (it catches up first).
-    AddPeer { id: u64 },
+    /// Add a voter (it catches up first). A node the group does not run on
+    /// yet (a daemon started with --join, say) needs --address: it gets an
+    /// empty replica of the group, and the group records its address.
+    AddPeer {
+        id: u64,
+        /// The new voter's address, HOST:PORT.
+        #[arg(long)]
+        address: Option<String>,
+    },
     /// Remove a voter; removing the leader makes it step down.
     RemovePeer { id: u64 },
     /// Set the voters (and learners) exactly; joint consensus when more than
@@ -211,11 +218,18 @@ enum AdminCmd {
         voters: Vec<u64>,
         #[arg(long, value_delimiter = ',')]
         learners: Vec<u64>,
+        /// ID=HOST:PORT of a node the change adds (or of a member that
+        /// moved), once per node, e.g. --address 4=10.0.0.4:7001.
+        #[arg(long = "address", value_parser = parse_node_address)]
+        addresses: Vec<(u64, String)>,
     },
     /// Add non-voting members that replicate the log.
     AddLearners {
         #[arg(required = true)]
         ids: Vec<u64>,
+        /// ID=HOST:PORT of a new learner, once per node.
+        #[arg(long = "address", value_parser = parse_node_address)]
+        addresses: Vec<(u64, String)>,
     },
     RemoveLearners {
         #[arg(required = true)]
@@ -261,6 +275,15 @@ enum AdminCmd {
     },
     /// Print the group's configuration as the node at --addr knows it.
     Peers,
+    /// Print the nodes the node at --addr knows and their addresses: its
+    /// --peer entries and the members of its groups. Needs no --group.
+    Nodes,
+    /// Spread leaderships over the nodes: asks every node the node at
+    /// --addr knows which groups it leads, then moves leaderships (leader
+    /// transfers) from nodes over their share to voters under it, until no
+    /// node leads more than the groups divided by the nodes, rounded up.
+    /// Needs no --group.
+    BalanceLeaders,
     /// Print the group's leader as the node at --addr knows it.
     Leader,
     /// Create a new group on a running cluster: its voters run the module.
@@ -281,7 +304,18 @@ enum AdminCmd {
         /// The state machine: a .wasm component built for wasm32-wasip2.
         #[arg(long)]
         module: PathBuf,
+        /// ID=HOST:PORT of a voter or member the node at --addr does not
+        /// know yet, once per node.
+        #[arg(long = "address", value_parser = parse_node_address)]
+        addresses: Vec<(u64, String)>,
     },
+}
+
+fn parse_node_address(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s.split_once('=').ok_or_else(|| format!("{s:?} is not ID=HOST:PORT"))?;
+    let id: u64 = id.parse().map_err(|e| format!("{id:?} is not a node id: {e}"))?;
+    waft_daemon::peer::check_address(addr)?;
+    Ok((id, addr.to_string()))
 }
 
 /// The bytes of a command or query: text (an SDK-built module's JSON form),
@@ -444,6 +478,40 @@ fn run(cli: Cli) -> Result<()> {
             let credentials = auth.credentials()?;
             runtime()?.block_on(replace_node(node, &nodes, &credentials))
         }
+        Cmd::Admin { addr, op: AdminCmd::BalanceLeaders, auth, .. } => {
+            let addr = addr.context("no --addr given: name any node of the cluster, e.g. --addr 127.0.0.1:7001")?;
+            let credentials = auth.credentials()?;
+            let report = runtime()?.block_on(waft_daemon::client::balance::balance_leaders(&addr, &credentials))?;
+            for (node, before) in &report.before {
+                let planned = report.planned.get(node).copied().unwrap_or_default();
+                println!("node {node}: leads {before} -> {planned}");
+            }
+            println!("moved {} leaderships", report.moved.len());
+            if !report.leaderless.is_empty() {
+                println!("groups without a leader when asked (left alone): {:?}", report.leaderless);
+            }
+            for (m, why) in &report.failed {
+                println!("group {}: {} -> {} failed: {why}", m.group, m.from, m.to);
+            }
+            if !report.failed.is_empty() {
+                bail!(
+                    "{} of {} moves failed; run balance-leaders again",
+                    report.failed.len(),
+                    report.failed.len() + report.moved.len()
+                );
+            }
+            Ok(())
+        }
+        Cmd::Admin { addr, op: AdminCmd::Nodes, auth, .. } => {
+            let addr = addr.context("no --addr given: name any node of the cluster, e.g. --addr 127.0.0.1:7001")?;
+            let credentials = auth.credentials()?;
+            let known = runtime()?.block_on(waft_daemon::client::nodes(&addr, None, &credentials))?;
+            for n in &known.nodes {
+                let me = if n.node_id == known.node_id { "  (this node)" } else { "" };
+                println!("{} {}{me}", n.node_id, n.address);
+            }
+            Ok(())
+        }
         Cmd::Admin { addr, group, op, auth } => {
             let addr = addr.context("no --addr given: name any node of the cluster, e.g. --addr 127.0.0.1:7001")?;
             let group = group.context("no --group given: name the group, e.g. --group 1")?;
@@ -471,6 +539,10 @@ fn print_configuration(c: &waft_proto::client::Configuration, leader_id: u64) {
         print!(" (joint with {})", list(&c.voters_outgoing));
     }
     println!("  learners {}  leader {leader_id}", if c.learners.is_empty() { "-".into() } else { list(&c.learners) });
+    if !c.addresses.is_empty() {
+        let addrs: Vec<String> = c.addresses.iter().map(|a| format!("{}={}", a.node_id, a.address)).collect();
+        println!("addresses {}", addrs.join(","));
+    }
 }
 
 async fn replace_node(node: u64, nodes: &[String], credentials: &waft_daemon::client::Credentials) -> Result<()> {
@@ -498,8 +570,10 @@ async fn replace_node(node: u64, nodes: &[String], credentials: &waft_daemon::cl
 
 async fn admin(client: &waft_daemon::client::Client, addr: &str, group: u64, op: AdminCmd) -> Result<()> {
     use waft_proto::admin::AdminOp;
-    let (op, ids, learners) = match op {
-        AdminCmd::ReplaceNode { .. } => bail!("replace-node is about a node, not a group"),
+    let (op, ids, learners, addresses) = match op {
+        AdminCmd::ReplaceNode { .. } | AdminCmd::Nodes | AdminCmd::BalanceLeaders => {
+            bail!("this command is about the cluster, not a group")
+        }
         AdminCmd::Peers | AdminCmd::Leader => {
             let status = client.status(Some(group)).await?;
             let g = status.groups.first().context("the node sent no status for the group")?;
@@ -510,8 +584,8 @@ async fn admin(client: &waft_daemon::client::Client, addr: &str, group: u64, op:
             }
             return Ok(());
         }
-        AdminCmd::CreateGroup { peers, members, module } => {
-            return create_group(client, group, peers, members, &module).await;
+        AdminCmd::CreateGroup { peers, members, module, addresses } => {
+            return create_group(client, group, peers, members, &module, addresses).await;
         }
         AdminCmd::SetGroup { set } => {
             let result = client.set_group(group, set).await?;
@@ -521,14 +595,19 @@ async fn admin(client: &waft_daemon::client::Client, addr: &str, group: u64, op:
             }
             return Ok(());
         }
-        AdminCmd::AddPeer { id } => (AdminOp::AddPeer, vec![id], vec![]),
-        AdminCmd::RemovePeer { id } => (AdminOp::RemovePeer, vec![id], vec![]),
-        AdminCmd::ChangePeers { voters, learners } => (AdminOp::ChangePeers, voters, learners),
-        AdminCmd::AddLearners { ids } => (AdminOp::AddLearners, ids, vec![]),
-        AdminCmd::RemoveLearners { ids } => (AdminOp::RemoveLearners, ids, vec![]),
-        AdminCmd::PromoteLearner { id } => (AdminOp::PromoteLearner, vec![id], vec![]),
-        AdminCmd::TransferLeader { id } => (AdminOp::TransferLeader, id.into_iter().collect(), vec![]),
-        AdminCmd::Snapshot => (AdminOp::Snapshot, vec![], vec![]),
+        AdminCmd::AddPeer { id, address } => {
+            if let Some(a) = &address {
+                waft_daemon::peer::check_address(a).map_err(|e| anyhow::anyhow!("--address: {e}"))?;
+            }
+            (AdminOp::AddPeer, vec![id], vec![], address.map(|a| vec![(id, a)]).unwrap_or_default())
+        }
+        AdminCmd::RemovePeer { id } => (AdminOp::RemovePeer, vec![id], vec![], vec![]),
+        AdminCmd::ChangePeers { voters, learners, addresses } => (AdminOp::ChangePeers, voters, learners, addresses),
+        AdminCmd::AddLearners { ids, addresses } => (AdminOp::AddLearners, ids, vec![], addresses),
+        AdminCmd::RemoveLearners { ids } => (AdminOp::RemoveLearners, ids, vec![], vec![]),
+        AdminCmd::PromoteLearner { id } => (AdminOp::PromoteLearner, vec![id], vec![], vec![]),
+        AdminCmd::TransferLeader { id } => (AdminOp::TransferLeader, id.into_iter().collect(), vec![], vec![]),
+        AdminCmd::Snapshot => (AdminOp::Snapshot, vec![], vec![], vec![]),
         AdminCmd::ResetPeers { voters, .. } => {
             eprintln!(
                 "waft: UNSAFE reset of group {group}'s voters to {voters:?} on {addr}. Entries the lost majority \
@@ -540,7 +619,7 @@ async fn admin(client: &waft_daemon::client::Client, addr: &str, group: u64, op:
             return Ok(());
         }
     };
-    let result = client.admin(group, op, ids, learners).await?;
+    let result = client.admin_with_addresses(group, op, ids, learners, addresses).await?;
     if op == AdminOp::Snapshot {
         println!("snapshot at index {}", result.snapshot_index);
     }
@@ -554,6 +633,7 @@ async fn create_group(
     voters: Vec<u64>,
     members: Vec<u64>,
     module: &std::path::Path,
+    addresses: Vec<(u64, String)>,
 ) -> Result<()> {
     let len = std::fs::metadata(module).with_context(|| format!("cannot read {}", module.display()))?.len();
     let max = waft_daemon::modules::MODULE_BYTES_MAX;
@@ -561,7 +641,7 @@ async fn create_group(
         bail!("{} has {len} bytes; a module may have {max} at most", module.display());
     }
     let bytes = std::fs::read(module).with_context(|| format!("cannot read {}", module.display()))?;
-    let created = client.create_group(group, voters, members, bytes.into()).await?;
+    let created = client.create_group_with_addresses(group, voters, members, bytes.into(), addresses).await?;
     println!("group {group}  module {}", hex(&created.module_hash));
     for node in &created.nodes {
         println!("node {}: {}", node.node_id, waft_daemon::admin::describe(node.outcome()));

@@ -32,7 +32,13 @@ fn envelopes() -> Vec<Envelope> {
 }
 
 fn peer_messages() -> Vec<Message> {
-    let joint = Configuration { voters: vec![1, 2, 3], voters_outgoing: vec![1, 2, 4], learners: vec![9] };
+    let joint = Configuration {
+        voters: vec![1, 2, 3],
+        voters_outgoing: vec![1, 2, 4],
+        learners: vec![9],
+        ..Default::default()
+    }
+    .with_addresses([(4, "127.0.0.1:7004".to_string()), (9, "[::1]:7009".to_string())]);
     let data = envelopes().into_iter().filter_map(|e| e.encode().ok()).collect::<Vec<_>>();
     let entries = data
         .iter()
@@ -137,6 +143,7 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
                     ids: vec![1, 2, 4],
                     learners: vec![5],
                     allow_data_loss: op == admin::AdminOp::ResetPeers,
+                    addresses: vec![client::NodeAddress { node_id: 4, address: "127.0.0.1:7004".into() }],
                 }
                 .encode_to_vec()
             })
@@ -158,9 +165,14 @@ pub fn seeds(target: &str) -> Vec<Vec<u8>> {
         "log_records" => waft_storage::fuzzing::log_record_seeds(),
         "snapshot_meta" => vec![storage_meta().encode(), manifest().encode_to_vec()],
         "raft_configuration" => vec![
-            Configuration { voters: vec![1, 2, 3], voters_outgoing: vec![1, 2, 4], learners: vec![9] }
-                .encode()
-                .to_vec(),
+            Configuration {
+                voters: vec![1, 2, 3],
+                voters_outgoing: vec![1, 2, 4],
+                learners: vec![9],
+                ..Default::default()
+            }
+            .encode()
+            .to_vec(),
             Configuration::default().encode().to_vec(),
         ],
         "group_settings" => {

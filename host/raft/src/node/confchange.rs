@@ -50,6 +50,18 @@ impl RawNode {
     /// changing is a single step; more use joint consensus. New voters first catch
     /// up (within `catchup_margin_entries`) or the change fails after `catchup_timeout_ticks`.
     pub fn change_peers(&mut self, voters: Vec<NodeId>, learners: Vec<NodeId>) -> Result<(), RaftError> {
+        self.change_members(voters, learners, Vec::new())
+    }
+
+    /// `change_peers` that also records `addresses` (over the ones the
+    /// configuration has) in the configuration entries it appends. An
+    /// address change alone is a change too (a member that moved).
+    pub fn change_members(
+        &mut self,
+        voters: Vec<NodeId>,
+        learners: Vec<NodeId>,
+        addresses: Vec<(NodeId, String)>,
+    ) -> Result<(), RaftError> {
         self.check_can_append()?;
         if self.pending_change.is_some()
             || self.conf_index > self.log.committed
@@ -64,8 +76,11 @@ impl RawNode {
             // is the single-server-change bug (Ongaro, raft-dev 2015).
             return Err(RaftError::NotReady);
         }
-        let mut target = Configuration { voters, voters_outgoing: Vec::new(), learners };
-        target.normalize();
+        if addresses.iter().any(|(_, a)| a.is_empty() || a.len() > crate::types::ADDRESS_BYTES_MAX) {
+            return Err(RaftError::InvalidConfChange("an address is empty or longer than ADDRESS_BYTES_MAX"));
+        }
+        let target = Configuration { voters, voters_outgoing: Vec::new(), learners, addresses: Vec::new() }
+            .with_addresses(addresses.into_iter().chain(self.conf.addresses.iter().cloned()));
         if target.voters.is_empty() {
             return Err(RaftError::InvalidConfChange("a configuration needs at least one voter"));
         }
@@ -111,7 +126,9 @@ impl RawNode {
                 voters: target.voters,
                 voters_outgoing: self.conf.voters.clone(),
                 learners: target.learners,
+                addresses: Vec::new(),
             }
+            .with_addresses(target.addresses.into_iter().chain(self.conf.addresses.iter().cloned()))
         } else {
             target
         };
@@ -123,6 +140,12 @@ impl RawNode {
             self.events.push(Event::TransferAborted { target });
         }
         self.append_entry(EntryKind::Config, entry.encode());
+    }
+
+    /// Leader: the configuration a change waits to propose while its new
+    /// voters catch up (the runtime must reach them already).
+    pub fn pending_target(&self) -> Option<&Configuration> {
+        self.pending_change.as_ref().map(|pc| &pc.target)
     }
 
     pub(super) fn abandon_pending_change(&mut self, reason: &'static str) {

@@ -125,6 +125,9 @@ pub struct Cluster {
     spec: Spec,
     /// Flags only for one node (by index), e.g. a throttle.
     extra: Vec<Vec<String>>,
+    /// Nodes started with only `--join` (the node they join through): no
+    /// `--peer`, no `--group`, and no other node names them as a peer.
+    joining: Vec<Option<usize>>,
     children: Vec<Option<Child>>,
     /// With TLS: the directory `waft certs init` wrote (every node serves
     /// with its certificate there and the cluster's helpers sign in as
@@ -172,6 +175,7 @@ impl Cluster {
             metrics_addrs,
             spec,
             extra: vec![Vec::new(); nodes],
+            joining: vec![None; nodes],
             children: (0..nodes).map(|_| None).collect(),
             certs: None,
         }
@@ -233,6 +237,12 @@ impl Cluster {
         self.root.join(format!("node-{}.log", i + 1))
     }
 
+    /// Makes node `i` a daemon that knows only node `via`'s address
+    /// (`--join`); set before any node starts.
+    pub fn set_joining(&mut self, i: usize, via: usize) {
+        self.joining[i] = Some(via);
+    }
+
     /// Flags for node `i` only, used from its next start on.
     pub fn set_extra_args(&mut self, i: usize, args: &[&str]) {
         self.extra[i] = args.iter().map(|a| a.to_string()).collect();
@@ -243,11 +253,15 @@ impl Cluster {
         cmd.arg("serve").args(["--id", &(i + 1).to_string()]).args(["--listen", &self.addrs[i]]);
         cmd.args(["--metrics-listen", &self.metrics_addrs[i]]);
         cmd.arg("--data-dir").arg(self.data_dir(i));
-        for (group, module) in &self.spec.groups {
-            cmd.arg("--group").arg(format!("{group}={}", module.display()));
-        }
-        for (p, addr) in self.addrs.iter().enumerate().filter(|(p, _)| *p != i) {
-            cmd.args(["--peer", &format!("{}={addr}", p + 1)]);
+        if let Some(via) = self.joining[i] {
+            cmd.args(["--join", &self.addrs[via]]);
+        } else {
+            for (group, module) in &self.spec.groups {
+                cmd.arg("--group").arg(format!("{group}={}", module.display()));
+            }
+            for (p, addr) in self.addrs.iter().enumerate().filter(|(p, _)| *p != i && self.joining[*p].is_none()) {
+                cmd.args(["--peer", &format!("{}={addr}", p + 1)]);
+            }
         }
         match &self.certs {
             Some(dir) => {
