@@ -172,7 +172,7 @@ fn body_from_raft(body: raft::MessageBody) -> Body {
         M::AppendResponse { reject, index, hint_index, hint_term } => {
             Body::AppendResponse(peer::AppendResponse { reject, index, hint_index, hint_term })
         }
-        M::Heartbeat { commit, round } => Body::Heartbeat(peer::Heartbeat { commit, round }),
+        M::Heartbeat { commit, round, quiesce } => Body::Heartbeat(peer::Heartbeat { commit, round, quiesce }),
         M::HeartbeatResponse { round } => Body::HeartbeatResponse(peer::HeartbeatResponse { round }),
         M::InstallSnapshot { meta } => Body::InstallSnapshot(peer::InstallSnapshot {
             meta: Some(peer::SnapshotMeta { index: meta.index, term: meta.term, configuration: meta.config.encode() }),
@@ -203,7 +203,7 @@ fn body_into_raft(body: Body, message_term: u64) -> Result<raft::MessageBody, Co
         Body::AppendResponse(r) => {
             M::AppendResponse { reject: r.reject, index: r.index, hint_index: r.hint_index, hint_term: r.hint_term }
         }
-        Body::Heartbeat(h) => M::Heartbeat { commit: h.commit, round: h.round },
+        Body::Heartbeat(h) => M::Heartbeat { commit: h.commit, round: h.round, quiesce: h.quiesce },
         Body::HeartbeatResponse(h) => M::HeartbeatResponse { round: h.round },
         Body::InstallSnapshot(install) => {
             let meta = install.meta.ok_or(ConvertError::MissingSnapshotMeta)?;

@@ -44,7 +44,8 @@ fn every_variant() -> Vec<Message> {
         msg(MessageBody::Append { prev_index: 0, prev_term: 0, entries: vec![], commit: 0 }),
         msg(MessageBody::AppendResponse { reject: true, index: 10, hint_index: 8, hint_term: 5 }),
         msg(MessageBody::AppendResponse { reject: false, index: 13, hint_index: 0, hint_term: 0 }),
-        msg(MessageBody::Heartbeat { commit: 12, round: 99 }),
+        msg(MessageBody::Heartbeat { commit: 12, round: 99, quiesce: false }),
+        msg(MessageBody::Heartbeat { commit: 12, round: 100, quiesce: true }),
         msg(MessageBody::HeartbeatResponse { round: 99 }),
         msg(MessageBody::InstallSnapshot { meta: SnapshotMeta { index: 1000, term: 6, config: joint } }),
         msg(MessageBody::InstallSnapshot { meta: SnapshotMeta::default() }),
@@ -57,7 +58,7 @@ fn every_variant() -> Vec<Message> {
             from: u64::MAX,
             to: 3,
             term: u64::MAX,
-            body: MessageBody::Heartbeat { commit: u64::MAX, round: u64::MAX },
+            body: MessageBody::Heartbeat { commit: u64::MAX, round: u64::MAX, quiesce: true },
         },
     ]
 }

@@ -295,7 +295,10 @@ async fn peer_stream_and_chunk_pull_over_loopback() {
     let mut p = waft_proto::peer_client(server.channel().await);
 
     let sent = vec![
-        (GROUP, Message { from: 1, to: 2, term: 3, body: MessageBody::Heartbeat { commit: 4, round: 5 } }),
+        (
+            GROUP,
+            Message { from: 1, to: 2, term: 3, body: MessageBody::Heartbeat { commit: 4, round: 5, quiesce: false } },
+        ),
         (GROUP + 1, Message { from: 1, to: 2, term: 3, body: MessageBody::TimeoutNow }),
     ];
     let batches = vec![

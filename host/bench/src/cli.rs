@@ -82,6 +82,11 @@ pub struct Args {
     /// (waft_atomic.wasm). Not used for etcd.
     #[arg(long, default_value_t = 1)]
     pub group: u64,
+    /// waft: spread the keys over this many groups, --group and the ones
+    /// after it (key k goes to group GROUP + k mod GROUPS); each must run
+    /// the atomic example.
+    #[arg(long, default_value_t = 1)]
+    pub groups: u64,
     /// Concurrent clients, each with one request in flight at a time.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
@@ -174,6 +179,8 @@ pub struct Plan {
     pub endpoints: Vec<String>,
     /// waft only. Invariant: >= 1 for waft.
     pub group: u64,
+    /// waft only: keys spread over `group..group + groups`. Invariant: >= 1.
+    pub groups: u64,
     /// Invariant: 1 <= clients <= CLIENTS_MAX.
     pub clients: usize,
     /// Invariant: 1 <= conns <= clients.
@@ -233,6 +240,9 @@ impl Args {
         }
         match self.target {
             Target::Waft => {
+                if self.groups == 0 || self.group.checked_add(self.groups).is_none() {
+                    return Err(invalid("--groups: 1 or more, within the group ids"));
+                }
                 if self.group == 0 {
                     return Err(invalid("--group 0: group ids start at 1"));
                 }
@@ -305,6 +315,7 @@ impl Args {
             target: self.target,
             endpoints,
             group: self.group,
+            groups: self.groups,
             clients: self.clients,
             conns,
             value_bytes: self.value_bytes,

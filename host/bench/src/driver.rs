@@ -28,7 +28,7 @@ pub struct OpError {
 /// assigned to it.
 #[derive(Clone)]
 pub enum Driver {
-    Waft { client: Client, group: u64, consistency: waft_proto::client::Consistency, value_bytes: usize },
+    Waft { client: Client, group: u64, groups: u64, consistency: waft_proto::client::Consistency, value_bytes: usize },
     Etcd { kv: KvClient<tonic::transport::Channel>, serializable: bool, value: Bytes },
 }
 
@@ -51,7 +51,13 @@ impl Driver {
                     addr: addr.clone(),
                     message: format!("{} (group {} must run waft_atomic.wasm)", chain(&e), plan.group),
                 })?;
-                Ok(Driver::Waft { client, group: plan.group, consistency, value_bytes: plan.value_bytes })
+                Ok(Driver::Waft {
+                    client,
+                    group: plan.group,
+                    groups: plan.groups,
+                    consistency,
+                    value_bytes: plan.value_bytes,
+                })
             }
             (Target::Etcd, Consistency::Etcd { serializable }) => {
                 let endpoint = waft_client::endpoint(tls.as_ref(), &addr)
@@ -75,12 +81,13 @@ impl Driver {
     /// Writes `key`; `seq` varies the written value where the target needs one.
     pub async fn write(&self, key: u64, seq: u64) -> Result<(), OpError> {
         match self {
-            Driver::Waft { client, group, value_bytes, .. } => {
+            Driver::Waft { client, group, groups, value_bytes, .. } => {
+                let group = group + key % groups;
                 let command = workload::waft_set(key, seq, *value_bytes);
                 // Outside any session, as etcd's put: the bench measures the
                 // write path, not exactly-once bookkeeping, and a session's
                 // window would cap how many writes one connection has in flight.
-                client.propose_plain(*group, command).await.map(drop).map_err(waft_error)
+                client.propose_plain(group, command).await.map(drop).map_err(waft_error)
             }
             Driver::Etcd { kv, value, .. } => {
                 let req = PutRequest { key: workload::etcd_key(key), value: value.clone(), ..Default::default() };
@@ -92,9 +99,9 @@ impl Driver {
     /// Reads `key` at the driver's consistency, at the node the connection starts at.
     pub async fn read(&self, key: u64) -> Result<(), OpError> {
         match self {
-            Driver::Waft { client, group, consistency, value_bytes } => {
+            Driver::Waft { client, group, groups, consistency, value_bytes } => {
                 let request = workload::waft_get(key, *value_bytes);
-                client.query(*group, request, *consistency).await.map(drop).map_err(waft_error)
+                client.query(group + key % groups, request, *consistency).await.map(drop).map_err(waft_error)
             }
             Driver::Etcd { kv, serializable, .. } => {
                 let req =

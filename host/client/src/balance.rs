@@ -20,6 +20,9 @@ use crate::{Client, ClientError, Credentials};
 
 /// Leader transfers in flight at once.
 pub const BALANCE_TRANSFERS_AT_ONCE: usize = 8;
+/// Attempts per move: a transfer is abandoned when its target does not win
+/// within an election timeout (a busy machine), and may pass next time.
+pub const BALANCE_MOVE_ATTEMPTS: usize = 3;
 /// Groups one balance looks at, at most (the status of every node is read
 /// whole).
 pub const BALANCE_GROUPS_MAX: usize = 100_000;
@@ -154,8 +157,22 @@ pub async fn balance_leaders(seed: &str, credentials: &Credentials) -> Result<Ba
             let Some(addr) = addresses.get(&m.from).cloned() else { continue };
             let client = Client::with_credentials(vec![addr], credentials.clone());
             tasks.spawn(async move {
-                let done = client.admin(m.group, AdminOp::TransferLeader, vec![m.to], Vec::new()).await;
-                (m, done.map(|_| ()).map_err(|e| e.to_string()))
+                let mut attempt = 1;
+                loop {
+                    let done = client.admin(m.group, AdminOp::TransferLeader, vec![m.to], Vec::new()).await;
+                    match done {
+                        Ok(_) => return (m, Ok(())),
+                        // Abandoned (the target did not win in time): the
+                        // group kept its leader, so another try is safe.
+                        Err(e)
+                            if attempt < BALANCE_MOVE_ATTEMPTS
+                                && e.code() == Some(waft_proto::client::ErrorCode::Rejected) =>
+                        {
+                            attempt += 1;
+                        }
+                        Err(e) => return (m, Err(e.to_string())),
+                    }
+                }
             });
         }
         let Some(joined) = tasks.join_next().await else { break };

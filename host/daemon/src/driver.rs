@@ -250,6 +250,13 @@ impl Driver {
                 }
             }
             Input::Admin { op, addresses, reply } => self.start_admin(op, addresses, reply),
+            Input::PeerLost(node) => {
+                let raft = self.replica.raft();
+                if raft.is_quiesced() && raft.leader() == Some(node) {
+                    tracing::info!(leader = node, "the leader's node is unreachable: waking the quiet group");
+                    self.replica.wake();
+                }
+            }
             Input::Propose { body, reply } => self.propose(body, Answer::Once(reply)),
             Input::Calls { calls, answers } => {
                 for (token, call) in calls {
@@ -1000,6 +1007,7 @@ impl Driver {
                 bytes_done: p.bytes_done.load(Ordering::Relaxed),
                 bytes_total: p.bytes_total,
             }),
+            quiesced: raft.is_quiesced(),
         };
         if let Ok(mut lag) = self.metrics.lag.lock() {
             lag.clear();
@@ -1071,7 +1079,8 @@ impl Driver {
                 | Input::InstallPulled(_)
                 | Input::SnapshotWritten(_)
                 | Input::Prepared(_)
-                | Input::ModuleTransfer(_) => {}
+                | Input::ModuleTransfer(_)
+                | Input::PeerLost(_) => {}
             }
         }
     }
@@ -1094,7 +1103,8 @@ impl Driver {
                     self.fail_all(&e);
                     return Break(());
                 }
-                _ = ticker.tick() => {
+                // A quiet group needs no ticks until an input wakes it.
+                _ = ticker.tick(), if !self.replica.raft().is_quiesced() => {
                     self.read_clock();
                     self.replica.tick();
                     *ticks += 1;

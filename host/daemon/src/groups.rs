@@ -314,6 +314,9 @@ impl Host {
     /// `voters`), then the catalogue's groups not among them. A group in
     /// both opens once, as `--group` says.
     pub fn open_at_start(&self, voters: &[NodeId]) -> Result<(), ServeError> {
+        // Groups that run one module share its compile: a node with a
+        // thousand groups of one state machine compiles it once.
+        let mut compiled: std::collections::HashMap<ModuleHash, waft_node::GuestModule> = Default::default();
         for spec in &self.cfg.groups {
             if spec.group == waft_proto::GROUP_NONE {
                 return Err(ServeError::Config("--group 0 is reserved; use 1 or more".into()));
@@ -322,8 +325,16 @@ impl Host {
                 .map_err(|source| ServeError::ReadModule { path: spec.module.clone(), source })?;
             // The founding module of a new group; a restarting replica runs
             // the module its snapshot carries (deploys change it in the log).
-            let module = waft_node::GuestModule::load(&self.engine, bytes)
-                .map_err(|source| ServeError::LoadModule { path: spec.module.clone(), source })?;
+            let hash = ModuleHash::of(&bytes);
+            let module = match compiled.get(&hash) {
+                Some(module) => module.clone(),
+                None => {
+                    let module = waft_node::GuestModule::load_verified(&self.engine, bytes.into(), hash)
+                        .map_err(|source| ServeError::LoadModule { path: spec.module.clone(), source })?;
+                    compiled.insert(hash, module.clone());
+                    module
+                }
+            };
             let founding = Founding::new(module.hash(), voters);
             // A member added at run time pulls the founding module from here.
             if !self.modules.contains(&module.hash()) {
@@ -342,13 +353,21 @@ impl Host {
                 tracing::info!(group, "group is both catalogued and named by --group; opening it as --group says");
                 continue;
             }
-            let path = self.modules.path_of(&founding.module_hash);
-            let bytes = self
-                .modules
-                .get(&founding.module_hash)
-                .map_err(|source| ServeError::Storage { dir: path.clone(), source })?;
-            let module = waft_node::GuestModule::load(&self.engine, bytes)
-                .map_err(|source| ServeError::LoadModule { path, source })?;
+            let module = match compiled.get(&founding.module_hash) {
+                Some(module) => module.clone(),
+                None => {
+                    let path = self.modules.path_of(&founding.module_hash);
+                    let bytes = self
+                        .modules
+                        .get(&founding.module_hash)
+                        .map_err(|source| ServeError::Storage { dir: path.clone(), source })?;
+                    let module =
+                        waft_node::GuestModule::load_verified(&self.engine, bytes.into(), founding.module_hash)
+                            .map_err(|source| ServeError::LoadModule { path, source })?;
+                    compiled.insert(founding.module_hash, module.clone());
+                    module
+                }
+            };
             let mut state = self.state();
             let driver = self.open(&mut state, group, &module, founding)?;
             state.drivers.push(driver);

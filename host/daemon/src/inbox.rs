@@ -198,6 +198,8 @@ pub enum Input {
     /// A module pull ahead of a deploy began (its progress, for status) or
     /// ended (`None`).
     ModuleTransfer(Option<Arc<crate::modules::ModuleProgress>>),
+    /// The connection to this node was lost: a quiet group it leads wakes.
+    PeerLost(NodeId),
 }
 
 /// Each setting of a status or set-group answer by its name, as

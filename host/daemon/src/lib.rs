@@ -208,6 +208,7 @@ impl ServeConfig {
         // At least 1 ms: 0 would mean ticks alone.
         raft.lease_ms = ((raft.lease_ticks * self.tick_ms) * (100 - LEASE_DRIFT_MARGIN_PERCENT) / 100).max(1);
         raft.snapshot_margin_entries = self.snapshot_margin_entries.max(1);
+        raft.quiesce_after_ticks = self.election_ticks * QUIESCE_AFTER_ELECTION_TIMEOUTS;
         raft.validate().map_err(|e| ServeError::Config(format!("--election-ticks {}: {e}", self.election_ticks)))?;
         Ok(raft)
     }
@@ -239,6 +240,11 @@ fn warn_about_exposure(cfg: &ServeConfig, users: Option<&security::Users>) {
         Some(users) => tracing::info!(node, users = users.len(), "roles from the users file"),
     }
 }
+
+/// A group with nothing to do for this many election timeouts goes quiet:
+/// no heartbeats, no ticks, no lease, until a request, a message or the
+/// loss of its leader's node wakes it.
+pub const QUIESCE_AFTER_ELECTION_TIMEOUTS: u64 = 2;
 
 /// How long a daemon started with `--join` tries to reach its join node.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -422,6 +428,20 @@ pub async fn serve(
     // take long: off the async worker.
     tokio::task::block_in_place(|| host.open_at_start(&voters))?;
     let groups = host.groups().clone();
+    // A lost peer wakes the quiet groups it leads here (their followers
+    // would otherwise never notice it gone).
+    let registry = groups.clone();
+    transport.on_lost(move |node| {
+        for (_, g) in registry.all() {
+            let led_there = {
+                let status = g.status.borrow();
+                status.leader_id == node && status.role() != waft_proto::client::Role::Leader
+            };
+            if led_there {
+                let _ = g.inbox.try_send(inbox::Input::PeerLost(node));
+            }
+        }
+    });
     if groups.is_empty() {
         tracing::info!(node = cfg.node_id, "serving no group yet; create one with `waft admin create-group`");
     }

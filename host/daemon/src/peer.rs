@@ -37,6 +37,16 @@ pub const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(20);
 pub const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long one connection attempt to a peer may take (the snapshot puller's too).
 pub use crate::install::CONNECT_TIMEOUT;
+/// HTTP/2 pings on every peer connection, busy or idle: one per node pair
+/// for all its groups. A peer that answers none within the timeout (a
+/// stopped process, a silent partition) counts as lost, which wakes the
+/// quiet groups it leads here (`Transport::on_lost`). Generous: a false
+/// loss under load costs a reconnect and the messages queued meanwhile.
+pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the node does when a peer's connection is lost.
+type OnLost = Arc<std::sync::OnceLock<Box<dyn Fn(NodeId) + Send + Sync>>>;
 
 /// Nodes whose address one node keeps at most (seeds and every group's
 /// members together); a group configuration naming more is cut to this.
@@ -60,6 +70,7 @@ pub struct Transport {
     dialer: Dialer,
     runtime: tokio::runtime::Handle,
     book: Arc<std::sync::RwLock<Book>>,
+    lost: OnLost,
 }
 
 #[derive(Default)]
@@ -107,6 +118,7 @@ impl Transport {
             dialer,
             runtime: tokio::runtime::Handle::current(),
             book: Arc::new(std::sync::RwLock::new(Book { seeds: seeds.clone(), ..Book::default() })),
+            lost: Arc::new(std::sync::OnceLock::new()),
         };
         t.update(|_| {});
         t
@@ -114,6 +126,12 @@ impl Transport {
 
     pub fn dialer(&self) -> &Dialer {
         &self.dialer
+    }
+
+    /// Sets what happens when a peer's connection is lost (once; later
+    /// calls are ignored): the node wakes the quiet groups that peer leads.
+    pub fn on_lost(&self, f: impl Fn(NodeId) + Send + Sync + 'static) {
+        let _ = self.lost.set(Box::new(f));
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Book> {
@@ -141,7 +159,7 @@ impl Transport {
                 let (tx, rx) = mpsc::channel(PEER_QUEUE_MESSAGES_MAX);
                 let span = tracing::info_span!("peer", node = self.node, peer = id, addr = %addr);
                 let me = Sender { node: self.node, incarnation: self.incarnation };
-                let to = Peer { id, addr: addr.clone(), dialer: self.dialer.clone() };
+                let to = Peer { id, addr: addr.clone(), dialer: self.dialer.clone(), lost: self.lost.clone() };
                 self.runtime.spawn(tracing::Instrument::instrument(sender(me, to, rx), span));
                 tracing::debug!(node = self.node, peer = id, addr = %addr, "knows a peer's address");
                 tx
@@ -255,6 +273,15 @@ struct Peer {
     id: NodeId,
     addr: String,
     dialer: Dialer,
+    lost: OnLost,
+}
+
+impl Peer {
+    fn lost(&self) {
+        if let Some(f) = self.lost.get() {
+            f(self.id);
+        }
+    }
 }
 
 /// Who sends a stream: this node and its data directory's incarnation.
@@ -270,10 +297,14 @@ async fn sender(me: Sender, to: Peer, mut queue: mpsc::Receiver<PeerMessage>) {
     let mut backoff = RECONNECT_BACKOFF_MIN;
     // The peer's last refusal, logged once until it changes.
     let mut refused: Option<String> = None;
+    // Whether the peer counts as reachable: a loss is reported once, when
+    // a connection ends or the first one fails.
+    let mut up = true;
     loop {
         match connect(&to).await {
             Ok(client) => {
                 backoff = RECONNECT_BACKOFF_MIN;
+                up = true;
                 tracing::debug!("connected");
                 match stream(me, client, &mut queue).await {
                     Ended::Closed => return,
@@ -293,6 +324,9 @@ async fn sender(me: Sender, to: Peer, mut queue: mpsc::Receiver<PeerMessage>) {
             }
             Err(e) => tracing::trace!(error = %e, "connect failed"),
         }
+        if std::mem::replace(&mut up, false) {
+            to.lost();
+        }
         // Whatever queued while disconnected is stale; Raft sends fresh state.
         while queue.try_recv().is_ok() {}
         tokio::time::sleep(backoff).await;
@@ -306,8 +340,16 @@ async fn sender(me: Sender, to: Peer, mut queue: mpsc::Receiver<PeerMessage>) {
 async fn connect(
     to: &Peer,
 ) -> Result<peer::peer_client::PeerClient<tonic::transport::Channel>, tonic::transport::Error> {
-    let channel =
-        to.dialer.endpoint(to.id, &to.addr)?.connect_timeout(CONNECT_TIMEOUT).tcp_nodelay(true).connect().await?;
+    let channel = to
+        .dialer
+        .endpoint(to.id, &to.addr)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(PEER_KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(PEER_KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .connect()
+        .await?;
     Ok(waft_proto::peer_client(channel))
 }
 

@@ -767,6 +767,12 @@ impl Replica {
         self.node.campaign_now();
     }
 
+    /// Ends the group's quiescence here (its leader's node may be gone):
+    /// see `RawNode::wake`.
+    pub fn wake(&mut self) {
+        self.node.wake();
+    }
+
     pub fn add_peer(&mut self, id: NodeId) -> Result<()> {
         self.node.add_peer(id).map_err(|e| self.raft_err(e))
     }

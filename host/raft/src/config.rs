@@ -55,6 +55,13 @@ pub struct Config {
     pub pending_reads_max: usize,
     /// Resend a snapshot to a follower that did not confirm it within this many ticks.
     pub snapshot_retry_ticks: u64,
+    /// A leader whose group had nothing to do for this many ticks in a row
+    /// (every member holds the whole log, nothing waits) quiesces it: one
+    /// last heartbeat tells the followers, then no heartbeats and no
+    /// election timers run until something happens (`RawNode::wake`). 0:
+    /// never. A runtime that quiesces must wake a group's followers when
+    /// they lose their leader's node.
+    pub quiesce_after_ticks: u64,
 }
 
 impl Config {
@@ -82,6 +89,7 @@ impl Config {
             apply_entries_max: 4096,
             pending_reads_max: 10_000,
             snapshot_retry_ticks: 50,
+            quiesce_after_ticks: 0,
         }
     }
 

@@ -255,6 +255,11 @@ pub struct RawNode {
     /// with no entry to send (an empty append carries it).
     commit_to_broadcast: bool,
     // --- follower state ---
+    /// The group is quiet: no heartbeats (leader), no election timer
+    /// (follower), no lease, until an input wakes it.
+    quiesced: bool,
+    /// Leader: ticks in a row the group had nothing to do.
+    idle_ticks: u64,
     /// Follower: the snapshot this node asked the runtime to install and
     /// waits for (`on_snapshot_installed` / `on_snapshot_install_failed`).
     installing: Option<SnapshotMeta>,
@@ -378,6 +383,8 @@ impl RawNode {
             leaderless_ticks: 0,
             clock_ms: 0,
             target_priority: PRIORITY_DISABLED,
+            quiesced: false,
+            idle_ticks: 0,
             election_timeout_count: 0,
             votes: BTreeMap::new(),
             progress: BTreeMap::new(),
@@ -483,6 +490,56 @@ impl RawNode {
         self.role == Role::Leader && self.lease_is_valid()
     }
 
+    /// Whether the group is quiesced here: no ticks needed until an input
+    /// (a proposal, a read, a message, `wake`) arrives.
+    pub fn is_quiesced(&self) -> bool {
+        self.quiesced
+    }
+
+    /// Ends quiescence: a follower's election timer starts over, a leader
+    /// heartbeats again (its lease needs a fresh round first). For the
+    /// runtime when a follower's leader may be gone (its node unreachable);
+    /// every other input wakes the group by itself.
+    pub fn wake(&mut self) {
+        if !self.quiesced {
+            return;
+        }
+        self.quiesced = false;
+        self.idle_ticks = 0;
+        self.election_elapsed = 0;
+        if self.role == Role::Leader {
+            // Acks from before the quiet prove nothing about now.
+            for p in self.progress.values_mut() {
+                p.acked_round = 0;
+                p.recent_active = true;
+            }
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// Leader: whether the group has nothing to do (the condition for
+    /// quiescing): its own term committed, every member holding the whole
+    /// log, no read, transfer, change or snapshot under way.
+    fn idle(&self) -> bool {
+        let last = self.log.last_index();
+        self.role == Role::Leader
+            && !self.fenced
+            && self.transfer.is_none()
+            && self.pending_change.is_none()
+            && self.forced.is_none()
+            && !self.conf.is_joint()
+            && self.reads.is_empty()
+            && self.forward_reads.is_empty()
+            && self.committed_own_term()
+            && self.log.committed == last
+            && self.log.persisted >= last
+            && self
+                .progress
+                .iter()
+                .all(|(id, p)| *id == self.id || (p.match_index == last && matches!(p.state, ProgressState::Replicate)))
+    }
+
     // ------------------------------------------------------------ inputs
 
     /// Tells the core the caller's monotonic clock (ms since any fixed
@@ -494,8 +551,12 @@ impl RawNode {
         self.clock_ms = self.clock_ms.max(now_ms);
     }
 
-    /// Advances the logical clock by one tick.
+    /// Advances the logical clock by one tick. A quiesced group's clock
+    /// stands still.
     pub fn tick(&mut self) {
+        if self.quiesced {
+            return;
+        }
         self.now += 1;
         self.ticks_since_leader = self.ticks_since_leader.saturating_add(1);
         self.leaderless_ticks = if self.role == Role::Leader { 0 } else { self.leaderless_ticks.saturating_add(1) };
@@ -561,14 +622,34 @@ impl RawNode {
                 }
             }
         }
+        if self.cfg.quiesce_after_ticks > 0 {
+            self.idle_ticks = if self.idle() { self.idle_ticks + 1 } else { 0 };
+            if self.idle_ticks >= self.cfg.quiesce_after_ticks {
+                self.quiesce();
+                return;
+            }
+        }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
         }
     }
 
+    /// Leader: tells every member the group goes quiet, and goes quiet.
+    fn quiesce(&mut self) {
+        self.quiesced = true;
+        self.idle_ticks = 0;
+        let commit = self.log.committed;
+        let round = self.reads.start_round(self.now, self.clock_ms);
+        let ids: Vec<NodeId> = self.progress.keys().copied().filter(|&id| id != self.id).collect();
+        for id in ids {
+            self.send(id, MessageBody::Heartbeat { commit, round, quiesce: true }, false);
+        }
+    }
+
     /// Proposes a command. Returns the (index, term) it will be committed at, if ever.
     pub fn propose(&mut self, data: Bytes) -> Result<(u64, u64), RaftError> {
+        self.wake();
         self.check_can_append()?;
         let bytes = data.len() as u64;
         if bytes > self.cfg.proposal_bytes_max {
@@ -593,6 +674,7 @@ impl RawNode {
     /// Starts an election now (pre-vote first when enabled), as if the election
     /// timeout fired. For operators and tests; ignored by leaders and non-voters.
     pub fn campaign_now(&mut self) {
+        self.wake();
         if self.role != Role::Leader && self.promotable() {
             self.election_elapsed = 0;
             self.campaign(self.cfg.pre_vote, false);
@@ -602,6 +684,7 @@ impl RawNode {
     /// Requests a linearizable read; its `ReadState` with the same `id` appears in
     /// a later Ready (on this node, also for follower reads). Lost on leader change.
     pub fn read_index(&mut self, id: u64, mode: ReadMode) -> Result<(), RaftError> {
+        self.wake();
         let lease = mode == ReadMode::Lease;
         match self.role {
             Role::Leader => self.leader_read(ReadRequest { id, from: self.id, lease }),
@@ -623,6 +706,14 @@ impl RawNode {
         }
         if matches!(m.body, MessageBody::StateDigest { .. }) {
             return; // the host's, not the protocol's: no term to learn from it
+        }
+        // Any message wakes a quiet group but the quiet heartbeat and its
+        // answer: a member that missed the heartbeat, a candidate, a new
+        // leader's append all wake it.
+        if self.quiesced
+            && !matches!(m.body, MessageBody::Heartbeat { quiesce: true, .. } | MessageBody::HeartbeatResponse { .. })
+        {
+            self.wake();
         }
         if m.term > self.term {
             let is_vote = matches!(m.body, MessageBody::Vote { .. } | MessageBody::PreVote { .. });
@@ -821,6 +912,7 @@ impl RawNode {
     /// is not what differs. With `rebuild`, it takes a snapshot its leader
     /// offers even at or below its commit index, to rebuild its state from.
     pub fn set_fenced(&mut self, fenced: bool, rebuild: bool) {
+        self.wake();
         self.fenced = fenced;
         self.rebuild = fenced && rebuild;
         if fenced && self.role == Role::Leader && self.transfer.is_none() {
@@ -837,6 +929,7 @@ impl RawNode {
 
     /// Transfers leadership to `target`, or to the most up-to-date voter when None.
     pub fn transfer_leader(&mut self, target: Option<NodeId>) -> Result<(), RaftError> {
+        self.wake();
         if self.role != Role::Leader {
             return Err(RaftError::NotLeader { leader_hint: self.leader() });
         }
@@ -872,6 +965,7 @@ impl RawNode {
     /// committed entries may be lost. Use only when a quorum is gone for good and
     /// the operator resets every surviving node to the same set.
     pub fn reset_peers(&mut self, voters: Vec<NodeId>) -> Result<(), RaftError> {
+        self.wake();
         let c = Configuration::new(voters).with_addresses(self.conf.addresses.iter().cloned());
         if c.voters.is_empty() || c.voters.contains(&NONE) {
             return Err(RaftError::InvalidConfChange("reset needs at least one valid voter"));
@@ -997,10 +1091,22 @@ impl RawNode {
                 self.leader_contact(m.from);
                 self.handle_append(m.from, prev_index, prev_term, &entries, commit);
             }
-            MessageBody::Heartbeat { commit, round } => {
+            MessageBody::Heartbeat { commit, round, quiesce } => {
                 self.leader_contact(m.from);
                 if self.installing.is_none() {
                     self.log.commit_to(commit.min(self.log.last_index()));
+                }
+                // Quiet only holding everything the leader committed: a
+                // follower behind keeps its timer, and its next campaign
+                // (which wakes the leader) brings it what it lacks.
+                if quiesce
+                    && self.installing.is_none()
+                    && self.log.last_index() == commit
+                    && self.log.committed == commit
+                {
+                    self.quiesced = true;
+                } else if !quiesce {
+                    self.quiesced = false;
                 }
                 // It promises nothing about the log, only that we follow
                 // this leader in this term: it waits for the disk only
@@ -1315,14 +1421,19 @@ impl RawNode {
             let p = &self.progress[&id];
             // Never tell a follower to commit beyond what it is known to hold.
             let commit = self.log.committed.min(p.match_index);
-            self.send(id, MessageBody::Heartbeat { commit, round }, false);
+            self.send(id, MessageBody::Heartbeat { commit, round, quiesce: false }, false);
         }
         self.confirm_reads(); // a single-voter group confirms at once
     }
 
     fn lease_is_valid(&self) -> bool {
         // Without check-quorum, voters do not honour a leader's lease.
-        if !self.cfg.check_quorum || self.lease_disabled || self.transfer.is_some() || !self.committed_own_term() {
+        if !self.cfg.check_quorum
+            || self.quiesced
+            || self.lease_disabled
+            || self.transfer.is_some()
+            || !self.committed_own_term()
+        {
             return false;
         }
         let me = self.id;

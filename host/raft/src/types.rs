@@ -300,9 +300,12 @@ pub enum MessageBody {
         hint_term: u64,
     },
     /// `round` numbers the leader's confirmation rounds (reads and lease).
+    /// `quiesce`: the group has nothing to do; the follower stops its
+    /// election timer until something wakes it.
     Heartbeat {
         commit: u64,
         round: u64,
+        quiesce: bool,
     },
     HeartbeatResponse {
         round: u64,

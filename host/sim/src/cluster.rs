@@ -316,6 +316,14 @@ impl Cluster {
         }
     }
 
+    /// The runtime saw the node of `id`'s leader go: wakes a quiet group.
+    pub fn wake(&mut self, id: NodeId) {
+        if self.is_up(id) {
+            self.replica_mut(id).wake();
+            self.process(id);
+        }
+    }
+
     pub fn tick(&mut self, id: NodeId) {
         if self.is_up(id) {
             self.read_clock(id);

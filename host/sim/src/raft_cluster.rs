@@ -629,8 +629,8 @@ pub fn brief(b: &MessageBody) -> String {
                 format!("AppResp {index}")
             }
         }
-        MessageBody::Heartbeat { commit, round } => {
-            format!("Heartbeat commit={commit} round={round}")
+        MessageBody::Heartbeat { commit, round, quiesce } => {
+            format!("Heartbeat commit={commit} round={round}{}", if *quiesce { " quiesce" } else { "" })
         }
         MessageBody::HeartbeatResponse { round } => format!("HeartbeatResp round={round}"),
         MessageBody::InstallSnapshot { meta } => format!("Snapshot {}/{}", meta.index, meta.term),

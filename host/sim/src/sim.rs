@@ -150,6 +150,10 @@ pub struct Stats {
     /// Verdicts confirmed: the highest verified index summed over nodes
     /// up at the end, in digest intervals.
     pub verified_points: u64,
+    /// Times a leader quiesced its group, and quiet followers the liveness
+    /// model woke (their leader's node gone).
+    pub quiescences: u64,
+    pub liveness_wakes: u64,
 }
 
 impl Stats {
@@ -172,6 +176,8 @@ impl Stats {
         self.power_losses += o.power_losses;
         self.partitions += o.partitions;
         self.pauses += o.pauses;
+        self.quiescences += o.quiescences;
+        self.liveness_wakes += o.liveness_wakes;
         self.conf_changes += o.conf_changes;
         self.transfers += o.transfers;
         self.snapshots_installed += o.snapshots_installed;
@@ -325,6 +331,9 @@ pub fn node_config(id: NodeId, seed: u64, rng: &mut Rng, priorities: &BTreeMap<N
     c.snapshot_retry_ticks = 30;
     c.uncommitted_entries_max = 500;
     c.priorities = priorities.clone();
+    // A third of the seeds quiesce idle groups (drawn from the seed, not the
+    // stream, so the other draws stay as they were).
+    c.quiesce_after_ticks = if seed.is_multiple_of(3) { 4 + seed % 13 } else { 0 };
     c
 }
 
@@ -541,7 +550,33 @@ impl Sim {
         }
         match ev {
             Ev::Tick(id) => {
+                // The daemon's liveness model: a quiet follower whose
+                // leader's node is down, stopped or cut off is woken (the
+                // daemon does it when the peer connection to that node dies).
+                if self.cluster.is_up(id) && self.cluster.raft(id).is_quiesced() {
+                    let leader = self.cluster.raft(id).leader();
+                    let lost = leader.is_none_or(|l| {
+                        l != id
+                            && (!self.cluster.is_up(l)
+                                || self.paused(l).is_some()
+                                || self.net.blocked.contains(&(l, id))
+                                || self.net.blocked.contains(&(id, l)))
+                    });
+                    if lost {
+                        self.trace(|| format!("liveness: wake {id}"));
+                        self.stats.liveness_wakes += 1;
+                        self.cluster.wake(id);
+                    }
+                }
+                let quiet_before = self.cluster.is_up(id) && self.cluster.raft(id).is_quiesced();
                 self.cluster.tick(id);
+                if !quiet_before
+                    && self.cluster.is_up(id)
+                    && self.cluster.raft(id).is_quiesced()
+                    && self.cluster.raft(id).role() == waft_raft::Role::Leader
+                {
+                    self.stats.quiescences += 1;
+                }
                 let p = self.tick_period[&id];
                 self.schedule(p, Ev::Tick(id));
             }

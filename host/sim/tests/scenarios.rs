@@ -376,3 +376,91 @@ fn a_stall_never_extends_a_lease() {
         }
     }
 }
+
+// ---------------------------------------------------------------- quiescence
+
+fn quiet_three() -> Manual {
+    let mut t = Manual::new(3, &[1, 2, 3], |c| c.quiesce_after_ticks = 3);
+    t.elect(1);
+    t.propose(1, b"a").unwrap();
+    t.deliver();
+    t.tick_all(6);
+    for id in 1..=3 {
+        assert!(t.raft(id).is_quiesced(), "node {id} is not quiet: {:?}", t.c.describe());
+    }
+    t
+}
+
+/// An idle group goes quiet: one heartbeat says so, then ticks send nothing
+/// and start no election. A quiet leader holds no lease.
+#[test]
+fn an_idle_group_goes_quiet_and_stays_quiet() {
+    let mut t = quiet_three();
+    assert!(!t.raft(1).lease_valid(), "a quiet leader's lease is void");
+    let term = t.raft(1).term();
+    let _ = t.take_trace();
+    t.tick_all(100);
+    assert!(t.take_trace().is_empty(), "a quiet group sends nothing");
+    assert_eq!((t.raft(1).role(), t.raft(1).term()), (Role::Leader, term));
+    // A write wakes it and commits at once; it goes quiet again later.
+    let (i, _) = t.propose(1, b"b").unwrap();
+    t.deliver();
+    for id in 1..=3 {
+        assert_eq!(t.raft(id).committed(), i, "node {id}");
+    }
+    assert!(!t.raft(1).is_quiesced());
+    t.tick_all(6);
+    assert!((1..=3).all(|id| t.raft(id).is_quiesced()));
+    // A follower read wakes the follower and its leader.
+    t.read(2, 9, ReadMode::Safe).unwrap();
+    t.deliver();
+    t.process(2);
+    assert_eq!(t.read_states(2), vec![(9, i)]);
+}
+
+/// A follower that missed the quiet heartbeat campaigns after its timeout;
+/// its campaign wakes the others, and the leader keeps the group.
+#[test]
+fn a_missed_quiet_heartbeat_wakes_the_group_again() {
+    let mut t = Manual::new(3, &[1, 2, 3], |c| c.quiesce_after_ticks = 3);
+    t.elect(1);
+    t.tick_all(2);
+    // The quiet heartbeat to node 3 is lost.
+    t.blocked.insert((1, 3));
+    t.tick_all(4);
+    t.heal();
+    assert!(t.raft(1).is_quiesced() && t.raft(2).is_quiesced());
+    assert!(!t.raft(3).is_quiesced());
+    t.tick_all(40);
+    assert_eq!(t.raft(1).role(), Role::Leader, "the group keeps its leader: {:?}", t.c.describe());
+    assert!((1..=3).all(|id| t.raft(id).is_quiesced()), "quiet again once all heard: {:?}", t.c.describe());
+}
+
+/// Quiescence never lets a stale leader serve a lease read: a quiet leader
+/// cut off while its followers (woken by their runtime, which saw its node
+/// go) elect another and commit, answers no lease read from its old quiet.
+#[test]
+fn a_quiet_leader_cut_off_serves_no_stale_lease_read() {
+    let mut t = quiet_three();
+    t.isolate(1);
+    for id in [2, 3] {
+        t.raft_mut(id).wake();
+        t.process(id);
+    }
+    t.tick_all(40);
+    let new = [2, 3].into_iter().find(|id| t.raft(*id).role() == Role::Leader).expect("a new leader");
+    let (i, _) = t.propose(new, b"b").unwrap();
+    t.deliver();
+    assert_eq!(t.raft(new).committed(), i);
+    // Node 1 still believes it leads, quiet. A lease read there must not be
+    // answered: not from the quiet, not from the acks before it.
+    assert_eq!(t.raft(1).role(), Role::Leader);
+    t.read(1, 7, ReadMode::Lease).unwrap();
+    t.tick(1, 3);
+    t.process(1);
+    assert!(t.read_states(1).is_empty(), "a stale leader answered a lease read");
+    t.heal();
+    t.tick_all(5);
+    assert_eq!(t.raft(1).role(), Role::Follower);
+    assert_eq!(t.raft(1).committed(), i);
+}

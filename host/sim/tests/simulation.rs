@@ -45,6 +45,10 @@ fn thousand_seeds_with_faults_and_churn() {
     assert!(total.power_losses > seeds / 4, "too few power losses: {total:?}");
     assert!(total.snapshots_installed > seeds / 10, "too few snapshot installs: {total:?}");
     assert!(total.pauses > seeds / 2, "too few stalls: {total:?}");
+    eprintln!("quiescences {} liveness wakes {}", total.quiescences, total.liveness_wakes);
+    // A third of the seeds quiesce idle groups; faults must wake them.
+    assert!(total.quiescences > seeds / 10, "too few quiescences: {total:?}");
+    assert!(total.liveness_wakes > 0, "no quiet follower was woken by the liveness model: {total:?}");
     assert!(total.writes_ok + total.reads_ok > seeds * 20, "too few client operations: {total:?}");
     // ... and sessions: retried writes, copies committed twice and answered from
     // the table, sessions expiring and registrations waiting for room.

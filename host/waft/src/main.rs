@@ -719,6 +719,7 @@ fn print_status(status: &waft_proto::client::StatusResponse, json: bool) {
                         "index": f.index, "ours": hex(&f.ours), "group": hex(&f.group), "reason": f.reason,
                     })),
                     "digest_mismatches": g.digest_mismatches, "state_rebuilds": g.state_rebuilds,
+                    "quiesced": g.quiesced,
                 })
             })
             .collect();

@@ -62,6 +62,7 @@ impl RawNode {
         learners: Vec<NodeId>,
         addresses: Vec<(NodeId, String)>,
     ) -> Result<(), RaftError> {
+        self.wake();
         self.check_can_append()?;
         if self.pending_change.is_some()
             || self.conf_index > self.log.committed

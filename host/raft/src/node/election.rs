@@ -20,6 +20,8 @@ impl RawNode {
         self.leader = NONE;
         self.election_elapsed = 0;
         self.heartbeat_elapsed = 0;
+        self.quiesced = false;
+        self.idle_ticks = 0;
         self.reset_randomized_timeout();
         self.votes.clear();
         self.progress.clear();
