@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # groups-scale.sh: what many groups cost on three daemons (issue "growing a
 # cluster"). Starts three plaintext daemons on loopback with no group, then:
-#   1. creates GROUPS groups of the counter at run time (waft admin
+#   1. creates NGROUPS groups of the counter at run time (waft admin
 #      create-group, CREATES_AT_ONCE at a time) and times it;
 #   2. waits until every group has a leader and is quiet on every node;
 #   3. measures each daemon's idle CPU (utime+stime from /proc over IDLE_SECS)
@@ -12,14 +12,14 @@
 #      with 64 clients writing over all of them, next to 64 clients on one.
 # Prints one line per figure; nothing is left running.
 #
-# Environment: GROUPS [1000], WRITE_GROUPS [100], CREATES_AT_ONCE [4],
+# Environment: NGROUPS [1000], WRITE_GROUPS [100], CREATES_AT_ONCE [4],
 # IDLE_SECS [10], BENCH_SECS [8], WAFT_BIN [target/release/waft],
 # BENCH_BIN [target/release/waft-bench], GUEST_DIR
 # [target/wasm32-wasip2/release]. Needs python3 (to read status JSON).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-GROUPS=${GROUPS:-1000}
+NGROUPS=${NGROUPS:-1000}
 WRITE_GROUPS=${WRITE_GROUPS:-100}
 CREATES_AT_ONCE=${CREATES_AT_ONCE:-4}
 IDLE_SECS=${IDLE_SECS:-10}
@@ -112,13 +112,13 @@ for i in 0 1 2; do BASE_RSS[$i]=$(rss_kib "${PIDS[$i]}"); done
 say "daemons up, no groups: RSS ${BASE_RSS[*]} KiB"
 
 t0=$(now)
-seq 1 "$GROUPS" | xargs -P "$CREATES_AT_ONCE" -I{} "$WAFT_BIN" admin --addr "${ADDRS[0]}" --group {} create-group \
+seq 1 "$NGROUPS" | xargs -P "$CREATES_AT_ONCE" -I{} "$WAFT_BIN" admin --addr "${ADDRS[0]}" --group {} create-group \
     --peers 1,2,3 --module "$COUNTER" >/dev/null
-say "created $GROUPS counter groups in $(since "$t0") s"
-wait_count leaders "$GROUPS" 600
-say "all $GROUPS have a leader $(since "$t0") s after the first create"
-wait_count quiet "$GROUPS" 600
-say "all $GROUPS quiet $(since "$t0") s after the first create"
+say "created $NGROUPS counter groups in $(since "$t0") s"
+wait_count leaders "$NGROUPS" 600
+say "all $NGROUPS have a leader $(since "$t0") s after the first create"
+wait_count quiet "$NGROUPS" 600
+say "all $NGROUPS quiet $(since "$t0") s after the first create"
 
 HZ=$(getconf CLK_TCK)
 before=()
@@ -127,18 +127,18 @@ sleep "$IDLE_SECS"
 for i in 0 1 2; do
     used=$(( $(cpu_ticks "${PIDS[$i]}") - before[i] ))
     rss=$(rss_kib "${PIDS[$i]}")
-    python3 -c "import sys; u,hz,s,rss,base,n=map(float,sys.argv[1:]); print(f'groups-scale: node {int(sys.argv[7])}: idle CPU {100*u/hz/s:.2f}% of a core; RSS {rss/1024:.0f} MiB, {(rss-base)/n:.0f} KiB per group')" \
-        "$used" "$HZ" "$IDLE_SECS" "$rss" "${BASE_RSS[$i]}" "$GROUPS" $((i + 1))
+    python3 -c "import sys; u,hz,s,rss,base,n,node=map(float,sys.argv[1:]); print(f'groups-scale: node {int(node)}: idle CPU {100*u/hz/s:.2f}% of a core; RSS {rss/1024:.0f} MiB, {(rss-base)/n:.0f} KiB per group')" \
+        "$used" "$HZ" "$IDLE_SECS" "$rss" "${BASE_RSS[$i]}" "$NGROUPS" $((i + 1))
 done
 
 stop_all
 t0=$(now)
 for i in 0 1 2; do start "$i"; done
-wait_count leaders "$GROUPS" 600
-say "whole-cluster restart: all $GROUPS groups have a leader $(since "$t0") s after the start"
+wait_count leaders "$NGROUPS" 600
+say "whole-cluster restart: all $NGROUPS groups have a leader $(since "$t0") s after the start"
 
-first=$((GROUPS + 1))
-last=$((GROUPS + WRITE_GROUPS))
+first=$((NGROUPS + 1))
+last=$((NGROUPS + WRITE_GROUPS))
 seq "$first" "$last" | xargs -P "$CREATES_AT_ONCE" -I{} "$WAFT_BIN" admin --addr "${ADDRS[0]}" --group {} create-group \
     --peers 1,2,3 --module "$ATOMIC" >/dev/null
 wait_count leaders "$last" 600

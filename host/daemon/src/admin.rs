@@ -641,16 +641,13 @@ impl AdminService {
         };
         // Compiled (and hashed) once here, off the async threads, before
         // anything is asked of the voters: a bad module creates nothing.
-        let engine = self.host.engine().clone();
+        let host = self.host.clone();
         // Bytes named by hash were checked against it as they were read.
         let verified = match &create.module {
             Source::Hash { hash, .. } => Some(*hash),
             Source::Bytes(_) => None,
         };
-        let load = move || match verified {
-            Some(hash) => waft_node::GuestModule::load_verified(&engine, bytes, hash),
-            None => waft_node::GuestModule::load(&engine, bytes),
-        };
+        let load = move || host.load_module(bytes, verified);
         let module = match tokio::task::spawn_blocking(load).await {
             Ok(Ok(module)) => module,
             Ok(Err(e)) => {

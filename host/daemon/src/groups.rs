@@ -43,6 +43,8 @@ pub const GROUPS_MAX: usize = 1024;
 /// must fit the admin service's message limit with room for the rest.
 pub const CREATE_MODULE_BYTES_MAX: usize = 8 * 1024 * 1024;
 const _: () = assert!(CREATE_MODULE_BYTES_MAX + 64 * 1024 <= waft_proto::CLIENT_MESSAGE_BYTES_MAX);
+/// Compiled modules a node keeps for the next create of the same module.
+pub const COMPILED_MODULES_MAX: usize = 8;
 /// Founding voters a create may name at most.
 pub const CREATE_VOTERS_MAX: usize = 64;
 /// The catalogue file is refused beyond this (a line per group, under 200 bytes).
@@ -212,6 +214,10 @@ pub struct Host {
     /// Module pulls and compiles ahead of deploys (`modules::prepare`), at
     /// most `PREPARES_AT_ONCE_MAX` at once.
     prepares: tokio::sync::Semaphore,
+    /// The modules compiled last (newest first, at most
+    /// `COMPILED_MODULES_MAX`): creating a thousand groups of one module
+    /// compiles it once.
+    compiled: Mutex<std::collections::VecDeque<waft_node::GuestModule>>,
 }
 
 impl Host {
@@ -245,11 +251,32 @@ impl Host {
                 shared: Some(Shared { store, committer }),
             }),
             prepares: tokio::sync::Semaphore::new(crate::modules::PREPARES_AT_ONCE_MAX),
+            compiled: Mutex::new(std::collections::VecDeque::new()),
         })
     }
 
     pub fn node_id(&self) -> NodeId {
         self.cfg.node_id
+    }
+
+    /// `bytes` compiled (blocking: run it off the async threads), or the
+    /// same module compiled before. `verified`: the hash the caller just
+    /// checked the bytes against (else they are hashed here).
+    pub fn load_module(
+        &self,
+        bytes: Bytes,
+        verified: Option<ModuleHash>,
+    ) -> Result<waft_node::GuestModule, waft_runtime::LoadError> {
+        let hash = verified.unwrap_or_else(|| ModuleHash::of(&bytes));
+        let lock = || self.compiled.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(module) = lock().iter().find(|m| m.hash() == hash).cloned() {
+            return Ok(module);
+        }
+        let module = waft_node::GuestModule::load_verified(&self.engine, bytes, hash)?;
+        let mut compiled = lock();
+        compiled.push_front(module.clone());
+        compiled.truncate(COMPILED_MODULES_MAX);
+        Ok(module)
     }
 
     pub fn groups(&self) -> &Arc<Groups> {
@@ -314,9 +341,8 @@ impl Host {
     /// `voters`), then the catalogue's groups not among them. A group in
     /// both opens once, as `--group` says.
     pub fn open_at_start(&self, voters: &[NodeId]) -> Result<(), ServeError> {
-        // Groups that run one module share its compile: a node with a
-        // thousand groups of one state machine compiles it once.
-        let mut compiled: std::collections::HashMap<ModuleHash, waft_node::GuestModule> = Default::default();
+        // Groups that run one module share its compile (`load_module`): a
+        // node with a thousand groups of one state machine compiles it once.
         for spec in &self.cfg.groups {
             if spec.group == waft_proto::GROUP_NONE {
                 return Err(ServeError::Config("--group 0 is reserved; use 1 or more".into()));
@@ -325,16 +351,9 @@ impl Host {
                 .map_err(|source| ServeError::ReadModule { path: spec.module.clone(), source })?;
             // The founding module of a new group; a restarting replica runs
             // the module its snapshot carries (deploys change it in the log).
-            let hash = ModuleHash::of(&bytes);
-            let module = match compiled.get(&hash) {
-                Some(module) => module.clone(),
-                None => {
-                    let module = waft_node::GuestModule::load_verified(&self.engine, bytes.into(), hash)
-                        .map_err(|source| ServeError::LoadModule { path: spec.module.clone(), source })?;
-                    compiled.insert(hash, module.clone());
-                    module
-                }
-            };
+            let module = self
+                .load_module(bytes.into(), None)
+                .map_err(|source| ServeError::LoadModule { path: spec.module.clone(), source })?;
             let founding = Founding::new(module.hash(), voters);
             // A member added at run time pulls the founding module from here.
             if !self.modules.contains(&module.hash()) {
@@ -353,19 +372,23 @@ impl Host {
                 tracing::info!(group, "group is both catalogued and named by --group; opening it as --group says");
                 continue;
             }
-            let module = match compiled.get(&founding.module_hash) {
-                Some(module) => module.clone(),
+            let known = self
+                .compiled
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .find(|m| m.hash() == founding.module_hash)
+                .cloned();
+            let module = match known {
+                Some(module) => module,
                 None => {
                     let path = self.modules.path_of(&founding.module_hash);
                     let bytes = self
                         .modules
                         .get(&founding.module_hash)
                         .map_err(|source| ServeError::Storage { dir: path.clone(), source })?;
-                    let module =
-                        waft_node::GuestModule::load_verified(&self.engine, bytes.into(), founding.module_hash)
-                            .map_err(|source| ServeError::LoadModule { path, source })?;
-                    compiled.insert(founding.module_hash, module.clone());
-                    module
+                    self.load_module(bytes.into(), Some(founding.module_hash))
+                        .map_err(|source| ServeError::LoadModule { path, source })?
                 }
             };
             let mut state = self.state();
