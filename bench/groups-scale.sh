@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # groups-scale.sh: what many groups cost on three daemons (issue "growing a
 # cluster"). Starts three plaintext daemons on loopback with no group, then:
-#   1. creates NGROUPS groups of the counter at run time (waft admin
-#      create-group, CREATES_AT_ONCE at a time) and times it;
+#   1. creates NGROUPS groups at run time (waft admin create-group,
+#      CREATES_AT_ONCE at a time; the last WRITE_GROUPS run the atomic
+#      example, the others the counter) and times it;
 #   2. waits until every group has a leader and is quiet on every node;
 #   3. measures each daemon's idle CPU (utime+stime from /proc over IDLE_SECS)
 #      and resident memory per group (VmRSS with the groups less VmRSS before);
 #   4. stops all three (SIGTERM) and starts them again, and times how long
 #      until every group has a leader again;
-#   5. creates WRITE_GROUPS groups of the atomic example and runs waft-bench
-#      with 64 clients writing over all of them, next to 64 clients on one.
+#   5. runs waft-bench with 64 clients writing over the WRITE_GROUPS groups
+#      of the atomic example among them, next to 64 clients on one.
 # Prints one line per figure; nothing is left running.
 #
 # Environment: NGROUPS [1000], WRITE_GROUPS [100], CREATES_AT_ONCE [4],
@@ -111,10 +112,16 @@ BASE_RSS=()
 for i in 0 1 2; do BASE_RSS[$i]=$(rss_kib "${PIDS[$i]}"); done
 say "daemons up, no groups: RSS ${BASE_RSS[*]} KiB"
 
+create() { # first last module
+    seq "$1" "$2" | xargs -P "$CREATES_AT_ONCE" -I{} "$WAFT_BIN" admin --addr "${ADDRS[0]}" --group {} create-group \
+        --peers 1,2,3 --module "$3" >/dev/null 2>>"$ROOT/create-errors.log" || {
+        say "creates failed:"; tail -5 "$ROOT/create-errors.log"; exit 1; }
+}
+COUNTERS=$((NGROUPS - WRITE_GROUPS))
 t0=$(now)
-seq 1 "$NGROUPS" | xargs -P "$CREATES_AT_ONCE" -I{} "$WAFT_BIN" admin --addr "${ADDRS[0]}" --group {} create-group \
-    --peers 1,2,3 --module "$COUNTER" >/dev/null
-say "created $NGROUPS counter groups in $(since "$t0") s"
+create 1 "$COUNTERS" "$COUNTER"
+create $((COUNTERS + 1)) "$NGROUPS" "$ATOMIC"
+say "created $NGROUPS groups ($COUNTERS counters, $WRITE_GROUPS atomic) in $(since "$t0") s"
 wait_count leaders "$NGROUPS" 600
 say "all $NGROUPS have a leader $(since "$t0") s after the first create"
 wait_count quiet "$NGROUPS" 600
@@ -137,11 +144,7 @@ for i in 0 1 2; do start "$i"; done
 wait_count leaders "$NGROUPS" 600
 say "whole-cluster restart: all $NGROUPS groups have a leader $(since "$t0") s after the start"
 
-first=$((NGROUPS + 1))
-last=$((NGROUPS + WRITE_GROUPS))
-seq "$first" "$last" | xargs -P "$CREATES_AT_ONCE" -I{} "$WAFT_BIN" admin --addr "${ADDRS[0]}" --group {} create-group \
-    --peers 1,2,3 --module "$ATOMIC" >/dev/null
-wait_count leaders "$last" 600
+first=$((COUNTERS + 1))
 endpoints=$(IFS=,; echo "${ADDRS[*]}")
 for spread in 1 "$WRITE_GROUPS"; do
     "$BENCH_BIN" --target waft --endpoints "$endpoints" --group "$first" --groups "$spread" --clients 64 --conns 3 \
