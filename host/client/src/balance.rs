@@ -55,6 +55,8 @@ pub struct BalanceReport {
     pub failed: Vec<(Move, String)>,
     /// Groups no node claimed to lead when asked (an election under way).
     pub leaderless: Vec<u64>,
+    /// Nodes that did not answer (their groups were left as they were).
+    pub unreachable: Vec<(u64, String)>,
 }
 
 /// The moves that bring every node of `nodes` to at most
@@ -114,8 +116,19 @@ pub async fn balance_leaders(seed: &str, credentials: &Credentials) -> Result<Ba
     let mut leaders: BTreeMap<u64, (u64, Led)> = BTreeMap::new();
     let mut served: std::collections::BTreeSet<u64> = std::collections::BTreeSet::new();
     let mut asked = Vec::new();
+    let mut unreachable = Vec::new();
     for (&id, addr) in &addresses {
-        let status = Client::with_credentials(vec![addr.clone()], credentials.clone()).status(None).await?;
+        let status = match Client::with_credentials(vec![addr.clone()], credentials.clone()).status(None).await {
+            Ok(status) if status.node_id == id => status,
+            Ok(status) => {
+                unreachable.push((id, format!("{addr} answers as node {}", status.node_id)));
+                continue;
+            }
+            Err(e) => {
+                unreachable.push((id, e.to_string()));
+                continue;
+            }
+        };
         asked.push(id);
         if status.groups.len() > BALANCE_GROUPS_MAX {
             return Err(ClientError::NotSent {
@@ -138,6 +151,7 @@ pub async fn balance_leaders(seed: &str, credentials: &Credentials) -> Result<Ba
     let led: Vec<Led> = leaders.into_values().map(|(_, l)| l).collect();
     let mut report = BalanceReport {
         leaderless: served.iter().copied().filter(|g| !led.iter().any(|l| l.group == *g)).collect(),
+        unreachable,
         ..Default::default()
     };
     report.before = asked.iter().map(|id| (*id, led.iter().filter(|l| l.leader == *id).count())).collect();

@@ -372,13 +372,16 @@ impl AdminService {
             // Only the leader changes the membership (the driver answers
             // NOT_LEADER otherwise): spare the others the create.
             if leader {
-                let joining: Vec<(NodeId, String)> = addresses
-                    .iter()
-                    .filter(|(id, _)| {
-                        ![&config.voters, &config.voters_outgoing, &config.learners].iter().any(|l| l.contains(id))
-                    })
-                    .cloned()
-                    .collect();
+                // Only nodes the change adds get a replica first.
+                let current = waft_raft::Configuration {
+                    voters: config.voters.clone(),
+                    voters_outgoing: config.voters_outgoing.clone(),
+                    learners: config.learners.clone(),
+                    addresses: Vec::new(),
+                };
+                let adds = op.target(&current).map(|t| t.members()).unwrap_or_default();
+                let joining: Vec<(NodeId, String)> =
+                    addresses.iter().filter(|(id, _)| adds.contains(id) && !current.contains(*id)).cloned().collect();
                 self.open_on_joining(req.group, &config, &addresses, &joining, authorization.as_ref()).await?;
             }
         }
@@ -1202,6 +1205,7 @@ mod tests {
         for (addresses, says) in [
             (vec![addr(4, "10.0.0.4:7001"), addr(4, "10.0.0.5:7001")], "two addresses"),
             (vec![addr(4, "no-port")], "host:port"),
+            (vec![addr(4, "0.0.0.0:7001")], "unspecified"),
             (vec![addr(4, "")], "bytes"),
             (vec![addr(0, "a:1")], "node id 0"),
         ] {

@@ -254,6 +254,7 @@ fn parse_group(s: &str) -> Result<(u64, PathBuf), String> {
 fn parse_peer(s: &str) -> Result<(u64, String), String> {
     let (id, addr) = s.split_once('=').ok_or_else(|| format!("{s:?}: expected ID=ADDR, e.g. 2=127.0.0.1:7002"))?;
     let id = id.parse::<u64>().map_err(|e| format!("{s:?}: peer id: {e}"))?;
+    crate::peer::check_address(addr).map_err(|e| format!("{s:?}: {e}"))?;
     Ok((id, addr.to_string()))
 }
 
@@ -342,6 +343,7 @@ impl Flags {
         };
         let mut peers = BTreeMap::new();
         for (id, addr) in peers_given {
+            crate::peer::check_address(&addr).map_err(|e| config_err(format!("peer {id}: {e}")))?;
             if peers.insert(id, addr).is_some() {
                 return Err(config_err(format!("peer {id} is given twice")));
             }

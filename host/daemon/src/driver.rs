@@ -638,8 +638,10 @@ impl Driver {
         let same_members = |t: &waft_raft::Configuration| {
             (&t.voters, &t.voters_outgoing, &t.learners) == (&config.voters, &config.voters_outgoing, &config.learners)
         };
-        // Addresses only count when the request gave some (a member moved).
-        if target.as_ref().is_some_and(|t| same_members(t) && (addresses.is_empty() || *t == config)) {
+        // Done already when the members are the target's and every address
+        // the request gave is the one recorded (a retry after a lost answer).
+        let given_recorded = addresses.iter().all(|(id, a)| config.address_of(*id) == Some(a.as_str()));
+        if target.as_ref().is_some_and(|t| same_members(t) && given_recorded) {
             // The change took effect already (a retry of a call whose answer
             // was lost, say): success, once the configuration is committed.
             let answer = if self.replica.raft().conf_change_pending() {

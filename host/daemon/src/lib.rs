@@ -403,10 +403,23 @@ pub async fn serve(
         None => addresses.keys().copied().collect(),
     };
     let auth = Arc::new(security::Auth { tls: node_tls.is_some(), users, stats: Default::default() });
+    // This node's own address goes into the book (and from there into
+    // configurations) only when others can dial it: not a wildcard listen.
+    let mut seeds = addresses.clone();
+    if cfg.listen.ip().is_unspecified() {
+        seeds.remove(&cfg.node_id);
+    }
     let transport =
-        peer::Transport::start(cfg.node_id, identity.incarnation, &addresses, security::Dialer::new(node_tls.clone()));
+        peer::Transport::start(cfg.node_id, identity.incarnation, &seeds, security::Dialer::new(node_tls.clone()));
 
     if let Some((join_id, join_addr)) = &cfg.join {
+        if cfg.listen.ip().is_unspecified() {
+            return Err(ServeError::Config(format!(
+                "--join needs an address the cluster can dial this node at, and --listen {} is a wildcard; \
+                 listen on the node's own address",
+                cfg.listen
+            )));
+        }
         let known = join(&transport, cfg.node_id, &cfg.listen.to_string(), *join_id, join_addr).await?;
         tracing::info!(node = cfg.node_id, join = %join_addr, nodes = known, "joined: knows the nodes the join node knows");
     }

@@ -45,6 +45,14 @@ pub use crate::install::CONNECT_TIMEOUT;
 pub const PEER_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 pub const PEER_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A stream that lasted this long counts as the peer having been up: its
+/// end is a loss (`Transport::on_lost`), and reconnecting starts over at
+/// `RECONNECT_BACKOFF_MIN`.
+const STREAM_UP_AFTER: Duration = Duration::from_secs(1);
+
+/// How a peer says it does not know the sender yet (an UNAVAILABLE refusal).
+const NOT_KNOWN_YET: &str = "is not known here yet";
+
 /// What the node does when a peer's connection is lost.
 type OnLost = Arc<std::sync::OnceLock<Box<dyn Fn(NodeId) + Send + Sync>>>;
 
@@ -237,6 +245,9 @@ pub fn check_address(addr: &str) -> Result<(), String> {
         return Err(format!("address {addr:?} contains whitespace"));
     }
     match addr.rsplit_once(':') {
+        Some(("0.0.0.0" | "[::]" | "::", _)) => Err(format!(
+            "address {addr:?} is unspecified: no one can dial it; give the address others reach the node at"
+        )),
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
         _ => Err(format!("address {addr:?} is not host:port")),
     }
@@ -303,12 +314,16 @@ async fn sender(me: Sender, to: Peer, mut queue: mpsc::Receiver<PeerMessage>) {
     loop {
         match connect(&to).await {
             Ok(client) => {
-                backoff = RECONNECT_BACKOFF_MIN;
-                up = true;
                 tracing::debug!("connected");
+                let began = std::time::Instant::now();
                 match stream(me, client, &mut queue).await {
                     Ended::Closed => return,
+                    // Alive, but it does not know this node yet (it has not
+                    // seen the configuration that adds it, or shares no
+                    // group with it): no loss, and back off as for a loss.
+                    Ended::Unknown => up = false,
                     Ended::Refused(why) => {
+                        up = false;
                         if refused.as_deref() != Some(why.as_str()) {
                             tracing::error!(refusal = %why, "the peer refuses this node's messages");
                             refused = Some(why);
@@ -318,6 +333,13 @@ async fn sender(me: Sender, to: Peer, mut queue: mpsc::Receiver<PeerMessage>) {
                     }
                     Ended::Failed => {
                         refused = None;
+                        // A stream that ran a while had the peer up until
+                        // now: report the loss and reconnect at once. One
+                        // that ended at once is retried with back-off.
+                        if began.elapsed() >= STREAM_UP_AFTER {
+                            up = true;
+                            backoff = RECONNECT_BACKOFF_MIN;
+                        }
                         tracing::debug!("stream ended; reconnecting");
                     }
                 }
@@ -359,6 +381,8 @@ enum Ended {
     Closed,
     /// The peer refuses this node's identity (see `identity`): why.
     Refused(String),
+    /// The peer does not know this node (yet).
+    Unknown,
     /// Anything else: reconnect.
     Failed,
 }
@@ -370,6 +394,9 @@ fn ended(done: Result<tonic::Response<RaftDone>, tonic::Status>) -> Ended {
             Ended::Failed
         }
         Err(status) if status.code() == tonic::Code::FailedPrecondition => Ended::Refused(status.message().to_string()),
+        Err(status) if status.code() == tonic::Code::Unavailable && status.message().contains(NOT_KNOWN_YET) => {
+            Ended::Unknown
+        }
         Err(status) => {
             tracing::debug!(%status, "stream failed");
             Ended::Failed
@@ -473,7 +500,7 @@ impl PeerService {
             // Not a refusal for good: a node just added to a group is known
             // once this node has the configuration entry that adds it.
             return Err(tonic::Status::unavailable(format!(
-                "node {node} is not known here yet: neither a --peer nor a member of a group this node serves"
+                "node {node} {NOT_KNOWN_YET}: neither a --peer nor a member of a group this node serves"
             )));
         }
         // Meeting a peer for the first time syncs the book to disk.

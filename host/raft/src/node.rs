@@ -508,11 +508,16 @@ impl RawNode {
         self.idle_ticks = 0;
         self.election_elapsed = 0;
         if self.role == Role::Leader {
-            // Acks from before the quiet prove nothing about now.
+            // Acks from before the quiet prove nothing about now, nor do
+            // late acks of rounds sent before it: the leader's tick count
+            // stood still meanwhile, so their send ticks look recent.
             for p in self.progress.values_mut() {
                 p.acked_round = 0;
+                p.acked_tick = 0;
+                p.acked_ms = 0;
                 p.recent_active = true;
             }
+            self.reads.forget_rounds();
             self.heartbeat_elapsed = 0;
             self.broadcast_heartbeat();
         }
@@ -882,6 +887,7 @@ impl RawNode {
     /// machine differs from the group's, to rebuild it), whatever its log
     /// holds. False when this node does not lead or `to` is no peer.
     pub fn send_snapshot(&mut self, to: NodeId) -> bool {
+        self.wake();
         if self.role != Role::Leader || to == self.id {
             return false;
         }
@@ -1100,6 +1106,7 @@ impl RawNode {
                 // follower behind keeps its timer, and its next campaign
                 // (which wakes the leader) brings it what it lacks.
                 if quiesce
+                    && !self.fenced
                     && self.installing.is_none()
                     && self.log.last_index() == commit
                     && self.log.committed == commit

@@ -85,6 +85,12 @@ impl ReadOnly {
         out
     }
 
+    /// Forgets when recent rounds were sent: acks of them count for
+    /// nothing (a leader waking from quiescence).
+    pub fn forget_rounds(&mut self) {
+        self.rounds.clear();
+    }
+
     pub fn reset(&mut self) {
         *self = ReadOnly::default();
     }

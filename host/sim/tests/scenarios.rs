@@ -464,3 +464,42 @@ fn a_quiet_leader_cut_off_serves_no_stale_lease_read() {
     assert_eq!(t.raft(1).role(), Role::Follower);
     assert_eq!(t.raft(1).committed(), i);
 }
+
+/// Acks of rounds sent before the quiet, arriving after the leader woke,
+/// lend it no lease: its tick count stood still while it was quiet, so
+/// their send ticks would look recent (lease counted in ticks alone here).
+#[test]
+fn late_acks_from_before_the_quiet_lend_no_lease() {
+    let mut t = Manual::new(3, &[1, 2, 3], |c| c.quiesce_after_ticks = 30);
+    t.elect(1);
+    t.propose(1, b"a").unwrap();
+    t.deliver();
+    // Busy for a while first: the leader's tick count is well past a lease.
+    for _ in 0..10 {
+        t.propose(1, b"b").unwrap();
+        t.tick_all(2);
+    }
+    for _ in 0..60 {
+        t.c.tick(1);
+        if t.raft(1).is_quiesced() {
+            break;
+        }
+        t.deliver();
+    }
+    assert!(t.raft(1).is_quiesced());
+    // The quiet heartbeats reach the followers; their acks are held back.
+    for m in std::mem::take(&mut t.c.outbox) {
+        t.c.step(m);
+    }
+    let late = std::mem::take(&mut t.c.outbox);
+    assert!(late.iter().any(|m| matches!(m.body, MessageBody::HeartbeatResponse { .. })), "{late:?}");
+    t.raft_mut(1).wake();
+    t.process(1);
+    t.drop_all();
+    for m in late {
+        t.c.step(m);
+    }
+    assert!(!t.raft(1).lease_valid(), "acks from before the quiet made a lease");
+    t.read(1, 5, ReadMode::Lease).unwrap();
+    assert!(t.read_states(1).is_empty(), "a lease read was answered from acks before the quiet");
+}

@@ -487,6 +487,9 @@ fn run(cli: Cli) -> Result<()> {
                 println!("node {node}: leads {before} -> {planned}");
             }
             println!("moved {} leaderships", report.moved.len());
+            for (node, why) in &report.unreachable {
+                println!("node {node}: not asked ({why}); its leaderships stay");
+            }
             if !report.leaderless.is_empty() {
                 println!("groups without a leader when asked (left alone): {:?}", report.leaderless);
             }
