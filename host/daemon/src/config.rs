@@ -83,6 +83,7 @@ pub struct FileConfig {
     pub plaintext: Option<bool>,
     pub tls: Option<FileTls>,
     pub join: Option<String>,
+    pub advertise: Option<String>,
     /// Node id (a TOML key, so a string) → address.
     #[serde(default)]
     pub peers: BTreeMap<String, String>,
@@ -145,6 +146,11 @@ pub struct Flags {
     /// groups an operator adds it to (`waft admin add-peer ID --address`).
     #[arg(long)]
     pub join: Option<String>,
+    /// The address other nodes dial this one at, HOST:PORT, when it is not
+    /// --listen (which may be a wildcard such as 0.0.0.0:7001). Recorded in
+    /// the configurations of the groups this node joins.
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// A group this node serves and its state machine, as ID=MODULE.wasm
     /// (repeat for each group). Groups created at run time (`waft admin
     /// create-group`) need no flag: the node keeps them in --data-dir.
@@ -341,6 +347,10 @@ impl Flags {
                 Some((id, addr))
             }
         };
+        let advertise = self.advertise.or(file.advertise);
+        if let Some(a) = &advertise {
+            crate::peer::check_address(a).map_err(|e| config_err(format!("--advertise: {e}")))?;
+        }
         let mut peers = BTreeMap::new();
         for (id, addr) in peers_given {
             crate::peer::check_address(&addr).map_err(|e| config_err(format!("peer {id}: {e}")))?;
@@ -405,6 +415,7 @@ impl Flags {
             data_dir,
             peers,
             join,
+            advertise,
             groups,
             initial_voters: self.initial_voters.or(file.initial_voters),
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
@@ -518,6 +529,33 @@ mod tests {
         assert_eq!(cfg.peers.keys().copied().collect::<Vec<_>>(), vec![3]);
         assert_eq!(cfg.groups.iter().map(|g| g.group).collect::<Vec<_>>(), vec![7, 8]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn join_advertise_and_peer_addresses_are_checked() {
+        let base = || Flags {
+            id: Some(4),
+            listen: Some("0.0.0.0:7004".parse().unwrap()),
+            data_dir: Some("d".into()),
+            plaintext: true,
+            ..Flags::default()
+        };
+        let cfg = Flags { join: Some("127.0.0.1:7001".into()), advertise: Some("10.0.0.4:7004".into()), ..base() }
+            .resolve()
+            .unwrap();
+        assert_eq!(cfg.join, Some((None, "127.0.0.1:7001".into())));
+        assert_eq!(cfg.advertise.as_deref(), Some("10.0.0.4:7004"));
+        let cfg = Flags { join: Some("1=n1.example:7001".into()), ..base() }.resolve().unwrap();
+        assert_eq!(cfg.join, Some((Some(1), "n1.example:7001".into())));
+        for (flags, says) in [
+            (Flags { advertise: Some("0.0.0.0:7004".into()), ..base() }, "unspecified"),
+            (Flags { join: Some("nowhere".into()), ..base() }, "host:port"),
+            (Flags { join: Some("x=a:1".into()), ..base() }, "the id"),
+            (Flags { peers: vec![(2, "".into())], ..base() }, "bytes"),
+        ] {
+            let err = flags.resolve().unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
     }
 
     #[test]

@@ -125,6 +125,10 @@ pub struct ServeConfig {
     /// A node to join through (`--join`): its id when TLS needs it, and its
     /// address. Asked at start for the nodes it knows.
     pub join: Option<(Option<NodeId>, String)>,
+    /// The address others dial this node at, when not `listen` (a wildcard
+    /// listen, NAT, a container): recorded in configurations, told to the
+    /// join node.
+    pub advertise: Option<String>,
     /// The groups named at start and the module file each runs (groups
     /// created at run time come from the data directory's catalogue).
     pub groups: Vec<GroupSpec>,
@@ -404,23 +408,26 @@ pub async fn serve(
     };
     let auth = Arc::new(security::Auth { tls: node_tls.is_some(), users, stats: Default::default() });
     // This node's own address goes into the book (and from there into
-    // configurations) only when others can dial it: not a wildcard listen.
+    // configurations) only when others can dial it: --advertise, else a
+    // --listen that is not a wildcard.
+    let own = cfg.advertise.clone().or_else(|| (!cfg.listen.ip().is_unspecified()).then(|| cfg.listen.to_string()));
     let mut seeds = addresses.clone();
-    if cfg.listen.ip().is_unspecified() {
-        seeds.remove(&cfg.node_id);
-    }
+    match &own {
+        Some(own) => seeds.insert(cfg.node_id, own.clone()),
+        None => seeds.remove(&cfg.node_id),
+    };
     let transport =
         peer::Transport::start(cfg.node_id, identity.incarnation, &seeds, security::Dialer::new(node_tls.clone()));
 
     if let Some((join_id, join_addr)) = &cfg.join {
-        if cfg.listen.ip().is_unspecified() {
+        let Some(own) = &own else {
             return Err(ServeError::Config(format!(
                 "--join needs an address the cluster can dial this node at, and --listen {} is a wildcard; \
-                 listen on the node's own address",
+                 give it with --advertise HOST:PORT",
                 cfg.listen
             )));
-        }
-        let known = join(&transport, cfg.node_id, &cfg.listen.to_string(), *join_id, join_addr).await?;
+        };
+        let known = join(&transport, cfg.node_id, own, *join_id, join_addr).await?;
         tracing::info!(node = cfg.node_id, join = %join_addr, nodes = known, "joined: knows the nodes the join node knows");
     }
 

@@ -97,6 +97,7 @@ impl Cluster {
                 groups: groups.clone(),
                 initial_voters: None,
                 join: None,
+                advertise: None,
                 metrics_listen: None,
                 tick_ms: waft_daemon::TICK_MS_DEFAULT,
                 election_ticks: waft_daemon::ELECTION_TICKS_DEFAULT,

@@ -55,6 +55,7 @@ fn waft(args: &[&str]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_joins_by_address_under_load_and_is_forgotten_when_removed() {
     let mut c = Cluster::prepare("join", 4, Spec::one(GROUP, "waft_atomic"));
+    let t0 = Instant::now();
     c.set_joining(3, 0);
     for i in 0..3 {
         c.start_node(i);
@@ -67,9 +68,11 @@ async fn a_node_joins_by_address_under_load_and_is_forgotten_when_removed() {
     // Node 4 starts knowing only node 1; once it serves, it knows what
     // node 1 knows. No one knows node 4 yet.
     c.start_node(3);
+    eprintln!("{:?} node 4 started", t0.elapsed());
     let learned = wait_known(&mut c, 3, "learns the cluster through its join node", |k| k.len() == 4).await;
     assert_eq!(learned.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
     assert_eq!(learned[0].1, c.addrs[0]);
+    eprintln!("{:?} node 4 joined", t0.elapsed());
     for i in 0..3 {
         let k = known_nodes(&c, i).await.unwrap();
         assert!(!k.iter().any(|(id, _)| *id == 4), "node {} knows node 4 before it was added: {k:?}", i + 1);
@@ -82,6 +85,7 @@ async fn a_node_joins_by_address_under_load_and_is_forgotten_when_removed() {
     let out = waft(&["admin", "--addr", &c.addrs[follower], "--group", "1", "add-peer", "4", "--address", &c.addrs[3]]);
     assert!(out.starts_with("voters 1,2,3,4  learners -"), "{out}");
     assert!(out.contains(&format!("4={}", c.addrs[3])), "the configuration records node 4's address: {out}");
+    eprintln!("{:?} added", t0.elapsed());
     let n = load.acked_count();
     load.wait_acked(&mut c, n + 100).await;
 
@@ -106,11 +110,13 @@ async fn a_node_joins_by_address_under_load_and_is_forgotten_when_removed() {
         }
     };
     assert_eq!(text(&answer), value);
+    eprintln!("{:?} read at node 4", t0.elapsed());
     let status = c.status(3, GROUP).await.unwrap();
     assert_eq!(status.configuration.unwrap().voters, vec![1, 2, 3, 4]);
     // Node 4 can lead: it is a full voter now.
     let out = waft(&["admin", "--addr", &c.addrs[0], "--group", "1", "transfer-leader", "4"]);
     assert!(out.contains("leader 4"), "{out}");
+    eprintln!("{:?} transferred", t0.elapsed());
     let n = load.acked_count();
     load.wait_acked(&mut c, n + 100).await;
 
@@ -119,6 +125,7 @@ async fn a_node_joins_by_address_under_load_and_is_forgotten_when_removed() {
     let out = waft(&["admin", "--addr", &c.addrs[0], "--group", "1", "remove-peer", "4"]);
     assert!(out.starts_with("voters 1,2,3  learners -"), "{out}");
     assert!(!out.contains("4="), "a removed member's address leaves the configuration: {out}");
+    eprintln!("{:?} removed", t0.elapsed());
     for i in 0..3 {
         wait_known(&mut c, i, "forgets node 4", |k| !k.iter().any(|(id, _)| *id == 4)).await;
     }
