@@ -761,6 +761,12 @@ impl Driver {
                             ))))
                         }
                     }
+                    // This node stepped down for the target's campaign and
+                    // then won the next election itself: the target did
+                    // not win, and nothing else will answer the wait.
+                    Some(s) if s.leader == me && s.role == Role::Leader => Some(Err(client::Error::rejected(
+                        "the transfer's target did not win its election; this node leads again",
+                    ))),
                     _ if aborted => Some(Err(client::Error::rejected(
                         "the leader transfer was abandoned (the target did not catch up or win within an election timeout)",
                     ))),

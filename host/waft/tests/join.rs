@@ -114,7 +114,21 @@ async fn a_node_joins_by_address_under_load_and_is_forgotten_when_removed() {
     let status = c.status(3, GROUP).await.unwrap();
     assert_eq!(status.configuration.unwrap().voters, vec![1, 2, 3, 4]);
     // Node 4 can lead: it is a full voter now.
-    let out = waft(&["admin", "--addr", &c.addrs[0], "--group", "1", "transfer-leader", "4"]);
+    // Its first campaign may miss voters whose streams from it are not up
+    // yet (refused until they learned its address): a rejected transfer
+    // is retried, as balance-leaders does.
+    let transfer = ["admin", "--addr", &c.addrs[0], "--group", "1", "transfer-leader", "4"];
+    let mut out = String::new();
+    for attempt in 1..=3 {
+        let done = Command::new(env!("CARGO_BIN_EXE_waft")).args(transfer).output().unwrap();
+        out = String::from_utf8_lossy(&done.stdout).to_string();
+        if done.status.success() {
+            break;
+        }
+        let err = String::from_utf8_lossy(&done.stderr).to_string();
+        eprintln!("transfer-leader 4, attempt {attempt}: {}", err.lines().next().unwrap_or_default());
+        assert!(attempt < 3 && err.contains("REJECTED"), "transfer-leader 4 failed: {err}{out}");
+    }
     assert!(out.contains("leader 4"), "{out}");
     eprintln!("{:?} transferred", t0.elapsed());
     let n = load.acked_count();
