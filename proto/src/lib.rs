@@ -228,17 +228,19 @@ impl From<waft_raft::Role> for client::Role {
     }
 }
 
+impl From<(u64, String)> for client::NodeAddress {
+    fn from((node_id, address): (u64, String)) -> Self {
+        client::NodeAddress { node_id, address }
+    }
+}
+
 impl From<&waft_raft::Configuration> for client::Configuration {
     fn from(c: &waft_raft::Configuration) -> Self {
         client::Configuration {
             voters: c.voters.clone(),
             voters_outgoing: c.voters_outgoing.clone(),
             learners: c.learners.clone(),
-            addresses: c
-                .addresses
-                .iter()
-                .map(|(id, a)| client::NodeAddress { node_id: *id, address: a.clone() })
-                .collect(),
+            addresses: c.addresses.iter().cloned().map(Into::into).collect(),
         }
     }
 }

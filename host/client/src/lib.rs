@@ -667,10 +667,7 @@ impl Client {
         addresses: Vec<(u64, String)>,
         allow_data_loss: bool,
     ) -> Result<AdminResult, ClientError> {
-        let addresses: Vec<waft_proto::client::NodeAddress> = addresses
-            .into_iter()
-            .map(|(node_id, address)| waft_proto::client::NodeAddress { node_id, address })
-            .collect();
+        let addresses: Vec<waft_proto::client::NodeAddress> = addresses.into_iter().map(Into::into).collect();
         let route = if matches!(op, AdminOp::Snapshot | AdminOp::ResetPeers) { Route::Seed } else { Route::Leader };
         // A membership change whose target holds already answers success, and
         // a transfer to the leader it made too: safe to retry when the outcome
@@ -734,10 +731,7 @@ impl Client {
     ) -> Result<CreateGroupResponse, ClientError> {
         let addr = self.inner.seeds[0].clone();
         let mut c = waft_proto::admin_client(self.connection(&addr).await?.channel);
-        let addresses = addresses
-            .into_iter()
-            .map(|(node_id, address)| waft_proto::client::NodeAddress { node_id, address })
-            .collect();
+        let addresses = addresses.into_iter().map(Into::into).collect();
         let mut req = CreateGroupRequest { group, voters, members, addresses, ..Default::default() };
         let timeout = if module.len() <= DEPLOY_INLINE_BYTES_MAX {
             req.module = module;

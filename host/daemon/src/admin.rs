@@ -742,8 +742,7 @@ impl AdminService {
             .collect();
         known.sort_by_key(|(id, _)| *id);
         known.dedup_by_key(|(id, _)| *id);
-        let addresses: Vec<client::NodeAddress> =
-            known.iter().map(|(id, a)| client::NodeAddress { node_id: *id, address: a.clone() }).collect();
+        let addresses: Vec<client::NodeAddress> = known.iter().cloned().map(Into::into).collect();
         for (at, voter) in create.targets().enumerate() {
             if voter == node {
                 continue;

@@ -276,7 +276,7 @@ pub fn addresses_of(list: &[waft_proto::client::NodeAddress]) -> Result<Vec<(Nod
 pub fn addresses_to_proto<'a>(
     list: impl IntoIterator<Item = (&'a NodeId, &'a String)>,
 ) -> Vec<waft_proto::client::NodeAddress> {
-    list.into_iter().map(|(id, a)| waft_proto::client::NodeAddress { node_id: *id, address: a.clone() }).collect()
+    list.into_iter().map(|(id, a)| (*id, a.clone()).into()).collect()
 }
 
 /// Whom a sender streams to.
