@@ -107,6 +107,8 @@ pub struct Driver {
     snapshot_interval_ticks: u64,
     /// The last entry covered by this node's latest snapshot.
     snapshot_index: u64,
+    /// A snapshot was asked for when the group last went quiet.
+    quiet_snapshot_asked: bool,
     /// The timestamp this node last stamped into an envelope: the leader's
     /// clock as the session table sees it. Invariant: never decreases.
     last_stamp_ms: u64,
@@ -181,6 +183,7 @@ impl Driver {
             snapshot_bytes_per_sec,
             snapshot_interval_ticks,
             snapshot_index,
+            quiet_snapshot_asked: false,
             last_stamp_ms: 0,
             inbox: None,
             admin: None,
@@ -1158,6 +1161,18 @@ impl Driver {
                     }
                 }
             }
+        }
+        // A quiet group runs no ticks, so its interval snapshot would wait
+        // for the next activity: it snapshots what it applied since the
+        // last one as it goes quiet instead.
+        if !self.replica.raft().is_quiesced() {
+            self.quiet_snapshot_asked = false;
+        } else if !self.quiet_snapshot_asked
+            && self.snapshot_interval_ticks > 0
+            && self.replica.applied_index() > self.snapshot_index
+        {
+            self.quiet_snapshot_asked = true;
+            self.replica.request_snapshot();
         }
         if let Err(e) = self.process().await {
             // The replica stopped (disk failure, poisoned guest): it must be
